@@ -1,0 +1,110 @@
+/* Every map of the dispatcher, one definition each. The max_entries here are
+ * defaults: internal/executor resizes them from the configuration before
+ * loading, so they only need to be sane. */
+#pragma once
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+#include "types.h"
+
+#define DEFAULT_MAX_SERVICES 1024
+#define DEFAULT_MAX_BACKENDS 4096
+#define DEFAULT_MAX_VIPS 1024
+#define DEFAULT_RING_SIZE 65537
+#define DEFAULT_MAX_FLOWS (1 << 20)
+#define DEFAULT_MAX_AFFINITY (1 << 16)
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, DEFAULT_MAX_VIPS);
+	__type(key, struct vip_key);
+	__type(value, struct vip_info);
+} vips SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, DEFAULT_MAX_SERVICES);
+	__type(key, struct svc_key);
+	__type(value, struct svc_info);
+} services SEC(".maps");
+
+/* One Maglev ring per service, swapped whole: user space fills a fresh
+ * inner array and replaces the outer slot in one update, so a packet sees
+ * either the old ring or the new one, never a mix. */
+struct ring {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DEFAULT_RING_SIZE);
+	__type(key, __u32);
+	__type(value, __u32); /* backend index, or RING_EMPTY */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, DEFAULT_MAX_SERVICES);
+	__type(key, __u32); /* svc_id */
+	__array(values, struct ring);
+} rings SEC(".maps");
+
+/* A hash, not an array, although the keys are dense: a hash update swaps
+ * the whole element under RCU, so a packet never reads a server whose MAC
+ * is half rewritten. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, DEFAULT_MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, struct backend);
+} backends SEC(".maps");
+
+/* Shared by all CPUs: generic XDP on veth and RSS changes may move a flow
+ * between CPUs, and high availability reads and writes single entries. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, DEFAULT_MAX_FLOWS);
+	__type(key, struct flow_key);
+	__type(value, struct flow_val);
+} conns SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, DEFAULT_MAX_AFFINITY);
+	__type(key, struct affinity_key);
+	__type(value, struct affinity_val);
+} affinity SEC(".maps");
+
+/* Egress interfaces other than the ingress one (the paper's two-network
+ * configuration): ifindex -> ifindex. */
+struct {
+	__uint(type, BPF_MAP_TYPE_DEVMAP_HASH);
+	__uint(max_entries, 64);
+	__type(key, __u32);
+	__type(value, __u32);
+} tx_ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DEFAULT_MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, struct backend_stats);
+} stats_backend SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DEFAULT_MAX_SERVICES);
+	__type(key, __u32);
+	__type(value, struct svc_stats);
+} stats_service SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DEFAULT_MAX_VIPS);
+	__type(key, __u32);
+	__type(value, struct vip_stats);
+} stats_vip SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, G_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats_global SEC(".maps");

@@ -1,0 +1,133 @@
+/* Keys and values shared by the kernel and internal/executor (bpf2go turns
+ * these into Go types, so every struct is padded explicitly: the Go side
+ * must see the same bytes the kernel does). */
+#pragma once
+
+#include <linux/types.h>
+
+#define ND_AF_INET 4
+#define ND_AF_INET6 6
+
+/* An address of either family. IPv4 uses addr[0] and leaves the rest
+ * zero; family tells the two apart so ::a.b.c.d never aliases an IPv4 VIP. */
+struct nd_addr {
+	__u32 addr[4];
+};
+
+/* vips: every address nd owns, so that a packet to a VIP on a port that no
+ * service defines can be told from a packet that is not ours at all. */
+struct vip_key {
+	struct nd_addr addr;
+	__u8 family;
+	__u8 pad[3];
+};
+
+struct vip_info {
+	__u32 vip_id; /* index into vip_stats */
+	__u32 pad;
+};
+
+/* services: VIP:port/protocol -> service. */
+struct svc_key {
+	struct nd_addr addr;
+	__u16 port; /* network byte order, as on the wire */
+	__u8 proto; /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 family;
+};
+
+#define SVC_F_AFFINITY (1u << 0)
+
+struct svc_info {
+	__u32 svc_id;      /* index into rings and svc_stats */
+	__u32 flags;       /* SVC_F_* */
+	__u32 sticky_secs; /* client affinity window; used when SVC_F_AFFINITY */
+	__u32 pad;
+};
+
+/* backends: one entry per (service, server): a "port server instance" in
+ * the paper's terms, so weights, quiesce and counters are per port. */
+#define BE_F_ACTIVE (1u << 0)   /* slot in use */
+#define BE_F_LOCAL (1u << 1)    /* the dispatcher host itself (co-location) */
+#define BE_F_QUIESCED (1u << 2) /* weight 0: keeps its flows, gets no new ones */
+
+struct backend {
+	__u8 dst_mac[6]; /* the server's MAC */
+	__u8 src_mac[6]; /* the egress interface's MAC */
+	__u32 ifindex;   /* egress interface */
+	__u32 svc_id;
+	__u32 gen;   /* bumped whenever the slot is reused: stale flows notice */
+	__u32 flags; /* BE_F_* */
+	__u32 weight;
+	/* The server's address is not needed to forward; it lets a restarted
+	 * daemon map slots back to servers and keep every established flow. */
+	struct nd_addr addr;
+	__u8 family;
+	__u8 pad[7];
+};
+
+/* conns: the connection table. */
+struct flow_key {
+	struct nd_addr src;
+	struct nd_addr dst;
+	__u16 sport; /* network byte order */
+	__u16 dport; /* network byte order */
+	__u8 proto;
+	__u8 family;
+	__u8 pad[2];
+};
+
+#define FLOW_F_CLOSING (1u << 0) /* client sent FIN or RST: counted as closed */
+
+struct flow_val {
+	__u32 backend;
+	__u32 gen;       /* backend gen at dispatch; a mismatch means the server left */
+	__u64 last_seen; /* bpf_ktime_get_coarse_ns, refreshed about once a second */
+	__u32 flags;     /* FLOW_F_* */
+	__u32 pad;
+};
+
+/* affinity: client address + service -> server, for sticky services. */
+struct affinity_key {
+	struct nd_addr client;
+	__u32 svc_id;
+	__u8 family;
+	__u8 pad[3];
+};
+
+struct affinity_val {
+	__u32 backend;
+	__u32 gen;
+	__u64 last_seen;
+};
+
+/* Per-CPU counters; user space sums the CPUs. */
+struct backend_stats {
+	__u64 new_flows;
+	__u64 packets;
+	__u64 bytes;
+	__u64 closed;  /* flows seen closing by client FIN or RST */
+	__u64 expired; /* flows found idle past the idle timeout */
+};
+
+struct svc_stats {
+	__u64 packets;
+	__u64 bytes;
+	__u64 no_backend; /* dropped: no server with a positive weight */
+};
+
+struct vip_stats {
+	__u64 filtered;  /* dropped: port or protocol not defined on this VIP */
+	__u64 fragments; /* dropped: IP fragments are never dispatched */
+	__u64 icmp_local;   /* ICMP handed to the dispatcher's own stack */
+	__u64 icmp_forwarded; /* PMTU errors sent to the server owning the flow */
+};
+
+enum global_counter {
+	G_PASSED = 0,  /* not for a VIP: passed untouched */
+	G_MALFORMED,   /* could not be parsed */
+	G_NOT_IP,      /* neither IPv4 nor IPv6: passed */
+	G_MAX,
+};
+
+/* Ring entry meaning "no server": every weight is zero. */
+#define RING_EMPTY 0xffffffffu

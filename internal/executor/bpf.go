@@ -1,0 +1,1083 @@
+package executor
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+
+	"github.com/nd-dispatcher/nd/internal/maglev"
+)
+
+// Flag bits of struct backend, svc_info and flow_val (bpf/types.h).
+const (
+	beActive   = 1 << 0
+	beLocal    = 1 << 1
+	beQuiesced = 1 << 2
+
+	svcAffinity = 1 << 0
+
+	flowClosing = 1 << 0
+
+	ringEmpty = 0xffffffff
+
+	afInet  = 4
+	afInet6 = 6
+)
+
+// Indexes of the stats_global map (enum global_counter in bpf/types.h).
+const (
+	gPassed = iota
+	gMalformed
+	gNotIP
+	gMax
+)
+
+// Config sizes the data plane. Zero values take the defaults.
+type Config struct {
+	// PinPath is a directory on a bpffs where maps and links are pinned so
+	// that the data plane outlives the process and a restarted daemon takes
+	// it over with every established flow. Empty: nothing is pinned and
+	// Close tears the data plane down.
+	PinPath string
+	// MaxFlows sizes the connection table (LRU). Default 1,048,576.
+	MaxFlows uint32
+	// MaxServers bounds port server instances over all services. Default 4,096.
+	MaxServers uint32
+	// MaxServices bounds VIP:port services. Default 1,024.
+	MaxServices uint32
+	// MaxVIPs bounds distinct VIP addresses. Default 1,024.
+	MaxVIPs uint32
+	// MaxAffinity sizes the client affinity table (LRU). Default 65,536.
+	MaxAffinity uint32
+	// RingSize is each service's Maglev table size, a prime. Default 65,537.
+	RingSize uint32
+	// IdleTimeout forgets flows idle this long. Default 300 s.
+	IdleTimeout time.Duration
+	// HashSeed seeds the flow hash; dispatchers that back each other up
+	// must share it. Default 0.
+	HashSeed uint32
+	// Logger receives attach and recovery messages. Default slog.Default().
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns the defaults documented on Config.
+func DefaultConfig() Config {
+	return Config{
+		MaxFlows:    1 << 20,
+		MaxServers:  4096,
+		MaxServices: 1024,
+		MaxVIPs:     1024,
+		MaxAffinity: 1 << 16,
+		RingSize:    maglev.DefaultSize,
+		IdleTimeout: 300 * time.Second,
+	}
+}
+
+func (c *Config) fill() error {
+	d := DefaultConfig()
+	if c.MaxFlows == 0 {
+		c.MaxFlows = d.MaxFlows
+	}
+	if c.MaxServers == 0 {
+		c.MaxServers = d.MaxServers
+	}
+	if c.MaxServices == 0 {
+		c.MaxServices = d.MaxServices
+	}
+	if c.MaxVIPs == 0 {
+		c.MaxVIPs = d.MaxVIPs
+	}
+	if c.MaxAffinity == 0 {
+		c.MaxAffinity = d.MaxAffinity
+	}
+	if c.RingSize == 0 {
+		c.RingSize = d.RingSize
+	}
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = d.IdleTimeout
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if !maglev.IsPrime(c.RingSize) {
+		return fmt.Errorf("%w: ring size %d is not prime", ErrInvalid, c.RingSize)
+	}
+	if c.IdleTimeout < time.Second {
+		return fmt.Errorf("%w: idle timeout %v is under a second", ErrInvalid, c.IdleTimeout)
+	}
+	return nil
+}
+
+// BPF is the kernel implementation of Executor. It must be used from the
+// network namespace of the interfaces it serves: interface indexes, attach and
+// the redirect map all resolve in the caller's namespace.
+type BPF struct {
+	cfg  Config
+	log  *slog.Logger
+	ncpu int
+
+	mu        sync.Mutex
+	objs      dispatchObjects
+	innerSpec *ebpf.MapSpec
+	ringKeys  []uint32
+	links     map[int]link.Link
+	ifMACs    map[int]net.HardwareAddr
+	txPorts   map[int]bool
+
+	services map[ServiceKey]*serviceState
+	vips     map[netip.Addr]*vipState
+	svcIDs   *idPool
+	beIDs    *idPool
+	vipIDs   *idPool
+	gens     map[uint32]uint32 // last generation handed out per backend slot
+}
+
+type serviceState struct {
+	id      uint32
+	sticky  time.Duration
+	servers map[netip.Addr]*backendState
+}
+
+type backendState struct {
+	id  uint32
+	gen uint32
+	srv Server
+}
+
+type vipState struct {
+	id   uint32
+	refs int
+}
+
+var _ Executor = (*BPF)(nil)
+
+// New loads the data plane, or takes over the pinned one under cfg.PinPath
+// together with its services, servers and flows.
+func New(cfg Config) (*BPF, error) {
+	if err := cfg.fill(); err != nil {
+		return nil, err
+	}
+	ncpu, err := ebpf.PossibleCPU()
+	if err != nil {
+		return nil, fmt.Errorf("count cpus: %w", err)
+	}
+	spec, err := loadDispatch()
+	if err != nil {
+		return nil, fmt.Errorf("load dispatch spec: %w", err)
+	}
+	sizes := map[string]uint32{
+		"vips": cfg.MaxVIPs, "stats_vip": cfg.MaxVIPs,
+		"services": cfg.MaxServices, "stats_service": cfg.MaxServices, "rings": cfg.MaxServices,
+		"backends": cfg.MaxServers, "stats_backend": cfg.MaxServers,
+		"conns": cfg.MaxFlows, "affinity": cfg.MaxAffinity,
+	}
+	for name, n := range sizes {
+		spec.Maps[name].MaxEntries = n
+	}
+	spec.Maps["rings"].InnerMap.MaxEntries = cfg.RingSize
+	consts := map[string]any{
+		"ring_size":       cfg.RingSize,
+		"hash_seed":       cfg.HashSeed,
+		"idle_timeout_ns": uint64(cfg.IdleTimeout.Nanoseconds()),
+	}
+	for name, v := range consts {
+		if err := spec.Variables[name].Set(v); err != nil {
+			return nil, fmt.Errorf("set %s: %w", name, err)
+		}
+	}
+
+	opts := &ebpf.CollectionOptions{}
+	if cfg.PinPath != "" {
+		if err := prepareBPFFS(cfg.PinPath); err != nil {
+			return nil, err
+		}
+		for name, m := range spec.Maps {
+			if !strings.HasPrefix(name, ".") { // .rodata holds this load's constants
+				m.Pinning = ebpf.PinByName
+			}
+		}
+		opts.Maps.PinPath = cfg.PinPath
+	}
+
+	b := &BPF{
+		cfg:       cfg,
+		log:       cfg.Logger,
+		ncpu:      ncpu,
+		innerSpec: spec.Maps["rings"].InnerMap.Copy(),
+		links:     map[int]link.Link{},
+		ifMACs:    map[int]net.HardwareAddr{},
+		txPorts:   map[int]bool{},
+		services:  map[ServiceKey]*serviceState{},
+		vips:      map[netip.Addr]*vipState{},
+		svcIDs:    newIDPool(cfg.MaxServices),
+		beIDs:     newIDPool(cfg.MaxServers),
+		vipIDs:    newIDPool(cfg.MaxVIPs),
+		gens:      map[uint32]uint32{},
+	}
+	if err := spec.LoadAndAssign(&b.objs, opts); err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return nil, fmt.Errorf("load dispatcher: %+v", ve)
+		}
+		if cfg.PinPath != "" {
+			return nil, fmt.Errorf("load dispatcher over the maps pinned in %s (a data plane of other sizes must be removed first): %w", cfg.PinPath, err)
+		}
+		return nil, fmt.Errorf("load dispatcher: %w", err)
+	}
+	b.ringKeys = make([]uint32, cfg.RingSize)
+	for i := range b.ringKeys {
+		b.ringKeys[i] = uint32(i)
+	}
+	if err := b.recover(); err != nil {
+		b.objs.Close()
+		return nil, fmt.Errorf("recover pinned state: %w", err)
+	}
+	return b, nil
+}
+
+// prepareBPFFS makes sure dir exists on a bpffs, mounting one on
+// /sys/fs/bpf when the system has none there yet.
+func prepareBPFFS(dir string) error {
+	const bpffs = "/sys/fs/bpf"
+	var st unix.Statfs_t
+	if err := unix.Statfs(bpffs, &st); err == nil && st.Type != unix.BPF_FS_MAGIC {
+		if err := unix.Mount("bpf", bpffs, "bpf", 0, "mode=0700"); err != nil {
+			return fmt.Errorf("mount bpffs on %s: %w", bpffs, err)
+		}
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create pin directory: %w", err)
+	}
+	if err := unix.Statfs(dir, &st); err != nil {
+		return fmt.Errorf("statfs %s: %w", dir, err)
+	}
+	if st.Type != unix.BPF_FS_MAGIC {
+		return fmt.Errorf("%w: pin path %s is not on a bpf filesystem", ErrInvalid, dir)
+	}
+	return nil
+}
+
+// recover rebuilds the Go view of services, servers and VIPs from pinned
+// maps, keeping every slot number so that established flows stay valid.
+func (b *BPF) recover() error {
+	var (
+		vk dispatchVipKey
+		vi dispatchVipInfo
+	)
+	vipByID := map[uint32]netip.Addr{}
+	it := b.objs.Vips.Iterate()
+	for it.Next(&vk, &vi) {
+		a := addrFrom(vk.Addr.Addr, vk.Family)
+		b.vips[a] = &vipState{id: vi.VipId}
+		b.vipIDs.take(vi.VipId)
+		vipByID[vi.VipId] = a
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("iterate vips: %w", err)
+	}
+
+	var (
+		sk dispatchSvcKey
+		si dispatchSvcInfo
+	)
+	byID := map[uint32]*serviceState{}
+	it = b.objs.Services.Iterate()
+	for it.Next(&sk, &si) {
+		key := ServiceKey{VIP: addrFrom(sk.Addr.Addr, sk.Family), Port: ntohs(sk.Port), Proto: Proto(sk.Proto)}
+		st := &serviceState{id: si.SvcId, servers: map[netip.Addr]*backendState{}}
+		if si.Flags&svcAffinity != 0 {
+			st.sticky = time.Duration(si.StickySecs) * time.Second
+		}
+		b.services[key] = st
+		byID[si.SvcId] = st
+		b.svcIDs.take(si.SvcId)
+		if v := b.vips[key.VIP]; v != nil {
+			v.refs++
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("iterate services: %w", err)
+	}
+
+	var (
+		id uint32
+		be dispatchBackend
+	)
+	it = b.objs.Backends.Iterate()
+	for it.Next(&id, &be) {
+		b.gens[id] = be.Gen
+		st := byID[be.SvcId]
+		if be.Flags&beActive == 0 || st == nil {
+			continue
+		}
+		srv := Server{
+			Addr:    addrFrom(be.Addr.Addr, be.Family),
+			Local:   be.Flags&beLocal != 0,
+			Weight:  be.Weight,
+			Ifindex: int(be.Ifindex),
+		}
+		if !srv.Local {
+			srv.MAC = net.HardwareAddr(slices.Clone(be.DstMac[:]))
+			b.ifMACs[srv.Ifindex] = net.HardwareAddr(slices.Clone(be.SrcMac[:]))
+			b.txPorts[srv.Ifindex] = true
+		}
+		st.servers[srv.Addr] = &backendState{id: id, gen: be.Gen, srv: srv}
+		b.beIDs.take(id)
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("iterate backends: %w", err)
+	}
+	if n := len(b.services); n > 0 {
+		b.log.Info("took over pinned data plane", "services", n, "pin_path", b.cfg.PinPath)
+	}
+	return nil
+}
+
+// Attach implements Executor. With a pin path, an interface the data plane is
+// already attached to (by an earlier process) gets the new program in place,
+// without a moment of detachment.
+func (b *BPF) Attach(ifindex int) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if _, ok := b.links[ifindex]; ok {
+		return nil
+	}
+	ifi, err := net.InterfaceByIndex(ifindex)
+	if err != nil {
+		return fmt.Errorf("attach xdp to ifindex %d: %w", ifindex, err)
+	}
+	pin := ""
+	if b.cfg.PinPath != "" {
+		pin = filepath.Join(b.cfg.PinPath, fmt.Sprintf("link_%d", ifindex))
+		if l, err := link.LoadPinnedLink(pin, nil); err == nil {
+			if err := l.Update(b.objs.NdDispatch); err != nil {
+				l.Close()
+				return fmt.Errorf("replace xdp program on %s: %w", ifi.Name, err)
+			}
+			b.links[ifindex] = l
+			b.log.Info("took over xdp attachment", "interface", ifi.Name)
+			return b.addTxPort(ifindex)
+		}
+	}
+	mode := "native"
+	l, err := link.AttachXDP(link.XDPOptions{Program: b.objs.NdDispatch, Interface: ifindex, Flags: link.XDPDriverMode})
+	if err != nil {
+		mode = "generic"
+		l, err = link.AttachXDP(link.XDPOptions{Program: b.objs.NdDispatch, Interface: ifindex, Flags: link.XDPGenericMode})
+	}
+	if err != nil {
+		return fmt.Errorf("attach xdp to %s: %w", ifi.Name, err)
+	}
+	if pin != "" {
+		if err := l.Pin(pin); err != nil {
+			l.Close()
+			return fmt.Errorf("pin xdp link of %s: %w", ifi.Name, err)
+		}
+	}
+	b.links[ifindex] = l
+	b.log.Info("attached xdp", "interface", ifi.Name, "mode", mode)
+	return b.addTxPort(ifindex)
+}
+
+// Detach implements Executor.
+func (b *BPF) Detach(ifindex int) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	l, ok := b.links[ifindex]
+	if !ok {
+		return fmt.Errorf("%w: not attached to ifindex %d", ErrNotFound, ifindex)
+	}
+	delete(b.links, ifindex)
+	if b.cfg.PinPath != "" {
+		if err := l.Unpin(); err != nil {
+			l.Close()
+			return fmt.Errorf("unpin xdp link of ifindex %d: %w", ifindex, err)
+		}
+	}
+	return l.Close()
+}
+
+func (b *BPF) addTxPort(ifindex int) error {
+	if b.txPorts[ifindex] {
+		return nil
+	}
+	if err := b.objs.TxPorts.Update(uint32(ifindex), uint32(ifindex), ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("add ifindex %d to tx_ports: %w", ifindex, err)
+	}
+	b.txPorts[ifindex] = true
+	return nil
+}
+
+func (b *BPF) ifaceMAC(ifindex int) (net.HardwareAddr, error) {
+	if mac, ok := b.ifMACs[ifindex]; ok {
+		return mac, nil
+	}
+	ifi, err := net.InterfaceByIndex(ifindex)
+	if err != nil {
+		return nil, fmt.Errorf("egress interface %d: %w", ifindex, err)
+	}
+	if len(ifi.HardwareAddr) != 6 {
+		return nil, fmt.Errorf("%w: egress interface %s has no Ethernet address", ErrInvalid, ifi.Name)
+	}
+	b.ifMACs[ifindex] = ifi.HardwareAddr
+	return ifi.HardwareAddr, nil
+}
+
+// UpsertService implements Executor. The order of writes is what makes it
+// atomic for packets: new servers first, then the ring in one swap, then the
+// service entry, and only then are removed servers retired.
+func (b *BPF) UpsertService(s Service) error {
+	if err := validateService(s); err != nil {
+		return err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.upsertLocked(s)
+}
+
+func (b *BPF) upsertLocked(s Service) error {
+	st := b.services[s.Key]
+	created := st == nil
+	if created {
+		if err := b.refVIP(s.Key.VIP); err != nil {
+			return err
+		}
+		id, ok := b.svcIDs.get()
+		if !ok {
+			b.unrefVIP(s.Key.VIP)
+			return fmt.Errorf("%w: no room for service %v (max %d)", ErrFull, s.Key, b.cfg.MaxServices)
+		}
+		if err := b.objs.StatsService.Update(id, make([]dispatchSvcStats, b.ncpu), ebpf.UpdateAny); err != nil {
+			b.svcIDs.put(id)
+			b.unrefVIP(s.Key.VIP)
+			return fmt.Errorf("reset counters of %v: %w", s.Key, err)
+		}
+		st = &serviceState{id: id, servers: map[netip.Addr]*backendState{}}
+	}
+
+	next, fresh, err := b.stageServers(s.Key, st, s.Servers)
+	if err == nil {
+		err = b.installRing(st.id, next)
+	}
+	if err == nil {
+		err = b.writeServiceInfo(s.Key, st.id, s.StickyTime)
+	}
+	if err != nil {
+		for _, be := range fresh {
+			b.retireBackend(be)
+		}
+		if created {
+			b.svcIDs.put(st.id)
+			b.unrefVIP(s.Key.VIP)
+		}
+		return err
+	}
+	for addr, be := range st.servers {
+		if _, kept := next[addr]; !kept {
+			b.retireBackend(be)
+		}
+	}
+	st.servers = next
+	st.sticky = s.StickyTime
+	if created {
+		b.services[s.Key] = st
+	}
+	return nil
+}
+
+// stageServers writes the backend entries of the new server list: new
+// servers get fresh slots (and zeroed counters), changed ones are rewritten
+// in place, which is atomic for a hash map. Returns the new server set and
+// the slots it allocated, to undo on failure.
+func (b *BPF) stageServers(key ServiceKey, st *serviceState, servers []Server) (map[netip.Addr]*backendState, []*backendState, error) {
+	next := make(map[netip.Addr]*backendState, len(servers))
+	var fresh []*backendState
+	fail := func(err error) (map[netip.Addr]*backendState, []*backendState, error) {
+		for _, be := range fresh {
+			b.retireBackend(be)
+		}
+		return nil, nil, err
+	}
+	for _, srv := range servers {
+		srv.MAC = slices.Clone(srv.MAC)
+		old := st.servers[srv.Addr]
+		if old != nil && sameServer(old.srv, srv) {
+			next[srv.Addr] = old
+			continue
+		}
+		be := &backendState{srv: srv}
+		if old != nil {
+			be.id, be.gen = old.id, old.gen
+		} else {
+			id, ok := b.beIDs.get()
+			if !ok {
+				return fail(fmt.Errorf("%w: no room for server %v of %v (max %d servers)", ErrFull, srv.Addr, key, b.cfg.MaxServers))
+			}
+			be.id, be.gen = id, b.gens[id]+1
+			b.gens[id] = be.gen
+			fresh = append(fresh, be)
+			if err := b.objs.StatsBackend.Update(id, make([]dispatchBackendStats, b.ncpu), ebpf.UpdateAny); err != nil {
+				return fail(fmt.Errorf("reset counters of server %v: %w", srv.Addr, err))
+			}
+		}
+		v, err := b.backendValue(st.id, be)
+		if err != nil {
+			return fail(fmt.Errorf("server %v of %v: %w", srv.Addr, key, err))
+		}
+		if !srv.Local {
+			if err := b.addTxPort(srv.Ifindex); err != nil {
+				return fail(err)
+			}
+		}
+		if err := b.objs.Backends.Update(be.id, v, ebpf.UpdateAny); err != nil {
+			return fail(fmt.Errorf("write server %v of %v: %w", srv.Addr, key, err))
+		}
+		next[srv.Addr] = be
+	}
+	return next, fresh, nil
+}
+
+func sameServer(a, b Server) bool {
+	return a.Addr == b.Addr && a.Local == b.Local && a.Weight == b.Weight &&
+		a.Ifindex == b.Ifindex && slices.Equal(a.MAC, b.MAC)
+}
+
+func (b *BPF) backendValue(svcID uint32, be *backendState) (dispatchBackend, error) {
+	v := dispatchBackend{SvcId: svcID, Gen: be.gen, Flags: beActive, Weight: be.srv.Weight}
+	v.Addr.Addr, v.Family = addrWords(be.srv.Addr)
+	if be.srv.Weight == 0 {
+		v.Flags |= beQuiesced
+	}
+	if be.srv.Local {
+		v.Flags |= beLocal
+		return v, nil
+	}
+	src, err := b.ifaceMAC(be.srv.Ifindex)
+	if err != nil {
+		return v, err
+	}
+	copy(v.DstMac[:], be.srv.MAC)
+	copy(v.SrcMac[:], src)
+	v.Ifindex = uint32(be.srv.Ifindex)
+	return v, nil
+}
+
+// retireBackend marks a slot unused but keeps it in the map with its
+// generation, so that the next server to take the slot gets a new one and
+// flows that named the old server are dispatched anew.
+func (b *BPF) retireBackend(be *backendState) {
+	v := dispatchBackend{Gen: be.gen}
+	if err := b.objs.Backends.Update(be.id, v, ebpf.UpdateAny); err != nil {
+		b.log.Error("retire server slot", "slot", be.id, "server", be.srv.Addr, "err", err)
+	}
+	b.beIDs.put(be.id)
+}
+
+// installRing computes the service's Maglev table into a fresh inner map and
+// swaps it in with a single update of the outer map.
+func (b *BPF) installRing(svcID uint32, servers map[netip.Addr]*backendState) error {
+	var members []maglev.Backend
+	for addr, be := range servers {
+		if be.srv.Weight > 0 {
+			members = append(members, maglev.Backend{Key: addr.String(), ID: be.id, Weight: be.srv.Weight})
+		}
+	}
+	var table []uint32
+	if len(members) == 0 {
+		table = make([]uint32, b.cfg.RingSize)
+		for i := range table {
+			table[i] = ringEmpty
+		}
+	} else {
+		var err error
+		if table, err = maglev.Build(b.cfg.RingSize, members); err != nil {
+			return fmt.Errorf("build maglev table: %w", err)
+		}
+	}
+	inner, err := ebpf.NewMap(b.innerSpec)
+	if err != nil {
+		return fmt.Errorf("create ring: %w", err)
+	}
+	defer inner.Close()
+	if _, err := inner.BatchUpdate(b.ringKeys, table, nil); err != nil {
+		return fmt.Errorf("fill ring: %w", err)
+	}
+	if err := b.objs.Rings.Update(svcID, inner, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("swap ring: %w", err)
+	}
+	return nil
+}
+
+func (b *BPF) writeServiceInfo(key ServiceKey, id uint32, sticky time.Duration) error {
+	k := svcKey(key)
+	v := dispatchSvcInfo{SvcId: id}
+	if sticky > 0 {
+		v.Flags |= svcAffinity
+		v.StickySecs = uint32(sticky / time.Second)
+	}
+	if err := b.objs.Services.Update(k, v, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("write service %v: %w", key, err)
+	}
+	return nil
+}
+
+func (b *BPF) refVIP(a netip.Addr) error {
+	if v := b.vips[a]; v != nil {
+		v.refs++
+		return nil
+	}
+	id, ok := b.vipIDs.get()
+	if !ok {
+		return fmt.Errorf("%w: no room for VIP %v (max %d)", ErrFull, a, b.cfg.MaxVIPs)
+	}
+	if err := b.objs.StatsVip.Update(id, make([]dispatchVipStats, b.ncpu), ebpf.UpdateAny); err != nil {
+		b.vipIDs.put(id)
+		return fmt.Errorf("reset counters of VIP %v: %w", a, err)
+	}
+	var k dispatchVipKey
+	k.Addr.Addr, k.Family = addrWords(a)
+	if err := b.objs.Vips.Update(k, dispatchVipInfo{VipId: id}, ebpf.UpdateAny); err != nil {
+		b.vipIDs.put(id)
+		return fmt.Errorf("add VIP %v: %w", a, err)
+	}
+	b.vips[a] = &vipState{id: id, refs: 1}
+	return nil
+}
+
+func (b *BPF) unrefVIP(a netip.Addr) {
+	v := b.vips[a]
+	if v == nil {
+		return
+	}
+	if v.refs--; v.refs > 0 {
+		return
+	}
+	var k dispatchVipKey
+	k.Addr.Addr, k.Family = addrWords(a)
+	if err := b.objs.Vips.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		b.log.Error("remove VIP", "vip", a, "err", err)
+	}
+	delete(b.vips, a)
+	b.vipIDs.put(v.id)
+}
+
+// DeleteService implements Executor.
+func (b *BPF) DeleteService(key ServiceKey) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	st := b.services[key]
+	if st == nil {
+		return fmt.Errorf("%w: service %v", ErrNotFound, key)
+	}
+	if err := b.objs.Services.Delete(svcKey(key)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("delete service %v: %w", key, err)
+	}
+	if err := b.objs.Rings.Delete(st.id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		b.log.Error("delete ring", "service", key, "err", err)
+	}
+	for _, be := range st.servers {
+		b.retireBackend(be)
+	}
+	delete(b.services, key)
+	b.svcIDs.put(st.id)
+	b.unrefVIP(key.VIP)
+	return nil
+}
+
+// SetWeights implements Executor.
+func (b *BPF) SetWeights(key ServiceKey, weights map[netip.Addr]uint32) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	st := b.services[key]
+	if st == nil {
+		return fmt.Errorf("%w: service %v", ErrNotFound, key)
+	}
+	s := b.serviceLocked(key, st)
+	for addr := range weights {
+		if st.servers[addr] == nil {
+			return fmt.Errorf("%w: server %v in %v", ErrNotFound, addr, key)
+		}
+	}
+	for i := range s.Servers {
+		if w, ok := weights[s.Servers[i].Addr]; ok {
+			s.Servers[i].Weight = w
+		}
+	}
+	return b.upsertLocked(s)
+}
+
+func (b *BPF) serviceLocked(key ServiceKey, st *serviceState) Service {
+	s := Service{Key: key, StickyTime: st.sticky}
+	for _, be := range st.servers {
+		srv := be.srv
+		srv.MAC = slices.Clone(srv.MAC)
+		s.Servers = append(s.Servers, srv)
+	}
+	slices.SortFunc(s.Servers, func(x, y Server) int { return x.Addr.Compare(y.Addr) })
+	return s
+}
+
+// Services implements Executor.
+func (b *BPF) Services() []Service {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := make([]Service, 0, len(b.services))
+	for key, st := range b.services {
+		out = append(out, b.serviceLocked(key, st))
+	}
+	sortServices(out)
+	return out
+}
+
+// Stats implements Executor.
+func (b *BPF) Stats() (Stats, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := Stats{Services: map[ServiceKey]ServiceStats{}, VIPs: map[netip.Addr]VIPStats{}}
+	for key, st := range b.services {
+		var per []dispatchSvcStats
+		if err := b.objs.StatsService.Lookup(st.id, &per); err != nil {
+			return Stats{}, fmt.Errorf("read counters of %v: %w", key, err)
+		}
+		ss := ServiceStats{Servers: map[netip.Addr]ServerStats{}}
+		for _, c := range per {
+			ss.Packets += c.Packets
+			ss.Bytes += c.Bytes
+			ss.NoServer += c.NoBackend
+		}
+		for addr, be := range st.servers {
+			var bper []dispatchBackendStats
+			if err := b.objs.StatsBackend.Lookup(be.id, &bper); err != nil {
+				return Stats{}, fmt.Errorf("read counters of %v in %v: %w", addr, key, err)
+			}
+			var s ServerStats
+			for _, c := range bper {
+				s.NewFlows += c.NewFlows
+				s.Packets += c.Packets
+				s.Bytes += c.Bytes
+				s.Closed += c.Closed
+				s.Expired += c.Expired
+			}
+			ss.Servers[addr] = s
+		}
+		out.Services[key] = ss
+	}
+	for addr, v := range b.vips {
+		var per []dispatchVipStats
+		if err := b.objs.StatsVip.Lookup(v.id, &per); err != nil {
+			return Stats{}, fmt.Errorf("read counters of VIP %v: %w", addr, err)
+		}
+		var s VIPStats
+		for _, c := range per {
+			s.Filtered += c.Filtered
+			s.Fragments += c.Fragments
+			s.ICMPLocal += c.IcmpLocal
+			s.ICMPForwarded += c.IcmpForwarded
+		}
+		out.VIPs[addr] = s
+	}
+	var g [gMax]uint64
+	for i := range g {
+		var per []uint64
+		if err := b.objs.StatsGlobal.Lookup(uint32(i), &per); err != nil {
+			return Stats{}, fmt.Errorf("read global counters: %w", err)
+		}
+		for _, c := range per {
+			g[i] += c
+		}
+	}
+	out.Global = GlobalStats{Passed: g[gPassed], Malformed: g[gMalformed], NotIP: g[gNotIP]}
+	return out, nil
+}
+
+// owner maps a connection table value to its service and server, or
+// reports that the entry is stale (its server left).
+type owner struct {
+	key  ServiceKey
+	addr netip.Addr
+	gen  uint32
+}
+
+func (b *BPF) ownersLocked() map[uint32]owner {
+	m := make(map[uint32]owner)
+	for key, st := range b.services {
+		for addr, be := range st.servers {
+			m[be.id] = owner{key: key, addr: addr, gen: be.gen}
+		}
+	}
+	return m
+}
+
+// monotonicNow reads the clock bpf_ktime_get_coarse_ns reads.
+func monotonicNow() uint64 {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC_COARSE, &ts)
+	return uint64(ts.Nano())
+}
+
+// ActiveFlows implements Executor.
+func (b *BPF) ActiveFlows() (map[ServiceKey]map[netip.Addr]int, error) {
+	b.mu.Lock()
+	owners := b.ownersLocked()
+	b.mu.Unlock()
+	now := monotonicNow()
+	idle := uint64(b.cfg.IdleTimeout.Nanoseconds())
+	out := map[ServiceKey]map[netip.Addr]int{}
+	var (
+		k dispatchFlowKey
+		v dispatchFlowVal
+	)
+	it := b.objs.Conns.Iterate()
+	for it.Next(&k, &v) {
+		o, ok := owners[v.Backend]
+		if !ok || o.gen != v.Gen || v.Flags&flowClosing != 0 || (now > v.LastSeen && now-v.LastSeen > idle) {
+			continue
+		}
+		m := out[o.key]
+		if m == nil {
+			m = map[netip.Addr]int{}
+			out[o.key] = m
+		}
+		m[o.addr]++
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("iterate connection table: %w", err)
+	}
+	return out, nil
+}
+
+// Flows implements Executor. Entries whose server has left are skipped: the
+// data plane would dispatch them anew.
+func (b *BPF) Flows(fn func(Flow) bool) error {
+	b.mu.Lock()
+	owners := b.ownersLocked()
+	b.mu.Unlock()
+	now := monotonicNow()
+	var (
+		k dispatchFlowKey
+		v dispatchFlowVal
+	)
+	it := b.objs.Conns.Iterate()
+	for it.Next(&k, &v) {
+		o, ok := owners[v.Backend]
+		if !ok || o.gen != v.Gen {
+			continue
+		}
+		if !fn(flowFrom(k, v, o.addr, now)) {
+			return nil
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("iterate connection table: %w", err)
+	}
+	return nil
+}
+
+// LookupFlow implements Executor.
+func (b *BPF) LookupFlow(key FlowKey) (Flow, bool, error) {
+	if err := validateFlowKey(key); err != nil {
+		return Flow{}, false, err
+	}
+	var v dispatchFlowVal
+	err := b.objs.Conns.Lookup(flowKey(key), &v)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return Flow{}, false, nil
+	}
+	if err != nil {
+		return Flow{}, false, fmt.Errorf("look up flow %v: %w", key, err)
+	}
+	b.mu.Lock()
+	o, ok := b.ownersLocked()[v.Backend]
+	b.mu.Unlock()
+	if !ok || o.gen != v.Gen {
+		return Flow{}, false, nil
+	}
+	return flowFrom(flowKey(key), v, o.addr, monotonicNow()), true, nil
+}
+
+// UpsertFlows implements Executor.
+func (b *BPF) UpsertFlows(flows []Flow) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := monotonicNow()
+	var errs []error
+	for _, f := range flows {
+		if err := validateFlowKey(f.Key); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		st := b.services[f.Key.Service()]
+		if st == nil {
+			errs = append(errs, fmt.Errorf("%w: flow %v: no service %v", ErrNotFound, f.Key, f.Key.Service()))
+			continue
+		}
+		be := st.servers[f.Server]
+		if be == nil {
+			errs = append(errs, fmt.Errorf("%w: flow %v: server %v not in %v", ErrNotFound, f.Key, f.Server, f.Key.Service()))
+			continue
+		}
+		v := dispatchFlowVal{Backend: be.id, Gen: be.gen, LastSeen: now}
+		if idle := uint64(f.Idle.Nanoseconds()); f.Idle > 0 && idle < now {
+			v.LastSeen = now - idle
+		}
+		if f.Closing {
+			v.Flags = flowClosing
+		}
+		if err := b.objs.Conns.Update(flowKey(f.Key), v, ebpf.UpdateAny); err != nil {
+			errs = append(errs, fmt.Errorf("write flow %v: %w", f.Key, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// DeleteFlow implements Executor.
+func (b *BPF) DeleteFlow(key FlowKey) error {
+	if err := validateFlowKey(key); err != nil {
+		return err
+	}
+	err := b.objs.Conns.Delete(flowKey(key))
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("%w: flow %v", ErrNotFound, key)
+	}
+	return err
+}
+
+// Close implements Executor. With a pin path the data plane keeps running
+// (maps and attachments stay pinned) for the next process to take over;
+// without one, closing detaches everything.
+func (b *BPF) Close() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var errs []error
+	for ifindex, l := range b.links {
+		errs = append(errs, l.Close())
+		delete(b.links, ifindex)
+	}
+	errs = append(errs, b.objs.Close())
+	return errors.Join(errs...)
+}
+
+// Destroy detaches from every interface, removes the pinned maps and closes:
+// the data plane is gone, with its flows.
+func (b *BPF) Destroy() error {
+	b.mu.Lock()
+	var errs []error
+	for ifindex, l := range b.links {
+		if b.cfg.PinPath != "" {
+			errs = append(errs, l.Unpin())
+		}
+		errs = append(errs, l.Close())
+		delete(b.links, ifindex)
+	}
+	if b.cfg.PinPath != "" {
+		for _, m := range []*ebpf.Map{b.objs.Vips, b.objs.Services, b.objs.Rings, b.objs.Backends,
+			b.objs.Conns, b.objs.Affinity, b.objs.TxPorts, b.objs.StatsBackend, b.objs.StatsService,
+			b.objs.StatsVip, b.objs.StatsGlobal} {
+			errs = append(errs, m.Unpin())
+		}
+	}
+	b.mu.Unlock()
+	errs = append(errs, b.Close())
+	if b.cfg.PinPath != "" {
+		if err := os.Remove(b.cfg.PinPath); err != nil && !os.IsNotExist(err) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func sortServices(s []Service) {
+	slices.SortFunc(s, func(x, y Service) int {
+		if c := x.Key.VIP.Compare(y.Key.VIP); c != 0 {
+			return c
+		}
+		if x.Key.Port != y.Key.Port {
+			return int(x.Key.Port) - int(y.Key.Port)
+		}
+		return int(x.Key.Proto) - int(y.Key.Proto)
+	})
+}
+
+// Conversions between Go values and the kernel's layouts.
+
+func addrWords(a netip.Addr) ([4]uint32, uint8) {
+	var w [4]uint32
+	if a.Is4() {
+		b := a.As4()
+		w[0] = binary.NativeEndian.Uint32(b[:])
+		return w, afInet
+	}
+	b := a.As16()
+	for i := range w {
+		w[i] = binary.NativeEndian.Uint32(b[4*i:])
+	}
+	return w, afInet6
+}
+
+func addrFrom(w [4]uint32, family uint8) netip.Addr {
+	if family == afInet {
+		var b [4]byte
+		binary.NativeEndian.PutUint32(b[:], w[0])
+		return netip.AddrFrom4(b)
+	}
+	var b [16]byte
+	for i := range w {
+		binary.NativeEndian.PutUint32(b[4*i:], w[i])
+	}
+	return netip.AddrFrom16(b)
+}
+
+func htons(v uint16) uint16 {
+	var b [2]byte
+	binary.BigEndian.PutUint16(b[:], v)
+	return binary.NativeEndian.Uint16(b[:])
+}
+
+func ntohs(v uint16) uint16 { return htons(v) }
+
+func svcKey(k ServiceKey) dispatchSvcKey {
+	var sk dispatchSvcKey
+	sk.Addr.Addr, sk.Family = addrWords(k.VIP)
+	sk.Port = htons(k.Port)
+	sk.Proto = uint8(k.Proto)
+	return sk
+}
+
+func flowKey(k FlowKey) dispatchFlowKey {
+	var fk dispatchFlowKey
+	fk.Src.Addr, fk.Family = addrWords(k.Client.Addr())
+	fk.Dst.Addr, _ = addrWords(k.VIP.Addr())
+	fk.Sport = htons(k.Client.Port())
+	fk.Dport = htons(k.VIP.Port())
+	fk.Proto = uint8(k.Proto)
+	return fk
+}
+
+func flowFrom(k dispatchFlowKey, v dispatchFlowVal, server netip.Addr, now uint64) Flow {
+	f := Flow{
+		Key: FlowKey{
+			Client: netip.AddrPortFrom(addrFrom(k.Src.Addr, k.Family), ntohs(k.Sport)),
+			VIP:    netip.AddrPortFrom(addrFrom(k.Dst.Addr, k.Family), ntohs(k.Dport)),
+			Proto:  Proto(k.Proto),
+		},
+		Server:  server,
+		Closing: v.Flags&flowClosing != 0,
+	}
+	if now > v.LastSeen {
+		f.Idle = time.Duration(now - v.LastSeen)
+	}
+	return f
+}

@@ -1,0 +1,257 @@
+// Package executor is nd's data plane: the paper's Executor. It owns the XDP
+// program and its maps, and it is the only package that talks to the kernel's
+// BPF interfaces. Everything above it (daemon, manager, high availability)
+// speaks the Executor interface, which has a kernel implementation (BPF) and an
+// in-memory one (Fake) for tests.
+package executor
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"time"
+)
+
+// Proto is an IP protocol number nd dispatches.
+type Proto uint8
+
+const (
+	TCP Proto = 6
+	UDP Proto = 17
+)
+
+func (p Proto) String() string {
+	switch p {
+	case TCP:
+		return "tcp"
+	case UDP:
+		return "udp"
+	}
+	return fmt.Sprintf("proto(%d)", uint8(p))
+}
+
+// ParseProto accepts "tcp" and "udp".
+func ParseProto(s string) (Proto, error) {
+	switch s {
+	case "tcp":
+		return TCP, nil
+	case "udp":
+		return UDP, nil
+	}
+	return 0, fmt.Errorf("%w: protocol %q (want tcp or udp)", ErrInvalid, s)
+}
+
+// ServiceKey names a service: a VIP, a port and a protocol.
+type ServiceKey struct {
+	VIP   netip.Addr
+	Port  uint16
+	Proto Proto
+}
+
+func (k ServiceKey) String() string {
+	return fmt.Sprintf("%s/%s", netip.AddrPortFrom(k.VIP, k.Port), k.Proto)
+}
+
+// Server is one real server of a service (a port server instance).
+type Server struct {
+	Addr netip.Addr
+	// MAC is the server's hardware address; Ifindex the interface that
+	// reaches it. Both are ignored when Local is set.
+	MAC     net.HardwareAddr
+	Ifindex int
+	// Local marks the dispatcher host itself (co-location): its packets go
+	// to the local stack untouched.
+	Local bool
+	// Weight is the server's share of new flows; 0 quiesces it: no new
+	// flows, existing ones keep going.
+	Weight uint32
+}
+
+// Service is the whole state of one VIP:port as the data plane sees it.
+type Service struct {
+	Key ServiceKey
+	// StickyTime is the client affinity window (the IBM product's
+	// stickytime); 0 disables affinity. Whole seconds.
+	StickyTime time.Duration
+	Servers    []Server
+}
+
+// FlowKey identifies a client-to-VIP flow.
+type FlowKey struct {
+	Client     netip.AddrPort
+	VIP        netip.AddrPort
+	Proto      Proto
+}
+
+func (k FlowKey) Service() ServiceKey {
+	return ServiceKey{VIP: k.VIP.Addr(), Port: k.VIP.Port(), Proto: k.Proto}
+}
+
+func (k FlowKey) String() string {
+	return fmt.Sprintf("%s->%s/%s", k.Client, k.VIP, k.Proto)
+}
+
+// Flow is a connection table entry, named by server address rather than any
+// slot number, so that it means the same on another dispatcher.
+type Flow struct {
+	Key    FlowKey
+	Server netip.Addr
+	// Idle is how long ago the flow last carried a packet (to about a
+	// second: the data plane refreshes its timestamp once a second).
+	Idle time.Duration
+	// Closing is set once the client sent FIN or RST.
+	Closing bool
+}
+
+// ServerStats are the data plane's counters for one server of one service:
+// the raw material of the manager's input metrics. All only grow, except
+// when a server is removed and added again.
+type ServerStats struct {
+	NewFlows uint64
+	Packets  uint64
+	Bytes    uint64
+	Closed   uint64 // flows seen closing by client FIN or RST
+	Expired  uint64 // flows found idle past the idle timeout
+}
+
+// Active estimates the server's open flows: opened minus closed or expired.
+func (s ServerStats) Active() uint64 {
+	gone := s.Closed + s.Expired
+	if gone > s.NewFlows {
+		return 0
+	}
+	return s.NewFlows - gone
+}
+
+// ServiceStats are the counters of one VIP:port.
+type ServiceStats struct {
+	Packets  uint64
+	Bytes    uint64
+	NoServer uint64 // dropped: no server had a positive weight
+	Servers  map[netip.Addr]ServerStats
+}
+
+// VIPStats are counters of packets to a VIP that no service took.
+type VIPStats struct {
+	Filtered      uint64 // port or protocol not defined: dropped
+	Fragments     uint64 // IP fragments: dropped
+	ICMPLocal     uint64 // ICMP handed to the dispatcher's own stack
+	ICMPForwarded uint64 // PMTU errors sent to the server owning the flow
+}
+
+// GlobalStats count what was not for any VIP.
+type GlobalStats struct {
+	Passed    uint64 // IP packets not for a VIP: passed untouched
+	Malformed uint64 // IP packets that could not be parsed
+	NotIP     uint64 // neither IPv4 nor IPv6: passed untouched
+}
+
+// Stats is one reading of every counter.
+type Stats struct {
+	Services map[ServiceKey]ServiceStats
+	VIPs     map[netip.Addr]VIPStats
+	Global   GlobalStats
+}
+
+// Executor is what the rest of nd sees of the data plane. Implementations are
+// safe for concurrent use.
+type Executor interface {
+	// Attach starts dispatching packets that arrive on the interface.
+	Attach(ifindex int) error
+	// Detach stops it.
+	Detach(ifindex int) error
+
+	// UpsertService installs a service or replaces its whole state
+	// (servers, weights, affinity) at once: no packet sees half of it.
+	// Established flows to servers that remain keep their server.
+	UpsertService(Service) error
+	// DeleteService removes a service; its VIP stops being served when no
+	// other service uses it.
+	DeleteService(ServiceKey) error
+	// SetWeights changes the weights of some servers of a service at once.
+	// Weight 0 quiesces. Unknown servers are an error and nothing changes.
+	SetWeights(ServiceKey, map[netip.Addr]uint32) error
+	// Services lists the installed services, sorted.
+	Services() []Service
+
+	// Stats reads every counter.
+	Stats() (Stats, error)
+	// ActiveFlows counts, from the connection table itself, the open flows
+	// (not closing, not idle past the timeout) per service and server: the
+	// reconciliation of the counters' active-flow estimate.
+	ActiveFlows() (map[ServiceKey]map[netip.Addr]int, error)
+
+	// Flows calls fn for every connection table entry until fn returns false.
+	Flows(fn func(Flow) bool) error
+	// LookupFlow returns one entry.
+	LookupFlow(FlowKey) (Flow, bool, error)
+	// UpsertFlows writes entries, e.g. learnt from a peer dispatcher. An
+	// entry naming a server the service lacks is skipped and reported.
+	UpsertFlows([]Flow) error
+	// DeleteFlow removes an entry.
+	DeleteFlow(FlowKey) error
+
+	// Close releases the implementation's resources. The kernel
+	// implementation leaves a pinned data plane running.
+	Close() error
+}
+
+var (
+	// ErrInvalid marks a request the executor rejects as malformed.
+	ErrInvalid = errors.New("invalid")
+	// ErrNotFound marks a request for a service or server that is not there.
+	ErrNotFound = errors.New("not found")
+	// ErrFull marks a table with no room left.
+	ErrFull = errors.New("table full")
+)
+
+// validateService checks what both implementations require of a Service.
+func validateService(s Service) error {
+	k := s.Key
+	if !k.VIP.IsValid() || k.VIP.Zone() != "" {
+		return fmt.Errorf("%w: service %v: VIP is not a valid address", ErrInvalid, k)
+	}
+	if k.VIP.IsUnspecified() || k.VIP.IsMulticast() || k.VIP.Is4In6() {
+		return fmt.Errorf("%w: service %v: VIP must be a unicast IPv4 or IPv6 address", ErrInvalid, k)
+	}
+	if k.Proto != TCP && k.Proto != UDP {
+		return fmt.Errorf("%w: service %v: protocol must be tcp or udp", ErrInvalid, k)
+	}
+	if k.Port == 0 {
+		return fmt.Errorf("%w: service %v: port 0", ErrInvalid, k)
+	}
+	if s.StickyTime < 0 || s.StickyTime%time.Second != 0 || s.StickyTime > 24*time.Hour {
+		return fmt.Errorf("%w: service %v: sticky time %v must be whole seconds between 0 and 24h", ErrInvalid, k, s.StickyTime)
+	}
+	seen := make(map[netip.Addr]bool, len(s.Servers))
+	for _, sv := range s.Servers {
+		if !sv.Addr.IsValid() || sv.Addr.Is4() != k.VIP.Is4() || sv.Addr.Is4In6() {
+			return fmt.Errorf("%w: service %v: server %v is not an address of the VIP's family", ErrInvalid, k, sv.Addr)
+		}
+		if seen[sv.Addr] {
+			return fmt.Errorf("%w: service %v: server %v listed twice", ErrInvalid, k, sv.Addr)
+		}
+		seen[sv.Addr] = true
+		if sv.Local {
+			continue
+		}
+		if len(sv.MAC) != 6 {
+			return fmt.Errorf("%w: service %v: server %v: MAC %q is not an Ethernet address", ErrInvalid, k, sv.Addr, sv.MAC)
+		}
+		if sv.Ifindex <= 0 {
+			return fmt.Errorf("%w: service %v: server %v: no egress interface", ErrInvalid, k, sv.Addr)
+		}
+	}
+	return nil
+}
+
+func validateFlowKey(k FlowKey) error {
+	if !k.Client.IsValid() || !k.VIP.IsValid() || k.Client.Addr().Is4() != k.VIP.Addr().Is4() {
+		return fmt.Errorf("%w: flow %v: addresses invalid or of mixed families", ErrInvalid, k)
+	}
+	if k.Proto != TCP && k.Proto != UDP {
+		return fmt.Errorf("%w: flow %v: protocol", ErrInvalid, k)
+	}
+	return nil
+}

@@ -2,8 +2,8 @@ package executor
 
 import (
 	"bytes"
-	"os"
 	"net/netip"
+	"os"
 	"testing"
 	"time"
 )

@@ -79,9 +79,9 @@ type Service struct {
 
 // FlowKey identifies a client-to-VIP flow.
 type FlowKey struct {
-	Client     netip.AddrPort
-	VIP        netip.AddrPort
-	Proto      Proto
+	Client netip.AddrPort
+	VIP    netip.AddrPort
+	Proto  Proto
 }
 
 func (k FlowKey) Service() ServiceKey {

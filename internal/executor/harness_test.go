@@ -40,12 +40,12 @@ var (
 )
 
 type harness struct {
-	t     *testing.T
-	ns    *netns.NS
-	x     *BPF
-	in    int // ifindex of the ingress interface
-	out   int // ifindex of the second interface
-	cfg   Config
+	t   *testing.T
+	ns  *netns.NS
+	x   *BPF
+	in  int // ifindex of the ingress interface
+	out int // ifindex of the second interface
+	cfg Config
 }
 
 func randomName(prefix string) string {

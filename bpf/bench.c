@@ -14,7 +14,7 @@
 struct bench_frame {
 	__u32 len;
 	__u16 port_off; /* offset of the source port to vary, or 0 */
-	__u16 addr_off; /* offset of the source address's last 4 bytes */
+	__u16 addr_off; /* offset of the source address's last 2 bytes */
 	__u8 data[BENCH_MAX_FRAME];
 };
 
@@ -61,10 +61,10 @@ int bench_restore(struct xdp_md *ctx)
 		/* A new source port each time, and the source address moves on
 		 * every 65,536 ports, so that no run ever revisits a flow. */
 		__u16 port = bpf_htons(*seq & 0xffff);
-		__u32 addr = bpf_htonl(*seq >> 16);
+		__u16 addr = bpf_htons(*seq >> 16);
 		if (bpf_xdp_store_bytes(ctx, f->port_off, &port, 2) < 0)
 			return XDP_ABORTED;
-		if (bpf_xdp_store_bytes(ctx, f->addr_off, &addr, 4) < 0)
+		if (bpf_xdp_store_bytes(ctx, f->addr_off, &addr, 2) < 0)
 			return XDP_ABORTED;
 	}
 

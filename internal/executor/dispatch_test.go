@@ -20,7 +20,7 @@ var actionNames = map[uint32]string{0: "ABORTED", 1: "DROP", 2: "PASS", 3: "TX",
 
 // fixtureWorld installs one single-server service per path, so that every
 // expected output frame is known exactly.
-func fixtureWorld(t *testing.T) *harness {
+func fixtureWorld(t testing.TB) *harness {
 	h := newHarness(t, Config{MaxFlows: 1 << 16})
 	h.upsert(Service{Key: ServiceKey{vip4, 80, TCP}, Servers: []Server{h.server(s1, macS1, 10)}})
 	h.upsert(Service{Key: ServiceKey{vip4, 53, UDP}, Servers: []Server{h.server(s2, macS2, 10)}})
@@ -104,7 +104,7 @@ func TestFixtures(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			act, out := h.dispatch(c.in)
+			act, out := h.with(t).dispatch(c.in)
 			if act != c.action {
 				t.Fatalf("action %s, want %s", actionNames[act], actionNames[c.action])
 			}

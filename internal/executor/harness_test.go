@@ -40,7 +40,7 @@ var (
 )
 
 type harness struct {
-	t   *testing.T
+	t   testing.TB
 	ns  *netns.NS
 	x   *BPF
 	in  int // ifindex of the ingress interface
@@ -56,10 +56,15 @@ func randomName(prefix string) string {
 
 // newHarness builds the namespace with two dummy interfaces and loads the
 // data plane in it.
-func newHarness(t *testing.T, cfg Config) *harness {
+func newHarness(t testing.TB, cfg Config) *harness {
 	t.Helper()
 	testutil.RequirePrivileged(t)
-	ns, err := netns.New(randomName("ndx"))
+	// Fuzz workers are killed without running cleanups: sweep what dead
+	// test processes left before making more.
+	if _, err := netns.SweepStale("ndxt", t.Logf); err != nil {
+		t.Logf("sweep stale namespaces: %v", err)
+	}
+	ns, err := netns.New(netns.OwnedName("ndxt"))
 	if err != nil {
 		t.Fatalf("netns: %v", err)
 	}
@@ -188,4 +193,12 @@ func tcp4From(client netip.Addr, sport uint16, dport uint16, flags uint8) frame 
 	f := tcp4(sport, dport, flags)
 	f.src = client
 	return f
+}
+
+// with returns the harness reporting to t, for use inside subtests and fuzz
+// targets, which must not report to their parent.
+func (h *harness) with(t testing.TB) *harness {
+	c := *h
+	c.t = t
+	return &c
 }

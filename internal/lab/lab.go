@@ -1,0 +1,263 @@
+// Package lab builds network-namespace topologies for nd's tests, the demo
+// and benchmarks.
+//
+// Every host is a named network namespace (see internal/netns) joined by a
+// veth pair to a Linux bridge that lives in its own "bridge" namespace;
+// nothing is added to the root namespace. The one-network topology puts the
+// client, the dispatcher and the servers on 198.51.100.0/24 and
+// 2001:db8::/64. With Options.TwoNetworks the dispatcher and the servers also
+// share an internal network, 203.0.113.0/24 and 2001:db8:1::/64, as in the
+// paper's figure 1: clients reach the dispatcher on the external network
+// (eth0), the dispatcher forwards to the servers over the internal one
+// (eth1), and the servers answer the clients directly over the external one.
+//
+// The servers hold the VIPs on lo and do not answer ARP for them; the
+// dispatcher holds them on eth0 and answers ARP and NDP for them.
+//
+// Addresses and MACs are fixed so that fixtures read well: host number n
+// (client 2, dispatcher 3, servers 11, 12, ...) has 198.51.100.n,
+// 2001:db8::n (the same digits, so server 1 is 2001:db8::11) and MAC
+// 02:00:00:00:00:nn on eth0, and 203.0.113.n, 2001:db8:1::n and
+// 02:00:00:00:01:nn on eth1.
+//
+// A Lab's namespaces outlive the process unless Close runs: own it with
+// defer or t.Cleanup, and in long-running programs cancel on signals
+// (signal.NotifyContext) so that the deferred Close runs. SweepStale removes
+// what a killed process left behind.
+package lab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+
+	"github.com/nd-dispatcher/nd/internal/netns"
+)
+
+// The networks and VIPs of every lab.
+var (
+	ExtNet4 = netip.MustParsePrefix("198.51.100.0/24")
+	ExtNet6 = netip.MustParsePrefix("2001:db8::/64")
+	IntNet4 = netip.MustParsePrefix("203.0.113.0/24")
+	IntNet6 = netip.MustParsePrefix("2001:db8:1::/64")
+	VIP4    = netip.MustParseAddr("198.51.100.100")
+	VIP6    = netip.MustParseAddr("2001:db8::100")
+)
+
+// Host numbers: the last byte of a host's addresses and MACs.
+const (
+	ClientNum     = 2
+	DispatcherNum = 3
+	FirstServer   = 11
+)
+
+// DefaultServers is the number of servers when Options.Servers is 0, and
+// MaxServers the most a lab can have (servers stay below the VIP's .100).
+const (
+	DefaultServers = 4
+	MaxServers     = 88
+)
+
+// Errors returned by this package.
+var (
+	ErrBadOptions = errors.New("bad lab options")
+	ErrClosed     = errors.New("lab closed")
+)
+
+// Options configure New.
+type Options struct {
+	// Servers is the number of real servers; 0 means DefaultServers.
+	Servers int
+	// Prefix starts every namespace name. The default,
+	// "ndlab<pid>-<random>", is unique to the process and lets SweepStale
+	// find namespaces whose process has died.
+	Prefix string
+	// TwoNetworks adds the internal network between the dispatcher and the
+	// servers.
+	TwoNetworks bool
+	// Logf, if set, receives progress messages.
+	Logf func(format string, args ...any)
+}
+
+// Iface is one interface of a host.
+type Iface struct {
+	Ifname  string // name in the host's namespace: eth0 or eth1
+	Ifindex int    // index in the host's namespace
+	MAC     net.HardwareAddr
+	Addr4   netip.Addr // the host's own address, without the VIPs
+	Addr6   netip.Addr
+	// The bridge-side end of the veth pair, in the lab's bridge namespace.
+	Peer        string
+	PeerIfindex int
+}
+
+// Prefix4 returns Addr4 with its network's prefix length.
+func (i Iface) Prefix4() netip.Prefix { return netip.PrefixFrom(i.Addr4, 24) }
+
+// Prefix6 returns Addr6 with its network's prefix length.
+func (i Iface) Prefix6() netip.Prefix { return netip.PrefixFrom(i.Addr6, 64) }
+
+// Host is one namespace of the lab. The embedded Iface is eth0, on the
+// external network.
+type Host struct {
+	Name string // client, dispatcher, server1, server2, ...
+	NS   *netns.NS
+	Iface
+	// Int is eth1, on the internal network; nil in a one-network lab and
+	// on the client.
+	Int *Iface
+}
+
+// Ifaces returns the host's interfaces: eth0, then eth1 if it has one.
+func (h *Host) Ifaces() []*Iface {
+	if h.Int != nil {
+		return []*Iface{&h.Iface, h.Int}
+	}
+	return []*Iface{&h.Iface}
+}
+
+// Lab is a running topology. Its fields must not be changed.
+type Lab struct {
+	// Bridge is the namespace holding the bridges br0 (external) and br1
+	// (internal) and the bridge-side ends of the veth pairs.
+	Bridge      *netns.NS
+	Client      Host
+	Dispatcher  Host
+	Servers     []Host
+	VIP4, VIP6  netip.Addr
+	TwoNetworks bool
+	Prefix      string
+
+	logf    func(string, ...any)
+	mu      sync.Mutex  // guards the fields below
+	nss     []*netns.NS // every namespace made, bridge first
+	closers []io.Closer // XDP pass programs
+	closed  bool
+}
+
+// Backend is what the dispatcher needs to forward a frame to one server:
+// the interface to send it out of and the MAC addresses to write.
+type Backend struct {
+	Name    string
+	Ifindex int              // the dispatcher's egress interface
+	Ifname  string           // its name
+	SrcMAC  net.HardwareAddr // the dispatcher's MAC on that interface
+	DstMAC  net.HardwareAddr // the server's MAC on that network
+	Addr4   netip.Addr       // the server's own addresses on that network
+	Addr6   netip.Addr
+}
+
+// Backends returns, for each server in order, how the dispatcher reaches
+// it: over eth0 in a one-network lab, over eth1 with TwoNetworks.
+func (l *Lab) Backends() []Backend {
+	out := l.Dispatcher.forwardIface()
+	bs := make([]Backend, len(l.Servers))
+	for i := range l.Servers {
+		s := l.Servers[i].forwardIface()
+		bs[i] = Backend{
+			Name:    l.Servers[i].Name,
+			Ifindex: out.Ifindex,
+			Ifname:  out.Ifname,
+			SrcMAC:  out.MAC,
+			DstMAC:  s.MAC,
+			Addr4:   s.Addr4,
+			Addr6:   s.Addr6,
+		}
+	}
+	return bs
+}
+
+// forwardIface is the interface on which the dispatcher and the servers
+// meet.
+func (h *Host) forwardIface() *Iface {
+	if h.Int != nil {
+		return h.Int
+	}
+	return &h.Iface
+}
+
+// Hosts returns the client, the dispatcher and the servers, in that order.
+func (l *Lab) Hosts() []*Host {
+	hs := []*Host{&l.Client, &l.Dispatcher}
+	for i := range l.Servers {
+		hs = append(hs, &l.Servers[i])
+	}
+	return hs
+}
+
+// New builds a lab. On any error, or if ctx ends first, it removes
+// everything it made before returning. The caller must Close the result.
+func New(ctx context.Context, o Options) (_ *Lab, err error) {
+	if o.Servers == 0 {
+		o.Servers = DefaultServers
+	}
+	if o.Servers < 0 || o.Servers > MaxServers {
+		return nil, fmt.Errorf("%w: %d servers, want 1 to %d", ErrBadOptions, o.Servers, MaxServers)
+	}
+	if o.Prefix == "" {
+		o.Prefix = fmt.Sprintf("%s%d-%04x", sweepPrefix, os.Getpid(), rand.IntN(0x10000))
+	}
+	if len(o.Prefix)+len("-s88") > netns.MaxNameLen {
+		return nil, fmt.Errorf("%w: prefix %q is too long", ErrBadOptions, o.Prefix)
+	}
+	l := &Lab{
+		VIP4:        VIP4,
+		VIP6:        VIP6,
+		TwoNetworks: o.TwoNetworks,
+		Prefix:      o.Prefix,
+		logf:        o.Logf,
+	}
+	if l.logf == nil {
+		l.logf = func(string, ...any) {}
+	}
+	// Clean up on errors and on panics alike.
+	ok := false
+	defer func() {
+		if !ok {
+			if cerr := l.Close(); cerr != nil {
+				err = errors.Join(err, fmt.Errorf("clean up: %w", cerr))
+			}
+		}
+	}()
+	if err := l.build(ctx, o.Servers); err != nil {
+		return nil, fmt.Errorf("build lab %s: %w", l.Prefix, err)
+	}
+	ok = true
+	return l, nil
+}
+
+// Close detaches the lab's XDP programs and deletes its namespaces, which
+// destroys its links. It is idempotent and safe to call from another
+// goroutine, such as a signal handler's.
+func (l *Lab) Close() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return nil
+	}
+	l.closed = true
+	var errs []error
+	for _, c := range l.closers {
+		if err := c.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("detach xdp pass program: %w", err))
+		}
+	}
+	l.closers = nil
+	// Hosts first, the bridge last.
+	for i := len(l.nss) - 1; i >= 0; i-- {
+		if err := l.nss[i].Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	l.nss = nil
+	if len(errs) == 0 {
+		l.logf("lab %s: removed", l.Prefix)
+	}
+	return errors.Join(errs...)
+}

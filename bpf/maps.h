@@ -60,6 +60,7 @@ struct {
  * between CPUs, and high availability reads and writes single entries. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
 	__uint(max_entries, DEFAULT_MAX_FLOWS);
 	__type(key, struct flow_key);
 	__type(value, struct flow_val);

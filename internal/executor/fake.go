@@ -1,0 +1,729 @@
+package executor
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/nd-dispatcher/nd/internal/maglev"
+)
+
+var (
+	// ErrClosed marks a call on an executor that has been closed.
+	ErrClosed = errors.New("executor closed")
+	// ErrNoServer marks a packet of a new flow that was dropped because no
+	// server of its service had a positive weight.
+	ErrNoServer = errors.New("no server with a positive weight")
+)
+
+const (
+	// FakeRingSize is the Maglev table size of NewFake: small, so that
+	// tables build fast, and prime, as maglev.Build requires.
+	FakeRingSize = 1009
+	// FakePacketBytes is the packet length Dispatch counts.
+	FakePacketBytes = 64
+)
+
+// Fake is an in-memory Executor for testing what sits above the data plane
+// (manager, daemon, high availability) without root or a kernel. It keeps the
+// same state the kernel implementation keeps and follows the same rules:
+// server slots whose counters start at zero, flows that go stale when their
+// server leaves, client affinity, idle expiry. Dispatch stands in for a packet
+// arriving on an attached interface.
+//
+// Time is virtual: it stands still until Advance moves it, so flow idle times
+// and affinity windows are exact in tests. Flows expire after 300 s of
+// idleness, the kernel implementation's default, and every packet restarts
+// a flow's idle time (the kernel refreshes it about once a second). Tables
+// have no size limit, so the Fake never returns ErrFull.
+//
+// With the same ring size, Dispatch picks the server the kernel would pick
+// for a new flow under hash seed 0: the Maglev tables are built the same way
+// and the flow hash is the data plane's.
+//
+// A Fake is safe for concurrent use.
+type Fake struct {
+	ringSize    uint32
+	idleTimeout time.Duration
+
+	mu       sync.Mutex
+	closed   bool
+	now      time.Duration // virtual clock
+	attached map[int]bool
+	services map[ServiceKey]*fakeService
+	vips     map[netip.Addr]*fakeVIP
+	// flows is the connection table. Like the kernel's it keeps entries
+	// whose server has left; they are stale and read as absent.
+	flows    map[FlowKey]*fakeFlow
+	affinity map[fakeAffinityKey]*fakeAffinity
+	global   GlobalStats
+	nextID   uint32 // names servers to maglev.Build
+	commits  int
+}
+
+// fakeService is one service. Its servers are compared by identity: a server
+// removed and added again is a new *fakeServer, like a fresh kernel slot, so
+// flows and affinity records naming the old one go stale.
+type fakeService struct {
+	sticky   time.Duration
+	servers  map[netip.Addr]*fakeServer
+	ring     []*fakeServer // nil when no server has a positive weight
+	packets  uint64
+	bytes    uint64
+	noServer uint64
+}
+
+type fakeServer struct {
+	id    uint32
+	srv   Server
+	stats ServerStats
+}
+
+type fakeVIP struct {
+	refs  int
+	stats VIPStats
+}
+
+type fakeFlow struct {
+	server   *fakeServer
+	lastSeen time.Duration
+	closing  bool
+}
+
+type fakeAffinityKey struct {
+	svc    ServiceKey
+	client netip.Addr
+}
+
+type fakeAffinity struct {
+	server   *fakeServer
+	lastSeen time.Duration
+}
+
+var _ Executor = (*Fake)(nil)
+
+// NewFake returns an empty Fake whose Maglev tables have FakeRingSize slots.
+func NewFake() *Fake {
+	f, err := NewFakeSize(FakeRingSize)
+	if err != nil {
+		panic(err) // FakeRingSize is a valid size
+	}
+	return f
+}
+
+// NewFakeSize returns an empty Fake whose Maglev tables have ringSize slots,
+// a prime in [maglev.MinSize, maglev.MaxSize]. Use maglev.DefaultSize to pick
+// servers exactly as a kernel data plane with the default configuration.
+func NewFakeSize(ringSize uint32) (*Fake, error) {
+	if ringSize < maglev.MinSize || ringSize > maglev.MaxSize || !maglev.IsPrime(ringSize) {
+		return nil, fmt.Errorf("%w: ring size %d is not a prime in [%d, %d]", ErrInvalid, ringSize, maglev.MinSize, maglev.MaxSize)
+	}
+	return &Fake{
+		ringSize:    ringSize,
+		idleTimeout: DefaultConfig().IdleTimeout,
+		attached:    map[int]bool{},
+		services:    map[ServiceKey]*fakeService{},
+		vips:        map[netip.Addr]*fakeVIP{},
+		flows:       map[FlowKey]*fakeFlow{},
+		affinity:    map[fakeAffinityKey]*fakeAffinity{},
+	}, nil
+}
+
+// Advance moves the Fake's clock forward by d; a negative d is ignored.
+func (f *Fake) Advance(d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.now += d
+}
+
+// Attach implements Executor. Attaching twice is not an error.
+func (f *Fake) Attach(ifindex int) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return ErrClosed
+	}
+	if ifindex <= 0 {
+		return fmt.Errorf("%w: attach xdp to ifindex %d", ErrInvalid, ifindex)
+	}
+	f.attached[ifindex] = true
+	return nil
+}
+
+// Detach implements Executor.
+func (f *Fake) Detach(ifindex int) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return ErrClosed
+	}
+	if !f.attached[ifindex] {
+		return fmt.Errorf("%w: not attached to ifindex %d", ErrNotFound, ifindex)
+	}
+	delete(f.attached, ifindex)
+	return nil
+}
+
+// Attached lists the interfaces the Fake is attached to, sorted.
+func (f *Fake) Attached() []int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make([]int, 0, len(f.attached))
+	for ifindex := range f.attached {
+		out = append(out, ifindex)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Commits counts the calls of UpsertService, SetWeights and DeleteService
+// that succeeded and changed something; calls that installed what was
+// already there are not counted.
+func (f *Fake) Commits() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.commits
+}
+
+// UpsertService implements Executor.
+func (f *Fake) UpsertService(s Service) error {
+	if err := validateService(s); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return ErrClosed
+	}
+	return f.upsertLocked(s)
+}
+
+// upsertLocked computes the new state in full, the Maglev table included,
+// before changing anything, so that a failure leaves the service as it was.
+func (f *Fake) upsertLocked(s Service) error {
+	st := f.services[s.Key]
+	changed := st == nil || st.sticky != s.StickyTime || len(st.servers) != len(s.Servers)
+
+	type rewrite struct {
+		fs  *fakeServer
+		srv Server
+	}
+	var (
+		rewrites []rewrite
+		members  []maglev.Backend
+		byID     = make(map[uint32]*fakeServer, len(s.Servers))
+		next     = make(map[netip.Addr]*fakeServer, len(s.Servers))
+	)
+	for _, srv := range s.Servers {
+		srv.MAC = slices.Clone(srv.MAC)
+		var fs *fakeServer
+		if st != nil {
+			fs = st.servers[srv.Addr]
+		}
+		switch {
+		case fs == nil:
+			// A new server: fresh counters, like a freshly allocated slot.
+			fs = &fakeServer{id: f.nextID, srv: srv}
+			f.nextID++
+			changed = true
+		case !sameServer(fs.srv, srv):
+			// Rewritten in place: it keeps its flows and counters.
+			rewrites = append(rewrites, rewrite{fs, srv})
+			changed = true
+		}
+		next[srv.Addr] = fs
+		byID[fs.id] = fs
+		if srv.Weight > 0 {
+			members = append(members, maglev.Backend{Key: srv.Addr.String(), ID: fs.id, Weight: srv.Weight})
+		}
+	}
+	if !changed {
+		return nil
+	}
+
+	var ring []*fakeServer
+	if len(members) > 0 {
+		table, err := maglev.Build(f.ringSize, members)
+		if err != nil {
+			return fmt.Errorf("build maglev table: %w", err)
+		}
+		ring = make([]*fakeServer, len(table))
+		for i, id := range table {
+			ring[i] = byID[id]
+		}
+	}
+
+	if st == nil {
+		st = &fakeService{}
+		f.services[s.Key] = st
+		f.refVIP(s.Key.VIP)
+	}
+	for _, r := range rewrites {
+		r.fs.srv = r.srv
+	}
+	st.servers = next
+	st.sticky = s.StickyTime
+	st.ring = ring
+	f.commits++
+	return nil
+}
+
+func (f *Fake) refVIP(a netip.Addr) {
+	if v := f.vips[a]; v != nil {
+		v.refs++
+		return
+	}
+	f.vips[a] = &fakeVIP{refs: 1}
+}
+
+func (f *Fake) unrefVIP(a netip.Addr) {
+	v := f.vips[a]
+	if v == nil {
+		return
+	}
+	if v.refs--; v.refs <= 0 {
+		delete(f.vips, a)
+	}
+}
+
+// DeleteService implements Executor.
+func (f *Fake) DeleteService(key ServiceKey) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return ErrClosed
+	}
+	if f.services[key] == nil {
+		return fmt.Errorf("%w: service %v", ErrNotFound, key)
+	}
+	delete(f.services, key)
+	f.unrefVIP(key.VIP)
+	f.commits++
+	return nil
+}
+
+// SetWeights implements Executor.
+func (f *Fake) SetWeights(key ServiceKey, weights map[netip.Addr]uint32) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return ErrClosed
+	}
+	st := f.services[key]
+	if st == nil {
+		return fmt.Errorf("%w: service %v", ErrNotFound, key)
+	}
+	for addr := range weights {
+		if st.servers[addr] == nil {
+			return fmt.Errorf("%w: server %v in %v", ErrNotFound, addr, key)
+		}
+	}
+	s := st.service(key)
+	for i := range s.Servers {
+		if w, ok := weights[s.Servers[i].Addr]; ok {
+			s.Servers[i].Weight = w
+		}
+	}
+	return f.upsertLocked(s)
+}
+
+// service returns a copy of the service as the caller installed it.
+func (st *fakeService) service(key ServiceKey) Service {
+	s := Service{Key: key, StickyTime: st.sticky}
+	for _, fs := range st.servers {
+		srv := fs.srv
+		srv.MAC = slices.Clone(srv.MAC)
+		s.Servers = append(s.Servers, srv)
+	}
+	slices.SortFunc(s.Servers, func(x, y Server) int { return x.Addr.Compare(y.Addr) })
+	return s
+}
+
+// Services implements Executor. A closed Fake has none.
+func (f *Fake) Services() []Service {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return nil
+	}
+	out := make([]Service, 0, len(f.services))
+	for key, st := range f.services {
+		out = append(out, st.service(key))
+	}
+	sortServices(out)
+	return out
+}
+
+// Dispatch passes one packet of flow k, of FakePacketBytes bytes, through
+// the Fake as the data plane would. See DispatchBytes.
+func (f *Fake) Dispatch(k FlowKey, syn, closing bool) (netip.Addr, error) {
+	return f.DispatchBytes(k, syn, closing, FakePacketBytes)
+}
+
+// DispatchBytes passes one packet of flow k, bytes long, through the Fake
+// as the data plane would, and returns the server it goes to. For TCP, syn
+// says the packet opens a connection (SYN without ACK) and closing that the
+// client sends FIN or RST; for UDP both are ignored, as the data plane reads
+// them from TCP flags.
+//
+// A flow in the table keeps its server while the server remains (quiesced or
+// not), unless the flow has been idle past the timeout (counted Expired) or
+// a SYN reuses the tuple of a closing flow. Any other packet starts a new
+// flow: on the client's sticky server when the service has affinity and that
+// server has a positive weight, otherwise on the server the Maglev table
+// names. With no server to take it the packet is dropped with ErrNoServer.
+// A packet for no service is dropped with ErrNotFound. Counters change as
+// the kernel changes them.
+func (f *Fake) DispatchBytes(k FlowKey, syn, closing bool, bytes uint64) (netip.Addr, error) {
+	if err := validateFlowKey(k); err != nil {
+		return netip.Addr{}, err
+	}
+	if k.Proto != TCP {
+		syn, closing = false, false
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return netip.Addr{}, ErrClosed
+	}
+	key := k.Service()
+	st := f.services[key]
+	if st == nil {
+		if v := f.vips[key.VIP]; v != nil {
+			v.stats.Filtered++
+		} else {
+			f.global.Passed++
+		}
+		return netip.Addr{}, fmt.Errorf("%w: no service %v", ErrNotFound, key)
+	}
+
+	var (
+		fs       *fakeServer
+		newFlow  bool
+		isClosed bool
+	)
+	fl := f.flows[k]
+	if fl != nil && st.has(fl.server) {
+		switch {
+		case f.now-fl.lastSeen > f.idleTimeout:
+			if !fl.closing {
+				fl.server.stats.Expired++
+			}
+		case syn && fl.closing:
+			// The client reuses a closed tuple: a new connection.
+		default:
+			fs = fl.server
+		}
+	}
+	if fs != nil {
+		fl.lastSeen = f.now
+		if st.sticky > 0 {
+			ak := fakeAffinityKey{svc: key, client: k.Client.Addr()}
+			if a := f.affinity[ak]; a != nil && a.server == fs {
+				a.lastSeen = f.now
+			}
+		}
+		if closing && !fl.closing {
+			fl.closing = true
+			isClosed = true
+		}
+	} else {
+		if fs = f.pick(key, st, k); fs == nil {
+			st.noServer++
+			return netip.Addr{}, fmt.Errorf("%w: flow %v", ErrNoServer, k)
+		}
+		f.flows[k] = &fakeFlow{server: fs, lastSeen: f.now, closing: closing}
+		newFlow, isClosed = true, closing
+	}
+
+	fs.stats.Packets++
+	fs.stats.Bytes += bytes
+	if newFlow {
+		fs.stats.NewFlows++
+	}
+	if isClosed {
+		fs.stats.Closed++
+	}
+	st.packets++
+	st.bytes += bytes
+	return fs.srv.Addr, nil
+}
+
+// has reports whether fs is still one of the service's servers.
+func (st *fakeService) has(fs *fakeServer) bool {
+	return fs != nil && st.servers[fs.srv.Addr] == fs
+}
+
+// pick chooses the server of a new flow: the client's sticky server if the
+// service has affinity, the record is within the window and the server takes
+// new flows; otherwise the Maglev table's, which becomes the sticky one.
+func (f *Fake) pick(key ServiceKey, st *fakeService, k FlowKey) *fakeServer {
+	ak := fakeAffinityKey{svc: key, client: k.Client.Addr()}
+	if st.sticky > 0 {
+		if a := f.affinity[ak]; a != nil && f.now-a.lastSeen <= st.sticky && st.has(a.server) && a.server.srv.Weight > 0 {
+			a.lastSeen = f.now
+			return a.server
+		}
+	}
+	if st.ring == nil {
+		return nil
+	}
+	fs := st.ring[flowHash(k)%f.ringSize]
+	if st.sticky > 0 {
+		f.affinity[ak] = &fakeAffinity{server: fs, lastSeen: f.now}
+	}
+	return fs
+}
+
+// AddCounters adds delta to the counters of a server of a service, and its
+// packets and bytes to the service's, as if the data plane had counted them,
+// so that a test can feed the manager the metrics it wants.
+func (f *Fake) AddCounters(key ServiceKey, server netip.Addr, delta ServerStats) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return ErrClosed
+	}
+	st := f.services[key]
+	if st == nil {
+		return fmt.Errorf("%w: service %v", ErrNotFound, key)
+	}
+	fs := st.servers[server]
+	if fs == nil {
+		return fmt.Errorf("%w: server %v in %v", ErrNotFound, server, key)
+	}
+	fs.stats.NewFlows += delta.NewFlows
+	fs.stats.Packets += delta.Packets
+	fs.stats.Bytes += delta.Bytes
+	fs.stats.Closed += delta.Closed
+	fs.stats.Expired += delta.Expired
+	st.packets += delta.Packets
+	st.bytes += delta.Bytes
+	return nil
+}
+
+// Stats implements Executor.
+func (f *Fake) Stats() (Stats, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return Stats{}, ErrClosed
+	}
+	out := Stats{
+		Services: make(map[ServiceKey]ServiceStats, len(f.services)),
+		VIPs:     make(map[netip.Addr]VIPStats, len(f.vips)),
+		Global:   f.global,
+	}
+	for key, st := range f.services {
+		ss := ServiceStats{
+			Packets:  st.packets,
+			Bytes:    st.bytes,
+			NoServer: st.noServer,
+			Servers:  make(map[netip.Addr]ServerStats, len(st.servers)),
+		}
+		for addr, fs := range st.servers {
+			ss.Servers[addr] = fs.stats
+		}
+		out.Services[key] = ss
+	}
+	for addr, v := range f.vips {
+		out.VIPs[addr] = v.stats
+	}
+	return out, nil
+}
+
+// ActiveFlows implements Executor.
+func (f *Fake) ActiveFlows() (map[ServiceKey]map[netip.Addr]int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return nil, ErrClosed
+	}
+	out := map[ServiceKey]map[netip.Addr]int{}
+	for k, fl := range f.flows {
+		key := k.Service()
+		st := f.services[key]
+		if st == nil || !st.has(fl.server) || fl.closing || f.now-fl.lastSeen > f.idleTimeout {
+			continue
+		}
+		m := out[key]
+		if m == nil {
+			m = map[netip.Addr]int{}
+			out[key] = m
+		}
+		m[fl.server.srv.Addr]++
+	}
+	return out, nil
+}
+
+// liveFlowLocked returns the entry of k as a Flow, unless it is absent or
+// stale.
+func (f *Fake) liveFlowLocked(k FlowKey, fl *fakeFlow) (Flow, bool) {
+	st := f.services[k.Service()]
+	if st == nil || !st.has(fl.server) {
+		return Flow{}, false
+	}
+	out := Flow{Key: k, Server: fl.server.srv.Addr, Closing: fl.closing}
+	if d := f.now - fl.lastSeen; d > 0 {
+		out.Idle = d
+	}
+	return out, true
+}
+
+// Flows implements Executor. fn sees the entries in a fixed order (by
+// service, then client) and runs without the Fake's lock, so it may call
+// the Fake, for instance to delete the flow it is given.
+func (f *Fake) Flows(fn func(Flow) bool) error {
+	f.mu.Lock()
+	if f.closed {
+		f.mu.Unlock()
+		return ErrClosed
+	}
+	flows := make([]Flow, 0, len(f.flows))
+	for k, fl := range f.flows {
+		if out, ok := f.liveFlowLocked(k, fl); ok {
+			flows = append(flows, out)
+		}
+	}
+	f.mu.Unlock()
+	slices.SortFunc(flows, func(x, y Flow) int { return compareFlowKeys(x.Key, y.Key) })
+	for _, fl := range flows {
+		if !fn(fl) {
+			return nil
+		}
+	}
+	return nil
+}
+
+func compareFlowKeys(x, y FlowKey) int {
+	if c := x.VIP.Compare(y.VIP); c != 0 {
+		return c
+	}
+	if x.Proto != y.Proto {
+		return int(x.Proto) - int(y.Proto)
+	}
+	return x.Client.Compare(y.Client)
+}
+
+// LookupFlow implements Executor.
+func (f *Fake) LookupFlow(k FlowKey) (Flow, bool, error) {
+	if err := validateFlowKey(k); err != nil {
+		return Flow{}, false, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return Flow{}, false, ErrClosed
+	}
+	fl := f.flows[k]
+	if fl == nil {
+		return Flow{}, false, nil
+	}
+	out, ok := f.liveFlowLocked(k, fl)
+	return out, ok, nil
+}
+
+// UpsertFlows implements Executor. Entries written here do not count as new
+// flows, as in the kernel: nothing passed the data plane.
+func (f *Fake) UpsertFlows(flows []Flow) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return ErrClosed
+	}
+	var errs []error
+	for _, fl := range flows {
+		if err := validateFlowKey(fl.Key); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		st := f.services[fl.Key.Service()]
+		if st == nil {
+			errs = append(errs, fmt.Errorf("%w: flow %v: no service %v", ErrNotFound, fl.Key, fl.Key.Service()))
+			continue
+		}
+		fs := st.servers[fl.Server]
+		if fs == nil {
+			errs = append(errs, fmt.Errorf("%w: flow %v: server %v not in %v", ErrNotFound, fl.Key, fl.Server, fl.Key.Service()))
+			continue
+		}
+		entry := &fakeFlow{server: fs, lastSeen: f.now, closing: fl.Closing}
+		if fl.Idle > 0 {
+			entry.lastSeen -= fl.Idle
+		}
+		f.flows[fl.Key] = entry
+	}
+	return errors.Join(errs...)
+}
+
+// DeleteFlow implements Executor. Like the kernel's, it removes a stale
+// entry too, although LookupFlow does not report one.
+func (f *Fake) DeleteFlow(k FlowKey) error {
+	if err := validateFlowKey(k); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return ErrClosed
+	}
+	if f.flows[k] == nil {
+		return fmt.Errorf("%w: flow %v", ErrNotFound, k)
+	}
+	delete(f.flows, k)
+	return nil
+}
+
+// Close implements Executor: it detaches from every interface, and every
+// later call, Close included, fails with ErrClosed.
+func (f *Fake) Close() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return ErrClosed
+	}
+	f.closed = true
+	clear(f.attached)
+	return nil
+}
+
+// flowHash is the data plane's flow hash (bpf/hash.h) with seed 0: murmur3
+// steps over the words of struct flow_key as the kernel reads them from
+// memory, then murmur3's finaliser.
+func flowHash(k FlowKey) uint32 {
+	const keyBytes = 40 // sizeof(struct flow_key)
+	var w [keyBytes / 4]uint32
+	src, family := addrWords(k.Client.Addr())
+	dst, _ := addrWords(k.VIP.Addr())
+	copy(w[0:4], src[:])
+	copy(w[4:8], dst[:])
+	var b [4]byte
+	binary.BigEndian.PutUint16(b[0:], k.Client.Port()) // ports in network byte order
+	binary.BigEndian.PutUint16(b[2:], k.VIP.Port())
+	w[8] = binary.NativeEndian.Uint32(b[:])
+	w[9] = binary.NativeEndian.Uint32([]byte{uint8(k.Proto), family, 0, 0})
+
+	var h uint32 // hash seed 0, the default
+	for _, x := range w {
+		x *= 0xcc9e2d51
+		x = x<<15 | x>>17
+		x *= 0x1b873593
+		h ^= x
+		h = h<<13 | h>>19
+		h = h*5 + 0xe6546b64
+	}
+	h ^= keyBytes
+	h ^= h >> 16
+	h *= 0x85ebca6b
+	h ^= h >> 13
+	h *= 0xc2b2ae35
+	h ^= h >> 16
+	return h
+}

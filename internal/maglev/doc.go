@@ -1,16 +1,16 @@
 // Package maglev builds weighted Maglev consistent-hash lookup tables.
 //
 // The dispatcher's XDP program picks a backend by reading slot hash(5-tuple) % size of a
-// BPF array map. This package computes that array in Go. Two properties matter, and the
+// BPF array map. This package computes that array in Go. Three properties matter, and the
 // design follows from them:
 //
 // Proportionality. A backend's share of slots is its share of traffic, so it must track
-// its weight closely even with a thousand backends. Classic Maglev gives every backend
-// the same number of turns and only approximates equal shares; weighted variants that
-// merely give heavier backends more turns drift further. Here the slot count is decided
-// up front: each backend's quota is size·w/Σw rounded by largest-remainder apportionment,
-// so every backend ends within one slot of its exact share, and the table filling below
-// only decides which slots, never how many.
+// its weight closely even with a thousand backends. Each backend's slot count, its quota,
+// is therefore decided before any slot is filled: size·w/Σw rounded by largest-remainder
+// apportionment, which puts every backend within one slot of its exact share for any
+// weights. (Giving heavier backends proportionally more turns, alone, comes close, but
+// with extreme weight sets can miss a mid-sized backend's share by more than a slot.)
+// The filling below decides only which slots a backend gets, never how many.
 //
 // Low disruption. Each slot that changes owner breaks the connections hashed to it, so a
 // weight change on one backend should move about as many slots as that backend's share
@@ -24,7 +24,9 @@
 // one backend's weight changes, the others' turn times do not change at all: only that
 // backend's turns move, and each other backend stops a turn or so earlier or later
 // because its quota moved. The cascade of displaced claims that follows is the ordinary
-// Maglev one, which stays small.
+// Maglev one (with equal weights Build is exactly classic Maglev): at 65537 slots it adds
+// about 0.3–0.6% of the table to each change, a smaller fraction in bigger tables. See
+// TestDisruption for the figures.
 //
 // Determinism. An active and a standby dispatcher must compute identical tables from
 // the same configuration, so Build depends only on the set of (Key, ID, Weight) values:

@@ -13,8 +13,8 @@ const (
 	// proportionality target.
 	DefaultSize = 65537
 
-	// MinSize is the smallest accepted size: below it there is no choice of slots left
-	// to make, so "consistent" hashing means nothing.
+	// MinSize is the smallest accepted size: the smallest prime at which backends' walks
+	// can differ in skip as well as in offset.
 	MinSize = 3
 
 	// MaxSize bounds the table so that a typo in configuration cannot allocate

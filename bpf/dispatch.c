@@ -11,6 +11,7 @@
 #include "maps.h"
 #include "parse.h"
 #include "hash.h"
+#include "flow.h"
 
 /* linux/icmp.h drags in libc headers; these are the three values we need. */
 #define ICMP_DEST_UNREACH 3
@@ -21,6 +22,17 @@
 volatile const __u32 ring_size = DEFAULT_RING_SIZE;
 volatile const __u32 hash_seed = 0;
 volatile const __u64 idle_timeout_ns = 300ull * 1000000000ull;
+volatile const __u32 flow_buckets = DEFAULT_MAX_FLOWS / FLOW_WAYS;
+/* Nanoseconds per jiffy (1e9 / CONFIG_HZ), measured by user space. */
+volatile const __u64 jiffy_ns = 4000000;
+
+/* now_ns is the data plane's clock: jiffies, which the verifier inlines as
+ * one load, in nanoseconds. A few milliseconds of resolution is plenty for
+ * idle timeouts, and bpf_ktime_get_coarse_ns costs 20-40 ns a packet. */
+static __always_inline __u64 now_ns(void)
+{
+	return bpf_jiffies64() * jiffy_ns;
+}
 
 /* last_seen is refreshed at most this often: a write per packet would bounce
  * the entry's cache line between CPUs for nothing. */
@@ -47,25 +59,46 @@ static __always_inline struct vip_stats *vip_lookup(struct packet *p)
 	return bpf_map_lookup_elem(&stats_vip, &id);
 }
 
+/* backend_read returns the copy of server slot id in use. */
+static __always_inline struct backend *backend_read(__u32 id)
+{
+	__u32 *sel = bpf_map_lookup_elem(&backend_sel, &id);
+	if (!sel)
+		return NULL;
+	__u32 copy = id * 2 + (*sel & 1);
+	return bpf_map_lookup_elem(&backends, &copy);
+}
+
 /* backend_get returns the backend if it still is the one a flow or an
  * affinity record named: same slot generation and still in use. */
 static __always_inline struct backend *backend_get(__u32 id, __u32 gen, __u32 svc_id)
 {
-	struct backend *be = bpf_map_lookup_elem(&backends, &id);
+	struct backend *be = backend_read(id);
 
 	if (!be || !(be->flags & BE_F_ACTIVE) || be->gen != gen || be->svc_id != svc_id)
 		return NULL;
 	return be;
 }
 
+/* vip_filter_hit is false only for addresses that are no VIP. */
+static __always_inline int vip_filter_hit(const struct flow_key *k)
+{
+	__u32 zero = 0;
+	struct vip_filter *f = bpf_map_lookup_elem(&vip_bloom, &zero);
+	if (!f)
+		return 1;
+	__u32 h = addr_hash(&k->dst, k->family);
+	return (f->bits[(h >> 6) & (VIP_FILTER_BITS / 64 - 1)] >> (h & 63)) & 1;
+}
+
 /* ring_pick indexes the service's Maglev ring with the flow hash. */
-static __always_inline int ring_pick(__u32 svc_id, const struct flow_key *key, __u32 *be_id)
+static __always_inline int ring_pick(__u32 svc_id, __u32 hash, __u32 *be_id)
 {
 	void *ring = bpf_map_lookup_elem(&rings, &svc_id);
 	if (!ring)
 		return -1;
 
-	__u32 slot = flow_hash(key, hash_seed) % ring_size;
+	__u32 slot = hash % ring_size;
 	__u32 *id = bpf_map_lookup_elem(ring, &slot);
 	if (!id || *id == RING_EMPTY)
 		return -1;
@@ -76,8 +109,8 @@ static __always_inline int ring_pick(__u32 svc_id, const struct flow_key *key, _
 /* pick chooses a server for a flow the connection table does not know:
  * first the client's sticky server, if the service has affinity and the
  * server may take new flows, then the Maglev ring. */
-static __always_inline struct backend *pick(struct svc_info *svc, struct packet *p, __u64 now,
-					    __u32 *be_id)
+static __always_inline struct backend *pick(struct svc_info *svc, struct packet *p, __u32 hash,
+					    __u64 now, __u32 *be_id)
 {
 	struct affinity_key ak = {};
 	struct affinity_val *av = NULL;
@@ -99,9 +132,9 @@ static __always_inline struct backend *pick(struct svc_info *svc, struct packet 
 		}
 	}
 
-	if (ring_pick(svc->svc_id, &p->key, be_id) < 0)
+	if (ring_pick(svc->svc_id, hash, be_id) < 0)
 		return NULL;
-	be = bpf_map_lookup_elem(&backends, be_id);
+	be = backend_read(*be_id);
 	if (!be || !(be->flags & BE_F_ACTIVE) || be->svc_id != svc->svc_id)
 		return NULL;
 
@@ -147,83 +180,119 @@ static __always_inline void count_backend(__u32 be_id, __u64 bytes, int new_flow
 	bs->closed += closed;
 }
 
-static __always_inline void refresh_affinity(struct svc_info *svc, struct packet *p,
-					     struct flow_val *fv, __u64 now)
+static __always_inline void refresh_affinity(__u32 svc_id, struct packet *p,
+					     struct flow_snap *fv, __u64 now)
 {
 	struct affinity_key ak = {};
 
 	ak.client = p->key.src;
-	ak.svc_id = svc->svc_id;
+	ak.svc_id = svc_id;
 	ak.family = p->key.family;
 	struct affinity_val *av = bpf_map_lookup_elem(&affinity, &ak);
 	if (av && av->backend == fv->backend && av->gen == fv->gen)
 		av->last_seen = now;
 }
 
-static __always_inline int dispatch_l4(struct xdp_md *ctx, struct packet *p, struct svc_info *svc)
+/* count_gone charges a flow that left the table without closing (idle, or
+ * pushed out of a full bucket) to its server, if the server is still it. */
+static __always_inline void count_gone(__u32 be_id, __u32 gen)
 {
-	__u64 bytes = ctx->data_end - ctx->data;
-	__u64 now = bpf_ktime_get_coarse_ns();
+	struct backend *be = backend_read(be_id);
+	if (!be || !(be->flags & BE_F_ACTIVE) || be->gen != gen)
+		return;
+	struct backend_stats *bs = bpf_map_lookup_elem(&stats_backend, &be_id);
+	if (bs)
+		bs->expired += 1;
+}
+
+/* flow_lookup is where a TCP or UDP packet to a VIP starts: its table
+ * bucket and, if the table knows the flow, the way and what it holds. */
+struct flow_lookup {
+	struct flow_bucket *bucket;
+	__u32 hash;
+	int way;
+	struct flow_snap snap;
+};
+
+/* dispatch_established forwards a packet of a flow the table knows, without
+ * even looking its service up: the way names the server, the server its
+ * service. Returns -1 when the packet must be dispatched as a new flow: no
+ * entry, its server left, it idled out, or a SYN reuses a closed tuple. */
+static __always_inline int dispatch_established(struct xdp_md *ctx, struct packet *p,
+						struct flow_lookup *fl, __u64 now, __u64 bytes)
+{
+	if (fl->way < 0)
+		return -1;
+
+	__u32 be_id = fl->snap.backend;
+	struct backend *be = backend_read(be_id);
+	if (!be || !(be->flags & BE_F_ACTIVE) || be->gen != fl->snap.gen)
+		return -1;
+	if (now - fl->snap.last_seen > idle_timeout_ns) {
+		/* Idle past the timeout: its server stops counting it. */
+		if (!(fl->snap.flags & FLOW_F_CLOSING))
+			count_gone(be_id, fl->snap.gen);
+		return -1;
+	}
 	int is_tcp = p->key.proto == IPPROTO_TCP;
-	int syn = is_tcp && (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
-	int closing = is_tcp && (p->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST));
-	struct backend *be = NULL;
+	if (is_tcp && (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN &&
+	    (fl->snap.flags & FLOW_F_CLOSING))
+		return -1; /* the client reuses a closed tuple: a new connection */
+
+	struct flow_head *e = &fl->bucket->head[fl->way & (FLOW_WAYS - 1)];
+	if (now - fl->snap.last_seen > REFRESH_NS) {
+		e->last_seen = now;
+		if (fl->snap.flags & FLOW_F_STICKY)
+			refresh_affinity(be->svc_id, p, &fl->snap, now);
+	}
+	int closed = 0;
+	if (is_tcp && (p->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)) &&
+	    !(fl->snap.flags & FLOW_F_CLOSING)) {
+		/* Count the close once, even if two CPUs see FINs. */
+		__u32 old = __sync_fetch_and_or(&e->meta, FLOW_F_CLOSING);
+		closed = !(old & FLOW_F_CLOSING);
+	}
+	count_backend(be_id, bytes, 0, closed);
+	return forward(ctx, be);
+}
+
+/* dispatch_new picks a server for a packet the table has no live flow for,
+ * records the flow and forwards the packet. */
+static __always_inline int dispatch_new(struct xdp_md *ctx, struct packet *p, struct svc_info *svc,
+					struct flow_lookup *fl, __u64 now, __u64 bytes)
+{
+	int closing = p->key.proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST));
 	__u32 be_id = 0;
-	int new_flow = 0, closed = 0;
 
-	struct flow_val *fv = bpf_map_lookup_elem(&conns, &p->key);
-	if (fv) {
-		be_id = fv->backend;
-		be = backend_get(be_id, fv->gen, svc->svc_id);
-		if (be && now - fv->last_seen > idle_timeout_ns) {
-			/* Idle past the timeout: its server stops counting it. */
-			if (!(fv->flags & FLOW_F_CLOSING)) {
-				struct backend_stats *bs = bpf_map_lookup_elem(&stats_backend, &be_id);
-				if (bs)
-					bs->expired += 1;
-			}
-			be = NULL;
-		} else if (be && syn && (fv->flags & FLOW_F_CLOSING)) {
-			/* The client reuses a closed tuple: a new connection. */
-			be = NULL;
-		}
+	struct backend *be = pick(svc, p, fl->hash, now, &be_id);
+	if (!be) {
+		struct svc_stats *ss = bpf_map_lookup_elem(&stats_service, &svc->svc_id);
+		if (ss)
+			ss->no_backend += 1;
+		return XDP_DROP;
 	}
 
-	if (be) {
-		if (now - fv->last_seen > REFRESH_NS) {
-			fv->last_seen = now;
-			if (svc->flags & SVC_F_AFFINITY)
-				refresh_affinity(svc, p, fv, now);
+	/* A stale entry of this flow is rewritten in place; otherwise the flow
+	 * takes a free, idle or least recently seen way. */
+	int way = fl->way;
+	if (way < 0) {
+		int live;
+		way = flow_victim(fl->bucket, now, idle_timeout_ns, &live);
+		if (live) {
+			struct flow_body *v = &fl->bucket->body[way & (FLOW_WAYS - 1)];
+			count_gone(v->backend, v->gen);
+			count_global(G_EVICTED);
 		}
-		if (closing && !(fv->flags & FLOW_F_CLOSING)) {
-			fv->flags |= FLOW_F_CLOSING;
-			closed = 1;
-		}
-	} else {
-		be = pick(svc, p, now, &be_id);
-		if (!be) {
-			struct svc_stats *ss = bpf_map_lookup_elem(&stats_service, &svc->svc_id);
-			if (ss)
-				ss->no_backend += 1;
-			return XDP_DROP;
-		}
-		struct flow_val nv = {
-			.backend = be_id,
-			.gen = be->gen,
-			.last_seen = now,
-			.flags = closing ? FLOW_F_CLOSING : 0,
-		};
-		bpf_map_update_elem(&conns, &p->key, &nv, BPF_ANY);
-		new_flow = 1;
-		closed = closing;
 	}
+	__u32 flags = FLOW_F_VALID;
+	if (closing)
+		flags |= FLOW_F_CLOSING;
+	if (svc->flags & SVC_F_AFFINITY)
+		flags |= FLOW_F_STICKY;
+	if (flow_store(fl->bucket, way, &p->key, fl->hash, be_id, be->gen, flags, now) < 0)
+		count_global(G_FLOW_BUSY);
 
-	count_backend(be_id, bytes, new_flow, closed);
-	struct svc_stats *ss = bpf_map_lookup_elem(&stats_service, &svc->svc_id);
-	if (ss) {
-		ss->packets += 1;
-		ss->bytes += bytes;
-	}
+	count_backend(be_id, bytes, 1, closing);
 	return forward(ctx, be);
 }
 
@@ -314,17 +383,19 @@ static __always_inline int dispatch_icmp(struct xdp_md *ctx, struct packet *p, s
 		goto local;
 
 	struct backend *be = NULL;
+	struct flow_snap fv = {};
 	__u32 be_id;
-	struct flow_val *fv = bpf_map_lookup_elem(&conns, &p->key);
-	if (fv) {
-		be_id = fv->backend;
-		be = backend_get(be_id, fv->gen, svc->svc_id);
-	}
+	__u32 hash = flow_hash(&p->key, hash_seed);
+	struct flow_bucket *bucket = flow_bucket_of(hash, flow_buckets);
+	if (!bucket)
+		goto local;
+	if (flow_find(bucket, &p->key, hash, &fv) >= 0)
+		be = backend_get(fv.backend, fv.gen, svc->svc_id);
 	if (!be) {
 		/* No entry: the server the ring names is where the flow went. */
-		if (ring_pick(svc->svc_id, &p->key, &be_id) < 0)
+		if (ring_pick(svc->svc_id, hash, &be_id) < 0)
 			goto local;
-		be = bpf_map_lookup_elem(&backends, &be_id);
+		be = backend_read(be_id);
 		if (!be || !(be->flags & BE_F_ACTIVE))
 			goto local;
 	}
@@ -352,7 +423,30 @@ int nd_dispatch(struct xdp_md *ctx)
 	case PARSE_BAD_L3:
 		count_global(G_MALFORMED);
 		return XDP_PASS;
-	case PARSE_OK: {
+	}
+
+	/* Most traffic on a host that is not ours costs one array read. */
+	if (!vip_filter_hit(&p.key)) {
+		if (rc == PARSE_BAD_L4)
+			count_global(G_MALFORMED);
+		count_global(G_PASSED);
+		return XDP_PASS;
+	}
+
+	if (rc == PARSE_OK) {
+		__u64 bytes = data_end - data;
+		__u64 now = now_ns();
+		struct flow_lookup fl = {};
+
+		fl.hash = flow_hash(&p.key, hash_seed);
+		fl.bucket = flow_bucket_of(fl.hash, flow_buckets);
+		if (!fl.bucket)
+			return XDP_ABORTED;
+		fl.way = flow_find(fl.bucket, &p.key, fl.hash, &fl.snap);
+		int act = dispatch_established(ctx, &p, &fl, now, bytes);
+		if (act >= 0)
+			return act;
+
 		struct svc_key sk = {};
 		sk.addr = p.key.dst;
 		sk.port = p.key.dport;
@@ -360,9 +454,7 @@ int nd_dispatch(struct xdp_md *ctx)
 		sk.family = p.key.family;
 		struct svc_info *svc = bpf_map_lookup_elem(&services, &sk);
 		if (svc)
-			return dispatch_l4(ctx, &p, svc);
-		break;
-	}
+			return dispatch_new(ctx, &p, svc, &fl, now, bytes);
 	}
 
 	/* Not a defined service: is it for one of our VIPs at all? */
@@ -390,3 +482,72 @@ int nd_dispatch(struct xdp_md *ctx)
 }
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
+
+/* flow_write applies one struct flow_op, given as the packet of
+ * BPF_PROG_RUN: user space's way to write the connection table under the
+ * same sequence counts as the data plane. Returns XDP_PASS when done,
+ * XDP_DROP when a deleted flow was not there, XDP_ABORTED when the input was
+ * bad or the way was busy (try again). */
+SEC("xdp")
+int flow_write(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct flow_op *op = data;
+	struct flow_key key;
+	struct flow_snap snap = {};
+
+	if ((void *)(op + 1) > data_end)
+		return XDP_ABORTED;
+	__builtin_memcpy(&key, &op->key, sizeof(key));
+
+	__u32 hash = flow_hash(&key, hash_seed);
+	struct flow_bucket *bucket = flow_bucket_of(hash, flow_buckets);
+	if (!bucket)
+		return XDP_ABORTED;
+	int way = flow_find(bucket, &key, hash, &snap);
+	__u64 now = now_ns();
+
+	if (op->op == FLOW_OP_DELETE) {
+		if (way < 0)
+			return XDP_DROP;
+		struct flow_head *e = &bucket->head[way & (FLOW_WAYS - 1)];
+		if (flow_claim(e) < 0)
+			return XDP_ABORTED;
+		e->meta = 0;
+		flow_release(e);
+		return XDP_PASS;
+	}
+	if (op->op != FLOW_OP_UPSERT)
+		return XDP_ABORTED;
+
+	if (way < 0) {
+		int live;
+		way = flow_victim(bucket, now, idle_timeout_ns, &live);
+		if (live) {
+			struct flow_body *v = &bucket->body[way & (FLOW_WAYS - 1)];
+			count_gone(v->backend, v->gen);
+			count_global(G_EVICTED);
+		}
+	}
+	__u64 seen = op->idle_ns < now ? now - op->idle_ns : 0;
+	__u32 flags = FLOW_F_VALID | (op->flags & FLOW_F_CLOSING);
+	if (flow_store(bucket, way, &key, hash, op->backend, op->gen, flags, seen) < 0)
+		return XDP_ABORTED;
+	return XDP_PASS;
+}
+
+/* clock_now writes now_ns() into the first 8 bytes of its input, so that
+ * user space reads the clock the connection table's timestamps use. */
+SEC("xdp")
+int clock_now(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u64 *out = data;
+
+	if ((void *)(out + 1) > data_end)
+		return XDP_ABORTED;
+	*out = now_ns();
+	return XDP_PASS;
+}

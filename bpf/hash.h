@@ -34,13 +34,36 @@ static __always_inline __u32 hash_final(__u32 h)
 	return h;
 }
 
+/* flow_hash hashes the words of a flow key that can be non-zero: an IPv4
+ * key leaves six of its ten words zero, so it hashes four. */
 static __always_inline __u32 flow_hash(const struct flow_key *k, __u32 seed)
 {
 	const __u32 *w = (const __u32 *)k;
 	__u32 h = seed;
 
+	if (k->family == ND_AF_INET) {
+		h = hash_word(h, k->src.addr[0]);
+		h = hash_word(h, k->dst.addr[0]);
+		h = hash_word(h, w[8]); /* ports */
+		h = hash_word(h, w[9]); /* protocol, family */
+		return hash_final(h ^ 16);
+	}
 #pragma unroll
 	for (int i = 0; i < sizeof(*k) / 4; i++)
 		h = hash_word(h, w[i]);
 	return hash_final(h ^ sizeof(*k));
+}
+
+/* addr_hash spreads VIP addresses over vip_filter's bits. */
+static __always_inline __u32 addr_hash(const struct nd_addr *a, __u8 family)
+{
+	__u32 h = 0x9e3779b9u ^ family;
+
+	h = hash_word(h, a->addr[0]);
+	if (family == ND_AF_INET6) {
+		h = hash_word(h, a->addr[1]);
+		h = hash_word(h, a->addr[2]);
+		h = hash_word(h, a->addr[3]);
+	}
+	return hash_final(h);
 }

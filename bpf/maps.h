@@ -46,25 +46,42 @@ struct {
 	__array(values, struct ring);
 } rings SEC(".maps");
 
-/* A hash, not an array, although the keys are dense: a hash update swaps
- * the whole element under RCU, so a packet never reads a server whose MAC
- * is half rewritten. */
+/* Two copies of every server slot: user space rewrites the copy not in use
+ * and then flips backend_sel, so a packet never reads a server whose MAC is
+ * half rewritten, at the price of one more array read. Slot i's copies are
+ * 2i and 2i+1. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, DEFAULT_MAX_BACKENDS);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2 * DEFAULT_MAX_BACKENDS);
 	__type(key, __u32);
 	__type(value, struct backend);
 } backends SEC(".maps");
 
-/* Shared by all CPUs: generic XDP on veth and RSS changes may move a flow
- * between CPUs, and high availability reads and writes single entries. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(map_flags, BPF_F_NO_COMMON_LRU);
-	__uint(max_entries, DEFAULT_MAX_FLOWS);
-	__type(key, struct flow_key);
-	__type(value, struct flow_val);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DEFAULT_MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, __u32); /* 0 or 1: the copy in use */
+} backend_sel SEC(".maps");
+
+/* The connection table: a 4-way set-associative table in an array, shared
+ * by all CPUs, replacing the least recently seen way of a full bucket. A
+ * kernel hash map costs 300-550 ns per insert on these machines (bucket
+ * lock, element allocation, LRU lists); a way here is claimed with one
+ * compare-and-swap, which is what makes new flows cheap. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DEFAULT_MAX_FLOWS / FLOW_WAYS);
+	__type(key, __u32);
+	__type(value, struct flow_bucket);
 } conns SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct vip_filter);
+} vip_bloom SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);

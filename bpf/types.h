@@ -65,7 +65,8 @@ struct backend {
 	__u8 pad[7];
 };
 
-/* conns: the connection table. */
+/* conns: the connection table. Aligned to 8 so that keys compare as five
+ * 64-bit words. */
 struct flow_key {
 	struct nd_addr src;
 	struct nd_addr dst;
@@ -74,16 +75,55 @@ struct flow_key {
 	__u8 proto;
 	__u8 family;
 	__u8 pad[2];
+} __attribute__((aligned(8)));
+
+#define FLOW_F_VALID (1u << 0)   /* the way holds a flow */
+#define FLOW_F_CLOSING (1u << 1) /* client sent FIN or RST: counted as closed */
+#define FLOW_F_STICKY (1u << 2)  /* its service has client affinity to refresh */
+
+/* A connection table bucket: FLOW_WAYS ways. What a lookup or a victim
+ * choice reads of every way (sequence count, tag, flags, last seen) sits in
+ * the first cache line; each way's key and server fill a line of their own,
+ * touched only when the tag matches or the way is written. A new flow then
+ * costs two cache misses, not one per way. */
+#define FLOW_WAYS 4
+
+struct flow_head {
+	/* Odd while a writer rewrites the way; readers that see it odd, or
+	 * changed across their read, treat the way as absent. */
+	__u32 seq;
+	__u32 meta;      /* FLOW_F_* in the low byte, hash tag above */
+	__u64 last_seen; /* now_ns(), refreshed about once a second */
 };
 
-#define FLOW_F_CLOSING (1u << 0) /* client sent FIN or RST: counted as closed */
-
-struct flow_val {
+struct flow_body {
+	struct flow_key key;
 	__u32 backend;
-	__u32 gen;       /* backend gen at dispatch; a mismatch means the server left */
-	__u64 last_seen; /* bpf_ktime_get_coarse_ns, refreshed about once a second */
-	__u32 flags;     /* FLOW_F_* */
-	__u32 pad;
+	__u32 gen; /* backend gen at dispatch; a mismatch means the server left */
+	__u64 pad;
+};
+
+struct flow_bucket {
+	struct flow_head head[FLOW_WAYS];
+	struct flow_body body[FLOW_WAYS];
+};
+
+#define FLOW_FLAGS_MASK 0xffu
+#define FLOW_TAG(hash) ((hash) & ~FLOW_FLAGS_MASK)
+
+/* flow_write's input, passed as the "packet" of BPF_PROG_RUN: user space
+ * writes connection table entries through the same code, and the same
+ * seqlock, as the data plane. */
+#define FLOW_OP_UPSERT 1
+#define FLOW_OP_DELETE 2
+
+struct flow_op {
+	__u32 op;
+	__u32 backend;
+	__u32 gen;
+	__u32 flags; /* FLOW_F_CLOSING or 0 */
+	__u64 idle_ns;
+	struct flow_key key;
 };
 
 /* affinity: client address + service -> server, for sticky services. */
@@ -109,9 +149,9 @@ struct backend_stats {
 	__u64 expired; /* flows found idle past the idle timeout */
 };
 
+/* A service's packets and bytes are its servers' sums (user space adds
+ * them up), so the data plane counts them once, per server. */
 struct svc_stats {
-	__u64 packets;
-	__u64 bytes;
 	__u64 no_backend; /* dropped: no server with a positive weight */
 };
 
@@ -126,7 +166,17 @@ enum global_counter {
 	G_PASSED = 0,  /* not for a VIP: passed untouched */
 	G_MALFORMED,   /* could not be parsed */
 	G_NOT_IP,      /* neither IPv4 nor IPv6: passed */
+	G_EVICTED,     /* live flows pushed out of a full table bucket */
+	G_FLOW_BUSY,   /* flows not recorded: their way was being written */
 	G_MAX,
+};
+
+/* vip_filter: one bit per hash of a VIP address. A clear bit proves a
+ * packet is not for a VIP, so the host's own traffic costs one array read. */
+#define VIP_FILTER_BITS 65536
+
+struct vip_filter {
+	__u64 bits[VIP_FILTER_BITS / 64];
 };
 
 /* Ring entry meaning "no server": every weight is zero. */

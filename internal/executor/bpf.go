@@ -29,7 +29,9 @@ const (
 
 	svcAffinity = 1 << 0
 
-	flowClosing = 1 << 0
+	flowValid     = 1 << 0
+	flowClosing   = 1 << 1
+	flowFlagsMask = 0xff
 
 	ringEmpty = 0xffffffff
 
@@ -42,6 +44,8 @@ const (
 	gPassed = iota
 	gMalformed
 	gNotIP
+	gEvicted
+	gFlowBusy
 	gMax
 )
 
@@ -121,6 +125,15 @@ func (c *Config) fill() error {
 	return nil
 }
 
+// flowWays is FLOW_WAYS: the connection table's bucket associativity.
+const flowWays = 4
+
+// flowBuckets sizes the connection table: MaxFlows ways, rounded up to
+// whole buckets.
+func (c Config) flowBuckets() uint32 {
+	return (c.MaxFlows + flowWays - 1) / flowWays
+}
+
 // BPF is the kernel implementation of Executor. It must be used from the
 // network namespace of the interfaces it serves: interface indexes, attach and
 // the redirect map all resolve in the caller's namespace.
@@ -137,6 +150,8 @@ type BPF struct {
 	ifMACs    map[int]net.HardwareAddr
 	txPorts   map[int]bool
 
+	sel map[uint32]uint32 // copy of each server slot in use (backend_sel)
+
 	services map[ServiceKey]*serviceState
 	vips     map[netip.Addr]*vipState
 	svcIDs   *idPool
@@ -149,6 +164,9 @@ type serviceState struct {
 	id      uint32
 	sticky  time.Duration
 	servers map[netip.Addr]*backendState
+	// retired keeps the packets and bytes of servers that left, so that the
+	// service's totals, which are its servers' sums, never go back.
+	retired ServerStats
 }
 
 type backendState struct {
@@ -181,17 +199,23 @@ func New(cfg Config) (*BPF, error) {
 	sizes := map[string]uint32{
 		"vips": cfg.MaxVIPs, "stats_vip": cfg.MaxVIPs,
 		"services": cfg.MaxServices, "stats_service": cfg.MaxServices, "rings": cfg.MaxServices,
-		"backends": cfg.MaxServers, "stats_backend": cfg.MaxServers,
-		"conns": cfg.MaxFlows, "affinity": cfg.MaxAffinity,
+		"backends": 2 * cfg.MaxServers, "backend_sel": cfg.MaxServers, "stats_backend": cfg.MaxServers,
+		"conns": cfg.flowBuckets(), "affinity": cfg.MaxAffinity,
 	}
 	for name, n := range sizes {
 		spec.Maps[name].MaxEntries = n
 	}
 	spec.Maps["rings"].InnerMap.MaxEntries = cfg.RingSize
+	jiffy, err := jiffyNanos()
+	if err != nil {
+		return nil, err
+	}
 	consts := map[string]any{
+		"jiffy_ns":        jiffy,
 		"ring_size":       cfg.RingSize,
 		"hash_seed":       cfg.HashSeed,
 		"idle_timeout_ns": uint64(cfg.IdleTimeout.Nanoseconds()),
+		"flow_buckets":    cfg.flowBuckets(),
 	}
 	for name, v := range consts {
 		if err := spec.Variables[name].Set(v); err != nil {
@@ -226,6 +250,7 @@ func New(cfg Config) (*BPF, error) {
 		beIDs:     newIDPool(cfg.MaxServers),
 		vipIDs:    newIDPool(cfg.MaxVIPs),
 		gens:      map[uint32]uint32{},
+		sel:       map[uint32]uint32{},
 	}
 	if err := spec.LoadAndAssign(&b.objs, opts); err != nil {
 		var ve *ebpf.VerifierError
@@ -244,6 +269,10 @@ func New(cfg Config) (*BPF, error) {
 	if err := b.recover(); err != nil {
 		b.objs.Close()
 		return nil, fmt.Errorf("recover pinned state: %w", err)
+	}
+	if err := b.writeVIPFilter(); err != nil {
+		b.objs.Close()
+		return nil, err
 	}
 	return b, nil
 }
@@ -312,12 +341,17 @@ func (b *BPF) recover() error {
 		return fmt.Errorf("iterate services: %w", err)
 	}
 
-	var (
-		id uint32
-		be dispatchBackend
-	)
-	it = b.objs.Backends.Iterate()
-	for it.Next(&id, &be) {
+	for id := range b.cfg.MaxServers {
+		var sel uint32
+		if err := b.objs.BackendSel.Lookup(id, &sel); err != nil {
+			return fmt.Errorf("read slot %d: %w", id, err)
+		}
+		sel &= 1
+		var be dispatchBackend
+		if err := b.objs.Backends.Lookup(2*id+sel, &be); err != nil {
+			return fmt.Errorf("read slot %d: %w", id, err)
+		}
+		b.sel[id] = sel
 		b.gens[id] = be.Gen
 		st := byID[be.SvcId]
 		if be.Flags&beActive == 0 || st == nil {
@@ -336,9 +370,6 @@ func (b *BPF) recover() error {
 		}
 		st.servers[srv.Addr] = &backendState{id: id, gen: be.Gen, srv: srv}
 		b.beIDs.take(id)
-	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("iterate backends: %w", err)
 	}
 	if n := len(b.services); n > 0 {
 		b.log.Info("took over pinned data plane", "services", n, "pin_path", b.cfg.PinPath)
@@ -487,6 +518,10 @@ func (b *BPF) upsertLocked(s Service) error {
 	}
 	for addr, be := range st.servers {
 		if _, kept := next[addr]; !kept {
+			if s, err := b.backendStats(be.id); err == nil {
+				st.retired.Packets += s.Packets
+				st.retired.Bytes += s.Bytes
+			}
 			b.retireBackend(be)
 		}
 	}
@@ -542,7 +577,7 @@ func (b *BPF) stageServers(key ServiceKey, st *serviceState, servers []Server) (
 				return fail(err)
 			}
 		}
-		if err := b.objs.Backends.Update(be.id, v, ebpf.UpdateAny); err != nil {
+		if err := b.writeBackend(be.id, v); err != nil {
 			return fail(fmt.Errorf("write server %v of %v: %w", srv.Addr, key, err))
 		}
 		next[srv.Addr] = be
@@ -580,10 +615,40 @@ func (b *BPF) backendValue(svcID uint32, be *backendState) (dispatchBackend, err
 // flows that named the old server are dispatched anew.
 func (b *BPF) retireBackend(be *backendState) {
 	v := dispatchBackend{Gen: be.gen}
-	if err := b.objs.Backends.Update(be.id, v, ebpf.UpdateAny); err != nil {
+	if err := b.writeBackend(be.id, v); err != nil {
 		b.log.Error("retire server slot", "slot", be.id, "server", be.srv.Addr, "err", err)
 	}
 	b.beIDs.put(be.id)
+}
+
+// writeBackend rewrites the copy of slot id that packets are not reading,
+// then points them at it.
+func (b *BPF) writeBackend(id uint32, v dispatchBackend) error {
+	next := b.sel[id] ^ 1
+	if err := b.objs.Backends.Update(2*id+next, v, ebpf.UpdateAny); err != nil {
+		return err
+	}
+	if err := b.objs.BackendSel.Update(id, next, ebpf.UpdateAny); err != nil {
+		return err
+	}
+	b.sel[id] = next
+	return nil
+}
+
+// writeVIPFilter rewrites vip_bloom from the VIP set. Readers may see a mix
+// of old and new words for a moment; either way a packet is at worst sent
+// down the slower path that looks the VIP up, or passed as it was before.
+func (b *BPF) writeVIPFilter() error {
+	var f dispatchVipFilter
+	for a := range b.vips {
+		w, fam := addrWords(a)
+		h := addrHash(w, fam)
+		f.Bits[(h>>6)%uint32(len(f.Bits))] |= 1 << (h & 63)
+	}
+	if err := b.objs.VipBloom.Update(uint32(0), f, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("write VIP filter: %w", err)
+	}
+	return nil
 }
 
 // installRing computes the service's Maglev table into a fresh inner map and
@@ -654,7 +719,7 @@ func (b *BPF) refVIP(a netip.Addr) error {
 		return fmt.Errorf("add VIP %v: %w", a, err)
 	}
 	b.vips[a] = &vipState{id: id, refs: 1}
-	return nil
+	return b.writeVIPFilter()
 }
 
 func (b *BPF) unrefVIP(a netip.Addr) {
@@ -672,6 +737,9 @@ func (b *BPF) unrefVIP(a netip.Addr) {
 	}
 	delete(b.vips, a)
 	b.vipIDs.put(v.id)
+	if err := b.writeVIPFilter(); err != nil {
+		b.log.Error("remove VIP from filter", "vip", a, "err", err)
+	}
 }
 
 // DeleteService implements Executor.
@@ -752,26 +820,18 @@ func (b *BPF) Stats() (Stats, error) {
 		if err := b.objs.StatsService.Lookup(st.id, &per); err != nil {
 			return Stats{}, fmt.Errorf("read counters of %v: %w", key, err)
 		}
-		ss := ServiceStats{Servers: map[netip.Addr]ServerStats{}}
+		ss := ServiceStats{Servers: map[netip.Addr]ServerStats{}, Packets: st.retired.Packets, Bytes: st.retired.Bytes}
 		for _, c := range per {
-			ss.Packets += c.Packets
-			ss.Bytes += c.Bytes
 			ss.NoServer += c.NoBackend
 		}
 		for addr, be := range st.servers {
-			var bper []dispatchBackendStats
-			if err := b.objs.StatsBackend.Lookup(be.id, &bper); err != nil {
+			s, err := b.backendStats(be.id)
+			if err != nil {
 				return Stats{}, fmt.Errorf("read counters of %v in %v: %w", addr, key, err)
 			}
-			var s ServerStats
-			for _, c := range bper {
-				s.NewFlows += c.NewFlows
-				s.Packets += c.Packets
-				s.Bytes += c.Bytes
-				s.Closed += c.Closed
-				s.Expired += c.Expired
-			}
 			ss.Servers[addr] = s
+			ss.Packets += s.Packets
+			ss.Bytes += s.Bytes
 		}
 		out.Services[key] = ss
 	}
@@ -799,8 +859,26 @@ func (b *BPF) Stats() (Stats, error) {
 			g[i] += c
 		}
 	}
-	out.Global = GlobalStats{Passed: g[gPassed], Malformed: g[gMalformed], NotIP: g[gNotIP]}
+	out.Global = GlobalStats{Passed: g[gPassed], Malformed: g[gMalformed], NotIP: g[gNotIP],
+		FlowsEvicted: g[gEvicted], FlowsUnrecorded: g[gFlowBusy]}
 	return out, nil
+}
+
+// backendStats sums a server slot's per-CPU counters.
+func (b *BPF) backendStats(id uint32) (ServerStats, error) {
+	var per []dispatchBackendStats
+	if err := b.objs.StatsBackend.Lookup(id, &per); err != nil {
+		return ServerStats{}, err
+	}
+	var s ServerStats
+	for _, c := range per {
+		s.NewFlows += c.NewFlows
+		s.Packets += c.Packets
+		s.Bytes += c.Bytes
+		s.Closed += c.Closed
+		s.Expired += c.Expired
+	}
+	return s, nil
 }
 
 // owner maps a connection table value to its service and server, or
@@ -821,11 +899,55 @@ func (b *BPF) ownersLocked() map[uint32]owner {
 	return m
 }
 
-// monotonicNow reads the clock bpf_ktime_get_coarse_ns reads.
-func monotonicNow() uint64 {
-	var ts unix.Timespec
-	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC_COARSE, &ts)
-	return uint64(ts.Nano())
+// flowWay is one valid way of the connection table, as user space reads it.
+type flowWay struct {
+	key      dispatchFlowKey
+	backend  uint32
+	gen      uint32
+	flags    uint32
+	lastSeen uint64
+}
+
+// ways returns the valid ways of a bucket. A way being rewritten at that
+// moment is skipped.
+func (bk *dispatchFlowBucket) ways() []flowWay {
+	var out []flowWay
+	for i := range bk.Head {
+		h, body := &bk.Head[i], &bk.Body[i]
+		if h.Seq&1 != 0 || h.Meta&flowValid == 0 {
+			continue
+		}
+		out = append(out, flowWay{key: body.Key, backend: body.Backend, gen: body.Gen,
+			flags: h.Meta & flowFlagsMask, lastSeen: h.LastSeen})
+	}
+	return out
+}
+
+// flowEntries calls fn with every valid way of the connection table.
+func (b *BPF) flowEntries(fn func(e *flowWay) bool) error {
+	const batch = 1024
+	n := b.cfg.flowBuckets()
+	keys := make([]uint32, batch)
+	vals := make([]dispatchFlowBucket, batch)
+	for start := uint32(0); start < n; start += batch {
+		count := min(batch, n-start)
+		for i := range count {
+			keys[i] = start + i
+		}
+		for i := range count {
+			if err := b.objs.Conns.Lookup(keys[i], &vals[i]); err != nil {
+				return fmt.Errorf("read connection table bucket %d: %w", keys[i], err)
+			}
+		}
+		for i := range count {
+			for _, w := range vals[i].ways() {
+				if !fn(&w) {
+					return nil
+				}
+			}
+		}
+	}
+	return nil
 }
 
 // ActiveFlows implements Executor.
@@ -833,18 +955,13 @@ func (b *BPF) ActiveFlows() (map[ServiceKey]map[netip.Addr]int, error) {
 	b.mu.Lock()
 	owners := b.ownersLocked()
 	b.mu.Unlock()
-	now := monotonicNow()
+	now := b.kernelNow()
 	idle := uint64(b.cfg.IdleTimeout.Nanoseconds())
 	out := map[ServiceKey]map[netip.Addr]int{}
-	var (
-		k dispatchFlowKey
-		v dispatchFlowVal
-	)
-	it := b.objs.Conns.Iterate()
-	for it.Next(&k, &v) {
-		o, ok := owners[v.Backend]
-		if !ok || o.gen != v.Gen || v.Flags&flowClosing != 0 || (now > v.LastSeen && now-v.LastSeen > idle) {
-			continue
+	err := b.flowEntries(func(e *flowWay) bool {
+		o, ok := owners[e.backend]
+		if !ok || o.gen != e.gen || e.flags&flowClosing != 0 || (now > e.lastSeen && now-e.lastSeen > idle) {
+			return true
 		}
 		m := out[o.key]
 		if m == nil {
@@ -852,11 +969,9 @@ func (b *BPF) ActiveFlows() (map[ServiceKey]map[netip.Addr]int, error) {
 			out[o.key] = m
 		}
 		m[o.addr]++
-	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("iterate connection table: %w", err)
-	}
-	return out, nil
+		return true
+	})
+	return out, err
 }
 
 // Flows implements Executor. Entries whose server has left are skipped: the
@@ -865,25 +980,14 @@ func (b *BPF) Flows(fn func(Flow) bool) error {
 	b.mu.Lock()
 	owners := b.ownersLocked()
 	b.mu.Unlock()
-	now := monotonicNow()
-	var (
-		k dispatchFlowKey
-		v dispatchFlowVal
-	)
-	it := b.objs.Conns.Iterate()
-	for it.Next(&k, &v) {
-		o, ok := owners[v.Backend]
-		if !ok || o.gen != v.Gen {
-			continue
+	now := b.kernelNow()
+	return b.flowEntries(func(e *flowWay) bool {
+		o, ok := owners[e.backend]
+		if !ok || o.gen != e.gen {
+			return true
 		}
-		if !fn(flowFrom(k, v, o.addr, now)) {
-			return nil
-		}
-	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("iterate connection table: %w", err)
-	}
-	return nil
+		return fn(flowFrom(e, o.addr, now))
+	})
 }
 
 // LookupFlow implements Executor.
@@ -891,28 +995,72 @@ func (b *BPF) LookupFlow(key FlowKey) (Flow, bool, error) {
 	if err := validateFlowKey(key); err != nil {
 		return Flow{}, false, err
 	}
-	var v dispatchFlowVal
-	err := b.objs.Conns.Lookup(flowKey(key), &v)
-	if errors.Is(err, ebpf.ErrKeyNotExist) {
-		return Flow{}, false, nil
-	}
-	if err != nil {
+	k := flowKey(key)
+	idx := flowHash(k, b.cfg.HashSeed) % b.cfg.flowBuckets()
+	var bucket dispatchFlowBucket
+	if err := b.objs.Conns.Lookup(idx, &bucket); err != nil {
 		return Flow{}, false, fmt.Errorf("look up flow %v: %w", key, err)
 	}
 	b.mu.Lock()
-	o, ok := b.ownersLocked()[v.Backend]
+	owners := b.ownersLocked()
 	b.mu.Unlock()
-	if !ok || o.gen != v.Gen {
-		return Flow{}, false, nil
+	for _, e := range bucket.ways() {
+		if e.key != k {
+			continue
+		}
+		o, ok := owners[e.backend]
+		if !ok || o.gen != e.gen {
+			return Flow{}, false, nil
+		}
+		return flowFrom(&e, o.addr, b.kernelNow()), true, nil
 	}
-	return flowFrom(flowKey(key), v, o.addr, monotonicNow()), true, nil
+	return Flow{}, false, nil
 }
+
+// flowOp mirrors struct flow_op, flow_write's input.
+type flowOp struct {
+	Op      uint32
+	Backend uint32
+	Gen     uint32
+	Flags   uint32
+	IdleNs  uint64
+	Key     dispatchFlowKey
+}
+
+const (
+	flowOpUpsert = 1
+	flowOpDelete = 2
+)
+
+// writeFlow runs flow_write, retrying a few times when a way is busy.
+func (b *BPF) writeFlow(op flowOp) (uint32, error) {
+	in, err := binary.Append(nil, binary.NativeEndian, op)
+	if err != nil {
+		return 0, err
+	}
+	for range 8 {
+		ret, err := b.objs.FlowWrite.Run(&ebpf.RunOptions{Data: in})
+		if err != nil {
+			return 0, err
+		}
+		if ret != xdpAbortedAction {
+			return ret, nil
+		}
+	}
+	return 0, fmt.Errorf("connection table way stayed busy")
+}
+
+// xdpAbortedAction and friends are flow_write's answers.
+const (
+	xdpAbortedAction = 0
+	xdpDropAction    = 1
+	xdpPassAction    = 2
+)
 
 // UpsertFlows implements Executor.
 func (b *BPF) UpsertFlows(flows []Flow) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	now := monotonicNow()
 	var errs []error
 	for _, f := range flows {
 		if err := validateFlowKey(f.Key); err != nil {
@@ -929,14 +1077,14 @@ func (b *BPF) UpsertFlows(flows []Flow) error {
 			errs = append(errs, fmt.Errorf("%w: flow %v: server %v not in %v", ErrNotFound, f.Key, f.Server, f.Key.Service()))
 			continue
 		}
-		v := dispatchFlowVal{Backend: be.id, Gen: be.gen, LastSeen: now}
-		if idle := uint64(f.Idle.Nanoseconds()); f.Idle > 0 && idle < now {
-			v.LastSeen = now - idle
+		op := flowOp{Op: flowOpUpsert, Backend: be.id, Gen: be.gen, Key: flowKey(f.Key)}
+		if f.Idle > 0 {
+			op.IdleNs = uint64(f.Idle.Nanoseconds())
 		}
 		if f.Closing {
-			v.Flags = flowClosing
+			op.Flags = flowClosing
 		}
-		if err := b.objs.Conns.Update(flowKey(f.Key), v, ebpf.UpdateAny); err != nil {
+		if _, err := b.writeFlow(op); err != nil {
 			errs = append(errs, fmt.Errorf("write flow %v: %w", f.Key, err))
 		}
 	}
@@ -948,11 +1096,14 @@ func (b *BPF) DeleteFlow(key FlowKey) error {
 	if err := validateFlowKey(key); err != nil {
 		return err
 	}
-	err := b.objs.Conns.Delete(flowKey(key))
-	if errors.Is(err, ebpf.ErrKeyNotExist) {
+	ret, err := b.writeFlow(flowOp{Op: flowOpDelete, Key: flowKey(key)})
+	if err != nil {
+		return fmt.Errorf("delete flow %v: %w", key, err)
+	}
+	if ret == xdpDropAction {
 		return fmt.Errorf("%w: flow %v", ErrNotFound, key)
 	}
-	return err
+	return nil
 }
 
 // Close implements Executor. With a pin path the data plane keeps running
@@ -983,9 +1134,7 @@ func (b *BPF) Destroy() error {
 		delete(b.links, ifindex)
 	}
 	if b.cfg.PinPath != "" {
-		for _, m := range []*ebpf.Map{b.objs.Vips, b.objs.Services, b.objs.Rings, b.objs.Backends,
-			b.objs.Conns, b.objs.Affinity, b.objs.TxPorts, b.objs.StatsBackend, b.objs.StatsService,
-			b.objs.StatsVip, b.objs.StatsGlobal} {
+		for _, m := range b.mapsByName() {
 			errs = append(errs, m.Unpin())
 		}
 	}
@@ -1066,7 +1215,8 @@ func flowKey(k FlowKey) dispatchFlowKey {
 	return fk
 }
 
-func flowFrom(k dispatchFlowKey, v dispatchFlowVal, server netip.Addr, now uint64) Flow {
+func flowFrom(e *flowWay, server netip.Addr, now uint64) Flow {
+	k := e.key
 	f := Flow{
 		Key: FlowKey{
 			Client: netip.AddrPortFrom(addrFrom(k.Src.Addr, k.Family), ntohs(k.Sport)),
@@ -1074,10 +1224,10 @@ func flowFrom(k dispatchFlowKey, v dispatchFlowVal, server netip.Addr, now uint6
 			Proto:  Proto(k.Proto),
 		},
 		Server:  server,
-		Closing: v.Flags&flowClosing != 0,
+		Closing: e.flags&flowClosing != 0,
 	}
-	if now > v.LastSeen {
-		f.Idle = time.Duration(now - v.LastSeen)
+	if now > e.lastSeen {
+		f.Idle = time.Duration(now - e.lastSeen)
 	}
 	return f
 }

@@ -57,6 +57,27 @@ type dispatchBackendStats struct {
 	Expired  uint64
 }
 
+type dispatchFlowBody struct {
+	_       structs.HostLayout
+	Key     dispatchFlowKey
+	Backend uint32
+	Gen     uint32
+	Pad     uint64
+}
+
+type dispatchFlowBucket struct {
+	_    structs.HostLayout
+	Head [4]dispatchFlowHead
+	Body [4]dispatchFlowBody
+}
+
+type dispatchFlowHead struct {
+	_        structs.HostLayout
+	Seq      uint32
+	Meta     uint32
+	LastSeen uint64
+}
+
 type dispatchFlowKey struct {
 	_   structs.HostLayout
 	Src struct {
@@ -72,15 +93,6 @@ type dispatchFlowKey struct {
 	Proto  uint8
 	Family uint8
 	Pad    [2]uint8
-}
-
-type dispatchFlowVal struct {
-	_        structs.HostLayout
-	Backend  uint32
-	Gen      uint32
-	LastSeen uint64
-	Flags    uint32
-	Pad      uint32
 }
 
 type dispatchSvcInfo struct {
@@ -104,9 +116,12 @@ type dispatchSvcKey struct {
 
 type dispatchSvcStats struct {
 	_         structs.HostLayout
-	Packets   uint64
-	Bytes     uint64
 	NoBackend uint64
+}
+
+type dispatchVipFilter struct {
+	_    structs.HostLayout
+	Bits [1024]uint64
 }
 
 type dispatchVipInfo struct {
@@ -138,6 +153,7 @@ type dispatchVipStats struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	dispatchMapAffinity      = "affinity"
+	dispatchMapBackendSel    = "backend_sel"
 	dispatchMapBackends      = "backends"
 	dispatchMapConns         = "conns"
 	dispatchMapRings         = "rings"
@@ -147,10 +163,15 @@ const (
 	dispatchMapStatsService  = "stats_service"
 	dispatchMapStatsVip      = "stats_vip"
 	dispatchMapTxPorts       = "tx_ports"
+	dispatchMapVipBloom      = "vip_bloom"
 	dispatchMapVips          = "vips"
+	dispatchProgClockNow     = "clock_now"
+	dispatchProgFlowWrite    = "flow_write"
 	dispatchProgNdDispatch   = "nd_dispatch"
+	dispatchVarFlowBuckets   = "flow_buckets"
 	dispatchVarHashSeed      = "hash_seed"
 	dispatchVarIdleTimeoutNs = "idle_timeout_ns"
+	dispatchVarJiffyNs       = "jiffy_ns"
 	dispatchVarRingSize      = "ring_size"
 )
 
@@ -196,6 +217,8 @@ type dispatchSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type dispatchProgramSpecs struct {
+	ClockNow   *ebpf.ProgramSpec `ebpf:"clock_now"`
+	FlowWrite  *ebpf.ProgramSpec `ebpf:"flow_write"`
 	NdDispatch *ebpf.ProgramSpec `ebpf:"nd_dispatch"`
 }
 
@@ -204,6 +227,7 @@ type dispatchProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type dispatchMapSpecs struct {
 	Affinity     *ebpf.MapSpec `ebpf:"affinity"`
+	BackendSel   *ebpf.MapSpec `ebpf:"backend_sel"`
 	Backends     *ebpf.MapSpec `ebpf:"backends"`
 	Conns        *ebpf.MapSpec `ebpf:"conns"`
 	Rings        *ebpf.MapSpec `ebpf:"rings"`
@@ -213,6 +237,7 @@ type dispatchMapSpecs struct {
 	StatsService *ebpf.MapSpec `ebpf:"stats_service"`
 	StatsVip     *ebpf.MapSpec `ebpf:"stats_vip"`
 	TxPorts      *ebpf.MapSpec `ebpf:"tx_ports"`
+	VipBloom     *ebpf.MapSpec `ebpf:"vip_bloom"`
 	Vips         *ebpf.MapSpec `ebpf:"vips"`
 }
 
@@ -220,8 +245,10 @@ type dispatchMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type dispatchVariableSpecs struct {
+	FlowBuckets   *ebpf.VariableSpec `ebpf:"flow_buckets"`
 	HashSeed      *ebpf.VariableSpec `ebpf:"hash_seed"`
 	IdleTimeoutNs *ebpf.VariableSpec `ebpf:"idle_timeout_ns"`
+	JiffyNs       *ebpf.VariableSpec `ebpf:"jiffy_ns"`
 	RingSize      *ebpf.VariableSpec `ebpf:"ring_size"`
 }
 
@@ -246,6 +273,7 @@ func (o *dispatchObjects) Close() error {
 // It can be passed to loadDispatchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type dispatchMaps struct {
 	Affinity     *ebpf.Map `ebpf:"affinity"`
+	BackendSel   *ebpf.Map `ebpf:"backend_sel"`
 	Backends     *ebpf.Map `ebpf:"backends"`
 	Conns        *ebpf.Map `ebpf:"conns"`
 	Rings        *ebpf.Map `ebpf:"rings"`
@@ -255,12 +283,14 @@ type dispatchMaps struct {
 	StatsService *ebpf.Map `ebpf:"stats_service"`
 	StatsVip     *ebpf.Map `ebpf:"stats_vip"`
 	TxPorts      *ebpf.Map `ebpf:"tx_ports"`
+	VipBloom     *ebpf.Map `ebpf:"vip_bloom"`
 	Vips         *ebpf.Map `ebpf:"vips"`
 }
 
 func (m *dispatchMaps) Close() error {
 	return _DispatchClose(
 		m.Affinity,
+		m.BackendSel,
 		m.Backends,
 		m.Conns,
 		m.Rings,
@@ -270,6 +300,7 @@ func (m *dispatchMaps) Close() error {
 		m.StatsService,
 		m.StatsVip,
 		m.TxPorts,
+		m.VipBloom,
 		m.Vips,
 	)
 }
@@ -278,8 +309,10 @@ func (m *dispatchMaps) Close() error {
 //
 // It can be passed to loadDispatchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type dispatchVariables struct {
+	FlowBuckets   *ebpf.Variable `ebpf:"flow_buckets"`
 	HashSeed      *ebpf.Variable `ebpf:"hash_seed"`
 	IdleTimeoutNs *ebpf.Variable `ebpf:"idle_timeout_ns"`
+	JiffyNs       *ebpf.Variable `ebpf:"jiffy_ns"`
 	RingSize      *ebpf.Variable `ebpf:"ring_size"`
 }
 
@@ -287,11 +320,15 @@ type dispatchVariables struct {
 //
 // It can be passed to loadDispatchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type dispatchPrograms struct {
+	ClockNow   *ebpf.Program `ebpf:"clock_now"`
+	FlowWrite  *ebpf.Program `ebpf:"flow_write"`
 	NdDispatch *ebpf.Program `ebpf:"nd_dispatch"`
 }
 
 func (p *dispatchPrograms) Close() error {
 	return _DispatchClose(
+		p.ClockNow,
+		p.FlowWrite,
 		p.NdDispatch,
 	)
 }

@@ -145,6 +145,12 @@ type GlobalStats struct {
 	Passed    uint64 // IP packets not for a VIP: passed untouched
 	Malformed uint64 // IP packets that could not be parsed
 	NotIP     uint64 // neither IPv4 nor IPv6: passed untouched
+	// FlowsEvicted counts live flows pushed out of a full connection table
+	// bucket (they continue by the ring): the table is too small.
+	FlowsEvicted uint64
+	// FlowsUnrecorded counts new flows not recorded because two CPUs
+	// raced for the same table entry (they continue by the ring).
+	FlowsUnrecorded uint64
 }
 
 // Stats is one reading of every counter.

@@ -1,7 +1,6 @@
 package executor
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -475,7 +474,7 @@ func (f *Fake) pick(key ServiceKey, st *fakeService, k FlowKey) *fakeServer {
 	if st.ring == nil {
 		return nil
 	}
-	fs := st.ring[flowHash(k)%f.ringSize]
+	fs := st.ring[flowHash(flowKey(k), 0)%f.ringSize]
 	if st.sticky > 0 {
 		f.affinity[ak] = &fakeAffinity{server: fs, lastSeen: f.now}
 	}
@@ -692,38 +691,4 @@ func (f *Fake) Close() error {
 	f.closed = true
 	clear(f.attached)
 	return nil
-}
-
-// flowHash is the data plane's flow hash (bpf/hash.h) with seed 0: murmur3
-// steps over the words of struct flow_key as the kernel reads them from
-// memory, then murmur3's finaliser.
-func flowHash(k FlowKey) uint32 {
-	const keyBytes = 40 // sizeof(struct flow_key)
-	var w [keyBytes / 4]uint32
-	src, family := addrWords(k.Client.Addr())
-	dst, _ := addrWords(k.VIP.Addr())
-	copy(w[0:4], src[:])
-	copy(w[4:8], dst[:])
-	var b [4]byte
-	binary.BigEndian.PutUint16(b[0:], k.Client.Port()) // ports in network byte order
-	binary.BigEndian.PutUint16(b[2:], k.VIP.Port())
-	w[8] = binary.NativeEndian.Uint32(b[:])
-	w[9] = binary.NativeEndian.Uint32([]byte{uint8(k.Proto), family, 0, 0})
-
-	var h uint32 // hash seed 0, the default
-	for _, x := range w {
-		x *= 0xcc9e2d51
-		x = x<<15 | x>>17
-		x *= 0x1b873593
-		h ^= x
-		h = h<<13 | h>>19
-		h = h*5 + 0xe6546b64
-	}
-	h ^= keyBytes
-	h ^= h >> 16
-	h *= 0x85ebca6b
-	h ^= h >> 13
-	h *= 0xc2b2ae35
-	h ^= h >> 16
-	return h
 }

@@ -37,7 +37,8 @@ func (b *BPF) Memory() ([]MapMemory, error) {
 func (b *BPF) mapsByName() map[string]*ebpf.Map {
 	o := &b.objs
 	return map[string]*ebpf.Map{
-		"vips": o.Vips, "services": o.Services, "rings": o.Rings, "backends": o.Backends,
+		"vips": o.Vips, "vip_bloom": o.VipBloom, "services": o.Services, "rings": o.Rings,
+		"backends": o.Backends, "backend_sel": o.BackendSel,
 		"conns": o.Conns, "affinity": o.Affinity, "tx_ports": o.TxPorts,
 		"stats_backend": o.StatsBackend, "stats_service": o.StatsService,
 		"stats_vip": o.StatsVip, "stats_global": o.StatsGlobal,

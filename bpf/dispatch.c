@@ -98,7 +98,7 @@ static __always_inline int ring_pick(__u32 svc_id, __u32 hash, __u32 *be_id)
 	if (!ring)
 		return -1;
 
-	__u32 slot = hash % ring_size;
+	__u32 slot = ring_slot(hash, ring_size);
 	__u32 *id = bpf_map_lookup_elem(ring, &slot);
 	if (!id || *id == RING_EMPTY)
 		return -1;

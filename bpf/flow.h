@@ -13,6 +13,7 @@
 
 #include "types.h"
 #include "maps.h"
+#include "hash.h"
 
 #define barrier() asm volatile("" ::: "memory")
 #define READ_ONCE_U32(x) (*(volatile __u32 *)&(x))
@@ -36,7 +37,7 @@ static __always_inline int flow_key_equal(const struct flow_key *a, const struct
 
 static __always_inline struct flow_bucket *flow_bucket_of(__u32 hash, __u32 nbuckets)
 {
-	__u32 idx = hash % nbuckets;
+	__u32 idx = bucket_index(hash, nbuckets);
 	return bpf_map_lookup_elem(&conns, &idx);
 }
 

@@ -67,3 +67,22 @@ static __always_inline __u32 addr_hash(const struct nd_addr *a, __u8 family)
 	}
 	return hash_final(h);
 }
+
+/* scale maps a hash onto [0, n) with a multiply instead of a division
+ * (Lemire's "fastrange"): the high bits of hash * n. */
+static __always_inline __u32 scale(__u32 hash, __u32 n)
+{
+	return ((__u64)hash * n) >> 32;
+}
+
+/* ring_slot and bucket_index take different bits of the flow hash, so that
+ * flows sharing a table bucket do not also share a ring slot. */
+static __always_inline __u32 ring_slot(__u32 hash, __u32 ring_size)
+{
+	return scale(rotl32(hash, 16), ring_size);
+}
+
+static __always_inline __u32 bucket_index(__u32 hash, __u32 nbuckets)
+{
+	return scale(hash, nbuckets);
+}

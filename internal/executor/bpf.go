@@ -996,7 +996,7 @@ func (b *BPF) LookupFlow(key FlowKey) (Flow, bool, error) {
 		return Flow{}, false, err
 	}
 	k := flowKey(key)
-	idx := flowHash(k, b.cfg.HashSeed) % b.cfg.flowBuckets()
+	idx := bucketIndex(flowHash(k, b.cfg.HashSeed), b.cfg.flowBuckets())
 	var bucket dispatchFlowBucket
 	if err := b.objs.Conns.Lookup(idx, &bucket); err != nil {
 		return Flow{}, false, fmt.Errorf("look up flow %v: %w", key, err)

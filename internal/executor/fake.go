@@ -474,7 +474,7 @@ func (f *Fake) pick(key ServiceKey, st *fakeService, k FlowKey) *fakeServer {
 	if st.ring == nil {
 		return nil
 	}
-	fs := st.ring[flowHash(flowKey(k), 0)%f.ringSize]
+	fs := st.ring[ringSlot(flowHash(flowKey(k), 0), f.ringSize)]
 	if st.sticky > 0 {
 		f.affinity[ak] = &fakeAffinity{server: fs, lastSeen: f.now}
 	}

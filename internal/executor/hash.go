@@ -65,3 +65,10 @@ func addrHash(w [4]uint32, family uint8) uint32 {
 	}
 	return hashFinal(h)
 }
+
+// scale, ringSlot and bucketIndex mirror bpf/hash.h.
+func scale(hash, n uint32) uint32 { return uint32(uint64(hash) * uint64(n) >> 32) }
+
+func ringSlot(hash, ringSize uint32) uint32 { return scale(hash<<16|hash>>16, ringSize) }
+
+func bucketIndex(hash, nbuckets uint32) uint32 { return scale(hash, nbuckets) }

@@ -9,6 +9,10 @@ require (
 	golang.org/x/sys v0.48.0
 )
 
-require golang.org/x/net v0.59.0 // indirect
+require (
+	github.com/prometheus/client_golang v1.25.0 // indirect
+	go.yaml.in/yaml/v3 v3.0.6 // indirect
+	golang.org/x/net v0.59.0 // indirect
+)
 
 tool github.com/cilium/ebpf/cmd/bpf2go

@@ -1,0 +1,341 @@
+// Package config is nd's configuration file: its schema, defaults and
+// validation, the data view the daemon turns into executor calls, the
+// difference between two configurations that a live reload applies, and the
+// writer that saves a configuration back as YAML.
+//
+// The file is YAML and strict: an unknown field is an error. Parse and Load
+// report every problem they find at once, each located as file:line:col (see
+// Errors). Every setting is documented on the Go type that holds it, under its
+// YAML name, with its default; docs/CONFIG.md is the operator's copy.
+//
+// A parsed Config is fully explicit: every default has been applied, so code
+// that reads it never needs to know a default.
+package config
+
+import (
+	"cmp"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/nd-dispatcher/nd/internal/executor"
+	"github.com/nd-dispatcher/nd/internal/maglev"
+)
+
+// Defaults of the settings that have one. The data-plane sizes default to the
+// executor's (executor.DefaultConfig).
+const (
+	DefaultPinPath     = "/sys/fs/bpf/nd"
+	DefaultSocket      = "/run/nd/ndd.sock"
+	DefaultInterval    = 2 * time.Second
+	DefaultSensitivity = 0.05
+	DefaultSmoothing   = 1.5
+	DefaultPolicy      = PolicyDefault
+	DefaultWeightBound = 100
+	DefaultProtocol    = executor.TCP
+
+	// MaxWeightBound is the largest weight_bound accepted.
+	MaxWeightBound = 1000
+	// MaxStickyTime is the longest sticky_time accepted (the executor's limit).
+	MaxStickyTime = 24 * time.Hour
+)
+
+// Manager policies.
+const (
+	// PolicyDefault is the IBM Network Dispatcher weight function: weights
+	// follow the proportions of active flows, new flows, advisor and host
+	// metrics, smoothed, committed when they move by more than sensitivity.
+	PolicyDefault = "default"
+	// PolicyStatic turns the manager off: servers keep their configured
+	// weights until an operator changes them.
+	PolicyStatic = "static"
+)
+
+// Config is one nd configuration file.
+type Config struct {
+	// Interfaces (YAML interfaces) are the network interfaces the
+	// dispatcher attaches its XDP program to: where VIP traffic arrives.
+	// Required, at least one; names must be unique. Whether they exist is
+	// checked by the daemon (CheckInterfaces).
+	Interfaces []string
+
+	// DataPlane (YAML data_plane) sizes the data plane's tables.
+	DataPlane DataPlane
+
+	// API (YAML api) is the control API that ndctl talks to.
+	API API
+
+	// Metrics (YAML metrics) is the Prometheus exporter.
+	Metrics Metrics
+
+	// Manager (YAML manager) tunes the feedback loop that sets weights.
+	Manager Manager
+
+	// Clusters (YAML clusters) are the virtual IP addresses nd serves, each
+	// with its ports and their servers. Optional: a dispatcher may start
+	// empty and be given clusters through the API.
+	Clusters []Cluster
+
+	// src remembers where each setting was read, for located errors. Nil
+	// for a Config built in code.
+	src *source
+}
+
+// DataPlane sizes the data plane. None of these can change while the daemon
+// runs: the tables are created (and pinned) with these sizes.
+type DataPlane struct {
+	// MaxFlows (max_flows) sizes the connection table, an LRU: the most
+	// flows tracked at once. Default 1048576.
+	MaxFlows uint32
+	// MaxServers (max_servers) bounds server entries over all ports (a
+	// server in two ports counts twice). Default 4096.
+	MaxServers uint32
+	// MaxServices (max_services) bounds ports over all VIPs. Default 1024.
+	MaxServices uint32
+	// MaxVIPs (max_vips) bounds distinct VIP addresses. Default 1024.
+	MaxVIPs uint32
+	// MaxAffinity (max_affinity) sizes the client affinity table (LRU)
+	// used by ports with a sticky_time. Default 65536.
+	MaxAffinity uint32
+	// RingSize (ring_size) is the size of each port's Maglev lookup table;
+	// it must be a prime between 3 and 16777216, and at least the number of
+	// servers of any port. Larger tables split traffic more exactly and
+	// cost memory: 4 bytes a slot per port. Default 65537.
+	RingSize uint32
+	// IdleTimeout (idle_timeout) forgets a flow that carried no packet for
+	// this long (the IBM product's idle flow timeout). At least 1s.
+	// Default 300s.
+	IdleTimeout time.Duration
+	// HashSeed (hash_seed) seeds the flow hash. Dispatchers that back each
+	// other up must share it. Default 0.
+	HashSeed uint32
+	// PinPath (pin_path) is a directory on a bpffs where the data plane is
+	// pinned, so that it keeps forwarding while the daemon restarts and a
+	// new daemon takes over every established flow. An absolute path, or ""
+	// (written explicitly) to pin nothing: the data plane then stops with
+	// the daemon. Default /sys/fs/bpf/nd.
+	PinPath string
+}
+
+// API configures the control API. It is always served on a unix socket; a TCP
+// listener is optional and requires a bearer token.
+type API struct {
+	// Socket (socket) is the unix socket of the API, created mode 0600 and
+	// owned by root. An absolute path. Default /run/nd/ndd.sock.
+	Socket string
+	// Listen (listen) is an optional TCP listener, "addr:port" (e.g.
+	// "127.0.0.1:8080"; ":8080" for every address). Requires Token or
+	// TokenFile. Default "" (none).
+	Listen string
+	// Token (token) is the bearer token that TCP clients must present: at
+	// least 16 characters, printable ASCII without spaces. Prefer TokenFile, which keeps the secret out of
+	// this file. Default "".
+	Token string
+	// TokenFile (token_file) is an absolute path to a file whose content
+	// (trimmed of surrounding white space) is the token. Exclusive with
+	// Token. Default "".
+	TokenFile string
+	// TLSCert and TLSKey (tls_cert, tls_key) are absolute paths to a PEM
+	// certificate and key; when set, the TCP listener speaks TLS. Both or
+	// neither, and only with Listen. Default "".
+	TLSCert string
+	TLSKey  string
+}
+
+// Metrics configures the Prometheus exporter.
+type Metrics struct {
+	// Listen (listen) is an optional TCP listener, "addr:port" (e.g.
+	// "127.0.0.1:9100"), serving /metrics without authentication. Default
+	// "" (no listener).
+	Listen string
+}
+
+// Manager tunes the manager: the feedback loop that turns metrics into
+// weights. Its defaults are the IBM product's.
+type Manager struct {
+	// Interval (interval) is how often the manager recomputes weights,
+	// 100ms to 1h. Default 2s.
+	Interval time.Duration
+	// Sensitivity (sensitivity) is the smallest total weight change, as a
+	// fraction of the total, that the manager commits: 0.05 means a change
+	// of 5% is not committed and 6% is. 0 to 1 (0 commits every change).
+	// Default 0.05.
+	Sensitivity float64
+	// Smoothing (smoothing) is the smoothing index: how slowly weights
+	// follow the metrics. 1 follows at once; 1.5 is "fairly dynamic", 4 to
+	// 5 "more stable". 1 to 10. Default 1.5.
+	Smoothing float64
+	// Policy (policy) is the weight function: "default" or "static" (see
+	// PolicyDefault, PolicyStatic). Default "default".
+	Policy string
+	// Proportions (proportions) weigh the four inputs of the weight
+	// function. Each 0 to 100, summing to 100. Default 50/50/0/0.
+	Proportions Proportions
+}
+
+// Proportions are the relative importance, in percent, of the manager's
+// inputs. Keeping Active and New at 20 or more each is advised.
+type Proportions struct {
+	// Active (active) weighs each server's active flows. Default 50.
+	Active uint32
+	// New (new) weighs each server's new flows per interval. Default 50.
+	New uint32
+	// Advisor (advisor) weighs the advisors' response times. Default 0.
+	Advisor uint32
+	// Host (host) weighs the host agents' load reports. Default 0.
+	Host uint32
+}
+
+// Cluster is one virtual IP address and the ports served on it.
+type Cluster struct {
+	// VIP (vip) is the virtual IP address clients connect to, IPv4 or
+	// IPv6; not unspecified, multicast, loopback or IPv4-mapped, and with no
+	// zone. Each VIP appears in one cluster only. Required.
+	VIP netip.Addr
+	// Ports (ports) are the ports served on the VIP. At least one.
+	Ports []PortSpec
+}
+
+// PortSpec is one port of a cluster as the file states it: a port number and
+// protocol, its affinity, and its servers.
+type PortSpec struct {
+	// Port (port) is the port number, 1 to 65535. Required.
+	Port uint16
+	// Protocol (protocol) is tcp or udp. A port number may be listed once
+	// per protocol. Default tcp.
+	Protocol executor.Proto
+	// StickyTime (sticky_time) is client affinity: a client that comes back
+	// within this time of its last flow goes to the same server (the IBM
+	// product's stickytime). Whole seconds, 0 to 24h; 0 disables affinity.
+	// Default 0s.
+	StickyTime time.Duration
+	// WeightBound (weight_bound) is the largest weight a server of this
+	// port may have, configured or set by the manager: weights run from 0
+	// to the bound. 1 to 1000. Default 100.
+	WeightBound uint32
+	// Servers (servers) are the real servers. May be empty. Each address
+	// once.
+	Servers []Server
+}
+
+// Server is one real server of a port.
+type Server struct {
+	// Address (address) is the server's IP address, of the VIP's family.
+	// The daemon finds its MAC address and interface in the neighbour table.
+	// Required.
+	Address netip.Addr
+	// Weight (weight) is the server's initial share of new flows, 0 to the
+	// port's weight_bound; the manager adjusts it when a policy other than
+	// static runs. 0 sends it no new flows. Default half the weight bound
+	// (rounded up, so that a bound of 1 gives 1), as in the IBM product; see
+	// DefaultWeight.
+	Weight uint32
+	// Quiesce (quiesce) stops new flows to the server while established
+	// ones continue (data-plane weight 0); Weight is kept for when the
+	// server is brought back. Default false.
+	Quiesce bool
+	// Local (local) marks a server co-located on the dispatcher itself: its
+	// packets go up the dispatcher's own stack instead of being forwarded.
+	// Default false.
+	Local bool
+}
+
+// DefaultWeight is a server's weight when the file gives none: half the
+// port's weight bound, rounded up.
+func DefaultWeight(bound uint32) uint32 {
+	return bound/2 + bound%2
+}
+
+// EffectiveWeight is the weight the data plane should use: 0 when quiesced.
+func (s Server) EffectiveWeight() uint32 {
+	if s.Quiesce {
+		return 0
+	}
+	return s.Weight
+}
+
+// Port is one service as the daemon installs it: the executor's key, its
+// settings and its servers sorted by address.
+type Port struct {
+	Key         executor.ServiceKey
+	StickyTime  time.Duration
+	WeightBound uint32
+	Servers     []Server
+}
+
+// Default returns a configuration with every default applied and no
+// interfaces or clusters: a start for a Config built in code.
+func Default() *Config {
+	d := executor.DefaultConfig()
+	return &Config{
+		DataPlane: DataPlane{
+			MaxFlows:    d.MaxFlows,
+			MaxServers:  d.MaxServers,
+			MaxServices: d.MaxServices,
+			MaxVIPs:     d.MaxVIPs,
+			MaxAffinity: d.MaxAffinity,
+			RingSize:    d.RingSize,
+			IdleTimeout: d.IdleTimeout,
+			HashSeed:    d.HashSeed,
+			PinPath:     DefaultPinPath,
+		},
+		API: API{Socket: DefaultSocket},
+		Manager: Manager{
+			Interval:    DefaultInterval,
+			Sensitivity: DefaultSensitivity,
+			Smoothing:   DefaultSmoothing,
+			Policy:      DefaultPolicy,
+			Proportions: Proportions{Active: 50, New: 50},
+		},
+	}
+}
+
+// Executor returns the executor configuration these settings describe. The
+// caller adds what the file does not hold (a logger).
+func (d DataPlane) Executor() executor.Config {
+	return executor.Config{
+		PinPath:     d.PinPath,
+		MaxFlows:    d.MaxFlows,
+		MaxServers:  d.MaxServers,
+		MaxServices: d.MaxServices,
+		MaxVIPs:     d.MaxVIPs,
+		MaxAffinity: d.MaxAffinity,
+		RingSize:    d.RingSize,
+		IdleTimeout: d.IdleTimeout,
+		HashSeed:    d.HashSeed,
+	}
+}
+
+// Ports returns every port of every cluster, sorted by VIP (IPv4 first), port
+// and protocol, each with its servers sorted by address. The result shares
+// nothing with c.
+func (c *Config) Ports() []Port {
+	var ports []Port
+	for _, cl := range c.Clusters {
+		for _, p := range cl.Ports {
+			ports = append(ports, Port{
+				Key:         executor.ServiceKey{VIP: cl.VIP, Port: p.Port, Proto: p.Protocol},
+				StickyTime:  p.StickyTime,
+				WeightBound: p.WeightBound,
+				Servers:     sortedServers(p.Servers),
+			})
+		}
+	}
+	slices.SortFunc(ports, func(a, b Port) int { return compareKeys(a.Key, b.Key) })
+	return ports
+}
+
+func sortedServers(s []Server) []Server {
+	out := slices.Clone(s)
+	slices.SortFunc(out, func(a, b Server) int { return a.Address.Compare(b.Address) })
+	return out
+}
+
+func compareKeys(a, b executor.ServiceKey) int {
+	return cmp.Or(a.VIP.Compare(b.VIP), cmp.Compare(a.Port, b.Port), cmp.Compare(a.Proto, b.Proto))
+}
+
+// validRingSize reports whether n is usable as a Maglev table size.
+func validRingSize(n uint32) bool {
+	return n >= maglev.MinSize && n <= maglev.MaxSize && maglev.IsPrime(n)
+}

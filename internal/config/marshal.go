@@ -1,0 +1,154 @@
+package config
+
+import (
+	"bytes"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+const marshalHeader = `nd configuration (see docs/CONFIG.md). Every setting is written out,
+defaults included; empty optional settings are left out.`
+
+// Marshal writes c as YAML that Parse reads back to the same configuration:
+// Parse(Marshal(c)) has c's content. It writes every setting that has a
+// value, defaults included, so that the file means the same whatever later
+// defaults become; it writes api.token in clear when set. c must be valid: a
+// Config that Validate refuses is not written.
+func Marshal(c *Config) ([]byte, error) {
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	root := &yaml.Node{Kind: yaml.MappingNode, HeadComment: marshalHeader}
+
+	ifaces := &yaml.Node{Kind: yaml.SequenceNode, Style: yaml.FlowStyle}
+	for _, n := range c.Interfaces {
+		ifaces.Content = append(ifaces.Content, str(n))
+	}
+	put(root, "interfaces", ifaces)
+
+	dp := c.DataPlane
+	put(root, "data_plane", mapping(
+		"max_flows", uintNode(dp.MaxFlows),
+		"max_servers", uintNode(dp.MaxServers),
+		"max_services", uintNode(dp.MaxServices),
+		"max_vips", uintNode(dp.MaxVIPs),
+		"max_affinity", uintNode(dp.MaxAffinity),
+		"ring_size", uintNode(dp.RingSize),
+		"idle_timeout", durationNode(dp.IdleTimeout),
+		"hash_seed", uintNode(dp.HashSeed),
+		"pin_path", str(dp.PinPath),
+	))
+
+	a := c.API
+	api := mapping("socket", str(a.Socket))
+	putOptional(api, "listen", a.Listen)
+	putOptional(api, "token", a.Token)
+	putOptional(api, "token_file", a.TokenFile)
+	putOptional(api, "tls_cert", a.TLSCert)
+	putOptional(api, "tls_key", a.TLSKey)
+	put(root, "api", api)
+
+	if c.Metrics.Listen != "" {
+		put(root, "metrics", mapping("listen", str(c.Metrics.Listen)))
+	}
+
+	m := c.Manager
+	pr := m.Proportions
+	props := mapping("active", uintNode(pr.Active), "new", uintNode(pr.New),
+		"advisor", uintNode(pr.Advisor), "host", uintNode(pr.Host))
+	props.Style = yaml.FlowStyle
+	put(root, "manager", mapping(
+		"interval", durationNode(m.Interval),
+		"sensitivity", floatNode(m.Sensitivity),
+		"smoothing", floatNode(m.Smoothing),
+		"policy", str(m.Policy),
+		"proportions", props,
+	))
+
+	clusters := &yaml.Node{Kind: yaml.SequenceNode}
+	for _, cl := range c.Clusters {
+		ports := &yaml.Node{Kind: yaml.SequenceNode}
+		for _, p := range cl.Ports {
+			servers := &yaml.Node{Kind: yaml.SequenceNode}
+			for _, s := range p.Servers {
+				sn := mapping("address", str(s.Address.String()), "weight", uintNode(s.Weight))
+				sn.Style = yaml.FlowStyle
+				if s.Quiesce {
+					put(sn, "quiesce", boolNode(true))
+				}
+				if s.Local {
+					put(sn, "local", boolNode(true))
+				}
+				servers.Content = append(servers.Content, sn)
+			}
+			ports.Content = append(ports.Content, mapping(
+				"port", uintNode(uint32(p.Port)),
+				"protocol", str(p.Protocol.String()),
+				"sticky_time", durationNode(p.StickyTime),
+				"weight_bound", uintNode(p.WeightBound),
+				"servers", servers,
+			))
+		}
+		clusters.Content = append(clusters.Content, mapping("vip", str(cl.VIP.String()), "ports", ports))
+	}
+	put(root, "clusters", clusters)
+
+	var buf bytes.Buffer
+	enc := yaml.NewEncoder(&buf)
+	enc.SetIndent(2)
+	if err := enc.Encode(&yaml.Node{Kind: yaml.DocumentNode, Content: []*yaml.Node{root}}); err != nil {
+		return nil, fmt.Errorf("encode config: %w", err)
+	}
+	if err := enc.Close(); err != nil {
+		return nil, fmt.Errorf("encode config: %w", err)
+	}
+	return buf.Bytes(), nil
+}
+
+func str(s string) *yaml.Node { return &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: s} }
+
+func uintNode(v uint32) *yaml.Node {
+	return &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!int", Value: strconv.FormatUint(uint64(v), 10)}
+}
+
+func boolNode(b bool) *yaml.Node {
+	return &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!bool", Value: strconv.FormatBool(b)}
+}
+
+func floatNode(f float64) *yaml.Node {
+	return &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!float", Value: formatFloat(f)}
+}
+
+func durationNode(d time.Duration) *yaml.Node { return str(formatDuration(d)) }
+
+// formatFloat writes f exactly and so that YAML reads it as a float: 1.0,
+// not 1.
+func formatFloat(f float64) string {
+	s := strconv.FormatFloat(f, 'g', -1, 64)
+	if !strings.ContainsAny(s, ".eEn") {
+		s += ".0"
+	}
+	return s
+}
+
+func put(m *yaml.Node, key string, v *yaml.Node) {
+	m.Content = append(m.Content, str(key), v)
+}
+
+func putOptional(m *yaml.Node, key, v string) {
+	if v != "" {
+		put(m, key, str(v))
+	}
+}
+
+func mapping(kv ...any) *yaml.Node {
+	m := &yaml.Node{Kind: yaml.MappingNode}
+	for i := 0; i+1 < len(kv); i += 2 {
+		put(m, kv[i].(string), kv[i+1].(*yaml.Node))
+	}
+	return m
+}

@@ -1,0 +1,399 @@
+package config
+
+import (
+	"fmt"
+	"math"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nd-dispatcher/nd/internal/executor"
+	"github.com/nd-dispatcher/nd/internal/maglev"
+)
+
+// Limits checked by validation beyond those declared with the types.
+const (
+	minTokenLen    = 16
+	minInterval    = 100 * time.Millisecond
+	maxInterval    = time.Hour
+	minSmoothing   = 1
+	maxSmoothing   = 10
+	minIdleTimeout = time.Second
+	maxIfaceName   = 15 // IFNAMSIZ - 1
+)
+
+const (
+	rangeMsg    = "%d is out of range %d..%d"
+	weightRange = "%d is out of range 0..%d (the port's weight_bound)"
+)
+
+// Validate checks a Config built or changed in code, as Parse checks a file.
+// Its Errors name the settings by path; they carry no file positions.
+func (c *Config) Validate() error {
+	var r reporter
+	validate(c, &r)
+	return r.err()
+}
+
+// CheckInterfaces calls lookup for every interface (typically a netlink lookup
+// by name) and reports, located where the file names the interface, each that
+// lookup refuses.
+func (c *Config) CheckInterfaces(lookup func(name string) error) error {
+	var r reporter
+	if c.src != nil && slices.Equal(c.src.ifaces, c.Interfaces) {
+		r.src = c.src
+	}
+	for i, name := range c.Interfaces {
+		if err := lookup(name); err != nil {
+			r.errorf(index("interfaces", i), "interface %s: %v", name, err)
+		}
+	}
+	return r.err()
+}
+
+func validate(c *Config, r *reporter) {
+	validateInterfaces(c.Interfaces, r)
+	validateDataPlane(&c.DataPlane, r)
+	validateAPI(&c.API, &c.Metrics, r)
+	validateManager(&c.Manager, r)
+	validateClusters(c, r)
+}
+
+func validateInterfaces(names []string, r *reporter) {
+	if len(names) == 0 {
+		r.errorf("interfaces", "at least one interface is required")
+		return
+	}
+	first := make(map[string]string, len(names))
+	for i, name := range names {
+		p := index("interfaces", i)
+		if why := badIfaceName(name); why != "" {
+			r.errorf(p, "%s", why)
+			continue
+		}
+		if f, dup := first[name]; dup {
+			r.errorf(p, "duplicate interface %s%s", name, r.firstAt(f))
+			continue
+		}
+		first[name] = p
+	}
+}
+
+// badIfaceName says why the kernel would refuse name, or "".
+func badIfaceName(name string) string {
+	switch {
+	case name == "":
+		return "empty interface name"
+	case len(name) > maxIfaceName:
+		return fmt.Sprintf("%q is not an interface name: longer than %d characters", name, maxIfaceName)
+	case name == "." || name == "..":
+		return fmt.Sprintf("%q is not an interface name", name)
+	case strings.ContainsAny(name, "/: \t\n\r\v\f\x00"):
+		return fmt.Sprintf("%q is not an interface name: it contains '/', ':' or white space", name)
+	}
+	return ""
+}
+
+func validateDataPlane(dp *DataPlane, r *reporter) {
+	const p = "data_plane."
+	for _, s := range []struct {
+		name string
+		v    uint32
+	}{
+		{"max_flows", dp.MaxFlows},
+		{"max_servers", dp.MaxServers},
+		{"max_services", dp.MaxServices},
+		{"max_vips", dp.MaxVIPs},
+		{"max_affinity", dp.MaxAffinity},
+	} {
+		if s.v == 0 {
+			r.errorf(p+s.name, rangeMsg, s.v, 1, uint32(math.MaxUint32))
+		}
+	}
+	if !validRingSize(dp.RingSize) {
+		r.errorf(p+"ring_size", "%d is not a prime between %d and %d%s", dp.RingSize, maglev.MinSize, maglev.MaxSize, nextPrimeHint(dp.RingSize))
+	}
+	if dp.IdleTimeout < minIdleTimeout {
+		r.errorf(p+"idle_timeout", "%v is under the minimum of %v", dp.IdleTimeout, minIdleTimeout)
+	}
+	if dp.PinPath != "" && !filepath.IsAbs(dp.PinPath) {
+		r.errorf(p+"pin_path", "%q is not an absolute path (write \"\" to pin nothing)", dp.PinPath)
+	}
+}
+
+// nextPrimeHint suggests a usable ring size near a refused one.
+func nextPrimeHint(n uint32) string {
+	if n < maglev.MinSize || n >= maglev.MaxSize {
+		return ""
+	}
+	for m := n + 1; m <= maglev.MaxSize; m++ {
+		if maglev.IsPrime(m) {
+			return fmt.Sprintf(" (the next prime is %d)", m)
+		}
+	}
+	return ""
+}
+
+func validateAPI(a *API, m *Metrics, r *reporter) {
+	switch {
+	case a.Socket == "":
+		r.errorf("api.socket", "empty: the API needs a unix socket (default %s)", DefaultSocket)
+	case !filepath.IsAbs(a.Socket):
+		r.errorf("api.socket", "%q is not an absolute path", a.Socket)
+	}
+	for _, f := range []struct{ name, v string }{
+		{"token_file", a.TokenFile}, {"tls_cert", a.TLSCert}, {"tls_key", a.TLSKey},
+	} {
+		if f.v != "" && !filepath.IsAbs(f.v) {
+			r.errorf("api."+f.name, "%q is not an absolute path", f.v)
+		}
+	}
+	if a.Listen != "" {
+		if why := badListen(a.Listen); why != "" {
+			r.errorf("api.listen", "%s", why)
+		}
+		if a.Token == "" && a.TokenFile == "" {
+			r.errorf("api.listen", "a TCP listener requires token or token_file")
+		}
+	}
+	if a.Token != "" && a.TokenFile != "" {
+		r.errorf("api.token_file", "set token or token_file, not both")
+	}
+	switch {
+	case a.Token == "":
+	case len(a.Token) < minTokenLen:
+		r.errorf("api.token", "too short: a token has at least %d characters", minTokenLen)
+	case strings.ContainsFunc(a.Token, func(c rune) bool { return c <= ' ' || c > '~' }):
+		r.errorf("api.token", "a token is printable ASCII without spaces")
+	}
+	switch {
+	case a.TLSCert != "" && a.TLSKey == "":
+		r.errorf("api.tls_cert", "tls_key is required with tls_cert")
+	case a.TLSKey != "" && a.TLSCert == "":
+		r.errorf("api.tls_key", "tls_cert is required with tls_key")
+	}
+	if a.Listen == "" {
+		if a.TLSCert != "" {
+			r.errorf("api.tls_cert", "TLS applies to the TCP listener: set listen too")
+		} else if a.TLSKey != "" {
+			r.errorf("api.tls_key", "TLS applies to the TCP listener: set listen too")
+		}
+	}
+	if m.Listen != "" {
+		if why := badListen(m.Listen); why != "" {
+			r.errorf("metrics.listen", "%s", why)
+		} else if m.Listen == a.Listen {
+			r.errorf("metrics.listen", "%q is also api.listen: give the metrics their own port", m.Listen)
+		}
+	}
+}
+
+// badListen says why s is not a TCP listen address "addr:port", or "".
+func badListen(s string) string {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fmt.Sprintf("%q is not addr:port", s)
+	}
+	if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
+		return fmt.Sprintf("%q: port %q is not a number 1..65535", s, port)
+	}
+	if _, err := netip.ParseAddr(host); err != nil && host != "" && !validHostname(host) {
+		return fmt.Sprintf("%q: %q is neither an IP address nor a host name", s, host)
+	}
+	return ""
+}
+
+func validHostname(h string) bool {
+	if len(h) > 253 {
+		return false
+	}
+	for label := range strings.SplitSeq(h, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, c := range label {
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func validateManager(m *Manager, r *reporter) {
+	if m.Interval < minInterval || m.Interval > maxInterval {
+		r.errorf("manager.interval", "%v is out of range %v..%v", m.Interval, minInterval, formatDuration(maxInterval))
+	}
+	if !(m.Sensitivity >= 0 && m.Sensitivity <= 1) {
+		r.errorf("manager.sensitivity", "%v is out of range 0..1 (a fraction: 0.05 is 5%%)", m.Sensitivity)
+	}
+	if !(m.Smoothing >= minSmoothing && m.Smoothing <= maxSmoothing) {
+		r.errorf("manager.smoothing", "%v is out of range %v..%v", m.Smoothing, minSmoothing, maxSmoothing)
+	}
+	if m.Policy != PolicyDefault && m.Policy != PolicyStatic {
+		r.errorf("manager.policy", "%q is not a policy: want %s or %s", m.Policy, PolicyDefault, PolicyStatic)
+	}
+	pr := m.Proportions
+	sum := uint64(0)
+	for _, f := range []struct {
+		name string
+		v    uint32
+	}{{"active", pr.Active}, {"new", pr.New}, {"advisor", pr.Advisor}, {"host", pr.Host}} {
+		if f.v > 100 {
+			r.errorf("manager.proportions."+f.name, rangeMsg, f.v, 0, 100)
+		}
+		sum += uint64(f.v)
+	}
+	if sum != 100 {
+		r.errorf("manager.proportions", "active %d + new %d + advisor %d + host %d = %d, want 100",
+			pr.Active, pr.New, pr.Advisor, pr.Host, sum)
+	}
+}
+
+// badAddr says why a is not usable as a VIP or server address, or "".
+func badAddr(a netip.Addr, what string) string {
+	var is string
+	switch {
+	case a.Zone() != "":
+		return fmt.Sprintf("%s has a zone: a %s has none", a, what)
+	case a.IsUnspecified():
+		is = "unspecified"
+	case a.IsMulticast():
+		is = "multicast"
+	case a.IsLoopback():
+		is = "loopback"
+	case a.Is4In6():
+		return fmt.Sprintf("%s is an IPv4-mapped IPv6 address: write the IPv4 address %s", a, a.Unmap())
+	case a.Is4() && a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		is = "broadcast"
+	default:
+		return ""
+	}
+	return fmt.Sprintf("%s is %s: not usable as a %s", a, is, what)
+}
+
+func family(a netip.Addr) string {
+	if a.Is4() {
+		return "IPv4"
+	}
+	return "IPv6"
+}
+
+func validateClusters(c *Config, r *reporter) {
+	vips := make(map[netip.Addr]string)
+	var nports, nservers int
+	for i, cl := range c.Clusters {
+		cp := index("clusters", i)
+		vipOK := false
+		switch {
+		case !cl.VIP.IsValid():
+			r.errorf(cp+".vip", "required: the virtual IP address")
+		default:
+			if why := badAddr(cl.VIP, "VIP"); why != "" {
+				r.errorf(cp+".vip", "%s", why)
+			} else if f, dup := vips[cl.VIP]; dup {
+				r.errorf(cp+".vip", "duplicate VIP %s%s: list each VIP once, with all its ports", cl.VIP, r.firstAt(f))
+			} else {
+				vips[cl.VIP] = cp
+				vipOK = true
+			}
+		}
+		if len(cl.Ports) == 0 {
+			r.errorf(cp+".ports", "no ports: a VIP needs at least one")
+		}
+		seen := make(map[executor.ServiceKey]string)
+		for j, p := range cl.Ports {
+			pp := index(cp+".ports", j)
+			nports++
+			nservers += len(p.Servers)
+			validatePort(c, cl.VIP, vipOK, p, pp, r)
+			if !vipOK || p.Port == 0 || (p.Protocol != executor.TCP && p.Protocol != executor.UDP) {
+				continue
+			}
+			k := executor.ServiceKey{VIP: cl.VIP, Port: p.Port, Proto: p.Protocol}
+			if f, dup := seen[k]; dup {
+				r.errorf(pp, "duplicate port %d/%s on VIP %s%s", p.Port, p.Protocol, cl.VIP, r.firstAt(f))
+				continue
+			}
+			seen[k] = pp
+		}
+	}
+	dp := c.DataPlane
+	if dp.MaxVIPs > 0 && len(vips) > int(dp.MaxVIPs) {
+		r.errorf("clusters", "%d VIPs exceed data_plane.max_vips (%d)", len(vips), dp.MaxVIPs)
+	}
+	if dp.MaxServices > 0 && nports > int(dp.MaxServices) {
+		r.errorf("clusters", "%d ports exceed data_plane.max_services (%d)", nports, dp.MaxServices)
+	}
+	if dp.MaxServers > 0 && nservers > int(dp.MaxServers) {
+		r.errorf("clusters", "%d servers over all ports exceed data_plane.max_servers (%d)", nservers, dp.MaxServers)
+	}
+}
+
+func validatePort(c *Config, vip netip.Addr, vipOK bool, p PortSpec, pp string, r *reporter) {
+	if p.Port == 0 {
+		r.errorf(pp+".port", "required: a port number 1..65535")
+	}
+	if p.Protocol != executor.TCP && p.Protocol != executor.UDP {
+		r.errorf(pp+".protocol", "%v is not a protocol: want tcp or udp", p.Protocol)
+	}
+	switch {
+	case p.StickyTime < 0 || p.StickyTime > MaxStickyTime:
+		r.errorf(pp+".sticky_time", "%v is out of range 0s..%v", p.StickyTime, formatDuration(MaxStickyTime))
+	case p.StickyTime%time.Second != 0:
+		r.errorf(pp+".sticky_time", "%v is not a whole number of seconds", p.StickyTime)
+	}
+	boundOK := p.WeightBound >= 1 && p.WeightBound <= MaxWeightBound
+	if !boundOK {
+		r.errorf(pp+".weight_bound", rangeMsg, p.WeightBound, 1, MaxWeightBound)
+	}
+	if validRingSize(c.DataPlane.RingSize) && len(p.Servers) > int(c.DataPlane.RingSize) {
+		r.errorf(pp+".servers", "%d servers exceed data_plane.ring_size (%d)", len(p.Servers), c.DataPlane.RingSize)
+	}
+	seen := make(map[netip.Addr]string)
+	for k, s := range p.Servers {
+		sp := index(pp+".servers", k)
+		if boundOK && s.Weight > p.WeightBound && !r.bad[pp+".weight_bound"] {
+			r.errorf(sp+".weight", weightRange, s.Weight, p.WeightBound)
+		}
+		a := s.Address
+		if !a.IsValid() {
+			r.errorf(sp+".address", "required: the server's IP address")
+			continue
+		}
+		if why := badAddr(a, "server address"); why != "" {
+			r.errorf(sp+".address", "%s", why)
+			continue
+		}
+		if vipOK && a.Is4() != vip.Is4() {
+			r.errorf(sp+".address", "%s is %s but VIP %s is %s: a server has the VIP's family", a, family(a), vip, family(vip))
+			continue
+		}
+		if vipOK && a == vip && !s.Local {
+			r.errorf(sp+".address", "%s is the VIP itself: only a local server may have it", a)
+			continue
+		}
+		if f, dup := seen[a]; dup {
+			r.errorf(sp, "duplicate server %s%s", a, r.firstAt(f))
+			continue
+		}
+		seen[a] = sp
+	}
+}
+
+// formatDuration writes d as a Go duration without trailing zero units: 24h
+// rather than 24h0m0s, 5m rather than 5m0s.
+func formatDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = s[:len(s)-2]
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = s[:len(s)-2]
+	}
+	return s
+}

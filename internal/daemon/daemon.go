@@ -1,0 +1,390 @@
+// Package daemon is ndd as a library: it owns the live configuration, turns
+// it into data-plane state through the executor, follows the neighbour table
+// for servers' MAC addresses, and reports status and events. The API, the CLI
+// and the config file are its clients; every change, whatever its source,
+// goes through Apply, which diffs the running configuration against the new
+// one and applies only the difference.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/nd-dispatcher/nd/internal/config"
+	"github.com/nd-dispatcher/nd/internal/executor"
+	"github.com/nd-dispatcher/nd/internal/neighbor"
+)
+
+// Neighbors resolves servers' addresses to MAC addresses and interfaces;
+// *neighbor.Resolver is the real one.
+type Neighbors interface {
+	Watch(addrs []netip.Addr)
+	Lookup(a netip.Addr) (neighbor.Entry, bool)
+	Status() []neighbor.Event
+	Events() <-chan neighbor.Event
+	Run(ctx context.Context) error
+	Close() error
+}
+
+// Interfaces finds network interfaces by name; net.InterfaceByName in the
+// daemon's namespace is the real one.
+type Interfaces func(name string) (*net.Interface, error)
+
+// Options are what New needs beyond the configuration.
+type Options struct {
+	// Executor is the data plane. Required.
+	Executor executor.Executor
+	// Neighbors resolves servers. Required.
+	Neighbors Neighbors
+	// Interfaces looks interfaces up. Default net.InterfaceByName.
+	Interfaces Interfaces
+	// ConfigPath is the file Reload reads. Optional.
+	ConfigPath string
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// StatsInterval is how often counters are sampled for rates. Default 1s.
+	StatsInterval time.Duration
+}
+
+// Daemon is one running dispatcher.
+type Daemon struct {
+	x      executor.Executor
+	nbr    Neighbors
+	ifaces Interfaces
+	log    *slog.Logger
+	path   string
+	every  time.Duration
+	events *hub
+
+	mu       sync.Mutex
+	cfg      *config.Config
+	attached map[string]int // interface name -> ifindex
+	// resolved remembers each server's last resolution outcome, so that
+	// events report changes only.
+	resolved map[netip.Addr]bool
+	rates    rateSampler
+	// pending is the configuration given to New, applied by Run.
+	pending *config.Config
+}
+
+// ErrRejected wraps every reason a configuration is refused.
+var ErrRejected = errors.New("configuration rejected")
+
+// New checks cfg against the machine and returns a daemon ready to Run. It
+// changes nothing yet: Run applies the configuration.
+func New(cfg *config.Config, o Options) (*Daemon, error) {
+	if o.Executor == nil || o.Neighbors == nil {
+		return nil, errors.New("daemon: an executor and a neighbour resolver are required")
+	}
+	if o.Interfaces == nil {
+		o.Interfaces = net.InterfaceByName
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.StatsInterval <= 0 {
+		o.StatsInterval = time.Second
+	}
+	d := &Daemon{
+		x:        o.Executor,
+		nbr:      o.Neighbors,
+		ifaces:   o.Interfaces,
+		log:      o.Logger,
+		path:     o.ConfigPath,
+		every:    o.StatsInterval,
+		events:   newHub(256),
+		cfg:      config.Default(),
+		attached: map[string]int{},
+		resolved: map[netip.Addr]bool{},
+	}
+	// The starting point is an empty configuration with cfg's fixed
+	// settings, so that the first Apply attaches and installs everything.
+	d.cfg.DataPlane = cfg.DataPlane
+	d.cfg.API = cfg.API
+	if err := d.check(cfg); err != nil {
+		return nil, err
+	}
+	d.pending = cfg
+	return d, nil
+}
+
+// Run applies the configuration given to New and keeps the data plane in
+// step with the neighbour table until ctx ends. It leaves the data plane
+// running (pinned) when it returns.
+func (d *Daemon) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	nbrDone := make(chan error, 1)
+	go func() { nbrDone <- d.nbr.Run(ctx) }()
+
+	if _, err := d.Apply(d.pending); err != nil {
+		return err
+	}
+	d.pending = nil
+
+	tick := time.NewTicker(d.every)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			<-nbrDone
+			return nil
+		case err := <-nbrDone:
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("neighbour resolver stopped: %w", err)
+		case ev, ok := <-d.nbr.Events():
+			if !ok {
+				continue
+			}
+			d.onNeighbor(ev)
+		case now := <-tick.C:
+			d.sample(now)
+		}
+	}
+}
+
+// Config returns a copy of the running configuration.
+func (d *Daemon) Config() *config.Config {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return clone(d.cfg)
+}
+
+// Reload re-reads the configuration file (SIGHUP, `ndctl config reload`).
+func (d *Daemon) Reload() (config.Changes, error) {
+	if d.path == "" {
+		return config.Changes{}, fmt.Errorf("%w: no configuration file to reload", ErrRejected)
+	}
+	cfg, err := config.Load(d.path)
+	if err != nil {
+		return config.Changes{}, fmt.Errorf("%w: %w", ErrRejected, err)
+	}
+	return d.Apply(cfg)
+}
+
+// Update edits a copy of the running configuration with fn and applies it:
+// the way single changes (add a server, quiesce one) reach the data plane.
+func (d *Daemon) Update(fn func(c *config.Config) error) (config.Changes, error) {
+	c := d.Config()
+	if err := fn(c); err != nil {
+		return config.Changes{}, fmt.Errorf("%w: %w", ErrRejected, err)
+	}
+	return d.Apply(c)
+}
+
+// check validates a configuration and its interfaces against the machine.
+func (d *Daemon) check(cfg *config.Config) error {
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("%w: %w", ErrRejected, err)
+	}
+	err := cfg.CheckInterfaces(func(name string) error {
+		_, err := d.ifaces(name)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrRejected, err)
+	}
+	return nil
+}
+
+// Apply makes cfg the running configuration, changing only what differs. A
+// configuration that fails validation, names a missing interface or changes
+// a setting that needs a restart is rejected whole: the running one stays.
+func (d *Daemon) Apply(cfg *config.Config) (config.Changes, error) {
+	if err := d.check(cfg); err != nil {
+		return config.Changes{}, err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	ch := config.Diff(d.cfg, cfg)
+	if err := ch.Err(); err != nil {
+		return ch, fmt.Errorf("%w: %w", ErrRejected, err)
+	}
+	if ch.Empty() {
+		return ch, nil
+	}
+
+	var errs []error
+	for _, name := range ch.Attach {
+		if err := d.attach(name); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		return ch, fmt.Errorf("%w: %w", ErrRejected, errors.Join(errs...))
+	}
+
+	d.watchServers(cfg)
+	for _, p := range ch.Removed {
+		if err := d.x.DeleteService(p.Key); err != nil && !errors.Is(err, executor.ErrNotFound) {
+			errs = append(errs, fmt.Errorf("remove %v: %w", p.Key, err))
+		}
+	}
+	d.cfg = clone(cfg)
+	for _, p := range d.cfg.Ports() {
+		if err := d.install(p); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, name := range ch.Detach {
+		if err := d.detach(name); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		err := errors.Join(errs...)
+		d.log.Error("configuration applied with errors", "err", err)
+		d.emit(Event{Type: EventError, Message: err.Error()})
+		return ch, err
+	}
+	d.log.Info("configuration applied", "changes", ch.String())
+	d.emit(Event{Type: EventConfigApplied, Message: ch.String()})
+	return ch, nil
+}
+
+func (d *Daemon) attach(name string) error {
+	ifi, err := d.ifaces(name)
+	if err != nil {
+		return fmt.Errorf("interface %s: %w", name, err)
+	}
+	if err := d.x.Attach(ifi.Index); err != nil {
+		return err
+	}
+	d.attached[name] = ifi.Index
+	d.emit(Event{Type: EventAttached, Message: "attached to " + name})
+	return nil
+}
+
+func (d *Daemon) detach(name string) error {
+	idx, ok := d.attached[name]
+	if !ok {
+		return nil
+	}
+	delete(d.attached, name)
+	if err := d.x.Detach(idx); err != nil {
+		return fmt.Errorf("detach from %s: %w", name, err)
+	}
+	d.emit(Event{Type: EventDetached, Message: "detached from " + name})
+	return nil
+}
+
+// watchServers tells the resolver which addresses to keep resolved.
+func (d *Daemon) watchServers(cfg *config.Config) {
+	var addrs []netip.Addr
+	for _, p := range cfg.Ports() {
+		for _, s := range p.Servers {
+			if !s.Local && !slices.Contains(addrs, s.Address) {
+				addrs = append(addrs, s.Address)
+			}
+		}
+	}
+	d.nbr.Watch(addrs)
+}
+
+// service is the data plane's view of a port: servers that cannot be
+// resolved are left out, since nd never dispatches to a server it cannot
+// reach; the others carry their MAC, interface and weight.
+func (d *Daemon) service(p config.Port) executor.Service {
+	s := executor.Service{Key: p.Key, StickyTime: p.StickyTime}
+	for _, srv := range p.Servers {
+		es := executor.Server{Addr: srv.Address, Weight: srv.EffectiveWeight(), Local: srv.Local}
+		if !srv.Local {
+			e, ok := d.nbr.Lookup(srv.Address)
+			if !ok {
+				continue
+			}
+			es.MAC, es.Ifindex = e.MAC, e.Ifindex
+		}
+		s.Servers = append(s.Servers, es)
+	}
+	return s
+}
+
+// install brings one port's data-plane state in line with the configuration
+// and the neighbour table, writing only when something differs.
+func (d *Daemon) install(p config.Port) error {
+	want := d.service(p)
+	for _, have := range d.x.Services() {
+		if have.Key == p.Key && sameService(have, want) {
+			return nil
+		}
+	}
+	if err := d.x.UpsertService(want); err != nil {
+		return fmt.Errorf("install %v: %w", p.Key, err)
+	}
+	return nil
+}
+
+func sameService(a, b executor.Service) bool {
+	if a.StickyTime != b.StickyTime || len(a.Servers) != len(b.Servers) {
+		return false
+	}
+	byAddr := map[netip.Addr]executor.Server{}
+	for _, s := range a.Servers {
+		byAddr[s.Addr] = s
+	}
+	for _, s := range b.Servers {
+		o, ok := byAddr[s.Addr]
+		if !ok || o.Weight != s.Weight || o.Local != s.Local || o.Ifindex != s.Ifindex || o.MAC.String() != s.MAC.String() {
+			return false
+		}
+	}
+	return true
+}
+
+// onNeighbor reinstalls the ports of a server whose resolution changed.
+func (d *Daemon) onNeighbor(ev neighbor.Event) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	addr := ev.Entry.Addr
+	was, known := d.resolved[addr]
+	now := ev.Entry.Resolved
+	d.resolved[addr] = now
+	switch {
+	case now && (!known || !was):
+		d.emit(Event{Type: EventServerResolved, Server: addr.String(), Message: ev.Entry.String()})
+	case now:
+		d.emit(Event{Type: EventServerChanged, Server: addr.String(), Message: ev.Entry.String()})
+	case !now && (!known || was):
+		msg := ev.Entry.String()
+		if ev.Err != nil {
+			msg = ev.Err.Error()
+		}
+		d.emit(Event{Type: EventServerUnreachable, Server: addr.String(), Message: msg})
+	}
+	for _, p := range d.cfg.Ports() {
+		for _, s := range p.Servers {
+			if s.Address == addr {
+				if err := d.install(p); err != nil {
+					d.log.Error("reinstall after neighbour change", "server", addr, "err", err)
+				}
+				break
+			}
+		}
+	}
+}
+
+func clone(c *config.Config) *config.Config {
+	out := *c
+	out.Interfaces = slices.Clone(c.Interfaces)
+	out.Clusters = make([]config.Cluster, len(c.Clusters))
+	for i, cl := range c.Clusters {
+		out.Clusters[i] = cl
+		out.Clusters[i].Ports = make([]config.PortSpec, len(cl.Ports))
+		for j, p := range cl.Ports {
+			out.Clusters[i].Ports[j] = p
+			out.Clusters[i].Ports[j].Servers = slices.Clone(p.Servers)
+		}
+	}
+	return &out
+}

@@ -1,0 +1,362 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nd-dispatcher/nd/internal/config"
+	"github.com/nd-dispatcher/nd/internal/executor"
+	"github.com/nd-dispatcher/nd/internal/neighbor"
+)
+
+// staticNeighbors is a neighbour table a test edits by hand.
+type staticNeighbors struct {
+	mu      sync.Mutex
+	entries map[netip.Addr]neighbor.Entry
+	watched []netip.Addr
+	events  chan neighbor.Event
+}
+
+func newStaticNeighbors() *staticNeighbors {
+	return &staticNeighbors{entries: map[netip.Addr]neighbor.Entry{}, events: make(chan neighbor.Event, 16)}
+}
+
+func (n *staticNeighbors) set(a netip.Addr, mac string, ifindex int) {
+	m, _ := net.ParseMAC(mac)
+	e := neighbor.Entry{Addr: a, MAC: m, Ifindex: ifindex, Ifname: "eth0", Resolved: mac != "", State: "reachable"}
+	n.mu.Lock()
+	n.entries[a] = e
+	n.mu.Unlock()
+	var err error
+	if mac == "" {
+		err = neighbor.ErrUnresolved
+	}
+	n.events <- neighbor.Event{Entry: e, Err: err}
+}
+
+func (n *staticNeighbors) Watch(addrs []netip.Addr) {
+	n.mu.Lock()
+	n.watched = addrs
+	n.mu.Unlock()
+}
+
+func (n *staticNeighbors) Lookup(a netip.Addr) (neighbor.Entry, bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	e, ok := n.entries[a]
+	return e, ok && e.Resolved
+}
+
+func (n *staticNeighbors) Status() []neighbor.Event {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var out []neighbor.Event
+	for _, a := range n.watched {
+		e, ok := n.entries[a]
+		if !ok || !e.Resolved {
+			out = append(out, neighbor.Event{Entry: neighbor.Entry{Addr: a}, Err: neighbor.ErrUnresolved})
+		}
+	}
+	return out
+}
+
+func (n *staticNeighbors) Events() <-chan neighbor.Event { return n.events }
+
+func (n *staticNeighbors) Run(ctx context.Context) error {
+	<-ctx.Done()
+	return nil
+}
+
+func (n *staticNeighbors) Close() error { return nil }
+
+var (
+	vip  = netip.MustParseAddr("198.51.100.100")
+	srv1 = netip.MustParseAddr("198.51.100.11")
+	srv2 = netip.MustParseAddr("198.51.100.12")
+	srv3 = netip.MustParseAddr("198.51.100.13")
+	key  = executor.ServiceKey{VIP: vip, Port: 80, Proto: executor.TCP}
+)
+
+const baseConfig = `
+interfaces: [eth0]
+clusters:
+  - vip: 198.51.100.100
+    ports:
+      - port: 80
+        servers:
+          - {address: 198.51.100.11, weight: 10}
+          - {address: 198.51.100.12, weight: 20}
+`
+
+type world struct {
+	t    *testing.T
+	x    *executor.Fake
+	nbr  *staticNeighbors
+	d    *Daemon
+	stop func()
+}
+
+func fakeInterfaces(name string) (*net.Interface, error) {
+	switch name {
+	case "eth0":
+		return &net.Interface{Index: 2, Name: "eth0"}, nil
+	case "eth1":
+		return &net.Interface{Index: 3, Name: "eth1"}, nil
+	}
+	return nil, errors.New("no such network interface")
+}
+
+func parse(t *testing.T, yaml string) *config.Config {
+	t.Helper()
+	c, err := config.Parse([]byte(yaml), "test.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func start(t *testing.T, yaml string) *world {
+	t.Helper()
+	w := &world{t: t, x: executor.NewFake(), nbr: newStaticNeighbors()}
+	w.nbr.set(srv1, "02:00:00:00:00:11", 2)
+	w.nbr.set(srv2, "02:00:00:00:00:12", 2)
+	d, err := New(parse(t, yaml), Options{
+		Executor: w.x, Neighbors: w.nbr, Interfaces: fakeInterfaces,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), StatsInterval: 20 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.d = d
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	w.stop = func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}
+	t.Cleanup(w.stop)
+	w.eventually("configuration installed", func() bool { return len(w.x.Services()) == 1 })
+	return w
+}
+
+func (w *world) eventually(what string, cond func() bool) {
+	w.t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			w.t.Fatalf("timed out waiting for: %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func (w *world) weights() map[netip.Addr]uint32 {
+	out := map[netip.Addr]uint32{}
+	for _, s := range w.x.Services() {
+		if s.Key == key {
+			for _, srv := range s.Servers {
+				out[srv.Addr] = srv.Weight
+			}
+		}
+	}
+	return out
+}
+
+func TestRunInstallsConfiguration(t *testing.T) {
+	w := start(t, baseConfig)
+	if got := w.x.Attached(); len(got) != 1 || got[0] != 2 {
+		t.Fatalf("attached %v, want [2]", got)
+	}
+	got := w.weights()
+	if got[srv1] != 10 || got[srv2] != 20 || len(got) != 2 {
+		t.Fatalf("weights %v", got)
+	}
+	svc := w.x.Services()[0]
+	for _, s := range svc.Servers {
+		if s.Ifindex != 2 || s.MAC == nil {
+			t.Fatalf("server %v not resolved into the data plane: %+v", s.Addr, s)
+		}
+	}
+}
+
+// TestUnresolvedServerIsLeftOut: nd never dispatches to a server it cannot
+// resolve, reports it, and adds it once it resolves.
+func TestUnresolvedServerIsLeftOut(t *testing.T) {
+	w := start(t, baseConfig)
+	_, err := w.d.Update(func(c *config.Config) error {
+		p := &c.Clusters[0].Ports[0]
+		p.Servers = append(p.Servers, config.Server{Address: srv3, Weight: 5})
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := w.weights()[srv3]; ok {
+		t.Fatal("unresolved server installed in the data plane")
+	}
+	st, err := w.d.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var found bool
+	for _, s := range st.Ports[0].Servers {
+		if s.Address == srv3.String() {
+			found = true
+			if s.State != StateUnresolved || s.Reason == "" {
+				t.Fatalf("status of unresolved server: %+v", s)
+			}
+		}
+	}
+	if !found {
+		t.Fatal("unresolved server missing from status")
+	}
+	events, cancel := w.d.Events()
+	defer cancel()
+	w.nbr.set(srv3, "02:00:00:00:00:13", 2)
+	w.eventually("server 3 installed after resolving", func() bool { return w.weights()[srv3] == 5 })
+	waitEvent(t, events, EventServerResolved, srv3.String())
+
+	w.nbr.set(srv3, "", 2)
+	w.eventually("server 3 removed once unreachable", func() bool { _, ok := w.weights()[srv3]; return !ok })
+	waitEvent(t, events, EventServerUnreachable, srv3.String())
+}
+
+func waitEvent(t *testing.T, events <-chan Event, typ, server string) {
+	t.Helper()
+	timeout := time.After(5 * time.Second)
+	for {
+		select {
+		case ev := <-events:
+			if ev.Type == typ && (server == "" || ev.Server == server) {
+				return
+			}
+		case <-timeout:
+			t.Fatalf("no %s event for %q", typ, server)
+		}
+	}
+}
+
+// TestLiveChangeKeepsFlows: applying a configuration that adds, removes
+// and re-weights servers keeps every flow to a server that remains.
+func TestLiveChangeKeepsFlows(t *testing.T) {
+	w := start(t, baseConfig)
+	w.nbr.set(srv3, "02:00:00:00:00:13", 2)
+	owner := map[uint16]netip.Addr{}
+	for p := uint16(1000); p < 1200; p++ {
+		k := executor.FlowKey{Client: netip.AddrPortFrom(netip.MustParseAddr("203.0.113.7"), p), VIP: netip.AddrPortFrom(vip, 80), Proto: executor.TCP}
+		s, err := w.x.Dispatch(k, true, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		owner[p] = s
+	}
+	next := strings.Replace(baseConfig, "{address: 198.51.100.12, weight: 20}", "{address: 198.51.100.12, weight: 3}\n          - {address: 198.51.100.13, weight: 40}", 1)
+	ch, err := w.d.Apply(parse(t, next))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ch.Empty() {
+		t.Fatal("no changes reported")
+	}
+	for p, s := range owner {
+		k := executor.FlowKey{Client: netip.AddrPortFrom(netip.MustParseAddr("203.0.113.7"), p), VIP: netip.AddrPortFrom(vip, 80), Proto: executor.TCP}
+		got, err := w.x.Dispatch(k, false, false)
+		if err != nil || got != s {
+			t.Fatalf("flow %d moved from %v to %v (%v)", p, s, got, err)
+		}
+	}
+	if got := w.weights(); got[srv2] != 3 || got[srv3] != 40 {
+		t.Fatalf("weights after apply %v", got)
+	}
+	// The same configuration again changes nothing.
+	commits := w.x.Commits()
+	if ch, err := w.d.Apply(parse(t, next)); err != nil || !ch.Empty() {
+		t.Fatalf("re-applying: %v %v", ch, err)
+	}
+	if w.x.Commits() != commits {
+		t.Fatal("re-applying the running configuration wrote to the data plane")
+	}
+}
+
+// TestBadConfigurationsRejected: nothing of a rejected configuration is
+// applied, and the running one stays.
+func TestBadConfigurationsRejected(t *testing.T) {
+	w := start(t, baseConfig)
+	before := w.weights()
+	for name, yaml := range map[string]string{
+		"unknown interface": strings.Replace(baseConfig, "[eth0]", "[eth9]", 1),
+		"fixed setting":     baseConfig + "data_plane: {max_flows: 2048}\n",
+	} {
+		if _, err := w.d.Apply(parse(t, yaml)); !errors.Is(err, ErrRejected) {
+			t.Errorf("%s: Apply = %v, want ErrRejected", name, err)
+		}
+	}
+	_, err := w.d.Update(func(c *config.Config) error {
+		c.Clusters[0].Ports[0].Servers[0].Weight = 100000
+		return nil
+	})
+	if !errors.Is(err, ErrRejected) {
+		t.Errorf("out-of-range weight: %v", err)
+	}
+	if got := w.weights(); got[srv1] != before[srv1] || got[srv2] != before[srv2] {
+		t.Fatalf("rejected configurations changed weights: %v", got)
+	}
+	if got := w.x.Attached(); len(got) != 1 {
+		t.Fatalf("rejected configuration changed interfaces: %v", got)
+	}
+}
+
+func TestQuiesceAndRemovePort(t *testing.T) {
+	w := start(t, baseConfig)
+	if _, err := w.d.Update(func(c *config.Config) error {
+		c.Clusters[0].Ports[0].Servers[1].Quiesce = true
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if got := w.weights()[srv2]; got != 0 {
+		t.Fatalf("quiesced server has weight %d", got)
+	}
+	st, _ := w.d.Status()
+	if s := st.Ports[0].Servers[1]; s.State != StateQuiesced || s.ConfigWeight != 20 {
+		t.Fatalf("quiesced status %+v", s)
+	}
+	if _, err := w.d.Update(func(c *config.Config) error {
+		c.Clusters = nil
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(w.x.Services()); n != 0 {
+		t.Fatalf("%d services left after removing the cluster", n)
+	}
+}
+
+func TestStatusRates(t *testing.T) {
+	w := start(t, baseConfig)
+	if err := w.x.AddCounters(key, srv1, executor.ServerStats{NewFlows: 100, Packets: 1000}); err != nil {
+		t.Fatal(err)
+	}
+	w.eventually("rates computed", func() bool {
+		st, err := w.d.Status()
+		return err == nil && st.Ports[0].Servers[0].NewFlows == 100
+	})
+	st, _ := w.d.Status()
+	if s := st.Ports[0].Servers[0]; s.State != StateUp || s.Weight != 10 || s.MAC == "" {
+		t.Fatalf("status %+v", s)
+	}
+	if len(st.Interfaces) != 1 || st.Interfaces[0] != "eth0" {
+		t.Fatalf("interfaces %v", st.Interfaces)
+	}
+}

@@ -1,0 +1,93 @@
+package daemon
+
+import (
+	"sync"
+	"time"
+)
+
+// Event types: what an operator following `ndctl events --follow` sees.
+const (
+	EventConfigApplied     = "config_applied"
+	EventError             = "error"
+	EventAttached          = "attached"
+	EventDetached          = "detached"
+	EventServerResolved    = "server_resolved"
+	EventServerChanged     = "server_changed"
+	EventServerUnreachable = "server_unreachable"
+	EventServerQuiesced    = "server_quiesced"
+	EventWeightsCommitted  = "weights_committed"
+)
+
+// Event is one thing that happened to the dispatcher.
+type Event struct {
+	Time    time.Time `json:"time"`
+	Type    string    `json:"type"`
+	Service string    `json:"service,omitempty"` // VIP:port/protocol
+	Server  string    `json:"server,omitempty"`
+	Message string    `json:"message"`
+}
+
+// hub fans events out to subscribers. A subscriber that does not keep up
+// loses events (counted), never the daemon's time.
+type hub struct {
+	mu      sync.Mutex
+	subs    map[chan Event]struct{}
+	buf     int
+	dropped uint64
+	recent  []Event // the last few, for a subscriber that just arrived
+}
+
+func newHub(buf int) *hub {
+	return &hub{subs: map[chan Event]struct{}{}, buf: buf}
+}
+
+const recentEvents = 64
+
+func (h *hub) publish(ev Event) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.recent = append(h.recent, ev)
+	if len(h.recent) > recentEvents {
+		h.recent = h.recent[len(h.recent)-recentEvents:]
+	}
+	for ch := range h.subs {
+		select {
+		case ch <- ev:
+		default:
+			h.dropped++
+		}
+	}
+}
+
+// subscribe returns a channel of events, starting with the recent ones, and
+// a function that ends the subscription.
+func (h *hub) subscribe() (<-chan Event, func()) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	ch := make(chan Event, h.buf+len(h.recent))
+	for _, ev := range h.recent {
+		ch <- ev
+	}
+	h.subs[ch] = struct{}{}
+	var once sync.Once
+	return ch, func() {
+		once.Do(func() {
+			h.mu.Lock()
+			delete(h.subs, ch)
+			h.mu.Unlock()
+			close(ch)
+		})
+	}
+}
+
+// Events subscribes to the daemon's events.
+func (d *Daemon) Events() (<-chan Event, func()) { return d.events.subscribe() }
+
+// emit logs and publishes an event.
+func (d *Daemon) emit(ev Event) {
+	if ev.Time.IsZero() {
+		ev.Time = time.Now()
+	}
+	d.log.Info("event", "type", ev.Type, "service", ev.Service, "server", ev.Server, "message", ev.Message)
+	d.events.publish(ev)
+}

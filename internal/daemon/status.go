@@ -1,0 +1,175 @@
+package daemon
+
+import (
+	"net/netip"
+	"slices"
+	"sort"
+	"time"
+
+	"github.com/nd-dispatcher/nd/internal/config"
+	"github.com/nd-dispatcher/nd/internal/executor"
+)
+
+// Server states, as `ndctl status` shows them.
+const (
+	StateUp         = "up"         // resolved, weight > 0
+	StateQuiesced   = "quiesced"   // weight 0: no new flows, old ones continue
+	StateUnresolved = "unresolved" // no MAC: not in the data plane
+	StateLocal      = "local"      // co-located on the dispatcher
+)
+
+// Status is a snapshot of the dispatcher for `ndctl status` and the metrics.
+type Status struct {
+	Time       time.Time            `json:"time"`
+	Interfaces []string             `json:"interfaces"`
+	Ports      []PortStatus         `json:"ports"`
+	VIPs       []VIPStatus          `json:"vips"`
+	Global     executor.GlobalStats `json:"global"`
+}
+
+// PortStatus is one VIP:port.
+type PortStatus struct {
+	VIP        string         `json:"vip"`
+	Port       uint16         `json:"port"`
+	Protocol   string         `json:"protocol"`
+	StickyTime string         `json:"sticky_time"`
+	Packets    uint64         `json:"packets"`
+	Bytes      uint64         `json:"bytes"`
+	NoServer   uint64         `json:"no_server"`
+	Servers    []ServerStatus `json:"servers"`
+}
+
+// ServerStatus is one server of a port.
+type ServerStatus struct {
+	Address   string `json:"address"`
+	State     string `json:"state"`
+	Reason    string `json:"reason,omitempty"` // why unresolved
+	MAC       string `json:"mac,omitempty"`
+	Interface string `json:"interface,omitempty"`
+	// Weight is what the data plane uses; ConfigWeight what the
+	// configuration says.
+	Weight       uint32  `json:"weight"`
+	ConfigWeight uint32  `json:"config_weight"`
+	Quiesced     bool    `json:"quiesced"`
+	NewFlows     uint64  `json:"new_flows"`
+	ActiveFlows  uint64  `json:"active_flows"`
+	Packets      uint64  `json:"packets"`
+	Bytes        uint64  `json:"bytes"`
+	NewFlowsRate float64 `json:"new_flows_per_sec"`
+	PacketsRate  float64 `json:"packets_per_sec"`
+}
+
+// VIPStatus counts what a VIP dropped or handed to the local stack.
+type VIPStatus struct {
+	VIP string `json:"vip"`
+	executor.VIPStats
+}
+
+// rateSampler keeps the last two counter readings to derive rates.
+type rateSampler struct {
+	at   time.Time
+	prev executor.Stats
+	rate map[executor.ServiceKey]map[netip.Addr][2]float64 // new flows/s, packets/s
+}
+
+func (d *Daemon) sample(now time.Time) {
+	st, err := d.x.Stats()
+	if err != nil {
+		d.log.Error("read data-plane counters", "err", err)
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	r := &d.rates
+	if !r.at.IsZero() {
+		dt := now.Sub(r.at).Seconds()
+		r.rate = map[executor.ServiceKey]map[netip.Addr][2]float64{}
+		for key, ss := range st.Services {
+			m := map[netip.Addr][2]float64{}
+			for addr, s := range ss.Servers {
+				p := r.prev.Services[key].Servers[addr]
+				if s.NewFlows < p.NewFlows || s.Packets < p.Packets {
+					continue // counters reset: the server was re-added
+				}
+				m[addr] = [2]float64{float64(s.NewFlows-p.NewFlows) / dt, float64(s.Packets-p.Packets) / dt}
+			}
+			r.rate[key] = m
+		}
+	}
+	r.at, r.prev = now, st
+}
+
+// Status reads the counters and describes every port and server.
+func (d *Daemon) Status() (Status, error) {
+	st, err := d.x.Stats()
+	if err != nil {
+		return Status{}, err
+	}
+	installed := map[executor.ServiceKey]executor.Service{}
+	for _, s := range d.x.Services() {
+		installed[s.Key] = s
+	}
+	reasons := map[netip.Addr]string{}
+	for _, ev := range d.nbr.Status() {
+		if ev.Err != nil {
+			reasons[ev.Entry.Addr] = ev.Err.Error()
+		}
+	}
+
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := Status{Time: time.Now(), Global: st.Global}
+	for name := range d.attached {
+		out.Interfaces = append(out.Interfaces, name)
+	}
+	sort.Strings(out.Interfaces)
+	for _, p := range d.cfg.Ports() {
+		ss := st.Services[p.Key]
+		ps := PortStatus{
+			VIP: p.Key.VIP.String(), Port: p.Key.Port, Protocol: p.Key.Proto.String(),
+			StickyTime: p.StickyTime.String(), Packets: ss.Packets, Bytes: ss.Bytes, NoServer: ss.NoServer,
+		}
+		inst := installed[p.Key]
+		for _, srv := range p.Servers {
+			ps.Servers = append(ps.Servers, d.serverStatus(p, srv, inst, ss, reasons))
+		}
+		out.Ports = append(out.Ports, ps)
+	}
+	for vip, vs := range st.VIPs {
+		out.VIPs = append(out.VIPs, VIPStatus{VIP: vip.String(), VIPStats: vs})
+	}
+	slices.SortFunc(out.VIPs, func(a, b VIPStatus) int {
+		return netip.MustParseAddr(a.VIP).Compare(netip.MustParseAddr(b.VIP))
+	})
+	return out, nil
+}
+
+func (d *Daemon) serverStatus(p config.Port, srv config.Server, inst executor.Service, ss executor.ServiceStats, reasons map[netip.Addr]string) ServerStatus {
+	out := ServerStatus{Address: srv.Address.String(), ConfigWeight: srv.Weight, Quiesced: srv.Quiesce}
+	i := slices.IndexFunc(inst.Servers, func(s executor.Server) bool { return s.Addr == srv.Address })
+	switch {
+	case i < 0:
+		out.State = StateUnresolved
+		out.Reason = reasons[srv.Address]
+	case srv.Local:
+		out.State = StateLocal
+		out.Weight = inst.Servers[i].Weight
+	default:
+		es := inst.Servers[i]
+		out.Weight, out.MAC = es.Weight, es.MAC.String()
+		if e, ok := d.nbr.Lookup(srv.Address); ok {
+			out.Interface = e.Ifname
+		}
+		out.State = StateUp
+		if es.Weight == 0 {
+			out.State = StateQuiesced
+		}
+	}
+	if c, ok := ss.Servers[srv.Address]; ok {
+		out.NewFlows, out.ActiveFlows, out.Packets, out.Bytes = c.NewFlows, c.Active(), c.Packets, c.Bytes
+	}
+	if r, ok := d.rates.rate[p.Key][srv.Address]; ok {
+		out.NewFlowsRate, out.PacketsRate = r[0], r[1]
+	}
+	return out
+}

@@ -1,6 +1,7 @@
 package executor
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
@@ -146,9 +147,30 @@ func (h *harness) run(prog *ebpf.Program, in []byte) (uint32, []byte) {
 	return ret, out
 }
 
+// dispatch runs the dispatcher on one frame. Whatever the test goes on to
+// check, every frame is held to the executor's contract byte for byte: a
+// forwarded frame differs from its input in the Ethernet addresses only,
+// with the ingress or second interface as source; any other frame is left
+// exactly as it came.
 func (h *harness) dispatch(in []byte) (uint32, []byte) {
 	h.t.Helper()
-	return h.run(h.x.objs.NdDispatch, in)
+	act, out := h.run(h.x.objs.NdDispatch, in)
+	out = out[:len(in)]
+	switch act {
+	case xdpTX, xdpRedirect:
+		src := macIn
+		if act == xdpRedirect {
+			src = macOut
+		}
+		if !bytes.Equal(out[12:], in[12:]) || !bytes.Equal(out[6:12], src) {
+			h.t.Fatalf("forwarded frame changed beyond its destination MAC:\n in %x\nout %x", in, out)
+		}
+	default:
+		if !bytes.Equal(out, in) {
+			h.t.Fatalf("%s frame changed:\n in %x\nout %x", actionNames[act], in, out)
+		}
+	}
+	return act, out
 }
 
 // xdpMD mirrors struct xdp_md, the context BPF_PROG_RUN takes for XDP.

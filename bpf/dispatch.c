@@ -23,6 +23,7 @@ volatile const __u32 ring_size = DEFAULT_RING_SIZE;
 volatile const __u32 hash_seed = 0;
 volatile const __u64 idle_timeout_ns = 300ull * 1000000000ull;
 volatile const __u32 flow_buckets = DEFAULT_MAX_FLOWS / FLOW_WAYS;
+volatile const __u32 svc_index_slots = 4 * DEFAULT_MAX_SERVICES;
 /* Nanoseconds per jiffy (1e9 / CONFIG_HZ), measured by user space. */
 volatile const __u64 jiffy_ns = 4000000;
 
@@ -78,6 +79,46 @@ static __always_inline struct backend *backend_get(__u32 id, __u32 gen, __u32 sv
 	if (!be || !(be->flags & BE_F_ACTIVE) || be->gen != gen || be->svc_id != svc_id)
 		return NULL;
 	return be;
+}
+
+/* svc_find copies out the service of a VIP:port/protocol: from the index,
+ * probing at most SVC_PROBES slots, or from the services hash when the
+ * index says a service overflowed it. A copy, not a pointer, so that the
+ * verifier meets one state after it, whichever map the service came from. */
+static __always_inline int svc_find(const struct svc_key *k, struct svc_info *out)
+{
+	__u32 zero = 0;
+	struct svc_info *found = NULL;
+	__u32 *sel = bpf_map_lookup_elem(&svc_index_sel, &zero);
+	if (!sel)
+		return -1;
+
+	const __u64 *kw = (const __u64 *)k;
+	__u32 base = (*sel & 1) * svc_index_slots;
+	__u32 home = scale(svc_hash(k), svc_index_slots);
+	int overflow = 0;
+
+	for (int i = 0; i < SVC_PROBES; i++) {
+		__u32 idx = home + i;
+		if (idx >= svc_index_slots)
+			idx -= svc_index_slots;
+		idx += base;
+		struct svc_slot *s = bpf_map_lookup_elem(&svc_index, &idx);
+		if (!s || !(s->flags & SVC_SLOT_USED))
+			break;
+		overflow |= s->flags & SVC_SLOT_OVERFLOW;
+		const __u64 *sw = (const __u64 *)&s->key;
+		if (sw[0] == kw[0] && sw[1] == kw[1] && sw[2] == kw[2]) {
+			*out = s->info;
+			return 0;
+		}
+	}
+	if (overflow)
+		found = bpf_map_lookup_elem(&services, k);
+	if (!found)
+		return -1;
+	*out = *found;
+	return 0;
 }
 
 /* vip_filter_hit is false only for addresses that are no VIP. */
@@ -209,8 +250,13 @@ static __always_inline void count_gone(__u32 be_id, __u32 gen)
  * bucket and, if the table knows the flow, the way and what it holds. */
 struct flow_lookup {
 	struct flow_bucket *bucket;
+	__u32 idx; /* the bucket's index */
 	__u32 hash;
 	int way;
+	/* When the flow is not in the table: the way it would take, and
+	 * whether that pushes a live flow out. */
+	int victim;
+	int victim_live;
 	struct flow_snap snap;
 };
 
@@ -273,23 +319,30 @@ static __always_inline int dispatch_new(struct xdp_md *ctx, struct packet *p, st
 	}
 
 	/* A stale entry of this flow is rewritten in place; otherwise the flow
-	 * takes a free, idle or least recently seen way. */
+	 * takes the way chosen at lookup. */
 	int way = fl->way;
 	if (way < 0) {
-		int live;
-		way = flow_victim(fl->bucket, now, idle_timeout_ns, &live);
-		if (live) {
+		way = fl->victim;
+		if (fl->victim_live) {
 			struct flow_body *v = &fl->bucket->body[way & (FLOW_WAYS - 1)];
 			count_gone(v->backend, v->gen);
 			count_global(G_EVICTED);
 		}
 	}
-	__u32 flags = FLOW_F_VALID;
+	struct flow_store_args a = {
+		.key = p->key,
+		.last_seen = now,
+		.hash = fl->hash,
+		.backend = be_id,
+		.gen = be->gen,
+		.flags = FLOW_F_VALID,
+		.way = way,
+	};
 	if (closing)
-		flags |= FLOW_F_CLOSING;
+		a.flags |= FLOW_F_CLOSING;
 	if (svc->flags & SVC_F_AFFINITY)
-		flags |= FLOW_F_STICKY;
-	if (flow_store(fl->bucket, way, &p->key, fl->hash, be_id, be->gen, flags, now) < 0)
+		a.flags |= FLOW_F_STICKY;
+	if (nd_flow_store(fl->idx, &a) < 0)
 		count_global(G_FLOW_BUSY);
 
 	count_backend(be_id, bytes, 1, closing);
@@ -378,18 +431,15 @@ static __always_inline int dispatch_icmp(struct xdp_md *ctx, struct packet *p, s
 	sk.port = p->key.dport;
 	sk.proto = p->key.proto;
 	sk.family = p->key.family;
-	struct svc_info *svc = bpf_map_lookup_elem(&services, &sk);
-	if (!svc)
+	struct svc_info svc_copy, *svc = &svc_copy;
+	if (svc_find(&sk, svc) < 0)
 		goto local;
 
 	struct backend *be = NULL;
 	struct flow_snap fv = {};
 	__u32 be_id;
 	__u32 hash = flow_hash(&p->key, hash_seed);
-	struct flow_bucket *bucket = flow_bucket_of(hash, flow_buckets);
-	if (!bucket)
-		goto local;
-	if (flow_find(bucket, &p->key, hash, &fv) >= 0)
+	if (nd_flow_find(bucket_index(hash, flow_buckets), &p->key, hash, &fv) >= 0)
 		be = backend_get(fv.backend, fv.gen, svc->svc_id);
 	if (!be) {
 		/* No entry: the server the ring names is where the flow went. */
@@ -439,10 +489,20 @@ int nd_dispatch(struct xdp_md *ctx)
 		struct flow_lookup fl = {};
 
 		fl.hash = flow_hash(&p.key, hash_seed);
-		fl.bucket = flow_bucket_of(fl.hash, flow_buckets);
+		fl.idx = bucket_index(fl.hash, flow_buckets);
+		fl.bucket = bpf_map_lookup_elem(&conns, &fl.idx);
 		if (!fl.bucket)
 			return XDP_ABORTED;
-		fl.way = flow_find(fl.bucket, &p.key, fl.hash, &fl.snap);
+		fl.way = nd_flow_find(fl.idx, &p.key, fl.hash, &fl.snap);
+		if (fl.way < 0) {
+			/* Choose the way now and touch its line: the cache miss
+			 * that writing the flow costs then overlaps with looking
+			 * up the service and picking the server. */
+			int v = nd_flow_victim(fl.idx, now, idle_timeout_ns);
+			fl.victim = v & (FLOW_WAYS - 1);
+			fl.victim_live = v >= 0 && (v & FLOW_VICTIM_LIVE);
+			prefetch_line(&fl.bucket->body[fl.victim]);
+		}
 		int act = dispatch_established(ctx, &p, &fl, now, bytes);
 		if (act >= 0)
 			return act;
@@ -452,9 +512,9 @@ int nd_dispatch(struct xdp_md *ctx)
 		sk.port = p.key.dport;
 		sk.proto = p.key.proto;
 		sk.family = p.key.family;
-		struct svc_info *svc = bpf_map_lookup_elem(&services, &sk);
-		if (svc)
-			return dispatch_new(ctx, &p, svc, &fl, now, bytes);
+		struct svc_info svc;
+		if (svc_find(&sk, &svc) == 0)
+			return dispatch_new(ctx, &p, &svc, &fl, now, bytes);
 	}
 
 	/* Not a defined service: is it for one of our VIPs at all? */
@@ -502,37 +562,48 @@ int flow_write(struct xdp_md *ctx)
 	__builtin_memcpy(&key, &op->key, sizeof(key));
 
 	__u32 hash = flow_hash(&key, hash_seed);
-	struct flow_bucket *bucket = flow_bucket_of(hash, flow_buckets);
+	__u32 idx = bucket_index(hash, flow_buckets);
+	struct flow_bucket *bucket = bpf_map_lookup_elem(&conns, &idx);
 	if (!bucket)
 		return XDP_ABORTED;
-	int way = flow_find(bucket, &key, hash, &snap);
+	int way = nd_flow_find(idx, &key, hash, &snap);
 	__u64 now = now_ns();
 
 	if (op->op == FLOW_OP_DELETE) {
 		if (way < 0)
 			return XDP_DROP;
 		struct flow_head *e = &bucket->head[way & (FLOW_WAYS - 1)];
-		if (flow_claim(e) < 0)
+		__u32 claimed = flow_claim(e);
+		if (!claimed)
 			return XDP_ABORTED;
 		e->meta = 0;
-		flow_release(e);
+		flow_release(e, claimed);
 		return XDP_PASS;
 	}
 	if (op->op != FLOW_OP_UPSERT)
 		return XDP_ABORTED;
 
 	if (way < 0) {
-		int live;
-		way = flow_victim(bucket, now, idle_timeout_ns, &live);
-		if (live) {
-			struct flow_body *v = &bucket->body[way & (FLOW_WAYS - 1)];
-			count_gone(v->backend, v->gen);
+		int v = nd_flow_victim(idx, now, idle_timeout_ns);
+		if (v < 0)
+			return XDP_ABORTED;
+		way = v & (FLOW_WAYS - 1);
+		if (v & FLOW_VICTIM_LIVE) {
+			struct flow_body *vb = &bucket->body[way];
+			count_gone(vb->backend, vb->gen);
 			count_global(G_EVICTED);
 		}
 	}
-	__u64 seen = op->idle_ns < now ? now - op->idle_ns : 0;
-	__u32 flags = FLOW_F_VALID | (op->flags & FLOW_F_CLOSING);
-	if (flow_store(bucket, way, &key, hash, op->backend, op->gen, flags, seen) < 0)
+	struct flow_store_args a = {
+		.key = key,
+		.last_seen = op->idle_ns < now ? now - op->idle_ns : 0,
+		.hash = hash,
+		.backend = op->backend,
+		.gen = op->gen,
+		.flags = FLOW_F_VALID | (op->flags & FLOW_F_CLOSING),
+		.way = way,
+	};
+	if (nd_flow_store(idx, &a) < 0)
 		return XDP_ABORTED;
 	return XDP_PASS;
 }

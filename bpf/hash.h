@@ -86,3 +86,17 @@ static __always_inline __u32 bucket_index(__u32 hash, __u32 nbuckets)
 {
 	return scale(hash, nbuckets);
 }
+
+/* svc_hash picks a service's home slot in svc_index. */
+static __always_inline __u32 svc_hash(const struct svc_key *k)
+{
+	const __u32 *w = (const __u32 *)k;
+	__u32 h = 0x85ebca6bu;
+
+	h = hash_word(h, w[0]);
+	h = hash_word(h, w[1]);
+	h = hash_word(h, w[2]);
+	h = hash_word(h, w[3]);
+	h = hash_word(h, w[4]);
+	return hash_final(h); /* w[5] is padding */
+}

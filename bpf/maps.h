@@ -29,6 +29,21 @@ struct {
 	__type(value, struct svc_info);
 } services SEC(".maps");
 
+/* Both halves of the service index, 2 * svc_index_slots entries. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2 * 4 * DEFAULT_MAX_SERVICES);
+	__type(key, __u32);
+	__type(value, struct svc_slot);
+} svc_index SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32); /* 0 or 1: the half in use */
+} svc_index_sel SEC(".maps");
+
 /* One Maglev ring per service, swapped whole: user space fills a fresh
  * inner array and replaces the outer slot in one update, so a packet sees
  * either the old ring or the new one, never a mix. */

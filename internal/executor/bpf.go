@@ -1,6 +1,7 @@
 package executor
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -28,6 +29,9 @@ const (
 	beQuiesced = 1 << 2
 
 	svcAffinity = 1 << 0
+
+	svcSlotUsed     = 1 << 0
+	svcSlotOverflow = 1 << 1
 
 	flowValid     = 1 << 0
 	flowClosing   = 1 << 1
@@ -201,6 +205,7 @@ func New(cfg Config) (*BPF, error) {
 		"services": cfg.MaxServices, "stats_service": cfg.MaxServices, "rings": cfg.MaxServices,
 		"backends": 2 * cfg.MaxServers, "backend_sel": cfg.MaxServers, "stats_backend": cfg.MaxServers,
 		"conns": cfg.flowBuckets(), "affinity": cfg.MaxAffinity,
+		"svc_index": 2 * cfg.svcIndexSlots(),
 	}
 	for name, n := range sizes {
 		spec.Maps[name].MaxEntries = n
@@ -216,6 +221,7 @@ func New(cfg Config) (*BPF, error) {
 		"hash_seed":       cfg.HashSeed,
 		"idle_timeout_ns": uint64(cfg.IdleTimeout.Nanoseconds()),
 		"flow_buckets":    cfg.flowBuckets(),
+		"svc_index_slots": cfg.svcIndexSlots(),
 	}
 	for name, v := range consts {
 		if err := spec.Variables[name].Set(v); err != nil {
@@ -693,10 +699,86 @@ func (b *BPF) writeServiceInfo(key ServiceKey, id uint32, sticky time.Duration) 
 		v.Flags |= svcAffinity
 		v.StickySecs = uint32(sticky / time.Second)
 	}
+	var old dispatchSvcInfo
+	if err := b.objs.Services.Lookup(k, &old); err == nil && old == v {
+		return nil
+	}
 	if err := b.objs.Services.Update(k, v, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("write service %v: %w", key, err)
 	}
+	return b.writeServiceIndex()
+}
+
+// svcIndexProbes is SVC_PROBES: how far from its home slot a service may sit.
+const svcIndexProbes = 4
+
+// svcIndexSlots sizes each half of svc_index: four slots a service keeps
+// probe sequences short.
+func (c Config) svcIndexSlots() uint32 { return 4 * c.MaxServices }
+
+// writeServiceIndex rebuilds the half of svc_index that packets are not
+// reading from the services hash, then points packets at it.
+func (b *BPF) writeServiceIndex() error {
+	n := b.cfg.svcIndexSlots()
+	slots := make([]dispatchSvcSlot, n)
+	var (
+		k dispatchSvcKey
+		v dispatchSvcInfo
+	)
+	var keys []dispatchSvcKey
+	infos := map[dispatchSvcKey]dispatchSvcInfo{}
+	it := b.objs.Services.Iterate()
+	for it.Next(&k, &v) {
+		keys = append(keys, k)
+		infos[k] = v
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read services: %w", err)
+	}
+	// Place services in a fixed order, so that the index is the same
+	// whatever order the hash map lists them in.
+	slices.SortFunc(keys, func(a, b dispatchSvcKey) int {
+		return bytes.Compare(binaryOf(a), binaryOf(b))
+	})
+	for _, k := range keys {
+		home := scale(svcHash(k), n)
+		placed := false
+		for i := range uint32(svcIndexProbes) {
+			s := &slots[(home+i)%n]
+			if s.Flags&svcSlotUsed == 0 {
+				*s = dispatchSvcSlot{Key: k, Info: infos[k], Flags: svcSlotUsed | s.Flags&svcSlotOverflow}
+				placed = true
+				break
+			}
+		}
+		if !placed {
+			// Readers probing past these slots must fall back to the hash.
+			for i := range uint32(svcIndexProbes) {
+				slots[(home+i)%n].Flags |= svcSlotOverflow
+			}
+		}
+	}
+	var sel uint32
+	if err := b.objs.SvcIndexSel.Lookup(uint32(0), &sel); err != nil {
+		return fmt.Errorf("read service index selector: %w", err)
+	}
+	next := (sel & 1) ^ 1
+	idx := make([]uint32, n)
+	for i := range idx {
+		idx[i] = next*n + uint32(i)
+	}
+	if _, err := b.objs.SvcIndex.BatchUpdate(idx, slots, nil); err != nil {
+		return fmt.Errorf("write service index: %w", err)
+	}
+	if err := b.objs.SvcIndexSel.Update(uint32(0), next, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("flip service index: %w", err)
+	}
 	return nil
+}
+
+func binaryOf(k dispatchSvcKey) []byte {
+	b, _ := binary.Append(nil, binary.NativeEndian, k)
+	return b
 }
 
 func (b *BPF) refVIP(a netip.Addr) error {
@@ -752,6 +834,9 @@ func (b *BPF) DeleteService(key ServiceKey) error {
 	}
 	if err := b.objs.Services.Delete(svcKey(key)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("delete service %v: %w", key, err)
+	}
+	if err := b.writeServiceIndex(); err != nil {
+		return err
 	}
 	if err := b.objs.Rings.Delete(st.id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		b.log.Error("delete ring", "service", key, "err", err)

@@ -112,6 +112,15 @@ type dispatchSvcKey struct {
 	Port   uint16
 	Proto  uint8
 	Family uint8
+	_      [4]byte
+}
+
+type dispatchSvcSlot struct {
+	_     structs.HostLayout
+	Key   dispatchSvcKey
+	Info  dispatchSvcInfo
+	Flags uint32
+	_     [4]byte
 }
 
 type dispatchSvcStats struct {
@@ -162,6 +171,8 @@ const (
 	dispatchMapStatsGlobal   = "stats_global"
 	dispatchMapStatsService  = "stats_service"
 	dispatchMapStatsVip      = "stats_vip"
+	dispatchMapSvcIndex      = "svc_index"
+	dispatchMapSvcIndexSel   = "svc_index_sel"
 	dispatchMapTxPorts       = "tx_ports"
 	dispatchMapVipBloom      = "vip_bloom"
 	dispatchMapVips          = "vips"
@@ -173,6 +184,7 @@ const (
 	dispatchVarIdleTimeoutNs = "idle_timeout_ns"
 	dispatchVarJiffyNs       = "jiffy_ns"
 	dispatchVarRingSize      = "ring_size"
+	dispatchVarSvcIndexSlots = "svc_index_slots"
 )
 
 // loadDispatch returns the embedded CollectionSpec for dispatch.
@@ -236,6 +248,8 @@ type dispatchMapSpecs struct {
 	StatsGlobal  *ebpf.MapSpec `ebpf:"stats_global"`
 	StatsService *ebpf.MapSpec `ebpf:"stats_service"`
 	StatsVip     *ebpf.MapSpec `ebpf:"stats_vip"`
+	SvcIndex     *ebpf.MapSpec `ebpf:"svc_index"`
+	SvcIndexSel  *ebpf.MapSpec `ebpf:"svc_index_sel"`
 	TxPorts      *ebpf.MapSpec `ebpf:"tx_ports"`
 	VipBloom     *ebpf.MapSpec `ebpf:"vip_bloom"`
 	Vips         *ebpf.MapSpec `ebpf:"vips"`
@@ -250,6 +264,7 @@ type dispatchVariableSpecs struct {
 	IdleTimeoutNs *ebpf.VariableSpec `ebpf:"idle_timeout_ns"`
 	JiffyNs       *ebpf.VariableSpec `ebpf:"jiffy_ns"`
 	RingSize      *ebpf.VariableSpec `ebpf:"ring_size"`
+	SvcIndexSlots *ebpf.VariableSpec `ebpf:"svc_index_slots"`
 }
 
 // dispatchObjects contains all objects after they have been loaded into the kernel.
@@ -282,6 +297,8 @@ type dispatchMaps struct {
 	StatsGlobal  *ebpf.Map `ebpf:"stats_global"`
 	StatsService *ebpf.Map `ebpf:"stats_service"`
 	StatsVip     *ebpf.Map `ebpf:"stats_vip"`
+	SvcIndex     *ebpf.Map `ebpf:"svc_index"`
+	SvcIndexSel  *ebpf.Map `ebpf:"svc_index_sel"`
 	TxPorts      *ebpf.Map `ebpf:"tx_ports"`
 	VipBloom     *ebpf.Map `ebpf:"vip_bloom"`
 	Vips         *ebpf.Map `ebpf:"vips"`
@@ -299,6 +316,8 @@ func (m *dispatchMaps) Close() error {
 		m.StatsGlobal,
 		m.StatsService,
 		m.StatsVip,
+		m.SvcIndex,
+		m.SvcIndexSel,
 		m.TxPorts,
 		m.VipBloom,
 		m.Vips,
@@ -314,6 +333,7 @@ type dispatchVariables struct {
 	IdleTimeoutNs *ebpf.Variable `ebpf:"idle_timeout_ns"`
 	JiffyNs       *ebpf.Variable `ebpf:"jiffy_ns"`
 	RingSize      *ebpf.Variable `ebpf:"ring_size"`
+	SvcIndexSlots *ebpf.Variable `ebpf:"svc_index_slots"`
 }
 
 // dispatchPrograms contains all programs after they have been loaded into the kernel.

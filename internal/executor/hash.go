@@ -72,3 +72,17 @@ func scale(hash, n uint32) uint32 { return uint32(uint64(hash) * uint64(n) >> 32
 func ringSlot(hash, ringSize uint32) uint32 { return scale(hash<<16|hash>>16, ringSize) }
 
 func bucketIndex(hash, nbuckets uint32) uint32 { return scale(hash, nbuckets) }
+
+// svcHash picks a service's home slot in svc_index: the first five words of
+// struct svc_key (the sixth is padding).
+func svcHash(k dispatchSvcKey) uint32 {
+	var raw [4]byte
+	binary.NativeEndian.PutUint16(raw[0:], k.Port)
+	raw[2], raw[3] = k.Proto, k.Family
+	h := uint32(0x85ebca6b)
+	for _, w := range k.Addr.Addr {
+		h = hashWord(h, w)
+	}
+	h = hashWord(h, binary.NativeEndian.Uint32(raw[:]))
+	return hashFinal(h)
+}

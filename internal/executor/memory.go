@@ -39,6 +39,7 @@ func (b *BPF) mapsByName() map[string]*ebpf.Map {
 	return map[string]*ebpf.Map{
 		"vips": o.Vips, "vip_bloom": o.VipBloom, "services": o.Services, "rings": o.Rings,
 		"backends": o.Backends, "backend_sel": o.BackendSel,
+		"svc_index": o.SvcIndex, "svc_index_sel": o.SvcIndexSel,
 		"conns": o.Conns, "affinity": o.Affinity, "tx_ports": o.TxPorts,
 		"stats_backend": o.StatsBackend, "stats_service": o.StatsService,
 		"stats_vip": o.StatsVip, "stats_global": o.StatsGlobal,

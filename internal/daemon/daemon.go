@@ -67,7 +67,8 @@ type Daemon struct {
 	cfg      *config.Config
 	attached map[string]int // interface name -> ifindex
 	// resolved remembers each server's last resolution outcome, so that
-	// events report changes only.
+	// events report changes only; a server absent from it has not been
+	// answered for yet.
 	resolved map[netip.Addr]bool
 	rates    rateSampler
 	// pending is the configuration given to New, applied by Run.
@@ -129,6 +130,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return err
 	}
 	d.pending = nil
+	d.removeStrayServices()
 
 	tick := time.NewTicker(d.every)
 	defer tick.Stop()
@@ -293,17 +295,25 @@ func (d *Daemon) watchServers(cfg *config.Config) {
 
 // service is the data plane's view of a port: servers that cannot be
 // resolved are left out, since nd never dispatches to a server it cannot
-// reach; the others carry their MAC, interface and weight.
-func (d *Daemon) service(p config.Port) executor.Service {
+// reach; the others carry their MAC, interface and weight. A server the
+// data plane already has (a restarted ndd took it over) keeps its MAC until
+// the resolver answers: dropping it while resolution is pending would
+// re-dispatch every flow it holds.
+func (d *Daemon) service(p config.Port, installed executor.Service) executor.Service {
 	s := executor.Service{Key: p.Key, StickyTime: p.StickyTime}
 	for _, srv := range p.Servers {
 		es := executor.Server{Addr: srv.Address, Weight: srv.EffectiveWeight(), Local: srv.Local}
 		if !srv.Local {
 			e, ok := d.nbr.Lookup(srv.Address)
-			if !ok {
-				continue
+			if ok {
+				es.MAC, es.Ifindex = e.MAC, e.Ifindex
+			} else {
+				i := slices.IndexFunc(installed.Servers, func(x executor.Server) bool { return x.Addr == srv.Address })
+				if _, answered := d.resolved[srv.Address]; answered || i < 0 || installed.Servers[i].Local {
+					continue
+				}
+				es.MAC, es.Ifindex = installed.Servers[i].MAC, installed.Servers[i].Ifindex
 			}
-			es.MAC, es.Ifindex = e.MAC, e.Ifindex
 		}
 		s.Servers = append(s.Servers, es)
 	}
@@ -313,11 +323,15 @@ func (d *Daemon) service(p config.Port) executor.Service {
 // install brings one port's data-plane state in line with the configuration
 // and the neighbour table, writing only when something differs.
 func (d *Daemon) install(p config.Port) error {
-	want := d.service(p)
-	for _, have := range d.x.Services() {
-		if have.Key == p.Key && sameService(have, want) {
-			return nil
+	var have executor.Service
+	for _, s := range d.x.Services() {
+		if s.Key == p.Key {
+			have = s
 		}
+	}
+	want := d.service(p, have)
+	if have.Key == p.Key && sameService(have, want) {
+		return nil
 	}
 	if err := d.x.UpsertService(want); err != nil {
 		return fmt.Errorf("install %v: %w", p.Key, err)
@@ -340,6 +354,27 @@ func sameService(a, b executor.Service) bool {
 		}
 	}
 	return true
+}
+
+// removeStrayServices deletes services a previous ndd left in the pinned
+// data plane that the configuration no longer has.
+func (d *Daemon) removeStrayServices() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	want := map[executor.ServiceKey]bool{}
+	for _, p := range d.cfg.Ports() {
+		want[p.Key] = true
+	}
+	for _, s := range d.x.Services() {
+		if want[s.Key] {
+			continue
+		}
+		if err := d.x.DeleteService(s.Key); err != nil {
+			d.log.Error("remove stray service", "service", s.Key, "err", err)
+			continue
+		}
+		d.emit(Event{Type: EventConfigApplied, Service: s.Key.String(), Message: "removed a service no longer configured"})
+	}
 }
 
 // onNeighbor reinstalls the ports of a server whose resolution changed.

@@ -360,3 +360,41 @@ func TestStatusRates(t *testing.T) {
 		t.Fatalf("interfaces %v", st.Interfaces)
 	}
 }
+
+// TestRestartKeepsServersAwaitingResolution: a restarted ndd finds the data
+// plane holding servers it has not resolved yet; it keeps them (and their
+// flows) until the resolver answers, and drops services no longer configured.
+func TestRestartKeepsServersAwaitingResolution(t *testing.T) {
+	x := executor.NewFake()
+	mac, _ := net.ParseMAC("02:00:00:00:00:11")
+	stray := executor.ServiceKey{VIP: vip, Port: 8080, Proto: executor.TCP}
+	for _, k := range []executor.ServiceKey{key, stray} {
+		if err := x.UpsertService(executor.Service{Key: k, Servers: []executor.Server{{Addr: srv1, MAC: mac, Ifindex: 2, Weight: 10}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	flow := executor.FlowKey{Client: netip.AddrPortFrom(netip.MustParseAddr("203.0.113.9"), 4000), VIP: netip.AddrPortFrom(vip, 80), Proto: executor.TCP}
+	if _, err := x.Dispatch(flow, true, false); err != nil {
+		t.Fatal(err)
+	}
+	nbr := newStaticNeighbors() // nothing answered yet
+	d, err := New(parse(t, baseConfig), Options{Executor: x, Neighbors: nbr, Interfaces: fakeInterfaces,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	w := &world{t: t, x: x, nbr: nbr, d: d}
+	w.eventually("stray service removed", func() bool { return len(x.Services()) == 1 })
+	if got, err := x.Dispatch(flow, false, false); err != nil || got != srv1 {
+		t.Fatalf("established flow went to %v (%v) across the restart, want %v", got, err, srv1)
+	}
+	if _, ok := w.weights()[srv1]; !ok {
+		t.Fatal("server awaiting resolution was dropped from the data plane")
+	}
+	nbr.set(srv1, "", 2) // the resolver answers: unreachable
+	w.eventually("unreachable server dropped", func() bool { _, ok := w.weights()[srv1]; return !ok })
+}

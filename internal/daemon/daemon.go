@@ -63,6 +63,10 @@ type Daemon struct {
 	every  time.Duration
 	events *hub
 
+	// edits serializes whole configuration changes (read, edit, apply), so
+	// that two concurrent edits cannot undo each other.
+	edits sync.Mutex
+
 	mu       sync.Mutex
 	cfg      *config.Config
 	attached map[string]int // interface name -> ifindex
@@ -177,11 +181,13 @@ func (d *Daemon) Reload() (config.Changes, error) {
 // Update edits a copy of the running configuration with fn and applies it:
 // the way single changes (add a server, quiesce one) reach the data plane.
 func (d *Daemon) Update(fn func(c *config.Config) error) (config.Changes, error) {
+	d.edits.Lock()
+	defer d.edits.Unlock()
 	c := d.Config()
 	if err := fn(c); err != nil {
 		return config.Changes{}, fmt.Errorf("%w: %w", ErrRejected, err)
 	}
-	return d.Apply(c)
+	return d.apply(c)
 }
 
 // check validates a configuration and its interfaces against the machine.
@@ -203,6 +209,12 @@ func (d *Daemon) check(cfg *config.Config) error {
 // configuration that fails validation, names a missing interface or changes
 // a setting that needs a restart is rejected whole: the running one stays.
 func (d *Daemon) Apply(cfg *config.Config) (config.Changes, error) {
+	d.edits.Lock()
+	defer d.edits.Unlock()
+	return d.apply(cfg)
+}
+
+func (d *Daemon) apply(cfg *config.Config) (config.Changes, error) {
 	if err := d.check(cfg); err != nil {
 		return config.Changes{}, err
 	}

@@ -134,23 +134,23 @@ type ServiceStats struct {
 
 // VIPStats are counters of packets to a VIP that no service took.
 type VIPStats struct {
-	Filtered      uint64 // port or protocol not defined: dropped
-	Fragments     uint64 // IP fragments: dropped
-	ICMPLocal     uint64 // ICMP handed to the dispatcher's own stack
-	ICMPForwarded uint64 // PMTU errors sent to the server owning the flow
+	Filtered      uint64 `json:"filtered"`       // port or protocol not defined: dropped
+	Fragments     uint64 `json:"fragments"`      // IP fragments: dropped
+	ICMPLocal     uint64 `json:"icmp_local"`     // ICMP handed to the dispatcher's own stack
+	ICMPForwarded uint64 `json:"icmp_forwarded"` // PMTU errors sent to the server owning the flow
 }
 
 // GlobalStats count what was not for any VIP.
 type GlobalStats struct {
-	Passed    uint64 // IP packets not for a VIP: passed untouched
-	Malformed uint64 // IP packets that could not be parsed
-	NotIP     uint64 // neither IPv4 nor IPv6: passed untouched
+	Passed    uint64 `json:"passed"`    // IP packets not for a VIP: passed untouched
+	Malformed uint64 `json:"malformed"` // IP packets that could not be parsed
+	NotIP     uint64 `json:"not_ip"`    // neither IPv4 nor IPv6: passed untouched
 	// FlowsEvicted counts live flows pushed out of a full connection table
 	// bucket (they continue by the ring): the table is too small.
-	FlowsEvicted uint64
+	FlowsEvicted uint64 `json:"flows_evicted"`
 	// FlowsUnrecorded counts new flows not recorded because two CPUs
 	// raced for the same table entry (they continue by the ring).
-	FlowsUnrecorded uint64
+	FlowsUnrecorded uint64 `json:"flows_unrecorded"`
 }
 
 // Stats is one reading of every counter.

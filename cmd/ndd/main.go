@@ -1,0 +1,204 @@
+// Command ndd is the nd dispatcher daemon: it loads the XDP data plane (or
+// takes over the pinned one), applies the configuration, follows the
+// neighbour table and serves the control API until stopped. SIGHUP reloads
+// the configuration file; SIGINT and SIGTERM stop the daemon and leave the
+// pinned data plane forwarding, so that a restarted ndd keeps every flow.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/nd-dispatcher/nd/internal/api"
+	"github.com/nd-dispatcher/nd/internal/config"
+	"github.com/nd-dispatcher/nd/internal/daemon"
+	"github.com/nd-dispatcher/nd/internal/executor"
+	"github.com/nd-dispatcher/nd/internal/metrics"
+	"github.com/nd-dispatcher/nd/internal/neighbor"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("ndd", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "/etc/nd/nd.yaml", "configuration file")
+	check := fs.String("check", "", "validate this configuration file, print every error with its location, and exit")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	logJSON := fs.Bool("log-json", false, "log as JSON lines instead of text")
+	destroy := fs.Bool("destroy", false, "detach and remove the pinned data plane (every flow is lost), then exit")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: ndd [--config FILE] [--check FILE] [--destroy] [--log-level LEVEL] [--log-json]\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+
+	if *check != "" {
+		cfg, err := config.Load(*check)
+		if err == nil {
+			err = cfg.CheckInterfaces(func(name string) error {
+				_, err := netInterface(name)
+				return err
+			})
+		}
+		if err != nil {
+			for _, line := range strings.Split(err.Error(), "\n") {
+				fmt.Fprintln(stderr, line)
+			}
+			return 1
+		}
+		fmt.Fprintf(stdout, "%s: ok\n", *check)
+		return 0
+	}
+
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		fmt.Fprintf(stderr, "ndd: --log-level: %v\n", err)
+		return 2
+	}
+	hopts := &slog.HandlerOptions{Level: level}
+	var handler slog.Handler = slog.NewTextHandler(stderr, hopts)
+	if *logJSON {
+		handler = slog.NewJSONHandler(stderr, hopts)
+	}
+	log := slog.New(handler)
+
+	cfg, err := config.Load(*path)
+	if err != nil {
+		fmt.Fprintf(stderr, "ndd: %v\n", err)
+		return 1
+	}
+	if *destroy {
+		return destroyDataPlane(cfg, log, stderr)
+	}
+	if err := serve(cfg, *path, log); err != nil {
+		log.Error("ndd stopped", "err", err)
+		return 1
+	}
+	return 0
+}
+
+func serve(cfg *config.Config, path string, log *slog.Logger) error {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	xcfg := cfg.DataPlane.Executor()
+	xcfg.Logger = log
+	x, err := executor.New(xcfg)
+	if err != nil {
+		return err
+	}
+	// Closing leaves a pinned data plane running for the next ndd.
+	defer x.Close()
+
+	nbr, err := neighbor.New(neighbor.Options{Logger: log})
+	if err != nil {
+		return err
+	}
+	defer nbr.Close()
+
+	d, err := daemon.New(cfg, daemon.Options{Executor: x, Neighbors: nbr, ConfigPath: path, Logger: log})
+	if err != nil {
+		return err
+	}
+
+	apiOpts := api.ServerOptions{
+		Socket:  cfg.API.Socket,
+		Listen:  cfg.API.Listen,
+		TLSCert: cfg.API.TLSCert,
+		TLSKey:  cfg.API.TLSKey,
+		Logger:  log,
+		Metrics: metrics.Handler(metrics.New(d.Status)),
+	}
+	if cfg.API.Listen != "" {
+		if apiOpts.Token, err = token(cfg.API); err != nil {
+			return err
+		}
+	}
+	srv, err := api.NewServer(d, apiOpts)
+	if err != nil {
+		return err
+	}
+
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				if ch, err := d.Reload(); err != nil {
+					log.Error("reload refused; the running configuration stays", "err", err)
+				} else {
+					log.Info("reloaded", "changes", ch.String())
+				}
+			}
+		}
+	}()
+
+	errc := make(chan error, 2)
+	go func() { errc <- d.Run(ctx) }()
+	go func() { errc <- srv.Serve(ctx) }()
+	log.Info("ndd running", "config", path, "socket", cfg.API.Socket, "interfaces", cfg.Interfaces)
+	var first error
+	for range 2 {
+		if err := <-errc; err != nil && first == nil {
+			first = err
+			stop()
+		}
+	}
+	if first != nil && !errors.Is(first, context.Canceled) {
+		return first
+	}
+	log.Info("ndd stopped; the data plane keeps forwarding", "pin_path", cfg.DataPlane.PinPath)
+	return nil
+}
+
+func token(a config.API) (string, error) {
+	if a.Token != "" {
+		return a.Token, nil
+	}
+	b, err := os.ReadFile(a.TokenFile)
+	if err != nil {
+		return "", fmt.Errorf("api token: %w", err)
+	}
+	t := strings.TrimSpace(string(b))
+	if t == "" {
+		return "", fmt.Errorf("api token file %s is empty", a.TokenFile)
+	}
+	return t, nil
+}
+
+func destroyDataPlane(cfg *config.Config, log *slog.Logger, stderr io.Writer) int {
+	xcfg := cfg.DataPlane.Executor()
+	xcfg.Logger = log
+	x, err := executor.New(xcfg)
+	if err != nil {
+		fmt.Fprintf(stderr, "ndd: %v\n", err)
+		return 1
+	}
+	for _, name := range cfg.Interfaces {
+		if ifi, err := netInterface(name); err == nil {
+			_ = x.Attach(ifi.Index) // take the pinned attachment over, to remove it
+		}
+	}
+	if err := x.Destroy(); err != nil {
+		fmt.Fprintf(stderr, "ndd: destroy: %v\n", err)
+		return 1
+	}
+	return 0
+}

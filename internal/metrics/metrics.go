@@ -1,0 +1,157 @@
+// Package metrics exports nd's counters to Prometheus. A Collector reads the
+// daemon's status when it is scraped, so the numbers are those of the data
+// plane's per-CPU maps at that moment; nothing is cached or sampled here.
+//
+// Labels are bounded by the configuration: VIP, port, protocol, server and
+// small fixed sets (state, reason, action, result). Client addresses never
+// appear.
+package metrics
+
+import (
+	"net/http"
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/nd-dispatcher/nd/internal/daemon"
+)
+
+// Source returns the dispatcher's status; (*daemon.Daemon).Status is the
+// real one.
+type Source func() (daemon.Status, error)
+
+// states are the server states nd_server_state reports, each 0 or 1.
+func states() []string {
+	return []string{daemon.StateUp, daemon.StateQuiesced, daemon.StateUnresolved, daemon.StateLocal}
+}
+
+// Collector is a prometheus.Collector over a status source.
+type Collector struct {
+	source Source
+
+	portPackets, portBytes, portNoServer *prometheus.Desc
+
+	serverPackets, serverBytes, serverNewFlows *prometheus.Desc
+	serverActive, serverWeight, serverConfig   *prometheus.Desc
+	serverState                                *prometheus.Desc
+
+	vipDropped, vipICMP *prometheus.Desc
+
+	dispatcherPackets, flowsEvicted, flowsUnrecorded *prometheus.Desc
+
+	scrapeError *prometheus.Desc
+}
+
+// New returns a collector that calls source at every scrape.
+func New(source func() (daemon.Status, error)) *Collector {
+	port := []string{"vip", "port", "protocol"}
+	server := append(port[:len(port):len(port)], "server")
+	desc := func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc(name, help, labels, nil)
+	}
+	return &Collector{
+		source: source,
+
+		portPackets:  desc("nd_port_packets_total", "Packets dispatched for a VIP:port.", port...),
+		portBytes:    desc("nd_port_bytes_total", "Bytes dispatched for a VIP:port.", port...),
+		portNoServer: desc("nd_port_no_server_drops_total", "Packets for a VIP:port dropped because no server had a positive weight.", port...),
+
+		serverPackets:  desc("nd_server_packets_total", "Packets sent to a server of a port.", server...),
+		serverBytes:    desc("nd_server_bytes_total", "Bytes sent to a server of a port.", server...),
+		serverNewFlows: desc("nd_server_new_flows_total", "New flows given to a server of a port.", server...),
+		serverActive:   desc("nd_server_active_flows", "Flows of a server of a port estimated open: new minus closed and expired.", server...),
+		serverWeight:   desc("nd_server_weight", "Weight of a server of a port in the data plane (0 when quiesced or not installed).", server...),
+		serverConfig:   desc("nd_server_config_weight", "Weight of a server of a port in the configuration.", server...),
+		serverState:    desc("nd_server_state", "1 for the current state of a server of a port (up, quiesced, unresolved, local), 0 for the others.", append(server[:len(server):len(server)], "state")...),
+
+		vipDropped: desc("nd_vip_dropped_total", "Packets to a VIP dropped: reason filtered (port or protocol not served) or fragment.", "vip", "reason"),
+		vipICMP:    desc("nd_vip_icmp_total", "ICMP packets to a VIP: action local (handed to the dispatcher's stack) or forwarded (to the server owning the flow).", "vip", "action"),
+
+		dispatcherPackets: desc("nd_dispatcher_packets_total", "Packets not for any VIP: result passed (IP, untouched), malformed or not_ip.", "result"),
+		flowsEvicted:      desc("nd_flows_evicted_total", "Live flows pushed out of a full connection table bucket: the table is too small."),
+		flowsUnrecorded:   desc("nd_flows_unrecorded_total", "New flows not recorded because two CPUs raced for the same connection table entry."),
+
+		scrapeError: desc("nd_scrape_error", "1 when the dispatcher's status could not be read at this scrape, else 0."),
+	}
+}
+
+// Describe sends every metric's description.
+func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{
+		c.portPackets, c.portBytes, c.portNoServer,
+		c.serverPackets, c.serverBytes, c.serverNewFlows,
+		c.serverActive, c.serverWeight, c.serverConfig, c.serverState,
+		c.vipDropped, c.vipICMP,
+		c.dispatcherPackets, c.flowsEvicted, c.flowsUnrecorded,
+		c.scrapeError,
+	} {
+		ch <- d
+	}
+}
+
+// Collect reads the status and sends every metric. When the source fails,
+// only nd_scrape_error is sent, at 1.
+func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	st, err := c.source()
+	if err != nil {
+		ch <- prometheus.MustNewConstMetric(c.scrapeError, prometheus.GaugeValue, 1)
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(c.scrapeError, prometheus.GaugeValue, 0)
+
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+
+	for _, p := range st.Ports {
+		pl := []string{p.VIP, strconv.FormatUint(uint64(p.Port), 10), p.Protocol}
+		counter(c.portPackets, p.Packets, pl...)
+		counter(c.portBytes, p.Bytes, pl...)
+		counter(c.portNoServer, p.NoServer, pl...)
+		for _, s := range p.Servers {
+			sl := append(pl[:len(pl):len(pl)], s.Address)
+			counter(c.serverPackets, s.Packets, sl...)
+			counter(c.serverBytes, s.Bytes, sl...)
+			counter(c.serverNewFlows, s.NewFlows, sl...)
+			gauge(c.serverActive, float64(s.ActiveFlows), sl...)
+			gauge(c.serverWeight, float64(s.Weight), sl...)
+			gauge(c.serverConfig, float64(s.ConfigWeight), sl...)
+			for _, state := range states() {
+				v := 0.0
+				if s.State == state {
+					v = 1
+				}
+				gauge(c.serverState, v, append(sl[:len(sl):len(sl)], state)...)
+			}
+		}
+	}
+	for _, v := range st.VIPs {
+		counter(c.vipDropped, v.Filtered, v.VIP, "filtered")
+		counter(c.vipDropped, v.Fragments, v.VIP, "fragment")
+		counter(c.vipICMP, v.ICMPLocal, v.VIP, "local")
+		counter(c.vipICMP, v.ICMPForwarded, v.VIP, "forwarded")
+	}
+	g := st.Global
+	counter(c.dispatcherPackets, g.Passed, "passed")
+	counter(c.dispatcherPackets, g.Malformed, "malformed")
+	counter(c.dispatcherPackets, g.NotIP, "not_ip")
+	counter(c.flowsEvicted, g.FlowsEvicted)
+	counter(c.flowsUnrecorded, g.FlowsUnrecorded)
+}
+
+// Handler serves the collector's metrics, with the Go runtime's and the
+// process's, from a registry of its own.
+func Handler(c *Collector) http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		c,
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
+}

@@ -263,10 +263,13 @@ func (ns *NS) FD() int {
 }
 
 // Command returns a command that runs the program name inside the
-// namespace, through `ip netns exec`. As with exec.CommandContext, the
-// process is killed when ctx is done.
+// namespace, through nsenter, which enters the network namespace only.
+// (`ip netns exec` also makes a mount namespace with its own /sys, so a
+// daemon run that way would pin its data plane in a private bpffs that
+// vanishes with it.) As with exec.CommandContext, the process is killed
+// when ctx is done.
 func (ns *NS) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
-	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns.name, name}, args...)...)
+	return exec.CommandContext(ctx, "nsenter", append([]string{"--net=" + ns.path, "--", name}, args...)...)
 }
 
 // Sysctl sets a sysctl of the namespace, e.g.

@@ -1,0 +1,87 @@
+package main
+
+// commandTree returns ndctl's commands: ND's nouns (cluster, port, server)
+// with their verbs, the read commands, and the lab.
+func commandTree() *command {
+	root := &command{subs: []*command{
+		{name: "cluster", summary: "virtual IP addresses (VIPs) served", help: `
+A cluster is a VIP with its ports. Every change is applied to the running
+dispatcher at once; save it with 'ndctl config save'.`, subs: []*command{
+			{name: "add", args: "VIP [PORT[/PROTO]...]", run: clusterAdd,
+				summary: "add a VIP, with its first ports",
+				help: `
+A VIP needs at least one port: give its first ports here (servers are added
+with 'ndctl server add'). The flags apply to every port given.`},
+			{name: "remove", args: "VIP", run: clusterRemove,
+				summary: "remove a VIP with all its ports and servers"},
+			{name: "list", run: clusterList, read: true,
+				summary: "list VIPs, their ports and how many servers each has"},
+		}},
+		{name: "port", summary: "ports of a VIP", help: `
+A port is a VIP's port number and protocol, with its affinity (sticky time),
+its weight bound and its servers.`, subs: []*command{
+			{name: "add", args: "VIP PORT[/PROTO]", run: portAdd,
+				summary: "add a port to a VIP"},
+			{name: "remove", args: "VIP PORT[/PROTO]", run: portRemove,
+				summary: "remove a port and its servers"},
+		}},
+		{name: "server", summary: "real servers of a port: add, weigh, quiesce", help: `
+A server is a real server's address on a port. Its weight is its share of new
+flows; a quiesced server gets no new flows while its established ones continue.`,
+			subs: []*command{
+				{name: "add", args: "VIP PORT[/PROTO] ADDRESS", run: serverAdd,
+					summary: "add a server to a port"},
+				{name: "remove", args: "VIP PORT[/PROTO] ADDRESS", run: serverRemove,
+					summary: "remove a server from a port"},
+				{name: "set", args: "VIP PORT[/PROTO] ADDRESS", run: serverSet,
+					summary: "change a server's weight, quiesce or bring it back",
+					help: `
+Give --weight, --quiesce or --unquiesce (or a weight and one of the others).
+A quiesced server keeps its weight for when it is brought back.`},
+			}},
+		{name: "status", run: statusCmd, read: true,
+			summary: "servers, states, weights and flow rates of every port",
+			help: `
+For each VIP:port, a table of its servers: state (up, quiesced, unresolved,
+local), the weight the data plane uses, new flows per second, active flows and
+packets per second. --watch redraws it every second until interrupted.`},
+		{name: "events", run: eventsCmd, read: true,
+			summary: "what ndd did recently; --follow for what it does next",
+			help: `
+Prints ndd's recent events: configuration applied, interfaces attached,
+servers resolved or unreachable, weights committed. With --follow, keeps
+printing new ones until interrupted.`},
+		{name: "config", summary: "the running configuration", subs: []*command{
+			{name: "show", run: configShow, read: true,
+				summary: "print the running configuration (YAML; --json for JSON)"},
+			{name: "apply", args: "FILE", run: configApply,
+				summary: "make FILE the running configuration, changing only what differs",
+				help: `
+The file is checked here first, then by ndd, which applies only the difference
+from the running configuration. "-" reads standard input. A change to a
+data_plane setting or to api.socket needs a restart of ndd and is refused.`},
+			{name: "save", args: "FILE", run: configSave,
+				summary: "write the running configuration to FILE",
+				help: `
+Writes every setting, defaults included, so that the file means the same
+whatever later defaults become. The file is created mode 0600: it may hold the
+API token.`},
+			{name: "reload", run: configReload,
+				summary: "make ndd re-read its configuration file (like SIGHUP)"},
+		}},
+		{name: "lab", run: labCmd,
+			summary: "build a namespace lab, run nd in it and show it balancing traffic",
+			help:    labHelp},
+		{name: "help", args: "[COMMAND...]", run: helpCmd,
+			summary: "help on ndctl or on a command"},
+	}}
+	var link func(c *command)
+	link = func(c *command) {
+		for _, sc := range c.subs {
+			sc.parent = c
+			link(sc)
+		}
+	}
+	link(root)
+	return root
+}

@@ -1,0 +1,723 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"math"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/nd-dispatcher/nd/internal/api"
+	"github.com/nd-dispatcher/nd/internal/config"
+	"github.com/nd-dispatcher/nd/internal/daemon"
+	"github.com/nd-dispatcher/nd/internal/lab"
+)
+
+const labHelp = `
+Shows nd working, on this machine, without touching its network: it builds a
+client, a dispatcher and N servers, each in its own network namespace joined
+by a bridge, using only the documentation ranges 198.51.100.0/24 and
+2001:db8::/64. It starts ndd in the dispatcher's namespace with a generated
+configuration (the VIPs 198.51.100.100 and 2001:db8::100, port 80, the servers
+weighted 1, 1, 2, 4, ...), an HTTP server in each server's namespace answering
+with its name, and a load generator in the client's namespace opening a new
+TCP connection per request, split evenly between the two VIPs. Every second it
+shows, per VIP, each server's state and weight from ndd, the flow rates ndd
+counts, and the replies each server sent.
+
+On exit, at the end of --duration or on Ctrl-C, it stops the traffic and ndd,
+removes ndd's data plane and deletes the namespaces, then prints a summary:
+each server's expected share (by weight) against what it got. It exits 1 if
+any request failed. Run it as root; namespaces left by a killed lab are swept
+at the next start.`
+
+// labEnv is what `ndctl lab` takes from the machine, so that tests can
+// check its refusals without root.
+type labEnv struct {
+	geteuid    func() int
+	executable func() (string, error)
+	lookPath   func(string) (string, error)
+}
+
+type labOptions struct {
+	servers  int
+	rate     float64
+	duration time.Duration
+	ndd      string
+}
+
+// labWeight is server i's weight: 1, 1, 2, 4 in turn, unequal so that the
+// spread shows the weights at work.
+func labWeight(i int) uint32 {
+	weights := [...]uint32{1, 1, 2, 4}
+	return weights[i%len(weights)]
+}
+
+const (
+	labPort        = 80
+	labNDDStart    = 15 * time.Second // for ndd's API to answer
+	labResolveWait = 10 * time.Second // for ndd to resolve every server
+	labNDDStop     = 5 * time.Second  // between SIGTERM and SIGKILL
+	maxLabDuration = 24 * time.Hour
+)
+
+func labCmd(ctx context.Context, s *session, args []string) error {
+	fs := s.newFlags()
+	var o labOptions
+	fs.IntVar(&o.servers, "servers", lab.DefaultServers, fmt.Sprintf("number of real servers, `N` from 1 to %d", lab.MaxServers))
+	fs.Float64Var(&o.rate, "rate", 200, "new connections a second, `R`, split between the two VIPs")
+	fs.DurationVar(&o.duration, "duration", 30*time.Second, "how long to send traffic, `D`; 0 runs until interrupted")
+	fs.StringVar(&o.ndd, "ndd", "", "the ndd binary, `PATH` (default: ndd beside ndctl, else in $PATH)")
+	if _, err := s.parse(fs, args, 0, 0); err != nil {
+		return err
+	}
+	switch {
+	case o.servers < 1 || o.servers > lab.MaxServers:
+		return usagef("--servers %d: want 1 to %d", o.servers, lab.MaxServers)
+	case math.IsNaN(o.rate) || o.rate <= 0 || o.rate > lab.MaxTrafficRate:
+		return usagef("--rate %v: want more than 0 and at most %d", o.rate, lab.MaxTrafficRate)
+	case o.duration < 0 || o.duration > maxLabDuration:
+		return usagef("--duration %v: want 0 (until interrupted) to %v", o.duration, maxLabDuration)
+	}
+	if euid := s.lab.geteuid(); euid != 0 {
+		return fmt.Errorf("must run as root (euid is %d): the lab creates network namespaces and loads XDP programs", euid)
+	}
+	nddPath, err := s.findNDD(o.ndd)
+	if err != nil {
+		return err
+	}
+	err = s.runLab(ctx, o, nddPath)
+	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
+		return errors.New("interrupted")
+	}
+	return err
+}
+
+// findNDD returns the ndd binary to run: --ndd, else the one beside this
+// executable, else the one in $PATH.
+func (s *session) findNDD(flagPath string) (string, error) {
+	if flagPath != "" {
+		if err := isExecutable(flagPath); err != nil {
+			return "", fmt.Errorf("--ndd %s: %w", flagPath, err)
+		}
+		return filepath.Abs(flagPath)
+	}
+	if self, err := s.lab.executable(); err == nil {
+		p := filepath.Join(filepath.Dir(self), "ndd")
+		if isExecutable(p) == nil {
+			return p, nil
+		}
+	}
+	p, err := s.lab.lookPath("ndd")
+	if err != nil {
+		return "", errors.New("no ndd binary beside ndctl or in $PATH: build it (go build -o DIR/ ./cmd/ndd ./cmd/ndctl) or give --ndd PATH")
+	}
+	return filepath.Abs(p)
+}
+
+func isExecutable(path string) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if fi.IsDir() || fi.Mode().Perm()&0o111 == 0 {
+		return errors.New("not an executable file")
+	}
+	return nil
+}
+
+// runLab builds the lab, runs ndd, the servers and the traffic in it, shows
+// them, and takes everything down again on every path.
+func (s *session) runLab(ctx context.Context, o labOptions, nddPath string) (err error) {
+	say := func(format string, args ...any) { fmt.Fprintf(s.stdout, format+"\n", args...) }
+	warn := func(format string, args ...any) { fmt.Fprintf(s.stderr, "ndctl lab: "+format+"\n", args...) }
+
+	if swept, err := lab.SweepStale(nil); err != nil {
+		warn("sweeping stale labs: %v", err)
+	} else if len(swept) > 0 {
+		say("removed %d namespaces left behind by an earlier lab", len(swept))
+	}
+	sweepStaleDirs(os.TempDir())
+
+	say("building the lab: a client, a dispatcher and %d servers, each in a network namespace", o.servers)
+	l, err := lab.New(ctx, lab.Options{Servers: o.servers})
+	if err != nil {
+		return fmt.Errorf("build the lab: %w", err)
+	}
+	defer func() {
+		if cerr := l.Close(); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("remove the lab: %w", cerr))
+			return
+		}
+		say("removed the lab's namespaces %s-*", l.Prefix)
+	}()
+	if err := l.Check(ctx); err != nil {
+		return fmt.Errorf("check the lab: %w", err)
+	}
+	say("lab %s: client %s, dispatcher %s (VIPs %s, %s), servers %s to %s; ARP and NDP checked",
+		l.Prefix, l.Client.Addr4, l.Dispatcher.Addr4, l.VIP4, l.VIP6, l.Servers[0].Addr4, l.Servers[len(l.Servers)-1].Addr4)
+
+	// Named after the lab, so that a later lab can sweep it up if this
+	// process is killed.
+	dir, err := os.MkdirTemp("", l.Prefix+"-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	cfg := labConfig(l, dir)
+	y, err := config.Marshal(cfg)
+	if err != nil {
+		return fmt.Errorf("generate ndd's configuration: %w", err)
+	}
+	cfgPath := filepath.Join(dir, labConfigFile)
+	if err := os.WriteFile(cfgPath, y, 0o600); err != nil {
+		return err
+	}
+
+	for i := range l.Servers {
+		srv := &l.Servers[i]
+		stop, err := lab.ServeHTTP(ctx, srv, netip.AddrPortFrom(l.VIP4, labPort), netip.AddrPortFrom(l.VIP6, labPort))
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
+
+	say("starting %s --config %s in the dispatcher's namespace", nddPath, cfgPath)
+	d, err := startNDD(l, nddPath, cfgPath, filepath.Join(dir, labLogFile))
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil && ctx.Err() == nil {
+			if tail := d.logTail(25); tail != "" {
+				fmt.Fprintf(s.stderr, "ndd's log (last lines):\n%s", tail)
+			}
+		}
+		serr := d.stop(labNDDStop)
+		derr := destroyDataPlane(l, nddPath, cfgPath, cfg.DataPlane.PinPath)
+		if serr == nil && derr == nil {
+			say("stopped ndd and removed its data plane")
+		}
+		err = errors.Join(err, serr, derr)
+	}()
+
+	c, err := api.NewClient(cfg.API.Socket, "", api.WithTimeout(5*time.Second))
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	began := time.Now()
+	if err := waitHealthy(ctx, c, d, labNDDStart); err != nil {
+		return err
+	}
+	st, err := waitResolved(ctx, c, labResolveWait)
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		warn("%v; sending traffic anyway", err)
+	}
+	say("ndd is up after %.1fs: attached to %s, %s", time.Since(began).Seconds(), strings.Join(st.Interfaces, ", "), resolvedSummary(st))
+	if o.duration > 0 {
+		say("sending %g new connections a second for %v; Ctrl-C stops early", o.rate, o.duration)
+	} else {
+		say("sending %g new connections a second until Ctrl-C", o.rate)
+	}
+	say("")
+
+	res := s.labTraffic(ctx, l, c, o)
+	s.labSummary(res)
+	return res.err()
+}
+
+// The files a lab keeps in its temporary directory.
+const (
+	labConfigFile = "nd.yaml"
+	labLogFile    = "ndd.log"
+	labSocketFile = "ndd.sock"
+)
+
+func isLabFile(name string) bool {
+	return name == labConfigFile || name == labLogFile || name == labSocketFile
+}
+
+// sweepStaleDirs removes the temporary directories of labs whose process is
+// gone: named ndlab<pid>-..., holding nothing but a lab's files.
+func sweepStaleDirs(tmp string) (removed []string) {
+	matches, _ := filepath.Glob(filepath.Join(tmp, "ndlab*-*"))
+	for _, m := range matches {
+		digits, _, _ := strings.Cut(strings.TrimPrefix(filepath.Base(m), "ndlab"), "-")
+		pid, err := strconv.Atoi(digits)
+		if err != nil || pid <= 0 || processAlive(pid) {
+			continue
+		}
+		ents, err := os.ReadDir(m)
+		if err != nil {
+			continue // not a directory, or not ours to read
+		}
+		ours := true
+		for _, e := range ents {
+			ours = ours && isLabFile(e.Name())
+		}
+		if ours && os.RemoveAll(m) == nil {
+			removed = append(removed, m)
+		}
+	}
+	return removed
+}
+
+func processAlive(pid int) bool {
+	err := unix.Kill(pid, 0)
+	return err == nil || errors.Is(err, unix.EPERM)
+}
+
+// labConfig is ndd's configuration for lab l: its dispatcher's eth0, its
+// socket in dir, its data plane pinned under the lab's own name, static
+// weights, and a cluster per VIP with every server on port 80.
+func labConfig(l *lab.Lab, dir string) *config.Config {
+	c := config.Default()
+	c.Interfaces = []string{l.Dispatcher.Ifname}
+	c.DataPlane.PinPath = "/sys/fs/bpf/" + l.Prefix
+	c.DataPlane.MaxFlows = 1 << 16
+	c.DataPlane.MaxAffinity = 1 << 12
+	c.API.Socket = filepath.Join(dir, labSocketFile)
+	// The manager would move weights with the load; the lab shows the
+	// configured ones at work.
+	c.Manager.Policy = config.PolicyStatic
+	for _, vip := range []netip.Addr{l.VIP4, l.VIP6} {
+		p := config.PortSpec{Port: labPort, Protocol: config.DefaultProtocol, WeightBound: config.DefaultWeightBound}
+		for i, srv := range l.Servers {
+			addr := srv.Addr4
+			if vip.Is6() {
+				addr = srv.Addr6
+			}
+			p.Servers = append(p.Servers, config.Server{Address: addr, Weight: labWeight(i)})
+		}
+		c.Clusters = append(c.Clusters, config.Cluster{VIP: vip, Ports: []config.PortSpec{p}})
+	}
+	return c
+}
+
+// nddProc is ndd running in the dispatcher's namespace.
+type nddProc struct {
+	cmd  *exec.Cmd
+	log  string
+	done chan struct{}
+	err  error // from Wait, once done is closed
+}
+
+func startNDD(l *lab.Lab, nddPath, cfgPath, logPath string) (*nddProc, error) {
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close() // the child has its own copy
+	// ndd is stopped in order by stopNDD, not by the context.
+	cmd := l.Dispatcher.NS.Command(context.Background(), nddPath, "--config", cfgPath)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	// Its own process group keeps the terminal's Ctrl-C from stopping it
+	// before the traffic; the parent-death signal stops it if ndctl is
+	// killed outright.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start ndd: %w", err)
+	}
+	p := &nddProc{cmd: cmd, log: logPath, done: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		close(p.done)
+	}()
+	return p, nil
+}
+
+func (p *nddProc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// stop sends SIGTERM, then SIGKILL after wait, and waits for the process.
+func (p *nddProc) stop(wait time.Duration) error {
+	if p.exited() {
+		if p.err != nil {
+			return fmt.Errorf("ndd exited early: %w", p.err)
+		}
+		return errors.New("ndd exited early")
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-p.done:
+		if p.err != nil {
+			return fmt.Errorf("ndd: %w", p.err)
+		}
+		return nil
+	case <-t.C:
+		p.cmd.Process.Kill()
+		<-p.done
+		return fmt.Errorf("ndd did not stop within %v of SIGTERM and was killed", wait)
+	}
+}
+
+func (p *nddProc) logTail(n int) string {
+	b, err := os.ReadFile(p.log)
+	if err != nil || len(b) == 0 {
+		return ""
+	}
+	lines := strings.SplitAfter(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "") + "\n"
+}
+
+// destroyDataPlane runs `ndd --destroy` in the dispatcher's namespace, then
+// removes the pin directory if anything is left of it.
+func destroyDataPlane(l *lab.Lab, nddPath, cfgPath, pinPath string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := l.Dispatcher.NS.Command(ctx, nddPath, "--destroy", "--config", cfgPath).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("ndd --destroy: %w: %s", err, oneLine(string(out)))
+	}
+	if err := os.RemoveAll(pinPath); err != nil {
+		return fmt.Errorf("remove %s: %w", pinPath, err)
+	}
+	return nil
+}
+
+// waitHealthy waits for ndd's API to answer, for at most limit.
+func waitHealthy(ctx context.Context, c *api.Client, d *nddProc, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for {
+		err := c.Health()
+		if err == nil {
+			return nil
+		}
+		if d.exited() {
+			return fmt.Errorf("ndd exited (%v) before its API answered", d.err)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("ndd's API did not answer within %v: %w", limit, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// waitResolved waits, for at most limit, until ndd has resolved every
+// server of every port, and returns the last status read.
+func waitResolved(ctx context.Context, c *api.Client, limit time.Duration) (daemon.Status, error) {
+	deadline := time.Now().Add(limit)
+	for {
+		st, err := c.Status()
+		if err == nil && len(unresolved(st)) == 0 {
+			return st, nil
+		}
+		if time.Now().After(deadline) {
+			if err != nil {
+				return st, fmt.Errorf("ndd's status: %w", err)
+			}
+			return st, fmt.Errorf("ndd has not resolved %s within %v", strings.Join(unresolved(st), ", "), limit)
+		}
+		select {
+		case <-ctx.Done():
+			return st, ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func unresolved(st daemon.Status) []string {
+	var out []string
+	for _, p := range st.Ports {
+		for _, sv := range p.Servers {
+			if sv.State == daemon.StateUnresolved {
+				out = append(out, sv.Address)
+			}
+		}
+	}
+	return out
+}
+
+func resolvedSummary(st daemon.Status) string {
+	n, up := 0, 0
+	for _, p := range st.Ports {
+		for _, sv := range p.Servers {
+			n++
+			if sv.State != daemon.StateUnresolved {
+				up++
+			}
+		}
+	}
+	return fmt.Sprintf("%d of %d servers resolved over %d ports", up, n, len(st.Ports))
+}
+
+// labTally counts the generators' results by VIP and server.
+type labTally struct {
+	mu    sync.Mutex
+	byVIP map[netip.Addr]*vipTally
+}
+
+type vipTally struct {
+	ok, errs  int
+	perServer map[string]int
+	errKinds  map[string]int
+	firstErr  string
+}
+
+func newLabTally(vips ...netip.Addr) *labTally {
+	t := &labTally{byVIP: map[netip.Addr]*vipTally{}}
+	for _, v := range vips {
+		t.byVIP[v] = &vipTally{perServer: map[string]int{}, errKinds: map[string]int{}}
+	}
+	return t
+}
+
+func (t *labTally) add(vip netip.Addr) func(lab.Result) {
+	return func(r lab.Result) {
+		t.mu.Lock()
+		defer t.mu.Unlock()
+		v := t.byVIP[vip]
+		switch {
+		case r.Canceled:
+		case r.Err != nil:
+			v.errs++
+			v.errKinds[lab.ErrorKind(r.Err)]++
+			if v.firstErr == "" {
+				v.firstErr = r.Err.Error()
+			}
+		default:
+			v.ok++
+			v.perServer[r.Server]++
+		}
+	}
+}
+
+// snapshot copies one VIP's counts.
+func (t *labTally) snapshot(vip netip.Addr) vipTally {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	v := *t.byVIP[vip]
+	v.perServer = maps.Clone(v.perServer)
+	v.errKinds = maps.Clone(v.errKinds)
+	return v
+}
+
+// labResult is what the traffic did.
+type labResult struct {
+	sums        []lab.Summary
+	errs        []error
+	interrupted bool
+	last        daemon.Status
+}
+
+func (r labResult) err() error {
+	if e := errors.Join(r.errs...); e != nil {
+		return e
+	}
+	total, failed := 0, 0
+	kinds := map[string]int{}
+	first := ""
+	for _, s := range r.sums {
+		total += s.Requests
+		failed += s.Errors
+		for k, n := range s.ErrorKinds {
+			kinds[k] += n
+		}
+		if first == "" {
+			first = s.FirstError
+		}
+	}
+	if total == 0 && !r.interrupted {
+		return errors.New("no request was made")
+	}
+	if failed > 0 {
+		return fmt.Errorf("%d of %d requests failed (%s); first: %s", failed, total, formatKinds(kinds), first)
+	}
+	return nil
+}
+
+func formatKinds(kinds map[string]int) string {
+	var parts []string
+	for k, n := range kinds {
+		parts = append(parts, fmt.Sprintf("%d %s", n, k))
+	}
+	slices.Sort(parts)
+	return strings.Join(parts, ", ")
+}
+
+// labTraffic runs one generator per VIP, each at half the rate, and shows
+// the dispatcher's status and the generators' counts every tick until they
+// finish or ctx ends.
+func (s *session) labTraffic(ctx context.Context, l *lab.Lab, c *api.Client, o labOptions) labResult {
+	vips := []netip.Addr{l.VIP4, l.VIP6}
+	tally := newLabTally(vips...)
+	res := labResult{sums: make([]lab.Summary, len(vips)), errs: make([]error, len(vips))}
+	tctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	for i, vip := range vips {
+		wg.Go(func() {
+			res.sums[i], res.errs[i] = lab.RunTraffic(tctx, &l.Client, netip.AddrPortFrom(vip, labPort), o.rate/float64(len(vips)), o.duration, tally.add(vip))
+		})
+	}
+	finished := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(finished)
+	}()
+	defer func() {
+		cancel()
+		<-finished
+	}()
+
+	start := time.Now()
+	names := serverNames(l)
+	var last daemon.Status
+	frame := func(w io.Writer, _ bool) error {
+		st, err := c.Status()
+		if err == nil {
+			last = st
+		}
+		elapsed := time.Since(start).Truncate(time.Second)
+		if o.duration > 0 {
+			fmt.Fprintf(w, "nd lab  %v of %v  %g new connections/s  Ctrl-C stops\n", elapsed, o.duration, o.rate)
+		} else {
+			fmt.Fprintf(w, "nd lab  %v  %g new connections/s  Ctrl-C stops\n", elapsed, o.rate)
+		}
+		if err != nil {
+			fmt.Fprintf(w, "ndd's status: %s\n", oneLine(err.Error()))
+		}
+		writeLabTable(w, last, names, tally)
+		return nil
+	}
+	lines := s.live(ctx, finished, frame)
+	res.interrupted = ctx.Err() != nil
+	cancel()
+	<-finished
+	// The final counts, after the last replies, in place of the last frame.
+	if st, err := c.Status(); err == nil {
+		last = st
+	}
+	res.last = last
+	s.erase(lines)
+	fmt.Fprintf(s.stdout, "final, after %v:\n", time.Since(start).Truncate(100*time.Millisecond))
+	writeLabTable(s.stdout, last, names, tally)
+	return res
+}
+
+// serverNames maps each server address to its host name.
+func serverNames(l *lab.Lab) map[string]string {
+	m := map[string]string{}
+	for _, s := range l.Servers {
+		m[s.Addr4.String()] = s.Name
+		m[s.Addr6.String()] = s.Name
+	}
+	return m
+}
+
+// writeLabTable prints, per VIP:port, ndd's view of each server next to the
+// replies the generator got from it.
+func writeLabTable(w io.Writer, st daemon.Status, names map[string]string, tally *labTally) {
+	for _, p := range st.Ports {
+		vip, err := netip.ParseAddr(p.VIP)
+		if err != nil {
+			continue
+		}
+		v := tally.snapshot(vip)
+		var total uint32
+		for _, sv := range p.Servers {
+			if sv.State == daemon.StateUp {
+				total += sv.Weight
+			}
+		}
+		fmt.Fprintf(w, "\n%s   replies %d, errors %d", service(p), v.ok, v.errs)
+		if v.errs > 0 {
+			fmt.Fprintf(w, " (%s)", formatKinds(v.errKinds))
+		}
+		if p.NoServer > 0 {
+			fmt.Fprintf(w, ", %d packets without a server", p.NoServer)
+		}
+		fmt.Fprintln(w)
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintf(tw, "  SERVER\tADDRESS\tSTATE\tWEIGHT\tWANT\tNEW FLOWS/S\tACTIVE\tREPLIES\tGOT\n")
+		for _, sv := range p.Servers {
+			name := names[sv.Address]
+			want := "-"
+			if sv.State == daemon.StateUp && total > 0 {
+				want = fmt.Sprintf("%.1f%%", 100*float64(sv.Weight)/float64(total))
+			}
+			replies := v.perServer[name]
+			got := "-"
+			if v.ok > 0 {
+				got = fmt.Sprintf("%.1f%%", 100*float64(replies)/float64(v.ok))
+			}
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%d\t%s\t%.1f\t%d\t%d\t%s\n",
+				name, sv.Address, sv.State, sv.Weight, want, sv.NewFlowsRate, sv.ActiveFlows, replies, got)
+		}
+		tw.Flush()
+	}
+}
+
+// labSummary prints the generators' totals.
+func (s *session) labSummary(res labResult) {
+	var buf bytes.Buffer
+	fmt.Fprintln(&buf)
+	for i, sum := range res.sums {
+		if res.errs[i] != nil {
+			fmt.Fprintf(&buf, "traffic to %s did not run: %v\n", sum.Target, res.errs[i])
+			continue
+		}
+		rate := 0.0
+		if sum.Elapsed > 0 {
+			rate = float64(sum.Requests) / sum.Elapsed.Seconds()
+		}
+		fmt.Fprintf(&buf, "traffic to %s: %d requests in %.1fs (%.1f/s), %d answered, %d failed",
+			sum.Target, sum.Requests, sum.Elapsed.Seconds(), rate, sum.OK, sum.Errors)
+		if sum.Canceled > 0 {
+			fmt.Fprintf(&buf, ", %d cut short", sum.Canceled)
+		}
+		if sum.OK > 0 {
+			fmt.Fprintf(&buf, "; latency p50 %v, p99 %v", roundDuration(sum.P50), roundDuration(sum.P99))
+		}
+		fmt.Fprintln(&buf)
+	}
+	if res.interrupted {
+		fmt.Fprintln(&buf, "interrupted")
+	}
+	s.stdout.Write(buf.Bytes())
+}
+
+func roundDuration(d time.Duration) time.Duration {
+	switch {
+	case d >= time.Second:
+		return d.Round(10 * time.Millisecond)
+	case d >= time.Millisecond:
+		return d.Round(10 * time.Microsecond)
+	default:
+		return d.Round(time.Microsecond)
+	}
+}

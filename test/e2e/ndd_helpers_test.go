@@ -1,0 +1,591 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nd-dispatcher/nd/internal/api"
+	"github.com/nd-dispatcher/nd/internal/daemon"
+	"github.com/nd-dispatcher/nd/internal/lab"
+	"github.com/nd-dispatcher/nd/internal/netns"
+)
+
+// Bounds of the daemon's life in a test.
+const (
+	buildNDDTimeout = 3 * time.Minute  // go build of cmd/ndd
+	nddStartTimeout = 15 * time.Second // until the API answers
+	nddReadyTimeout = 15 * time.Second // until every server is in the data plane
+	nddStopTimeout  = 10 * time.Second // SIGTERM until exit, before SIGKILL
+	nddRunTimeout   = 30 * time.Second // a one-shot ndd: --check, --destroy
+	apiTimeout      = 10 * time.Second // one API request
+)
+
+// TestMain removes the binaries built for the tests.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if ndd.dir != "" {
+		os.RemoveAll(ndd.dir)
+	}
+	os.Exit(code)
+}
+
+// ndd is the daemon under test, built once per test binary.
+var ndd struct {
+	once sync.Once
+	dir  string
+	path string
+	err  error
+}
+
+// nddBinary builds cmd/ndd into a temporary directory the first time it is
+// called and returns the binary's path.
+func nddBinary(t *testing.T) string {
+	t.Helper()
+	ndd.once.Do(func() {
+		ndd.dir, ndd.err = os.MkdirTemp("", "nd-e2e-bin-")
+		if ndd.err != nil {
+			return
+		}
+		ndd.path = filepath.Join(ndd.dir, "ndd")
+		ctx, cancel := context.WithTimeout(context.Background(), buildNDDTimeout)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, "go", "build", "-o", ndd.path, "github.com/nd-dispatcher/nd/cmd/ndd")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			ndd.err = fmt.Errorf("go build ./cmd/ndd: %w\n%s", err, out)
+		}
+	})
+	if ndd.err != nil {
+		t.Fatal(ndd.err)
+	}
+	return ndd.path
+}
+
+// startInNS starts cmd inside ns. The process is forked from a thread that
+// has entered ns, so it inherits that network namespace and nothing else.
+// (NS.Command goes through `ip netns exec`, which also gives the process a
+// private mount namespace with a fresh sysfs on /sys: ndd would then mount
+// a private bpffs on /sys/fs/bpf, and its pins, the data plane's attachment
+// included, would vanish when it exits.)
+func startInNS(ns *netns.NS, cmd *exec.Cmd) error {
+	return ns.Do(cmd.Start)
+}
+
+// runInNS runs a one-shot program inside ns and returns its output and exit
+// code; err is set only when it could not run to an exit.
+func runInNS(ns *netns.NS, name string, args ...string) (stdout, stderr string, code int, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), nddRunTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	if err := startInNS(ns, cmd); err != nil {
+		return "", "", -1, fmt.Errorf("start %s: %w", name, err)
+	}
+	err = cmd.Wait()
+	var exit *exec.ExitError
+	switch {
+	case err == nil:
+		return o.String(), e.String(), 0, nil
+	case errors.As(err, &exit) && exit.Exited():
+		return o.String(), e.String(), exit.ExitCode(), nil
+	}
+	return o.String(), e.String(), -1, fmt.Errorf("run %s %s: %w\nstderr: %s", name, strings.Join(args, " "), err, e.String())
+}
+
+// nddProc is one running ndd.
+type nddProc struct {
+	cmd  *exec.Cmd
+	log  string        // its stdout and stderr
+	done chan struct{} // closed when it has exited
+	err  error         // Wait's answer, once done
+}
+
+// startNDD starts `ndd --config cfgPath` in ns, logging to logPath.
+func startNDD(t *testing.T, ns *netns.NS, cfgPath, logPath string) (*nddProc, error) {
+	t.Helper()
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close() // the child holds its own descriptor
+	cmd := exec.Command(nddBinary(t), "--config", cfgPath)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	// Should the test binary die, ndd goes too. (The signal follows the
+	// forking thread, which NS.Do hands back to the runtime alive.)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+	if err := startInNS(ns, cmd); err != nil {
+		return nil, fmt.Errorf("start ndd: %w", err)
+	}
+	p := &nddProc{cmd: cmd, log: logPath, done: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		close(p.done)
+	}()
+	return p, nil
+}
+
+func (p *nddProc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// stop sends sig and waits for the exit; after timeout it kills.
+func (p *nddProc) stop(sig syscall.Signal, timeout time.Duration) error {
+	if p.exited() {
+		return fmt.Errorf("ndd had already exited: %v", p.err)
+	}
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		return fmt.Errorf("signal ndd: %w", err)
+	}
+	select {
+	case <-p.done:
+		return nil
+	case <-time.After(timeout):
+	}
+	p.cmd.Process.Kill()
+	<-p.done
+	return fmt.Errorf("ndd did not exit within %v of %v: killed", timeout, sig)
+}
+
+// nddConfig is the configuration file a test gives ndd: the dispatcher's
+// eth0, a pin path and a socket of the test's own, the static manager, and
+// the ports of VIP4.
+type nddConfig struct {
+	PinPath    string
+	Socket     string
+	Interfaces []string
+	Listen     string // api.listen; with Token
+	Token      string
+	Ports      []portConfig
+}
+
+type portConfig struct {
+	Port    uint16
+	Servers []serverConfig
+}
+
+type serverConfig struct {
+	Addr    netip.Addr
+	Weight  uint32
+	Quiesce bool
+}
+
+// yaml writes the configuration, one server a line.
+func (c nddConfig) yaml() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "interfaces: [%s]\n", strings.Join(c.Interfaces, ", "))
+	fmt.Fprintf(&b, "data_plane:\n  max_flows: 65536\n  pin_path: %s\n", c.PinPath)
+	fmt.Fprintf(&b, "api:\n  socket: %s\n", c.Socket)
+	if c.Listen != "" {
+		fmt.Fprintf(&b, "  listen: %q\n  token: %q\n", c.Listen, c.Token)
+	}
+	fmt.Fprintf(&b, "manager:\n  policy: static\n")
+	fmt.Fprintf(&b, "clusters:\n  - vip: %s\n    ports:\n", lab.VIP4)
+	for _, p := range c.Ports {
+		fmt.Fprintf(&b, "      - port: %d\n        servers:", p.Port)
+		if len(p.Servers) == 0 {
+			b.WriteString(" []")
+		}
+		b.WriteString("\n")
+		for _, s := range p.Servers {
+			fmt.Fprintf(&b, "          - {address: %s, weight: %d", s.Addr, s.Weight)
+			if s.Quiesce {
+				b.WriteString(", quiesce: true")
+			}
+			b.WriteString("}\n")
+		}
+	}
+	return b.String()
+}
+
+// clone copies the configuration deeply enough to edit its ports.
+func (c nddConfig) clone() nddConfig {
+	out := c
+	out.Interfaces = append([]string(nil), c.Interfaces...)
+	out.Ports = nil
+	for _, p := range c.Ports {
+		p.Servers = append([]serverConfig(nil), p.Servers...)
+		out.Ports = append(out.Ports, p)
+	}
+	return out
+}
+
+// nddLab is a lab whose dispatcher runs ndd as a process, controlled over
+// its unix socket. The embedded fixture holds the lab and the reply
+// servers (it has no executor of its own: ndd owns the data plane).
+type nddLab struct {
+	*fixture
+	dir     string // the test's directory: configuration, socket, logs
+	cfg     nddConfig
+	cfgPath string
+	api     *api.Client
+	ndd     *nddProc
+	starts  int
+	addrOf  map[string]netip.Addr // server name -> its IPv4 address
+	nameOf  map[netip.Addr]string
+}
+
+// pinPrefix starts the pin path of every ndd the tests run; the process's
+// id follows, so that sweepStalePins can tell whose a pin is.
+const pinPrefix = "/sys/fs/bpf/nde2e-"
+
+var pinSeq atomic.Int64
+
+// sweepStalePins removes the pinned data planes left by test processes that
+// died before their cleanup ran.
+func sweepStalePins(t *testing.T) {
+	t.Helper()
+	dirs, _ := filepath.Glob(pinPrefix + "*")
+	for _, dir := range dirs {
+		pid, _, ok := strings.Cut(strings.TrimPrefix(dir, pinPrefix), "-")
+		n, err := strconv.Atoi(pid)
+		if !ok || err != nil || n == os.Getpid() {
+			continue
+		}
+		if err := syscall.Kill(n, 0); errors.Is(err, syscall.ESRCH) {
+			t.Logf("removing stale pinned data plane %s", dir)
+			if err := os.RemoveAll(dir); err != nil {
+				t.Logf("remove %s: %v", dir, err)
+			}
+		}
+	}
+}
+
+// newNDDLab builds a lab of len(weights) servers, checks it, starts a reply
+// server on VIP4:80 in each, and starts ndd with VIP4:80 over the servers
+// whose weight is given (weights[i] < 0 leaves server i out). edit, when
+// not nil, adjusts the configuration first. Everything is undone by
+// t.Cleanup: ndd gets SIGTERM, `ndd --destroy` removes the pinned data
+// plane, the lab is closed.
+func newNDDLab(t *testing.T, weights []int, edit func(*nddConfig)) *nddLab {
+	t.Helper()
+	if _, err := lab.SweepStale(t.Logf); err != nil {
+		t.Logf("sweep stale labs: %v", err)
+	}
+	sweepStalePins(t)
+	nddBinary(t) // build before the lab exists: a failed build leaves nothing behind
+
+	ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
+	defer cancel()
+	l, err := lab.New(ctx, lab.Options{Servers: len(weights), Logf: t.Logf})
+	if err != nil {
+		t.Fatalf("build lab: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := l.Close(); err != nil {
+			t.Errorf("close lab: %v", err)
+		}
+	})
+	cctx, ccancel := context.WithTimeout(context.Background(), checkTimeout)
+	defer ccancel()
+	if err := l.Check(cctx); err != nil {
+		t.Fatalf("lab does not work, so nothing measured through it would mean anything: %v", err)
+	}
+
+	n := &nddLab{
+		fixture: &fixture{lab: l, byAddr: map[netip.Addr]*replyServer{}},
+		dir:     t.TempDir(),
+		addrOf:  map[string]netip.Addr{},
+		nameOf:  map[netip.Addr]string{},
+	}
+	port := portConfig{Port: servicePort}
+	for i, b := range l.Backends() {
+		s := startReplyServer(t, &l.Servers[i], l.VIP4)
+		s.addr4, s.addr6 = b.Addr4, b.Addr6
+		n.servers = append(n.servers, s)
+		n.byAddr[b.Addr4] = s
+		n.addrOf[s.name], n.nameOf[b.Addr4] = b.Addr4, s.name
+		w := max(weights[i], 0)
+		n.weights = append(n.weights, uint32(w))
+		if weights[i] >= 0 {
+			port.Servers = append(port.Servers, serverConfig{Addr: b.Addr4, Weight: uint32(w)})
+		}
+	}
+	n.cfg = nddConfig{
+		PinPath:    fmt.Sprintf("%s%d-%d", pinPrefix, os.Getpid(), pinSeq.Add(1)),
+		Socket:     filepath.Join(n.dir, "ndd.sock"),
+		Interfaces: []string{l.Dispatcher.Ifname},
+		Ports:      []portConfig{port},
+	}
+	if edit != nil {
+		edit(&n.cfg)
+	}
+	n.cfgPath = filepath.Join(n.dir, "nd.yaml")
+	n.writeConfig(t, n.cfg)
+
+	n.api, err = api.NewClient(n.cfg.Socket, "", api.WithTimeout(apiTimeout))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(n.api.Close)
+	t.Cleanup(func() { n.teardown(t) })
+	n.start(t)
+	return n
+}
+
+func (n *nddLab) writeConfig(t *testing.T, c nddConfig) {
+	t.Helper()
+	if err := os.WriteFile(n.cfgPath, []byte(c.yaml()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// start runs ndd over the configuration file and waits until its API
+// answers and every configured server is in the data plane.
+func (n *nddLab) start(t *testing.T) {
+	t.Helper()
+	n.starts++
+	logPath := filepath.Join(n.dir, fmt.Sprintf("ndd-%d.log", n.starts))
+	p, err := startNDD(t, n.lab.Dispatcher.NS, n.cfgPath, logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.ndd = p
+	deadline := time.Now().Add(nddStartTimeout)
+	for {
+		err := n.api.Health()
+		if err == nil {
+			break
+		}
+		if p.exited() {
+			t.Fatalf("ndd exited before its API answered (%v):\n%s", p.err, readLog(logPath))
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ndd's API did not answer within %v: %v", nddStartTimeout, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	n.waitReady(t)
+}
+
+// waitReady waits until Status shows every server of the configuration
+// resolved and installed: up, or quiesced when configured so or weighted 0.
+func (n *nddLab) waitReady(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(nddReadyTimeout)
+	for {
+		st, err := n.api.Status()
+		if err == nil {
+			if why := notReady(st); why == "" {
+				return
+			} else if time.Now().After(deadline) {
+				t.Fatalf("ndd not ready after %v: %s", nddReadyTimeout, why)
+			}
+		} else if time.Now().After(deadline) {
+			t.Fatalf("ndd status: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func notReady(st daemon.Status) string {
+	for _, p := range st.Ports {
+		for _, s := range p.Servers {
+			want := daemon.StateUp
+			if s.Quiesced || s.ConfigWeight == 0 {
+				want = daemon.StateQuiesced
+			}
+			if s.State != want {
+				return fmt.Sprintf("%s:%d server %s is %s (%s), want %s", p.VIP, p.Port, s.Address, s.State, s.Reason, want)
+			}
+		}
+	}
+	return ""
+}
+
+// teardown stops ndd, removes the pinned data plane with `ndd --destroy`
+// and checks that the pin directory is gone. On failure it shows ndd's logs.
+func (n *nddLab) teardown(t *testing.T) {
+	if n.ndd != nil && !n.ndd.exited() {
+		if err := n.ndd.stop(syscall.SIGTERM, nddStopTimeout); err != nil {
+			t.Errorf("stop ndd: %v", err)
+		} else if n.ndd.err != nil {
+			t.Errorf("ndd exited with %v after SIGTERM", n.ndd.err)
+		}
+	}
+	if _, stderr, code, err := runInNS(n.lab.Dispatcher.NS, nddBinary(t), "--destroy", "--config", n.cfgPath); err != nil || code != 0 {
+		t.Errorf("ndd --destroy: exit %d, %v: %s", code, err, stderr)
+	}
+	if _, err := os.Stat(n.cfg.PinPath); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("pin path %s left behind after ndd --destroy (%v)", n.cfg.PinPath, err)
+		os.RemoveAll(n.cfg.PinPath)
+	}
+	if t.Failed() {
+		for i := 1; i <= n.starts; i++ {
+			p := filepath.Join(n.dir, fmt.Sprintf("ndd-%d.log", i))
+			t.Logf("log of ndd run %d:\n%s", i, readLog(p))
+		}
+	}
+}
+
+// readLog returns the last lines of a log file.
+func readLog(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > 80 {
+		lines = append([]string{"..."}, lines[len(lines)-80:]...)
+	}
+	return strings.Join(lines, "\n")
+}
+
+// portStatus returns VIP4:port's status.
+func (n *nddLab) portStatus(t *testing.T, port uint16) daemon.PortStatus {
+	t.Helper()
+	st, err := n.api.Status()
+	if err != nil {
+		t.Fatalf("status: %v", err)
+	}
+	for _, p := range st.Ports {
+		if p.VIP == lab.VIP4.String() && p.Port == port && p.Protocol == "tcp" {
+			return p
+		}
+	}
+	t.Fatalf("status has no port %s:%d/tcp", lab.VIP4, port)
+	return daemon.PortStatus{}
+}
+
+// newFlows returns the data plane's new-flow counters of VIP4:80 by
+// server name.
+func (n *nddLab) newFlows(t *testing.T) map[string]uint64 {
+	t.Helper()
+	out := map[string]uint64{}
+	for _, s := range n.portStatus(t, servicePort).Servers {
+		out[n.nameOf[netip.MustParseAddr(s.Address)]] = s.NewFlows
+	}
+	return out
+}
+
+// vip4 is VIP4:80.
+func (n *nddLab) vip4() netip.AddrPort { return netip.AddrPortFrom(n.lab.VIP4, servicePort) }
+
+// longConns are long-lived connections from the client to a VIP, each
+// with the server that answered it first.
+type longConns struct {
+	sessions []*session
+	names    []string
+}
+
+// openLong opens count connections to addr, a few at a time, and makes a
+// first request on each. Any failure fails the test.
+func openLong(ctx context.Context, t *testing.T, ns *netns.NS, addr netip.AddrPort, count int) *longConns {
+	t.Helper()
+	lc := &longConns{sessions: make([]*session, count), names: make([]string, count)}
+	t.Cleanup(lc.close)
+	errs := make([]error, count)
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 16)
+	for i := range count {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			s, err := dial(ctx, ns, addr, dialTimeout)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			lc.sessions[i] = s
+			lc.names[i], errs[i] = s.get(256)
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatalf("open %d long-lived connections to %s: %v", count, addr, err)
+	}
+	return lc
+}
+
+// exchange makes one request of size bytes on every connection that skip
+// does not exclude, all at once, each bounded by ioTimeout. It returns the
+// number of connections tried and the failures, by connection index; a
+// connection answered by another server than before is a failure too.
+func (lc *longConns) exchange(size int, skip func(i int) bool) (tried int, failed map[int]error) {
+	failed = map[int]error{}
+	var (
+		mu sync.Mutex
+		wg sync.WaitGroup
+	)
+	for i, s := range lc.sessions {
+		if s == nil || (skip != nil && skip(i)) {
+			continue
+		}
+		tried++
+		wg.Go(func() {
+			name, err := s.get(size)
+			if err == nil && name != lc.names[i] {
+				err = fmt.Errorf("answered by %s, first by %s", name, lc.names[i])
+			}
+			if err != nil {
+				mu.Lock()
+				failed[i] = err
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return tried, failed
+}
+
+// perServer counts the connections by the server that answered them.
+func (lc *longConns) perServer() map[string]int {
+	m := map[string]int{}
+	for _, n := range lc.names {
+		m[n]++
+	}
+	return m
+}
+
+func (lc *longConns) close() {
+	for _, s := range lc.sessions {
+		if s != nil {
+			s.close()
+		}
+	}
+}
+
+// checkExchange exchanges data on the long-lived connections and fails the
+// test for each that broke, naming when.
+func checkExchange(t *testing.T, lc *longConns, when string, skip func(i int) bool) {
+	t.Helper()
+	tried, failed := lc.exchange(4096, skip)
+	for i, err := range failed {
+		t.Errorf("%s: connection %d (to %s): %v", when, i, lc.names[i], err)
+	}
+	t.Logf("%s: %d of %d long-lived connections exchanged data", when, tried-len(failed), tried)
+}
+
+// checkAllComplete fails the test unless every connection of a load run
+// completed, and returns how many each server answered.
+func checkAllComplete(t *testing.T, res loadResult, count int, what string) map[string]int {
+	t.Helper()
+	for i, err := range res.errs {
+		if i == 5 {
+			t.Errorf("%s: ... %d errors in all", what, len(res.errs))
+			break
+		}
+		t.Errorf("%s: %v", what, err)
+	}
+	if got := res.completed(); got != count {
+		t.Errorf("%s: %d of %d connections completed", what, got, count)
+	}
+	return res.perServer
+}

@@ -292,8 +292,8 @@ func prepareBPFFS(dir string) error {
 		// A bpffs mounted in a private mount namespace (`ip netns exec`
 		// makes one) dies with the process, and the data plane with it.
 		self, err1 := os.Readlink("/proc/self/ns/mnt")
-		init, err2 := os.Readlink("/proc/1/ns/mnt")
-		if err1 == nil && err2 == nil && self != init {
+		initNS, err2 := os.Readlink("/proc/1/ns/mnt")
+		if err1 == nil && err2 == nil && self != initNS {
 			return fmt.Errorf("%w: no bpffs on %s in this private mount namespace: pins made here would vanish with the process; run in the host's mount namespace (nsenter --net=/run/netns/NAME, not ip netns exec) or mount a bpffs first", ErrInvalid, bpffs)
 		}
 		if err := unix.Mount("bpf", bpffs, "bpf", 0, "mode=0700"); err != nil {

@@ -138,12 +138,18 @@ static __always_inline int ring_pick(__u32 svc_id, __u32 hash, __u32 *be_id)
 	void *ring = bpf_map_lookup_elem(&rings, &svc_id);
 	if (!ring)
 		return -1;
+	__u32 zero = 0;
+	__u16 *slots = bpf_map_lookup_elem(ring, &zero);
+	if (!slots)
+		return -1;
 
 	__u32 slot = ring_slot(hash, ring_size);
-	__u32 *id = bpf_map_lookup_elem(ring, &slot);
-	if (!id || *id == RING_EMPTY)
+	if (slot >= ring_size)
 		return -1;
-	*be_id = *id;
+	__u16 id = slots[slot];
+	if (id == RING_EMPTY)
+		return -1;
+	*be_id = id;
 	return 0;
 }
 

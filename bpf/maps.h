@@ -45,13 +45,18 @@ struct {
 } svc_index_sel SEC(".maps");
 
 /* One Maglev ring per service, swapped whole: user space fills a fresh
- * inner array and replaces the outer slot in one update, so a packet sees
- * either the old ring or the new one, never a mix. */
+ * inner map and replaces the outer slot in one update, so a packet sees
+ * either the old ring or the new one, never a mix. A ring is one value of
+ * 16-bit server slots: 128 KiB at the default size, small enough to stay in
+ * a core's cache, where an array of 65,537 entries (each rounded to 8
+ * bytes) would take 512 KiB. User space sizes the value to the ring size. */
+typedef __u16 ring_slots_t[DEFAULT_RING_SIZE]; /* server slot, or RING_EMPTY */
+
 struct ring {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, DEFAULT_RING_SIZE);
+	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u32); /* backend index, or RING_EMPTY */
+	__type(value, ring_slots_t);
 };
 
 struct {

@@ -195,5 +195,6 @@ struct vip_filter {
 	__u64 bits[VIP_FILTER_BITS / 64];
 };
 
-/* Ring entry meaning "no server": every weight is zero. */
-#define RING_EMPTY 0xffffffffu
+/* Ring entry meaning "no server": every weight is zero. Server slots are
+ * therefore below 0xffff. */
+#define RING_EMPTY 0xffffu

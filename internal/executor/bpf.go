@@ -37,7 +37,7 @@ const (
 	flowClosing   = 1 << 1
 	flowFlagsMask = 0xff
 
-	ringEmpty = 0xffffffff
+	ringEmpty = 0xffff
 
 	afInet  = 4
 	afInet6 = 6
@@ -123,6 +123,9 @@ func (c *Config) fill() error {
 	if !maglev.IsPrime(c.RingSize) {
 		return fmt.Errorf("%w: ring size %d is not prime", ErrInvalid, c.RingSize)
 	}
+	if c.MaxServers >= ringEmpty {
+		return fmt.Errorf("%w: max servers %d: rings hold 16-bit server slots, at most %d", ErrInvalid, c.MaxServers, ringEmpty-1)
+	}
 	if c.IdleTimeout < time.Second {
 		return fmt.Errorf("%w: idle timeout %v is under a second", ErrInvalid, c.IdleTimeout)
 	}
@@ -149,7 +152,6 @@ type BPF struct {
 	mu        sync.Mutex
 	objs      dispatchObjects
 	innerSpec *ebpf.MapSpec
-	ringKeys  []uint32
 	links     map[int]link.Link
 	ifMACs    map[int]net.HardwareAddr
 	txPorts   map[int]bool
@@ -210,7 +212,12 @@ func New(cfg Config) (*BPF, error) {
 	for name, n := range sizes {
 		spec.Maps[name].MaxEntries = n
 	}
-	spec.Maps["rings"].InnerMap.MaxEntries = cfg.RingSize
+	// A ring is one value of RingSize 16-bit slots; its size is set here,
+	// so the compiled-in BTF type (sized for the default) is dropped.
+	inner := spec.Maps["rings"].InnerMap
+	inner.MaxEntries = 1
+	inner.ValueSize = 2 * cfg.RingSize
+	inner.Key, inner.Value = nil, nil
 	jiffy, err := jiffyNanos()
 	if err != nil {
 		return nil, err
@@ -267,10 +274,6 @@ func New(cfg Config) (*BPF, error) {
 			return nil, fmt.Errorf("load dispatcher over the maps pinned in %s (a data plane of other sizes must be removed first): %w", cfg.PinPath, err)
 		}
 		return nil, fmt.Errorf("load dispatcher: %w", err)
-	}
-	b.ringKeys = make([]uint32, cfg.RingSize)
-	for i := range b.ringKeys {
-		b.ringKeys[i] = uint32(i)
 	}
 	if err := b.recover(); err != nil {
 		b.objs.Close()
@@ -673,16 +676,18 @@ func (b *BPF) installRing(svcID uint32, servers map[netip.Addr]*backendState) er
 			members = append(members, maglev.Backend{Key: addr.String(), ID: be.id, Weight: be.srv.Weight})
 		}
 	}
-	var table []uint32
+	slots := make([]byte, 2*b.cfg.RingSize)
 	if len(members) == 0 {
-		table = make([]uint32, b.cfg.RingSize)
-		for i := range table {
-			table[i] = ringEmpty
+		for i := range b.cfg.RingSize {
+			binary.NativeEndian.PutUint16(slots[2*i:], ringEmpty)
 		}
 	} else {
-		var err error
-		if table, err = maglev.Build(b.cfg.RingSize, members); err != nil {
+		table, err := maglev.Build(b.cfg.RingSize, members)
+		if err != nil {
 			return fmt.Errorf("build maglev table: %w", err)
+		}
+		for i, id := range table {
+			binary.NativeEndian.PutUint16(slots[2*i:], uint16(id))
 		}
 	}
 	inner, err := ebpf.NewMap(b.innerSpec)
@@ -690,7 +695,7 @@ func (b *BPF) installRing(svcID uint32, servers map[netip.Addr]*backendState) er
 		return fmt.Errorf("create ring: %w", err)
 	}
 	defer inner.Close()
-	if _, err := inner.BatchUpdate(b.ringKeys, table, nil); err != nil {
+	if err := inner.Update(uint32(0), slots, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("fill ring: %w", err)
 	}
 	if err := b.objs.Rings.Update(svcID, inner, ebpf.UpdateAny); err != nil {

@@ -55,3 +55,21 @@ func TestDistribution(t *testing.T) {
 		t.Fatalf("counters saw %d new flows, want %d", total, flows)
 	}
 }
+
+// TestRingSizes: the ring size is a load-time setting; a small prime ring
+// still splits flows by weight (within the coarser grain it allows).
+func TestRingSizes(t *testing.T) {
+	h := newHarness(t, Config{MaxFlows: 1 << 16, RingSize: 251})
+	h.upsert(Service{Key: ServiceKey{vip4, 80, TCP}, Servers: []Server{h.server(s1, macS1, 1), h.server(s2, macS2, 3)}})
+	counts := map[string]int{}
+	for p := range uint16(4000) {
+		_, out := h.dispatch(tcp4(1024+p, 80, tcpSYN).build())
+		counts[serverByMAC(out)]++
+	}
+	if got := float64(counts["s2"]) / 4000; math.Abs(got-0.75) > 0.05 {
+		t.Fatalf("weight 3 of 4 got %.3f of flows on a 251-slot ring: %v", got, counts)
+	}
+	if _, err := New(Config{RingSize: 250}); err == nil {
+		t.Fatal("a ring size that is not prime was accepted")
+	}
+}

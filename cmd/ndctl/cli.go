@@ -268,6 +268,15 @@ func (s *session) client() (Client, error) {
 	return c, nil
 }
 
+// readClient is the start of every read command: flags, no positional
+// arguments, and a connection to ndd.
+func (s *session) readClient(fs *flag.FlagSet, args []string) (Client, error) {
+	if _, err := s.parse(fs, args, 0, 0); err != nil {
+		return nil, err
+	}
+	return s.client()
+}
+
 // parse parses a leaf command's flags, which may come before, between or
 // after its positional arguments, and checks that between min and max
 // (-1: any number) positional arguments were given. On -h it prints the

@@ -15,10 +15,7 @@ import (
 
 func configShow(ctx context.Context, s *session, args []string) error {
 	fs := s.newFlags()
-	if _, err := s.parse(fs, args, 0, 0); err != nil {
-		return err
-	}
-	c, err := s.client()
+	c, err := s.readClient(fs, args)
 	if err != nil {
 		return err
 	}

@@ -17,10 +17,7 @@ import (
 func statusCmd(ctx context.Context, s *session, args []string) error {
 	fs := s.newFlags()
 	watch := fs.Bool("watch", false, "redraw every second until interrupted")
-	if _, err := s.parse(fs, args, 0, 0); err != nil {
-		return err
-	}
-	c, err := s.client()
+	c, err := s.readClient(fs, args)
 	if err != nil {
 		return err
 	}
@@ -149,10 +146,7 @@ type portView struct {
 
 func clusterList(ctx context.Context, s *session, args []string) error {
 	fs := s.newFlags()
-	if _, err := s.parse(fs, args, 0, 0); err != nil {
-		return err
-	}
-	c, err := s.client()
+	c, err := s.readClient(fs, args)
 	if err != nil {
 		return err
 	}
@@ -204,10 +198,7 @@ func clusterList(ctx context.Context, s *session, args []string) error {
 func eventsCmd(ctx context.Context, s *session, args []string) error {
 	fs := s.newFlags()
 	follow := fs.Bool("follow", false, "keep printing new events until interrupted")
-	if _, err := s.parse(fs, args, 0, 0); err != nil {
-		return err
-	}
-	c, err := s.client()
+	c, err := s.readClient(fs, args)
 	if err != nil {
 		return err
 	}

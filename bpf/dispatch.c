@@ -499,15 +499,15 @@ int nd_dispatch(struct xdp_md *ctx)
 		fl.bucket = bpf_map_lookup_elem(&conns, &fl.idx);
 		if (!fl.bucket)
 			return XDP_ABORTED;
+		/* Ask for the whole bucket before reading any of it: the key a
+		 * lookup compares, or the way a new flow writes, then arrives
+		 * with the head line instead of one memory round trip later. */
+		prefetch_bucket(fl.bucket);
 		fl.way = nd_flow_find(fl.idx, &p.key, fl.hash, &fl.snap);
 		if (fl.way < 0) {
-			/* Choose the way now and touch its line: the cache miss
-			 * that writing the flow costs then overlaps with looking
-			 * up the service and picking the server. */
 			int v = nd_flow_victim(fl.idx, now, idle_timeout_ns);
 			fl.victim = v & (FLOW_WAYS - 1);
 			fl.victim_live = v >= 0 && (v & FLOW_VICTIM_LIVE);
-			prefetch_line(&fl.bucket->body[fl.victim]);
 		}
 		int act = dispatch_established(ctx, &p, &fl, now, bytes);
 		if (act >= 0)

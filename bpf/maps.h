@@ -88,9 +88,12 @@ struct {
  * by all CPUs, replacing the least recently seen way of a full bucket. A
  * kernel hash map costs 300-550 ns per insert on these machines (bucket
  * lock, element allocation, LRU lists); a way here is claimed with one
- * compare-and-swap, which is what makes new flows cheap. */
+ * compare-and-swap, which is what makes new flows cheap. Mmapable only
+ * because the kernel then starts the values on a page boundary: no bucket
+ * straddles two cache lines too many or two pages. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__uint(max_entries, DEFAULT_MAX_FLOWS / FLOW_WAYS);
 	__type(key, __u32);
 	__type(value, struct flow_bucket);

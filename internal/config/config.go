@@ -100,7 +100,7 @@ type DataPlane struct {
 	// RingSize (ring_size) is the size of each port's Maglev lookup table;
 	// it must be a prime between 3 and 16777216, and at least the number of
 	// servers of any port. Larger tables split traffic more exactly and
-	// cost memory: 4 bytes a slot per port. Default 65537.
+	// cost memory: 2 bytes a slot per port. Default 65537.
 	RingSize uint32
 	// IdleTimeout (idle_timeout) forgets a flow that carried no packet for
 	// this long (the IBM product's idle flow timeout). At least 1s.

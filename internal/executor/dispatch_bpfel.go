@@ -62,7 +62,6 @@ type dispatchFlowBody struct {
 	Key     dispatchFlowKey
 	Backend uint32
 	Gen     uint32
-	Pad     uint64
 }
 
 type dispatchFlowBucket struct {

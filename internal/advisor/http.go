@@ -5,10 +5,12 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	neturl "net/url"
 	"time"
 )
 
@@ -78,6 +80,11 @@ func (h *HTTP) Probe(ctx context.Context, t Target) Result {
 	start := time.Now()
 	resp, err := client.Do(req)
 	if err != nil {
+		// The url.Error would repeat the method and URL.
+		var uerr *neturl.Error
+		if errors.As(err, &uerr) {
+			err = uerr.Err
+		}
 		return down("%s %s: %v", h.Spec.Method, url, err)
 	}
 	defer resp.Body.Close()

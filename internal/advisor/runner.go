@@ -264,6 +264,9 @@ func (r *Runner) round(ctx context.Context, tr *targetRun, spec Spec, probe Prob
 	for attempt := 0; attempt <= spec.Retries; attempt++ {
 		actx, cancel := context.WithTimeout(ctx, spec.Timeout)
 		res = probe.Probe(actx, t)
+		if res.Down && errors.Is(actx.Err(), context.DeadlineExceeded) && ctx.Err() == nil {
+			res.Err += fmt.Sprintf(" (timeout %v)", spec.Timeout)
+		}
 		cancel()
 		if !res.Down || ctx.Err() != nil {
 			break

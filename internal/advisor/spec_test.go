@@ -52,7 +52,9 @@ func TestSpecValidation(t *testing.T) {
 		{"custom vip", with(func(s *Spec) { s.Kind = KindCustom; s.Command = []string{"true"}; s.Mode = ModeVIP }), "mode vip is not possible"},
 		{"no server", with(func(s *Spec) { s.Targets = []Target{{Port: 80}} }), "server address is missing"},
 		{"port 0", with(func(s *Spec) { s.Targets = []Target{{Server: srv}} }), "port is 0"},
-		{"addr set", with(func(s *Spec) { s.Targets = []Target{{Server: srv, Port: 80, Addr: netip.MustParseAddrPort("198.51.100.2:80")}} }), "leave it empty"},
+		{"addr set", with(func(s *Spec) {
+			s.Targets = []Target{{Server: srv, Port: 80, Addr: netip.MustParseAddrPort("198.51.100.2:80")}}
+		}), "leave it empty"},
 		{"families", with(func(s *Spec) { s.Targets = []Target{{Server: srv, Port: 80, VIP: netip.MustParseAddr("2001:db8::1")}} }), "different address families"},
 		{"vip mode no vip", with(func(s *Spec) { s.Mode = ModeVIP }), "needs the target's VIP"},
 		{"vip mode own dial", with(func(s *Spec) { s.Mode = ModeVIP; s.Targets = []Target{{Server: srv, Port: 80, VIP: vip, Dial: dial}} }), "Target.Dial must be nil"},

@@ -2,6 +2,8 @@ package advisor
 
 import (
 	"context"
+	"errors"
+	"net"
 	"time"
 )
 
@@ -17,6 +19,11 @@ func (TCP) Probe(ctx context.Context, t Target) Result {
 	start := time.Now()
 	c, err := t.dialer()(ctx, "tcp", t.Addr.String())
 	if err != nil {
+		// A net.OpError would repeat the address.
+		var oerr *net.OpError
+		if errors.As(err, &oerr) {
+			err = oerr.Err
+		}
 		return down("tcp connect %s: %v", t.Addr, err)
 	}
 	took := time.Since(start)

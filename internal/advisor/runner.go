@@ -26,7 +26,7 @@ type Options struct {
 	ViaVIP func(server, vip netip.Addr) (DialFunc, error)
 	// OnChange, if set, is called when a target's state is first known and
 	// each time it goes down or up. It runs on the probing goroutine, so it
-	// must return quickly; it may call Snapshot but not Set.
+	// must return quickly. It may call Snapshot and Set.
 	OnChange func(Status)
 	// Smoothing is the weight of a new latency in the smoothed latency, an
 	// exponentially weighted moving average: in (0, 1], default 0.3. At 1

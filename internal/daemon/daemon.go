@@ -17,8 +17,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nd-dispatcher/nd/internal/advisor"
 	"github.com/nd-dispatcher/nd/internal/config"
 	"github.com/nd-dispatcher/nd/internal/executor"
+	"github.com/nd-dispatcher/nd/internal/manager"
 	"github.com/nd-dispatcher/nd/internal/neighbor"
 )
 
@@ -51,6 +53,12 @@ type Options struct {
 	Logger *slog.Logger
 	// StatsInterval is how often counters are sampled for rates. Default 1s.
 	StatsInterval time.Duration
+	// ViaVIP steers advisors' probes of a VIP to one server (advisors
+	// with target vip); nil leaves such probes down, saying why.
+	ViaVIP func(server, vip netip.Addr) (advisor.DialFunc, error)
+	// Host reads the latest host-metric report of a server's agent; nil
+	// when no agents are polled.
+	Host func(server netip.Addr) (manager.HostReading, bool)
 }
 
 // Daemon is one running dispatcher.
@@ -77,6 +85,12 @@ type Daemon struct {
 	rates    rateSampler
 	// pending is the configuration given to New, applied by Run.
 	pending *config.Config
+	// managed holds the weights the manager committed, per port and
+	// server: what the data plane gets instead of the configured weight.
+	managed map[executor.ServiceKey]map[netip.Addr]uint32
+
+	mgr *manager.Manager
+	adv *advisor.Runner
 }
 
 // ErrRejected wraps every reason a configuration is refused.
@@ -108,6 +122,31 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 		cfg:      config.Default(),
 		attached: map[string]int{},
 		resolved: map[netip.Addr]bool{},
+		managed:  map[executor.ServiceKey]map[netip.Addr]uint32{},
+	}
+	d.adv = advisor.New(advisor.Options{Logger: o.Logger, ViaVIP: o.ViaVIP, OnChange: d.onAdvisorChange})
+	ai := &advisorIndex{runner: d.adv}
+	mgr, err := manager.New(managerSettings(cfg.Manager), manager.Options{
+		Executor: o.Executor,
+		Commit:   d.commitWeights,
+		Advisor:  ai.reading,
+		Host:     o.Host,
+		Logger:   o.Logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrRejected, err)
+	}
+	d.mgr = mgr
+	// A restarted ndd takes over the weights the manager had set, rather
+	// than throwing them back to the configured ones.
+	if cfg.Manager.Policy != config.PolicyStatic {
+		for _, s := range o.Executor.Services() {
+			m := map[netip.Addr]uint32{}
+			for _, sv := range s.Servers {
+				m[sv.Addr] = sv.Weight
+			}
+			d.managed[s.Key] = m
+		}
 	}
 	// The starting point is an empty configuration with cfg's fixed
 	// settings, so that the first Apply attaches and installs everything.
@@ -129,6 +168,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 	nbrDone := make(chan error, 1)
 	go func() { nbrDone <- d.nbr.Run(ctx) }()
+	var loops sync.WaitGroup
+	defer loops.Wait()
+	defer cancel()
+	loops.Add(2)
+	go func() { defer loops.Done(); d.adv.Run(ctx) }()
+	go func() { defer loops.Done(); d.mgr.Run(ctx) }()
 
 	if _, err := d.Apply(d.pending); err != nil {
 		return err
@@ -239,6 +284,7 @@ func (d *Daemon) apply(cfg *config.Config) (config.Changes, error) {
 	}
 
 	d.watchServers(cfg)
+	d.forgetManaged(ch)
 	for _, p := range ch.Removed {
 		if err := d.x.DeleteService(p.Key); err != nil && !errors.Is(err, executor.ErrNotFound) {
 			errs = append(errs, fmt.Errorf("remove %v: %w", p.Key, err))
@@ -254,6 +300,15 @@ func (d *Daemon) apply(cfg *config.Config) (config.Changes, error) {
 		if err := d.detach(name); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if err := d.adv.Set(advisorSpecs(d.cfg)); err != nil {
+		errs = append(errs, fmt.Errorf("advisors: %w", err))
+	}
+	if err := d.mgr.SetSettings(managerSettings(d.cfg.Manager)); err != nil {
+		errs = append(errs, fmt.Errorf("manager: %w", err))
+	}
+	if err := d.mgr.SetPorts(managerPorts(d.cfg)); err != nil {
+		errs = append(errs, fmt.Errorf("manager: %w", err))
 	}
 	if len(errs) > 0 {
 		err := errors.Join(errs...)
@@ -313,8 +368,12 @@ func (d *Daemon) watchServers(cfg *config.Config) {
 // re-dispatch every flow it holds.
 func (d *Daemon) service(p config.Port, installed executor.Service) executor.Service {
 	s := executor.Service{Key: p.Key, StickyTime: p.StickyTime}
+	managed := d.managed[p.Key]
 	for _, srv := range p.Servers {
 		es := executor.Server{Addr: srv.Address, Weight: srv.EffectiveWeight(), Local: srv.Local}
+		if w, ok := managed[srv.Address]; ok && !srv.Quiesce && !srv.Fixed && d.cfg.Manager.Policy != config.PolicyStatic {
+			es.Weight = min(w, p.WeightBound)
+		}
 		if !srv.Local {
 			e, ok := d.nbr.Lookup(srv.Address)
 			if ok {
@@ -431,7 +490,25 @@ func clone(c *config.Config) *config.Config {
 		for j, p := range cl.Ports {
 			out.Clusters[i].Ports[j] = p
 			out.Clusters[i].Ports[j].Servers = slices.Clone(p.Servers)
+			if p.Proportions != nil {
+				pr := *p.Proportions
+				pr.Custom = slices.Clone(pr.Custom)
+				out.Clusters[i].Ports[j].Proportions = &pr
+			}
 		}
+	}
+	out.Manager.Proportions.Custom = slices.Clone(c.Manager.Proportions.Custom)
+	out.Advisors = make([]config.Advisor, len(c.Advisors))
+	for i, a := range c.Advisors {
+		out.Advisors[i] = a
+		out.Advisors[i].Command = slices.Clone(a.Command)
+	}
+	if c.Advisors == nil {
+		out.Advisors = nil
+	}
+	if c.Agents != nil {
+		a := *c.Agents
+		out.Agents = &a
 	}
 	return &out
 }

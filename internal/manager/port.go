@@ -38,7 +38,10 @@ type portState struct {
 type serverState struct {
 	prevNew  uint64
 	havePrev bool
-	state    string
+	// loadWeight is the weight at the last load reading.
+	loadWeight uint32
+	haveWeight bool
+	state      string
 	// coolUntil ends the current cool-down; cools counts cool-downs in a
 	// row, for the back-off.
 	coolUntil time.Time
@@ -94,6 +97,7 @@ type sample struct {
 	note    string
 	newRate float64
 	newOK   bool
+	steady  bool // its weight did not change over the interval
 	active  float64
 	advMS   float64
 	advOK   bool
@@ -104,7 +108,7 @@ type sample struct {
 }
 
 // port computes one port. Called with m.mu held.
-func (m *Manager) port(ps *portState, inst executor.Service, ss executor.ServiceStats, now time.Time, elapsed time.Duration) (Commit, bool) {
+func (m *Manager) port(ps *portState, inst executor.Service, ss executor.ServiceStats, now time.Time, elapsed time.Duration, load bool) (Commit, bool) {
 	spec := ps.spec
 	set := m.settings
 	installed := map[netip.Addr]uint32{}
@@ -126,11 +130,19 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 		}
 		s := &sample{addr: sv.Addr, spec: sv, cur: cur, advMS: -1, host: -1}
 		c := ss.Servers[sv.Addr]
-		if st.havePrev && c.NewFlows >= st.prevNew && elapsed > 0 {
-			s.newRate = float64(c.NewFlows-st.prevNew) / elapsed.Seconds()
-			s.newOK = true
+		if load {
+			// A weight changed during the interval (by the operator or a
+			// commit) leaves flow counts that belong to the old one: no
+			// load judgement on them.
+			steady := st.haveWeight && st.loadWeight == cur
+			if st.havePrev && c.NewFlows >= st.prevNew && elapsed > 0 {
+				s.newRate = float64(c.NewFlows-st.prevNew) / elapsed.Seconds()
+				s.newOK = true
+				s.steady = steady
+			}
+			st.prevNew, st.havePrev = c.NewFlows, true
+			st.loadWeight, st.haveWeight = cur, true
 		}
-		st.prevNew, st.havePrev = c.NewFlows, true
 		s.active = float64(c.Active())
 
 		var adv AdvisorReading
@@ -230,7 +242,7 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 		if !up(s) || s.spec.Fixed || set.Overload < 0 || eligible < 2 || st.returning > 0 {
 			continue
 		}
-		if lmi[i] > set.Overload && s.newOK {
+		if lmi[i] > set.Overload && s.newOK && s.steady {
 			back := min(st.cools, 4)
 			st.coolUntil = now.Add(set.CoolDown << back)
 			st.cools++

@@ -6,10 +6,14 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 
+	"github.com/nd-dispatcher/nd/internal/netns"
 	"github.com/nd-dispatcher/nd/internal/testutil"
 )
 
@@ -167,5 +171,78 @@ func TestSteerProgram(t *testing.T) {
 		if got := sum(steerNoRoute); got != 2 {
 			t.Errorf("no-route counter %d, want 2", got)
 		}
+	}
+}
+
+// TestSteeringPinned: with a pin path the attachment outlives Close, a new
+// Steering takes its place instead of adding a second program, and Destroy
+// removes it.
+func TestSteeringPinned(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	ns, err := netns.New(netns.OwnedName("ndtsteer"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Close() })
+	pin := "/sys/fs/bpf/" + randomName("ndtest")
+	t.Cleanup(func() { os.RemoveAll(pin) })
+	o := SteeringOptions{PinPath: pin}
+
+	attached := func() (n int) {
+		t.Helper()
+		err := ns.Do(func() error {
+			lo, err := loopback()
+			if err != nil {
+				return err
+			}
+			res, err := link.QueryPrograms(link.QueryOptions{Target: lo.Index, Attach: ebpf.AttachTCXEgress})
+			if err != nil {
+				return err
+			}
+			n = len(res.Programs)
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	open := func() *Steering {
+		t.Helper()
+		var s *Steering
+		if err := ns.Do(func() (err error) {
+			s, err = NewSteering(o)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+
+	s := open()
+	if n := attached(); n != 1 {
+		t.Fatalf("%d programs on lo's tcx egress, want 1", n)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(pin, "steer_lo")); err != nil {
+		t.Fatalf("pin after Close: %v", err)
+	}
+	if n := attached(); n != 1 {
+		t.Fatalf("%d programs on lo's tcx egress after Close, want the pinned 1", n)
+	}
+	s = open()
+	if n := attached(); n != 1 {
+		t.Fatalf("%d programs on lo's tcx egress after a takeover, want 1", n)
+	}
+	if err := s.Destroy(); err != nil {
+		t.Fatal(err)
+	}
+	if n := attached(); n != 0 {
+		t.Fatalf("%d programs on lo's tcx egress after Destroy, want 0", n)
+	}
+	if _, err := os.Stat(filepath.Join(pin, "steer_lo")); !os.IsNotExist(err) {
+		t.Fatalf("pin after Destroy: %v", err)
 	}
 }

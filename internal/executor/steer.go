@@ -243,7 +243,10 @@ func (s *Steering) attach(lo *net.Interface, forceTC bool) error {
 	}
 	var tcxErr error
 	if !forceTC {
-		l, err := link.AttachTCX(link.TCXOptions{Interface: lo.Index, Program: prog, Attach: ebpf.AttachTCXEgress})
+		// First in line: a program before it that ends the chain with
+		// TCX_PASS would keep probes from it, while unmarked frames go
+		// on from here to the others unchanged.
+		l, err := link.AttachTCX(link.TCXOptions{Interface: lo.Index, Program: prog, Attach: ebpf.AttachTCXEgress, Anchor: link.Head()})
 		if err == nil {
 			if pin != "" {
 				if err := l.Pin(pin); err != nil {

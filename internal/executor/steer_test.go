@@ -30,6 +30,7 @@ const (
 	steerFail    = time.Second     // one dial that should not
 	loopbackPort = 8080
 	sinkPort     = 9000
+	udpEchoPort  = 9001
 )
 
 type dialFunc func(ctx context.Context, network, address string) (net.Conn, error)
@@ -301,6 +302,17 @@ func TestSteering(t *testing.T) {
 			}
 		}
 		steerDo(t, d.NS, func() error { return setTxChecksum("eth0", false) })
+	})
+
+	t.Run("udp", func(t *testing.T) {
+		// A datagram probe: the echo runs on server2 only.
+		for _, fam := range []struct{ vip, source netip.Addr }{{l.VIP4, d.Addr4}, {l.VIP6, d.Addr6}} {
+			addr := netip.AddrPortFrom(fam.vip, udpEchoPort)
+			startEcho(t, &l.Servers[1], addr)
+			if err := echo(d.NS, dialer(backends[1].Addr4, fam.source), addr); err != nil {
+				t.Errorf("steered udp to %s: %v", addr, err)
+			}
+		}
 	})
 
 	t.Run("clients", func(t *testing.T) {
@@ -593,6 +605,60 @@ func setTxChecksum(ifname string, on bool) error {
 	ifr.data = unsafe.Pointer(&value)
 	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCETHTOOL, uintptr(unsafe.Pointer(&ifr))); errno != 0 {
 		return fmt.Errorf("ethtool tx %v on %s: %w", on, ifname, errno)
+	}
+	return nil
+}
+
+// startEcho answers each datagram to addr in host's namespace with itself.
+func startEcho(t *testing.T, host *lab.Host, addr netip.AddrPort) {
+	t.Helper()
+	pc, err := host.NS.ListenPacket("udp", addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	t.Cleanup(func() {
+		pc.Close()
+		<-done
+	})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo(buf[:n], from)
+		}
+	}()
+}
+
+// echo sends a datagram to addr over a socket made by dial in ns and
+// waits for it to come back.
+func echo(ns *netns.NS, dial dialFunc, addr netip.AddrPort) error {
+	ctx, cancel := context.WithTimeout(context.Background(), steerTimeout)
+	defer cancel()
+	var c net.Conn
+	if err := ns.Do(func() (err error) {
+		c, err = dial(ctx, "udp", addr.String())
+		return err
+	}); err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(steerTimeout))
+	msg := []byte("nd steering probe")
+	if _, err := c.Write(msg); err != nil {
+		return err
+	}
+	buf := make([]byte, 1500)
+	n, err := c.Read(buf)
+	if err != nil {
+		return err
+	}
+	if string(buf[:n]) != string(msg) {
+		return fmt.Errorf("echo %q, want %q", buf[:n], msg)
 	}
 	return nil
 }

@@ -480,6 +480,42 @@ func (s *Steering) DialFunc(server, source netip.Addr) (func(ctx context.Context
 	}, nil
 }
 
+// InterfaceSource returns the address a steered probe of the given family
+// should come from: the first global unicast address of that family on the
+// interface ifindex for which isVIP (nil: none is) is false, since the
+// dispatcher holds its VIPs on the same interfaces as its own addresses.
+// ErrNotFound if there is none.
+func InterfaceSource(ifindex int, ipv6 bool, isVIP func(netip.Addr) bool) (netip.Addr, error) {
+	ifi, err := net.InterfaceByIndex(ifindex)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("%w: interface %d: %v", ErrNotFound, ifindex, err)
+	}
+	addrs, err := ifi.Addrs()
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("addresses of %s: %w", ifi.Name, err)
+	}
+	for _, a := range addrs {
+		n, ok := a.(*net.IPNet)
+		if !ok {
+			continue
+		}
+		ip, ok := netip.AddrFromSlice(n.IP)
+		if !ok {
+			continue
+		}
+		ip = ip.Unmap()
+		if ip.Is6() != ipv6 || !ip.IsGlobalUnicast() || (isVIP != nil && isVIP(ip)) {
+			continue
+		}
+		return ip, nil
+	}
+	family := "IPv4"
+	if ipv6 {
+		family = "IPv6"
+	}
+	return netip.Addr{}, fmt.Errorf("%w: no %s address of its own on %s to steer probes from", ErrNotFound, family, ifi.Name)
+}
+
 // SteeredDialer returns a dialer whose sockets carry mark (SO_MARK, which
 // needs CAP_NET_ADMIN) and are bound to source before they connect. The
 // source must be the dispatcher's own address on the egress interface, not

@@ -240,6 +240,20 @@ func TestSteering(t *testing.T) {
 		t.Errorf("accept_local on eth0 is %s after Route, want 1", got)
 	}
 
+	isVIP := func(a netip.Addr) bool { return a == l.VIP4 || a == l.VIP6 }
+	for _, fam := range []struct {
+		ipv6 bool
+		want netip.Addr
+	}{{false, d.Addr4}, {true, d.Addr6}} {
+		steerDo(t, d.NS, func() error {
+			got, err := executor.InterfaceSource(d.Ifindex, fam.ipv6, isVIP)
+			if err == nil && got != fam.want {
+				err = fmt.Errorf("source for ipv6 %v on eth0: %s, want %s", fam.ipv6, got, fam.want)
+			}
+			return err
+		})
+	}
+
 	dialer := func(server netip.Addr, source netip.Addr) dialFunc {
 		t.Helper()
 		f, err := s.DialFunc(server, source)
@@ -457,7 +471,17 @@ func TestSteeringTwoNetworks(t *testing.T) {
 	if got := sysctl(t, d.NS, "net.ipv4.conf.eth0.accept_local"); got != "0" {
 		t.Errorf("accept_local on eth0, not steered through, is %s, want 0", got)
 	}
-	src4, src6 := d.Int.Addr4, d.Int.Addr6
+	var src4, src6 netip.Addr
+	steerDo(t, d.NS, func() (err error) {
+		if src4, err = executor.InterfaceSource(b.Ifindex, false, nil); err != nil {
+			return err
+		}
+		src6, err = executor.InterfaceSource(b.Ifindex, true, nil)
+		return err
+	})
+	if src4 != d.Int.Addr4 || src6 != d.Int.Addr6 {
+		t.Fatalf("sources on eth1 %s and %s, want %s and %s", src4, src6, d.Int.Addr4, d.Int.Addr6)
+	}
 	for _, fam := range []struct {
 		vip, source netip.Addr
 	}{{l.VIP4, src4}, {l.VIP6, src6}} {

@@ -15,6 +15,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nd-dispatcher/nd/internal/advisor"
@@ -53,9 +54,10 @@ type Options struct {
 	Logger *slog.Logger
 	// StatsInterval is how often counters are sampled for rates. Default 1s.
 	StatsInterval time.Duration
-	// ViaVIP steers advisors' probes of a VIP to one server (advisors
-	// with target vip); nil leaves such probes down, saying why.
-	ViaVIP func(server, vip netip.Addr) (advisor.DialFunc, error)
+	// Steering routes advisors' probes of a VIP to one server (advisors
+	// with target vip; *executor.Steering is the real one); nil leaves
+	// such probes down, saying why.
+	Steering Steering
 	// Host reads the latest host-metric report of a server's agent; nil
 	// when no agents are polled.
 	Host func(server netip.Addr) (manager.HostReading, bool)
@@ -89,8 +91,12 @@ type Daemon struct {
 	// server: what the data plane gets instead of the configured weight.
 	managed map[executor.ServiceKey]map[netip.Addr]uint32
 
-	mgr *manager.Manager
-	adv *advisor.Runner
+	mgr   *manager.Manager
+	adv   *advisor.Runner
+	steer Steering
+	// addrs are the configured VIPs and co-located servers, read without
+	// d.mu by advisors' probes.
+	addrs atomic.Pointer[addrSets]
 }
 
 // ErrRejected wraps every reason a configuration is refused.
@@ -124,7 +130,12 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 		resolved: map[netip.Addr]bool{},
 		managed:  map[executor.ServiceKey]map[netip.Addr]uint32{},
 	}
-	d.adv = advisor.New(advisor.Options{Logger: o.Logger, ViaVIP: o.ViaVIP, OnChange: d.onAdvisorChange})
+	d.steer = o.Steering
+	var via func(server, vip netip.Addr) (advisor.DialFunc, error)
+	if o.Steering != nil {
+		via = d.viaVIP
+	}
+	d.adv = advisor.New(advisor.Options{Logger: o.Logger, ViaVIP: via, OnChange: d.onAdvisorChange})
 	ai := &advisorIndex{runner: d.adv}
 	mgr, err := manager.New(managerSettings(cfg.Manager), manager.Options{
 		Executor: o.Executor,
@@ -285,6 +296,18 @@ func (d *Daemon) apply(cfg *config.Config) (config.Changes, error) {
 
 	d.watchServers(cfg)
 	d.forgetManaged(ch)
+	sets := &addrSets{vips: map[netip.Addr]bool{}, locals: map[netip.Addr]bool{}}
+	for _, cl := range cfg.Clusters {
+		sets.vips[cl.VIP] = true
+		for _, p := range cl.Ports {
+			for _, s := range p.Servers {
+				if s.Local {
+					sets.locals[s.Address] = true
+				}
+			}
+		}
+	}
+	d.addrs.Store(sets)
 	for _, p := range ch.Removed {
 		if err := d.x.DeleteService(p.Key); err != nil && !errors.Is(err, executor.ErrNotFound) {
 			errs = append(errs, fmt.Errorf("remove %v: %w", p.Key, err))
@@ -467,6 +490,13 @@ func (d *Daemon) onNeighbor(ev neighbor.Event) {
 			msg = ev.Err.Error()
 		}
 		d.emit(Event{Type: EventServerUnreachable, Server: addr.String(), Message: msg})
+	}
+	if d.steer != nil && now {
+		if _, routed := d.steer.Mark(addr); routed {
+			if _, err := d.steer.Route(addr, ev.Entry.MAC, ev.Entry.Ifindex); err != nil {
+				d.log.Error("re-route advisor probes after neighbour change", "server", addr, "err", err)
+			}
+		}
 	}
 	for _, p := range d.cfg.Ports() {
 		for _, s := range p.Servers {

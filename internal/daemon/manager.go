@@ -1,7 +1,10 @@
 package daemon
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"sort"
 	"strings"
@@ -250,4 +253,44 @@ func (d *Daemon) onAdvisorChange(s advisor.Status) {
 	if d.mgr != nil {
 		d.mgr.Trigger()
 	}
+}
+
+// Steering routes connections to a VIP to one server: advisors with target
+// vip probe the socket clients reach under direct server return.
+type Steering interface {
+	Route(server netip.Addr, mac net.HardwareAddr, ifindex int) (mark uint32, err error)
+	Mark(server netip.Addr) (uint32, bool)
+	DialFunc(server, source netip.Addr) (func(ctx context.Context, network, address string) (net.Conn, error), error)
+}
+
+// viaVIP gives an advisor a dial function whose connections to vip reach
+// server: steered to the server's MAC, from the dispatcher's own address on
+// the interface that reaches it. A co-located server is the local stack,
+// which a plain connection to the VIP reaches.
+func (d *Daemon) viaVIP(server, vip netip.Addr) (advisor.DialFunc, error) {
+	sets := d.addrs.Load()
+	if sets == nil {
+		return nil, errors.New("no configuration applied yet")
+	}
+	if sets.locals[server] {
+		var dl net.Dialer
+		return dl.DialContext, nil
+	}
+	e, ok := d.nbr.Lookup(server)
+	if !ok {
+		return nil, errors.New("server not resolved in the neighbour table")
+	}
+	if _, err := d.steer.Route(server, e.MAC, e.Ifindex); err != nil {
+		return nil, err
+	}
+	src, err := executor.InterfaceSource(e.Ifindex, vip.Is6(), func(a netip.Addr) bool { return sets.vips[a] })
+	if err != nil {
+		return nil, fmt.Errorf("no source address to probe from: %w", err)
+	}
+	return d.steer.DialFunc(server, src)
+}
+
+// addrSets are the configured VIPs and co-located servers.
+type addrSets struct {
+	vips, locals map[netip.Addr]bool
 }

@@ -35,6 +35,7 @@ const (
 
 // Stat names: the agent's counters as they appear in Report.Stats.
 const (
+	StatConnections = "connections"         // connections accepted
 	StatRequests    = "requests"            // every request that reached the handler
 	StatServed      = "served"              // reports sent
 	StatMalformed   = "rejected_malformed"  // wrong method, path, body or header syntax
@@ -46,7 +47,7 @@ const (
 	StatEncodeError = "report_encode_error" // reports that could not be encoded
 )
 
-var statNames = []string{StatRequests, StatServed, StatMalformed, StatBadMAC, StatStale, StatReplay, StatBusy, StatTLS, StatEncodeError}
+var statNames = []string{StatConnections, StatRequests, StatServed, StatMalformed, StatBadMAC, StatStale, StatReplay, StatBusy, StatTLS, StatEncodeError}
 
 // Agent is the host-metric agent: it samples, runs the operator's
 // commands, and serves reports to authenticated dispatchers.
@@ -62,6 +63,12 @@ type Agent struct {
 
 	counters map[string]*atomic.Uint64
 	limiter  logLimiter
+	timeouts serverTimeouts
+}
+
+// serverTimeouts are the http.Server's; tests shorten them.
+type serverTimeouts struct {
+	readHeader, read, write, idle time.Duration
 }
 
 // New checks cfg (Validate), loads its key and certificates, and returns
@@ -81,6 +88,7 @@ func New(cfg *Config, logger *slog.Logger) (*Agent, error) {
 		cmds:     newCommandCache(cfg.Commands),
 		replay:   newReplayCache(cfg.ReplayCacheSize),
 		counters: map[string]*atomic.Uint64{},
+		timeouts: serverTimeouts{readHeaderTimeout, readTimeout, writeTimeout, idleTimeout},
 	}
 	a.limiter.last = map[string]limitState{}
 	for _, n := range statNames {
@@ -152,16 +160,16 @@ func (a *Agent) Serve(ctx context.Context, l net.Listener) error {
 	}
 	defer wg.Wait()
 
-	l = &limitListener{Listener: l, sem: make(chan struct{}, maxConns)}
+	l = &limitListener{Listener: l, sem: make(chan struct{}, maxConns), accepted: a.counters[StatConnections]}
 	if a.tls != nil {
 		l = tls.NewListener(l, a.tls)
 	}
 	srv := &http.Server{
 		Handler:           a,
-		ReadHeaderTimeout: readHeaderTimeout,
-		ReadTimeout:       readTimeout,
-		WriteTimeout:      writeTimeout,
-		IdleTimeout:       idleTimeout,
+		ReadHeaderTimeout: a.timeouts.readHeader,
+		ReadTimeout:       a.timeouts.read,
+		WriteTimeout:      a.timeouts.write,
+		IdleTimeout:       a.timeouts.idle,
 		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          log.New(&serverErrorLog{a: a}, "", 0),
 		BaseContext:       func(net.Listener) context.Context { return ctx },
@@ -356,7 +364,8 @@ func (s *serverErrorLog) Write(p []byte) (int, error) {
 // limitListener caps simultaneous connections; Accept waits for a slot.
 type limitListener struct {
 	net.Listener
-	sem chan struct{}
+	sem      chan struct{}
+	accepted *atomic.Uint64
 }
 
 func (l *limitListener) Accept() (net.Conn, error) {
@@ -366,6 +375,7 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		<-l.sem
 		return nil, err
 	}
+	l.accepted.Add(1)
 	return &limitConn{Conn: c, release: func() { <-l.sem }}, nil
 }
 

@@ -84,16 +84,17 @@ func (s *sampler) fill(metrics map[string]float64, errs map[string]string) {
 	maps.Copy(errs, s.errs)
 }
 
-// run samples now and every interval until ctx ends.
+// run samples every interval until ctx ends. The caller takes the first
+// sample, before it serves.
 func (s *sampler) run(ctx context.Context, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
-		s.sample()
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
+		s.sample()
 	}
 }

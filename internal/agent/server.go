@@ -153,6 +153,8 @@ func (a *Agent) Run(ctx context.Context) error {
 func (a *Agent) Serve(ctx context.Context, l net.Listener) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// The first report already has every metric but CPU, which needs two.
+	a.sampler.sample()
 	var wg sync.WaitGroup
 	wg.Go(func() { a.sampler.run(ctx, a.cfg.SampleInterval) })
 	for _, cmd := range a.cfg.Commands {

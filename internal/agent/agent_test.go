@@ -247,7 +247,7 @@ func TestLoadKeyFile(t *testing.T) {
 	}
 	// The agent refuses to start with a bad key file.
 	cfg := &Config{KeyFile: filepath.Join(dir, "world readable")}
-	cfg.setDefaults()
+	cfg.SetDefaults()
 	if _, err := New(cfg, nil); err == nil {
 		t.Error("New accepted a world-readable key file")
 	}

@@ -140,14 +140,29 @@ func ParseConfig(data []byte) (*Config, error) {
 	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
 		return nil, &ConfigError{Problems: []string{"more than one YAML document"}}
 	}
-	cfg.setDefaults()
-	if err := cfg.Validate(); err != nil {
-		return nil, err
+	cfg.SetDefaults()
+	probs := cfg.problems()
+	if len(probs) == 0 {
+		return &cfg, nil
 	}
-	return &cfg, nil
+	// A second, lenient decode gives the lines to report problems at; the
+	// strict one above has succeeded, so this one does too.
+	var doc yaml.Node
+	yaml.Unmarshal(data, &doc)
+	e := &ConfigError{}
+	for _, p := range probs {
+		msg := p.String()
+		if line := lineOf(&doc, p.path); line > 0 && len(p.path) > 0 {
+			msg = fmt.Sprintf("line %d: %s", line, msg)
+		}
+		e.Problems = append(e.Problems, msg)
+	}
+	return nil, e
 }
 
-func (c *Config) setDefaults() {
+// SetDefaults fills in every unset field with its default. ParseConfig
+// calls it; a program that builds a Config itself calls it before New.
+func (c *Config) SetDefaults() {
 	if c.Listen == "" {
 		c.Listen = DefaultListen
 	}
@@ -176,63 +191,134 @@ func (c *Config) setDefaults() {
 // Validate checks a configuration with defaults filled in. It does not
 // open the files it names; New does.
 func (c *Config) Validate() error {
-	var probs []string
-	bad := func(format string, args ...any) {
-		probs = append(probs, fmt.Sprintf(format, args...))
+	probs := c.problems()
+	if len(probs) == 0 {
+		return nil
+	}
+	e := &ConfigError{}
+	for _, p := range probs {
+		e.Problems = append(e.Problems, p.String())
+	}
+	return e
+}
+
+// problem is one thing wrong with a configuration, at a path of mapping
+// keys and sequence indices.
+type problem struct {
+	path []any // string keys, int indices
+	msg  string
+}
+
+func (p problem) String() string {
+	if len(p.path) == 0 {
+		return p.msg
+	}
+	return pathString(p.path) + ": " + p.msg
+}
+
+func pathString(path []any) string {
+	var b strings.Builder
+	for _, el := range path {
+		switch v := el.(type) {
+		case int:
+			fmt.Fprintf(&b, "[%d]", v)
+		case string:
+			if b.Len() > 0 {
+				b.WriteByte('.')
+			}
+			b.WriteString(v)
+		}
+	}
+	return b.String()
+}
+
+func (c *Config) problems() []problem {
+	var probs []problem
+	bad := func(path []any, format string, args ...any) {
+		probs = append(probs, problem{path, fmt.Sprintf(format, args...)})
 	}
 	if _, err := netip.ParseAddrPort(c.Listen); err != nil {
-		bad("listen %q: want IP:port, e.g. %s (%v)", c.Listen, DefaultListen, err)
+		bad([]any{"listen"}, "%q: want IP:port, e.g. %s (%v)", c.Listen, DefaultListen, err)
 	}
 	if len(c.Host) > maxHostLen || !printable(c.Host) {
-		bad("host %q: want at most %d printable characters", c.Host, maxHostLen)
+		bad([]any{"host"}, "%q: want at most %d printable characters", c.Host, maxHostLen)
 	}
 	if c.KeyFile == "" && c.TLS == nil {
-		bad("no authentication: set key_file, tls, or both")
+		bad(nil, "no authentication: set key_file, tls, or both")
 	}
 	if c.TLS != nil {
 		if c.TLS.CertFile == "" || c.TLS.KeyFile == "" || c.TLS.ClientCAFile == "" {
-			bad("tls: cert_file, key_file and client_ca_file are all required")
+			bad([]any{"tls"}, "cert_file, key_file and client_ca_file are all required")
 		}
 	}
 	if c.MaxClockSkew < time.Second || c.MaxClockSkew > 10*time.Minute {
-		bad("max_clock_skew %v: want 1s to 10m", c.MaxClockSkew)
+		bad([]any{"max_clock_skew"}, "%v: want 1s to 10m", c.MaxClockSkew)
 	}
 	if c.ReplayCacheSize < 16 || c.ReplayCacheSize > 1<<22 {
-		bad("replay_cache_size %d: want 16 to %d", c.ReplayCacheSize, 1<<22)
+		bad([]any{"replay_cache_size"}, "%d: want 16 to %d", c.ReplayCacheSize, 1<<22)
 	}
 	if c.SampleInterval < 100*time.Millisecond || c.SampleInterval > 10*time.Minute {
-		bad("sample_interval %v: want 100ms to 10m", c.SampleInterval)
+		bad([]any{"sample_interval"}, "%v: want 100ms to 10m", c.SampleInterval)
 	}
 	if len(c.Commands) > maxCommands {
-		bad("%d commands, limit %d", len(c.Commands), maxCommands)
+		bad([]any{"commands"}, "%d commands, limit %d", len(c.Commands), maxCommands)
 	}
 	var names []string
 	for i, cmd := range c.Commands {
-		where := fmt.Sprintf("commands[%d]", i)
-		if cmd.Name != "" {
-			where = fmt.Sprintf("commands[%d] (%s)", i, cmd.Name)
-		}
+		at := func(field string) []any { return []any{"commands", i, field} }
 		switch {
 		case !ValidMetricName(cmd.Name):
-			bad("%s: name %q: want a lowercase letter then up to 62 of [a-z0-9_]", where, cmd.Name)
+			bad(at("name"), "%q: want a lowercase letter then up to 62 of [a-z0-9_]", cmd.Name)
 		case slices.Contains(StandardMetrics, cmd.Name):
-			bad("%s: name %q is a standard metric", where, cmd.Name)
+			bad(at("name"), "%q is a standard metric", cmd.Name)
 		case slices.Contains(names, cmd.Name):
-			bad("%s: name %q used twice", where, cmd.Name)
+			bad(at("name"), "%q used twice", cmd.Name)
 		}
 		names = append(names, cmd.Name)
 		if len(cmd.Argv) == 0 || cmd.Argv[0] == "" {
-			bad("%s: argv: want the program and its arguments, e.g. [\"/usr/local/bin/queue-depth\"]", where)
+			bad(at("argv"), "want the program and its arguments, e.g. [\"/usr/local/bin/queue-depth\"]")
 		}
 		if cmd.Interval < 100*time.Millisecond || cmd.Interval > 24*time.Hour {
-			bad("%s: interval %v: want 100ms to 24h", where, cmd.Interval)
+			bad(at("interval"), "%v: want 100ms to 24h", cmd.Interval)
 		}
 		if cmd.Timeout <= 0 || cmd.Timeout > cmd.Interval {
-			bad("%s: timeout %v: want more than 0 and at most the interval (%v)", where, cmd.Timeout, cmd.Interval)
+			bad(at("timeout"), "%v: want more than 0 and at most the interval (%v)", cmd.Timeout, cmd.Interval)
 		}
 	}
-	if len(probs) > 0 {
-		return &ConfigError{Problems: probs}
+	return probs
+}
+
+// lineOf returns the line of the node at path in a decoded document, or
+// of its nearest ancestor present (a defaulted field has no node), or 0.
+func lineOf(doc *yaml.Node, path []any) int {
+	n := doc
+	if n == nil || n.Kind != yaml.DocumentNode || len(n.Content) == 0 {
+		return 0
 	}
-	return nil
+	n = n.Content[0]
+	line := 0
+	for _, el := range path {
+		var next *yaml.Node
+		switch v := el.(type) {
+		case string:
+			if n.Kind == yaml.MappingNode {
+				for i := 0; i+1 < len(n.Content); i += 2 {
+					if n.Content[i].Value == v {
+						next = n.Content[i+1]
+						line = n.Content[i].Line
+					}
+				}
+			}
+		case int:
+			if n.Kind == yaml.SequenceNode && v < len(n.Content) {
+				next = n.Content[v]
+				line = next.Line
+			}
+		}
+		if next == nil {
+			break
+		}
+		n = next
+	}
+	return line
 }

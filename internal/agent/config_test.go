@@ -46,7 +46,7 @@ func TestParseConfigErrors(t *testing.T) {
 		{"tls incomplete", "tls: {cert_file: a}\n", "all required"},
 		{"skew too small", "key_file: k\nmax_clock_skew: 10ms\n", "max_clock_skew"},
 		{"replay cache tiny", "key_file: k\nreplay_cache_size: 2\n", "replay_cache_size"},
-		{"bad name", "key_file: k\ncommands: [{name: Bad-Name, argv: [x]}]\n", "name \"Bad-Name\""},
+		{"bad name", "key_file: k\ncommands: [{name: Bad-Name, argv: [x]}]\n", "line 2: commands[0].name: \"Bad-Name\""},
 		{"standard name", "key_file: k\ncommands: [{name: cpu, argv: [x]}]\n", "standard metric"},
 		{"duplicate name", "key_file: k\ncommands: [{name: a, argv: [x]}, {name: a, argv: [y]}]\n", "used twice"},
 		{"empty argv", "key_file: k\ncommands: [{name: a, argv: []}]\n", "argv"},
@@ -77,5 +77,35 @@ func TestLoadConfigNamesFile(t *testing.T) {
 	}
 	if _, err := LoadConfig(p + ".missing"); !errors.Is(err, ErrConfig) {
 		t.Errorf("missing file: %v", err)
+	}
+}
+
+// TestParseConfigLines checks that validation problems name the line of
+// the offending field, or of its command when the field was left out.
+func TestParseConfigLines(t *testing.T) {
+	_, err := ParseConfig([]byte(`key_file: k
+sample_interval: 1h
+commands:
+  - name: ok
+    argv: [x]
+  - name: ok
+    argv: []
+    interval: 1s
+    timeout: 2s
+  - argv: [y]
+`))
+	if err == nil {
+		t.Fatal("accepted")
+	}
+	for _, want := range []string{
+		"line 2: sample_interval: 1h0m0s",
+		"line 6: commands[1].name: \"ok\" used twice",
+		"line 7: commands[1].argv",
+		"line 9: commands[1].timeout",
+		"line 10: commands[2].name: \"\"",
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("no %q in\n%v", want, err)
+		}
 	}
 }

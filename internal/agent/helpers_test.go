@@ -36,10 +36,10 @@ func writeKey(t *testing.T, key []byte) string {
 func newTestAgent(t *testing.T, mutate func(*Config)) *Agent {
 	t.Helper()
 	cfg := &Config{Host: "web1", KeyFile: writeKey(t, testKey), ProcRoot: "testdata/proc"}
-	cfg.setDefaults()
+	cfg.SetDefaults()
 	if mutate != nil {
 		mutate(cfg)
-		cfg.setDefaults()
+		cfg.SetDefaults()
 	}
 	a, err := New(cfg, nil)
 	if err != nil {

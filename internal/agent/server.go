@@ -235,8 +235,12 @@ func (a *Agent) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.Set(HeaderMAC, hex.EncodeToString(responseMAC(a.key, nonce, body)))
 	}
 	w.WriteHeader(http.StatusOK)
-	w.Write(body)
+	if _, err := w.Write(body); err != nil {
+		a.log.Debug("agent could not send its report", "remote", r.RemoteAddr, "err", err)
+		return
+	}
 	a.count(StatServed)
+	a.log.Debug("agent served a report", "remote", r.RemoteAddr, "bytes", len(body))
 }
 
 // verify checks everything about a request but its TLS, which the

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -241,6 +242,13 @@ func TestLoadKeyFile(t *testing.T) {
 		if _, err := LoadKeyFile(write(name, c.data, c.mode)); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: %v, want an error containing %q", name, err, c.want)
 		}
+	}
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadKeyFile(fifo); err == nil || !strings.Contains(err.Error(), "regular") {
+		t.Errorf("FIFO: %v", err)
 	}
 	if _, err := LoadKeyFile(dir); err == nil {
 		t.Error("a directory was accepted as a key file")

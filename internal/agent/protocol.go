@@ -161,6 +161,12 @@ func finite(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) }
 // trailing newline; it must be at least MinKeyLen bytes. The file must not
 // be accessible to other users: a key anyone can read authenticates anyone.
 func LoadKeyFile(path string) ([]byte, error) {
+	// Refuse a FIFO or device before opening it: opening a FIFO blocks.
+	if st, err := os.Stat(path); err != nil {
+		return nil, fmt.Errorf("key file: %w", err)
+	} else if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("key file %s: not a regular file", path)
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("key file: %w", err)

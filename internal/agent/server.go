@@ -212,6 +212,9 @@ type rejection struct {
 	err    error
 }
 
+// ServeHTTP answers one request: a report to an authenticated GET of
+// ReportPath, a counted and logged refusal to anything else. Serve puts it
+// behind the connection limits, timeouts and TLS.
 func (a *Agent) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	a.count(StatRequests)
 	now := time.Now()

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -83,7 +84,8 @@ func NewClient(o ClientOptions) (*Client, error) {
 		tr.TLSClientConfig = tc
 	}
 	c := &Client{
-		key:     append([]byte(nil), o.Key...),
+		key: bytes.Clone(o.Key), // nil stays nil: no key
+
 		tls:     o.TLS != nil,
 		timeout: o.Timeout,
 		tr:      tr,
@@ -93,9 +95,6 @@ func NewClient(o ClientOptions) (*Client, error) {
 			// request somewhere the operator did not name.
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		},
-	}
-	if o.Key == nil {
-		c.key = nil
 	}
 	return c, nil
 }

@@ -3,7 +3,6 @@ package agent
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"os/exec"
 	"strconv"
@@ -146,5 +145,3 @@ func (c *commandCache) runSchedule(ctx context.Context, cmd Command) {
 		}
 	}
 }
-
-var errNoSample = errors.New("no sample yet")

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"maps"
 	"sync"
 	"time"
@@ -19,6 +20,8 @@ type sampler struct {
 	prevCPU  CPUTimes
 	havePrev bool
 }
+
+var errNoSample = errors.New("no sample yet")
 
 func newSampler(p Proc) *sampler {
 	s := &sampler{proc: p, metrics: map[string]float64{}, errs: map[string]string{}}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/hex"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -123,6 +124,32 @@ func FuzzVerifyRequest(f *testing.F) {
 		}
 		if _, rej := a.verify(r, fuzzNow); rej == nil || rej.stat != StatReplay {
 			t.Fatalf("the same request was accepted twice: %+v", rej)
+		}
+	})
+}
+
+// FuzzParseConfig: any file gives a configuration that validates, or an
+// ErrConfig; never a panic.
+func FuzzParseConfig(f *testing.F) {
+	for _, s := range []string{
+		"key_file: k\n",
+		"key_file: k\ncommands:\n  - name: a\n    argv: [x]\n    interval: 1s\n",
+		"tls: {cert_file: a, key_file: b, client_ca_file: c}\nlisten: '[::]:7431'\n",
+		"commands: [{name: a, argv: [x], interval: -1s, timeout: 1h}]\n",
+		"a: &x [*x]\n", "key_file: [\n", "---\n---\n", "",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cfg, err := ParseConfig(data)
+		if err != nil {
+			if !errors.Is(err, ErrConfig) {
+				t.Fatalf("error is not an ErrConfig: %v", err)
+			}
+			return
+		}
+		if err := cfg.Validate(); err != nil {
+			t.Fatalf("accepted a configuration that does not validate: %v", err)
 		}
 	})
 }

@@ -58,9 +58,6 @@ type Options struct {
 	// with target vip; *executor.Steering is the real one); nil leaves
 	// such probes down, saying why.
 	Steering Steering
-	// Host reads the latest host-metric report of a server's agent; nil
-	// when no agents are polled.
-	Host func(server netip.Addr) (manager.HostReading, bool)
 }
 
 // Daemon is one running dispatcher.
@@ -93,6 +90,7 @@ type Daemon struct {
 
 	mgr   *manager.Manager
 	adv   *advisor.Runner
+	hosts agents
 	steer Steering
 	// addrs are the configured VIPs and co-located servers, read without
 	// d.mu by advisors' probes.
@@ -141,7 +139,7 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 		Executor: o.Executor,
 		Commit:   d.commitWeights,
 		Advisor:  ai.reading,
-		Host:     o.Host,
+		Host:     d.hosts.reading,
 		Logger:   o.Logger,
 	})
 	if err != nil {
@@ -185,6 +183,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	loops.Add(2)
 	go func() { defer loops.Done(); d.adv.Run(ctx) }()
 	go func() { defer loops.Done(); d.mgr.Run(ctx) }()
+	d.hosts.start(ctx)
+	defer d.hosts.close()
 
 	if _, err := d.Apply(d.pending); err != nil {
 		return err
@@ -250,6 +250,16 @@ func (d *Daemon) Update(fn func(c *config.Config) error) (config.Changes, error)
 func (d *Daemon) check(cfg *config.Config) error {
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("%w: %w", ErrRejected, err)
+	}
+	if cfg.Agents != nil {
+		// A key or certificate that cannot be read refuses the whole
+		// configuration, rather than leaving the servers' host metrics
+		// disabled (and the servers out) after it was applied.
+		cl, err := newAgentClient(cfg.Agents)
+		if err != nil {
+			return fmt.Errorf("%w: %w", ErrRejected, err)
+		}
+		cl.Close()
 	}
 	err := cfg.CheckInterfaces(func(name string) error {
 		_, err := d.ifaces(name)
@@ -323,6 +333,9 @@ func (d *Daemon) apply(cfg *config.Config) (config.Changes, error) {
 		if err := d.detach(name); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if err := d.hosts.set(d.cfg); err != nil {
+		errs = append(errs, err)
 	}
 	if err := d.adv.Set(advisorSpecs(d.cfg)); err != nil {
 		errs = append(errs, fmt.Errorf("advisors: %w", err))

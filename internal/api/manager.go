@@ -222,4 +222,3 @@ func (c *Client) Advisors() ([]advisor.Status, error) {
 	err := c.call(http.MethodGet, "/v1/advisors", nil, &out)
 	return out, err
 }
-

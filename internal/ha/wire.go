@@ -414,6 +414,9 @@ func appendFlows(dst []byte, recs []FlowRecord) []byte {
 func parseFlows(p []byte) ([]FlowRecord, error) {
 	r := reader{b: p}
 	n := int(r.u16())
+	if r.err != nil {
+		return nil, r.err
+	}
 	if n > maxFlowsPerFrame {
 		return nil, reject(RejectMalformed, "%d flows in one frame, at most %d", n, maxFlowsPerFrame)
 	}

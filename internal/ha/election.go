@@ -172,6 +172,11 @@ func (n *Node) step(ctx context.Context, now time.Time) stepResult {
 		clear(n.sessions)
 	}
 	d := decide(n.viewLocked(now))
+	joined := n.peerJoined
+	n.peerJoined = false
+	if d.act == actNone && joined && n.state == StateActive {
+		d.act = actReannounce
+	}
 	switch d.act {
 	case actRequest, actWithdraw:
 		want := d.act == actRequest
@@ -315,10 +320,17 @@ func (n *Node) handleDatagram(b []byte, now time.Time) error {
 	n.mu.Lock()
 	p := n.peers[h.Sender]
 	restarted := p.heard && p.epoch != h.Epoch
+	if !n.alive(p, now) {
+		// It may have held the VIPs while it could not hear this node
+		// (a healed split brain): if this node is active, it announces
+		// them again.
+		n.peerJoined = true
+	}
 	p.hb, p.heard, p.lastHeard, p.epoch = hb, true, now, h.Epoch
 	if s := n.sessions[h.Sender]; s != nil && restarted {
-		// Its shadow table died with it: send it everything again.
-		s.resync()
+		// Its shadow table died with it: connect again, which sends
+		// everything again.
+		s.restarted()
 	}
 	n.mu.Unlock()
 	n.poke()

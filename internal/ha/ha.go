@@ -290,6 +290,7 @@ type Node struct {
 	takeoverReq bool           // Takeover was called and has not completed
 	autoReq     bool           // preemption asks for a handover
 	yieldedTo   netip.AddrPort // handed over to it by request: do not preempt it
+	peerJoined  bool           // a peer came (back) into view since the last step
 	sessions    map[netip.AddrPort]*session
 	syncUntil   time.Time // a resigned node keeps streaming until then
 	config      configMsg // what this node sends; Data nil if none

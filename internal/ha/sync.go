@@ -24,7 +24,8 @@ type session struct {
 	peer   netip.AddrPort
 	queue  chan []FlowRecord
 	cfg    chan struct{} // configuration changed
-	resnap chan struct{} // records were dropped, or the peer restarted
+	resnap chan struct{} // records were dropped
+	redial chan struct{} // the peer restarted
 	cancel context.CancelFunc
 	done   chan struct{}
 
@@ -44,6 +45,7 @@ func (n *Node) startSessionsLocked(ctx context.Context) {
 			queue:  make(chan []FlowRecord, n.o.QueueLen),
 			cfg:    make(chan struct{}, 1),
 			resnap: make(chan struct{}, 1),
+			redial: make(chan struct{}, 1),
 			cancel: cancel,
 			done:   make(chan struct{}),
 		}
@@ -66,6 +68,12 @@ func signal(ch chan struct{}) {
 
 func (s *session) kickConfig() { signal(s.cfg) }
 func (s *session) resync()     { signal(s.resnap) }
+func (s *session) restarted()  { signal(s.redial) }
+
+var (
+	errPeerClosed    = errors.New("peer closed the connection")
+	errPeerRestarted = errors.New("peer restarted")
+)
 
 // enqueue queues a batch unless the peer is not connected, in which case
 // the snapshot on connecting will cover it.
@@ -126,11 +134,22 @@ func (s *session) connect(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 
+	// The peer never writes: a read returns only when the connection
+	// ends, which is how a peer that restarted or went away is noticed
+	// even when there is nothing to send.
+	gone := make(chan struct{})
+	go func() {
+		defer close(gone)
+		io.Copy(io.Discard, io.LimitReader(conn, 1))
+	}()
+	defer func() { conn.Close(); <-gone }()
+
 	w := &frameWriter{n: s.n, conn: conn, bw: bufio.NewWriterSize(conn, 64<<10)}
 	// Queue live records from here on, so none falls between the
 	// snapshot and the stream; replaying one twice is harmless.
 	s.connected.Store(true)
 	drain(s.resnap)
+	drain(s.redial)
 	if err := w.config(); err != nil {
 		return err
 	}
@@ -146,6 +165,10 @@ func (s *session) connect(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-gone:
+			return errPeerClosed
+		case <-s.redial:
+			return errPeerRestarted
 		case recs := <-s.queue:
 			if err := w.flows(recs); err != nil {
 				return err
@@ -243,10 +266,9 @@ func (w *frameWriter) flows(recs []FlowRecord) error {
 
 const snapshotBatch = 256
 
+// snapshot sends the whole table. Without a Snapshot callback it sends an
+// empty one, which still tells the peer the stream is up.
 func (w *frameWriter) snapshot() error {
-	if w.n.o.Snapshot == nil {
-		return nil
-	}
 	if err := w.write(msgSnapshotBegin, nil); err != nil {
 		return err
 	}
@@ -255,7 +277,11 @@ func (w *frameWriter) snapshot() error {
 		total uint64
 		werr  error
 	)
-	err := w.n.o.Snapshot(func(r FlowRecord) bool {
+	iterate := w.n.o.Snapshot
+	if iterate == nil {
+		iterate = func(func(FlowRecord) bool) error { return nil }
+	}
+	err := iterate(func(r FlowRecord) bool {
 		batch = append(batch, r)
 		total++
 		if len(batch) == snapshotBatch {

@@ -292,6 +292,7 @@ type Node struct {
 	yieldedTo   netip.AddrPort // handed over to it by request: do not preempt it
 	peerJoined  bool           // a peer came (back) into view since the last step
 	sessions    map[netip.AddrPort]*session
+	sessWG      sync.WaitGroup // the sessions' goroutines, stopped or not
 	syncUntil   time.Time // a resigned node keeps streaming until then
 	config      configMsg // what this node sends; Data nil if none
 	applied     [sha256.Size]byte
@@ -443,6 +444,7 @@ func (n *Node) Run(ctx context.Context) error {
 			cancel()
 			n.Close() // unblocks the readers
 			wg.Wait()
+			n.sessWG.Wait()
 			return nil
 		case <-tick.C:
 		case <-n.wake:

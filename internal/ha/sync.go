@@ -27,7 +27,6 @@ type session struct {
 	resnap chan struct{} // records were dropped
 	redial chan struct{} // the peer restarted
 	cancel context.CancelFunc
-	done   chan struct{}
 
 	connected atomic.Bool
 }
@@ -47,17 +46,15 @@ func (n *Node) startSessionsLocked(ctx context.Context) {
 			resnap: make(chan struct{}, 1),
 			redial: make(chan struct{}, 1),
 			cancel: cancel,
-			done:   make(chan struct{}),
 		}
 		n.sessions[p] = s
-		go s.run(sctx)
+		n.sessWG.Go(func() { s.run(sctx) })
 	}
 }
 
-func (s *session) stop() {
-	s.cancel()
-	<-s.done
-}
+// stop ends the session without waiting: it may be called under n.mu,
+// which the session itself takes. Run waits for all sessions at the end.
+func (s *session) stop() { s.cancel() }
 
 func signal(ch chan struct{}) {
 	select {
@@ -106,7 +103,6 @@ func waitDrained(sessions []*session, deadline time.Time) {
 }
 
 func (s *session) run(ctx context.Context) {
-	defer close(s.done)
 	log := s.n.log.With("peer", s.peer.String())
 	for ctx.Err() == nil {
 		err := s.connect(ctx)
@@ -314,7 +310,19 @@ const maxSyncConns = 4
 func (n *Node) acceptSync(ctx context.Context, wg *sync.WaitGroup) {
 	slots := make(chan struct{}, maxSyncConns*len(n.cfg.Peers))
 	var mu sync.Mutex
-	conns := map[net.Conn]struct{}{}
+	conns := map[net.Conn]netip.AddrPort{} // to its sender once authenticated
+	// A sender's new connection replaces its old one, which may linger
+	// half-open after a crash until TCP keepalive notices.
+	claim := func(conn net.Conn, sender netip.AddrPort) {
+		mu.Lock()
+		defer mu.Unlock()
+		for c, s := range conns {
+			if s == sender && c != conn {
+				c.Close()
+			}
+		}
+		conns[conn] = sender
+	}
 	defer func() {
 		mu.Lock()
 		for c := range conns {
@@ -340,7 +348,7 @@ func (n *Node) acceptSync(ctx context.Context, wg *sync.WaitGroup) {
 			continue
 		}
 		mu.Lock()
-		conns[conn] = struct{}{}
+		conns[conn] = netip.AddrPort{}
 		mu.Unlock()
 		wg.Go(func() {
 			defer func() {
@@ -350,7 +358,7 @@ func (n *Node) acceptSync(ctx context.Context, wg *sync.WaitGroup) {
 				conn.Close()
 				<-slots
 			}()
-			if err := n.receive(ctx, conn); err != nil && ctx.Err() == nil {
+			if err := n.receive(ctx, conn, claim); err != nil && ctx.Err() == nil {
 				n.log.Debug("ha: sync connection closed", "remote", conn.RemoteAddr().String(), "err", err)
 			}
 		})
@@ -360,7 +368,7 @@ func (n *Node) acceptSync(ctx context.Context, wg *sync.WaitGroup) {
 // receive reads frames from one synchronisation connection. A rejected
 // frame ends the connection, since the stream can no longer be trusted;
 // the sender redials and starts over with a snapshot.
-func (n *Node) receive(ctx context.Context, conn net.Conn) error {
+func (n *Node) receive(ctx context.Context, conn net.Conn, claim func(net.Conn, netip.AddrPort)) error {
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 	br := bufio.NewReaderSize(conn, 64<<10)
@@ -395,6 +403,7 @@ func (n *Node) receive(ctx context.Context, conn net.Conn) error {
 		}
 		if !authed {
 			authed, sender = true, h.Sender
+			claim(conn, sender)
 			conn.SetReadDeadline(time.Time{})
 		}
 	}
@@ -458,9 +467,11 @@ func (n *Node) handleFrame(b []byte, sender netip.AddrPort) (header, error) {
 
 func (n *Node) applyConfig(cm configMsg) error {
 	n.mu.Lock()
-	same := n.applied == cm.Hash
+	// An active keeps its own configuration: during a split brain the
+	// other active's must not overwrite it.
+	skip := n.applied == cm.Hash || n.state == StateActive
 	n.mu.Unlock()
-	if same {
+	if skip {
 		return nil
 	}
 	if n.o.OnConfig != nil {

@@ -253,3 +253,58 @@ func TestHandleFrame(t *testing.T) {
 		t.Errorf("counters %+v", st.Counters)
 	}
 }
+
+func TestQueueDrops(t *testing.T) {
+	n := offlineNode(t, Options{QueueLen: 2})
+	n.state = StateActive
+	s := &session{n: n, peer: testPeer, queue: make(chan []FlowRecord, 2), cfg: make(chan struct{}, 1),
+		resnap: make(chan struct{}, 1), redial: make(chan struct{}, 1), cancel: func() {}}
+	n.sessions[testPeer] = s
+	batch := make([]FlowRecord, 10)
+	n.SendFlows(batch) // not connected yet: the snapshot will cover it
+	if len(s.queue) != 0 || n.Status().Counters.FlowsDropped != 0 {
+		t.Fatalf("queued %d batches for a peer not connected", len(s.queue))
+	}
+	s.connected.Store(true)
+	for range 3 {
+		n.SendFlows(batch)
+	}
+	if got := n.Status().Counters.FlowsDropped; got != 10 {
+		t.Errorf("dropped %d records, want 10", got)
+	}
+	select {
+	case <-s.resnap:
+	default:
+		t.Error("a drop did not ask for a fresh snapshot")
+	}
+	n.state = StateStandby
+	n.SendFlows(batch)
+	if len(s.queue) != 2 || n.Status().Counters.FlowsDropped != 10 {
+		t.Error("a standby queued or dropped flows")
+	}
+}
+
+func TestValidate(t *testing.T) {
+	good := Config{Self: testSelf, Peers: []netip.AddrPort{testPeer}, Key: testKey, VIPs: []netip.Addr{netip.MustParseAddr("198.51.100.100")}}
+	if err := good.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	bad := []func(*Config){
+		func(c *Config) { c.Self = netip.AddrPort{} },
+		func(c *Config) { c.Self = netip.MustParseAddrPort("0.0.0.0:7400") },
+		func(c *Config) { c.Peers = nil },
+		func(c *Config) { c.Peers = []netip.AddrPort{testSelf} },
+		func(c *Config) { c.Peers = []netip.AddrPort{testPeer, testPeer} },
+		func(c *Config) { c.Key = []byte("short") },
+		func(c *Config) { c.VIPs = nil },
+		func(c *Config) { c.VIPs = []netip.Addr{netip.MustParseAddr("ff02::1")} },
+		func(c *Config) { c.Interval, c.DeadAfter = time.Second, time.Second },
+	}
+	for i, f := range bad {
+		c := good
+		f(&c)
+		if err := c.Validate(); !errors.Is(err, ErrBadConfig) {
+			t.Errorf("case %d: %v, want ErrBadConfig", i, err)
+		}
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -42,8 +43,8 @@ const (
 // Errors returned by this package.
 var (
 	ErrBadConfig = errors.New("bad ha config")
-	ErrRunning   = errors.New("ha node already running or stopped")
-	ErrStopped   = errors.New("ha node stopped")
+	ErrRunning   = errors.New("ha node already running, stopped or closed")
+	ErrStopped   = errors.New("ha node not running")
 )
 
 // State is a node's role in its group.
@@ -200,6 +201,9 @@ type PeerStatus struct {
 	LastHeard time.Time // zero if never heard
 	Epoch     uint64    // its boot id
 	Synced    bool      // this node streams its flows to it
+	// ConfigVersion is the version of the configuration it holds, as
+	// numbered by the node that sent it.
+	ConfigVersion uint64
 }
 
 // Counters are the node's cumulative counts since New.
@@ -237,7 +241,7 @@ type Status struct {
 	// ConfigVersion and ConfigHash describe the configuration this node
 	// would send (SetConfig) or last accepted (OnConfig).
 	ConfigVersion uint64
-	ConfigHash    [sha256.Size]byte
+	ConfigHash    string // hex SHA-256; empty if none
 	Peers         []PeerStatus
 	Counters      Counters
 }
@@ -293,12 +297,13 @@ type Node struct {
 	peerJoined  bool           // a peer came (back) into view since the last step
 	sessions    map[netip.AddrPort]*session
 	sessWG      sync.WaitGroup // the sessions' goroutines, stopped or not
-	syncUntil   time.Time // a resigned node keeps streaming until then
-	config      configMsg // what this node sends; Data nil if none
+	syncUntil   time.Time      // a resigned node keeps streaming until then
+	config      configMsg      // what this node sends; Data nil if none
 	applied     [sha256.Size]byte
 	stateCh     chan struct{} // closed and replaced on every state change
 
 	closeOnce sync.Once
+	closed    atomic.Bool
 }
 
 // New checks cfg and opens the node's sockets (and, unless o.VIPs is set,
@@ -381,6 +386,7 @@ func newEpoch() uint64 {
 func (n *Node) Close() error {
 	var err error
 	n.closeOnce.Do(func() {
+		n.closed.Store(true)
 		err = errors.Join(n.udp.Close(), n.tcp.Close())
 		if n.ownV {
 			err = errors.Join(err, n.vips.Close())
@@ -395,7 +401,7 @@ func (n *Node) Close() error {
 // closes the node. A node runs once.
 func (n *Node) Run(ctx context.Context) error {
 	n.mu.Lock()
-	if n.ran {
+	if n.ran || n.closed.Load() {
 		n.mu.Unlock()
 		return ErrRunning
 	}
@@ -565,7 +571,9 @@ func (n *Node) Status() Status {
 		Preempt:       n.cfg.Preempt,
 		Epoch:         n.epoch,
 		ConfigVersion: n.config.Version,
-		ConfigHash:    n.config.Hash,
+	}
+	if n.config.Data != nil {
+		st.ConfigHash = hex.EncodeToString(n.config.Hash[:])
 	}
 	if n.state == StateActive {
 		st.Active = n.cfg.Self
@@ -575,6 +583,7 @@ func (n *Node) Status() Status {
 		ps := PeerStatus{Addr: a, Alive: n.alive(p, now), LastHeard: p.lastHeard, Epoch: p.epoch}
 		if p.heard {
 			ps.State, ps.Priority, ps.Preempt, ps.Takeover = p.hb.State, p.hb.Priority, p.hb.Preempt, p.hb.Takeover
+			ps.ConfigVersion = p.hb.ConfigVer
 		}
 		if s := n.sessions[a]; s != nil {
 			ps.Synced = s.connected.Load()

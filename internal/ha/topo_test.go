@@ -25,8 +25,11 @@ import (
 const (
 	nsPrefix = "ndtha"
 	haPort   = 7400
-	interval = 50 * time.Millisecond
-	dead     = 250 * time.Millisecond
+	interval = 100 * time.Millisecond
+	dead     = 500 * time.Millisecond
+	// settle bounds waits for a starting state, not the protocol's timing,
+	// and leaves room for a loaded machine.
+	settle = dead + 3*time.Second
 )
 
 var (

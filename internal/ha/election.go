@@ -31,7 +31,7 @@ type view struct {
 	preempt   bool
 	takeover  bool // this node asks for the VIPs (Takeover or preemption)
 	state     State
-	settled   bool // listened for DeadAfter since start
+	settled   bool // listened for DeadAfter since start, or heard every peer
 	yieldedTo netip.AddrPort
 	livePeers []peerView
 }
@@ -70,7 +70,7 @@ type decision struct {
 //     priority than that active, it asks for a handover, unless it handed
 //     over to that very node by request.
 //   - A standby that hears no live active, once it has listened for
-//     DeadAfter, becomes active if it ranks first among itself and the
+//     DeadAfter or heard every peer, becomes active if it ranks first among itself and the
 //     live standbys, where asking for a takeover ranks before priority.
 func decide(v view) decision {
 	if v.state == StateActive {
@@ -144,6 +144,13 @@ func (n *Node) viewLocked(now time.Time) view {
 		settled:   now.Sub(n.started) >= n.cfg.DeadAfter,
 		yieldedTo: n.yieldedTo,
 	}
+	// Having heard every peer, a starting node knows all it would learn
+	// by listening longer.
+	heardAll := true
+	for _, a := range n.cfg.Peers {
+		heardAll = heardAll && n.peers[a].heard
+	}
+	v.settled = v.settled || heardAll
 	for _, a := range n.cfg.Peers {
 		p := n.peers[a]
 		if !n.alive(p, now) {

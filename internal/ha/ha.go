@@ -419,15 +419,13 @@ func (n *Node) Run(ctx context.Context) error {
 	tick := time.NewTicker(n.cfg.Interval / 4)
 	defer tick.Stop()
 	var nextBeat, nextAnnounce time.Time
+	var lastBeat heartbeat
 	announcements := 0
 	for {
 		now := time.Now()
 		switch n.step(ctx, now) {
 		case stepBecameActive:
 			announcements, nextAnnounce = announceRepeats, now.Add(n.cfg.Interval)
-			nextBeat = time.Time{}
-		case stepChanged:
-			nextBeat = time.Time{}
 		case stepReannounce:
 			if announcements == 0 {
 				announcements, nextAnnounce = 1, now
@@ -440,9 +438,11 @@ func (n *Node) Run(ctx context.Context) error {
 			announcements--
 			nextAnnounce = now.Add(n.cfg.Interval)
 		}
-		if !now.Before(nextBeat) {
-			n.sendHeartbeats(n.heartbeat())
-			nextBeat = now.Add(n.cfg.Interval)
+		// Beat on time, and at once whenever what a beat says changes
+		// (state, a takeover request, a new configuration).
+		if hb := n.heartbeat(); hb != lastBeat || !now.Before(nextBeat) {
+			n.sendHeartbeats(hb)
+			lastBeat, nextBeat = hb, now.Add(n.cfg.Interval)
 		}
 		select {
 		case <-ctx.Done():

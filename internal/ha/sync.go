@@ -474,6 +474,9 @@ func (n *Node) applyConfig(cm configMsg) error {
 	if skip {
 		return nil
 	}
+	// The frame buffer is reused for the next frame; OnConfig may keep
+	// what it is given.
+	cm.Data = append([]byte{}, cm.Data...)
 	if n.o.OnConfig != nil {
 		if err := n.o.OnConfig(cm.Data); err != nil {
 			n.c.cfgErrs.Add(1)
@@ -485,7 +488,7 @@ func (n *Node) applyConfig(cm configMsg) error {
 	n.applied = cm.Hash
 	// A standby that becomes active sends on what it holds.
 	if n.state != StateActive {
-		n.config = configMsg{Version: cm.Version, Hash: cm.Hash, Data: append([]byte{}, cm.Data...)}
+		n.config = cm
 	}
 	n.mu.Unlock()
 	return nil

@@ -488,7 +488,7 @@ func (n *Node) applyConfig(cm configMsg) error {
 	n.applied = cm.Hash
 	// A standby that becomes active sends on what it holds.
 	if n.state != StateActive {
-		n.config = cm
+		n.config = configMsg{Version: cm.Version, Hash: cm.Hash, Data: append([]byte{}, cm.Data...)}
 	}
 	n.mu.Unlock()
 	return nil

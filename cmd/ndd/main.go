@@ -130,7 +130,9 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 		TLSCert: cfg.API.TLSCert,
 		TLSKey:  cfg.API.TLSKey,
 		Logger:  log,
-		Metrics: metrics.Handler(metrics.New(d.Status)),
+		Metrics: metrics.Handler(metrics.New(d.Status), metrics.NewDecisions(metrics.Decisions{
+			Manager: d.ManagerReport, Advisors: d.AdvisorStatus, Agents: d.AgentStatus,
+		})),
 	}
 	if cfg.API.Listen != "" {
 		if apiOpts.Token, err = token(cfg.API); err != nil {

@@ -33,6 +33,7 @@ type portState struct {
 	spec    Port
 	servers map[netip.Addr]*serverState
 	report  PortReport
+	commits uint64
 }
 
 type serverState struct {
@@ -60,11 +61,13 @@ type PortReport struct {
 	Proportions map[string]int `json:"proportions"`
 	// Committed says whether this computation changed the data plane, and
 	// Reason why (or why not).
-	Committed bool           `json:"committed"`
-	Reason    string         `json:"reason"`
-	Change    float64        `json:"change"`
-	Err       string         `json:"error,omitempty"`
-	Servers   []ServerReport `json:"servers"`
+	Committed bool    `json:"committed"`
+	Reason    string  `json:"reason"`
+	Change    float64 `json:"change"`
+	Err       string  `json:"error,omitempty"`
+	// Commits counts this port's commits since the manager started.
+	Commits uint64         `json:"commits"`
+	Servers []ServerReport `json:"servers"`
 }
 
 // ServerReport is one server's line in a PortReport: each metric raw and
@@ -371,6 +374,10 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 		rep.Reason = "no change"
 	}
 	rep.Committed = commit
+	if commit {
+		ps.commits++
+	}
+	rep.Commits = ps.commits
 	for i, s := range smp {
 		sr := ServerReport{
 			Server: s.addr, State: s.state, Fixed: s.spec.Fixed,

@@ -45,6 +45,7 @@ type Client interface {
 	ManagerReport() (api.ManagerResponse, error)
 	SetManager(p api.ManagerPatch) (string, error)
 	Advisors() ([]advisor.Status, error)
+	Agents() ([]api.AgentStatus, error)
 	Close()
 }
 

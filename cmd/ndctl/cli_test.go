@@ -37,6 +37,7 @@ type fakeClient struct {
 	closed   bool
 	manager  api.ManagerResponse
 	advisors []advisor.Status
+	agents   []api.AgentStatus
 }
 
 func (f *fakeClient) record(format string, args ...any) {
@@ -139,6 +140,11 @@ func (f *fakeClient) ManagerReport() (api.ManagerResponse, error) {
 func (f *fakeClient) SetManager(p api.ManagerPatch) (string, error) {
 	b, _ := json.Marshal(p)
 	return f.change("SetManager %s", b)
+}
+
+func (f *fakeClient) Agents() ([]api.AgentStatus, error) {
+	f.record("Agents")
+	return f.agents, f.err
 }
 
 func (f *fakeClient) Advisors() ([]advisor.Status, error) {
@@ -962,6 +968,23 @@ func TestAdvisorStatus(t *testing.T) {
 	for _, want := range []string{"vip 198.51.100.100:80", "up", "2ms", "198.51.100.12:80", "down", "connection refused"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("advisor status lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func TestAgentStatus(t *testing.T) {
+	h := newHarness(t)
+	h.fc.agents = []api.AgentStatus{
+		{Address: "198.51.100.11:7010", Host: "web1", Last: time.Now(), Metrics: map[string]float64{"cpu": 12.5, "load1": 0.4}},
+		{Address: "198.51.100.12:7010", Disabled: true, Error: "connection refused"},
+	}
+	if code := h.run("agent", "status"); code != exitOK {
+		t.Fatal(h.stderr.String())
+	}
+	out := h.stdout.String()
+	for _, want := range []string{"198.51.100.11:7010", "web1", "cpu=12.5", "load1=0.4", "disabled", "connection refused"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("agent status lacks %q:\n%s", want, out)
 		}
 	}
 }

@@ -55,6 +55,10 @@ save'). --proportions takes ACTIVE,NEW,ADVISOR,HOST in percent, summing to
 100; with --port VIP/PORT[/PROTO] they become that port's own, and
 --reset-port makes the port follow the manager's again.`},
 		}},
+		{name: "agent", summary: "host-metric agents on the servers", subs: []*command{
+			{name: "status", run: agentStatus, read: true,
+				summary: "every polled agent: its last report, or why its metrics are disabled"},
+		}},
 		{name: "advisor", summary: "health and latency probes of the servers", subs: []*command{
 			{name: "status", run: advisorStatus, read: true,
 				summary: "every advisor's targets: up or down, latency, last error"},

@@ -11,8 +11,10 @@ package api
 
 import (
 	"errors"
+	"net/netip"
 
 	"github.com/nd-dispatcher/nd/internal/advisor"
+	"github.com/nd-dispatcher/nd/internal/agent"
 	"github.com/nd-dispatcher/nd/internal/config"
 	"github.com/nd-dispatcher/nd/internal/daemon"
 	"github.com/nd-dispatcher/nd/internal/manager"
@@ -38,6 +40,8 @@ type Controller interface {
 	ManagerReport() []manager.PortReport
 	// AdvisorStatus is every advisor target's state.
 	AdvisorStatus() []advisor.Status
+	// AgentStatus is every polled agent's state.
+	AgentStatus() map[netip.AddrPort]agent.Status
 }
 
 // *daemon.Daemon is the Controller of ndd.

@@ -43,6 +43,7 @@ func (s *Server) routes(metrics http.Handler) http.Handler {
 	mux.HandleFunc("GET /v1/manager", s.getManager)
 	mux.HandleFunc("PATCH /v1/manager", s.setManager)
 	mux.HandleFunc("GET /v1/advisors", s.advisors)
+	mux.HandleFunc("GET /v1/agents", s.agents)
 	if metrics != nil {
 		mux.Handle("GET /metrics", metrics)
 	}

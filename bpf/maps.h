@@ -129,6 +129,21 @@ struct {
 	__type(value, struct backend_stats);
 } stats_backend SEC(".maps");
 
+/* server_active: the open flows of each server slot, which the p2c scheduler
+ * compares. One counter for all CPUs, moved with atomic adds: a scheduler
+ * must read a total, and summing per-CPU counters for two candidates on
+ * every new flow would cost more than the add. Kept only for servers of p2c
+ * services (BE_F_P2C), so that Maglev services pay nothing. Signed, because
+ * a lost race or a stale reconcile can take it below zero; readers treat
+ * that as 0. User space zeroes it when the slot gets a new server and
+ * rewrites it from the connection table (ReconcileActive). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DEFAULT_MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, __s64);
+} server_active SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, DEFAULT_MAX_SERVICES);

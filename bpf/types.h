@@ -37,6 +37,7 @@ struct svc_key {
 } __attribute__((aligned(8)));
 
 #define SVC_F_AFFINITY (1u << 0)
+#define SVC_F_P2C (1u << 1) /* new flows: weighted power of two choices */
 
 struct svc_info {
 	__u32 svc_id;      /* index into rings and svc_stats */
@@ -65,6 +66,7 @@ struct svc_slot {
 #define BE_F_ACTIVE (1u << 0)   /* slot in use */
 #define BE_F_LOCAL (1u << 1)    /* the dispatcher host itself (co-location) */
 #define BE_F_QUIESCED (1u << 2) /* weight 0: keeps its flows, gets no new ones */
+#define BE_F_P2C (1u << 3)      /* its service is p2c: keep its server_active count */
 
 struct backend {
 	__u8 dst_mac[6]; /* the server's MAC */

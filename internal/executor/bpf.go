@@ -27,8 +27,10 @@ const (
 	beActive   = 1 << 0
 	beLocal    = 1 << 1
 	beQuiesced = 1 << 2
+	beP2C      = 1 << 3
 
 	svcAffinity = 1 << 0
+	svcP2C      = 1 << 1
 
 	svcSlotUsed     = 1 << 0
 	svcSlotOverflow = 1 << 1
@@ -169,6 +171,7 @@ type BPF struct {
 type serviceState struct {
 	id      uint32
 	sticky  time.Duration
+	sched   Scheduler
 	servers map[netip.Addr]*backendState
 	// retired keeps the packets and bytes of servers that left, so that the
 	// service's totals, which are its servers' sums, never go back.
@@ -206,7 +209,8 @@ func New(cfg Config) (*BPF, error) {
 		"vips": cfg.MaxVIPs, "stats_vip": cfg.MaxVIPs,
 		"services": cfg.MaxServices, "stats_service": cfg.MaxServices, "rings": cfg.MaxServices,
 		"backends": 2 * cfg.MaxServers, "backend_sel": cfg.MaxServers, "stats_backend": cfg.MaxServers,
-		"conns": cfg.flowBuckets(), "affinity": cfg.MaxAffinity,
+		"server_active": cfg.MaxServers,
+		"conns":         cfg.flowBuckets(), "affinity": cfg.MaxAffinity,
 		"svc_index": 2 * cfg.svcIndexSlots(),
 	}
 	for name, n := range sizes {
@@ -345,6 +349,9 @@ func (b *BPF) recover() error {
 		st := &serviceState{id: si.SvcId, servers: map[netip.Addr]*backendState{}}
 		if si.Flags&svcAffinity != 0 {
 			st.sticky = time.Duration(si.StickySecs) * time.Second
+		}
+		if si.Flags&svcP2C != 0 {
+			st.sched = SchedulerP2C
 		}
 		b.services[key] = st
 		byID[si.SvcId] = st
@@ -515,12 +522,12 @@ func (b *BPF) upsertLocked(s Service) error {
 		st = &serviceState{id: id, servers: map[netip.Addr]*backendState{}}
 	}
 
-	next, fresh, err := b.stageServers(s.Key, st, s.Servers)
+	next, fresh, err := b.stageServers(s.Key, st, s.Servers, s.Scheduler)
 	if err == nil {
 		err = b.installRing(st.id, next)
 	}
 	if err == nil {
-		err = b.writeServiceInfo(s.Key, st.id, s.StickyTime)
+		err = b.writeServiceInfo(s.Key, st.id, s.StickyTime, s.Scheduler)
 	}
 	if err != nil {
 		for _, be := range fresh {
@@ -543,6 +550,7 @@ func (b *BPF) upsertLocked(s Service) error {
 	}
 	st.servers = next
 	st.sticky = s.StickyTime
+	st.sched = s.Scheduler
 	if created {
 		b.services[s.Key] = st
 	}
@@ -553,7 +561,12 @@ func (b *BPF) upsertLocked(s Service) error {
 // servers get fresh slots (and zeroed counters), changed ones are rewritten
 // in place, which is atomic for a hash map. Returns the new server set and
 // the slots it allocated, to undo on failure.
-func (b *BPF) stageServers(key ServiceKey, st *serviceState, servers []Server) (map[netip.Addr]*backendState, []*backendState, error) {
+//
+// A service turning p2c rewrites every server, to set BE_F_P2C, after
+// seeding its open-flow count from the per-CPU counters' estimate (opened
+// minus closed or expired), which the data plane keeps for every service:
+// the scheduler starts from a fair figure, and ReconcileActive refines it.
+func (b *BPF) stageServers(key ServiceKey, st *serviceState, servers []Server, sched Scheduler) (map[netip.Addr]*backendState, []*backendState, error) {
 	next := make(map[netip.Addr]*backendState, len(servers))
 	var fresh []*backendState
 	fail := func(err error) (map[netip.Addr]*backendState, []*backendState, error) {
@@ -565,13 +578,22 @@ func (b *BPF) stageServers(key ServiceKey, st *serviceState, servers []Server) (
 	for _, srv := range servers {
 		srv.MAC = slices.Clone(srv.MAC)
 		old := st.servers[srv.Addr]
-		if old != nil && sameServer(old.srv, srv) {
+		if old != nil && sameServer(old.srv, srv) && st.sched == sched {
 			next[srv.Addr] = old
 			continue
 		}
 		be := &backendState{srv: srv}
 		if old != nil {
 			be.id, be.gen = old.id, old.gen
+			if sched == SchedulerP2C && st.sched != SchedulerP2C {
+				est, err := b.backendStats(be.id)
+				if err == nil {
+					err = b.objs.ServerActive.Update(be.id, int64(est.Active()), ebpf.UpdateAny)
+				}
+				if err != nil {
+					return fail(fmt.Errorf("seed open-flow count of server %v: %w", srv.Addr, err))
+				}
+			}
 		} else {
 			id, ok := b.beIDs.get()
 			if !ok {
@@ -583,8 +605,11 @@ func (b *BPF) stageServers(key ServiceKey, st *serviceState, servers []Server) (
 			if err := b.objs.StatsBackend.Update(id, make([]dispatchBackendStats, b.ncpu), ebpf.UpdateAny); err != nil {
 				return fail(fmt.Errorf("reset counters of server %v: %w", srv.Addr, err))
 			}
+			if err := b.objs.ServerActive.Update(id, int64(0), ebpf.UpdateAny); err != nil {
+				return fail(fmt.Errorf("reset open-flow count of server %v: %w", srv.Addr, err))
+			}
 		}
-		v, err := b.backendValue(st.id, be)
+		v, err := b.backendValue(st.id, be, sched)
 		if err != nil {
 			return fail(fmt.Errorf("server %v of %v: %w", srv.Addr, key, err))
 		}
@@ -606,11 +631,14 @@ func sameServer(a, b Server) bool {
 		a.Ifindex == b.Ifindex && slices.Equal(a.MAC, b.MAC)
 }
 
-func (b *BPF) backendValue(svcID uint32, be *backendState) (dispatchBackend, error) {
+func (b *BPF) backendValue(svcID uint32, be *backendState, sched Scheduler) (dispatchBackend, error) {
 	v := dispatchBackend{SvcId: svcID, Gen: be.gen, Flags: beActive, Weight: be.srv.Weight}
 	v.Addr.Addr, v.Family = addrWords(be.srv.Addr)
 	if be.srv.Weight == 0 {
 		v.Flags |= beQuiesced
+	}
+	if sched == SchedulerP2C {
+		v.Flags |= beP2C
 	}
 	if be.srv.Local {
 		v.Flags |= beLocal
@@ -704,12 +732,15 @@ func (b *BPF) installRing(svcID uint32, servers map[netip.Addr]*backendState) er
 	return nil
 }
 
-func (b *BPF) writeServiceInfo(key ServiceKey, id uint32, sticky time.Duration) error {
+func (b *BPF) writeServiceInfo(key ServiceKey, id uint32, sticky time.Duration, sched Scheduler) error {
 	k := svcKey(key)
 	v := dispatchSvcInfo{SvcId: id}
 	if sticky > 0 {
 		v.Flags |= svcAffinity
 		v.StickySecs = uint32(sticky / time.Second)
+	}
+	if sched == SchedulerP2C {
+		v.Flags |= svcP2C
 	}
 	var old dispatchSvcInfo
 	if err := b.objs.Services.Lookup(k, &old); err == nil && old == v {
@@ -885,7 +916,7 @@ func (b *BPF) SetWeights(key ServiceKey, weights map[netip.Addr]uint32) error {
 }
 
 func (b *BPF) serviceLocked(key ServiceKey, st *serviceState) Service {
-	s := Service{Key: key, StickyTime: st.sticky}
+	s := Service{Key: key, StickyTime: st.sticky, Scheduler: st.sched}
 	for _, be := range st.servers {
 		srv := be.srv
 		srv.MAC = slices.Clone(srv.MAC)
@@ -1069,6 +1100,68 @@ func (b *BPF) ActiveFlows() (map[ServiceKey]map[netip.Addr]int, error) {
 		return true
 	})
 	return out, err
+}
+
+// p2cServersLocked lists the server slots of p2c services.
+func (b *BPF) p2cServersLocked() map[uint32]owner {
+	m := map[uint32]owner{}
+	for key, st := range b.services {
+		if st.sched != SchedulerP2C {
+			continue
+		}
+		for addr, be := range st.servers {
+			m[be.id] = owner{key: key, addr: addr, gen: be.gen}
+		}
+	}
+	return m
+}
+
+// ActiveCounts implements Executor.
+func (b *BPF) ActiveCounts() (map[ServiceKey]map[netip.Addr]int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := map[ServiceKey]map[netip.Addr]int{}
+	for id, o := range b.p2cServersLocked() {
+		var n int64
+		if err := b.objs.ServerActive.Lookup(id, &n); err != nil {
+			return nil, fmt.Errorf("read open-flow count of %v in %v: %w", o.addr, o.key, err)
+		}
+		m := out[o.key]
+		if m == nil {
+			m = map[netip.Addr]int{}
+			out[o.key] = m
+		}
+		m[o.addr] = int(max(n, 0))
+	}
+	return out, nil
+}
+
+// ReconcileActive implements Executor. The scan runs without the lock; a
+// server that left or changed slot meanwhile is left alone.
+func (b *BPF) ReconcileActive() error {
+	b.mu.Lock()
+	targets := b.p2cServersLocked()
+	b.mu.Unlock()
+	if len(targets) == 0 {
+		return nil
+	}
+	truth, err := b.ActiveFlows()
+	if err != nil {
+		return fmt.Errorf("reconcile open-flow counts: %w", err)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := b.p2cServersLocked()
+	for id, o := range targets {
+		if now[id] != o {
+			continue
+		}
+		n := int64(truth[o.key][o.addr])
+		if err := b.objs.ServerActive.Update(id, n, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("write open-flow count of %v in %v: %w", o.addr, o.key, err)
+		}
+	}
+	return nil
 }
 
 // Flows implements Executor. Entries whose server has left are skipped: the

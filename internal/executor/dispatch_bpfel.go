@@ -165,6 +165,7 @@ const (
 	dispatchMapBackends      = "backends"
 	dispatchMapConns         = "conns"
 	dispatchMapRings         = "rings"
+	dispatchMapServerActive  = "server_active"
 	dispatchMapServices      = "services"
 	dispatchMapStatsBackend  = "stats_backend"
 	dispatchMapStatsGlobal   = "stats_global"
@@ -242,6 +243,7 @@ type dispatchMapSpecs struct {
 	Backends     *ebpf.MapSpec `ebpf:"backends"`
 	Conns        *ebpf.MapSpec `ebpf:"conns"`
 	Rings        *ebpf.MapSpec `ebpf:"rings"`
+	ServerActive *ebpf.MapSpec `ebpf:"server_active"`
 	Services     *ebpf.MapSpec `ebpf:"services"`
 	StatsBackend *ebpf.MapSpec `ebpf:"stats_backend"`
 	StatsGlobal  *ebpf.MapSpec `ebpf:"stats_global"`
@@ -291,6 +293,7 @@ type dispatchMaps struct {
 	Backends     *ebpf.Map `ebpf:"backends"`
 	Conns        *ebpf.Map `ebpf:"conns"`
 	Rings        *ebpf.Map `ebpf:"rings"`
+	ServerActive *ebpf.Map `ebpf:"server_active"`
 	Services     *ebpf.Map `ebpf:"services"`
 	StatsBackend *ebpf.Map `ebpf:"stats_backend"`
 	StatsGlobal  *ebpf.Map `ebpf:"stats_global"`
@@ -310,6 +313,7 @@ func (m *dispatchMaps) Close() error {
 		m.Backends,
 		m.Conns,
 		m.Rings,
+		m.ServerActive,
 		m.Services,
 		m.StatsBackend,
 		m.StatsGlobal,

@@ -42,6 +42,63 @@ func ParseProto(s string) (Proto, error) {
 	return 0, fmt.Errorf("%w: protocol %q (want tcp or udp)", ErrInvalid, s)
 }
 
+// Scheduler is how a service picks the server of a new flow.
+type Scheduler uint8
+
+const (
+	// SchedulerMaglev sends a new flow where the service's weighted Maglev
+	// table says: shares follow the weights exactly, whatever the servers
+	// hold at the moment. The default.
+	SchedulerMaglev Scheduler = iota
+	// SchedulerP2C is weighted power of two choices: the Maglev table
+	// names two candidates by two independent hashes of the flow, and the
+	// one with fewer open flows for its weight wins. The weights (the
+	// manager's) still set the long-run shares, while the data plane
+	// steers away from a server that holds more than its share within a
+	// flow's time. It costs a second hash and two counter reads per new
+	// flow, and an atomic add per new and per closed flow.
+	SchedulerP2C
+)
+
+func (s Scheduler) String() string {
+	switch s {
+	case SchedulerMaglev:
+		return "maglev"
+	case SchedulerP2C:
+		return "p2c"
+	}
+	return fmt.Sprintf("scheduler(%d)", uint8(s))
+}
+
+// ParseScheduler accepts "maglev", "p2c", and "" for the default, maglev.
+func ParseScheduler(s string) (Scheduler, error) {
+	switch s {
+	case "", "maglev":
+		return SchedulerMaglev, nil
+	case "p2c":
+		return SchedulerP2C, nil
+	}
+	return 0, fmt.Errorf("%w: scheduler %q (want maglev or p2c)", ErrInvalid, s)
+}
+
+// MarshalText writes the scheduler's name.
+func (s Scheduler) MarshalText() ([]byte, error) {
+	if s > SchedulerP2C {
+		return nil, fmt.Errorf("%w: %v", ErrInvalid, s)
+	}
+	return []byte(s.String()), nil
+}
+
+// UnmarshalText reads what ParseScheduler accepts.
+func (s *Scheduler) UnmarshalText(b []byte) error {
+	v, err := ParseScheduler(string(b))
+	if err != nil {
+		return err
+	}
+	*s = v
+	return nil
+}
+
 // ServiceKey names a service: a VIP, a port and a protocol.
 type ServiceKey struct {
 	VIP   netip.Addr
@@ -74,7 +131,10 @@ type Service struct {
 	// StickyTime is the client affinity window (the IBM product's
 	// stickytime); 0 disables affinity. Whole seconds.
 	StickyTime time.Duration
-	Servers    []Server
+	// Scheduler picks new flows' servers (after affinity, which wins
+	// first). The zero value is SchedulerMaglev.
+	Scheduler Scheduler
+	Servers   []Server
 }
 
 // FlowKey identifies a client-to-VIP flow.
@@ -188,6 +248,21 @@ type Executor interface {
 	// reconciliation of the counters' active-flow estimate.
 	ActiveFlows() (map[ServiceKey]map[netip.Addr]int, error)
 
+	// ActiveCounts reads the live open-flow counts that the p2c scheduler
+	// compares, for the servers of p2c services (negative counts read as
+	// 0). Between reconciliations they may drift from ActiveFlows: flows
+	// that go idle are noticed only when a packet or an eviction finds
+	// them.
+	ActiveCounts() (map[ServiceKey]map[netip.Addr]int, error)
+	// ReconcileActive rewrites those counts from the connection table
+	// (what ActiveFlows reads). The table is scanned while packets flow:
+	// a flow opened or closed during the scan may be missed or counted
+	// twice, so a count may be off by the new flows and closes of its
+	// server during the scan, until the next reconciliation. Call it
+	// periodically: UDP flows, and TCP flows that end without a FIN or RST
+	// from the client, leave the counts only when found idle.
+	ReconcileActive() error
+
 	// Flows calls fn for every connection table entry until fn returns false.
 	Flows(fn func(Flow) bool) error
 	// LookupFlow returns one entry.
@@ -226,6 +301,9 @@ func validateService(s Service) error {
 	}
 	if k.Port == 0 {
 		return fmt.Errorf("%w: service %v: port 0", ErrInvalid, k)
+	}
+	if s.Scheduler > SchedulerP2C {
+		return fmt.Errorf("%w: service %v: unknown %v", ErrInvalid, k, s.Scheduler)
 	}
 	if s.StickyTime < 0 || s.StickyTime%time.Second != 0 || s.StickyTime > 24*time.Hour {
 		return fmt.Errorf("%w: service %v: sticky time %v must be whole seconds between 0 and 24h", ErrInvalid, k, s.StickyTime)

@@ -69,6 +69,7 @@ type Fake struct {
 // flows and affinity records naming the old one go stale.
 type fakeService struct {
 	sticky   time.Duration
+	sched    Scheduler
 	servers  map[netip.Addr]*fakeServer
 	ring     []*fakeServer // nil when no server has a positive weight
 	packets  uint64
@@ -80,6 +81,9 @@ type fakeServer struct {
 	id    uint32
 	srv   Server
 	stats ServerStats
+	// active is the open-flow count the p2c scheduler compares (the
+	// kernel's server_active), kept while the service is p2c.
+	active int64
 }
 
 type fakeVIP struct {
@@ -208,7 +212,7 @@ func (f *Fake) UpsertService(s Service) error {
 // before changing anything, so that a failure leaves the service as it was.
 func (f *Fake) upsertLocked(s Service) error {
 	st := f.services[s.Key]
-	changed := st == nil || st.sticky != s.StickyTime || len(st.servers) != len(s.Servers)
+	changed := st == nil || st.sticky != s.StickyTime || st.sched != s.Scheduler || len(st.servers) != len(s.Servers)
 
 	type rewrite struct {
 		fs  *fakeServer
@@ -267,8 +271,15 @@ func (f *Fake) upsertLocked(s Service) error {
 	for _, r := range rewrites {
 		r.fs.srv = r.srv
 	}
+	if s.Scheduler == SchedulerP2C && st.sched != SchedulerP2C {
+		// Seeded from the counters' estimate, as the kernel does.
+		for _, fs := range next {
+			fs.active = int64(fs.stats.Active())
+		}
+	}
 	st.servers = next
 	st.sticky = s.StickyTime
+	st.sched = s.Scheduler
 	st.ring = ring
 	f.commits++
 	return nil
@@ -335,7 +346,7 @@ func (f *Fake) SetWeights(key ServiceKey, weights map[netip.Addr]uint32) error {
 
 // service returns a copy of the service as the caller installed it.
 func (st *fakeService) service(key ServiceKey) Service {
-	s := Service{Key: key, StickyTime: st.sticky}
+	s := Service{Key: key, StickyTime: st.sticky, Scheduler: st.sched}
 	for _, fs := range st.servers {
 		srv := fs.srv
 		srv.MAC = slices.Clone(srv.MAC)
@@ -377,7 +388,9 @@ func (f *Fake) Dispatch(k FlowKey, syn, closing bool) (netip.Addr, error) {
 // a SYN reuses the tuple of a closing flow. Any other packet starts a new
 // flow: on the client's sticky server when the service has affinity and that
 // server has a positive weight, otherwise on the server the Maglev table
-// names. With no server to take it the packet is dropped with ErrNoServer.
+// names, or for a p2c service the one of the table's two picks with fewer
+// open flows for its weight. With no server to take it the packet is
+// dropped with ErrNoServer.
 // A packet for no service is dropped with ErrNotFound. Counters change as
 // the kernel changes them.
 func (f *Fake) DispatchBytes(k FlowKey, syn, closing bool, bytes uint64) (netip.Addr, error) {
@@ -414,6 +427,7 @@ func (f *Fake) DispatchBytes(k FlowKey, syn, closing bool, bytes uint64) (netip.
 		case f.now-fl.lastSeen > f.idleTimeout:
 			if !fl.closing {
 				fl.server.stats.Expired++
+				st.countActive(fl.server, -1)
 			}
 		case syn && fl.closing:
 			// The client reuses a closed tuple: a new connection.
@@ -432,6 +446,7 @@ func (f *Fake) DispatchBytes(k FlowKey, syn, closing bool, bytes uint64) (netip.
 		if closing && !fl.closing {
 			fl.closing = true
 			isClosed = true
+			st.countActive(fs, -1)
 		}
 	} else {
 		if fs = f.pick(key, st, k); fs == nil {
@@ -440,6 +455,9 @@ func (f *Fake) DispatchBytes(k FlowKey, syn, closing bool, bytes uint64) (netip.
 		}
 		f.flows[k] = &fakeFlow{server: fs, lastSeen: f.now, closing: closing}
 		newFlow, isClosed = true, closing
+		if !closing {
+			st.countActive(fs, 1)
+		}
 	}
 
 	fs.stats.Packets++
@@ -453,6 +471,13 @@ func (f *Fake) DispatchBytes(k FlowKey, syn, closing bool, bytes uint64) (netip.
 	st.packets++
 	st.bytes += bytes
 	return fs.srv.Addr, nil
+}
+
+// countActive moves a server's open-flow count if the service is p2c.
+func (st *fakeService) countActive(fs *fakeServer, delta int64) {
+	if st.sched == SchedulerP2C {
+		fs.active += delta
+	}
 }
 
 // has reports whether fs is still one of the service's servers.
@@ -474,7 +499,16 @@ func (f *Fake) pick(key ServiceKey, st *fakeService, k FlowKey) *fakeServer {
 	if st.ring == nil {
 		return nil
 	}
-	fs := st.ring[ringSlot(flowHash(flowKey(k), 0), f.ringSize)]
+	fk := flowKey(k)
+	fs := st.ring[ringSlot(flowHash(fk, 0), f.ringSize)]
+	if st.sched == SchedulerP2C {
+		// Every ring member takes new flows here: the Fake swaps ring
+		// and weights at once.
+		b := st.ring[ringSlot(flowHash(fk, p2cSeed), f.ringSize)]
+		if p2cLoad(fs.active, b.srv.Weight) > p2cLoad(b.active, fs.srv.Weight) {
+			fs = b
+		}
+	}
 	if st.sticky > 0 {
 		f.affinity[ak] = &fakeAffinity{server: fs, lastSeen: f.now}
 	}
@@ -545,6 +579,51 @@ func (f *Fake) ActiveFlows() (map[ServiceKey]map[netip.Addr]int, error) {
 	if f.closed {
 		return nil, ErrClosed
 	}
+	return f.activeFlowsLocked(), nil
+}
+
+// ActiveCounts implements Executor.
+func (f *Fake) ActiveCounts() (map[ServiceKey]map[netip.Addr]int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return nil, ErrClosed
+	}
+	out := map[ServiceKey]map[netip.Addr]int{}
+	for key, st := range f.services {
+		if st.sched != SchedulerP2C {
+			continue
+		}
+		m := map[netip.Addr]int{}
+		for addr, fs := range st.servers {
+			m[addr] = int(max(fs.active, 0))
+		}
+		out[key] = m
+	}
+	return out, nil
+}
+
+// ReconcileActive implements Executor. The Fake has no concurrent packets,
+// so its counts come out exact.
+func (f *Fake) ReconcileActive() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return ErrClosed
+	}
+	truth := f.activeFlowsLocked()
+	for key, st := range f.services {
+		if st.sched != SchedulerP2C {
+			continue
+		}
+		for addr, fs := range st.servers {
+			fs.active = int64(truth[key][addr])
+		}
+	}
+	return nil
+}
+
+func (f *Fake) activeFlowsLocked() map[ServiceKey]map[netip.Addr]int {
 	out := map[ServiceKey]map[netip.Addr]int{}
 	for k, fl := range f.flows {
 		key := k.Service()
@@ -559,7 +638,7 @@ func (f *Fake) ActiveFlows() (map[ServiceKey]map[netip.Addr]int, error) {
 		}
 		m[fl.server.srv.Addr]++
 	}
-	return out, nil
+	return out
 }
 
 // liveFlowLocked returns the entry of k as a Flow, unless it is absent or
@@ -657,6 +736,13 @@ func (f *Fake) UpsertFlows(flows []Flow) error {
 		if fl.Idle > 0 {
 			entry.lastSeen -= fl.Idle
 		}
+		// The open-flow counts follow the table, as in the kernel.
+		if old := f.flows[fl.Key]; old != nil && !old.closing && st.has(old.server) {
+			st.countActive(old.server, -1)
+		}
+		if !fl.Closing {
+			st.countActive(fs, 1)
+		}
 		f.flows[fl.Key] = entry
 	}
 	return errors.Join(errs...)
@@ -673,8 +759,12 @@ func (f *Fake) DeleteFlow(k FlowKey) error {
 	if f.closed {
 		return ErrClosed
 	}
-	if f.flows[k] == nil {
+	fl := f.flows[k]
+	if fl == nil {
 		return fmt.Errorf("%w: flow %v", ErrNotFound, k)
+	}
+	if st := f.services[k.Service()]; st != nil && !fl.closing && st.has(fl.server) {
+		st.countActive(fl.server, -1)
 	}
 	delete(f.flows, k)
 	return nil

@@ -47,6 +47,41 @@ static __always_inline void count_global(__u32 which)
 		*c += 1;
 }
 
+/* flow_report_on says whether user space listens for flow events. */
+static __always_inline int flow_report_on(void)
+{
+	__u32 zero = 0;
+	__u32 *on = bpf_map_lookup_elem(&flow_events_on, &zero);
+
+	return on && *on;
+}
+
+/* nd_flow_report puts one struct flow_event in flow_events, or counts it
+ * lost when the ring is full. kind_flags is FLOW_EV_* << 8 | FLOW_F_*
+ * (a global function takes five arguments at most). Global, so that the
+ * verifier checks the ring's reserve and submit once. */
+__noinline int nd_flow_report(const struct flow_key *key, const struct backend *be, __u32 be_id,
+			      __u32 kind_flags, __u64 now)
+{
+	if (!key || !be)
+		return -1;
+	struct flow_event *ev = bpf_ringbuf_reserve(&flow_events, sizeof(*ev), 0);
+	if (!ev) {
+		count_global(G_EVENTS_LOST);
+		return -1;
+	}
+	__builtin_memcpy(&ev->key, key, sizeof(*key));
+	__builtin_memcpy(&ev->server, &be->addr, sizeof(ev->server));
+	ev->ts = now;
+	ev->backend = be_id;
+	ev->gen = be->gen;
+	ev->kind = kind_flags >> 8;
+	ev->flags = kind_flags & FLOW_FLAGS_MASK;
+	__builtin_memset(ev->pad, 0, sizeof(ev->pad));
+	bpf_ringbuf_submit(ev, 0);
+	return 0;
+}
+
 static __always_inline struct vip_stats *vip_lookup(struct packet *p)
 {
 	struct vip_key k = {};
@@ -406,8 +441,13 @@ static __always_inline int dispatch_established(struct xdp_md *ctx, struct packe
 		closed = !(old & FLOW_F_CLOSING);
 	}
 	count_backend(be_id, bytes, 0, closed);
-	if (closed && (be->flags & BE_F_P2C))
-		active_add(be_id, -1);
+	if (closed) {
+		if (be->flags & BE_F_P2C)
+			active_add(be_id, -1);
+		if (flow_report_on())
+			nd_flow_report(&p->key, be, be_id,
+				       FLOW_EV_CLOSED << 8 | fl->snap.flags | FLOW_F_CLOSING, now);
+	}
 	return forward(ctx, be);
 }
 
@@ -453,10 +493,16 @@ static __always_inline int dispatch_new(struct xdp_md *ctx, struct packet *p, st
 		a.flags |= FLOW_F_CLOSING;
 	if (svc->flags & SVC_F_AFFINITY)
 		a.flags |= FLOW_F_STICKY;
-	if (nd_flow_store(fl->idx, &a) < 0)
+	/* An unrecorded flow would never leave the open-flow count, and a
+	 * standby need not learn what this table does not hold. */
+	if (nd_flow_store(fl->idx, &a) < 0) {
 		count_global(G_FLOW_BUSY);
-	else if (!closing && (be->flags & BE_F_P2C))
-		active_add(be_id, 1); /* an unrecorded flow would never leave */
+	} else {
+		if (!closing && (be->flags & BE_F_P2C))
+			active_add(be_id, 1);
+		if (flow_report_on())
+			nd_flow_report(&p->key, be, be_id, FLOW_EV_OPENED << 8 | a.flags, now);
+	}
 
 	count_backend(be_id, bytes, 1, closing);
 	return forward(ctx, be);

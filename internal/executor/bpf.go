@@ -52,6 +52,7 @@ const (
 	gNotIP
 	gEvicted
 	gFlowBusy
+	gEventsLost
 	gMax
 )
 
@@ -79,6 +80,10 @@ type Config struct {
 	// HashSeed seeds the flow hash; dispatchers that back each other up
 	// must share it. Default 0.
 	HashSeed uint32
+	// FlowEventsRing sizes the ring buffer through which the data plane
+	// reports new flows and closes (FlowEvents), in bytes: a power of two,
+	// at least a page. Each report takes 88 bytes. Default 1 MiB.
+	FlowEventsRing uint32
 	// Logger receives attach and recovery messages. Default slog.Default().
 	Logger *slog.Logger
 }
@@ -93,6 +98,8 @@ func DefaultConfig() Config {
 		MaxAffinity: 1 << 16,
 		RingSize:    maglev.DefaultSize,
 		IdleTimeout: 300 * time.Second,
+
+		FlowEventsRing: 1 << 20,
 	}
 }
 
@@ -119,6 +126,9 @@ func (c *Config) fill() error {
 	if c.IdleTimeout == 0 {
 		c.IdleTimeout = d.IdleTimeout
 	}
+	if c.FlowEventsRing == 0 {
+		c.FlowEventsRing = d.FlowEventsRing
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -127,6 +137,9 @@ func (c *Config) fill() error {
 	}
 	if c.MaxServers >= ringEmpty {
 		return fmt.Errorf("%w: max servers %d: rings hold 16-bit server slots, at most %d", ErrInvalid, c.MaxServers, ringEmpty-1)
+	}
+	if r := c.FlowEventsRing; r&(r-1) != 0 || r < uint32(os.Getpagesize()) {
+		return fmt.Errorf("%w: flow events ring of %d bytes: want a power of two of at least %d", ErrInvalid, r, os.Getpagesize())
 	}
 	if c.IdleTimeout < time.Second {
 		return fmt.Errorf("%w: idle timeout %v is under a second", ErrInvalid, c.IdleTimeout)
@@ -166,6 +179,9 @@ type BPF struct {
 	beIDs    *idPool
 	vipIDs   *idPool
 	gens     map[uint32]uint32 // last generation handed out per backend slot
+
+	// events is the FlowEvents subscription, nil when there is none.
+	events *subscription
 }
 
 type serviceState struct {
@@ -209,8 +225,8 @@ func New(cfg Config) (*BPF, error) {
 		"vips": cfg.MaxVIPs, "stats_vip": cfg.MaxVIPs,
 		"services": cfg.MaxServices, "stats_service": cfg.MaxServices, "rings": cfg.MaxServices,
 		"backends": 2 * cfg.MaxServers, "backend_sel": cfg.MaxServers, "stats_backend": cfg.MaxServers,
-		"server_active": cfg.MaxServers,
-		"conns":         cfg.flowBuckets(), "affinity": cfg.MaxAffinity,
+		"server_active": cfg.MaxServers, "flow_events": cfg.FlowEventsRing,
+		"conns": cfg.flowBuckets(), "affinity": cfg.MaxAffinity,
 		"svc_index": 2 * cfg.svcIndexSlots(),
 	}
 	for name, n := range sizes {
@@ -282,6 +298,12 @@ func New(cfg Config) (*BPF, error) {
 	if err := b.recover(); err != nil {
 		b.objs.Close()
 		return nil, fmt.Errorf("recover pinned state: %w", err)
+	}
+	// A process that died while subscribed left reporting on: nobody
+	// reads the ring now.
+	if err := b.objs.FlowEventsOn.Update(uint32(0), uint32(0), ebpf.UpdateAny); err != nil {
+		b.objs.Close()
+		return nil, fmt.Errorf("turn flow events off: %w", err)
 	}
 	if err := b.writeVIPFilter(); err != nil {
 		b.objs.Close()
@@ -988,7 +1010,7 @@ func (b *BPF) Stats() (Stats, error) {
 		}
 	}
 	out.Global = GlobalStats{Passed: g[gPassed], Malformed: g[gMalformed], NotIP: g[gNotIP],
-		FlowsEvicted: g[gEvicted], FlowsUnrecorded: g[gFlowBusy]}
+		FlowsEvicted: g[gEvicted], FlowsUnrecorded: g[gFlowBusy], FlowEventsLost: g[gEventsLost]}
 	return out, nil
 }
 
@@ -1300,6 +1322,7 @@ func (b *BPF) DeleteFlow(key FlowKey) error {
 // (maps and attachments stay pinned) for the next process to take over;
 // without one, closing detaches everything.
 func (b *BPF) Close() error {
+	b.stopEvents()
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	var errs []error

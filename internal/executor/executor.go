@@ -6,6 +6,7 @@
 package executor
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -211,6 +212,39 @@ type GlobalStats struct {
 	// FlowsUnrecorded counts new flows not recorded because two CPUs
 	// raced for the same table entry (they continue by the ring).
 	FlowsUnrecorded uint64 `json:"flows_unrecorded"`
+	// FlowEventsLost counts flow events not reported because the
+	// subscriber fell behind and the ring (or the Fake's queue) was full.
+	FlowEventsLost uint64 `json:"flow_events_lost"`
+}
+
+// FlowEventKind says what happened to a flow.
+type FlowEventKind uint8
+
+const (
+	// FlowOpened: the data plane recorded a new flow. Its Flow is
+	// Closing when the flow's first packet was already a FIN or RST.
+	FlowOpened FlowEventKind = 1
+	// FlowClosed: the client sent its first FIN or RST of a recorded
+	// flow. The entry stays in the table, marked Closing.
+	FlowClosed FlowEventKind = 2
+)
+
+func (k FlowEventKind) String() string {
+	switch k {
+	case FlowOpened:
+		return "opened"
+	case FlowClosed:
+		return "closed"
+	}
+	return fmt.Sprintf("flow-event(%d)", uint8(k))
+}
+
+// FlowEvent is one report of the data plane, for a standby dispatcher to
+// mirror: its Flow, given to UpsertFlows, recreates the entry as it stands
+// on the active (Idle is how long ago the packet passed, as of reading).
+type FlowEvent struct {
+	Kind FlowEventKind
+	Flow Flow
 }
 
 // Stats is one reading of every counter.
@@ -273,6 +307,15 @@ type Executor interface {
 	// DeleteFlow removes an entry.
 	DeleteFlow(FlowKey) error
 
+	// FlowEvents turns on the data plane's reports of new flows and
+	// closes, and delivers them in batches, oldest first, until ctx ends
+	// (or Close), when reporting stops and the channel is closed. The
+	// packets are never held up: what the subscriber does not take in
+	// time is dropped and counted (GlobalStats.FlowEventsLost). Entries
+	// written through UpsertFlows are not reported. One subscriber at a
+	// time: a second gets ErrBusy.
+	FlowEvents(ctx context.Context) (<-chan []FlowEvent, error)
+
 	// Close releases the implementation's resources. The kernel
 	// implementation leaves a pinned data plane running.
 	Close() error
@@ -285,6 +328,8 @@ var (
 	ErrNotFound = errors.New("not found")
 	// ErrFull marks a table with no room left.
 	ErrFull = errors.New("table full")
+	// ErrBusy marks a request for something another caller holds.
+	ErrBusy = errors.New("busy")
 )
 
 // validateService checks what both implementations require of a Service.

@@ -1,6 +1,7 @@
 package executor
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -25,6 +26,10 @@ const (
 	FakeRingSize = 1009
 	// FakePacketBytes is the packet length Dispatch counts.
 	FakePacketBytes = 64
+	// FakeFlowEventsQueue is how many flow events the Fake holds for a
+	// subscriber that does not keep up (besides the batch on its way);
+	// more are dropped and counted, as the kernel's full ring does.
+	FakeFlowEventsQueue = 4096
 )
 
 // Fake is an in-memory Executor for testing what sits above the data plane
@@ -62,6 +67,11 @@ type Fake struct {
 	global   GlobalStats
 	nextID   uint32 // names servers to maglev.Build
 	commits  int
+
+	// events queues flow events for the FlowEvents subscriber; nil when
+	// there is none.
+	events       chan FlowEvent
+	eventsCancel context.CancelFunc
 }
 
 // fakeService is one service. Its servers are compared by identity: a server
@@ -447,6 +457,7 @@ func (f *Fake) DispatchBytes(k FlowKey, syn, closing bool, bytes uint64) (netip.
 			fl.closing = true
 			isClosed = true
 			st.countActive(fs, -1)
+			f.reportLocked(FlowClosed, k, fs, true)
 		}
 	} else {
 		if fs = f.pick(key, st, k); fs == nil {
@@ -458,6 +469,7 @@ func (f *Fake) DispatchBytes(k FlowKey, syn, closing bool, bytes uint64) (netip.
 		if !closing {
 			st.countActive(fs, 1)
 		}
+		f.reportLocked(FlowOpened, k, fs, closing)
 	}
 
 	fs.stats.Packets++
@@ -478,6 +490,71 @@ func (st *fakeService) countActive(fs *fakeServer, delta int64) {
 	if st.sched == SchedulerP2C {
 		fs.active += delta
 	}
+}
+
+// reportLocked queues a flow event for the subscriber, if any, or counts it
+// lost when the queue is full.
+func (f *Fake) reportLocked(kind FlowEventKind, k FlowKey, fs *fakeServer, closing bool) {
+	if f.events == nil {
+		return
+	}
+	select {
+	case f.events <- FlowEvent{Kind: kind, Flow: Flow{Key: k, Server: fs.srv.Addr, Closing: closing}}:
+	default:
+		f.global.FlowEventsLost++
+	}
+}
+
+// FlowEvents implements Executor. Dispatch reports as the kernel's data
+// plane does; Idle is 0, the Fake's clock standing still between calls.
+func (f *Fake) FlowEvents(ctx context.Context) (<-chan []FlowEvent, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return nil, ErrClosed
+	}
+	if f.events != nil {
+		return nil, fmt.Errorf("%w: flow events already have a subscriber", ErrBusy)
+	}
+	q := make(chan FlowEvent, FakeFlowEventsQueue)
+	ctx, cancel := context.WithCancel(ctx)
+	f.events, f.eventsCancel = q, cancel
+	out := make(chan []FlowEvent)
+	go func() {
+		defer close(out)
+		defer func() {
+			cancel()
+			f.mu.Lock()
+			if f.events == q {
+				f.events, f.eventsCancel = nil, nil
+			}
+			f.mu.Unlock()
+		}()
+		for {
+			var batch []FlowEvent
+			select {
+			case <-ctx.Done():
+				return
+			case ev := <-q:
+				batch = append(batch, ev)
+			}
+		more:
+			for len(batch) < maxEventBatch {
+				select {
+				case ev := <-q:
+					batch = append(batch, ev)
+				default:
+					break more
+				}
+			}
+			select {
+			case out <- batch:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return out, nil
 }
 
 // has reports whether fs is still one of the service's servers.
@@ -780,5 +857,8 @@ func (f *Fake) Close() error {
 	}
 	f.closed = true
 	clear(f.attached)
+	if f.eventsCancel != nil {
+		f.eventsCancel()
+	}
 	return nil
 }

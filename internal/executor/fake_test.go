@@ -1,6 +1,7 @@
 package executor
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"maps"
@@ -627,6 +628,9 @@ func TestFakeClose(t *testing.T) {
 	}
 	_, calls["Stats"] = f.Stats()
 	_, calls["ActiveFlows"] = f.ActiveFlows()
+	_, calls["ActiveCounts"] = f.ActiveCounts()
+	calls["ReconcileActive"] = f.ReconcileActive()
+	_, calls["FlowEvents"] = f.FlowEvents(context.Background())
 	_, _, calls["LookupFlow"] = f.LookupFlow(k)
 	_, calls["Dispatch"] = f.Dispatch(k, true, false)
 	for name, err := range calls {
@@ -748,6 +752,19 @@ func TestFakeMatchesKernel(t *testing.T) {
 	upsert(Service{Key: sticky, StickyTime: time.Minute, Servers: []Server{srv(fkS3, 1), srv(fkS4, 1)}})
 	p2c := ServiceKey{VIP: fkVIP, Port: 8000, Proto: TCP}
 	upsert(Service{Key: p2c, Scheduler: SchedulerP2C, Servers: []Server{srv(fkS1, 1), srv(fkS2, 2), srv(fkS3, 3)}})
+
+	// Both report every new flow and close of the script, in one order.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	fch, err := f.FlowEvents(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kch, err := h.x.FlowEvents(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fEvents, kEvents := sink(fch), sink(kch)
 
 	byMAC := map[string]netip.Addr{}
 	for _, a := range []netip.Addr{fkS1, fkS2, fkS3, fkS4} {
@@ -915,6 +932,20 @@ func TestFakeMatchesKernel(t *testing.T) {
 		packet(k, tcpSYN)
 	}
 	compare("after the script")
+	fe := fEvents.takeWithin(1<<30, 300*time.Millisecond) // all the Fake reported
+	ke := kEvents.take(len(fe))
+	t.Logf("flow events: fake %d, kernel %d", len(fe), len(ke))
+	if len(fe) < 1000 {
+		t.Errorf("only %d flow events: the comparison shows little", len(fe))
+	}
+	if !reflect.DeepEqual(fe, ke) {
+		for i := range min(len(fe), len(ke)) {
+			if fe[i] != ke[i] {
+				t.Fatalf("flow events differ first at %d: fake %+v, kernel %+v", i, fe[i], ke[i])
+			}
+		}
+		t.Fatalf("flow events differ in number: fake %d, kernel %d", len(fe), len(ke))
+	}
 	both("reconcile", func(x Executor) error { return x.ReconcileActive() })
 	compare("after reconciling")
 

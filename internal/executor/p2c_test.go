@@ -758,4 +758,12 @@ func TestP2CSchedulerSwitch(t *testing.T) {
 	if after := h.activeRaw(key, s1) + h.activeRaw(key, s2); after != before {
 		t.Fatalf("a Maglev service's counts moved: %d -> %d", before, after)
 	}
+
+	// Destroy unpins every map, the new ones included.
+	if err := h.x.Destroy(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(pin); !os.IsNotExist(err) {
+		t.Fatalf("pin path after Destroy: %v", err)
+	}
 }

@@ -57,7 +57,10 @@ const (
 	// manager's) still set the long-run shares, while the data plane
 	// steers away from a server that holds more than its share within a
 	// flow's time. It costs a second hash and two counter reads per new
-	// flow, and an atomic add per new and per closed flow.
+	// flow, and an atomic add per new and per closed flow. A flow's server
+	// is then no longer a function of its hash alone: a packet that finds
+	// no entry (on a standby that did not learn the flow) may go to the
+	// other candidate, so high availability needs FlowEvents.
 	SchedulerP2C
 )
 

@@ -97,6 +97,22 @@ type Daemon struct {
 	addrs atomic.Pointer[addrSets]
 }
 
+// reconcileEvery is how often the p2c scheduler's counts are rewritten from
+// the connection table.
+const reconcileEvery = 15 * time.Second
+
+// usesP2C reports whether any port runs the p2c scheduler.
+func (d *Daemon) usesP2C() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, p := range d.cfg.Ports() {
+		if p.Scheduler == config.SchedulerP2C {
+			return true
+		}
+	}
+	return false
+}
+
 // ErrRejected wraps every reason a configuration is refused.
 var ErrRejected = errors.New("configuration rejected")
 
@@ -194,6 +210,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 	tick := time.NewTicker(d.every)
 	defer tick.Stop()
+	// The p2c scheduler's live counts drift when flows end without a
+	// client FIN or RST and before they idle out; the connection table
+	// has the truth.
+	reconcile := time.NewTicker(reconcileEvery)
+	defer reconcile.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -211,6 +232,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 			d.onNeighbor(ev)
 		case now := <-tick.C:
 			d.sample(now)
+		case <-reconcile.C:
+			if d.usesP2C() {
+				if err := d.x.ReconcileActive(); err != nil {
+					d.log.Warn("reconcile active flow counts", "err", err)
+				}
+			}
 		}
 	}
 }
@@ -403,7 +430,8 @@ func (d *Daemon) watchServers(cfg *config.Config) {
 // the resolver answers: dropping it while resolution is pending would
 // re-dispatch every flow it holds.
 func (d *Daemon) service(p config.Port, installed executor.Service) executor.Service {
-	s := executor.Service{Key: p.Key, StickyTime: p.StickyTime}
+	sched, _ := executor.ParseScheduler(p.Scheduler) // validated with the configuration
+	s := executor.Service{Key: p.Key, StickyTime: p.StickyTime, Scheduler: sched}
 	managed := d.managed[p.Key]
 	for _, srv := range p.Servers {
 		es := executor.Server{Addr: srv.Address, Weight: srv.EffectiveWeight(), Local: srv.Local}
@@ -447,7 +475,7 @@ func (d *Daemon) install(p config.Port) error {
 }
 
 func sameService(a, b executor.Service) bool {
-	if a.StickyTime != b.StickyTime || len(a.Servers) != len(b.Servers) {
+	if a.StickyTime != b.StickyTime || a.Scheduler != b.Scheduler || len(a.Servers) != len(b.Servers) {
 		return false
 	}
 	byAddr := map[netip.Addr]executor.Server{}

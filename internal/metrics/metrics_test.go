@@ -190,8 +190,8 @@ nd_scrape_error 1
 func TestEmptyStatus(t *testing.T) {
 	c := New(func() (daemon.Status, error) { return daemon.Status{}, nil })
 	// The scrape error and the global counters, nothing per port or VIP.
-	if n := testutil.CollectAndCount(c); n != 1+3+1+1 {
-		t.Errorf("%d metrics from an empty status, want 6", n)
+	if n := testutil.CollectAndCount(c); n != 1+3+1+1+1 {
+		t.Errorf("%d metrics from an empty status, want 7", n)
 	}
 }
 

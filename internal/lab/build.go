@@ -66,7 +66,7 @@ type role struct {
 	num   int
 }
 
-func (l *Lab) build(ctx context.Context, servers int) error {
+func (l *Lab) build(ctx context.Context, dispatchers, servers int) error {
 	step := func(err error) error {
 		if err != nil {
 			return err
@@ -84,6 +84,9 @@ func (l *Lab) build(ctx context.Context, servers int) error {
 	}
 
 	roles := []role{{"client", "c", ClientNum}, {"dispatcher", "d", DispatcherNum}}
+	if dispatchers == 2 {
+		roles = append(roles, role{"dispatcher2", "d2", Dispatcher2Num})
+	}
 	for i := range servers {
 		roles = append(roles, role{fmt.Sprintf("server%d", i+1), fmt.Sprintf("s%d", i+1), FirstServer + i})
 	}
@@ -96,16 +99,22 @@ func (l *Lab) build(ctx context.Context, servers int) error {
 		hosts = append(hosts, h)
 	}
 	l.Client, l.Dispatcher, l.Servers = hosts[0], hosts[1], hosts[2:]
+	if dispatchers == 2 {
+		l.Dispatcher2, l.Servers = &hosts[2], hosts[3:]
+	}
 
-	if err := step(l.setUpDispatcher()); err != nil {
-		return err
+	for _, d := range l.Dispatchers() {
+		if err := step(l.setUpDispatcher(d)); err != nil {
+			return err
+		}
 	}
 	for i := range l.Servers {
 		if err := step(l.setUpServer(&l.Servers[i])); err != nil {
 			return err
 		}
 	}
-	l.logf("lab %s: %d servers, two networks: %v", l.Prefix, servers, l.TwoNetworks)
+	l.logf("lab %s: %d dispatchers (VIPs on them: %v), %d servers, two networks: %v",
+		l.Prefix, dispatchers, l.DispatcherVIPs, servers, l.TwoNetworks)
 	return nil
 }
 
@@ -285,23 +294,25 @@ func addAddr(h *netlink.Handle, link netlink.Link, p netip.Prefix) error {
 	return nil
 }
 
-// setUpDispatcher gives the dispatcher the VIPs on eth0, so that it answers
-// ARP and NDP for them, and attaches the XDP pass program to the
-// bridge-side peers of its interfaces so that frames it sends with XDP_TX or
-// XDP_REDIRECT are delivered.
-func (l *Lab) setUpDispatcher() error {
-	d := &l.Dispatcher
-	h, err := d.NS.Netlink()
-	if err != nil {
-		return err
-	}
-	eth0, err := h.LinkByIndex(d.Ifindex)
-	if err != nil {
-		return err
-	}
-	for _, p := range []netip.Prefix{netip.PrefixFrom(l.VIP4, 32), netip.PrefixFrom(l.VIP6, 128)} {
-		if err := addAddr(h, eth0, p); err != nil {
+// setUpDispatcher gives dispatcher d the VIPs on eth0 if it is the first
+// one and they are not left to HA, so that it answers ARP and NDP for
+// them (a second dispatcher would race it for the answers), and attaches the
+// XDP pass program to the bridge-side peers of its interfaces so that
+// frames it sends with XDP_TX or XDP_REDIRECT are delivered.
+func (l *Lab) setUpDispatcher(d *Host) error {
+	if l.DispatcherVIPs && d == &l.Dispatcher {
+		h, err := d.NS.Netlink()
+		if err != nil {
 			return err
+		}
+		eth0, err := h.LinkByIndex(d.Ifindex)
+		if err != nil {
+			return err
+		}
+		for _, p := range []netip.Prefix{netip.PrefixFrom(l.VIP4, 32), netip.PrefixFrom(l.VIP6, 128)} {
+			if err := addAddr(h, eth0, p); err != nil {
+				return err
+			}
 		}
 	}
 	for _, ifc := range d.Ifaces() {

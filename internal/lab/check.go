@@ -87,15 +87,25 @@ func (l *Lab) probes() []probe {
 			probe{from, fromIf, fromIf.Addr6, to, toIf, toIf.Addr6})
 	}
 	c, d := &l.Client, &l.Dispatcher
-	both(c, &c.Iface, d, &d.Iface)
-	ps = append(ps,
-		probe{c, &c.Iface, c.Addr4, d, &d.Iface, l.VIP4},
-		probe{c, &c.Iface, c.Addr6, d, &d.Iface, l.VIP6})
+	for _, d := range l.Dispatchers() {
+		both(c, &c.Iface, d, &d.Iface)
+	}
+	if l.DispatcherVIPs {
+		ps = append(ps,
+			probe{c, &c.Iface, c.Addr4, d, &d.Iface, l.VIP4},
+			probe{c, &c.Iface, c.Addr6, d, &d.Iface, l.VIP6})
+	}
+	if d2 := l.Dispatcher2; d2 != nil {
+		// The path of HA's heartbeats and synchronisation.
+		both(d, &d.Iface, d2, &d2.Iface)
+	}
 	for i := range l.Servers {
 		s := &l.Servers[i]
-		both(d, &d.Iface, s, &s.Iface)
-		if d.Int != nil && s.Int != nil {
-			both(d, d.Int, s, s.Int)
+		for _, d := range l.Dispatchers() {
+			both(d, &d.Iface, s, &s.Iface)
+			if d.Int != nil && s.Int != nil {
+				both(d, d.Int, s, s.Int)
+			}
 		}
 		both(s, &s.Iface, c, &c.Iface)
 	}
@@ -208,7 +218,7 @@ func (l *Lab) startEchoes() (stop func(), err error) {
 		for _, ifc := range h.Ifaces() {
 			addrs = append(addrs, ifc.Addr4, ifc.Addr6)
 		}
-		if h == &l.Dispatcher {
+		if h == &l.Dispatcher && l.DispatcherVIPs {
 			addrs = append(addrs, l.VIP4, l.VIP6)
 		}
 		for _, a := range addrs {

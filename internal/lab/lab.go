@@ -14,8 +14,14 @@
 // The servers hold the VIPs on lo and do not answer ARP for them; the
 // dispatcher holds them on eth0 and answers ARP and NDP for them.
 //
+// With Options.Dispatchers = 2 a second dispatcher, dispatcher2, joins the
+// same networks, so that two dispatchers can form a high-availability
+// group; only the first holds the VIPs. With Options.NoDispatcherVIPs no
+// dispatcher holds them: whichever is active adds and announces them (see
+// internal/ha).
+//
 // Addresses and MACs are fixed so that fixtures read well: host number n
-// (client 2, dispatcher 3, servers 11, 12, ...) has 198.51.100.n,
+// (client 2, dispatcher 3, dispatcher2 4, servers 11, 12, ...) has 198.51.100.n,
 // 2001:db8::n (the same digits, so server 1 is 2001:db8::11) and MAC
 // 02:00:00:00:00:nn on eth0, and 203.0.113.n, 2001:db8:1::n and
 // 02:00:00:00:01:nn on eth1.
@@ -54,8 +60,13 @@ var (
 const (
 	ClientNum     = 2
 	DispatcherNum = 3
-	FirstServer   = 11
+	// Dispatcher2Num is the second dispatcher's, with Options.Dispatchers 2.
+	Dispatcher2Num = 4
+	FirstServer    = 11
 )
+
+// MaxDispatchers is the most dispatchers a lab can have.
+const MaxDispatchers = 2
 
 // DefaultServers is the number of servers when Options.Servers is 0, and
 // MaxServers the most a lab can have (servers stay below the VIP's .100).
@@ -81,6 +92,13 @@ type Options struct {
 	// TwoNetworks adds the internal network between the dispatcher and the
 	// servers.
 	TwoNetworks bool
+	// Dispatchers is the number of dispatchers, 1 (the default when 0) or
+	// MaxDispatchers; the second one is dispatcher2.
+	Dispatchers int
+	// NoDispatcherVIPs leaves the VIPs off the dispatchers' interfaces, for
+	// software that moves them between dispatchers (internal/ha). The
+	// client then reaches no VIP until one of them adds it.
+	NoDispatcherVIPs bool
 	// Logf, if set, receives progress messages.
 	Logf func(format string, args ...any)
 }
@@ -126,13 +144,19 @@ func (h *Host) Ifaces() []*Iface {
 type Lab struct {
 	// Bridge is the namespace holding the bridges br0 (external) and br1
 	// (internal) and the bridge-side ends of the veth pairs.
-	Bridge      *netns.NS
-	Client      Host
-	Dispatcher  Host
+	Bridge     *netns.NS
+	Client     Host
+	Dispatcher Host
+	// Dispatcher2 is the second dispatcher; nil unless Options.Dispatchers
+	// is 2.
+	Dispatcher2 *Host
 	Servers     []Host
 	VIP4, VIP6  netip.Addr
 	TwoNetworks bool
-	Prefix      string
+	// DispatcherVIPs is whether the first dispatcher holds the VIPs on
+	// eth0 (false with Options.NoDispatcherVIPs).
+	DispatcherVIPs bool
+	Prefix         string
 
 	logf    func(string, ...any)
 	mu      sync.Mutex  // guards the fields below
@@ -155,8 +179,11 @@ type Backend struct {
 
 // Backends returns, for each server in order, how the dispatcher reaches
 // it: over eth0 in a one-network lab, over eth1 with TwoNetworks.
-func (l *Lab) Backends() []Backend {
-	out := l.Dispatcher.forwardIface()
+func (l *Lab) Backends() []Backend { return l.BackendsVia(&l.Dispatcher) }
+
+// BackendsVia is Backends as seen from dispatcher d, one of Dispatchers.
+func (l *Lab) BackendsVia(d *Host) []Backend {
+	out := d.forwardIface()
 	bs := make([]Backend, len(l.Servers))
 	for i := range l.Servers {
 		s := l.Servers[i].forwardIface()
@@ -182,9 +209,17 @@ func (h *Host) forwardIface() *Iface {
 	return &h.Iface
 }
 
-// Hosts returns the client, the dispatcher and the servers, in that order.
+// Dispatchers returns the dispatcher, then dispatcher2 if there is one.
+func (l *Lab) Dispatchers() []*Host {
+	if l.Dispatcher2 != nil {
+		return []*Host{&l.Dispatcher, l.Dispatcher2}
+	}
+	return []*Host{&l.Dispatcher}
+}
+
+// Hosts returns the client, the dispatchers and the servers, in that order.
 func (l *Lab) Hosts() []*Host {
-	hs := []*Host{&l.Client, &l.Dispatcher}
+	hs := append([]*Host{&l.Client}, l.Dispatchers()...)
 	for i := range l.Servers {
 		hs = append(hs, &l.Servers[i])
 	}
@@ -200,6 +235,12 @@ func New(ctx context.Context, o Options) (_ *Lab, err error) {
 	if o.Servers < 0 || o.Servers > MaxServers {
 		return nil, fmt.Errorf("%w: %d servers, want 1 to %d", ErrBadOptions, o.Servers, MaxServers)
 	}
+	if o.Dispatchers == 0 {
+		o.Dispatchers = 1
+	}
+	if o.Dispatchers < 0 || o.Dispatchers > MaxDispatchers {
+		return nil, fmt.Errorf("%w: %d dispatchers, want 1 to %d", ErrBadOptions, o.Dispatchers, MaxDispatchers)
+	}
 	if o.Prefix == "" {
 		o.Prefix = fmt.Sprintf("%s%d-%04x", sweepPrefix, os.Getpid(), rand.IntN(0x10000))
 	}
@@ -207,11 +248,12 @@ func New(ctx context.Context, o Options) (_ *Lab, err error) {
 		return nil, fmt.Errorf("%w: prefix %q is too long", ErrBadOptions, o.Prefix)
 	}
 	l := &Lab{
-		VIP4:        VIP4,
-		VIP6:        VIP6,
-		TwoNetworks: o.TwoNetworks,
-		Prefix:      o.Prefix,
-		logf:        o.Logf,
+		VIP4:           VIP4,
+		VIP6:           VIP6,
+		TwoNetworks:    o.TwoNetworks,
+		DispatcherVIPs: !o.NoDispatcherVIPs,
+		Prefix:         o.Prefix,
+		logf:           o.Logf,
 	}
 	if l.logf == nil {
 		l.logf = func(string, ...any) {}
@@ -225,7 +267,7 @@ func New(ctx context.Context, o Options) (_ *Lab, err error) {
 			}
 		}
 	}()
-	if err := l.build(ctx, o.Servers); err != nil {
+	if err := l.build(ctx, o.Dispatchers, o.Servers); err != nil {
 		return nil, fmt.Errorf("build lab %s: %w", l.Prefix, err)
 	}
 	ok = true

@@ -350,7 +350,8 @@ func TestNewCancelled(t *testing.T) {
 }
 
 func TestBadOptions(t *testing.T) {
-	for _, o := range []lab.Options{{Servers: -1}, {Servers: lab.MaxServers + 1}, {Prefix: strings.Repeat("x", 80)}} {
+	for _, o := range []lab.Options{{Servers: -1}, {Servers: lab.MaxServers + 1}, {Prefix: strings.Repeat("x", 80)},
+		{Dispatchers: -1}, {Dispatchers: lab.MaxDispatchers + 1}} {
 		if _, err := lab.New(t.Context(), o); !errors.Is(err, lab.ErrBadOptions) {
 			t.Errorf("New(%+v) = %v, want ErrBadOptions", o, err)
 		}
@@ -432,4 +433,135 @@ func TestCheckFindsBrokenLink(t *testing.T) {
 	if time.Since(start) > 5*time.Second {
 		t.Errorf("Check overran its context")
 	}
+}
+
+// TestLabTwoDispatchers builds the topology of an HA pair: two dispatchers
+// on the same bridge, neither holding the VIPs. It checks the second
+// dispatcher's addressing and XDP pass programs, that the client cannot
+// reach a VIP until a dispatcher adds it, and that it then resolves the VIP
+// to that dispatcher.
+func TestLabTwoDispatchers(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	l, err := lab.New(ctx, lab.Options{Servers: 2, Dispatchers: 2, NoDispatcherVIPs: true, Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	if made := withPrefix(t, l.Prefix); len(made) != 6 {
+		t.Errorf("lab made namespaces %v, want 6 (bridge, client, 2 dispatchers, 2 servers)", made)
+	}
+	d2 := l.Dispatcher2
+	if d2 == nil || len(l.Dispatchers()) != 2 || len(l.Servers) != 2 || l.DispatcherVIPs {
+		t.Fatalf("dispatcher2 %v, %d dispatchers, %d servers, dispatcher VIPs %v", d2, len(l.Dispatchers()), len(l.Servers), l.DispatcherVIPs)
+	}
+	if d2.Name != "dispatcher2" || d2.Addr4.String() != "198.51.100.4" || d2.Addr6.String() != "2001:db8::4" || d2.MAC.String() != "02:00:00:00:00:04" {
+		t.Errorf("dispatcher2: %s %s %s %s", d2.Name, d2.Addr4, d2.Addr6, d2.MAC)
+	}
+	if hs := l.Hosts(); len(hs) != 5 || hs[2] != d2 || hs[3] != &l.Servers[0] {
+		t.Errorf("Hosts() order is wrong")
+	}
+	for i, b := range l.BackendsVia(d2) {
+		if b.Ifindex != d2.Ifindex || !bytes.Equal(b.SrcMAC, d2.MAC) || !bytes.Equal(b.DstMAC, l.Servers[i].MAC) {
+			t.Errorf("backend %d via dispatcher2 = %+v", i, b)
+		}
+	}
+	if err := l.Check(ctx); err != nil {
+		t.Fatal(err)
+	}
+	vips := []netip.Addr{l.VIP4, l.VIP6}
+	for _, d := range l.Dispatchers() {
+		if got := addrsOn(t, d.NS, "eth0"); containsAny(got, vips) {
+			t.Errorf("%s eth0 has a VIP: %v", d.Name, got)
+		}
+	}
+	for _, s := range l.Servers {
+		if got := addrsOn(t, s.NS, "lo"); !containsAll(got, vips) {
+			t.Errorf("%s lo has %v, want the VIPs", s.Name, got)
+		}
+	}
+	bh, err := l.Bridge.Netlink()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range l.Dispatchers() {
+		peer, err := bh.LinkByIndex(d.PeerIfindex)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if x := peer.Attrs().Xdp; x == nil || !x.Attached {
+			t.Errorf("no XDP program on %s", d.Peer)
+		}
+	}
+
+	// Nobody answers for the VIP: the client's datagram finds no one.
+	vip := netip.AddrPortFrom(l.VIP4, 9)
+	if err := udpRoundTrip(l.Client.NS, l.Client.Addr4, vip, 600*time.Millisecond); err == nil {
+		t.Errorf("the client reached %s with no dispatcher holding it", vip)
+	}
+	// What HA's active does: add the VIP on dispatcher2's eth0.
+	h, err := d2.NS.Netlink()
+	if err != nil {
+		t.Fatal(err)
+	}
+	eth0, err := h.LinkByIndex(d2.Ifindex)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.AddrAdd(eth0, &netlink.Addr{IPNet: &net.IPNet{IP: l.VIP4.AsSlice(), Mask: net.CIDRMask(32, 32)}}); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := d2.NS.ListenPacket("udp4", vip.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		buf := make([]byte, 64)
+		for {
+			n, from, err := ln.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			ln.WriteTo(buf[:n], from)
+		}
+	}()
+	// The failed attempt left an unresolved entry; retry until it clears.
+	var rtErr error
+	for range 10 {
+		if rtErr = udpRoundTrip(l.Client.NS, l.Client.Addr4, vip, time.Second); rtErr == nil {
+			break
+		}
+	}
+	if rtErr != nil {
+		t.Fatalf("no echo from %s on dispatcher2: %v", vip, rtErr)
+	}
+	if mac, err := lab.Neighbor(l.Client.NS, l.Client.Ifindex, l.VIP4); err != nil || !bytes.Equal(mac, d2.MAC) {
+		t.Errorf("client resolves %s to %s (%v), want dispatcher2's %s", l.VIP4, mac, err, d2.MAC)
+	}
+}
+
+// udpRoundTrip sends one datagram from src in ns to dst and waits up to
+// wait for it to come back.
+func udpRoundTrip(ns *netns.NS, src netip.Addr, dst netip.AddrPort, wait time.Duration) error {
+	c, err := ns.ListenPacket("udp4", netip.AddrPortFrom(src, 0).String())
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if _, err := c.WriteTo([]byte("ha lab"), net.UDPAddrFromAddrPort(dst)); err != nil {
+		time.Sleep(wait)
+		return err
+	}
+	c.SetReadDeadline(time.Now().Add(wait))
+	buf := make([]byte, 64)
+	n, _, err := c.ReadFrom(buf)
+	if err != nil {
+		return err
+	}
+	if string(buf[:n]) != "ha lab" {
+		return fmt.Errorf("echo %q", buf[:n])
+	}
+	return nil
 }

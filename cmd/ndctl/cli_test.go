@@ -1006,8 +1006,8 @@ func TestAgentStatus(t *testing.T) {
 func TestHA(t *testing.T) {
 	h := newHarness(t)
 	h.fc.ha = ha.Status{Group: "web", Self: netip.MustParseAddrPort("198.51.100.3:7000"), State: ha.StateStandby, Priority: 100,
-		Active: netip.MustParseAddrPort("198.51.100.4:7000"),
-		Peers:  []ha.PeerStatus{{Addr: netip.MustParseAddrPort("198.51.100.4:7000"), Alive: true, State: ha.StateActive, Priority: 200, LastHeard: time.Now()}},
+		Active:   netip.MustParseAddrPort("198.51.100.4:7000"),
+		Peers:    []ha.PeerStatus{{Addr: netip.MustParseAddrPort("198.51.100.4:7000"), Alive: true, State: ha.StateActive, Priority: 200, LastHeard: time.Now()}},
 		Counters: ha.Counters{HeartbeatsReceived: 40, Rejected: map[string]uint64{"auth": 2}}}
 	if code := h.run("ha", "status"); code != exitOK {
 		t.Fatal(h.stderr.String())

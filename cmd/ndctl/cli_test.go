@@ -19,6 +19,7 @@ import (
 	"github.com/nd-dispatcher/nd/internal/advisor"
 	"github.com/nd-dispatcher/nd/internal/api"
 	"github.com/nd-dispatcher/nd/internal/daemon"
+	"github.com/nd-dispatcher/nd/internal/ha"
 	"github.com/nd-dispatcher/nd/internal/manager"
 )
 
@@ -38,6 +39,7 @@ type fakeClient struct {
 	manager  api.ManagerResponse
 	advisors []advisor.Status
 	agents   []api.AgentStatus
+	ha       ha.Status
 }
 
 func (f *fakeClient) record(format string, args ...any) {
@@ -140,6 +142,18 @@ func (f *fakeClient) ManagerReport() (api.ManagerResponse, error) {
 func (f *fakeClient) SetManager(p api.ManagerPatch) (string, error) {
 	b, _ := json.Marshal(p)
 	return f.change("SetManager %s", b)
+}
+
+func (f *fakeClient) HAStatus() (ha.Status, error) {
+	f.record("HAStatus")
+	return f.ha, f.err
+}
+
+func (f *fakeClient) HATakeover() (ha.Status, error) {
+	f.record("HATakeover")
+	st := f.ha
+	st.State = ha.StateActive
+	return st, f.err
 }
 
 func (f *fakeClient) Agents() ([]api.AgentStatus, error) {
@@ -986,5 +1000,29 @@ func TestAgentStatus(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("agent status lacks %q:\n%s", want, out)
 		}
+	}
+}
+
+func TestHA(t *testing.T) {
+	h := newHarness(t)
+	h.fc.ha = ha.Status{Group: "web", Self: netip.MustParseAddrPort("198.51.100.3:7000"), State: ha.StateStandby, Priority: 100,
+		Active:   netip.MustParseAddrPort("198.51.100.4:7000"),
+		Peers:    []ha.PeerStatus{{Addr: netip.MustParseAddrPort("198.51.100.4:7000"), Alive: true, State: ha.StateActive, Priority: 200, LastHeard: time.Now()}},
+		Counters: ha.Counters{HeartbeatsReceived: 40, Rejected: map[string]uint64{"auth": 2}}}
+	if code := h.run("ha", "status"); code != exitOK {
+		t.Fatal(h.stderr.String())
+	}
+	for _, want := range []string{"group web: this node 198.51.100.3:7000 is standby", "active: 198.51.100.4:7000", "198.51.100.4:7000  true   active", "rejected messages: auth 2"} {
+		if !strings.Contains(h.stdout.String(), want) {
+			t.Errorf("ha status lacks %q:\n%s", want, h.stdout.String())
+		}
+	}
+	h = newHarness(t)
+	h.fc.ha = ha.Status{Self: netip.MustParseAddrPort("198.51.100.3:7000")}
+	if code := h.run("ha", "takeover"); code != exitOK {
+		t.Fatal(h.stderr.String())
+	}
+	if !strings.HasPrefix(h.stdout.String(), "198.51.100.3:7000 is active") || h.fc.calls[0] != "HATakeover" {
+		t.Errorf("takeover: %q %v", h.stdout.String(), h.fc.calls)
 	}
 }

@@ -10,6 +10,7 @@
 package api
 
 import (
+	"context"
 	"errors"
 	"net/netip"
 
@@ -17,6 +18,7 @@ import (
 	"github.com/nd-dispatcher/nd/internal/agent"
 	"github.com/nd-dispatcher/nd/internal/config"
 	"github.com/nd-dispatcher/nd/internal/daemon"
+	"github.com/nd-dispatcher/nd/internal/ha"
 	"github.com/nd-dispatcher/nd/internal/manager"
 )
 
@@ -42,6 +44,11 @@ type Controller interface {
 	AdvisorStatus() []advisor.Status
 	// AgentStatus is every polled agent's state.
 	AgentStatus() map[netip.AddrPort]agent.Status
+	// HAStatus is this node's view of its high-availability group;
+	// daemon.ErrNoHA without one.
+	HAStatus() (ha.Status, error)
+	// HATakeover makes this node the active one, in an orderly handover.
+	HATakeover(ctx context.Context) error
 }
 
 // *daemon.Daemon is the Controller of ndd.

@@ -21,6 +21,7 @@ import (
 	"github.com/nd-dispatcher/nd/internal/advisor"
 	"github.com/nd-dispatcher/nd/internal/config"
 	"github.com/nd-dispatcher/nd/internal/executor"
+	"github.com/nd-dispatcher/nd/internal/ha"
 	"github.com/nd-dispatcher/nd/internal/manager"
 	"github.com/nd-dispatcher/nd/internal/neighbor"
 )
@@ -58,6 +59,9 @@ type Options struct {
 	// with target vip; *executor.Steering is the real one); nil leaves
 	// such probes down, saying why.
 	Steering Steering
+	// HAVIPs manages the VIP addresses of a high-availability node; nil
+	// means the kernel's (ha.NewKernelVIPs on the ha section's interface).
+	HAVIPs ha.VIPs
 }
 
 // Daemon is one running dispatcher.
@@ -91,6 +95,7 @@ type Daemon struct {
 	mgr   *manager.Manager
 	adv   *advisor.Runner
 	hosts agents
+	ha    *haLink // nil without an ha section
 	steer Steering
 	// addrs are the configured VIPs and co-located servers, read without
 	// d.mu by advisors' probes.
@@ -162,6 +167,11 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 		return nil, fmt.Errorf("%w: %w", ErrRejected, err)
 	}
 	d.mgr = mgr
+	if cfg.HA != nil {
+		if err := d.newHA(cfg, o.HAVIPs); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrRejected, err)
+		}
+	}
 	// A restarted ndd takes over the weights the manager had set, rather
 	// than throwing them back to the configured ones.
 	if cfg.Manager.Policy != config.PolicyStatic {
@@ -201,6 +211,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 	go func() { defer loops.Done(); d.mgr.Run(ctx) }()
 	d.hosts.start(ctx)
 	defer d.hosts.close()
+	if d.ha != nil {
+		loops.Add(1)
+		go func() { defer loops.Done(); d.runHA(ctx) }()
+	}
 
 	if _, err := d.Apply(d.pending); err != nil {
 		return err
@@ -381,6 +395,9 @@ func (d *Daemon) apply(cfg *config.Config) (config.Changes, error) {
 	}
 	d.log.Info("configuration applied", "changes", ch.String())
 	d.emit(Event{Type: EventConfigApplied, Message: ch.String()})
+	if d.ha != nil {
+		go d.publishHA() // takes d.mu, which apply holds
+	}
 	return ch, nil
 }
 

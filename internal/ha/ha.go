@@ -74,6 +74,23 @@ func (s State) String() string {
 // MarshalText makes states readable in JSON.
 func (s State) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
 
+// UnmarshalText reads what MarshalText writes, so that API clients can
+// decode a Status.
+func (s *State) UnmarshalText(b []byte) error {
+	for _, v := range []State{StateStandby, StateActive, StateStopping} {
+		if string(b) == v.String() {
+			*s = v
+			return nil
+		}
+	}
+	var n uint8
+	if _, err := fmt.Sscanf(string(b), "state-%d", &n); err == nil {
+		*s = State(n)
+		return nil
+	}
+	return fmt.Errorf("unknown ha state %q", b)
+}
+
 // Config is one node's view of its group. Every node of a group lists the
 // others as Peers and shares Key, Group, Interval and DeadAfter.
 type Config struct {

@@ -426,6 +426,13 @@ func (n *Node) Run(ctx context.Context) error {
 	n.started = time.Now()
 	n.mu.Unlock()
 	defer n.Close()
+	// A node starts as a standby. VIPs left on the interface by a run that
+	// died (SIGKILL, a crash) would have it answer ARP and NDP for them
+	// beside the active, so they go first.
+	if err := n.vips.Down(); err != nil {
+		n.c.vipErrs.Add(1)
+		n.log.Warn("ha: remove VIPs left from an earlier run", "err", err)
+	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup

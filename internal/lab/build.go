@@ -315,6 +315,28 @@ func (l *Lab) setUpDispatcher(d *Host) error {
 			}
 		}
 	}
+	if l.Dispatcher2 != nil {
+		// A NIC drops unicast frames for other MACs before XDP sees them;
+		// a veth does not. When a dispatcher's link goes down the bridge
+		// floods the frames that were for it, and the other dispatcher's
+		// data plane would forward them as if it held the VIPs. Flooding
+		// no unknown unicast to the dispatchers keeps a failover honest.
+		// (Broadcasts, ARP included, still reach them; they chatter, so
+		// the bridge learns where they are.)
+		bh, err := l.Bridge.Netlink()
+		if err != nil {
+			return err
+		}
+		for _, ifc := range d.Ifaces() {
+			peer, err := bh.LinkByIndex(ifc.PeerIfindex)
+			if err != nil {
+				return err
+			}
+			if err := bh.LinkSetFlood(peer, false); err != nil {
+				return fmt.Errorf("stop unicast flooding to %s: %w", ifc.Peer, err)
+			}
+		}
+	}
 	for _, ifc := range d.Ifaces() {
 		err := l.Bridge.Do(func() error {
 			c, err := executor.AttachPass(ifc.PeerIfindex)

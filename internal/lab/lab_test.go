@@ -493,6 +493,11 @@ func TestLabTwoDispatchers(t *testing.T) {
 		if x := peer.Attrs().Xdp; x == nil || !x.Attached {
 			t.Errorf("no XDP program on %s", d.Peer)
 		}
+		// As behind a NIC's MAC filter, a dispatcher gets no frame for
+		// another's MAC.
+		if pi, err := bh.LinkGetProtinfo(peer); err != nil || pi.Flood {
+			t.Errorf("%s: unicast flooding on (%+v, %v)", d.Peer, pi, err)
+		}
 	}
 
 	// Nobody answers for the VIP: the client's datagram finds no one.

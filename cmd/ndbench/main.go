@@ -122,6 +122,9 @@ func (o options) worstCase() time.Duration {
 }
 
 func run(args []string, e env) int {
+	if len(args) > 0 && args[0] == "ha" {
+		return runHA(args[1:], e)
+	}
 	o, err := parseOptions(args, e.stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0

@@ -1,0 +1,249 @@
+package main
+
+// `ndbench ha` measures failovers of an HA pair of ndd processes, as a
+// client holding established connections sees them. See docs/HA-BENCH.md.
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"runtime"
+	"slices"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// haOptions are the flags of `ndbench ha`.
+type haOptions struct {
+	failovers int
+	conns     int
+	period    time.Duration
+	interval  time.Duration
+	deadAfter time.Duration
+	servers   int
+	window    time.Duration
+	ndd       string
+	timeout   time.Duration
+	json      bool
+}
+
+func parseHAOptions(args []string, stderr io.Writer) (haOptions, error) {
+	var o haOptions
+	fs := flag.NewFlagSet("ndbench ha", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.IntVar(&o.failovers, "failovers", 10, "failovers of each kind (crash, planned)")
+	fs.IntVar(&o.conns, "conns", 50, "established connections through the VIP during each failover")
+	fs.DurationVar(&o.period, "period", 10*time.Millisecond, "each connection sends a request this often")
+	fs.DurationVar(&o.interval, "interval", 500*time.Millisecond, "ha.interval of both nodes (heartbeats)")
+	fs.DurationVar(&o.deadAfter, "dead-after", 2*time.Second, "ha.dead_after of both nodes")
+	fs.IntVar(&o.servers, "servers", 2, "real servers behind the VIP (1 to 8)")
+	fs.DurationVar(&o.window, "window", 15*time.Second, "after a failover, how long a connection may take to answer again before it counts as lost")
+	fs.StringVar(&o.ndd, "ndd", "", "ndd binary to run (default: go build ./cmd/ndd into a temporary directory)")
+	fs.DurationVar(&o.timeout, "timeout", 20*time.Minute, "give up, clean up and report what was measured after this long")
+	fs.BoolVar(&o.json, "json", false, "print the report as JSON on stdout (the table goes to stderr)")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: ndbench ha [--failovers N] [--conns N] [--period D] [--interval D] [--dead-after D] [--servers N] [--window D] [--ndd PATH] [--timeout D] [--json]\n\n")
+		fmt.Fprintf(stderr, "Builds a lab with two dispatchers running ndd as an HA pair and measures, over\n")
+		fmt.Fprintf(stderr, "crash failovers (SIGKILL and link down) and planned ones (takeover through the\n")
+		fmt.Fprintf(stderr, "API), the client's reply gap and the share of established connections that\n")
+		fmt.Fprintf(stderr, "survive. Must run as root; removes the lab on exit.\n\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	switch {
+	case fs.NArg() > 0:
+		return o, fmt.Errorf("%w: unexpected arguments %q", errUsage, fs.Args())
+	case o.failovers < 1 || o.failovers > 100:
+		return o, fmt.Errorf("%w: --failovers %d: want 1 to 100", errUsage, o.failovers)
+	case o.conns < 1 || o.conns > 1000:
+		return o, fmt.Errorf("%w: --conns %d: want 1 to 1000", errUsage, o.conns)
+	case o.period < time.Millisecond || o.period > time.Second:
+		return o, fmt.Errorf("%w: --period %v: want 1ms to 1s", errUsage, o.period)
+	case o.interval < 10*time.Millisecond || o.interval > 10*time.Second:
+		return o, fmt.Errorf("%w: --interval %v: want 10ms to 10s", errUsage, o.interval)
+	case o.deadAfter < 2*o.interval || o.deadAfter > time.Minute:
+		return o, fmt.Errorf("%w: --dead-after %v: want two intervals (%v) to 1m", errUsage, o.deadAfter, 2*o.interval)
+	case o.servers < 1 || o.servers > 8:
+		return o, fmt.Errorf("%w: --servers %d: want 1 to 8", errUsage, o.servers)
+	case o.window < o.deadAfter+time.Second || o.window > 5*time.Minute:
+		return o, fmt.Errorf("%w: --window %v: want dead-after + 1s (%v) to 5m", errUsage, o.window, o.deadAfter+time.Second)
+	case o.timeout <= 0:
+		return o, fmt.Errorf("%w: --timeout %v: want more than 0", errUsage, o.timeout)
+	}
+	return o, nil
+}
+
+// failover is what one failover measured.
+type failover struct {
+	Kind string `json:"kind"` // crash or planned
+	From string `json:"from"` // the active before
+	To   string `json:"to"`
+	// Control is how long the node taking over took to say it is active:
+	// from the kill, or the takeover call's duration.
+	Control time.Duration `json:"control_ns"`
+	// Gap is the client's takeover time: the longest time in which no
+	// established connection got a reply, from the last reply before the
+	// failover to the first after it.
+	Gap time.Duration `json:"gap_ns"`
+	// Stall is the median, over the surviving connections, of each one's
+	// longest wait for a reply: what one connection's user notices, TCP
+	// retransmission back-off included.
+	Stall time.Duration `json:"stall_median_ns"`
+	// Conns and Survived: connections established before the failover,
+	// and how many answered again within the window.
+	Conns    int `json:"conns"`
+	Survived int `json:"survived"`
+}
+
+func (f failover) survival() float64 { return float64(f.Survived) / float64(max(f.Conns, 1)) }
+
+// haReport is the bench's output.
+type haReport struct {
+	Failovers []failover `json:"failovers"`
+	Interval  string     `json:"interval"`
+	DeadAfter string     `json:"dead_after"`
+	Period    string     `json:"period"`
+	CPUs      int        `json:"cpus"`
+	Kernel    string     `json:"kernel,omitempty"`
+	Error     string     `json:"error,omitempty"`
+}
+
+func runHA(args []string, e env) int {
+	o, err := parseHAOptions(args, e.stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		if errors.Is(err, errUsage) {
+			fmt.Fprintf(e.stderr, "ndbench ha: %v\n", err)
+		}
+		return 2
+	}
+	if e.euid() != 0 {
+		fmt.Fprintln(e.stderr, "ndbench ha: must run as root: it builds network namespaces and runs ndd")
+		return 1
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	defer stop()
+	ctx, cancel := context.WithTimeout(ctx, o.timeout)
+	defer cancel()
+	logf := func(format string, args ...any) {
+		fmt.Fprintf(e.stderr, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
+	}
+
+	r := haReport{Interval: o.interval.String(), DeadAfter: o.deadAfter.String(), Period: o.period.String(), CPUs: runtime.NumCPU()}
+	var uts unix.Utsname
+	if unix.Uname(&uts) == nil {
+		r.Kernel = unix.ByteSliceToString(uts.Release[:])
+	}
+	fs, runErr := measureHA(ctx, o, logf)
+	r.Failovers = fs
+	if runErr != nil {
+		r.Error = runErr.Error()
+	}
+	out := e.stdout
+	if o.json {
+		out = e.stderr
+	}
+	r.writeTable(out)
+	if o.json {
+		enc := json.NewEncoder(e.stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(r); err != nil {
+			fmt.Fprintf(e.stderr, "ndbench ha: %v\n", err)
+			return 1
+		}
+	}
+	if runErr != nil {
+		fmt.Fprintf(e.stderr, "ndbench ha: %v\n", runErr)
+		return 1
+	}
+	return 0
+}
+
+// measureHA builds the pair, runs the failovers and always tears it down.
+func measureHA(ctx context.Context, o haOptions, logf func(string, ...any)) (_ []failover, err error) {
+	p, err := newHAPair(ctx, o, logf)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if cerr := p.close(); cerr != nil {
+			err = errors.Join(err, cerr)
+		}
+	}()
+	var out []failover
+	// Crashes and planned takeovers alternate, so that both see the same
+	// conditions over the run.
+	for i := range o.failovers {
+		for _, kind := range []string{"crash", "planned"} {
+			if err := ctx.Err(); err != nil {
+				return out, err
+			}
+			f, err := p.failover(ctx, kind)
+			if err != nil {
+				return out, fmt.Errorf("%s failover %d: %w", kind, i+1, err)
+			}
+			logf("%s %d: %s -> %s: control %v, client gap %v, median stall %v, %d of %d connections survived",
+				kind, i+1, f.From, f.To, f.Control.Round(time.Millisecond), f.Gap.Round(time.Millisecond),
+				f.Stall.Round(time.Millisecond), f.Survived, f.Conns)
+			out = append(out, f)
+		}
+	}
+	return out, nil
+}
+
+// writeTable prints min / median / max per kind.
+func (r haReport) writeTable(w io.Writer) {
+	fmt.Fprintf(w, "ndbench ha: heartbeats every %s, dead after %s; a request every %s on each connection; %d CPUs, kernel %s\n",
+		r.Interval, r.DeadAfter, r.Period, r.CPUs, r.Kernel)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "kind\tn\tgap min\tgap median\tgap max\tstall median\tcontrol median\tsurvived\tsurvival min\t")
+	for _, kind := range []string{"crash", "planned"} {
+		var gaps, stalls, controls []time.Duration
+		conns, survived, minSurv := 0, 0, 1.0
+		for _, f := range r.Failovers {
+			if f.Kind != kind {
+				continue
+			}
+			gaps, stalls, controls = append(gaps, f.Gap), append(stalls, f.Stall), append(controls, f.Control)
+			conns += f.Conns
+			survived += f.Survived
+			minSurv = min(minSurv, f.survival())
+		}
+		if len(gaps) == 0 {
+			continue
+		}
+		slices.Sort(gaps)
+		ms := func(d time.Duration) string { return fmt.Sprintf("%d ms", d.Milliseconds()) }
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%d/%d (%.2f%%)\t%.2f%%\t\n", kind, len(gaps),
+			ms(gaps[0]), ms(medianDur(gaps)), ms(gaps[len(gaps)-1]), ms(medianDur(stalls)), ms(medianDur(controls)),
+			survived, conns, 100*float64(survived)/float64(max(conns, 1)), 100*minSurv)
+	}
+	tw.Flush()
+	if r.Error != "" {
+		fmt.Fprintf(w, "stopped early: %s\n", r.Error)
+	}
+}
+
+func medianDur(v []time.Duration) time.Duration {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}

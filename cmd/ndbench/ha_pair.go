@@ -1,0 +1,528 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/nd-dispatcher/nd/internal/api"
+	"github.com/nd-dispatcher/nd/internal/ha"
+	"github.com/nd-dispatcher/nd/internal/lab"
+)
+
+// Bounds of the pair's life.
+const (
+	haPort        = 7000
+	haStartWait   = 30 * time.Second // until ndd's API answers
+	haSettleWait  = 30 * time.Second // until one active and a synced standby
+	haDialTimeout = 3 * time.Second
+	haStopWait    = 10 * time.Second // SIGTERM until exit
+)
+
+// haPair is the lab, the echo servers on VIP4:80 and one ndd per
+// dispatcher. nodes[active] holds the VIP.
+type haPair struct {
+	o      haOptions
+	logf   func(string, ...any)
+	lab    *lab.Lab
+	dir    string
+	ndd    string
+	echoes []*haEcho
+	nodes  [2]*haNDD
+	active int
+}
+
+// haNDD is one dispatcher's ndd.
+type haNDD struct {
+	host   *lab.Host
+	cfg    string // configuration file
+	socket string
+	log    string
+	api    *api.Client
+	cmd    *exec.Cmd
+	done   chan struct{}
+	starts int
+}
+
+func newHAPair(ctx context.Context, o haOptions, logf func(string, ...any)) (_ *haPair, err error) {
+	p := &haPair{o: o, logf: logf}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, p.close())
+		}
+	}()
+	if p.dir, err = os.MkdirTemp("", "ndbench-ha-"); err != nil {
+		return p, err
+	}
+	p.ndd = o.ndd
+	if p.ndd == "" {
+		p.ndd = filepath.Join(p.dir, "ndd")
+		logf("building ndd")
+		out, err := exec.CommandContext(ctx, "go", "build", "-o", p.ndd, "github.com/nd-dispatcher/nd/cmd/ndd").CombinedOutput()
+		if err != nil {
+			return p, fmt.Errorf("go build ./cmd/ndd: %w\n%s", err, out)
+		}
+	}
+	if _, err := lab.SweepStale(logf); err != nil {
+		logf("sweep stale labs: %v", err)
+	}
+	if p.lab, err = lab.New(ctx, lab.Options{Servers: o.servers, Dispatchers: 2, NoDispatcherVIPs: true, Logf: logf}); err != nil {
+		return p, err
+	}
+	if err := p.lab.Check(ctx); err != nil {
+		return p, err
+	}
+	vip := netip.AddrPortFrom(p.lab.VIP4, servicePort)
+	for i := range p.lab.Servers {
+		e, err := startHAEcho(&p.lab.Servers[i], vip)
+		if err != nil {
+			return p, err
+		}
+		p.echoes = append(p.echoes, e)
+	}
+	key := filepath.Join(p.dir, "ha.key")
+	if err := os.WriteFile(key, []byte("ndbench-ha-shared-key-0123456789"), 0o600); err != nil {
+		return p, err
+	}
+	ds := p.lab.Dispatchers()
+	for i, d := range ds {
+		n := &haNDD{host: d, cfg: filepath.Join(p.dir, d.Name+".yaml"), socket: filepath.Join(p.dir, d.Name+".sock")}
+		if err := os.WriteFile(n.cfg, []byte(p.config(d, ds[1-i], 200-100*i, key)), 0o600); err != nil {
+			return p, err
+		}
+		if n.api, err = api.NewClient(n.socket, "", api.WithTimeout(30*time.Second)); err != nil {
+			return p, err
+		}
+		p.nodes[i] = n
+	}
+	for _, n := range p.nodes {
+		if err := p.start(ctx, n); err != nil {
+			return p, err
+		}
+	}
+	p.active = 0
+	return p, p.settle(ctx)
+}
+
+// config is one node's ndd configuration; the data plane is not pinned,
+// so that it stops with ndd and leaves nothing behind.
+func (p *haPair) config(self, peer *lab.Host, priority int, key string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "interfaces: [%s]\ndata_plane:\n  pin_path: \"\"\napi:\n  socket: %s\nmanager:\n  policy: static\n",
+		self.Ifname, filepath.Join(p.dir, self.Name+".sock"))
+	fmt.Fprintf(&b, "clusters:\n  - vip: %s\n    ports:\n      - port: %d\n        servers:\n", p.lab.VIP4, servicePort)
+	for _, s := range p.lab.Servers {
+		fmt.Fprintf(&b, "          - {address: %s, weight: 1}\n", s.Addr4)
+	}
+	fmt.Fprintf(&b, "ha:\n  group: bench\n  interface: %s\n  self: %s:%d\n  peers: [%s:%d]\n  priority: %d\n  interval: %s\n  dead_after: %s\n  key_file: %s\n",
+		self.Ifname, self.Addr4, haPort, peer.Addr4, haPort, priority, p.o.interval, p.o.deadAfter, key)
+	return b.String()
+}
+
+// start runs ndd in the node's namespace and waits for its API.
+func (p *haPair) start(ctx context.Context, n *haNDD) error {
+	n.starts++
+	n.log = filepath.Join(p.dir, fmt.Sprintf("%s-%d.log", n.host.Name, n.starts))
+	logFile, err := os.Create(n.log)
+	if err != nil {
+		return err
+	}
+	defer logFile.Close()
+	n.cmd = n.host.NS.Command(context.Background(), p.ndd, "--config", n.cfg)
+	n.cmd.Stdout, n.cmd.Stderr = logFile, logFile
+	n.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+	if err := n.cmd.Start(); err != nil {
+		return fmt.Errorf("start ndd in %s: %w", n.host.Name, err)
+	}
+	n.done = make(chan struct{})
+	go func(cmd *exec.Cmd, done chan struct{}) { cmd.Wait(); close(done) }(n.cmd, n.done)
+	deadline := time.Now().Add(haStartWait)
+	for n.api.Health() != nil {
+		select {
+		case <-n.done:
+			return fmt.Errorf("ndd in %s exited at start: %s", n.host.Name, tail(n.log))
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("ndd in %s: no API after %v", n.host.Name, haStartWait)
+		}
+	}
+	return nil
+}
+
+func (n *haNDD) running() bool {
+	if n.done == nil {
+		return false
+	}
+	select {
+	case <-n.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// settle waits until nodes[active] is active, the other a standby that
+// holds the active's flows and configuration, and the client reaches the
+// VIP.
+func (p *haPair) settle(ctx context.Context) error {
+	a, s := p.nodes[p.active], p.nodes[1-p.active]
+	deadline := time.Now().Add(haSettleWait)
+	why := ""
+	for {
+		why = ""
+		as, aerr := a.api.HAStatus()
+		ss, serr := s.api.HAStatus()
+		switch {
+		case aerr != nil || serr != nil:
+			why = fmt.Sprint(errors.Join(aerr, serr))
+		case as.State != ha.StateActive || ss.State != ha.StateStandby:
+			why = fmt.Sprintf("%s is %s, %s is %s", a.host.Name, as.State, s.host.Name, ss.State)
+		case len(as.Peers) != 1 || !as.Peers[0].Synced || ss.Counters.SnapshotsReceived == 0 || ss.ConfigHash != as.ConfigHash:
+			why = fmt.Sprintf("%s not synchronised yet", s.host.Name)
+		}
+		if why == "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the pair did not settle in %v: %s", haSettleWait, why)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	for {
+		c, err := p.dial(ctx)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the client cannot reach the VIP through %s: %w", a.host.Name, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func (p *haPair) dial(ctx context.Context) (net.Conn, error) {
+	dctx, cancel := context.WithTimeout(ctx, haDialTimeout)
+	defer cancel()
+	return p.lab.Client.NS.DialContext(dctx, "tcp", netip.AddrPortFrom(p.lab.VIP4, servicePort).String())
+}
+
+// failover opens the connections, lets them run, fails the active over
+// (kind crash or planned), waits until every connection has answered again
+// or the window has passed, and measures.
+func (p *haPair) failover(ctx context.Context, kind string) (failover, error) {
+	from, to := p.nodes[p.active], p.nodes[1-p.active]
+	f := failover{Kind: kind, From: from.host.Name, To: to.host.Name, Conns: p.o.conns}
+	pg, err := p.startPings(ctx)
+	if err != nil {
+		return f, err
+	}
+	defer pg.stop()
+	time.Sleep(time.Second) // the standby has every flow, and the pings a baseline
+
+	event := time.Now()
+	switch kind {
+	case "crash":
+		if err := setLink(from.host, false); err != nil {
+			return f, err
+		}
+		from.cmd.Process.Kill()
+		<-from.done
+		for {
+			st, err := to.api.HAStatus()
+			if err == nil && st.State == ha.StateActive {
+				f.Control = time.Since(event)
+				break
+			}
+			if time.Since(event) > p.o.window {
+				return f, fmt.Errorf("%s not active %v after %s crashed", to.host.Name, p.o.window, from.host.Name)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	case "planned":
+		if _, err := to.api.HATakeover(); err != nil {
+			return f, fmt.Errorf("takeover by %s: %w", to.host.Name, err)
+		}
+		f.Control = time.Since(event)
+	}
+	p.active = 1 - p.active
+
+	// Every connection answers again, or the window closes.
+	end := event.Add(p.o.window)
+	for time.Now().Before(end) && !pg.allAnsweredAfter(event.Add(f.Control)) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond)
+	pg.stop()
+	f.Gap, f.Stall, f.Survived = pg.measure(event, event.Add(f.Control))
+
+	if kind == "crash" {
+		// The crashed host comes back, as a standby.
+		if err := setLink(from.host, true); err != nil {
+			return f, err
+		}
+		if err := p.start(ctx, from); err != nil {
+			return f, err
+		}
+	}
+	return f, p.settle(ctx)
+}
+
+func setLink(h *lab.Host, up bool) error {
+	nh, err := h.NS.Netlink()
+	if err != nil {
+		return err
+	}
+	link, err := nh.LinkByIndex(h.Ifindex)
+	if err != nil {
+		return err
+	}
+	if up {
+		return nh.LinkSetUp(link)
+	}
+	return nh.LinkSetDown(link)
+}
+
+// haPings are the established connections of one failover, each sending a
+// line every period and timing the echoes.
+type haPings struct {
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	mu      sync.Mutex
+	replies [][]time.Time // per connection
+	failed  []bool
+	once    sync.Once
+}
+
+func (p *haPair) startPings(ctx context.Context) (*haPings, error) {
+	pctx, cancel := context.WithCancel(ctx)
+	pg := &haPings{cancel: cancel, replies: make([][]time.Time, p.o.conns), failed: make([]bool, p.o.conns)}
+	conns := make([]net.Conn, p.o.conns)
+	for i := range conns {
+		c, err := p.dial(ctx)
+		if err != nil {
+			for _, c := range conns[:i] {
+				c.Close()
+			}
+			cancel()
+			return nil, fmt.Errorf("connection %d to the VIP: %w", i, err)
+		}
+		conns[i] = c
+	}
+	for i, c := range conns {
+		pg.wg.Go(func() {
+			defer c.Close()
+			// Closing the connection is what ends a blocked read.
+			stop := context.AfterFunc(pctx, func() { c.Close() })
+			defer stop()
+			r := bufio.NewReader(c)
+			time.Sleep(time.Duration(i) * p.o.period / time.Duration(len(conns)))
+			next := time.Now()
+			for seq := 0; pctx.Err() == nil; seq++ {
+				line := strconv.Itoa(seq) + "\n"
+				c.SetDeadline(time.Now().Add(p.o.window))
+				_, err := c.Write([]byte(line))
+				var got string
+				if err == nil {
+					got, err = r.ReadString('\n')
+				}
+				if pctx.Err() != nil {
+					return
+				}
+				pg.mu.Lock()
+				if err != nil || got != line {
+					pg.failed[i] = true
+					pg.mu.Unlock()
+					return
+				}
+				pg.replies[i] = append(pg.replies[i], time.Now())
+				pg.mu.Unlock()
+				next = next.Add(p.o.period)
+				if d := time.Until(next); d > 0 {
+					time.Sleep(d)
+				} else {
+					next = time.Now()
+				}
+			}
+		})
+	}
+	return pg, nil
+}
+
+func (pg *haPings) stop() {
+	pg.once.Do(func() {
+		pg.cancel()
+		pg.wg.Wait()
+	})
+}
+
+func (pg *haPings) allAnsweredAfter(t time.Time) bool {
+	pg.mu.Lock()
+	defer pg.mu.Unlock()
+	for i, rs := range pg.replies {
+		if pg.failed[i] || len(rs) == 0 || rs[len(rs)-1].Before(t) {
+			return false
+		}
+	}
+	return true
+}
+
+// measure returns the client's gap around event (the longest time with no
+// reply on any connection, between a second before the event and the end),
+// the median over surviving connections of their longest stall, and how
+// many survived: answered after the node taking over was active, and never
+// broke.
+func (pg *haPings) measure(event, active time.Time) (gap, stall time.Duration, survived int) {
+	pg.mu.Lock()
+	defer pg.mu.Unlock()
+	var all []time.Time
+	var stalls []time.Duration
+	from := event.Add(-time.Second)
+	for i, rs := range pg.replies {
+		var worst time.Duration
+		for j, r := range rs {
+			if r.Before(from) {
+				continue
+			}
+			all = append(all, r)
+			if j > 0 {
+				worst = max(worst, r.Sub(rs[j-1]))
+			}
+		}
+		if !pg.failed[i] && len(rs) > 0 && rs[len(rs)-1].After(active) {
+			survived++
+			stalls = append(stalls, worst)
+		}
+	}
+	slices.SortFunc(all, func(a, b time.Time) int { return a.Compare(b) })
+	for j := 1; j < len(all); j++ {
+		gap = max(gap, all[j].Sub(all[j-1]))
+	}
+	return gap, medianDur(stalls), survived
+}
+
+// close stops the ndd processes, the echo servers and the lab.
+func (p *haPair) close() error {
+	var errs []error
+	for _, n := range p.nodes {
+		if n == nil {
+			continue
+		}
+		if n.running() {
+			n.cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-n.done:
+			case <-time.After(haStopWait):
+				n.cmd.Process.Kill()
+				<-n.done
+				errs = append(errs, fmt.Errorf("ndd in %s did not stop on SIGTERM: killed", n.host.Name))
+			}
+		}
+		if n.api != nil {
+			n.api.Close()
+		}
+	}
+	for _, e := range p.echoes {
+		e.stop()
+	}
+	if p.lab != nil {
+		if err := p.lab.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if p.dir != "" {
+		os.RemoveAll(p.dir)
+	}
+	return errors.Join(errs...)
+}
+
+// tail returns the last lines of a log.
+func tail(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-10):], "\n")
+}
+
+// haEcho is a server's line echo on the VIP: long-lived connections send
+// lines and get them back.
+type haEcho struct {
+	ln    net.Listener
+	wg    sync.WaitGroup
+	mu    sync.Mutex
+	conns map[net.Conn]struct{}
+}
+
+func startHAEcho(h *lab.Host, a netip.AddrPort) (*haEcho, error) {
+	ln, err := h.NS.Listen("tcp", a.String())
+	if err != nil {
+		return nil, fmt.Errorf("echo on %s in %s: %w", a, h.Name, err)
+	}
+	e := &haEcho{ln: ln, conns: map[net.Conn]struct{}{}}
+	e.wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			e.mu.Lock()
+			e.conns[c] = struct{}{}
+			e.mu.Unlock()
+			e.wg.Go(func() {
+				defer func() {
+					e.mu.Lock()
+					delete(e.conns, c)
+					e.mu.Unlock()
+					c.Close()
+				}()
+				r := bufio.NewReader(c)
+				for {
+					c.SetDeadline(time.Now().Add(time.Minute))
+					line, err := r.ReadString('\n')
+					if err != nil {
+						return
+					}
+					if _, err := c.Write([]byte(line)); err != nil {
+						return
+					}
+				}
+			})
+		}
+	})
+	return e, nil
+}
+
+func (e *haEcho) stop() {
+	e.ln.Close()
+	e.mu.Lock()
+	for c := range e.conns {
+		c.Close()
+	}
+	e.mu.Unlock()
+	e.wg.Wait()
+}

@@ -95,6 +95,10 @@ type failover struct {
 	// established connection got a reply, from the last reply before the
 	// failover to the first after it.
 	Gap time.Duration `json:"gap_ns"`
+	// PathGap is the longest silence of a datagram flow (one UDP socket
+	// sending every period through the VIP): when the path itself was
+	// broken, without TCP's retransmission back-off.
+	PathGap time.Duration `json:"path_gap_ns"`
 	// Stall is the median, over the surviving connections, of each one's
 	// longest wait for a reply: what one connection's user notices, TCP
 	// retransmission back-off included.
@@ -194,9 +198,9 @@ func measureHA(ctx context.Context, o haOptions, logf func(string, ...any)) (_ [
 			if err != nil {
 				return out, fmt.Errorf("%s failover %d: %w", kind, i+1, err)
 			}
-			logf("%s %d: %s -> %s: control %v, client gap %v, median stall %v, %d of %d connections survived",
-				kind, i+1, f.From, f.To, f.Control.Round(time.Millisecond), f.Gap.Round(time.Millisecond),
-				f.Stall.Round(time.Millisecond), f.Survived, f.Conns)
+			logf("%s %d: %s -> %s: control %v, path gap %v, client gap %v, median stall %v, %d of %d connections survived",
+				kind, i+1, f.From, f.To, f.Control.Round(time.Millisecond), f.PathGap.Round(time.Millisecond),
+				f.Gap.Round(time.Millisecond), f.Stall.Round(time.Millisecond), f.Survived, f.Conns)
 			out = append(out, f)
 		}
 	}
@@ -208,15 +212,16 @@ func (r haReport) writeTable(w io.Writer) {
 	fmt.Fprintf(w, "ndbench ha: heartbeats every %s, dead after %s; a request every %s on each connection; %d CPUs, kernel %s\n",
 		r.Interval, r.DeadAfter, r.Period, r.CPUs, r.Kernel)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "kind\tn\tgap min\tgap median\tgap max\tstall median\tcontrol median\tsurvived\tsurvival min\t")
+	fmt.Fprintln(tw, "kind\tn\tgap min\tgap median\tgap max\tpath gap min\tmedian\tmax\tstall median\tcontrol median\tsurvived\tsurvival min\t")
 	for _, kind := range []string{"crash", "planned"} {
-		var gaps, stalls, controls []time.Duration
+		var gaps, paths, stalls, controls []time.Duration
 		conns, survived, minSurv := 0, 0, 1.0
 		for _, f := range r.Failovers {
 			if f.Kind != kind {
 				continue
 			}
 			gaps, stalls, controls = append(gaps, f.Gap), append(stalls, f.Stall), append(controls, f.Control)
+			paths = append(paths, f.PathGap)
 			conns += f.Conns
 			survived += f.Survived
 			minSurv = min(minSurv, f.survival())
@@ -225,9 +230,11 @@ func (r haReport) writeTable(w io.Writer) {
 			continue
 		}
 		slices.Sort(gaps)
+		slices.Sort(paths)
 		ms := func(d time.Duration) string { return fmt.Sprintf("%d ms", d.Milliseconds()) }
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%d/%d (%.2f%%)\t%.2f%%\t\n", kind, len(gaps),
-			ms(gaps[0]), ms(medianDur(gaps)), ms(gaps[len(gaps)-1]), ms(medianDur(stalls)), ms(medianDur(controls)),
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d/%d (%.2f%%)\t%.2f%%\t\n", kind, len(gaps),
+			ms(gaps[0]), ms(medianDur(gaps)), ms(gaps[len(gaps)-1]),
+			ms(paths[0]), ms(medianDur(paths)), ms(paths[len(paths)-1]), ms(medianDur(stalls)), ms(medianDur(controls)),
 			survived, conns, 100*float64(survived)/float64(max(conns, 1)), 100*minSurv)
 	}
 	tw.Flush()

@@ -40,8 +40,10 @@ type haPair struct {
 	dir    string
 	ndd    string
 	echoes []*haEcho
-	nodes  [2]*haNDD
-	active int
+	// udpEchoes answer the path probe's datagrams on VIP4:80/udp.
+	udpEchoes []net.PacketConn
+	nodes     [2]*haNDD
+	active    int
 }
 
 // haNDD is one dispatcher's ndd.
@@ -91,6 +93,12 @@ func newHAPair(ctx context.Context, o haOptions, logf func(string, ...any)) (_ *
 			return p, err
 		}
 		p.echoes = append(p.echoes, e)
+		u, err := p.lab.Servers[i].NS.ListenPacket("udp4", vip.String())
+		if err != nil {
+			return p, fmt.Errorf("udp echo in %s: %w", p.lab.Servers[i].Name, err)
+		}
+		p.udpEchoes = append(p.udpEchoes, u)
+		go udpEcho(u)
 	}
 	key := filepath.Join(p.dir, "ha.key")
 	if err := os.WriteFile(key, []byte("ndbench-ha-shared-key-0123456789"), 0o600); err != nil {
@@ -122,9 +130,12 @@ func (p *haPair) config(self, peer *lab.Host, priority int, key string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "interfaces: [%s]\ndata_plane:\n  pin_path: \"\"\napi:\n  socket: %s\nmanager:\n  policy: static\n",
 		self.Ifname, filepath.Join(p.dir, self.Name+".sock"))
-	fmt.Fprintf(&b, "clusters:\n  - vip: %s\n    ports:\n      - port: %d\n        servers:\n", p.lab.VIP4, servicePort)
-	for _, s := range p.lab.Servers {
-		fmt.Fprintf(&b, "          - {address: %s, weight: 1}\n", s.Addr4)
+	fmt.Fprintf(&b, "clusters:\n  - vip: %s\n    ports:\n", p.lab.VIP4)
+	for _, proto := range []string{"tcp", "udp"} {
+		fmt.Fprintf(&b, "      - port: %d\n        protocol: %s\n        servers:\n", servicePort, proto)
+		for _, s := range p.lab.Servers {
+			fmt.Fprintf(&b, "          - {address: %s, weight: 1}\n", s.Addr4)
+		}
 	}
 	fmt.Fprintf(&b, "ha:\n  group: bench\n  interface: %s\n  self: %s:%d\n  peers: [%s:%d]\n  priority: %d\n  interval: %s\n  dead_after: %s\n  key_file: %s\n",
 		self.Ifname, self.Addr4, haPort, peer.Addr4, haPort, priority, p.o.interval, p.o.deadAfter, key)
@@ -241,6 +252,11 @@ func (p *haPair) failover(ctx context.Context, kind string) (failover, error) {
 		return f, err
 	}
 	defer pg.stop()
+	probe, err := p.startPathProbe()
+	if err != nil {
+		return f, err
+	}
+	defer probe.stop()
 	time.Sleep(time.Second) // the standby has every flow, and the pings a baseline
 
 	event := time.Now()
@@ -277,7 +293,9 @@ func (p *haPair) failover(ctx context.Context, kind string) (failover, error) {
 	}
 	time.Sleep(200 * time.Millisecond)
 	pg.stop()
+	probe.stop()
 	f.Gap, f.Stall, f.Survived = pg.measure(event, event.Add(f.Control))
+	f.PathGap = probe.gap(event.Add(-time.Second))
 
 	if kind == "crash" {
 		// The crashed host comes back, as a standby.
@@ -448,6 +466,9 @@ func (p *haPair) close() error {
 	for _, e := range p.echoes {
 		e.stop()
 	}
+	for _, u := range p.udpEchoes {
+		u.Close()
+	}
 	if p.lab != nil {
 		if err := p.lab.Close(); err != nil {
 			errs = append(errs, err)
@@ -525,4 +546,85 @@ func (e *haEcho) stop() {
 	}
 	e.mu.Unlock()
 	e.wg.Wait()
+}
+
+func udpEcho(c net.PacketConn) {
+	buf := make([]byte, 64)
+	for {
+		n, from, err := c.ReadFrom(buf)
+		if err != nil {
+			return
+		}
+		c.WriteTo(buf[:n], from)
+	}
+}
+
+// pathProbe sends a datagram to VIP4:80/udp every period from one socket,
+// one flow that the standby learns like any other, and records when
+// echoes come back. Unlike TCP it has no retransmission back-off, so its
+// longest silence is when the path itself was broken.
+type pathProbe struct {
+	c       net.Conn
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	mu      sync.Mutex
+	replies []time.Time
+	once    sync.Once
+}
+
+func (p *haPair) startPathProbe() (*pathProbe, error) {
+	c, err := p.lab.Client.NS.DialContext(context.Background(), "udp4", netip.AddrPortFrom(p.lab.VIP4, servicePort).String())
+	if err != nil {
+		return nil, fmt.Errorf("path probe: %w", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	pp := &pathProbe{c: c, cancel: cancel}
+	pp.wg.Go(func() {
+		buf := make([]byte, 64)
+		for {
+			if _, err := c.Read(buf); err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				continue // e.g. ECONNREFUSED from an ICMP error
+			}
+			pp.mu.Lock()
+			pp.replies = append(pp.replies, time.Now())
+			pp.mu.Unlock()
+		}
+	})
+	pp.wg.Go(func() {
+		tick := time.NewTicker(p.o.period)
+		defer tick.Stop()
+		for seq := 0; ; seq++ {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			c.Write([]byte(strconv.Itoa(seq)))
+		}
+	})
+	return pp, nil
+}
+
+func (pp *pathProbe) stop() {
+	pp.once.Do(func() {
+		pp.cancel()
+		pp.c.Close()
+		pp.wg.Wait()
+	})
+}
+
+// gap is the longest time without an echo after from.
+func (pp *pathProbe) gap(from time.Time) time.Duration {
+	pp.mu.Lock()
+	defer pp.mu.Unlock()
+	var g time.Duration
+	for j := 1; j < len(pp.replies); j++ {
+		if pp.replies[j].After(from) {
+			g = max(g, pp.replies[j].Sub(pp.replies[j-1]))
+		}
+	}
+	return g
 }

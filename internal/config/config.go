@@ -50,8 +50,8 @@ const (
 	// paper's "best server" policy): good at low load.
 	PolicyBest = "best"
 	// PolicyStatic keeps the configured weights: servers keep them until an
-	// operator changes them; the manager still takes servers that are
-	// down, disabled or overloaded out, and brings them back.
+	// operator changes them; the manager still takes servers that are down
+	// or disabled out, and brings them back.
 	PolicyStatic = "static"
 )
 

@@ -65,7 +65,6 @@ func (d *Daemon) newHA(cfg *config.Config, vips ha.VIPs) error {
 	return nil
 }
 
-
 // runHA runs the node and streams the data plane's flows to the standbys
 // until ctx ends.
 func (d *Daemon) runHA(ctx context.Context) {

@@ -189,7 +189,7 @@ type nddConfig struct {
 	Manager string
 	// Advisors and Agents are whole sections, or "".
 	Advisors, Agents string
-	Ports    []portConfig
+	Ports            []portConfig
 }
 
 type portConfig struct {

@@ -262,11 +262,13 @@ func (p *haPair) failover(ctx context.Context, kind string) (failover, error) {
 	event := time.Now()
 	switch kind {
 	case "crash":
+		// The kill first: a dying host does not react to its link going
+		// down (and ndd taking servers out as it would).
+		from.cmd.Process.Kill()
+		<-from.done
 		if err := setLink(from.host, false); err != nil {
 			return f, err
 		}
-		from.cmd.Process.Kill()
-		<-from.done
 		for {
 			st, err := to.api.HAStatus()
 			if err == nil && st.State == ha.StateActive {

@@ -124,12 +124,14 @@ func newHAPair(ctx context.Context, o haOptions, logf func(string, ...any)) (_ *
 	return p, p.settle(ctx)
 }
 
-// config is one node's ndd configuration; the data plane is not pinned,
-// so that it stops with ndd and leaves nothing behind.
+// config is one node's ndd configuration. The data plane is pinned, as by
+// default: unpinned, it would stop the instant ndd is killed, and the
+// kernel, which still holds the VIP, would reset every connection that
+// reached it before the link went down.
 func (p *haPair) config(self, peer *lab.Host, priority int, key string) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "interfaces: [%s]\ndata_plane:\n  pin_path: \"\"\napi:\n  socket: %s\nmanager:\n  policy: static\n",
-		self.Ifname, filepath.Join(p.dir, self.Name+".sock"))
+	fmt.Fprintf(&b, "interfaces: [%s]\ndata_plane:\n  pin_path: %s\napi:\n  socket: %s\nmanager:\n  policy: static\n",
+		self.Ifname, p.pinPath(self), filepath.Join(p.dir, self.Name+".sock"))
 	fmt.Fprintf(&b, "clusters:\n  - vip: %s\n    ports:\n", p.lab.VIP4)
 	for _, proto := range []string{"tcp", "udp"} {
 		fmt.Fprintf(&b, "      - port: %d\n        protocol: %s\n        servers:\n", servicePort, proto)
@@ -173,6 +175,12 @@ func (p *haPair) start(ctx context.Context, n *haNDD) error {
 		}
 	}
 	return nil
+}
+
+// pinPath is a node's own directory on the host's bpffs, which both
+// dispatcher namespaces share.
+func (p *haPair) pinPath(h *lab.Host) string {
+	return fmt.Sprintf("/sys/fs/bpf/ndbench-ha-%d-%s", os.Getpid(), h.Name)
 }
 
 func (n *haNDD) running() bool {
@@ -464,6 +472,15 @@ func (p *haPair) close() error {
 		if n.api != nil {
 			n.api.Close()
 		}
+		if n.starts > 0 {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			out, err := n.host.NS.Command(ctx, p.ndd, "--destroy", "--config", n.cfg).CombinedOutput()
+			cancel()
+			if err != nil {
+				errs = append(errs, fmt.Errorf("ndd --destroy in %s: %w: %s", n.host.Name, err, out))
+			}
+		}
+		os.RemoveAll(p.pinPath(n.host))
 	}
 	for _, e := range p.echoes {
 		e.stop()

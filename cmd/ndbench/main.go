@@ -17,7 +17,8 @@
 // sustained with under 1% errors. The configurations take turns in rounds,
 // and the figures are medians over the rounds. See docs/BENCH.md.
 //
-// It must run as root: `go run ./cmd/ndbench`.
+// It must run as root: `go run ./cmd/ndbench`. `ndbench feedback` runs
+// the feedback-loop bench instead; see docs/FEEDBACK-BENCH.md.
 package main
 
 import (
@@ -122,6 +123,9 @@ func (o options) worstCase() time.Duration {
 }
 
 func run(args []string, e env) int {
+	if len(args) > 0 && args[0] == "feedback" {
+		return runFeedback(args[1:], e)
+	}
 	o, err := parseOptions(args, e.stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0

@@ -46,9 +46,51 @@ const (
 	// follow the proportions of active flows, new flows, advisor and host
 	// metrics, smoothed, committed when they move by more than sensitivity.
 	PolicyDefault = "default"
-	// PolicyStatic turns the manager off: servers keep their configured
-	// weights until an operator changes them.
+	// PolicyBest sends every new flow to the least-loaded server (the
+	// paper's "best server" policy): good at low load.
+	PolicyBest = "best"
+	// PolicyStatic keeps the configured weights: servers keep them until an
+	// operator changes them; the manager still takes servers that are
+	// down, disabled or overloaded out, and brings them back.
 	PolicyStatic = "static"
+)
+
+// Schedulers: how the data plane picks a server for a new flow.
+const (
+	// SchedulerMaglev follows the weights through the port's weighted
+	// Maglev table.
+	SchedulerMaglev = "maglev"
+	// SchedulerP2C draws two servers from the Maglev table and takes the
+	// one with fewer active flows for its weight (power of two choices).
+	SchedulerP2C = "p2c"
+)
+
+// Advisor kinds and targets.
+const (
+	AdvisorTCP    = "tcp"
+	AdvisorHTTP   = "http"
+	AdvisorHTTPS  = "https"
+	AdvisorCustom = "custom"
+
+	// TargetServer probes the server's own address; TargetVIP probes the
+	// VIP:port on the server, steered to it (what clients reach under
+	// direct server return).
+	TargetServer = "server"
+	TargetVIP    = "vip"
+)
+
+// Defaults of advisors and agents.
+const (
+	DefaultAdvisorInterval = 5 * time.Second
+	DefaultAdvisorTimeout  = 3 * time.Second
+	DefaultRise            = 2
+	DefaultFall            = 2
+	DefaultAgentPort       = 7010
+	DefaultAgentInterval   = 2 * time.Second
+	DefaultAgentTimeout    = time.Second
+	DefaultDisabledAfter   = 10 * time.Second
+	DefaultOverload        = 3.0
+	DefaultHostMetric      = "cpu"
 )
 
 // Config is one nd configuration file.
@@ -70,6 +112,14 @@ type Config struct {
 
 	// Manager (YAML manager) tunes the feedback loop that sets weights.
 	Manager Manager
+
+	// Advisors (YAML advisors) probe the servers: the manager's forward
+	// metrics and health. A port uses one by naming it. Optional.
+	Advisors []Advisor
+
+	// Agents (YAML agents) poll the host-metric agent (ndagent) on every
+	// server. Optional: nil when the file has no agents section.
+	Agents *Agents
 
 	// Clusters (YAML clusters) are the virtual IP addresses nd serves, each
 	// with its ports and their servers. Optional: a dispatcher may start
@@ -165,12 +215,100 @@ type Manager struct {
 	// follow the metrics. 1 follows at once; 1.5 is "fairly dynamic", 4 to
 	// 5 "more stable". 1 to 10. Default 1.5.
 	Smoothing float64
-	// Policy (policy) is the weight function: "default" or "static" (see
-	// PolicyDefault, PolicyStatic). Default "default".
+	// Policy (policy) is the weight function: "default", "best" or
+	// "static" (see PolicyDefault, PolicyBest, PolicyStatic). Default
+	// "default".
 	Policy string
-	// Proportions (proportions) weigh the four inputs of the weight
-	// function. Each 0 to 100, summing to 100. Default 50/50/0/0.
+	// Proportions (proportions) weigh the inputs of the weight function.
+	// Each 0 to 100, summing to 100. Default 50/50/0/0. A port may set its
+	// own.
 	Proportions Proportions
+	// Overload (overload) is the Load Metric Index past which a server is
+	// taken out to cool down (weight 0 until its load recovers): its load
+	// this many times its peers'. Above 1, or 0 to never cool servers
+	// down. Default 3.
+	Overload float64
+	// CoolDown (cool_down) is how long an overloaded server sits out before
+	// it is tried again; doubled each time it is found overloaded again
+	// soon after. 0 means three intervals. Default 0s.
+	CoolDown time.Duration
+	// HostMetric (host_metric) is the agent metric that the host proportion
+	// weighs: cpu, memory, load1, tcp_established, processes, or the name
+	// of a command in the agents' configuration. Default "cpu".
+	HostMetric string
+}
+
+// Advisor is one probe definition (the paper's forward metrics).
+type Advisor struct {
+	// Name (name) identifies the advisor: ports name it. Letters, digits,
+	// '-' and '_'. Required, unique.
+	Name string
+	// Kind (kind) is tcp (connect), http, https or custom (a command run on
+	// the dispatcher). Required.
+	Kind string
+	// Target (target) is "server" (probe the server's own address) or "vip"
+	// (probe the VIP:port on the server, steered to it: the socket clients
+	// reach under direct server return). Default "server".
+	Target string
+	// Port (port) is the port probed; 0 means the port of the cluster port
+	// that uses the advisor. Default 0.
+	Port uint16
+	// Interval (interval) between probes of a server, 100ms to 1h. Default
+	// 5s. Timeout (timeout) of one probe, less than the interval. Default
+	// 3s (or the interval's half when that is shorter).
+	Interval, Timeout time.Duration
+	// Retries (retries) are extra attempts within one probe round before
+	// it counts as failed. 0 to 10. Default 0.
+	Retries uint32
+	// Rise (rise) successes in a row bring a down server up; Fall (fall)
+	// failures in a row take it down. 1 to 100. Defaults 2 and 2.
+	Rise, Fall uint32
+	// HTTP (http) configures http and https probes.
+	HTTP HTTPCheck
+	// Command (command) is the program and arguments of a custom probe (no
+	// shell). It gets ND_SERVER, ND_PORT and ND_VIP in its environment;
+	// exit status 0 is up; a number on stdout is the load.
+	Command []string
+}
+
+// HTTPCheck is what an http or https advisor asks and expects.
+type HTTPCheck struct {
+	// Method (method). Default GET.
+	Method string
+	// Path (path), starting with '/'. Default "/".
+	Path string
+	// Host (host) is the Host header (and TLS server name). Default: the
+	// address probed.
+	Host string
+	// Status (status) expected, 100 to 599. Default 200.
+	Status uint32
+	// Body (body) is a substring the response body must contain. Default
+	// "" (any).
+	Body string
+	// Insecure (insecure) skips certificate verification (https). Default
+	// false.
+	Insecure bool
+}
+
+// Agents configures polling of the host-metric agents (cmd/ndagent): every
+// server of every port is polled at its own address.
+type Agents struct {
+	// Port (port) the agents listen on. Default 7010.
+	Port uint16
+	// KeyFile (key_file) is an absolute path to the shared key (at least
+	// 16 bytes, not readable by others). Required unless TLS is set.
+	KeyFile string
+	// TLSCert, TLSKey (tls_cert, tls_key) are the dispatcher's client
+	// certificate and key, TLSCA (tls_ca) the CA that signed the agents'
+	// certificates: mutual TLS. All three or none; absolute paths.
+	TLSCert, TLSKey, TLSCA string
+	// Interval (interval) between polls. Default 2s. Timeout (timeout) of a
+	// poll. Default 1s.
+	Interval, Timeout time.Duration
+	// DisabledAfter (disabled_after) without a valid report makes a
+	// server's host metrics "disabled": the manager takes it out. Default
+	// 10s.
+	DisabledAfter time.Duration
 }
 
 // Proportions are the relative importance, in percent, of the manager's
@@ -184,6 +322,30 @@ type Proportions struct {
 	Advisor uint32
 	// Host (host) weighs the host agents' load reports. Default 0.
 	Host uint32
+	// Custom (custom) are operator-defined metrics, each with its own
+	// proportion. Default none.
+	Custom []CustomMetric
+}
+
+// CustomMetric is an operator-defined manager input: a metric an agent
+// reports (one of its configured commands) or another advisor's latency.
+type CustomMetric struct {
+	// Name (name) labels the metric in reports. Required.
+	Name string
+	// Agent (agent) names the agent metric; Advisor (advisor) names an
+	// advisor. Exactly one.
+	Agent, Advisor string
+	// Proportion (proportion), 0 to 100.
+	Proportion uint32
+}
+
+// Sum is the total of the proportions.
+func (p Proportions) Sum() uint64 {
+	s := uint64(p.Active) + uint64(p.New) + uint64(p.Advisor) + uint64(p.Host)
+	for _, c := range p.Custom {
+		s += uint64(c.Proportion)
+	}
+	return s
 }
 
 // Cluster is one virtual IP address and the ports served on it.
@@ -213,6 +375,18 @@ type PortSpec struct {
 	// port may have, configured or set by the manager: weights run from 0
 	// to the bound. 1 to 1000. Default 100.
 	WeightBound uint32
+	// Scheduler (scheduler) is how the data plane picks a server for a
+	// new flow: maglev (the weights) or p2c (two candidates from the
+	// weights, the one with fewer active flows for its weight). Default
+	// maglev.
+	Scheduler string
+	// Advisor (advisor) names the advisor that probes this port's servers:
+	// its latency feeds the advisor proportion, and a server it finds down
+	// gets weight 0. Default "" (none).
+	Advisor string
+	// Proportions (proportions) override manager.proportions for this
+	// port. Default: the manager's.
+	Proportions *Proportions
 	// Servers (servers) are the real servers. May be empty. Each address
 	// once.
 	Servers []Server
@@ -238,6 +412,10 @@ type Server struct {
 	// packets go up the dispatcher's own stack instead of being forwarded.
 	// Default false.
 	Local bool
+	// Fixed (fixed) keeps Weight whatever the load: the manager does not
+	// adjust it (it still takes the server out when it is down). Default
+	// false.
+	Fixed bool
 }
 
 // DefaultWeight is a server's weight when the file gives none: half the
@@ -255,11 +433,15 @@ func (s Server) EffectiveWeight() uint32 {
 }
 
 // Port is one service as the daemon installs it: the executor's key, its
-// settings and its servers sorted by address.
+// settings and its servers sorted by address. Proportions are the port's
+// own or the manager's.
 type Port struct {
 	Key         executor.ServiceKey
 	StickyTime  time.Duration
 	WeightBound uint32
+	Scheduler   string
+	Advisor     string
+	Proportions Proportions
 	Servers     []Server
 }
 
@@ -286,6 +468,8 @@ func Default() *Config {
 			Smoothing:   DefaultSmoothing,
 			Policy:      DefaultPolicy,
 			Proportions: Proportions{Active: 50, New: 50},
+			Overload:    DefaultOverload,
+			HostMetric:  DefaultHostMetric,
 		},
 	}
 }
@@ -313,10 +497,22 @@ func (c *Config) Ports() []Port {
 	var ports []Port
 	for _, cl := range c.Clusters {
 		for _, p := range cl.Ports {
+			props := c.Manager.Proportions
+			if p.Proportions != nil {
+				props = *p.Proportions
+			}
+			props.Custom = slices.Clone(props.Custom)
+			sched := p.Scheduler
+			if sched == "" {
+				sched = SchedulerMaglev
+			}
 			ports = append(ports, Port{
 				Key:         executor.ServiceKey{VIP: cl.VIP, Port: p.Port, Proto: p.Protocol},
 				StickyTime:  p.StickyTime,
 				WeightBound: p.WeightBound,
+				Scheduler:   sched,
+				Advisor:     p.Advisor,
+				Proportions: props,
 				Servers:     sortedServers(p.Servers),
 			})
 		}

@@ -511,7 +511,7 @@ func (d *decoder) boolField(f map[string]*yaml.Node, path, name string, dst *boo
 
 // config reads the document's root mapping into c, which holds the defaults.
 func (d *decoder) config(c *Config, root *yaml.Node) {
-	f, done, ok := d.fields("", root, "interfaces", "data_plane", "api", "metrics", "manager", "clusters")
+	f, done, ok := d.fields("", root, "interfaces", "data_plane", "api", "metrics", "manager", "advisors", "agents", "clusters")
 	defer done()
 	if !ok {
 		return
@@ -540,6 +540,16 @@ func (d *decoder) config(c *Config, root *yaml.Node) {
 	}
 	if n := f["manager"]; n != nil {
 		d.manager(&c.Manager, n)
+	}
+	if n := f["advisors"]; n != nil {
+		items, done, _ := d.list("advisors", n)
+		for i, it := range items {
+			c.Advisors = append(c.Advisors, d.advisor(index("advisors", i), it))
+		}
+		done()
+	}
+	if n := f["agents"]; n != nil {
+		c.Agents = d.agents(n)
 	}
 	if n := f["clusters"]; n != nil {
 		items, done, _ := d.list("clusters", n)
@@ -580,21 +590,112 @@ func (d *decoder) api(a *API, n *yaml.Node) {
 
 func (d *decoder) manager(m *Manager, n *yaml.Node) {
 	const p = "manager"
-	f, done, _ := d.fields(p, n, "interval", "sensitivity", "smoothing", "policy", "proportions")
+	f, done, _ := d.fields(p, n, "interval", "sensitivity", "smoothing", "policy", "proportions",
+		"overload", "cool_down", "host_metric")
 	defer done()
 	d.durField(f, p, "interval", &m.Interval)
 	d.floatField(f, p, "sensitivity", &m.Sensitivity)
 	d.floatField(f, p, "smoothing", &m.Smoothing)
 	d.strField(f, p, "policy", &m.Policy)
+	d.floatField(f, p, "overload", &m.Overload)
+	d.durField(f, p, "cool_down", &m.CoolDown)
+	d.strField(f, p, "host_metric", &m.HostMetric)
 	if n := f["proportions"]; n != nil {
-		const p = "manager.proportions"
-		f, done, _ := d.fields(p, n, "active", "new", "advisor", "host")
-		d.u32(f, p, "active", 0, 100, &m.Proportions.Active)
-		d.u32(f, p, "new", 0, 100, &m.Proportions.New)
-		d.u32(f, p, "advisor", 0, 100, &m.Proportions.Advisor)
-		d.u32(f, p, "host", 0, 100, &m.Proportions.Host)
+		m.Proportions = d.proportions("manager.proportions", n)
+	}
+}
+
+// proportions reads a proportions mapping; absent fields are 0.
+func (d *decoder) proportions(p string, n *yaml.Node) Proportions {
+	var pr Proportions
+	f, done, _ := d.fields(p, n, "active", "new", "advisor", "host", "custom")
+	defer done()
+	d.u32(f, p, "active", 0, 100, &pr.Active)
+	d.u32(f, p, "new", 0, 100, &pr.New)
+	d.u32(f, p, "advisor", 0, 100, &pr.Advisor)
+	d.u32(f, p, "host", 0, 100, &pr.Host)
+	if n := f["custom"]; n != nil {
+		cp := join(p, "custom")
+		items, done, _ := d.list(cp, n)
+		for i, it := range items {
+			ip := index(cp, i)
+			var c CustomMetric
+			f, done, _ := d.fields(ip, it, "name", "agent", "advisor", "proportion")
+			d.strField(f, ip, "name", &c.Name)
+			d.strField(f, ip, "agent", &c.Agent)
+			d.strField(f, ip, "advisor", &c.Advisor)
+			d.u32(f, ip, "proportion", 0, 100, &c.Proportion)
+			done()
+			pr.Custom = append(pr.Custom, c)
+		}
 		done()
 	}
+	return pr
+}
+
+func (d *decoder) advisor(p string, n *yaml.Node) Advisor {
+	a := Advisor{Target: TargetServer, Interval: DefaultAdvisorInterval, Rise: DefaultRise, Fall: DefaultFall,
+		HTTP: HTTPCheck{Method: "GET", Path: "/", Status: 200}}
+	f, done, ok := d.fields(p, n, "name", "kind", "target", "port", "interval", "timeout", "retries", "rise", "fall", "http", "command")
+	defer done()
+	if !ok {
+		return a
+	}
+	d.strField(f, p, "name", &a.Name)
+	d.strField(f, p, "kind", &a.Kind)
+	d.strField(f, p, "target", &a.Target)
+	if n := f["port"]; n != nil {
+		if v, ok := d.uint(join(p, "port"), n, 0, math.MaxUint16); ok {
+			a.Port = uint16(v)
+		}
+	}
+	d.durField(f, p, "interval", &a.Interval)
+	a.Timeout = min(DefaultAdvisorTimeout, a.Interval/2)
+	d.durField(f, p, "timeout", &a.Timeout)
+	d.u32(f, p, "retries", 0, 10, &a.Retries)
+	d.u32(f, p, "rise", 1, 100, &a.Rise)
+	d.u32(f, p, "fall", 1, 100, &a.Fall)
+	if n := f["http"]; n != nil {
+		hp := join(p, "http")
+		f, done, _ := d.fields(hp, n, "method", "path", "host", "status", "body", "insecure")
+		d.strField(f, hp, "method", &a.HTTP.Method)
+		d.strField(f, hp, "path", &a.HTTP.Path)
+		d.strField(f, hp, "host", &a.HTTP.Host)
+		d.u32(f, hp, "status", 100, 599, &a.HTTP.Status)
+		d.strField(f, hp, "body", &a.HTTP.Body)
+		d.boolField(f, hp, "insecure", &a.HTTP.Insecure)
+		done()
+	}
+	if n := f["command"]; n != nil {
+		cp := join(p, "command")
+		items, done, _ := d.list(cp, n)
+		for i, it := range items {
+			v, _ := d.str(index(cp, i), it)
+			a.Command = append(a.Command, v)
+		}
+		done()
+	}
+	return a
+}
+
+func (d *decoder) agents(n *yaml.Node) *Agents {
+	const p = "agents"
+	a := &Agents{Port: DefaultAgentPort, Interval: DefaultAgentInterval, Timeout: DefaultAgentTimeout, DisabledAfter: DefaultDisabledAfter}
+	f, done, _ := d.fields(p, n, "port", "key_file", "tls_cert", "tls_key", "tls_ca", "interval", "timeout", "disabled_after")
+	defer done()
+	if n := f["port"]; n != nil {
+		if v, ok := d.uint(join(p, "port"), n, 1, math.MaxUint16); ok {
+			a.Port = uint16(v)
+		}
+	}
+	d.strField(f, p, "key_file", &a.KeyFile)
+	d.strField(f, p, "tls_cert", &a.TLSCert)
+	d.strField(f, p, "tls_key", &a.TLSKey)
+	d.strField(f, p, "tls_ca", &a.TLSCA)
+	d.durField(f, p, "interval", &a.Interval)
+	d.durField(f, p, "timeout", &a.Timeout)
+	d.durField(f, p, "disabled_after", &a.DisabledAfter)
+	return a
 }
 
 func (d *decoder) cluster(path string, n *yaml.Node) Cluster {
@@ -619,8 +720,8 @@ func (d *decoder) cluster(path string, n *yaml.Node) Cluster {
 }
 
 func (d *decoder) port(path string, n *yaml.Node) PortSpec {
-	p := PortSpec{Protocol: DefaultProtocol, WeightBound: DefaultWeightBound}
-	f, done, ok := d.fields(path, n, "port", "protocol", "sticky_time", "weight_bound", "servers")
+	p := PortSpec{Protocol: DefaultProtocol, WeightBound: DefaultWeightBound, Scheduler: SchedulerMaglev}
+	f, done, ok := d.fields(path, n, "port", "protocol", "sticky_time", "weight_bound", "scheduler", "advisor", "proportions", "servers")
 	defer done()
 	if !ok {
 		return p
@@ -637,6 +738,12 @@ func (d *decoder) port(path string, n *yaml.Node) PortSpec {
 	}
 	d.durField(f, path, "sticky_time", &p.StickyTime)
 	d.u32(f, path, "weight_bound", 1, MaxWeightBound, &p.WeightBound)
+	d.strField(f, path, "scheduler", &p.Scheduler)
+	d.strField(f, path, "advisor", &p.Advisor)
+	if n := f["proportions"]; n != nil {
+		pr := d.proportions(join(path, "proportions"), n)
+		p.Proportions = &pr
+	}
 	if n := f["servers"]; n != nil {
 		sp := join(path, "servers")
 		items, done, _ := d.list(sp, n)
@@ -650,7 +757,7 @@ func (d *decoder) port(path string, n *yaml.Node) PortSpec {
 
 func (d *decoder) server(path string, n *yaml.Node, bound uint32) Server {
 	s := Server{Weight: DefaultWeight(bound)}
-	f, done, ok := d.fields(path, n, "address", "weight", "quiesce", "local")
+	f, done, ok := d.fields(path, n, "address", "weight", "quiesce", "local", "fixed")
 	defer done()
 	if !ok {
 		return s
@@ -670,5 +777,6 @@ func (d *decoder) server(path string, n *yaml.Node, bound uint32) Server {
 	}
 	d.boolField(f, path, "quiesce", &s.Quiesce)
 	d.boolField(f, path, "local", &s.Local)
+	d.boolField(f, path, "fixed", &s.Fixed)
 	return s
 }

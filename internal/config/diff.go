@@ -25,7 +25,7 @@ type Changes struct {
 	Changed []PortChange
 	// Settings are changed settings that a running daemon can apply:
 	// api.listen, api.token, api.token_file, api.tls_cert, api.tls_key,
-	// metrics.listen and manager.*.
+	// metrics.listen, manager.*, advisors and agents.
 	Settings []Setting
 	// Fixed are changed settings that only a restart applies: data_plane.*
 	// (the tables are sized and pinned at start) and api.socket. A daemon
@@ -67,9 +67,9 @@ func Diff(old, new *Config) Changes {
 	case old == nil && new == nil:
 		return Changes{}
 	case old == nil:
-		old = &Config{DataPlane: new.DataPlane, API: new.API, Metrics: new.Metrics, Manager: new.Manager}
+		old = &Config{DataPlane: new.DataPlane, API: new.API, Metrics: new.Metrics, Manager: new.Manager, Advisors: new.Advisors, Agents: new.Agents}
 	case new == nil:
-		new = &Config{DataPlane: old.DataPlane, API: old.API, Metrics: old.Metrics, Manager: old.Manager}
+		new = &Config{DataPlane: old.DataPlane, API: old.API, Metrics: old.Metrics, Manager: old.Manager, Advisors: old.Advisors, Agents: old.Agents}
 	}
 	var ch Changes
 	ch.Attach, ch.Detach = diffNames(old.Interfaces, new.Interfaces)
@@ -148,6 +148,8 @@ func diffPort(old, new Port) (PortChange, bool) {
 		}
 	}
 	changed := old.StickyTime != new.StickyTime || old.WeightBound != new.WeightBound ||
+		old.Scheduler != new.Scheduler || old.Advisor != new.Advisor ||
+		describeProportions(old.Proportions) != describeProportions(new.Proportions) ||
 		len(pc.Added)+len(pc.Removed)+len(pc.Changed) > 0
 	return pc, changed
 }
@@ -182,7 +184,44 @@ func settings(c *Config) []Setting {
 		{Path: "manager.proportions.new", New: u(m.Proportions.New)},
 		{Path: "manager.proportions.advisor", New: u(m.Proportions.Advisor)},
 		{Path: "manager.proportions.host", New: u(m.Proportions.Host)},
+		{Path: "manager.proportions.custom", New: describeCustom(m.Proportions.Custom)},
+		{Path: "manager.overload", New: formatFloat(m.Overload)},
+		{Path: "manager.cool_down", New: formatDuration(m.CoolDown)},
+		{Path: "manager.host_metric", New: m.HostMetric},
+		{Path: "advisors", New: describeAdvisors(c.Advisors)},
+		{Path: "agents", New: describeAgents(c.Agents)},
 	}
+}
+
+func describeCustom(cs []CustomMetric) string {
+	var parts []string
+	for _, c := range cs {
+		src := "agent " + c.Agent
+		if c.Advisor != "" {
+			src = "advisor " + c.Advisor
+		}
+		parts = append(parts, fmt.Sprintf("%s (%s) %d", c.Name, src, c.Proportion))
+	}
+	return "[" + strings.Join(parts, ", ") + "]"
+}
+
+func describeProportions(p Proportions) string {
+	return fmt.Sprintf("active %d, new %d, advisor %d, host %d, custom %s", p.Active, p.New, p.Advisor, p.Host, describeCustom(p.Custom))
+}
+
+func describeAdvisors(as []Advisor) string {
+	var parts []string
+	for _, a := range as {
+		parts = append(parts, fmt.Sprintf("%+v", a))
+	}
+	return "[" + strings.Join(parts, " ") + "]"
+}
+
+func describeAgents(a *Agents) string {
+	if a == nil {
+		return "none"
+	}
+	return fmt.Sprintf("%+v", *a)
 }
 
 func isFixed(path string) bool {
@@ -301,6 +340,9 @@ func describeServer(s Server) string {
 	if s.Local {
 		d += " local"
 	}
+	if s.Fixed {
+		d += " fixed"
+	}
 	return d
 }
 
@@ -311,6 +353,15 @@ func (pc PortChange) describe() string {
 	}
 	if pc.Old.WeightBound != pc.New.WeightBound {
 		parts = append(parts, fmt.Sprintf("weight_bound %d -> %d", pc.Old.WeightBound, pc.New.WeightBound))
+	}
+	if pc.Old.Scheduler != pc.New.Scheduler {
+		parts = append(parts, fmt.Sprintf("scheduler %s -> %s", pc.Old.Scheduler, pc.New.Scheduler))
+	}
+	if pc.Old.Advisor != pc.New.Advisor {
+		parts = append(parts, fmt.Sprintf("advisor %q -> %q", pc.Old.Advisor, pc.New.Advisor))
+	}
+	if o, n := describeProportions(pc.Old.Proportions), describeProportions(pc.New.Proportions); o != n {
+		parts = append(parts, fmt.Sprintf("proportions %s -> %s", o, n))
 	}
 	for _, s := range pc.Removed {
 		parts = append(parts, "remove server "+s.Address.String())
@@ -328,6 +379,9 @@ func (pc PortChange) describe() string {
 		}
 		if c.Old.Local != c.New.Local {
 			d = append(d, fmt.Sprintf("local %t -> %t", c.Old.Local, c.New.Local))
+		}
+		if c.Old.Fixed != c.New.Fixed {
+			d = append(d, fmt.Sprintf("fixed %t -> %t", c.Old.Fixed, c.New.Fixed))
 		}
 		parts = append(parts, fmt.Sprintf("server %s %s", c.New.Address, strings.Join(d, " ")))
 	}

@@ -74,7 +74,7 @@ func TestDocumentedShape(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := Default()
-	if !reflect.DeepEqual(c.DataPlane, d.DataPlane) || c.API != d.API || c.Metrics != d.Metrics || c.Manager != d.Manager {
+	if !reflect.DeepEqual(c.DataPlane, d.DataPlane) || c.API != d.API || c.Metrics != d.Metrics || !reflect.DeepEqual(c.Manager, d.Manager) {
 		t.Errorf("documented settings differ from the defaults:\n%+v\n%+v", c, d)
 	}
 }

@@ -57,17 +57,63 @@ func Marshal(c *Config) ([]byte, error) {
 	}
 
 	m := c.Manager
-	pr := m.Proportions
-	props := mapping("active", uintNode(pr.Active), "new", uintNode(pr.New),
-		"advisor", uintNode(pr.Advisor), "host", uintNode(pr.Host))
-	props.Style = yaml.FlowStyle
 	put(root, "manager", mapping(
 		"interval", durationNode(m.Interval),
 		"sensitivity", floatNode(m.Sensitivity),
 		"smoothing", floatNode(m.Smoothing),
 		"policy", str(m.Policy),
-		"proportions", props,
+		"proportions", proportionsNode(m.Proportions),
+		"overload", floatNode(m.Overload),
+		"cool_down", durationNode(m.CoolDown),
+		"host_metric", str(m.HostMetric),
 	))
+
+	if len(c.Advisors) > 0 {
+		advisors := &yaml.Node{Kind: yaml.SequenceNode}
+		for _, a := range c.Advisors {
+			an := mapping("name", str(a.Name), "kind", str(a.Kind), "target", str(a.Target))
+			if a.Port != 0 {
+				put(an, "port", uintNode(uint32(a.Port)))
+			}
+			put(an, "interval", durationNode(a.Interval))
+			put(an, "timeout", durationNode(a.Timeout))
+			put(an, "retries", uintNode(a.Retries))
+			put(an, "rise", uintNode(a.Rise))
+			put(an, "fall", uintNode(a.Fall))
+			if a.Kind == AdvisorHTTP || a.Kind == AdvisorHTTPS {
+				h := a.HTTP
+				hn := mapping("method", str(h.Method), "path", str(h.Path))
+				putOptional(hn, "host", h.Host)
+				put(hn, "status", uintNode(h.Status))
+				putOptional(hn, "body", h.Body)
+				if h.Insecure {
+					put(hn, "insecure", boolNode(true))
+				}
+				put(an, "http", hn)
+			}
+			if len(a.Command) > 0 {
+				cmd := &yaml.Node{Kind: yaml.SequenceNode, Style: yaml.FlowStyle}
+				for _, arg := range a.Command {
+					cmd.Content = append(cmd.Content, str(arg))
+				}
+				put(an, "command", cmd)
+			}
+			advisors.Content = append(advisors.Content, an)
+		}
+		put(root, "advisors", advisors)
+	}
+
+	if a := c.Agents; a != nil {
+		an := mapping("port", uintNode(uint32(a.Port)))
+		putOptional(an, "key_file", a.KeyFile)
+		putOptional(an, "tls_cert", a.TLSCert)
+		putOptional(an, "tls_key", a.TLSKey)
+		putOptional(an, "tls_ca", a.TLSCA)
+		put(an, "interval", durationNode(a.Interval))
+		put(an, "timeout", durationNode(a.Timeout))
+		put(an, "disabled_after", durationNode(a.DisabledAfter))
+		put(root, "agents", an)
+	}
 
 	clusters := &yaml.Node{Kind: yaml.SequenceNode}
 	for _, cl := range c.Clusters {
@@ -83,15 +129,28 @@ func Marshal(c *Config) ([]byte, error) {
 				if s.Local {
 					put(sn, "local", boolNode(true))
 				}
+				if s.Fixed {
+					put(sn, "fixed", boolNode(true))
+				}
 				servers.Content = append(servers.Content, sn)
 			}
-			ports.Content = append(ports.Content, mapping(
+			pn := mapping(
 				"port", uintNode(uint32(p.Port)),
 				"protocol", str(p.Protocol.String()),
 				"sticky_time", durationNode(p.StickyTime),
 				"weight_bound", uintNode(p.WeightBound),
-				"servers", servers,
-			))
+			)
+			sched := p.Scheduler
+			if sched == "" {
+				sched = SchedulerMaglev
+			}
+			put(pn, "scheduler", str(sched))
+			putOptional(pn, "advisor", p.Advisor)
+			if p.Proportions != nil {
+				put(pn, "proportions", proportionsNode(*p.Proportions))
+			}
+			put(pn, "servers", servers)
+			ports.Content = append(ports.Content, pn)
 		}
 		clusters.Content = append(clusters.Content, mapping("vip", str(cl.VIP.String()), "ports", ports))
 	}
@@ -107,6 +166,26 @@ func Marshal(c *Config) ([]byte, error) {
 		return nil, fmt.Errorf("encode config: %w", err)
 	}
 	return buf.Bytes(), nil
+}
+
+func proportionsNode(pr Proportions) *yaml.Node {
+	props := mapping("active", uintNode(pr.Active), "new", uintNode(pr.New),
+		"advisor", uintNode(pr.Advisor), "host", uintNode(pr.Host))
+	props.Style = yaml.FlowStyle
+	if len(pr.Custom) > 0 {
+		props.Style = 0
+		custom := &yaml.Node{Kind: yaml.SequenceNode}
+		for _, c := range pr.Custom {
+			cn := mapping("name", str(c.Name))
+			putOptional(cn, "agent", c.Agent)
+			putOptional(cn, "advisor", c.Advisor)
+			put(cn, "proportion", uintNode(c.Proportion))
+			cn.Style = yaml.FlowStyle
+			custom.Content = append(custom.Content, cn)
+		}
+		put(props, "custom", custom)
+	}
+	return props
 }
 
 func str(s string) *yaml.Node { return &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: s} }

@@ -59,7 +59,7 @@ clusters:
 		c.Manager.Smoothing = 2
 		c.Clusters = []Cluster{{
 			VIP: netip.MustParseAddr("203.0.113.7"),
-			Ports: []PortSpec{{Port: 25, Protocol: executor.TCP, StickyTime: 3 * time.Second, WeightBound: 3,
+			Ports: []PortSpec{{Port: 25, Protocol: executor.TCP, StickyTime: 3 * time.Second, WeightBound: 3, Scheduler: SchedulerMaglev,
 				Servers: []Server{{Address: netip.MustParseAddr("203.0.113.8"), Weight: 3}}}},
 		}}
 		back := roundTrip(t, c)
@@ -79,7 +79,7 @@ func TestMarshalWritesReadableYAML(t *testing.T) {
 		"  idle_timeout: 5m\n",
 		"  pin_path: /sys/fs/bpf/nd\n",
 		"  proportions: {active: 50, new: 50, advisor: 0, host: 0}\n",
-		"  - vip: 198.51.100.100\n    ports:\n      - port: 80\n        protocol: tcp\n        sticky_time: 0s\n        weight_bound: 100\n        servers:\n          - {address: 198.51.100.11, weight: 10, quiesce: true}\n",
+		"  - vip: 198.51.100.100\n    ports:\n      - port: 80\n        protocol: tcp\n        sticky_time: 0s\n        weight_bound: 100\n        scheduler: maglev\n        servers:\n          - {address: 198.51.100.11, weight: 10, quiesce: true}\n",
 	} {
 		if !strings.Contains(string(data), want) {
 			t.Errorf("output lacks %q:\n%s", want, data)

@@ -50,7 +50,7 @@ func TestParseErrors(t *testing.T) {
 	}{
 		// Structure.
 		{"unknown top-level field", head + "frobnicate: 1\n",
-			[]string{"nd.yaml:2:1: frobnicate: unknown field (known: interfaces, data_plane, api, metrics, manager, clusters)"}},
+			[]string{"nd.yaml:2:1: frobnicate: unknown field (known: interfaces, data_plane, api, metrics, manager, advisors, agents, clusters)"}},
 		{"unknown field with a suggestion", head + "data_plane:\n  max_flow: 10\n",
 			[]string{"nd.yaml:3:3: data_plane.max_flow: unknown field (did you mean max_flows?)"}},
 		{"unknown server field", head + "clusters:\n  - vip: 198.51.100.100\n    ports:\n      - port: 80\n        servers:\n          - {address: 198.51.100.11, wieght: 3}\n",
@@ -58,7 +58,7 @@ func TestParseErrors(t *testing.T) {
 		{"field given twice", head + "interfaces: [eth1]\n",
 			[]string{"nd.yaml:2:1: interfaces: field given twice (first at line 1)"}},
 		{"root is not a mapping", "- eth0\n",
-			[]string{"nd.yaml:1:1: want a mapping of interfaces, data_plane, api, metrics, manager, clusters, got a list"}},
+			[]string{"nd.yaml:1:1: want a mapping of interfaces, data_plane, api, metrics, manager, advisors, agents, clusters, got a list"}},
 		{"section is not a mapping", head + "api: /run/nd.sock\n",
 			[]string{`nd.yaml:2:6: api: want a mapping of socket, listen, token, token_file, tls_cert, tls_key, got "/run/nd.sock"`}},
 		{"list wanted", "interfaces: eth0\n",
@@ -163,11 +163,11 @@ func TestParseErrors(t *testing.T) {
 		{"smoothing under one", head + "manager:\n  smoothing: 0.5\n",
 			[]string{"nd.yaml:3:14: manager.smoothing: 0.5 is out of range 1..10"}},
 		{"unknown policy", head + "manager:\n  policy: fastest\n",
-			[]string{`nd.yaml:3:11: manager.policy: "fastest" is not a policy: want default or static`}},
+			[]string{`nd.yaml:3:11: manager.policy: "fastest" is not a policy: want default, best or static`}},
 		{"proportions do not sum to 100", head + "manager:\n  proportions: {active: 40, new: 50}\n",
 			[]string{"nd.yaml:3:16: manager.proportions: active 40 + new 50 + advisor 0 + host 0 = 90, want 100"}},
 		{"proportion over 100", head + "manager:\n  proportions: {active: 101, new: 0}\n",
-			[]string{"nd.yaml:3:16: manager.proportions: active 50 + new 0 + advisor 0 + host 0 = 50, want 100",
+			[]string{"nd.yaml:3:16: manager.proportions: active 0 + new 0 + advisor 0 + host 0 = 0, want 100",
 				"nd.yaml:3:25: manager.proportions.active: 101 is out of range 0..100"}},
 
 		// Clusters.
@@ -352,14 +352,14 @@ func TestParseDefaults(t *testing.T) {
 		API: API{Socket: "/run/nd/ndd.sock"},
 		Manager: Manager{
 			Interval: 2 * time.Second, Sensitivity: 0.05, Smoothing: 1.5, Policy: "default",
-			Proportions: Proportions{Active: 50, New: 50},
+			Proportions: Proportions{Active: 50, New: 50}, Overload: 3, HostMetric: "cpu",
 		},
 		Clusters: []Cluster{{
 			VIP: netip.MustParseAddr("198.51.100.100"),
 			Ports: []PortSpec{
-				{Port: 80, Protocol: executor.TCP, WeightBound: 100,
+				{Port: 80, Protocol: executor.TCP, WeightBound: 100, Scheduler: "maglev",
 					Servers: []Server{{Address: netip.MustParseAddr("198.51.100.11"), Weight: 50}}},
-				{Port: 443, Protocol: executor.TCP, WeightBound: 21,
+				{Port: 443, Protocol: executor.TCP, WeightBound: 21, Scheduler: "maglev",
 					Servers: []Server{{Address: netip.MustParseAddr("198.51.100.12"), Weight: 11}}},
 			},
 		}},
@@ -480,6 +480,8 @@ func TestPortsSorted(t *testing.T) {
 		Key:         executor.ServiceKey{VIP: netip.MustParseAddr("198.51.100.100"), Port: 80, Proto: executor.TCP},
 		StickyTime:  10 * time.Second,
 		WeightBound: 10,
+		Scheduler:   "maglev",
+		Proportions: Proportions{Active: 50, New: 50},
 		Servers: []Server{
 			{Address: netip.MustParseAddr("198.51.100.11"), Weight: 5, Local: true},
 			{Address: netip.MustParseAddr("198.51.100.12"), Weight: 3, Quiesce: true},

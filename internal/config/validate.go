@@ -60,7 +60,10 @@ func validate(c *Config, r *reporter) {
 	validateDataPlane(&c.DataPlane, r)
 	validateAPI(&c.API, &c.Metrics, r)
 	validateManager(&c.Manager, r)
-	validateClusters(c, r)
+	advisors := validateAdvisors(c.Advisors, r)
+	validateProportions(c.Manager.Proportions, "manager.proportions", advisors, r)
+	validateAgents(c.Agents, r)
+	validateClusters(c, advisors, r)
 }
 
 func validateInterfaces(names []string, r *reporter) {
@@ -234,23 +237,158 @@ func validateManager(m *Manager, r *reporter) {
 	if !(m.Smoothing >= minSmoothing && m.Smoothing <= maxSmoothing) {
 		r.errorf("manager.smoothing", "%v is out of range %v..%v", m.Smoothing, minSmoothing, maxSmoothing)
 	}
-	if m.Policy != PolicyDefault && m.Policy != PolicyStatic {
-		r.errorf("manager.policy", "%q is not a policy: want %s or %s", m.Policy, PolicyDefault, PolicyStatic)
+	if m.Policy != PolicyDefault && m.Policy != PolicyBest && m.Policy != PolicyStatic {
+		r.errorf("manager.policy", "%q is not a policy: want %s, %s or %s", m.Policy, PolicyDefault, PolicyBest, PolicyStatic)
 	}
-	pr := m.Proportions
-	sum := uint64(0)
+	if m.Overload != 0 && !(m.Overload > 1 && m.Overload <= 1000) {
+		r.errorf("manager.overload", "%v is out of range: above 1 and at most 1000 (a server's load that many times its peers'), or 0 for never", m.Overload)
+	}
+	if m.CoolDown < 0 || m.CoolDown > maxInterval {
+		r.errorf("manager.cool_down", "%v is out of range 0s..%v", m.CoolDown, formatDuration(maxInterval))
+	}
+	if !validName(m.HostMetric) {
+		r.errorf("manager.host_metric", "%q is not a metric name: letters, digits, '-', '_' and '.'", m.HostMetric)
+	}
+}
+
+// validateProportions checks one set of proportions at path p.
+func validateProportions(pr Proportions, p string, advisors map[string]bool, r *reporter) {
 	for _, f := range []struct {
 		name string
 		v    uint32
 	}{{"active", pr.Active}, {"new", pr.New}, {"advisor", pr.Advisor}, {"host", pr.Host}} {
 		if f.v > 100 {
-			r.errorf("manager.proportions."+f.name, rangeMsg, f.v, 0, 100)
+			r.errorf(p+"."+f.name, rangeMsg, f.v, 0, 100)
 		}
-		sum += uint64(f.v)
 	}
-	if sum != 100 {
-		r.errorf("manager.proportions", "active %d + new %d + advisor %d + host %d = %d, want 100",
-			pr.Active, pr.New, pr.Advisor, pr.Host, sum)
+	names := map[string]bool{"active": true, "new": true, "advisor": true, "host": true}
+	for i, c := range pr.Custom {
+		cp := index(p+".custom", i)
+		switch {
+		case !validName(c.Name):
+			r.errorf(cp+".name", "%q is not a metric name: letters, digits, '-', '_' and '.'", c.Name)
+		case names[c.Name]:
+			r.errorf(cp+".name", "%q is already a metric of these proportions", c.Name)
+		}
+		names[c.Name] = true
+		if (c.Agent == "") == (c.Advisor == "") {
+			r.errorf(cp, "name one source: agent (an agent metric) or advisor (an advisor's latency)")
+		}
+		if c.Agent != "" && !validName(c.Agent) {
+			r.errorf(cp+".agent", "%q is not a metric name", c.Agent)
+		}
+		if c.Advisor != "" && !advisors[c.Advisor] {
+			r.errorf(cp+".advisor", "no advisor named %q", c.Advisor)
+		}
+		if c.Proportion > 100 {
+			r.errorf(cp+".proportion", rangeMsg, c.Proportion, 0, 100)
+		}
+	}
+	if sum := pr.Sum(); sum != 100 {
+		var parts []string
+		parts = append(parts, fmt.Sprintf("active %d + new %d + advisor %d + host %d", pr.Active, pr.New, pr.Advisor, pr.Host))
+		for _, c := range pr.Custom {
+			parts = append(parts, fmt.Sprintf("%s %d", c.Name, c.Proportion))
+		}
+		r.errorf(p, "%s = %d, want 100", strings.Join(parts, " + "), sum)
+	}
+}
+
+// validName accepts metric and advisor names: short, no spaces.
+func validName(s string) bool {
+	if s == "" || len(s) > 64 {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return false
+		}
+	}
+	return true
+}
+
+var httpMethods = []string{"GET", "HEAD", "POST", "PUT", "OPTIONS"}
+
+func validateAdvisors(as []Advisor, r *reporter) map[string]bool {
+	names := map[string]bool{}
+	first := map[string]string{}
+	for i, a := range as {
+		p := index("advisors", i)
+		switch {
+		case !validName(a.Name):
+			r.errorf(p+".name", "%q is not an advisor name: letters, digits, '-', '_' and '.'", a.Name)
+		case first[a.Name] != "":
+			r.errorf(p+".name", "duplicate advisor %q%s", a.Name, r.firstAt(first[a.Name]))
+		default:
+			first[a.Name] = p + ".name"
+		}
+		names[a.Name] = true
+		switch a.Kind {
+		case AdvisorTCP, AdvisorHTTP, AdvisorHTTPS, AdvisorCustom:
+		case "":
+			r.errorf(p+".kind", "required: tcp, http, https or custom")
+		default:
+			r.errorf(p+".kind", "%q is not an advisor kind: want tcp, http, https or custom", a.Kind)
+		}
+		if a.Target != TargetServer && a.Target != TargetVIP {
+			r.errorf(p+".target", "%q is not a target: want server or vip", a.Target)
+		}
+		if a.Interval < minInterval || a.Interval > maxInterval {
+			r.errorf(p+".interval", "%v is out of range %v..%v", a.Interval, minInterval, formatDuration(maxInterval))
+		}
+		if a.Timeout <= 0 || a.Timeout >= a.Interval {
+			r.errorf(p+".timeout", "%v must be positive and shorter than the interval (%v)", a.Timeout, a.Interval)
+		}
+		if a.Kind == AdvisorHTTP || a.Kind == AdvisorHTTPS {
+			if !slices.Contains(httpMethods, a.HTTP.Method) {
+				r.errorf(p+".http.method", "%q is not a method: want %s", a.HTTP.Method, strings.Join(httpMethods, ", "))
+			}
+			if !strings.HasPrefix(a.HTTP.Path, "/") || strings.ContainsAny(a.HTTP.Path, " \r\n") {
+				r.errorf(p+".http.path", "%q is not a path: it starts with '/' and has no white space", a.HTTP.Path)
+			}
+			if strings.ContainsAny(a.HTTP.Host, " \r\n/") {
+				r.errorf(p+".http.host", "%q is not a host name", a.HTTP.Host)
+			}
+		}
+		if a.Kind == AdvisorCustom {
+			if len(a.Command) == 0 || a.Command[0] == "" {
+				r.errorf(p+".command", "required for a custom advisor: the program and its arguments")
+			} else if !filepath.IsAbs(a.Command[0]) {
+				r.errorf(p+".command", "%q is not an absolute path: name the program by its full path", a.Command[0])
+			}
+		} else if len(a.Command) > 0 {
+			r.errorf(p+".command", "only a custom advisor runs a command")
+		}
+	}
+	return names
+}
+
+func validateAgents(a *Agents, r *reporter) {
+	if a == nil {
+		return
+	}
+	tls := a.TLSCert != "" || a.TLSKey != "" || a.TLSCA != ""
+	switch {
+	case a.KeyFile == "" && !tls:
+		r.errorf("agents", "set key_file (a shared key) or tls_cert, tls_key and tls_ca (mutual TLS)")
+	case a.KeyFile != "" && tls:
+		r.errorf("agents", "key_file and TLS are exclusive: choose one")
+	case tls && (a.TLSCert == "" || a.TLSKey == "" || a.TLSCA == ""):
+		r.errorf("agents", "mutual TLS needs tls_cert, tls_key and tls_ca")
+	}
+	for _, f := range []struct{ name, v string }{{"key_file", a.KeyFile}, {"tls_cert", a.TLSCert}, {"tls_key", a.TLSKey}, {"tls_ca", a.TLSCA}} {
+		if f.v != "" && !filepath.IsAbs(f.v) {
+			r.errorf("agents."+f.name, "%q is not an absolute path", f.v)
+		}
+	}
+	if a.Interval < minInterval || a.Interval > maxInterval {
+		r.errorf("agents.interval", "%v is out of range %v..%v", a.Interval, minInterval, formatDuration(maxInterval))
+	}
+	if a.Timeout <= 0 || a.Timeout >= a.Interval {
+		r.errorf("agents.timeout", "%v must be positive and shorter than the interval (%v)", a.Timeout, a.Interval)
+	}
+	if a.DisabledAfter < a.Interval || a.DisabledAfter > maxInterval {
+		r.errorf("agents.disabled_after", "%v is out of range: at least the interval (%v), at most %v", a.DisabledAfter, a.Interval, formatDuration(maxInterval))
 	}
 }
 
@@ -283,7 +421,7 @@ func family(a netip.Addr) string {
 	return "IPv6"
 }
 
-func validateClusters(c *Config, r *reporter) {
+func validateClusters(c *Config, advisors map[string]bool, r *reporter) {
 	vips := make(map[netip.Addr]string)
 	var nports, nservers int
 	for i, cl := range c.Clusters {
@@ -310,7 +448,7 @@ func validateClusters(c *Config, r *reporter) {
 			pp := index(cp+".ports", j)
 			nports++
 			nservers += len(p.Servers)
-			validatePort(c, cl.VIP, vipOK, p, pp, r)
+			validatePort(c, cl.VIP, vipOK, p, pp, advisors, r)
 			if !vipOK || p.Port == 0 || (p.Protocol != executor.TCP && p.Protocol != executor.UDP) {
 				continue
 			}
@@ -334,7 +472,16 @@ func validateClusters(c *Config, r *reporter) {
 	}
 }
 
-func validatePort(c *Config, vip netip.Addr, vipOK bool, p PortSpec, pp string, r *reporter) {
+func validatePort(c *Config, vip netip.Addr, vipOK bool, p PortSpec, pp string, advisors map[string]bool, r *reporter) {
+	if p.Scheduler != "" && p.Scheduler != SchedulerMaglev && p.Scheduler != SchedulerP2C {
+		r.errorf(pp+".scheduler", "%q is not a scheduler: want %s or %s", p.Scheduler, SchedulerMaglev, SchedulerP2C)
+	}
+	if p.Advisor != "" && !advisors[p.Advisor] {
+		r.errorf(pp+".advisor", "no advisor named %q", p.Advisor)
+	}
+	if p.Proportions != nil {
+		validateProportions(*p.Proportions, pp+".proportions", advisors, r)
+	}
 	if p.Port == 0 {
 		r.errorf(pp+".port", "required: a port number 1..65535")
 	}

@@ -1,0 +1,99 @@
+package manager
+
+import "math"
+
+// Metrics are normalised across a port's servers so that 1 means "as
+// loaded as its peers", whatever the metric's unit, and heterogeneous
+// servers and metrics compare and combine.
+//
+// Active flows are read per unit of weight: a server with twice the weight
+// rightly holds twice the flows, but a server that holds its flows longer
+// than its peers (Little's law: active = arrival rate x response time) is
+// slower, and that is the signal. Its load is its active flows divided by
+// the part of the port's total its weight entitles it to.
+//
+// Every other metric (new flows per second, advisor latency, CPU, load
+// average, an operator's command) is read against the mean of the port's
+// servers. For new flows that is what makes the loop reach out: a server
+// that was given little (it just came back) reads lightly loaded and gains
+// weight quickly, while a server given much reads heavily loaded, which
+// holds weights near even unless the other metrics say otherwise.
+
+// extensiveLoads normalises an extensive metric: m[i] against the share of
+// the total that weight w[i] entitles server i to. Servers with no reading
+// (ok false) or weight 0 read 1. When the port carried nothing, every
+// server reads 1: no traffic is no evidence.
+func extensiveLoads(m []float64, ok []bool, w []float64) []float64 {
+	out := ones(len(m))
+	var sum, wsum float64
+	for i := range m {
+		if ok[i] && w[i] > 0 {
+			sum += m[i]
+			wsum += w[i]
+		}
+	}
+	if sum <= 0 || wsum <= 0 {
+		return out
+	}
+	for i := range m {
+		if ok[i] && w[i] > 0 {
+			fair := sum * w[i] / wsum
+			out[i] = m[i] / fair
+		}
+	}
+	return out
+}
+
+// intensiveLoads normalises an intensive metric against the mean of the
+// servers that have a reading. Negative readings count as 0.
+func intensiveLoads(m []float64, ok []bool) []float64 {
+	out := ones(len(m))
+	var sum float64
+	n := 0
+	for i := range m {
+		if ok[i] {
+			sum += math.Max(m[i], 0)
+			n++
+		}
+	}
+	if n == 0 || sum <= 0 {
+		return out
+	}
+	mean := sum / float64(n)
+	for i := range m {
+		if ok[i] {
+			out[i] = math.Max(m[i], 0) / mean
+		}
+	}
+	return out
+}
+
+func ones(n int) []float64 {
+	out := make([]float64, n)
+	for i := range out {
+		out[i] = 1
+	}
+	return out
+}
+
+// combine is the Load Metric Index: sum of R(i) * l(i), with the
+// proportions in percent. Proportions that sum to 0 leave every server at 1.
+func combine(props []uint32, loads [][]float64, n int) []float64 {
+	out := make([]float64, n)
+	var total uint32
+	for _, p := range props {
+		total += p
+	}
+	if total == 0 {
+		return ones(n)
+	}
+	for k, p := range props {
+		if p == 0 {
+			continue
+		}
+		for i := 0; i < n; i++ {
+			out[i] += float64(p) / float64(total) * loads[k][i]
+		}
+	}
+	return out
+}

@@ -1,0 +1,529 @@
+package manager
+
+import (
+	"fmt"
+	"math"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nd-dispatcher/nd/internal/executor"
+)
+
+var key = executor.ServiceKey{VIP: netip.MustParseAddr("198.51.100.100"), Port: 80, Proto: executor.TCP}
+
+func addr(i int) netip.Addr { return netip.AddrFrom4([4]byte{198, 51, 100, byte(11 + i)}) }
+
+// cluster simulates a port's servers under steady open-loop load: each
+// interval the new flows split by the weights in the (fake) data plane, and
+// each server's active flows follow Little's law with a queueing delay that
+// grows as the server nears its capacity. The manager sees the counters,
+// exactly as it sees the kernel's.
+type cluster struct {
+	t       *testing.T
+	x       *executor.Fake
+	m       *Manager
+	now     time.Time
+	n       int
+	service []float64 // seconds per request, per server
+	workers float64   // requests a server serves at once
+	commits []Commit
+	adv     map[netip.Addr]AdvisorReading
+	host    map[netip.Addr]HostReading
+}
+
+func newCluster(t *testing.T, n int, s Settings, props Proportions) *cluster {
+	t.Helper()
+	c := &cluster{t: t, x: executor.NewFake(), n: n, workers: 4, now: time.Unix(1000, 0),
+		adv: map[netip.Addr]AdvisorReading{}, host: map[netip.Addr]HostReading{}}
+	svc := executor.Service{Key: key}
+	var port Port
+	port.Key, port.Bound, port.Proportions = key, 100, props
+	for i := range n {
+		svc.Servers = append(svc.Servers, executor.Server{Addr: addr(i), MAC: net.HardwareAddr{2, 0, 0, 0, 0, byte(i + 1)}, Ifindex: 1, Weight: 50})
+		port.Servers = append(port.Servers, Server{Addr: addr(i), Weight: 50})
+		c.service = append(c.service, 0.0109)
+	}
+	if err := c.x.UpsertService(svc); err != nil {
+		t.Fatal(err)
+	}
+	m, err := New(s, Options{
+		Executor: c.x,
+		Commit: func(cm Commit) error {
+			c.commits = append(c.commits, cm)
+			return c.x.SetWeights(cm.Port, cm.Weights)
+		},
+		Advisor: func(name string, k executor.ServiceKey, a netip.Addr) (AdvisorReading, bool) {
+			r, ok := c.adv[a]
+			return r, ok
+		},
+		Host: func(a netip.Addr) (HostReading, bool) {
+			r, ok := c.host[a]
+			return r, ok
+		},
+		Now: func() time.Time { return c.now },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.m = m
+	if err := m.SetPorts([]Port{port}); err != nil {
+		t.Fatal(err)
+	}
+	m.Step() // the first computation only takes the counters' baseline
+	return c
+}
+
+func (c *cluster) weights() []uint32 {
+	out := make([]uint32, c.n)
+	for _, s := range c.x.Services()[0].Servers {
+		for i := range c.n {
+			if s.Addr == addr(i) {
+				out[i] = s.Weight
+			}
+		}
+	}
+	return out
+}
+
+// interval runs one manager interval with rate new flows per second.
+func (c *cluster) interval(rate float64) {
+	c.t.Helper()
+	iv := c.m.Settings().Interval
+	w := c.weights()
+	var sum float64
+	for _, x := range w {
+		sum += float64(x)
+	}
+	st, err := c.x.Stats()
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	for i := range c.n {
+		lambda := 0.0
+		if sum > 0 {
+			lambda = rate * float64(w[i]) / sum
+		}
+		capacity := c.workers / c.service[i]
+		util := math.Min(lambda/capacity, 0.98)
+		rt := c.service[i] / (1 - util)
+		target := lambda * rt
+		// Flows that were open drain over about one response time; new
+		// ones arrive at lambda.
+		newFlows := uint64(math.Round(lambda * iv.Seconds()))
+		prev := float64(st.Services[key].Servers[addr(i)].Active())
+		closed := prev + float64(newFlows) - math.Round(target)
+		if closed < 0 {
+			closed = 0
+		}
+		if err := c.x.AddCounters(key, addr(i), executor.ServerStats{NewFlows: newFlows, Closed: uint64(closed)}); err != nil {
+			c.t.Fatal(err)
+		}
+	}
+	c.now = c.now.Add(iv)
+	c.m.Step()
+}
+
+func (c *cluster) share(i int) float64 {
+	w := c.weights()
+	var sum float64
+	for _, x := range w {
+		sum += float64(x)
+	}
+	return float64(w[i]) / sum
+}
+
+func TestEqualLoadCommitsNothing(t *testing.T) {
+	c := newCluster(t, 4, Settings{}, Proportions{Active: 50, New: 50})
+	for range 20 {
+		c.interval(1000)
+	}
+	if len(c.commits) != 0 {
+		t.Fatalf("equal servers under equal load: %d commits, first %+v", len(c.commits), c.commits[0])
+	}
+	r := c.m.Report()
+	if len(r) != 1 || len(r[0].Servers) != 4 || r[0].Reason != "no change" {
+		t.Fatalf("report: %+v", r)
+	}
+	for _, s := range r[0].Servers {
+		if math.Abs(s.LMI-1) > 0.01 {
+			t.Errorf("%v LMI %.3f, want 1", s.Server, s.LMI)
+		}
+	}
+}
+
+func TestSlowServerConvergesWithoutOscillating(t *testing.T) {
+	c := newCluster(t, 4, Settings{}, Proportions{Active: 50, New: 50})
+	c.service[0] *= 4 // server 0 becomes 4x slower
+	var shares []float64
+	for range 30 {
+		c.interval(1000)
+		shares = append(shares, c.share(0))
+	}
+	t.Logf("slow server share per interval: %s", fmtShares(shares))
+	// Capacity shares: 0.25 : 1 : 1 : 1, so the slow server's is 1/13.
+	capShare := 0.25 / 3.25
+	if got := shares[len(shares)-1]; got > 1.3*capShare {
+		t.Errorf("slow server's weight share %.3f, want at most 1.3x its capacity share %.3f (shares %v)", got, capShare, fmtShares(shares))
+	}
+	// Settled: within a few intervals the share stays within 15% of
+	// where it ends, and the loop then stops committing.
+	final := shares[len(shares)-1]
+	settled := len(shares)
+	for i := len(shares) - 1; i >= 0; i-- {
+		if math.Abs(shares[i]-final) > 0.15*final {
+			break
+		}
+		settled = i
+	}
+	if settled > 9 {
+		t.Errorf("settled after %d intervals, want at most 10 (shares %v)", settled+1, fmtShares(shares))
+	}
+	if n := len(c.commits); n > 12 {
+		t.Errorf("%d commits in 30 intervals: the loop never settles (shares %v)", n, fmtShares(shares))
+	}
+	if last := c.commits[len(c.commits)-1]; last.Change > 0 && c.m.Report()[0].Committed {
+		t.Errorf("still committing in the last interval: %+v", last)
+	}
+}
+
+func TestRecoveredServerComesBackWithoutFlood(t *testing.T) {
+	c := newCluster(t, 4, Settings{}, Proportions{Active: 50, New: 50})
+	c.service[0] *= 4
+	for range 15 {
+		c.interval(1000)
+	}
+	low := c.share(0)
+	c.service[0] /= 4
+	var shares []float64
+	for range 15 {
+		c.interval(1000)
+		shares = append(shares, c.share(0))
+	}
+	t.Logf("recovered server share per interval: %s", fmtShares(shares))
+	for i, s := range shares {
+		if s > 1.5*0.25 {
+			t.Fatalf("interval %d after recovery: share %.3f above 1.5x its capacity share (shares %v)", i+1, s, fmtShares(shares))
+		}
+	}
+	back := -1
+	for i, s := range shares {
+		if s >= 0.9*0.25 {
+			back = i + 1
+			break
+		}
+	}
+	if back < 0 || back > 6 {
+		t.Errorf("recovered server back to 90%% of its share after %d intervals (from %.3f), want at most 6: %v", back, low, fmtShares(shares))
+	}
+}
+
+func TestSensitivityThreshold(t *testing.T) {
+	// Two servers at 50/50; server 0's active flows read slightly high.
+	// With smoothing 1, the weights move straight to weight/LMI; an LMI
+	// of 1.04 moves them by about 4% of the total, 1.15 by about 14%.
+	for _, tc := range []struct {
+		excess float64
+		commit bool
+	}{{1.04, false}, {1.15, true}} {
+		t.Run(fmt.Sprint(tc.excess), func(t *testing.T) {
+			x := executor.NewFake()
+			svc := executor.Service{Key: key, Servers: []executor.Server{
+				{Addr: addr(0), MAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}, Ifindex: 1, Weight: 50},
+				{Addr: addr(1), MAC: net.HardwareAddr{2, 0, 0, 0, 0, 2}, Ifindex: 1, Weight: 50},
+			}}
+			if err := x.UpsertService(svc); err != nil {
+				t.Fatal(err)
+			}
+			var commits []Commit
+			now := time.Unix(0, 0)
+			m, err := New(Settings{Smoothing: 1, Sensitivity: 0.05}, Options{Executor: x,
+				Commit: func(c Commit) error { commits = append(commits, c); return nil },
+				Now:    func() time.Time { return now }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			m.SetPorts([]Port{{Key: key, Bound: 100, Proportions: Proportions{Active: 100},
+				Servers: []Server{{Addr: addr(0), Weight: 50}, {Addr: addr(1), Weight: 50}}}})
+			m.Step()
+			// Active 1000*e vs 1000*(2-e): server 0's load per weight is
+			// e times the mean.
+			a0 := uint64(1000 * tc.excess)
+			a1 := uint64(2000 - a0)
+			x.AddCounters(key, addr(0), executor.ServerStats{NewFlows: a0})
+			x.AddCounters(key, addr(1), executor.ServerStats{NewFlows: a1})
+			now = now.Add(2 * time.Second)
+			m.Step()
+			if got := len(commits) > 0; got != tc.commit {
+				t.Fatalf("LMI %.2f: committed %v, want %v (report %+v)", tc.excess, got, tc.commit, m.Report()[0])
+			}
+			if !tc.commit && m.Report()[0].Reason != "below sensitivity" {
+				t.Errorf("reason %q", m.Report()[0].Reason)
+			}
+		})
+	}
+}
+
+func TestOverloadedServerCoolsDownAndReturns(t *testing.T) {
+	c := newCluster(t, 4, Settings{CoolDown: 6 * time.Second}, Proportions{Active: 50, New: 50})
+	c.interval(1000)
+	// Server 2 suddenly holds ten times its share of open flows.
+	c.x.AddCounters(key, addr(2), executor.ServerStats{NewFlows: 5000})
+	c.now = c.now.Add(2 * time.Second)
+	c.m.Step()
+	if w := c.weights(); w[2] != 0 {
+		t.Fatalf("overloaded server's weight %d, want 0 (weights %v, report %+v)", w[2], w, c.m.Report()[0].Servers[2])
+	}
+	last := c.commits[len(c.commits)-1]
+	if !strings.Contains(last.Reason, StateCoolDown) {
+		t.Errorf("commit reason %q, want cool-down", last.Reason)
+	}
+	// Its flows finish while it sits out.
+	c.x.AddCounters(key, addr(2), executor.ServerStats{Closed: 5000})
+	var ws []uint32
+	for range 8 {
+		c.interval(1000)
+		ws = append(ws, c.weights()[2])
+	}
+	if ws[0] != 0 || ws[1] != 0 {
+		t.Errorf("server came back before its cool-down ended: %v", ws)
+	}
+	returned := -1
+	for i, w := range ws {
+		if w > 0 {
+			returned = i
+			break
+		}
+	}
+	if returned < 0 {
+		t.Fatalf("server never came back: %v", ws)
+	}
+	peers := c.weights()[0]
+	if first := ws[returned]; first > peers/2 {
+		t.Errorf("came back at weight %d, peers at %d: flooded", first, peers)
+	}
+	for i := returned + 1; i < len(ws); i++ {
+		if float64(ws[i]) > 2*float64(ws[i-1])+1 {
+			t.Errorf("weight jumped %d -> %d after the return: %v", ws[i-1], ws[i], ws)
+		}
+	}
+	if ws[len(ws)-1] < peers*3/4 {
+		t.Errorf("back to %d after %d intervals, peers at %d: %v", ws[len(ws)-1], len(ws)-returned, peers, ws)
+	}
+}
+
+func TestFixedServerKeepsItsWeight(t *testing.T) {
+	c := newCluster(t, 3, Settings{}, Proportions{Active: 50, New: 50})
+	c.service[1] *= 4
+	ports := []Port{{Key: key, Bound: 100, Proportions: Proportions{Active: 50, New: 50}, Servers: []Server{
+		{Addr: addr(0), Weight: 50}, {Addr: addr(1), Weight: 50, Fixed: true}, {Addr: addr(2), Weight: 50},
+	}}}
+	if err := c.m.SetPorts(ports); err != nil {
+		t.Fatal(err)
+	}
+	for range 10 {
+		c.interval(800)
+	}
+	if w := c.weights(); w[1] != 50 {
+		t.Errorf("fixed slow server's weight %d, want 50 (weights %v)", w[1], w)
+	}
+	c.adv[addr(1)] = AdvisorReading{Down: true, Err: "connection refused"}
+	ports[0].Advisor = "http"
+	c.m.SetPorts(ports)
+	c.interval(800)
+	if w := c.weights(); w[1] != 0 {
+		t.Errorf("fixed server down: weight %d, want 0", w[1])
+	}
+}
+
+func TestDownDisabledAndQuiesced(t *testing.T) {
+	c := newCluster(t, 3, Settings{}, Proportions{Active: 50, New: 50})
+	ports := []Port{{Key: key, Bound: 100, Advisor: "http", Proportions: Proportions{Active: 50, New: 50}, Servers: []Server{
+		{Addr: addr(0), Weight: 50}, {Addr: addr(1), Weight: 50}, {Addr: addr(2), Weight: 50},
+	}}}
+	c.m.SetPorts(ports)
+	c.interval(600)
+
+	c.adv[addr(0)] = AdvisorReading{Down: true, Err: "timeout"}
+	c.host[addr(1)] = HostReading{Disabled: true, Err: "no report for 12s"}
+	c.interval(600)
+	w := c.weights()
+	if w[0] != 0 || w[1] != 0 || w[2] == 0 {
+		t.Fatalf("weights %v, want down and disabled servers at 0", w)
+	}
+	rep := c.m.Report()[0]
+	if rep.Servers[0].State != StateDown || rep.Servers[1].State != StateDisabled || rep.Servers[0].Note != "timeout" {
+		t.Errorf("states %q %q, note %q", rep.Servers[0].State, rep.Servers[1].State, rep.Servers[0].Note)
+	}
+	last := c.commits[len(c.commits)-1]
+	if !strings.Contains(last.Reason, "down") || !strings.Contains(last.Reason, "disabled") {
+		t.Errorf("reason %q", last.Reason)
+	}
+
+	// Both recover; the operator quiesces server 0 meanwhile: quiesce wins.
+	delete(c.adv, addr(0))
+	c.host[addr(1)] = HostReading{Metrics: map[string]float64{"cpu": 40}}
+	ports[0].Servers[0].Quiesced = true
+	c.m.SetPorts(ports)
+	for range 6 {
+		c.interval(600)
+	}
+	w = c.weights()
+	if w[0] != 0 {
+		t.Errorf("quiesced server got weight %d", w[0])
+	}
+	if w[1] == 0 {
+		t.Errorf("re-enabled server still at 0")
+	}
+}
+
+func TestProportionsChangeLive(t *testing.T) {
+	c := newCluster(t, 2, Settings{}, Proportions{Active: 50, New: 50})
+	// The advisor sees server 1 three times slower than server 0, which
+	// the flow counters do not show.
+	c.adv[addr(0)] = AdvisorReading{Latency: 10 * time.Millisecond}
+	c.adv[addr(1)] = AdvisorReading{Latency: 30 * time.Millisecond}
+	port := Port{Key: key, Bound: 100, Advisor: "http", Proportions: Proportions{Active: 50, New: 50},
+		Servers: []Server{{Addr: addr(0), Weight: 50}, {Addr: addr(1), Weight: 50}}}
+	c.m.SetPorts([]Port{port})
+	for range 5 {
+		c.interval(200)
+	}
+	if w := c.weights(); w[0] != w[1] {
+		t.Fatalf("advisor at 0%%: weights %v moved", w)
+	}
+	port.Proportions = Proportions{Active: 25, New: 25, Advisor: 50}
+	if err := c.m.SetPorts([]Port{port}); err != nil {
+		t.Fatal(err)
+	}
+	for range 5 {
+		c.interval(200)
+	}
+	if w := c.weights(); w[0] <= w[1] {
+		t.Fatalf("advisor at 50%%: weights %v, want server 0 (faster) ahead", w)
+	}
+	if r := c.m.Report()[0]; r.Proportions["advisor"] != 50 || r.Servers[1].AdvisorMS != 30 {
+		t.Errorf("report %+v", r)
+	}
+	bad := port
+	bad.Proportions = Proportions{Active: 50, New: 60}
+	if err := c.m.SetPorts([]Port{bad}); err == nil {
+		t.Error("proportions summing to 110 accepted")
+	}
+}
+
+func TestBestServerPolicy(t *testing.T) {
+	c := newCluster(t, 3, Settings{Policy: PolicyBest}, Proportions{Advisor: 100})
+	c.adv[addr(0)] = AdvisorReading{Latency: 30 * time.Millisecond}
+	c.adv[addr(1)] = AdvisorReading{Latency: 10 * time.Millisecond}
+	c.adv[addr(2)] = AdvisorReading{Latency: 20 * time.Millisecond}
+	port := Port{Key: key, Bound: 100, Advisor: "http", Proportions: Proportions{Advisor: 100},
+		Servers: []Server{{Addr: addr(0), Weight: 50}, {Addr: addr(1), Weight: 50}, {Addr: addr(2), Weight: 50}}}
+	if err := c.m.SetPorts([]Port{port}); err != nil {
+		t.Fatal(err)
+	}
+	c.interval(300)
+	if w := c.weights(); w[1] != 100 || w[0] != 0 || w[2] != 0 {
+		t.Fatalf("best server weights %v, want all to server 1", w)
+	}
+	// Within the margin the best keeps its place; past it, it yields.
+	c.adv[addr(2)] = AdvisorReading{Latency: 9 * time.Millisecond}
+	n := len(c.commits)
+	for range 3 {
+		c.interval(300)
+	}
+	if len(c.commits) != n {
+		t.Errorf("best server changed for a 10%% difference: %v", c.weights())
+	}
+	c.adv[addr(2)] = AdvisorReading{Latency: 5 * time.Millisecond}
+	c.interval(300)
+	if w := c.weights(); w[2] != 100 || w[1] != 0 {
+		t.Errorf("weights %v, want all to server 2 once it is twice as fast", w)
+	}
+}
+
+func TestStaticPolicyKeepsConfiguredWeights(t *testing.T) {
+	c := newCluster(t, 2, Settings{Policy: PolicyStatic}, Proportions{Active: 50, New: 50})
+	c.service[0] *= 4
+	for range 6 {
+		c.interval(600)
+	}
+	if w := c.weights(); w[0] != 50 || w[1] != 50 {
+		t.Errorf("static policy moved weights: %v", w)
+	}
+	if err := c.m.SetSettings(Settings{Policy: PolicyDefault}); err != nil {
+		t.Fatal(err)
+	}
+	for range 6 {
+		c.interval(600)
+	}
+	if w := c.weights(); w[0] >= w[1] {
+		t.Errorf("default policy after static: weights %v, want the slow server lower", w)
+	}
+}
+
+func TestCustomMetricAndHost(t *testing.T) {
+	c := newCluster(t, 2, Settings{HostMetric: "load1"}, Proportions{})
+	c.host[addr(0)] = HostReading{Metrics: map[string]float64{"load1": 1, "queue": 90}}
+	c.host[addr(1)] = HostReading{Metrics: map[string]float64{"load1": 1, "queue": 10}}
+	port := Port{Key: key, Bound: 100, Proportions: Proportions{Active: 20, New: 20, Host: 20,
+		Custom: []CustomMetric{{Name: "queue", Agent: "queue", Proportion: 40}}},
+		Servers: []Server{{Addr: addr(0), Weight: 50}, {Addr: addr(1), Weight: 50}}}
+	if err := c.m.SetPorts([]Port{port}); err != nil {
+		t.Fatal(err)
+	}
+	for range 4 {
+		c.interval(300)
+	}
+	if w := c.weights(); w[0] >= w[1] {
+		t.Errorf("custom queue metric 90 vs 10: weights %v", w)
+	}
+	if got := c.m.Report()[0].Servers[0].Custom["queue"]; got != 90 {
+		t.Errorf("report custom %v", got)
+	}
+	bad := port
+	bad.Proportions.Custom = []CustomMetric{{Name: "x", Proportion: 40}}
+	if err := c.m.SetPorts([]Port{bad}); err == nil {
+		t.Error("custom metric with no source accepted")
+	}
+}
+
+func TestSettingsValidation(t *testing.T) {
+	for _, s := range []Settings{{Smoothing: 0.5}, {Sensitivity: 2}, {Policy: "random"}, {Overload: 0.5}, {Interval: -1}, {Smoothing: 11}} {
+		if err := s.Validate(); err == nil {
+			t.Errorf("%+v accepted", s)
+		}
+	}
+	if err := (Settings{}).Validate(); err != nil {
+		t.Errorf("zero settings (defaults): %v", err)
+	}
+}
+
+func directionChanges(v []float64) int {
+	n, dir := 0, 0
+	for i := 1; i < len(v); i++ {
+		d := v[i] - v[i-1]
+		if math.Abs(d) < 0.005 {
+			continue
+		}
+		s := 1
+		if d < 0 {
+			s = -1
+		}
+		if dir != 0 && s != dir {
+			n++
+		}
+		dir = s
+	}
+	return n
+}
+
+func fmtShares(v []float64) string {
+	var b strings.Builder
+	for _, x := range v {
+		fmt.Fprintf(&b, "%.3f ", x)
+	}
+	return b.String()
+}

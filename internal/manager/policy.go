@@ -1,0 +1,168 @@
+package manager
+
+import (
+	"fmt"
+	"math"
+	"net/netip"
+
+	"github.com/nd-dispatcher/nd/internal/executor"
+)
+
+// Input is what a weight computation function sees of one port: the servers
+// that may take new flows (healthy, not quiesced, not cooling down, not
+// fixed), each with its weight in the data plane and its Load Metric Index.
+type Input struct {
+	Port      executor.ServiceKey
+	Bound     uint32  // weights run from 0 to Bound
+	Smoothing float64 // 1 follows the metrics at once; larger is slower
+	Servers   []ServerInput
+}
+
+// ServerInput is one server in Input.
+type ServerInput struct {
+	Addr netip.Addr
+	// Weight is the server's weight in the data plane now; Configured the
+	// operator's.
+	Weight, Configured uint32
+	// LMI is the server's load relative to its peers: 1 is as loaded as
+	// they are for its weight, 2 twice as loaded.
+	LMI float64
+	// Returning marks a server coming back from weight 0 (down, disabled,
+	// cooled down): it must be brought back gently, not flooded.
+	Returning bool
+}
+
+// WeightFunc is the paper's replaceable Weight Computation Function: it
+// returns the new weight of each server of in.Servers, in order, each from
+// 0 to in.Bound.
+type WeightFunc interface {
+	Name() string
+	Weights(in Input) []uint32
+	// Absolute reports whether the function compares servers' raw loads
+	// rather than loads per unit of weight: a function that starves most
+	// servers (best server) cannot judge them by what their weight brought.
+	Absolute() bool
+}
+
+// Policy names.
+const (
+	PolicyDefault = "default"
+	PolicyBest    = "best"
+	PolicyStatic  = "static"
+)
+
+// NewWeightFunc returns the weight function of a policy name.
+func NewWeightFunc(policy string) (WeightFunc, error) {
+	switch policy {
+	case PolicyDefault, "":
+		return Proportional{}, nil
+	case PolicyBest:
+		return BestServer{Margin: 0.2}, nil
+	case PolicyStatic:
+		return Static{}, nil
+	}
+	return nil, fmt.Errorf("manager: unknown policy %q (want default, best or static)", policy)
+}
+
+// Proportional is the default policy: each server's weight moves toward
+// the inverse of its load, weight/LMI (so that load per unit of weight
+// evens out), the port's total weight kept, by 1/Smoothing of the way each
+// interval. A weight at most doubles per interval, so that a server whose
+// metrics look idle (it just came back, or carried nothing yet) is not
+// flooded before its metrics catch up.
+type Proportional struct{}
+
+func (Proportional) Name() string   { return PolicyDefault }
+func (Proportional) Absolute() bool { return false }
+
+// minLMI bounds how idle a server may look: a server whose metrics read
+// near 0 would otherwise be given an unbounded weight.
+const minLMI = 0.1
+
+func (Proportional) Weights(in Input) []uint32 {
+	n := len(in.Servers)
+	out := make([]uint32, n)
+	cur := make([]float64, n)
+	target := make([]float64, n)
+	var total, ttotal float64
+	for i, s := range in.Servers {
+		cur[i] = float64(max(s.Weight, 1))
+		total += cur[i]
+		target[i] = cur[i] / math.Max(s.LMI, minLMI)
+		ttotal += target[i]
+	}
+	smoothing := math.Max(in.Smoothing, 1)
+	for i, s := range in.Servers {
+		t := target[i] * total / ttotal
+		w := cur[i] + (t-cur[i])/smoothing
+		w = math.Min(w, 2*cur[i])
+		if s.Returning {
+			w = math.Min(w, cur[i]*1.5)
+		}
+		out[i] = clampWeight(w, in.Bound)
+	}
+	return out
+}
+
+// clampWeight rounds w into 1..bound: a server the manager keeps in the
+// working set always gets some flows, so that its metrics keep speaking
+// for it; weight 0 is for servers taken out (down, disabled, cooling down).
+func clampWeight(w float64, bound uint32) uint32 {
+	r := math.Round(w)
+	if r < 1 || math.IsNaN(r) {
+		return 1
+	}
+	if r > float64(bound) {
+		return bound
+	}
+	return uint32(r)
+}
+
+// BestServer sends every new flow to the least-loaded server (the paper's
+// "best server" allocation): weight Bound to it, 0 to the others, whose
+// established flows carry on. The current best keeps its place unless
+// another is lighter by more than Margin (0.2: 20%), so that two servers
+// of equal load do not swap every interval.
+type BestServer struct {
+	Margin float64
+}
+
+func (BestServer) Name() string   { return PolicyBest }
+func (BestServer) Absolute() bool { return true }
+
+func (b BestServer) Weights(in Input) []uint32 {
+	out := make([]uint32, len(in.Servers))
+	if len(in.Servers) == 0 {
+		return out
+	}
+	best, cur := 0, -1
+	for i, s := range in.Servers {
+		if s.LMI < in.Servers[best].LMI {
+			best = i
+		}
+		if s.Weight > 0 && (cur < 0 || s.Weight > in.Servers[cur].Weight) {
+			cur = i
+		}
+	}
+	if cur >= 0 && in.Servers[cur].LMI <= in.Servers[best].LMI*(1+b.Margin) {
+		best = cur
+	}
+	out[best] = in.Bound
+	return out
+}
+
+// Static keeps the configured weights: the manager still takes servers
+// that are down, disabled or overloaded out, and reports, but does not
+// follow load.
+type Static struct{}
+
+func (Static) Name() string   { return PolicyStatic }
+func (Static) Absolute() bool { return false }
+
+func (Static) Weights(in Input) []uint32 {
+	out := make([]uint32, len(in.Servers))
+	for i, s := range in.Servers {
+		out[i] = min(s.Configured, in.Bound)
+	}
+	return out
+}

@@ -1,0 +1,401 @@
+package manager
+
+import (
+	"math"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nd-dispatcher/nd/internal/executor"
+)
+
+// Server states in reports.
+const (
+	StateUp       = "up"
+	StateQuiesced = "quiesced"
+	StateDown     = "down"     // its advisor reports it down
+	StateDisabled = "disabled" // its agent's reports stopped
+	StateCoolDown = "cool-down"
+	StateAbsent   = "absent" // configured but not in the data plane (unresolved)
+)
+
+// returnIntervals is how many intervals a server that came back grows
+// gently.
+const returnIntervals = 4
+
+// healthyToForgive is how many intervals a server must stay in after a
+// cool-down before its next cool-down starts short again.
+const healthyToForgive = 10
+
+type portState struct {
+	spec    Port
+	servers map[netip.Addr]*serverState
+	report  PortReport
+}
+
+type serverState struct {
+	prevNew  uint64
+	havePrev bool
+	state    string
+	// coolUntil ends the current cool-down; cools counts cool-downs in a
+	// row, for the back-off.
+	coolUntil time.Time
+	cools     int
+	// returning counts down the intervals of a gentle return; healthy
+	// counts intervals in the working set.
+	returning int
+	healthy   int
+}
+
+// PortReport is the manager's account of one port's last computation.
+type PortReport struct {
+	Port        string         `json:"port"`
+	Policy      string         `json:"policy"`
+	At          time.Time      `json:"at"`
+	Proportions map[string]int `json:"proportions"`
+	// Committed says whether this computation changed the data plane, and
+	// Reason why (or why not).
+	Committed bool           `json:"committed"`
+	Reason    string         `json:"reason"`
+	Change    float64        `json:"change"`
+	Err       string         `json:"error,omitempty"`
+	Servers   []ServerReport `json:"servers"`
+}
+
+// ServerReport is one server's line in a PortReport: each metric raw and
+// normalised, the LMI, the weight before and after.
+type ServerReport struct {
+	Server netip.Addr `json:"server"`
+	State  string     `json:"state"`
+	Fixed  bool       `json:"fixed,omitempty"`
+	// Raw metrics: active flows, new flows per second, advisor latency in
+	// ms (-1: none), host metric (-1: none), custom metrics.
+	Active    uint64             `json:"active"`
+	NewPerSec float64            `json:"new_per_sec"`
+	AdvisorMS float64            `json:"advisor_ms"`
+	Host      float64            `json:"host"`
+	Custom    map[string]float64 `json:"custom,omitempty"`
+	// Loads are the normalised metrics, 1 meaning as loaded as the peers.
+	Loads     map[string]float64 `json:"loads"`
+	LMI       float64            `json:"lmi"`
+	Weight    uint32             `json:"weight"`
+	NewWeight uint32             `json:"new_weight"`
+	Note      string             `json:"note,omitempty"`
+}
+
+// sample is what one server's metrics read this interval.
+type sample struct {
+	addr    netip.Addr
+	spec    Server
+	cur     uint32
+	state   string
+	note    string
+	newRate float64
+	newOK   bool
+	active  float64
+	advMS   float64
+	advOK   bool
+	host    float64
+	hostOK  bool
+	custom  []float64
+	custOK  []bool
+}
+
+// port computes one port. Called with m.mu held.
+func (m *Manager) port(ps *portState, inst executor.Service, ss executor.ServiceStats, now time.Time, elapsed time.Duration) (Commit, bool) {
+	spec := ps.spec
+	set := m.settings
+	installed := map[netip.Addr]uint32{}
+	for _, s := range inst.Servers {
+		installed[s.Addr] = s.Weight
+	}
+	props := spec.Proportions
+
+	var smp []*sample
+	var absent []ServerReport
+	for _, sv := range spec.Servers {
+		st := ps.servers[sv.Addr]
+		cur, ok := installed[sv.Addr]
+		if !ok {
+			st.havePrev = false
+			st.state = StateAbsent
+			absent = append(absent, ServerReport{Server: sv.Addr, State: StateAbsent, AdvisorMS: -1, Host: -1, Note: "not in the data plane (unresolved?)"})
+			continue
+		}
+		s := &sample{addr: sv.Addr, spec: sv, cur: cur, advMS: -1, host: -1}
+		c := ss.Servers[sv.Addr]
+		if st.havePrev && c.NewFlows >= st.prevNew && elapsed > 0 {
+			s.newRate = float64(c.NewFlows-st.prevNew) / elapsed.Seconds()
+			s.newOK = true
+		}
+		st.prevNew, st.havePrev = c.NewFlows, true
+		s.active = float64(c.Active())
+
+		var adv AdvisorReading
+		if spec.Advisor != "" {
+			if r, ok := m.adv(spec.Advisor, spec.Key, sv.Addr); ok {
+				adv = r
+				if !r.Down {
+					s.advMS, s.advOK = float64(r.Latency)/float64(time.Millisecond), true
+				}
+			}
+		}
+		hr, hasAgent := m.host(sv.Addr)
+		if hasAgent && !hr.Disabled {
+			if v, ok := hr.Metrics[set.HostMetric]; ok && finite(v) {
+				s.host, s.hostOK = v, true
+			}
+		}
+		for _, cm := range props.Custom {
+			v, ok := 0.0, false
+			switch {
+			case cm.Agent != "" && hasAgent && !hr.Disabled:
+				v, ok = hr.Metrics[cm.Agent]
+				ok = ok && finite(v)
+			case cm.Advisor != "":
+				if r, found := m.adv(cm.Advisor, spec.Key, sv.Addr); found && !r.Down {
+					v, ok = float64(r.Latency)/float64(time.Millisecond), true
+				}
+			}
+			s.custom = append(s.custom, v)
+			s.custOK = append(s.custOK, ok)
+		}
+
+		// Who may take new flows: the operator's quiesce first, then
+		// health, then the cool-down.
+		switch {
+		case sv.Quiesced:
+			s.state = StateQuiesced
+		case adv.Down:
+			s.state, s.note = StateDown, adv.Err
+		case hasAgent && hr.Disabled:
+			s.state, s.note = StateDisabled, hr.Err
+		case now.Before(st.coolUntil):
+			s.state = StateCoolDown
+		default:
+			s.state = StateUp
+		}
+		smp = append(smp, s)
+	}
+
+	// Normalise each metric over the servers in the working set.
+	up := func(s *sample) bool { return s.state == StateUp }
+	n := len(smp)
+	absolute := m.wcf.Absolute()
+	w := make([]float64, n)
+	for i, s := range smp {
+		if up(s) {
+			w[i] = float64(s.cur)
+		}
+	}
+	metric := func(get func(*sample) (float64, bool), extensive bool) []float64 {
+		v := make([]float64, n)
+		ok := make([]bool, n)
+		for i, s := range smp {
+			v[i], ok[i] = get(s)
+			ok[i] = ok[i] && up(s)
+		}
+		if extensive && !absolute {
+			return extensiveLoads(v, ok, w)
+		}
+		return intensiveLoads(v, ok)
+	}
+	names := []string{"active", "new", "advisor", "host"}
+	pr := []uint32{props.Active, props.New, props.Advisor, props.Host}
+	loads := [][]float64{
+		metric(func(s *sample) (float64, bool) { return s.active, s.newOK }, true),
+		metric(func(s *sample) (float64, bool) { return s.newRate, s.newOK }, false),
+		metric(func(s *sample) (float64, bool) { return s.advMS, s.advOK }, false),
+		metric(func(s *sample) (float64, bool) { return s.host, s.hostOK }, false),
+	}
+	for j, cm := range props.Custom {
+		names = append(names, cm.Name)
+		pr = append(pr, cm.Proportion)
+		loads = append(loads, metric(func(s *sample) (float64, bool) { return s.custom[j], s.custOK[j] }, false))
+	}
+	lmi := combine(pr, loads, n)
+	eligible := 0
+	for _, s := range smp {
+		if up(s) {
+			eligible++
+		}
+	}
+
+	// Overload: a server far above its peers sits out to cool down.
+	for i, s := range smp {
+		st := ps.servers[s.addr]
+		lmi[i] = clampLMI(lmi[i])
+		if !up(s) || s.spec.Fixed || set.Overload < 0 || eligible < 2 || st.returning > 0 {
+			continue
+		}
+		if lmi[i] > set.Overload && s.newOK {
+			back := min(st.cools, 4)
+			st.coolUntil = now.Add(set.CoolDown << back)
+			st.cools++
+			st.healthy = 0
+			s.state = StateCoolDown
+			s.note = "load " + trimFloat(lmi[i]) + "x its peers'"
+			eligible--
+		}
+	}
+
+	// New weights: the weight function over the managed servers in the
+	// working set; fixed servers keep theirs; the rest sit at 0.
+	newW := make([]uint32, n)
+	// Policies that do not follow load per unit of weight set a returning
+	// server's weight themselves.
+	_, static := m.wcf.(Static)
+	ramp := !static && !m.wcf.Absolute()
+	var in Input
+	var idx []int
+	var peerSum, peerN float64
+	for _, s := range smp {
+		if up(s) && s.cur > 0 {
+			peerSum += float64(s.cur)
+			peerN++
+		}
+	}
+	for i, s := range smp {
+		st := ps.servers[s.addr]
+		was := st.state
+		st.state = s.state
+		if !up(s) {
+			st.returning = 0
+			continue
+		}
+		if s.spec.Fixed {
+			newW[i] = min(s.spec.Weight, spec.Bound)
+			continue
+		}
+		if was != "" && was != StateUp && was != StateAbsent {
+			// Back from weight 0: a quarter of its peers' mean to start,
+			// then a gentle climb.
+			st.returning = returnIntervals
+		}
+		st.healthy++
+		if st.healthy > healthyToForgive {
+			st.cools = 0
+		}
+		cur := s.cur
+		if st.returning == returnIntervals && ramp {
+			start := float64(max(s.spec.Weight, 1))
+			if peerN > 0 {
+				start = peerSum / peerN
+			}
+			newW[i] = clampWeight(start/4, spec.Bound)
+			st.returning--
+			continue
+		}
+		in.Servers = append(in.Servers, ServerInput{Addr: s.addr, Weight: cur, Configured: s.spec.Weight, LMI: lmi[i], Returning: st.returning > 0})
+		idx = append(idx, i)
+		if st.returning > 0 {
+			st.returning--
+		}
+	}
+	if len(in.Servers) > 0 {
+		in.Port, in.Bound, in.Smoothing = spec.Key, spec.Bound, set.Smoothing
+		out := m.wcf.Weights(in)
+		for j, i := range idx {
+			if j < len(out) {
+				newW[i] = min(out[j], spec.Bound)
+			}
+		}
+	}
+
+	// Commit: at once when a server enters or leaves the working set,
+	// otherwise only past the sensitivity threshold.
+	var total, moved float64
+	var reasons []string
+	returning := false
+	for i, s := range smp {
+		if st := ps.servers[s.addr]; st.returning > 0 && newW[i] != s.cur {
+			returning = true
+		}
+		total += float64(s.cur)
+		moved += math.Abs(float64(newW[i]) - float64(s.cur))
+		if (s.cur == 0) != (newW[i] == 0) {
+			r := s.state
+			if newW[i] > 0 {
+				r = "back"
+			}
+			if !slices.Contains(reasons, r) {
+				reasons = append(reasons, r)
+			}
+		}
+	}
+	change := 0.0
+	if total > 0 {
+		change = moved / total
+	} else if moved > 0 {
+		change = 1
+	}
+	rep := PortReport{
+		Port:        spec.Key.String(),
+		Policy:      m.wcf.Name(),
+		At:          now,
+		Proportions: map[string]int{},
+		Change:      change,
+	}
+	for k, name := range names {
+		rep.Proportions[name] = int(pr[k])
+	}
+	commit := len(reasons) > 0
+	switch {
+	case commit:
+		rep.Reason = strings.Join(reasons, ", ")
+	case moved > 0 && change > set.Sensitivity:
+		commit = true
+		rep.Reason = "load"
+	case returning:
+		// A server coming back climbs in steps too small for the
+		// threshold; held to it, it would stay low for good.
+		commit = true
+		rep.Reason = "return"
+	case moved > 0:
+		rep.Reason = "below sensitivity"
+	default:
+		rep.Reason = "no change"
+	}
+	rep.Committed = commit
+	for i, s := range smp {
+		sr := ServerReport{
+			Server: s.addr, State: s.state, Fixed: s.spec.Fixed,
+			Active: uint64(s.active), NewPerSec: s.newRate, AdvisorMS: s.advMS, Host: s.host,
+			Loads: map[string]float64{}, LMI: lmi[i], Weight: s.cur, NewWeight: s.cur, Note: s.note,
+		}
+		if commit {
+			sr.NewWeight = newW[i]
+		}
+		for k, name := range names {
+			if pr[k] > 0 {
+				sr.Loads[name] = loads[k][i]
+			}
+		}
+		if len(props.Custom) > 0 {
+			sr.Custom = map[string]float64{}
+			for j, cm := range props.Custom {
+				sr.Custom[cm.Name] = s.custom[j]
+			}
+		}
+		rep.Servers = append(rep.Servers, sr)
+	}
+	rep.Servers = append(rep.Servers, absent...)
+	slices.SortFunc(rep.Servers, func(a, b ServerReport) int { return a.Server.Compare(b.Server) })
+	ps.report = rep
+	if !commit {
+		return Commit{}, false
+	}
+	c := Commit{Port: spec.Key, Weights: map[netip.Addr]uint32{}, Reason: rep.Reason, Change: change}
+	for i, s := range smp {
+		c.Weights[s.addr] = newW[i]
+	}
+	return c, true
+}
+
+func finite(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) }
+
+func trimFloat(v float64) string {
+	return strings.TrimRight(strings.TrimRight(strconv.FormatFloat(v, 'f', 2, 64), "0"), ".")
+}

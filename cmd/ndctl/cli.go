@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nd-dispatcher/nd/internal/advisor"
 	"github.com/nd-dispatcher/nd/internal/api"
 	"github.com/nd-dispatcher/nd/internal/config"
 	"github.com/nd-dispatcher/nd/internal/daemon"
@@ -41,6 +42,9 @@ type Client interface {
 	SetServer(vip string, port uint16, proto, addr string, p api.ServerPatch) (string, error)
 	RemoveServer(vip string, port uint16, proto, addr string) (string, error)
 	Events(ctx context.Context, follow bool, fn func(daemon.Event) error) error
+	ManagerReport() (api.ManagerResponse, error)
+	SetManager(p api.ManagerPatch) (string, error)
+	Advisors() ([]advisor.Status, error)
 	Close()
 }
 

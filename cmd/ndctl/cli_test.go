@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -15,8 +16,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nd-dispatcher/nd/internal/advisor"
 	"github.com/nd-dispatcher/nd/internal/api"
 	"github.com/nd-dispatcher/nd/internal/daemon"
+	"github.com/nd-dispatcher/nd/internal/manager"
 )
 
 // fakeClient records the calls made to it and answers from its fields.
@@ -32,6 +35,8 @@ type fakeClient struct {
 	onStatus func(n int)
 	statuses int
 	closed   bool
+	manager  api.ManagerResponse
+	advisors []advisor.Status
 }
 
 func (f *fakeClient) record(format string, args ...any) {
@@ -97,6 +102,9 @@ func (f *fakeClient) SetServer(vip string, port uint16, proto, addr string, p ap
 	if p.Quiesce != nil {
 		q = fmt.Sprint(*p.Quiesce)
 	}
+	if p.Fixed != nil {
+		return f.change("SetServer %s %d %s %s weight=%s quiesce=%s fixed=%v", vip, port, proto, addr, w, q, *p.Fixed)
+	}
 	return f.change("SetServer %s %d %s %s weight=%s quiesce=%s", vip, port, proto, addr, w, q)
 }
 
@@ -122,6 +130,21 @@ func (f *fakeClient) Events(ctx context.Context, follow bool, fn func(daemon.Eve
 }
 
 func (f *fakeClient) Close() { f.closed = true }
+
+func (f *fakeClient) ManagerReport() (api.ManagerResponse, error) {
+	f.record("ManagerReport")
+	return f.manager, f.err
+}
+
+func (f *fakeClient) SetManager(p api.ManagerPatch) (string, error) {
+	b, _ := json.Marshal(p)
+	return f.change("SetManager %s", b)
+}
+
+func (f *fakeClient) Advisors() ([]advisor.Status, error) {
+	f.record("Advisors")
+	return f.advisors, f.err
+}
 
 // harness runs ndctl commands against a fake client.
 type harness struct {
@@ -310,6 +333,12 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"server", "remove", vip, "80"}, "missing ADDRESS"},
 		{[]string{"server", "set", vip, "80", "198.51.100.11"}, "nothing to change"},
 		{[]string{"server", "set", vip, "80", "198.51.100.11", "--quiesce", "--unquiesce"}, "--quiesce and --unquiesce together"},
+		{[]string{"server", "set", vip, "80", "198.51.100.11", "--fixed", "--managed"}, "--fixed and --managed together"},
+		{[]string{"manager", "set"}, "nothing to change"},
+		{[]string{"manager", "set", "--proportions", "50,50"}, "want four numbers"},
+		{[]string{"manager", "set", "--proportions", "50,50,x,0"}, `"x" is not a percentage`},
+		{[]string{"manager", "set", "--proportions", "150,0,0,0"}, `"150" is not a percentage`},
+		{[]string{"manager", "report", "extra"}, `unexpected argument "extra"`},
 		{[]string{"status", "extra"}, `unexpected argument "extra"`},
 		{[]string{"status", "--bogus"}, "flag provided but not defined: -bogus"},
 		{[]string{"events", "now"}, `unexpected argument "now"`},
@@ -378,6 +407,15 @@ func TestChanges(t *testing.T) {
 		{[]string{"server", "set", vip, "80", "198.51.100.11", "--unquiesce", "--weight", "3"}, "SetServer 198.51.100.100 80 tcp 198.51.100.11 weight=3 quiesce=false"},
 		{[]string{"server", "set", "2001:db8::100", "80", "2001:db8::11", "--weight", "0"}, "SetServer 2001:db8::100 80 tcp 2001:db8::11 weight=0 quiesce=nil"},
 		{[]string{"config", "reload"}, "Reload"},
+		{[]string{"server", "set", vip, "80", "198.51.100.11", "--fixed"}, "SetServer 198.51.100.100 80 tcp 198.51.100.11 weight=nil quiesce=nil fixed=true"},
+		{[]string{"server", "set", vip, "80", "198.51.100.11", "--managed"}, "SetServer 198.51.100.100 80 tcp 198.51.100.11 weight=nil quiesce=nil fixed=false"},
+		{[]string{"manager", "set", "--policy", "best", "--interval", "5s", "--proportions", "30,30,40,0"},
+			`SetManager {"interval":"5s","policy":"best","proportions":{"active":30,"new":30,"advisor":40,"host":0}}`},
+		{[]string{"manager", "set", "--port", vip + "/80", "--proportions", "100,0,0,0"},
+			`SetManager {"proportions":{"active":100,"new":0,"advisor":0,"host":0},"port":"198.51.100.100/80"}`},
+		{[]string{"manager", "set", "--port", vip + "/80", "--reset-port"}, `SetManager {"port":"198.51.100.100/80","reset_port":true}`},
+		{[]string{"manager", "set", "--sensitivity", "0.1", "--smoothing", "4", "--overload", "5", "--cool-down", "10s", "--host-metric", "load1"},
+			`SetManager {"sensitivity":0.1,"smoothing":4,"overload":5,"cool_down":"10s","host_metric":"load1"}`},
 		// Everything after "--" is positional.
 		{[]string{"port", "remove", "--protocol", "udp", "--", vip, "53"}, "RemovePort 198.51.100.100 53 udp"},
 	} {
@@ -876,6 +914,54 @@ func TestSweepStaleDirs(t *testing.T) {
 	for _, d := range []string{foreign, live, noPID} {
 		if _, err := os.Stat(d); err != nil {
 			t.Errorf("%s: %v", d, err)
+		}
+	}
+}
+
+func TestManagerReport(t *testing.T) {
+	h := newHarness(t)
+	h.fc.manager = api.ManagerResponse{Interval: "2s", Sensitivity: 0.05, Smoothing: 1.5, Policy: "default", Overload: 3,
+		Proportions: api.ProportionsRequest{Active: 50, New: 50},
+		Ports: []manager.PortReport{{Port: "198.51.100.100:80/tcp", Committed: true, Reason: "load", Change: 0.12,
+			Servers: []manager.ServerReport{
+				{Server: netip.MustParseAddr("198.51.100.11"), State: "up", Active: 40, NewPerSec: 120.5, AdvisorMS: -1, Host: -1,
+					Loads: map[string]float64{"active": 1.8, "new": 1}, LMI: 1.4, Weight: 50, NewWeight: 38},
+				{Server: netip.MustParseAddr("198.51.100.12"), State: "cool-down", AdvisorMS: 12.5, Host: 40, Weight: 50, NewWeight: 0, Note: "load 4x its peers'"},
+			}}}}
+	if code := h.run("manager", "report"); code != exitOK {
+		t.Fatalf("exit %d: %s", code, h.stderr.String())
+	}
+	out := h.stdout.String()
+	for _, want := range []string{"policy default", "sensitivity 5%", "proportions active 50 new 50 advisor 0 host 0",
+		"198.51.100.100:80/tcp  (committed: load, change 12%", "active=1.8 new=1", "120.5", "12.5ms", "cool-down", "load 4x its peers'"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("report lacks %q:\n%s", want, out)
+		}
+	}
+	h = newHarness(t)
+	h.fc.manager = api.ManagerResponse{Policy: "static"}
+	if code := h.run("manager", "report", "--json"); code != exitOK {
+		t.Fatal(h.stderr.String())
+	}
+	var got api.ManagerResponse
+	if err := json.Unmarshal(h.stdout.Bytes(), &got); err != nil || got.Policy != "static" {
+		t.Errorf("json %q: %v", h.stdout.String(), err)
+	}
+}
+
+func TestAdvisorStatus(t *testing.T) {
+	h := newHarness(t)
+	h.fc.advisors = []advisor.Status{
+		{Advisor: "web", Kind: "http", Server: netip.MustParseAddr("198.51.100.11"), Port: 80, VIP: netip.MustParseAddr("198.51.100.100"), Known: true, Up: true, Latency: 2 * time.Millisecond, Probes: 7},
+		{Advisor: "web", Kind: "http", Server: netip.MustParseAddr("198.51.100.12"), Port: 80, Known: true, Err: "connection refused", Probes: 7, Failures: 7},
+	}
+	if code := h.run("advisor", "status"); code != exitOK {
+		t.Fatal(h.stderr.String())
+	}
+	out := h.stdout.String()
+	for _, want := range []string{"vip 198.51.100.100:80", "up", "2ms", "198.51.100.12:80", "down", "connection refused"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("advisor status lacks %q:\n%s", want, out)
 		}
 	}
 }

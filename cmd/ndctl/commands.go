@@ -36,9 +36,29 @@ flows; a quiesced server gets no new flows while its established ones continue.`
 				{name: "set", args: "VIP PORT[/PROTO] ADDRESS", run: serverSet,
 					summary: "change a server's weight, quiesce or bring it back",
 					help: `
-Give --weight, --quiesce or --unquiesce (or a weight and one of the others).
-A quiesced server keeps its weight for when it is brought back.`},
+Give --weight, --quiesce or --unquiesce (or a weight and one of the others),
+--fixed or --managed. A quiesced server keeps its weight for when it is
+brought back; a fixed one keeps its weight whatever the manager finds.`},
 			}},
+		{name: "manager", summary: "the feedback loop that sets weights: report and settings", help: `
+Every interval the manager combines each server's metrics (active flows, new
+flows, advisor latency, host metrics) into a Load Metric Index and moves the
+weights toward the inverse of the load, committing them when they moved by
+more than the sensitivity.`, subs: []*command{
+			{name: "report", run: managerReport, read: true,
+				summary: "per port: each server's metrics, LMI, weight and the last decision"},
+			{name: "set", run: managerSet,
+				summary: "change interval, proportions, smoothing, sensitivity, policy live",
+				help: `
+Changes go into the running configuration (save them with 'ndctl config
+save'). --proportions takes ACTIVE,NEW,ADVISOR,HOST in percent, summing to
+100; with --port VIP/PORT[/PROTO] they become that port's own, and
+--reset-port makes the port follow the manager's again.`},
+		}},
+		{name: "advisor", summary: "health and latency probes of the servers", subs: []*command{
+			{name: "status", run: advisorStatus, read: true,
+				summary: "every advisor's targets: up or down, latency, last error"},
+		}},
 		{name: "status", run: statusCmd, read: true,
 			summary: "servers, states, weights and flow rates of every port",
 			help: `

@@ -211,6 +211,8 @@ func serverSet(ctx context.Context, s *session, args []string) error {
 	weight := fs.Uint("weight", 0, "new weight, `N` from 0 to the port's weight bound")
 	quiesce := fs.Bool("quiesce", false, "stop new flows to the server; established ones continue")
 	unquiesce := fs.Bool("unquiesce", false, "send the server new flows again")
+	fixed := fs.Bool("fixed", false, "keep the weight whatever the load: the manager leaves it")
+	managed := fs.Bool("managed", false, "let the manager adjust the weight again")
 	args, err := s.parse(fs, args, 3, 3)
 	if err != nil {
 		return err
@@ -235,8 +237,16 @@ func serverSet(ctx context.Context, s *session, args []string) error {
 	case *unquiesce:
 		patch.Quiesce = new(false)
 	}
-	if patch.Weight == nil && patch.Quiesce == nil {
-		return usagef("nothing to change: give --weight, --quiesce or --unquiesce")
+	switch {
+	case *fixed && *managed:
+		return usagef("--fixed and --managed together")
+	case *fixed:
+		patch.Fixed = new(true)
+	case *managed:
+		patch.Fixed = new(false)
+	}
+	if patch.Weight == nil && patch.Quiesce == nil && patch.Fixed == nil {
+		return usagef("nothing to change: give --weight, --quiesce, --unquiesce, --fixed or --managed")
 	}
 	return s.change(func(c Client) (string, error) { return c.SetServer(vip, port, p, addr, patch) })
 }

@@ -109,7 +109,17 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 	}
 	defer nbr.Close()
 
-	d, err := daemon.New(cfg, daemon.Options{Executor: x, Neighbors: nbr, ConfigPath: path, Logger: log})
+	// Advisors with target vip probe through steering on lo; without it
+	// they report their targets down, saying why.
+	var steer daemon.Steering
+	if st, err := executor.NewSteering(executor.SteeringOptions{Logger: log}); err != nil {
+		log.Warn("advisor steering unavailable: advisors with target vip will report down", "err", err)
+	} else {
+		defer st.Close()
+		steer = st
+	}
+
+	d, err := daemon.New(cfg, daemon.Options{Executor: x, Neighbors: nbr, ConfigPath: path, Logger: log, Steering: steer})
 	if err != nil {
 		return err
 	}
@@ -120,7 +130,9 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 		TLSCert: cfg.API.TLSCert,
 		TLSKey:  cfg.API.TLSKey,
 		Logger:  log,
-		Metrics: metrics.Handler(metrics.New(d.Status)),
+		Metrics: metrics.Handler(metrics.New(d.Status), metrics.NewDecisions(metrics.Decisions{
+			Manager: d.ManagerReport, Advisors: d.AdvisorStatus, Agents: d.AgentStatus,
+		})),
 	}
 	if cfg.API.Listen != "" {
 		if apiOpts.Token, err = token(cfg.API); err != nil {

@@ -12,8 +12,10 @@ package api
 import (
 	"errors"
 
+	"github.com/nd-dispatcher/nd/internal/advisor"
 	"github.com/nd-dispatcher/nd/internal/config"
 	"github.com/nd-dispatcher/nd/internal/daemon"
+	"github.com/nd-dispatcher/nd/internal/manager"
 )
 
 // Controller is what the API needs of the daemon; *daemon.Daemon is the real
@@ -32,6 +34,10 @@ type Controller interface {
 	// Events subscribes to the daemon's events, starting with the recent
 	// ones; the function ends the subscription and closes the channel.
 	Events() (<-chan daemon.Event, func())
+	// ManagerReport is the manager's last computation per port.
+	ManagerReport() []manager.PortReport
+	// AdvisorStatus is every advisor target's state.
+	AdvisorStatus() []advisor.Status
 }
 
 // *daemon.Daemon is the Controller of ndd.
@@ -89,10 +95,12 @@ type ServerRequest struct {
 }
 
 // ServerPatch is the body of PATCH .../servers/{address}: the settings to
-// change; a nil field stays as it is.
+// change; a nil field stays as it is. Fixed keeps the weight whatever the
+// load (the manager leaves it).
 type ServerPatch struct {
 	Weight  *uint32 `json:"weight,omitempty"`
 	Quiesce *bool   `json:"quiesce,omitempty"`
+	Fixed   *bool   `json:"fixed,omitempty"`
 }
 
 // ChangesResponse answers every request that changes the configuration: what

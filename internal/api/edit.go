@@ -272,6 +272,9 @@ func setServer(id portID, a netip.Addr, patch ServerPatch) editFunc {
 		if patch.Quiesce != nil {
 			s.Quiesce = *patch.Quiesce
 		}
+		if patch.Fixed != nil {
+			s.Fixed = *patch.Fixed
+		}
 		return nil
 	})
 }

@@ -8,8 +8,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nd-dispatcher/nd/internal/advisor"
 	"github.com/nd-dispatcher/nd/internal/config"
 	"github.com/nd-dispatcher/nd/internal/daemon"
+	"github.com/nd-dispatcher/nd/internal/manager"
 )
 
 // fakeController is an in-memory Controller: it validates and diffs like the
@@ -55,6 +57,12 @@ func newFake(t testing.TB) *fakeController {
 	}
 	return &fakeController{cfg: cfg, subs: map[chan daemon.Event]struct{}{}}
 }
+
+func (f *fakeController) ManagerReport() []manager.PortReport {
+	return []manager.PortReport{{Port: "198.51.100.100:80/tcp", Policy: "default", Reason: "no change"}}
+}
+
+func (f *fakeController) AdvisorStatus() []advisor.Status { return nil }
 
 func (f *fakeController) Config() *config.Config {
 	f.mu.Lock()

@@ -40,6 +40,9 @@ func (s *Server) routes(metrics http.Handler) http.Handler {
 	mux.HandleFunc("PATCH "+server, s.setServer)
 	mux.HandleFunc("DELETE "+server, s.removeServer)
 	mux.HandleFunc("GET /v1/events", s.events)
+	mux.HandleFunc("GET /v1/manager", s.getManager)
+	mux.HandleFunc("PATCH /v1/manager", s.setManager)
+	mux.HandleFunc("GET /v1/advisors", s.advisors)
 	if metrics != nil {
 		mux.Handle("GET /metrics", metrics)
 	}
@@ -252,8 +255,8 @@ func (s *Server) setServer(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, "change server", err)
 		return
 	}
-	if patch.Weight == nil && patch.Quiesce == nil {
-		s.fail(w, r, "change server", badRequest("nothing to change: give weight or quiesce"))
+	if patch.Weight == nil && patch.Quiesce == nil && patch.Fixed == nil {
+		s.fail(w, r, "change server", badRequest("nothing to change: give weight, quiesce or fixed"))
 		return
 	}
 	attrs := []any{"port", id, "server", addr}
@@ -262,6 +265,9 @@ func (s *Server) setServer(w http.ResponseWriter, r *http.Request) {
 	}
 	if patch.Quiesce != nil {
 		attrs = append(attrs, "quiesce", *patch.Quiesce)
+	}
+	if patch.Fixed != nil {
+		attrs = append(attrs, "fixed", *patch.Fixed)
 	}
 	s.update(w, r, http.StatusOK, "change server", setServer(id, addr, patch), attrs...)
 }

@@ -15,10 +15,13 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/nd-dispatcher/nd/internal/advisor"
 	"github.com/nd-dispatcher/nd/internal/config"
 	"github.com/nd-dispatcher/nd/internal/executor"
+	"github.com/nd-dispatcher/nd/internal/manager"
 	"github.com/nd-dispatcher/nd/internal/neighbor"
 )
 
@@ -51,6 +54,10 @@ type Options struct {
 	Logger *slog.Logger
 	// StatsInterval is how often counters are sampled for rates. Default 1s.
 	StatsInterval time.Duration
+	// Steering routes advisors' probes of a VIP to one server (advisors
+	// with target vip; *executor.Steering is the real one); nil leaves
+	// such probes down, saying why.
+	Steering Steering
 }
 
 // Daemon is one running dispatcher.
@@ -77,6 +84,17 @@ type Daemon struct {
 	rates    rateSampler
 	// pending is the configuration given to New, applied by Run.
 	pending *config.Config
+	// managed holds the weights the manager committed, per port and
+	// server: what the data plane gets instead of the configured weight.
+	managed map[executor.ServiceKey]map[netip.Addr]uint32
+
+	mgr   *manager.Manager
+	adv   *advisor.Runner
+	hosts agents
+	steer Steering
+	// addrs are the configured VIPs and co-located servers, read without
+	// d.mu by advisors' probes.
+	addrs atomic.Pointer[addrSets]
 }
 
 // ErrRejected wraps every reason a configuration is refused.
@@ -108,6 +126,36 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 		cfg:      config.Default(),
 		attached: map[string]int{},
 		resolved: map[netip.Addr]bool{},
+		managed:  map[executor.ServiceKey]map[netip.Addr]uint32{},
+	}
+	d.steer = o.Steering
+	var via func(server, vip netip.Addr) (advisor.DialFunc, error)
+	if o.Steering != nil {
+		via = d.viaVIP
+	}
+	d.adv = advisor.New(advisor.Options{Logger: o.Logger, ViaVIP: via, OnChange: d.onAdvisorChange})
+	ai := &advisorIndex{runner: d.adv}
+	mgr, err := manager.New(managerSettings(cfg.Manager), manager.Options{
+		Executor: o.Executor,
+		Commit:   d.commitWeights,
+		Advisor:  ai.reading,
+		Host:     d.hosts.reading,
+		Logger:   o.Logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrRejected, err)
+	}
+	d.mgr = mgr
+	// A restarted ndd takes over the weights the manager had set, rather
+	// than throwing them back to the configured ones.
+	if cfg.Manager.Policy != config.PolicyStatic {
+		for _, s := range o.Executor.Services() {
+			m := map[netip.Addr]uint32{}
+			for _, sv := range s.Servers {
+				m[sv.Addr] = sv.Weight
+			}
+			d.managed[s.Key] = m
+		}
 	}
 	// The starting point is an empty configuration with cfg's fixed
 	// settings, so that the first Apply attaches and installs everything.
@@ -129,6 +177,14 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 	nbrDone := make(chan error, 1)
 	go func() { nbrDone <- d.nbr.Run(ctx) }()
+	var loops sync.WaitGroup
+	defer loops.Wait()
+	defer cancel()
+	loops.Add(2)
+	go func() { defer loops.Done(); d.adv.Run(ctx) }()
+	go func() { defer loops.Done(); d.mgr.Run(ctx) }()
+	d.hosts.start(ctx)
+	defer d.hosts.close()
 
 	if _, err := d.Apply(d.pending); err != nil {
 		return err
@@ -195,6 +251,16 @@ func (d *Daemon) check(cfg *config.Config) error {
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("%w: %w", ErrRejected, err)
 	}
+	if cfg.Agents != nil {
+		// A key or certificate that cannot be read refuses the whole
+		// configuration, rather than leaving the servers' host metrics
+		// disabled (and the servers out) after it was applied.
+		cl, err := newAgentClient(cfg.Agents)
+		if err != nil {
+			return fmt.Errorf("%w: %w", ErrRejected, err)
+		}
+		cl.Close()
+	}
 	err := cfg.CheckInterfaces(func(name string) error {
 		_, err := d.ifaces(name)
 		return err
@@ -239,6 +305,19 @@ func (d *Daemon) apply(cfg *config.Config) (config.Changes, error) {
 	}
 
 	d.watchServers(cfg)
+	d.forgetManaged(ch)
+	sets := &addrSets{vips: map[netip.Addr]bool{}, locals: map[netip.Addr]bool{}}
+	for _, cl := range cfg.Clusters {
+		sets.vips[cl.VIP] = true
+		for _, p := range cl.Ports {
+			for _, s := range p.Servers {
+				if s.Local {
+					sets.locals[s.Address] = true
+				}
+			}
+		}
+	}
+	d.addrs.Store(sets)
 	for _, p := range ch.Removed {
 		if err := d.x.DeleteService(p.Key); err != nil && !errors.Is(err, executor.ErrNotFound) {
 			errs = append(errs, fmt.Errorf("remove %v: %w", p.Key, err))
@@ -254,6 +333,18 @@ func (d *Daemon) apply(cfg *config.Config) (config.Changes, error) {
 		if err := d.detach(name); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if err := d.hosts.set(d.cfg); err != nil {
+		errs = append(errs, err)
+	}
+	if err := d.adv.Set(advisorSpecs(d.cfg)); err != nil {
+		errs = append(errs, fmt.Errorf("advisors: %w", err))
+	}
+	if err := d.mgr.SetSettings(managerSettings(d.cfg.Manager)); err != nil {
+		errs = append(errs, fmt.Errorf("manager: %w", err))
+	}
+	if err := d.mgr.SetPorts(managerPorts(d.cfg)); err != nil {
+		errs = append(errs, fmt.Errorf("manager: %w", err))
 	}
 	if len(errs) > 0 {
 		err := errors.Join(errs...)
@@ -313,8 +404,12 @@ func (d *Daemon) watchServers(cfg *config.Config) {
 // re-dispatch every flow it holds.
 func (d *Daemon) service(p config.Port, installed executor.Service) executor.Service {
 	s := executor.Service{Key: p.Key, StickyTime: p.StickyTime}
+	managed := d.managed[p.Key]
 	for _, srv := range p.Servers {
 		es := executor.Server{Addr: srv.Address, Weight: srv.EffectiveWeight(), Local: srv.Local}
+		if w, ok := managed[srv.Address]; ok && !srv.Quiesce && !srv.Fixed && d.cfg.Manager.Policy != config.PolicyStatic {
+			es.Weight = min(w, p.WeightBound)
+		}
 		if !srv.Local {
 			e, ok := d.nbr.Lookup(srv.Address)
 			if ok {
@@ -409,6 +504,13 @@ func (d *Daemon) onNeighbor(ev neighbor.Event) {
 		}
 		d.emit(Event{Type: EventServerUnreachable, Server: addr.String(), Message: msg})
 	}
+	if d.steer != nil && now {
+		if _, routed := d.steer.Mark(addr); routed {
+			if _, err := d.steer.Route(addr, ev.Entry.MAC, ev.Entry.Ifindex); err != nil {
+				d.log.Error("re-route advisor probes after neighbour change", "server", addr, "err", err)
+			}
+		}
+	}
 	for _, p := range d.cfg.Ports() {
 		for _, s := range p.Servers {
 			if s.Address == addr {
@@ -431,7 +533,25 @@ func clone(c *config.Config) *config.Config {
 		for j, p := range cl.Ports {
 			out.Clusters[i].Ports[j] = p
 			out.Clusters[i].Ports[j].Servers = slices.Clone(p.Servers)
+			if p.Proportions != nil {
+				pr := *p.Proportions
+				pr.Custom = slices.Clone(pr.Custom)
+				out.Clusters[i].Ports[j].Proportions = &pr
+			}
 		}
+	}
+	out.Manager.Proportions.Custom = slices.Clone(c.Manager.Proportions.Custom)
+	out.Advisors = make([]config.Advisor, len(c.Advisors))
+	for i, a := range c.Advisors {
+		out.Advisors[i] = a
+		out.Advisors[i].Command = slices.Clone(a.Command)
+	}
+	if c.Advisors == nil {
+		out.Advisors = nil
+	}
+	if c.Agents != nil {
+		a := *c.Agents
+		out.Agents = &a
 	}
 	return &out
 }

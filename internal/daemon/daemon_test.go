@@ -85,8 +85,12 @@ var (
 	key  = executor.ServiceKey{VIP: vip, Port: 80, Proto: executor.TCP}
 )
 
+// baseConfig keeps the configured weights (static policy), so that the
+// tests below see exactly what the configuration says; the manager's own
+// decisions are tested in manager_test.go.
 const baseConfig = `
 interfaces: [eth0]
+manager: {policy: static}
 clusters:
   - vip: 198.51.100.100
     ports:

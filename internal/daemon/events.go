@@ -16,6 +16,8 @@ const (
 	EventServerUnreachable = "server_unreachable"
 	EventServerQuiesced    = "server_quiesced"
 	EventWeightsCommitted  = "weights_committed"
+	EventServerDown        = "server_down" // an advisor found it down
+	EventServerUp          = "server_up"
 )
 
 // Event is one thing that happened to the dispatcher.

@@ -36,7 +36,8 @@ type Settings struct {
 	// Interval between two computations. Default 2s.
 	Interval time.Duration
 	// Sensitivity is the smallest aggregate weight change, as a fraction
-	// of the port's total weight, that is committed. Default 0.05.
+	// of the port's total weight, that is committed; 0 commits every
+	// change (there is no default: DefaultSensitivity is the file's).
 	Sensitivity float64
 	// Smoothing is how slowly weights follow the metrics: 1 at once,
 	// larger slower. Default 1.5.
@@ -180,6 +181,10 @@ type Commit struct {
 	Reason string
 	// Change is the aggregate change as a fraction of the total weight.
 	Change float64
+	// Version is the manager's configuration version the decision was
+	// computed under (see Manager.Version): the owner of the data plane
+	// drops a decision computed before its latest SetPorts or SetSettings.
+	Version uint64
 }
 
 // Options are what New needs.
@@ -215,7 +220,16 @@ type Manager struct {
 	settings Settings
 	wcf      WeightFunc
 	ports    map[executor.ServiceKey]*portState
-	last     time.Time // last cycle
+	last     time.Time // last computation that read the load
+	version  uint64
+}
+
+// Version counts configuration changes (SetPorts, SetSettings). A Commit
+// carries the version it was computed under.
+func (m *Manager) Version() uint64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.version
 }
 
 // New returns a manager; Run starts it.
@@ -276,6 +290,9 @@ func (m *Manager) SetSettings(s Settings) error {
 	m.mu.Lock()
 	old := m.settings
 	m.settings = s
+	if old != s {
+		m.version++
+	}
 	if old.Policy != s.Policy {
 		m.wcf = wcf
 	}
@@ -332,6 +349,9 @@ func (m *Manager) SetPorts(ports []Port) error {
 		next[p.Key] = ps
 	}
 	m.ports = next
+	if changed {
+		m.version++
+	}
 	m.mu.Unlock()
 	if changed {
 		m.Trigger()
@@ -387,8 +407,14 @@ func (m *Manager) Step() {
 
 	m.mu.Lock()
 	now := m.now()
+	// Load metrics are rates over an interval: a computation an event
+	// brings a moment after the last one reads health only (down, up,
+	// quiesced), and leaves the load for the next full interval.
 	elapsed := now.Sub(m.last)
-	m.last = now
+	load := m.last.IsZero() || elapsed >= m.settings.Interval/2
+	if load {
+		m.last = now
+	}
 	var commits []Commit
 	keys := make([]executor.ServiceKey, 0, len(m.ports))
 	for k := range m.ports {
@@ -400,7 +426,8 @@ func (m *Manager) Step() {
 		if !ok {
 			continue // the daemon has not installed it (yet)
 		}
-		if c, ok := m.port(m.ports[k], inst, stats.Services[k], now, elapsed); ok {
+		if c, ok := m.port(m.ports[k], inst, stats.Services[k], now, elapsed, load); ok {
+			c.Version = m.version
 			commits = append(commits, c)
 		}
 	}

@@ -36,6 +36,9 @@ type cluster struct {
 
 func newCluster(t *testing.T, n int, s Settings, props Proportions) *cluster {
 	t.Helper()
+	if s.Sensitivity == 0 {
+		s.Sensitivity = DefaultSensitivity
+	}
 	c := &cluster{t: t, x: executor.NewFake(), n: n, workers: 4, now: time.Unix(1000, 0),
 		adv: map[netip.Addr]AdvisorReading{}, host: map[netip.Addr]HostReading{}}
 	svc := executor.Service{Key: key}

@@ -33,12 +33,16 @@ type portState struct {
 	spec    Port
 	servers map[netip.Addr]*serverState
 	report  PortReport
+	commits uint64
 }
 
 type serverState struct {
 	prevNew  uint64
 	havePrev bool
-	state    string
+	// loadWeight is the weight at the last load reading.
+	loadWeight uint32
+	haveWeight bool
+	state      string
 	// coolUntil ends the current cool-down; cools counts cool-downs in a
 	// row, for the back-off.
 	coolUntil time.Time
@@ -57,11 +61,13 @@ type PortReport struct {
 	Proportions map[string]int `json:"proportions"`
 	// Committed says whether this computation changed the data plane, and
 	// Reason why (or why not).
-	Committed bool           `json:"committed"`
-	Reason    string         `json:"reason"`
-	Change    float64        `json:"change"`
-	Err       string         `json:"error,omitempty"`
-	Servers   []ServerReport `json:"servers"`
+	Committed bool    `json:"committed"`
+	Reason    string  `json:"reason"`
+	Change    float64 `json:"change"`
+	Err       string  `json:"error,omitempty"`
+	// Commits counts this port's commits since the manager started.
+	Commits uint64         `json:"commits"`
+	Servers []ServerReport `json:"servers"`
 }
 
 // ServerReport is one server's line in a PortReport: each metric raw and
@@ -94,6 +100,7 @@ type sample struct {
 	note    string
 	newRate float64
 	newOK   bool
+	steady  bool // its weight did not change over the interval
 	active  float64
 	advMS   float64
 	advOK   bool
@@ -104,7 +111,7 @@ type sample struct {
 }
 
 // port computes one port. Called with m.mu held.
-func (m *Manager) port(ps *portState, inst executor.Service, ss executor.ServiceStats, now time.Time, elapsed time.Duration) (Commit, bool) {
+func (m *Manager) port(ps *portState, inst executor.Service, ss executor.ServiceStats, now time.Time, elapsed time.Duration, load bool) (Commit, bool) {
 	spec := ps.spec
 	set := m.settings
 	installed := map[netip.Addr]uint32{}
@@ -126,11 +133,19 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 		}
 		s := &sample{addr: sv.Addr, spec: sv, cur: cur, advMS: -1, host: -1}
 		c := ss.Servers[sv.Addr]
-		if st.havePrev && c.NewFlows >= st.prevNew && elapsed > 0 {
-			s.newRate = float64(c.NewFlows-st.prevNew) / elapsed.Seconds()
-			s.newOK = true
+		if load {
+			// A weight changed during the interval (by the operator or a
+			// commit) leaves flow counts that belong to the old one: no
+			// load judgement on them.
+			steady := st.haveWeight && st.loadWeight == cur
+			if st.havePrev && c.NewFlows >= st.prevNew && elapsed > 0 {
+				s.newRate = float64(c.NewFlows-st.prevNew) / elapsed.Seconds()
+				s.newOK = true
+				s.steady = steady
+			}
+			st.prevNew, st.havePrev = c.NewFlows, true
+			st.loadWeight, st.haveWeight = cur, true
 		}
-		st.prevNew, st.havePrev = c.NewFlows, true
 		s.active = float64(c.Active())
 
 		var adv AdvisorReading
@@ -230,7 +245,7 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 		if !up(s) || s.spec.Fixed || set.Overload < 0 || eligible < 2 || st.returning > 0 {
 			continue
 		}
-		if lmi[i] > set.Overload && s.newOK {
+		if lmi[i] > set.Overload && s.newOK && s.steady {
 			back := min(st.cools, 4)
 			st.coolUntil = now.Add(set.CoolDown << back)
 			st.cools++
@@ -359,6 +374,10 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 		rep.Reason = "no change"
 	}
 	rep.Committed = commit
+	if commit {
+		ps.commits++
+	}
+	rep.Commits = ps.commits
 	for i, s := range smp {
 		sr := ServerReport{
 			Server: s.addr, State: s.state, Fixed: s.spec.Fixed,

@@ -146,12 +146,13 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 
 // Handler serves the collector's metrics, with the Go runtime's and the
 // process's, from a registry of its own.
-func Handler(c *Collector) http.Handler {
+func Handler(c *Collector, more ...prometheus.Collector) http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
 		c,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
+	reg.MustRegister(more...)
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
 }

@@ -4,13 +4,18 @@ import (
 	"errors"
 	"io"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/nd-dispatcher/nd/internal/advisor"
+	"github.com/nd-dispatcher/nd/internal/agent"
 	"github.com/nd-dispatcher/nd/internal/daemon"
 	"github.com/nd-dispatcher/nd/internal/executor"
+	"github.com/nd-dispatcher/nd/internal/manager"
 )
 
 func fixedStatus() daemon.Status {
@@ -222,5 +227,46 @@ func TestHandler(t *testing.T) {
 	h2.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
 	if !strings.Contains(rec.Body.String(), "nd_scrape_error 1") {
 		t.Errorf("second handler: %s", rec.Body)
+	}
+}
+
+func TestDecisions(t *testing.T) {
+	c := NewDecisions(Decisions{
+		Manager: func() []manager.PortReport {
+			return []manager.PortReport{{Port: "[2001:db8::100]:80/tcp", Commits: 3, Servers: []manager.ServerReport{
+				{Server: netip.MustParseAddr("2001:db8::11"), State: manager.StateCoolDown, LMI: 3.5, NewWeight: 0, Loads: map[string]float64{"active": 6}},
+			}}}
+		},
+		Advisors: func() []advisor.Status {
+			return []advisor.Status{{Advisor: "web", Server: netip.MustParseAddr("198.51.100.11"), Port: 80, Known: true, Up: true, Smoothed: 1500 * time.Microsecond, Probes: 10, Failures: 2}}
+		},
+		Agents: func() map[netip.AddrPort]agent.Status {
+			return map[netip.AddrPort]agent.Status{netip.MustParseAddrPort("198.51.100.11:7010"): {Disabled: true, Report: agent.Report{Metrics: map[string]float64{"cpu": 42}}}}
+		},
+	})
+	problems, err := testutil.CollectAndLint(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("lint: %s: %s", p.Metric, p.Text)
+	}
+	rec := httptest.NewRecorder()
+	Handler(New(func() (daemon.Status, error) { return fixedStatus(), nil }), c).ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	body := rec.Body.String()
+	for _, want := range []string{
+		`nd_manager_lmi{port="80",protocol="tcp",server="2001:db8::11",vip="2001:db8::100"} 3.5`,
+		`nd_manager_server_state{port="80",protocol="tcp",server="2001:db8::11",state="cool-down",vip="2001:db8::100"} 1`,
+		`nd_manager_load{metric="active",port="80",protocol="tcp",server="2001:db8::11",vip="2001:db8::100"} 6`,
+		`nd_manager_commits_total{port="80",protocol="tcp",vip="2001:db8::100"} 3`,
+		`nd_advisor_up{advisor="web",port="80",server="198.51.100.11",vip=""} 1`,
+		`nd_advisor_latency_seconds{advisor="web",port="80",server="198.51.100.11",vip=""} 0.0015`,
+		`nd_advisor_probes_total{advisor="web",port="80",result="failed",server="198.51.100.11",vip=""} 2`,
+		`nd_agent_disabled{server="198.51.100.11"} 1`,
+		`nd_agent_metric{metric="cpu",server="198.51.100.11"} 42`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("scrape lacks %s", want)
+		}
 	}
 }

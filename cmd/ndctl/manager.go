@@ -1,0 +1,203 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nd-dispatcher/nd/internal/api"
+	"github.com/nd-dispatcher/nd/internal/manager"
+)
+
+// managerReport prints, per port, each server's metrics raw and normalised,
+// its Load Metric Index and its weight before and after the manager's last
+// computation: the IBM manager report.
+func managerReport(ctx context.Context, s *session, args []string) error {
+	fs := s.newFlags()
+	c, err := s.readClient(fs, args)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	r, err := c.ManagerReport()
+	if err != nil {
+		return err
+	}
+	if s.json {
+		return writeJSON(s.stdout, r)
+	}
+	writeManagerReport(s.stdout, r)
+	return nil
+}
+
+func writeManagerReport(w io.Writer, r api.ManagerResponse) {
+	p := r.Proportions
+	fmt.Fprintf(w, "manager: policy %s, interval %s, sensitivity %s%%, smoothing %s, overload %s, proportions active %d new %d advisor %d host %d\n",
+		r.Policy, r.Interval, trim(100*r.Sensitivity), trim(r.Smoothing), trim(r.Overload), p.Active, p.New, p.Advisor, p.Host)
+	if len(r.Ports) == 0 {
+		fmt.Fprintln(w, "no ports computed yet")
+	}
+	for _, pr := range r.Ports {
+		writePortReport(w, pr)
+	}
+}
+
+func writePortReport(w io.Writer, pr manager.PortReport) {
+	verdict := "kept"
+	if pr.Committed {
+		verdict = "committed"
+	}
+	at := ""
+	if !pr.At.IsZero() {
+		at = ", " + pr.At.Format(time.TimeOnly)
+	}
+	fmt.Fprintf(w, "\n%s  (%s: %s, change %s%%%s)\n", pr.Port, verdict, pr.Reason, trim(100*pr.Change), at)
+	if pr.Err != "" {
+		fmt.Fprintf(w, "  commit failed: %s\n", pr.Err)
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "  SERVER\tSTATE\tACTIVE\tNEW/S\tADVISOR\tHOST\tLOADS\tLMI\tWEIGHT\tNEW\tNOTE")
+	for _, s := range pr.Servers {
+		adv, host := "-", "-"
+		if s.AdvisorMS >= 0 {
+			adv = trim(s.AdvisorMS) + "ms"
+		}
+		if s.Host >= 0 {
+			host = trim(s.Host)
+		}
+		var loads []string
+		for _, k := range []string{"active", "new", "advisor", "host"} {
+			if v, ok := s.Loads[k]; ok {
+				loads = append(loads, k+"="+trim(v))
+			}
+		}
+		for k, v := range s.Custom {
+			loads = append(loads, k+"="+trim(v))
+		}
+		state := s.State
+		if s.Fixed {
+			state += " (fixed)"
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", s.Server, state, s.Active, trim(s.NewPerSec),
+			adv, host, strings.Join(loads, " "), trim(s.LMI), s.Weight, s.NewWeight, s.Note)
+	}
+	tw.Flush()
+}
+
+func trim(v float64) string {
+	s := strconv.FormatFloat(v, 'f', 2, 64)
+	s = strings.TrimRight(s, "0")
+	return strings.TrimSuffix(s, ".")
+}
+
+// managerSet changes manager settings live; with --port, one port's
+// proportions.
+func managerSet(ctx context.Context, s *session, args []string) error {
+	fs := s.newFlags()
+	interval := fs.String("interval", "", "time between computations, `DURATION` such as 2s")
+	sensitivity := fs.Float64("sensitivity", 0, "smallest aggregate change committed, a `FRACTION` (0.05 is 5%)")
+	smoothing := fs.Float64("smoothing", 0, "smoothing index, `N` from 1 (follow at once) to 10")
+	policy := fs.String("policy", "", "weight function: `default|best|static`")
+	proportions := fs.String("proportions", "", "`ACTIVE,NEW,ADVISOR,HOST` in percent, summing to 100")
+	overload := fs.Float64("overload", 0, "LMI past which a server cools down, `N` above 1 (0: never)")
+	coolDown := fs.String("cool-down", "", "how long an overloaded server sits out, `DURATION` (0s: three intervals)")
+	hostMetric := fs.String("host-metric", "", "the agent `METRIC` the host proportion weighs")
+	port := fs.String("port", "", "with --proportions: set this port's own, `VIP/PORT[/PROTO]`")
+	reset := fs.Bool("reset-port", false, "with --port: the port follows the manager's proportions again")
+	if _, err := s.parse(fs, args, 0, 0); err != nil {
+		return err
+	}
+	var p api.ManagerPatch
+	if isSet(fs, "interval") {
+		p.Interval = interval
+	}
+	if isSet(fs, "sensitivity") {
+		p.Sensitivity = sensitivity
+	}
+	if isSet(fs, "smoothing") {
+		p.Smoothing = smoothing
+	}
+	if isSet(fs, "policy") {
+		p.Policy = policy
+	}
+	if isSet(fs, "overload") {
+		p.Overload = overload
+	}
+	if isSet(fs, "cool-down") {
+		p.CoolDown = coolDown
+	}
+	if isSet(fs, "host-metric") {
+		p.HostMetric = hostMetric
+	}
+	if isSet(fs, "proportions") {
+		pr, err := parseProportions(*proportions)
+		if err != nil {
+			return err
+		}
+		p.Proportions = &pr
+	}
+	p.Port, p.ResetPort = *port, *reset
+	if p == (api.ManagerPatch{}) {
+		return usagef("nothing to change: give at least one setting")
+	}
+	return s.change(func(c Client) (string, error) { return c.SetManager(p) })
+}
+
+func parseProportions(s string) (api.ProportionsRequest, error) {
+	parts := strings.Split(s, ",")
+	if len(parts) != 4 {
+		return api.ProportionsRequest{}, usagef("--proportions %q: want four numbers ACTIVE,NEW,ADVISOR,HOST", s)
+	}
+	var v [4]uint32
+	for i, part := range parts {
+		n, err := strconv.ParseUint(strings.TrimSpace(part), 10, 32)
+		if err != nil || n > 100 {
+			return api.ProportionsRequest{}, usagef("--proportions %q: %q is not a percentage 0..100", s, part)
+		}
+		v[i] = uint32(n)
+	}
+	return api.ProportionsRequest{Active: v[0], New: v[1], Advisor: v[2], Host: v[3]}, nil
+}
+
+// advisorStatus prints every advisor target: up or down, latency, error.
+func advisorStatus(ctx context.Context, s *session, args []string) error {
+	fs := s.newFlags()
+	c, err := s.readClient(fs, args)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	st, err := c.Advisors()
+	if err != nil {
+		return err
+	}
+	if s.json {
+		return writeJSON(s.stdout, st)
+	}
+	if len(st) == 0 {
+		fmt.Fprintln(s.stdout, "no advisors probe any server")
+		return nil
+	}
+	tw := tabwriter.NewWriter(s.stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ADVISOR\tKIND\tTARGET\tSERVER\tSTATE\tLATENCY\tSMOOTHED\tPROBES\tFAILED\tERROR")
+	for _, a := range st {
+		state := "unknown"
+		if a.Known {
+			state = "down"
+			if a.Up {
+				state = "up"
+			}
+		}
+		target := fmt.Sprintf("%s:%d", a.Server, a.Port)
+		if a.VIP.IsValid() {
+			target = fmt.Sprintf("vip %s:%d", a.VIP, a.Port)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", a.Advisor, a.Kind, target, a.Server, state,
+			a.Latency.Round(10*time.Microsecond), a.Smoothed.Round(10*time.Microsecond), a.Probes, a.Failures, a.Err)
+	}
+	return tw.Flush()
+}

@@ -1,0 +1,136 @@
+package daemon
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/nd-dispatcher/nd/internal/config"
+	"github.com/nd-dispatcher/nd/internal/manager"
+)
+
+// TestAdvisorDownTakesServerOut runs the manager and a custom advisor (a
+// command, so that no packet leaves the test) through the daemon: a server
+// the advisor finds down gets weight 0 in the data plane at once, and comes
+// back by itself when the advisor finds it up again.
+func TestAdvisorDownTakesServerOut(t *testing.T) {
+	dir := t.TempDir()
+	for _, s := range []string{srv1.String(), srv2.String()} {
+		if err := os.WriteFile(filepath.Join(dir, s), nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	yaml := fmt.Sprintf(`
+interfaces: [eth0]
+manager: {interval: 200ms}
+advisors:
+  - name: alive
+    kind: custom
+    interval: 100ms
+    timeout: 90ms
+    rise: 1
+    fall: 1
+    command: [/bin/sh, -c, 'test -e %s/$ND_SERVER']
+clusters:
+  - vip: 198.51.100.100
+    ports:
+      - port: 80
+        advisor: alive
+        servers:
+          - {address: 198.51.100.11, weight: 10}
+          - {address: 198.51.100.12, weight: 20}
+`, dir)
+	w := start(t, yaml)
+	events, stop := w.d.Events()
+	defer stop()
+	w.eventually("both servers up", func() bool {
+		n := 0
+		for _, s := range w.d.AdvisorStatus() {
+			if s.Known && s.Up {
+				n++
+			}
+		}
+		return n == 2
+	})
+	if err := os.Remove(filepath.Join(dir, srv2.String())); err != nil {
+		t.Fatal(err)
+	}
+	w.eventually("server 2 out", func() bool { return w.weights()[srv2] == 0 })
+	if got := w.weights()[srv1]; got == 0 {
+		t.Fatalf("server 1 out too: %v", w.weights())
+	}
+	waitEvent(t, events, EventServerDown, srv2.String())
+	waitEvent(t, events, EventWeightsCommitted, "")
+	rep := w.d.ManagerReport()
+	if len(rep) != 1 || rep[0].Servers[1].State != "down" {
+		t.Fatalf("report %+v", rep)
+	}
+
+	if err := os.WriteFile(filepath.Join(dir, srv2.String()), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	w.eventually("server 2 back", func() bool { return w.weights()[srv2] > 0 })
+	waitEvent(t, events, EventServerUp, srv2.String())
+
+	// The operator's quiesce wins over the manager.
+	if _, err := w.d.Update(func(c *config.Config) error {
+		c.Clusters[0].Ports[0].Servers[0].Quiesce = true
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	w.eventually("server 1 quiesced", func() bool { return w.weights()[srv1] == 0 })
+	for range 5 {
+		w.d.mgr.Step()
+	}
+	if got := w.weights()[srv1]; got != 0 {
+		t.Fatalf("the manager brought a quiesced server back: weight %d", got)
+	}
+}
+
+// TestManagedWeights: the manager's weights survive a reinstall (a
+// server's MAC changed), an operator's weight replaces the manager's for
+// that server, and a decision computed before a configuration change is
+// dropped.
+func TestManagedWeights(t *testing.T) {
+	w := start(t, strings.Replace(baseConfig, "manager: {policy: static}", "manager: {interval: 1h}", 1))
+	commit := func(weights map[netip.Addr]uint32, version uint64) {
+		t.Helper()
+		if err := w.d.commitWeights(manager.Commit{Port: key, Weights: weights, Reason: "test", Version: version}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	commit(map[netip.Addr]uint32{srv1: 77, srv2: 20}, w.d.mgr.Version())
+	if got := w.weights(); got[srv1] != 77 {
+		t.Fatalf("weights after commit %v", got)
+	}
+	w.nbr.set(srv1, "02:00:00:00:00:99", 2)
+	w.eventually("reinstalled with the new MAC", func() bool {
+		for _, s := range w.x.Services()[0].Servers {
+			if s.Addr == srv1 {
+				return s.MAC.String() == "02:00:00:00:00:99"
+			}
+		}
+		return false
+	})
+	if got := w.weights(); got[srv1] != 77 {
+		t.Fatalf("a reinstall threw the manager's weight away: %v", got)
+	}
+	stale := w.d.mgr.Version()
+	if _, err := w.d.Update(func(c *config.Config) error {
+		c.Clusters[0].Ports[0].Servers[0].Weight = 5
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if got := w.weights(); got[srv1] != 5 {
+		t.Fatalf("operator's weight 5 not installed: %v", got)
+	}
+	commit(map[netip.Addr]uint32{srv1: 90, srv2: 20}, stale)
+	if got := w.weights(); got[srv1] != 5 {
+		t.Fatalf("a decision computed before the operator's change overrode it: %v", got)
+	}
+}

@@ -1,0 +1,353 @@
+package ha_test
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/nd-dispatcher/nd/internal/ha"
+)
+
+func TestElection(t *testing.T) {
+	tp := newTopo(t, 3)
+	a := tp.start(tp.nd[0], 100, false)
+	b := tp.start(tp.nd[1], 200, false)
+	c := tp.start(tp.nd[2], 100, false) // same priority as a, higher address
+	eventually(t, settle, "one node active", func() bool { return len(actives(a, b, c)) == 1 })
+	if actives(a, b, c)[0] != b {
+		t.Fatalf("%s is active, want ndb (priority 200)", actives(a, b, c)[0].h.name)
+	}
+	// It stays that way.
+	time.Sleep(2 * dead)
+	if got := actives(a, b, c); len(got) != 1 || got[0] != b {
+		t.Fatalf("%d actives after settling", len(got))
+	}
+	for _, n := range []*running{a, b, c} {
+		if hasAddr(t, n.h, vip4) != (n == b) || hasAddr(t, n.h, vip6) != (n == b) {
+			t.Errorf("%s holds the VIPs: %v, want %v", n.h.name, hasAddr(t, n.h, vip4), n == b)
+		}
+	}
+	st := a.Status()
+	if st.Active != b.h.self() || len(st.Peers) != 2 {
+		t.Errorf("a's status: active %s, %d peers", st.Active, len(st.Peers))
+	}
+	for _, p := range st.Peers {
+		if !p.Alive || time.Since(p.LastHeard) > dead {
+			t.Errorf("peer %s not heard lately: %+v", p.Addr, p)
+		}
+		if p.Addr == b.h.self() && (p.Priority != 200 || p.State != ha.StateActive) {
+			t.Errorf("peer b seen as %+v", p)
+		}
+	}
+
+	// With b gone, c wins the tie with a on its higher address.
+	before := c.Status().Counters.Takeovers
+	b.stop()
+	eventually(t, dead+4*interval, "c takes over", func() bool { got := actives(a, c); return len(got) == 1 && got[0] == c })
+	if c.Status().Counters.Takeovers != before+1 || b.Status().State != ha.StateStopping {
+		t.Errorf("c takeovers %d (%d before), b state %s", c.Status().Counters.Takeovers, before, b.Status().State)
+	}
+}
+
+// TestFailover stops the active and checks that the standby takes over in
+// time and that the client's neighbour entries for both VIPs move to the
+// standby's MAC, which only the announcements can do that fast.
+func TestFailover(t *testing.T) {
+	tp := newTopo(t, 2)
+	a := tp.start(tp.nd[0], 200, false)
+	eventually(t, settle, "a active", func() bool { return a.State() == ha.StateActive })
+	b := tp.start(tp.nd[1], 100, false)
+	eventually(t, settle, "b hears a", func() bool { return b.Status().Active == a.h.self() })
+
+	for _, v := range []netip.Addr{vip4, vip6} {
+		tp.touch(v)
+		eventually(t, time.Second, "client resolves "+v.String()+" to a", func() bool { return bytes.Equal(tp.clientMAC(v), a.h.mac) })
+	}
+
+	a.stop()
+	took := eventually(t, dead+interval, "b active", func() bool { return b.State() == ha.StateActive })
+	t.Logf("b active %s after a stopped", took)
+	if hasAddr(t, a.h, vip4) || hasAddr(t, a.h, vip6) {
+		t.Error("a kept the VIPs after stopping")
+	}
+	for _, v := range []netip.Addr{vip4, vip6} {
+		eventually(t, 3*interval, "client's entry for "+v.String()+" moves to b", func() bool { return bytes.Equal(tp.clientMAC(v), b.h.mac) })
+	}
+}
+
+// TestCrashFailover cuts the active off without letting it say goodbye:
+// the standby must wait DeadAfter, and take over soon after.
+func TestCrashFailover(t *testing.T) {
+	tp := newTopo(t, 2)
+	a := tp.start(tp.nd[0], 200, false)
+	b := tp.start(tp.nd[1], 100, false)
+	eventually(t, settle, "a active, b standby", func() bool {
+		return a.State() == ha.StateActive && b.Status().Active == a.h.self()
+	})
+	tp.link(a.h, false)
+	took := eventually(t, dead+3*interval, "b active", func() bool { return b.State() == ha.StateActive })
+	if took < dead-2*interval {
+		t.Errorf("b took over after %s, before DeadAfter %s", took, dead)
+	}
+	t.Logf("b active %s after a was cut off", took)
+}
+
+func TestPreempt(t *testing.T) {
+	for _, preempt := range []bool{true, false} {
+		t.Run(map[bool]string{true: "preempt", false: "no-preempt"}[preempt], func(t *testing.T) {
+			tp := newTopo(t, 2)
+			a := tp.start(tp.nd[0], 200, preempt)
+			b := tp.start(tp.nd[1], 100, preempt)
+			eventually(t, settle, "a active", func() bool { return a.State() == ha.StateActive && b.State() == ha.StateStandby })
+			a.stop()
+			eventually(t, dead+interval, "b active", func() bool { return b.State() == ha.StateActive })
+
+			a = tp.start(tp.nd[0], 200, preempt)
+			if preempt {
+				eventually(t, 2*settle, "a takes the VIPs back", func() bool {
+					return a.State() == ha.StateActive && b.State() == ha.StateStandby
+				})
+				if hasAddr(t, b.h, vip4) {
+					t.Error("b kept the VIP")
+				}
+				return
+			}
+			time.Sleep(3 * dead)
+			if a.State() != ha.StateStandby || b.State() != ha.StateActive {
+				t.Errorf("without preempt: a %s, b %s; want standby, active", a.State(), b.State())
+			}
+		})
+	}
+}
+
+// TestTakeover hands the VIPs from a to b on request: b becomes active,
+// a does not preempt it back although it may, flows a queued just before
+// arrive, and the client follows.
+func TestTakeover(t *testing.T) {
+	tp := newTopo(t, 2)
+	a := tp.start(tp.nd[0], 200, true)
+	b := tp.start(tp.nd[1], 100, false)
+	eventually(t, settle, "a active, b synced", func() bool {
+		st := a.Status()
+		return st.State == ha.StateActive && len(st.Peers) == 1 && st.Peers[0].Synced
+	})
+	tp.touch(vip4)
+	eventually(t, time.Second, "client resolves the VIP to a", func() bool { return bytes.Equal(tp.clientMAC(vip4), a.h.mac) })
+
+	recs := flows(500, 0)
+	for i := 0; i < len(recs); i += 50 {
+		a.SendFlows(recs[i : i+50])
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*dead)
+	defer cancel()
+	start := time.Now()
+	if err := b.Takeover(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("takeover took %s", time.Since(start))
+	if a.State() != ha.StateStandby {
+		t.Errorf("a is %s after the takeover", a.State())
+	}
+	if got := b.received(); len(got) != len(recs) {
+		t.Errorf("b received %d flows before it took over, want %d", len(got), len(recs))
+	}
+	eventually(t, 3*interval, "client's entry moves to b", func() bool { return bytes.Equal(tp.clientMAC(vip4), b.h.mac) })
+	time.Sleep(3 * dead)
+	if a.State() != ha.StateStandby || b.State() != ha.StateActive {
+		t.Errorf("a preempted the node it handed over to: a %s, b %s", a.State(), b.State())
+	}
+	// b's takeover is over once b goes: a comes back.
+	b.stop()
+	eventually(t, dead+interval, "a active again", func() bool { return a.State() == ha.StateActive })
+}
+
+// flows makes n distinct flow records from client port base+1 on.
+func flows(n, base int) []ha.FlowRecord {
+	recs := make([]ha.FlowRecord, n)
+	for i := range recs {
+		recs[i] = ha.FlowRecord{
+			Client: netip.AddrPortFrom(netip.MustParseAddr("198.51.100.2"), uint16(base+i+1)),
+			VIP:    netip.AddrPortFrom(vip4, 80),
+			Proto:  6,
+			Server: netip.MustParseAddr("203.0.113.21"),
+		}
+	}
+	return recs
+}
+
+// TestSync streams flows and configuration from the active: a standby
+// that joins gets the configuration and a snapshot of the table, then the
+// live flows and each change of configuration, and gets them again when
+// it rejoins after a restart.
+func TestSync(t *testing.T) {
+	tp := newTopo(t, 2)
+	table := flows(700, 10000) // more than one snapshot batch
+	snapshot := func(cfg *ha.Config, o *ha.Options) {
+		o.Snapshot = func(yield func(ha.FlowRecord) bool) error {
+			for _, r := range table {
+				if !yield(r) {
+					break
+				}
+			}
+			return nil
+		}
+	}
+	a := tp.start(tp.nd[0], 200, false, snapshot)
+	conf1 := []byte("clusters:\n  - vip: 198.51.100.100\n")
+	a.SetConfig(conf1)
+	eventually(t, settle, "a active", func() bool { return a.State() == ha.StateActive })
+
+	b := tp.start(tp.nd[1], 100, false)
+	eventually(t, settle, "b gets the config and the snapshot", func() bool {
+		return len(b.received()) >= len(table) && bytes.Equal(b.lastConfig(), conf1)
+	})
+	if got := b.received(); got[0] != table[0] || got[len(table)-1] != table[len(table)-1] {
+		t.Errorf("snapshot records: first %+v last %+v", got[0], got[len(table)-1])
+	}
+
+	live := flows(3, 0)
+	live[2].Closed, live[2].Server = true, netip.Addr{}
+	live[1].Closing = true
+	a.SendFlows(live)
+	eventually(t, time.Second, "b gets the live flows", func() bool { return len(b.received()) == len(table)+len(live) })
+	if got := b.received()[len(table):]; got[1] != live[1] || got[2] != live[2] {
+		t.Errorf("live records %+v, want %+v", got, live)
+	}
+
+	conf2 := []byte("clusters: []\n")
+	a.SetConfig(conf2)
+	eventually(t, time.Second, "b gets the new config", func() bool { return bytes.Equal(b.lastConfig(), conf2) })
+	if st := b.Status(); st.Counters.ConfigsReceived != 2 || st.Counters.SnapshotsReceived != 1 || st.ConfigHash != a.Status().ConfigHash {
+		t.Errorf("b counters %+v, config hash equal: %v", st.Counters, st.ConfigHash == a.Status().ConfigHash)
+	}
+
+	// b restarts with an empty table: the active notices the new epoch and
+	// sends everything again.
+	sent := a.Status().Counters.SnapshotsSent
+	b.stop()
+	b = tp.start(tp.nd[1], 100, false)
+	eventually(t, settle, "rejoined b gets a snapshot", func() bool {
+		return len(b.received()) >= len(table) && bytes.Equal(b.lastConfig(), conf2)
+	})
+	if got := a.Status().Counters.SnapshotsSent; got <= sent {
+		t.Errorf("a sent %d snapshots, %d before b rejoined", got, sent)
+	}
+	if st := a.Status().Counters; st.FlowsDropped != 0 {
+		t.Errorf("a dropped %d flows", st.FlowsDropped)
+	}
+}
+
+// TestSplitBrain cuts the heartbeat path while both nodes live: both are
+// active; once it is back exactly one stays active, the higher-ranked,
+// within a few heartbeats, and the client's cache follows it.
+func TestSplitBrain(t *testing.T) {
+	tp := newTopo(t, 2)
+	a := tp.start(tp.nd[0], 100, false)
+	b := tp.start(tp.nd[1], 100, false) // equal priority: b wins on its address
+	eventually(t, settle, "b active", func() bool { return b.State() == ha.StateActive && a.State() == ha.StateStandby })
+
+	tp.link(b.h, false)
+	eventually(t, dead+3*interval, "both active", func() bool { return len(actives(a, b)) == 2 })
+	tp.touch(vip4)
+	eventually(t, time.Second, "client resolves the VIP to a meanwhile", func() bool { return bytes.Equal(tp.clientMAC(vip4), a.h.mac) })
+
+	tp.link(b.h, true)
+	took := eventually(t, 6*interval, "one active again", func() bool { return len(actives(a, b)) == 1 })
+	t.Logf("split brain healed %s after the link came back", took)
+	if actives(a, b)[0] != b {
+		t.Fatal("a stayed active; b outranks it")
+	}
+	time.Sleep(3 * interval)
+	if got := actives(a, b); len(got) != 1 || hasAddr(t, a.h, vip4) {
+		t.Errorf("%d actives; a holds the VIP: %v", len(got), hasAddr(t, a.h, vip4))
+	}
+	eventually(t, 4*interval, "client's entry moves back to b", func() bool { return bytes.Equal(tp.clientMAC(vip4), b.h.mac) })
+	if a.Status().Counters.StepDowns == 0 {
+		t.Error("a counted no step-down")
+	}
+}
+
+// TestRejects sends forged, replayed and malformed messages to a running
+// node from the client, on both transports; each is refused and counted,
+// and the node keeps working.
+func TestRejects(t *testing.T) {
+	tp := newTopo(t, 2)
+	a := tp.start(tp.nd[0], 200, false)
+	eventually(t, settle, "a active", func() bool { return a.State() == ha.StateActive })
+
+	// Frames as the configured peer ndb would send them, sent by the client.
+	forge := ha.NewTestFrames(key, "test", tp.nd[1].self())
+	hb := forge.Heartbeat(ha.StateActive, 1)
+	wrongKey := ha.NewTestFrames([]byte("some-other-key-0123456789"), "test", tp.nd[1].self()).Heartbeat(ha.StateActive, 255)
+	malformed := append([]byte(nil), hb[:len(hb)-3]...)
+	send := func(frames ...[]byte) {
+		must(t, tp.client.ns.Do(func() error {
+			c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(a.h.self()))
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			for _, f := range frames {
+				if _, err := c.Write(f); err != nil {
+					return err
+				}
+			}
+			return nil
+		}))
+	}
+	before := a.Status().Counters
+	send(hb, hb, hb, wrongKey, malformed, []byte("NDHA"), make([]byte, 3000))
+	eventually(t, time.Second, "rejections counted", func() bool {
+		c := a.Status().Counters
+		return c.Rejected[ha.RejectReplay]-before.Rejected[ha.RejectReplay] == 2 &&
+			c.Rejected[ha.RejectAuth]-before.Rejected[ha.RejectAuth] == 1 &&
+			c.Rejected[ha.RejectMalformed]-before.Rejected[ha.RejectMalformed] == 3
+	})
+	// The one genuine heartbeat (priority 1, active) made a step down? No:
+	// a outranks it and stays active.
+	if a.State() != ha.StateActive {
+		t.Fatalf("a is %s", a.State())
+	}
+
+	// A stream that starts with a frame sealed with the wrong key is cut.
+	stream := func(frames ...[]byte) error {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		c, err := tp.client.ns.DialContext(ctx, "tcp", a.h.self().String())
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		for _, f := range frames {
+			if _, err := c.Write(f); err != nil {
+				return err
+			}
+		}
+		c.SetReadDeadline(time.Now().Add(time.Second))
+		_, err = c.Read(make([]byte, 1))
+		return err
+	}
+	before = a.Status().Counters
+	forgedFlows := ha.NewTestFrames([]byte("some-other-key-0123456789"), "test", tp.nd[1].self()).Flows(flows(2, 0))
+	if err := stream(forgedFlows); err == nil {
+		t.Error("connection with a forged frame stayed open")
+	}
+	good := forge.Flows(flows(1, 0))
+	if err := stream(good, good); err == nil {
+		t.Error("connection with a replayed frame stayed open")
+	}
+	eventually(t, time.Second, "stream rejections counted", func() bool {
+		c := a.Status().Counters
+		return c.Rejected[ha.RejectAuth]-before.Rejected[ha.RejectAuth] == 1 &&
+			c.Rejected[ha.RejectReplay]-before.Rejected[ha.RejectReplay] == 1
+	})
+	if got := a.received(); len(got) != 1 {
+		t.Errorf("a applied %d flows, want the 1 genuine one", len(got))
+	}
+	if a.State() != ha.StateActive {
+		t.Fatalf("a is %s after the attacks", a.State())
+	}
+}

@@ -298,10 +298,16 @@ func runVariant(ctx context.Context, o feedbackOptions, v variant, l *lab.Lab, s
 	seconds := int(o.total() / time.Second)
 	vr.Counts = make([][]int64, 0, seconds)
 	vr.Weights = make([][]float64, 0, seconds)
+	vr.LoadAvg[0] = loadAvg()
 	wg.Go(func() {
 		prev := make([]int64, len(servers))
 		for i, s := range servers {
 			prev[i] = s.requests.Load()
+		}
+		var prevAsked, prevHeld int64
+		for _, s := range servers {
+			prevAsked += s.asked.Load()
+			prevHeld += s.held.Load()
 		}
 		for t := 1; t <= seconds; t++ {
 			select {
@@ -310,10 +316,16 @@ func runVariant(ctx context.Context, o feedbackOptions, v variant, l *lab.Lab, s
 			case <-time.After(time.Until(start.Add(time.Duration(t) * time.Second))):
 			}
 			counts := make([]int64, len(servers))
+			var asked, held int64
 			for i, s := range servers {
 				n := s.requests.Load()
 				counts[i], prev[i] = n-prev[i], n
+				asked += s.asked.Load()
+				held += s.held.Load()
 			}
+			vr.Asked = append(vr.Asked, asked-prevAsked)
+			vr.Held = append(vr.Held, held-prevHeld)
+			prevAsked, prevHeld = asked, held
 			ws := make([]float64, len(servers))
 			for i := range ws {
 				ws[i] = math.NaN()
@@ -335,6 +347,10 @@ func runVariant(ctx context.Context, o feedbackOptions, v variant, l *lab.Lab, s
 	rcancel()
 	wg.Wait()
 	servers[0].setSlowdown(1)
+	vr.LoadAvg[1] = loadAvg()
+	for _, s := range servers {
+		vr.Expired += s.expired.Load()
+	}
 	vr.records = recs
 	if p.exited() {
 		return fmt.Errorf("ndd exited during the run: %v: %s", p.err, p.logTail())
@@ -342,6 +358,21 @@ func runVariant(ctx context.Context, o feedbackOptions, v variant, l *lab.Lab, s
 	// Let the servers' queues drain before the next variant.
 	time.Sleep(2 * time.Second)
 	return lerr
+}
+
+// loadAvg is the machine's one-minute load average, for the record: the
+// servers' timers, the client and the dispatcher share the CPUs with
+// everything else running.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return "?"
+	}
+	return f[0]
 }
 
 // writeFiles writes the report as JSON and the plots into dir.

@@ -52,6 +52,15 @@ type fbVariant struct {
 	WeightsJSON [][]float64 `json:"weights"`
 	P99ms       []float64   `json:"p99_ms"`
 	Errors      []int       `json:"errors_per_sec"`
+	// Asked and Held are, per second, the service time the servers were
+	// asked for and the time they held slots for it, in ns.
+	Asked []int64 `json:"asked_ns"`
+	Held  []int64 `json:"held_ns"`
+	// Expired counts requests the servers dropped unserved because they
+	// had waited longer than a client waits.
+	Expired int64 `json:"expired"`
+	// LoadAvg is the machine's load average at the start and the end.
+	LoadAvg [2]string `json:"load_avg"`
 
 	Phases []fbPhaseResult `json:"phase_results"`
 	// Seconds after the event until server1's share (3 s moving mean)
@@ -83,12 +92,20 @@ type fbPhaseResult struct {
 	// SlowShareRatio is server1's share over its share of the capacity
 	// in this phase.
 	SlowShareRatio float64 `json:"slow_share_ratio"`
+	// TimerStretch is the time the servers held their slots over the
+	// service time asked for: 1 on an idle machine; 1.2 means the
+	// servers' real capacity was a sixth below the nominal.
+	TimerStretch float64 `json:"timer_stretch"`
 }
 
 // fbOscillation is how the weights moved in the steady second half of a
 // phase: the most direction changes of any server's weight share (moves
-// over 1% of the total), per minute, and the widest range of a server's
-// weight share.
+// over oscMinMove of the total), per minute, and the widest range of a
+// server's weight share.
+// oscMinMove is the smallest move of a weight's share of the total that
+// counts as a move when direction changes are counted: 2 points.
+const oscMinMove = 0.02
+
 type fbOscillation struct {
 	Phase            string  `json:"phase"`
 	ChangesPerMinute float64 `json:"changes_per_minute"`
@@ -201,6 +218,14 @@ func (r *fbReport) analyseVariant(v *fbVariant) {
 		if len(pr.Shares) > 0 {
 			pr.SlowShareRatio = pr.Shares[0] / r.capShare(p.Name)
 		}
+		var asked, held int64
+		for t := p.From; t < min(p.To, len(v.Asked), len(v.Held)); t++ {
+			asked += v.Asked[t]
+			held += v.Held[t]
+		}
+		if asked > 0 {
+			pr.TimerStretch = float64(held) / float64(asked)
+		}
 		v.Phases = append(v.Phases, pr)
 	}
 	interval := int(math.Ceil(v.Interval.Seconds()))
@@ -219,14 +244,16 @@ func (r *fbReport) analyseVariant(v *fbVariant) {
 	v.RecoveryMaxShare = maxOf(shareSeries(v.Counts, 0)[rec.From:min(rec.To, secs)])
 
 	ws := weightShares(v.Weights)
-	v.SettleSlow = settleTime(ws, slow.From, slow.To, 0.1, 0.01)
-	v.SettleRecovery = settleTime(ws, rec.From, rec.To, 0.1, 0.01)
+	// A weight is settled within 10% of its final share of the total,
+	// or within a tenth of an equal share, whichever is wider.
+	v.SettleSlow = settleTime(ws, slow.From, slow.To, 0.1, full/10)
+	v.SettleRecovery = settleTime(ws, rec.From, rec.To, 0.1, full/10)
 	v.Oscillation = nil
 	for _, p := range []fbPhaseSpan{normal, slow, rec} {
 		from, to := p.From+(p.To-p.From)/2, min(p.To, secs)
 		o := fbOscillation{Phase: p.Name}
 		for _, w := range ws {
-			o.ChangesPerMinute = max(o.ChangesPerMinute, float64(directionChanges(w[from:to], 0.01))*60/float64(to-from))
+			o.ChangesPerMinute = max(o.ChangesPerMinute, float64(directionChanges(w[from:to], oscMinMove))*60/float64(to-from))
 			o.Range = max(o.Range, span(w[from:to]))
 		}
 		v.Oscillation = append(v.Oscillation, o)
@@ -335,15 +362,19 @@ func (r *fbReport) writeTable(w io.Writer) {
 		}
 		interval := int(math.Ceil(v.Interval.Seconds()))
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintf(tw, "phase\trequests\terrors\tmean\tp50\tp99\tp99.9\tshares %%\tserver1/capacity share\t\n")
+		fmt.Fprintf(w, "   load average %s at the start, %s at the end; %d requests dropped unserved after waiting %v\n", v.LoadAvg[0], v.LoadAvg[1], v.Expired, fbRequestTimeout)
+		fmt.Fprintf(tw, "phase\trequests\terrors\tmean\tp50\tp99\tp99.9\tshares %%\tserver1/capacity share\ttimer stretch\t\n")
 		for _, p := range v.Phases[1:] {
 			errs := fmt.Sprint(p.Errors)
 			if p.Errors > 0 {
 				errs += " " + formatKinds(p.ErrorKinds)
 			}
-			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%.2f\t\n", p.Name, p.Requests, errs, ms(p.Mean), ms(p.P50), ms(p.P99), ms(p.P999), pct(p.Shares), p.SlowShareRatio)
+			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%.2f\t%.2f\t\n", p.Name, p.Requests, errs, ms(p.Mean), ms(p.P50), ms(p.P99), ms(p.P999), pct(p.Shares), p.SlowShareRatio, p.TimerStretch)
 		}
 		tw.Flush()
+		if v.Name != "static" && !v.WeightsMoved {
+			fmt.Fprintf(w, "   note: ndd accepted the configuration but never changed a weight: its manager did not act in this run\n")
+		}
 		fmt.Fprintf(w, "   server1 share reacts to the slow-down in %s, to the recovery in %s; weights settle in %s and %s; weights moved: %v\n",
 			reactText(v.ReactSlow, interval), reactText(v.ReactRecovery, interval), settleText(v.SettleSlow, interval), settleText(v.SettleRecovery, interval), v.WeightsMoved)
 		for _, o := range v.Oscillation {

@@ -145,6 +145,12 @@ type workServer struct {
 	slowdown atomic.Uint64 // math.Float64bits of the factor
 	requests atomic.Int64  // work requests received (probes not counted)
 	rejected atomic.Int64  // turned away, queue full
+	expired  atomic.Int64  // dropped after waiting longer than a client waits
+	// asked and held sum the service times requested (times the
+	// slowdown) and the time slots were actually held, in ns: on a
+	// loaded machine timers fire late, and held/asked shows by how much
+	// the servers' real capacity fell short of the nominal.
+	asked, held atomic.Int64
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -237,6 +243,7 @@ func (s *workServer) serve(c net.Conn) {
 	if !probe {
 		s.requests.Add(1)
 	}
+	arrived := time.Now()
 	if err := s.q.acquire(s.ctx); err != nil {
 		if errors.Is(err, errQueueFull) {
 			s.rejected.Add(1)
@@ -244,13 +251,26 @@ func (s *workServer) serve(c net.Conn) {
 		}
 		return
 	}
-	t := time.NewTimer(time.Duration(float64(d) * s.slowdownFactor()))
+	// A request that waited longer than its client waits is dropped
+	// unserved: its client is gone, and serving it would only delay the
+	// live ones behind it, so that a server that fell behind could never
+	// catch up again.
+	if time.Since(arrived) >= fbRequestTimeout {
+		s.q.release()
+		s.expired.Add(1)
+		return
+	}
+	want := time.Duration(float64(d) * s.slowdownFactor())
+	began := time.Now()
+	t := time.NewTimer(want)
 	select {
 	case <-t.C:
 	case <-s.ctx.Done():
 		t.Stop()
 	}
 	s.q.release()
+	s.asked.Add(int64(want))
+	s.held.Add(int64(time.Since(began)))
 	c.Write([]byte(workOK + "\r\n" + s.name + "\n"))
 }
 

@@ -47,6 +47,41 @@ static __always_inline void count_global(__u32 which)
 		*c += 1;
 }
 
+/* flow_report_on says whether user space listens for flow events. */
+static __always_inline int flow_report_on(void)
+{
+	__u32 zero = 0;
+	__u32 *on = bpf_map_lookup_elem(&flow_events_on, &zero);
+
+	return on && *on;
+}
+
+/* nd_flow_report puts one struct flow_event in flow_events, or counts it
+ * lost when the ring is full. kind_flags is FLOW_EV_* << 8 | FLOW_F_*
+ * (a global function takes five arguments at most). Global, so that the
+ * verifier checks the ring's reserve and submit once. */
+__noinline int nd_flow_report(const struct flow_key *key, const struct backend *be, __u32 be_id,
+			      __u32 kind_flags, __u64 now)
+{
+	if (!key || !be)
+		return -1;
+	struct flow_event *ev = bpf_ringbuf_reserve(&flow_events, sizeof(*ev), 0);
+	if (!ev) {
+		count_global(G_EVENTS_LOST);
+		return -1;
+	}
+	__builtin_memcpy(&ev->key, key, sizeof(*key));
+	__builtin_memcpy(&ev->server, &be->addr, sizeof(ev->server));
+	ev->ts = now;
+	ev->backend = be_id;
+	ev->gen = be->gen;
+	ev->kind = kind_flags >> 8;
+	ev->flags = kind_flags & FLOW_FLAGS_MASK;
+	__builtin_memset(ev->pad, 0, sizeof(ev->pad));
+	bpf_ringbuf_submit(ev, 0);
+	return 0;
+}
+
 static __always_inline struct vip_stats *vip_lookup(struct packet *p)
 {
 	struct vip_key k = {};
@@ -153,9 +188,85 @@ static __always_inline int ring_pick(__u32 svc_id, __u32 hash, __u32 *be_id)
 	return 0;
 }
 
+/* active_add moves a server's open-flow count (server_active). */
+static __always_inline void active_add(__u32 be_id, __s64 delta)
+{
+	__s64 *n = bpf_map_lookup_elem(&server_active, &be_id);
+	if (n)
+		__sync_fetch_and_add(n, delta);
+}
+
+/* active_read is a server's open-flow count as the scheduler uses it: never
+ * below 0, and small enough that a product with a 32-bit weight fits in 64
+ * bits. */
+static __always_inline __u64 active_read(__u32 be_id)
+{
+	__s64 *n = bpf_map_lookup_elem(&server_active, &be_id);
+	if (!n)
+		return 0;
+	__s64 v = *(volatile __s64 *)n;
+	if (v < 0)
+		return 0;
+	if (v > 0xffffffffll)
+		return 0xffffffffull;
+	return v;
+}
+
+/* p2c_usable: a candidate that may take a new flow of the service. */
+static __always_inline int p2c_usable(const struct backend *be, __u32 svc_id)
+{
+	return be && (be->flags & (BE_F_ACTIVE | BE_F_QUIESCED)) == BE_F_ACTIVE &&
+	       be->svc_id == svc_id;
+}
+
+/* nd_p2c_pick is the p2c scheduler: weighted power of two choices. Two
+ * candidates come from the service's Maglev ring at the slots of two
+ * independent hashes of the flow (so each is drawn with its weight's
+ * share), and the one with fewer open flows for its weight wins:
+ * a wins when active_a / weight_a <= active_b / weight_b, compared as
+ * active_a * weight_b <= active_b * weight_a. The weights thus set the
+ * long-run shares while the counts steer new flows away from a server that
+ * holds more than its share right now. A candidate that may take no new
+ * flow (quiesced, retired: the ring may lag a weight change by a moment)
+ * loses to one that may; when neither may, the first stands, as the Maglev
+ * path would have it. Returns the server slot, or -1 when the ring is empty.
+ * A global function, checked once by the verifier. */
+__noinline int nd_p2c_pick(__u32 svc_id, __u32 hash_a, __u32 hash_b)
+{
+	void *ring = bpf_map_lookup_elem(&rings, &svc_id);
+	if (!ring)
+		return -1;
+	__u32 zero = 0;
+	__u16 *slots = bpf_map_lookup_elem(ring, &zero);
+	if (!slots)
+		return -1;
+
+	__u32 slot_a = ring_slot(hash_a, ring_size);
+	__u32 slot_b = ring_slot(hash_b, ring_size);
+	if (slot_a >= ring_size || slot_b >= ring_size)
+		return -1;
+	__u32 a = slots[slot_a];
+	__u32 b = slots[slot_b];
+	if (a == RING_EMPTY)
+		return -1; /* a ring is either all empty or has no empty slot */
+	if (b == a || b == RING_EMPTY)
+		return a;
+
+	struct backend *ba = backend_read(a);
+	struct backend *bb = backend_read(b);
+	if (!p2c_usable(bb, svc_id))
+		return a;
+	if (!p2c_usable(ba, svc_id))
+		return b;
+	__u64 load_a = active_read(a) * bb->weight;
+	__u64 load_b = active_read(b) * ba->weight;
+	return load_a <= load_b ? a : b;
+}
+
 /* pick chooses a server for a flow the connection table does not know:
  * first the client's sticky server, if the service has affinity and the
- * server may take new flows, then the Maglev ring. */
+ * server may take new flows, then the Maglev ring, or for a p2c service
+ * the better of two ring picks. */
 static __always_inline struct backend *pick(struct svc_info *svc, struct packet *p, __u32 hash,
 					    __u64 now, __u32 *be_id)
 {
@@ -179,8 +290,14 @@ static __always_inline struct backend *pick(struct svc_info *svc, struct packet 
 		}
 	}
 
-	if (ring_pick(svc->svc_id, hash, be_id) < 0)
+	if (svc->flags & SVC_F_P2C) {
+		int id = nd_p2c_pick(svc->svc_id, hash, flow_hash(&p->key, hash_seed ^ P2C_SEED));
+		if (id < 0)
+			return NULL;
+		*be_id = id;
+	} else if (ring_pick(svc->svc_id, hash, be_id) < 0) {
 		return NULL;
+	}
 	be = backend_read(*be_id);
 	if (!be || !(be->flags & BE_F_ACTIVE) || be->svc_id != svc->svc_id)
 		return NULL;
@@ -250,6 +367,25 @@ static __always_inline void count_gone(__u32 be_id, __u32 gen)
 	struct backend_stats *bs = bpf_map_lookup_elem(&stats_backend, &be_id);
 	if (bs)
 		bs->expired += 1;
+	if (be->flags & BE_F_P2C)
+		active_add(be_id, -1);
+}
+
+/* count_out takes an open flow out of its server's open-flow count when user
+ * space removes or replaces it, if the server is still the flow's. */
+static __always_inline void count_out(__u32 be_id, __u32 gen)
+{
+	struct backend *be = backend_read(be_id);
+	if (be && (be->flags & (BE_F_ACTIVE | BE_F_P2C)) == (BE_F_ACTIVE | BE_F_P2C) && be->gen == gen)
+		active_add(be_id, -1);
+}
+
+/* count_in adds a flow to its server's open-flow count. */
+static __always_inline void count_in(__u32 be_id, __u32 gen)
+{
+	struct backend *be = backend_read(be_id);
+	if (be && (be->flags & (BE_F_ACTIVE | BE_F_P2C)) == (BE_F_ACTIVE | BE_F_P2C) && be->gen == gen)
+		active_add(be_id, 1);
 }
 
 /* flow_lookup is where a TCP or UDP packet to a VIP starts: its table
@@ -305,6 +441,13 @@ static __always_inline int dispatch_established(struct xdp_md *ctx, struct packe
 		closed = !(old & FLOW_F_CLOSING);
 	}
 	count_backend(be_id, bytes, 0, closed);
+	if (closed) {
+		if (be->flags & BE_F_P2C)
+			active_add(be_id, -1);
+		if (flow_report_on())
+			nd_flow_report(&p->key, be, be_id,
+				       FLOW_EV_CLOSED << 8 | fl->snap.flags | FLOW_F_CLOSING, now);
+	}
 	return forward(ctx, be);
 }
 
@@ -330,8 +473,10 @@ static __always_inline int dispatch_new(struct xdp_md *ctx, struct packet *p, st
 	if (way < 0) {
 		way = fl->victim;
 		if (fl->victim_live) {
+			/* A closing flow was counted out when it closed. */
 			struct flow_body *v = &fl->bucket->body[way & (FLOW_WAYS - 1)];
-			count_gone(v->backend, v->gen);
+			if (!(fl->bucket->head[way & (FLOW_WAYS - 1)].meta & FLOW_F_CLOSING))
+				count_gone(v->backend, v->gen);
 			count_global(G_EVICTED);
 		}
 	}
@@ -348,8 +493,16 @@ static __always_inline int dispatch_new(struct xdp_md *ctx, struct packet *p, st
 		a.flags |= FLOW_F_CLOSING;
 	if (svc->flags & SVC_F_AFFINITY)
 		a.flags |= FLOW_F_STICKY;
-	if (nd_flow_store(fl->idx, &a) < 0)
+	/* An unrecorded flow would never leave the open-flow count, and a
+	 * standby need not learn what this table does not hold. */
+	if (nd_flow_store(fl->idx, &a) < 0) {
 		count_global(G_FLOW_BUSY);
+	} else {
+		if (!closing && (be->flags & BE_F_P2C))
+			active_add(be_id, 1);
+		if (flow_report_on())
+			nd_flow_report(&p->key, be, be_id, FLOW_EV_OPENED << 8 | a.flags, now);
+	}
 
 	count_backend(be_id, bytes, 1, closing);
 	return forward(ctx, be);
@@ -584,11 +737,14 @@ int flow_write(struct xdp_md *ctx)
 			return XDP_ABORTED;
 		e->meta = 0;
 		flow_release(e, claimed);
+		if (!(snap.flags & FLOW_F_CLOSING))
+			count_out(snap.backend, snap.gen);
 		return XDP_PASS;
 	}
 	if (op->op != FLOW_OP_UPSERT)
 		return XDP_ABORTED;
 
+	int replaced = way >= 0;
 	if (way < 0) {
 		int v = nd_flow_victim(idx, now, idle_timeout_ns);
 		if (v < 0)
@@ -596,7 +752,8 @@ int flow_write(struct xdp_md *ctx)
 		way = v & (FLOW_WAYS - 1);
 		if (v & FLOW_VICTIM_LIVE) {
 			struct flow_body *vb = &bucket->body[way];
-			count_gone(vb->backend, vb->gen);
+			if (!(bucket->head[way].meta & FLOW_F_CLOSING))
+				count_gone(vb->backend, vb->gen);
 			count_global(G_EVICTED);
 		}
 	}
@@ -611,6 +768,12 @@ int flow_write(struct xdp_md *ctx)
 	};
 	if (nd_flow_store(idx, &a) < 0)
 		return XDP_ABORTED;
+	/* The open-flow counts follow what the table holds: the entry
+	 * replaced leaves its server's, the new one joins its own. */
+	if (replaced && !(snap.flags & FLOW_F_CLOSING))
+		count_out(snap.backend, snap.gen);
+	if (!(a.flags & FLOW_F_CLOSING))
+		count_in(op->backend, op->gen);
 	return XDP_PASS;
 }
 

@@ -54,6 +54,14 @@ static __always_inline __u32 flow_hash(const struct flow_key *k, __u32 seed)
 	return hash_final(h ^ sizeof(*k));
 }
 
+/* The p2c scheduler's second candidate comes from the same hash under
+ * another seed. Murmur3 under two seeds gives unrelated values (the seed
+ * enters before the first word is mixed in), so the two ring slots are as
+ * good as independent draws; a remix of the first hash would be a fixed
+ * function of it, and flows colliding on one would collide on both. Like
+ * hash_seed, it must be the same on every dispatcher. */
+#define P2C_SEED 0x5bd1e995u
+
 /* addr_hash spreads VIP addresses over vip_filter's bits. */
 static __always_inline __u32 addr_hash(const struct nd_addr *a, __u8 family)
 {

@@ -14,6 +14,7 @@
 #define DEFAULT_RING_SIZE 65537
 #define DEFAULT_MAX_FLOWS (1 << 20)
 #define DEFAULT_MAX_AFFINITY (1 << 16)
+#define DEFAULT_FLOW_EVENTS (1 << 20) /* bytes */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -129,6 +130,21 @@ struct {
 	__type(value, struct backend_stats);
 } stats_backend SEC(".maps");
 
+/* server_active: the open flows of each server slot, which the p2c scheduler
+ * compares. One counter for all CPUs, moved with atomic adds: a scheduler
+ * must read a total, and summing per-CPU counters for two candidates on
+ * every new flow would cost more than the add. Kept only for servers of p2c
+ * services (BE_F_P2C), so that Maglev services pay nothing. Signed, because
+ * a lost race or a stale reconcile can take it below zero; readers treat
+ * that as 0. User space zeroes it when the slot gets a new server and
+ * rewrites it from the connection table (ReconcileActive). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DEFAULT_MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, __s64);
+} server_active SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, DEFAULT_MAX_SERVICES);
@@ -149,3 +165,27 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } stats_global SEC(".maps");
+
+/* flow_events: struct flow_event records for user space (high availability).
+ * A ring buffer, so that records of all CPUs arrive in one order and user
+ * space reads them without a system call while they keep coming. A full
+ * ring never blocks a packet: the record is dropped and counted
+ * (G_EVENTS_LOST). Reserving a record takes the ring's lock, which all CPUs
+ * share: the price of one order, paid only while reporting is on. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, DEFAULT_FLOW_EVENTS);
+} flow_events SEC(".maps");
+
+/* A ring buffer has no value type: this names struct flow_event in the
+ * object's BTF, so that bpf2go generates its Go twin. */
+const struct flow_event *unused_flow_event __attribute__((unused));
+
+/* flow_events_on: non-zero while user space reads flow_events. Off, the
+ * reports cost one load per new flow and per close. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} flow_events_on SEC(".maps");

@@ -37,6 +37,7 @@ struct svc_key {
 } __attribute__((aligned(8)));
 
 #define SVC_F_AFFINITY (1u << 0)
+#define SVC_F_P2C (1u << 1) /* new flows: weighted power of two choices */
 
 struct svc_info {
 	__u32 svc_id;      /* index into rings and svc_stats */
@@ -65,6 +66,7 @@ struct svc_slot {
 #define BE_F_ACTIVE (1u << 0)   /* slot in use */
 #define BE_F_LOCAL (1u << 1)    /* the dispatcher host itself (co-location) */
 #define BE_F_QUIESCED (1u << 2) /* weight 0: keeps its flows, gets no new ones */
+#define BE_F_P2C (1u << 3)      /* its service is p2c: keep its server_active count */
 
 struct backend {
 	__u8 dst_mac[6]; /* the server's MAC */
@@ -159,6 +161,24 @@ struct affinity_val {
 	__u64 last_seen;
 };
 
+/* flow_events: the data plane's report of each new flow and each first
+ * close, for user space to stream to standby dispatchers. The server is
+ * named by address, so that the record means the same on a peer; its slot
+ * and generation say which server instance it was here. */
+#define FLOW_EV_OPENED 1 /* a flow was recorded (its first packet may close it) */
+#define FLOW_EV_CLOSED 2 /* the client's first FIN or RST of a recorded flow */
+
+struct flow_event {
+	struct flow_key key;
+	struct nd_addr server; /* the server's address; family as the key's */
+	__u64 ts;              /* now_ns() of the packet */
+	__u32 backend;         /* server slot */
+	__u32 gen;             /* its generation */
+	__u8 kind;             /* FLOW_EV_* */
+	__u8 flags;            /* FLOW_F_* of the entry after the packet */
+	__u8 pad[6];
+};
+
 /* Per-CPU counters; user space sums the CPUs. */
 struct backend_stats {
 	__u64 new_flows;
@@ -187,6 +207,7 @@ enum global_counter {
 	G_NOT_IP,      /* neither IPv4 nor IPv6: passed */
 	G_EVICTED,     /* live flows pushed out of a full table bucket */
 	G_FLOW_BUSY,   /* flows not recorded: their way was being written */
+	G_EVENTS_LOST, /* flow events not reported: flow_events was full */
 	G_MAX,
 };
 

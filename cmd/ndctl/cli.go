@@ -17,6 +17,7 @@ import (
 	"github.com/nd-dispatcher/nd/internal/api"
 	"github.com/nd-dispatcher/nd/internal/config"
 	"github.com/nd-dispatcher/nd/internal/daemon"
+	"github.com/nd-dispatcher/nd/internal/ha"
 )
 
 // Exit codes.
@@ -45,6 +46,9 @@ type Client interface {
 	ManagerReport() (api.ManagerResponse, error)
 	SetManager(p api.ManagerPatch) (string, error)
 	Advisors() ([]advisor.Status, error)
+	Agents() ([]api.AgentStatus, error)
+	HAStatus() (ha.Status, error)
+	HATakeover() (ha.Status, error)
 	Close()
 }
 

@@ -19,6 +19,7 @@ import (
 	"github.com/nd-dispatcher/nd/internal/advisor"
 	"github.com/nd-dispatcher/nd/internal/api"
 	"github.com/nd-dispatcher/nd/internal/daemon"
+	"github.com/nd-dispatcher/nd/internal/ha"
 	"github.com/nd-dispatcher/nd/internal/manager"
 )
 
@@ -37,6 +38,8 @@ type fakeClient struct {
 	closed   bool
 	manager  api.ManagerResponse
 	advisors []advisor.Status
+	agents   []api.AgentStatus
+	ha       ha.Status
 }
 
 func (f *fakeClient) record(format string, args ...any) {
@@ -139,6 +142,23 @@ func (f *fakeClient) ManagerReport() (api.ManagerResponse, error) {
 func (f *fakeClient) SetManager(p api.ManagerPatch) (string, error) {
 	b, _ := json.Marshal(p)
 	return f.change("SetManager %s", b)
+}
+
+func (f *fakeClient) HAStatus() (ha.Status, error) {
+	f.record("HAStatus")
+	return f.ha, f.err
+}
+
+func (f *fakeClient) HATakeover() (ha.Status, error) {
+	f.record("HATakeover")
+	st := f.ha
+	st.State = ha.StateActive
+	return st, f.err
+}
+
+func (f *fakeClient) Agents() ([]api.AgentStatus, error) {
+	f.record("Agents")
+	return f.agents, f.err
 }
 
 func (f *fakeClient) Advisors() ([]advisor.Status, error) {
@@ -963,5 +983,46 @@ func TestAdvisorStatus(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("advisor status lacks %q:\n%s", want, out)
 		}
+	}
+}
+
+func TestAgentStatus(t *testing.T) {
+	h := newHarness(t)
+	h.fc.agents = []api.AgentStatus{
+		{Address: "198.51.100.11:7010", Host: "web1", Last: time.Now(), Metrics: map[string]float64{"cpu": 12.5, "load1": 0.4}},
+		{Address: "198.51.100.12:7010", Disabled: true, Error: "connection refused"},
+	}
+	if code := h.run("agent", "status"); code != exitOK {
+		t.Fatal(h.stderr.String())
+	}
+	out := h.stdout.String()
+	for _, want := range []string{"198.51.100.11:7010", "web1", "cpu=12.5", "load1=0.4", "disabled", "connection refused"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("agent status lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func TestHA(t *testing.T) {
+	h := newHarness(t)
+	h.fc.ha = ha.Status{Group: "web", Self: netip.MustParseAddrPort("198.51.100.3:7000"), State: ha.StateStandby, Priority: 100,
+		Active:   netip.MustParseAddrPort("198.51.100.4:7000"),
+		Peers:    []ha.PeerStatus{{Addr: netip.MustParseAddrPort("198.51.100.4:7000"), Alive: true, State: ha.StateActive, Priority: 200, LastHeard: time.Now()}},
+		Counters: ha.Counters{HeartbeatsReceived: 40, Rejected: map[string]uint64{"auth": 2}}}
+	if code := h.run("ha", "status"); code != exitOK {
+		t.Fatal(h.stderr.String())
+	}
+	for _, want := range []string{"group web: this node 198.51.100.3:7000 is standby", "active: 198.51.100.4:7000", "198.51.100.4:7000  true   active", "rejected messages: auth 2"} {
+		if !strings.Contains(h.stdout.String(), want) {
+			t.Errorf("ha status lacks %q:\n%s", want, h.stdout.String())
+		}
+	}
+	h = newHarness(t)
+	h.fc.ha = ha.Status{Self: netip.MustParseAddrPort("198.51.100.3:7000")}
+	if code := h.run("ha", "takeover"); code != exitOK {
+		t.Fatal(h.stderr.String())
+	}
+	if !strings.HasPrefix(h.stdout.String(), "198.51.100.3:7000 is active") || h.fc.calls[0] != "HATakeover" {
+		t.Errorf("takeover: %q %v", h.stdout.String(), h.fc.calls)
 	}
 }

@@ -55,6 +55,19 @@ save'). --proportions takes ACTIVE,NEW,ADVISOR,HOST in percent, summing to
 100; with --port VIP/PORT[/PROTO] they become that port's own, and
 --reset-port makes the port follow the manager's again.`},
 		}},
+		{name: "ha", summary: "high availability: this node's group, planned takeover", help: `
+Two or more dispatchers form a group (the ha section of their configuration):
+the active one holds the VIPs and streams its flows and configuration to the
+standbys, which take over when it fails.`, subs: []*command{
+			{name: "status", run: haStatus, read: true,
+				summary: "this node's state, its peers, and the counters (rejected messages included)"},
+			{name: "takeover", run: haTakeover,
+				summary: "make this node the active one, in an orderly handover that loses no flow"},
+		}},
+		{name: "agent", summary: "host-metric agents on the servers", subs: []*command{
+			{name: "status", run: agentStatus, read: true,
+				summary: "every polled agent: its last report, or why its metrics are disabled"},
+		}},
 		{name: "advisor", summary: "health and latency probes of the servers", subs: []*command{
 			{name: "status", run: advisorStatus, read: true,
 				summary: "every advisor's targets: up or down, latency, last error"},

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -198,6 +199,51 @@ func advisorStatus(ctx context.Context, s *session, args []string) error {
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", a.Advisor, a.Kind, target, a.Server, state,
 			a.Latency.Round(10*time.Microsecond), a.Smoothed.Round(10*time.Microsecond), a.Probes, a.Failures, a.Err)
+	}
+	return tw.Flush()
+}
+
+// agentStatus prints every polled agent: its metrics, or why they are
+// disabled.
+func agentStatus(ctx context.Context, s *session, args []string) error {
+	fs := s.newFlags()
+	c, err := s.readClient(fs, args)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	st, err := c.Agents()
+	if err != nil {
+		return err
+	}
+	if s.json {
+		return writeJSON(s.stdout, st)
+	}
+	if len(st) == 0 {
+		fmt.Fprintln(s.stdout, "no agents polled (no agents section in the configuration)")
+		return nil
+	}
+	tw := tabwriter.NewWriter(s.stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "AGENT\tHOST\tSTATE\tLAST REPORT\tMETRICS\tERROR")
+	for _, a := range st {
+		state := "ok"
+		if a.Disabled {
+			state = "disabled"
+		}
+		last := "never"
+		if !a.Last.IsZero() {
+			last = a.Last.Format(time.TimeOnly)
+		}
+		keys := make([]string, 0, len(a.Metrics))
+		for k := range a.Metrics {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		var m []string
+		for _, k := range keys {
+			m = append(m, k+"="+trim(a.Metrics[k]))
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", a.Address, a.Host, state, last, strings.Join(m, " "), a.Error)
 	}
 	return tw.Flush()
 }

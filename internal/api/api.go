@@ -10,11 +10,15 @@
 package api
 
 import (
+	"context"
 	"errors"
+	"net/netip"
 
 	"github.com/nd-dispatcher/nd/internal/advisor"
+	"github.com/nd-dispatcher/nd/internal/agent"
 	"github.com/nd-dispatcher/nd/internal/config"
 	"github.com/nd-dispatcher/nd/internal/daemon"
+	"github.com/nd-dispatcher/nd/internal/ha"
 	"github.com/nd-dispatcher/nd/internal/manager"
 )
 
@@ -38,6 +42,13 @@ type Controller interface {
 	ManagerReport() []manager.PortReport
 	// AdvisorStatus is every advisor target's state.
 	AdvisorStatus() []advisor.Status
+	// AgentStatus is every polled agent's state.
+	AgentStatus() map[netip.AddrPort]agent.Status
+	// HAStatus is this node's view of its high-availability group;
+	// daemon.ErrNoHA without one.
+	HAStatus() (ha.Status, error)
+	// HATakeover makes this node the active one, in an orderly handover.
+	HATakeover(ctx context.Context) error
 }
 
 // *daemon.Daemon is the Controller of ndd.

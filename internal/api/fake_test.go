@@ -1,16 +1,20 @@
 package api
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/nd-dispatcher/nd/internal/advisor"
+	"github.com/nd-dispatcher/nd/internal/agent"
 	"github.com/nd-dispatcher/nd/internal/config"
 	"github.com/nd-dispatcher/nd/internal/daemon"
+	"github.com/nd-dispatcher/nd/internal/ha"
 	"github.com/nd-dispatcher/nd/internal/manager"
 )
 
@@ -63,6 +67,14 @@ func (f *fakeController) ManagerReport() []manager.PortReport {
 }
 
 func (f *fakeController) AdvisorStatus() []advisor.Status { return nil }
+
+func (f *fakeController) HAStatus() (ha.Status, error) { return ha.Status{}, daemon.ErrNoHA }
+
+func (f *fakeController) HATakeover(ctx context.Context) error { return daemon.ErrNoHA }
+
+func (f *fakeController) AgentStatus() map[netip.AddrPort]agent.Status {
+	return map[netip.AddrPort]agent.Status{netip.MustParseAddrPort("198.51.100.11:7010"): {Disabled: true, Err: "connection refused"}}
+}
 
 func (f *fakeController) Config() *config.Config {
 	f.mu.Lock()

@@ -43,6 +43,9 @@ func (s *Server) routes(metrics http.Handler) http.Handler {
 	mux.HandleFunc("GET /v1/manager", s.getManager)
 	mux.HandleFunc("PATCH /v1/manager", s.setManager)
 	mux.HandleFunc("GET /v1/advisors", s.advisors)
+	mux.HandleFunc("GET /v1/agents", s.agents)
+	mux.HandleFunc("GET /v1/ha", s.haStatus)
+	mux.HandleFunc("POST /v1/ha/takeover", s.haTakeover)
 	if metrics != nil {
 		mux.Handle("GET /metrics", metrics)
 	}

@@ -2,6 +2,8 @@ package api
 
 import (
 	"net/http"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/nd-dispatcher/nd/internal/advisor"
@@ -194,6 +196,34 @@ func splitSlash(s string) []string {
 		}
 	}
 	return append(out, s[start:])
+}
+
+// AgentStatus is one polled agent in GET /v1/agents.
+type AgentStatus struct {
+	Address  string             `json:"address"`
+	Disabled bool               `json:"disabled"`
+	Last     time.Time          `json:"last,omitempty"`
+	Error    string             `json:"error,omitempty"`
+	Host     string             `json:"host,omitempty"`
+	Metrics  map[string]float64 `json:"metrics,omitempty"`
+	Errors   map[string]string  `json:"metric_errors,omitempty"`
+}
+
+func (s *Server) agents(w http.ResponseWriter, r *http.Request) {
+	out := []AgentStatus{}
+	for a, st := range s.c.AgentStatus() {
+		out = append(out, AgentStatus{Address: a.String(), Disabled: st.Disabled, Last: st.Last, Error: st.Err,
+			Host: st.Report.Host, Metrics: st.Report.Metrics, Errors: st.Report.Errors})
+	}
+	slices.SortFunc(out, func(a, b AgentStatus) int { return strings.Compare(a.Address, b.Address) })
+	writeJSON(w, http.StatusOK, out)
+}
+
+// Agents reads every polled agent's state.
+func (c *Client) Agents() ([]AgentStatus, error) {
+	var out []AgentStatus
+	err := c.call(http.MethodGet, "/v1/agents", nil, &out)
+	return out, err
 }
 
 func (s *Server) advisors(w http.ResponseWriter, r *http.Request) {

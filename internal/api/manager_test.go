@@ -75,6 +75,16 @@ func TestManagerRoutes(t *testing.T) {
 	if st, err := c.Advisors(); err != nil || st == nil {
 		t.Errorf("advisors: %v %v", st, err)
 	}
+	var ae *Error
+	if _, err := c.HAStatus(); !errors.As(err, &ae) || ae.Status != 404 {
+		t.Errorf("ha status without ha: %v, want a 404", err)
+	}
+	if _, err := c.HATakeover(); !errors.As(err, &ae) || ae.Status != 404 {
+		t.Errorf("ha takeover without ha: %v, want a 404", err)
+	}
+	if ag, err := c.Agents(); err != nil || len(ag) != 1 || !ag[0].Disabled || ag[0].Address != "198.51.100.11:7010" {
+		t.Errorf("agents: %+v %v", ag, err)
+	}
 }
 
 func ptr[T any](v T) *T { return &v }

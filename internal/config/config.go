@@ -50,8 +50,8 @@ const (
 	// paper's "best server" policy): good at low load.
 	PolicyBest = "best"
 	// PolicyStatic keeps the configured weights: servers keep them until an
-	// operator changes them; the manager still takes servers that are
-	// down, disabled or overloaded out, and brings them back.
+	// operator changes them; the manager still takes servers that are down
+	// or disabled out, and brings them back.
 	PolicyStatic = "static"
 )
 
@@ -120,6 +120,12 @@ type Config struct {
 	// Agents (YAML agents) poll the host-metric agent (ndagent) on every
 	// server. Optional: nil when the file has no agents section.
 	Agents *Agents
+
+	// HA (YAML ha) makes this dispatcher one node of a high-availability
+	// group. Optional: nil when the file has no ha section. Per node: a
+	// standby follows the active's clusters, manager, advisors and agents,
+	// never its ha section.
+	HA *HA
 
 	// Clusters (YAML clusters) are the virtual IP addresses nd serves, each
 	// with its ports and their servers. Optional: a dispatcher may start
@@ -289,6 +295,45 @@ type HTTPCheck struct {
 	// false.
 	Insecure bool
 }
+
+// HA is this node's part in a high-availability group (docs/HA.md). The
+// VIPs of the group are every cluster's VIP: the active node brings them up
+// on Interface and announces them; standbys hold none.
+type HA struct {
+	// Group (group) names the group; nodes of other groups are ignored.
+	// Default "default".
+	Group string
+	// Interface (interface) is where the active brings the VIPs up and
+	// announces them (gratuitous ARP, unsolicited neighbour advertisement).
+	// Required; usually one of interfaces.
+	Interface string
+	// Self (self) is this node's address:port for heartbeats and state
+	// sync: its own address on the shared network. Required.
+	Self netip.AddrPort
+	// Peers (peers) are the other nodes' address:port. At least one.
+	Peers []netip.AddrPort
+	// Priority (priority) 1 to 255: the highest live node is active.
+	// Default 100.
+	Priority uint32
+	// Preempt (preempt): a returning node of higher priority takes the
+	// VIPs back (in an orderly handover). Default false.
+	Preempt bool
+	// Interval (interval) between heartbeats. Default 500ms. DeadAfter
+	// (dead_after) of silence makes a peer gone; at least two intervals.
+	// Default 2s.
+	Interval, DeadAfter time.Duration
+	// KeyFile (key_file) is the absolute path of the group's shared key (at
+	// least 16 bytes, not readable by others). Required.
+	KeyFile string
+}
+
+// Defaults of the ha section.
+const (
+	DefaultHAGroup     = "default"
+	DefaultHAPriority  = 100
+	DefaultHAInterval  = 500 * time.Millisecond
+	DefaultHADeadAfter = 2 * time.Second
+)
 
 // Agents configures polling of the host-metric agents (cmd/ndagent): every
 // server of every port is polled at its own address.
@@ -487,6 +532,9 @@ func (d DataPlane) Executor() executor.Config {
 		RingSize:    d.RingSize,
 		IdleTimeout: d.IdleTimeout,
 		HashSeed:    d.HashSeed,
+		// The flow-event ring feeds high availability; its default size
+		// holds seconds of new flows at line rate.
+		FlowEventsRing: executor.DefaultConfig().FlowEventsRing,
 	}
 }
 

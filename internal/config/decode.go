@@ -511,7 +511,7 @@ func (d *decoder) boolField(f map[string]*yaml.Node, path, name string, dst *boo
 
 // config reads the document's root mapping into c, which holds the defaults.
 func (d *decoder) config(c *Config, root *yaml.Node) {
-	f, done, ok := d.fields("", root, "interfaces", "data_plane", "api", "metrics", "manager", "advisors", "agents", "clusters")
+	f, done, ok := d.fields("", root, "interfaces", "data_plane", "api", "metrics", "manager", "advisors", "agents", "ha", "clusters")
 	defer done()
 	if !ok {
 		return
@@ -550,6 +550,9 @@ func (d *decoder) config(c *Config, root *yaml.Node) {
 	}
 	if n := f["agents"]; n != nil {
 		c.Agents = d.agents(n)
+	}
+	if n := f["ha"]; n != nil {
+		c.HA = d.ha(n)
 	}
 	if n := f["clusters"]; n != nil {
 		items, done, _ := d.list("clusters", n)
@@ -676,6 +679,46 @@ func (d *decoder) advisor(p string, n *yaml.Node) Advisor {
 		done()
 	}
 	return a
+}
+
+func (d *decoder) ha(n *yaml.Node) *HA {
+	const p = "ha"
+	h := &HA{Group: DefaultHAGroup, Priority: DefaultHAPriority, Interval: DefaultHAInterval, DeadAfter: DefaultHADeadAfter}
+	f, done, _ := d.fields(p, n, "group", "interface", "self", "peers", "priority", "preempt", "interval", "dead_after", "key_file")
+	defer done()
+	d.strField(f, p, "group", &h.Group)
+	d.strField(f, p, "interface", &h.Interface)
+	if n := f["self"]; n != nil {
+		h.Self, _ = d.addrPort(join(p, "self"), n)
+	}
+	if n := f["peers"]; n != nil {
+		pp := join(p, "peers")
+		items, done, _ := d.list(pp, n)
+		for i, it := range items {
+			a, _ := d.addrPort(index(pp, i), it)
+			h.Peers = append(h.Peers, a)
+		}
+		done()
+	}
+	d.u32(f, p, "priority", 1, 255, &h.Priority)
+	d.boolField(f, p, "preempt", &h.Preempt)
+	d.durField(f, p, "interval", &h.Interval)
+	d.durField(f, p, "dead_after", &h.DeadAfter)
+	d.strField(f, p, "key_file", &h.KeyFile)
+	return h
+}
+
+func (d *decoder) addrPort(path string, n *yaml.Node) (netip.AddrPort, bool) {
+	s, ok := d.scalar(path, n, "an address:port")
+	if !ok {
+		return netip.AddrPort{}, false
+	}
+	a, err := netip.ParseAddrPort(s.Value)
+	if err != nil || a.Port() == 0 {
+		d.fail(path, n, "%q is not address:port (e.g. 198.51.100.3:7000 or [2001:db8::3]:7000)", s.Value)
+		return netip.AddrPort{}, false
+	}
+	return a, true
 }
 
 func (d *decoder) agents(n *yaml.Node) *Agents {

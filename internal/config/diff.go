@@ -28,7 +28,7 @@ type Changes struct {
 	// metrics.listen, manager.*, advisors and agents.
 	Settings []Setting
 	// Fixed are changed settings that only a restart applies: data_plane.*
-	// (the tables are sized and pinned at start) and api.socket. A daemon
+	// (the tables are sized and pinned at start), api.socket and ha. A daemon
 	// refuses a reload that has any (see Err).
 	Fixed []Setting
 }
@@ -67,9 +67,9 @@ func Diff(old, new *Config) Changes {
 	case old == nil && new == nil:
 		return Changes{}
 	case old == nil:
-		old = &Config{DataPlane: new.DataPlane, API: new.API, Metrics: new.Metrics, Manager: new.Manager, Advisors: new.Advisors, Agents: new.Agents}
+		old = &Config{DataPlane: new.DataPlane, API: new.API, Metrics: new.Metrics, Manager: new.Manager, Advisors: new.Advisors, Agents: new.Agents, HA: new.HA}
 	case new == nil:
-		new = &Config{DataPlane: old.DataPlane, API: old.API, Metrics: old.Metrics, Manager: old.Manager, Advisors: old.Advisors, Agents: old.Agents}
+		new = &Config{DataPlane: old.DataPlane, API: old.API, Metrics: old.Metrics, Manager: old.Manager, Advisors: old.Advisors, Agents: old.Agents, HA: old.HA}
 	}
 	var ch Changes
 	ch.Attach, ch.Detach = diffNames(old.Interfaces, new.Interfaces)
@@ -190,7 +190,15 @@ func settings(c *Config) []Setting {
 		{Path: "manager.host_metric", New: m.HostMetric},
 		{Path: "advisors", New: describeAdvisors(c.Advisors)},
 		{Path: "agents", New: describeAgents(c.Agents)},
+		{Path: "ha", New: describeHA(c.HA)},
 	}
+}
+
+func describeHA(h *HA) string {
+	if h == nil {
+		return "none"
+	}
+	return fmt.Sprintf("%+v", *h)
 }
 
 func describeCustom(cs []CustomMetric) string {
@@ -225,7 +233,7 @@ func describeAgents(a *Agents) string {
 }
 
 func isFixed(path string) bool {
-	return strings.HasPrefix(path, "data_plane.") || path == "api.socket"
+	return strings.HasPrefix(path, "data_plane.") || path == "api.socket" || path == "ha"
 }
 
 func changedSettings(old, new *Config) []Setting {

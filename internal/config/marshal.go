@@ -115,6 +115,24 @@ func Marshal(c *Config) ([]byte, error) {
 		put(root, "agents", an)
 	}
 
+	if h := c.HA; h != nil {
+		peers := &yaml.Node{Kind: yaml.SequenceNode, Style: yaml.FlowStyle}
+		for _, p := range h.Peers {
+			peers.Content = append(peers.Content, str(p.String()))
+		}
+		put(root, "ha", mapping(
+			"group", str(h.Group),
+			"interface", str(h.Interface),
+			"self", str(h.Self.String()),
+			"peers", peers,
+			"priority", uintNode(h.Priority),
+			"preempt", boolNode(h.Preempt),
+			"interval", durationNode(h.Interval),
+			"dead_after", durationNode(h.DeadAfter),
+			"key_file", str(h.KeyFile),
+		))
+	}
+
 	clusters := &yaml.Node{Kind: yaml.SequenceNode}
 	for _, cl := range c.Clusters {
 		ports := &yaml.Node{Kind: yaml.SequenceNode}

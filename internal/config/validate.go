@@ -63,7 +63,54 @@ func validate(c *Config, r *reporter) {
 	advisors := validateAdvisors(c.Advisors, r)
 	validateProportions(c.Manager.Proportions, "manager.proportions", advisors, r)
 	validateAgents(c.Agents, r)
+	validateHA(c.HA, r)
 	validateClusters(c, advisors, r)
+}
+
+func validateHA(h *HA, r *reporter) {
+	if h == nil {
+		return
+	}
+	if !validName(h.Group) {
+		r.errorf("ha.group", "%q is not a group name: letters, digits, '-', '_' and '.'", h.Group)
+	}
+	if why := badIfaceName(h.Interface); why != "" {
+		r.errorf("ha.interface", "%s", why)
+	}
+	if !h.Self.IsValid() {
+		r.errorf("ha.self", "required: this node's address:port on the shared network")
+	} else if why := badAddr(h.Self.Addr(), "node address"); why != "" {
+		r.errorf("ha.self", "%s", why)
+	}
+	if len(h.Peers) == 0 {
+		r.errorf("ha.peers", "at least one peer is required")
+	}
+	seen := map[netip.AddrPort]bool{h.Self: true}
+	for i, p := range h.Peers {
+		switch {
+		case !p.IsValid():
+			continue // reported by the decoder
+		case seen[p]:
+			r.errorf(index("ha.peers", i), "%s is listed twice, or is this node itself", p)
+		case h.Self.IsValid() && p.Addr().Is4() != h.Self.Addr().Is4():
+			r.errorf(index("ha.peers", i), "%s is not of self's family", p)
+		}
+		seen[p] = true
+	}
+	if h.Priority < 1 || h.Priority > 255 {
+		r.errorf("ha.priority", rangeMsg, h.Priority, 1, 255)
+	}
+	if h.Interval < 10*time.Millisecond || h.Interval > time.Minute {
+		r.errorf("ha.interval", "%v is out of range 10ms..1m", h.Interval)
+	}
+	if h.DeadAfter < 2*h.Interval || h.DeadAfter > 10*time.Minute {
+		r.errorf("ha.dead_after", "%v is out of range: at least two intervals (%v), at most 10m", h.DeadAfter, 2*h.Interval)
+	}
+	if h.KeyFile == "" {
+		r.errorf("ha.key_file", "required: the group's shared key")
+	} else if !filepath.IsAbs(h.KeyFile) {
+		r.errorf("ha.key_file", "%q is not an absolute path", h.KeyFile)
+	}
 }
 
 func validateInterfaces(names []string, r *reporter) {

@@ -21,6 +21,7 @@ import (
 	"github.com/nd-dispatcher/nd/internal/advisor"
 	"github.com/nd-dispatcher/nd/internal/config"
 	"github.com/nd-dispatcher/nd/internal/executor"
+	"github.com/nd-dispatcher/nd/internal/ha"
 	"github.com/nd-dispatcher/nd/internal/manager"
 	"github.com/nd-dispatcher/nd/internal/neighbor"
 )
@@ -58,6 +59,9 @@ type Options struct {
 	// with target vip; *executor.Steering is the real one); nil leaves
 	// such probes down, saying why.
 	Steering Steering
+	// HAVIPs manages the VIP addresses of a high-availability node; nil
+	// means the kernel's (ha.NewKernelVIPs on the ha section's interface).
+	HAVIPs ha.VIPs
 }
 
 // Daemon is one running dispatcher.
@@ -91,10 +95,27 @@ type Daemon struct {
 	mgr   *manager.Manager
 	adv   *advisor.Runner
 	hosts agents
+	ha    *haLink // nil without an ha section
 	steer Steering
 	// addrs are the configured VIPs and co-located servers, read without
 	// d.mu by advisors' probes.
 	addrs atomic.Pointer[addrSets]
+}
+
+// reconcileEvery is how often the p2c scheduler's counts are rewritten from
+// the connection table.
+const reconcileEvery = 15 * time.Second
+
+// usesP2C reports whether any port runs the p2c scheduler.
+func (d *Daemon) usesP2C() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, p := range d.cfg.Ports() {
+		if p.Scheduler == config.SchedulerP2C {
+			return true
+		}
+	}
+	return false
 }
 
 // ErrRejected wraps every reason a configuration is refused.
@@ -146,6 +167,11 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 		return nil, fmt.Errorf("%w: %w", ErrRejected, err)
 	}
 	d.mgr = mgr
+	if cfg.HA != nil {
+		if err := d.newHA(cfg, o.HAVIPs); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrRejected, err)
+		}
+	}
 	// A restarted ndd takes over the weights the manager had set, rather
 	// than throwing them back to the configured ones.
 	if cfg.Manager.Policy != config.PolicyStatic {
@@ -185,6 +211,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 	go func() { defer loops.Done(); d.mgr.Run(ctx) }()
 	d.hosts.start(ctx)
 	defer d.hosts.close()
+	if d.ha != nil {
+		loops.Add(1)
+		go func() { defer loops.Done(); d.runHA(ctx) }()
+	}
 
 	if _, err := d.Apply(d.pending); err != nil {
 		return err
@@ -194,6 +224,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 	tick := time.NewTicker(d.every)
 	defer tick.Stop()
+	// The p2c scheduler's live counts drift when flows end without a
+	// client FIN or RST and before they idle out; the connection table
+	// has the truth.
+	reconcile := time.NewTicker(reconcileEvery)
+	defer reconcile.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -211,6 +246,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 			d.onNeighbor(ev)
 		case now := <-tick.C:
 			d.sample(now)
+		case <-reconcile.C:
+			if d.usesP2C() {
+				if err := d.x.ReconcileActive(); err != nil {
+					d.log.Warn("reconcile active flow counts", "err", err)
+				}
+			}
 		}
 	}
 }
@@ -354,6 +395,9 @@ func (d *Daemon) apply(cfg *config.Config) (config.Changes, error) {
 	}
 	d.log.Info("configuration applied", "changes", ch.String())
 	d.emit(Event{Type: EventConfigApplied, Message: ch.String()})
+	if d.ha != nil {
+		go d.publishHA() // takes d.mu, which apply holds
+	}
 	return ch, nil
 }
 
@@ -403,7 +447,8 @@ func (d *Daemon) watchServers(cfg *config.Config) {
 // the resolver answers: dropping it while resolution is pending would
 // re-dispatch every flow it holds.
 func (d *Daemon) service(p config.Port, installed executor.Service) executor.Service {
-	s := executor.Service{Key: p.Key, StickyTime: p.StickyTime}
+	sched, _ := executor.ParseScheduler(p.Scheduler) // validated with the configuration
+	s := executor.Service{Key: p.Key, StickyTime: p.StickyTime, Scheduler: sched}
 	managed := d.managed[p.Key]
 	for _, srv := range p.Servers {
 		es := executor.Server{Addr: srv.Address, Weight: srv.EffectiveWeight(), Local: srv.Local}
@@ -447,7 +492,7 @@ func (d *Daemon) install(p config.Port) error {
 }
 
 func sameService(a, b executor.Service) bool {
-	if a.StickyTime != b.StickyTime || len(a.Servers) != len(b.Servers) {
+	if a.StickyTime != b.StickyTime || a.Scheduler != b.Scheduler || len(a.Servers) != len(b.Servers) {
 		return false
 	}
 	byAddr := map[netip.Addr]executor.Server{}

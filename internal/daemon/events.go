@@ -18,6 +18,7 @@ const (
 	EventWeightsCommitted  = "weights_committed"
 	EventServerDown        = "server_down" // an advisor found it down
 	EventServerUp          = "server_up"
+	EventHAState           = "ha_state" // this node became active or standby
 )
 
 // Event is one thing that happened to the dispatcher.

@@ -150,6 +150,11 @@ func (d *Daemon) commitWeights(c manager.Commit) error {
 		d.mgr.Trigger()
 		return nil
 	}
+	// A standby follows the active's weights; its own data plane carries
+	// no traffic to judge by.
+	if d.ha != nil && d.ha.standby.Load() {
+		return nil
+	}
 	var port *config.Port
 	for _, p := range d.cfg.Ports() {
 		if p.Key == c.Port {
@@ -199,6 +204,9 @@ func (d *Daemon) commitWeights(c manager.Commit) error {
 	msg := fmt.Sprintf("%s (change %.1f%%): %s", c.Reason, 100*c.Change, strings.Join(parts, " "))
 	d.log.Info("weights committed", "service", c.Port.String(), "reason", c.Reason, "weights", strings.Join(parts, " "))
 	d.emit(Event{Type: EventWeightsCommitted, Service: c.Port.String(), Message: msg})
+	if d.ha != nil {
+		go d.publishHA()
+	}
 	return nil
 }
 

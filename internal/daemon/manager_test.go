@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/nd-dispatcher/nd/internal/config"
+	"github.com/nd-dispatcher/nd/internal/executor"
 	"github.com/nd-dispatcher/nd/internal/manager"
 )
 
@@ -132,5 +133,21 @@ func TestManagedWeights(t *testing.T) {
 	commit(map[netip.Addr]uint32{srv1: 90, srv2: 20}, stale)
 	if got := w.weights(); got[srv1] != 5 {
 		t.Fatalf("a decision computed before the operator's change overrode it: %v", got)
+	}
+}
+
+func TestSchedulerFollowsConfiguration(t *testing.T) {
+	w := start(t, strings.Replace(baseConfig, "      - port: 80\n", "      - port: 80\n        scheduler: p2c\n", 1))
+	if s := w.x.Services()[0]; s.Scheduler != executor.SchedulerP2C {
+		t.Fatalf("scheduler %v, want p2c", s.Scheduler)
+	}
+	if _, err := w.d.Update(func(c *config.Config) error {
+		c.Clusters[0].Ports[0].Scheduler = config.SchedulerMaglev
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if s := w.x.Services()[0]; s.Scheduler != executor.SchedulerMaglev {
+		t.Fatalf("scheduler %v after a live change, want maglev", s.Scheduler)
 	}
 }

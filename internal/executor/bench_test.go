@@ -95,10 +95,12 @@ func measureXDP(b *testing.B) []benchFigure {
 	}
 	h.upsert(Service{Key: ServiceKey{vip4, 80, TCP}, Servers: []Server{onIn(s1, macS1), onIn(s2, macS2), onIn(s3, macS3), onIn(s4, macS4)}})
 	h.upsert(Service{Key: ServiceKey{vip6, 80, TCP}, Servers: []Server{onIn(s1v6, macS1), onIn(netip.MustParseAddr("2001:db8::12"), macS2)}})
+	h.upsert(Service{Key: ServiceKey{vip4, 81, TCP}, Scheduler: SchedulerP2C, Servers: []Server{onIn(s1, macS1), onIn(s2, macS2), onIn(s3, macS3), onIn(s4, macS4)}})
 
 	est4 := pad64(tcp4(50000, 80, tcpACK).build())
 	est6 := pad64(frame{dstMAC: macIn, srcMAC: macClient, src: client6, dst: vip6, proto: 6, sport: 50000, dport: 80, tcpFlags: tcpACK}.build())
 	newFlow := pad64(tcp4(1, 80, tcpSYN).build())
+	newFlowP2C := pad64(tcp4(1, 81, tcpSYN).build())
 	nonVIP := tcp4(50001, 80, tcpACK)
 	nonVIP.dst = netip.MustParseAddr("198.51.100.200")
 	pass := pad64(nonVIP.build())
@@ -134,21 +136,29 @@ func measureXDP(b *testing.B) []benchFigure {
 		}
 	}
 	servers := [][]byte{macS1, macS2, macS3, macS4}
+	// A new flow's frame leaves with a server's MAC, and the source
+	// address and port bench_restore varies.
+	newFlowTo := func(orig []byte) func([]byte) error {
+		return func(out []byte) error {
+			if !slices.ContainsFunc(servers, func(m []byte) bool { return bytes.Equal(out[:6], m) }) {
+				return fmt.Errorf("new flow went to %x", out[:6])
+			}
+			if !bytes.Equal(out[12:28], orig[12:28]) || !bytes.Equal(out[30:34], orig[30:34]) || !bytes.Equal(out[36:], orig[36:]) {
+				return fmt.Errorf("new flow frame changed beyond MACs, source address and port: %x", out)
+			}
+			return nil
+		}
+	}
 	swapped := withMACs(est4, est4[6:12], est4[0:6])
 	cases := []benchCase{
 		{name: "MacSwapBaseline", target: bench.MacSwap, frame: est4, action: xdpTX, check: unchanged(swapped)},
 		{name: "EstablishedV4", target: h.x.objs.NdDispatch, frame: est4, action: xdpTX, check: forwardedTo(owner4, est4), maxRatio: 3},
 		{name: "EstablishedV6", target: h.x.objs.NdDispatch, frame: est6, action: xdpTX, check: forwardedTo(owner6, est6)},
 		{name: "NewFlowV4", target: h.x.objs.NdDispatch, frame: newFlow, portOff: 14 + 20, addrOff: 14 + 12 + 2, action: xdpTX, maxRatio: 8,
-			check: func(out []byte) error {
-				if !slices.ContainsFunc(servers, func(m []byte) bool { return bytes.Equal(out[:6], m) }) {
-					return fmt.Errorf("new flow went to %x", out[:6])
-				}
-				if !bytes.Equal(out[12:28], newFlow[12:28]) || !bytes.Equal(out[30:34], newFlow[30:34]) || !bytes.Equal(out[36:], newFlow[36:]) {
-					return fmt.Errorf("new flow frame changed beyond MACs, source address and port: %x", out)
-				}
-				return nil
-			}},
+			check: newFlowTo(newFlow)},
+		// Informational: what the p2c scheduler adds to a new flow.
+		{name: "NewFlowV4P2C", target: h.x.objs.NdDispatch, frame: newFlowP2C, portOff: 14 + 20, addrOff: 14 + 12 + 2, action: xdpTX,
+			check: newFlowTo(newFlowP2C)},
 		{name: "PassNonVIP", target: h.x.objs.NdDispatch, frame: pass, action: xdpPass, check: unchanged(pass), maxRatio: 2},
 		{name: "FilteredPort", target: h.x.objs.NdDispatch, frame: filtered, action: xdpDrop, check: unchanged(filtered)},
 	}

@@ -27,8 +27,10 @@ const (
 	beActive   = 1 << 0
 	beLocal    = 1 << 1
 	beQuiesced = 1 << 2
+	beP2C      = 1 << 3
 
 	svcAffinity = 1 << 0
+	svcP2C      = 1 << 1
 
 	svcSlotUsed     = 1 << 0
 	svcSlotOverflow = 1 << 1
@@ -50,6 +52,7 @@ const (
 	gNotIP
 	gEvicted
 	gFlowBusy
+	gEventsLost
 	gMax
 )
 
@@ -77,6 +80,10 @@ type Config struct {
 	// HashSeed seeds the flow hash; dispatchers that back each other up
 	// must share it. Default 0.
 	HashSeed uint32
+	// FlowEventsRing sizes the ring buffer through which the data plane
+	// reports new flows and closes (FlowEvents), in bytes: a power of two,
+	// at least a page. Each report takes 88 bytes. Default 1 MiB.
+	FlowEventsRing uint32
 	// Logger receives attach and recovery messages. Default slog.Default().
 	Logger *slog.Logger
 }
@@ -91,6 +98,8 @@ func DefaultConfig() Config {
 		MaxAffinity: 1 << 16,
 		RingSize:    maglev.DefaultSize,
 		IdleTimeout: 300 * time.Second,
+
+		FlowEventsRing: 1 << 20,
 	}
 }
 
@@ -117,6 +126,9 @@ func (c *Config) fill() error {
 	if c.IdleTimeout == 0 {
 		c.IdleTimeout = d.IdleTimeout
 	}
+	if c.FlowEventsRing == 0 {
+		c.FlowEventsRing = d.FlowEventsRing
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -125,6 +137,9 @@ func (c *Config) fill() error {
 	}
 	if c.MaxServers >= ringEmpty {
 		return fmt.Errorf("%w: max servers %d: rings hold 16-bit server slots, at most %d", ErrInvalid, c.MaxServers, ringEmpty-1)
+	}
+	if r := c.FlowEventsRing; r&(r-1) != 0 || r < uint32(os.Getpagesize()) {
+		return fmt.Errorf("%w: flow events ring of %d bytes: want a power of two of at least %d", ErrInvalid, r, os.Getpagesize())
 	}
 	if c.IdleTimeout < time.Second {
 		return fmt.Errorf("%w: idle timeout %v is under a second", ErrInvalid, c.IdleTimeout)
@@ -164,11 +179,15 @@ type BPF struct {
 	beIDs    *idPool
 	vipIDs   *idPool
 	gens     map[uint32]uint32 // last generation handed out per backend slot
+
+	// events is the FlowEvents subscription, nil when there is none.
+	events *subscription
 }
 
 type serviceState struct {
 	id      uint32
 	sticky  time.Duration
+	sched   Scheduler
 	servers map[netip.Addr]*backendState
 	// retired keeps the packets and bytes of servers that left, so that the
 	// service's totals, which are its servers' sums, never go back.
@@ -206,6 +225,7 @@ func New(cfg Config) (*BPF, error) {
 		"vips": cfg.MaxVIPs, "stats_vip": cfg.MaxVIPs,
 		"services": cfg.MaxServices, "stats_service": cfg.MaxServices, "rings": cfg.MaxServices,
 		"backends": 2 * cfg.MaxServers, "backend_sel": cfg.MaxServers, "stats_backend": cfg.MaxServers,
+		"server_active": cfg.MaxServers, "flow_events": cfg.FlowEventsRing,
 		"conns": cfg.flowBuckets(), "affinity": cfg.MaxAffinity,
 		"svc_index": 2 * cfg.svcIndexSlots(),
 	}
@@ -279,6 +299,12 @@ func New(cfg Config) (*BPF, error) {
 		b.objs.Close()
 		return nil, fmt.Errorf("recover pinned state: %w", err)
 	}
+	// A process that died while subscribed left reporting on: nobody
+	// reads the ring now.
+	if err := b.objs.FlowEventsOn.Update(uint32(0), uint32(0), ebpf.UpdateAny); err != nil {
+		b.objs.Close()
+		return nil, fmt.Errorf("turn flow events off: %w", err)
+	}
 	if err := b.writeVIPFilter(); err != nil {
 		b.objs.Close()
 		return nil, err
@@ -345,6 +371,9 @@ func (b *BPF) recover() error {
 		st := &serviceState{id: si.SvcId, servers: map[netip.Addr]*backendState{}}
 		if si.Flags&svcAffinity != 0 {
 			st.sticky = time.Duration(si.StickySecs) * time.Second
+		}
+		if si.Flags&svcP2C != 0 {
+			st.sched = SchedulerP2C
 		}
 		b.services[key] = st
 		byID[si.SvcId] = st
@@ -515,12 +544,12 @@ func (b *BPF) upsertLocked(s Service) error {
 		st = &serviceState{id: id, servers: map[netip.Addr]*backendState{}}
 	}
 
-	next, fresh, err := b.stageServers(s.Key, st, s.Servers)
+	next, fresh, err := b.stageServers(s.Key, st, s.Servers, s.Scheduler)
 	if err == nil {
 		err = b.installRing(st.id, next)
 	}
 	if err == nil {
-		err = b.writeServiceInfo(s.Key, st.id, s.StickyTime)
+		err = b.writeServiceInfo(s.Key, st.id, s.StickyTime, s.Scheduler)
 	}
 	if err != nil {
 		for _, be := range fresh {
@@ -543,6 +572,7 @@ func (b *BPF) upsertLocked(s Service) error {
 	}
 	st.servers = next
 	st.sticky = s.StickyTime
+	st.sched = s.Scheduler
 	if created {
 		b.services[s.Key] = st
 	}
@@ -553,7 +583,12 @@ func (b *BPF) upsertLocked(s Service) error {
 // servers get fresh slots (and zeroed counters), changed ones are rewritten
 // in place, which is atomic for a hash map. Returns the new server set and
 // the slots it allocated, to undo on failure.
-func (b *BPF) stageServers(key ServiceKey, st *serviceState, servers []Server) (map[netip.Addr]*backendState, []*backendState, error) {
+//
+// A service turning p2c rewrites every server, to set BE_F_P2C, after
+// seeding its open-flow count from the per-CPU counters' estimate (opened
+// minus closed or expired), which the data plane keeps for every service:
+// the scheduler starts from a fair figure, and ReconcileActive refines it.
+func (b *BPF) stageServers(key ServiceKey, st *serviceState, servers []Server, sched Scheduler) (map[netip.Addr]*backendState, []*backendState, error) {
 	next := make(map[netip.Addr]*backendState, len(servers))
 	var fresh []*backendState
 	fail := func(err error) (map[netip.Addr]*backendState, []*backendState, error) {
@@ -565,13 +600,22 @@ func (b *BPF) stageServers(key ServiceKey, st *serviceState, servers []Server) (
 	for _, srv := range servers {
 		srv.MAC = slices.Clone(srv.MAC)
 		old := st.servers[srv.Addr]
-		if old != nil && sameServer(old.srv, srv) {
+		if old != nil && sameServer(old.srv, srv) && st.sched == sched {
 			next[srv.Addr] = old
 			continue
 		}
 		be := &backendState{srv: srv}
 		if old != nil {
 			be.id, be.gen = old.id, old.gen
+			if sched == SchedulerP2C && st.sched != SchedulerP2C {
+				est, err := b.backendStats(be.id)
+				if err == nil {
+					err = b.objs.ServerActive.Update(be.id, int64(est.Active()), ebpf.UpdateAny)
+				}
+				if err != nil {
+					return fail(fmt.Errorf("seed open-flow count of server %v: %w", srv.Addr, err))
+				}
+			}
 		} else {
 			id, ok := b.beIDs.get()
 			if !ok {
@@ -583,8 +627,11 @@ func (b *BPF) stageServers(key ServiceKey, st *serviceState, servers []Server) (
 			if err := b.objs.StatsBackend.Update(id, make([]dispatchBackendStats, b.ncpu), ebpf.UpdateAny); err != nil {
 				return fail(fmt.Errorf("reset counters of server %v: %w", srv.Addr, err))
 			}
+			if err := b.objs.ServerActive.Update(id, int64(0), ebpf.UpdateAny); err != nil {
+				return fail(fmt.Errorf("reset open-flow count of server %v: %w", srv.Addr, err))
+			}
 		}
-		v, err := b.backendValue(st.id, be)
+		v, err := b.backendValue(st.id, be, sched)
 		if err != nil {
 			return fail(fmt.Errorf("server %v of %v: %w", srv.Addr, key, err))
 		}
@@ -606,11 +653,14 @@ func sameServer(a, b Server) bool {
 		a.Ifindex == b.Ifindex && slices.Equal(a.MAC, b.MAC)
 }
 
-func (b *BPF) backendValue(svcID uint32, be *backendState) (dispatchBackend, error) {
+func (b *BPF) backendValue(svcID uint32, be *backendState, sched Scheduler) (dispatchBackend, error) {
 	v := dispatchBackend{SvcId: svcID, Gen: be.gen, Flags: beActive, Weight: be.srv.Weight}
 	v.Addr.Addr, v.Family = addrWords(be.srv.Addr)
 	if be.srv.Weight == 0 {
 		v.Flags |= beQuiesced
+	}
+	if sched == SchedulerP2C {
+		v.Flags |= beP2C
 	}
 	if be.srv.Local {
 		v.Flags |= beLocal
@@ -704,12 +754,15 @@ func (b *BPF) installRing(svcID uint32, servers map[netip.Addr]*backendState) er
 	return nil
 }
 
-func (b *BPF) writeServiceInfo(key ServiceKey, id uint32, sticky time.Duration) error {
+func (b *BPF) writeServiceInfo(key ServiceKey, id uint32, sticky time.Duration, sched Scheduler) error {
 	k := svcKey(key)
 	v := dispatchSvcInfo{SvcId: id}
 	if sticky > 0 {
 		v.Flags |= svcAffinity
 		v.StickySecs = uint32(sticky / time.Second)
+	}
+	if sched == SchedulerP2C {
+		v.Flags |= svcP2C
 	}
 	var old dispatchSvcInfo
 	if err := b.objs.Services.Lookup(k, &old); err == nil && old == v {
@@ -885,7 +938,7 @@ func (b *BPF) SetWeights(key ServiceKey, weights map[netip.Addr]uint32) error {
 }
 
 func (b *BPF) serviceLocked(key ServiceKey, st *serviceState) Service {
-	s := Service{Key: key, StickyTime: st.sticky}
+	s := Service{Key: key, StickyTime: st.sticky, Scheduler: st.sched}
 	for _, be := range st.servers {
 		srv := be.srv
 		srv.MAC = slices.Clone(srv.MAC)
@@ -957,7 +1010,7 @@ func (b *BPF) Stats() (Stats, error) {
 		}
 	}
 	out.Global = GlobalStats{Passed: g[gPassed], Malformed: g[gMalformed], NotIP: g[gNotIP],
-		FlowsEvicted: g[gEvicted], FlowsUnrecorded: g[gFlowBusy]}
+		FlowsEvicted: g[gEvicted], FlowsUnrecorded: g[gFlowBusy], FlowEventsLost: g[gEventsLost]}
 	return out, nil
 }
 
@@ -1069,6 +1122,68 @@ func (b *BPF) ActiveFlows() (map[ServiceKey]map[netip.Addr]int, error) {
 		return true
 	})
 	return out, err
+}
+
+// p2cServersLocked lists the server slots of p2c services.
+func (b *BPF) p2cServersLocked() map[uint32]owner {
+	m := map[uint32]owner{}
+	for key, st := range b.services {
+		if st.sched != SchedulerP2C {
+			continue
+		}
+		for addr, be := range st.servers {
+			m[be.id] = owner{key: key, addr: addr, gen: be.gen}
+		}
+	}
+	return m
+}
+
+// ActiveCounts implements Executor.
+func (b *BPF) ActiveCounts() (map[ServiceKey]map[netip.Addr]int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := map[ServiceKey]map[netip.Addr]int{}
+	for id, o := range b.p2cServersLocked() {
+		var n int64
+		if err := b.objs.ServerActive.Lookup(id, &n); err != nil {
+			return nil, fmt.Errorf("read open-flow count of %v in %v: %w", o.addr, o.key, err)
+		}
+		m := out[o.key]
+		if m == nil {
+			m = map[netip.Addr]int{}
+			out[o.key] = m
+		}
+		m[o.addr] = int(max(n, 0))
+	}
+	return out, nil
+}
+
+// ReconcileActive implements Executor. The scan runs without the lock; a
+// server that left or changed slot meanwhile is left alone.
+func (b *BPF) ReconcileActive() error {
+	b.mu.Lock()
+	targets := b.p2cServersLocked()
+	b.mu.Unlock()
+	if len(targets) == 0 {
+		return nil
+	}
+	truth, err := b.ActiveFlows()
+	if err != nil {
+		return fmt.Errorf("reconcile open-flow counts: %w", err)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := b.p2cServersLocked()
+	for id, o := range targets {
+		if now[id] != o {
+			continue
+		}
+		n := int64(truth[o.key][o.addr])
+		if err := b.objs.ServerActive.Update(id, n, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("write open-flow count of %v in %v: %w", o.addr, o.key, err)
+		}
+	}
+	return nil
 }
 
 // Flows implements Executor. Entries whose server has left are skipped: the
@@ -1207,6 +1322,7 @@ func (b *BPF) DeleteFlow(key FlowKey) error {
 // (maps and attachments stay pinned) for the next process to take over;
 // without one, closing detaches everything.
 func (b *BPF) Close() error {
+	b.stopEvents()
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	var errs []error

@@ -70,6 +70,21 @@ type dispatchFlowBucket struct {
 	Body [4]dispatchFlowBody
 }
 
+type dispatchFlowEvent struct {
+	_      structs.HostLayout
+	Key    dispatchFlowKey
+	Server struct {
+		_    structs.HostLayout
+		Addr [4]uint32
+	}
+	Ts      uint64
+	Backend uint32
+	Gen     uint32
+	Kind    uint8
+	Flags   uint8
+	Pad     [6]uint8
+}
+
 type dispatchFlowHead struct {
 	_        structs.HostLayout
 	Seq      uint32
@@ -160,30 +175,34 @@ type dispatchVipStats struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	dispatchMapAffinity      = "affinity"
-	dispatchMapBackendSel    = "backend_sel"
-	dispatchMapBackends      = "backends"
-	dispatchMapConns         = "conns"
-	dispatchMapRings         = "rings"
-	dispatchMapServices      = "services"
-	dispatchMapStatsBackend  = "stats_backend"
-	dispatchMapStatsGlobal   = "stats_global"
-	dispatchMapStatsService  = "stats_service"
-	dispatchMapStatsVip      = "stats_vip"
-	dispatchMapSvcIndex      = "svc_index"
-	dispatchMapSvcIndexSel   = "svc_index_sel"
-	dispatchMapTxPorts       = "tx_ports"
-	dispatchMapVipBloom      = "vip_bloom"
-	dispatchMapVips          = "vips"
-	dispatchProgClockNow     = "clock_now"
-	dispatchProgFlowWrite    = "flow_write"
-	dispatchProgNdDispatch   = "nd_dispatch"
-	dispatchVarFlowBuckets   = "flow_buckets"
-	dispatchVarHashSeed      = "hash_seed"
-	dispatchVarIdleTimeoutNs = "idle_timeout_ns"
-	dispatchVarJiffyNs       = "jiffy_ns"
-	dispatchVarRingSize      = "ring_size"
-	dispatchVarSvcIndexSlots = "svc_index_slots"
+	dispatchMapAffinity        = "affinity"
+	dispatchMapBackendSel      = "backend_sel"
+	dispatchMapBackends        = "backends"
+	dispatchMapConns           = "conns"
+	dispatchMapFlowEvents      = "flow_events"
+	dispatchMapFlowEventsOn    = "flow_events_on"
+	dispatchMapRings           = "rings"
+	dispatchMapServerActive    = "server_active"
+	dispatchMapServices        = "services"
+	dispatchMapStatsBackend    = "stats_backend"
+	dispatchMapStatsGlobal     = "stats_global"
+	dispatchMapStatsService    = "stats_service"
+	dispatchMapStatsVip        = "stats_vip"
+	dispatchMapSvcIndex        = "svc_index"
+	dispatchMapSvcIndexSel     = "svc_index_sel"
+	dispatchMapTxPorts         = "tx_ports"
+	dispatchMapVipBloom        = "vip_bloom"
+	dispatchMapVips            = "vips"
+	dispatchProgClockNow       = "clock_now"
+	dispatchProgFlowWrite      = "flow_write"
+	dispatchProgNdDispatch     = "nd_dispatch"
+	dispatchVarFlowBuckets     = "flow_buckets"
+	dispatchVarHashSeed        = "hash_seed"
+	dispatchVarIdleTimeoutNs   = "idle_timeout_ns"
+	dispatchVarJiffyNs         = "jiffy_ns"
+	dispatchVarRingSize        = "ring_size"
+	dispatchVarSvcIndexSlots   = "svc_index_slots"
+	dispatchVarUnusedFlowEvent = "unused_flow_event"
 )
 
 // loadDispatch returns the embedded CollectionSpec for dispatch.
@@ -241,7 +260,10 @@ type dispatchMapSpecs struct {
 	BackendSel   *ebpf.MapSpec `ebpf:"backend_sel"`
 	Backends     *ebpf.MapSpec `ebpf:"backends"`
 	Conns        *ebpf.MapSpec `ebpf:"conns"`
+	FlowEvents   *ebpf.MapSpec `ebpf:"flow_events"`
+	FlowEventsOn *ebpf.MapSpec `ebpf:"flow_events_on"`
 	Rings        *ebpf.MapSpec `ebpf:"rings"`
+	ServerActive *ebpf.MapSpec `ebpf:"server_active"`
 	Services     *ebpf.MapSpec `ebpf:"services"`
 	StatsBackend *ebpf.MapSpec `ebpf:"stats_backend"`
 	StatsGlobal  *ebpf.MapSpec `ebpf:"stats_global"`
@@ -258,12 +280,13 @@ type dispatchMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type dispatchVariableSpecs struct {
-	FlowBuckets   *ebpf.VariableSpec `ebpf:"flow_buckets"`
-	HashSeed      *ebpf.VariableSpec `ebpf:"hash_seed"`
-	IdleTimeoutNs *ebpf.VariableSpec `ebpf:"idle_timeout_ns"`
-	JiffyNs       *ebpf.VariableSpec `ebpf:"jiffy_ns"`
-	RingSize      *ebpf.VariableSpec `ebpf:"ring_size"`
-	SvcIndexSlots *ebpf.VariableSpec `ebpf:"svc_index_slots"`
+	FlowBuckets     *ebpf.VariableSpec `ebpf:"flow_buckets"`
+	HashSeed        *ebpf.VariableSpec `ebpf:"hash_seed"`
+	IdleTimeoutNs   *ebpf.VariableSpec `ebpf:"idle_timeout_ns"`
+	JiffyNs         *ebpf.VariableSpec `ebpf:"jiffy_ns"`
+	RingSize        *ebpf.VariableSpec `ebpf:"ring_size"`
+	SvcIndexSlots   *ebpf.VariableSpec `ebpf:"svc_index_slots"`
+	UnusedFlowEvent *ebpf.VariableSpec `ebpf:"unused_flow_event"`
 }
 
 // dispatchObjects contains all objects after they have been loaded into the kernel.
@@ -290,7 +313,10 @@ type dispatchMaps struct {
 	BackendSel   *ebpf.Map `ebpf:"backend_sel"`
 	Backends     *ebpf.Map `ebpf:"backends"`
 	Conns        *ebpf.Map `ebpf:"conns"`
+	FlowEvents   *ebpf.Map `ebpf:"flow_events"`
+	FlowEventsOn *ebpf.Map `ebpf:"flow_events_on"`
 	Rings        *ebpf.Map `ebpf:"rings"`
+	ServerActive *ebpf.Map `ebpf:"server_active"`
 	Services     *ebpf.Map `ebpf:"services"`
 	StatsBackend *ebpf.Map `ebpf:"stats_backend"`
 	StatsGlobal  *ebpf.Map `ebpf:"stats_global"`
@@ -309,7 +335,10 @@ func (m *dispatchMaps) Close() error {
 		m.BackendSel,
 		m.Backends,
 		m.Conns,
+		m.FlowEvents,
+		m.FlowEventsOn,
 		m.Rings,
+		m.ServerActive,
 		m.Services,
 		m.StatsBackend,
 		m.StatsGlobal,
@@ -327,12 +356,13 @@ func (m *dispatchMaps) Close() error {
 //
 // It can be passed to loadDispatchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type dispatchVariables struct {
-	FlowBuckets   *ebpf.Variable `ebpf:"flow_buckets"`
-	HashSeed      *ebpf.Variable `ebpf:"hash_seed"`
-	IdleTimeoutNs *ebpf.Variable `ebpf:"idle_timeout_ns"`
-	JiffyNs       *ebpf.Variable `ebpf:"jiffy_ns"`
-	RingSize      *ebpf.Variable `ebpf:"ring_size"`
-	SvcIndexSlots *ebpf.Variable `ebpf:"svc_index_slots"`
+	FlowBuckets     *ebpf.Variable `ebpf:"flow_buckets"`
+	HashSeed        *ebpf.Variable `ebpf:"hash_seed"`
+	IdleTimeoutNs   *ebpf.Variable `ebpf:"idle_timeout_ns"`
+	JiffyNs         *ebpf.Variable `ebpf:"jiffy_ns"`
+	RingSize        *ebpf.Variable `ebpf:"ring_size"`
+	SvcIndexSlots   *ebpf.Variable `ebpf:"svc_index_slots"`
+	UnusedFlowEvent *ebpf.Variable `ebpf:"unused_flow_event"`
 }
 
 // dispatchPrograms contains all programs after they have been loaded into the kernel.

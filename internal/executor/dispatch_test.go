@@ -29,6 +29,9 @@ func fixtureWorld(t testing.TB) *harness {
 	h.upsert(Service{Key: ServiceKey{vip6, 80, TCP}, Servers: []Server{h.server(s1v6, macS1, 10)}})
 	h.upsert(Service{Key: ServiceKey{vip6, 53, UDP}, Servers: []Server{h.server(netip.MustParseAddr("2001:db8::12"), macS2, 10)}})
 	h.upsert(Service{Key: ServiceKey{vip4, 9000, TCP}, Servers: []Server{h.server(s4, macS4, 0)}})
+	// p2c services, for the fuzzer: their picks depend on the counts.
+	h.upsert(Service{Key: ServiceKey{vip4, 8082, TCP}, Scheduler: SchedulerP2C, Servers: []Server{h.server(s1, macS1, 1), h.server(s2, macS2, 2), h.server(s3, macS3, 3)}})
+	h.upsert(Service{Key: ServiceKey{vip6, 8082, UDP}, Scheduler: SchedulerP2C, StickyTime: time.Minute, Servers: []Server{h.server(s1v6, macS1, 1), h.server(netip.MustParseAddr("2001:db8::12"), macS2, 1)}})
 	return h
 }
 

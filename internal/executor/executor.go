@@ -6,6 +6,7 @@
 package executor
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -42,6 +43,66 @@ func ParseProto(s string) (Proto, error) {
 	return 0, fmt.Errorf("%w: protocol %q (want tcp or udp)", ErrInvalid, s)
 }
 
+// Scheduler is how a service picks the server of a new flow.
+type Scheduler uint8
+
+const (
+	// SchedulerMaglev sends a new flow where the service's weighted Maglev
+	// table says: shares follow the weights exactly, whatever the servers
+	// hold at the moment. The default.
+	SchedulerMaglev Scheduler = iota
+	// SchedulerP2C is weighted power of two choices: the Maglev table
+	// names two candidates by two independent hashes of the flow, and the
+	// one with fewer open flows for its weight wins. The weights (the
+	// manager's) still set the long-run shares, while the data plane
+	// steers away from a server that holds more than its share within a
+	// flow's time. It costs a second hash and two counter reads per new
+	// flow, and an atomic add per new and per closed flow. A flow's server
+	// is then no longer a function of its hash alone: a packet that finds
+	// no entry (on a standby that did not learn the flow) may go to the
+	// other candidate, so high availability needs FlowEvents.
+	SchedulerP2C
+)
+
+func (s Scheduler) String() string {
+	switch s {
+	case SchedulerMaglev:
+		return "maglev"
+	case SchedulerP2C:
+		return "p2c"
+	}
+	return fmt.Sprintf("scheduler(%d)", uint8(s))
+}
+
+// ParseScheduler accepts "maglev", "p2c", and "" for the default, maglev.
+func ParseScheduler(s string) (Scheduler, error) {
+	switch s {
+	case "", "maglev":
+		return SchedulerMaglev, nil
+	case "p2c":
+		return SchedulerP2C, nil
+	}
+	return 0, fmt.Errorf("%w: scheduler %q (want maglev or p2c)", ErrInvalid, s)
+}
+
+// MarshalText writes the scheduler's name.
+func (s Scheduler) MarshalText() ([]byte, error) {
+	if s > SchedulerP2C {
+		return nil, fmt.Errorf("%w: %v", ErrInvalid, s)
+	}
+	return []byte(s.String()), nil
+}
+
+// UnmarshalText reads what ParseScheduler accepts.
+func (s *Scheduler) UnmarshalText(b []byte) error {
+	v, err := ParseScheduler(string(b))
+	if err != nil {
+		return err
+	}
+	*s = v
+	return nil
+}
+
 // ServiceKey names a service: a VIP, a port and a protocol.
 type ServiceKey struct {
 	VIP   netip.Addr
@@ -74,7 +135,10 @@ type Service struct {
 	// StickyTime is the client affinity window (the IBM product's
 	// stickytime); 0 disables affinity. Whole seconds.
 	StickyTime time.Duration
-	Servers    []Server
+	// Scheduler picks new flows' servers (after affinity, which wins
+	// first). The zero value is SchedulerMaglev.
+	Scheduler Scheduler
+	Servers   []Server
 }
 
 // FlowKey identifies a client-to-VIP flow.
@@ -151,6 +215,39 @@ type GlobalStats struct {
 	// FlowsUnrecorded counts new flows not recorded because two CPUs
 	// raced for the same table entry (they continue by the ring).
 	FlowsUnrecorded uint64 `json:"flows_unrecorded"`
+	// FlowEventsLost counts flow events not reported because the
+	// subscriber fell behind and the ring (or the Fake's queue) was full.
+	FlowEventsLost uint64 `json:"flow_events_lost"`
+}
+
+// FlowEventKind says what happened to a flow.
+type FlowEventKind uint8
+
+const (
+	// FlowOpened: the data plane recorded a new flow. Its Flow is
+	// Closing when the flow's first packet was already a FIN or RST.
+	FlowOpened FlowEventKind = 1
+	// FlowClosed: the client sent its first FIN or RST of a recorded
+	// flow. The entry stays in the table, marked Closing.
+	FlowClosed FlowEventKind = 2
+)
+
+func (k FlowEventKind) String() string {
+	switch k {
+	case FlowOpened:
+		return "opened"
+	case FlowClosed:
+		return "closed"
+	}
+	return fmt.Sprintf("flow-event(%d)", uint8(k))
+}
+
+// FlowEvent is one report of the data plane, for a standby dispatcher to
+// mirror: its Flow, given to UpsertFlows, recreates the entry as it stands
+// on the active (Idle is how long ago the packet passed, as of reading).
+type FlowEvent struct {
+	Kind FlowEventKind
+	Flow Flow
 }
 
 // Stats is one reading of every counter.
@@ -188,6 +285,21 @@ type Executor interface {
 	// reconciliation of the counters' active-flow estimate.
 	ActiveFlows() (map[ServiceKey]map[netip.Addr]int, error)
 
+	// ActiveCounts reads the live open-flow counts that the p2c scheduler
+	// compares, for the servers of p2c services (negative counts read as
+	// 0). Between reconciliations they may drift from ActiveFlows: flows
+	// that go idle are noticed only when a packet or an eviction finds
+	// them.
+	ActiveCounts() (map[ServiceKey]map[netip.Addr]int, error)
+	// ReconcileActive rewrites those counts from the connection table
+	// (what ActiveFlows reads). The table is scanned while packets flow:
+	// a flow opened or closed during the scan may be missed or counted
+	// twice, so a count may be off by the new flows and closes of its
+	// server during the scan, until the next reconciliation. Call it
+	// periodically: UDP flows, and TCP flows that end without a FIN or RST
+	// from the client, leave the counts only when found idle.
+	ReconcileActive() error
+
 	// Flows calls fn for every connection table entry until fn returns false.
 	Flows(fn func(Flow) bool) error
 	// LookupFlow returns one entry.
@@ -197,6 +309,15 @@ type Executor interface {
 	UpsertFlows([]Flow) error
 	// DeleteFlow removes an entry.
 	DeleteFlow(FlowKey) error
+
+	// FlowEvents turns on the data plane's reports of new flows and
+	// closes, and delivers them in batches, oldest first, until ctx ends
+	// (or Close), when reporting stops and the channel is closed. The
+	// packets are never held up: what the subscriber does not take in
+	// time is dropped and counted (GlobalStats.FlowEventsLost). Entries
+	// written through UpsertFlows are not reported. One subscriber at a
+	// time: a second gets ErrBusy.
+	FlowEvents(ctx context.Context) (<-chan []FlowEvent, error)
 
 	// Close releases the implementation's resources. The kernel
 	// implementation leaves a pinned data plane running.
@@ -210,6 +331,8 @@ var (
 	ErrNotFound = errors.New("not found")
 	// ErrFull marks a table with no room left.
 	ErrFull = errors.New("table full")
+	// ErrBusy marks a request for something another caller holds.
+	ErrBusy = errors.New("busy")
 )
 
 // validateService checks what both implementations require of a Service.
@@ -226,6 +349,9 @@ func validateService(s Service) error {
 	}
 	if k.Port == 0 {
 		return fmt.Errorf("%w: service %v: port 0", ErrInvalid, k)
+	}
+	if s.Scheduler > SchedulerP2C {
+		return fmt.Errorf("%w: service %v: unknown %v", ErrInvalid, k, s.Scheduler)
 	}
 	if s.StickyTime < 0 || s.StickyTime%time.Second != 0 || s.StickyTime > 24*time.Hour {
 		return fmt.Errorf("%w: service %v: sticky time %v must be whole seconds between 0 and 24h", ErrInvalid, k, s.StickyTime)

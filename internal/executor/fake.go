@@ -1,6 +1,7 @@
 package executor
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -25,6 +26,10 @@ const (
 	FakeRingSize = 1009
 	// FakePacketBytes is the packet length Dispatch counts.
 	FakePacketBytes = 64
+	// FakeFlowEventsQueue is how many flow events the Fake holds for a
+	// subscriber that does not keep up (besides the batch on its way);
+	// more are dropped and counted, as the kernel's full ring does.
+	FakeFlowEventsQueue = 4096
 )
 
 // Fake is an in-memory Executor for testing what sits above the data plane
@@ -62,6 +67,11 @@ type Fake struct {
 	global   GlobalStats
 	nextID   uint32 // names servers to maglev.Build
 	commits  int
+
+	// events queues flow events for the FlowEvents subscriber; nil when
+	// there is none.
+	events       chan FlowEvent
+	eventsCancel context.CancelFunc
 }
 
 // fakeService is one service. Its servers are compared by identity: a server
@@ -69,6 +79,7 @@ type Fake struct {
 // flows and affinity records naming the old one go stale.
 type fakeService struct {
 	sticky   time.Duration
+	sched    Scheduler
 	servers  map[netip.Addr]*fakeServer
 	ring     []*fakeServer // nil when no server has a positive weight
 	packets  uint64
@@ -80,6 +91,9 @@ type fakeServer struct {
 	id    uint32
 	srv   Server
 	stats ServerStats
+	// active is the open-flow count the p2c scheduler compares (the
+	// kernel's server_active), kept while the service is p2c.
+	active int64
 }
 
 type fakeVIP struct {
@@ -208,7 +222,7 @@ func (f *Fake) UpsertService(s Service) error {
 // before changing anything, so that a failure leaves the service as it was.
 func (f *Fake) upsertLocked(s Service) error {
 	st := f.services[s.Key]
-	changed := st == nil || st.sticky != s.StickyTime || len(st.servers) != len(s.Servers)
+	changed := st == nil || st.sticky != s.StickyTime || st.sched != s.Scheduler || len(st.servers) != len(s.Servers)
 
 	type rewrite struct {
 		fs  *fakeServer
@@ -267,8 +281,15 @@ func (f *Fake) upsertLocked(s Service) error {
 	for _, r := range rewrites {
 		r.fs.srv = r.srv
 	}
+	if s.Scheduler == SchedulerP2C && st.sched != SchedulerP2C {
+		// Seeded from the counters' estimate, as the kernel does.
+		for _, fs := range next {
+			fs.active = int64(fs.stats.Active())
+		}
+	}
 	st.servers = next
 	st.sticky = s.StickyTime
+	st.sched = s.Scheduler
 	st.ring = ring
 	f.commits++
 	return nil
@@ -335,7 +356,7 @@ func (f *Fake) SetWeights(key ServiceKey, weights map[netip.Addr]uint32) error {
 
 // service returns a copy of the service as the caller installed it.
 func (st *fakeService) service(key ServiceKey) Service {
-	s := Service{Key: key, StickyTime: st.sticky}
+	s := Service{Key: key, StickyTime: st.sticky, Scheduler: st.sched}
 	for _, fs := range st.servers {
 		srv := fs.srv
 		srv.MAC = slices.Clone(srv.MAC)
@@ -377,7 +398,9 @@ func (f *Fake) Dispatch(k FlowKey, syn, closing bool) (netip.Addr, error) {
 // a SYN reuses the tuple of a closing flow. Any other packet starts a new
 // flow: on the client's sticky server when the service has affinity and that
 // server has a positive weight, otherwise on the server the Maglev table
-// names. With no server to take it the packet is dropped with ErrNoServer.
+// names, or for a p2c service the one of the table's two picks with fewer
+// open flows for its weight. With no server to take it the packet is
+// dropped with ErrNoServer.
 // A packet for no service is dropped with ErrNotFound. Counters change as
 // the kernel changes them.
 func (f *Fake) DispatchBytes(k FlowKey, syn, closing bool, bytes uint64) (netip.Addr, error) {
@@ -414,6 +437,7 @@ func (f *Fake) DispatchBytes(k FlowKey, syn, closing bool, bytes uint64) (netip.
 		case f.now-fl.lastSeen > f.idleTimeout:
 			if !fl.closing {
 				fl.server.stats.Expired++
+				st.countActive(fl.server, -1)
 			}
 		case syn && fl.closing:
 			// The client reuses a closed tuple: a new connection.
@@ -432,6 +456,8 @@ func (f *Fake) DispatchBytes(k FlowKey, syn, closing bool, bytes uint64) (netip.
 		if closing && !fl.closing {
 			fl.closing = true
 			isClosed = true
+			st.countActive(fs, -1)
+			f.reportLocked(FlowClosed, k, fs, true)
 		}
 	} else {
 		if fs = f.pick(key, st, k); fs == nil {
@@ -440,6 +466,10 @@ func (f *Fake) DispatchBytes(k FlowKey, syn, closing bool, bytes uint64) (netip.
 		}
 		f.flows[k] = &fakeFlow{server: fs, lastSeen: f.now, closing: closing}
 		newFlow, isClosed = true, closing
+		if !closing {
+			st.countActive(fs, 1)
+		}
+		f.reportLocked(FlowOpened, k, fs, closing)
 	}
 
 	fs.stats.Packets++
@@ -453,6 +483,78 @@ func (f *Fake) DispatchBytes(k FlowKey, syn, closing bool, bytes uint64) (netip.
 	st.packets++
 	st.bytes += bytes
 	return fs.srv.Addr, nil
+}
+
+// countActive moves a server's open-flow count if the service is p2c.
+func (st *fakeService) countActive(fs *fakeServer, delta int64) {
+	if st.sched == SchedulerP2C {
+		fs.active += delta
+	}
+}
+
+// reportLocked queues a flow event for the subscriber, if any, or counts it
+// lost when the queue is full.
+func (f *Fake) reportLocked(kind FlowEventKind, k FlowKey, fs *fakeServer, closing bool) {
+	if f.events == nil {
+		return
+	}
+	select {
+	case f.events <- FlowEvent{Kind: kind, Flow: Flow{Key: k, Server: fs.srv.Addr, Closing: closing}}:
+	default:
+		f.global.FlowEventsLost++
+	}
+}
+
+// FlowEvents implements Executor. Dispatch reports as the kernel's data
+// plane does; Idle is 0, the Fake's clock standing still between calls.
+func (f *Fake) FlowEvents(ctx context.Context) (<-chan []FlowEvent, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return nil, ErrClosed
+	}
+	if f.events != nil {
+		return nil, fmt.Errorf("%w: flow events already have a subscriber", ErrBusy)
+	}
+	q := make(chan FlowEvent, FakeFlowEventsQueue)
+	ctx, cancel := context.WithCancel(ctx)
+	f.events, f.eventsCancel = q, cancel
+	out := make(chan []FlowEvent)
+	go func() {
+		defer close(out)
+		defer func() {
+			cancel()
+			f.mu.Lock()
+			if f.events == q {
+				f.events, f.eventsCancel = nil, nil
+			}
+			f.mu.Unlock()
+		}()
+		for {
+			var batch []FlowEvent
+			select {
+			case <-ctx.Done():
+				return
+			case ev := <-q:
+				batch = append(batch, ev)
+			}
+		more:
+			for len(batch) < maxEventBatch {
+				select {
+				case ev := <-q:
+					batch = append(batch, ev)
+				default:
+					break more
+				}
+			}
+			select {
+			case out <- batch:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return out, nil
 }
 
 // has reports whether fs is still one of the service's servers.
@@ -474,7 +576,16 @@ func (f *Fake) pick(key ServiceKey, st *fakeService, k FlowKey) *fakeServer {
 	if st.ring == nil {
 		return nil
 	}
-	fs := st.ring[ringSlot(flowHash(flowKey(k), 0), f.ringSize)]
+	fk := flowKey(k)
+	fs := st.ring[ringSlot(flowHash(fk, 0), f.ringSize)]
+	if st.sched == SchedulerP2C {
+		// Every ring member takes new flows here: the Fake swaps ring
+		// and weights at once.
+		b := st.ring[ringSlot(flowHash(fk, p2cSeed), f.ringSize)]
+		if p2cLoad(fs.active, b.srv.Weight) > p2cLoad(b.active, fs.srv.Weight) {
+			fs = b
+		}
+	}
 	if st.sticky > 0 {
 		f.affinity[ak] = &fakeAffinity{server: fs, lastSeen: f.now}
 	}
@@ -545,6 +656,51 @@ func (f *Fake) ActiveFlows() (map[ServiceKey]map[netip.Addr]int, error) {
 	if f.closed {
 		return nil, ErrClosed
 	}
+	return f.activeFlowsLocked(), nil
+}
+
+// ActiveCounts implements Executor.
+func (f *Fake) ActiveCounts() (map[ServiceKey]map[netip.Addr]int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return nil, ErrClosed
+	}
+	out := map[ServiceKey]map[netip.Addr]int{}
+	for key, st := range f.services {
+		if st.sched != SchedulerP2C {
+			continue
+		}
+		m := map[netip.Addr]int{}
+		for addr, fs := range st.servers {
+			m[addr] = int(max(fs.active, 0))
+		}
+		out[key] = m
+	}
+	return out, nil
+}
+
+// ReconcileActive implements Executor. The Fake has no concurrent packets,
+// so its counts come out exact.
+func (f *Fake) ReconcileActive() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return ErrClosed
+	}
+	truth := f.activeFlowsLocked()
+	for key, st := range f.services {
+		if st.sched != SchedulerP2C {
+			continue
+		}
+		for addr, fs := range st.servers {
+			fs.active = int64(truth[key][addr])
+		}
+	}
+	return nil
+}
+
+func (f *Fake) activeFlowsLocked() map[ServiceKey]map[netip.Addr]int {
 	out := map[ServiceKey]map[netip.Addr]int{}
 	for k, fl := range f.flows {
 		key := k.Service()
@@ -559,7 +715,7 @@ func (f *Fake) ActiveFlows() (map[ServiceKey]map[netip.Addr]int, error) {
 		}
 		m[fl.server.srv.Addr]++
 	}
-	return out, nil
+	return out
 }
 
 // liveFlowLocked returns the entry of k as a Flow, unless it is absent or
@@ -657,6 +813,13 @@ func (f *Fake) UpsertFlows(flows []Flow) error {
 		if fl.Idle > 0 {
 			entry.lastSeen -= fl.Idle
 		}
+		// The open-flow counts follow the table, as in the kernel.
+		if old := f.flows[fl.Key]; old != nil && !old.closing && st.has(old.server) {
+			st.countActive(old.server, -1)
+		}
+		if !fl.Closing {
+			st.countActive(fs, 1)
+		}
 		f.flows[fl.Key] = entry
 	}
 	return errors.Join(errs...)
@@ -673,8 +836,12 @@ func (f *Fake) DeleteFlow(k FlowKey) error {
 	if f.closed {
 		return ErrClosed
 	}
-	if f.flows[k] == nil {
+	fl := f.flows[k]
+	if fl == nil {
 		return fmt.Errorf("%w: flow %v", ErrNotFound, k)
+	}
+	if st := f.services[k.Service()]; st != nil && !fl.closing && st.has(fl.server) {
+		st.countActive(fl.server, -1)
 	}
 	delete(f.flows, k)
 	return nil
@@ -690,5 +857,8 @@ func (f *Fake) Close() error {
 	}
 	f.closed = true
 	clear(f.attached)
+	if f.eventsCancel != nil {
+		f.eventsCancel()
+	}
 	return nil
 }

@@ -1,6 +1,7 @@
 package executor
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"maps"
@@ -627,6 +628,9 @@ func TestFakeClose(t *testing.T) {
 	}
 	_, calls["Stats"] = f.Stats()
 	_, calls["ActiveFlows"] = f.ActiveFlows()
+	_, calls["ActiveCounts"] = f.ActiveCounts()
+	calls["ReconcileActive"] = f.ReconcileActive()
+	_, calls["FlowEvents"] = f.FlowEvents(context.Background())
 	_, _, calls["LookupFlow"] = f.LookupFlow(k)
 	_, calls["Dispatch"] = f.Dispatch(k, true, false)
 	for name, err := range calls {
@@ -746,6 +750,21 @@ func TestFakeMatchesKernel(t *testing.T) {
 	upsert(Service{Key: fkHTTP, Servers: []Server{srv(fkS1, 1), srv(fkS2, 2), srv(fkS3, 3), srv(fkS4, 4)}})
 	upsert(Service{Key: dns, Servers: []Server{srv(fkS1, 1), srv(fkS2, 1)}})
 	upsert(Service{Key: sticky, StickyTime: time.Minute, Servers: []Server{srv(fkS3, 1), srv(fkS4, 1)}})
+	p2c := ServiceKey{VIP: fkVIP, Port: 8000, Proto: TCP}
+	upsert(Service{Key: p2c, Scheduler: SchedulerP2C, Servers: []Server{srv(fkS1, 1), srv(fkS2, 2), srv(fkS3, 3)}})
+
+	// Both report every new flow and close of the script, in one order.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	fch, err := f.FlowEvents(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kch, err := h.x.FlowEvents(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fEvents, kEvents := sink(fch), sink(kch)
 
 	byMAC := map[string]netip.Addr{}
 	for _, a := range []netip.Addr{fkS1, fkS2, fkS3, fkS4} {
@@ -793,6 +812,20 @@ func TestFakeMatchesKernel(t *testing.T) {
 		if !reflect.DeepEqual(fa, ka) {
 			t.Errorf("%s: active flows differ\nfake   %v\nkernel %v", when, fa, ka)
 		}
+		fc, err := f.ActiveCounts()
+		if err != nil {
+			t.Fatal(err)
+		}
+		kc, err := h.x.ActiveCounts()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(fc, kc) {
+			t.Errorf("%s: p2c open-flow counts differ\nfake   %v\nkernel %v", when, fc, kc)
+		}
+		if len(fc[p2c]) == 0 {
+			t.Errorf("%s: no p2c counts: the comparison shows nothing", when)
+		}
 		table := func(x Executor) map[FlowKey]string {
 			m := map[FlowKey]string{}
 			if err := x.Flows(func(fl Flow) bool {
@@ -836,12 +869,29 @@ func TestFakeMatchesKernel(t *testing.T) {
 		packet(k, 0)
 		packet(k, 0)
 	}
+	// p2c: the counts steer, so every pick depends on all that came
+	// before; closes and stray packets move the counts.
+	for i, k := range fkManyFlows(p2c, 300) {
+		packet(k, tcpSYN)
+		switch i % 4 {
+		case 1:
+			packet(k, tcpACK|tcpFIN)
+			packet(k, tcpACK|tcpFIN) // counted once
+		case 2:
+			packet(k, tcpRST)
+			packet(k, tcpSYN)
+		case 3:
+			packet(fkFlow(p2c, fkClient, uint16(31000+i)), tcpRST) // first seen closing
+		}
+	}
 	for _, k := range fkManyFlows(sticky, 100) {
 		packet(k, tcpSYN)
 		k.Client = netip.AddrPortFrom(k.Client.Addr(), k.Client.Port()+1000)
 		packet(k, tcpSYN) // sticks to the client's server
 	}
 	both("quiesce sticky", func(x Executor) error { return x.SetWeights(sticky, map[netip.Addr]uint32{fkS3: 0}) })
+	// The sticky service turns p2c: counts seeded from the counters.
+	upsert(Service{Key: sticky, StickyTime: time.Minute, Scheduler: SchedulerP2C, Servers: []Server{srv(fkS3, 0), srv(fkS4, 1)}})
 	for _, k := range fkManyFlows(sticky, 100) {
 		k.Client = netip.AddrPortFrom(k.Client.Addr(), k.Client.Port()+2000)
 		packet(k, tcpSYN) // not to the quiesced server
@@ -867,7 +917,37 @@ func TestFakeMatchesKernel(t *testing.T) {
 	for _, k := range fkManyFlows(sticky, 100) {
 		packet(k, tcpACK)
 	}
+	// Learnt and deleted flows of the p2c service, then new flows that
+	// the changed counts steer.
+	both("learn p2c flows", func(x Executor) error {
+		return x.UpsertFlows([]Flow{
+			{Key: fkFlow(p2c, fkClient, 60000), Server: fkS1},
+			{Key: fkFlow(p2c, fkClient, 60001), Server: fkS2, Closing: true},
+			{Key: fkManyFlows(p2c, 1)[0], Server: fkS3}, // replaces an open flow
+		})
+	})
+	both("delete a p2c flow", func(x Executor) error { return x.DeleteFlow(fkManyFlows(p2c, 5)[4]) })
+	both("reweight p2c", func(x Executor) error { return x.SetWeights(p2c, map[netip.Addr]uint32{fkS1: 4}) })
+	for _, k := range fkManyFlows(p2c, 400)[300:] {
+		packet(k, tcpSYN)
+	}
 	compare("after the script")
+	fe := fEvents.takeWithin(1<<30, 300*time.Millisecond) // all the Fake reported
+	ke := kEvents.take(len(fe))
+	t.Logf("flow events: fake %d, kernel %d", len(fe), len(ke))
+	if len(fe) < 1000 {
+		t.Errorf("only %d flow events: the comparison shows little", len(fe))
+	}
+	if !reflect.DeepEqual(fe, ke) {
+		for i := range min(len(fe), len(ke)) {
+			if fe[i] != ke[i] {
+				t.Fatalf("flow events differ first at %d: fake %+v, kernel %+v", i, fe[i], ke[i])
+			}
+		}
+		t.Fatalf("flow events differ in number: fake %d, kernel %d", len(fe), len(ke))
+	}
+	both("reconcile", func(x Executor) error { return x.ReconcileActive() })
+	compare("after reconciling")
 
 	// Every server of a service removed but a quiesced one: new flows are
 	// dropped, and the table keeps only that server's entries.

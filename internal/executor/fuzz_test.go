@@ -165,5 +165,7 @@ func fuzzSeeds() [][]byte {
 		tcp4(6, 8080, tcpSYN).build(), tcp4(7, 8081, tcpSYN).build(),
 		udp.build(), v6.build(), hbh.build(), frag.build(), vlan.build(), opts.build(), ptb.build(), nonVIP.build(),
 		tcp4(8, 80, tcpSYN).build()[:40],
+		tcp4(9, 8082, tcpSYN).build(), tcp4(9, 8082, tcpACK|tcpFIN).build(), tcp4(10, 8082, tcpRST).build(),
+		frame{dstMAC: macIn, srcMAC: macClient, src: client6, dst: vip6, proto: 17, sport: 5353, dport: 8082, payload: []byte("p2c")}.build(),
 	}
 }

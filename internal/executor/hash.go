@@ -55,6 +55,16 @@ func flowHash(k dispatchFlowKey, seed uint32) uint32 {
 	return hashFinal(h ^ size)
 }
 
+// p2cSeed is P2C_SEED: the p2c scheduler's second candidate is the flow
+// hashed under seed ^ p2cSeed.
+const p2cSeed = 0x5bd1e995
+
+// p2cLoad is one side of the p2c comparison (nd_p2c_pick): a candidate's
+// open flows, read as the kernel reads them, times the other's weight.
+func p2cLoad(active int64, otherWeight uint32) uint64 {
+	return uint64(min(max(active, 0), 0xffffffff)) * uint64(otherWeight)
+}
+
 // addrHash picks a VIP's bit in vip_bloom.
 func addrHash(w [4]uint32, family uint8) uint32 {
 	h := hashWord(0x9e3779b9^uint32(family), w[0])

@@ -2,7 +2,9 @@ package executor
 
 import (
 	"fmt"
+	"reflect"
 	"sort"
+	"strings"
 
 	"github.com/cilium/ebpf"
 )
@@ -34,14 +36,17 @@ func (b *BPF) Memory() ([]MapMemory, error) {
 	return out, nil
 }
 
+// mapsByName lists every named map of the data plane (the .rodata and .bss
+// of a load are not pinned, so not listed), read from the generated struct
+// so that a new map cannot be forgotten here.
 func (b *BPF) mapsByName() map[string]*ebpf.Map {
-	o := &b.objs
-	return map[string]*ebpf.Map{
-		"vips": o.Vips, "vip_bloom": o.VipBloom, "services": o.Services, "rings": o.Rings,
-		"backends": o.Backends, "backend_sel": o.BackendSel,
-		"svc_index": o.SvcIndex, "svc_index_sel": o.SvcIndexSel,
-		"conns": o.Conns, "affinity": o.Affinity, "tx_ports": o.TxPorts,
-		"stats_backend": o.StatsBackend, "stats_service": o.StatsService,
-		"stats_vip": o.StatsVip, "stats_global": o.StatsGlobal,
+	out := map[string]*ebpf.Map{}
+	v := reflect.ValueOf(&b.objs.dispatchMaps).Elem()
+	for i := range v.NumField() {
+		name := v.Type().Field(i).Tag.Get("ebpf")
+		if m, ok := v.Field(i).Interface().(*ebpf.Map); ok && m != nil && name != "" && !strings.HasPrefix(name, ".") {
+			out[name] = m
+		}
 	}
+	return out
 }

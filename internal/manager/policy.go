@@ -152,8 +152,8 @@ func (b BestServer) Weights(in Input) []uint32 {
 }
 
 // Static keeps the configured weights: the manager still takes servers
-// that are down, disabled or overloaded out, and reports, but does not
-// follow load.
+// that are down or disabled out, and reports, but does not follow load
+// (no cool-down either).
 type Static struct{}
 
 func (Static) Name() string   { return PolicyStatic }

@@ -238,11 +238,13 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 		}
 	}
 
-	// Overload: a server far above its peers sits out to cool down.
+	// Overload: a server far above its peers sits out to cool down. Not
+	// under the static policy, whose weights follow no load.
+	_, static := m.wcf.(Static)
 	for i, s := range smp {
 		st := ps.servers[s.addr]
 		lmi[i] = clampLMI(lmi[i])
-		if !up(s) || s.spec.Fixed || set.Overload < 0 || eligible < 2 || st.returning > 0 {
+		if !up(s) || s.spec.Fixed || static || set.Overload < 0 || eligible < 2 || st.returning > 0 {
 			continue
 		}
 		if lmi[i] > set.Overload && s.newOK && s.steady {
@@ -261,7 +263,6 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 	newW := make([]uint32, n)
 	// Policies that do not follow load per unit of weight set a returning
 	// server's weight themselves.
-	_, static := m.wcf.(Static)
 	ramp := !static && !m.wcf.Absolute()
 	var in Input
 	var idx []int

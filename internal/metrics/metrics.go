@@ -39,7 +39,7 @@ type Collector struct {
 
 	vipDropped, vipICMP *prometheus.Desc
 
-	dispatcherPackets, flowsEvicted, flowsUnrecorded *prometheus.Desc
+	dispatcherPackets, flowsEvicted, flowsUnrecorded, flowEventsLost *prometheus.Desc
 
 	scrapeError *prometheus.Desc
 }
@@ -72,6 +72,7 @@ func New(source func() (daemon.Status, error)) *Collector {
 		dispatcherPackets: desc("nd_dispatcher_packets_total", "Packets not for any VIP: result passed (IP, untouched), malformed or not_ip.", "result"),
 		flowsEvicted:      desc("nd_flows_evicted_total", "Live flows pushed out of a full connection table bucket: the table is too small."),
 		flowsUnrecorded:   desc("nd_flows_unrecorded_total", "New flows not recorded because two CPUs raced for the same connection table entry."),
+		flowEventsLost:    desc("nd_flow_events_lost_total", "Flow open/close reports for high availability dropped because user space did not keep up."),
 
 		scrapeError: desc("nd_scrape_error", "1 when the dispatcher's status could not be read at this scrape, else 0."),
 	}
@@ -84,7 +85,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 		c.serverPackets, c.serverBytes, c.serverNewFlows,
 		c.serverActive, c.serverWeight, c.serverConfig, c.serverState,
 		c.vipDropped, c.vipICMP,
-		c.dispatcherPackets, c.flowsEvicted, c.flowsUnrecorded,
+		c.dispatcherPackets, c.flowsEvicted, c.flowsUnrecorded, c.flowEventsLost,
 		c.scrapeError,
 	} {
 		ch <- d
@@ -142,6 +143,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.dispatcherPackets, g.NotIP, "not_ip")
 	counter(c.flowsEvicted, g.FlowsEvicted)
 	counter(c.flowsUnrecorded, g.FlowsUnrecorded)
+	counter(c.flowEventsLost, g.FlowEventsLost)
 }
 
 // Handler serves the collector's metrics, with the Go runtime's and the

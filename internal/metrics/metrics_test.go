@@ -44,7 +44,7 @@ func fixedStatus() daemon.Status {
 		VIPs: []daemon.VIPStatus{
 			{VIP: "198.51.100.100", VIPStats: executor.VIPStats{Filtered: 4, Fragments: 1, ICMPLocal: 2, ICMPForwarded: 3}},
 		},
-		Global: executor.GlobalStats{Passed: 100, Malformed: 2, NotIP: 7, FlowsEvicted: 5, FlowsUnrecorded: 6},
+		Global: executor.GlobalStats{Passed: 100, Malformed: 2, NotIP: 7, FlowsEvicted: 5, FlowsUnrecorded: 6, FlowEventsLost: 8},
 	}
 }
 
@@ -54,6 +54,9 @@ const expected = `
 nd_dispatcher_packets_total{result="malformed"} 2
 nd_dispatcher_packets_total{result="not_ip"} 7
 nd_dispatcher_packets_total{result="passed"} 100
+# HELP nd_flow_events_lost_total Flow open/close reports for high availability dropped because user space did not keep up.
+# TYPE nd_flow_events_lost_total counter
+nd_flow_events_lost_total 8
 # HELP nd_flows_evicted_total Live flows pushed out of a full connection table bucket: the table is too small.
 # TYPE nd_flows_evicted_total counter
 nd_flows_evicted_total 5
@@ -187,8 +190,8 @@ nd_scrape_error 1
 func TestEmptyStatus(t *testing.T) {
 	c := New(func() (daemon.Status, error) { return daemon.Status{}, nil })
 	// The scrape error and the global counters, nothing per port or VIP.
-	if n := testutil.CollectAndCount(c); n != 1+3+1+1 {
-		t.Errorf("%d metrics from an empty status, want 6", n)
+	if n := testutil.CollectAndCount(c); n != 1+3+1+1+1 {
+		t.Errorf("%d metrics from an empty status, want 7", n)
 	}
 }
 

@@ -173,11 +173,17 @@ type nddConfig struct {
 	Interfaces []string
 	Listen     string // api.listen; with Token
 	Token      string
-	Ports      []portConfig
+	// Manager is the manager section's body (indented two spaces);
+	// "" keeps weights as configured (policy static).
+	Manager string
+	// Advisors is a whole advisors section, or "".
+	Advisors string
+	Ports    []portConfig
 }
 
 type portConfig struct {
 	Port    uint16
+	Advisor string
 	Servers []serverConfig
 }
 
@@ -196,10 +202,19 @@ func (c nddConfig) yaml() string {
 	if c.Listen != "" {
 		fmt.Fprintf(&b, "  listen: %q\n  token: %q\n", c.Listen, c.Token)
 	}
-	fmt.Fprintf(&b, "manager:\n  policy: static\n")
+	if c.Manager == "" {
+		fmt.Fprintf(&b, "manager:\n  policy: static\n")
+	} else {
+		fmt.Fprintf(&b, "manager:\n%s", c.Manager)
+	}
+	b.WriteString(c.Advisors)
 	fmt.Fprintf(&b, "clusters:\n  - vip: %s\n    ports:\n", lab.VIP4)
 	for _, p := range c.Ports {
-		fmt.Fprintf(&b, "      - port: %d\n        servers:", p.Port)
+		fmt.Fprintf(&b, "      - port: %d\n", p.Port)
+		if p.Advisor != "" {
+			fmt.Fprintf(&b, "        advisor: %s\n", p.Advisor)
+		}
+		b.WriteString("        servers:")
 		if len(p.Servers) == 0 {
 			b.WriteString(" []")
 		}

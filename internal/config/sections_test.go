@@ -1,0 +1,150 @@
+package config
+
+import (
+	"strings"
+	"testing"
+)
+
+// full uses every section and setting added for the manager, advisors,
+// agents, schedulers and high availability.
+const full = `
+interfaces: [eth0]
+manager:
+  policy: best
+  proportions:
+    active: 20
+    new: 20
+    advisor: 30
+    host: 10
+    custom:
+      - {name: queue, agent: queue_len, proportion: 10}
+      - {name: db, advisor: db, proportion: 10}
+  overload: 4
+  cool_down: 10s
+  host_metric: load1
+advisors:
+  - name: web
+    kind: https
+    target: vip
+    interval: 2s
+    timeout: 1s
+    retries: 1
+    rise: 3
+    fall: 1
+    http: {method: HEAD, path: /healthz, host: www.example, status: 204, body: ok, insecure: true}
+  - name: db
+    kind: custom
+    command: [/usr/local/bin/check-db, --fast]
+agents:
+  port: 7011
+  tls_cert: /etc/nd/agent-client.pem
+  tls_key: /etc/nd/agent-client.key
+  tls_ca: /etc/nd/agent-ca.pem
+  interval: 3s
+  timeout: 2s
+  disabled_after: 9s
+ha:
+  group: web
+  interface: eth0
+  self: 198.51.100.3:7000
+  peers: [198.51.100.4:7000]
+  priority: 200
+  preempt: true
+  interval: 200ms
+  dead_after: 1s
+  key_file: /etc/nd/ha.key
+clusters:
+  - vip: 198.51.100.100
+    ports:
+      - port: 443
+        scheduler: p2c
+        advisor: web
+        proportions: {active: 50, new: 50}
+        servers:
+          - {address: 198.51.100.11, weight: 10, fixed: true}
+          - {address: 198.51.100.12}
+`
+
+func TestFullSectionsRoundTrip(t *testing.T) {
+	c, err := Parse([]byte(full), "nd.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.HA == nil || c.HA.Priority != 200 || !c.HA.Preempt || c.HA.Peers[0].Port() != 7000 || c.HA.DeadAfter.String() != "1s" {
+		t.Errorf("ha %+v", c.HA)
+	}
+	if c.Agents == nil || c.Agents.Port != 7011 || c.Agents.TLSCA == "" {
+		t.Errorf("agents %+v", c.Agents)
+	}
+	if len(c.Advisors) != 2 || c.Advisors[0].HTTP.Status != 204 || c.Advisors[1].Timeout.String() != "2.5s" {
+		t.Errorf("advisors %+v", c.Advisors)
+	}
+	p := c.Ports()[0]
+	if p.Scheduler != SchedulerP2C || p.Advisor != "web" || p.Proportions.Active != 50 || !p.Servers[0].Fixed {
+		t.Errorf("port %+v", p)
+	}
+	out, err := Marshal(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := Parse(out, "saved.yaml")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if !sameContent(c, back) {
+		t.Errorf("Parse(Marshal(c)) differs:\n%+v\n%+v\n%s", c, back, out)
+	}
+	// The ha section is fixed: a reload may not change it.
+	changed := strings.Replace(full, "priority: 200", "priority: 150", 1)
+	c2, err := Parse([]byte(changed), "nd.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Diff(c, c2).Err(); err == nil || !strings.Contains(err.Error(), "ha") {
+		t.Errorf("changing ha live: %v", err)
+	}
+	// Advisors and agents are live settings.
+	c3, _ := Parse([]byte(strings.Replace(full, "rise: 3", "rise: 4", 1)), "nd.yaml")
+	if ch := Diff(c, c3); ch.Err() != nil || len(ch.Settings) != 1 || ch.Settings[0].Path != "advisors" {
+		t.Errorf("changing an advisor: %+v", ch)
+	}
+}
+
+func TestSectionErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name, from, to, want string
+	}{
+		{"policy", "policy: best", "policy: random", `manager.policy: "random" is not a policy`},
+		{"overload", "overload: 4", "overload: 0.5", "manager.overload: 0.5 is out of range"},
+		{"custom sum", "{name: db, advisor: db, proportion: 10}", "{name: db, advisor: db, proportion: 20}", "= 110, want 100"},
+		{"custom source", "{name: queue, agent: queue_len, proportion: 10}", "{name: queue, proportion: 10}", "name one source"},
+		{"custom advisor", "advisor: db, proportion", "advisor: nodb, proportion", `no advisor named "nodb"`},
+		{"advisor kind", "kind: https", "kind: ftp", `"ftp" is not an advisor kind`},
+		{"advisor target", "target: vip", "target: host", `"host" is not a target`},
+		{"advisor timeout", "timeout: 1s", "timeout: 2s", "must be positive and shorter than the interval"},
+		{"advisor path", "path: /healthz", "path: healthz", `"healthz" is not a path`},
+		{"advisor command", "command: [/usr/local/bin/check-db, --fast]", "command: [check-db]", "is not an absolute path"},
+		{"advisor duplicate", "name: db\n", "name: web\n", `duplicate advisor "web"`},
+		{"port advisor", "advisor: web\n        proportions", "advisor: nope\n        proportions", `no advisor named "nope"`},
+		{"scheduler", "scheduler: p2c", "scheduler: random", `"random" is not a scheduler`},
+		{"agents both", "  tls_cert: /etc/nd/agent-client.pem", "  key_file: /etc/nd/k\n  tls_cert: /etc/nd/agent-client.pem", "key_file and TLS are exclusive"},
+		{"agents timeout", "  timeout: 2s\n  disabled", "  timeout: 3s\n  disabled", "agents.timeout"},
+		{"ha self", "self: 198.51.100.3:7000", "self: 198.51.100.3", "is not address:port"},
+		{"ha peer twice", "peers: [198.51.100.4:7000]", "peers: [198.51.100.4:7000, 198.51.100.4:7000]", "listed twice"},
+		{"ha peer self", "peers: [198.51.100.4:7000]", "peers: [198.51.100.3:7000]", "this node itself"},
+		{"ha dead_after", "dead_after: 1s", "dead_after: 300ms", "at least two intervals"},
+		{"ha key", "key_file: /etc/nd/ha.key", "key_file: ha.key", "not an absolute path"},
+		{"ha priority", "priority: 200", "priority: 0", "out of range 1..255"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			src := strings.Replace(full, tc.from, tc.to, 1)
+			if src == full {
+				t.Fatalf("%q not in the test configuration", tc.from)
+			}
+			_, err := Parse([]byte(src), "nd.yaml")
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %v, want one containing %q", err, tc.want)
+			}
+		})
+	}
+}

@@ -1,0 +1,263 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/netip"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"github.com/nd-dispatcher/nd/internal/config"
+	"github.com/nd-dispatcher/nd/internal/executor"
+	"github.com/nd-dispatcher/nd/internal/ha"
+)
+
+// ErrNoHA is returned by HA calls on a dispatcher without an ha section.
+var ErrNoHA = errors.New("high availability is not configured")
+
+// haLink ties the daemon to its high-availability node: the node decides
+// who is active, the daemon feeds it the data plane's new flows and the
+// live configuration, and applies what a standby receives.
+type haLink struct {
+	node    *ha.Node
+	cfg     config.HA
+	standby atomic.Bool
+}
+
+// syncedState is what an active sends its standbys: the parts of the
+// configuration a takeover must not change, and the manager's weights.
+type syncedState struct {
+	Config  string                       `json:"config"` // YAML: clusters, manager, advisors, agents
+	Weights map[string]map[string]uint32 `json:"weights,omitempty"`
+}
+
+// newHA builds the node of cfg.HA: the group's VIPs are every cluster's.
+func (d *Daemon) newHA(cfg *config.Config, vips ha.VIPs) error {
+	h := cfg.HA
+	key, err := readKeyFile(h.KeyFile)
+	if err != nil {
+		return fmt.Errorf("ha.key_file: %w", err)
+	}
+	var addrs []netip.Addr
+	for _, cl := range cfg.Clusters {
+		addrs = append(addrs, cl.VIP)
+	}
+	node, err := ha.New(ha.Config{
+		Group: h.Group, Interface: h.Interface, Self: h.Self, Peers: h.Peers,
+		Priority: uint8(h.Priority), Preempt: h.Preempt, Interval: h.Interval, DeadAfter: h.DeadAfter,
+		Key: key, VIPs: addrs,
+	}, ha.Options{
+		VIPs:     vips,
+		OnState:  d.onHAState,
+		OnFlows:  d.onHAFlows,
+		OnConfig: d.onHAConfig,
+		Snapshot: d.haSnapshot,
+		Logger:   d.log,
+	})
+	if err != nil {
+		return err
+	}
+	d.ha = &haLink{node: node, cfg: *h}
+	d.ha.standby.Store(true) // until the node says otherwise
+	return nil
+}
+
+// readKeyFile reads a shared key: at least 16 bytes, in a file that only
+// its owner may read.
+func readKeyFile(path string) ([]byte, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file", path)
+	}
+	if st.Mode().Perm()&(fs.FileMode(0o077)) != 0 {
+		return nil, fmt.Errorf("%s is readable or writable by others (mode %v): chmod 600 it", path, st.Mode().Perm())
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	if n := len(b); n > 0 && b[n-1] == '\n' {
+		b = b[:n-1]
+	}
+	if len(b) < ha.MinKeyLen {
+		return nil, fmt.Errorf("%s holds %d bytes, at least %d are needed", path, len(b), ha.MinKeyLen)
+	}
+	return b, nil
+}
+
+// runHA runs the node and streams the data plane's flows to the standbys
+// until ctx ends.
+func (d *Daemon) runHA(ctx context.Context) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := d.ha.node.Run(ctx); err != nil && ctx.Err() == nil {
+			d.log.Error("ha node stopped", "err", err)
+			d.emit(Event{Type: EventError, Message: "ha: " + err.Error()})
+		}
+	}()
+	defer func() { <-done }()
+	events, err := d.x.FlowEvents(ctx)
+	if err != nil {
+		d.log.Error("ha: the data plane's flow events are unavailable: standbys learn flows from snapshots only", "err", err)
+		d.emit(Event{Type: EventError, Message: "ha: flow events: " + err.Error()})
+		return
+	}
+	for batch := range events {
+		recs := make([]ha.FlowRecord, 0, len(batch))
+		for _, ev := range batch {
+			r := flowRecord(ev.Flow)
+			if ev.Kind == executor.FlowClosed {
+				r.Closing = true
+			}
+			recs = append(recs, r)
+		}
+		d.ha.node.SendFlows(recs)
+	}
+}
+
+func flowRecord(f executor.Flow) ha.FlowRecord {
+	return ha.FlowRecord{Client: f.Key.Client, VIP: f.Key.VIP, Proto: uint8(f.Key.Proto), Server: f.Server, Closing: f.Closing}
+}
+
+func (d *Daemon) onHAState(s ha.State) {
+	d.ha.standby.Store(s != ha.StateActive)
+	d.log.Info("ha state", "state", s.String())
+	d.emit(Event{Type: EventHAState, Message: s.String()})
+	if s == ha.StateActive {
+		// The weights a standby followed are now this node's to manage.
+		d.mgr.Trigger()
+		d.publishHA()
+	}
+}
+
+// onHAFlows loads the flows an active streams (or its snapshot) into this
+// standby's connection table, so that they keep their servers after a
+// takeover.
+func (d *Daemon) onHAFlows(recs []ha.FlowRecord) error {
+	var up []executor.Flow
+	var errs []error
+	for _, r := range recs {
+		k := executor.FlowKey{Client: r.Client, VIP: r.VIP, Proto: executor.Proto(r.Proto)}
+		if r.Closed {
+			if err := d.x.DeleteFlow(k); err != nil && !errors.Is(err, executor.ErrNotFound) {
+				errs = append(errs, err)
+			}
+			continue
+		}
+		up = append(up, executor.Flow{Key: k, Server: r.Server, Closing: r.Closing})
+	}
+	if len(up) > 0 {
+		if err := d.x.UpsertFlows(up); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (d *Daemon) haSnapshot(yield func(ha.FlowRecord) bool) error {
+	return d.x.Flows(func(f executor.Flow) bool { return yield(flowRecord(f)) })
+}
+
+// onHAConfig applies, on a standby, the configuration and weights the
+// active sent: its clusters, manager, advisors and agents replace this
+// node's; interfaces, data plane, API, metrics and ha stay this node's own.
+func (d *Daemon) onHAConfig(b []byte) error {
+	var st syncedState
+	if err := json.Unmarshal(b, &st); err != nil {
+		return fmt.Errorf("ha: configuration from the active: %w", err)
+	}
+	recv, err := config.Parse([]byte(st.Config), "active")
+	if err != nil {
+		return fmt.Errorf("ha: configuration from the active: %w", err)
+	}
+	weights := map[executor.ServiceKey]map[netip.Addr]uint32{}
+	for _, p := range recv.Ports() {
+		ws := st.Weights[p.Key.String()]
+		if len(ws) == 0 {
+			continue
+		}
+		m := map[netip.Addr]uint32{}
+		for a, w := range ws {
+			addr, err := netip.ParseAddr(a)
+			if err != nil {
+				return fmt.Errorf("ha: weights from the active: %q is not an address", a)
+			}
+			m[addr] = w
+		}
+		weights[p.Key] = m
+	}
+	_, err = d.Update(func(c *config.Config) error {
+		c.Clusters, c.Manager, c.Advisors, c.Agents = recv.Clusters, recv.Manager, recv.Advisors, recv.Agents
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.managed = weights
+	for _, p := range d.cfg.Ports() {
+		if err := d.install(p); err != nil {
+			d.log.Error("ha: install the active's weights", "port", p.Key.String(), "err", err)
+		}
+	}
+	return nil
+}
+
+// publishHA gives the node what an active sends: called after every
+// applied configuration and every weight commit.
+func (d *Daemon) publishHA() {
+	if d.ha == nil {
+		return
+	}
+	d.mu.Lock()
+	c := config.Default()
+	c.Interfaces = d.cfg.Interfaces
+	c.Clusters, c.Manager, c.Advisors, c.Agents = d.cfg.Clusters, d.cfg.Manager, d.cfg.Advisors, d.cfg.Agents
+	weights := map[string]map[string]uint32{}
+	for k, m := range d.managed {
+		ws := map[string]uint32{}
+		for a, w := range m {
+			ws[a.String()] = w
+		}
+		weights[k.String()] = ws
+	}
+	d.mu.Unlock()
+	y, err := config.Marshal(c)
+	if err != nil {
+		d.log.Error("ha: write the configuration for the standbys", "err", err)
+		return
+	}
+	b, err := json.Marshal(syncedState{Config: string(y), Weights: weights})
+	if err != nil {
+		d.log.Error("ha: encode the state for the standbys", "err", err)
+		return
+	}
+	d.ha.node.SetConfig(b)
+}
+
+// HAStatus is the node's view of its group.
+func (d *Daemon) HAStatus() (ha.Status, error) {
+	if d.ha == nil {
+		return ha.Status{}, ErrNoHA
+	}
+	return d.ha.node.Status(), nil
+}
+
+// HATakeover makes this node active in an orderly handover.
+func (d *Daemon) HATakeover(ctx context.Context) error {
+	if d.ha == nil {
+		return ErrNoHA
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*d.ha.cfg.DeadAfter+time.Second)
+	defer cancel()
+	return d.ha.node.Takeover(ctx)
+}

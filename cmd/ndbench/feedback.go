@@ -299,6 +299,9 @@ func runVariant(ctx context.Context, o feedbackOptions, v variant, l *lab.Lab, s
 	vr.Counts = make([][]int64, 0, seconds)
 	vr.Weights = make([][]float64, 0, seconds)
 	vr.LoadAvg[0] = loadAvg()
+	for _, s := range servers {
+		vr.Expired -= s.expired.Load()
+	}
 	wg.Go(func() {
 		prev := make([]int64, len(servers))
 		for i, s := range servers {

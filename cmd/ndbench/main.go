@@ -87,7 +87,8 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 		fmt.Fprintf(stderr, "usage: ndbench [--servers N] [--duration D] [--rate R] [--rounds N] [--max-rate R] [--timeout D] [--direct-all] [--json]\n\n")
 		fmt.Fprintf(stderr, "Builds a lab of network namespaces and measures new-connection latency and the\n")
 		fmt.Fprintf(stderr, "highest sustained rate directly to a server, through a trivial XDP forwarder, and\n")
-		fmt.Fprintf(stderr, "through nd. Must run as root; removes the lab on exit.\n\n")
+		fmt.Fprintf(stderr, "through nd. Must run as root; removes the lab on exit.\n")
+		fmt.Fprintf(stderr, "`ndbench feedback --help` describes the feedback-loop bench.\n\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {

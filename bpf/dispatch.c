@@ -9,6 +9,7 @@
 
 #include "types.h"
 #include "maps.h"
+#include "consts.h"
 #include "parse.h"
 #include "hash.h"
 #include "flow.h"
@@ -18,14 +19,6 @@
 #define ICMP_FRAG_NEEDED 4
 #define ICMPV6_PKT_TOOBIG 2
 
-/* Load-time constants, set by internal/executor before loading. */
-volatile const __u32 ring_size = DEFAULT_RING_SIZE;
-volatile const __u32 hash_seed = 0;
-volatile const __u64 idle_timeout_ns = 300ull * 1000000000ull;
-volatile const __u32 flow_buckets = DEFAULT_MAX_FLOWS / FLOW_WAYS;
-volatile const __u32 svc_index_slots = 4 * DEFAULT_MAX_SERVICES;
-/* Nanoseconds per jiffy (1e9 / CONFIG_HZ), measured by user space. */
-volatile const __u64 jiffy_ns = 4000000;
 
 /* now_ns is the data plane's clock: jiffies, which the verifier inlines as
  * one load, in nanoseconds. A few milliseconds of resolution is plenty for
@@ -656,11 +649,12 @@ int nd_dispatch(struct xdp_md *ctx)
 		 * lookup compares, or the way a new flow writes, then arrives
 		 * with the head line instead of one memory round trip later. */
 		prefetch_bucket(fl.bucket);
-		fl.way = nd_flow_find(fl.idx, &p.key, fl.hash, &fl.snap);
-		if (fl.way < 0) {
-			int v = nd_flow_victim(fl.idx, now, idle_timeout_ns);
-			fl.victim = v & (FLOW_WAYS - 1);
-			fl.victim_live = v >= 0 && (v & FLOW_VICTIM_LIVE);
+		int r = nd_flow_lookup(fl.idx, &p.key, fl.hash, &fl.snap, now);
+		fl.way = r;
+		if (r < 0 || (r & FLOW_MISS)) {
+			fl.way = -1;
+			fl.victim = r & (FLOW_WAYS - 1);
+			fl.victim_live = r >= 0 && (r & FLOW_VICTIM_LIVE);
 		}
 		int act = dispatch_established(ctx, &p, &fl, now, bytes);
 		if (act >= 0)

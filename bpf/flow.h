@@ -13,6 +13,7 @@
 
 #include "types.h"
 #include "maps.h"
+#include "consts.h"
 #include "hash.h"
 
 #define barrier() asm volatile("" ::: "memory")
@@ -178,6 +179,26 @@ __noinline int nd_flow_find(__u32 idx, const struct flow_key *key, __u32 hash, s
 /* nd_flow_victim returns the way a new flow takes in bucket idx, plus
  * FLOW_VICTIM_LIVE when that pushes a live flow out; -1 on error. */
 #define FLOW_VICTIM_LIVE 0x10
+/* FLOW_MISS marks nd_flow_lookup's answer for a flow the bucket lacks. */
+#define FLOW_MISS 0x100
+
+/* nd_flow_lookup is nd_flow_find and nd_flow_victim in one call, for the
+ * packet path: the way holding key (0..FLOW_WAYS-1), or FLOW_MISS | the
+ * way a new flow would take (| FLOW_VICTIM_LIVE when that pushes a live
+ * flow out); -1 on error. */
+__noinline int nd_flow_lookup(__u32 idx, const struct flow_key *key, __u32 hash, struct flow_snap *snap, __u64 now)
+{
+	struct flow_bucket *b = bpf_map_lookup_elem(&conns, &idx);
+	int live;
+
+	if (!b || !key || !snap)
+		return -1;
+	int way = flow_find_in(b, key, hash, snap);
+	if (way >= 0)
+		return way;
+	way = flow_victim_in(b, now, idle_timeout_ns, &live);
+	return FLOW_MISS | way | (live ? FLOW_VICTIM_LIVE : 0);
+}
 
 __noinline int nd_flow_victim(__u32 idx, __u64 now, __u64 idle_ns)
 {

@@ -17,12 +17,12 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"math"
-	"os"
 	"regexp"
 	"strconv"
 	"time"
+
+	"github.com/nd-dispatcher/nd/internal/keyfile"
 )
 
 // Standard metric names, as they appear in a Report.
@@ -56,8 +56,6 @@ const (
 
 	// MinKeyLen is the shortest shared key accepted.
 	MinKeyLen = 16
-	// maxKeyFile bounds the key file read.
-	maxKeyFile = 4096
 
 	// MaxResponseBody bounds a report on the wire; the agent refuses to
 	// produce a larger one and the client refuses to read one.
@@ -157,46 +155,8 @@ func withinWindow(ts int64, now time.Time, skew time.Duration) bool {
 
 func finite(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) }
 
-// LoadKeyFile reads a shared key. The key is the file's bytes, less one
-// trailing newline; it must be at least MinKeyLen bytes. The file must not
-// be accessible to other users: a key anyone can read authenticates anyone.
+// LoadKeyFile reads a shared key (see keyfile.Load): at least MinKeyLen
+// bytes, in a file other users cannot access.
 func LoadKeyFile(path string) ([]byte, error) {
-	// Refuse a FIFO or device before opening it: opening a FIFO blocks.
-	if st, err := os.Stat(path); err != nil {
-		return nil, fmt.Errorf("key file: %w", err)
-	} else if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("key file %s: not a regular file", path)
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("key file: %w", err)
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("key file %s: %w", path, err)
-	}
-	if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("key file %s: not a regular file", path)
-	}
-	if perm := st.Mode().Perm(); perm&0o007 != 0 {
-		return nil, fmt.Errorf("key file %s: mode %04o gives other users access; chmod o-rwx (e.g. 0600 or 0640)", path, perm)
-	}
-	key, err := io.ReadAll(io.LimitReader(f, maxKeyFile+1))
-	if err != nil {
-		return nil, fmt.Errorf("key file %s: %w", path, err)
-	}
-	if len(key) > maxKeyFile {
-		return nil, fmt.Errorf("key file %s: longer than %d bytes", path, maxKeyFile)
-	}
-	switch {
-	case len(key) >= 2 && key[len(key)-2] == '\r' && key[len(key)-1] == '\n':
-		key = key[:len(key)-2]
-	case len(key) >= 1 && key[len(key)-1] == '\n':
-		key = key[:len(key)-1]
-	}
-	if len(key) < MinKeyLen {
-		return nil, fmt.Errorf("key file %s: key is %d bytes, want at least %d", path, len(key), MinKeyLen)
-	}
-	return key, nil
+	return keyfile.Load(path, MinKeyLen)
 }

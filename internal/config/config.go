@@ -85,7 +85,7 @@ const (
 	DefaultAdvisorTimeout  = 3 * time.Second
 	DefaultRise            = 2
 	DefaultFall            = 2
-	DefaultAgentPort       = 7010
+	DefaultAgentPort       = 7431
 	DefaultAgentInterval   = 2 * time.Second
 	DefaultAgentTimeout    = time.Second
 	DefaultDisabledAfter   = 10 * time.Second
@@ -338,7 +338,7 @@ const (
 // Agents configures polling of the host-metric agents (cmd/ndagent): every
 // server of every port is polled at its own address.
 type Agents struct {
-	// Port (port) the agents listen on. Default 7010.
+	// Port (port) the agents listen on. Default 7431 (ndagent's default).
 	Port uint16
 	// KeyFile (key_file) is an absolute path to the shared key (at least
 	// 16 bytes, not readable by others). Required unless TLS is set.

@@ -5,15 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"net/netip"
-	"os"
 	"sync/atomic"
 	"time"
 
 	"github.com/nd-dispatcher/nd/internal/config"
 	"github.com/nd-dispatcher/nd/internal/executor"
 	"github.com/nd-dispatcher/nd/internal/ha"
+	"github.com/nd-dispatcher/nd/internal/keyfile"
 )
 
 // ErrNoHA is returned by HA calls on a dispatcher without an ha section.
@@ -38,7 +37,7 @@ type syncedState struct {
 // newHA builds the node of cfg.HA: the group's VIPs are every cluster's.
 func (d *Daemon) newHA(cfg *config.Config, vips ha.VIPs) error {
 	h := cfg.HA
-	key, err := readKeyFile(h.KeyFile)
+	key, err := keyfile.Load(h.KeyFile, ha.MinKeyLen)
 	if err != nil {
 		return fmt.Errorf("ha.key_file: %w", err)
 	}
@@ -64,32 +63,6 @@ func (d *Daemon) newHA(cfg *config.Config, vips ha.VIPs) error {
 	d.ha = &haLink{node: node, cfg: *h}
 	d.ha.standby.Store(true) // until the node says otherwise
 	return nil
-}
-
-// readKeyFile reads a shared key: at least 16 bytes, in a file that only
-// its owner may read.
-func readKeyFile(path string) ([]byte, error) {
-	st, err := os.Stat(path)
-	if err != nil {
-		return nil, err
-	}
-	if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s is not a regular file", path)
-	}
-	if st.Mode().Perm()&(fs.FileMode(0o077)) != 0 {
-		return nil, fmt.Errorf("%s is readable or writable by others (mode %v): chmod 600 it", path, st.Mode().Perm())
-	}
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	if n := len(b); n > 0 && b[n-1] == '\n' {
-		b = b[:n-1]
-	}
-	if len(b) < ha.MinKeyLen {
-		return nil, fmt.Errorf("%s holds %d bytes, at least %d are needed", path, len(b), ha.MinKeyLen)
-	}
-	return b, nil
 }
 
 // runHA runs the node and streams the data plane's flows to the standbys

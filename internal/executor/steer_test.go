@@ -13,10 +13,8 @@ import (
 	"strconv"
 	"testing"
 	"time"
-	"unsafe"
 
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/nd-dispatcher/nd/internal/executor"
 	"github.com/nd-dispatcher/nd/internal/lab"
@@ -303,7 +301,7 @@ func TestSteering(t *testing.T) {
 		sink := startSink(t, &l.Servers[1], netip.AddrPortFrom(l.VIP4, sinkPort))
 		f := dialer(backends[1].Addr4, d.Addr4)
 		for _, on := range []bool{false, true} {
-			steerDo(t, d.NS, func() error { return setTxChecksum("eth0", on) })
+			steerDo(t, d.NS, func() error { return lab.SetTxChecksum("eth0", on) })
 			what := fmt.Sprintf("tx checksum offload %v", on)
 			wantBody(t, what, d.NS, f, netip.AddrPortFrom(l.VIP4, 80), "server2")
 			before := steerStats(t, d.NS, s)
@@ -315,7 +313,7 @@ func TestSteering(t *testing.T) {
 				t.Errorf("%s: the program redirected %d frames for 4 MiB", what, n)
 			}
 		}
-		steerDo(t, d.NS, func() error { return setTxChecksum("eth0", false) })
+		steerDo(t, d.NS, func() error { return lab.SetTxChecksum("eth0", false) })
 	})
 
 	t.Run("udp", func(t *testing.T) {
@@ -604,31 +602,6 @@ func bulk(ns *netns.NS, dial dialFunc, addr netip.AddrPort, size int) error {
 	}
 	if string(reply) != strconv.Itoa(size) {
 		return fmt.Errorf("sink read %q bytes, want %d", reply, size)
-	}
-	return nil
-}
-
-// setTxChecksum turns transmit checksum offload of an interface of the
-// calling thread's namespace on or off (ethtool -K IFNAME tx on|off).
-func setTxChecksum(ifname string, on bool) error {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
-	value := struct{ cmd, data uint32 }{cmd: unix.ETHTOOL_STXCSUM}
-	if on {
-		value.data = 1
-	}
-	var ifr struct {
-		name [unix.IFNAMSIZ]byte
-		data unsafe.Pointer
-		_    [16]byte
-	}
-	copy(ifr.name[:], ifname)
-	ifr.data = unsafe.Pointer(&value)
-	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCETHTOOL, uintptr(unsafe.Pointer(&ifr))); errno != 0 {
-		return fmt.Errorf("ethtool tx %v on %s: %w", on, ifname, errno)
 	}
 	return nil
 }

@@ -42,36 +42,47 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// ndd is the daemon under test, built once per test binary.
-var ndd struct {
-	once sync.Once
-	dir  string
-	path string
-	err  error
+// binaries are the programs under test, each built once per test binary
+// into one temporary directory.
+var binaries struct {
+	mu    sync.Mutex
+	dir   string
+	paths map[string]string
 }
 
-// nddBinary builds cmd/ndd into a temporary directory the first time it is
-// called and returns the binary's path.
-func nddBinary(t *testing.T) string {
+// ndd is the directory TestMain removes.
+var ndd struct{ dir string }
+
+// goBinary builds cmd/NAME the first time it is asked for and returns the
+// binary's path.
+func goBinary(t *testing.T, name string) string {
 	t.Helper()
-	ndd.once.Do(func() {
-		ndd.dir, ndd.err = os.MkdirTemp("", "nd-e2e-bin-")
-		if ndd.err != nil {
-			return
-		}
-		ndd.path = filepath.Join(ndd.dir, "ndd")
-		ctx, cancel := context.WithTimeout(context.Background(), buildNDDTimeout)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, "go", "build", "-o", ndd.path, "github.com/nd-dispatcher/nd/cmd/ndd")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			ndd.err = fmt.Errorf("go build ./cmd/ndd: %w\n%s", err, out)
-		}
-	})
-	if ndd.err != nil {
-		t.Fatal(ndd.err)
+	binaries.mu.Lock()
+	defer binaries.mu.Unlock()
+	if p, ok := binaries.paths[name]; ok {
+		return p
 	}
-	return ndd.path
+	if binaries.dir == "" {
+		dir, err := os.MkdirTemp("", "nd-e2e-bin-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		binaries.dir, ndd.dir = dir, dir
+		binaries.paths = map[string]string{}
+	}
+	path := filepath.Join(binaries.dir, name)
+	ctx, cancel := context.WithTimeout(context.Background(), buildNDDTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", path, "github.com/nd-dispatcher/nd/cmd/"+name)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build ./cmd/%s: %v\n%s", name, err, out)
+	}
+	binaries.paths[name] = path
+	return path
 }
+
+// nddBinary builds cmd/ndd (once) and returns the binary's path.
+func nddBinary(t *testing.T) string { return goBinary(t, "ndd") }
 
 // startInNS starts cmd inside ns. The process is forked from a thread that
 // has entered ns, so it inherits that network namespace and nothing else.
@@ -176,9 +187,9 @@ type nddConfig struct {
 	// Manager is the manager section's body (indented two spaces);
 	// "" keeps weights as configured (policy static).
 	Manager string
-	// Advisors is a whole advisors section, or "".
-	Advisors string
-	Ports    []portConfig
+	// Advisors and Agents are whole sections, or "".
+	Advisors, Agents string
+	Ports            []portConfig
 }
 
 type portConfig struct {
@@ -208,6 +219,7 @@ func (c nddConfig) yaml() string {
 		fmt.Fprintf(&b, "manager:\n%s", c.Manager)
 	}
 	b.WriteString(c.Advisors)
+	b.WriteString(c.Agents)
 	fmt.Fprintf(&b, "clusters:\n  - vip: %s\n    ports:\n", lab.VIP4)
 	for _, p := range c.Ports {
 		fmt.Fprintf(&b, "      - port: %d\n", p.Port)

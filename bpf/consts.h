@@ -1,0 +1,16 @@
+/* Load-time constants, set by internal/executor before loading (frozen
+ * .rodata: the verifier knows their values). */
+#pragma once
+
+#include <linux/bpf.h>
+
+#include "types.h"
+#include "maps.h"
+
+volatile const __u32 ring_size = DEFAULT_RING_SIZE;
+volatile const __u32 hash_seed = 0;
+volatile const __u64 idle_timeout_ns = 300ull * 1000000000ull;
+volatile const __u32 flow_buckets = DEFAULT_MAX_FLOWS / FLOW_WAYS;
+volatile const __u32 svc_index_slots = 4 * DEFAULT_MAX_SERVICES;
+/* Nanoseconds per jiffy (1e9 / CONFIG_HZ), measured by user space. */
+volatile const __u64 jiffy_ns = 4000000;

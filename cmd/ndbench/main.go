@@ -17,7 +17,8 @@
 // sustained with under 1% errors. The configurations take turns in rounds,
 // and the figures are medians over the rounds. See docs/BENCH.md.
 //
-// It must run as root: `go run ./cmd/ndbench`.
+// It must run as root: `go run ./cmd/ndbench`. `ndbench feedback` runs
+// the feedback-loop bench instead; see docs/FEEDBACK-BENCH.md.
 package main
 
 import (
@@ -86,7 +87,8 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 		fmt.Fprintf(stderr, "usage: ndbench [--servers N] [--duration D] [--rate R] [--rounds N] [--max-rate R] [--timeout D] [--direct-all] [--json]\n\n")
 		fmt.Fprintf(stderr, "Builds a lab of network namespaces and measures new-connection latency and the\n")
 		fmt.Fprintf(stderr, "highest sustained rate directly to a server, through a trivial XDP forwarder, and\n")
-		fmt.Fprintf(stderr, "through nd. Must run as root; removes the lab on exit.\n\n")
+		fmt.Fprintf(stderr, "through nd. Must run as root; removes the lab on exit.\n")
+		fmt.Fprintf(stderr, "`ndbench feedback --help` describes the feedback-loop bench.\n\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -124,6 +126,9 @@ func (o options) worstCase() time.Duration {
 func run(args []string, e env) int {
 	if len(args) > 0 && args[0] == "ha" {
 		return runHA(args[1:], e)
+	}
+	if len(args) > 0 && args[0] == "feedback" {
+		return runFeedback(args[1:], e)
 	}
 	o, err := parseOptions(args, e.stderr)
 	if errors.Is(err, flag.ErrHelp) {

@@ -187,6 +187,7 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 	// settings, so that the first Apply attaches and installs everything.
 	d.cfg.DataPlane = cfg.DataPlane
 	d.cfg.API = cfg.API
+	d.cfg.HA = cfg.HA // fixed while ndd runs, like the data plane
 	if err := d.check(cfg); err != nil {
 		return nil, err
 	}

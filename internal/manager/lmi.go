@@ -12,12 +12,12 @@ import "math"
 // slower, and that is the signal. Its load is its active flows divided by
 // the part of the port's total its weight entitles it to.
 //
-// Every other metric (new flows per second, advisor latency, CPU, load
-// average, an operator's command) is read against the mean of the port's
-// servers. For new flows that is what makes the loop reach out: a server
-// that was given little (it just came back) reads lightly loaded and gains
-// weight quickly, while a server given much reads heavily loaded, which
-// holds weights near even unless the other metrics say otherwise.
+// New flows are read per unit of weight too: under the Maglev scheduler
+// they read 1 (the weights decide them), under p2c they show how much the
+// data plane steered toward or away from a server.
+//
+// Every other metric (advisor latency, CPU, load average, an operator's
+// command) is read against the mean of the port's servers.
 
 // extensiveLoads normalises an extensive metric: m[i] against the share of
 // the total that weight w[i] entitles server i to. Servers with no reading

@@ -342,9 +342,11 @@ func TestFixedServerKeepsItsWeight(t *testing.T) {
 }
 
 func TestDownDisabledAndQuiesced(t *testing.T) {
-	c := newCluster(t, 3, Settings{}, Proportions{Active: 50, New: 50})
+	// Five servers, so that two out leave more than half in (no panic).
+	c := newCluster(t, 5, Settings{}, Proportions{Active: 50, New: 50})
 	ports := []Port{{Key: key, Bound: 100, Advisor: "http", Proportions: Proportions{Active: 50, New: 50}, Servers: []Server{
 		{Addr: addr(0), Weight: 50}, {Addr: addr(1), Weight: 50}, {Addr: addr(2), Weight: 50},
+		{Addr: addr(3), Weight: 50}, {Addr: addr(4), Weight: 50},
 	}}}
 	c.m.SetPorts(ports)
 	c.interval(600)

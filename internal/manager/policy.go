@@ -30,6 +30,11 @@ type ServerInput struct {
 	// Returning marks a server coming back from weight 0 (down, disabled,
 	// cooled down): it must be brought back gently, not flooded.
 	Returning bool
+	// MaxStep is the largest ratio the weight may move by this interval
+	// (up or down); 0 means no bound beyond the function's own. The
+	// manager narrows it each time a server's weight turns back, so that
+	// a weight circling its balance point closes in on it.
+	MaxStep float64
 }
 
 // WeightFunc is the paper's replaceable Weight Computation Function: it
@@ -64,12 +69,22 @@ func NewWeightFunc(policy string) (WeightFunc, error) {
 	return nil, fmt.Errorf("manager: unknown policy %q (want default, best or static)", policy)
 }
 
-// Proportional is the default policy: each server's weight moves toward
-// the inverse of its load, weight/LMI (so that load per unit of weight
-// evens out), the port's total weight kept, by 1/Smoothing of the way each
-// interval. A weight at most doubles per interval, so that a server whose
-// metrics look idle (it just came back, or carried nothing yet) is not
-// flooded before its metrics catch up.
+// Proportional is the default policy: each server's target weight is its
+// configured weight divided by its Load Metric Index, the targets scaled so
+// that they add up to the configured weights: a server as loaded as its
+// peers is aimed at its configured weight, one twice as loaded at half of
+// it. The configured weights are the operator's statement of capacity; the
+// LMI corrects them by what the servers show. Aiming at a target, rather
+// than multiplying the current weight by 1/LMI every interval, gives the
+// loop a fixed point to settle on: a server's load falls as its weight
+// falls, so its target rises again, and the two meet.
+//
+// Weights move toward the targets geometrically, by 1/Smoothing of the way
+// in log terms each interval (1 jumps at once), and at most double or
+// halve in an interval (less once a weight has turned back: MaxStep), so
+// that a burst in one interval's metrics cannot swing a weight far, and a
+// server whose metrics look idle (it just came back) is not flooded
+// before they catch up.
 type Proportional struct{}
 
 func (Proportional) Name() string   { return PolicyDefault }
@@ -79,27 +94,35 @@ func (Proportional) Absolute() bool { return false }
 // near 0 would otherwise be given an unbounded weight.
 const minLMI = 0.1
 
+// maxStep bounds how far a weight moves in one interval, as a ratio.
+const maxStep = 2.0
+
 func (Proportional) Weights(in Input) []uint32 {
 	n := len(in.Servers)
 	out := make([]uint32, n)
-	cur := make([]float64, n)
 	target := make([]float64, n)
-	var total, ttotal float64
+	var prior, ttotal float64
 	for i, s := range in.Servers {
-		cur[i] = float64(max(s.Weight, 1))
-		total += cur[i]
-		target[i] = cur[i] / math.Max(s.LMI, minLMI)
+		p := float64(max(s.Configured, 1))
+		prior += p
+		target[i] = p / math.Max(s.LMI, minLMI)
 		ttotal += target[i]
 	}
 	smoothing := math.Max(in.Smoothing, 1)
 	for i, s := range in.Servers {
-		t := target[i] * total / ttotal
-		w := cur[i] + (t-cur[i])/smoothing
-		w = math.Min(w, 2*cur[i])
-		if s.Returning {
-			w = math.Min(w, cur[i]*1.5)
+		cur := float64(max(s.Weight, 1))
+		t := target[i] * prior / ttotal
+		ratio := math.Pow(t/cur, 1/smoothing)
+		limit := maxStep
+		if s.MaxStep >= 1 {
+			limit = math.Min(limit, s.MaxStep)
 		}
-		out[i] = clampWeight(w, in.Bound)
+		up := limit
+		if s.Returning {
+			up = math.Min(up, 1.5)
+		}
+		ratio = math.Min(math.Max(ratio, 1/limit), up)
+		out[i] = clampWeight(cur*ratio, in.Bound)
 	}
 	return out
 }

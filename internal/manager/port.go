@@ -51,7 +51,19 @@ type serverState struct {
 	// counts intervals in the working set.
 	returning int
 	healthy   int
+	// dir is the direction of the last committed move (+1, -1, 0) and
+	// step the largest ratio of the next one: it narrows each time the
+	// weight turns back and widens again while it keeps its course.
+	dir  int
+	step float64
 }
+
+// Step bounds: a weight's first moves may double or halve it; each turn
+// back narrows the bound by its square root, down to minStep.
+const (
+	firstStep = 2.0
+	minStep   = 1.05
+)
 
 // PortReport is the manager's account of one port's last computation.
 type PortReport struct {
@@ -195,6 +207,31 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 		smp = append(smp, s)
 	}
 
+	// Panic: when health checks would leave fewer than half of the port's
+	// servers in, they are more likely wrong (an overload that makes
+	// probes time out, a network problem between the dispatcher and the
+	// servers) than half the servers dead, and taking those out would
+	// pile their load on the rest and take them out too. Everyone stays
+	// in, as Envoy's panic threshold does.
+	candidates, healthy := 0, 0
+	for _, s := range smp {
+		if s.state == StateQuiesced {
+			continue
+		}
+		candidates++
+		if s.state == StateUp {
+			healthy++
+		}
+	}
+	if candidates >= 2 && 2*healthy < candidates {
+		for _, s := range smp {
+			if s.state == StateDown || s.state == StateDisabled {
+				s.note = "panic (" + s.state + ": " + s.note + "): fewer than half the servers up, all kept in"
+				s.state = StateUp
+			}
+		}
+	}
+
 	// Normalise each metric over the servers in the working set.
 	up := func(s *sample) bool { return s.state == StateUp }
 	n := len(smp)
@@ -221,7 +258,7 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 	pr := []uint32{props.Active, props.New, props.Advisor, props.Host}
 	loads := [][]float64{
 		metric(func(s *sample) (float64, bool) { return s.active, s.newOK }, true),
-		metric(func(s *sample) (float64, bool) { return s.newRate, s.newOK }, false),
+		metric(func(s *sample) (float64, bool) { return s.newRate, s.newOK }, true),
 		metric(func(s *sample) (float64, bool) { return s.advMS, s.advOK }, false),
 		metric(func(s *sample) (float64, bool) { return s.host, s.hostOK }, false),
 	}
@@ -304,7 +341,10 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 			st.returning--
 			continue
 		}
-		in.Servers = append(in.Servers, ServerInput{Addr: s.addr, Weight: cur, Configured: s.spec.Weight, LMI: lmi[i], Returning: st.returning > 0})
+		if st.step == 0 {
+			st.step = firstStep
+		}
+		in.Servers = append(in.Servers, ServerInput{Addr: s.addr, Weight: cur, Configured: s.spec.Weight, LMI: lmi[i], Returning: st.returning > 0, MaxStep: st.step})
 		idx = append(idx, i)
 		if st.returning > 0 {
 			st.returning--
@@ -410,6 +450,7 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 	c := Commit{Port: spec.Key, Weights: map[netip.Addr]uint32{}, Reason: rep.Reason, Change: change}
 	for i, s := range smp {
 		c.Weights[s.addr] = newW[i]
+		ps.servers[s.addr].moved(s.cur, newW[i])
 	}
 	return c, true
 }
@@ -418,4 +459,28 @@ func finite(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) }
 
 func trimFloat(v float64) string {
 	return strings.TrimRight(strings.TrimRight(strconv.FormatFloat(v, 'f', 2, 64), "0"), ".")
+}
+
+// moved records a committed move of the weight from cur to next, for the
+// step bound: a turn back narrows it, keeping course widens it again.
+func (st *serverState) moved(cur, next uint32) {
+	dir := 0
+	switch {
+	case next > cur:
+		dir = 1
+	case next < cur:
+		dir = -1
+	}
+	if dir == 0 || cur == 0 || next == 0 {
+		return
+	}
+	if st.step == 0 {
+		st.step = firstStep
+	}
+	if st.dir != 0 && dir != st.dir {
+		st.step = math.Max(math.Sqrt(st.step), minStep)
+	} else if st.dir == dir {
+		st.step = math.Min(st.step*st.step, firstStep)
+	}
+	st.dir = dir
 }

@@ -1,0 +1,217 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/nd-dispatcher/nd/internal/api"
+	"github.com/nd-dispatcher/nd/internal/daemon"
+	"github.com/nd-dispatcher/nd/internal/lab"
+)
+
+// A variant is one way of running nd through the same workload.
+type variant struct {
+	name     string
+	about    string
+	interval time.Duration // the manager's; for static, the same 2s as a yardstick
+	// manager, port and advisors are YAML fragments of ndd's
+	// configuration: the manager section's body, extra lines of the port,
+	// and the advisors section (empty for none).
+	manager, port, advisors string
+}
+
+// fbVariants are the variants of the issue, in the order they run.
+var fbVariants = []variant{
+	{
+		name: "static", about: "static equal weights", interval: 2 * time.Second,
+		manager: "policy: static",
+	},
+	{
+		name: "manager-default", about: "the manager, default proportions (active 50, new 50)", interval: 2 * time.Second,
+		manager: "policy: default\n  interval: 2s",
+	},
+	{
+		name: "manager-advisor", about: "the manager with an HTTP advisor (active 30, new 30, advisor 40)", interval: 2 * time.Second,
+		manager: "policy: default\n  interval: 2s\n  proportions: {active: 30, new: 30, advisor: 40, host: 0}",
+		port:    "advisor: work",
+		advisors: "advisors:\n" +
+			"  - {name: work, kind: http, port: 80, interval: 1s, timeout: 900ms}\n",
+	},
+	{
+		name: "p2c-manager", about: "the power-of-two-choices scheduler with the default manager", interval: 2 * time.Second,
+		manager: "policy: default\n  interval: 2s",
+		port:    "scheduler: p2c",
+	},
+}
+
+func findVariant(name string) (variant, bool) {
+	for _, v := range fbVariants {
+		if v.name == name {
+			return v, true
+		}
+	}
+	return variant{}, false
+}
+
+// nddConfig is ndd's configuration for variant v in lab l: the VIP's port
+// 80 with every server at the default weight, nothing pinned (the data
+// plane goes with the daemon), the API socket in dir.
+func nddConfig(v variant, l *lab.Lab, dir string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "interfaces: [%s]\n", l.Dispatcher.Ifname)
+	fmt.Fprintf(&b, "data_plane: {max_flows: 65536, max_affinity: 4096, pin_path: \"\"}\n")
+	fmt.Fprintf(&b, "api: {socket: %s}\n", filepath.Join(dir, "ndd.sock"))
+	fmt.Fprintf(&b, "manager:\n  %s\n", v.manager)
+	b.WriteString(v.advisors)
+	fmt.Fprintf(&b, "clusters:\n  - vip: %s\n    ports:\n      - port: %d\n", l.VIP4, servicePort)
+	if v.port != "" {
+		fmt.Fprintf(&b, "        %s\n", v.port)
+	}
+	b.WriteString("        servers:\n")
+	for _, s := range l.Servers {
+		fmt.Fprintf(&b, "          - {address: %s}\n", s.Addr4)
+	}
+	return b.String()
+}
+
+// errNotAvailable marks a variant whose configuration this ndd does not
+// understand yet.
+var errNotAvailable = errors.New("not available yet")
+
+// checkConfig runs `ndd --check` on the file; a refusal is errNotAvailable
+// with ndd's first complaint.
+func checkConfig(ctx context.Context, nddPath, cfgPath string) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, nddPath, "--check", cfgPath).CombinedOutput()
+	if err == nil {
+		return nil
+	}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		first, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
+		return fmt.Errorf("%w: ndd --check: %s", errNotAvailable, first)
+	}
+	return fmt.Errorf("ndd --check: %w", err)
+}
+
+// nddProc is ndd running in the dispatcher's namespace.
+type nddProc struct {
+	cmd  *exec.Cmd
+	log  string
+	done chan struct{}
+	err  error
+}
+
+func startNDD(l *lab.Lab, nddPath, cfgPath, logPath string) (*nddProc, error) {
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	// Stopped in order by stop, not by a context; the parent-death
+	// signal stops it if ndbench is killed outright.
+	cmd := l.Dispatcher.NS.Command(context.Background(), nddPath, "--config", cfgPath, "--log-level", "warn")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start ndd: %w", err)
+	}
+	p := &nddProc{cmd: cmd, log: logPath, done: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		close(p.done)
+	}()
+	return p, nil
+}
+
+func (p *nddProc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// stop sends SIGTERM, then SIGKILL after wait, and waits for the process.
+func (p *nddProc) stop(wait time.Duration) error {
+	if p.exited() {
+		return fmt.Errorf("ndd exited early: %v; log: %s", p.err, p.logTail())
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-p.done:
+		return nil
+	case <-t.C:
+		p.cmd.Process.Kill()
+		<-p.done
+		return fmt.Errorf("ndd did not stop within %v of SIGTERM and was killed", wait)
+	}
+}
+
+func (p *nddProc) logTail() string {
+	b, _ := os.ReadFile(p.log)
+	b = bytes.TrimSpace(b)
+	if len(b) > 600 {
+		b = b[len(b)-600:]
+	}
+	return string(b)
+}
+
+// waitReady waits for ndd's API to answer and every server to be resolved.
+func waitReady(ctx context.Context, c *api.Client, p *nddProc, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	var last error
+	for {
+		st, err := c.Status()
+		if err == nil {
+			last = nil
+			n := 0
+			for _, port := range st.Ports {
+				for _, s := range port.Servers {
+					if s.State == daemon.StateUnresolved {
+						n++
+						last = fmt.Errorf("server %s unresolved: %s", s.Address, s.Reason)
+					}
+				}
+			}
+			if n == 0 && len(st.Ports) > 0 {
+				return nil
+			}
+		} else {
+			last = err
+		}
+		if p.exited() {
+			return fmt.Errorf("ndd exited (%v): %s", p.err, p.logTail())
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("ndd not ready within %v: %v", limit, last)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// buildNDD compiles ./cmd/ndd into dir, for a run without --ndd.
+func buildNDD(ctx context.Context, dir string) (string, error) {
+	out := filepath.Join(dir, "ndd")
+	b, err := exec.CommandContext(ctx, "go", "build", "-o", out, "./cmd/ndd").CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("go build ./cmd/ndd (run from the repository's root, or give --ndd): %w: %s", err, bytes.TrimSpace(b))
+	}
+	return out, nil
+}

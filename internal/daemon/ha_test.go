@@ -1,0 +1,150 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/nd-dispatcher/nd/internal/executor"
+	"github.com/nd-dispatcher/nd/internal/ha"
+	"github.com/nd-dispatcher/nd/internal/manager"
+	"github.com/nd-dispatcher/nd/internal/netns"
+	"github.com/nd-dispatcher/nd/internal/testutil"
+)
+
+// recordingVIPs stands in for the kernel's VIP addresses.
+type recordingVIPs struct {
+	mu     sync.Mutex
+	up     bool
+	events []string
+}
+
+func (v *recordingVIPs) record(e string, up bool) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.up = up
+	v.events = append(v.events, e)
+	return nil
+}
+func (v *recordingVIPs) Up() error       { return v.record("up", true) }
+func (v *recordingVIPs) Announce() error { return v.record("announce", true) }
+func (v *recordingVIPs) Down() error     { return v.record("down", false) }
+func (v *recordingVIPs) Close() error    { return nil }
+func (v *recordingVIPs) isUp() bool      { v.mu.Lock(); defer v.mu.Unlock(); return v.up }
+
+// TestHAAlone: a node whose only peer never answers becomes active after
+// dead_after, brings the VIPs up, and then commits the manager's weights;
+// before that, as a standby, it commits none. Its sockets live in a
+// namespace of their own, so nothing leaves the test.
+func TestHAAlone(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	ns, err := netns.New(netns.OwnedName("ndtha"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	dir := t.TempDir()
+	key := filepath.Join(dir, "ha.key")
+	if err := os.WriteFile(key, []byte("0123456789abcdef-ha-key"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	yaml := strings.Replace(baseConfig, "manager: {policy: static}", fmt.Sprintf(`manager: {policy: static}
+ha:
+  interface: eth0
+  self: 198.51.100.3:7101
+  peers: [198.51.100.4:7101]
+  interval: 50ms
+  dead_after: 300ms
+  key_file: %s`, key), 1)
+	x := executor.NewFake()
+	nbr := newStaticNeighbors()
+	nbr.set(srv1, "02:00:00:00:00:11", 2)
+	nbr.set(srv2, "02:00:00:00:00:12", 2)
+	// The node's own address, on the namespace's lo; its peer's is
+	// nowhere, so it never answers.
+	h, err := ns.Netlink()
+	if err != nil {
+		t.Fatal(err)
+	}
+	lo, err := h.LinkByName("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.AddrAdd(lo, &netlink.Addr{IPNet: &net.IPNet{IP: net.ParseIP("198.51.100.3"), Mask: net.CIDRMask(32, 32)}}); err != nil {
+		t.Fatal(err)
+	}
+	h.Close()
+	cfg := parse(t, yaml)
+	vips := &recordingVIPs{}
+	var d *Daemon
+	err = ns.Do(func() error {
+		var err error
+		d, err = New(cfg, Options{Executor: x, Neighbors: nbr, Interfaces: fakeInterfaces,
+			Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), HAVIPs: vips})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+
+	w := &world{t: t, x: x, nbr: nbr, d: d}
+	w.eventually("configuration installed", func() bool { return len(x.Services()) == 1 })
+	if st, err := d.HAStatus(); err != nil || st.State == ha.StateActive {
+		t.Fatalf("at start: %+v %v, want a standby", st.State, err)
+	}
+	w.eventually("active once the peer stays silent", func() bool {
+		st, _ := d.HAStatus()
+		return st.State == ha.StateActive
+	})
+	if !vips.isUp() {
+		t.Error("active without the VIPs up")
+	}
+	before := x.Commits()
+	if err := d.commitWeights(managerCommit(d, 7)); err != nil {
+		t.Fatal(err)
+	}
+	if x.Commits() == before {
+		t.Error("the active node did not commit the manager's weights")
+	}
+}
+
+// managerCommit is a decision for the test port, under the manager's
+// current configuration version.
+func managerCommit(d *Daemon, w uint32) manager.Commit {
+	return manager.Commit{Port: key, Weights: map[netip.Addr]uint32{srv1: w, srv2: w}, Reason: "test", Version: d.mgr.Version()}
+}
+
+// TestHAStandbyCommitsNothing: a standby's manager leaves the data plane to
+// the active's weights.
+func TestHAStandbyCommitsNothing(t *testing.T) {
+	w := start(t, baseConfig)
+	w.d.ha = &haLink{}
+	w.d.ha.standby.Store(true)
+	before := w.x.Commits()
+	if err := w.d.commitWeights(managerCommit(w.d, 7)); err != nil {
+		t.Fatal(err)
+	}
+	if w.x.Commits() != before {
+		t.Error("a standby committed weights")
+	}
+	w.d.ha = nil
+}

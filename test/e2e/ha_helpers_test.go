@@ -1,0 +1,644 @@
+package e2e
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"hash/fnv"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nd-dispatcher/nd/internal/api"
+	"github.com/nd-dispatcher/nd/internal/ha"
+	"github.com/nd-dispatcher/nd/internal/lab"
+	"github.com/nd-dispatcher/nd/internal/netns"
+)
+
+// The HA tests run two ndd processes, one in each of the lab's dispatcher
+// namespaces, as one group over the lab's external network. Neither
+// dispatcher holds the VIPs statically: the active adds and announces them.
+
+const (
+	haPort  = 7000
+	haGroup = "e2e"
+	// haStartTimeout bounds the wait for a settled group: one active, one
+	// synchronised standby, the VIP reachable.
+	haStartTimeout = 20 * time.Second
+)
+
+// haTimers are a group's heartbeat interval and dead-after; zero values
+// leave ndd's defaults (0.5 s, 2 s).
+type haTimers struct{ interval, deadAfter time.Duration }
+
+// fastTimers keep the tests short where the defaults are not under test.
+var fastTimers = haTimers{interval: 100 * time.Millisecond, deadAfter: 500 * time.Millisecond}
+
+// haNode is one dispatcher of the group and the ndd that runs there.
+type haNode struct {
+	name     string
+	host     *lab.Host
+	dir      string
+	cfg      nddConfig
+	self     netip.AddrPort
+	peer     netip.AddrPort
+	priority int
+	preempt  bool
+	timers   haTimers
+	keyFile  string
+	cfgPath  string
+	api      *api.Client
+	proc     *nddProc
+	starts   int
+}
+
+// haLab is a two-dispatcher lab with reply servers on VIP4:80. nodes[0]
+// runs in dispatcher with priority 200, nodes[1] in dispatcher2 with 100.
+type haLab struct {
+	*fixture
+	dir   string
+	nodes [2]*haNode
+}
+
+// yaml is the node's configuration: the usual one plus its ha section.
+func (n *haNode) yaml() string {
+	var b strings.Builder
+	b.WriteString(n.cfg.yaml())
+	fmt.Fprintf(&b, "ha:\n  group: %s\n  interface: %s\n  self: %s\n  peers: [%s]\n  priority: %d\n  preempt: %t\n  key_file: %s\n",
+		haGroup, n.host.Ifname, n.self, n.peer, n.priority, n.preempt, n.keyFile)
+	if n.timers.interval != 0 {
+		fmt.Fprintf(&b, "  interval: %s\n  dead_after: %s\n", n.timers.interval, n.timers.deadAfter)
+	}
+	return b.String()
+}
+
+// newHALab builds the lab, checks it, starts the reply servers and both
+// ndd processes with the given timers (preempt for the priority-200 node),
+// and waits until nodes[0] is active with nodes[1] synchronised behind it.
+// t.Cleanup stops both, destroys their pinned data planes and closes the lab.
+func newHALab(t *testing.T, servers int, timers haTimers, preempt bool) *haLab {
+	t.Helper()
+	if _, err := lab.SweepStale(t.Logf); err != nil {
+		t.Logf("sweep stale labs: %v", err)
+	}
+	sweepStalePins(t)
+	nddBinary(t)
+	ndctlBinary(t)
+
+	ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
+	defer cancel()
+	l, err := lab.New(ctx, lab.Options{Servers: servers, Dispatchers: 2, NoDispatcherVIPs: true, Logf: t.Logf})
+	if err != nil {
+		t.Fatalf("build lab: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := l.Close(); err != nil {
+			t.Errorf("close lab: %v", err)
+		}
+	})
+	cctx, ccancel := context.WithTimeout(context.Background(), checkTimeout)
+	defer ccancel()
+	if err := l.Check(cctx); err != nil {
+		t.Fatalf("lab does not work, so nothing measured through it would mean anything: %v", err)
+	}
+
+	h := &haLab{fixture: &fixture{lab: l, byAddr: map[netip.Addr]*replyServer{}}, dir: t.TempDir()}
+	port := portConfig{Port: servicePort}
+	for i, b := range l.Backends() {
+		s := startReplyServer(t, &l.Servers[i], l.VIP4)
+		s.addr4, s.addr6 = b.Addr4, b.Addr6
+		h.servers = append(h.servers, s)
+		h.byAddr[b.Addr4] = s
+		h.weights = append(h.weights, 1)
+		port.Servers = append(port.Servers, serverConfig{Addr: b.Addr4, Weight: 1})
+	}
+	keyFile := filepath.Join(h.dir, "ha.key")
+	if err := os.WriteFile(keyFile, []byte("e2e-shared-ha-key-0123456789\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ds := l.Dispatchers()
+	for i, d := range ds {
+		dir := filepath.Join(h.dir, d.Name)
+		if err := os.Mkdir(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		n := &haNode{
+			name: d.Name, host: d, dir: dir,
+			cfg: nddConfig{
+				PinPath:    fmt.Sprintf("%s%d-%d", pinPrefix, os.Getpid(), pinSeq.Add(1)),
+				Socket:     filepath.Join(dir, "ndd.sock"),
+				Interfaces: []string{d.Ifname},
+				Ports:      []portConfig{port},
+			},
+			self:     netip.AddrPortFrom(d.Addr4, haPort),
+			peer:     netip.AddrPortFrom(ds[1-i].Addr4, haPort),
+			priority: 200 - 100*i,
+			preempt:  preempt && i == 0,
+			timers:   timers,
+			keyFile:  keyFile,
+			cfgPath:  filepath.Join(dir, "nd.yaml"),
+		}
+		if err := os.WriteFile(n.cfgPath, []byte(n.yaml()), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		n.api, err = api.NewClient(n.cfg.Socket, "", api.WithTimeout(apiTimeout))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(n.api.Close)
+		t.Cleanup(func() { n.teardown(t) })
+		h.nodes[i] = n
+	}
+	for _, n := range h.nodes {
+		n.start(t)
+	}
+	h.waitSettled(t, h.nodes[0], haStartTimeout)
+	return h
+}
+
+// start runs ndd on the node and waits until its API answers.
+func (n *haNode) start(t *testing.T) {
+	t.Helper()
+	n.starts++
+	logPath := filepath.Join(n.dir, fmt.Sprintf("ndd-%d.log", n.starts))
+	p, err := startNDD(t, n.host.NS, n.cfgPath, logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.proc = p
+	deadline := time.Now().Add(nddStartTimeout)
+	for n.api.Health() != nil {
+		if p.exited() {
+			t.Fatalf("%s: ndd exited before its API answered (%v):\n%s", n.name, p.err, readLog(logPath))
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: ndd's API did not answer within %v", n.name, nddStartTimeout)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// status is the node's HA status; the test fails if it cannot be read.
+func (n *haNode) status(t *testing.T) ha.Status {
+	t.Helper()
+	st, err := n.api.HAStatus()
+	if err != nil {
+		t.Fatalf("%s: ha status: %v", n.name, err)
+	}
+	return st
+}
+
+// ndctlStatus reads the node's status as `ndctl ha status --json` prints it.
+func (n *haNode) ndctlStatus(t *testing.T) ha.Status {
+	t.Helper()
+	out, stderr, code, err := runNDCTL(t, "--socket", n.cfg.Socket, "--json", "ha", "status")
+	if err != nil || code != 0 {
+		t.Fatalf("%s: ndctl ha status --json: exit %d, %v: %s", n.name, code, err, stderr)
+	}
+	var st ha.Status
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("%s: ndctl ha status --json printed %q: %v", n.name, firstBytes(out, 300), err)
+	}
+	return st
+}
+
+// other is the node that is not n.
+func (h *haLab) other(n *haNode) *haNode {
+	if n == h.nodes[0] {
+		return h.nodes[1]
+	}
+	return h.nodes[0]
+}
+
+// waitSettled waits until active is active, the other node is a standby
+// that receives its flows, and the client reaches the VIP through it.
+func (h *haLab) waitSettled(t *testing.T, active *haNode, timeout time.Duration) {
+	t.Helper()
+	standby := h.other(active)
+	deadline := time.Now().Add(timeout)
+	why := ""
+	for time.Now().Before(deadline) {
+		why = h.unsettled(active, standby)
+		if why == "" {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if why != "" {
+		a, _ := active.api.HAStatus()
+		s, _ := standby.api.HAStatus()
+		t.Fatalf("HA group did not settle on %s within %v: %s\n%s: %+v\n%s: %+v", active.name, timeout, why, active.name, a, standby.name, s)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	for {
+		_, err := fetchOnce(ctx, h.lab.Client.NS, h.vip4(), 64)
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("the client cannot reach %s through %s: %v", h.vip4(), active.name, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func (h *haLab) unsettled(active, standby *haNode) string {
+	if !active.running() || !standby.running() {
+		return "an ndd is not running"
+	}
+	a, err := active.api.HAStatus()
+	if err != nil {
+		return fmt.Sprintf("%s: %v", active.name, err)
+	}
+	s, err := standby.api.HAStatus()
+	if err != nil {
+		return fmt.Sprintf("%s: %v", standby.name, err)
+	}
+	switch {
+	case a.State != ha.StateActive:
+		return fmt.Sprintf("%s is %s", active.name, a.State)
+	case s.State != ha.StateStandby:
+		return fmt.Sprintf("%s is %s", standby.name, s.State)
+	case len(a.Peers) != 1 || !a.Peers[0].Synced:
+		return fmt.Sprintf("%s does not stream to %s yet", active.name, standby.name)
+	case s.Counters.SnapshotsReceived == 0:
+		return fmt.Sprintf("%s has no snapshot yet", standby.name)
+	case s.ConfigHash != a.ConfigHash:
+		return fmt.Sprintf("%s does not hold %s's configuration yet", standby.name, active.name)
+	}
+	return ""
+}
+
+func (n *haNode) running() bool { return n.proc != nil && !n.proc.exited() }
+
+// crash is what the dispatcher's host dying looks like to the others: ndd
+// is killed with SIGKILL and the host's eth0 goes down at once, so that
+// neither its data plane (pinned, it would outlive ndd) nor its kernel
+// (which still holds the VIPs) carries on for it. The kill comes first: a
+// dying host does not react to its own link going down.
+func (n *haNode) crash(t *testing.T) {
+	t.Helper()
+	n.proc.cmd.Process.Kill()
+	<-n.proc.done
+	if err := n.setLink(false); err != nil {
+		t.Fatalf("%s: %v", n.name, err)
+	}
+}
+
+// revive brings the host's eth0 back and starts ndd again.
+func (n *haNode) revive(t *testing.T) {
+	t.Helper()
+	if err := n.setLink(true); err != nil {
+		t.Fatalf("%s: %v", n.name, err)
+	}
+	n.start(t)
+}
+
+func (n *haNode) setLink(up bool) error {
+	h, err := n.host.NS.Netlink()
+	if err != nil {
+		return err
+	}
+	link, err := h.LinkByIndex(n.host.Ifindex)
+	if err != nil {
+		return err
+	}
+	if up {
+		err = h.LinkSetUp(link)
+	} else {
+		err = h.LinkSetDown(link)
+	}
+	if err != nil {
+		return fmt.Errorf("set %s up=%v: %w", n.host.Ifname, up, err)
+	}
+	return nil
+}
+
+// vipsOnEth0 returns the VIPs the node's eth0 holds.
+func (n *haNode) vipsOnEth0(t *testing.T) []netip.Addr {
+	t.Helper()
+	h, err := n.host.NS.Netlink()
+	if err != nil {
+		t.Fatal(err)
+	}
+	link, err := h.LinkByIndex(n.host.Ifindex)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addrs, err := h.AddrList(link, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []netip.Addr
+	for _, a := range addrs {
+		ip, _ := netip.AddrFromSlice(a.IP)
+		if ip = ip.Unmap(); ip == lab.VIP4 || ip == lab.VIP6 {
+			out = append(out, ip)
+		}
+	}
+	return out
+}
+
+// teardown stops ndd, destroys its pinned data plane, and on failure shows
+// its logs.
+func (n *haNode) teardown(t *testing.T) {
+	if n.running() {
+		if err := n.proc.stop(syscall.SIGTERM, nddStopTimeout); err != nil {
+			t.Errorf("%s: stop ndd: %v", n.name, err)
+		} else if n.proc.err != nil {
+			t.Errorf("%s: ndd exited with %v after SIGTERM", n.name, n.proc.err)
+		}
+	}
+	if n.starts > 0 {
+		if _, stderr, code, err := runInNS(n.host.NS, nddBinary(t), "--destroy", "--config", n.cfgPath); err != nil || code != 0 {
+			t.Errorf("%s: ndd --destroy: exit %d, %v: %s", n.name, code, err, stderr)
+		}
+	}
+	os.RemoveAll(n.cfg.PinPath)
+	if t.Failed() {
+		for i := 1; i <= n.starts; i++ {
+			t.Logf("log of %s's ndd run %d:\n%s", n.name, i, readLog(filepath.Join(n.dir, fmt.Sprintf("ndd-%d.log", i))))
+		}
+	}
+}
+
+// vip4 is VIP4:80.
+func (h *haLab) vip4() netip.AddrPort { return netip.AddrPortFrom(h.lab.VIP4, servicePort) }
+
+// checkClientNeighbor fails the test unless the client sends VIP4's
+// frames to n.
+func (h *haLab) checkClientNeighbor(t *testing.T, n *haNode) {
+	t.Helper()
+	mac, err := lab.Neighbor(h.lab.Client.NS, h.lab.Client.Ifindex, h.lab.VIP4)
+	if err != nil {
+		t.Errorf("client's neighbour entry for %s: %v", h.lab.VIP4, err)
+		return
+	}
+	if mac.String() != n.host.MAC.String() {
+		t.Errorf("client resolves %s to %s, want %s's %s", h.lab.VIP4, mac, n.name, n.host.MAC)
+	}
+}
+
+// ndctl is the control tool, built once per test binary.
+var ndctl struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+func ndctlBinary(t *testing.T) string {
+	t.Helper()
+	nddBinary(t) // makes the directory
+	ndctl.once.Do(func() {
+		ndctl.path = filepath.Join(ndd.dir, "ndctl")
+		ctx, cancel := context.WithTimeout(context.Background(), buildNDDTimeout)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, "go", "build", "-o", ndctl.path, "github.com/nd-dispatcher/nd/cmd/ndctl")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			ndctl.err = fmt.Errorf("go build ./cmd/ndctl: %w\n%s", err, out)
+		}
+	})
+	if ndctl.err != nil {
+		t.Fatal(ndctl.err)
+	}
+	return ndctl.path
+}
+
+// runNDCTL runs ndctl (it talks to ndd over the unix socket, so any
+// namespace will do).
+func runNDCTL(t *testing.T, args ...string) (stdout, stderr string, code int, err error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), nddRunTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, ndctlBinary(t), args...)
+	var o, e strings.Builder
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err = cmd.Run()
+	if ee, ok := err.(*exec.ExitError); ok && ee.Exited() {
+		return o.String(), e.String(), ee.ExitCode(), nil
+	}
+	if err != nil {
+		return o.String(), e.String(), -1, err
+	}
+	return o.String(), e.String(), 0, nil
+}
+
+// pinger exercises long-lived connections while a failover happens: each
+// connection makes a small request every period and records when its
+// replies came and its first error.
+type pinger struct {
+	lc     *longConns
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	ok     [][]time.Time // per connection, reply times
+	errs   map[int]error
+}
+
+func startPinger(lc *longConns, period time.Duration) *pinger {
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &pinger{lc: lc, cancel: cancel, ok: make([][]time.Time, len(lc.sessions)), errs: map[int]error{}}
+	for i, s := range lc.sessions {
+		p.wg.Go(func() {
+			// Spread the connections over the period.
+			phase := time.Duration(i) * period / time.Duration(len(lc.sessions))
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(phase):
+			}
+			tick := time.NewTicker(period)
+			defer tick.Stop()
+			for {
+				name, err := s.get(64)
+				if err == nil && name != lc.names[i] {
+					err = fmt.Errorf("answered by %s, first by %s", name, lc.names[i])
+				}
+				p.mu.Lock()
+				if err != nil {
+					p.errs[i] = err
+				} else {
+					p.ok[i] = append(p.ok[i], time.Now())
+				}
+				p.mu.Unlock()
+				if err != nil {
+					return
+				}
+				select {
+				case <-ctx.Done():
+					return
+				case <-tick.C:
+				}
+			}
+		})
+	}
+	return p
+}
+
+// stop ends the pinging and returns the failures by connection.
+func (p *pinger) stop() map[int]error {
+	p.cancel()
+	p.wg.Wait()
+	return p.errs
+}
+
+// longestStall returns, over the connections, the longest time between
+// two consecutive replies, and which connection it was.
+func (p *pinger) longestStall() (time.Duration, int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var worst time.Duration
+	which := -1
+	for i, ts := range p.ok {
+		for j := 1; j < len(ts); j++ {
+			if g := ts[j].Sub(ts[j-1]); g > worst {
+				worst, which = g, i
+			}
+		}
+	}
+	return worst, which
+}
+
+// opener opens a new connection to the VIP every period and records each
+// attempt's start and outcome.
+type opener struct {
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	mu      sync.Mutex
+	results []openResult
+}
+
+type openResult struct {
+	start time.Time
+	err   error
+}
+
+func startOpener(ns *netns.NS, addr netip.AddrPort, period time.Duration) *opener {
+	ctx, cancel := context.WithCancel(context.Background())
+	o := &opener{cancel: cancel}
+	o.wg.Go(func() {
+		tick := time.NewTicker(period)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			o.wg.Go(func() {
+				start := time.Now()
+				_, err := fetchOnce(ctx, ns, addr, 64)
+				if ctx.Err() != nil {
+					if waited := time.Since(start); waited > time.Second {
+						err = fmt.Errorf("no answer in the %v before the load stopped: %w", waited.Round(time.Millisecond), err)
+					} else {
+						return // stopped, not failed
+					}
+				}
+				o.mu.Lock()
+				o.results = append(o.results, openResult{start, err})
+				o.mu.Unlock()
+			})
+		}
+	})
+	return o
+}
+
+// stop ends the opening and returns the attempts in order of start.
+func (o *opener) stop() []openResult {
+	o.cancel()
+	o.wg.Wait()
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	slices.SortFunc(o.results, func(a, b openResult) int { return a.start.Compare(b.start) })
+	return o.results
+}
+
+// checkNewAfter fails the test unless every connection attempt started
+// after from succeeded, and there were at least min of them.
+func checkNewAfter(t *testing.T, rs []openResult, from time.Time, min int) {
+	t.Helper()
+	n, failed := 0, 0
+	for _, r := range rs {
+		if r.start.Before(from) {
+			continue
+		}
+		n++
+		if r.err != nil {
+			failed++
+			if failed <= 3 {
+				t.Errorf("new connection at +%v after the takeover: %v", r.start.Sub(from).Round(time.Millisecond), r.err)
+			}
+		}
+	}
+	if failed > 0 || n < min {
+		t.Errorf("%d of %d new connections after the takeover failed (want none, of at least %d)", failed, n, min)
+	} else {
+		t.Logf("%d new connections after the takeover, all answered", n)
+	}
+}
+
+// forgedFrame builds an HA message as docs/HA.md lays it out, from sender,
+// sealed with key: with the group's real key it would be accepted.
+func forgedFrame(typ, channel byte, sender netip.AddrPort, seq uint64, payload, key []byte) []byte {
+	f := fnv.New32a()
+	f.Write([]byte(haGroup))
+	b := make([]byte, 52, 52+len(payload)+sha256.Size)
+	copy(b, "NDHA")
+	b[4], b[5], b[6] = 1, typ, channel
+	binary.BigEndian.PutUint32(b[8:], f.Sum32())
+	a16 := sender.Addr().As16()
+	copy(b[12:28], a16[:])
+	binary.BigEndian.PutUint16(b[28:], sender.Port())
+	binary.BigEndian.PutUint64(b[32:], uint64(time.Now().UnixNano()))
+	binary.BigEndian.PutUint64(b[40:], seq)
+	binary.BigEndian.PutUint32(b[48:], uint32(len(payload)))
+	b = append(b, payload...)
+	m := hmac.New(sha256.New, key)
+	m.Write(b)
+	return m.Sum(b)
+}
+
+// sendUDP sends one datagram from the client's namespace.
+func sendUDP(ns *netns.NS, to netip.AddrPort, b []byte) error {
+	c, err := ns.ListenPacket("udp4", "0.0.0.0:0")
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_, err = c.WriteTo(b, net.UDPAddrFromAddrPort(to))
+	return err
+}
+
+// logDataPlanes shows each node's view of its ports and servers, to tell
+// a data-plane failure from a path one.
+func (h *haLab) logDataPlanes(t *testing.T) {
+	t.Helper()
+	for _, n := range h.nodes {
+		st, err := n.api.Status()
+		if err != nil {
+			t.Logf("%s: status: %v", n.name, err)
+			continue
+		}
+		b, _ := json.Marshal(st.Ports)
+		t.Logf("%s ports: %s", n.name, b)
+	}
+	for _, d := range h.lab.Dispatchers() {
+		out, _ := d.NS.Command(context.Background(), "ip", "-s", "link", "show", "eth0").CombinedOutput()
+		t.Logf("%s eth0:\n%s", d.Name, out)
+	}
+	out, _ := h.lab.Client.NS.Command(context.Background(), "ip", "neigh").CombinedOutput()
+	t.Logf("client neighbours:\n%s", out)
+}

@@ -64,6 +64,14 @@ func validate(c *Config, r *reporter) {
 	validateProportions(c.Manager.Proportions, "manager.proportions", advisors, r)
 	validateAgents(c.Agents, r)
 	validateHA(c.HA, r)
+	if c.HA != nil {
+		if len(c.Clusters) == 0 {
+			r.errorf("ha", "no clusters: the group's VIPs are the clusters' VIPs")
+		}
+		if c.DataPlane.PinPath == "" {
+			r.errorf("data_plane.pin_path", `"" with ha: a dispatcher that dies must leave its data plane forwarding until a standby takes the VIPs, or every connection breaks`)
+		}
+	}
 	validateClusters(c, advisors, r)
 }
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -25,6 +26,11 @@ type haLink struct {
 	node    *ha.Node
 	cfg     config.HA
 	standby atomic.Bool
+	// vips are the group's addresses when the daemon owns them (the
+	// kernel's, changed as clusters come and go); nil when a caller
+	// supplied its own.
+	vips *ha.KernelVIPs
+	set  []netip.Addr // the VIPs last given to vips
 }
 
 // syncedState is what an active sends its standbys: the parts of the
@@ -41,9 +47,13 @@ func (d *Daemon) newHA(cfg *config.Config, vips ha.VIPs) error {
 	if err != nil {
 		return fmt.Errorf("ha.key_file: %w", err)
 	}
-	var addrs []netip.Addr
-	for _, cl := range cfg.Clusters {
-		addrs = append(addrs, cl.VIP)
+	addrs := clusterVIPs(cfg)
+	var kv *ha.KernelVIPs
+	if vips == nil {
+		if kv, err = ha.NewKernelVIPs(h.Interface, addrs); err != nil {
+			return fmt.Errorf("ha: %w", err)
+		}
+		vips = kv
 	}
 	node, err := ha.New(ha.Config{
 		Group: h.Group, Interface: h.Interface, Self: h.Self, Peers: h.Peers,
@@ -58,11 +68,40 @@ func (d *Daemon) newHA(cfg *config.Config, vips ha.VIPs) error {
 		Logger:   d.log,
 	})
 	if err != nil {
+		if kv != nil {
+			kv.Close()
+		}
 		return err
 	}
-	d.ha = &haLink{node: node, cfg: *h}
+	d.ha = &haLink{node: node, cfg: *h, vips: kv, set: addrs}
 	d.ha.standby.Store(true) // until the node says otherwise
 	return nil
+}
+
+func clusterVIPs(cfg *config.Config) []netip.Addr {
+	var out []netip.Addr
+	for _, cl := range cfg.Clusters {
+		out = append(out, cl.VIP)
+	}
+	return out
+}
+
+// followVIPs gives the group the VIPs of a new configuration: an active
+// node brings new ones up (and announces them) and drops removed ones at
+// once. Called with d.mu held.
+func (d *Daemon) followVIPs() {
+	if d.ha == nil || d.ha.vips == nil {
+		return
+	}
+	next := clusterVIPs(d.cfg)
+	if slices.Equal(next, d.ha.set) {
+		return
+	}
+	d.ha.set = next
+	if err := d.ha.vips.Set(next, !d.ha.standby.Load()); err != nil {
+		d.log.Error("ha: VIPs", "err", err)
+		d.emit(Event{Type: EventError, Message: "ha: VIPs: " + err.Error()})
+	}
 }
 
 // runHA runs the node and streams the data plane's flows to the standbys
@@ -76,7 +115,12 @@ func (d *Daemon) runHA(ctx context.Context) {
 			d.emit(Event{Type: EventError, Message: "ha: " + err.Error()})
 		}
 	}()
-	defer func() { <-done }()
+	defer func() {
+		<-done
+		if d.ha.vips != nil {
+			d.ha.vips.Close()
+		}
+	}()
 	events, err := d.x.FlowEvents(ctx)
 	if err != nil {
 		d.log.Error("ha: the data plane's flow events are unavailable: standbys learn flows from snapshots only", "err", err)
@@ -188,7 +232,8 @@ func (d *Daemon) onHAConfig(b []byte) error {
 // publishHA gives the node what an active sends: called after every
 // applied configuration and every weight commit.
 func (d *Daemon) publishHA() {
-	if d.ha == nil {
+	// A standby sends nothing: what it holds came from the active.
+	if d.ha == nil || d.ha.standby.Load() {
 		return
 	}
 	d.mu.Lock()

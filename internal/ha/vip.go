@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 
 	"github.com/vishvananda/netlink"
@@ -105,6 +106,50 @@ func (k *KernelVIPs) Up() error {
 		if err := k.nl.AddrAdd(k.link(), k.nlAddr(a)); err != nil && !errors.Is(err, unix.EEXIST) {
 			errs = append(errs, fmt.Errorf("add %s to %s: %w", a, k.ifname, err))
 		}
+	}
+	return errors.Join(errs...)
+}
+
+// Set replaces the addresses, for a group whose VIPs change while it runs.
+// With up (the node is active) the new ones are added and announced and
+// the dropped ones removed at once; otherwise the next Up adds the set.
+func (k *KernelVIPs) Set(vips []netip.Addr, up bool) error {
+	k.mu.Lock()
+	next := make([]netip.Addr, len(vips))
+	for i, a := range vips {
+		next[i] = a.Unmap()
+	}
+	old := k.addrs
+	k.addrs = next
+	if k.closed {
+		k.mu.Unlock()
+		return net.ErrClosed
+	}
+	var errs []error
+	added := false
+	if up {
+		for _, a := range next {
+			if slices.Contains(old, a) {
+				continue
+			}
+			added = true
+			if err := k.nl.AddrAdd(k.link(), k.nlAddr(a)); err != nil && !errors.Is(err, unix.EEXIST) {
+				errs = append(errs, fmt.Errorf("add %s to %s: %w", a, k.ifname, err))
+			}
+		}
+		for _, a := range old {
+			if slices.Contains(next, a) {
+				continue
+			}
+			err := k.nl.AddrDel(k.link(), k.nlAddr(a))
+			if err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) && !errors.Is(err, unix.ENOENT) {
+				errs = append(errs, fmt.Errorf("remove %s from %s: %w", a, k.ifname, err))
+			}
+		}
+	}
+	k.mu.Unlock()
+	if added {
+		errs = append(errs, k.Announce())
 	}
 	return errors.Join(errs...)
 }

@@ -376,18 +376,60 @@ func (m *Manager) Trigger() {
 
 // Run computes every interval and on triggers until ctx ends.
 func (m *Manager) Run(ctx context.Context) error {
-	t := time.NewTicker(m.Settings().Interval)
+	iv := m.Settings().Interval
+	t := time.NewTicker(iv)
 	defer t.Stop()
+	// Active flows are sampled several times an interval and averaged: a
+	// snapshot of a few dozen short flows swings by half from one instant
+	// to the next, their average over the interval (arrival rate x
+	// response time) does not.
+	st := time.NewTicker(iv / activeSamples)
+	defer st.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-m.reset:
-			t.Reset(m.Settings().Interval)
+			iv = m.Settings().Interval
+			t.Reset(iv)
+			st.Reset(iv / activeSamples)
 		case <-m.trigger:
 			m.Step()
 		case <-t.C:
 			m.Step()
+		case <-st.C:
+			m.sampleActive()
+		}
+	}
+}
+
+// activeSamples is how many times an interval active flows are sampled.
+const activeSamples = 8
+
+// activeSum accumulates one server's active-flow samples.
+type activeSum struct {
+	sum float64
+	n   int
+}
+
+// sampleActive adds a reading of every managed server's active flows to
+// the interval's average.
+func (m *Manager) sampleActive() {
+	stats, err := m.x.Stats()
+	if err != nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for k, ps := range m.ports {
+		ss := stats.Services[k]
+		for a, st := range ps.servers {
+			c, ok := ss.Servers[a]
+			if !ok {
+				continue
+			}
+			st.active.sum += float64(c.Active())
+			st.active.n++
 		}
 	}
 }

@@ -224,19 +224,22 @@ func TestRecoveredServerComesBackWithoutFlood(t *testing.T) {
 }
 
 func TestSensitivityThreshold(t *testing.T) {
-	// Two servers at 50/50; server 0's active flows read slightly high.
-	// With smoothing 1, the weights move straight to weight/LMI; an LMI
-	// of 1.04 moves them by about 4% of the total, 1.15 by about 14%.
+	// Four servers at 50; server 0's active flows read e times the mean.
+	// With smoothing 1 it moves straight to its target (the others stay
+	// inside the dead band): e = 1.15 moves it by about 7 of 200 (3.5%,
+	// kept), e = 1.6 by about 21 (10%, committed).
 	for _, tc := range []struct {
 		excess float64
 		commit bool
-	}{{1.04, false}, {1.15, true}} {
+	}{{1.15, false}, {1.6, true}} {
 		t.Run(fmt.Sprint(tc.excess), func(t *testing.T) {
 			x := executor.NewFake()
-			svc := executor.Service{Key: key, Servers: []executor.Server{
-				{Addr: addr(0), MAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}, Ifindex: 1, Weight: 50},
-				{Addr: addr(1), MAC: net.HardwareAddr{2, 0, 0, 0, 0, 2}, Ifindex: 1, Weight: 50},
-			}}
+			svc := executor.Service{Key: key}
+			port := Port{Key: key, Bound: 100, Proportions: Proportions{Active: 100}}
+			for i := range 4 {
+				svc.Servers = append(svc.Servers, executor.Server{Addr: addr(i), MAC: net.HardwareAddr{2, 0, 0, 0, 0, byte(i + 1)}, Ifindex: 1, Weight: 50})
+				port.Servers = append(port.Servers, Server{Addr: addr(i), Weight: 50})
+			}
 			if err := x.UpsertService(svc); err != nil {
 				t.Fatal(err)
 			}
@@ -248,15 +251,12 @@ func TestSensitivityThreshold(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			m.SetPorts([]Port{{Key: key, Bound: 100, Proportions: Proportions{Active: 100},
-				Servers: []Server{{Addr: addr(0), Weight: 50}, {Addr: addr(1), Weight: 50}}}})
+			m.SetPorts([]Port{port})
 			m.Step()
-			// Active 1000*e vs 1000*(2-e): server 0's load per weight is
-			// e times the mean.
-			a0 := uint64(1000 * tc.excess)
-			a1 := uint64(2000 - a0)
-			x.AddCounters(key, addr(0), executor.ServerStats{NewFlows: a0})
-			x.AddCounters(key, addr(1), executor.ServerStats{NewFlows: a1})
+			x.AddCounters(key, addr(0), executor.ServerStats{NewFlows: uint64(1000 * tc.excess)})
+			for i := 1; i < 4; i++ {
+				x.AddCounters(key, addr(i), executor.ServerStats{NewFlows: uint64(1000 * (4 - tc.excess) / 3)})
+			}
 			now = now.Add(2 * time.Second)
 			m.Step()
 			if got := len(commits) > 0; got != tc.commit {
@@ -266,6 +266,18 @@ func TestSensitivityThreshold(t *testing.T) {
 				t.Errorf("reason %q", m.Report()[0].Reason)
 			}
 		})
+	}
+}
+
+func TestDeadBand(t *testing.T) {
+	// A reading 10% off leaves every weight as it is.
+	c := newCluster(t, 2, Settings{Smoothing: 1}, Proportions{Active: 100})
+	c.x.AddCounters(key, addr(0), executor.ServerStats{NewFlows: 1050})
+	c.x.AddCounters(key, addr(1), executor.ServerStats{NewFlows: 950})
+	c.now = c.now.Add(2 * time.Second)
+	c.m.Step()
+	if r := c.m.Report()[0]; r.Reason != "no change" {
+		t.Errorf("a 5%% difference moved weights: %+v", r)
 	}
 }
 
@@ -531,4 +543,26 @@ func fmtShares(v []float64) string {
 		fmt.Fprintf(&b, "%.3f ", x)
 	}
 	return b.String()
+}
+
+func TestActiveAveragedOverTheInterval(t *testing.T) {
+	c := newCluster(t, 2, Settings{}, Proportions{Active: 50, New: 50})
+	// Server 0 holds 10 flows for most of the interval, and 90 at its
+	// end: the manager reads the interval's average, not the spike.
+	c.x.AddCounters(key, addr(0), executor.ServerStats{NewFlows: 10})
+	for range 7 {
+		c.m.sampleActive()
+	}
+	c.x.AddCounters(key, addr(0), executor.ServerStats{NewFlows: 80})
+	c.now = c.now.Add(2 * time.Second)
+	c.m.Step()
+	if got := c.m.Report()[0].Servers[0].Active; got != 20 {
+		t.Errorf("active read as %d, want the average (7x10 + 90)/8 = 20", got)
+	}
+	// The next interval starts afresh.
+	c.now = c.now.Add(2 * time.Second)
+	c.m.Step()
+	if got := c.m.Report()[0].Servers[0].Active; got != 90 {
+		t.Errorf("next interval: active %d, want 90", got)
+	}
 }

@@ -97,6 +97,9 @@ const minLMI = 0.1
 // maxStep bounds how far a weight moves in one interval, as a ratio.
 const maxStep = 2.0
 
+// deadBand is the ratio of target to weight within which a weight stays.
+const deadBand = 1.15
+
 func (Proportional) Weights(in Input) []uint32 {
 	n := len(in.Servers)
 	out := make([]uint32, n)
@@ -112,6 +115,12 @@ func (Proportional) Weights(in Input) []uint32 {
 	for i, s := range in.Servers {
 		cur := float64(max(s.Weight, 1))
 		t := target[i] * prior / ttotal
+		// Within the dead band the weight stays: moves smaller than the
+		// metrics' own noise would only make weights wander.
+		if r := t / cur; r < deadBand && r > 1/deadBand {
+			out[i] = clampWeight(cur, in.Bound)
+			continue
+		}
 		ratio := math.Pow(t/cur, 1/smoothing)
 		limit := maxStep
 		if s.MaxStep >= 1 {

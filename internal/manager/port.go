@@ -56,6 +56,8 @@ type serverState struct {
 	// weight turns back and widens again while it keeps its course.
 	dir  int
 	step float64
+	// active accumulates the interval's samples of active flows.
+	active activeSum
 }
 
 // Step bounds: a weight's first moves may double or halve it; each turn
@@ -159,6 +161,13 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 			st.loadWeight, st.haveWeight = cur, true
 		}
 		s.active = float64(c.Active())
+		if st.active.n > 0 {
+			// The interval's average, the reading of now included.
+			s.active = (st.active.sum + s.active) / float64(st.active.n+1)
+		}
+		if load {
+			st.active = activeSum{}
+		}
 
 		var adv AdvisorReading
 		if spec.Advisor != "" {

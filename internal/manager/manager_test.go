@@ -226,12 +226,12 @@ func TestRecoveredServerComesBackWithoutFlood(t *testing.T) {
 func TestSensitivityThreshold(t *testing.T) {
 	// Four servers at 50; server 0's active flows read e times the mean.
 	// With smoothing 1 it moves straight to its target (the others stay
-	// inside the dead band): e = 1.08 moves it by about 7 of 200 (3.5%,
-	// kept), e = 1.6 by about 25 (12%, committed).
+	// inside the dead band): e = 1.15 moves it by about 7 of 200 (3.5%,
+	// kept), e = 1.6 by about 21 (10%, committed).
 	for _, tc := range []struct {
 		excess float64
 		commit bool
-	}{{1.08, false}, {1.6, true}} {
+	}{{1.15, false}, {1.6, true}} {
 		t.Run(fmt.Sprint(tc.excess), func(t *testing.T) {
 			x := executor.NewFake()
 			svc := executor.Service{Key: key}

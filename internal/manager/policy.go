@@ -70,13 +70,10 @@ func NewWeightFunc(policy string) (WeightFunc, error) {
 }
 
 // Proportional is the default policy: each server's target weight is its
-// configured weight divided by the square of its Load Metric Index, the
-// targets scaled so that they add up to the configured weights: a server as
-// loaded as its peers is aimed at its configured weight, one twice as
-// loaded at a quarter of it. (Divided by the LMI alone, the loop let a slow
-// server stay heavily queued: metrics that read 1 whatever the load, such
-// as new flows per unit of weight, dilute the index, and the square
-// restores its pull.) The configured weights are the operator's statement of capacity; the
+// configured weight divided by its Load Metric Index, the targets scaled so
+// that they add up to the configured weights: a server as loaded as its
+// peers is aimed at its configured weight, one twice as loaded at half of
+// it. The configured weights are the operator's statement of capacity; the
 // LMI corrects them by what the servers show. Aiming at a target, rather
 // than multiplying the current weight by 1/LMI every interval, gives the
 // loop a fixed point to settle on: a server's load falls as its weight
@@ -111,8 +108,7 @@ func (Proportional) Weights(in Input) []uint32 {
 	for i, s := range in.Servers {
 		p := float64(max(s.Configured, 1))
 		prior += p
-		l := math.Max(s.LMI, minLMI)
-		target[i] = p / (l * l)
+		target[i] = p / math.Max(s.LMI, minLMI)
 		ttotal += target[i]
 	}
 	smoothing := math.Max(in.Smoothing, 1)

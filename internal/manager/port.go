@@ -58,9 +58,6 @@ type serverState struct {
 	step float64
 	// active accumulates the interval's samples of active flows.
 	active activeSum
-	// lmi is the last interval's index, for smoothing.
-	lmi     float64
-	haveLMI bool
 }
 
 // Step bounds: a weight's first moves may double or halve it; each turn
@@ -287,28 +284,6 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 		}
 	}
 
-	// The index the weight function sees is smoothed over intervals (the
-	// paper's "previous and present LMIs"): half this interval's, half the
-	// last one's, so that one noisy interval moves weights by half as much.
-	// The overload test below judges this interval's own.
-	smoothed := make([]float64, n)
-	for i, s := range smp {
-		st := ps.servers[s.addr]
-		lmi[i] = clampLMI(lmi[i])
-		smoothed[i] = lmi[i]
-		if load && up(s) && s.newOK {
-			if st.haveLMI {
-				smoothed[i] = (lmi[i] + st.lmi) / 2
-			}
-			st.lmi, st.haveLMI = lmi[i], true
-		} else if st.haveLMI {
-			smoothed[i] = st.lmi
-		}
-		if !up(s) {
-			st.haveLMI = false
-		}
-	}
-
 	// Overload: a server far above its peers sits out to cool down. Not
 	// under the static policy, whose weights follow no load.
 	_, static := m.wcf.(Static)
@@ -378,7 +353,7 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 		if st.step == 0 {
 			st.step = firstStep
 		}
-		in.Servers = append(in.Servers, ServerInput{Addr: s.addr, Weight: cur, Configured: s.spec.Weight, LMI: smoothed[i], Returning: st.returning > 0, MaxStep: st.step})
+		in.Servers = append(in.Servers, ServerInput{Addr: s.addr, Weight: cur, Configured: s.spec.Weight, LMI: lmi[i], Returning: st.returning > 0, MaxStep: st.step})
 		idx = append(idx, i)
 		if st.returning > 0 {
 			st.returning--

@@ -224,19 +224,20 @@ func TestRecoveredServerComesBackWithoutFlood(t *testing.T) {
 }
 
 func TestSensitivityThreshold(t *testing.T) {
-	// Four servers at 50; server 0's active flows read e times the mean.
+	// Eight servers at 50; server 0's active flows read e times the mean.
 	// With smoothing 1 it moves straight to its target (the others stay
-	// inside the dead band): e = 1.15 moves it by about 7 of 200 (3.5%,
-	// kept), e = 1.6 by about 21 (10%, committed).
+	// inside the dead band): e = 1.3 moves it by about 12 of 400 (3%,
+	// kept), e = 2 by 25 (6%, committed).
+	const n = 8
 	for _, tc := range []struct {
 		excess float64
 		commit bool
-	}{{1.15, false}, {1.6, true}} {
+	}{{1.3, false}, {2, true}} {
 		t.Run(fmt.Sprint(tc.excess), func(t *testing.T) {
 			x := executor.NewFake()
 			svc := executor.Service{Key: key}
 			port := Port{Key: key, Bound: 100, Proportions: Proportions{Active: 100}}
-			for i := range 4 {
+			for i := range n {
 				svc.Servers = append(svc.Servers, executor.Server{Addr: addr(i), MAC: net.HardwareAddr{2, 0, 0, 0, 0, byte(i + 1)}, Ifindex: 1, Weight: 50})
 				port.Servers = append(port.Servers, Server{Addr: addr(i), Weight: 50})
 			}
@@ -254,8 +255,8 @@ func TestSensitivityThreshold(t *testing.T) {
 			m.SetPorts([]Port{port})
 			m.Step()
 			x.AddCounters(key, addr(0), executor.ServerStats{NewFlows: uint64(1000 * tc.excess)})
-			for i := 1; i < 4; i++ {
-				x.AddCounters(key, addr(i), executor.ServerStats{NewFlows: uint64(1000 * (4 - tc.excess) / 3)})
+			for i := 1; i < n; i++ {
+				x.AddCounters(key, addr(i), executor.ServerStats{NewFlows: uint64(1000 * (n - tc.excess) / (n - 1))})
 			}
 			now = now.Add(2 * time.Second)
 			m.Step()
@@ -270,7 +271,7 @@ func TestSensitivityThreshold(t *testing.T) {
 }
 
 func TestDeadBand(t *testing.T) {
-	// A reading 10% off leaves every weight as it is.
+	// A reading 5% off leaves every weight as it is.
 	c := newCluster(t, 2, Settings{Smoothing: 1}, Proportions{Active: 100})
 	c.x.AddCounters(key, addr(0), executor.ServerStats{NewFlows: 1050})
 	c.x.AddCounters(key, addr(1), executor.ServerStats{NewFlows: 950})

@@ -77,7 +77,9 @@ func NewWeightFunc(policy string) (WeightFunc, error) {
 // LMI corrects them by what the servers show. Aiming at a target, rather
 // than multiplying the current weight by 1/LMI every interval, gives the
 // loop a fixed point to settle on: a server's load falls as its weight
-// falls, so its target rises again, and the two meet.
+// falls, so its target rises again, and the two meet. A target within 25%
+// of the current weight leaves it as it is: the metrics' own noise is of
+// that order, and chasing it would make weights wander.
 //
 // Weights move toward the targets geometrically, by 1/Smoothing of the way
 // in log terms each interval (1 jumps at once), and at most double or
@@ -98,7 +100,7 @@ const minLMI = 0.1
 const maxStep = 2.0
 
 // deadBand is the ratio of target to weight within which a weight stays.
-const deadBand = 1.15
+const deadBand = 1.25
 
 func (Proportional) Weights(in Input) []uint32 {
 	n := len(in.Servers)

@@ -567,3 +567,24 @@ func TestActiveAveragedOverTheInterval(t *testing.T) {
 		t.Errorf("next interval: active %d, want 90", got)
 	}
 }
+
+func TestNarrowStepDoesNotStrandAWeight(t *testing.T) {
+	c := newCluster(t, 4, Settings{}, Proportions{Active: 50, New: 50})
+	c.service[0] *= 4
+	for range 6 {
+		c.interval(1000)
+	}
+	c.service[0] /= 4
+	// As after many turns back: the narrowest step, last move upward. Each
+	// move it allows is far below the sensitivity threshold.
+	st := c.m.ports[key].servers[addr(0)]
+	st.step, st.dir = minStep, 1
+	var shares []float64
+	for range 10 {
+		c.interval(1000)
+		shares = append(shares, c.share(0))
+	}
+	if got := shares[len(shares)-1]; got < 0.2 {
+		t.Errorf("a narrowed step held the recovered server at a %.3f share: %s", got, fmtShares(shares))
+	}
+}

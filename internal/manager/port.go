@@ -424,6 +424,14 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 		rep.Reason = "no change"
 	}
 	rep.Committed = commit
+	if !commit {
+		// A weight kept below the threshold while it keeps asking the same
+		// way widens its step, so that a narrowed step cannot hold it short
+		// of its target for good.
+		for i, s := range smp {
+			ps.servers[s.addr].held(s.cur, newW[i])
+		}
+	}
 	if commit {
 		ps.commits++
 	}
@@ -492,4 +500,19 @@ func (st *serverState) moved(cur, next uint32) {
 		st.step = math.Min(st.step*st.step, firstStep)
 	}
 	st.dir = dir
+}
+
+// held records a move the weight function asked for but that was not
+// committed: asked the way the weight last went, it widens the step.
+func (st *serverState) held(cur, next uint32) {
+	dir := 0
+	switch {
+	case next > cur:
+		dir = 1
+	case next < cur:
+		dir = -1
+	}
+	if dir != 0 && dir == st.dir && st.step > 0 {
+		st.step = math.Min(st.step*st.step, firstStep)
+	}
 }

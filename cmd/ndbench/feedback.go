@@ -10,11 +10,9 @@ import (
 	"math"
 	"net/netip"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/nd-dispatcher/nd/internal/api"
@@ -116,26 +114,11 @@ func parseFeedbackOptions(args []string, stderr io.Writer) (feedbackOptions, err
 // runFeedback is `ndbench feedback`.
 func runFeedback(args []string, e env) int {
 	o, err := parseFeedbackOptions(args, e.stderr)
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
+	ctx, logf, done, code, ok := begin(e, "ndbench feedback", err, "it builds network namespaces and runs ndd", o.timeout)
+	if !ok {
+		return code
 	}
-	if err != nil {
-		if errors.Is(err, errUsage) {
-			fmt.Fprintf(e.stderr, "ndbench feedback: %v\n", err)
-		}
-		return 2
-	}
-	if e.euid() != 0 {
-		fmt.Fprintln(e.stderr, "ndbench feedback: must run as root: it builds network namespaces and runs ndd")
-		return 1
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
-	defer stop()
-	ctx, cancel := context.WithTimeout(ctx, o.timeout)
-	defer cancel()
-	logf := func(format string, args ...any) {
-		fmt.Fprintf(e.stderr, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
-	}
+	defer done()
 	logf("ndbench feedback: %d servers x %d workers, capacity %.0f req/s, offered %.0f/s (%.0f%%); %d variants of %v each",
 		o.servers, o.workers, o.capacity(), o.rate(), 100*o.load, len(o.variants), o.total())
 

@@ -10,11 +10,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
-	"os/signal"
 	"runtime"
 	"slices"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -124,26 +121,11 @@ type haReport struct {
 
 func runHA(args []string, e env) int {
 	o, err := parseHAOptions(args, e.stderr)
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
+	ctx, logf, done, code, ok := begin(e, "ndbench ha", err, "it builds network namespaces and runs ndd", o.timeout)
+	if !ok {
+		return code
 	}
-	if err != nil {
-		if errors.Is(err, errUsage) {
-			fmt.Fprintf(e.stderr, "ndbench ha: %v\n", err)
-		}
-		return 2
-	}
-	if e.euid() != 0 {
-		fmt.Fprintln(e.stderr, "ndbench ha: must run as root: it builds network namespaces and runs ndd")
-		return 1
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
-	defer stop()
-	ctx, cancel := context.WithTimeout(ctx, o.timeout)
-	defer cancel()
-	logf := func(format string, args ...any) {
-		fmt.Fprintf(e.stderr, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
-	}
+	defer done()
 
 	r := haReport{Interval: o.interval.String(), DeadAfter: o.deadAfter.String(), Period: o.period.String(), CPUs: runtime.NumCPU()}
 	var uts unix.Utsname

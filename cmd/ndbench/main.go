@@ -123,6 +123,33 @@ func (o options) worstCase() time.Duration {
 	return time.Duration(o.rounds*len(o.configs())) * perConfig
 }
 
+// begin is what every ndbench command does first: it reports a flag error
+// (code 2, or 0 for -h), refuses to run without root (code 1), and gives
+// the command a context ended by its timeout or a signal, with the function
+// that releases it, and a log of timestamped lines. ok is false when the
+// command must exit with code.
+func begin(e env, name string, parseErr error, why string, timeout time.Duration) (ctx context.Context, logf func(string, ...any), done func(), code int, ok bool) {
+	if errors.Is(parseErr, flag.ErrHelp) {
+		return nil, nil, nil, 0, false
+	}
+	if parseErr != nil {
+		if errors.Is(parseErr, errUsage) {
+			fmt.Fprintf(e.stderr, "%s: %v\n", name, parseErr)
+		}
+		return nil, nil, nil, 2, false
+	}
+	if e.euid() != 0 {
+		fmt.Fprintf(e.stderr, "%s: must run as root: %s\n", name, why)
+		return nil, nil, nil, 1, false
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	logf = func(format string, args ...any) {
+		fmt.Fprintf(e.stderr, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
+	}
+	return ctx, logf, func() { cancel(); stop() }, 0, true
+}
+
 func run(args []string, e env) int {
 	if len(args) > 0 && args[0] == "ha" {
 		return runHA(args[1:], e)
@@ -131,28 +158,11 @@ func run(args []string, e env) int {
 		return runFeedback(args[1:], e)
 	}
 	o, err := parseOptions(args, e.stderr)
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
+	ctx, logf, done, code, ok := begin(e, "ndbench", err, "it builds network namespaces and loads XDP programs", o.timeout)
+	if !ok {
+		return code
 	}
-	if err != nil {
-		if errors.Is(err, errUsage) {
-			fmt.Fprintf(e.stderr, "ndbench: %v\n", err)
-		}
-		return 2
-	}
-	if e.euid() != 0 {
-		fmt.Fprintln(e.stderr, "ndbench: must run as root: it builds network namespaces and loads XDP programs")
-		return 1
-	}
-
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
-	defer stop()
-	ctx, cancel := context.WithTimeout(ctx, o.timeout)
-	defer cancel()
-
-	logf := func(format string, args ...any) {
-		fmt.Fprintf(e.stderr, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
-	}
+	defer done()
 	logf("ndbench: %d servers, %d rounds, steps of %v; at most %v (--timeout %v)",
 		o.servers, o.rounds, o.duration, o.worstCase().Round(time.Second), o.timeout)
 

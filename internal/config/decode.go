@@ -325,6 +325,18 @@ func (d *decoder) list(path string, n *yaml.Node) ([]*yaml.Node, func(), bool) {
 	return s.Content, func() { delete(d.active, s) }, true
 }
 
+// listOf reads the list n at path, each item with item (given the item's
+// path).
+func listOf[T any](d *decoder, path string, n *yaml.Node, item func(path string, n *yaml.Node) T) []T {
+	items, done, _ := d.list(path, n)
+	defer done()
+	var out []T
+	for i, it := range items {
+		out = append(out, item(index(path, i), it))
+	}
+	return out
+}
+
 // scalar reads the scalar n at path; what describes the value wanted.
 func (d *decoder) scalar(path string, n *yaml.Node, what string) (*yaml.Node, bool) {
 	d.mark(path, n)
@@ -517,15 +529,10 @@ func (d *decoder) config(c *Config, root *yaml.Node) {
 		return
 	}
 	if n := f["interfaces"]; n != nil {
-		items, done, _ := d.list("interfaces", n)
-		for i, it := range items {
-			if s, ok := d.str(index("interfaces", i), it); ok {
-				c.Interfaces = append(c.Interfaces, s)
-			} else {
-				c.Interfaces = append(c.Interfaces, "")
-			}
-		}
-		done()
+		c.Interfaces = listOf(d, "interfaces", n, func(p string, it *yaml.Node) string {
+			s, _ := d.str(p, it)
+			return s
+		})
 	}
 	if n := f["data_plane"]; n != nil {
 		d.dataPlane(&c.DataPlane, n)
@@ -542,11 +549,7 @@ func (d *decoder) config(c *Config, root *yaml.Node) {
 		d.manager(&c.Manager, n)
 	}
 	if n := f["advisors"]; n != nil {
-		items, done, _ := d.list("advisors", n)
-		for i, it := range items {
-			c.Advisors = append(c.Advisors, d.advisor(index("advisors", i), it))
-		}
-		done()
+		c.Advisors = listOf(d, "advisors", n, d.advisor)
 	}
 	if n := f["agents"]; n != nil {
 		c.Agents = d.agents(n)
@@ -555,11 +558,7 @@ func (d *decoder) config(c *Config, root *yaml.Node) {
 		c.HA = d.ha(n)
 	}
 	if n := f["clusters"]; n != nil {
-		items, done, _ := d.list("clusters", n)
-		for i, it := range items {
-			c.Clusters = append(c.Clusters, d.cluster(index("clusters", i), it))
-		}
-		done()
+		c.Clusters = listOf(d, "clusters", n, d.cluster)
 	}
 }
 
@@ -618,20 +617,16 @@ func (d *decoder) proportions(p string, n *yaml.Node) Proportions {
 	d.u32(f, p, "advisor", 0, 100, &pr.Advisor)
 	d.u32(f, p, "host", 0, 100, &pr.Host)
 	if n := f["custom"]; n != nil {
-		cp := join(p, "custom")
-		items, done, _ := d.list(cp, n)
-		for i, it := range items {
-			ip := index(cp, i)
+		pr.Custom = listOf(d, join(p, "custom"), n, func(ip string, it *yaml.Node) CustomMetric {
 			var c CustomMetric
 			f, done, _ := d.fields(ip, it, "name", "agent", "advisor", "proportion")
+			defer done()
 			d.strField(f, ip, "name", &c.Name)
 			d.strField(f, ip, "agent", &c.Agent)
 			d.strField(f, ip, "advisor", &c.Advisor)
 			d.u32(f, ip, "proportion", 0, 100, &c.Proportion)
-			done()
-			pr.Custom = append(pr.Custom, c)
-		}
-		done()
+			return c
+		})
 	}
 	return pr
 }
@@ -670,13 +665,10 @@ func (d *decoder) advisor(p string, n *yaml.Node) Advisor {
 		done()
 	}
 	if n := f["command"]; n != nil {
-		cp := join(p, "command")
-		items, done, _ := d.list(cp, n)
-		for i, it := range items {
-			v, _ := d.str(index(cp, i), it)
-			a.Command = append(a.Command, v)
-		}
-		done()
+		a.Command = listOf(d, join(p, "command"), n, func(p string, it *yaml.Node) string {
+			v, _ := d.str(p, it)
+			return v
+		})
 	}
 	return a
 }
@@ -692,13 +684,10 @@ func (d *decoder) ha(n *yaml.Node) *HA {
 		h.Self, _ = d.addrPort(join(p, "self"), n)
 	}
 	if n := f["peers"]; n != nil {
-		pp := join(p, "peers")
-		items, done, _ := d.list(pp, n)
-		for i, it := range items {
-			a, _ := d.addrPort(index(pp, i), it)
-			h.Peers = append(h.Peers, a)
-		}
-		done()
+		h.Peers = listOf(d, join(p, "peers"), n, func(p string, it *yaml.Node) netip.AddrPort {
+			a, _ := d.addrPort(p, it)
+			return a
+		})
 	}
 	d.u32(f, p, "priority", 1, 255, &h.Priority)
 	d.boolField(f, p, "preempt", &h.Preempt)
@@ -752,12 +741,7 @@ func (d *decoder) cluster(path string, n *yaml.Node) Cluster {
 		c.VIP, _ = d.addr(join(path, "vip"), n)
 	}
 	if n := f["ports"]; n != nil {
-		pp := join(path, "ports")
-		items, done, _ := d.list(pp, n)
-		for i, it := range items {
-			c.Ports = append(c.Ports, d.port(index(pp, i), it))
-		}
-		done()
+		c.Ports = listOf(d, join(path, "ports"), n, d.port)
 	}
 	return c
 }
@@ -788,12 +772,9 @@ func (d *decoder) port(path string, n *yaml.Node) PortSpec {
 		p.Proportions = &pr
 	}
 	if n := f["servers"]; n != nil {
-		sp := join(path, "servers")
-		items, done, _ := d.list(sp, n)
-		for i, it := range items {
-			p.Servers = append(p.Servers, d.server(index(sp, i), it, p.WeightBound))
-		}
-		done()
+		p.Servers = listOf(d, join(path, "servers"), n, func(sp string, it *yaml.Node) Server {
+			return d.server(sp, it, p.WeightBound)
+		})
 	}
 	return p
 }

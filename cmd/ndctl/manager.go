@@ -56,7 +56,11 @@ func writePortReport(w io.Writer, pr manager.PortReport) {
 	if !pr.At.IsZero() {
 		at = ", " + pr.At.Format(time.TimeOnly)
 	}
-	fmt.Fprintf(w, "\n%s  (%s: %s, change %s%%%s)\n", pr.Port, verdict, pr.Reason, trim(100*pr.Change), at)
+	sched := ""
+	if pr.Scheduler == "p2c" {
+		sched = ", p2c: active read as response time"
+	}
+	fmt.Fprintf(w, "\n%s  (%s: %s, change %s%%%s%s)\n", pr.Port, verdict, pr.Reason, trim(100*pr.Change), at, sched)
 	if pr.Err != "" {
 		fmt.Fprintf(w, "  commit failed: %s\n", pr.Err)
 	}

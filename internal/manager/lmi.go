@@ -13,8 +13,17 @@ import "math"
 // the part of the port's total its weight entitles it to.
 //
 // New flows are read per unit of weight too: under the Maglev scheduler
-// they read 1 (the weights decide them), under p2c they show how much the
-// data plane steered toward or away from a server.
+// they read 1 (the weights decide them) unless something else (affinity)
+// sends a server more than its weight.
+//
+// Under the p2c scheduler the data plane itself evens out active flows per
+// unit of weight, so that reading says little, and new flows per unit of
+// weight are the data plane's own choice, not the server's load: read as
+// load they would raise the weight of the very server p2c steers away
+// from. What still tells servers apart is how long each holds a flow:
+// active over new flows, its response time by Little's law. Under p2c the
+// manager reads that, for the proportions of both input metrics
+// (responseLoads).
 //
 // Every other metric (advisor latency, CPU, load average, an operator's
 // command) is read against the mean of the port's servers.
@@ -42,6 +51,38 @@ func extensiveLoads(m []float64, ok []bool, w []float64) []float64 {
 		}
 	}
 	return out
+}
+
+// minResponseFlows is how many new flows a port's servers must have taken
+// in an interval, on average, for their response times to be told apart:
+// with fewer (long-lived flows, an idle port) active over new is noise.
+const minResponseFlows = 10
+
+// responseLoads normalises active flows by the new flows each server took
+// over the interval, active[i] / newFlows[i] (its response time, Little's
+// law), against the mean of the servers with a reading. It returns false
+// when the port took too few new flows to tell; a server that took none
+// while holding flows reads as if it had taken one: it keeps its flows and
+// takes no more, the slowest of all.
+func responseLoads(active, newFlows []float64, ok []bool) ([]float64, bool) {
+	rt := make([]float64, len(active))
+	var total float64
+	n := 0
+	for i := range active {
+		if ok[i] {
+			total += newFlows[i]
+			n++
+		}
+	}
+	if n == 0 || total < minResponseFlows*float64(n) {
+		return nil, false
+	}
+	for i := range active {
+		if ok[i] {
+			rt[i] = active[i] / math.Max(newFlows[i], 1)
+		}
+	}
+	return intensiveLoads(rt, ok), true
 }
 
 // intensiveLoads normalises an intensive metric against the mean of the

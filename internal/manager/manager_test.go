@@ -30,18 +30,25 @@ type cluster struct {
 	service []float64 // seconds per request, per server
 	workers float64   // requests a server serves at once
 	commits []Commit
+	p2c     bool // the data plane splits flows as p2c would
 	adv     map[netip.Addr]AdvisorReading
 	host    map[netip.Addr]HostReading
 }
 
 func newCluster(t *testing.T, n int, s Settings, props Proportions) *cluster {
 	t.Helper()
+	return newClusterScheduler(t, n, s, props, executor.SchedulerMaglev)
+}
+
+func newClusterScheduler(t *testing.T, n int, s Settings, props Proportions, sched executor.Scheduler) *cluster {
+	t.Helper()
 	if s.Sensitivity == 0 {
 		s.Sensitivity = DefaultSensitivity
 	}
 	c := &cluster{t: t, x: executor.NewFake(), n: n, workers: 4, now: time.Unix(1000, 0),
 		adv: map[netip.Addr]AdvisorReading{}, host: map[netip.Addr]HostReading{}}
-	svc := executor.Service{Key: key}
+	svc := executor.Service{Key: key, Scheduler: sched}
+	c.p2c = sched == executor.SchedulerP2C
 	var port Port
 	port.Key, port.Bound, port.Proportions = key, 100, props
 	for i := range n {
@@ -104,14 +111,18 @@ func (c *cluster) interval(rate float64) {
 	if err != nil {
 		c.t.Fatal(err)
 	}
+	lambdas := make([]float64, c.n)
 	for i := range c.n {
-		lambda := 0.0
 		if sum > 0 {
-			lambda = rate * float64(w[i]) / sum
+			lambdas[i] = rate * float64(w[i]) / sum
 		}
-		capacity := c.workers / c.service[i]
-		util := math.Min(lambda/capacity, 0.98)
-		rt := c.service[i] / (1 - util)
+	}
+	if c.p2c {
+		lambdas = c.p2cSplit(rate, w)
+	}
+	for i := range c.n {
+		lambda := lambdas[i]
+		rt := c.responseTime(i, lambda)
 		target := lambda * rt
 		// Flows that were open drain over about one response time; new
 		// ones arrive at lambda.
@@ -127,6 +138,36 @@ func (c *cluster) interval(rate float64) {
 	}
 	c.now = c.now.Add(iv)
 	c.m.Step()
+}
+
+// responseTime is server i's mean response time at arrival rate lambda.
+func (c *cluster) responseTime(i int, lambda float64) float64 {
+	capacity := c.workers / c.service[i]
+	util := math.Min(lambda/capacity, 0.98)
+	return c.service[i] / (1 - util)
+}
+
+// p2cSplit models the p2c scheduler at its best: it splits rate so that
+// every server with weight holds the same active flows per unit of weight.
+func (c *cluster) p2cSplit(rate float64, w []uint32) []float64 {
+	lambdas := make([]float64, c.n)
+	rts := make([]float64, c.n)
+	for i := range c.n {
+		rts[i] = c.service[i]
+	}
+	// Damped fixed-point iteration: undamped, a slow server's queueing
+	// makes the split swing from one side to the other.
+	for range 500 {
+		var sum float64
+		for i := range c.n {
+			sum += float64(w[i]) / rts[i]
+		}
+		for i := range c.n {
+			lambdas[i] = 0.9*lambdas[i] + 0.1*rate*float64(w[i])/rts[i]/sum
+			rts[i] = c.responseTime(i, lambdas[i])
+		}
+	}
+	return lambdas
 }
 
 func (c *cluster) share(i int) float64 {
@@ -586,5 +627,74 @@ func TestNarrowStepDoesNotStrandAWeight(t *testing.T) {
 	}
 	if got := shares[len(shares)-1]; got < 0.2 {
 		t.Errorf("a narrowed step held the recovered server at a %.3f share: %s", got, fmtShares(shares))
+	}
+}
+
+// Under p2c the data plane evens out active flows per unit of weight and
+// sends a slow server fewer new flows than its weight: read per unit of
+// weight, that looked like a light load and raised the slow server's
+// weight. Read as response time it lowers it, toward its capacity share,
+// within a few intervals, and stays.
+func TestP2CSlowServerWeightFalls(t *testing.T) {
+	c := newClusterScheduler(t, 4, Settings{Sensitivity: DefaultSensitivity}, Proportions{Active: 50, New: 50}, executor.SchedulerP2C)
+	for range 5 {
+		c.interval(1000)
+	}
+	if len(c.commits) != 0 {
+		t.Fatalf("equal servers under p2c: %d commits, first %+v", len(c.commits), c.commits[0])
+	}
+	c.service[0] *= 4
+	var shares []float64
+	for range 15 {
+		c.interval(1000)
+		shares = append(shares, c.share(0))
+	}
+	t.Logf("slow server's weight share per interval: %s", fmtShares(shares))
+	final := shares[len(shares)-1]
+	if final > 0.16 {
+		t.Errorf("slow server's weight share %.3f, want well under its equal share 0.25 (toward its capacity share 0.077)", final)
+	}
+	for i, sh := range shares {
+		if sh > 0.25+1e-9 {
+			t.Errorf("interval %d: slow server's share rose to %.3f", i+1, sh)
+		}
+	}
+	// Settled by the third interval: within 15% of where it ends from then on.
+	for i := 2; i < len(shares); i++ {
+		if math.Abs(shares[i]-final) > 0.15*final {
+			t.Errorf("interval %d: share %.3f, not settled near %.3f (shares %s)", i+1, shares[i], final, fmtShares(shares))
+		}
+	}
+	r := c.m.Report()[0]
+	if r.Scheduler != "p2c" || r.Proportions["active"] != 100 || r.Proportions["new"] != 0 {
+		t.Errorf("report: scheduler %q, proportions %v; want p2c with active 100 new 0", r.Scheduler, r.Proportions)
+	}
+	if r.Committed {
+		t.Errorf("still committing 15 intervals on: %+v", r)
+	}
+}
+
+func TestResponseLoads(t *testing.T) {
+	ok := []bool{true, true, true}
+	// Server 0 holds twice the flows of server 1 for half the new flows:
+	// four times its response time.
+	got, enough := responseLoads([]float64{20, 10, 10}, []float64{50, 100, 100}, ok)
+	if !enough {
+		t.Fatal("300 new flows over 3 servers: not enough")
+	}
+	if math.Abs(got[0]/got[1]-4) > 1e-9 || math.Abs(got[1]-got[2]) > 1e-9 {
+		t.Errorf("loads %v, want server 0 at 4x the others", got)
+	}
+	if math.Abs((got[0]+got[1]+got[2])/3-1) > 1e-9 {
+		t.Errorf("loads %v: mean should be 1", got)
+	}
+	// Too few new flows (long-lived flows): no reading.
+	if _, enough := responseLoads([]float64{20, 10, 10}, []float64{5, 5, 5}, ok); enough {
+		t.Error("15 new flows over 3 servers read as enough")
+	}
+	// A server that took no new flow while holding some is the slowest.
+	got, _ = responseLoads([]float64{30, 10, 10}, []float64{0, 100, 100}, ok)
+	if got[0] <= got[1] {
+		t.Errorf("loads %v: a server taking no new flows must read slowest", got)
 	}
 }

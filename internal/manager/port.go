@@ -72,6 +72,10 @@ type PortReport struct {
 	Port        string         `json:"port"`
 	Policy      string         `json:"policy"`
 	At          time.Time      `json:"at"`
+	// Scheduler is the port's data-plane scheduler; Proportions are the
+	// ones in effect: under p2c the new-flow proportion is read as
+	// response time, with the active one (see lmi.go).
+	Scheduler   string         `json:"scheduler"`
 	Proportions map[string]int `json:"proportions"`
 	// Committed says whether this computation changed the data plane, and
 	// Reason why (or why not).
@@ -113,6 +117,7 @@ type sample struct {
 	state   string
 	note    string
 	newRate float64
+	newN    float64 // new flows over the interval
 	newOK   bool
 	steady  bool // its weight did not change over the interval
 	active  float64
@@ -153,7 +158,8 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 			// load judgement on them.
 			steady := st.haveWeight && st.loadWeight == cur
 			if st.havePrev && c.NewFlows >= st.prevNew && elapsed > 0 {
-				s.newRate = float64(c.NewFlows-st.prevNew) / elapsed.Seconds()
+				s.newN = float64(c.NewFlows - st.prevNew)
+				s.newRate = s.newN / elapsed.Seconds()
 				s.newOK = true
 				s.steady = steady
 			}
@@ -265,9 +271,26 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 	}
 	names := []string{"active", "new", "advisor", "host"}
 	pr := []uint32{props.Active, props.New, props.Advisor, props.Host}
+	activeLoads := metric(func(s *sample) (float64, bool) { return s.active, s.newOK }, true)
+	newLoads := metric(func(s *sample) (float64, bool) { return s.newRate, s.newOK }, true)
+	if inst.Scheduler == executor.SchedulerP2C && !absolute {
+		// The data plane evens out active flows per unit of weight and
+		// chooses the new flows itself: response times are what is left
+		// to read, for both input proportions (see lmi.go).
+		v, nf := make([]float64, n), make([]float64, n)
+		ok := make([]bool, n)
+		for i, s := range smp {
+			v[i], nf[i], ok[i] = s.active, s.newN, s.newOK && up(s) && w[i] > 0
+		}
+		if rt, enough := responseLoads(v, nf, ok); enough {
+			activeLoads = rt
+		}
+		newLoads = ones(n)
+		pr[0], pr[1] = pr[0]+pr[1], 0
+	}
 	loads := [][]float64{
-		metric(func(s *sample) (float64, bool) { return s.active, s.newOK }, true),
-		metric(func(s *sample) (float64, bool) { return s.newRate, s.newOK }, true),
+		activeLoads,
+		newLoads,
 		metric(func(s *sample) (float64, bool) { return s.advMS, s.advOK }, false),
 		metric(func(s *sample) (float64, bool) { return s.host, s.hostOK }, false),
 	}
@@ -400,6 +423,7 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 		Port:        spec.Key.String(),
 		Policy:      m.wcf.Name(),
 		At:          now,
+		Scheduler:   inst.Scheduler.String(),
 		Proportions: map[string]int{},
 		Change:      change,
 	}

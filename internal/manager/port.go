@@ -69,9 +69,9 @@ const (
 
 // PortReport is the manager's account of one port's last computation.
 type PortReport struct {
-	Port        string         `json:"port"`
-	Policy      string         `json:"policy"`
-	At          time.Time      `json:"at"`
+	Port   string    `json:"port"`
+	Policy string    `json:"policy"`
+	At     time.Time `json:"at"`
 	// Scheduler is the port's data-plane scheduler; Proportions are the
 	// ones in effect: under p2c the new-flow proportion is read as
 	// response time, with the active one (see lmi.go).

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"net/netip"
+	"slices"
 
 	"github.com/nd-dispatcher/nd/internal/executor"
 )
@@ -70,16 +71,17 @@ func NewWeightFunc(policy string) (WeightFunc, error) {
 }
 
 // Proportional is the default policy: each server's target weight is its
-// configured weight divided by its Load Metric Index, the targets scaled so
-// that they add up to the configured weights: a server as loaded as its
-// peers is aimed at its configured weight, one twice as loaded at half of
-// it. The configured weights are the operator's statement of capacity; the
-// LMI corrects them by what the servers show. Aiming at a target, rather
-// than multiplying the current weight by 1/LMI every interval, gives the
-// loop a fixed point to settle on: a server's load falls as its weight
-// falls, so its target rises again, and the two meet. A target within 25%
-// of the current weight leaves it as it is: the metrics' own noise is of
-// that order, and chasing it would make weights wander.
+// configured weight times the typical server's LMI (the lower median) over
+// its own: a server as loaded as the typical one is aimed at its
+// configured weight, one twice as loaded at half of it. The configured
+// weights are the operator's statement of capacity; the LMI corrects them
+// by what the servers show. Aiming at a target, rather than multiplying
+// the current weight by 1/LMI every interval, gives the loop a fixed point
+// to settle on, and the total cannot drift. A target within 25% of the
+// configured weight is the configured weight: weights at rest sit on it,
+// and one that was lowered goes back to it when its load does. A target
+// within 25% of the current weight leaves it as it is: the metrics' own
+// noise is of that order, and chasing it would make weights wander.
 //
 // Weights move toward the targets geometrically, by 1/Smoothing of the way
 // in log terms each interval (1 jumps at once), and at most double or
@@ -105,21 +107,42 @@ const deadBand = 1.25
 func (Proportional) Weights(in Input) []uint32 {
 	n := len(in.Servers)
 	out := make([]uint32, n)
-	target := make([]float64, n)
-	var prior, ttotal float64
-	for i, s := range in.Servers {
-		p := float64(max(s.Configured, 1))
-		prior += p
-		target[i] = p / math.Max(s.LMI, minLMI)
-		ttotal += target[i]
+	if n == 0 {
+		return out
 	}
+	// The typical server (the lower median LMI) is aimed at its
+	// configured weight, and the others by their load relative to it: an
+	// outlier then moves alone, and the servers around the median stay on
+	// their configured weights instead of taking up what the outlier gave
+	// away (the shares are the same either way).
+	lmis := make([]float64, n)
+	for i, s := range in.Servers {
+		lmis[i] = math.Max(s.LMI, minLMI)
+	}
+	sorted := slices.Clone(lmis)
+	slices.Sort(sorted)
+	typical := sorted[(n-1)/2]
 	smoothing := math.Max(in.Smoothing, 1)
 	for i, s := range in.Servers {
 		cur := float64(max(s.Weight, 1))
-		t := target[i] * prior / ttotal
+		t := float64(max(s.Configured, 1)) * typical / lmis[i]
+		// A server that reads as loaded as its peers for its configured
+		// weight (its target within the dead band of it) is aimed at that
+		// weight, not left where the last excursion put it: weights at
+		// rest sit on the operator's statement of capacity, and one
+		// that was lowered returns there when its load does.
+		// Close to it, it goes straight there: a fixed point cannot make
+		// a weight wander.
+		if c := float64(max(s.Configured, 1)); inBand(t, c) {
+			if inBand(c, cur) {
+				out[i] = clampWeight(c, in.Bound)
+				continue
+			}
+			t = c
+		}
 		// Within the dead band the weight stays: moves smaller than the
 		// metrics' own noise would only make weights wander.
-		if r := t / cur; r < deadBand && r > 1/deadBand {
+		if inBand(t, cur) {
 			out[i] = clampWeight(cur, in.Bound)
 			continue
 		}
@@ -136,6 +159,12 @@ func (Proportional) Weights(in Input) []uint32 {
 		out[i] = clampWeight(cur*ratio, in.Bound)
 	}
 	return out
+}
+
+// inBand reports whether a is within the dead band of b.
+func inBand(a, b float64) bool {
+	r := a / b
+	return r < deadBand && r > 1/deadBand
 }
 
 // clampWeight rounds w into 1..bound: a server the manager keeps in the

@@ -291,11 +291,12 @@ type Executor interface {
 	// that go idle are noticed only when a packet or an eviction finds
 	// them.
 	ActiveCounts() (map[ServiceKey]map[netip.Addr]int, error)
-	// ReconcileActive rewrites those counts from the connection table
-	// (what ActiveFlows reads). The table is scanned while packets flow:
-	// a flow opened or closed during the scan may be missed or counted
-	// twice, so a count may be off by the new flows and closes of its
-	// server during the scan, until the next reconciliation. Call it
+	// ReconcileActive corrects those counts from the connection table
+	// (what ActiveFlows reads). The table is scanned while packets flow,
+	// and a flow opened or closed during the scan may be missed or
+	// counted twice; so a count moves only by the part of its difference
+	// that its server's opens and closes during the scan cannot explain:
+	// all of it for a quiet server, none for scan noise. Call it
 	// periodically: UDP flows, and TCP flows that end without a FIN or RST
 	// from the client, leave the counts only when found idle.
 	ReconcileActive() error

@@ -767,3 +767,13 @@ func TestP2CSchedulerSwitch(t *testing.T) {
 		t.Fatalf("pin path after Destroy: %v", err)
 	}
 }
+
+func TestShrinkToward0(t *testing.T) {
+	for _, c := range []struct{ d, slack, want int64 }{
+		{5, 0, 5}, {-5, 0, -5}, {5, 3, 2}, {-5, 3, -2}, {3, 3, 0}, {-2, 3, 0}, {0, 0, 0},
+	} {
+		if got := shrinkToward0(c.d, c.slack); got != c.want {
+			t.Errorf("shrinkToward0(%d, %d) = %d, want %d", c.d, c.slack, got, c.want)
+		}
+	}
+}

@@ -404,7 +404,7 @@ func (m *Manager) Run(ctx context.Context) error {
 }
 
 // activeSamples is how many times an interval active flows are sampled.
-const activeSamples = 8
+const activeSamples = 16
 
 // activeSum accumulates one server's active-flow samples.
 type activeSum struct {

@@ -698,3 +698,22 @@ func TestResponseLoads(t *testing.T) {
 		t.Errorf("loads %v: a server taking no new flows must read slowest", got)
 	}
 }
+
+// The other way round: a weight whose step narrowed while it last went up
+// (back to its configured weight) must still come down when its server
+// slows down, even though each move its step allows is below the
+// sensitivity threshold.
+func TestNarrowStepDoesNotHoldAWeightUp(t *testing.T) {
+	c := newCluster(t, 4, Settings{}, Proportions{Active: 50, New: 50})
+	st := c.m.ports[key].servers[addr(0)]
+	st.step, st.dir = minStep, 1
+	c.service[0] *= 4
+	var shares []float64
+	for range 10 {
+		c.interval(1000)
+		shares = append(shares, c.share(0))
+	}
+	if got := shares[len(shares)-1]; got > 0.15 {
+		t.Errorf("a narrowed step held the slow server at a %.3f share: %s", got, fmtShares(shares))
+	}
+}

@@ -56,6 +56,9 @@ type serverState struct {
 	// weight turns back and widens again while it keeps its course.
 	dir  int
 	step float64
+	// heldDir is the direction of the last move asked for but not
+	// committed (below the sensitivity threshold), 0 after a commit.
+	heldDir int
 	// active accumulates the interval's samples of active flows.
 	active activeSum
 }
@@ -491,7 +494,7 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 	c := Commit{Port: spec.Key, Weights: map[netip.Addr]uint32{}, Reason: rep.Reason, Change: change}
 	for i, s := range smp {
 		c.Weights[s.addr] = newW[i]
-		ps.servers[s.addr].moved(s.cur, newW[i])
+		ps.servers[s.addr].moved(s.cur, newW[i], s.spec.Weight)
 	}
 	return c, true
 }
@@ -504,7 +507,14 @@ func trimFloat(v float64) string {
 
 // moved records a committed move of the weight from cur to next, for the
 // step bound: a turn back narrows it, keeping course widens it again.
-func (st *serverState) moved(cur, next uint32) {
+func (st *serverState) moved(cur, next, configured uint32) {
+	st.heldDir = 0
+	if next == configured {
+		// Back on its configured weight, where it rests: what it swung
+		// through before says nothing about its next move.
+		st.dir, st.step = 0, firstStep
+		return
+	}
 	dir := 0
 	switch {
 	case next > cur:
@@ -527,7 +537,9 @@ func (st *serverState) moved(cur, next uint32) {
 }
 
 // held records a move the weight function asked for but that was not
-// committed: asked the way the weight last went, it widens the step.
+// committed: asked the same way twice in a row, it widens the step,
+// whichever way the weight last went (a narrowed step must not hold a
+// weight short of its target for good, above or below it).
 func (st *serverState) held(cur, next uint32) {
 	dir := 0
 	switch {
@@ -536,7 +548,8 @@ func (st *serverState) held(cur, next uint32) {
 	case next < cur:
 		dir = -1
 	}
-	if dir != 0 && dir == st.dir && st.step > 0 {
+	if dir != 0 && dir == st.heldDir && st.step > 0 {
 		st.step = math.Min(st.step*st.step, firstStep)
 	}
+	st.heldDir = dir
 }

@@ -222,7 +222,6 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	d.pending = nil
 	d.removeStrayServices()
-	d.reinstallAll()
 
 	tick := time.NewTicker(d.every)
 	defer tick.Stop()
@@ -509,25 +508,6 @@ func sameService(a, b executor.Service) bool {
 		}
 	}
 	return true
-}
-
-// reinstallAll writes every port to the data plane once, even one that
-// reads back as wanted: an ndd killed while it changed a port may have left
-// its pinned tables half written (servers recorded, table not yet swapped),
-// which reads back like the wanted state. Servers that stay keep their
-// slots, so established flows keep going.
-func (d *Daemon) reinstallAll() {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	installed := map[executor.ServiceKey]executor.Service{}
-	for _, s := range d.x.Services() {
-		installed[s.Key] = s
-	}
-	for _, p := range d.cfg.Ports() {
-		if err := d.x.UpsertService(d.service(p, installed[p.Key])); err != nil {
-			d.log.Error("rewrite port at start", "port", p.Key.String(), "err", err)
-		}
-	}
 }
 
 // removeStrayServices deletes services a previous ndd left in the pinned

@@ -417,7 +417,21 @@ func (b *BPF) recover() error {
 		st.servers[srv.Addr] = &backendState{id: id, gen: be.Gen, srv: srv}
 		b.beIDs.take(id)
 	}
+	// A process killed while it changed a service may have left its tables
+	// half written: servers recorded but the ring not yet swapped to
+	// include them, or the service index not rebuilt. Rebuilding every
+	// ring from the servers just recovered makes the kernel use what
+	// Services reports; a ring that was whole comes out the same (the
+	// Maglev table depends only on its members), so no flow moves.
+	for key, st := range b.services {
+		if err := b.installRing(st.id, st.servers); err != nil {
+			return fmt.Errorf("rebuild the ring of %v: %w", key, err)
+		}
+	}
 	if n := len(b.services); n > 0 {
+		if err := b.writeServiceIndex(); err != nil {
+			return err
+		}
 		b.log.Info("took over pinned data plane", "services", n, "pin_path", b.cfg.PinPath)
 	}
 	return nil

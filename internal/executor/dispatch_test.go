@@ -440,6 +440,48 @@ func TestPinnedRestart(t *testing.T) {
 	}
 }
 
+// TestPinnedRestartRepairsHalfWrittenService: a process killed between
+// recording a new server and swapping in the ring that includes it leaves
+// the pins half written; the next process rebuilds the ring from the
+// servers it finds, so the server it reports is one the kernel uses.
+func TestPinnedRestartRepairsHalfWrittenService(t *testing.T) {
+	pin := "/sys/fs/bpf/" + randomName("ndtest")
+	t.Cleanup(func() { os.RemoveAll(pin) })
+	h := newHarness(t, Config{MaxFlows: 1 << 16, PinPath: pin})
+	key := ServiceKey{vip4, 80, TCP}
+	h.upsert(Service{Key: key, Servers: []Server{h.server(s1, macS1, 1), h.server(s2, macS2, 1)}})
+	h.do(func() error { return h.x.Attach(h.in) })
+	// The first half of adding s3, as UpsertService does it; the process
+	// dies before the ring.
+	h.do(func() error {
+		st := h.x.services[key]
+		_, _, err := h.x.stageServers(key, st, []Server{h.server(s1, macS1, 1), h.server(s2, macS2, 1), h.server(s3, macS3, 1)}, SchedulerMaglev)
+		return err
+	})
+	if err := h.x.Close(); err != nil {
+		t.Fatal(err)
+	}
+	h.do(func() error {
+		x, err := New(Config{MaxFlows: 1 << 16, PinPath: pin})
+		if err != nil {
+			return err
+		}
+		h.x = x
+		return x.Attach(h.in)
+	})
+	if got := h.x.Services(); len(got) != 1 || len(got[0].Servers) != 3 {
+		t.Fatalf("recovered %+v, want the service with 3 servers", got)
+	}
+	seen := map[string]int{}
+	for p := uint16(0); p < 300; p++ {
+		_, out := h.dispatch(tcp4From(netip.AddrFrom4([4]byte{203, 0, 113, byte(p)}), 40000+p, 80, tcpSYN).build())
+		seen[serverByMAC(out)]++
+	}
+	if seen["s3"] < 50 {
+		t.Fatalf("new flows after the restart: %v; s3, reported as a server, got %d of 300", seen, seen["s3"])
+	}
+}
+
 // TestFlowTableAPI: entries written from user space (as a backup learns
 // them from its peer) steer packets; bad entries are refused.
 func TestFlowTableAPI(t *testing.T) {

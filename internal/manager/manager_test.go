@@ -3,8 +3,10 @@ package manager
 import (
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -715,5 +717,23 @@ func TestNarrowStepDoesNotHoldAWeightUp(t *testing.T) {
 	}
 	if got := shares[len(shares)-1]; got > 0.15 {
 		t.Errorf("a narrowed step held the slow server at a %.3f share: %s", got, fmtShares(shares))
+	}
+}
+
+// Under p2c the manager reads response times, which swing from interval to
+// interval with the few long requests each server happens to get; the
+// data plane absorbs such swings, and weights must not chase them.
+func TestP2CNoiseDoesNotMoveWeights(t *testing.T) {
+	c := newClusterScheduler(t, 4, Settings{Sensitivity: DefaultSensitivity}, Proportions{Active: 50, New: 50}, executor.SchedulerP2C)
+	rng := rand.New(rand.NewPCG(1, 2))
+	base := slices.Clone(c.service)
+	for range 40 {
+		for i := range c.service {
+			c.service[i] = base[i] * (1 + 0.2*(2*rng.Float64()-1))
+		}
+		c.interval(1000)
+	}
+	if len(c.commits) != 0 {
+		t.Fatalf("equal servers with ±20%% noise in their service times: %d commits, first %+v", len(c.commits), c.commits[0])
 	}
 }

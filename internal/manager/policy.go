@@ -16,7 +16,10 @@ type Input struct {
 	Port      executor.ServiceKey
 	Bound     uint32  // weights run from 0 to Bound
 	Smoothing float64 // 1 follows the metrics at once; larger is slower
-	Servers   []ServerInput
+	// DeadBand is the ratio within which a target counts as the weight it
+	// is compared with (see Proportional); 0 means the default, 1.25.
+	DeadBand float64
+	Servers  []ServerInput
 }
 
 // ServerInput is one server in Input.
@@ -104,6 +107,14 @@ const maxStep = 2.0
 // deadBand is the ratio of target to weight within which a weight stays.
 const deadBand = 1.25
 
+// DeadBandP2C is the dead band the manager gives the weight function for a
+// port under the p2c scheduler. There the data plane evens out what the
+// weights get wrong within a flow's time, so the weights need only follow
+// differences it cannot absorb; and the manager reads response times there,
+// whose interval-to-interval noise (a handful of 100 ms requests more or
+// less) reaches 30% at a few hundred flows a server.
+const DeadBandP2C = 1.5
+
 func (Proportional) Weights(in Input) []uint32 {
 	n := len(in.Servers)
 	out := make([]uint32, n)
@@ -119,9 +130,28 @@ func (Proportional) Weights(in Input) []uint32 {
 	for i, s := range in.Servers {
 		lmis[i] = math.Max(s.LMI, minLMI)
 	}
+	band := deadBand
+	if in.DeadBand > 1 {
+		band = in.DeadBand
+	}
+	inBand := func(a, b float64) bool {
+		r := a / b
+		return r < band && r > 1/band
+	}
+	// The typical LMI is the mean of those near the lower median: one
+	// server's reading alone is as noisy as each of the others'.
 	sorted := slices.Clone(lmis)
 	slices.Sort(sorted)
-	typical := sorted[(n-1)/2]
+	median := sorted[(n-1)/2]
+	var sum float64
+	k := 0
+	for _, l := range lmis {
+		if inBand(l, median) {
+			sum += l
+			k++
+		}
+	}
+	typical := sum / float64(k)
 	smoothing := math.Max(in.Smoothing, 1)
 	for i, s := range in.Servers {
 		cur := float64(max(s.Weight, 1))
@@ -159,12 +189,6 @@ func (Proportional) Weights(in Input) []uint32 {
 		out[i] = clampWeight(cur*ratio, in.Bound)
 	}
 	return out
-}
-
-// inBand reports whether a is within the dead band of b.
-func inBand(a, b float64) bool {
-	r := a / b
-	return r < deadBand && r > 1/deadBand
 }
 
 // clampWeight rounds w into 1..bound: a server the manager keeps in the

@@ -387,6 +387,9 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 	}
 	if len(in.Servers) > 0 {
 		in.Port, in.Bound, in.Smoothing = spec.Key, spec.Bound, set.Smoothing
+		if inst.Scheduler == executor.SchedulerP2C {
+			in.DeadBand = DeadBandP2C
+		}
 		out := m.wcf.Weights(in)
 		for j, i := range idx {
 			if j < len(out) {

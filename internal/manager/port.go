@@ -61,6 +61,9 @@ type serverState struct {
 	heldDir int
 	// active accumulates the interval's samples of active flows.
 	active activeSum
+	// rtActive and rtNew are moving averages of the interval's mean
+	// active flows and new flows, for its response time under p2c.
+	rtActive, rtNew float64
 }
 
 // Step bounds: a weight's first moves may double or halve it; each turn
@@ -283,7 +286,25 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 		v, nf := make([]float64, n), make([]float64, n)
 		ok := make([]bool, n)
 		for i, s := range smp {
-			v[i], nf[i], ok[i] = s.active, s.newN, s.newOK && up(s) && w[i] > 0
+			st := ps.servers[s.addr]
+			if !up(s) || w[i] == 0 {
+				st.rtActive, st.rtNew = 0, 0
+				continue
+			}
+			if !s.newOK {
+				continue
+			}
+			// Response times swing from one interval to the next with the
+			// few long requests a server happens to get; a moving
+			// average of both sides (half from this interval) halves
+			// that noise, and still moves half the way in one interval.
+			if st.rtNew == 0 && st.rtActive == 0 {
+				st.rtActive, st.rtNew = s.active, s.newN
+			} else {
+				st.rtActive = (st.rtActive + s.active) / 2
+				st.rtNew = (st.rtNew + s.newN) / 2
+			}
+			v[i], nf[i], ok[i] = st.rtActive, st.rtNew, true
 		}
 		if rt, enough := responseLoads(v, nf, ok); enough {
 			activeLoads = rt

@@ -737,3 +737,28 @@ func TestP2CNoiseDoesNotMoveWeights(t *testing.T) {
 		t.Fatalf("equal servers with ±30%% noise in their service times: %d commits, first %+v", len(c.commits), c.commits[0])
 	}
 }
+
+// Under p2c one interval's reading moves no weight: a server slow for one
+// interval only keeps its weight; slow for two, it loses it.
+func TestP2COneIntervalMovesNothing(t *testing.T) {
+	c := newClusterScheduler(t, 4, Settings{Sensitivity: DefaultSensitivity}, Proportions{Active: 50, New: 50}, executor.SchedulerP2C)
+	for range 3 {
+		c.interval(1000)
+	}
+	base := c.service[0]
+	c.service[0] = 4 * base
+	c.interval(1000)
+	c.service[0] = base
+	for range 3 {
+		c.interval(1000)
+	}
+	if len(c.commits) != 0 {
+		t.Fatalf("one slow interval: %d commits, first %+v", len(c.commits), c.commits[0])
+	}
+	c.service[0] = 4 * base
+	c.interval(1000)
+	c.interval(1000)
+	if len(c.commits) == 0 || c.share(0) >= 0.25 {
+		t.Fatalf("two slow intervals: %d commits, server 0's share %.3f", len(c.commits), c.share(0))
+	}
+}

@@ -19,6 +19,9 @@ type Input struct {
 	// DeadBand is the ratio within which a target counts as the weight it
 	// is compared with (see Proportional); 0 means the default, 1.25.
 	DeadBand float64
+	// Confirm asks for two intervals in a row to agree before a weight
+	// moves away (Proportional), from LMI and PrevLMI.
+	Confirm bool
 	Servers  []ServerInput
 }
 
@@ -31,6 +34,8 @@ type ServerInput struct {
 	// LMI is the server's load relative to its peers: 1 is as loaded as
 	// they are for its weight, 2 twice as loaded.
 	LMI float64
+	// PrevLMI is the server's LMI the interval before (0: none).
+	PrevLMI float64
 	// Returning marks a server coming back from weight 0 (down, disabled,
 	// cooled down): it must be brought back gently, not flooded.
 	Returning bool
@@ -121,15 +126,6 @@ func (Proportional) Weights(in Input) []uint32 {
 	if n == 0 {
 		return out
 	}
-	// The typical server (the lower median LMI) is aimed at its
-	// configured weight, and the others by their load relative to it: an
-	// outlier then moves alone, and the servers around the median stay on
-	// their configured weights instead of taking up what the outlier gave
-	// away (the shares are the same either way).
-	lmis := make([]float64, n)
-	for i, s := range in.Servers {
-		lmis[i] = math.Max(s.LMI, minLMI)
-	}
 	band := deadBand
 	if in.DeadBand > 1 {
 		band = in.DeadBand
@@ -138,37 +134,38 @@ func (Proportional) Weights(in Input) []uint32 {
 		r := a / b
 		return r < band && r > 1/band
 	}
-	// The typical LMI is the mean of those near the lower median: one
-	// server's reading alone is as noisy as each of the others'.
-	sorted := slices.Clone(lmis)
-	slices.Sort(sorted)
-	median := sorted[(n-1)/2]
-	var sum float64
-	k := 0
-	for _, l := range lmis {
-		if inBand(l, median) {
-			sum += l
-			k++
-		}
+	now := anchoredTargets(in.Servers, func(s ServerInput) float64 { return math.Max(s.LMI, minLMI) }, inBand)
+	var prev []float64
+	if in.Confirm {
+		prev = anchoredTargets(in.Servers, func(s ServerInput) float64 { return s.PrevLMI }, inBand)
 	}
-	typical := sum / float64(k)
 	smoothing := math.Max(in.Smoothing, 1)
 	for i, s := range in.Servers {
 		cur := float64(max(s.Weight, 1))
-		t := float64(max(s.Configured, 1)) * typical / lmis[i]
-		// A server that reads as loaded as its peers for its configured
-		// weight (its target within the dead band of it) is aimed at that
-		// weight, not left where the last excursion put it: weights at
-		// rest sit on the operator's statement of capacity, and one
-		// that was lowered returns there when its load does.
-		// Close to it, it goes straight there: a fixed point cannot make
-		// a weight wander.
-		if c := float64(max(s.Configured, 1)); inBand(t, c) {
-			if inBand(c, cur) {
-				out[i] = clampWeight(c, in.Bound)
-				continue
+		c := float64(max(s.Configured, 1))
+		t := now[i]
+		if prev != nil && prev[i] > 0 {
+			// Confirmed: a move needs this interval's target and the
+			// last one's out of the dead band on the same side, and
+			// goes to the nearer of the two; one interval's swing moves
+			// nothing.
+			p := prev[i]
+			switch {
+			case !inBand(t, cur) && !inBand(p, cur) && (t > cur) == (p > cur):
+				if math.Abs(math.Log(p/cur)) < math.Abs(math.Log(t/cur)) {
+					t = p
+				}
+			case t == c:
+			default:
+				t = cur
 			}
-			t = c
+		}
+		// Close to its configured weight (a target there, see
+		// anchoredTargets) a weight goes straight there: a fixed point
+		// cannot make a weight wander.
+		if t == c && inBand(c, cur) {
+			out[i] = clampWeight(c, in.Bound)
+			continue
 		}
 		// Within the dead band the weight stays: moves smaller than the
 		// metrics' own noise would only make weights wander.
@@ -187,6 +184,56 @@ func (Proportional) Weights(in Input) []uint32 {
 		}
 		ratio = math.Min(math.Max(ratio, 1/limit), up)
 		out[i] = clampWeight(cur*ratio, in.Bound)
+	}
+	return out
+}
+
+// anchoredTargets is each server's target weight from the LMI that lmi
+// reads (0 where a server has none): its configured weight times the
+// typical LMI over its own. The typical server is aimed at its configured
+// weight and the others by their load relative to it, so that an outlier
+// moves alone, and the servers around the median stay on their configured
+// weights instead of taking up what the outlier gave away (the shares are
+// the same either way). The typical LMI is the mean of those within the
+// dead band of the lower median: one server's reading alone is as noisy as
+// each of the others'. A target within the dead band of the configured
+// weight is the configured weight: weights at rest sit on the operator's
+// statement of capacity, and one that was lowered returns there when its
+// load does, not wherever its last excursion left it.
+func anchoredTargets(servers []ServerInput, lmi func(ServerInput) float64, inBand func(a, b float64) bool) []float64 {
+	out := make([]float64, len(servers))
+	var have []float64
+	for _, s := range servers {
+		if l := lmi(s); l > 0 {
+			have = append(have, math.Max(l, minLMI))
+		}
+	}
+	if len(have) == 0 {
+		return out
+	}
+	sorted := slices.Clone(have)
+	slices.Sort(sorted)
+	median := sorted[(len(sorted)-1)/2]
+	var sum float64
+	k := 0
+	for _, l := range have {
+		if inBand(l, median) {
+			sum += l
+			k++
+		}
+	}
+	typical := sum / float64(k)
+	for i, s := range servers {
+		l := lmi(s)
+		if l <= 0 {
+			continue
+		}
+		c := float64(max(s.Configured, 1))
+		t := c * typical / math.Max(l, minLMI)
+		if inBand(t, c) {
+			t = c
+		}
+		out[i] = t
 	}
 	return out
 }

@@ -61,9 +61,9 @@ type serverState struct {
 	heldDir int
 	// active accumulates the interval's samples of active flows.
 	active activeSum
-	// rtActive and rtNew are moving averages of the interval's mean
-	// active flows and new flows, for its response time under p2c.
-	rtActive, rtNew float64
+	// prevLMI is the LMI of the last full interval in the working set,
+	// 0 if none.
+	prevLMI float64
 }
 
 // Step bounds: a weight's first moves may double or halve it; each turn
@@ -286,25 +286,7 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 		v, nf := make([]float64, n), make([]float64, n)
 		ok := make([]bool, n)
 		for i, s := range smp {
-			st := ps.servers[s.addr]
-			if !up(s) || w[i] == 0 {
-				st.rtActive, st.rtNew = 0, 0
-				continue
-			}
-			if !s.newOK {
-				continue
-			}
-			// Response times swing from one interval to the next with the
-			// few long requests a server happens to get; a moving
-			// average of both sides (half from this interval) halves
-			// that noise, and still moves half the way in one interval.
-			if st.rtNew == 0 && st.rtActive == 0 {
-				st.rtActive, st.rtNew = s.active, s.newN
-			} else {
-				st.rtActive = (st.rtActive + s.active) / 2
-				st.rtNew = (st.rtNew + s.newN) / 2
-			}
-			v[i], nf[i], ok[i] = st.rtActive, st.rtNew, true
+			v[i], nf[i], ok[i] = s.active, s.newN, s.newOK && up(s) && w[i] > 0
 		}
 		if rt, enough := responseLoads(v, nf, ok); enough {
 			activeLoads = rt
@@ -371,7 +353,7 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 		was := st.state
 		st.state = s.state
 		if !up(s) {
-			st.returning = 0
+			st.returning, st.prevLMI = 0, 0
 			continue
 		}
 		if s.spec.Fixed {
@@ -397,10 +379,19 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 			st.returning--
 			continue
 		}
+		if !load && ramp && cur > 0 {
+			// A computation an event brought reads health, not load: the
+			// loads it would see are not an interval's.
+			newW[i] = cur
+			continue
+		}
 		if st.step == 0 {
 			st.step = firstStep
 		}
-		in.Servers = append(in.Servers, ServerInput{Addr: s.addr, Weight: cur, Configured: s.spec.Weight, LMI: lmi[i], Returning: st.returning > 0, MaxStep: st.step})
+		in.Servers = append(in.Servers, ServerInput{Addr: s.addr, Weight: cur, Configured: s.spec.Weight, LMI: lmi[i], PrevLMI: st.prevLMI, Returning: st.returning > 0, MaxStep: st.step})
+		if load && s.newOK {
+			st.prevLMI = lmi[i]
+		}
 		idx = append(idx, i)
 		if st.returning > 0 {
 			st.returning--
@@ -409,7 +400,10 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 	if len(in.Servers) > 0 {
 		in.Port, in.Bound, in.Smoothing = spec.Key, spec.Bound, set.Smoothing
 		if inst.Scheduler == executor.SchedulerP2C {
-			in.DeadBand = DeadBandP2C
+			// The data plane absorbs what the weights get wrong within a
+			// flow's time; the weights need only follow what it cannot,
+			// and the response times read under p2c are noisy.
+			in.DeadBand, in.Confirm = DeadBandP2C, true
 		}
 		out := m.wcf.Weights(in)
 		for j, i := range idx {

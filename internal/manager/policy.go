@@ -22,7 +22,7 @@ type Input struct {
 	// Confirm asks for two intervals in a row to agree before a weight
 	// moves away (Proportional), from LMI and PrevLMI.
 	Confirm bool
-	Servers  []ServerInput
+	Servers []ServerInput
 }
 
 // ServerInput is one server in Input.

@@ -114,11 +114,13 @@ const deadBand = 1.25
 
 // DeadBandP2C is the dead band the manager gives the weight function for a
 // port under the p2c scheduler. There the data plane evens out what the
-// weights get wrong within a flow's time, so the weights need only follow
-// differences it cannot absorb; and the manager reads response times there,
-// whose interval-to-interval noise (a handful of 100 ms requests more or
-// less) reaches 30% at a few hundred flows a server.
-const DeadBandP2C = 1.5
+// weights get wrong within a flow's time (by itself it gives a server four
+// times slower about its capacity share at equal weights), so the weights
+// need only follow differences it cannot absorb; and the response times
+// the manager reads there swing by 30% and more between intervals at a few
+// hundred flows a server, and with the weights themselves (a server cut
+// back makes its peers queue more, and so look relatively faster).
+const DeadBandP2C = 2.0
 
 func (Proportional) Weights(in Input) []uint32 {
 	n := len(in.Servers)
@@ -150,12 +152,16 @@ func (Proportional) Weights(in Input) []uint32 {
 			// goes to the nearer of the two; one interval's swing moves
 			// nothing.
 			p := prev[i]
+			// A reading that puts a server back among its peers (its
+			// target is its configured weight) needs no confirming: the
+			// data plane keeps a server that is not yet back from being
+			// flooded, and a recovered one should not wait.
 			switch {
+			case t == c:
 			case !inBand(t, cur) && !inBand(p, cur) && (t > cur) == (p > cur):
 				if math.Abs(math.Log(p/cur)) < math.Abs(math.Log(t/cur)) {
 					t = p
 				}
-			case t == c:
 			default:
 				t = cur
 			}

@@ -136,10 +136,10 @@ func (Proportional) Weights(in Input) []uint32 {
 		r := a / b
 		return r < band && r > 1/band
 	}
-	now := anchoredTargets(in.Servers, func(s ServerInput) float64 { return math.Max(s.LMI, minLMI) }, inBand)
+	now := anchoredTargets(in.Servers, func(s ServerInput) float64 { return math.Max(s.LMI, minLMI) })
 	var prev []float64
 	if in.Confirm {
-		prev = anchoredTargets(in.Servers, func(s ServerInput) float64 { return s.PrevLMI }, inBand)
+		prev = anchoredTargets(in.Servers, func(s ServerInput) float64 { return s.PrevLMI })
 	}
 	smoothing := math.Max(in.Smoothing, 1)
 	for i, s := range in.Servers {
@@ -152,12 +152,8 @@ func (Proportional) Weights(in Input) []uint32 {
 			// goes to the nearer of the two; one interval's swing moves
 			// nothing.
 			p := prev[i]
-			// A reading that puts a server back among its peers (its
-			// target is its configured weight) needs no confirming: the
-			// data plane keeps a server that is not yet back from being
-			// flooded, and a recovered one should not wait.
 			switch {
-			case t == c:
+			case t == c && p == c:
 			case !inBand(t, cur) && !inBand(p, cur) && (t > cur) == (p > cur):
 				if math.Abs(math.Log(p/cur)) < math.Abs(math.Log(t/cur)) {
 					t = p
@@ -206,7 +202,11 @@ func (Proportional) Weights(in Input) []uint32 {
 // weight is the configured weight: weights at rest sit on the operator's
 // statement of capacity, and one that was lowered returns there when its
 // load does, not wherever its last excursion left it.
-func anchoredTargets(servers []ServerInput, lmi func(ServerInput) float64, inBand func(a, b float64) bool) []float64 {
+func anchoredTargets(servers []ServerInput, lmi func(ServerInput) float64) []float64 {
+	inBand := func(a, b float64) bool {
+		r := a / b
+		return r < deadBand && r > 1/deadBand
+	}
 	out := make([]float64, len(servers))
 	var have []float64
 	for _, s := range servers {

@@ -279,7 +279,14 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 	pr := []uint32{props.Active, props.New, props.Advisor, props.Host}
 	activeLoads := metric(func(s *sample) (float64, bool) { return s.active, s.newOK }, true)
 	newLoads := metric(func(s *sample) (float64, bool) { return s.newRate, s.newOK }, true)
+	// overload is what the cool-down judges: the LMI, except under p2c,
+	// where a server's response time stands above its peers' by design
+	// of its speed (p2c already sends it less), and what shows a server
+	// the data plane cannot protect is active flows per unit of weight,
+	// the very figure p2c evens out.
+	var overload []float64
 	if inst.Scheduler == executor.SchedulerP2C && !absolute {
+		overload = activeLoads
 		// The data plane evens out active flows per unit of weight and
 		// chooses the new flows itself: response times are what is left
 		// to read, for both input proportions (see lmi.go).
@@ -306,6 +313,9 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 		loads = append(loads, metric(func(s *sample) (float64, bool) { return s.custom[j], s.custOK[j] }, false))
 	}
 	lmi := combine(pr, loads, n)
+	if overload == nil {
+		overload = lmi
+	}
 	eligible := 0
 	for _, s := range smp {
 		if up(s) {
@@ -322,13 +332,13 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 		if !up(s) || s.spec.Fixed || static || set.Overload < 0 || eligible < 2 || st.returning > 0 {
 			continue
 		}
-		if lmi[i] > set.Overload && s.newOK && s.steady {
+		if o := clampLMI(overload[i]); o > set.Overload && s.newOK && s.steady {
 			back := min(st.cools, 4)
 			st.coolUntil = now.Add(set.CoolDown << back)
 			st.cools++
 			st.healthy = 0
 			s.state = StateCoolDown
-			s.note = "load " + trimFloat(lmi[i]) + "x its peers'"
+			s.note = "load " + trimFloat(o) + "x its peers'"
 			eligible--
 		}
 	}

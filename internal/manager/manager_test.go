@@ -674,6 +674,17 @@ func TestP2CSlowServerWeightFalls(t *testing.T) {
 	if r.Committed {
 		t.Errorf("still committing 15 intervals on: %+v", r)
 	}
+	// Recovered, it is back on its configured weight within three
+	// intervals (two readings to agree, then the move).
+	c.service[0] /= 4
+	shares = shares[:0]
+	for range 6 {
+		c.interval(1000)
+		shares = append(shares, c.share(0))
+	}
+	if shares[2] < 0.25-1e-9 {
+		t.Errorf("recovered server's weight share %s, want 0.25 by the third interval", fmtShares(shares))
+	}
 }
 
 func TestResponseLoads(t *testing.T) {

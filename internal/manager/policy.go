@@ -146,13 +146,16 @@ func (Proportional) Weights(in Input) []uint32 {
 		cur := float64(max(s.Weight, 1))
 		c := float64(max(s.Configured, 1))
 		t := now[i]
-		if prev != nil && prev[i] > 0 {
+		if prev != nil {
 			// Confirmed: a move needs this interval's target and the
 			// last one's out of the dead band on the same side, and
 			// goes to the nearer of the two; one interval's swing moves
 			// nothing.
 			p := prev[i]
 			switch {
+			case p == 0:
+				// No reading at this weight yet.
+				t = cur
 			case t == c && p == c:
 			case !inBand(t, cur) && !inBand(p, cur) && (t > cur) == (p > cur):
 				if math.Abs(math.Log(p/cur)) < math.Abs(math.Log(t/cur)) {
@@ -175,7 +178,14 @@ func (Proportional) Weights(in Input) []uint32 {
 			out[i] = clampWeight(cur, in.Bound)
 			continue
 		}
-		ratio := math.Pow(t/cur, 1/smoothing)
+		ratio := t / cur
+		if t != c {
+			// Smoothing is for targets read from load, which are noisy;
+			// the configured weight is a fixed point, approached within
+			// the step bounds only (smoothed, the last moves toward it
+			// could fall below the sensitivity threshold for good).
+			ratio = math.Pow(ratio, 1/smoothing)
+		}
 		limit := maxStep
 		if s.MaxStep >= 1 {
 			limit = math.Min(limit, s.MaxStep)
@@ -235,8 +245,12 @@ func anchoredTargets(servers []ServerInput, lmi func(ServerInput) float64) []flo
 			continue
 		}
 		c := float64(max(s.Configured, 1))
+		cur := float64(max(s.Weight, 1))
 		t := c * typical / math.Max(l, minLMI)
-		if inBand(t, c) {
+		// Near the configured weight, or past it seen from the current
+		// weight (a server cut back that now reads lighter than its
+		// peers), the target is the configured weight.
+		if inBand(t, c) || (cur < c && t > c) || (cur > c && t < c) {
 			t = c
 		}
 		out[i] = t

@@ -522,7 +522,13 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 	c := Commit{Port: spec.Key, Weights: map[netip.Addr]uint32{}, Reason: rep.Reason, Change: change}
 	for i, s := range smp {
 		c.Weights[s.addr] = newW[i]
-		ps.servers[s.addr].moved(s.cur, newW[i], s.spec.Weight)
+		st := ps.servers[s.addr]
+		st.moved(s.cur, newW[i], s.spec.Weight)
+		if newW[i] != s.cur {
+			// Its last reading was taken at the old weight: what
+			// confirms the next move must be read at the new one.
+			st.prevLMI = 0
+		}
 	}
 	return c, true
 }

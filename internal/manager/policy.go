@@ -44,6 +44,9 @@ type ServerInput struct {
 	// manager narrows it each time a server's weight turns back, so that
 	// a weight circling its balance point closes in on it.
 	MaxStep float64
+	// LastDir is the direction of the server's last committed move: 1
+	// up, -1 down, 0 none since it rested on its configured weight.
+	LastDir int
 }
 
 // WeightFunc is the paper's replaceable Weight Computation Function: it
@@ -142,6 +145,14 @@ func (Proportional) Weights(in Input) []uint32 {
 		prev = anchoredTargets(in.Servers, func(s ServerInput) float64 { return s.PrevLMI })
 	}
 	smoothing := math.Max(in.Smoothing, 1)
+	if in.Confirm {
+		// Under p2c a server's reading moves against its own weight (p2c
+		// holds its active flows in proportion to it): a target read at
+		// weight w comes out near A/w, and moving half the way in log
+		// terms lands on the balance point where smoothing 1.5 would
+		// overshoot it.
+		smoothing = math.Max(smoothing, 2)
+	}
 	for i, s := range in.Servers {
 		cur := float64(max(s.Weight, 1))
 		c := float64(max(s.Configured, 1))
@@ -152,7 +163,12 @@ func (Proportional) Weights(in Input) []uint32 {
 			// goes to the nearer of the two; one interval's swing moves
 			// nothing.
 			p := prev[i]
+			// A move that carries on the way the weight last went needs
+			// only this interval's reading: the first move already was
+			// confirmed, and the rest of the way should not wait.
+			carryOn := !inBand(t, cur) && s.LastDir != 0 && (t > cur) == (s.LastDir > 0)
 			switch {
+			case carryOn:
 			case p == 0:
 				// No reading at this weight yet.
 				t = cur

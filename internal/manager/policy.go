@@ -44,9 +44,6 @@ type ServerInput struct {
 	// manager narrows it each time a server's weight turns back, so that
 	// a weight circling its balance point closes in on it.
 	MaxStep float64
-	// LastDir is the direction of the server's last committed move: 1
-	// up, -1 down, 0 none since it rested on its configured weight.
-	LastDir int
 }
 
 // WeightFunc is the paper's replaceable Weight Computation Function: it
@@ -163,12 +160,7 @@ func (Proportional) Weights(in Input) []uint32 {
 			// goes to the nearer of the two; one interval's swing moves
 			// nothing.
 			p := prev[i]
-			// A move that carries on the way the weight last went needs
-			// only this interval's reading: the first move already was
-			// confirmed, and the rest of the way should not wait.
-			carryOn := !inBand(t, cur) && s.LastDir != 0 && (t > cur) == (s.LastDir > 0)
 			switch {
-			case carryOn:
 			case p == 0:
 				// No reading at this weight yet.
 				t = cur

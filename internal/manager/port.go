@@ -398,7 +398,7 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 		if st.step == 0 {
 			st.step = firstStep
 		}
-		in.Servers = append(in.Servers, ServerInput{Addr: s.addr, Weight: cur, Configured: s.spec.Weight, LMI: lmi[i], PrevLMI: st.prevLMI, Returning: st.returning > 0, MaxStep: st.step, LastDir: st.dir})
+		in.Servers = append(in.Servers, ServerInput{Addr: s.addr, Weight: cur, Configured: s.spec.Weight, LMI: lmi[i], PrevLMI: st.prevLMI, Returning: st.returning > 0, MaxStep: st.step})
 		if load && s.newOK {
 			st.prevLMI = lmi[i]
 		}

@@ -132,10 +132,7 @@ func (Proportional) Weights(in Input) []uint32 {
 	if in.DeadBand > 1 {
 		band = in.DeadBand
 	}
-	inBand := func(a, b float64) bool {
-		r := a / b
-		return r < band && r > 1/band
-	}
+	inBand := func(a, b float64) bool { return within(a, b, band) }
 	now := anchoredTargets(in.Servers, func(s ServerInput) float64 { return math.Max(s.LMI, minLMI) })
 	var prev []float64
 	if in.Confirm {
@@ -221,10 +218,7 @@ func (Proportional) Weights(in Input) []uint32 {
 // statement of capacity, and one that was lowered returns there when its
 // load does, not wherever its last excursion left it.
 func anchoredTargets(servers []ServerInput, lmi func(ServerInput) float64) []float64 {
-	inBand := func(a, b float64) bool {
-		r := a / b
-		return r < deadBand && r > 1/deadBand
-	}
+	inBand := func(a, b float64) bool { return within(a, b, deadBand) }
 	out := make([]float64, len(servers))
 	var have []float64
 	for _, s := range servers {
@@ -264,6 +258,12 @@ func anchoredTargets(servers []ServerInput, lmi func(ServerInput) float64) []flo
 		out[i] = t
 	}
 	return out
+}
+
+// within reports whether a is within a factor band of b.
+func within(a, b, band float64) bool {
+	r := a / b
+	return r < band && r > 1/band
 }
 
 // clampWeight rounds w into 1..bound: a server the manager keeps in the

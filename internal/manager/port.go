@@ -285,7 +285,8 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 	// the data plane cannot protect is active flows per unit of weight,
 	// the very figure p2c evens out.
 	var overload []float64
-	if inst.Scheduler == executor.SchedulerP2C && !absolute {
+	p2c := inst.Scheduler == executor.SchedulerP2C && !absolute
+	if p2c {
 		overload = activeLoads
 		// The data plane evens out active flows per unit of weight and
 		// chooses the new flows itself: response times are what is left
@@ -409,7 +410,7 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 	}
 	if len(in.Servers) > 0 {
 		in.Port, in.Bound, in.Smoothing = spec.Key, spec.Bound, set.Smoothing
-		if inst.Scheduler == executor.SchedulerP2C {
+		if p2c {
 			// The data plane absorbs what the weights get wrong within a
 			// flow's time; the weights need only follow what it cannot,
 			// and the response times read under p2c are noisy.

@@ -10,7 +10,6 @@ import (
 	"math"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -199,18 +198,23 @@ func (s *session) runLab(ctx context.Context, o labOptions, nddPath string) (err
 	}
 
 	say("starting %s --config %s in the dispatcher's namespace", nddPath, cfgPath)
-	d, err := startNDD(l, nddPath, cfgPath, filepath.Join(dir, labLogFile))
+	// Its own process group keeps the terminal's Ctrl-C from stopping ndd
+	// before the traffic.
+	d, err := lab.StartNDD(&l.Dispatcher, lab.NDDOptions{Binary: nddPath, Config: cfgPath, Log: filepath.Join(dir, labLogFile), OwnGroup: true})
 	if err != nil {
 		return err
 	}
 	defer func() {
 		if err != nil && ctx.Err() == nil {
-			if tail := d.logTail(25); tail != "" {
-				fmt.Fprintf(s.stderr, "ndd's log (last lines):\n%s", tail)
+			if tail := d.LogTail(25); tail != "" {
+				fmt.Fprintf(s.stderr, "ndd's log (last lines):\n%s\n", tail)
 			}
 		}
-		serr := d.stop(labNDDStop)
-		derr := destroyDataPlane(l, nddPath, cfgPath, cfg.DataPlane.PinPath)
+		serr := d.Stop(syscall.SIGTERM, labNDDStop)
+		if serr == nil && d.Err() != nil {
+			serr = fmt.Errorf("ndd: %w", d.Err())
+		}
+		derr := destroyDataPlane(d, cfg.DataPlane.PinPath)
 		if serr == nil && derr == nil {
 			say("stopped ndd and removed its data plane")
 		}
@@ -223,7 +227,7 @@ func (s *session) runLab(ctx context.Context, o labOptions, nddPath string) (err
 	}
 	defer c.Close()
 	began := time.Now()
-	if err := waitHealthy(ctx, c, d, labNDDStart); err != nil {
+	if err := d.WaitReady(ctx, labNDDStart, c.Health); err != nil {
 		return err
 	}
 	st, err := waitResolved(ctx, c, labResolveWait)
@@ -314,118 +318,16 @@ func labConfig(l *lab.Lab, dir string) *config.Config {
 	return c
 }
 
-// nddProc is ndd running in the dispatcher's namespace.
-type nddProc struct {
-	cmd  *exec.Cmd
-	log  string
-	done chan struct{}
-	err  error // from Wait, once done is closed
-}
-
-func startNDD(l *lab.Lab, nddPath, cfgPath, logPath string) (*nddProc, error) {
-	logf, err := os.Create(logPath)
-	if err != nil {
-		return nil, err
-	}
-	defer logf.Close() // the child has its own copy
-	// ndd is stopped in order by stopNDD, not by the context.
-	cmd := l.Dispatcher.NS.Command(context.Background(), nddPath, "--config", cfgPath)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	// Its own process group keeps the terminal's Ctrl-C from stopping it
-	// before the traffic; the parent-death signal stops it if ndctl is
-	// killed outright.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start ndd: %w", err)
-	}
-	p := &nddProc{cmd: cmd, log: logPath, done: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		close(p.done)
-	}()
-	return p, nil
-}
-
-func (p *nddProc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// stop sends SIGTERM, then SIGKILL after wait, and waits for the process.
-func (p *nddProc) stop(wait time.Duration) error {
-	if p.exited() {
-		if p.err != nil {
-			return fmt.Errorf("ndd exited early: %w", p.err)
-		}
-		return errors.New("ndd exited early")
-	}
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	t := time.NewTimer(wait)
-	defer t.Stop()
-	select {
-	case <-p.done:
-		if p.err != nil {
-			return fmt.Errorf("ndd: %w", p.err)
-		}
-		return nil
-	case <-t.C:
-		p.cmd.Process.Kill()
-		<-p.done
-		return fmt.Errorf("ndd did not stop within %v of SIGTERM and was killed", wait)
-	}
-}
-
-func (p *nddProc) logTail(n int) string {
-	b, err := os.ReadFile(p.log)
-	if err != nil || len(b) == 0 {
-		return ""
-	}
-	lines := strings.SplitAfter(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "") + "\n"
-}
-
-// destroyDataPlane runs `ndd --destroy` in the dispatcher's namespace, then
-// removes the pin directory if anything is left of it.
-func destroyDataPlane(l *lab.Lab, nddPath, cfgPath, pinPath string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	out, err := l.Dispatcher.NS.Command(ctx, nddPath, "--destroy", "--config", cfgPath).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("ndd --destroy: %w: %s", err, oneLine(string(out)))
+// destroyDataPlane runs `ndd --destroy`, then removes the pin directory if
+// anything is left of it.
+func destroyDataPlane(d *lab.NDD, pinPath string) error {
+	if err := d.Destroy(); err != nil {
+		return err
 	}
 	if err := os.RemoveAll(pinPath); err != nil {
 		return fmt.Errorf("remove %s: %w", pinPath, err)
 	}
 	return nil
-}
-
-// waitHealthy waits for ndd's API to answer, for at most limit.
-func waitHealthy(ctx context.Context, c *api.Client, d *nddProc, limit time.Duration) error {
-	deadline := time.Now().Add(limit)
-	for {
-		err := c.Health()
-		if err == nil {
-			return nil
-		}
-		if d.exited() {
-			return fmt.Errorf("ndd exited (%v) before its API answered", d.err)
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("ndd's API did not answer within %v: %w", limit, err)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
 }
 
 // waitResolved waits, for at most limit, until ndd has resolved every

@@ -240,7 +240,7 @@ func runVariant(ctx context.Context, o feedbackOptions, v variant, l *lab.Lab, s
 	if err != nil {
 		return err
 	}
-	defer func() { err = errors.Join(err, p.stop(5*time.Second)) }()
+	defer func() { err = errors.Join(err, stopNDD(p, 5*time.Second)) }()
 	c, err := api.NewClient(filepath.Join(vdir, "ndd.sock"), "", api.WithTimeout(800*time.Millisecond))
 	if err != nil {
 		return err
@@ -338,8 +338,8 @@ func runVariant(ctx context.Context, o feedbackOptions, v variant, l *lab.Lab, s
 		vr.Expired += s.expired.Load()
 	}
 	vr.records = recs
-	if p.exited() {
-		return fmt.Errorf("ndd exited during the run: %v: %s", p.err, p.logTail())
+	if p.Exited() {
+		return fmt.Errorf("ndd exited during the run: %v: %s", p.Err(), p.LogTail(nddLogLines))
 	}
 	// Let the servers' queues drain before the next variant.
 	time.Sleep(2 * time.Second)

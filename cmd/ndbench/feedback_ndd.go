@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -103,107 +102,49 @@ func checkConfig(ctx context.Context, nddPath, cfgPath string) error {
 	return fmt.Errorf("ndd --check: %w", err)
 }
 
-// nddProc is ndd running in the dispatcher's namespace.
-type nddProc struct {
-	cmd  *exec.Cmd
-	log  string
-	done chan struct{}
-	err  error
+// nddLogLines is how much of ndd's log an error quotes.
+const nddLogLines = 5
+
+// startNDD runs ndd in the dispatcher's namespace, in a process group of
+// its own so that a Ctrl-C reaches only ndbench, which stops it in order.
+func startNDD(l *lab.Lab, nddPath, cfgPath, logPath string) (*lab.NDD, error) {
+	return lab.StartNDD(&l.Dispatcher, lab.NDDOptions{Binary: nddPath, Config: cfgPath, Log: logPath,
+		Args: []string{"--log-level", "warn"}, OwnGroup: true})
 }
 
-func startNDD(l *lab.Lab, nddPath, cfgPath, logPath string) (*nddProc, error) {
-	logf, err := os.Create(logPath)
-	if err != nil {
-		return nil, err
+// stopNDD stops ndd with SIGTERM, killing it after wait; ndd gone before
+// is an error that quotes its log.
+func stopNDD(p *lab.NDD, wait time.Duration) error {
+	err := p.Stop(syscall.SIGTERM, wait)
+	if errors.Is(err, lab.ErrNDDExited) {
+		return fmt.Errorf("%w; log: %s", err, p.LogTail(nddLogLines))
 	}
-	defer logf.Close()
-	// Stopped in order by stop, not by a context; the parent-death
-	// signal stops it if ndbench is killed outright.
-	cmd := l.Dispatcher.NS.Command(context.Background(), nddPath, "--config", cfgPath, "--log-level", "warn")
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start ndd: %w", err)
-	}
-	p := &nddProc{cmd: cmd, log: logPath, done: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		close(p.done)
-	}()
-	return p, nil
-}
-
-func (p *nddProc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// stop sends SIGTERM, then SIGKILL after wait, and waits for the process.
-func (p *nddProc) stop(wait time.Duration) error {
-	if p.exited() {
-		return fmt.Errorf("ndd exited early: %v; log: %s", p.err, p.logTail())
-	}
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	t := time.NewTimer(wait)
-	defer t.Stop()
-	select {
-	case <-p.done:
-		return nil
-	case <-t.C:
-		p.cmd.Process.Kill()
-		<-p.done
-		return fmt.Errorf("ndd did not stop within %v of SIGTERM and was killed", wait)
-	}
-}
-
-func (p *nddProc) logTail() string {
-	b, _ := os.ReadFile(p.log)
-	b = bytes.TrimSpace(b)
-	if len(b) > 600 {
-		b = b[len(b)-600:]
-	}
-	return string(b)
+	return err
 }
 
 // waitReady waits for ndd's API to answer and every server to be resolved.
-func waitReady(ctx context.Context, c *api.Client, p *nddProc, limit time.Duration) error {
-	deadline := time.Now().Add(limit)
-	var last error
-	for {
+func waitReady(ctx context.Context, c *api.Client, p *lab.NDD, limit time.Duration) error {
+	err := p.WaitReady(ctx, limit, func() error {
 		st, err := c.Status()
-		if err == nil {
-			last = nil
-			n := 0
-			for _, port := range st.Ports {
-				for _, s := range port.Servers {
-					if s.State == daemon.StateUnresolved {
-						n++
-						last = fmt.Errorf("server %s unresolved: %s", s.Address, s.Reason)
-					}
+		if err != nil {
+			return err
+		}
+		for _, port := range st.Ports {
+			for _, s := range port.Servers {
+				if s.State == daemon.StateUnresolved {
+					return fmt.Errorf("server %s unresolved: %s", s.Address, s.Reason)
 				}
 			}
-			if n == 0 && len(st.Ports) > 0 {
-				return nil
-			}
-		} else {
-			last = err
 		}
-		if p.exited() {
-			return fmt.Errorf("ndd exited (%v): %s", p.err, p.logTail())
+		if len(st.Ports) == 0 {
+			return errors.New("no ports yet")
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("ndd not ready within %v: %v", limit, last)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(200 * time.Millisecond):
-		}
+		return nil
+	})
+	if errors.Is(err, lab.ErrNDDExited) {
+		return fmt.Errorf("%w: %s", err, p.LogTail(nddLogLines))
 	}
+	return err
 }
 
 // buildNDD compiles ./cmd/ndd into dir, for a run without --ndd.

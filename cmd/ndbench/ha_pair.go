@@ -51,10 +51,8 @@ type haNDD struct {
 	host   *lab.Host
 	cfg    string // configuration file
 	socket string
-	log    string
 	api    *api.Client
-	cmd    *exec.Cmd
-	done   chan struct{}
+	proc   *lab.NDD // the latest run
 	starts int
 }
 
@@ -147,32 +145,18 @@ func (p *haPair) config(self, peer *lab.Host, priority int, key string) string {
 // start runs ndd in the node's namespace and waits for its API.
 func (p *haPair) start(ctx context.Context, n *haNDD) error {
 	n.starts++
-	n.log = filepath.Join(p.dir, fmt.Sprintf("%s-%d.log", n.host.Name, n.starts))
-	logFile, err := os.Create(n.log)
+	proc, err := lab.StartNDD(n.host, lab.NDDOptions{Binary: p.ndd, Config: n.cfg,
+		Log: filepath.Join(p.dir, fmt.Sprintf("%s-%d.log", n.host.Name, n.starts))})
 	if err != nil {
 		return err
 	}
-	defer logFile.Close()
-	n.cmd = n.host.NS.Command(context.Background(), p.ndd, "--config", n.cfg)
-	n.cmd.Stdout, n.cmd.Stderr = logFile, logFile
-	n.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
-	if err := n.cmd.Start(); err != nil {
-		return fmt.Errorf("start ndd in %s: %w", n.host.Name, err)
+	n.proc = proc
+	err = proc.WaitReady(ctx, haStartWait, n.api.Health)
+	if errors.Is(err, lab.ErrNDDExited) {
+		return fmt.Errorf("%s: %w: %s", n.host.Name, err, proc.LogTail(10))
 	}
-	n.done = make(chan struct{})
-	go func(cmd *exec.Cmd, done chan struct{}) { cmd.Wait(); close(done) }(n.cmd, n.done)
-	deadline := time.Now().Add(haStartWait)
-	for n.api.Health() != nil {
-		select {
-		case <-n.done:
-			return fmt.Errorf("ndd in %s exited at start: %s", n.host.Name, tail(n.log))
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("ndd in %s: no API after %v", n.host.Name, haStartWait)
-		}
+	if err != nil {
+		return fmt.Errorf("%s: %w", n.host.Name, err)
 	}
 	return nil
 }
@@ -183,17 +167,7 @@ func (p *haPair) pinPath(h *lab.Host) string {
 	return fmt.Sprintf("/sys/fs/bpf/ndbench-ha-%d-%s", os.Getpid(), h.Name)
 }
 
-func (n *haNDD) running() bool {
-	if n.done == nil {
-		return false
-	}
-	select {
-	case <-n.done:
-		return false
-	default:
-		return true
-	}
-}
+func (n *haNDD) running() bool { return n.proc != nil && !n.proc.Exited() }
 
 // settle waits until nodes[active] is active, the other a standby that
 // holds the active's flows and configuration, and the client reaches the
@@ -272,8 +246,7 @@ func (p *haPair) failover(ctx context.Context, kind string) (failover, error) {
 	case "crash":
 		// The kill first: a dying host does not react to its link going
 		// down (and ndd taking servers out as it would).
-		from.cmd.Process.Kill()
-		<-from.done
+		from.proc.Kill()
 		if err := setLink(from.host, false); err != nil {
 			return f, err
 		}
@@ -459,25 +432,18 @@ func (p *haPair) close() error {
 		if n == nil {
 			continue
 		}
+		// Exiting between the check and the signal is no failure.
 		if n.running() {
-			n.cmd.Process.Signal(syscall.SIGTERM)
-			select {
-			case <-n.done:
-			case <-time.After(haStopWait):
-				n.cmd.Process.Kill()
-				<-n.done
-				errs = append(errs, fmt.Errorf("ndd in %s did not stop on SIGTERM: killed", n.host.Name))
+			if err := n.proc.Stop(syscall.SIGTERM, haStopWait); err != nil && !errors.Is(err, lab.ErrNDDExited) {
+				errs = append(errs, fmt.Errorf("%s: %w", n.host.Name, err))
 			}
 		}
 		if n.api != nil {
 			n.api.Close()
 		}
-		if n.starts > 0 {
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			out, err := n.host.NS.Command(ctx, p.ndd, "--destroy", "--config", n.cfg).CombinedOutput()
-			cancel()
-			if err != nil {
-				errs = append(errs, fmt.Errorf("ndd --destroy in %s: %w: %s", n.host.Name, err, out))
+		if n.proc != nil {
+			if err := n.proc.Destroy(); err != nil {
+				errs = append(errs, err)
 			}
 		}
 		os.RemoveAll(p.pinPath(n.host))
@@ -497,16 +463,6 @@ func (p *haPair) close() error {
 		os.RemoveAll(p.dir)
 	}
 	return errors.Join(errs...)
-}
-
-// tail returns the last lines of a log.
-func tail(path string) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err.Error()
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	return strings.Join(lines[max(0, len(lines)-10):], "\n")
 }
 
 // haEcho is a server's line echo on the VIP: long-lived connections send

@@ -1,0 +1,47 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/nd-dispatcher/nd/internal/testutil"
+)
+
+// TestHAPairInLab runs one failover of each kind with few connections and
+// fast timers: the pair starts, a crash kills one ndd and starts it again,
+// a takeover moves the VIP back, and close leaves no pinned data plane.
+func TestHAPairInLab(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	ndd := filepath.Join(t.TempDir(), "ndd")
+	if out, err := exec.Command("go", "build", "-o", ndd, "../ndd").CombinedOutput(); err != nil {
+		t.Fatalf("build ndd: %v: %s", err, out)
+	}
+	o, err := parseHAOptions([]string{"--failovers", "1", "--conns", "4", "--period", "50ms",
+		"--interval", "100ms", "--dead-after", "500ms", "--window", "3s", "--ndd", ndd}, os.Stderr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	fs, err := measureHA(ctx, o, t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(fs) != 2 || fs[0].Kind != "crash" || fs[1].Kind != "planned" || fs[0].From != fs[1].To {
+		t.Fatalf("failovers %+v, want a crash and a planned one back", fs)
+	}
+	for _, f := range fs {
+		if f.Conns != 4 || f.Control <= 0 {
+			t.Errorf("%s failover: %+v", f.Kind, f)
+		}
+	}
+	left, _ := filepath.Glob(fmt.Sprintf("/sys/fs/bpf/ndbench-ha-%d-*", os.Getpid()))
+	if len(left) > 0 {
+		t.Errorf("pinned data planes left behind: %v", left)
+	}
+}

@@ -59,8 +59,8 @@ type haNode struct {
 	keyFile  string
 	cfgPath  string
 	api      *api.Client
-	proc     *nddProc
-	starts   int
+	proc     *lab.NDD   // the latest run
+	runs     []*lab.NDD // every run, for their logs
 }
 
 // haLab is a two-dispatcher lab with reply servers on VIP4:80. nodes[0]
@@ -170,22 +170,16 @@ func newHALab(t *testing.T, servers int, timers haTimers, preempt bool) *haLab {
 // start runs ndd on the node and waits until its API answers.
 func (n *haNode) start(t *testing.T) {
 	t.Helper()
-	n.starts++
-	logPath := filepath.Join(n.dir, fmt.Sprintf("ndd-%d.log", n.starts))
-	p, err := startNDD(t, n.host.NS, n.cfgPath, logPath)
+	p, err := lab.StartNDD(n.host, lab.NDDOptions{Binary: nddBinary(t), Config: n.cfgPath,
+		Log: filepath.Join(n.dir, fmt.Sprintf("ndd-%d.log", len(n.runs)+1))})
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("%s: %v", n.name, err)
 	}
 	n.proc = p
-	deadline := time.Now().Add(nddStartTimeout)
-	for n.api.Health() != nil {
-		if p.exited() {
-			t.Fatalf("%s: ndd exited before its API answered (%v):\n%s", n.name, p.err, readLog(logPath))
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: ndd's API did not answer within %v", n.name, nddStartTimeout)
-		}
-		time.Sleep(50 * time.Millisecond)
+	n.runs = append(n.runs, p)
+	// On failure, teardown shows the log.
+	if err := p.WaitReady(context.Background(), nddStartTimeout, n.api.Health); err != nil {
+		t.Fatalf("%s: %v", n.name, err)
 	}
 }
 
@@ -281,7 +275,7 @@ func (h *haLab) unsettled(active, standby *haNode) string {
 	return ""
 }
 
-func (n *haNode) running() bool { return n.proc != nil && !n.proc.exited() }
+func (n *haNode) running() bool { return n.proc != nil && !n.proc.Exited() }
 
 // crash is what the dispatcher's host dying looks like to the others: ndd
 // is killed with SIGKILL and the host's eth0 goes down at once, so that
@@ -290,8 +284,7 @@ func (n *haNode) running() bool { return n.proc != nil && !n.proc.exited() }
 // dying host does not react to its own link going down.
 func (n *haNode) crash(t *testing.T) {
 	t.Helper()
-	n.proc.cmd.Process.Kill()
-	<-n.proc.done
+	n.proc.Kill()
 	if err := n.setLink(false); err != nil {
 		t.Fatalf("%s: %v", n.name, err)
 	}
@@ -355,21 +348,21 @@ func (n *haNode) vipsOnEth0(t *testing.T) []netip.Addr {
 // its logs.
 func (n *haNode) teardown(t *testing.T) {
 	if n.running() {
-		if err := n.proc.stop(syscall.SIGTERM, nddStopTimeout); err != nil {
+		if err := n.proc.Stop(syscall.SIGTERM, nddStopTimeout); err != nil {
 			t.Errorf("%s: stop ndd: %v", n.name, err)
-		} else if n.proc.err != nil {
-			t.Errorf("%s: ndd exited with %v after SIGTERM", n.name, n.proc.err)
+		} else if n.proc.Err() != nil {
+			t.Errorf("%s: ndd exited with %v after SIGTERM", n.name, n.proc.Err())
 		}
 	}
-	if n.starts > 0 {
-		if _, stderr, code, err := runInNS(n.host.NS, nddBinary(t), "--destroy", "--config", n.cfgPath); err != nil || code != 0 {
-			t.Errorf("%s: ndd --destroy: exit %d, %v: %s", n.name, code, err, stderr)
+	if n.proc != nil {
+		if err := n.proc.Destroy(); err != nil {
+			t.Errorf("%s: %v", n.name, err)
 		}
 	}
 	os.RemoveAll(n.cfg.PinPath)
 	if t.Failed() {
-		for i := 1; i <= n.starts; i++ {
-			t.Logf("log of %s's ndd run %d:\n%s", n.name, i, readLog(filepath.Join(n.dir, fmt.Sprintf("ndd-%d.log", i))))
+		for i, p := range n.runs {
+			t.Logf("log of %s's ndd run %d:\n%s", n.name, i+1, p.LogTail(nddLogLines))
 		}
 	}
 }

@@ -29,8 +29,9 @@ const (
 	nddStartTimeout = 15 * time.Second // until the API answers
 	nddReadyTimeout = 15 * time.Second // until every server is in the data plane
 	nddStopTimeout  = 10 * time.Second // SIGTERM until exit, before SIGKILL
-	nddRunTimeout   = 30 * time.Second // a one-shot ndd: --check, --destroy
+	nddRunTimeout   = 30 * time.Second // a one-shot ndd: --check
 	apiTimeout      = 10 * time.Second // one API request
+	nddLogLines     = 80               // of each run's log, shown when a test fails
 )
 
 // TestMain removes the binaries built for the tests.
@@ -86,10 +87,6 @@ func nddBinary(t *testing.T) string { return goBinary(t, "ndd") }
 
 // startInNS starts cmd inside ns. The process is forked from a thread that
 // has entered ns, so it inherits that network namespace and nothing else.
-// (NS.Command goes through `ip netns exec`, which also gives the process a
-// private mount namespace with a fresh sysfs on /sys: ndd would then mount
-// a private bpffs on /sys/fs/bpf, and its pins, the data plane's attachment
-// included, would vanish when it exits.)
 func startInNS(ns *netns.NS, cmd *exec.Cmd) error {
 	return ns.Do(cmd.Start)
 }
@@ -114,65 +111,6 @@ func runInNS(ns *netns.NS, name string, args ...string) (stdout, stderr string, 
 		return o.String(), e.String(), exit.ExitCode(), nil
 	}
 	return o.String(), e.String(), -1, fmt.Errorf("run %s %s: %w\nstderr: %s", name, strings.Join(args, " "), err, e.String())
-}
-
-// nddProc is one running ndd.
-type nddProc struct {
-	cmd  *exec.Cmd
-	log  string        // its stdout and stderr
-	done chan struct{} // closed when it has exited
-	err  error         // Wait's answer, once done
-}
-
-// startNDD starts `ndd --config cfgPath` in ns, logging to logPath.
-func startNDD(t *testing.T, ns *netns.NS, cfgPath, logPath string) (*nddProc, error) {
-	t.Helper()
-	logf, err := os.Create(logPath)
-	if err != nil {
-		return nil, err
-	}
-	defer logf.Close() // the child holds its own descriptor
-	cmd := exec.Command(nddBinary(t), "--config", cfgPath)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	// Should the test binary die, ndd goes too. (The signal follows the
-	// forking thread, which NS.Do hands back to the runtime alive.)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
-	if err := startInNS(ns, cmd); err != nil {
-		return nil, fmt.Errorf("start ndd: %w", err)
-	}
-	p := &nddProc{cmd: cmd, log: logPath, done: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		close(p.done)
-	}()
-	return p, nil
-}
-
-func (p *nddProc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// stop sends sig and waits for the exit; after timeout it kills.
-func (p *nddProc) stop(sig syscall.Signal, timeout time.Duration) error {
-	if p.exited() {
-		return fmt.Errorf("ndd had already exited: %v", p.err)
-	}
-	if err := p.cmd.Process.Signal(sig); err != nil {
-		return fmt.Errorf("signal ndd: %w", err)
-	}
-	select {
-	case <-p.done:
-		return nil
-	case <-time.After(timeout):
-	}
-	p.cmd.Process.Kill()
-	<-p.done
-	return fmt.Errorf("ndd did not exit within %v of %v: killed", timeout, sig)
 }
 
 // nddConfig is the configuration file a test gives ndd: the dispatcher's
@@ -263,8 +201,8 @@ type nddLab struct {
 	cfg     nddConfig
 	cfgPath string
 	api     *api.Client
-	ndd     *nddProc
-	starts  int
+	ndd     *lab.NDD              // the latest run
+	runs    []*lab.NDD            // every run, for their logs
 	addrOf  map[string]netip.Addr // server name -> its IPv4 address
 	nameOf  map[netip.Addr]string
 }
@@ -378,26 +316,16 @@ func (n *nddLab) writeConfig(t *testing.T, c nddConfig) {
 // answers and every configured server is in the data plane.
 func (n *nddLab) start(t *testing.T) {
 	t.Helper()
-	n.starts++
-	logPath := filepath.Join(n.dir, fmt.Sprintf("ndd-%d.log", n.starts))
-	p, err := startNDD(t, n.lab.Dispatcher.NS, n.cfgPath, logPath)
+	p, err := lab.StartNDD(&n.lab.Dispatcher, lab.NDDOptions{Binary: nddBinary(t), Config: n.cfgPath,
+		Log: filepath.Join(n.dir, fmt.Sprintf("ndd-%d.log", len(n.runs)+1))})
 	if err != nil {
 		t.Fatal(err)
 	}
 	n.ndd = p
-	deadline := time.Now().Add(nddStartTimeout)
-	for {
-		err := n.api.Health()
-		if err == nil {
-			break
-		}
-		if p.exited() {
-			t.Fatalf("ndd exited before its API answered (%v):\n%s", p.err, readLog(logPath))
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("ndd's API did not answer within %v: %v", nddStartTimeout, err)
-		}
-		time.Sleep(50 * time.Millisecond)
+	n.runs = append(n.runs, p)
+	// On failure, teardown shows the log.
+	if err := p.WaitReady(context.Background(), nddStartTimeout, n.api.Health); err != nil {
+		t.Fatal(err)
 	}
 	n.waitReady(t)
 }
@@ -440,39 +368,27 @@ func notReady(st daemon.Status) string {
 // teardown stops ndd, removes the pinned data plane with `ndd --destroy`
 // and checks that the pin directory is gone. On failure it shows ndd's logs.
 func (n *nddLab) teardown(t *testing.T) {
-	if n.ndd != nil && !n.ndd.exited() {
-		if err := n.ndd.stop(syscall.SIGTERM, nddStopTimeout); err != nil {
+	if n.ndd != nil && !n.ndd.Exited() {
+		if err := n.ndd.Stop(syscall.SIGTERM, nddStopTimeout); err != nil {
 			t.Errorf("stop ndd: %v", err)
-		} else if n.ndd.err != nil {
-			t.Errorf("ndd exited with %v after SIGTERM", n.ndd.err)
+		} else if n.ndd.Err() != nil {
+			t.Errorf("ndd exited with %v after SIGTERM", n.ndd.Err())
 		}
 	}
-	if _, stderr, code, err := runInNS(n.lab.Dispatcher.NS, nddBinary(t), "--destroy", "--config", n.cfgPath); err != nil || code != 0 {
-		t.Errorf("ndd --destroy: exit %d, %v: %s", code, err, stderr)
+	if n.ndd != nil {
+		if err := n.ndd.Destroy(); err != nil {
+			t.Error(err)
+		}
 	}
 	if _, err := os.Stat(n.cfg.PinPath); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("pin path %s left behind after ndd --destroy (%v)", n.cfg.PinPath, err)
 		os.RemoveAll(n.cfg.PinPath)
 	}
 	if t.Failed() {
-		for i := 1; i <= n.starts; i++ {
-			p := filepath.Join(n.dir, fmt.Sprintf("ndd-%d.log", i))
-			t.Logf("log of ndd run %d:\n%s", i, readLog(p))
+		for i, p := range n.runs {
+			t.Logf("log of ndd run %d:\n%s", i+1, p.LogTail(nddLogLines))
 		}
 	}
-}
-
-// readLog returns the last lines of a log file.
-func readLog(path string) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err.Error()
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > 80 {
-		lines = append([]string{"..."}, lines[len(lines)-80:]...)
-	}
-	return strings.Join(lines, "\n")
 }
 
 // portStatus returns VIP4:port's status.

@@ -16,10 +16,7 @@ import (
 // work servers, the open-loop client, the slow-down and the report.
 func TestFeedbackStaticInLab(t *testing.T) {
 	testutil.RequirePrivileged(t)
-	ndd := filepath.Join(t.TempDir(), "ndd")
-	if out, err := exec.Command("go", "build", "-o", ndd, "../ndd").CombinedOutput(); err != nil {
-		t.Fatalf("build ndd: %v: %s", err, out)
-	}
+	ndd := testNDD(t)
 	o, err := parseFeedbackOptions([]string{"--variants", "static", "--warmup", "0s", "--normal", "3s", "--slow", "4s", "--recovery", "2s",
 		"--load", "0.3", "--ndd", ndd}, io.Discard)
 	if err != nil {
@@ -63,4 +60,14 @@ func TestFeedbackStaticInLab(t *testing.T) {
 	if slow.P999 < 300*time.Millisecond || slow.P999 <= normal.P999 {
 		t.Errorf("slow phase p99.9 %v, normal %v: server1's slow-down does not show", slow.P999, normal.P999)
 	}
+}
+
+// testNDD builds cmd/ndd for one test and returns the binary's path.
+func testNDD(t *testing.T) string {
+	t.Helper()
+	ndd := filepath.Join(t.TempDir(), "ndd")
+	if out, err := exec.Command("go", "build", "-o", ndd, "../ndd").CombinedOutput(); err != nil {
+		t.Fatalf("build ndd: %v: %s", err, out)
+	}
+	return ndd
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -17,12 +16,8 @@ import (
 // a takeover moves the VIP back, and close leaves no pinned data plane.
 func TestHAPairInLab(t *testing.T) {
 	testutil.RequirePrivileged(t)
-	ndd := filepath.Join(t.TempDir(), "ndd")
-	if out, err := exec.Command("go", "build", "-o", ndd, "../ndd").CombinedOutput(); err != nil {
-		t.Fatalf("build ndd: %v: %s", err, out)
-	}
 	o, err := parseHAOptions([]string{"--failovers", "1", "--conns", "4", "--period", "50ms",
-		"--interval", "100ms", "--dead-after", "500ms", "--window", "3s", "--ndd", ndd}, os.Stderr)
+		"--interval", "100ms", "--dead-after", "500ms", "--window", "3s", "--ndd", testNDD(t)}, os.Stderr)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -36,9 +36,16 @@ readlink /proc/self/ns/net > "$2.ready"
 while :; do sleep 0.05; done
 `
 
-// nddHost is a namespace of its own, as a lab host, with the fake ndd
+// fakeHost is a namespace of its own, as a lab host, with the fake ndd
 // and a directory for its files.
-func nddHost(t *testing.T) (*lab.Host, string, string) {
+type fakeHost struct {
+	host *lab.Host
+	bin  string
+	dir  string
+	nsID string // what readlink /proc/self/ns/net says inside
+}
+
+func newFakeHost(t *testing.T) *fakeHost {
 	t.Helper()
 	testutil.RequirePrivileged(t)
 	ns, err := netns.New(netns.OwnedName("ndtndd"))
@@ -46,27 +53,36 @@ func nddHost(t *testing.T) (*lab.Host, string, string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ns.Close() })
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "ndd")
-	if err := os.WriteFile(bin, []byte(fakeNDD), 0o755); err != nil {
+	f := &fakeHost{host: &lab.Host{Name: "dispatcher", NS: ns}, dir: t.TempDir()}
+	f.bin = filepath.Join(f.dir, "ndd")
+	if err := os.WriteFile(f.bin, []byte(fakeNDD), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	var st syscall.Stat_t
 	if err := syscall.Stat(ns.Path(), &st); err != nil {
 		t.Fatal(err)
 	}
-	return &lab.Host{Name: "dispatcher", NS: ns}, bin, fmt.Sprintf("net:[%d]", st.Ino)
+	f.nsID = fmt.Sprintf("net:[%d]", st.Ino)
+	return f
 }
 
-func writeConfig(t *testing.T, dir, name, body string) string {
+// start writes config and starts the fake ndd on it with o, the binary,
+// configuration and log filled in. It returns the configuration's path.
+func (f *fakeHost) start(t *testing.T, config string, o lab.NDDOptions) (*lab.NDD, string) {
 	t.Helper()
-	p := filepath.Join(dir, name)
-	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+	o.Binary, o.Config, o.Log = f.bin, filepath.Join(f.dir, "nd.yaml"), filepath.Join(f.dir, "ndd.log")
+	if err := os.WriteFile(o.Config, []byte(config), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return p
+	p, err := lab.StartNDD(f.host, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Kill)
+	return p, o.Config
 }
 
+// fileReady is ready once path exists.
 func fileReady(path string) func() error {
 	return func() error {
 		_, err := os.Stat(path)
@@ -75,23 +91,16 @@ func fileReady(path string) func() error {
 }
 
 func TestNDDLifecycle(t *testing.T) {
-	h, bin, nsID := nddHost(t)
-	dir := filepath.Dir(bin)
-	cfg := writeConfig(t, dir, "nd.yaml", "mode: serve\n")
-	p, err := lab.StartNDD(h, lab.NDDOptions{Binary: bin, Config: cfg, Log: filepath.Join(dir, "ndd.log"),
-		Args: []string{"--log-level", "warn"}, OwnGroup: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { p.Kill() })
+	f := newFakeHost(t)
+	p, cfg := f.start(t, "mode: serve\n", lab.NDDOptions{Args: []string{"--log-level", "warn"}, OwnGroup: true})
 	if err := p.WaitReady(context.Background(), 5*time.Second, fileReady(cfg+".ready")); err != nil {
 		t.Fatalf("wait: %v\nlog: %s", err, p.LogTail(10))
 	}
 	if p.Exited() || p.Err() != nil {
 		t.Fatalf("exited %v (%v) while serving", p.Exited(), p.Err())
 	}
-	if got, _ := os.ReadFile(cfg + ".ready"); strings.TrimSpace(string(got)) != nsID {
-		t.Errorf("ran in namespace %q, want the host's %s", got, nsID)
+	if got, _ := os.ReadFile(cfg + ".ready"); strings.TrimSpace(string(got)) != f.nsID {
+		t.Errorf("ran in namespace %q, want the host's %s", got, f.nsID)
 	}
 	if err := p.Stop(syscall.SIGTERM, 5*time.Second); err != nil {
 		t.Fatalf("stop: %v", err)
@@ -112,20 +121,15 @@ func TestNDDLifecycle(t *testing.T) {
 	if err := p.Destroy(); err != nil {
 		t.Fatalf("destroy: %v", err)
 	}
-	if got, _ := os.ReadFile(cfg + ".destroyed"); strings.TrimSpace(string(got)) != nsID {
-		t.Errorf("--destroy ran in namespace %q, want the host's %s", got, nsID)
+	if got, _ := os.ReadFile(cfg + ".destroyed"); strings.TrimSpace(string(got)) != f.nsID {
+		t.Errorf("--destroy ran in namespace %q, want the host's %s", got, f.nsID)
 	}
 }
 
 func TestNDDExitsEarly(t *testing.T) {
-	h, bin, _ := nddHost(t)
-	dir := filepath.Dir(bin)
-	cfg := writeConfig(t, dir, "nd.yaml", "mode: exit\ndestroy: fail\n")
-	p, err := lab.StartNDD(h, lab.NDDOptions{Binary: bin, Config: cfg, Log: filepath.Join(dir, "ndd.log")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = p.WaitReady(context.Background(), 5*time.Second, fileReady(cfg+".ready"))
+	f := newFakeHost(t)
+	p, cfg := f.start(t, "mode: exit\ndestroy: fail\n", lab.NDDOptions{})
+	err := p.WaitReady(context.Background(), 5*time.Second, fileReady(cfg+".ready"))
 	if !errors.Is(err, lab.ErrNDDExited) || !strings.Contains(err.Error(), "exit status 3") {
 		t.Errorf("wait: %v, want ErrNDDExited with exit status 3", err)
 	}
@@ -141,19 +145,13 @@ func TestNDDExitsEarly(t *testing.T) {
 }
 
 func TestNDDStopKillsTheDeaf(t *testing.T) {
-	h, bin, _ := nddHost(t)
-	dir := filepath.Dir(bin)
-	cfg := writeConfig(t, dir, "nd.yaml", "mode: deaf\n")
-	p, err := lab.StartNDD(h, lab.NDDOptions{Binary: bin, Config: cfg, Log: filepath.Join(dir, "ndd.log")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { p.Kill() })
+	f := newFakeHost(t)
+	p, cfg := f.start(t, "mode: deaf\n", lab.NDDOptions{})
 	if err := p.WaitReady(context.Background(), 5*time.Second, fileReady(cfg+".ready")); err != nil {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	err = p.Stop(syscall.SIGTERM, 300*time.Millisecond)
+	err := p.Stop(syscall.SIGTERM, 300*time.Millisecond)
 	if err == nil || !strings.Contains(err.Error(), "killed") {
 		t.Errorf("stop of a process that ignores SIGTERM: %v, want it killed", err)
 	}
@@ -163,15 +161,10 @@ func TestNDDStopKillsTheDeaf(t *testing.T) {
 }
 
 func TestNDDWaitReadyLimits(t *testing.T) {
-	h, bin, _ := nddHost(t)
-	dir := filepath.Dir(bin)
-	cfg := writeConfig(t, dir, "nd.yaml", "mode: serve\n")
-	p, err := lab.StartNDD(h, lab.NDDOptions{Binary: bin, Config: cfg, Log: filepath.Join(dir, "ndd.log")})
-	if err != nil {
-		t.Fatal(err)
-	}
+	f := newFakeHost(t)
+	p, _ := f.start(t, "mode: serve\n", lab.NDDOptions{})
 	never := errors.New("socket not there")
-	err = p.WaitReady(context.Background(), 200*time.Millisecond, func() error { return never })
+	err := p.WaitReady(context.Background(), 200*time.Millisecond, func() error { return never })
 	if !errors.Is(err, never) || !strings.Contains(err.Error(), "within 200ms") {
 		t.Errorf("wait past its limit: %v", err)
 	}
@@ -187,9 +180,8 @@ func TestNDDWaitReadyLimits(t *testing.T) {
 }
 
 func TestStartNDDFailures(t *testing.T) {
-	h, bin, _ := nddHost(t)
-	dir := filepath.Dir(bin)
-	if _, err := lab.StartNDD(h, lab.NDDOptions{Binary: bin, Config: "x", Log: filepath.Join(dir, "no", "such", "dir.log")}); err == nil {
+	f := newFakeHost(t)
+	if _, err := lab.StartNDD(f.host, lab.NDDOptions{Binary: f.bin, Config: "x", Log: filepath.Join(f.dir, "no", "such", "dir.log")}); err == nil {
 		t.Error("started with a log that cannot be created")
 	}
 }

@@ -26,6 +26,10 @@
 // 02:00:00:00:00:nn on eth0, and 203.0.113.n, 2001:db8:1::n and
 // 02:00:00:00:01:nn on eth1.
 //
+// StartNDD runs the ndd daemon in one of a lab's hosts, for the demo, the
+// benchmarks and the end-to-end tests, and Stop and Destroy take it and its
+// pinned data plane down again.
+//
 // A Lab's namespaces outlive the process unless Close runs: own it with
 // defer or t.Cleanup, and in long-running programs cancel on signals
 // (signal.NotifyContext) so that the deferred Close runs. SweepStale removes

@@ -11,8 +11,10 @@ import (
 	"slices"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
+	"golang.org/x/sys/unix"
 
 	"github.com/nd-dispatcher/nd/internal/executor"
 	"github.com/nd-dispatcher/nd/internal/lab"
@@ -77,6 +79,9 @@ type bench struct {
 	servers  []*server
 	x        *executor.BPF
 	gen      *generator
+	// stats keeps the kernel's BPF run-time statistics on while the bench
+	// runs; nil if the kernel refused.
+	stats io.Closer
 }
 
 // newBench builds the lab, checks it, starts the servers, loads the
@@ -114,6 +119,13 @@ func newBench(ctx context.Context, o options, logf func(string, ...any)) (_ *ben
 	}
 	if err := b.loadExecutor(); err != nil {
 		return nil, err
+	}
+	// Held by this process only: the statistics stop with it, however it
+	// ends. They cost every BPF program on the machine two clock reads a
+	// run meanwhile.
+	if b.stats, err = ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME)); err != nil {
+		logf("no XDP run-time statistics: %v", err)
+		b.stats, err = nil, nil
 	}
 	if b.gen, err = startGenerator(ctx, &l.Client); err != nil {
 		return nil, err
@@ -184,6 +196,10 @@ func (b *bench) close() error {
 	}
 	stopServers(b.servers)
 	b.servers = nil
+	if b.stats != nil {
+		b.stats.Close()
+		b.stats = nil
+	}
 	if b.x != nil {
 		if err := b.x.Destroy(); err != nil {
 			errs = append(errs, fmt.Errorf("destroy executor: %w", err))
@@ -268,11 +284,73 @@ func (b *bench) xdpMode() string {
 	return fmt.Sprintf("mode %d", l.Attrs().Xdp.AttachMode)
 }
 
+// xdpProgram returns the ID of the XDP program on the dispatcher's
+// interface, or 0 if there is none.
+func (b *bench) xdpProgram() ebpf.ProgramID {
+	d := &b.lab.Dispatcher
+	h, err := d.NS.Netlink()
+	if err != nil {
+		return 0
+	}
+	l, err := h.LinkByIndex(d.Ifindex)
+	if err != nil || l.Attrs().Xdp == nil || !l.Attrs().Xdp.Attached {
+		return 0
+	}
+	return ebpf.ProgramID(l.Attrs().Xdp.ProgId)
+}
+
+// xdpCost is how long the dispatcher's XDP program ran, by the kernel's own
+// statistics, while the client made Requests requests: the forwarder's
+// work alone, without the path around it.
+type xdpCost struct {
+	Runs     uint64        `json:"runs"`
+	Runtime  time.Duration `json:"runtime_ns"`
+	Requests int           `json:"requests"`
+}
+
+// xdpCounters reads a program's run count and total run time; ok is false
+// when they cannot be read (no program, no statistics).
+func xdpCounters(id ebpf.ProgramID) (runs uint64, runtime time.Duration, ok bool) {
+	if id == 0 {
+		return 0, 0, false
+	}
+	p, err := ebpf.NewProgramFromID(id)
+	if err != nil {
+		return 0, 0, false
+	}
+	defer p.Close()
+	st, err := p.Stats()
+	if err != nil {
+		return 0, 0, false
+	}
+	return st.RunCount, st.Runtime, true
+}
+
+// PerPacket is the program's mean time a run (a frame); 0 if unmeasured.
+func (c xdpCost) PerPacket() time.Duration {
+	if c.Runs == 0 {
+		return 0
+	}
+	return c.Runtime / time.Duration(c.Runs)
+}
+
+// PerRequest is the program's time a request (every frame of one
+// connection from the client); 0 if unmeasured.
+func (c xdpCost) PerRequest() time.Duration {
+	if c.Requests == 0 || c.Runs == 0 {
+		return 0
+	}
+	return c.Runtime / time.Duration(c.Requests)
+}
+
 // roundResult is one configuration's measurements in one round.
 type roundResult struct {
-	Round   int          `json:"round"`
-	XDPMode string       `json:"xdp_mode"`
-	Latency stepResult   `json:"latency"`
+	Round   int        `json:"round"`
+	XDPMode string     `json:"xdp_mode"`
+	Latency stepResult `json:"latency"`
+	// XDP is the dispatcher's program's run time over the latency phase;
+	// zero without a program or statistics.
+	XDP     xdpCost      `json:"xdp_cost"`
 	MaxRate float64      `json:"max_rate"`
 	Steps   []stepResult `json:"steps"`
 }
@@ -346,8 +424,15 @@ func (b *bench) latency(ctx context.Context, round int, rrs map[string]*roundRes
 }
 
 func (b *bench) latencySlice(ctx context.Context, t target, rr *roundResult, d time.Duration) error {
+	id := b.xdpProgram()
+	runs0, rt0, ok0 := xdpCounters(id)
 	r, err := b.step(ctx, t, b.o.rate, d)
 	rr.Latency.add(r)
+	if runs1, rt1, ok1 := xdpCounters(id); ok0 && ok1 {
+		rr.XDP.Runs += runs1 - runs0
+		rr.XDP.Runtime += rt1 - rt0
+		rr.XDP.Requests += r.Sent
+	}
 	return err
 }
 

@@ -230,6 +230,45 @@ func TestReport(t *testing.T) {
 	}
 }
 
+// TestReportXDPCost: the program's run time is reported per frame and per
+// request as medians over the rounds that measured it, and nd's time beyond
+// the trivial forwarder's as a share of direct's p50.
+func TestReportXDPCost(t *testing.T) {
+	rr := func(p50 time.Duration, runs uint64, runtime time.Duration, requests int) roundResult {
+		return roundResult{Latency: stepResult{P50: p50}, XDP: xdpCost{Runs: runs, Runtime: runtime, Requests: requests}}
+	}
+	results := map[string][]roundResult{
+		cfgDirect:  {rr(200*time.Microsecond, 0, 0, 0), rr(200*time.Microsecond, 0, 0, 0)},
+		cfgTrivial: {rr(220*time.Microsecond, 400, 80*time.Microsecond, 100), rr(220*time.Microsecond, 400, 120*time.Microsecond, 100)},
+		// The second round has no statistics: it must not pull the medians to 0.
+		cfgND: {rr(230*time.Microsecond, 400, 480*time.Microsecond, 100), rr(230*time.Microsecond, 0, 0, 100)},
+	}
+	o, _ := parseOptions([]string{"--rounds", "2"}, &bytes.Buffer{})
+	r := newReport(o, results)
+	got := map[string]summary{}
+	for _, s := range r.Configs {
+		got[s.Config] = s
+	}
+	if s := got[cfgTrivial]; s.XDPNsPerPacket != 250 || s.XDPNsPerRequest != 1000 {
+		t.Errorf("trivial: %v ns a frame, %v ns a request; want 250 and 1000", s.XDPNsPerPacket, s.XDPNsPerRequest)
+	}
+	if s := got[cfgND]; s.XDPNsPerPacket != 1200 || s.XDPNsPerRequest != 4800 {
+		t.Errorf("nd: %v ns a frame, %v ns a request; want 1200 and 4800", s.XDPNsPerPacket, s.XDPNsPerRequest)
+	}
+	var table bytes.Buffer
+	r.writeTable(&table)
+	// (4.8 - 1.0) µs of 200 µs.
+	if !strings.Contains(table.String(), "3.80 µs a request, 1.9% of direct's p50") {
+		t.Errorf("table:\n%s", table.String())
+	}
+	results[cfgND] = []roundResult{rr(230*time.Microsecond, 0, 0, 100)}
+	table.Reset()
+	newReport(o, results).writeTable(&table)
+	if !strings.Contains(table.String(), "not measured") {
+		t.Errorf("without statistics the table should say so:\n%s", table.String())
+	}
+}
+
 // TestRefusesOutsideTheClientNamespace: the socket factory's checks refuse
 // a thread or a socket that is not in the namespace asked for, and refuse
 // the namespace the process started in even when it is the one asked for.

@@ -477,6 +477,12 @@ func (b *bench) run(ctx context.Context) (map[string][]roundResult, error) {
 		if err := b.latency(ctx, round, rrs); err != nil {
 			return results, fmt.Errorf("round %d: %w", round, err)
 		}
+		if b.o.latencyOnly {
+			for _, cfg := range b.o.configs() {
+				results[cfg] = append(results[cfg], *rrs[cfg])
+			}
+			continue
+		}
 		for _, cfg := range b.o.configs() {
 			lo, hi := b.o.rate, 2*b.o.rate
 			if prev := results[cfg]; len(prev) > 0 && prev[len(prev)-1].MaxRate > 0 {

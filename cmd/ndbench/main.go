@@ -58,7 +58,10 @@ type options struct {
 	timeout   time.Duration
 	json      bool
 	directAll bool
-	stderr    io.Writer
+	// latencyOnly skips the rate search: more rounds of the latency phase
+	// in the same time.
+	latencyOnly bool
+	stderr      io.Writer
 }
 
 // Bounds of the flags.
@@ -82,9 +85,10 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	fs.Float64Var(&o.maxRate, "max-rate", 64_000, "highest rate the search offers, in new connections per second")
 	fs.DurationVar(&o.timeout, "timeout", 30*time.Minute, "give up, clean up and report what was measured after this long")
 	fs.BoolVar(&o.directAll, "direct-all", false, "also measure direct-all: straight to every server's own address in turn, the cost of spreading connections without a dispatcher")
+	fs.BoolVar(&o.latencyOnly, "latency-only", false, "measure only the latency phase, no search for the highest rate (more rounds in the same time)")
 	fs.BoolVar(&o.json, "json", false, "print the report as JSON on stdout (the table goes to stderr)")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: ndbench [--servers N] [--duration D] [--rate R] [--rounds N] [--max-rate R] [--timeout D] [--direct-all] [--json]\n\n")
+		fmt.Fprintf(stderr, "usage: ndbench [--servers N] [--duration D] [--rate R] [--rounds N] [--max-rate R] [--timeout D] [--direct-all] [--latency-only] [--json]\n\n")
 		fmt.Fprintf(stderr, "Builds a lab of network namespaces and measures new-connection latency and the\n")
 		fmt.Fprintf(stderr, "highest sustained rate directly to a server, through a trivial XDP forwarder, and\n")
 		fmt.Fprintf(stderr, "through nd. Must run as root; removes the lab on exit.\n")
@@ -119,7 +123,10 @@ func (o options) worstCase() time.Duration {
 	step := o.duration + requestTimeout + time.Second + settle
 	search := stepWarmup + requestTimeout + time.Second + step
 	slices := int64(o.duration/latencySlice) + 1
-	perConfig := warmup + time.Duration(slices)*search + maxSearchSteps*search
+	perConfig := warmup + time.Duration(slices)*search
+	if !o.latencyOnly {
+		perConfig += maxSearchSteps * search
+	}
 	return time.Duration(o.rounds*len(o.configs())) * perConfig
 }
 

@@ -111,6 +111,12 @@ func TestParseOptions(t *testing.T) {
 	if err != nil || o.servers != 2 || o.duration != time.Second || o.rate != 500 || !o.json {
 		t.Errorf("flags: %+v, %v", o, err)
 	}
+	// Without the search a run's bound shrinks by more than half.
+	lo, _ := parseOptions([]string{"--latency-only"}, &bytes.Buffer{})
+	full, _ := parseOptions(nil, &bytes.Buffer{})
+	if !lo.latencyOnly || 2*lo.worstCase() >= full.worstCase() {
+		t.Errorf("--latency-only: %v, bound %v vs %v", lo.latencyOnly, lo.worstCase(), full.worstCase())
+	}
 	for _, args := range [][]string{
 		{"--servers", "0"},
 		{"--servers", "89"},

@@ -46,6 +46,7 @@ type report struct {
 	Rounds         int       `json:"rounds"`
 	RoundsDone     int       `json:"rounds_done"`
 	Rate           float64   `json:"latency_rate"`
+	LatencyOnly    bool      `json:"latency_only,omitempty"`
 	StepDuration   string    `json:"step_duration"`
 	RequestTimeout string    `json:"request_timeout"`
 	CPUs           int       `json:"cpus"`
@@ -60,6 +61,7 @@ func newReport(o options, results map[string][]roundResult) *report {
 		Servers:        o.servers,
 		Rounds:         o.rounds,
 		Rate:           o.rate,
+		LatencyOnly:    o.latencyOnly,
 		StepDuration:   o.duration.String(),
 		RequestTimeout: requestTimeout.String(),
 	}
@@ -123,8 +125,12 @@ func newReport(o options, results map[string][]roundResult) *report {
 // writeTable prints the report for people.
 func (r *report) writeTable(w io.Writer) {
 	fmt.Fprintf(w, "ndbench: %d servers, %d of %d rounds, %d CPUs, kernel %s\n", r.Servers, r.RoundsDone, r.Rounds, r.CPUs, r.Kernel)
-	fmt.Fprintf(w, "latency at %g new connections/s for %s; highest rate with under 1%% errors, steps of %s; medians over rounds\n\n",
-		r.Rate, r.StepDuration, r.StepDuration)
+	if r.LatencyOnly {
+		fmt.Fprintf(w, "latency at %g new connections/s for %s (no rate search); medians over rounds\n\n", r.Rate, r.StepDuration)
+	} else {
+		fmt.Fprintf(w, "latency at %g new connections/s for %s; highest rate with under 1%% errors, steps of %s; medians over rounds\n\n",
+			r.Rate, r.StepDuration, r.StepDuration)
+	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintf(tw, "config\tXDP\tp50\tp99\terrors\tmax rate/s\trounds: p50 | max rate\t\n")
 	for _, s := range r.Configs {
@@ -133,8 +139,12 @@ func (r *report) writeTable(w io.Writer) {
 			p50s = append(p50s, fmt.Sprintf("%.0f", micros(rr.Latency.P50)))
 			rates = append(rates, fmt.Sprintf("%.0f", rr.MaxRate))
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%.1fµs\t%.1fµs\t%d/%d\t%.0f\t%s | %s\t\n", s.Config, s.XDPMode,
-			s.P50us, s.P99us, s.Errors, s.Requests, s.MaxRate, strings.Join(p50s, " "), strings.Join(rates, " "))
+		maxRate, perRound := "-", strings.Join(p50s, " ")
+		if s.MaxRate > 0 {
+			maxRate, perRound = fmt.Sprintf("%.0f", s.MaxRate), perRound+" | "+strings.Join(rates, " ")
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%.1fµs\t%.1fµs\t%d/%d\t%s\t%s\t\n", s.Config, s.XDPMode,
+			s.P50us, s.P99us, s.Errors, s.Requests, maxRate, perRound)
 	}
 	tw.Flush()
 	fmt.Fprintln(w)

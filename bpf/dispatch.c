@@ -306,6 +306,28 @@ static __always_inline struct backend *pick(struct svc_info *svc, struct packet 
 	return be;
 }
 
+/* frame_for_us says whether a frame is addressed to the interface it arrived
+ * on. A NIC drops unicast frames for other MACs before XDP sees them, but
+ * not in promiscuous mode (a packet capture, a bridge port), and a veth or a
+ * switch flooding unknown unicast delivers them too: a standby dispatcher,
+ * or any host on the segment, would then forward a copy of every frame the
+ * active one gets. The stack drops such frames (PACKET_OTHERHOST), so they
+ * are passed to it, as they would be without nd. An interface user space
+ * has not described is not checked. */
+static __always_inline int frame_for_us(struct xdp_md *ctx, const void *data, const void *data_end)
+{
+	const struct ethhdr *eth = data;
+	__u32 idx = ctx->ingress_ifindex;
+	struct if_mac *m = bpf_map_lookup_elem(&if_macs, &idx);
+
+	if (!m || !m->known)
+		return 1;
+	if ((void *)(eth + 1) > data_end)
+		return 0;
+	return *(const __u32 *)eth->h_dest == *(const __u32 *)m->addr &&
+	       *(const __u16 *)(eth->h_dest + 4) == *(const __u16 *)(m->addr + 4);
+}
+
 /* forward rewrites the Ethernet addresses and nothing else. */
 static __always_inline int forward(struct xdp_md *ctx, struct backend *be)
 {
@@ -632,6 +654,11 @@ int nd_dispatch(struct xdp_md *ctx)
 		if (rc == PARSE_BAD_L4)
 			count_global(G_MALFORMED);
 		count_global(G_PASSED);
+		return XDP_PASS;
+	}
+
+	if (!frame_for_us(ctx, data, data_end)) {
+		count_global(G_OTHER_HOST);
 		return XDP_PASS;
 	}
 

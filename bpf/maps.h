@@ -123,6 +123,16 @@ struct {
 	__type(value, __u32);
 } tx_ports SEC(".maps");
 
+/* if_macs: the Ethernet address of every interface the program is attached
+ * to, by ifindex. An array, so that the lookup is inlined: every frame for a
+ * VIP reads it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_IFINDEX);
+	__type(key, __u32);
+	__type(value, struct if_mac);
+} if_macs SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, DEFAULT_MAX_BACKENDS);

@@ -208,8 +208,20 @@ enum global_counter {
 	G_EVICTED,     /* live flows pushed out of a full table bucket */
 	G_FLOW_BUSY,   /* flows not recorded: their way was being written */
 	G_EVENTS_LOST, /* flow events not reported: flow_events was full */
+	G_OTHER_HOST,  /* for a VIP but sent to another host's MAC: passed */
 	G_MAX,
 };
+
+/* if_mac: an attached interface's Ethernet address, as user space read it
+ * on attach. known is 0 for an interface it has not written. */
+struct if_mac {
+	__u8 addr[6];
+	__u16 known;
+};
+
+/* if_macs covers interface indexes below this; frames arriving on others
+ * are not checked (see frame_for_us). */
+#define MAX_IFINDEX 65536
 
 /* vip_filter: one bit per hash of a VIP address. A clear bit proves a
  * packet is not for a VIP, so the host's own traffic costs one array read. */

@@ -54,8 +54,13 @@ const (
 	gEvicted
 	gFlowBusy
 	gEventsLost
+	gOtherHost
 	gMax
 )
+
+// maxIfindex bounds the interface indexes whose MAC the data plane checks
+// (MAX_IFINDEX in bpf/types.h).
+const maxIfindex = 65536
 
 // Config sizes the data plane. Zero values take the defaults.
 type Config struct {
@@ -460,7 +465,7 @@ func (b *BPF) Attach(ifindex int) error {
 			}
 			b.links[ifindex] = l
 			b.log.Info("took over xdp attachment", "interface", ifi.Name)
-			return b.addTxPort(ifindex)
+			return errors.Join(b.setIngressMAC(ifi), b.addTxPort(ifindex))
 		}
 	}
 	mode := "native"
@@ -480,7 +485,25 @@ func (b *BPF) Attach(ifindex int) error {
 	}
 	b.links[ifindex] = l
 	b.log.Info("attached xdp", "interface", ifi.Name, "mode", mode)
-	return b.addTxPort(ifindex)
+	return errors.Join(b.setIngressMAC(ifi), b.addTxPort(ifindex))
+}
+
+// setIngressMAC tells the program the interface's own MAC, so that it
+// leaves frames for other hosts' MACs to the stack (frame_for_us in
+// bpf/dispatch.c). An interface without an Ethernet address, or beyond
+// maxIfindex, is not checked, and says so.
+func (b *BPF) setIngressMAC(ifi *net.Interface) error {
+	if len(ifi.HardwareAddr) != 6 || ifi.Index >= maxIfindex {
+		b.log.Warn("frames on this interface are dispatched whatever their destination MAC",
+			"interface", ifi.Name, "ifindex", ifi.Index, "mac", ifi.HardwareAddr.String())
+		return nil
+	}
+	v := dispatchIfMac{Known: 1}
+	copy(v.Addr[:], ifi.HardwareAddr)
+	if err := b.objs.IfMacs.Update(uint32(ifi.Index), &v, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("record the MAC of %s: %w", ifi.Name, err)
+	}
+	return nil
 }
 
 // Detach implements Executor.
@@ -498,7 +521,14 @@ func (b *BPF) Detach(ifindex int) error {
 			return fmt.Errorf("unpin xdp link of ifindex %d: %w", ifindex, err)
 		}
 	}
-	return l.Close()
+	err := l.Close()
+	if ifindex < maxIfindex {
+		// The index may come back as another interface with another MAC.
+		if merr := b.objs.IfMacs.Update(uint32(ifindex), &dispatchIfMac{}, ebpf.UpdateAny); merr != nil {
+			err = errors.Join(err, fmt.Errorf("forget the MAC of ifindex %d: %w", ifindex, merr))
+		}
+	}
+	return err
 }
 
 func (b *BPF) addTxPort(ifindex int) error {
@@ -1025,7 +1055,8 @@ func (b *BPF) Stats() (Stats, error) {
 		}
 	}
 	out.Global = GlobalStats{Passed: g[gPassed], Malformed: g[gMalformed], NotIP: g[gNotIP],
-		FlowsEvicted: g[gEvicted], FlowsUnrecorded: g[gFlowBusy], FlowEventsLost: g[gEventsLost]}
+		FlowsEvicted: g[gEvicted], FlowsUnrecorded: g[gFlowBusy], FlowEventsLost: g[gEventsLost],
+		OtherHost: g[gOtherHost]}
 	return out, nil
 }
 

@@ -109,6 +109,12 @@ type dispatchFlowKey struct {
 	Pad    [2]uint8
 }
 
+type dispatchIfMac struct {
+	_     structs.HostLayout
+	Addr  [6]uint8
+	Known uint16
+}
+
 type dispatchSvcInfo struct {
 	_          structs.HostLayout
 	SvcId      uint32
@@ -181,6 +187,7 @@ const (
 	dispatchMapConns           = "conns"
 	dispatchMapFlowEvents      = "flow_events"
 	dispatchMapFlowEventsOn    = "flow_events_on"
+	dispatchMapIfMacs          = "if_macs"
 	dispatchMapRings           = "rings"
 	dispatchMapServerActive    = "server_active"
 	dispatchMapServices        = "services"
@@ -262,6 +269,7 @@ type dispatchMapSpecs struct {
 	Conns        *ebpf.MapSpec `ebpf:"conns"`
 	FlowEvents   *ebpf.MapSpec `ebpf:"flow_events"`
 	FlowEventsOn *ebpf.MapSpec `ebpf:"flow_events_on"`
+	IfMacs       *ebpf.MapSpec `ebpf:"if_macs"`
 	Rings        *ebpf.MapSpec `ebpf:"rings"`
 	ServerActive *ebpf.MapSpec `ebpf:"server_active"`
 	Services     *ebpf.MapSpec `ebpf:"services"`
@@ -315,6 +323,7 @@ type dispatchMaps struct {
 	Conns        *ebpf.Map `ebpf:"conns"`
 	FlowEvents   *ebpf.Map `ebpf:"flow_events"`
 	FlowEventsOn *ebpf.Map `ebpf:"flow_events_on"`
+	IfMacs       *ebpf.Map `ebpf:"if_macs"`
 	Rings        *ebpf.Map `ebpf:"rings"`
 	ServerActive *ebpf.Map `ebpf:"server_active"`
 	Services     *ebpf.Map `ebpf:"services"`
@@ -337,6 +346,7 @@ func (m *dispatchMaps) Close() error {
 		m.Conns,
 		m.FlowEvents,
 		m.FlowEventsOn,
+		m.IfMacs,
 		m.Rings,
 		m.ServerActive,
 		m.Services,

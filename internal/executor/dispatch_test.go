@@ -205,6 +205,43 @@ func TestEstablishedAndClose(t *testing.T) {
 	}
 }
 
+// TestOtherHostsMAC: once attached to its ingress interface, the program
+// forwards only frames addressed to that interface's MAC; a frame for a VIP
+// sent to another host's MAC (flooded, or seen in promiscuous mode) or to a
+// group address goes to the stack untouched, records no flow and is counted.
+// Detached, the interface is no longer checked.
+func TestOtherHostsMAC(t *testing.T) {
+	h := newHarness(t, Config{MaxFlows: 1 << 16})
+	key := ServiceKey{vip4, 80, TCP}
+	h.upsert(Service{Key: key, Servers: []Server{h.server(s1, macS1, 1), h.server(s2, macS2, 1)}})
+	h.do(func() error { return h.x.Attach(h.in) })
+
+	other := tcp4(44000, 80, tcpSYN)
+	other.dstMAC = mustMAC("02:00:00:00:01:99") // another dispatcher's
+	broadcast := tcp4(44001, 80, tcpSYN)
+	broadcast.dstMAC = mustMAC("ff:ff:ff:ff:ff:ff")
+	for _, f := range []frame{other, broadcast} {
+		if act, _ := h.dispatch(f.build()); act != xdpPass {
+			t.Fatalf("SYN to %s: %s, want pass", f.dstMAC, actionNames[act])
+		}
+		k := FlowKey{netip.AddrPortFrom(client4, f.sport), netip.AddrPortFrom(vip4, 80), TCP}
+		if _, ok, _ := h.x.LookupFlow(k); ok {
+			t.Fatalf("SYN to %s recorded a flow", f.dstMAC)
+		}
+	}
+	if got := h.stats().Global.OtherHost; got != 2 {
+		t.Fatalf("other_host %d, want 2", got)
+	}
+	if act, _ := h.dispatch(tcp4(44002, 80, tcpSYN).build()); act != xdpTX {
+		t.Fatalf("SYN to the dispatcher's own MAC: %s, want tx", actionNames[act])
+	}
+
+	h.do(func() error { return h.x.Detach(h.in) })
+	if act, _ := h.dispatch(other.build()); act != xdpTX {
+		t.Fatalf("after detach, SYN to another MAC: %s, want tx (not checked)", actionNames[act])
+	}
+}
+
 // TestNonSYNWithoutEntry: after a restart or failover the table may lack a
 // flow; its next packet goes where the ring says, which is where its SYN went.
 func TestNonSYNWithoutEntry(t *testing.T) {

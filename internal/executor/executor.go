@@ -218,6 +218,10 @@ type GlobalStats struct {
 	// FlowEventsLost counts flow events not reported because the
 	// subscriber fell behind and the ring (or the Fake's queue) was full.
 	FlowEventsLost uint64 `json:"flow_events_lost"`
+	// OtherHost counts frames for a VIP addressed to another host's MAC
+	// (flooded, or seen in promiscuous mode): passed to the stack, which
+	// drops them, instead of forwarded as a copy.
+	OtherHost uint64 `json:"other_host"`
 }
 
 // FlowEventKind says what happened to a flow.

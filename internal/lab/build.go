@@ -318,9 +318,11 @@ func (l *Lab) setUpDispatcher(d *Host) error {
 	if l.Dispatcher2 != nil {
 		// A NIC drops unicast frames for other MACs before XDP sees them;
 		// a veth does not. When a dispatcher's link goes down the bridge
-		// floods the frames that were for it, and the other dispatcher's
-		// data plane would forward them as if it held the VIPs. Flooding
-		// no unknown unicast to the dispatchers keeps a failover honest.
+		// floods the frames that were for it to the other one. nd's data
+		// plane leaves frames for other MACs to the stack (frame_for_us in
+		// bpf/dispatch.c), but the kernel would still spend a NAPI pass on
+		// each: flooding no unknown unicast to the dispatchers makes the
+		// lab behave like NICs on a switch.
 		// (Broadcasts, ARP included, still reach them; they chatter, so
 		// the bridge learns where they are.)
 		bh, err := l.Bridge.Netlink()

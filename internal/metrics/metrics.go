@@ -69,7 +69,7 @@ func New(source func() (daemon.Status, error)) *Collector {
 		vipDropped: desc("nd_vip_dropped_total", "Packets to a VIP dropped: reason filtered (port or protocol not served) or fragment.", "vip", "reason"),
 		vipICMP:    desc("nd_vip_icmp_total", "ICMP packets to a VIP: action local (handed to the dispatcher's stack) or forwarded (to the server owning the flow).", "vip", "action"),
 
-		dispatcherPackets: desc("nd_dispatcher_packets_total", "Packets not for any VIP: result passed (IP, untouched), malformed or not_ip.", "result"),
+		dispatcherPackets: desc("nd_dispatcher_packets_total", "Packets nd did not dispatch: result passed (IP, for no VIP), malformed, not_ip, or other_host (for a VIP but another host's MAC: passed).", "result"),
 		flowsEvicted:      desc("nd_flows_evicted_total", "Live flows pushed out of a full connection table bucket: the table is too small."),
 		flowsUnrecorded:   desc("nd_flows_unrecorded_total", "New flows not recorded because two CPUs raced for the same connection table entry."),
 		flowEventsLost:    desc("nd_flow_events_lost_total", "Flow open/close reports for high availability dropped because user space did not keep up."),
@@ -141,6 +141,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.dispatcherPackets, g.Passed, "passed")
 	counter(c.dispatcherPackets, g.Malformed, "malformed")
 	counter(c.dispatcherPackets, g.NotIP, "not_ip")
+	counter(c.dispatcherPackets, g.OtherHost, "other_host")
 	counter(c.flowsEvicted, g.FlowsEvicted)
 	counter(c.flowsUnrecorded, g.FlowsUnrecorded)
 	counter(c.flowEventsLost, g.FlowEventsLost)

@@ -44,15 +44,16 @@ func fixedStatus() daemon.Status {
 		VIPs: []daemon.VIPStatus{
 			{VIP: "198.51.100.100", VIPStats: executor.VIPStats{Filtered: 4, Fragments: 1, ICMPLocal: 2, ICMPForwarded: 3}},
 		},
-		Global: executor.GlobalStats{Passed: 100, Malformed: 2, NotIP: 7, FlowsEvicted: 5, FlowsUnrecorded: 6, FlowEventsLost: 8},
+		Global: executor.GlobalStats{Passed: 100, Malformed: 2, NotIP: 7, FlowsEvicted: 5, FlowsUnrecorded: 6, FlowEventsLost: 8, OtherHost: 3},
 	}
 }
 
 const expected = `
-# HELP nd_dispatcher_packets_total Packets not for any VIP: result passed (IP, untouched), malformed or not_ip.
+# HELP nd_dispatcher_packets_total Packets nd did not dispatch: result passed (IP, for no VIP), malformed, not_ip, or other_host (for a VIP but another host's MAC: passed).
 # TYPE nd_dispatcher_packets_total counter
 nd_dispatcher_packets_total{result="malformed"} 2
 nd_dispatcher_packets_total{result="not_ip"} 7
+nd_dispatcher_packets_total{result="other_host"} 3
 nd_dispatcher_packets_total{result="passed"} 100
 # HELP nd_flow_events_lost_total Flow open/close reports for high availability dropped because user space did not keep up.
 # TYPE nd_flow_events_lost_total counter
@@ -190,8 +191,8 @@ nd_scrape_error 1
 func TestEmptyStatus(t *testing.T) {
 	c := New(func() (daemon.Status, error) { return daemon.Status{}, nil })
 	// The scrape error and the global counters, nothing per port or VIP.
-	if n := testutil.CollectAndCount(c); n != 1+3+1+1+1 {
-		t.Errorf("%d metrics from an empty status, want 7", n)
+	if n := testutil.CollectAndCount(c); n != 1+4+1+1+1 {
+		t.Errorf("%d metrics from an empty status, want 8", n)
 	}
 }
 

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/nd-dispatcher/nd/internal/executor"
 	"github.com/nd-dispatcher/nd/internal/lab"
 	"github.com/nd-dispatcher/nd/internal/testutil"
@@ -49,6 +51,7 @@ func TestExecutorE2E(t *testing.T) {
 	}
 	t.Run("undefined port", func(t *testing.T) { testUndefinedPort(ctx, t, f) })
 	t.Run("dispatcher's own address", func(t *testing.T) { testOwnAddress(ctx, t, f) })
+	t.Run("another host's MAC", func(t *testing.T) { testOtherHostMAC(ctx, t, f) })
 	for _, vip := range []netip.Addr{l.VIP4, l.VIP6} {
 		t.Run("quiesce "+family(vip), func(t *testing.T) { testQuiesce(ctx, t, f, vip) })
 	}
@@ -149,6 +152,56 @@ func testUndefinedPort(ctx context.Context, t *testing.T, f *fixture) {
 		if _, err := fetchOnce(ctx, l.Client.NS, netip.AddrPortFrom(vip, servicePort), 1024); err != nil {
 			t.Errorf("after the dropped dial: %v", err)
 		}
+	}
+}
+
+// testOtherHostMAC: a client whose neighbour entry for the VIP names a MAC
+// no host has sends frames that the bridge floods to every port, the
+// dispatcher's included. The data plane must not forward those copies (a
+// NIC would not even have shown them to XDP): the dial times out, no server
+// accepts it, and the frames are counted other_host.
+func testOtherHostMAC(ctx context.Context, t *testing.T, f *fixture) {
+	l := f.lab
+	c := &l.Client
+	h, err := c.NS.Netlink()
+	if err != nil {
+		t.Fatal(err)
+	}
+	nobody := net.HardwareAddr{0x02, 0, 0, 0, 0, 0x99}
+	n := &netlink.Neigh{LinkIndex: c.Ifindex, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT,
+		IP: l.VIP4.AsSlice(), HardwareAddr: nobody}
+	if err := h.NeighSet(n); err != nil {
+		t.Fatalf("point the client's entry for %s at %s: %v", l.VIP4, nobody, err)
+	}
+	restored := false
+	restore := func() {
+		if !restored {
+			restored = true
+			if err := h.NeighDel(n); err != nil {
+				t.Errorf("restore the client's entry for %s: %v", l.VIP4, err)
+			}
+		}
+	}
+	defer restore()
+
+	before := f.stats(t).Global.OtherHost
+	accepted := f.accepted()
+	addr := netip.AddrPortFrom(l.VIP4, servicePort)
+	if s, err := dial(ctx, c.NS, addr, time.Second); err == nil {
+		s.close()
+		t.Errorf("connection to %s through %s succeeded: the dispatcher forwarded frames for another MAC", addr, nobody)
+	}
+	after := f.stats(t).Global.OtherHost
+	t.Logf("frames to %s for %s: other_host %d -> %d", nobody, addr, before, after)
+	if after <= before {
+		t.Errorf("other_host counter stayed at %d", after)
+	}
+	if got := f.accepted(); got != accepted {
+		t.Errorf("servers accepted %d connections sent to %s", got-accepted, nobody)
+	}
+	restore()
+	if _, err := fetchOnce(ctx, c.NS, addr, 1024); err != nil {
+		t.Errorf("after the client's entry was restored: %v", err)
 	}
 }
 

@@ -262,18 +262,28 @@ func (b *bench) attach(cfg string) (detach func() error, err error) {
 	return func() error { return d.NS.Do(func() error { return b.x.Detach(d.Ifindex) }) }, nil
 }
 
-// xdpMode reports how a program is attached to the dispatcher's interface.
-func (b *bench) xdpMode() string {
+// xdpAttachment describes the XDP program on the dispatcher's interface:
+// nil when there is none, or when the interface cannot be read.
+func (b *bench) xdpAttachment() *netlink.LinkXdp {
 	d := &b.lab.Dispatcher
 	h, err := d.NS.Netlink()
 	if err != nil {
-		return "unknown"
+		return nil
 	}
 	l, err := h.LinkByIndex(d.Ifindex)
 	if err != nil || l.Attrs().Xdp == nil || !l.Attrs().Xdp.Attached {
+		return nil
+	}
+	return l.Attrs().Xdp
+}
+
+// xdpMode reports how a program is attached to the dispatcher's interface.
+func (b *bench) xdpMode() string {
+	x := b.xdpAttachment()
+	if x == nil {
 		return "none"
 	}
-	switch l.Attrs().Xdp.AttachMode {
+	switch x.AttachMode {
 	case nl.XDP_ATTACHED_DRV:
 		return "native"
 	case nl.XDP_ATTACHED_SKB:
@@ -281,22 +291,16 @@ func (b *bench) xdpMode() string {
 	case nl.XDP_ATTACHED_HW:
 		return "offload"
 	}
-	return fmt.Sprintf("mode %d", l.Attrs().Xdp.AttachMode)
+	return fmt.Sprintf("mode %d", x.AttachMode)
 }
 
 // xdpProgram returns the ID of the XDP program on the dispatcher's
 // interface, or 0 if there is none.
 func (b *bench) xdpProgram() ebpf.ProgramID {
-	d := &b.lab.Dispatcher
-	h, err := d.NS.Netlink()
-	if err != nil {
-		return 0
+	if x := b.xdpAttachment(); x != nil {
+		return ebpf.ProgramID(x.ProgId)
 	}
-	l, err := h.LinkByIndex(d.Ifindex)
-	if err != nil || l.Attrs().Xdp == nil || !l.Attrs().Xdp.Attached {
-		return 0
-	}
-	return ebpf.ProgramID(l.Attrs().Xdp.ProgId)
+	return 0
 }
 
 // xdpCost is how long the dispatcher's XDP program ran, by the kernel's own

@@ -467,60 +467,30 @@ func (p *haPair) close() error {
 
 // haEcho is a server's line echo on the VIP: long-lived connections send
 // lines and get them back.
-type haEcho struct {
-	ln    net.Listener
-	wg    sync.WaitGroup
-	mu    sync.Mutex
-	conns map[net.Conn]struct{}
-}
+type haEcho struct{ listeners }
 
 func startHAEcho(h *lab.Host, a netip.AddrPort) (*haEcho, error) {
-	ln, err := h.NS.Listen("tcp", a.String())
-	if err != nil {
-		return nil, fmt.Errorf("echo on %s in %s: %w", a, h.Name, err)
+	e := &haEcho{}
+	if err := e.listen(h, 1, echoLines, a); err != nil {
+		return nil, err
 	}
-	e := &haEcho{ln: ln, conns: map[net.Conn]struct{}{}}
-	e.wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			e.mu.Lock()
-			e.conns[c] = struct{}{}
-			e.mu.Unlock()
-			e.wg.Go(func() {
-				defer func() {
-					e.mu.Lock()
-					delete(e.conns, c)
-					e.mu.Unlock()
-					c.Close()
-				}()
-				r := bufio.NewReader(c)
-				for {
-					c.SetDeadline(time.Now().Add(time.Minute))
-					line, err := r.ReadString('\n')
-					if err != nil {
-						return
-					}
-					if _, err := c.Write([]byte(line)); err != nil {
-						return
-					}
-				}
-			})
-		}
-	})
 	return e, nil
 }
 
-func (e *haEcho) stop() {
-	e.ln.Close()
-	e.mu.Lock()
-	for c := range e.conns {
-		c.Close()
+// echoLines sends every line read from c back, until c fails or stays
+// silent for a minute.
+func echoLines(c net.Conn) {
+	r := bufio.NewReader(c)
+	for {
+		c.SetDeadline(time.Now().Add(time.Minute))
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return
+		}
+		if _, err := c.Write([]byte(line)); err != nil {
+			return
+		}
 	}
-	e.mu.Unlock()
-	e.wg.Wait()
 }
 
 func udpEcho(c net.PacketConn) {

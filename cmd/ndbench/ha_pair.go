@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -68,11 +67,9 @@ func newHAPair(ctx context.Context, o haOptions, logf func(string, ...any)) (_ *
 	}
 	p.ndd = o.ndd
 	if p.ndd == "" {
-		p.ndd = filepath.Join(p.dir, "ndd")
 		logf("building ndd")
-		out, err := exec.CommandContext(ctx, "go", "build", "-o", p.ndd, "github.com/nd-dispatcher/nd/cmd/ndd").CombinedOutput()
-		if err != nil {
-			return p, fmt.Errorf("go build ./cmd/ndd: %w\n%s", err, out)
+		if p.ndd, err = buildNDD(ctx, p.dir); err != nil {
+			return p, err
 		}
 	}
 	if _, err := lab.SweepStale(logf); err != nil {

@@ -241,28 +241,9 @@ func sweepStalePins(t *testing.T) {
 // plane, the lab is closed.
 func newNDDLab(t *testing.T, weights []int, edit func(*nddConfig)) *nddLab {
 	t.Helper()
-	if _, err := lab.SweepStale(t.Logf); err != nil {
-		t.Logf("sweep stale labs: %v", err)
-	}
 	sweepStalePins(t)
 	nddBinary(t) // build before the lab exists: a failed build leaves nothing behind
-
-	ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
-	defer cancel()
-	l, err := lab.New(ctx, lab.Options{Servers: len(weights), Logf: t.Logf})
-	if err != nil {
-		t.Fatalf("build lab: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := l.Close(); err != nil {
-			t.Errorf("close lab: %v", err)
-		}
-	})
-	cctx, ccancel := context.WithTimeout(context.Background(), checkTimeout)
-	defer ccancel()
-	if err := l.Check(cctx); err != nil {
-		t.Fatalf("lab does not work, so nothing measured through it would mean anything: %v", err)
-	}
+	l := newCheckedLab(t, lab.Options{Servers: len(weights)})
 
 	n := &nddLab{
 		fixture: &fixture{lab: l, byAddr: map[netip.Addr]*replyServer{}},
@@ -272,10 +253,7 @@ func newNDDLab(t *testing.T, weights []int, edit func(*nddConfig)) *nddLab {
 	}
 	port := portConfig{Port: servicePort}
 	for i, b := range l.Backends() {
-		s := startReplyServer(t, &l.Servers[i], l.VIP4)
-		s.addr4, s.addr6 = b.Addr4, b.Addr6
-		n.servers = append(n.servers, s)
-		n.byAddr[b.Addr4] = s
+		s := n.addReplyServer(t, i, b, l.VIP4)
 		n.addrOf[s.name], n.nameOf[b.Addr4] = b.Addr4, s.name
 		w := max(weights[i], 0)
 		n.weights = append(n.weights, uint32(w))
@@ -295,10 +273,11 @@ func newNDDLab(t *testing.T, weights []int, edit func(*nddConfig)) *nddLab {
 	n.cfgPath = filepath.Join(n.dir, "nd.yaml")
 	n.writeConfig(t, n.cfg)
 
-	n.api, err = api.NewClient(n.cfg.Socket, "", api.WithTimeout(apiTimeout))
+	c, err := api.NewClient(n.cfg.Socket, "", api.WithTimeout(apiTimeout))
 	if err != nil {
 		t.Fatal(err)
 	}
+	n.api = c
 	t.Cleanup(n.api.Close)
 	t.Cleanup(func() { n.teardown(t) })
 	n.start(t)

@@ -363,30 +363,8 @@ func (h *haLab) checkClientNeighbor(t *testing.T, n *haNode) {
 	}
 }
 
-// ndctl is the control tool, built once per test binary.
-var ndctl struct {
-	once sync.Once
-	path string
-	err  error
-}
-
-func ndctlBinary(t *testing.T) string {
-	t.Helper()
-	nddBinary(t) // makes the directory
-	ndctl.once.Do(func() {
-		ndctl.path = filepath.Join(ndd.dir, "ndctl")
-		ctx, cancel := context.WithTimeout(context.Background(), buildNDDTimeout)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, "go", "build", "-o", ndctl.path, "github.com/nd-dispatcher/nd/cmd/ndctl")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			ndctl.err = fmt.Errorf("go build ./cmd/ndctl: %w\n%s", err, out)
-		}
-	})
-	if ndctl.err != nil {
-		t.Fatal(ndctl.err)
-	}
-	return ndctl.path
-}
+// ndctlBinary builds cmd/ndctl (once) and returns the binary's path.
+func ndctlBinary(t *testing.T) string { return goBinary(t, "ndctl") }
 
 // runNDCTL runs ndctl (it talks to ndd over the unix socket, so any
 // namespace will do).

@@ -37,8 +37,8 @@ const (
 // TestMain removes the binaries built for the tests.
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if ndd.dir != "" {
-		os.RemoveAll(ndd.dir)
+	if binaries.dir != "" {
+		os.RemoveAll(binaries.dir)
 	}
 	os.Exit(code)
 }
@@ -50,9 +50,6 @@ var binaries struct {
 	dir   string
 	paths map[string]string
 }
-
-// ndd is the directory TestMain removes.
-var ndd struct{ dir string }
 
 // goBinary builds cmd/NAME the first time it is asked for and returns the
 // binary's path.
@@ -68,7 +65,7 @@ func goBinary(t *testing.T, name string) string {
 		if err != nil {
 			t.Fatal(err)
 		}
-		binaries.dir, ndd.dir = dir, dir
+		binaries.dir = dir
 		binaries.paths = map[string]string{}
 	}
 	path := filepath.Join(binaries.dir, name)

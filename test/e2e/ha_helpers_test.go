@@ -130,12 +130,7 @@ func newHALab(t *testing.T, servers int, timers haTimers, preempt bool) *haLab {
 		if err := os.WriteFile(n.cfgPath, []byte(n.yaml()), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		c, err := api.NewClient(n.cfg.Socket, "", api.WithTimeout(apiTimeout))
-		if err != nil {
-			t.Fatal(err)
-		}
-		n.api = c
-		t.Cleanup(n.api.Close)
+		n.api = apiClient(t, n.cfg.Socket)
 		t.Cleanup(func() { n.teardown(t) })
 		h.nodes[i] = n
 	}

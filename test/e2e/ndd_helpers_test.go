@@ -82,6 +82,18 @@ func goBinary(t *testing.T, name string) string {
 // nddBinary builds cmd/ndd (once) and returns the binary's path.
 func nddBinary(t *testing.T) string { return goBinary(t, "ndd") }
 
+// apiClient is a client of the ndd API on socket, closed when the test
+// ends.
+func apiClient(t *testing.T, socket string) *api.Client {
+	t.Helper()
+	c, err := api.NewClient(socket, "", api.WithTimeout(apiTimeout))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
 // startInNS starts cmd inside ns. The process is forked from a thread that
 // has entered ns, so it inherits that network namespace and nothing else.
 func startInNS(ns *netns.NS, cmd *exec.Cmd) error {
@@ -270,12 +282,7 @@ func newNDDLab(t *testing.T, weights []int, edit func(*nddConfig)) *nddLab {
 	n.cfgPath = filepath.Join(n.dir, "nd.yaml")
 	n.writeConfig(t, n.cfg)
 
-	c, err := api.NewClient(n.cfg.Socket, "", api.WithTimeout(apiTimeout))
-	if err != nil {
-		t.Fatal(err)
-	}
-	n.api = c
-	t.Cleanup(n.api.Close)
+	n.api = apiClient(t, n.cfg.Socket)
 	t.Cleanup(func() { n.teardown(t) })
 	n.start(t)
 	return n

@@ -103,8 +103,8 @@ func (k *KernelVIPs) Up() error {
 	}
 	var errs []error
 	for _, a := range k.addrs {
-		if err := k.nl.AddrAdd(k.link(), k.nlAddr(a)); err != nil && !errors.Is(err, unix.EEXIST) {
-			errs = append(errs, fmt.Errorf("add %s to %s: %w", a, k.ifname, err))
+		if err := k.add(a); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
@@ -133,17 +133,16 @@ func (k *KernelVIPs) Set(vips []netip.Addr, up bool) error {
 				continue
 			}
 			added = true
-			if err := k.nl.AddrAdd(k.link(), k.nlAddr(a)); err != nil && !errors.Is(err, unix.EEXIST) {
-				errs = append(errs, fmt.Errorf("add %s to %s: %w", a, k.ifname, err))
+			if err := k.add(a); err != nil {
+				errs = append(errs, err)
 			}
 		}
 		for _, a := range old {
 			if slices.Contains(next, a) {
 				continue
 			}
-			err := k.nl.AddrDel(k.link(), k.nlAddr(a))
-			if err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) && !errors.Is(err, unix.ENOENT) {
-				errs = append(errs, fmt.Errorf("remove %s from %s: %w", a, k.ifname, err))
+			if err := k.remove(a); err != nil {
+				errs = append(errs, err)
 			}
 		}
 	}
@@ -163,12 +162,28 @@ func (k *KernelVIPs) Down() error {
 	}
 	var errs []error
 	for _, a := range k.addrs {
-		err := k.nl.AddrDel(k.link(), k.nlAddr(a))
-		if err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) && !errors.Is(err, unix.ENOENT) {
-			errs = append(errs, fmt.Errorf("remove %s from %s: %w", a, k.ifname, err))
+		if err := k.remove(a); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// add puts a on the interface; one already there is no error.
+func (k *KernelVIPs) add(a netip.Addr) error {
+	if err := k.nl.AddrAdd(k.link(), k.nlAddr(a)); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("add %s to %s: %w", a, k.ifname, err)
+	}
+	return nil
+}
+
+// remove takes a off the interface; one already gone is no error.
+func (k *KernelVIPs) remove(a netip.Addr) error {
+	err := k.nl.AddrDel(k.link(), k.nlAddr(a))
+	if err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("remove %s from %s: %w", a, k.ifname, err)
+	}
+	return nil
 }
 
 // Announce implements VIPs.

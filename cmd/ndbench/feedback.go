@@ -135,22 +135,11 @@ func runFeedback(args []string, e env) int {
 // variant in turn and always tears everything down.
 func runFeedbackBench(ctx context.Context, o feedbackOptions, logf func(string, ...any)) (_ *fbReport, err error) {
 	rep := newFBReport(o)
-	if removed, err := lab.SweepStale(logf); err != nil {
-		logf("sweep labs of dead processes: %v (removed %v)", err, removed)
-	}
-	bctx, bcancel := context.WithTimeout(ctx, buildTimeout)
-	l, err := lab.New(bctx, lab.Options{Servers: o.servers, Logf: logf})
-	bcancel()
+	l, err := newCheckedLab(ctx, lab.Options{Servers: o.servers}, logf)
 	if err != nil {
 		return rep, err
 	}
 	defer func() { err = errors.Join(err, l.Close()) }()
-	cctx, ccancel := context.WithTimeout(ctx, checkTimeout)
-	err = l.Check(cctx)
-	ccancel()
-	if err != nil {
-		return rep, fmt.Errorf("the lab does not work: %w", err)
-	}
 	if err := (&bench{lab: l}).prepareClient(); err != nil {
 		return rep, err
 	}

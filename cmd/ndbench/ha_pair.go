@@ -72,13 +72,7 @@ func newHAPair(ctx context.Context, o haOptions, logf func(string, ...any)) (_ *
 			return p, err
 		}
 	}
-	if _, err := lab.SweepStale(logf); err != nil {
-		logf("sweep stale labs: %v", err)
-	}
-	if p.lab, err = lab.New(ctx, lab.Options{Servers: o.servers, Dispatchers: 2, NoDispatcherVIPs: true, Logf: logf}); err != nil {
-		return p, err
-	}
-	if err := p.lab.Check(ctx); err != nil {
+	if p.lab, err = newCheckedLab(ctx, lab.Options{Servers: o.servers, Dispatchers: 2, NoDispatcherVIPs: true}, logf); err != nil {
 		return p, err
 	}
 	vip := netip.AddrPortFrom(p.lab.VIP4, servicePort)

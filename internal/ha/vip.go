@@ -94,8 +94,9 @@ func (k *KernelVIPs) link() netlink.Link {
 	return &netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Index: k.ifindex, Name: k.ifname}}
 }
 
-// Up implements VIPs.
-func (k *KernelVIPs) Up() error {
+// forEach applies op to every address, under the lock, and joins the
+// errors.
+func (k *KernelVIPs) forEach(op func(netip.Addr) error) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.closed {
@@ -103,12 +104,15 @@ func (k *KernelVIPs) Up() error {
 	}
 	var errs []error
 	for _, a := range k.addrs {
-		if err := k.add(a); err != nil {
+		if err := op(a); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
 }
+
+// Up implements VIPs.
+func (k *KernelVIPs) Up() error { return k.forEach(k.add) }
 
 // Set replaces the addresses, for a group whose VIPs change while it runs.
 // With up (the node is active) the new ones are added and announced and
@@ -154,20 +158,7 @@ func (k *KernelVIPs) Set(vips []netip.Addr, up bool) error {
 }
 
 // Down implements VIPs.
-func (k *KernelVIPs) Down() error {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if k.closed {
-		return net.ErrClosed
-	}
-	var errs []error
-	for _, a := range k.addrs {
-		if err := k.remove(a); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	return errors.Join(errs...)
-}
+func (k *KernelVIPs) Down() error { return k.forEach(k.remove) }
 
 // add puts a on the interface; one already there is no error.
 func (k *KernelVIPs) add(a netip.Addr) error {

@@ -84,6 +84,28 @@ type bench struct {
 	stats io.Closer
 }
 
+// newCheckedLab removes the labs of dead processes, builds a lab with opts
+// and checks that it works; a lab that fails the check is removed again.
+func newCheckedLab(ctx context.Context, opts lab.Options, logf func(string, ...any)) (*lab.Lab, error) {
+	if removed, err := lab.SweepStale(logf); err != nil {
+		logf("sweep labs of dead processes: %v (removed %v)", err, removed)
+	}
+	opts.Logf = logf
+	bctx, cancel := context.WithTimeout(ctx, buildTimeout)
+	l, err := lab.New(bctx, opts)
+	cancel()
+	if err != nil {
+		return nil, err
+	}
+	cctx, ccancel := context.WithTimeout(ctx, checkTimeout)
+	err = l.Check(cctx)
+	ccancel()
+	if err != nil {
+		return nil, errors.Join(fmt.Errorf("the lab does not work, so nothing measured through it would mean anything: %w", err), l.Close())
+	}
+	return l, nil
+}
+
 // newBench builds the lab, checks it, starts the servers, loads the
 // executor (not yet attached) and starts the load generator. On error it
 // undoes what it did.
@@ -94,22 +116,13 @@ func newBench(ctx context.Context, o options, logf func(string, ...any)) (_ *ben
 			err = errors.Join(err, b.close())
 		}
 	}()
-	if removed, err := lab.SweepStale(logf); err != nil {
-		logf("sweep labs of dead processes: %v (removed %v)", err, removed)
-	}
-	bctx, cancel := context.WithTimeout(ctx, buildTimeout)
-	defer cancel()
-	l, err := lab.New(bctx, lab.Options{Servers: o.servers, Logf: logf})
+	// Checked before anything is attached: the check's echoes use a VIP
+	// port.
+	l, err := newCheckedLab(ctx, lab.Options{Servers: o.servers}, logf)
 	if err != nil {
 		return nil, err
 	}
 	b.lab = l
-	cctx, ccancel := context.WithTimeout(ctx, checkTimeout)
-	defer ccancel()
-	// Before anything is attached: the check's echoes use a VIP port.
-	if err := l.Check(cctx); err != nil {
-		return nil, fmt.Errorf("the lab does not work, so nothing measured through it would mean anything: %w", err)
-	}
 	if err := b.prepareClient(); err != nil {
 		return nil, err
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"math"
@@ -50,8 +49,12 @@ func (o feedbackOptions) total() time.Duration { return o.warmup + o.normal + o.
 func parseFeedbackOptions(args []string, stderr io.Writer) (feedbackOptions, error) {
 	var o feedbackOptions
 	var names string
-	fs := flag.NewFlagSet("ndbench feedback", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet("ndbench feedback", stderr,
+		"usage: ndbench feedback [flags]\n\n"+
+			"Builds a lab, runs 4 servers of C workers each under open-loop heavy-tailed load,\n"+
+			"slows server1 down and lets it recover, once per variant of nd's feedback loop,\n"+
+			"and reports latency, errors, shares, reaction times and weight oscillation.\n"+
+			"Must run as root; removes the lab on exit. See docs/FEEDBACK-BENCH.md.\n\n")
 	fs.IntVar(&o.servers, "servers", 4, "servers behind the VIP (2 to 8); server1 is the one slowed down")
 	fs.IntVar(&o.workers, "workers", 4, "requests each server serves at once, C; the rest queue")
 	fs.IntVar(&o.queue, "queue", 1000, "requests each server queues at most; more are turned away (an error)")
@@ -66,19 +69,8 @@ func parseFeedbackOptions(args []string, stderr io.Writer) (feedbackOptions, err
 	fs.StringVar(&o.out, "out", "", "directory to write feedback.json and the feedback-*.svg plots to (default: none)")
 	fs.DurationVar(&o.timeout, "timeout", 30*time.Minute, "give up, clean up and report what was measured after this long")
 	fs.Uint64Var(&o.seed, "seed", 1, "seed of the arrivals and request classes; every variant gets the same sequence")
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: ndbench feedback [flags]\n\n")
-		fmt.Fprintf(stderr, "Builds a lab, runs 4 servers of C workers each under open-loop heavy-tailed load,\n")
-		fmt.Fprintf(stderr, "slows server1 down and lets it recover, once per variant of nd's feedback loop,\n")
-		fmt.Fprintf(stderr, "and reports latency, errors, shares, reaction times and weight oscillation.\n")
-		fmt.Fprintf(stderr, "Must run as root; removes the lab on exit. See docs/FEEDBACK-BENCH.md.\n\n")
-		fs.PrintDefaults()
-	}
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return o, err
-	}
-	if fs.NArg() > 0 {
-		return o, fmt.Errorf("%w: unexpected arguments %q", errUsage, fs.Args())
 	}
 	for _, n := range strings.Split(names, ",") {
 		v, ok := findVariant(strings.TrimSpace(n))
@@ -143,22 +135,11 @@ func runFeedback(args []string, e env) int {
 // variant in turn and always tears everything down.
 func runFeedbackBench(ctx context.Context, o feedbackOptions, logf func(string, ...any)) (_ *fbReport, err error) {
 	rep := newFBReport(o)
-	if removed, err := lab.SweepStale(logf); err != nil {
-		logf("sweep labs of dead processes: %v (removed %v)", err, removed)
-	}
-	bctx, bcancel := context.WithTimeout(ctx, buildTimeout)
-	l, err := lab.New(bctx, lab.Options{Servers: o.servers, Logf: logf})
-	bcancel()
+	l, err := newCheckedLab(ctx, lab.Options{Servers: o.servers}, logf)
 	if err != nil {
 		return rep, err
 	}
 	defer func() { err = errors.Join(err, l.Close()) }()
-	cctx, ccancel := context.WithTimeout(ctx, checkTimeout)
-	err = l.Check(cctx)
-	ccancel()
-	if err != nil {
-		return rep, fmt.Errorf("the lab does not work: %w", err)
-	}
 	if err := (&bench{lab: l}).prepareClient(); err != nil {
 		return rep, err
 	}

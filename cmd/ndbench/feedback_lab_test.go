@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"io"
-	"os/exec"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -65,9 +63,9 @@ func TestFeedbackStaticInLab(t *testing.T) {
 // testNDD builds cmd/ndd for one test and returns the binary's path.
 func testNDD(t *testing.T) string {
 	t.Helper()
-	ndd := filepath.Join(t.TempDir(), "ndd")
-	if out, err := exec.Command("go", "build", "-o", ndd, "../ndd").CombinedOutput(); err != nil {
-		t.Fatalf("build ndd: %v: %s", err, out)
+	ndd, err := buildNDD(t.Context(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
 	}
 	return ndd
 }

@@ -5,17 +5,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"math"
 	"math/rand/v2"
 	"net/netip"
-	"os"
 	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/nd-dispatcher/nd/internal/lab"
 )
 
 // Bounds of the feedback bench's load.
@@ -66,13 +62,13 @@ type record struct {
 // connection, and returns every request's record, in order of sending. The
 // arrivals do not wait for replies. It stops early when ctx ends.
 func openLoop(ctx context.Context, g *generator, vip netip.AddrPort, names []string, rate float64, d time.Duration, seed uint64) ([]record, error) {
-	if !vip.Addr().Is4() || !lab.InLabRange(vip.Addr()) {
-		return nil, fmt.Errorf("%w: target %s is not an IPv4 address in the lab's networks", errRefused, vip)
+	sa, err := labTarget(vip)
+	if err != nil {
+		return nil, err
 	}
 	if math.IsNaN(rate) || rate <= 0 || d <= 0 {
 		return nil, fmt.Errorf("bad load: %v/s for %v", rate, d)
 	}
-	sa := &unix.SockaddrInet4{Port: int(vip.Port()), Addr: vip.Addr().As4()}
 	rnd := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 	n := int(min(rate*d.Seconds()*1.5+100, fbMaxRequests))
 	recs := make([]record, 0, n)
@@ -142,69 +138,17 @@ func fbErrorKind(err error) string {
 // returns the index of the server that answered (-1 if none could be
 // told), the latency and the error.
 func (g *generator) work(ctx context.Context, sa *unix.SockaddrInet4, w time.Duration, names []string) (int, time.Duration, error) {
-	var fd int
-	select {
-	case fd = <-g.socks:
-	case <-ctx.Done():
-		return -1, 0, ctx.Err()
-	case <-g.dead:
-		return -1, 0, fmt.Errorf("%w: the socket factory stopped: %v", errGenerator, g.err)
+	fd, err := g.take(ctx)
+	if err != nil {
+		return -1, 0, err
 	}
 	began := time.Now()
-	server, err := workExchange(fd, sa, workRequest(w), names, began.Add(fbRequestTimeout))
+	reply, err := exchange(fd, sa, workRequest(w), began.Add(fbRequestTimeout))
+	server := -1
+	if err == nil {
+		server, err = parseWorkReply(reply, names)
+	}
 	return server, time.Since(began), err
-}
-
-// workExchange connects fd to sa, sends req, reads the reply to its end
-// and closes fd, which resets the connection.
-func workExchange(fd int, sa *unix.SockaddrInet4, req string, names []string, deadline time.Time) (int, error) {
-	if err := unix.Connect(fd, sa); err != nil && err != unix.EINPROGRESS {
-		unix.Close(fd)
-		return -1, fmt.Errorf("connect: %w", err)
-	}
-	f := os.NewFile(uintptr(fd), "ndbench-work")
-	defer f.Close()
-	if err := f.SetDeadline(deadline); err != nil {
-		return -1, err
-	}
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return -1, err
-	}
-	var cerr error
-	werr := rc.Write(func(fd uintptr) bool {
-		switch err := unix.Connect(int(fd), sa); err {
-		case nil, unix.EISCONN:
-			return true
-		case unix.EALREADY, unix.EINPROGRESS, unix.EINTR:
-			return false
-		default:
-			cerr = err
-			return true
-		}
-	})
-	if werr != nil {
-		return -1, fmt.Errorf("connect: %w", werr)
-	}
-	if cerr != nil {
-		return -1, fmt.Errorf("connect: %w", cerr)
-	}
-	if _, err := io.WriteString(f, req); err != nil {
-		return -1, fmt.Errorf("send: %w", err)
-	}
-	var buf [maxReply]byte
-	n := 0
-	for n < len(buf) {
-		m, err := f.Read(buf[n:])
-		n += m
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return -1, fmt.Errorf("read reply: %w", err)
-		}
-	}
-	return parseWorkReply(buf[:n], names)
 }
 
 // parseWorkReply returns the index of the server that sent reply b, and
@@ -218,15 +162,9 @@ func parseWorkReply(b []byte, names []string) (int, error) {
 	default:
 		return -1, fmt.Errorf("%w: %q", errBadReply, b[:min(len(b), 40)])
 	}
-	_, body, ok := bytes.Cut(b, []byte("\r\n\r\n"))
-	if !ok {
-		return -1, fmt.Errorf("%w: no end of header", errBadReply)
+	server, err := replyFrom(b, names)
+	if err != nil {
+		return -1, err
 	}
-	body = bytes.TrimSpace(body)
-	for i, n := range names {
-		if string(body) == n {
-			return i, status
-		}
-	}
-	return -1, fmt.Errorf("%w: %q, want one of %v", errWrongServer, body, names)
+	return server, status
 }

@@ -147,12 +147,14 @@ func waitReady(ctx context.Context, c *api.Client, p *lab.NDD, limit time.Durati
 	return err
 }
 
-// buildNDD compiles ./cmd/ndd into dir, for a run without --ndd.
+// buildNDD compiles cmd/ndd into dir, for a run without --ndd. It names
+// the package by its import path, so it works from anywhere inside the
+// repository.
 func buildNDD(ctx context.Context, dir string) (string, error) {
 	out := filepath.Join(dir, "ndd")
-	b, err := exec.CommandContext(ctx, "go", "build", "-o", out, "./cmd/ndd").CombinedOutput()
+	b, err := exec.CommandContext(ctx, "go", "build", "-o", out, "github.com/nd-dispatcher/nd/cmd/ndd").CombinedOutput()
 	if err != nil {
-		return "", fmt.Errorf("go build ./cmd/ndd (run from the repository's root, or give --ndd): %w: %s", err, bytes.TrimSpace(b))
+		return "", fmt.Errorf("go build ./cmd/ndd (run inside the nd repository, or give --ndd): %w: %s", err, bytes.TrimSpace(b))
 	}
 	return out, nil
 }

@@ -154,36 +154,20 @@ type workServer struct {
 
 	ctx    context.Context
 	cancel context.CancelFunc
-	lns    []net.Listener
-	wg     sync.WaitGroup
-	mu     sync.Mutex
-	conns  map[net.Conn]struct{}
-	done   bool
+	listeners
 }
 
 // startWorkServer serves on addrs in host's namespace with limit workers
 // and at most maxWait requests queued.
 func startWorkServer(ctx context.Context, host *lab.Host, limit, maxWait int, addrs ...netip.AddrPort) (*workServer, error) {
-	for _, a := range addrs {
-		if !lab.InLabRange(a.Addr()) {
-			return nil, fmt.Errorf("serve on %s in %s: outside the lab's networks", a, host.Name)
-		}
-	}
 	ctx, cancel := context.WithCancel(ctx)
-	s := &workServer{name: host.Name, q: newWorkQueue(limit, maxWait), ctx: ctx, cancel: cancel, conns: map[net.Conn]struct{}{}}
+	s := &workServer{name: host.Name, q: newWorkQueue(limit, maxWait), ctx: ctx, cancel: cancel}
 	s.setSlowdown(1)
 	// Two accept loops: one could lag behind the connection rate of a
 	// busy machine and queue connections outside the server's own queue.
-	for _, addr := range addrs {
-		for range 2 {
-			ln, err := listen(host, addr)
-			if err != nil {
-				s.stop()
-				return nil, fmt.Errorf("serve on %s in %s: %w", addr, host.Name, err)
-			}
-			s.lns = append(s.lns, ln)
-			s.wg.Go(func() { s.accept(ln) })
-		}
+	if err := s.listen(host, 2, s.serve, addrs...); err != nil {
+		cancel()
+		return nil, err
 	}
 	s.wg.Go(func() {
 		<-ctx.Done()
@@ -197,46 +181,14 @@ func (s *workServer) slowdownFactor() float64 {
 	return math.Float64frombits(s.slowdown.Load())
 }
 
-func (s *workServer) accept(ln net.Listener) {
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return // closed by stop
-		}
-		s.mu.Lock()
-		if s.done {
-			s.mu.Unlock()
-			c.Close()
-			return
-		}
-		s.conns[c] = struct{}{}
-		s.mu.Unlock()
-		s.wg.Go(func() {
-			s.serve(c)
-			s.mu.Lock()
-			delete(s.conns, c)
-			s.mu.Unlock()
-			c.Close()
-		})
-	}
-}
-
 // serve reads the request, waits for a worker, works and answers.
 func (s *workServer) serve(c net.Conn) {
 	c.SetDeadline(time.Now().Add(fbRequestTimeout + time.Second))
-	var buf [maxWorkReq]byte
-	n := 0
-	for !bytes.Contains(buf[:n], []byte(headerEnding)) {
-		if n == len(buf) {
-			return
-		}
-		m, err := c.Read(buf[n:])
-		if err != nil {
-			return
-		}
-		n += m
+	req, ok := readHeader(c, maxWorkReq)
+	if !ok {
+		return
 	}
-	d, probe, err := parseWorkRequest(buf[:n])
+	d, probe, err := parseWorkRequest(req)
 	if err != nil {
 		return
 	}
@@ -279,16 +231,4 @@ func (s *workServer) stop() {
 	s.cancel()
 	s.closeAll()
 	s.wg.Wait()
-}
-
-func (s *workServer) closeAll() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.done = true
-	for _, ln := range s.lns {
-		ln.Close()
-	}
-	for c := range s.conns {
-		c.Close()
-	}
 }

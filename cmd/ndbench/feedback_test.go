@@ -178,9 +178,9 @@ func TestWorkServerRespectsC(t *testing.T) {
 		t.Skipf("no loopback: %v", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &workServer{name: "server1", q: newWorkQueue(c, 100), ctx: ctx, cancel: cancel, conns: map[net.Conn]struct{}{}, lns: []net.Listener{ln}}
+	s := &workServer{name: "server1", q: newWorkQueue(c, 100), ctx: ctx, cancel: cancel}
 	s.setSlowdown(1)
-	s.wg.Go(func() { s.accept(ln) })
+	s.serveOn(ln, s.serve)
 	defer s.stop()
 	start := time.Now()
 	var wg sync.WaitGroup

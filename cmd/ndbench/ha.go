@@ -7,15 +7,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"runtime"
 	"slices"
 	"text/tabwriter"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // haOptions are the flags of `ndbench ha`.
@@ -34,8 +31,12 @@ type haOptions struct {
 
 func parseHAOptions(args []string, stderr io.Writer) (haOptions, error) {
 	var o haOptions
-	fs := flag.NewFlagSet("ndbench ha", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet("ndbench ha", stderr,
+		"usage: ndbench ha [--failovers N] [--conns N] [--period D] [--interval D] [--dead-after D] [--servers N] [--window D] [--ndd PATH] [--timeout D] [--json]\n\n"+
+			"Builds a lab with two dispatchers running ndd as an HA pair and measures, over\n"+
+			"crash failovers (SIGKILL and link down) and planned ones (takeover through the\n"+
+			"API), the client's reply gap and the share of established connections that\n"+
+			"survive. Must run as root; removes the lab on exit.\n\n")
 	fs.IntVar(&o.failovers, "failovers", 10, "failovers of each kind (crash, planned)")
 	fs.IntVar(&o.conns, "conns", 50, "established connections through the VIP during each failover")
 	fs.DurationVar(&o.period, "period", 10*time.Millisecond, "each connection sends a request this often")
@@ -46,20 +47,10 @@ func parseHAOptions(args []string, stderr io.Writer) (haOptions, error) {
 	fs.StringVar(&o.ndd, "ndd", "", "ndd binary to run (default: go build ./cmd/ndd into a temporary directory)")
 	fs.DurationVar(&o.timeout, "timeout", 20*time.Minute, "give up, clean up and report what was measured after this long")
 	fs.BoolVar(&o.json, "json", false, "print the report as JSON on stdout (the table goes to stderr)")
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: ndbench ha [--failovers N] [--conns N] [--period D] [--interval D] [--dead-after D] [--servers N] [--window D] [--ndd PATH] [--timeout D] [--json]\n\n")
-		fmt.Fprintf(stderr, "Builds a lab with two dispatchers running ndd as an HA pair and measures, over\n")
-		fmt.Fprintf(stderr, "crash failovers (SIGKILL and link down) and planned ones (takeover through the\n")
-		fmt.Fprintf(stderr, "API), the client's reply gap and the share of established connections that\n")
-		fmt.Fprintf(stderr, "survive. Must run as root; removes the lab on exit.\n\n")
-		fs.PrintDefaults()
-	}
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return o, err
 	}
 	switch {
-	case fs.NArg() > 0:
-		return o, fmt.Errorf("%w: unexpected arguments %q", errUsage, fs.Args())
 	case o.failovers < 1 || o.failovers > 100:
 		return o, fmt.Errorf("%w: --failovers %d: want 1 to 100", errUsage, o.failovers)
 	case o.conns < 1 || o.conns > 1000:
@@ -127,11 +118,8 @@ func runHA(args []string, e env) int {
 	}
 	defer done()
 
-	r := haReport{Interval: o.interval.String(), DeadAfter: o.deadAfter.String(), Period: o.period.String(), CPUs: runtime.NumCPU()}
-	var uts unix.Utsname
-	if unix.Uname(&uts) == nil {
-		r.Kernel = unix.ByteSliceToString(uts.Release[:])
-	}
+	r := haReport{Interval: o.interval.String(), DeadAfter: o.deadAfter.String(), Period: o.period.String(),
+		CPUs: runtime.NumCPU(), Kernel: kernelRelease()}
 	fs, runErr := measureHA(ctx, o, logf)
 	r.Failovers = fs
 	if runErr != nil {

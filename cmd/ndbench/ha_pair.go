@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -68,20 +67,12 @@ func newHAPair(ctx context.Context, o haOptions, logf func(string, ...any)) (_ *
 	}
 	p.ndd = o.ndd
 	if p.ndd == "" {
-		p.ndd = filepath.Join(p.dir, "ndd")
 		logf("building ndd")
-		out, err := exec.CommandContext(ctx, "go", "build", "-o", p.ndd, "github.com/nd-dispatcher/nd/cmd/ndd").CombinedOutput()
-		if err != nil {
-			return p, fmt.Errorf("go build ./cmd/ndd: %w\n%s", err, out)
+		if p.ndd, err = buildNDD(ctx, p.dir); err != nil {
+			return p, err
 		}
 	}
-	if _, err := lab.SweepStale(logf); err != nil {
-		logf("sweep stale labs: %v", err)
-	}
-	if p.lab, err = lab.New(ctx, lab.Options{Servers: o.servers, Dispatchers: 2, NoDispatcherVIPs: true, Logf: logf}); err != nil {
-		return p, err
-	}
-	if err := p.lab.Check(ctx); err != nil {
+	if p.lab, err = newCheckedLab(ctx, lab.Options{Servers: o.servers, Dispatchers: 2, NoDispatcherVIPs: true}, logf); err != nil {
 		return p, err
 	}
 	vip := netip.AddrPortFrom(p.lab.VIP4, servicePort)
@@ -467,60 +458,30 @@ func (p *haPair) close() error {
 
 // haEcho is a server's line echo on the VIP: long-lived connections send
 // lines and get them back.
-type haEcho struct {
-	ln    net.Listener
-	wg    sync.WaitGroup
-	mu    sync.Mutex
-	conns map[net.Conn]struct{}
-}
+type haEcho struct{ listeners }
 
 func startHAEcho(h *lab.Host, a netip.AddrPort) (*haEcho, error) {
-	ln, err := h.NS.Listen("tcp", a.String())
-	if err != nil {
-		return nil, fmt.Errorf("echo on %s in %s: %w", a, h.Name, err)
+	e := &haEcho{}
+	if err := e.listen(h, 1, echoLines, a); err != nil {
+		return nil, err
 	}
-	e := &haEcho{ln: ln, conns: map[net.Conn]struct{}{}}
-	e.wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			e.mu.Lock()
-			e.conns[c] = struct{}{}
-			e.mu.Unlock()
-			e.wg.Go(func() {
-				defer func() {
-					e.mu.Lock()
-					delete(e.conns, c)
-					e.mu.Unlock()
-					c.Close()
-				}()
-				r := bufio.NewReader(c)
-				for {
-					c.SetDeadline(time.Now().Add(time.Minute))
-					line, err := r.ReadString('\n')
-					if err != nil {
-						return
-					}
-					if _, err := c.Write([]byte(line)); err != nil {
-						return
-					}
-				}
-			})
-		}
-	})
 	return e, nil
 }
 
-func (e *haEcho) stop() {
-	e.ln.Close()
-	e.mu.Lock()
-	for c := range e.conns {
-		c.Close()
+// echoLines sends every line read from c back, until c fails or stays
+// silent for a minute.
+func echoLines(c net.Conn) {
+	r := bufio.NewReader(c)
+	for {
+		c.SetDeadline(time.Now().Add(time.Minute))
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return
+		}
+		if _, err := c.Write([]byte(line)); err != nil {
+			return
+		}
 	}
-	e.mu.Unlock()
-	e.wg.Wait()
 }
 
 func udpEcho(c net.PacketConn) {

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"math"
 	"net/netip"
 	"os"
@@ -15,11 +14,9 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/nd-dispatcher/nd/internal/lab"
 )
 
-// Bounds of the load generator.
+// Bounds of the main bench's load generator.
 const (
 	// requestTimeout bounds one request from connect to the end of the
 	// reply. A SYN that is dropped is retransmitted after 1 s, so a
@@ -28,205 +25,13 @@ const (
 	// maxStepRequests bounds the requests of one step, whatever its rate
 	// and duration.
 	maxStepRequests = 2_000_000
-	// spareSockets is how many unconnected sockets wait, made in advance
-	// inside the client's namespace.
-	spareSockets = 512
 	// minInFlight and maxInFlight bound the requests outstanding at once;
 	// between them the bound is a quarter second's worth at the offered
 	// rate. A request due while the bound is reached is not sent and
 	// counts as an error (overrun).
 	minInFlight = 64
 	maxInFlight = 8192
-	// checkEvery is how often, in sockets made, the socket factory checks
-	// again that its sockets belong to the client's namespace.
-	checkEvery = 256
-	maxReply   = 512
 )
-
-// Errors of the load generator.
-var (
-	errRefused     = errors.New("load generator refused")
-	errOverrun     = errors.New("too many requests in flight; request not sent")
-	errWrongServer = errors.New("answered by another server than expected")
-	errBadReply    = errors.New("unexpected reply")
-	errGenerator   = errors.New("load generator failed")
-)
-
-// generator is an open-loop load generator: requests start on schedule
-// whether or not earlier ones have finished, each on a new TCP connection
-// from the lab's client.
-//
-// Its sockets are made by one goroutine locked on an OS thread inside the
-// client's network namespace (a socket belongs for life to the namespace it
-// was made in), and are connected, used and closed from ordinary goroutines
-// through the runtime's poller. So a request costs no namespace switch and
-// no thread of its own. Every socket has SO_LINGER 0: the server closes
-// first, and the client's close then resets the connection, so no TIME_WAIT
-// state piles up on either side.
-type generator struct {
-	client *lab.Host
-	socks  chan int
-
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	dead   chan struct{} // closed when the factory stops
-	err    error         // why it stopped, once dead is closed
-}
-
-// startGenerator starts the socket factory in client's namespace. It
-// refuses (errRefused) unless it can prove that it is there: the factory's
-// thread must be in the namespace named by client.NS, which must not be
-// the host's own, and so must the sockets it makes.
-func startGenerator(ctx context.Context, client *lab.Host) (*generator, error) {
-	if client == nil || client.NS == nil {
-		return nil, fmt.Errorf("%w: no lab client", errRefused)
-	}
-	if !lab.InLabRange(client.Addr4) {
-		return nil, fmt.Errorf("%w: client address %s is outside the lab's networks", errRefused, client.Addr4)
-	}
-	ctx, cancel := context.WithCancel(ctx)
-	g := &generator{client: client, socks: make(chan int, spareSockets), cancel: cancel, dead: make(chan struct{})}
-	ready := make(chan error, 1)
-	g.wg.Go(func() {
-		err := client.NS.Do(func() error { return g.makeSockets(ctx, ready) })
-		select {
-		case ready <- err: // Do failed before the factory started
-		default:
-		}
-		g.err = err
-		close(g.dead)
-	})
-	if err := <-ready; err != nil {
-		g.stop()
-		return nil, fmt.Errorf("start load generator in %s: %w", client.NS.Name(), err)
-	}
-	return g, nil
-}
-
-// stop ends the factory and closes the spare sockets. It is idempotent.
-func (g *generator) stop() {
-	g.cancel()
-	g.wg.Wait()
-	for {
-		select {
-		case fd := <-g.socks:
-			unix.Close(fd)
-		default:
-			return
-		}
-	}
-}
-
-// makeSockets runs on a thread inside the client's namespace until ctx
-// ends, keeping spare sockets ready. ready receives nil once the first
-// socket is proven to be in the right namespace, or the reason not.
-func (g *generator) makeSockets(ctx context.Context, ready chan<- error) error {
-	want, err := statNS(g.client.NS.Path())
-	if err != nil {
-		ready <- err
-		return err
-	}
-	if err := checkThreadNS(want); err != nil {
-		ready <- err
-		return err
-	}
-	for n := 0; ; n++ {
-		fd, err := newSocket()
-		if err != nil {
-			if n == 0 {
-				ready <- err
-			}
-			return err
-		}
-		if n%checkEvery == 0 {
-			if err := checkSocketNS(fd, want); err != nil {
-				unix.Close(fd)
-				if n == 0 {
-					ready <- err
-				}
-				return err
-			}
-			if n == 0 {
-				ready <- nil
-			}
-		}
-		select {
-		case g.socks <- fd:
-		case <-ctx.Done():
-			unix.Close(fd)
-			return nil
-		}
-	}
-}
-
-// nsID identifies a network namespace by its nsfs inode.
-type nsID struct{ dev, ino uint64 }
-
-func statNS(path string) (nsID, error) {
-	var st unix.Stat_t
-	if err := unix.Stat(path, &st); err != nil {
-		return nsID{}, fmt.Errorf("%w: stat %s: %w", errRefused, path, err)
-	}
-	return nsID{uint64(st.Dev), st.Ino}, nil
-}
-
-// startNS is the network namespace the process started in, read while
-// package initialisation holds the main goroutine on the main thread,
-// before any thread has switched namespaces.
-var startNS, startNSErr = statNS("/proc/thread-self/ns/net")
-
-// checkThreadNS refuses unless the calling thread is in the namespace want,
-// and that namespace is neither the one the process started in nor, where
-// it can be read, the one of the init process.
-func checkThreadNS(want nsID) error {
-	self, err := statNS("/proc/thread-self/ns/net")
-	if err != nil {
-		return err
-	}
-	if self != want {
-		return fmt.Errorf("%w: the socket factory is not in the lab client's network namespace", errRefused)
-	}
-	if startNSErr != nil {
-		return fmt.Errorf("%w: cannot tell the lab client's namespace from the host's: %w", errRefused, startNSErr)
-	}
-	if self == startNS {
-		return fmt.Errorf("%w: the lab client's namespace is the one ndbench started in", errRefused)
-	}
-	if initNS, err := statNS("/proc/1/ns/net"); err == nil && initNS == self {
-		return fmt.Errorf("%w: the lab client's namespace is the host's own", errRefused)
-	}
-	return nil
-}
-
-// checkSocketNS refuses unless the socket fd belongs to the namespace want.
-func checkSocketNS(fd int, want nsID) error {
-	nsfd, err := unix.IoctlRetInt(fd, unix.SIOCGSKNS)
-	if err != nil {
-		return fmt.Errorf("%w: which namespace holds the socket: %w", errRefused, err)
-	}
-	defer unix.Close(nsfd)
-	var st unix.Stat_t
-	if err := unix.Fstat(nsfd, &st); err != nil {
-		return fmt.Errorf("%w: stat socket namespace: %w", errRefused, err)
-	}
-	if (nsID{uint64(st.Dev), st.Ino}) != want {
-		return fmt.Errorf("%w: a socket was made outside the lab client's namespace", errRefused)
-	}
-	return nil
-}
-
-// newSocket makes a non-blocking TCP socket that resets on close.
-func newSocket() (int, error) {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return -1, fmt.Errorf("socket: %w", err)
-	}
-	if err := unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0}); err != nil {
-		unix.Close(fd)
-		return -1, fmt.Errorf("set SO_LINGER: %w", err)
-	}
-	return fd, nil
-}
 
 // target is where a step sends its requests and what it expects back.
 type target struct {
@@ -343,10 +148,11 @@ func (g *generator) run(ctx context.Context, t target, rate float64, d time.Dura
 	}
 	var sas []*unix.SockaddrInet4
 	for _, a := range t.addrs {
-		if !a.IsValid() || !lab.InLabRange(a.Addr()) || !a.Addr().Is4() {
-			return stepResult{}, fmt.Errorf("%w: target %s is not an IPv4 address in the lab's networks", errRefused, a)
+		sa, err := labTarget(a)
+		if err != nil {
+			return stepResult{}, err
 		}
-		sas = append(sas, &unix.SockaddrInet4{Port: int(a.Port()), Addr: a.Addr().As4()})
+		sas = append(sas, sa)
 	}
 	if math.IsNaN(rate) || rate <= 0 || d <= 0 {
 		return stepResult{}, fmt.Errorf("bad step: rate %v for %v", rate, d)
@@ -435,73 +241,19 @@ func (g *generator) run(ctx context.Context, t target, rate float64, d time.Dura
 }
 
 // request makes one connection, one exchange on it, and closes it.
+// request makes one connection, one exchange on it, and closes it.
 func (g *generator) request(ctx context.Context, sa *unix.SockaddrInet4, names []string) outcome {
-	var fd int
-	select {
-	case fd = <-g.socks:
-	case <-ctx.Done():
-		return outcome{err: ctx.Err()}
-	case <-g.dead:
-		return outcome{err: fmt.Errorf("%w: the socket factory stopped: %v", errGenerator, g.err)}
+	fd, err := g.take(ctx)
+	if err != nil {
+		return outcome{err: err}
 	}
 	began := time.Now()
-	server, err := exchange(fd, sa, names, began.Add(requestTimeout))
+	reply, err := exchange(fd, sa, requestLine, began.Add(requestTimeout))
+	server := 0
+	if err == nil {
+		server, err = parseReply(reply, names)
+	}
 	return outcome{server: server, latency: time.Since(began), err: err}
-}
-
-// exchange connects fd to sa, sends the request and reads the reply to its
-// end, then closes fd, which resets the connection.
-func exchange(fd int, sa *unix.SockaddrInet4, names []string, deadline time.Time) (int, error) {
-	if err := unix.Connect(fd, sa); err != nil && err != unix.EINPROGRESS {
-		unix.Close(fd)
-		return 0, fmt.Errorf("connect: %w", err)
-	}
-	// The file owns fd from here; it registers it with the poller.
-	f := os.NewFile(uintptr(fd), "ndbench-conn")
-	defer f.Close()
-	if err := f.SetDeadline(deadline); err != nil {
-		return 0, err
-	}
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return 0, err
-	}
-	// Connecting again reports progress: EALREADY while the handshake is
-	// under way, success once it is done, the error if it failed.
-	var cerr error
-	werr := rc.Write(func(fd uintptr) bool {
-		switch err := unix.Connect(int(fd), sa); err {
-		case nil, unix.EISCONN:
-			return true
-		case unix.EALREADY, unix.EINPROGRESS, unix.EINTR:
-			return false
-		default:
-			cerr = err
-			return true
-		}
-	})
-	if werr != nil {
-		return 0, fmt.Errorf("connect: %w", werr)
-	}
-	if cerr != nil {
-		return 0, fmt.Errorf("connect: %w", cerr)
-	}
-	if _, err := io.WriteString(f, requestLine); err != nil {
-		return 0, fmt.Errorf("send: %w", err)
-	}
-	var buf [maxReply]byte
-	n := 0
-	for n < len(buf) {
-		m, err := f.Read(buf[n:])
-		n += m
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return 0, fmt.Errorf("read reply: %w", err)
-		}
-	}
-	return parseReply(buf[:n], names)
 }
 
 // parseReply checks a reply and returns the index of the server that sent
@@ -510,20 +262,9 @@ func parseReply(b []byte, names []string) (int, error) {
 	if !bytes.HasPrefix(b, []byte(replyStatus)) {
 		return 0, fmt.Errorf("%w: %q", errBadReply, b[:min(len(b), 40)])
 	}
-	_, body, ok := bytes.Cut(b, []byte(headerEnding))
-	if !ok {
-		return 0, fmt.Errorf("%w: %d bytes without the end of a header", errBadReply, len(b))
-	}
-	body = bytes.TrimSpace(body)
-	for i, n := range names {
-		if string(body) == n {
-			return i, nil
-		}
-	}
-	return 0, fmt.Errorf("%w: %q, want one of %v", errWrongServer, body, names)
+	return replyFrom(b, names)
 }
 
-// percentile returns the nearest-rank p-quantile of sorted.
 func percentile(sorted []time.Duration, p float64) time.Duration {
 	if len(sorted) == 0 {
 		return 0

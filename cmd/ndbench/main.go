@@ -74,10 +74,47 @@ const (
 
 var errUsage = errors.New("usage")
 
+// newFlagSet is the flag set of an ndbench command: errors and help go to
+// stderr, and help is usage followed by the flags' defaults.
+func newFlagSet(name string, stderr io.Writer, usage string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		io.WriteString(stderr, usage)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// parseFlags parses args and refuses any that are not flags.
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%w: unexpected arguments %q", errUsage, fs.Args())
+	}
+	return nil
+}
+
+// kernelRelease is the running kernel's release, for the reports; "" if
+// it cannot be read.
+func kernelRelease() string {
+	var uts unix.Utsname
+	if unix.Uname(&uts) != nil {
+		return ""
+	}
+	return unix.ByteSliceToString(uts.Release[:])
+}
+
 func parseOptions(args []string, stderr io.Writer) (options, error) {
 	o := options{stderr: stderr}
-	fs := flag.NewFlagSet("ndbench", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet("ndbench", stderr,
+		"usage: ndbench [--servers N] [--duration D] [--rate R] [--rounds N] [--max-rate R] [--timeout D] [--direct-all] [--latency-only] [--json]\n\n"+
+			"Builds a lab of network namespaces and measures new-connection latency and the\n"+
+			"highest sustained rate directly to a server, through a trivial XDP forwarder, and\n"+
+			"through nd. Must run as root; removes the lab on exit.\n"+
+			"`ndbench feedback --help` describes the feedback-loop bench.\n\n")
 	fs.IntVar(&o.servers, "servers", lab.DefaultServers, "real servers behind the VIP in the nd configuration (1 to 88)")
 	fs.DurationVar(&o.duration, "duration", 2*time.Second, "length of every step: the latency phase and each step of the rate search")
 	fs.Float64Var(&o.rate, "rate", 1000, "new connections per second in the latency phase")
@@ -87,19 +124,8 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.directAll, "direct-all", false, "also measure direct-all: straight to every server's own address in turn, the cost of spreading connections without a dispatcher")
 	fs.BoolVar(&o.latencyOnly, "latency-only", false, "measure only the latency phase, no search for the highest rate (more rounds in the same time)")
 	fs.BoolVar(&o.json, "json", false, "print the report as JSON on stdout (the table goes to stderr)")
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: ndbench [--servers N] [--duration D] [--rate R] [--rounds N] [--max-rate R] [--timeout D] [--direct-all] [--latency-only] [--json]\n\n")
-		fmt.Fprintf(stderr, "Builds a lab of network namespaces and measures new-connection latency and the\n")
-		fmt.Fprintf(stderr, "highest sustained rate directly to a server, through a trivial XDP forwarder, and\n")
-		fmt.Fprintf(stderr, "through nd. Must run as root; removes the lab on exit.\n")
-		fmt.Fprintf(stderr, "`ndbench feedback --help` describes the feedback-loop bench.\n\n")
-		fs.PrintDefaults()
-	}
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return o, err
-	}
-	if fs.NArg() > 0 {
-		return o, fmt.Errorf("%w: unexpected arguments %q", errUsage, fs.Args())
 	}
 	switch {
 	case o.servers < 1 || o.servers > lab.MaxServers:
@@ -176,10 +202,7 @@ func run(args []string, e env) int {
 	results, runErr := measure(ctx, o, logf)
 	r := newReport(o, results)
 	r.CPUs = runtime.NumCPU()
-	var uts unix.Utsname
-	if unix.Uname(&uts) == nil {
-		r.Kernel = unix.ByteSliceToString(uts.Release[:])
-	}
+	r.Kernel = kernelRelease()
 	if runErr != nil {
 		r.Error = runErr.Error()
 		if ctx.Err() != nil && context.Cause(ctx) != nil {

@@ -94,8 +94,9 @@ func (k *KernelVIPs) link() netlink.Link {
 	return &netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Index: k.ifindex, Name: k.ifname}}
 }
 
-// Up implements VIPs.
-func (k *KernelVIPs) Up() error {
+// forEach applies op to every address, under the lock, and joins the
+// errors.
+func (k *KernelVIPs) forEach(op func(netip.Addr) error) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.closed {
@@ -103,12 +104,15 @@ func (k *KernelVIPs) Up() error {
 	}
 	var errs []error
 	for _, a := range k.addrs {
-		if err := k.nl.AddrAdd(k.link(), k.nlAddr(a)); err != nil && !errors.Is(err, unix.EEXIST) {
-			errs = append(errs, fmt.Errorf("add %s to %s: %w", a, k.ifname, err))
+		if err := op(a); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
 }
+
+// Up implements VIPs.
+func (k *KernelVIPs) Up() error { return k.forEach(k.add) }
 
 // Set replaces the addresses, for a group whose VIPs change while it runs.
 // With up (the node is active) the new ones are added and announced and
@@ -133,17 +137,16 @@ func (k *KernelVIPs) Set(vips []netip.Addr, up bool) error {
 				continue
 			}
 			added = true
-			if err := k.nl.AddrAdd(k.link(), k.nlAddr(a)); err != nil && !errors.Is(err, unix.EEXIST) {
-				errs = append(errs, fmt.Errorf("add %s to %s: %w", a, k.ifname, err))
+			if err := k.add(a); err != nil {
+				errs = append(errs, err)
 			}
 		}
 		for _, a := range old {
 			if slices.Contains(next, a) {
 				continue
 			}
-			err := k.nl.AddrDel(k.link(), k.nlAddr(a))
-			if err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) && !errors.Is(err, unix.ENOENT) {
-				errs = append(errs, fmt.Errorf("remove %s from %s: %w", a, k.ifname, err))
+			if err := k.remove(a); err != nil {
+				errs = append(errs, err)
 			}
 		}
 	}
@@ -155,20 +158,23 @@ func (k *KernelVIPs) Set(vips []netip.Addr, up bool) error {
 }
 
 // Down implements VIPs.
-func (k *KernelVIPs) Down() error {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if k.closed {
-		return net.ErrClosed
+func (k *KernelVIPs) Down() error { return k.forEach(k.remove) }
+
+// add puts a on the interface; one already there is no error.
+func (k *KernelVIPs) add(a netip.Addr) error {
+	if err := k.nl.AddrAdd(k.link(), k.nlAddr(a)); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("add %s to %s: %w", a, k.ifname, err)
 	}
-	var errs []error
-	for _, a := range k.addrs {
-		err := k.nl.AddrDel(k.link(), k.nlAddr(a))
-		if err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) && !errors.Is(err, unix.ENOENT) {
-			errs = append(errs, fmt.Errorf("remove %s from %s: %w", a, k.ifname, err))
-		}
+	return nil
+}
+
+// remove takes a off the interface; one already gone is no error.
+func (k *KernelVIPs) remove(a netip.Addr) error {
+	err := k.nl.AddrDel(k.link(), k.nlAddr(a))
+	if err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("remove %s from %s: %w", a, k.ifname, err)
 	}
-	return errors.Join(errs...)
+	return nil
 }
 
 // Announce implements VIPs.

@@ -89,37 +89,15 @@ func (n *haNode) yaml() string {
 // t.Cleanup stops both, destroys their pinned data planes and closes the lab.
 func newHALab(t *testing.T, servers int, timers haTimers, preempt bool) *haLab {
 	t.Helper()
-	if _, err := lab.SweepStale(t.Logf); err != nil {
-		t.Logf("sweep stale labs: %v", err)
-	}
 	sweepStalePins(t)
-	nddBinary(t)
+	nddBinary(t) // build before the lab exists: a failed build leaves nothing behind
 	ndctlBinary(t)
-
-	ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
-	defer cancel()
-	l, err := lab.New(ctx, lab.Options{Servers: servers, Dispatchers: 2, NoDispatcherVIPs: true, Logf: t.Logf})
-	if err != nil {
-		t.Fatalf("build lab: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := l.Close(); err != nil {
-			t.Errorf("close lab: %v", err)
-		}
-	})
-	cctx, ccancel := context.WithTimeout(context.Background(), checkTimeout)
-	defer ccancel()
-	if err := l.Check(cctx); err != nil {
-		t.Fatalf("lab does not work, so nothing measured through it would mean anything: %v", err)
-	}
+	l := newCheckedLab(t, lab.Options{Servers: servers, Dispatchers: 2, NoDispatcherVIPs: true})
 
 	h := &haLab{fixture: &fixture{lab: l, byAddr: map[netip.Addr]*replyServer{}}, dir: t.TempDir()}
 	port := portConfig{Port: servicePort}
 	for i, b := range l.Backends() {
-		s := startReplyServer(t, &l.Servers[i], l.VIP4)
-		s.addr4, s.addr6 = b.Addr4, b.Addr6
-		h.servers = append(h.servers, s)
-		h.byAddr[b.Addr4] = s
+		h.addReplyServer(t, i, b, l.VIP4)
 		h.weights = append(h.weights, 1)
 		port.Servers = append(port.Servers, serverConfig{Addr: b.Addr4, Weight: 1})
 	}
@@ -152,11 +130,7 @@ func newHALab(t *testing.T, servers int, timers haTimers, preempt bool) *haLab {
 		if err := os.WriteFile(n.cfgPath, []byte(n.yaml()), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		n.api, err = api.NewClient(n.cfg.Socket, "", api.WithTimeout(apiTimeout))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(n.api.Close)
+		n.api = apiClient(t, n.cfg.Socket)
 		t.Cleanup(func() { n.teardown(t) })
 		h.nodes[i] = n
 	}
@@ -384,30 +358,8 @@ func (h *haLab) checkClientNeighbor(t *testing.T, n *haNode) {
 	}
 }
 
-// ndctl is the control tool, built once per test binary.
-var ndctl struct {
-	once sync.Once
-	path string
-	err  error
-}
-
-func ndctlBinary(t *testing.T) string {
-	t.Helper()
-	nddBinary(t) // makes the directory
-	ndctl.once.Do(func() {
-		ndctl.path = filepath.Join(ndd.dir, "ndctl")
-		ctx, cancel := context.WithTimeout(context.Background(), buildNDDTimeout)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, "go", "build", "-o", ndctl.path, "github.com/nd-dispatcher/nd/cmd/ndctl")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			ndctl.err = fmt.Errorf("go build ./cmd/ndctl: %w\n%s", err, out)
-		}
-	})
-	if ndctl.err != nil {
-		t.Fatal(ndctl.err)
-	}
-	return ndctl.path
-}
+// ndctlBinary builds cmd/ndctl (once) and returns the binary's path.
+func ndctlBinary(t *testing.T) string { return goBinary(t, "ndctl") }
 
 // runNDCTL runs ndctl (it talks to ndd over the unix socket, so any
 // namespace will do).

@@ -56,37 +56,14 @@ type fixture struct {
 // given weights, one per server. Everything is undone by t.Cleanup.
 func newFixture(t *testing.T, opts lab.Options, weights []uint32) *fixture {
 	t.Helper()
-	if _, err := lab.SweepStale(t.Logf); err != nil {
-		t.Logf("sweep stale labs: %v", err)
-	}
 	opts.Servers = len(weights)
-	opts.Logf = t.Logf
-	ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
-	defer cancel()
-	l, err := lab.New(ctx, opts)
-	if err != nil {
-		t.Fatalf("build lab: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := l.Close(); err != nil {
-			t.Errorf("close lab: %v", err)
-		}
-	})
-	cctx, ccancel := context.WithTimeout(context.Background(), checkTimeout)
-	defer ccancel()
 	// Before the executor is attached: the check's echoes use a VIP port.
-	if err := l.Check(cctx); err != nil {
-		t.Fatalf("lab does not work, so nothing measured through it would mean anything: %v", err)
-	}
+	l := newCheckedLab(t, opts)
 
 	f := &fixture{lab: l, weights: weights, byAddr: map[netip.Addr]*replyServer{}}
 	backends := l.Backends()
-	for i := range l.Servers {
-		s := startReplyServer(t, &l.Servers[i], l.VIP4, l.VIP6)
-		f.servers = append(f.servers, s)
-		f.byAddr[backends[i].Addr4] = s
-		f.byAddr[backends[i].Addr6] = s
-		s.addr4, s.addr6 = backends[i].Addr4, backends[i].Addr6
+	for i, b := range backends {
+		f.addReplyServer(t, i, b, l.VIP4, l.VIP6)
 	}
 
 	logger := slog.New(slog.NewTextHandler(t.Output(), nil))
@@ -120,6 +97,45 @@ func newFixture(t *testing.T, opts lab.Options, weights []uint32) *fixture {
 		f.do(t, func() error { return f.x.UpsertService(svc) })
 	}
 	return f
+}
+
+// newCheckedLab removes labs left by earlier runs, builds a lab with opts
+// (logging to t), checks that it works and has t.Cleanup close it.
+func newCheckedLab(t *testing.T, opts lab.Options) *lab.Lab {
+	t.Helper()
+	if _, err := lab.SweepStale(t.Logf); err != nil {
+		t.Logf("sweep stale labs: %v", err)
+	}
+	opts.Logf = t.Logf
+	ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
+	defer cancel()
+	l, err := lab.New(ctx, opts)
+	if err != nil {
+		t.Fatalf("build lab: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := l.Close(); err != nil {
+			t.Errorf("close lab: %v", err)
+		}
+	})
+	cctx, ccancel := context.WithTimeout(context.Background(), checkTimeout)
+	defer ccancel()
+	if err := l.Check(cctx); err != nil {
+		t.Fatalf("lab does not work, so nothing measured through it would mean anything: %v", err)
+	}
+	return l
+}
+
+// addReplyServer starts a reply server on vips in the lab's server i,
+// which the dispatcher reaches as b, and adds it to the fixture's servers.
+func (f *fixture) addReplyServer(t *testing.T, i int, b lab.Backend, vips ...netip.Addr) *replyServer {
+	t.Helper()
+	s := startReplyServer(t, &f.lab.Servers[i], vips...)
+	s.addr4, s.addr6 = b.Addr4, b.Addr6
+	f.servers = append(f.servers, s)
+	f.byAddr[b.Addr4] = s
+	f.byAddr[b.Addr6] = s
+	return s
 }
 
 // do runs fn in the dispatcher's namespace, where the executor must be

@@ -37,8 +37,8 @@ const (
 // TestMain removes the binaries built for the tests.
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if ndd.dir != "" {
-		os.RemoveAll(ndd.dir)
+	if binaries.dir != "" {
+		os.RemoveAll(binaries.dir)
 	}
 	os.Exit(code)
 }
@@ -50,9 +50,6 @@ var binaries struct {
 	dir   string
 	paths map[string]string
 }
-
-// ndd is the directory TestMain removes.
-var ndd struct{ dir string }
 
 // goBinary builds cmd/NAME the first time it is asked for and returns the
 // binary's path.
@@ -68,7 +65,7 @@ func goBinary(t *testing.T, name string) string {
 		if err != nil {
 			t.Fatal(err)
 		}
-		binaries.dir, ndd.dir = dir, dir
+		binaries.dir = dir
 		binaries.paths = map[string]string{}
 	}
 	path := filepath.Join(binaries.dir, name)
@@ -84,6 +81,18 @@ func goBinary(t *testing.T, name string) string {
 
 // nddBinary builds cmd/ndd (once) and returns the binary's path.
 func nddBinary(t *testing.T) string { return goBinary(t, "ndd") }
+
+// apiClient is a client of the ndd API on socket, closed when the test
+// ends.
+func apiClient(t *testing.T, socket string) *api.Client {
+	t.Helper()
+	c, err := api.NewClient(socket, "", api.WithTimeout(apiTimeout))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
 
 // startInNS starts cmd inside ns. The process is forked from a thread that
 // has entered ns, so it inherits that network namespace and nothing else.
@@ -241,28 +250,9 @@ func sweepStalePins(t *testing.T) {
 // plane, the lab is closed.
 func newNDDLab(t *testing.T, weights []int, edit func(*nddConfig)) *nddLab {
 	t.Helper()
-	if _, err := lab.SweepStale(t.Logf); err != nil {
-		t.Logf("sweep stale labs: %v", err)
-	}
 	sweepStalePins(t)
 	nddBinary(t) // build before the lab exists: a failed build leaves nothing behind
-
-	ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
-	defer cancel()
-	l, err := lab.New(ctx, lab.Options{Servers: len(weights), Logf: t.Logf})
-	if err != nil {
-		t.Fatalf("build lab: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := l.Close(); err != nil {
-			t.Errorf("close lab: %v", err)
-		}
-	})
-	cctx, ccancel := context.WithTimeout(context.Background(), checkTimeout)
-	defer ccancel()
-	if err := l.Check(cctx); err != nil {
-		t.Fatalf("lab does not work, so nothing measured through it would mean anything: %v", err)
-	}
+	l := newCheckedLab(t, lab.Options{Servers: len(weights)})
 
 	n := &nddLab{
 		fixture: &fixture{lab: l, byAddr: map[netip.Addr]*replyServer{}},
@@ -272,10 +262,7 @@ func newNDDLab(t *testing.T, weights []int, edit func(*nddConfig)) *nddLab {
 	}
 	port := portConfig{Port: servicePort}
 	for i, b := range l.Backends() {
-		s := startReplyServer(t, &l.Servers[i], l.VIP4)
-		s.addr4, s.addr6 = b.Addr4, b.Addr6
-		n.servers = append(n.servers, s)
-		n.byAddr[b.Addr4] = s
+		s := n.addReplyServer(t, i, b, l.VIP4)
 		n.addrOf[s.name], n.nameOf[b.Addr4] = b.Addr4, s.name
 		w := max(weights[i], 0)
 		n.weights = append(n.weights, uint32(w))
@@ -295,11 +282,7 @@ func newNDDLab(t *testing.T, weights []int, edit func(*nddConfig)) *nddLab {
 	n.cfgPath = filepath.Join(n.dir, "nd.yaml")
 	n.writeConfig(t, n.cfg)
 
-	n.api, err = api.NewClient(n.cfg.Socket, "", api.WithTimeout(apiTimeout))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(n.api.Close)
+	n.api = apiClient(t, n.cfg.Socket)
 	t.Cleanup(func() { n.teardown(t) })
 	n.start(t)
 	return n

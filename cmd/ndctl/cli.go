@@ -49,6 +49,7 @@ type Client interface {
 	Agents() ([]api.AgentStatus, error)
 	HAStatus() (ha.Status, error)
 	HATakeover() (ha.Status, error)
+	Flows(q api.FlowQuery) (api.FlowsResponse, error)
 	Close()
 }
 

@@ -40,6 +40,14 @@ type fakeClient struct {
 	advisors []advisor.Status
 	agents   []api.AgentStatus
 	ha       ha.Status
+	flows    api.FlowsResponse
+	flowQ    api.FlowQuery
+}
+
+func (f *fakeClient) Flows(q api.FlowQuery) (api.FlowsResponse, error) {
+	f.record("Flows")
+	f.flowQ = q
+	return f.flows, f.err
 }
 
 func (f *fakeClient) record(format string, args ...any) {
@@ -982,6 +990,39 @@ func TestAdvisorStatus(t *testing.T) {
 	for _, want := range []string{"vip 198.51.100.100:80", "up", "2ms", "198.51.100.12:80", "down", "connection refused"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("advisor status lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func TestFlows(t *testing.T) {
+	h := newHarness(t)
+	h.fc.flows = api.FlowsResponse{More: true, Flows: []api.Flow{
+		{Protocol: "tcp", Client: "203.0.113.7:40000", VIP: "198.51.100.100:80", Server: "198.51.100.11", IdleMS: 2100},
+		{Protocol: "tcp", Client: "203.0.113.8:40001", VIP: "198.51.100.100:80", Server: "198.51.100.12", Closing: true},
+	}}
+	if code := h.run("flows", "198.51.100.100", "80/tcp", "--server", "198.51.100.11", "--limit", "2"); code != exitOK {
+		t.Fatal(h.stderr.String())
+	}
+	want := api.FlowQuery{VIP: netip.MustParseAddr("198.51.100.100"), Port: 80, Protocol: "tcp", Server: netip.MustParseAddr("198.51.100.11"), Limit: 2}
+	if h.fc.flowQ != want {
+		t.Errorf("query %+v, want %+v", h.fc.flowQ, want)
+	}
+	out := h.stdout.String()
+	for _, want := range []string{"203.0.113.7:40000", "198.51.100.11", "open", "2s", "closing", "more flows match"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("flows lacks %q:\n%s", want, out)
+		}
+	}
+	for _, args := range [][]string{
+		{"flows", "nope"},
+		{"flows", "198.51.100.100", "0"},
+		{"flows", "--client", "1.2.3"},
+		{"flows", "--limit", "0"},
+		{"flows", "198.51.100.100", "80", "extra"},
+	} {
+		h := newHarness(t)
+		if code := h.run(args...); code != exitUsage || strings.Count(strings.TrimSpace(h.stderr.String()), "\n") != 0 {
+			t.Errorf("%q: exit %d, stderr %q; want a one-line usage error", args, code, h.stderr.String())
 		}
 	}
 }

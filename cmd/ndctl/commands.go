@@ -78,6 +78,9 @@ standbys, which take over when it fails.`, subs: []*command{
 For each VIP:port, a table of its servers: state (up, quiesced, unresolved,
 local), the weight the data plane uses, new flows per second, active flows and
 packets per second. --watch redraws it every second until interrupted.`},
+		{name: "flows", args: "[VIP [PORT[/PROTO]]]", run: flowsCmd, read: true,
+			summary: "the connection table: which client's flow went to which server",
+			help:    flowsHelp},
 		{name: "events", run: eventsCmd, read: true,
 			summary: "what ndd did recently; --follow for what it does next",
 			help: `

@@ -18,6 +18,7 @@ import (
 	"github.com/nd-dispatcher/nd/internal/agent"
 	"github.com/nd-dispatcher/nd/internal/config"
 	"github.com/nd-dispatcher/nd/internal/daemon"
+	"github.com/nd-dispatcher/nd/internal/executor"
 	"github.com/nd-dispatcher/nd/internal/ha"
 	"github.com/nd-dispatcher/nd/internal/manager"
 )
@@ -49,6 +50,9 @@ type Controller interface {
 	HAStatus() (ha.Status, error)
 	// HATakeover makes this node the active one, in an orderly handover.
 	HATakeover(ctx context.Context) error
+	// Flows lists at most limit connection table entries that match f, and
+	// whether more matched.
+	Flows(f daemon.FlowFilter, limit int) ([]executor.Flow, bool, error)
 }
 
 // *daemon.Daemon is the Controller of ndd.

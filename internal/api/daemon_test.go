@@ -28,9 +28,10 @@ func (r resolveAll) Events() <-chan neighbor.Event { return r.events }
 func (resolveAll) Run(ctx context.Context) error   { <-ctx.Done(); return nil }
 func (resolveAll) Close() error                    { return nil }
 
-// TestWithDaemon drives a real daemon over an in-memory data plane through
-// the API and its client.
-func TestWithDaemon(t *testing.T) {
+// startDaemon runs a daemon over an in-memory data plane with fakeYAML and
+// serves its API.
+func startDaemon(t *testing.T) (*executor.Fake, *Client) {
+	t.Helper()
 	cfg, err := config.Parse([]byte(fakeYAML), "nd.yaml")
 	if err != nil {
 		t.Fatal(err)
@@ -51,10 +52,13 @@ func TestWithDaemon(t *testing.T) {
 	go func() { defer wg.Done(); d.Run(ctx) }()
 	t.Cleanup(func() { cancel(); wg.Wait() })
 	waitFor(t, "configuration applied", func() bool { return len(x.Services()) == 3 })
+	return x, unixClient(t, serve(t, d, ServerOptions{}))
+}
 
-	s := serve(t, d, ServerOptions{})
-	c := unixClient(t, s)
-
+// TestWithDaemon drives a real daemon over an in-memory data plane through
+// the API and its client.
+func TestWithDaemon(t *testing.T) {
+	_, c := startDaemon(t)
 	if _, err := c.AddServer("198.51.100.100", 80, "tcp", ServerRequest{Address: "198.51.100.13"}); err != nil {
 		t.Fatalf("AddServer: %v", err)
 	}
@@ -99,6 +103,77 @@ func TestWithDaemon(t *testing.T) {
 	}
 	if n := strings.Count(strings.Join(types, " "), daemon.EventConfigApplied); n < 3 {
 		t.Errorf("events %v: want at least 3 %s", types, daemon.EventConfigApplied)
+	}
+}
+
+// TestFlows: GET /v1/flows lists the connection table's entries with their
+// server, filtered by VIP, port, protocol, client and server, cut at the
+// limit with "more" set; bad parameters are 400s.
+func TestFlows(t *testing.T) {
+	x, c := startDaemon(t)
+	vip := netip.MustParseAddr("198.51.100.100")
+	clientA := netip.MustParseAddr("203.0.113.7")
+	clientB := netip.MustParseAddr("203.0.113.8")
+	servers := map[netip.AddrPort]netip.Addr{}
+	for i := range 10 {
+		cl := clientA
+		if i%2 == 1 {
+			cl = clientB
+		}
+		k := executor.FlowKey{Client: netip.AddrPortFrom(cl, uint16(40000+i)), VIP: netip.AddrPortFrom(vip, 80), Proto: executor.TCP}
+		srv, err := x.Dispatch(k, true, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		servers[k.Client] = srv
+	}
+	udp := executor.FlowKey{Client: netip.AddrPortFrom(clientA, 5353), VIP: netip.AddrPortFrom(vip, 53), Proto: executor.UDP}
+	if _, err := x.Dispatch(udp, false, false); err != nil {
+		t.Fatal(err)
+	}
+
+	all, err := c.Flows(FlowQuery{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(all.Flows) != 11 || all.More {
+		t.Fatalf("all flows: %d (more %v), want 11", len(all.Flows), all.More)
+	}
+	for _, f := range all.Flows {
+		if f.Protocol != "tcp" {
+			continue
+		}
+		want := servers[netip.MustParseAddrPort(f.Client)]
+		if f.Server != want.String() || f.VIP != "198.51.100.100:80" || f.Closing {
+			t.Errorf("flow %+v, want server %s", f, want)
+		}
+	}
+	byServer := map[string]int{}
+	for _, s := range servers {
+		byServer[s.String()]++
+	}
+	for _, tc := range []struct {
+		q    FlowQuery
+		want int
+		more bool
+	}{
+		{FlowQuery{Protocol: "udp"}, 1, false},
+		{FlowQuery{VIP: vip, Port: 80}, 10, false},
+		{FlowQuery{Port: 443}, 0, false},
+		{FlowQuery{Client: clientB, Protocol: "tcp"}, 5, false},
+		{FlowQuery{Server: netip.MustParseAddr("198.51.100.12"), Protocol: "tcp"}, byServer["198.51.100.12"], false},
+		{FlowQuery{Limit: 4}, 4, true},
+	} {
+		got, err := c.Flows(tc.q)
+		if err != nil || len(got.Flows) != tc.want || got.More != tc.more {
+			t.Errorf("%+v: %d flows (more %v), %v; want %d (more %v)", tc.q, len(got.Flows), got.More, err, tc.want, tc.more)
+		}
+	}
+	for _, q := range []string{"vip=nope", "port=0", "port=70000", "protocol=sctp", "limit=0", "limit=100001", "client=1.2.3"} {
+		var out FlowsResponse
+		if err := c.call("GET", "/v1/flows?"+q, nil, &out); errStatus(err) != 400 {
+			t.Errorf("?%s: %v, want a 400", q, err)
+		}
 	}
 }
 

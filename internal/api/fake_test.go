@@ -14,6 +14,7 @@ import (
 	"github.com/nd-dispatcher/nd/internal/agent"
 	"github.com/nd-dispatcher/nd/internal/config"
 	"github.com/nd-dispatcher/nd/internal/daemon"
+	"github.com/nd-dispatcher/nd/internal/executor"
 	"github.com/nd-dispatcher/nd/internal/ha"
 	"github.com/nd-dispatcher/nd/internal/manager"
 )
@@ -186,6 +187,12 @@ func cloneConfig(c *config.Config) *config.Config {
 		}
 	}
 	return &out
+}
+
+// Flows: the fake has no data plane, so no flows (TestFlows drives a
+// daemon over executor.Fake).
+func (f *fakeController) Flows(daemon.FlowFilter, int) ([]executor.Flow, bool, error) {
+	return nil, false, nil
 }
 
 var _ Controller = (*fakeController)(nil)

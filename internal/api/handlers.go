@@ -46,6 +46,7 @@ func (s *Server) routes(metrics http.Handler) http.Handler {
 	mux.HandleFunc("GET /v1/agents", s.agents)
 	mux.HandleFunc("GET /v1/ha", s.haStatus)
 	mux.HandleFunc("POST /v1/ha/takeover", s.haTakeover)
+	mux.HandleFunc("GET /v1/flows", s.flows)
 	if metrics != nil {
 		mux.Handle("GET /metrics", metrics)
 	}

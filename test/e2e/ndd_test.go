@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -167,6 +168,16 @@ func TestNDDQuiesce(t *testing.T) {
 		t.Errorf("after quiesce, %s is %s with weight %d (quiesced %v), want quiesced with weight 0", addr, s.State, s.Weight, s.Quiesced)
 	}
 	checkExchange(t, long, "after quiesce", nil)
+	// The connection table (ndctl flows) shows the open flow on its server.
+	client := netip.MustParseAddrPort(long.sessions[0].c.LocalAddr().String())
+	flows, err := n.api.Flows(api.FlowQuery{Client: client.Addr(), Server: addr, Protocol: "tcp"})
+	if err != nil {
+		t.Fatalf("flows: %v", err)
+	}
+	if i := slices.IndexFunc(flows.Flows, func(f api.Flow) bool { return f.Client == client.String() }); i < 0 ||
+		flows.Flows[i].VIP != vip.String() || flows.Flows[i].Closing {
+		t.Errorf("connection table lists %+v for server %s, want the open flow from %s to %s", flows.Flows, addr, client, vip)
+	}
 	res := runLoad(ctx, n.lab.Client.NS, vip, newConns, loadWorkers, 256)
 	per := checkAllComplete(t, res, newConns, "new connection while quiesced")
 	t.Logf("new connections while %s is quiesced: %v", name, per)

@@ -1,0 +1,97 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nd-dispatcher/nd/internal/api"
+)
+
+const flowsHelp = `
+Lists the data plane's connection table, as ipvsadm -Lnc does: each flow's
+protocol, client, VIP:port, the server it was sent to, whether the client has
+closed it, and how long since its last packet (to about a second). VIP, PORT
+and the flags narrow the list; --limit bounds it (default 1000, at most
+100000), and a note says when more flows matched. The table is read while
+packets flow, so a flow opened or closed meanwhile may be missing.`
+
+// flowsCmd prints connection table entries.
+func flowsCmd(ctx context.Context, s *session, args []string) error {
+	fs := s.newFlags()
+	client := fs.String("client", "", "only flows from this client `address`")
+	server := fs.String("server", "", "only flows sent to this server `address`")
+	limit := fs.Int("limit", api.DefaultFlowLimit, "list at most `n` flows")
+	pos, err := s.parse(fs, args, 0, 2)
+	if err != nil {
+		return err
+	}
+	var q api.FlowQuery
+	if len(pos) > 0 {
+		if q.VIP, err = parseAddr("VIP", pos[0]); err != nil {
+			return err
+		}
+	}
+	if len(pos) > 1 {
+		if q.Port, q.Protocol, err = parsePort(pos[1]); err != nil {
+			return err
+		}
+	}
+	if *client != "" {
+		if q.Client, err = parseAddr("--client", *client); err != nil {
+			return err
+		}
+	}
+	if *server != "" {
+		if q.Server, err = parseAddr("--server", *server); err != nil {
+			return err
+		}
+	}
+	if *limit < 1 {
+		return usagef("--limit %d: want at least 1", *limit)
+	}
+	q.Limit = *limit
+	c, err := s.client()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	out, err := c.Flows(q)
+	if err != nil {
+		return err
+	}
+	if s.json {
+		return writeJSON(s.stdout, out)
+	}
+	if len(out.Flows) == 0 {
+		fmt.Fprintln(s.stdout, "no flows")
+		return nil
+	}
+	tw := tabwriter.NewWriter(s.stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "PROTO\tCLIENT\tVIP\tSERVER\tSTATE\tIDLE")
+	for _, f := range out.Flows {
+		state := "open"
+		if f.Closing {
+			state = "closing"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", f.Protocol, f.Client, f.VIP, f.Server, state, f.Idle().Round(time.Second))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if out.More {
+		fmt.Fprintf(s.stdout, "(more flows match: %d listed; raise --limit)\n", len(out.Flows))
+	}
+	return nil
+}
+
+// parseAddr reads an IP address given as what.
+func parseAddr(what, s string) (netip.Addr, error) {
+	a, err := netip.ParseAddr(s)
+	if err != nil || a.Zone() != "" {
+		return netip.Addr{}, usagef("%s %q is not an IP address", what, s)
+	}
+	return a, nil
+}

@@ -349,19 +349,28 @@ func (s *session) newFlags() *flag.FlagSet {
 // Argument parsing shared by the commands.
 
 func parseVIP(s string) (string, error) {
-	a, err := netip.ParseAddr(s)
-	if err != nil || a.Zone() != "" {
-		return "", usagef("VIP %q is not an IP address", s)
+	a, err := parseAddr("VIP", s)
+	if err != nil {
+		return "", err
 	}
 	return a.String(), nil
 }
 
 func parseServerAddr(s string) (string, error) {
-	a, err := netip.ParseAddr(s)
-	if err != nil || a.Zone() != "" {
-		return "", usagef("server address %q is not an IP address", s)
+	a, err := parseAddr("server address", s)
+	if err != nil {
+		return "", err
 	}
 	return a.String(), nil
+}
+
+// parseAddr reads an IP address given as what.
+func parseAddr(what, s string) (netip.Addr, error) {
+	a, err := netip.ParseAddr(s)
+	if err != nil || a.Zone() != "" {
+		return netip.Addr{}, usagef("%s %q is not an IP address", what, s)
+	}
+	return a, nil
 }
 
 // parsePort reads PORT or PORT/PROTO; proto is "" when not given.

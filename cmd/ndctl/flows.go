@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"net/netip"
 	"text/tabwriter"
 	"time"
 
@@ -85,13 +84,4 @@ func flowsCmd(ctx context.Context, s *session, args []string) error {
 		fmt.Fprintf(s.stdout, "(more flows match: %d listed; raise --limit)\n", len(out.Flows))
 	}
 	return nil
-}
-
-// parseAddr reads an IP address given as what.
-func parseAddr(what, s string) (netip.Addr, error) {
-	a, err := netip.ParseAddr(s)
-	if err != nil || a.Zone() != "" {
-		return netip.Addr{}, usagef("%s %q is not an IP address", what, s)
-	}
-	return a, nil
 }

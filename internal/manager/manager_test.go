@@ -773,3 +773,76 @@ func TestP2COneIntervalMovesNothing(t *testing.T) {
 		t.Fatalf("two slow intervals: %d commits, server 0's share %.3f", len(c.commits), c.share(0))
 	}
 }
+
+// withAdvisor gives the cluster's port an advisor, weighed with props.
+func (c *cluster) withAdvisor(props Proportions) {
+	c.t.Helper()
+	port := Port{Key: key, Bound: 100, Advisor: "http", Proportions: props}
+	for i := range c.n {
+		port.Servers = append(port.Servers, Server{Addr: addr(i), Weight: 50})
+	}
+	if err := c.m.SetPorts([]Port{port}); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// latencies sets the advisor's reading of every server: slow ones at
+// 100 ms, the rest at 10 ms.
+func (c *cluster) latencies(slow ...int) {
+	for i := range c.n {
+		c.adv[addr(i)] = AdvisorReading{Latency: 10 * time.Millisecond}
+	}
+	for _, i := range slow {
+		c.adv[addr(i)] = AdvisorReading{Latency: 100 * time.Millisecond}
+	}
+}
+
+// states returns each server's state in the last report.
+func (c *cluster) states() []string {
+	var out []string
+	for _, s := range c.m.Report()[0].Servers {
+		out = append(out, s.State)
+	}
+	return out
+}
+
+// Every server in turn looks overloaded, over and over, as after a slow
+// phase: each return starts at a quarter of the server's configured
+// weight, whatever its peers' weights are at the time (they used to start
+// at a quarter of the peers' mean, which shrank with each round), and the
+// weights are back on their configured figures once the overloads stop.
+func TestReturnsDoNotRatchetDown(t *testing.T) {
+	c := newCluster(t, 4, Settings{CoolDown: 2 * time.Second}, Proportions{Advisor: 100})
+	c.withAdvisor(Proportions{Advisor: 100})
+	prev := c.weights()
+	var starts []uint32
+	var hist [][]uint32
+	for k := range 40 {
+		c.latencies(k % c.n)
+		c.interval(1000)
+		w := c.weights()
+		hist = append(hist, w)
+		for i := range w {
+			if prev[i] == 0 && w[i] > 0 {
+				starts = append(starts, w[i])
+			}
+		}
+		prev = w
+	}
+	if len(starts) < 3 {
+		t.Fatalf("only %d returns in 40 intervals: the test exercised nothing (weights %v)", len(starts), hist)
+	}
+	for _, s := range starts {
+		if s != 13 && s != 12 {
+			t.Errorf("returns started at %v, want a quarter of the configured 50 each time (weights %v)", starts, hist)
+			break
+		}
+	}
+	c.latencies()
+	for range 15 {
+		c.interval(1000)
+	}
+	if w := c.weights(); !slices.Equal(w, []uint32{50, 50, 50, 50}) {
+		t.Errorf("weights %v 15 intervals after the overloads stopped, want the configured 50 each", w)
+	}
+}

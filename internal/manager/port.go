@@ -352,13 +352,6 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 	ramp := !static && !m.wcf.Absolute()
 	var in Input
 	var idx []int
-	var peerSum, peerN float64
-	for _, s := range smp {
-		if up(s) && s.cur > 0 {
-			peerSum += float64(s.cur)
-			peerN++
-		}
-	}
 	for i, s := range smp {
 		st := ps.servers[s.addr]
 		was := st.state
@@ -372,8 +365,8 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 			continue
 		}
 		if was != "" && was != StateUp && was != StateAbsent {
-			// Back from weight 0: a quarter of its peers' mean to start,
-			// then a gentle climb.
+			// Back from weight 0: a quarter of its configured weight to
+			// start, then a gentle climb.
 			st.returning = returnIntervals
 		}
 		st.healthy++
@@ -382,11 +375,12 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 		}
 		cur := s.cur
 		if st.returning == returnIntervals && ramp {
-			start := float64(max(s.spec.Weight, 1))
-			if peerN > 0 {
-				start = peerSum / peerN
-			}
-			newW[i] = clampWeight(start/4, spec.Bound)
+			// The typical server sits on its configured weight (see
+			// anchoredTargets): a quarter of it is a quarter of what the
+			// server would carry as a typical one, a figure that, unlike
+			// its peers' weights of the moment, cannot shrink with each
+			// round of cool-downs.
+			newW[i] = clampWeight(float64(max(s.spec.Weight, 1))/4, spec.Bound)
 			st.returning--
 			continue
 		}

@@ -35,6 +35,14 @@ type cluster struct {
 	p2c     bool // the data plane splits flows as p2c would
 	adv     map[netip.Addr]AdvisorReading
 	host    map[netip.Addr]HostReading
+	// probeRT makes the advisor read each server's response time: its
+	// probe waits in the same queue as the work.
+	probeRT bool
+	// queues, when set, carries each server's backlog from one interval
+	// to the next: what arrives beyond its capacity waits, and is still
+	// waiting (and held open) in the intervals after.
+	queues  bool
+	backlog []float64
 }
 
 func newCluster(t *testing.T, n int, s Settings, props Proportions) *cluster {
@@ -122,10 +130,22 @@ func (c *cluster) interval(rate float64) {
 	if c.p2c {
 		lambdas = c.p2cSplit(rate, w)
 	}
+	if c.queues && c.backlog == nil {
+		c.backlog = make([]float64, c.n)
+	}
 	for i := range c.n {
 		lambda := lambdas[i]
 		rt := c.responseTime(i, lambda)
 		target := lambda * rt
+		if c.queues {
+			// A fluid queue: past its capacity a server's arrivals wait,
+			// and it works its backlog off once it has room again.
+			capacity := c.workers / c.service[i]
+			q := math.Max(c.backlog[i]+(lambda-capacity)*iv.Seconds(), 0)
+			target += (c.backlog[i] + q) / 2
+			rt += q / capacity
+			c.backlog[i] = q
+		}
 		// Flows that were open drain over about one response time; new
 		// ones arrive at lambda.
 		newFlows := uint64(math.Round(lambda * iv.Seconds()))
@@ -136,6 +156,9 @@ func (c *cluster) interval(rate float64) {
 		}
 		if err := c.x.AddCounters(key, addr(i), executor.ServerStats{NewFlows: newFlows, Closed: uint64(closed)}); err != nil {
 			c.t.Fatal(err)
+		}
+		if c.probeRT {
+			c.adv[addr(i)] = AdvisorReading{Latency: time.Duration(rt * float64(time.Second))}
 		}
 	}
 	c.now = c.now.Add(iv)
@@ -771,5 +794,258 @@ func TestP2COneIntervalMovesNothing(t *testing.T) {
 	c.interval(1000)
 	if len(c.commits) == 0 || c.share(0) >= 0.25 {
 		t.Fatalf("two slow intervals: %d commits, server 0's share %.3f", len(c.commits), c.share(0))
+	}
+}
+
+// withAdvisor gives the cluster's port an advisor, weighed with props.
+func (c *cluster) withAdvisor(props Proportions) {
+	c.t.Helper()
+	port := Port{Key: key, Bound: 100, Advisor: "http", Proportions: props}
+	for i := range c.n {
+		port.Servers = append(port.Servers, Server{Addr: addr(i), Weight: 50})
+	}
+	if err := c.m.SetPorts([]Port{port}); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// latencies sets the advisor's reading of every server: slow ones at
+// 100 ms, the rest at 10 ms.
+func (c *cluster) latencies(slow ...int) {
+	for i := range c.n {
+		c.adv[addr(i)] = AdvisorReading{Latency: 10 * time.Millisecond}
+	}
+	for _, i := range slow {
+		c.adv[addr(i)] = AdvisorReading{Latency: 100 * time.Millisecond}
+	}
+}
+
+// states returns each server's state in the last report.
+func (c *cluster) states() []string {
+	var out []string
+	for _, s := range c.m.Report()[0].Servers {
+		out = append(out, s.State)
+	}
+	return out
+}
+
+// Two of eight servers read far above their peers in the same
+// computation: only the worst cools down. The load it sheds changes what
+// the other reads.
+func TestOneCoolDownPerComputation(t *testing.T) {
+	c := newCluster(t, 8, Settings{CoolDown: time.Minute}, Proportions{Advisor: 100})
+	c.withAdvisor(Proportions{Advisor: 100})
+	c.latencies()
+	c.adv[addr(1)] = AdvisorReading{Latency: 200 * time.Millisecond}
+	c.adv[addr(2)] = AdvisorReading{Latency: 210 * time.Millisecond}
+	c.interval(2000)
+	w := c.weights()
+	r := c.m.Report()[0]
+	if r.Servers[1].LMI <= 3 || r.Servers[2].LMI <= 3 {
+		t.Fatalf("LMIs %.2f and %.2f: the test needs both above the overload threshold", r.Servers[1].LMI, r.Servers[2].LMI)
+	}
+	if w[2] != 0 {
+		t.Fatalf("the worst server (210 ms against 10 ms) kept weight %d: %v", w[2], c.states())
+	}
+	if w[1] == 0 {
+		t.Errorf("two servers cooled down in one computation: weights %v, states %v", w, c.states())
+	}
+	if note := r.Servers[1].Note; !strings.Contains(note, "kept in") {
+		t.Errorf("note of the server held in: %q", note)
+	}
+}
+
+// A different server looks overloaded every interval: at most a quarter
+// of the port's servers (at least one) cool down at once, and the ones
+// held in say why.
+func TestCoolDownsAtMostAQuarterOfThePort(t *testing.T) {
+	c := newCluster(t, 6, Settings{CoolDown: time.Minute}, Proportions{Advisor: 100})
+	c.withAdvisor(Proportions{Advisor: 100})
+	next := 0
+	held := false
+	for k := range 10 {
+		// The next server still taking flows reads ten times its peers.
+		w := c.weights()
+		for w[next%c.n] == 0 {
+			next++
+		}
+		c.latencies(next % c.n)
+		c.interval(1500)
+		out := 0
+		for _, x := range c.weights() {
+			if x == 0 {
+				out++
+			}
+		}
+		if out > 1 {
+			t.Fatalf("interval %d: %d of 6 servers out at once (states %v)", k+1, out, c.states())
+		}
+		for _, s := range c.m.Report()[0].Servers {
+			held = held || strings.Contains(s.Note, "cooling down already")
+		}
+		next++
+	}
+	if !held {
+		t.Error("no server was ever held in by the limit: the test exercised nothing")
+	}
+}
+
+// Cool-downs and servers gone down together never leave fewer than half
+// of a port's servers taking new flows: with one server cooling down and
+// two gone down out of four, the cool-down ends early. The two down are
+// half the port: no panic, they stay out.
+func TestCoolDownEndsEarlyToKeepHalfIn(t *testing.T) {
+	c := newCluster(t, 4, Settings{CoolDown: time.Minute}, Proportions{Advisor: 100})
+	c.withAdvisor(Proportions{Advisor: 100})
+	c.latencies(0)
+	c.interval(1000)
+	if w := c.weights(); w[0] != 0 {
+		t.Fatalf("overloaded server kept weight %d (states %v)", w[0], c.states())
+	}
+	c.latencies()
+	c.interval(1000)
+	c.adv[addr(1)] = AdvisorReading{Down: true, Err: "timeout"}
+	c.adv[addr(2)] = AdvisorReading{Down: true, Err: "timeout"}
+	c.interval(1000)
+	w := c.weights()
+	st := c.states()
+	if w[1] != 0 || w[2] != 0 || st[1] != StateDown || st[2] != StateDown {
+		t.Errorf("two of four servers down, half the port: weights %v, states %v; want them out", w, st)
+	}
+	if w[0] == 0 || w[3] == 0 {
+		t.Fatalf("weights %v, states %v: fewer than half the servers in", w, st)
+	}
+	if w[0] > 50/4+1 {
+		t.Errorf("server whose cool-down ended early came back at %d, want a gentle return from 12", w[0])
+	}
+	if note := c.m.Report()[0].Servers[0].Note; !strings.Contains(note, "ended early") {
+		t.Errorf("note %q", note)
+	}
+}
+
+// Every server in turn looks overloaded, over and over, as after a slow
+// phase: each return starts at a quarter of the server's configured
+// weight, whatever its peers' weights are at the time (they used to start
+// at a quarter of the peers' mean, which shrank with each round), and the
+// weights are back on their configured figures once the overloads stop.
+func TestReturnsDoNotRatchetDown(t *testing.T) {
+	c := newCluster(t, 4, Settings{CoolDown: 2 * time.Second}, Proportions{Advisor: 100})
+	c.withAdvisor(Proportions{Advisor: 100})
+	prev := c.weights()
+	var starts []uint32
+	var hist [][]uint32
+	for k := range 40 {
+		c.latencies(k % c.n)
+		c.interval(1000)
+		w := c.weights()
+		hist = append(hist, w)
+		for i := range w {
+			if prev[i] == 0 && w[i] > 0 {
+				starts = append(starts, w[i])
+			}
+		}
+		prev = w
+	}
+	if len(starts) < 3 {
+		t.Fatalf("only %d returns in 40 intervals: the test exercised nothing (weights %v)", len(starts), hist)
+	}
+	for _, s := range starts {
+		if s != 13 && s != 12 {
+			t.Errorf("returns started at %v, want a quarter of the configured 50 each time (weights %v)", starts, hist)
+			break
+		}
+	}
+	c.latencies()
+	for range 15 {
+		c.interval(1000)
+	}
+	if w := c.weights(); !slices.Equal(w, []uint32{50, 50, 50, 50}) {
+		t.Errorf("weights %v 15 intervals after the overloads stopped, want the configured 50 each", w)
+	}
+}
+
+// The recovery after a slow phase, in the cluster model with queues: the
+// slow server is back to speed, and a burst of long requests leaves three
+// others with a backlog of a few seconds' work at once, so that all three
+// read far above their peers for several intervals. Cool-downs take them
+// out one a computation and at most a quarter of the port at once (they
+// used to take all three out together, piling their load on the rest),
+// and every weight is back on its configured figure once the backlogs
+// are worked off.
+func TestRecoveryBurstDoesNotCascade(t *testing.T) {
+	props := Proportions{Active: 30, New: 30, Advisor: 40}
+	c := newCluster(t, 8, Settings{}, props)
+	c.withAdvisor(props)
+	c.probeRT, c.queues = true, true
+	const rate = 2000 // 68% of the port's capacity
+	for range 5 {
+		c.interval(rate)
+	}
+	c.service[0] *= 4
+	for range 10 {
+		c.interval(rate)
+	}
+	c.service[0] /= 4
+	for i := 1; i <= 3; i++ {
+		c.backlog[i] = 4000
+	}
+	prev := c.weights()
+	var hist [][]uint32
+	cooled := 0
+	for k := range 20 {
+		c.interval(rate)
+		w := c.weights()
+		hist = append(hist, w)
+		out, started := 0, 0
+		for i, x := range w {
+			if x == 0 {
+				out++
+				if prev[i] > 0 {
+					started++
+				}
+			}
+		}
+		cooled += started
+		if out > 2 {
+			t.Errorf("interval %d: %d of 8 servers out at once, want at most a quarter (weights %v)", k+1, out, w)
+		}
+		if started > 1 {
+			t.Errorf("interval %d: %d cool-downs in one computation (weights %v)", k+1, started, w)
+		}
+		prev = w
+	}
+	if cooled < 2 {
+		t.Fatalf("%d cool-downs after the burst: the test exercised nothing (weights %v)", cooled, hist)
+	}
+	if w := c.weights(); slices.ContainsFunc(w, func(x uint32) bool { return x != 50 }) {
+		t.Errorf("weights %v at the end, want the configured 50 each (history %v)", w, hist)
+	}
+}
+
+// A cool-down sheds its server's load on the rest: the interval after,
+// their readings straddle two splits of the load, and none of them is
+// judged overloaded on it; later, on steady readings, it is.
+func TestNoCoolDownRightAfterTheWorkingSetChanged(t *testing.T) {
+	c := newCluster(t, 8, Settings{CoolDown: time.Minute}, Proportions{Advisor: 100})
+	c.withAdvisor(Proportions{Advisor: 100})
+	c.latencies(1)
+	c.interval(2000)
+	if w := c.weights(); w[1] != 0 {
+		t.Fatalf("overloaded server 1 kept weight %d", w[1])
+	}
+	c.latencies(2)
+	c.interval(2000)
+	if w := c.weights(); w[2] == 0 {
+		t.Fatalf("server 2 cooled down on the interval right after server 1 went out: %v", w)
+	}
+	// Its weight, lowered meanwhile, must hold an interval too (its
+	// counts belong to the old one).
+	var ws []uint32
+	for range 6 {
+		c.interval(2000)
+		ws = append(ws, c.weights()[2])
+	}
+	if !slices.Contains(ws, 0) {
+		t.Errorf("server 2, overloaded at a steady split, never cooled down: weights %v", ws)
 	}
 }

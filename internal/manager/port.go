@@ -1,6 +1,7 @@
 package manager
 
 import (
+	"maps"
 	"math"
 	"net/netip"
 	"slices"
@@ -34,6 +35,9 @@ type portState struct {
 	servers map[netip.Addr]*serverState
 	report  PortReport
 	commits uint64
+	// loadSet is the working set (servers with a weight) at the last
+	// load reading, nil before the first.
+	loadSet map[netip.Addr]bool
 }
 
 type serverState struct {
@@ -145,6 +149,21 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 	}
 	props := spec.Proportions
 
+	// The working set (servers with a weight) at this reading and the
+	// last: one that changed between them leaves readings that straddle
+	// two splits of the load, no ground for a cool-down.
+	setSteady := false
+	if load {
+		inSet := map[netip.Addr]bool{}
+		for _, sv := range spec.Servers {
+			if installed[sv.Addr] > 0 {
+				inSet[sv.Addr] = true
+			}
+		}
+		setSteady = ps.loadSet != nil && maps.Equal(ps.loadSet, inSet)
+		ps.loadSet = inSet
+	}
+
 	var smp []*sample
 	var absent []ServerReport
 	for _, sv := range spec.Servers {
@@ -228,30 +247,10 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 		smp = append(smp, s)
 	}
 
-	// Panic: when health checks would leave fewer than half of the port's
-	// servers in, they are more likely wrong (an overload that makes
-	// probes time out, a network problem between the dispatcher and the
-	// servers) than half the servers dead, and taking those out would
-	// pile their load on the rest and take them out too. Everyone stays
-	// in, as Envoy's panic threshold does.
-	candidates, healthy := 0, 0
-	for _, s := range smp {
-		if s.state == StateQuiesced {
-			continue
-		}
-		candidates++
-		if s.state == StateUp {
-			healthy++
-		}
-	}
-	if candidates >= 2 && 2*healthy < candidates {
-		for _, s := range smp {
-			if s.state == StateDown || s.state == StateDisabled {
-				s.note = "panic (" + s.state + ": " + s.note + "): fewer than half the servers up, all kept in"
-				s.state = StateUp
-			}
-		}
-	}
+	// Out for health, then cool-downs, within the port's limits (see
+	// cooldown.go).
+	panicHealth(smp)
+	ps.keepHalfIn(smp, now)
 
 	// Normalise each metric over the servers in the working set.
 	up := func(s *sample) bool { return s.state == StateUp }
@@ -317,32 +316,22 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 	if overload == nil {
 		overload = lmi
 	}
-	eligible := 0
-	for _, s := range smp {
-		if up(s) {
-			eligible++
-		}
-	}
-
 	// Overload: a server far above its peers sits out to cool down. Not
-	// under the static policy, whose weights follow no load.
+	// under the static policy, whose weights follow no load; not on
+	// readings taken across a change of the port's working set or of the
+	// server's own weight; not while a server climbs back.
 	_, static := m.wcf.(Static)
+	var eligible []int
+	over := make([]float64, n)
 	for i, s := range smp {
 		st := ps.servers[s.addr]
 		lmi[i] = clampLMI(lmi[i])
-		if !up(s) || s.spec.Fixed || static || set.Overload < 0 || eligible < 2 || st.returning > 0 {
-			continue
-		}
-		if o := clampLMI(overload[i]); o > set.Overload && s.newOK && s.steady {
-			back := min(st.cools, 4)
-			st.coolUntil = now.Add(set.CoolDown << back)
-			st.cools++
-			st.healthy = 0
-			s.state = StateCoolDown
-			s.note = "load " + trimFloat(o) + "x its peers'"
-			eligible--
+		over[i] = clampLMI(overload[i])
+		if up(s) && !s.spec.Fixed && !static && set.Overload > 0 && st.returning == 0 && s.newOK && s.steady && setSteady {
+			eligible = append(eligible, i)
 		}
 	}
+	ps.coolDown(smp, eligible, over, set, now)
 
 	// New weights: the weight function over the managed servers in the
 	// working set; fixed servers keep theirs; the rest sit at 0.
@@ -352,13 +341,6 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 	ramp := !static && !m.wcf.Absolute()
 	var in Input
 	var idx []int
-	var peerSum, peerN float64
-	for _, s := range smp {
-		if up(s) && s.cur > 0 {
-			peerSum += float64(s.cur)
-			peerN++
-		}
-	}
 	for i, s := range smp {
 		st := ps.servers[s.addr]
 		was := st.state
@@ -372,8 +354,8 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 			continue
 		}
 		if was != "" && was != StateUp && was != StateAbsent {
-			// Back from weight 0: a quarter of its peers' mean to start,
-			// then a gentle climb.
+			// Back from weight 0: a quarter of its configured weight to
+			// start, then a gentle climb.
 			st.returning = returnIntervals
 		}
 		st.healthy++
@@ -382,11 +364,12 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 		}
 		cur := s.cur
 		if st.returning == returnIntervals && ramp {
-			start := float64(max(s.spec.Weight, 1))
-			if peerN > 0 {
-				start = peerSum / peerN
-			}
-			newW[i] = clampWeight(start/4, spec.Bound)
+			// The typical server sits on its configured weight (see
+			// anchoredTargets): a quarter of it is a quarter of what the
+			// server would carry as a typical one, a figure that, unlike
+			// its peers' weights of the moment, cannot shrink with each
+			// round of cool-downs.
+			newW[i] = clampWeight(float64(max(s.spec.Weight, 1))/4, spec.Bound)
 			st.returning--
 			continue
 		}

@@ -256,10 +256,54 @@ __noinline int nd_p2c_pick(__u32 svc_id, __u32 hash_a, __u32 hash_b)
 	return load_a <= load_b ? a : b;
 }
 
+/* nd_delay_pick is the delay scheduler: least expected delay over every
+ * member of the service. A member's score is (active + 1) x cost, the time a
+ * new flow can expect to wait and take there; the lowest wins, ties going
+ * to the first in an order that starts at a place the flow's hash chooses,
+ * so that equal servers share new flows evenly. Among servers as fast as
+ * their peers this is least connections per unit of weight; a server the
+ * manager finds slower carries a cost that grows with its delay factor, so
+ * it takes new flows only while its peers are busier by that much. Returns
+ * the server slot, or -1 when the service has no member list. A global
+ * function, checked once by the verifier. */
+__noinline int nd_delay_pick(__u32 svc_id, __u32 hash)
+{
+	__u32 *sel = bpf_map_lookup_elem(&members_sel, &svc_id);
+	if (!sel)
+		return -1;
+	__u32 k = 2 * svc_id + (*sel & 1);
+	struct member_list *ms = bpf_map_lookup_elem(&svc_members, &k);
+	if (!ms)
+		return -1;
+	__u32 n = ms->n;
+	if (n == 0 || n > MEMBERS_MAX)
+		return -1;
+
+	__u32 i = ((__u64)hash * n) >> 32;
+	__u64 best = ~0ull;
+	int best_id = -1;
+	for (__u32 j = 0; j < MEMBERS_MAX; j++) {
+		if (j >= n)
+			break;
+		if (i >= MEMBERS_MAX)
+			break;
+		struct member *m = &ms->m[i];
+		__u64 score = (active_read(m->id) + 1) * (__u64)m->cost;
+		if (score < best) {
+			best = score;
+			best_id = m->id;
+		}
+		if (++i >= n)
+			i = 0;
+	}
+	return best_id;
+}
+
 /* pick chooses a server for a flow the connection table does not know:
  * first the client's sticky server, if the service has affinity and the
  * server may take new flows, then the Maglev ring, or for a p2c service
- * the better of two ring picks. */
+ * the better of two ring picks, or for a delay service the member with the
+ * least expected delay. */
 static __always_inline struct backend *pick(struct svc_info *svc, struct packet *p, __u32 hash,
 					    __u64 now, __u32 *be_id)
 {
@@ -283,7 +327,12 @@ static __always_inline struct backend *pick(struct svc_info *svc, struct packet 
 		}
 	}
 
-	if (svc->flags & SVC_F_P2C) {
+	if (svc->flags & SVC_F_DELAY) {
+		int id = nd_delay_pick(svc->svc_id, hash);
+		if (id < 0)
+			return NULL;
+		*be_id = id;
+	} else if (svc->flags & SVC_F_P2C) {
 		int id = nd_p2c_pick(svc->svc_id, hash, flow_hash(&p->key, hash_seed ^ P2C_SEED));
 		if (id < 0)
 			return NULL;

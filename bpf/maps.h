@@ -199,3 +199,20 @@ struct {
 	__type(key, __u32);
 	__type(value, __u32);
 } flow_events_on SEC(".maps");
+
+/* svc_members: two halves per service (2 * svc_id + half), one in use
+ * (members_sel): user space rewrites the other and flips, so a new flow
+ * scores either the old member list or the new one, never a mix. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2 * DEFAULT_MAX_SERVICES);
+	__type(key, __u32);
+	__type(value, struct member_list);
+} svc_members SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DEFAULT_MAX_SERVICES);
+	__type(key, __u32);
+	__type(value, __u32); /* 0 or 1: the half in use */
+} members_sel SEC(".maps");

@@ -66,7 +66,7 @@ struct svc_slot {
 #define BE_F_ACTIVE (1u << 0)   /* slot in use */
 #define BE_F_LOCAL (1u << 1)    /* the dispatcher host itself (co-location) */
 #define BE_F_QUIESCED (1u << 2) /* weight 0: keeps its flows, gets no new ones */
-#define BE_F_P2C (1u << 3)      /* its service is p2c: keep its server_active count */
+#define BE_F_P2C (1u << 3)      /* its service is p2c or delay: keep its server_active count */
 
 struct backend {
 	__u8 dst_mac[6]; /* the server's MAC */
@@ -234,3 +234,26 @@ struct vip_filter {
 /* Ring entry meaning "no server": every weight is zero. Server slots are
  * therefore below 0xffff. */
 #define RING_EMPTY 0xffffu
+
+/* svc_members: the servers of a delay service that may take new flows, each
+ * with its cost: the expected time a new flow waits and takes there, per
+ * flow it already holds, in 1/65536ths of a typical server's, over its
+ * weight (user space computes it from the manager's delay factor). The
+ * delay scheduler scores every member and takes the lowest (active + 1) x
+ * cost: least expected delay, which is least connections per unit of
+ * weight when every server is as fast as its peers. A service with more
+ * servers than this is scheduled as p2c. */
+#define SVC_F_DELAY (1u << 2)
+#define MEMBERS_MAX 16
+
+struct member {
+	__u16 id; /* server slot */
+	__u16 pad;
+	__u32 cost;
+};
+
+struct member_list {
+	__u32 n; /* members in use, at most MEMBERS_MAX */
+	__u32 pad;
+	struct member m[MEMBERS_MAX];
+};

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"math"
 	"net"
 	"net/netip"
 	"os"
@@ -32,6 +34,7 @@ const (
 
 	svcAffinity = 1 << 0
 	svcP2C      = 1 << 1
+	svcDelay    = 1 << 2
 
 	svcSlotUsed     = 1 << 0
 	svcSlotOverflow = 1 << 1
@@ -194,6 +197,8 @@ type serviceState struct {
 	id      uint32
 	sticky  time.Duration
 	sched   Scheduler
+	// msel is the half of svc_members that packets read (members_sel).
+	msel    uint32
 	servers map[netip.Addr]*backendState
 	// retired keeps the packets and bytes of servers that left, so that the
 	// service's totals, which are its servers' sums, never go back.
@@ -234,6 +239,7 @@ func New(cfg Config) (*BPF, error) {
 		"server_active": cfg.MaxServers, "flow_events": cfg.FlowEventsRing,
 		"conns": cfg.flowBuckets(), "affinity": cfg.MaxAffinity,
 		"svc_index": 2 * cfg.svcIndexSlots(),
+		"svc_members": 2 * cfg.MaxServices, "members_sel": cfg.MaxServices,
 	}
 	for name, n := range sizes {
 		spec.Maps[name].MaxEntries = n
@@ -378,9 +384,16 @@ func (b *BPF) recover() error {
 		if si.Flags&svcAffinity != 0 {
 			st.sticky = time.Duration(si.StickySecs) * time.Second
 		}
-		if si.Flags&svcP2C != 0 {
+		switch {
+		case si.Flags&svcDelay != 0:
+			st.sched = SchedulerDelay
+		case si.Flags&svcP2C != 0:
 			st.sched = SchedulerP2C
 		}
+		if err := b.objs.MembersSel.Lookup(si.SvcId, &st.msel); err != nil {
+			return fmt.Errorf("read member list half of %v: %w", key, err)
+		}
+		st.msel &= 1
 		b.services[key] = st
 		byID[si.SvcId] = st
 		b.svcIDs.take(si.SvcId)
@@ -593,8 +606,12 @@ func (b *BPF) upsertLocked(s Service) error {
 	if err == nil {
 		err = b.installRing(st.id, next)
 	}
+	delay := false
+	if err == nil && s.Scheduler == SchedulerDelay {
+		delay, err = b.writeMembers(st, next)
+	}
 	if err == nil {
-		err = b.writeServiceInfo(s.Key, st.id, s.StickyTime, s.Scheduler)
+		err = b.writeServiceInfo(s.Key, st.id, s.StickyTime, s.Scheduler, delay)
 	}
 	if err != nil {
 		for _, be := range fresh {
@@ -646,13 +663,16 @@ func (b *BPF) stageServers(key ServiceKey, st *serviceState, servers []Server, s
 		srv.MAC = slices.Clone(srv.MAC)
 		old := st.servers[srv.Addr]
 		if old != nil && sameServer(old.srv, srv) && st.sched == sched {
+			// The delay factor is not in the server's entry: only the
+			// member list, rewritten on every update, carries it.
+			old.srv.Delay = srv.Delay
 			next[srv.Addr] = old
 			continue
 		}
 		be := &backendState{srv: srv}
 		if old != nil {
 			be.id, be.gen = old.id, old.gen
-			if sched == SchedulerP2C && st.sched != SchedulerP2C {
+			if sched.CountsActive() && !st.sched.CountsActive() {
 				est, err := b.backendStats(be.id)
 				if err == nil {
 					err = b.objs.ServerActive.Update(be.id, int64(est.Active()), ebpf.UpdateAny)
@@ -704,7 +724,7 @@ func (b *BPF) backendValue(svcID uint32, be *backendState, sched Scheduler) (dis
 	if be.srv.Weight == 0 {
 		v.Flags |= beQuiesced
 	}
-	if sched == SchedulerP2C {
+	if sched.CountsActive() {
 		v.Flags |= beP2C
 	}
 	if be.srv.Local {
@@ -799,14 +819,20 @@ func (b *BPF) installRing(svcID uint32, servers map[netip.Addr]*backendState) er
 	return nil
 }
 
-func (b *BPF) writeServiceInfo(key ServiceKey, id uint32, sticky time.Duration, sched Scheduler) error {
+// writeServiceInfo writes the service entry. delay says that the service's
+// member list is in place for the delay scheduler; a delay service without
+// one (more members than the data plane scores) is scheduled as p2c.
+func (b *BPF) writeServiceInfo(key ServiceKey, id uint32, sticky time.Duration, sched Scheduler, delay bool) error {
 	k := svcKey(key)
 	v := dispatchSvcInfo{SvcId: id}
 	if sticky > 0 {
 		v.Flags |= svcAffinity
 		v.StickySecs = uint32(sticky / time.Second)
 	}
-	if sched == SchedulerP2C {
+	switch {
+	case sched == SchedulerDelay && delay:
+		v.Flags |= svcDelay
+	case sched.CountsActive():
 		v.Flags |= svcP2C
 	}
 	var old dispatchSvcInfo
@@ -817,6 +843,50 @@ func (b *BPF) writeServiceInfo(key ServiceKey, id uint32, sticky time.Duration, 
 		return fmt.Errorf("write service %v: %w", key, err)
 	}
 	return b.writeServiceIndex()
+}
+
+// memberCostUnit is a typical server's cost at weight 1 (struct member):
+// the cost is Delay x memberCostUnit / weight.
+const memberCostUnit = 1 << 16
+
+// memberCost is a server's cost in the delay scheduler's score: its delay
+// factor over its weight, in fixed point, at least 1.
+func memberCost(srv Server) uint32 {
+	d := srv.Delay
+	if d == 0 {
+		d = 1
+	}
+	c := d * memberCostUnit / float64(max(srv.Weight, 1))
+	return uint32(min(max(c, 1), math.MaxUint32))
+}
+
+// writeMembers rewrites the half of the service's member list that packets
+// are not reading with the servers that may take new flows and their
+// costs, then points packets at it. It reports false, writing nothing, when
+// there are more than MaxMembers: the service is then scheduled as p2c.
+func (b *BPF) writeMembers(st *serviceState, servers map[netip.Addr]*backendState) (bool, error) {
+	var ml dispatchMemberList
+	addrs := slices.SortedFunc(maps.Keys(servers), netip.Addr.Compare)
+	for _, addr := range addrs {
+		be := servers[addr]
+		if be.srv.Weight == 0 {
+			continue
+		}
+		if ml.N == MaxMembers {
+			return false, nil
+		}
+		ml.M[ml.N] = dispatchMember{Id: uint16(be.id), Cost: memberCost(be.srv)}
+		ml.N++
+	}
+	next := st.msel ^ 1
+	if err := b.objs.SvcMembers.Update(2*st.id+next, ml, ebpf.UpdateAny); err != nil {
+		return false, fmt.Errorf("write member list: %w", err)
+	}
+	if err := b.objs.MembersSel.Update(st.id, next, ebpf.UpdateAny); err != nil {
+		return false, fmt.Errorf("flip member list: %w", err)
+	}
+	st.msel = next
+	return true, nil
 }
 
 // svcIndexProbes is SVC_PROBES: how far from its home slot a service may sit.
@@ -1186,11 +1256,12 @@ func (b *BPF) ActiveFlows() (map[ServiceKey]map[netip.Addr]int, error) {
 	return out, err
 }
 
-// p2cServersLocked lists the server slots of p2c services.
+// p2cServersLocked lists the server slots of services whose open-flow
+// counts the data plane keeps (p2c and delay).
 func (b *BPF) p2cServersLocked() map[uint32]owner {
 	m := map[uint32]owner{}
 	for key, st := range b.services {
-		if st.sched != SchedulerP2C {
+		if !st.sched.CountsActive() {
 			continue
 		}
 		for addr, be := range st.servers {

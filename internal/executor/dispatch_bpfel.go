@@ -115,6 +115,20 @@ type dispatchIfMac struct {
 	Known uint16
 }
 
+type dispatchMember struct {
+	_    structs.HostLayout
+	Id   uint16
+	Pad  uint16
+	Cost uint32
+}
+
+type dispatchMemberList struct {
+	_   structs.HostLayout
+	N   uint32
+	Pad uint32
+	M   [16]dispatchMember
+}
+
 type dispatchSvcInfo struct {
 	_          structs.HostLayout
 	SvcId      uint32
@@ -188,6 +202,7 @@ const (
 	dispatchMapFlowEvents      = "flow_events"
 	dispatchMapFlowEventsOn    = "flow_events_on"
 	dispatchMapIfMacs          = "if_macs"
+	dispatchMapMembersSel      = "members_sel"
 	dispatchMapRings           = "rings"
 	dispatchMapServerActive    = "server_active"
 	dispatchMapServices        = "services"
@@ -197,6 +212,7 @@ const (
 	dispatchMapStatsVip        = "stats_vip"
 	dispatchMapSvcIndex        = "svc_index"
 	dispatchMapSvcIndexSel     = "svc_index_sel"
+	dispatchMapSvcMembers      = "svc_members"
 	dispatchMapTxPorts         = "tx_ports"
 	dispatchMapVipBloom        = "vip_bloom"
 	dispatchMapVips            = "vips"
@@ -270,6 +286,7 @@ type dispatchMapSpecs struct {
 	FlowEvents   *ebpf.MapSpec `ebpf:"flow_events"`
 	FlowEventsOn *ebpf.MapSpec `ebpf:"flow_events_on"`
 	IfMacs       *ebpf.MapSpec `ebpf:"if_macs"`
+	MembersSel   *ebpf.MapSpec `ebpf:"members_sel"`
 	Rings        *ebpf.MapSpec `ebpf:"rings"`
 	ServerActive *ebpf.MapSpec `ebpf:"server_active"`
 	Services     *ebpf.MapSpec `ebpf:"services"`
@@ -279,6 +296,7 @@ type dispatchMapSpecs struct {
 	StatsVip     *ebpf.MapSpec `ebpf:"stats_vip"`
 	SvcIndex     *ebpf.MapSpec `ebpf:"svc_index"`
 	SvcIndexSel  *ebpf.MapSpec `ebpf:"svc_index_sel"`
+	SvcMembers   *ebpf.MapSpec `ebpf:"svc_members"`
 	TxPorts      *ebpf.MapSpec `ebpf:"tx_ports"`
 	VipBloom     *ebpf.MapSpec `ebpf:"vip_bloom"`
 	Vips         *ebpf.MapSpec `ebpf:"vips"`
@@ -324,6 +342,7 @@ type dispatchMaps struct {
 	FlowEvents   *ebpf.Map `ebpf:"flow_events"`
 	FlowEventsOn *ebpf.Map `ebpf:"flow_events_on"`
 	IfMacs       *ebpf.Map `ebpf:"if_macs"`
+	MembersSel   *ebpf.Map `ebpf:"members_sel"`
 	Rings        *ebpf.Map `ebpf:"rings"`
 	ServerActive *ebpf.Map `ebpf:"server_active"`
 	Services     *ebpf.Map `ebpf:"services"`
@@ -333,6 +352,7 @@ type dispatchMaps struct {
 	StatsVip     *ebpf.Map `ebpf:"stats_vip"`
 	SvcIndex     *ebpf.Map `ebpf:"svc_index"`
 	SvcIndexSel  *ebpf.Map `ebpf:"svc_index_sel"`
+	SvcMembers   *ebpf.Map `ebpf:"svc_members"`
 	TxPorts      *ebpf.Map `ebpf:"tx_ports"`
 	VipBloom     *ebpf.Map `ebpf:"vip_bloom"`
 	Vips         *ebpf.Map `ebpf:"vips"`
@@ -347,6 +367,7 @@ func (m *dispatchMaps) Close() error {
 		m.FlowEvents,
 		m.FlowEventsOn,
 		m.IfMacs,
+		m.MembersSel,
 		m.Rings,
 		m.ServerActive,
 		m.Services,
@@ -356,6 +377,7 @@ func (m *dispatchMaps) Close() error {
 		m.StatsVip,
 		m.SvcIndex,
 		m.SvcIndexSel,
+		m.SvcMembers,
 		m.TxPorts,
 		m.VipBloom,
 		m.Vips,

@@ -6,6 +6,7 @@
 package executor
 
 import (
+	"math"
 	"context"
 	"errors"
 	"fmt"
@@ -62,7 +63,26 @@ const (
 	// no entry (on a standby that did not learn the flow) may go to the
 	// other candidate, so high availability needs FlowEvents.
 	SchedulerP2C
+	// SchedulerDelay is least expected delay: every server of the service
+	// that may take new flows is scored (active + 1) x its cost, the
+	// expected delay per flow it holds (Server.Delay over its weight), and
+	// the lowest takes the flow. Among servers as fast as their peers it is
+	// least connections per unit of weight; a server the manager finds
+	// slower takes new flows only while its peers are busier by its delay
+	// factor. It reads one counter per server per new flow and keeps the
+	// open-flow counts as p2c does; a service with more than MaxMembers
+	// servers taking new flows is scheduled as p2c. High availability
+	// needs FlowEvents, as for p2c.
+	SchedulerDelay
 )
+
+// MaxMembers is how many servers of a delay service the data plane scores
+// for each new flow (MEMBERS_MAX).
+const MaxMembers = 16
+
+// CountsActive says whether the data plane keeps the service's open-flow
+// counts (server_active): its scheduler compares them.
+func (s Scheduler) CountsActive() bool { return s == SchedulerP2C || s == SchedulerDelay }
 
 func (s Scheduler) String() string {
 	switch s {
@@ -70,24 +90,29 @@ func (s Scheduler) String() string {
 		return "maglev"
 	case SchedulerP2C:
 		return "p2c"
+	case SchedulerDelay:
+		return "delay"
 	}
 	return fmt.Sprintf("scheduler(%d)", uint8(s))
 }
 
-// ParseScheduler accepts "maglev", "p2c", and "" for the default, maglev.
+// ParseScheduler accepts "maglev", "p2c", "delay", and "" for the zero
+// value, maglev (the configuration's default is its own, delay).
 func ParseScheduler(s string) (Scheduler, error) {
 	switch s {
 	case "", "maglev":
 		return SchedulerMaglev, nil
 	case "p2c":
 		return SchedulerP2C, nil
+	case "delay":
+		return SchedulerDelay, nil
 	}
-	return 0, fmt.Errorf("%w: scheduler %q (want maglev or p2c)", ErrInvalid, s)
+	return 0, fmt.Errorf("%w: scheduler %q (want maglev, p2c or delay)", ErrInvalid, s)
 }
 
 // MarshalText writes the scheduler's name.
 func (s Scheduler) MarshalText() ([]byte, error) {
-	if s > SchedulerP2C {
+	if s > SchedulerDelay {
 		return nil, fmt.Errorf("%w: %v", ErrInvalid, s)
 	}
 	return []byte(s.String()), nil
@@ -127,6 +152,10 @@ type Server struct {
 	// Weight is the server's share of new flows; 0 quiesces it: no new
 	// flows, existing ones keep going.
 	Weight uint32
+	// Delay is the manager's delay factor for the delay scheduler: the
+	// expected delay of one more flow there, relative to a typical server
+	// of the service. 0 reads as 1; other schedulers ignore it.
+	Delay float64
 }
 
 // Service is the whole state of one VIP:port as the data plane sees it.
@@ -355,7 +384,7 @@ func validateService(s Service) error {
 	if k.Port == 0 {
 		return fmt.Errorf("%w: service %v: port 0", ErrInvalid, k)
 	}
-	if s.Scheduler > SchedulerP2C {
+	if s.Scheduler > SchedulerDelay {
 		return fmt.Errorf("%w: service %v: unknown %v", ErrInvalid, k, s.Scheduler)
 	}
 	if s.StickyTime < 0 || s.StickyTime%time.Second != 0 || s.StickyTime > 24*time.Hour {
@@ -370,6 +399,9 @@ func validateService(s Service) error {
 			return fmt.Errorf("%w: service %v: server %v listed twice", ErrInvalid, k, sv.Addr)
 		}
 		seen[sv.Addr] = true
+		if !(sv.Delay >= 0) || math.IsInf(sv.Delay, 0) {
+			return fmt.Errorf("%w: service %v: server %v: delay factor %v must be a finite number >= 0", ErrInvalid, k, sv.Addr, sv.Delay)
+		}
 		if sv.Local {
 			continue
 		}

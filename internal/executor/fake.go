@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"sync"
@@ -246,7 +247,7 @@ func (f *Fake) upsertLocked(s Service) error {
 			fs = &fakeServer{id: f.nextID, srv: srv}
 			f.nextID++
 			changed = true
-		case !sameServer(fs.srv, srv):
+		case !sameServer(fs.srv, srv) || fs.srv.Delay != srv.Delay:
 			// Rewritten in place: it keeps its flows and counters.
 			rewrites = append(rewrites, rewrite{fs, srv})
 			changed = true
@@ -281,7 +282,7 @@ func (f *Fake) upsertLocked(s Service) error {
 	for _, r := range rewrites {
 		r.fs.srv = r.srv
 	}
-	if s.Scheduler == SchedulerP2C && st.sched != SchedulerP2C {
+	if s.Scheduler.CountsActive() && !st.sched.CountsActive() {
 		// Seeded from the counters' estimate, as the kernel does.
 		for _, fs := range next {
 			fs.active = int64(fs.stats.Active())
@@ -485,9 +486,9 @@ func (f *Fake) DispatchBytes(k FlowKey, syn, closing bool, bytes uint64) (netip.
 	return fs.srv.Addr, nil
 }
 
-// countActive moves a server's open-flow count if the service is p2c.
+// countActive moves a server's open-flow count if the service keeps them.
 func (st *fakeService) countActive(fs *fakeServer, delta int64) {
-	if st.sched == SchedulerP2C {
+	if st.sched.CountsActive() {
 		fs.active += delta
 	}
 }
@@ -577,8 +578,17 @@ func (f *Fake) pick(key ServiceKey, st *fakeService, k FlowKey) *fakeServer {
 		return nil
 	}
 	fk := flowKey(k)
-	fs := st.ring[ringSlot(flowHash(fk, 0), f.ringSize)]
-	if st.sched == SchedulerP2C {
+	hash := flowHash(fk, 0)
+	if st.sched == SchedulerDelay {
+		if fs := st.delayPick(hash); fs != nil {
+			if st.sticky > 0 {
+				f.affinity[ak] = &fakeAffinity{server: fs, lastSeen: f.now}
+			}
+			return fs
+		}
+	}
+	fs := st.ring[ringSlot(hash, f.ringSize)]
+	if st.sched.CountsActive() {
 		// Every ring member takes new flows here: the Fake swaps ring
 		// and weights at once.
 		b := st.ring[ringSlot(flowHash(fk, p2cSeed), f.ringSize)]
@@ -590,6 +600,35 @@ func (f *Fake) pick(key ServiceKey, st *fakeService, k FlowKey) *fakeServer {
 		f.affinity[ak] = &fakeAffinity{server: fs, lastSeen: f.now}
 	}
 	return fs
+}
+
+// delayPick is the delay scheduler as the kernel runs it (nd_delay_pick):
+// the members in address order, scored from a place the hash chooses. nil
+// when the service has more members than the data plane scores: it is
+// scheduled as p2c then.
+func (st *fakeService) delayPick(hash uint32) *fakeServer {
+	var members []*fakeServer
+	for _, addr := range slices.SortedFunc(maps.Keys(st.servers), netip.Addr.Compare) {
+		if fs := st.servers[addr]; fs.srv.Weight > 0 {
+			members = append(members, fs)
+		}
+	}
+	n := len(members)
+	if n == 0 || n > MaxMembers {
+		return nil
+	}
+	var best *fakeServer
+	var bestScore uint64
+	i := int(uint64(hash) * uint64(n) >> 32)
+	for range n {
+		fs := members[i]
+		score := uint64(max(fs.active, 0)+1) * uint64(memberCost(fs.srv))
+		if best == nil || score < bestScore {
+			best, bestScore = fs, score
+		}
+		i = (i + 1) % n
+	}
+	return best
 }
 
 // AddCounters adds delta to the counters of a server of a service, and its
@@ -668,7 +707,7 @@ func (f *Fake) ActiveCounts() (map[ServiceKey]map[netip.Addr]int, error) {
 	}
 	out := map[ServiceKey]map[netip.Addr]int{}
 	for key, st := range f.services {
-		if st.sched != SchedulerP2C {
+		if !st.sched.CountsActive() {
 			continue
 		}
 		m := map[netip.Addr]int{}
@@ -690,7 +729,7 @@ func (f *Fake) ReconcileActive() error {
 	}
 	truth := f.activeFlowsLocked()
 	for key, st := range f.services {
-		if st.sched != SchedulerP2C {
+		if !st.sched.CountsActive() {
 			continue
 		}
 		for addr, fs := range st.servers {

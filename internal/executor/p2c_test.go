@@ -99,7 +99,7 @@ func TestSchedulerNames(t *testing.T) {
 	for _, c := range []struct {
 		in   string
 		want Scheduler
-	}{{"", SchedulerMaglev}, {"maglev", SchedulerMaglev}, {"p2c", SchedulerP2C}} {
+	}{{"", SchedulerMaglev}, {"maglev", SchedulerMaglev}, {"p2c", SchedulerP2C}, {"delay", SchedulerDelay}} {
 		got, err := ParseScheduler(c.in)
 		if err != nil || got != c.want {
 			t.Errorf("ParseScheduler(%q) = %v, %v, want %v", c.in, got, err, c.want)
@@ -110,7 +110,7 @@ func TestSchedulerNames(t *testing.T) {
 			t.Errorf("ParseScheduler(%q) = %v, want ErrInvalid", bad, err)
 		}
 	}
-	for _, s := range []Scheduler{SchedulerMaglev, SchedulerP2C} {
+	for _, s := range []Scheduler{SchedulerMaglev, SchedulerP2C, SchedulerDelay} {
 		text, err := s.MarshalText()
 		if err != nil {
 			t.Fatal(err)
@@ -124,7 +124,7 @@ func TestSchedulerNames(t *testing.T) {
 		t.Error("an unknown scheduler marshalled")
 	}
 	f := NewFake()
-	if err := f.UpsertService(Service{Key: fkHTTP, Scheduler: 2, Servers: []Server{fkServer(fkS1, 1)}}); !errors.Is(err, ErrInvalid) {
+	if err := f.UpsertService(Service{Key: fkHTTP, Scheduler: 3, Servers: []Server{fkServer(fkS1, 1)}}); !errors.Is(err, ErrInvalid) {
 		t.Errorf("unknown scheduler accepted: %v", err)
 	}
 }

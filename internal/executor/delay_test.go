@@ -1,0 +1,179 @@
+package executor
+
+import (
+	"net"
+	"net/netip"
+	"testing"
+)
+
+// delayService is a delay service of servers on the ingress interface,
+// with the given weights and delay factors (0: typical).
+func (h *harness) delayService(key ServiceKey, weights []uint32, delays []float64) Service {
+	macs := []net.HardwareAddr{macS1, macS2, macS3, macS4}
+	addrs := []netip.Addr{s1, s2, s3, s4}
+	s := Service{Key: key, Scheduler: SchedulerDelay}
+	for i, w := range weights {
+		srv := h.server(addrs[i], macs[i], w)
+		if i < len(delays) {
+			srv.Delay = delays[i]
+		}
+		s.Servers = append(s.Servers, srv)
+	}
+	return s
+}
+
+// sendSYNs opens n new flows from distinct clients and counts where they went.
+func sendSYNs(t *testing.T, send sendFn, key ServiceKey, from, n int) map[netip.Addr]int {
+	t.Helper()
+	got := map[netip.Addr]int{}
+	for i := from; i < from+n; i++ {
+		client := netip.AddrFrom4([4]byte{203, 0, 113, byte(i % 200)})
+		a, err := send(fkFlow(key, client, uint16(10000+i/200)), tcpSYN)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[a]++
+	}
+	return got
+}
+
+// TestDelayLeastConnections: through the kernel, servers as fast as their
+// peers are least connections: each new flow goes to a server holding the
+// fewest, so open flows that only grow stay within one of each other.
+func TestDelayLeastConnections(t *testing.T) {
+	h := newHarness(t, Config{MaxFlows: 1 << 16})
+	key := ServiceKey{vip4, 80, TCP}
+	h.upsert(h.delayService(key, []uint32{1, 1, 1, 1}, nil))
+	h.setActive(key, s1, 9)
+	h.setActive(key, s2, 3)
+	h.setActive(key, s3, 6)
+	h.setActive(key, s4, 0)
+	send := h.rawSend()
+	var got map[netip.Addr]int
+	h.do(func() error {
+		got = sendSYNs(t, send, key, 0, 15)
+		return nil
+	})
+	t.Logf("new flows: %v", got)
+	// 9+3+6+0 open, 15 new: 33, the fewest-first fill ends at 9,8,8,8.
+	if got[s1] != 0 {
+		t.Errorf("s1 holding the most got %d new flows, want 0", got[s1])
+	}
+	want := map[netip.Addr]int64{s1: 9}
+	for _, s := range []netip.Addr{s1, s2, s3, s4} {
+		n := h.activeRaw(key, s)
+		if n < 8 || n > 9 {
+			t.Errorf("%v holds %d flows after the fill, want 8 or 9", s, n)
+		}
+		if w, ok := want[s]; ok && n != w {
+			t.Errorf("%v holds %d, want %d", s, n, w)
+		}
+	}
+}
+
+// TestDelaySlowServer: a server with delay factor 16 takes a new flow only
+// while each peer holds 16 times its own open flows (plus one) or more.
+func TestDelaySlowServer(t *testing.T) {
+	h := newHarness(t, Config{MaxFlows: 1 << 16})
+	key := ServiceKey{vip4, 80, TCP}
+	h.upsert(h.delayService(key, []uint32{1, 1, 1, 1}, []float64{16}))
+	send := h.rawSend()
+	var quiet, busy map[netip.Addr]int
+	h.do(func() error {
+		// All idle: the fast servers fill up to 15 each before s1 (score
+		// 16) beats their 16.
+		quiet = sendSYNs(t, send, key, 0, 45)
+		for _, s := range []netip.Addr{s2, s3, s4} {
+			h.setActive(key, s, 40)
+		}
+		busy = sendSYNs(t, send, key, 1000, 1)
+		return nil
+	})
+	t.Logf("idle: %v; peers at 40: %v", quiet, busy)
+	if quiet[s1] != 0 {
+		t.Errorf("slow s1 got %d of 45 new flows while its peers held at most 15, want 0", quiet[s1])
+	}
+	if busy[s1] != 1 {
+		t.Errorf("slow s1 got no new flow while its peers held 40 each (score 41 > 16)")
+	}
+}
+
+// TestDelayWeights: in a closed loop of flows coming and going, the delay
+// scheduler keeps the weights' shares of new flows among equal servers.
+func TestDelayWeights(t *testing.T) {
+	h := newHarness(t, Config{MaxFlows: 1 << 18})
+	key := ServiceKey{vip4, 80, TCP}
+	svc := h.delayService(key, []uint32{1, 2, 3, 4}, nil)
+	weights := map[netip.Addr]uint32{}
+	for _, s := range svc.Servers {
+		weights[s.Addr] = s.Weight
+	}
+	h.upsert(svc)
+	send := h.rawSend()
+	var counts map[netip.Addr]int
+	h.do(func() error {
+		var err error
+		counts, err = closedLoop(send, key, 200, 20000)
+		return err
+	})
+	checkShares(t, "closed loop", counts, weights, 0.1)
+}
+
+// TestDelayFactorLive: a new delay factor takes effect on the next flow,
+// without touching the server's entry or its flows.
+func TestDelayFactorLive(t *testing.T) {
+	h := newHarness(t, Config{MaxFlows: 1 << 16})
+	key := ServiceKey{vip4, 80, TCP}
+	h.upsert(h.delayService(key, []uint32{1, 1}, nil))
+	send := h.rawSend()
+	var before, after map[netip.Addr]int
+	h.do(func() error {
+		before = sendSYNs(t, send, key, 0, 20)
+		return nil
+	})
+	h.upsert(h.delayService(key, []uint32{1, 1}, []float64{64}))
+	h.do(func() error {
+		after = sendSYNs(t, send, key, 100, 20)
+		return nil
+	})
+	t.Logf("before: %v, after s1's factor 64: %v", before, after)
+	if before[s1] != 10 || before[s2] != 10 {
+		t.Errorf("equal servers split 20 new flows %v, want 10 each", before)
+	}
+	if after[s1] != 0 {
+		t.Errorf("s1 at factor 64 got %d new flows while s2 held at most 30, want 0", after[s1])
+	}
+}
+
+// TestDelayFakeMatchesKernel: the Fake scores as the kernel does, flow for
+// flow.
+func TestDelayFakeMatchesKernel(t *testing.T) {
+	h := newHarness(t, Config{MaxFlows: 1 << 16})
+	key := ServiceKey{vip4, 80, TCP}
+	svc := h.delayService(key, []uint32{3, 1, 2, 2}, []float64{1, 2, 0, 1.5})
+	h.upsert(svc)
+	f := NewFake()
+	if err := f.UpsertService(svc); err != nil {
+		t.Fatal(err)
+	}
+	kernel, fake := h.rawSend(), fakeSend(f)
+	h.do(func() error {
+		for i := range 300 {
+			client := netip.AddrFrom4([4]byte{203, 0, 113, byte(i % 200)})
+			k := fkFlow(key, client, uint16(20000+i))
+			a, err := kernel(k, tcpSYN)
+			if err != nil {
+				return err
+			}
+			b, err := fake(k, tcpSYN)
+			if err != nil {
+				return err
+			}
+			if a != b {
+				t.Errorf("flow %d %v: kernel %v, Fake %v", i, k, a, b)
+				return nil
+			}
+		}
+		return nil
+	})
+}

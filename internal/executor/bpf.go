@@ -194,9 +194,9 @@ type BPF struct {
 }
 
 type serviceState struct {
-	id      uint32
-	sticky  time.Duration
-	sched   Scheduler
+	id     uint32
+	sticky time.Duration
+	sched  Scheduler
 	// msel is the half of svc_members that packets read (members_sel).
 	msel    uint32
 	servers map[netip.Addr]*backendState
@@ -238,7 +238,7 @@ func New(cfg Config) (*BPF, error) {
 		"backends": 2 * cfg.MaxServers, "backend_sel": cfg.MaxServers, "stats_backend": cfg.MaxServers,
 		"server_active": cfg.MaxServers, "flow_events": cfg.FlowEventsRing,
 		"conns": cfg.flowBuckets(), "affinity": cfg.MaxAffinity,
-		"svc_index": 2 * cfg.svcIndexSlots(),
+		"svc_index":   2 * cfg.svcIndexSlots(),
 		"svc_members": 2 * cfg.MaxServices, "members_sel": cfg.MaxServices,
 	}
 	for name, n := range sizes {

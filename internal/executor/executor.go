@@ -6,10 +6,10 @@
 package executor
 
 import (
-	"math"
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
 	"time"

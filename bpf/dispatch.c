@@ -256,6 +256,57 @@ __noinline int nd_p2c_pick(__u32 svc_id, __u32 hash_a, __u32 hash_b)
 	return load_a <= load_b ? a : b;
 }
 
+/* recent_picks is how many new flows a server slot took over about the
+ * last PICK_WINDOW_NS: this window's count plus the part of the last
+ * window's that the current one has not yet covered. */
+static __always_inline __u64 recent_picks(struct pick_window *w, __u32 epoch, __u64 now)
+{
+	__u32 e = w->epoch;
+	__u64 cur = w->cur, prev = w->prev;
+	if (e != epoch) {
+		/* Nothing counted yet in this window. */
+		prev = e == epoch - 1 ? cur : 0;
+		cur = 0;
+	}
+	__u64 left = (1ull << PICK_WINDOW_SHIFT) - (now & ((1ull << PICK_WINDOW_SHIFT) - 1));
+	return cur + ((prev * left) >> PICK_WINDOW_SHIFT);
+}
+
+/* count_pick records a new flow given to a server slot in its window. */
+static __always_inline void count_pick(__u32 id, __u32 epoch)
+{
+	struct pick_window *w = bpf_map_lookup_elem(&server_picks, &id);
+	if (!w)
+		return;
+	if (w->epoch != epoch) {
+		w->prev = w->epoch == epoch - 1 ? w->cur : 0;
+		w->cur = 0;
+		w->epoch = epoch;
+	}
+	__sync_fetch_and_add(&w->cur, 1);
+}
+
+/* nd_member_held is the figure the delay scheduler scores a server slot
+ * by: the flows it holds plus the new one, or, when its recent new flows
+ * would hold PICK_CHARGE_FACTOR times that at a typical flow's length
+ * (charge), that figure. A global function, checked once by the verifier
+ * whatever the caller's loop. */
+__noinline __u64 nd_member_held(__u32 id, __u64 charge, __u32 epoch, __u64 now)
+{
+	__u64 held = active_read(id) + 1;
+	if (!charge)
+		return held;
+	struct pick_window *w = bpf_map_lookup_elem(&server_picks, &id);
+	if (!w)
+		return held;
+	/* recent picks < 2^33, charge < 2^32: no overflow; the charged
+	 * figure is in 1/65536ths of a flow. */
+	__u64 charged = recent_picks(w, epoch, now) * charge;
+	if (charged > ((held * PICK_CHARGE_FACTOR) << 16))
+		held = (charged >> 16) + 1;
+	return held;
+}
+
 /* nd_delay_pick is the delay scheduler: least expected delay over every
  * member of the service. A member's score is (active + 1) x cost, the time a
  * new flow can expect to wait and take there; the lowest wins, ties going
@@ -263,10 +314,14 @@ __noinline int nd_p2c_pick(__u32 svc_id, __u32 hash_a, __u32 hash_b)
  * so that equal servers share new flows evenly. Among servers as fast as
  * their peers this is least connections per unit of weight; a server the
  * manager finds slower carries a cost that grows with its delay factor, so
- * it takes new flows only while its peers are busier by that much. Returns
- * the server slot, or -1 when the service has no member list. A global
- * function, checked once by the verifier. */
-__noinline int nd_delay_pick(__u32 svc_id, __u32 hash)
+ * it takes new flows only while its peers are busier by that much. A
+ * server's active figure is what it holds, or, when its recent new flows
+ * would hold several times that at a typical flow's length, that figure
+ * (see server_picks): least connections would otherwise feed every new
+ * flow to a server that fails them at once. Returns the server slot, or -1
+ * when the service has no member list. A global function, checked once by
+ * the verifier. */
+__noinline int nd_delay_pick(__u32 svc_id, __u32 hash, __u64 now)
 {
 	__u32 *sel = bpf_map_lookup_elem(&members_sel, &svc_id);
 	if (!sel)
@@ -278,6 +333,8 @@ __noinline int nd_delay_pick(__u32 svc_id, __u32 hash)
 	__u32 n = ms->n;
 	if (n == 0 || n > MEMBERS_MAX)
 		return -1;
+	__u64 charge = ms->charge;
+	__u32 epoch = now >> PICK_WINDOW_SHIFT;
 
 	__u32 i = ((__u64)hash * n) >> 32;
 	__u64 best = ~0ull;
@@ -288,14 +345,17 @@ __noinline int nd_delay_pick(__u32 svc_id, __u32 hash)
 		if (i >= MEMBERS_MAX)
 			break;
 		struct member *m = &ms->m[i];
-		__u64 score = (active_read(m->id) + 1) * (__u64)m->cost;
+		__u32 id = m->id;
+		__u64 score = nd_member_held(id, charge, epoch, now) * (__u64)m->cost;
 		if (score < best) {
 			best = score;
-			best_id = m->id;
+			best_id = id;
 		}
 		if (++i >= n)
 			i = 0;
 	}
+	if (best_id >= 0 && charge)
+		count_pick(best_id, epoch);
 	return best_id;
 }
 
@@ -328,7 +388,7 @@ static __always_inline struct backend *pick(struct svc_info *svc, struct packet 
 	}
 
 	if (svc->flags & SVC_F_DELAY) {
-		int id = nd_delay_pick(svc->svc_id, hash);
+		int id = nd_delay_pick(svc->svc_id, hash, now);
 		if (id < 0)
 			return NULL;
 		*be_id = id;

@@ -216,3 +216,10 @@ struct {
 	__type(key, __u32);
 	__type(value, __u32); /* 0 or 1: the half in use */
 } members_sel SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DEFAULT_MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, struct pick_window);
+} server_picks SEC(".maps");

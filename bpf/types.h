@@ -253,7 +253,26 @@ struct member {
 };
 
 struct member_list {
-	__u32 n; /* members in use, at most MEMBERS_MAX */
-	__u32 pad;
+	__u32 n;      /* members in use, at most MEMBERS_MAX */
+	__u32 charge; /* a typical flow's time over PICK_WINDOW_NS, in 1/65536ths; 0: off */
 	struct member m[MEMBERS_MAX];
+};
+
+/* server_picks: how many new flows the delay scheduler gave each server
+ * slot in the current window of PICK_WINDOW_NS and in the one before. A
+ * server whose flows end much sooner than its peers' (a "sinkhole" that
+ * answers every request at once with an error) holds few open flows and
+ * would look idle; the scheduler charges it, instead, the flows it would
+ * hold if they lasted as long as a typical flow (Little's law: recent picks
+ * x typical time), once that figure is PICK_CHARGE_FACTOR times what it
+ * holds. Updated without a lock: a race loses a count, and the figure is
+ * an estimate anyway. */
+#define PICK_WINDOW_SHIFT 28 /* 2^28 ns, about 268 ms */
+#define PICK_CHARGE_FACTOR 3
+
+struct pick_window {
+	__u32 epoch; /* now >> PICK_WINDOW_SHIFT, truncated */
+	__u32 cur;
+	__u32 prev;
+	__u32 pad;
 };

@@ -198,7 +198,8 @@ type serviceState struct {
 	sticky time.Duration
 	sched  Scheduler
 	// msel is the half of svc_members that packets read (members_sel).
-	msel    uint32
+	msel     uint32
+	flowTime time.Duration
 	servers map[netip.Addr]*backendState
 	// retired keeps the packets and bytes of servers that left, so that the
 	// service's totals, which are its servers' sums, never go back.
@@ -239,7 +240,7 @@ func New(cfg Config) (*BPF, error) {
 		"server_active": cfg.MaxServers, "flow_events": cfg.FlowEventsRing,
 		"conns": cfg.flowBuckets(), "affinity": cfg.MaxAffinity,
 		"svc_index":   2 * cfg.svcIndexSlots(),
-		"svc_members": 2 * cfg.MaxServices, "members_sel": cfg.MaxServices,
+		"svc_members": 2 * cfg.MaxServices, "members_sel": cfg.MaxServices, "server_picks": cfg.MaxServers,
 	}
 	for name, n := range sizes {
 		spec.Maps[name].MaxEntries = n
@@ -608,7 +609,7 @@ func (b *BPF) upsertLocked(s Service) error {
 	}
 	delay := false
 	if err == nil && s.Scheduler == SchedulerDelay {
-		delay, err = b.writeMembers(st, next)
+		delay, err = b.writeMembers(st, next, s.FlowTime)
 	}
 	if err == nil {
 		err = b.writeServiceInfo(s.Key, st.id, s.StickyTime, s.Scheduler, delay)
@@ -635,6 +636,7 @@ func (b *BPF) upsertLocked(s Service) error {
 	st.servers = next
 	st.sticky = s.StickyTime
 	st.sched = s.Scheduler
+	st.flowTime = s.FlowTime
 	if created {
 		b.services[s.Key] = st
 	}
@@ -694,6 +696,9 @@ func (b *BPF) stageServers(key ServiceKey, st *serviceState, servers []Server, s
 			}
 			if err := b.objs.ServerActive.Update(id, int64(0), ebpf.UpdateAny); err != nil {
 				return fail(fmt.Errorf("reset open-flow count of server %v: %w", srv.Addr, err))
+			}
+			if err := b.objs.ServerPicks.Update(id, dispatchPickWindow{}, ebpf.UpdateAny); err != nil {
+				return fail(fmt.Errorf("reset new-flow window of server %v: %w", srv.Addr, err))
 			}
 		}
 		v, err := b.backendValue(st.id, be, sched)
@@ -860,12 +865,20 @@ func memberCost(srv Server) uint32 {
 	return uint32(min(max(c, 1), math.MaxUint32))
 }
 
+// memberCharge is a typical flow's time over the data plane's pick window
+// (PICK_WINDOW_SHIFT), in 1/65536ths: the flows one recent new flow counts
+// for when the delay scheduler charges a server by its new flows.
+func memberCharge(flowTime time.Duration) uint32 {
+	const windowShift = 28
+	return uint32(min(max(int64(flowTime), 0)>>(windowShift-16), math.MaxUint32))
+}
+
 // writeMembers rewrites the half of the service's member list that packets
 // are not reading with the servers that may take new flows and their
 // costs, then points packets at it. It reports false, writing nothing, when
 // there are more than MaxMembers: the service is then scheduled as p2c.
-func (b *BPF) writeMembers(st *serviceState, servers map[netip.Addr]*backendState) (bool, error) {
-	var ml dispatchMemberList
+func (b *BPF) writeMembers(st *serviceState, servers map[netip.Addr]*backendState, flowTime time.Duration) (bool, error) {
+	ml := dispatchMemberList{Charge: memberCharge(flowTime)}
 	addrs := slices.SortedFunc(maps.Keys(servers), netip.Addr.Compare)
 	for _, addr := range addrs {
 		be := servers[addr]
@@ -1053,7 +1066,7 @@ func (b *BPF) SetWeights(key ServiceKey, weights map[netip.Addr]uint32) error {
 }
 
 func (b *BPF) serviceLocked(key ServiceKey, st *serviceState) Service {
-	s := Service{Key: key, StickyTime: st.sticky, Scheduler: st.sched}
+	s := Service{Key: key, StickyTime: st.sticky, Scheduler: st.sched, FlowTime: st.flowTime}
 	for _, be := range st.servers {
 		srv := be.srv
 		srv.MAC = slices.Clone(srv.MAC)

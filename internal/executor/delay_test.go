@@ -4,6 +4,7 @@ import (
 	"net"
 	"net/netip"
 	"testing"
+	"time"
 )
 
 // delayService is a delay service of servers on the ingress interface,
@@ -176,4 +177,63 @@ func TestDelayFakeMatchesKernel(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestDelayChargesFastEnders: a server that ends every flow at once (a
+// sinkhole answering each request with an error) holds nothing and would
+// take every new flow; with a typical flow time set, it is charged by its
+// recent new flows and its peer takes its part, in the kernel and the Fake.
+func TestDelayChargesFastEnders(t *testing.T) {
+	h := newHarness(t, Config{MaxFlows: 1 << 16})
+	key := ServiceKey{vip4, 80, TCP}
+	run := func(send sendFn, from int) map[netip.Addr]int {
+		got := map[netip.Addr]int{}
+		for i := from; i < from+100; i++ {
+			k := fkFlow(key, netip.AddrFrom4([4]byte{203, 0, 113, byte(i % 200)}), uint16(30000+i))
+			a, err := send(k, tcpSYN)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got[a]++
+			if a == s1 {
+				// s1 fails the flow at once: the client's FIN follows.
+				if _, err := send(k, tcpACK|tcpFIN); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		return got
+	}
+	svc := h.delayService(key, []uint32{1, 1}, nil)
+	for _, flowTime := range []time.Duration{0, 300 * time.Millisecond} {
+		svc.FlowTime = flowTime
+		h.upsert(svc)
+		h.setActive(key, s2, 10)
+		var got map[netip.Addr]int
+		h.do(func() error {
+			got = run(h.rawSend(), int(flowTime/time.Millisecond))
+			return nil
+		})
+		f := NewFake()
+		if err := f.UpsertService(svc); err != nil {
+			t.Fatal(err)
+		}
+		var held []Flow
+		for i := range 10 {
+			held = append(held, Flow{Key: fkFlow(key, netip.AddrFrom4([4]byte{203, 0, 113, 250}), uint16(i+1)), Server: s2})
+		}
+		if err := f.UpsertFlows(held); err != nil {
+			t.Fatal(err)
+		}
+		fakeGot := run(fakeSend(f), 0)
+		t.Logf("flow time %v: kernel %v, Fake %v", flowTime, got, fakeGot)
+		for what, g := range map[string]map[netip.Addr]int{"kernel": got, "Fake": fakeGot} {
+			switch {
+			case flowTime == 0 && g[s1] != 100:
+				t.Errorf("%s, no charge: s1, holding nothing, got %d of 100 new flows, want all", what, g[s1])
+			case flowTime > 0 && (g[s1] > 60 || g[s1] < 10):
+				t.Errorf("%s, charged: s1 got %d of 100 new flows, want its peer to take a fair part", what, g[s1])
+			}
+		}
+	}
 }

@@ -123,10 +123,18 @@ type dispatchMember struct {
 }
 
 type dispatchMemberList struct {
-	_   structs.HostLayout
-	N   uint32
-	Pad uint32
-	M   [16]dispatchMember
+	_      structs.HostLayout
+	N      uint32
+	Charge uint32
+	M      [16]dispatchMember
+}
+
+type dispatchPickWindow struct {
+	_     structs.HostLayout
+	Epoch uint32
+	Cur   uint32
+	Prev  uint32
+	Pad   uint32
 }
 
 type dispatchSvcInfo struct {
@@ -205,6 +213,7 @@ const (
 	dispatchMapMembersSel      = "members_sel"
 	dispatchMapRings           = "rings"
 	dispatchMapServerActive    = "server_active"
+	dispatchMapServerPicks     = "server_picks"
 	dispatchMapServices        = "services"
 	dispatchMapStatsBackend    = "stats_backend"
 	dispatchMapStatsGlobal     = "stats_global"
@@ -289,6 +298,7 @@ type dispatchMapSpecs struct {
 	MembersSel   *ebpf.MapSpec `ebpf:"members_sel"`
 	Rings        *ebpf.MapSpec `ebpf:"rings"`
 	ServerActive *ebpf.MapSpec `ebpf:"server_active"`
+	ServerPicks  *ebpf.MapSpec `ebpf:"server_picks"`
 	Services     *ebpf.MapSpec `ebpf:"services"`
 	StatsBackend *ebpf.MapSpec `ebpf:"stats_backend"`
 	StatsGlobal  *ebpf.MapSpec `ebpf:"stats_global"`
@@ -345,6 +355,7 @@ type dispatchMaps struct {
 	MembersSel   *ebpf.Map `ebpf:"members_sel"`
 	Rings        *ebpf.Map `ebpf:"rings"`
 	ServerActive *ebpf.Map `ebpf:"server_active"`
+	ServerPicks  *ebpf.Map `ebpf:"server_picks"`
 	Services     *ebpf.Map `ebpf:"services"`
 	StatsBackend *ebpf.Map `ebpf:"stats_backend"`
 	StatsGlobal  *ebpf.Map `ebpf:"stats_global"`
@@ -370,6 +381,7 @@ func (m *dispatchMaps) Close() error {
 		m.MembersSel,
 		m.Rings,
 		m.ServerActive,
+		m.ServerPicks,
 		m.Services,
 		m.StatsBackend,
 		m.StatsGlobal,

@@ -167,7 +167,13 @@ type Service struct {
 	// Scheduler picks new flows' servers (after affinity, which wins
 	// first). The zero value is SchedulerMaglev.
 	Scheduler Scheduler
-	Servers   []Server
+	// FlowTime is how long a typical flow of the service lasts, from the
+	// manager. The delay scheduler charges a server whose recent new flows,
+	// lasting that long, would hold several times the flows it does hold
+	// with that figure instead (a server failing every flow at once must
+	// not look idle). 0 turns the charge off.
+	FlowTime time.Duration
+	Servers  []Server
 }
 
 // FlowKey identifies a client-to-VIP flow.
@@ -386,6 +392,9 @@ func validateService(s Service) error {
 	}
 	if s.Scheduler > SchedulerDelay {
 		return fmt.Errorf("%w: service %v: unknown %v", ErrInvalid, k, s.Scheduler)
+	}
+	if s.FlowTime < 0 {
+		return fmt.Errorf("%w: service %v: negative flow time %v", ErrInvalid, k, s.FlowTime)
 	}
 	if s.StickyTime < 0 || s.StickyTime%time.Second != 0 || s.StickyTime > 24*time.Hour {
 		return fmt.Errorf("%w: service %v: sticky time %v must be whole seconds between 0 and 24h", ErrInvalid, k, s.StickyTime)

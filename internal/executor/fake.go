@@ -81,6 +81,7 @@ type Fake struct {
 type fakeService struct {
 	sticky   time.Duration
 	sched    Scheduler
+	flowTime time.Duration
 	servers  map[netip.Addr]*fakeServer
 	ring     []*fakeServer // nil when no server has a positive weight
 	packets  uint64
@@ -95,6 +96,11 @@ type fakeServer struct {
 	// active is the open-flow count the p2c scheduler compares (the
 	// kernel's server_active), kept while the service is p2c.
 	active int64
+	// picks counts the delay scheduler's new flows in the current pick
+	// window (epoch) and the one before (server_picks).
+	epoch     int64
+	picks     uint64
+	prevPicks uint64
 }
 
 type fakeVIP struct {
@@ -223,7 +229,7 @@ func (f *Fake) UpsertService(s Service) error {
 // before changing anything, so that a failure leaves the service as it was.
 func (f *Fake) upsertLocked(s Service) error {
 	st := f.services[s.Key]
-	changed := st == nil || st.sticky != s.StickyTime || st.sched != s.Scheduler || len(st.servers) != len(s.Servers)
+	changed := st == nil || st.sticky != s.StickyTime || st.sched != s.Scheduler || st.flowTime != s.FlowTime || len(st.servers) != len(s.Servers)
 
 	type rewrite struct {
 		fs  *fakeServer
@@ -291,6 +297,7 @@ func (f *Fake) upsertLocked(s Service) error {
 	st.servers = next
 	st.sticky = s.StickyTime
 	st.sched = s.Scheduler
+	st.flowTime = s.FlowTime
 	st.ring = ring
 	f.commits++
 	return nil
@@ -357,7 +364,7 @@ func (f *Fake) SetWeights(key ServiceKey, weights map[netip.Addr]uint32) error {
 
 // service returns a copy of the service as the caller installed it.
 func (st *fakeService) service(key ServiceKey) Service {
-	s := Service{Key: key, StickyTime: st.sticky, Scheduler: st.sched}
+	s := Service{Key: key, StickyTime: st.sticky, Scheduler: st.sched, FlowTime: st.flowTime}
 	for _, fs := range st.servers {
 		srv := fs.srv
 		srv.MAC = slices.Clone(srv.MAC)
@@ -580,7 +587,7 @@ func (f *Fake) pick(key ServiceKey, st *fakeService, k FlowKey) *fakeServer {
 	fk := flowKey(k)
 	hash := flowHash(fk, 0)
 	if st.sched == SchedulerDelay {
-		if fs := st.delayPick(hash); fs != nil {
+		if fs := st.delayPick(hash, f.now); fs != nil {
 			if st.sticky > 0 {
 				f.affinity[ak] = &fakeAffinity{server: fs, lastSeen: f.now}
 			}
@@ -606,7 +613,7 @@ func (f *Fake) pick(key ServiceKey, st *fakeService, k FlowKey) *fakeServer {
 // the members in address order, scored from a place the hash chooses. nil
 // when the service has more members than the data plane scores: it is
 // scheduled as p2c then.
-func (st *fakeService) delayPick(hash uint32) *fakeServer {
+func (st *fakeService) delayPick(hash uint32, now time.Duration) *fakeServer {
 	var members []*fakeServer
 	for _, addr := range slices.SortedFunc(maps.Keys(st.servers), netip.Addr.Compare) {
 		if fs := st.servers[addr]; fs.srv.Weight > 0 {
@@ -617,18 +624,61 @@ func (st *fakeService) delayPick(hash uint32) *fakeServer {
 	if n == 0 || n > MaxMembers {
 		return nil
 	}
+	charge := uint64(memberCharge(st.flowTime))
+	epoch := int64(now) >> pickWindowShift
 	var best *fakeServer
 	var bestScore uint64
 	i := int(uint64(hash) * uint64(n) >> 32)
 	for range n {
 		fs := members[i]
-		score := uint64(max(fs.active, 0)+1) * uint64(memberCost(fs.srv))
-		if best == nil || score < bestScore {
+		held := uint64(max(fs.active, 0)) + 1
+		if charge > 0 {
+			if charged := fs.recentPicks(epoch, now) * charge; charged > held*pickChargeFactor<<16 {
+				held = charged>>16 + 1
+			}
+		}
+		if score := held * uint64(memberCost(fs.srv)); best == nil || score < bestScore {
 			best, bestScore = fs, score
 		}
 		i = (i + 1) % n
 	}
+	if charge > 0 {
+		best.rotate(epoch)
+		best.picks++
+	}
 	return best
+}
+
+// The data plane's pick window (PICK_WINDOW_SHIFT, PICK_CHARGE_FACTOR).
+const (
+	pickWindowShift  = 28
+	pickChargeFactor = 3
+)
+
+func (fs *fakeServer) rotate(epoch int64) {
+	if fs.epoch != epoch {
+		fs.prevPicks = 0
+		if fs.epoch == epoch-1 {
+			fs.prevPicks = fs.picks
+		}
+		fs.picks, fs.epoch = 0, epoch
+	}
+}
+
+// recentPicks is recent_picks: this window's count and the uncovered part
+// of the last one's.
+func (fs *fakeServer) recentPicks(epoch int64, now time.Duration) uint64 {
+	cur, prev := fs.picks, fs.prevPicks
+	if fs.epoch != epoch {
+		prev = 0
+		if fs.epoch == epoch-1 {
+			prev = cur
+		}
+		cur = 0
+	}
+	const window = 1 << pickWindowShift
+	left := uint64(window - int64(now)&(window-1))
+	return cur + prev*left>>pickWindowShift
 }
 
 // AddCounters adds delta to the counters of a server of a service, and its

@@ -200,7 +200,7 @@ type serviceState struct {
 	// msel is the half of svc_members that packets read (members_sel).
 	msel     uint32
 	flowTime time.Duration
-	servers map[netip.Addr]*backendState
+	servers  map[netip.Addr]*backendState
 	// retired keeps the packets and bytes of servers that left, so that the
 	// service's totals, which are its servers' sums, never go back.
 	retired ServerStats

@@ -53,8 +53,11 @@ type Status struct {
 	// Up is the state after hysteresis (rise and fall).
 	Up bool
 	// Latency is that of the last successful round; Smoothed is its moving
-	// average. Both stay as they were while rounds fail.
-	Latency, Smoothed time.Duration
+	// average; Floor is the lowest of the last FloorRounds successful
+	// rounds: what the server takes when nothing queues ahead of the
+	// probe, its speed rather than its queue. All stay as they were while
+	// rounds fail.
+	Latency, Smoothed, Floor time.Duration
 	// Err is why the last round failed; empty if it succeeded.
 	Err string
 	// Since is when Up last changed (or first became known).
@@ -97,6 +100,8 @@ type targetRun struct {
 
 	known, up         bool
 	latency, smoothed time.Duration
+	recent            [FloorRounds]time.Duration // last successful rounds, a ring
+	nrecent           int
 	err               string
 	since, last       time.Time
 	probes, failures  uint64
@@ -331,9 +336,12 @@ func (r *Runner) record(tr *targetRun, res Result) {
 		// before going down says little about it now.
 		if !tr.up && tr.okRun == 1 || tr.smoothed == 0 {
 			tr.smoothed = res.Latency
+			tr.nrecent = 0
 		} else {
 			tr.smoothed += time.Duration(r.o.Smoothing * float64(res.Latency-tr.smoothed))
 		}
+		tr.recent[tr.nrecent%FloorRounds] = res.Latency
+		tr.nrecent++
 	}
 	changed := false
 	switch {
@@ -365,6 +373,22 @@ func (r *Runner) record(tr *targetRun, res Result) {
 	}
 }
 
+// FloorRounds is how many successful rounds Status.Floor looks back on: a
+// probe behind a queue is common on a busy server, three in a row are not,
+// and a server that became faster shows it in its first fast round.
+const FloorRounds = 3
+
+// floor is the lowest latency of the last FloorRounds successful rounds.
+func (tr *targetRun) floor() time.Duration {
+	var low time.Duration
+	for i := range min(tr.nrecent, FloorRounds) {
+		if l := tr.recent[i]; i == 0 || l < low {
+			low = l
+		}
+	}
+	return low
+}
+
 // status returns tr's Status. r.mu must be held.
 func (tr *targetRun) status() Status {
 	return Status{
@@ -378,6 +402,7 @@ func (tr *targetRun) status() Status {
 		Up:       tr.up,
 		Latency:  tr.latency,
 		Smoothed: tr.smoothed,
+		Floor:    tr.floor(),
 		Err:      tr.err,
 		Since:    tr.since,
 		Last:     tr.last,

@@ -15,17 +15,17 @@ func TestManagerRoutes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rep.Policy != "default" || rep.Proportions.Active != 50 || rep.Interval != "2s" || len(rep.Ports) != 1 {
+	if rep.Policy != "default" || rep.Proportions.Active != 30 || rep.Interval != "2s" || len(rep.Ports) != 1 {
 		t.Fatalf("report %+v", rep)
 	}
 
 	pol, iv := "best", "5s"
-	ch, err := c.SetManager(ManagerPatch{Policy: &pol, Interval: &iv, Proportions: &ProportionsRequest{Active: 30, New: 30, Advisor: 40}})
+	ch, err := c.SetManager(ManagerPatch{Policy: &pol, Interval: &iv, Proportions: &ProportionsRequest{Active: 20, New: 20, Advisor: 60}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	m := f.Config().Manager
-	if m.Policy != "best" || m.Interval.String() != "5s" || m.Proportions.Advisor != 40 {
+	if m.Policy != "best" || m.Interval.String() != "5s" || m.Proportions.Advisor != 60 {
 		t.Fatalf("manager after set: %+v (changes %q)", m, ch)
 	}
 
@@ -39,7 +39,7 @@ func TestManagerRoutes(t *testing.T) {
 	if _, err := c.SetManager(ManagerPatch{Port: "198.51.100.100/80", ResetPort: true}); err != nil {
 		t.Fatal(err)
 	}
-	if p := port80(f); p.Proportions.Active != 30 {
+	if p := port80(f); p.Proportions.Active != 20 {
 		t.Fatalf("port proportions after reset %+v", p.Proportions)
 	}
 

@@ -63,6 +63,13 @@ const (
 	// SchedulerP2C draws two servers from the Maglev table and takes the
 	// one with fewer active flows for its weight (power of two choices).
 	SchedulerP2C = "p2c"
+	// SchedulerDelay scores every server of the port by its expected delay,
+	// (active + 1) x delay factor / weight, and takes the lowest: least
+	// connections among servers as fast as their peers, steering around
+	// slow ones by the manager's delay factors. The default.
+	SchedulerDelay = "delay"
+	// DefaultScheduler is a port's scheduler when it names none.
+	DefaultScheduler = SchedulerDelay
 )
 
 // Advisor kinds and targets.
@@ -512,7 +519,7 @@ func Default() *Config {
 			Sensitivity: DefaultSensitivity,
 			Smoothing:   DefaultSmoothing,
 			Policy:      DefaultPolicy,
-			Proportions: Proportions{Active: 50, New: 50},
+			Proportions: Proportions{Active: 30, New: 30, Advisor: 40},
 			Overload:    DefaultOverload,
 			HostMetric:  DefaultHostMetric,
 		},
@@ -552,7 +559,7 @@ func (c *Config) Ports() []Port {
 			props.Custom = slices.Clone(props.Custom)
 			sched := p.Scheduler
 			if sched == "" {
-				sched = SchedulerMaglev
+				sched = DefaultScheduler
 			}
 			ports = append(ports, Port{
 				Key:         executor.ServiceKey{VIP: cl.VIP, Port: p.Port, Proto: p.Protocol},

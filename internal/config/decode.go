@@ -747,7 +747,7 @@ func (d *decoder) cluster(path string, n *yaml.Node) Cluster {
 }
 
 func (d *decoder) port(path string, n *yaml.Node) PortSpec {
-	p := PortSpec{Protocol: DefaultProtocol, WeightBound: DefaultWeightBound, Scheduler: SchedulerMaglev}
+	p := PortSpec{Protocol: DefaultProtocol, WeightBound: DefaultWeightBound, Scheduler: DefaultScheduler}
 	f, done, ok := d.fields(path, n, "port", "protocol", "sticky_time", "weight_bound", "scheduler", "advisor", "proportions", "servers")
 	defer done()
 	if !ok {

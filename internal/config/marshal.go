@@ -160,7 +160,7 @@ func Marshal(c *Config) ([]byte, error) {
 			)
 			sched := p.Scheduler
 			if sched == "" {
-				sched = SchedulerMaglev
+				sched = DefaultScheduler
 			}
 			put(pn, "scheduler", str(sched))
 			putOptional(pn, "advisor", p.Advisor)

@@ -78,8 +78,8 @@ func TestMarshalWritesReadableYAML(t *testing.T) {
 		"interfaces: [eth0]\n",
 		"  idle_timeout: 5m\n",
 		"  pin_path: /sys/fs/bpf/nd\n",
-		"  proportions: {active: 50, new: 50, advisor: 0, host: 0}\n",
-		"  - vip: 198.51.100.100\n    ports:\n      - port: 80\n        protocol: tcp\n        sticky_time: 0s\n        weight_bound: 100\n        scheduler: maglev\n        servers:\n          - {address: 198.51.100.11, weight: 10, quiesce: true}\n",
+		"  proportions: {active: 30, new: 30, advisor: 40, host: 0}\n",
+		"  - vip: 198.51.100.100\n    ports:\n      - port: 80\n        protocol: tcp\n        sticky_time: 0s\n        weight_bound: 100\n        scheduler: delay\n        servers:\n          - {address: 198.51.100.11, weight: 10, quiesce: true}\n",
 	} {
 		if !strings.Contains(string(data), want) {
 			t.Errorf("output lacks %q:\n%s", want, data)

@@ -352,14 +352,14 @@ func TestParseDefaults(t *testing.T) {
 		API: API{Socket: "/run/nd/ndd.sock"},
 		Manager: Manager{
 			Interval: 2 * time.Second, Sensitivity: 0.05, Smoothing: 1.5, Policy: "default",
-			Proportions: Proportions{Active: 50, New: 50}, Overload: 3, HostMetric: "cpu",
+			Proportions: Proportions{Active: 30, New: 30, Advisor: 40}, Overload: 3, HostMetric: "cpu",
 		},
 		Clusters: []Cluster{{
 			VIP: netip.MustParseAddr("198.51.100.100"),
 			Ports: []PortSpec{
-				{Port: 80, Protocol: executor.TCP, WeightBound: 100, Scheduler: "maglev",
+				{Port: 80, Protocol: executor.TCP, WeightBound: 100, Scheduler: "delay",
 					Servers: []Server{{Address: netip.MustParseAddr("198.51.100.11"), Weight: 50}}},
-				{Port: 443, Protocol: executor.TCP, WeightBound: 21, Scheduler: "maglev",
+				{Port: 443, Protocol: executor.TCP, WeightBound: 21, Scheduler: "delay",
 					Servers: []Server{{Address: netip.MustParseAddr("198.51.100.12"), Weight: 11}}},
 			},
 		}},
@@ -480,8 +480,8 @@ func TestPortsSorted(t *testing.T) {
 		Key:         executor.ServiceKey{VIP: netip.MustParseAddr("198.51.100.100"), Port: 80, Proto: executor.TCP},
 		StickyTime:  10 * time.Second,
 		WeightBound: 10,
-		Scheduler:   "maglev",
-		Proportions: Proportions{Active: 50, New: 50},
+		Scheduler:   "delay",
+		Proportions: Proportions{Active: 30, New: 30, Advisor: 40},
 		Servers: []Server{
 			{Address: netip.MustParseAddr("198.51.100.11"), Weight: 5, Local: true},
 			{Address: netip.MustParseAddr("198.51.100.12"), Weight: 3, Quiesce: true},

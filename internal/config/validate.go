@@ -528,8 +528,8 @@ func validateClusters(c *Config, advisors map[string]bool, r *reporter) {
 }
 
 func validatePort(c *Config, vip netip.Addr, vipOK bool, p PortSpec, pp string, advisors map[string]bool, r *reporter) {
-	if p.Scheduler != "" && p.Scheduler != SchedulerMaglev && p.Scheduler != SchedulerP2C {
-		r.errorf(pp+".scheduler", "%q is not a scheduler: want %s or %s", p.Scheduler, SchedulerMaglev, SchedulerP2C)
+	if p.Scheduler != "" && p.Scheduler != SchedulerMaglev && p.Scheduler != SchedulerP2C && p.Scheduler != SchedulerDelay {
+		r.errorf(pp+".scheduler", "%q is not a scheduler: want %s, %s or %s", p.Scheduler, SchedulerDelay, SchedulerMaglev, SchedulerP2C)
 	}
 	if p.Advisor != "" && !advisors[p.Advisor] {
 		r.errorf(pp+".advisor", "no advisor named %q", p.Advisor)

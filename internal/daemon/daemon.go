@@ -91,6 +91,9 @@ type Daemon struct {
 	// managed holds the weights the manager committed, per port and
 	// server: what the data plane gets instead of the configured weight.
 	managed map[executor.ServiceKey]map[netip.Addr]uint32
+	// delays holds what the manager committed for ports under the delay
+	// scheduler: servers' delay factors and the typical flow time.
+	delays map[executor.ServiceKey]portDelays
 
 	mgr   *manager.Manager
 	adv   *advisor.Runner
@@ -111,7 +114,7 @@ func (d *Daemon) usesP2C() bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for _, p := range d.cfg.Ports() {
-		if p.Scheduler == config.SchedulerP2C {
+		if p.Scheduler == config.SchedulerP2C || p.Scheduler == config.SchedulerDelay {
 			return true
 		}
 	}
@@ -148,6 +151,7 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 		attached: map[string]int{},
 		resolved: map[netip.Addr]bool{},
 		managed:  map[executor.ServiceKey]map[netip.Addr]uint32{},
+		delays:   map[executor.ServiceKey]portDelays{},
 	}
 	d.steer = o.Steering
 	var via func(server, vip netip.Addr) (advisor.DialFunc, error)
@@ -450,10 +454,11 @@ func (d *Daemon) watchServers(cfg *config.Config) {
 // re-dispatch every flow it holds.
 func (d *Daemon) service(p config.Port, installed executor.Service) executor.Service {
 	sched, _ := executor.ParseScheduler(p.Scheduler) // validated with the configuration
-	s := executor.Service{Key: p.Key, StickyTime: p.StickyTime, Scheduler: sched}
+	delays := d.delays[p.Key]
+	s := executor.Service{Key: p.Key, StickyTime: p.StickyTime, Scheduler: sched, FlowTime: delays.flowTime}
 	managed := d.managed[p.Key]
 	for _, srv := range p.Servers {
-		es := executor.Server{Addr: srv.Address, Weight: srv.EffectiveWeight(), Local: srv.Local}
+		es := executor.Server{Addr: srv.Address, Weight: srv.EffectiveWeight(), Local: srv.Local, Delay: delays.servers[srv.Address]}
 		if w, ok := managed[srv.Address]; ok && !srv.Quiesce && !srv.Fixed && d.cfg.Manager.Policy != config.PolicyStatic {
 			es.Weight = min(w, p.WeightBound)
 		}
@@ -494,7 +499,7 @@ func (d *Daemon) install(p config.Port) error {
 }
 
 func sameService(a, b executor.Service) bool {
-	if a.StickyTime != b.StickyTime || a.Scheduler != b.Scheduler || len(a.Servers) != len(b.Servers) {
+	if a.StickyTime != b.StickyTime || a.Scheduler != b.Scheduler || a.FlowTime != b.FlowTime || len(a.Servers) != len(b.Servers) {
 		return false
 	}
 	byAddr := map[netip.Addr]executor.Server{}
@@ -503,7 +508,7 @@ func sameService(a, b executor.Service) bool {
 	}
 	for _, s := range b.Servers {
 		o, ok := byAddr[s.Addr]
-		if !ok || o.Weight != s.Weight || o.Local != s.Local || o.Ifindex != s.Ifindex || o.MAC.String() != s.MAC.String() {
+		if !ok || o.Weight != s.Weight || o.Delay != s.Delay || o.Local != s.Local || o.Ifindex != s.Ifindex || o.MAC.String() != s.MAC.String() {
 			return false
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"sort"
@@ -135,7 +136,7 @@ func (ai *advisorIndex) reading(name string, port executor.ServiceKey, server ne
 	if !ok || !s.Known {
 		return manager.AdvisorReading{}, false
 	}
-	return manager.AdvisorReading{Latency: s.Smoothed, Down: !s.Up, Err: s.Err}, true
+	return manager.AdvisorReading{Latency: s.Smoothed, Floor: s.Floor, Down: !s.Up, Err: s.Err}, true
 }
 
 // commitWeights is the manager's way into the data plane: it records the
@@ -187,7 +188,27 @@ func (d *Daemon) commitWeights(c manager.Commit) error {
 			write[s.Address] = w
 		}
 	}
-	if len(write) > 0 {
+	switch {
+	case c.Delays != nil:
+		// Weights, delay factors and flow time in one update of the
+		// service.
+		d.delays[c.Port] = portDelays{servers: maps.Clone(c.Delays), flowTime: c.FlowTime}
+		var have executor.Service
+		for _, s := range d.x.Services() {
+			if s.Key == c.Port {
+				have = s
+			}
+		}
+		want := d.service(*port, have)
+		for i, s := range want.Servers {
+			if w, ok := write[s.Addr]; ok {
+				want.Servers[i].Weight = w
+			}
+		}
+		if err := d.x.UpsertService(want); err != nil {
+			return fmt.Errorf("commit weights and delay factors of %v: %w", c.Port, err)
+		}
+	case len(write) > 0:
 		if err := d.x.SetWeights(c.Port, write); err != nil {
 			return fmt.Errorf("commit weights of %v: %w", c.Port, err)
 		}
@@ -199,6 +220,10 @@ func (d *Daemon) commitWeights(c manager.Commit) error {
 	sort.Slice(addrs, func(i, j int) bool { return addrs[i].Less(addrs[j]) })
 	var parts []string
 	for _, a := range addrs {
+		if f := c.Delays[a]; f > 1 {
+			parts = append(parts, fmt.Sprintf("%s=%d(delay x%.3g)", a, write[a], f))
+			continue
+		}
 		parts = append(parts, fmt.Sprintf("%s=%d", a, write[a]))
 	}
 	msg := fmt.Sprintf("%s (change %.1f%%): %s", c.Reason, 100*c.Change, strings.Join(parts, " "))
@@ -210,12 +235,20 @@ func (d *Daemon) commitWeights(c manager.Commit) error {
 	return nil
 }
 
+// portDelays is what the manager committed for a port under the delay
+// scheduler.
+type portDelays struct {
+	servers  map[netip.Addr]float64
+	flowTime time.Duration
+}
+
 // forgetManaged drops the manager's weights that a configuration change
 // overrides: a server whose configured weight changed starts again from it,
 // and removed ports and servers are forgotten. Called with d.mu held.
 func (d *Daemon) forgetManaged(ch config.Changes) {
 	for _, p := range ch.Removed {
 		delete(d.managed, p.Key)
+		delete(d.delays, p.Key)
 	}
 	for _, pc := range ch.Changed {
 		m := d.managed[pc.New.Key]

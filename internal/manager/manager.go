@@ -159,7 +159,11 @@ type Server struct {
 
 // AdvisorReading is an advisor's view of one server of one port.
 type AdvisorReading struct {
+	// Latency is the advisor's smoothed latency; Floor the lowest of its
+	// last few rounds (the server's speed with no queue ahead of the
+	// probe), 0 when not known.
 	Latency time.Duration
+	Floor   time.Duration
 	Down    bool
 	Err     string
 }
@@ -181,6 +185,11 @@ type Commit struct {
 	Reason string
 	// Change is the aggregate change as a fraction of the total weight.
 	Change float64
+	// Delays are the servers' delay factors and FlowTime the port's
+	// typical flow time, for a port under the delay scheduler (nil and 0
+	// under others: leave them as they are).
+	Delays   map[netip.Addr]float64
+	FlowTime time.Duration
 	// Version is the manager's configuration version the decision was
 	// computed under (see Manager.Version): the owner of the data plane
 	// drops a decision computed before its latest SetPorts or SetSettings.
@@ -421,6 +430,8 @@ func (m *Manager) sampleActive() {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	now := m.now()
+	suspect := false
 	for k, ps := range m.ports {
 		ss := stats.Services[k]
 		for a, st := range ps.servers {
@@ -431,6 +442,13 @@ func (m *Manager) sampleActive() {
 			st.active.sum += float64(c.Active())
 			st.active.n++
 		}
+		if ps.sched == executor.SchedulerDelay && m.checkSuspects(ps, ss, now, ps.flowTime) {
+			suspect = true
+		}
+	}
+	if suspect {
+		// Out at once, as an event: not at the next interval.
+		m.Trigger()
 	}
 }
 
@@ -468,7 +486,13 @@ func (m *Manager) Step() {
 		if !ok {
 			continue // the daemon has not installed it (yet)
 		}
-		if c, ok := m.port(m.ports[k], inst, stats.Services[k], now, elapsed, load); ok {
+		ps := m.ports[k]
+		ps.sched = inst.Scheduler
+		compute := m.port
+		if inst.Scheduler == executor.SchedulerDelay {
+			compute = m.delayPort
+		}
+		if c, ok := compute(ps, inst, stats.Services[k], now, elapsed, load); ok {
 			c.Version = m.version
 			commits = append(commits, c)
 		}

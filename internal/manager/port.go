@@ -20,6 +20,9 @@ const (
 	StateDisabled = "disabled" // its agent's reports stopped
 	StateCoolDown = "cool-down"
 	StateAbsent   = "absent" // configured but not in the data plane (unresolved)
+	// StateSuspect: its flows end far sooner than its peers' (a server
+	// failing every request at once looks idle to least connections).
+	StateSuspect = "suspect"
 )
 
 // returnIntervals is how many intervals a server that came back grows
@@ -38,6 +41,10 @@ type portState struct {
 	// loadSet is the working set (servers with a weight) at the last
 	// load reading, nil before the first.
 	loadSet map[netip.Addr]bool
+	// sched is the port's scheduler at the last computation, and flowTime
+	// its typical flow time then (delay scheduler).
+	sched    executor.Scheduler
+	flowTime time.Duration
 }
 
 type serverState struct {
@@ -68,6 +75,15 @@ type serverState struct {
 	// prevLMI is the LMI of the last full interval in the working set,
 	// 0 if none.
 	prevLMI float64
+	// suspectUntil ends the time out of a server whose flows ended far
+	// sooner than its peers'; suspects counts them in a row, for the
+	// back-off, and suspectNote says what was seen.
+	suspectUntil time.Time
+	suspects     int
+	suspectNote  string
+	// window holds the last samples of its counters, for the suspect check
+	// between intervals.
+	window []windowSample
 }
 
 // Step bounds: a weight's first moves may double or halve it; each turn
@@ -93,6 +109,9 @@ type PortReport struct {
 	Reason    string  `json:"reason"`
 	Change    float64 `json:"change"`
 	Err       string  `json:"error,omitempty"`
+	// FlowTime is a typical flow's time on the port (the median of its
+	// servers' response times), under the delay scheduler.
+	FlowTime time.Duration `json:"flow_time,omitempty"`
 	// Commits counts this port's commits since the manager started.
 	Commits uint64         `json:"commits"`
 	Servers []ServerReport `json:"servers"`
@@ -116,7 +135,11 @@ type ServerReport struct {
 	LMI       float64            `json:"lmi"`
 	Weight    uint32             `json:"weight"`
 	NewWeight uint32             `json:"new_weight"`
-	Note      string             `json:"note,omitempty"`
+	// Delay and NewDelay are its delay factor before and after, under the
+	// delay scheduler (0 under others).
+	Delay    float64 `json:"delay,omitempty"`
+	NewDelay float64 `json:"new_delay,omitempty"`
+	Note     string  `json:"note,omitempty"`
 }
 
 // sample is what one server's metrics read this interval.
@@ -124,6 +147,7 @@ type sample struct {
 	addr    netip.Addr
 	spec    Server
 	cur     uint32
+	delay   float64 // its delay factor in the data plane, at least 1
 	state   string
 	note    string
 	newRate float64
@@ -133,26 +157,35 @@ type sample struct {
 	active  float64
 	advMS   float64
 	advOK   bool
-	host    float64
-	hostOK  bool
-	custom  []float64
-	custOK  []bool
+	// advFloorMS is the advisor's floor latency (its speed, not its
+	// queue), what the delay scheduler's manager reads.
+	advFloorMS float64
+	host       float64
+	hostOK     bool
+	custom     []float64
+	custOK     []bool
 }
 
-// port computes one port. Called with m.mu held.
-func (m *Manager) port(ps *portState, inst executor.Service, ss executor.ServiceStats, now time.Time, elapsed time.Duration, load bool) (Commit, bool) {
+// sampleServers is the first stage of a computation: each server's
+// metrics this interval (new flows, the interval's average of active flows,
+// its advisor's and its agent's readings, custom metrics) and its state
+// (quiesced, down, disabled, cooling down, up). It also returns the
+// servers configured but not in the data plane, for the report, and
+// whether the port's working set was the same at the last load reading.
+func (m *Manager) sampleServers(ps *portState, inst executor.Service, ss executor.ServiceStats, now time.Time, elapsed time.Duration, load bool) (smp []*sample, absent []ServerReport, setSteady bool) {
 	spec := ps.spec
 	set := m.settings
 	installed := map[netip.Addr]uint32{}
+	delays := map[netip.Addr]float64{}
 	for _, s := range inst.Servers {
 		installed[s.Addr] = s.Weight
+		delays[s.Addr] = max(s.Delay, 1)
 	}
 	props := spec.Proportions
 
 	// The working set (servers with a weight) at this reading and the
 	// last: one that changed between them leaves readings that straddle
 	// two splits of the load, no ground for a cool-down.
-	setSteady := false
 	if load {
 		inSet := map[netip.Addr]bool{}
 		for _, sv := range spec.Servers {
@@ -164,8 +197,6 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 		ps.loadSet = inSet
 	}
 
-	var smp []*sample
-	var absent []ServerReport
 	for _, sv := range spec.Servers {
 		st := ps.servers[sv.Addr]
 		cur, ok := installed[sv.Addr]
@@ -175,7 +206,7 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 			absent = append(absent, ServerReport{Server: sv.Addr, State: StateAbsent, AdvisorMS: -1, Host: -1, Note: "not in the data plane (unresolved?)"})
 			continue
 		}
-		s := &sample{addr: sv.Addr, spec: sv, cur: cur, advMS: -1, host: -1}
+		s := &sample{addr: sv.Addr, spec: sv, cur: cur, delay: delays[sv.Addr], advMS: -1, host: -1}
 		c := ss.Servers[sv.Addr]
 		if load {
 			// A weight changed during the interval (by the operator or a
@@ -206,6 +237,10 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 				adv = r
 				if !r.Down {
 					s.advMS, s.advOK = float64(r.Latency)/float64(time.Millisecond), true
+					s.advFloorMS = s.advMS
+					if r.Floor > 0 {
+						s.advFloorMS = float64(r.Floor) / float64(time.Millisecond)
+					}
 				}
 			}
 		}
@@ -239,6 +274,8 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 			s.state, s.note = StateDown, adv.Err
 		case hasAgent && hr.Disabled:
 			s.state, s.note = StateDisabled, hr.Err
+		case now.Before(st.suspectUntil):
+			s.state, s.note = StateSuspect, st.suspectNote
 		case now.Before(st.coolUntil):
 			s.state = StateCoolDown
 		default:
@@ -246,6 +283,15 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 		}
 		smp = append(smp, s)
 	}
+	return smp, absent, setSteady
+}
+
+// port computes one port. Called with m.mu held.
+func (m *Manager) port(ps *portState, inst executor.Service, ss executor.ServiceStats, now time.Time, elapsed time.Duration, load bool) (Commit, bool) {
+	spec := ps.spec
+	set := m.settings
+	props := spec.Proportions
+	smp, absent, setSteady := m.sampleServers(ps, inst, ss, now, elapsed, load)
 
 	// Out for health, then cool-downs, within the port's limits (see
 	// cooldown.go).
@@ -276,6 +322,11 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 	}
 	names := []string{"active", "new", "advisor", "host"}
 	pr := []uint32{props.Active, props.New, props.Advisor, props.Host}
+	if spec.Advisor == "" {
+		// A port with no advisor has no advisor metric: its proportion
+		// does not pull every server's LMI toward 1.
+		pr[2] = 0
+	}
 	activeLoads := metric(func(s *sample) (float64, bool) { return s.active, s.newOK }, true)
 	newLoads := metric(func(s *sample) (float64, bool) { return s.newRate, s.newOK }, true)
 	// overload is what the cool-down judges: the LMI, except under p2c,

@@ -1,0 +1,416 @@
+package manager
+
+import (
+	"fmt"
+	"math"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/nd-dispatcher/nd/internal/executor"
+)
+
+// Under the delay scheduler the data plane itself sends each new flow
+// where it can expect the least delay, (active + 1) x delay factor /
+// weight over every server of the port, within a flow's time. The weights
+// are then what the operator said of the servers' sizes, and stay there:
+// moving them on load, every interval, would only chase what the data
+// plane already evens out (the feedback bench saw a manager move weights
+// between 25 and 82 on four equal servers). The manager's part is what the
+// data plane cannot see:
+//
+//   - how fast each server is: its LMI, the paper's combination of input
+//     metrics (response time by Little's law: active over new flows),
+//     forward metrics (advisor latency) and host metrics, each against
+//     the median of the port's servers, becomes its delay factor;
+//   - who may take new flows at all: servers down, disabled, quiesced, or
+//     suspect (their flows end far sooner than their peers': a server that
+//     fails every request at once) sit out at weight 0;
+//   - how long a typical flow lasts, with which the data plane charges a
+//     server by its recent new flows when its own count is far lower (see
+//     executor.Service.FlowTime).
+//
+// The delay factor of a server whose LMI is L is L squared past a dead band
+// (1 within it): a server L times slower than its peers takes L times
+// longer over each flow, and serves L times fewer at once, so one more
+// flow there waits and takes about L^2 times a typical one's share of a
+// flow in flight. Under plain shortest expected delay (L) a server four
+// times slower still took 2.5% of new flows and with them the tail of the
+// long requests (simulated and measured); under L^2 it takes new flows only
+// when its peers are far busier than it, which is when it helps.
+
+// Tuning of the delay pipeline.
+const (
+	// delayBand: an LMI within this factor of the typical server's reads
+	// as typical (delay factor 1): the metrics' own noise is about 15%.
+	delayBand = 1.5
+	// maxDelay bounds a delay factor.
+	maxDelay = 1024
+	// minDelayFlows is how many new flows a server must take in an
+	// interval for its response time to be read.
+	minDelayFlows = 20
+	// flowTimeBand: the typical flow time is committed again when it
+	// moves by more than this factor.
+	flowTimeBand = 1.25
+)
+
+// delayTarget is the delay factor an LMI asks for.
+func delayTarget(lmi float64) float64 {
+	if !(lmi > delayBand) {
+		return 1
+	}
+	return math.Min(lmi*lmi, maxDelay)
+}
+
+// smoothDelay moves a delay factor toward its target: up at once (a server
+// found slower is slower now, and the data plane still uses it when its
+// peers are busy enough), down 1/smoothing of the way in log terms (a
+// server that looks well again must stay well), and to 1 once close.
+func smoothDelay(cur, target, smoothing float64) float64 {
+	cur = math.Max(cur, 1)
+	if target >= cur {
+		return target
+	}
+	next := cur * math.Pow(target/cur, 1/smoothing)
+	if next < 1.25 {
+		return 1
+	}
+	return next
+}
+
+// delayLoads normalises a metric over the servers with a reading against
+// their median: 1 is a typical server, whatever the unit. The median, not
+// the mean, so that one server far off (the slow one, the failing one)
+// does not move what typical means for the rest.
+func delayLoads(v []float64, ok []bool) []float64 {
+	var have []float64
+	for i := range v {
+		if ok[i] {
+			have = append(have, math.Max(v[i], 0))
+		}
+	}
+	out := make([]float64, len(v))
+	typ := median(have)
+	for i := range v {
+		switch {
+		case !ok[i]:
+		case typ > 0:
+			out[i] = math.Max(v[i], 0) / typ
+		default:
+			out[i] = 1
+		}
+	}
+	return out
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// delayMetrics is the normalisation stage: each metric of each server in
+// the working set against the port's median, and whether it has a reading.
+// Under the delay scheduler both input proportions read the response time
+// (active over new flows, Little's law): active flows per unit of weight is
+// what the scheduler evens out, and new flows are its own choice. It also
+// returns the typical response time, a typical flow's length.
+func delayMetrics(smp []*sample, props Proportions) (names []string, pr []uint32, loads [][]float64, ok [][]bool, flowTime time.Duration) {
+	n := len(smp)
+	metric := func(get func(*sample) (float64, bool)) ([]float64, []bool) {
+		v, have := make([]float64, n), make([]bool, n)
+		for i, s := range smp {
+			v[i], have[i] = get(s)
+			have[i] = have[i] && s.state == StateUp
+		}
+		return delayLoads(v, have), have
+	}
+	var rts []float64
+	rt, rtOK := metric(func(s *sample) (float64, bool) {
+		if !s.newOK || s.newN < minDelayFlows || s.newRate <= 0 {
+			return 0, false
+		}
+		t := s.active / s.newRate
+		if s.state == StateUp {
+			rts = append(rts, t)
+		}
+		return t, true
+	})
+	flowTime = time.Duration(median(rts) * float64(time.Second))
+	// The advisor's floor, not its average: on a busy server a probe often
+	// waits behind the requests in progress, and that says how busy the
+	// server is, which the data plane sees better, not how fast it is.
+	adv, advOK := metric(func(s *sample) (float64, bool) { return s.advFloorMS, s.advOK })
+	host, hostOK := metric(func(s *sample) (float64, bool) { return s.host, s.hostOK })
+	names = []string{"active", "new", "advisor", "host"}
+	pr = []uint32{props.Active + props.New, 0, props.Advisor, props.Host}
+	loads = [][]float64{rt, make([]float64, n), adv, host}
+	ok = [][]bool{rtOK, make([]bool, n), advOK, hostOK}
+	for j, cm := range props.Custom {
+		v, have := metric(func(s *sample) (float64, bool) { return s.custom[j], s.custOK[j] })
+		names = append(names, cm.Name)
+		pr = append(pr, cm.Proportion)
+		loads = append(loads, v)
+		ok = append(ok, have)
+	}
+	return names, pr, loads, ok, flowTime
+}
+
+// delayLMI is the Load Metric Index over the metrics a server has a
+// reading of: sum R(i) l(i) / sum R(i). A metric the port lacks (no
+// advisor, no agent) or a server lacks this interval (too few flows to time)
+// neither pulls the index toward typical nor counts. false when the server
+// has no reading at all.
+func delayLMI(i int, pr []uint32, loads [][]float64, ok [][]bool) (float64, bool) {
+	var sum, weight float64
+	for k, p := range pr {
+		if p > 0 && ok[k][i] {
+			sum += float64(p) * loads[k][i]
+			weight += float64(p)
+		}
+	}
+	if weight == 0 {
+		return 0, false
+	}
+	return clampLMI(sum / weight), true
+}
+
+// delayPort computes one port under the delay scheduler: sample ->
+// health -> normalise -> LMI -> delay factor -> smoothing -> sensitivity
+// -> commit. Called with m.mu held.
+func (m *Manager) delayPort(ps *portState, inst executor.Service, ss executor.ServiceStats, now time.Time, elapsed time.Duration, load bool) (Commit, bool) {
+	spec, set := ps.spec, m.settings
+	smp, absent, _ := m.sampleServers(ps, inst, ss, now, elapsed, load)
+	panicHealth(smp)
+	names, pr, loads, ok, flowTime := delayMetrics(smp, spec.Proportions)
+	_, static := m.wcf.(Static)
+
+	n := len(smp)
+	lmi := make([]float64, n)
+	newW := make([]uint32, n)
+	newD := make([]float64, n)
+	for i, s := range smp {
+		st := ps.servers[s.addr]
+		st.state = s.state
+		newD[i] = s.delay
+		if s.state != StateUp {
+			// Out: it comes back as a typical server, and its readings
+			// from before say nothing of it then.
+			newD[i] = 1
+			continue
+		}
+		newW[i] = min(s.spec.Weight, spec.Bound)
+		st.healthy++
+		if st.healthy > healthyToForgive {
+			st.cools, st.suspects = 0, 0
+		}
+		l, have := delayLMI(i, pr, loads, ok)
+		lmi[i] = l
+		if !load || static || s.spec.Fixed {
+			continue
+		}
+		target := 1.0
+		if have {
+			target = delayTarget(l)
+		}
+		// With no reading (too few flows to time, no advisor) the factor
+		// relaxes toward 1: the server is tried again, and read.
+		newD[i] = smoothDelay(s.delay, target, set.Smoothing)
+	}
+	if !load || flowTime == 0 {
+		flowTime = inst.FlowTime
+	}
+	ps.flowTime = flowTime
+
+	rep, commit := delayDecision(smp, newW, newD, inst.FlowTime, flowTime, set.Sensitivity)
+	rep.Port, rep.Policy, rep.At = spec.Key.String(), m.wcf.Name(), now
+	rep.Scheduler, rep.FlowTime = inst.Scheduler.String(), flowTime
+	rep.Proportions = map[string]int{}
+	for k, name := range names {
+		rep.Proportions[name] = int(pr[k])
+	}
+	if commit {
+		ps.commits++
+	}
+	rep.Commits = ps.commits
+	for i, s := range smp {
+		sr := ServerReport{
+			Server: s.addr, State: s.state, Fixed: s.spec.Fixed,
+			Active: uint64(s.active), NewPerSec: s.newRate, AdvisorMS: s.advMS, Host: s.host,
+			Loads: map[string]float64{}, LMI: lmi[i], Weight: s.cur, NewWeight: s.cur,
+			Delay: s.delay, NewDelay: s.delay, Note: s.note,
+		}
+		if commit {
+			sr.NewWeight, sr.NewDelay = newW[i], newD[i]
+		}
+		for k, name := range names {
+			if pr[k] > 0 && ok[k][i] {
+				sr.Loads[name] = loads[k][i]
+			}
+		}
+		if len(spec.Proportions.Custom) > 0 {
+			sr.Custom = map[string]float64{}
+			for j, cm := range spec.Proportions.Custom {
+				sr.Custom[cm.Name] = s.custom[j]
+			}
+		}
+		rep.Servers = append(rep.Servers, sr)
+	}
+	rep.Servers = append(rep.Servers, absent...)
+	slices.SortFunc(rep.Servers, func(a, b ServerReport) int { return a.Server.Compare(b.Server) })
+	ps.report = rep
+	if !commit {
+		return Commit{}, false
+	}
+	c := Commit{Port: spec.Key, Weights: map[netip.Addr]uint32{}, Delays: map[netip.Addr]float64{},
+		FlowTime: flowTime, Reason: rep.Reason, Change: rep.Change}
+	for i, s := range smp {
+		c.Weights[s.addr], c.Delays[s.addr] = newW[i], newD[i]
+	}
+	return c, true
+}
+
+// delayDecision is the commit stage: at once when a server enters or
+// leaves the working set; when the delay factors moved by more than the
+// sensitivity threshold in all (sum |new - current| / sum current); when
+// the typical flow time moved by more than flowTimeBand.
+func delayDecision(smp []*sample, newW []uint32, newD []float64, curFT, newFT time.Duration, sensitivity float64) (PortReport, bool) {
+	var reasons []string
+	var total, moved float64
+	for i, s := range smp {
+		if s.cur != newW[i] {
+			r := s.state
+			switch {
+			case newW[i] > 0 && s.cur == 0:
+				r = "back"
+			case newW[i] > 0:
+				r = "configured"
+			}
+			if !slices.Contains(reasons, r) {
+				reasons = append(reasons, r)
+			}
+		}
+		if newW[i] > 0 {
+			total += s.delay
+			moved += math.Abs(newD[i] - s.delay)
+		}
+	}
+	var rep PortReport
+	if total > 0 {
+		rep.Change = moved / total
+	}
+	ftMoved := newFT > 0 && (curFT == 0 || !within(float64(newFT), float64(curFT), flowTimeBand))
+	switch {
+	case len(reasons) > 0:
+		rep.Reason = strings.Join(reasons, ", ")
+	case moved > 0 && rep.Change > sensitivity:
+		rep.Reason = "load"
+	case ftMoved:
+		rep.Reason = "flow time"
+	case moved > 0:
+		rep.Reason = "below sensitivity"
+	default:
+		rep.Reason = "no change"
+	}
+	rep.Committed = len(reasons) > 0 || (moved > 0 && rep.Change > sensitivity) || ftMoved
+	return rep, rep.Committed
+}
+
+// The suspect check runs between intervals, on every sample of the
+// counters: a server failing every request at once is fed new flows at the
+// data plane's pace, and every interval of waiting is a fraction of all
+// requests failed. What it compares is what a layer-4 dispatcher sees: the
+// flows a server held, on average over the window, against the flows its
+// new flows would have held had they lasted as long as a typical flow of
+// the port (Little's law). A server failing everything at once holds
+// almost none.
+const (
+	// suspectSamples is the window, in samples (16 an interval).
+	suspectSamples = 4
+	// suspectExpected is how many flows a server must be expected to hold
+	// over the window before it is judged: fewer, and a count of 0 at
+	// every sample is likely enough by chance.
+	suspectExpected = 3
+	// suspectRatio: a server holding this many times fewer flows than
+	// expected is suspect.
+	suspectRatio = 8
+)
+
+// windowSample is one sample of a server's counters.
+type windowSample struct {
+	at       time.Time
+	newFlows uint64
+	active   float64
+}
+
+// windowHeld is what a server held over its sample window, on average, and
+// what its new flows in the window would have held at flowTime each.
+func (st *serverState) windowHeld(flowTime time.Duration) (held, expected float64) {
+	w := st.window
+	if len(w) < suspectSamples+1 {
+		return 0, 0
+	}
+	first, last := w[0], w[len(w)-1]
+	if last.newFlows < first.newFlows || !last.at.After(first.at) {
+		return 0, 0
+	}
+	for _, s := range w[1:] {
+		held += s.active
+	}
+	held /= float64(len(w) - 1)
+	rate := float64(last.newFlows-first.newFlows) / last.at.Sub(first.at).Seconds()
+	return held, rate * flowTime.Seconds()
+}
+
+// checkSuspects adds a sample of a delay port's counters to each server's
+// window and takes out, at once, a server in the working set that held
+// suspectRatio times fewer flows than its new flows would have held at the
+// port's typical flow time, for a cool-down that doubles with each
+// repeat. It reports whether one went out. Called with m.mu held.
+func (m *Manager) checkSuspects(ps *portState, ss executor.ServiceStats, now time.Time, flowTime time.Duration) bool {
+	out := false
+	for _, sv := range ps.spec.Servers {
+		st := ps.servers[sv.Addr]
+		c, ok := ss.Servers[sv.Addr]
+		if st == nil || !ok {
+			continue
+		}
+		st.window = append(st.window, windowSample{at: now, newFlows: c.NewFlows, active: float64(c.Active())})
+		if len(st.window) > suspectSamples+1 {
+			st.window = st.window[len(st.window)-suspectSamples-1:]
+		}
+		if sv.Fixed || sv.Quiesced || st.state != StateUp || flowTime <= 0 || now.Before(st.suspectUntil) {
+			continue
+		}
+		held, expected := st.windowHeld(flowTime)
+		if expected < suspectExpected || held*suspectRatio >= expected {
+			continue
+		}
+		st.suspects++
+		d := m.settings.CoolDown << min(st.suspects-1, 4)
+		st.suspectUntil = now.Add(d)
+		st.suspectNote = fmt.Sprintf("held %.2f flows where its new flows at %s each would hold %.1f: out for %s", held, roundDur(flowTime), expected, d)
+		st.healthy = 0
+		st.window = nil
+		m.log.Warn("manager: suspect server out", "port", ps.spec.Key.String(), "server", sv.Addr.String(), "note", st.suspectNote)
+		out = true
+	}
+	return out
+}
+
+func roundDur(d time.Duration) time.Duration {
+	switch {
+	case d >= time.Second:
+		return d.Round(10 * time.Millisecond)
+	case d >= time.Millisecond:
+		return d.Round(10 * time.Microsecond)
+	}
+	return d.Round(time.Microsecond)
+}

@@ -1,0 +1,303 @@
+package manager
+
+import (
+	"math"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/nd-dispatcher/nd/internal/executor"
+)
+
+// delayRig drives a manager over a Fake delay service: each interval, every
+// server takes new flows at its rate and holds rate x its response time
+// (Little's law), read by the manager's samples as the kernel's counters.
+type delayRig struct {
+	t       *testing.T
+	x       *executor.Fake
+	m       *Manager
+	now     time.Time
+	n       int
+	commits []Commit
+	adv     map[netip.Addr]AdvisorReading
+	opened  []uint64 // new flows given to each server so far
+}
+
+func newDelayRig(t *testing.T, n int, s Settings, props Proportions, advisor string) *delayRig {
+	t.Helper()
+	if s.Sensitivity == 0 {
+		s.Sensitivity = DefaultSensitivity
+	}
+	r := &delayRig{t: t, x: executor.NewFake(), n: n, now: time.Unix(1000, 0), adv: map[netip.Addr]AdvisorReading{}, opened: make([]uint64, n)}
+	svc := executor.Service{Key: key, Scheduler: executor.SchedulerDelay}
+	port := Port{Key: key, Bound: 100, Proportions: props, Advisor: advisor}
+	for i := range n {
+		svc.Servers = append(svc.Servers, executor.Server{Addr: addr(i), MAC: net.HardwareAddr{2, 0, 0, 0, 0, byte(i + 1)}, Ifindex: 1, Weight: 50})
+		port.Servers = append(port.Servers, Server{Addr: addr(i), Weight: 50})
+	}
+	if err := r.x.UpsertService(svc); err != nil {
+		t.Fatal(err)
+	}
+	m, err := New(s, Options{
+		Executor: r.x,
+		Commit:   r.apply,
+		Advisor: func(_ string, _ executor.ServiceKey, a netip.Addr) (AdvisorReading, bool) {
+			v, ok := r.adv[a]
+			return v, ok
+		},
+		Now: func() time.Time { return r.now },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.m = m
+	if err := m.SetPorts([]Port{port}); err != nil {
+		t.Fatal(err)
+	}
+	m.Step()
+	return r
+}
+
+// apply is the daemon's part: weights, delay factors and flow time into
+// the data plane in one update.
+func (r *delayRig) apply(c Commit) error {
+	r.commits = append(r.commits, c)
+	svc := r.x.Services()[0]
+	for i, s := range svc.Servers {
+		if w, ok := c.Weights[s.Addr]; ok {
+			svc.Servers[i].Weight = w
+		}
+		if d, ok := c.Delays[s.Addr]; ok {
+			svc.Servers[i].Delay = d
+		}
+	}
+	if c.Delays != nil {
+		svc.FlowTime = c.FlowTime
+	}
+	return r.x.UpsertService(svc)
+}
+
+// sample moves the clock by dt and sets each server's counters: rate[i]
+// new flows a second, holding held[i] flows; the manager samples them.
+func (r *delayRig) sample(dt time.Duration, rate, held []float64) {
+	r.t.Helper()
+	r.now = r.now.Add(dt)
+	st, err := r.x.Stats()
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	for i := range r.n {
+		add := uint64(math.Round(rate[i] * dt.Seconds()))
+		r.opened[i] += add
+		cur := st.Services[key].Servers[addr(i)]
+		closed := r.opened[i] - uint64(math.Round(held[i]))
+		d := executor.ServerStats{NewFlows: add}
+		if closed > cur.Closed {
+			d.Closed = closed - cur.Closed
+		}
+		if err := r.x.AddCounters(key, addr(i), d); err != nil {
+			r.t.Fatal(err)
+		}
+	}
+	r.m.sampleActive()
+}
+
+// interval runs one manager interval: 16 samples, then the computation.
+// Each server takes rate[i] new flows a second lasting rt[i] seconds.
+func (r *delayRig) interval(rate, rt []float64) {
+	r.t.Helper()
+	held := make([]float64, r.n)
+	for i := range held {
+		held[i] = rate[i] * rt[i]
+	}
+	iv := r.m.Settings().Interval
+	for range activeSamples {
+		r.sample(iv/activeSamples, rate, held)
+	}
+	r.m.Step()
+}
+
+func (r *delayRig) delays() []float64 {
+	out := make([]float64, r.n)
+	for _, s := range r.x.Services()[0].Servers {
+		for i := range r.n {
+			if s.Addr == addr(i) {
+				out[i] = max(s.Delay, 1)
+			}
+		}
+	}
+	return out
+}
+
+func (r *delayRig) weights() []uint32 {
+	out := make([]uint32, r.n)
+	for _, s := range r.x.Services()[0].Servers {
+		for i := range r.n {
+			if s.Addr == addr(i) {
+				out[i] = s.Weight
+			}
+		}
+	}
+	return out
+}
+
+func repeat(v float64, n int) []float64 {
+	out := make([]float64, n)
+	for i := range out {
+		out[i] = v
+	}
+	return out
+}
+
+var delayProps = Proportions{Active: 30, New: 30, Advisor: 40}
+
+// TestDelayEqualServersRest: servers as fast as one another, with the
+// metrics' own noise, get no commit at all: weights stay configured and
+// delay factors at 1.
+func TestDelayEqualServersRest(t *testing.T) {
+	r := newDelayRig(t, 4, Settings{}, delayProps, "")
+	noise := []float64{1, 1.2, 0.85, 1.1}
+	// The first interval reads the port's typical flow time, a commit of
+	// its own; from then on the port is at rest.
+	r.interval(repeat(400, 4), repeat(0.0109, 4))
+	if len(r.commits) != 1 || r.commits[0].Reason != "flow time" {
+		t.Fatalf("first interval's commits %+v, want the flow time", r.commits)
+	}
+	r.commits = nil
+	for k := range 30 {
+		rt := make([]float64, 4)
+		for i := range rt {
+			rt[i] = 0.0109 * noise[(i+k)%4]
+		}
+		r.interval(repeat(400, 4), rt)
+	}
+	if len(r.commits) != 0 {
+		t.Errorf("%d commits on equal servers, want 0: first %+v", len(r.commits), r.commits[0])
+	}
+	for i, w := range r.weights() {
+		if w != 50 {
+			t.Errorf("server %d weight %d, want its configured 50", i, w)
+		}
+	}
+}
+
+// TestDelaySlowServer: a server four times slower than its peers gets a
+// delay factor of 16 at the next interval; its weight stays; when it is
+// well again its factor comes back to 1 within a few intervals.
+func TestDelaySlowServer(t *testing.T) {
+	r := newDelayRig(t, 4, Settings{}, delayProps, "")
+	rates := []float64{200, 450, 450, 450}
+	r.interval(rates, []float64{4 * 0.0109, 0.0109, 0.0109, 0.0109})
+	d := r.delays()
+	t.Logf("slow: delays %v, weights %v", d, r.weights())
+	if d[0] < 12 || d[0] > 20 {
+		t.Errorf("slow server's delay factor %.2f, want about 16", d[0])
+	}
+	for i := 1; i < 4; i++ {
+		if d[i] != 1 {
+			t.Errorf("server %d delay factor %.2f, want 1", i, d[i])
+		}
+	}
+	if w := r.weights(); w[0] != 50 {
+		t.Errorf("slow server's weight %d, want its configured 50", w[0])
+	}
+	if ft := r.x.Services()[0].FlowTime; ft < 10*time.Millisecond || ft > 12*time.Millisecond {
+		t.Errorf("flow time %v, want the peers' 10.9ms", ft)
+	}
+	steps := 0
+	for r.delays()[0] > 1 && steps < 10 {
+		r.interval([]float64{100, 450, 450, 450}, repeat(0.0109, 4))
+		steps++
+		t.Logf("well again, interval %d: delays %v", steps, r.delays())
+	}
+	if steps > 3 {
+		t.Errorf("back to factor 1 after %d intervals, want at most 3", steps)
+	}
+}
+
+// TestDelayAdvisorFloor: a server that takes too few new flows to time is
+// read by its advisor's floor latency; the smoothed latency, which a probe
+// queueing on a busy server inflates, is not what counts.
+func TestDelayAdvisorFloor(t *testing.T) {
+	r := newDelayRig(t, 4, Settings{}, delayProps, "web")
+	for i := range 4 {
+		r.adv[addr(i)] = AdvisorReading{Latency: 30 * time.Millisecond, Floor: time.Millisecond}
+	}
+	r.adv[addr(0)] = AdvisorReading{Latency: 4 * time.Millisecond, Floor: 4 * time.Millisecond}
+	r.interval([]float64{2, 500, 500, 500}, []float64{0.044, 0.0109, 0.0109, 0.0109})
+	d := r.delays()
+	t.Logf("delays %v", d)
+	if d[0] < 12 {
+		t.Errorf("server with 4x its peers' floor latency and too few flows to time: delay factor %.2f, want about 16", d[0])
+	}
+	for i := 1; i < 4; i++ {
+		if d[i] != 1 {
+			t.Errorf("server %d (floor as typical, smoothed high) delay factor %.2f, want 1", i, d[i])
+		}
+	}
+}
+
+// TestDelaySuspect: a server whose flows end at once while it takes new
+// ones at its peers' pace is out within a quarter of an interval, as an
+// event, not at the next interval; it is tried again after its cool-down.
+func TestDelaySuspect(t *testing.T) {
+	r := newDelayRig(t, 4, Settings{}, delayProps, "")
+	r.interval(repeat(400, 4), repeat(0.0109, 4))
+	iv := r.m.Settings().Interval
+	rates := []float64{800, 400, 400, 400}
+	held := []float64{0, 400 * 0.0109, 400 * 0.0109, 400 * 0.0109}
+	out := -1
+	for k := range activeSamples {
+		r.sample(iv/activeSamples, rates, held)
+		select {
+		case <-r.m.trigger:
+			r.m.Step()
+		default:
+		}
+		if r.weights()[0] == 0 {
+			out = k + 1
+			break
+		}
+	}
+	if out < 0 {
+		t.Fatalf("suspect not taken out within an interval: weights %v, report %+v", r.weights(), r.m.Report()[0].Servers[0])
+	}
+	t.Logf("out after %d samples: %s", out, r.m.Report()[0].Servers[0].Note)
+	if out > activeSamples/4+1 {
+		t.Errorf("out after %d samples, want within a quarter of an interval", out)
+	}
+	if st := r.m.Report()[0].Servers[0].State; st != StateSuspect {
+		t.Errorf("state %q, want %q", st, StateSuspect)
+	}
+	// Its cool-down is 3 intervals: back after it, at its weight.
+	for range 4 {
+		r.interval([]float64{0, 500, 500, 500}, repeat(0.0109, 4))
+	}
+	if w := r.weights()[0]; w != 50 {
+		t.Errorf("after its cool-down the server's weight is %d, want 50", w)
+	}
+}
+
+// TestDelayNoSuspectAtLowLoad: servers holding a flow or two at a time,
+// with the counts' noise, are never taken for suspects.
+func TestDelayNoSuspectAtLowLoad(t *testing.T) {
+	r := newDelayRig(t, 4, Settings{}, delayProps, "")
+	iv := r.m.Settings().Interval
+	for k := range 40 {
+		for j := range activeSamples {
+			held := make([]float64, 4)
+			for i := range held {
+				// Snapshots of about one flow in flight: often none.
+				held[i] = float64((k + j + i) % 3)
+			}
+			r.sample(iv/activeSamples, repeat(100, 4), held)
+		}
+		r.m.Step()
+	}
+	for _, s := range r.m.Report()[0].Servers {
+		if s.State != StateUp {
+			t.Errorf("%v is %s: %s", s.Server, s.State, s.Note)
+		}
+	}
+}

@@ -57,15 +57,23 @@ func writePortReport(w io.Writer, pr manager.PortReport) {
 		at = ", " + pr.At.Format(time.TimeOnly)
 	}
 	sched := ""
-	if pr.Scheduler == "p2c" {
+	switch pr.Scheduler {
+	case "p2c":
 		sched = ", p2c: active read as response time"
+	case "delay":
+		sched = ", delay: active read as response time, typical flow " + pr.FlowTime.String()
 	}
 	fmt.Fprintf(w, "\n%s  (%s: %s, change %s%%%s%s)\n", pr.Port, verdict, pr.Reason, trim(100*pr.Change), at, sched)
 	if pr.Err != "" {
 		fmt.Fprintf(w, "  commit failed: %s\n", pr.Err)
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "  SERVER\tSTATE\tACTIVE\tNEW/S\tADVISOR\tHOST\tLOADS\tLMI\tWEIGHT\tNEW\tNOTE")
+	delay := pr.Scheduler == "delay"
+	if delay {
+		fmt.Fprintln(tw, "  SERVER\tSTATE\tACTIVE\tNEW/S\tADVISOR\tHOST\tLOADS\tLMI\tWEIGHT\tNEW\tDELAY\tNEW\tNOTE")
+	} else {
+		fmt.Fprintln(tw, "  SERVER\tSTATE\tACTIVE\tNEW/S\tADVISOR\tHOST\tLOADS\tLMI\tWEIGHT\tNEW\tNOTE")
+	}
 	for _, s := range pr.Servers {
 		adv, host := "-", "-"
 		if s.AdvisorMS >= 0 {
@@ -86,6 +94,11 @@ func writePortReport(w io.Writer, pr manager.PortReport) {
 		state := s.State
 		if s.Fixed {
 			state += " (fixed)"
+		}
+		if delay {
+			fmt.Fprintf(tw, "  %s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\n", s.Server, state, s.Active, trim(s.NewPerSec),
+				adv, host, strings.Join(loads, " "), trim(s.LMI), s.Weight, s.NewWeight, trim(max(s.Delay, 1)), trim(max(s.NewDelay, 1)), s.Note)
+			continue
 		}
 		fmt.Fprintf(tw, "  %s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", s.Server, state, s.Active, trim(s.NewPerSec),
 			adv, host, strings.Join(loads, " "), trim(s.LMI), s.Weight, s.NewWeight, s.Note)

@@ -22,7 +22,7 @@ type Decisions struct {
 
 // managerStates are the states nd_manager_server_state reports.
 func managerStates() []string {
-	return []string{manager.StateUp, manager.StateQuiesced, manager.StateDown, manager.StateDisabled, manager.StateCoolDown, manager.StateAbsent}
+	return []string{manager.StateUp, manager.StateQuiesced, manager.StateDown, manager.StateDisabled, manager.StateCoolDown, manager.StateSuspect, manager.StateAbsent}
 }
 
 // DecisionCollector exports the manager's last computation (LMI, loads,
@@ -32,6 +32,7 @@ type DecisionCollector struct {
 	src Decisions
 
 	lmi, load, target, state, commits *prometheus.Desc
+	delay, flowTime                   *prometheus.Desc
 	advUp, advLatency, advProbes      *prometheus.Desc
 	agentDisabled, agentMetric        *prometheus.Desc
 }
@@ -41,12 +42,14 @@ func NewDecisions(src Decisions) *DecisionCollector {
 	port := []string{"vip", "port", "protocol"}
 	server := append(port[:len(port):len(port)], "server")
 	return &DecisionCollector{
-		src:     src,
-		lmi:     prometheus.NewDesc("nd_manager_lmi", "Load Metric Index of a server of a port at the manager's last computation: 1 is as loaded as its peers.", server, nil),
-		load:    prometheus.NewDesc("nd_manager_load", "One normalised input of the LMI (metric active, new, advisor, host or a custom one) of a server of a port.", append(server[:len(server):len(server)], "metric"), nil),
-		target:  prometheus.NewDesc("nd_manager_weight", "Weight the manager chose for a server of a port at its last computation.", server, nil),
-		state:   prometheus.NewDesc("nd_manager_server_state", "1 for the manager's current state of a server of a port (up, quiesced, down, disabled, cool-down, absent), 0 for the others.", append(server[:len(server):len(server)], "state"), nil),
-		commits: prometheus.NewDesc("nd_manager_commits_total", "Weight commits of a port since ndd started.", port, nil),
+		src:      src,
+		lmi:      prometheus.NewDesc("nd_manager_lmi", "Load Metric Index of a server of a port at the manager's last computation: 1 is as loaded as its peers.", server, nil),
+		load:     prometheus.NewDesc("nd_manager_load", "One normalised input of the LMI (metric active, new, advisor, host or a custom one) of a server of a port.", append(server[:len(server):len(server)], "metric"), nil),
+		target:   prometheus.NewDesc("nd_manager_weight", "Weight the manager chose for a server of a port at its last computation.", server, nil),
+		state:    prometheus.NewDesc("nd_manager_server_state", "1 for the manager's current state of a server of a port (up, quiesced, down, disabled, cool-down, absent), 0 for the others.", append(server[:len(server):len(server)], "state"), nil),
+		commits:  prometheus.NewDesc("nd_manager_commits_total", "Weight commits of a port since ndd started.", port, nil),
+		delay:    prometheus.NewDesc("nd_manager_delay_factor", "Delay factor the manager chose for a server of a port under the delay scheduler: the expected delay of one more flow there against a typical server's (1: typical).", server, nil),
+		flowTime: prometheus.NewDesc("nd_manager_flow_time_seconds", "A typical flow's time on a port under the delay scheduler (the median of its servers' response times).", port, nil),
 
 		advUp:      prometheus.NewDesc("nd_advisor_up", "1 when an advisor finds its target up (after rise/fall), 0 when down; absent until known.", []string{"advisor", "server", "port", "vip"}, nil),
 		advLatency: prometheus.NewDesc("nd_advisor_latency_seconds", "Smoothed latency an advisor measured to its target.", []string{"advisor", "server", "port", "vip"}, nil),
@@ -59,7 +62,7 @@ func NewDecisions(src Decisions) *DecisionCollector {
 
 // Describe sends every description.
 func (c *DecisionCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.lmi, c.load, c.target, c.state, c.commits, c.advUp, c.advLatency, c.advProbes, c.agentDisabled, c.agentMetric} {
+	for _, d := range []*prometheus.Desc{c.lmi, c.load, c.target, c.state, c.commits, c.delay, c.flowTime, c.advUp, c.advLatency, c.advProbes, c.agentDisabled, c.agentMetric} {
 		ch <- d
 	}
 }
@@ -76,10 +79,17 @@ func (c *DecisionCollector) Collect(ch chan<- prometheus.Metric) {
 				continue
 			}
 			ch <- prometheus.MustNewConstMetric(c.commits, prometheus.CounterValue, float64(p.Commits), pl...)
+			delay := p.Scheduler == "delay"
+			if delay {
+				gauge(c.flowTime, p.FlowTime.Seconds(), pl...)
+			}
 			for _, s := range p.Servers {
 				sl := append(pl[:len(pl):len(pl)], s.Server.String())
 				gauge(c.lmi, s.LMI, sl...)
 				gauge(c.target, float64(s.NewWeight), sl...)
+				if delay {
+					gauge(c.delay, max(s.NewDelay, 1), sl...)
+				}
 				for m, v := range s.Loads {
 					gauge(c.load, v, append(sl[:len(sl):len(sl)], m)...)
 				}

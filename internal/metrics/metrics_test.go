@@ -239,6 +239,8 @@ func TestDecisions(t *testing.T) {
 		Manager: func() []manager.PortReport {
 			return []manager.PortReport{{Port: "[2001:db8::100]:80/tcp", Commits: 3, Servers: []manager.ServerReport{
 				{Server: netip.MustParseAddr("2001:db8::11"), State: manager.StateCoolDown, LMI: 3.5, NewWeight: 0, Loads: map[string]float64{"active": 6}},
+			}}, {Port: "198.51.100.100:80/tcp", Scheduler: "delay", FlowTime: 11 * time.Millisecond, Servers: []manager.ServerReport{
+				{Server: netip.MustParseAddr("198.51.100.11"), State: manager.StateSuspect, LMI: 4, NewWeight: 0, NewDelay: 16},
 			}}}
 		},
 		Advisors: func() []advisor.Status {
@@ -263,6 +265,9 @@ func TestDecisions(t *testing.T) {
 		`nd_manager_server_state{port="80",protocol="tcp",server="2001:db8::11",state="cool-down",vip="2001:db8::100"} 1`,
 		`nd_manager_load{metric="active",port="80",protocol="tcp",server="2001:db8::11",vip="2001:db8::100"} 6`,
 		`nd_manager_commits_total{port="80",protocol="tcp",vip="2001:db8::100"} 3`,
+		`nd_manager_delay_factor{port="80",protocol="tcp",server="198.51.100.11",vip="198.51.100.100"} 16`,
+		`nd_manager_flow_time_seconds{port="80",protocol="tcp",vip="198.51.100.100"} 0.011`,
+		`nd_manager_server_state{port="80",protocol="tcp",server="198.51.100.11",state="suspect",vip="198.51.100.100"} 1`,
 		`nd_advisor_up{advisor="web",port="80",server="198.51.100.11",vip=""} 1`,
 		`nd_advisor_latency_seconds{advisor="web",port="80",server="198.51.100.11",vip=""} 0.0015`,
 		`nd_advisor_probes_total{advisor="web",port="80",result="failed",server="198.51.100.11",vip=""} 2`,

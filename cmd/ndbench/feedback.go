@@ -36,7 +36,7 @@ type feedbackOptions struct {
 
 // runOverhead is a run's time besides its load: starting the servers and
 // the balancer, letting the queues drain, stopping.
-const runOverhead = 8 * time.Second
+const runOverhead = 4 * time.Second
 
 // estimate is how long the bench should take: every run's phases plus
 // its overhead.

@@ -482,7 +482,7 @@ func (sc *fbScenario) runSVG(w io.Writer, run *fbRun) error {
 	lp := svgPanel{Title: "p99 latency of the requests due in each second (successful ones), ms, log scale", YMax: 10000, LogMin: 1, Series: []svgSeries{
 		{Name: "p99", Color: "#333", Points: nanNeg(run.P99ms)},
 	}}
-	return writeSVG(w, fmt.Sprintf("%s, %s: %s", sc.Name, run.Balancer, sc.About), len(run.Counts), sc.bands(), []svgPanel{wp, sp, lp})
+	return writeSVG(w, fmt.Sprintf("%s, %s", sc.Name, run.Balancer), len(run.Counts), sc.bands(), []svgPanel{wp, sp, lp})
 }
 
 // compareSVG draws every balancer's share for the scenario's key server
@@ -508,7 +508,7 @@ func (sc *fbScenario) compareSVG(w io.Writer) error {
 		}
 		sp.Series = append(sp.Series, svgSeries{Name: "weight share", Color: "#888", Dashed: true, Points: ws})
 	}
-	return writeSVG(w, fmt.Sprintf("%s: %s, every balancer", sc.Name, sc.About), seconds, sc.bands(), []svgPanel{sp, lp})
+	return writeSVG(w, fmt.Sprintf("%s: every balancer", sc.Name), seconds, sc.bands(), []svgPanel{sp, lp})
 }
 
 // latencySVG compares the balancers' mean and p99.9 over each scenario's

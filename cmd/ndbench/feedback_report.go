@@ -33,6 +33,7 @@ type fbRun struct {
 	About    string `json:"about"`
 	Skipped  string `json:"skipped,omitempty"`
 	Error    string `json:"error,omitempty"`
+	CutShort string `json:"cut_short,omitempty"`
 
 	// Per second: each server's new requests (counted at the server),
 	// nd's weights (unknown: -1 in JSON) and weight commits, the p99 of
@@ -119,7 +120,22 @@ func (sc *fbScenario) mainStats(run *fbRun) latencyStats {
 }
 
 // measureRun fills in run's per-second series, phase results and measures.
+// A run cut short (a signal, the timeout) is padded to its full length
+// with seconds of no requests and unknown weights, and says so.
 func measureRun(sc *scenario, run *fbRun) {
+	if n := len(run.Counts); n < sc.seconds() {
+		run.CutShort = fmt.Sprintf("cut short: %d of %d seconds measured", n, sc.seconds())
+		for len(run.Counts) < sc.seconds() {
+			run.Counts = append(run.Counts, make([]int64, len(sc.Workers)))
+		}
+		for run.nd && len(run.Weights) < sc.seconds() {
+			ws := make([]float64, len(sc.Workers))
+			for i := range ws {
+				ws[i] = math.NaN()
+			}
+			run.Weights = append(run.Weights, ws)
+		}
+	}
 	secs := len(run.Counts)
 	run.P99ms = make([]float64, secs)
 	run.Errors = make([]int, secs)
@@ -391,6 +407,9 @@ func (r *fbReport) writeTable(w io.Writer) {
 			}
 			if run.Error != "" {
 				fmt.Fprintf(w, "   %s: error: %s\n", run.Balancer, run.Error)
+			}
+			if run.CutShort != "" {
+				fmt.Fprintf(w, "   %s: %s\n", run.Balancer, run.CutShort)
 			}
 			if !run.measured() {
 				continue

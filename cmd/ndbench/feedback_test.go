@@ -844,6 +844,15 @@ func TestAnalyseScenarios(t *testing.T) {
 		t.Errorf("sizes measures %+v", znd.Measures)
 	}
 
+	// A run cut short (Ctrl-C) is analysed as far as it went.
+	short := synthRun(addSc, balHAProxy, false, equal, nil, fast)
+	short.Counts = short.Counts[:3]
+	r3 := &fbReport{Scenarios: []*fbScenario{{scenario: addSc, Servers: []string{"server1", "server2", "server3", "server4"}, Runs: []*fbRun{short}}}}
+	r3.analyse()
+	if short.CutShort == "" || len(short.Counts) != addSc.seconds() || short.Measures.ShareReact != -1 {
+		t.Errorf("cut short: %q, %d seconds, react %d", short.CutShort, len(short.Counts), short.Measures.ShareReact)
+	}
+
 	// The report and every plot.
 	var buf bytes.Buffer
 	r.Scenarios = append(r.Scenarios, sr.Scenarios[0])

@@ -23,7 +23,7 @@ func TestFeedbackInLab(t *testing.T) {
 	requireHAProxy(t)
 	ndd := testNDD(t)
 	o, err := parseFeedbackOptions([]string{"--scenarios", "cold-add", "--balancers", "nd,haproxy", "--warmup", "1s",
-		"--phase-scale", "0.1", "--load", "0.2", "--ndd", ndd}, io.Discard)
+		"--phase-scale", "0.15", "--load", "0.2", "--ndd", ndd}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}

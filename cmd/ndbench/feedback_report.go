@@ -246,7 +246,12 @@ func measureRun(sc *scenario, run *fbRun) {
 	if math.IsNaN(m.JoinMaxShare) {
 		m.JoinMaxShare = 0
 	}
-	m.CommitsPerMin = perMinute(run.Commits, last.From+(last.To-last.From)/2, last.To)
+	rest := last.From + (last.To-last.From)/2
+	m.CommitsPerMin = perMinute(run.Commits, rest, last.To)
+	for _, w := range ws {
+		m.TurnsPerMin = max(m.TurnsPerMin, float64(directionChanges(w[rest:last.To], oscMinMove))*60/float64(last.To-rest))
+		m.WeightRange = max(m.WeightRange, span(w[rest:last.To]))
+	}
 	run.WeightsJSON = nil
 	for t, w := range run.Weights {
 		row := make([]float64, len(w))
@@ -265,6 +270,10 @@ func measureRun(sc *scenario, run *fbRun) {
 }
 
 func sec(n int) time.Duration { return time.Duration(n) * time.Second }
+
+// oscMinMove is the smallest move of a weight's share of the total that
+// counts when direction changes are counted: 2 points.
+const oscMinMove = 0.02
 
 // weightShares are the servers' configured weight shares.
 func (s *scenario) weightShares() []float64 {
@@ -418,7 +427,8 @@ func (r *fbReport) writeTable(w io.Writer) {
 			fmt.Fprintf(w, "   %s: %s's share %.1f%% (capacity share %.1f%%, weight share %.1f%%); share reacts in %s, returns in %s",
 				run.Balancer, sc.Servers[m.Key], 100*m.KeyShare, 100*m.CapShare, 100*sc.weightShare(m.Key), secText(m.ShareReact), secText(m.ShareReturn))
 			if run.nd {
-				fmt.Fprintf(w, "; weights settle in %s, return in %s, moved %v; %.1f commits/min settled", secText(m.WeightSettle), secText(m.WeightReturn), m.WeightsMoved, m.CommitsPerMin)
+				fmt.Fprintf(w, "; weights settle in %s, return in %s, moved %v; settled: %.1f commits/min, %.1f turns/min, range %.1f%% of the total",
+					secText(m.WeightSettle), secText(m.WeightReturn), m.WeightsMoved, m.CommitsPerMin, m.TurnsPerMin, 100*m.WeightRange)
 			}
 			fmt.Fprintf(w, "; load average %s -> %s, %d expired\n", run.LoadAvg[0], run.LoadAvg[1], run.Expired)
 			for _, t := range run.Targets {

@@ -57,8 +57,12 @@ type fbMeasures struct {
 	KeyShare float64 `json:"key_share"`
 	CapShare float64 `json:"capacity_share"`
 	// CommitsPerMin is nd's weight commits a minute in the second half of
-	// the last phase ("once settled").
+	// the last phase ("once settled"); TurnsPerMin the most direction
+	// changes a minute of a weight's share of the total there (moves over
+	// 2 points), and WeightRange the widest range of one.
 	CommitsPerMin float64 `json:"commits_per_min_settled"`
+	TurnsPerMin   float64 `json:"weight_turns_per_min_settled"`
+	WeightRange   float64 `json:"weight_range_settled"`
 
 	// Sinkhole: the requests due in the sinkhole phase, those that
 	// failed, the detection (seconds after the sinkhole began from which

@@ -10,95 +10,118 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/nd-dispatcher/nd/internal/api"
 	"github.com/nd-dispatcher/nd/internal/lab"
 )
 
 // feedbackOptions are the flags of `ndbench feedback`.
 type feedbackOptions struct {
-	servers  int
-	workers  int
-	queue    int
-	load     float64
-	slowdown float64
-	warmup   time.Duration
-	normal   time.Duration
-	slow     time.Duration
-	recovery time.Duration
-	variants []variant
-	ndd      string
-	out      string
-	timeout  time.Duration
-	seed     uint64
+	workers    int
+	queue      int
+	load       float64
+	slowdown   float64
+	warmup     time.Duration
+	phaseScale float64
+	scenarios  []string
+	balancers  []balancerSpec
+	ndd        string
+	out        string
+	timeout    time.Duration
+	seed       uint64
 }
 
-// capacity is the cluster's nominal capacity in requests a second: each
-// server completes workers requests per mean service time.
-func (o feedbackOptions) capacity() float64 {
-	return float64(o.servers*o.workers) / meanWork.Seconds()
+// runOverhead is a run's time besides its load: starting the servers and
+// the balancer, letting the queues drain, stopping.
+const runOverhead = 4 * time.Second
+
+// estimate is how long the bench should take: every run's phases plus
+// its overhead.
+func (o feedbackOptions) estimate() time.Duration {
+	var d time.Duration
+	for _, name := range o.scenarios {
+		if sc, err := buildScenario(name, o); err == nil {
+			d += time.Duration(len(o.balancers)) * (time.Duration(sc.seconds())*time.Second + runOverhead)
+		}
+	}
+	return d
 }
-
-func (o feedbackOptions) rate() float64 { return o.load * o.capacity() }
-
-func (o feedbackOptions) total() time.Duration { return o.warmup + o.normal + o.slow + o.recovery }
 
 func parseFeedbackOptions(args []string, stderr io.Writer) (feedbackOptions, error) {
 	var o feedbackOptions
-	var names string
+	var scenarios, balancers string
+	var quick bool
 	fs := newFlagSet("ndbench feedback", stderr,
 		"usage: ndbench feedback [flags]\n\n"+
-			"Builds a lab, runs 4 servers of C workers each under open-loop heavy-tailed load,\n"+
-			"slows server1 down and lets it recover, once per variant of nd's feedback loop,\n"+
-			"and reports latency, errors, shares, reaction times and weight oscillation.\n"+
-			"Must run as root; removes the lab on exit. See docs/FEEDBACK-BENCH.md.\n\n")
-	fs.IntVar(&o.servers, "servers", 4, "servers behind the VIP (2 to 8); server1 is the one slowed down")
-	fs.IntVar(&o.workers, "workers", 4, "requests each server serves at once, C; the rest queue")
+			"Builds a lab and runs the allocation cases of issue 10 (a slow server from the start\n"+
+			"or for a spell, a sinkhole with failing or passing health checks, equal servers, a\n"+
+			"server added cold, servers of sizes 1:2:4) under open-loop heavy-tailed load, once\n"+
+			"per balancer: nd out of the box, nd with p2c, and HAProxy leastconn with and without\n"+
+			"health checks. Reports latency, errors, shares, weights and each target as met or\n"+
+			"not. Must run as root; removes the lab on exit. See docs/FEEDBACK-BENCH.md.\n\n")
+	fs.IntVar(&o.workers, "workers", 8, "requests each server serves at once, C; the rest queue (sizes: C/2, C, 2C)")
 	fs.IntVar(&o.queue, "queue", 1000, "requests each server queues at most; more are turned away (an error)")
-	fs.Float64Var(&o.load, "load", 0.7, "offered load as a fraction of the cluster's nominal capacity")
-	fs.Float64Var(&o.slowdown, "slowdown", 4, "how much slower server1 serves during the slow phase")
-	fs.DurationVar(&o.warmup, "warmup", 20*time.Second, "first phase, not measured")
-	fs.DurationVar(&o.normal, "normal", 20*time.Second, "phase with every server at full speed")
-	fs.DurationVar(&o.slow, "slow", 40*time.Second, "phase with server1 slowed down")
-	fs.DurationVar(&o.recovery, "recovery", 40*time.Second, "phase after server1 recovered")
-	fs.StringVar(&names, "variants", "static,manager-default,manager-advisor,p2c-manager", "variants to run, comma-separated, in order")
+	fs.Float64Var(&o.load, "load", 0.7, "offered load as a fraction of the scenario's capacity")
+	fs.Float64Var(&o.slowdown, "slowdown", 4, "how much slower server1 serves in the slow scenarios")
+	fs.DurationVar(&o.warmup, "warmup", 5*time.Second, "first phase of every run, not measured")
+	fs.Float64Var(&o.phaseScale, "phase-scale", 1, "multiplies every phase's length but the warm-up (0.1 to 4; each at least 2 s)")
+	fs.BoolVar(&quick, "quick", false, "a smoke run: --phase-scale 0.3 --warmup 2s")
+	fs.StringVar(&scenarios, "scenarios", strings.Join(scenarioNames, ","), "scenarios to run, comma-separated, in order")
+	fs.StringVar(&balancers, "balancers", "nd,nd-p2c,haproxy-checks,haproxy", "balancers to run in each scenario, comma-separated, in order")
 	fs.StringVar(&o.ndd, "ndd", "", "the ndd binary (default: build ./cmd/ndd into a temporary directory)")
 	fs.StringVar(&o.out, "out", "", "directory to write feedback.json and the feedback-*.svg plots to (default: none)")
-	fs.DurationVar(&o.timeout, "timeout", 30*time.Minute, "give up, clean up and report what was measured after this long")
-	fs.Uint64Var(&o.seed, "seed", 1, "seed of the arrivals and request classes; every variant gets the same sequence")
+	fs.DurationVar(&o.timeout, "timeout", 45*time.Minute, "give up, clean up and report what was measured after this long")
+	fs.Uint64Var(&o.seed, "seed", 1, "seed of the arrivals and request classes; every balancer gets the same sequence")
 	if err := parseFlags(fs, args); err != nil {
 		return o, err
 	}
-	for _, n := range strings.Split(names, ",") {
-		v, ok := findVariant(strings.TrimSpace(n))
-		if !ok {
-			return o, fmt.Errorf("%w: --variants: unknown variant %q", errUsage, n)
-		}
-		o.variants = append(o.variants, v)
+	if quick {
+		o.phaseScale, o.warmup = 0.3, 2*time.Second
 	}
-	phase := func(d time.Duration) bool { return d >= 2*time.Second && d <= 10*time.Minute && d%time.Second == 0 }
+	seen := map[string]bool{}
+	for _, n := range strings.Split(scenarios, ",") {
+		n = strings.TrimSpace(n)
+		if !slices.Contains(scenarioNames, n) || seen[n] {
+			return o, fmt.Errorf("%w: --scenarios: unknown or repeated scenario %q (know %s)", errUsage, n, strings.Join(scenarioNames, ", "))
+		}
+		seen[n] = true
+		o.scenarios = append(o.scenarios, n)
+	}
+	for _, n := range strings.Split(balancers, ",") {
+		b, ok := findBalancer(strings.TrimSpace(n))
+		if !ok || seen[b.Name] {
+			return o, fmt.Errorf("%w: --balancers: unknown or repeated balancer %q", errUsage, n)
+		}
+		seen[b.Name] = true
+		o.balancers = append(o.balancers, b)
+	}
 	switch {
-	case o.servers < 2 || o.servers > 8:
-		return o, fmt.Errorf("%w: --servers %d: want 2 to 8", errUsage, o.servers)
-	case o.workers < 1 || o.workers > 64:
-		return o, fmt.Errorf("%w: --workers %d: want 1 to 64", errUsage, o.workers)
+	case o.workers < 2 || o.workers > 64:
+		return o, fmt.Errorf("%w: --workers %d: want 2 to 64", errUsage, o.workers)
 	case o.queue < 1 || o.queue > 100_000:
 		return o, fmt.Errorf("%w: --queue %d: want 1 to 100000", errUsage, o.queue)
-	case !(o.load > 0 && o.load <= 2):
-		return o, fmt.Errorf("%w: --load %g: want more than 0, at most 2", errUsage, o.load)
+	case !(o.load > 0 && o.load <= 1.5):
+		return o, fmt.Errorf("%w: --load %g: want more than 0, at most 1.5", errUsage, o.load)
 	case !(o.slowdown >= 1 && o.slowdown <= 100):
 		return o, fmt.Errorf("%w: --slowdown %g: want 1 to 100", errUsage, o.slowdown)
-	case o.warmup < 0 || o.warmup > 10*time.Minute || o.warmup%time.Second != 0:
-		return o, fmt.Errorf("%w: --warmup %v: want whole seconds, 0 to 10m", errUsage, o.warmup)
-	case !phase(o.normal) || !phase(o.slow) || !phase(o.recovery):
-		return o, fmt.Errorf("%w: --normal, --slow and --recovery: want whole seconds, 2s to 10m", errUsage)
-	case o.rate() > 20_000:
-		return o, fmt.Errorf("%w: %.0f requests/s is more than this bench offers (20000)", errUsage, o.rate())
+	case o.warmup < 0 || o.warmup > 5*time.Minute || o.warmup%time.Second != 0:
+		return o, fmt.Errorf("%w: --warmup %v: want whole seconds, 0 to 5m", errUsage, o.warmup)
+	case !(o.phaseScale >= 0.1 && o.phaseScale <= 4):
+		return o, fmt.Errorf("%w: --phase-scale %g: want 0.1 to 4", errUsage, o.phaseScale)
 	case o.timeout <= 0:
 		return o, fmt.Errorf("%w: --timeout %v: want more than 0", errUsage, o.timeout)
+	}
+	for _, n := range o.scenarios {
+		sc, err := buildScenario(n, o)
+		if err != nil {
+			return o, err
+		}
+		if sc.Rate > 20_000 {
+			return o, fmt.Errorf("%w: %s: %.0f requests/s is more than this bench offers (20000)", errUsage, n, sc.Rate)
+		}
 	}
 	return o, nil
 }
@@ -106,13 +129,13 @@ func parseFeedbackOptions(args []string, stderr io.Writer) (feedbackOptions, err
 // runFeedback is `ndbench feedback`.
 func runFeedback(args []string, e env) int {
 	o, err := parseFeedbackOptions(args, e.stderr)
-	ctx, logf, done, code, ok := begin(e, "ndbench feedback", err, "it builds network namespaces and runs ndd", o.timeout)
+	ctx, logf, done, code, ok := begin(e, "ndbench feedback", err, "it builds network namespaces and runs ndd and haproxy in them", o.timeout)
 	if !ok {
 		return code
 	}
 	defer done()
-	logf("ndbench feedback: %d servers x %d workers, capacity %.0f req/s, offered %.0f/s (%.0f%%); %d variants of %v each",
-		o.servers, o.workers, o.capacity(), o.rate(), 100*o.load, len(o.variants), o.total())
+	logf("ndbench feedback: %d scenarios x %d balancers, servers of %d workers, load %.0f%%; about %v",
+		len(o.scenarios), len(o.balancers), o.workers, 100*o.load, o.estimate().Round(time.Second))
 
 	rep, runErr := runFeedbackBench(ctx, o, logf)
 	rep.analyse()
@@ -131,11 +154,12 @@ func runFeedback(args []string, e env) int {
 	return 0
 }
 
-// runFeedbackBench builds the lab, the servers and the client, runs every
-// variant in turn and always tears everything down.
+// runFeedbackBench builds the lab and the client, runs every balancer in
+// every scenario, each run with fresh servers and a fresh balancer, and
+// always tears everything down.
 func runFeedbackBench(ctx context.Context, o feedbackOptions, logf func(string, ...any)) (_ *fbReport, err error) {
 	rep := newFBReport(o)
-	l, err := newCheckedLab(ctx, lab.Options{Servers: o.servers}, logf)
+	l, err := newCheckedLab(ctx, lab.Options{Servers: 4}, logf)
 	if err != nil {
 		return rep, err
 	}
@@ -149,30 +173,11 @@ func runFeedbackBench(ctx context.Context, o feedbackOptions, logf func(string, 
 	}
 	defer os.RemoveAll(dir)
 	nddPath := o.ndd
-	if nddPath == "" {
+	if nddPath == "" && slices.ContainsFunc(o.balancers, balancerSpec.isND) {
 		logf("building ndd")
 		if nddPath, err = buildNDD(ctx, dir); err != nil {
 			return rep, err
 		}
-	}
-
-	sctx, scancel := context.WithCancel(ctx)
-	defer scancel()
-	var servers []*workServer
-	defer func() {
-		for _, s := range servers {
-			s.stop()
-		}
-	}()
-	vip := netip.AddrPortFrom(l.VIP4, servicePort)
-	for i := range l.Servers {
-		h := &l.Servers[i]
-		s, err := startWorkServer(sctx, h, o.workers, o.queue, vip, netip.AddrPortFrom(h.Addr4, servicePort))
-		if err != nil {
-			return rep, err
-		}
-		servers = append(servers, s)
-		rep.Servers = append(rep.Servers, h.Name)
 	}
 	g, err := startGenerator(ctx, &l.Client)
 	if err != nil {
@@ -180,91 +185,138 @@ func runFeedbackBench(ctx context.Context, o feedbackOptions, logf func(string, 
 	}
 	defer g.stop()
 
-	for _, v := range o.variants {
-		vr := &fbVariant{Name: v.name, About: v.about, Interval: v.interval}
-		rep.Variants = append(rep.Variants, vr)
-		verr := runVariant(ctx, o, v, l, servers, g, nddPath, dir, vr, logf)
-		switch {
-		case errors.Is(verr, errNotAvailable):
-			vr.Skipped = verr.Error()
-			logf("%s: skipped: %v", v.name, verr)
-		case verr != nil:
-			vr.Error = verr.Error()
-			logf("%s: %v", v.name, verr)
-			if ctx.Err() != nil {
-				return rep, verr
+	for _, name := range o.scenarios {
+		sc, err := buildScenario(name, o)
+		if err != nil {
+			return rep, err
+		}
+		sr := &fbScenario{scenario: sc}
+		for i := range sc.Workers {
+			sr.Servers = append(sr.Servers, l.Servers[i].Name)
+		}
+		rep.Scenarios = append(rep.Scenarios, sr)
+		for _, b := range o.balancers {
+			run := &fbRun{Balancer: b.Name, About: b.About, nd: b.isND()}
+			sr.Runs = append(sr.Runs, run)
+			rdir := filepath.Join(dir, sc.Name+"-"+b.Name)
+			if err := os.MkdirAll(rdir, 0o700); err != nil {
+				return rep, err
+			}
+			rerr := runOne(ctx, o, sc, b, l, g, nddPath, rdir, run, logf)
+			switch {
+			case errors.Is(rerr, errNotAvailable):
+				run.Skipped = rerr.Error()
+				logf("%s / %s: skipped: %v", sc.Name, b.Name, rerr)
+			case rerr != nil:
+				run.Error = rerr.Error()
+				logf("%s / %s: %v", sc.Name, b.Name, rerr)
+				if ctx.Err() != nil {
+					return rep, rerr
+				}
 			}
 		}
 	}
 	return rep, nil
 }
 
-// runVariant starts ndd with the variant's configuration, runs the phases
-// under load, sampling every second, and stops ndd.
-func runVariant(ctx context.Context, o feedbackOptions, v variant, l *lab.Lab, servers []*workServer,
-	g *generator, nddPath, dir string, vr *fbVariant, logf func(string, ...any)) (err error) {
-	vdir := filepath.Join(dir, v.name)
-	if err := os.MkdirAll(vdir, 0o700); err != nil {
-		return err
+// runOne runs balancer b through scenario sc: fresh servers, the
+// balancer, the events on schedule, the load, a sample every second; and
+// it stops the balancer and the servers on every way out.
+func runOne(ctx context.Context, o feedbackOptions, sc *scenario, b balancerSpec, l *lab.Lab,
+	g *generator, nddPath, dir string, run *fbRun, logf func(string, ...any)) (err error) {
+	sctx, scancel := context.WithCancel(ctx)
+	defer scancel()
+	vip := netip.AddrPortFrom(l.VIP4, servicePort)
+	var servers []*workServer
+	defer func() {
+		for _, s := range servers {
+			s.stop()
+		}
+	}()
+	names := make([]string, len(sc.Workers))
+	for i := range sc.Workers {
+		h := &l.Servers[i]
+		s, err := startWorkServer(sctx, h, sc.Workers[i], o.queue, vip, netip.AddrPortFrom(h.Addr4, servicePort))
+		if err != nil {
+			return err
+		}
+		servers = append(servers, s)
+		names[i] = h.Name
 	}
-	cfgPath := filepath.Join(vdir, "nd.yaml")
-	if err := os.WriteFile(cfgPath, []byte(nddConfig(v, l, vdir)), 0o600); err != nil {
-		return err
+	apply := func(e fbEvent, bal runningBalancer) error {
+		s := servers[e.Server]
+		switch e.Kind {
+		case evSlow:
+			s.setSlowdown(sc.Slowdown)
+		case evWell:
+			s.setSlowdown(1)
+		case evSinkBad:
+			s.setSink(sinkFailing)
+		case evSinkOK:
+			s.setSink(sinkPassing)
+		case evAdd:
+			if bal != nil {
+				return bal.add(e.Server)
+			}
+		}
+		return nil
 	}
-	if err := checkConfig(ctx, nddPath, cfgPath); err != nil {
-		return err
+	// What holds from the start holds before the balancer starts.
+	for _, e := range sc.Events {
+		if e.At == 0 && e.Kind != evAdd {
+			apply(e, nil)
+		}
 	}
-	for _, s := range servers {
-		s.setSlowdown(1)
+	var bal runningBalancer
+	if b.isND() {
+		bal, err = startND(ctx, b, sc, l, nddPath, dir)
+	} else {
+		bal, err = startHAProxy(ctx, b, sc, l, dir)
 	}
-	p, err := startNDD(l, nddPath, cfgPath, filepath.Join(vdir, "ndd.log"))
 	if err != nil {
 		return err
 	}
-	defer func() { err = errors.Join(err, stopNDD(p, 5*time.Second)) }()
-	c, err := api.NewClient(filepath.Join(vdir, "ndd.sock"), "", api.WithTimeout(800*time.Millisecond))
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	if err := waitReady(ctx, c, p, 20*time.Second); err != nil {
-		return err
-	}
-	logf("%s: ndd ready; %v of load at %.0f/s, server1 x%g from %v to %v",
-		v.name, o.total(), o.rate(), o.slowdown, o.warmup+o.normal, o.warmup+o.normal+o.slow)
+	defer func() { err = errors.Join(err, bal.stop()) }()
+	logf("%s / %s: ready; %ds of load at %.0f/s", sc.Name, b.Name, sc.seconds(), sc.Rate)
 
-	names := make([]string, len(l.Servers))
-	addrs := map[string]int{}
-	for i, s := range l.Servers {
-		names[i] = s.Name
-		addrs[s.Addr4.String()] = i
-	}
 	rctx, rcancel := context.WithCancel(ctx)
 	defer rcancel()
+	seconds := sc.seconds()
 	start := time.Now()
 	var wg sync.WaitGroup
-	// The phase switch: server1 slows down, then recovers.
+	var evErr error
 	wg.Go(func() {
-		for _, step := range []struct {
-			at time.Duration
-			f  float64
-		}{{o.warmup + o.normal, o.slowdown}, {o.warmup + o.normal + o.slow, 1}} {
+		for _, e := range sc.Events {
+			if e.At == 0 && e.Kind != evAdd {
+				continue
+			}
 			select {
 			case <-rctx.Done():
 				return
-			case <-time.After(time.Until(start.Add(step.at))):
-				servers[0].setSlowdown(step.f)
+			case <-time.After(time.Until(start.Add(time.Duration(e.At) * time.Second))):
+				if err := apply(e, bal); err != nil {
+					evErr = fmt.Errorf("at %ds, %s %s: %w", e.At, names[e.Server], e.Kind, err)
+				}
 			}
 		}
 	})
-	// The sampler: every second, each server's new requests and ndd's
-	// weights.
-	seconds := int(o.total() / time.Second)
-	vr.Counts = make([][]int64, 0, seconds)
-	vr.Weights = make([][]float64, 0, seconds)
-	vr.LoadAvg[0] = loadAvg()
+	var cmu sync.Mutex
+	run.Commits = make([]int, seconds)
+	if b.isND() {
+		wg.Go(func() {
+			bal.follow(rctx, func(t time.Time) {
+				if s := int(t.Sub(start) / time.Second); t.After(start) && s < seconds {
+					cmu.Lock()
+					run.Commits[s]++
+					cmu.Unlock()
+				}
+			})
+		})
+	}
+	run.Counts = make([][]int64, 0, seconds)
+	run.LoadAvg[0] = loadAvg()
 	for _, s := range servers {
-		vr.Expired -= s.expired.Load()
+		run.Expired -= s.expired.Load()
 	}
 	wg.Go(func() {
 		prev := make([]int64, len(servers))
@@ -290,41 +342,36 @@ func runVariant(ctx context.Context, o feedbackOptions, v variant, l *lab.Lab, s
 				asked += s.asked.Load()
 				held += s.held.Load()
 			}
-			vr.Asked = append(vr.Asked, asked-prevAsked)
-			vr.Held = append(vr.Held, held-prevHeld)
+			run.Asked = append(run.Asked, asked-prevAsked)
+			run.Held = append(run.Held, held-prevHeld)
 			prevAsked, prevHeld = asked, held
-			ws := make([]float64, len(servers))
-			for i := range ws {
-				ws[i] = math.NaN()
-			}
-			if st, err := c.Status(); err == nil {
-				for _, port := range st.Ports {
-					for _, s := range port.Servers {
-						if i, ok := addrs[s.Address]; ok {
-							ws[i] = float64(s.Weight)
-						}
+			run.Counts = append(run.Counts, counts)
+			if b.isND() {
+				ws, ok := bal.weights()
+				if !ok {
+					ws = make([]float64, len(servers))
+					for i := range ws {
+						ws[i] = math.NaN()
 					}
 				}
+				run.Weights = append(run.Weights, ws)
 			}
-			vr.Counts = append(vr.Counts, counts)
-			vr.Weights = append(vr.Weights, ws)
 		}
 	})
-	recs, lerr := openLoop(rctx, g, netip.AddrPortFrom(l.VIP4, servicePort), names, o.rate(), o.total(), o.seed)
+	recs, lerr := openLoop(rctx, g, vip, names, sc.Rate, time.Duration(seconds)*time.Second, o.seed)
 	rcancel()
 	wg.Wait()
-	servers[0].setSlowdown(1)
-	vr.LoadAvg[1] = loadAvg()
+	run.LoadAvg[1] = loadAvg()
 	for _, s := range servers {
-		vr.Expired += s.expired.Load()
+		run.Expired += s.expired.Load()
 	}
-	vr.records = recs
-	if p.Exited() {
-		return fmt.Errorf("ndd exited during the run: %v: %s", p.Err(), p.LogTail(nddLogLines))
+	run.records = recs
+	if err := bal.alive(); err != nil {
+		return err
 	}
-	// Let the servers' queues drain before the next variant.
+	// Let the servers' queues drain before the next run.
 	time.Sleep(2 * time.Second)
-	return lerr
+	return errors.Join(lerr, evErr)
 }
 
 // loadAvg is the machine's one-minute load average, for the record: the
@@ -342,7 +389,9 @@ func loadAvg() string {
 	return f[0]
 }
 
-// writeFiles writes the report as JSON and the plots into dir.
+// writeFiles writes the report as JSON and the plots into dir: for each
+// scenario, one chart of every nd balancer's weights, shares and p99 over
+// time, and one comparing the balancers.
 func (r *fbReport) writeFiles(dir string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
@@ -354,15 +403,21 @@ func (r *fbReport) writeFiles(dir string) error {
 	if err := os.WriteFile(filepath.Join(dir, "feedback.json"), append(b, '\n'), 0o644); err != nil {
 		return err
 	}
-	for _, v := range r.Variants {
-		if len(v.Counts) == 0 {
-			continue
+	for _, sc := range r.Scenarios {
+		for _, run := range sc.Runs {
+			if len(run.Counts) == 0 || !run.nd {
+				continue
+			}
+			path := filepath.Join(dir, "feedback-"+sc.Name+"-"+run.Balancer+".svg")
+			if err := writeSVGFile(path, func(w io.Writer) error { return sc.runSVG(w, run) }); err != nil {
+				return err
+			}
 		}
-		if err := writeSVGFile(filepath.Join(dir, "feedback-"+v.Name+".svg"), func(w io.Writer) error { return r.variantSVG(w, v) }); err != nil {
+		if err := writeSVGFile(filepath.Join(dir, "feedback-"+sc.Name+"-compare.svg"), sc.compareSVG); err != nil {
 			return err
 		}
 	}
-	return writeSVGFile(filepath.Join(dir, "feedback-compare.svg"), r.compareSVG)
+	return writeSVGFile(filepath.Join(dir, "feedback-latency.svg"), r.latencySVG)
 }
 
 func writeSVGFile(path string, fn func(io.Writer) error) error {

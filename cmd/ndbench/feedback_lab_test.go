@@ -3,60 +3,136 @@ package main
 import (
 	"context"
 	"io"
+	"net/netip"
+	"os"
+	"os/exec"
 	"testing"
 	"time"
 
+	"github.com/nd-dispatcher/nd/internal/lab"
 	"github.com/nd-dispatcher/nd/internal/testutil"
 )
 
-// TestFeedbackStaticInLab runs the static variant end to end for a few
-// seconds at a low rate: a lab, ndd in the dispatcher's namespace, the
-// work servers, the open-loop client, the slow-down and the report.
-func TestFeedbackStaticInLab(t *testing.T) {
+// TestFeedbackInLab runs the cold-add scenario end to end, briefly and
+// at a low rate, through nd and through HAProxy: a lab, ndd or haproxy in
+// the dispatcher's namespace, fresh work servers per run, the open-loop
+// client, the fourth server added live (ndd's API, HAProxy's admin
+// socket), and the report.
+func TestFeedbackInLab(t *testing.T) {
 	testutil.RequirePrivileged(t)
+	requireHAProxy(t)
 	ndd := testNDD(t)
-	o, err := parseFeedbackOptions([]string{"--variants", "static", "--warmup", "0s", "--normal", "3s", "--slow", "4s", "--recovery", "2s",
-		"--load", "0.3", "--ndd", ndd}, io.Discard)
+	o, err := parseFeedbackOptions([]string{"--scenarios", "cold-add", "--balancers", "nd,haproxy", "--warmup", "1s",
+		"--phase-scale", "0.15", "--load", "0.2", "--ndd", ndd}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	r, err := runFeedbackBench(ctx, o, t.Logf)
 	if err != nil {
 		t.Fatal(err)
 	}
 	r.analyse()
-	if len(r.Variants) != 1 {
-		t.Fatalf("%d variants", len(r.Variants))
+	if len(r.Scenarios) != 1 || len(r.Scenarios[0].Runs) != 2 {
+		t.Fatalf("%d scenarios", len(r.Scenarios))
 	}
-	v := r.Variants[0]
-	if v.Error != "" || v.Skipped != "" || len(v.Counts) != 9 {
-		t.Fatalf("error %q, skipped %q, %d seconds sampled", v.Error, v.Skipped, len(v.Counts))
-	}
-	normal, slow := v.phaseResult(phNormal), v.phaseResult(phSlow)
-	want := o.rate() * 3
-	if float64(normal.Requests) < 0.8*want || float64(normal.Requests) > 1.2*want {
-		t.Errorf("normal phase: %d requests, want about %.0f", normal.Requests, want)
-	}
-	if normal.Errors > 0 {
-		t.Errorf("normal phase at 30%% load: %d errors %v", normal.Errors, normal.ErrorKinds)
-	}
-	for i, s := range v.Phases[1].Shares {
-		if s < 0.15 || s > 0.35 {
-			t.Errorf("%s got %.1f%% of the requests at equal weights", r.Servers[i], 100*s)
+	sc := r.Scenarios[0]
+	three, _ := sc.phase(phThree)
+	joined, _ := sc.phase(phJoined)
+	for _, run := range sc.Runs {
+		if run.Error != "" || run.Skipped != "" || len(run.Counts) != sc.seconds() {
+			t.Fatalf("%s: error %q, skipped %q, %d seconds sampled", run.Balancer, run.Error, run.Skipped, len(run.Counts))
+		}
+		all := run.Measures.All
+		if all.Requests == 0 || all.Errors > 0 {
+			t.Errorf("%s: %d requests, errors %v", run.Balancer, all.Requests, all.ErrorKinds)
+		}
+		before, after := shares(run.Counts, three.From, three.To), shares(run.Counts, joined.From, joined.To)
+		if before[3] != 0 || before[0] == 0 || before[1] == 0 || before[2] == 0 {
+			t.Errorf("%s: shares before the join %v, want server4 none and the others some", run.Balancer, before)
+		}
+		if after[3] == 0 {
+			t.Errorf("%s: server4 got nothing after it joined: %v", run.Balancer, after)
+		}
+		if run.Balancer == balND && (len(run.Weights) != sc.seconds() || run.Weights[0][3] != 0 || run.Weights[len(run.Weights)-1][3] == 0) {
+			t.Errorf("nd's weights %v: server4 should go from 0 to its weight", run.Weights)
 		}
 	}
-	for _, w := range v.Weights {
-		for _, x := range w {
-			if x != w[0] || x <= 0 {
-				t.Fatalf("static weights %v", w)
-			}
-		}
+}
+
+// TestHAProxyInLab starts HAProxy in a lab's dispatcher namespace from a
+// generated configuration, passes requests through it to the servers,
+// and stops it.
+func TestHAProxyInLab(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	requireHAProxy(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	l, err := newCheckedLab(ctx, lab.Options{Servers: 4}, t.Logf)
+	if err != nil {
+		t.Fatal(err)
 	}
-	// Server1 at 4x slower holds its 100 ms requests for 400 ms.
-	if slow.P999 < 300*time.Millisecond || slow.P999 <= normal.P999 {
-		t.Errorf("slow phase p99.9 %v, normal %v: server1's slow-down does not show", slow.P999, normal.P999)
+	defer l.Close()
+	if err := (&bench{lab: l}).prepareClient(); err != nil {
+		t.Fatal(err)
+	}
+	o, _ := parseFeedbackOptions(nil, io.Discard)
+	sc, _ := buildScenario(scEqual, o)
+	vip := netip.AddrPortFrom(l.VIP4, servicePort)
+	var names []string
+	for i := range sc.Workers {
+		h := &l.Servers[i]
+		s, err := startWorkServer(ctx, h, 2, 100, vip, netip.AddrPortFrom(h.Addr4, servicePort))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.stop()
+		names = append(names, h.Name)
+	}
+	b, _ := findBalancer(balHAProxyChecks)
+	h, err := startHAProxy(ctx, b, sc, l, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.stop()
+	g, err := startGenerator(ctx, &l.Client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.stop()
+	recs, err := openLoop(ctx, g, vip, names, 100, time.Second, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[int]int{}
+	for _, r := range recs {
+		if r.Err != "" {
+			t.Errorf("request due at %v: %s", r.At, r.Err)
+		}
+		seen[r.Server]++
+	}
+	if len(recs) < 50 || len(seen) < 2 {
+		t.Errorf("%d requests, answered by %v: want them spread over the servers", len(recs), seen)
+	}
+	if err := h.alive(); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.stop(); err != nil {
+		t.Error(err)
+	}
+	if !h.exited() {
+		t.Error("haproxy still runs after stop")
+	}
+}
+
+func requireHAProxy(t *testing.T) {
+	t.Helper()
+	if _, err := exec.LookPath("haproxy"); err != nil {
+		if os.Getenv(testutil.RequirePrivilegedEnv) == "1" {
+			t.Fatalf("no haproxy installed (scripts/setup installs it): %v", err)
+		}
+		t.Skipf("no haproxy installed (scripts/setup installs it): %v", err)
 	}
 }
 

@@ -46,7 +46,10 @@ func drawWork(r *rand.Rand) time.Duration {
 }
 
 // Errors of a request, besides the generator's own.
-var errBusy = errors.New("server queue full")
+var (
+	errBusy        = errors.New("server queue full")
+	errServerError = errors.New("server error (HTTP 500)")
+)
 
 // record is one request of a run.
 type record struct {
@@ -126,10 +129,14 @@ func openLoop(ctx context.Context, g *generator, vip netip.AddrPort, names []str
 	return recs, ctx.Err()
 }
 
-// fbErrorKind names a request's error; a full queue is "busy".
+// fbErrorKind names a request's error; a full queue is "busy", a
+// sinkhole's answer "http-500".
 func fbErrorKind(err error) string {
-	if errors.Is(err, errBusy) {
+	switch {
+	case errors.Is(err, errBusy):
 		return "busy"
+	case errors.Is(err, errServerError):
+		return "http-500"
 	}
 	return errorKind(err)
 }
@@ -159,6 +166,8 @@ func parseWorkReply(b []byte, names []string) (int, error) {
 	case bytes.HasPrefix(b, []byte(workOK)):
 	case bytes.HasPrefix(b, []byte(workBusy)):
 		status = errBusy
+	case bytes.HasPrefix(b, []byte(workError)):
+		status = errServerError
 	default:
 		return -1, fmt.Errorf("%w: %q", errBadReply, b[:min(len(b), 40)])
 	}

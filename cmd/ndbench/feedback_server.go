@@ -22,8 +22,10 @@ import (
 // the request away because its queue was full (503), with the server's
 // name as the body either way.
 const (
-	workOK     = "HTTP/1.0 200 OK\r\n"
-	workBusy   = "HTTP/1.0 503 Busy\r\n"
+	workOK   = "HTTP/1.0 200 OK\r\n"
+	workBusy = "HTTP/1.0 503 Busy\r\n"
+	// workError is a sinkhole's answer, to work and probes alike.
+	workError  = "HTTP/1.0 500 Internal Server Error\r\n"
 	maxWorkReq = 256
 )
 
@@ -33,7 +35,7 @@ func workRequest(d time.Duration) string {
 }
 
 // parseWorkRequest reads the service time out of a request's first line.
-// Any other path, such as an advisor's "GET /", is a probe: it is served
+// Any other path, such as an advisor's "GET /health", is a probe: it is served
 // like a fast request, through the same queue, so that its response time
 // shows the server's queueing, but it is not counted as the workload's.
 func parseWorkRequest(b []byte) (d time.Duration, probe bool, err error) {
@@ -143,6 +145,7 @@ type workServer struct {
 	name     string
 	q        *workQueue
 	slowdown atomic.Uint64 // math.Float64bits of the factor
+	sink     atomic.Int32  // sinkNone, sinkFailing or sinkPassing
 	requests atomic.Int64  // work requests received (probes not counted)
 	rejected atomic.Int64  // turned away, queue full
 	expired  atomic.Int64  // dropped after waiting longer than a client waits
@@ -176,6 +179,16 @@ func startWorkServer(ctx context.Context, host *lab.Host, limit, maxWait int, ad
 	return s, nil
 }
 
+// A sinkhole answers every workload request at once with an error
+// (workError), without queueing; its probes fail the same way
+// (sinkFailing) or are served as usual (sinkPassing).
+const (
+	sinkNone int32 = iota
+	sinkFailing
+	sinkPassing
+)
+
+func (s *workServer) setSink(mode int32)    { s.sink.Store(mode) }
 func (s *workServer) setSlowdown(f float64) { s.slowdown.Store(math.Float64bits(f)) }
 func (s *workServer) slowdownFactor() float64 {
 	return math.Float64frombits(s.slowdown.Load())
@@ -194,6 +207,10 @@ func (s *workServer) serve(c net.Conn) {
 	}
 	if !probe {
 		s.requests.Add(1)
+	}
+	if sink := s.sink.Load(); sink != sinkNone && (!probe || sink == sinkFailing) {
+		c.Write([]byte(workError + "\r\n" + s.name + "\n"))
+		return
 	}
 	arrived := time.Now()
 	if err := s.q.acquire(s.ctx); err != nil {

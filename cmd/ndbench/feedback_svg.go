@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
 	"strings"
 )
 
@@ -167,4 +168,75 @@ func tickStep(seconds int) int {
 		}
 	}
 	return 1200
+}
+
+// A bar chart: groups of bars (a scenario's balancers), one panel per
+// value (mean, p99.9), on log scales from 1 to 10,000.
+type svgBar struct {
+	Name   string
+	Values [2]float64 // NaN: no bar
+}
+
+type svgGroup struct {
+	Name string
+	Bars []svgBar
+}
+
+func writeBars(w io.Writer, title string, panels []string, groups []svgGroup) error {
+	bw := bufio.NewWriter(w)
+	const lo, hi = 0.0, 4.0 // log10 of 1 and 10,000
+	height := svgMarginT + len(panels)*(svgPanelH+svgGap) + 10
+	plotW := float64(svgWidth - svgMarginL - svgMarginR)
+	fmt.Fprintf(bw, `<?xml version="1.0" encoding="UTF-8"?>`+"\n")
+	fmt.Fprintf(bw, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="sans-serif" font-size="12">`+"\n",
+		svgWidth, height, svgWidth, height)
+	fmt.Fprintf(bw, `<rect width="%d" height="%d" fill="white"/>`+"\n", svgWidth, height)
+	fmt.Fprintf(bw, `<text x="%d" y="22" font-size="15" font-weight="bold">%s</text>`+"\n", svgMarginL, svgText(title))
+	names := []string{}
+	for _, g := range groups {
+		for _, b := range g.Bars {
+			if !slices.Contains(names, b.Name) {
+				names = append(names, b.Name)
+			}
+		}
+	}
+	groupW := plotW / math.Max(float64(len(groups)), 1)
+	barW := groupW * 0.8 / math.Max(float64(len(names)), 1)
+	for pi, title := range panels {
+		top := float64(svgMarginT + pi*(svgPanelH+svgGap))
+		bottom := top + svgPanelH
+		yOf := func(v float64) float64 {
+			l := math.Min(math.Max(math.Log10(math.Max(v, 1e-9)), lo), hi)
+			return bottom - svgPanelH*(l-lo)/(hi-lo)
+		}
+		fmt.Fprintf(bw, `<text x="%d" y="%.1f" font-weight="bold">%s</text>`+"\n", svgMarginL, top-6, svgText(title+", log scale"))
+		for e := lo; e <= hi; e++ {
+			y := yOf(math.Pow(10, e))
+			fmt.Fprintf(bw, `<line x1="%d" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#ddd"/>`+"\n", svgMarginL, y, svgMarginL+plotW, y)
+			fmt.Fprintf(bw, `<text x="%d" y="%.1f" text-anchor="end">%s</text>`+"\n", svgMarginL-5, y+4, formatTick(math.Pow(10, e)))
+		}
+		fmt.Fprintf(bw, `<rect x="%d" y="%.1f" width="%.1f" height="%d" fill="none" stroke="#333"/>`+"\n", svgMarginL, top, plotW, svgPanelH)
+		for gi, g := range groups {
+			x0 := svgMarginL + float64(gi)*groupW + groupW*0.1
+			for _, b := range g.Bars {
+				v := b.Values[min(pi, 1)]
+				if math.IsNaN(v) || math.IsInf(v, 0) {
+					continue
+				}
+				k := slices.Index(names, b.Name)
+				y := yOf(v)
+				fmt.Fprintf(bw, `<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s"><title>%s %s: %.1f</title></rect>`+"\n",
+					x0+float64(k)*barW, y, barW*0.9, bottom-y, svgPalette[(k+1)%len(svgPalette)], svgText(g.Name), svgText(b.Name), v)
+			}
+			fmt.Fprintf(bw, `<text x="%.1f" y="%.1f" text-anchor="middle" font-size="10">%s</text>`+"\n", x0+groupW*0.4, bottom+14, svgText(g.Name))
+		}
+		for k, n := range names {
+			ly := top + 14 + float64(k)*16
+			lx := float64(svgWidth - svgMarginR + 10)
+			fmt.Fprintf(bw, `<rect x="%.1f" y="%.1f" width="14" height="10" fill="%s"/>`+"\n", lx, ly-9, svgPalette[(k+1)%len(svgPalette)])
+			fmt.Fprintf(bw, `<text x="%.1f" y="%.1f">%s</text>`+"\n", lx+20, ly, svgText(n))
+		}
+	}
+	fmt.Fprintln(bw, `</svg>`)
+	return bw.Flush()
 }

@@ -18,7 +18,8 @@
 // and the figures are medians over the rounds. See docs/BENCH.md.
 //
 // It must run as root: `go run ./cmd/ndbench`. `ndbench feedback` runs
-// the feedback-loop bench instead; see docs/FEEDBACK-BENCH.md.
+// the allocation bench instead (nd against HAProxy's least-connections in
+// the cases of issue 10); see docs/FEEDBACK-BENCH.md.
 package main
 
 import (

@@ -243,6 +243,9 @@ func labTarget(a netip.AddrPort) (*unix.SockaddrInet4, error) {
 // exchange connects fd to sa, sends req and reads the reply to its end (at
 // most maxReply bytes), then closes fd, which resets the connection.
 func exchange(fd int, sa *unix.SockaddrInet4, req string, deadline time.Time) ([]byte, error) {
+	// Connect encodes the address into the value it is given: concurrent
+	// exchanges with one target each need their own.
+	sa = &unix.SockaddrInet4{Port: sa.Port, Addr: sa.Addr}
 	if err := unix.Connect(fd, sa); err != nil && err != unix.EINPROGRESS {
 		unix.Close(fd)
 		return nil, fmt.Errorf("connect: %w", err)

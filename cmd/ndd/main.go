@@ -23,6 +23,8 @@ import (
 	"github.com/nd-dispatcher/nd/internal/executor"
 	"github.com/nd-dispatcher/nd/internal/metrics"
 	"github.com/nd-dispatcher/nd/internal/neighbor"
+	"github.com/nd-dispatcher/nd/internal/sdnotify"
+	"github.com/nd-dispatcher/nd/internal/version"
 )
 
 func main() {
@@ -37,12 +39,17 @@ func run(args []string, stdout, stderr io.Writer) int {
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logJSON := fs.Bool("log-json", false, "log as JSON lines instead of text")
 	destroy := fs.Bool("destroy", false, "detach and remove the pinned data plane (every flow is lost), then exit")
+	showVersion := fs.Bool("version", false, "print the build (version, VCS revision and time, Go version) and exit")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: ndd [--config FILE] [--check FILE] [--destroy] [--log-level LEVEL] [--log-json]\n")
+		fmt.Fprintf(stderr, "usage: ndd [--config FILE] [--check FILE] [--destroy] [--log-level LEVEL] [--log-json] [--version]\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
 		return 2
+	}
+	if *showVersion {
+		fmt.Fprintln(stdout, version.Line("ndd"))
+		return 0
 	}
 
 	if *check != "" {
@@ -119,7 +126,19 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 		steer = st
 	}
 
-	d, err := daemon.New(cfg, daemon.Options{Executor: x, Neighbors: nbr, ConfigPath: path, Logger: log, Steering: steer})
+	// Under systemd (Type=notify) the service is ready once the data plane
+	// is attached and the configuration installed, not merely started.
+	notify := sdnotify.New(os.Getenv(sdnotify.Env))
+	tell := func(states ...string) {
+		if err := notify.Notify(states...); err != nil {
+			log.Warn("tell the service manager", "err", err)
+		}
+	}
+	ready := func() {
+		tell(sdnotify.Ready, sdnotify.Status(fmt.Sprintf("dispatching on %s", strings.Join(cfg.Interfaces, ", "))))
+	}
+
+	d, err := daemon.New(cfg, daemon.Options{Executor: x, Neighbors: nbr, ConfigPath: path, Logger: log, Steering: steer, Ready: ready})
 	if err != nil {
 		return err
 	}
@@ -151,13 +170,20 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 		for {
 			select {
 			case <-ctx.Done():
+				tell(sdnotify.Stopping, sdnotify.Status("stopping; the data plane keeps forwarding"))
 				return
 			case <-hup:
+				if err := notify.BeginReload(); err != nil {
+					log.Warn("tell the service manager", "err", err)
+				}
+				status := "reloaded"
 				if ch, err := d.Reload(); err != nil {
 					log.Error("reload refused; the running configuration stays", "err", err)
+					status = "reload refused, the running configuration stays: " + err.Error()
 				} else {
 					log.Info("reloaded", "changes", ch.String())
 				}
+				tell(sdnotify.Ready, sdnotify.Status(status))
 			}
 		}
 	}()

@@ -151,7 +151,7 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 		Logger:  log,
 		Metrics: metrics.Handler(metrics.New(d.Status), metrics.NewDecisions(metrics.Decisions{
 			Manager: d.ManagerReport, Advisors: d.AdvisorStatus, Agents: d.AgentStatus,
-		})),
+		}), metrics.NewHA(d.HAStatus)),
 	}
 	if cfg.API.Listen != "" {
 		if apiOpts.Token, err = token(cfg.API); err != nil {

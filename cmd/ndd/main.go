@@ -12,10 +12,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/nd-dispatcher/nd/internal/api"
 	"github.com/nd-dispatcher/nd/internal/config"
@@ -162,6 +165,14 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	// metrics.listen: /metrics on a listener of its own, for Prometheus,
+	// bound now so that a bad address stops ndd before it says ready.
+	var metricsLn net.Listener
+	if cfg.Metrics.Listen != "" {
+		if metricsLn, err = net.Listen("tcp", cfg.Metrics.Listen); err != nil {
+			return fmt.Errorf("metrics: listen on %s: %w", cfg.Metrics.Listen, err)
+		}
+	}
 
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -188,12 +199,18 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 		}
 	}()
 
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
+	running := 2
 	go func() { errc <- d.Run(ctx) }()
 	go func() { errc <- srv.Serve(ctx) }()
+	if metricsLn != nil {
+		running++
+		go func() { errc <- serveMetrics(ctx, metricsLn, apiOpts.Metrics) }()
+		log.Info("metrics serving", "listen", metricsLn.Addr().String())
+	}
 	log.Info("ndd running", "config", path, "socket", cfg.API.Socket, "interfaces", cfg.Interfaces)
 	var first error
-	for range 2 {
+	for range running {
 		if err := <-errc; err != nil && first == nil {
 			first = err
 			stop()
@@ -204,6 +221,26 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 	}
 	log.Info("ndd stopped; the data plane keeps forwarding", "pin_path", cfg.DataPlane.PinPath)
 	return nil
+}
+
+// serveMetrics serves h at /metrics on ln, without authentication, until
+// ctx ends.
+func serveMetrics(ctx context.Context, ln net.Listener, h http.Handler) error {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", h)
+	s := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ln) }()
+	select {
+	case err := <-done:
+		return fmt.Errorf("metrics listener: %w", err)
+	case <-ctx.Done():
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		err := s.Shutdown(sctx)
+		<-done
+		return err
+	}
 }
 
 func token(a config.API) (string, error) {

@@ -1,7 +1,11 @@
 package e2e
 
 import (
+	"context"
+	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -12,10 +16,12 @@ import (
 	"github.com/nd-dispatcher/nd/internal/testutil"
 )
 
-// TestNDDNotifiesServiceManager plays systemd's part for Type=notify: ndd
-// finds $NOTIFY_SOCKET, says READY=1 once it dispatches, RELOADING=1 then
-// READY=1 around a SIGHUP reload, and STOPPING=1 on SIGTERM.
-func TestNDDNotifiesServiceManager(t *testing.T) {
+// TestNDDAsService runs ndd as its systemd unit does. It plays systemd's
+// part for Type=notify: ndd finds $NOTIFY_SOCKET, says READY=1 once it
+// dispatches, RELOADING=1 then READY=1 around a SIGHUP reload, and
+// STOPPING=1 on SIGTERM. And it plays Prometheus's: metrics.listen serves
+// /metrics without a token.
+func TestNDDAsService(t *testing.T) {
 	testutil.RequirePrivileged(t)
 	// A path, not an abstract address: abstract unix sockets belong to a
 	// network namespace, and ndd runs in the lab's.
@@ -37,9 +43,31 @@ func TestNDDNotifiesServiceManager(t *testing.T) {
 		}
 		return strings.Split(strings.TrimSuffix(string(buf[:n]), "\n"), "\n")
 	}
-	n := newNDDLab(t, []int{1, 1}, nil)
+	var metricsAddr string
+	n := newNDDLab(t, []int{1, 1}, func(c *nddConfig) {
+		metricsAddr = "198.51.100.3:9180" // the dispatcher's address
+		c.Metrics = metricsAddr
+	})
 	if got := next("READY=1"); got[0] != sdnotify.Ready || !strings.Contains(strings.Join(got, "\n"), "STATUS=dispatching on "+n.cfg.Interfaces[0]) {
 		t.Fatalf("first notification %q, want READY=1 and the interfaces", got)
+	}
+
+	client := &http.Client{Timeout: apiTimeout, Transport: &http.Transport{
+		Proxy: nil,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return n.lab.Client.NS.DialContext(ctx, network, addr)
+		},
+	}}
+	defer client.CloseIdleConnections()
+	resp, err := client.Get("http://" + metricsAddr + "/metrics")
+	if err != nil {
+		t.Fatalf("scrape metrics.listen: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	want := fmt.Sprintf(`nd_server_weight{port="%d",protocol="tcp",server="%s",vip="%s"} 1`, servicePort, n.cfg.Ports[0].Servers[0].Addr, n.lab.VIP4)
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), want) {
+		t.Errorf("GET /metrics on %s: %d, want 200 with %s:\n%s", metricsAddr, resp.StatusCode, want, firstBytes(string(body), 2000))
 	}
 
 	if err := n.ndd.Signal(syscall.SIGHUP); err != nil {

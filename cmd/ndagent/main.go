@@ -17,6 +17,7 @@ import (
 	"syscall"
 
 	"github.com/nd-dispatcher/nd/internal/agent"
+	"github.com/nd-dispatcher/nd/internal/version"
 )
 
 func main() {
@@ -30,12 +31,17 @@ func run(args []string, stdout, stderr io.Writer) int {
 	check := fs.Bool("check", false, "validate the configuration (and load its key and certificates), then exit")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logJSON := fs.Bool("log-json", false, "log as JSON lines instead of text")
+	showVersion := fs.Bool("version", false, "print the build (version, VCS revision and time, Go version) and exit")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: ndagent [--config FILE] [--check] [--log-level LEVEL] [--log-json]\n")
+		fmt.Fprintf(stderr, "usage: ndagent [--config FILE] [--check] [--log-level LEVEL] [--log-json] [--version]\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
 		return 2
+	}
+	if *showVersion {
+		fmt.Fprintln(stdout, version.Line("ndagent"))
+		return 0
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "ndagent: unexpected arguments %q\n", fs.Args())

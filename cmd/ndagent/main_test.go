@@ -134,3 +134,11 @@ func TestServeAndStop(t *testing.T) {
 		t.Errorf("logs: %s", logs.String())
 	}
 }
+
+func TestVersion(t *testing.T) {
+	var out, errb bytes.Buffer
+	// --version needs no configuration file.
+	if code := run([]string{"--version", "--config", "/nonexistent"}, &out, &errb); code != 0 || !strings.HasPrefix(out.String(), "ndagent ") {
+		t.Errorf("ndagent --version: exit %d, stdout %q, stderr %q", code, out.String(), errb.String())
+	}
+}

@@ -77,6 +77,9 @@ type session struct {
 	socket, url, token string
 	json               bool
 	cmd                *command
+	// onHelp, when set, is given the flag set of a leaf command whose
+	// help is printed: how `ndctl completion` learns every command's flags.
+	onHelp func(*flag.FlagSet)
 }
 
 // command is a node of the command tree: a group (with subs) or a leaf
@@ -460,6 +463,9 @@ func (c *command) groupHelp(w io.Writer) {
 }
 
 func (s *session) leafHelp(w io.Writer, fs *flag.FlagSet) {
+	if s.onHelp != nil {
+		s.onHelp(fs)
+	}
 	c := s.cmd
 	line := "ndctl " + c.path()
 	if c.args != "" {

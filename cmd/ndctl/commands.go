@@ -108,6 +108,16 @@ API token.`},
 		{name: "lab", run: labCmd,
 			summary: "build a namespace lab, run nd in it and show it balancing traffic",
 			help:    labHelp},
+		{name: "version", run: versionCmd, read: true,
+			summary: "print ndctl's build: version, VCS revision and time, Go version"},
+		{name: "completion", args: "bash", run: completionCmd,
+			summary: "print a bash completion script for ndctl",
+			help: `
+The script completes commands, subcommands, flags and the values of flags
+that take one of a few words (--protocol tcp|udp). Load it with
+  source <(ndctl completion bash)
+or install it as /usr/share/bash-completion/completions/ndctl (the Debian
+package does).`},
 		{name: "help", args: "[COMMAND...]", run: helpCmd,
 			summary: "help on ndctl or on a command"},
 	}}

@@ -12,10 +12,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/nd-dispatcher/nd/internal/api"
 	"github.com/nd-dispatcher/nd/internal/config"
@@ -23,6 +26,8 @@ import (
 	"github.com/nd-dispatcher/nd/internal/executor"
 	"github.com/nd-dispatcher/nd/internal/metrics"
 	"github.com/nd-dispatcher/nd/internal/neighbor"
+	"github.com/nd-dispatcher/nd/internal/sdnotify"
+	"github.com/nd-dispatcher/nd/internal/version"
 )
 
 func main() {
@@ -37,12 +42,17 @@ func run(args []string, stdout, stderr io.Writer) int {
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logJSON := fs.Bool("log-json", false, "log as JSON lines instead of text")
 	destroy := fs.Bool("destroy", false, "detach and remove the pinned data plane (every flow is lost), then exit")
+	showVersion := fs.Bool("version", false, "print the build (version, VCS revision and time, Go version) and exit")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: ndd [--config FILE] [--check FILE] [--destroy] [--log-level LEVEL] [--log-json]\n")
+		fmt.Fprintf(stderr, "usage: ndd [--config FILE] [--check FILE] [--destroy] [--log-level LEVEL] [--log-json] [--version]\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
 		return 2
+	}
+	if *showVersion {
+		fmt.Fprintln(stdout, version.Line("ndd"))
+		return 0
 	}
 
 	if *check != "" {
@@ -119,7 +129,19 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 		steer = st
 	}
 
-	d, err := daemon.New(cfg, daemon.Options{Executor: x, Neighbors: nbr, ConfigPath: path, Logger: log, Steering: steer})
+	// Under systemd (Type=notify) the service is ready once the data plane
+	// is attached and the configuration installed, not merely started.
+	notify := sdnotify.New(os.Getenv(sdnotify.Env))
+	tell := func(states ...string) {
+		if err := notify.Notify(states...); err != nil {
+			log.Warn("tell the service manager", "err", err)
+		}
+	}
+	ready := func() {
+		tell(sdnotify.Ready, sdnotify.Status(fmt.Sprintf("dispatching on %s", strings.Join(cfg.Interfaces, ", "))))
+	}
+
+	d, err := daemon.New(cfg, daemon.Options{Executor: x, Neighbors: nbr, ConfigPath: path, Logger: log, Steering: steer, Ready: ready})
 	if err != nil {
 		return err
 	}
@@ -132,7 +154,7 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 		Logger:  log,
 		Metrics: metrics.Handler(metrics.New(d.Status), metrics.NewDecisions(metrics.Decisions{
 			Manager: d.ManagerReport, Advisors: d.AdvisorStatus, Agents: d.AgentStatus,
-		})),
+		}), metrics.NewHA(d.HAStatus)),
 	}
 	if cfg.API.Listen != "" {
 		if apiOpts.Token, err = token(cfg.API); err != nil {
@@ -143,6 +165,14 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	// metrics.listen: /metrics on a listener of its own, for Prometheus,
+	// bound now so that a bad address stops ndd before it says ready.
+	var metricsLn net.Listener
+	if cfg.Metrics.Listen != "" {
+		if metricsLn, err = net.Listen("tcp", cfg.Metrics.Listen); err != nil {
+			return fmt.Errorf("metrics: listen on %s: %w", cfg.Metrics.Listen, err)
+		}
+	}
 
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -151,23 +181,36 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 		for {
 			select {
 			case <-ctx.Done():
+				tell(sdnotify.Stopping, sdnotify.Status("stopping; the data plane keeps forwarding"))
 				return
 			case <-hup:
+				if err := notify.BeginReload(); err != nil {
+					log.Warn("tell the service manager", "err", err)
+				}
+				status := "reloaded"
 				if ch, err := d.Reload(); err != nil {
 					log.Error("reload refused; the running configuration stays", "err", err)
+					status = "reload refused, the running configuration stays: " + err.Error()
 				} else {
 					log.Info("reloaded", "changes", ch.String())
 				}
+				tell(sdnotify.Ready, sdnotify.Status(status))
 			}
 		}
 	}()
 
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
+	running := 2
 	go func() { errc <- d.Run(ctx) }()
 	go func() { errc <- srv.Serve(ctx) }()
+	if metricsLn != nil {
+		running++
+		go func() { errc <- serveMetrics(ctx, metricsLn, apiOpts.Metrics) }()
+		log.Info("metrics serving", "listen", metricsLn.Addr().String())
+	}
 	log.Info("ndd running", "config", path, "socket", cfg.API.Socket, "interfaces", cfg.Interfaces)
 	var first error
-	for range 2 {
+	for range running {
 		if err := <-errc; err != nil && first == nil {
 			first = err
 			stop()
@@ -178,6 +221,26 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 	}
 	log.Info("ndd stopped; the data plane keeps forwarding", "pin_path", cfg.DataPlane.PinPath)
 	return nil
+}
+
+// serveMetrics serves h at /metrics on ln, without authentication, until
+// ctx ends.
+func serveMetrics(ctx context.Context, ln net.Listener, h http.Handler) error {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", h)
+	s := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ln) }()
+	select {
+	case err := <-done:
+		return fmt.Errorf("metrics listener: %w", err)
+	case <-ctx.Done():
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		err := s.Shutdown(sctx)
+		<-done
+		return err
+	}
 }
 
 func token(a config.API) (string, error) {

@@ -62,6 +62,10 @@ type Options struct {
 	// HAVIPs manages the VIP addresses of a high-availability node; nil
 	// means the kernel's (ha.NewKernelVIPs on the ha section's interface).
 	HAVIPs ha.VIPs
+	// Ready, if set, is called once by Run when the configuration given to
+	// New is applied: the data plane is attached and every service
+	// installed (ndd tells systemd it is ready then).
+	Ready func()
 }
 
 // Daemon is one running dispatcher.
@@ -100,6 +104,7 @@ type Daemon struct {
 	hosts agents
 	ha    *haLink // nil without an ha section
 	steer Steering
+	ready func()
 	// addrs are the configured VIPs and co-located servers, read without
 	// d.mu by advisors' probes.
 	addrs atomic.Pointer[addrSets]
@@ -154,6 +159,7 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 		delays:   map[executor.ServiceKey]portDelays{},
 	}
 	d.steer = o.Steering
+	d.ready = o.Ready
 	var via func(server, vip netip.Addr) (advisor.DialFunc, error)
 	if o.Steering != nil {
 		via = d.viaVIP
@@ -226,6 +232,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	d.pending = nil
 	d.removeStrayServices()
+	if d.ready != nil {
+		d.ready()
+	}
 
 	tick := time.NewTicker(d.every)
 	defer tick.Stop()

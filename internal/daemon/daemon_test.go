@@ -402,3 +402,45 @@ func TestRestartKeepsServersAwaitingResolution(t *testing.T) {
 	nbr.set(srv1, "", 2) // the resolver answers: unreachable
 	w.eventually("unreachable server dropped", func() bool { _, ok := w.weights()[srv1]; return !ok })
 }
+
+// TestReadyAfterApply: Run calls Ready once, after the data plane is
+// attached and the services installed (ndd's READY=1 to systemd).
+func TestReadyAfterApply(t *testing.T) {
+	x, nbr := executor.NewFake(), newStaticNeighbors()
+	nbr.set(srv1, "02:00:00:00:00:11", 2)
+	nbr.set(srv2, "02:00:00:00:00:12", 2)
+	type seen struct{ attached, services int }
+	readyc := make(chan seen, 2)
+	d, err := New(parse(t, baseConfig), Options{
+		Executor: x, Neighbors: nbr, Interfaces: fakeInterfaces,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Ready:  func() { readyc <- seen{len(x.Attached()), len(x.Services())} },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(readyc) != 0 {
+		t.Fatal("ready before Run")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	select {
+	case s := <-readyc:
+		if s.attached != 1 || s.services != 1 {
+			t.Errorf("ready with %d interfaces attached and %d services installed, want 1 and 1", s.attached, s.services)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Ready not called")
+	}
+	if _, err := d.Update(func(c *config.Config) error { c.Clusters[0].Ports[0].Servers[0].Weight = 7; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if len(readyc) != 0 {
+		t.Error("Ready called more than once")
+	}
+}

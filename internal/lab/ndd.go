@@ -141,6 +141,15 @@ func (p *NDD) Stop(sig syscall.Signal, timeout time.Duration) error {
 	}
 }
 
+// Signal sends sig to ndd (SIGHUP: reload its configuration file) and
+// returns at once.
+func (p *NDD) Signal(sig syscall.Signal) error {
+	if p.Exited() {
+		return p.exitedErr("before " + unix.SignalName(sig))
+	}
+	return p.cmd.Process.Signal(sig)
+}
+
 // Kill kills ndd at once, as its host dying would, and waits until it is
 // gone. Its pinned data plane, if any, stays.
 func (p *NDD) Kill() {

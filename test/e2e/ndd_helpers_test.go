@@ -131,6 +131,7 @@ type nddConfig struct {
 	Interfaces []string
 	Listen     string // api.listen; with Token
 	Token      string
+	Metrics    string // metrics.listen
 	// Manager is the manager section's body (indented two spaces);
 	// "" keeps weights as configured (policy static).
 	Manager string
@@ -159,6 +160,9 @@ func (c nddConfig) yaml() string {
 	fmt.Fprintf(&b, "api:\n  socket: %s\n", c.Socket)
 	if c.Listen != "" {
 		fmt.Fprintf(&b, "  listen: %q\n  token: %q\n", c.Listen, c.Token)
+	}
+	if c.Metrics != "" {
+		fmt.Fprintf(&b, "metrics:\n  listen: %q\n", c.Metrics)
 	}
 	if c.Manager == "" {
 		fmt.Fprintf(&b, "manager:\n  policy: static\n")
@@ -214,6 +218,9 @@ type nddLab struct {
 	runs    []*lab.NDD            // every run, for their logs
 	addrOf  map[string]netip.Addr // server name -> its IPv4 address
 	nameOf  map[netip.Addr]string
+	// binary, when set, is run instead of the ndd built for the tests
+	// (a wrapper that confines it, say).
+	binary string
 }
 
 // pinPrefix starts the pin path of every ndd the tests run; the process's
@@ -299,7 +306,11 @@ func (n *nddLab) writeConfig(t *testing.T, c nddConfig) {
 // answers and every configured server is in the data plane.
 func (n *nddLab) start(t *testing.T) {
 	t.Helper()
-	p, err := lab.StartNDD(&n.lab.Dispatcher, lab.NDDOptions{Binary: nddBinary(t), Config: n.cfgPath,
+	bin := n.binary
+	if bin == "" {
+		bin = nddBinary(t)
+	}
+	p, err := lab.StartNDD(&n.lab.Dispatcher, lab.NDDOptions{Binary: bin, Config: n.cfgPath,
 		Log: filepath.Join(n.dir, fmt.Sprintf("ndd-%d.log", len(n.runs)+1))})
 	if err != nil {
 		t.Fatal(err)

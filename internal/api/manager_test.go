@@ -15,7 +15,7 @@ func TestManagerRoutes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rep.Policy != "default" || rep.Proportions.Active != 30 || rep.Interval != "2s" || len(rep.Ports) != 1 {
+	if rep.Policy != "default" || rep.Proportions.Active != 30 || rep.Interval != "1s" || len(rep.Ports) != 1 {
 		t.Fatalf("report %+v", rep)
 	}
 

@@ -27,7 +27,7 @@ import (
 const (
 	DefaultPinPath     = "/sys/fs/bpf/nd"
 	DefaultSocket      = "/run/nd/ndd.sock"
-	DefaultInterval    = 2 * time.Second
+	DefaultInterval    = time.Second
 	DefaultSensitivity = 0.05
 	DefaultSmoothing   = 1.5
 	DefaultPolicy      = PolicyDefault

@@ -149,13 +149,13 @@ func TestDiff(t *testing.T) {
 				want := []Setting{
 					{"api.token", "(secret)", "(secret)"},
 					{"metrics.listen", `""`, `"127.0.0.1:9100"`},
-					{"manager.interval", "2s", "5s"},
+					{"manager.interval", "1s", "5s"},
 				}
 				if !slices.Equal(ch.Settings, want) {
 					t.Errorf("settings %+v, want %+v", ch.Settings, want)
 				}
 			},
-			string: "set api.token: (secret) -> (secret)\nset metrics.listen: \"\" -> \"127.0.0.1:9100\"\nset manager.interval: 2s -> 5s",
+			string: "set api.token: (secret) -> (secret)\nset metrics.listen: \"\" -> \"127.0.0.1:9100\"\nset manager.interval: 1s -> 5s",
 		},
 		{
 			name: "settings that need a restart",

@@ -351,7 +351,7 @@ func TestParseDefaults(t *testing.T) {
 		},
 		API: API{Socket: "/run/nd/ndd.sock"},
 		Manager: Manager{
-			Interval: 2 * time.Second, Sensitivity: 0.05, Smoothing: 1.5, Policy: "default",
+			Interval: time.Second, Sensitivity: 0.05, Smoothing: 1.5, Policy: "default",
 			Proportions: Proportions{Active: 30, New: 30, Advisor: 40}, Overload: 3, HostMetric: "cpu",
 		},
 		Clusters: []Cluster{{

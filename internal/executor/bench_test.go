@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 )
@@ -96,11 +97,13 @@ func measureXDP(b *testing.B) []benchFigure {
 	h.upsert(Service{Key: ServiceKey{vip4, 80, TCP}, Servers: []Server{onIn(s1, macS1), onIn(s2, macS2), onIn(s3, macS3), onIn(s4, macS4)}})
 	h.upsert(Service{Key: ServiceKey{vip6, 80, TCP}, Servers: []Server{onIn(s1v6, macS1), onIn(netip.MustParseAddr("2001:db8::12"), macS2)}})
 	h.upsert(Service{Key: ServiceKey{vip4, 81, TCP}, Scheduler: SchedulerP2C, Servers: []Server{onIn(s1, macS1), onIn(s2, macS2), onIn(s3, macS3), onIn(s4, macS4)}})
+	h.upsert(Service{Key: ServiceKey{vip4, 82, TCP}, Scheduler: SchedulerDelay, FlowTime: 10 * time.Millisecond, Servers: []Server{onIn(s1, macS1), onIn(s2, macS2), onIn(s3, macS3), onIn(s4, macS4)}})
 
 	est4 := pad64(tcp4(50000, 80, tcpACK).build())
 	est6 := pad64(frame{dstMAC: macIn, srcMAC: macClient, src: client6, dst: vip6, proto: 6, sport: 50000, dport: 80, tcpFlags: tcpACK}.build())
 	newFlow := pad64(tcp4(1, 80, tcpSYN).build())
 	newFlowP2C := pad64(tcp4(1, 81, tcpSYN).build())
+	newFlowDelay := pad64(tcp4(1, 82, tcpSYN).build())
 	nonVIP := tcp4(50001, 80, tcpACK)
 	nonVIP.dst = netip.MustParseAddr("198.51.100.200")
 	pass := pad64(nonVIP.build())
@@ -159,6 +162,10 @@ func measureXDP(b *testing.B) []benchFigure {
 		// Informational: what the p2c scheduler adds to a new flow.
 		{name: "NewFlowV4P2C", target: h.x.objs.NdDispatch, frame: newFlowP2C, portOff: 14 + 20, addrOff: 14 + 12 + 2, action: xdpTX,
 			check: newFlowTo(newFlowP2C)},
+		// Informational: the delay scheduler (the configuration's default)
+		// scoring four servers, with its charge on.
+		{name: "NewFlowV4Delay", target: h.x.objs.NdDispatch, frame: newFlowDelay, portOff: 14 + 20, addrOff: 14 + 12 + 2, action: xdpTX,
+			check: newFlowTo(newFlowDelay)},
 		{name: "PassNonVIP", target: h.x.objs.NdDispatch, frame: pass, action: xdpPass, check: unchanged(pass), maxRatio: 2},
 		{name: "FilteredPort", target: h.x.objs.NdDispatch, frame: filtered, action: xdpDrop, check: unchanged(filtered)},
 	}

@@ -220,16 +220,38 @@ func (m *Manager) delayPort(ps *portState, inst executor.Service, ss executor.Se
 		}
 		l, have := delayLMI(i, pr, loads, ok)
 		lmi[i] = l
-		if !load || static || s.spec.Fixed {
+		rise := st.rise
+		st.rise = 0
+		if static || s.spec.Fixed {
+			continue
+		}
+		if rise > newD[i] {
+			// Seen between intervals (checkSamples): up at once.
+			newD[i] = rise
+		}
+		if !load {
 			continue
 		}
 		target := 1.0
 		if have {
 			target = delayTarget(l)
 		}
+		// A rise read over a whole interval must be read twice in a row:
+		// one interval's reading of a few hundred flows is noisy enough
+		// to cross the band now and then on equal servers, two are not.
+		// A fall is smoothed instead.
+		if target > newD[i] {
+			st.above++
+			if st.above < 2 {
+				target = newD[i]
+			}
+		} else {
+			st.above = 0
+		}
 		// With no reading (too few flows to time, no advisor) the factor
 		// relaxes toward 1: the server is tried again, and read.
-		newD[i] = smoothDelay(s.delay, target, set.Smoothing)
+		newD[i] = smoothDelay(newD[i], target, set.Smoothing)
+		st.delay = newD[i]
 	}
 	if !load || flowTime == 0 {
 		flowTime = inst.FlowTime
@@ -330,17 +352,25 @@ func delayDecision(smp []*sample, newW []uint32, newD []float64, curFT, newFT ti
 	return rep, rep.Committed
 }
 
-// The suspect check runs between intervals, on every sample of the
-// counters: a server failing every request at once is fed new flows at the
-// data plane's pace, and every interval of waiting is a fraction of all
-// requests failed. What it compares is what a layer-4 dispatcher sees: the
-// flows a server held, on average over the window, against the flows its
-// new flows would have held had they lasted as long as a typical flow of
-// the port (Little's law). A server failing everything at once holds
-// almost none.
+// Between intervals, on every sample of the counters (16 an interval), the
+// manager looks at what a layer-4 dispatcher sees of each server: the flows
+// it held, on average over the last samples, against the flows its new flows
+// would have held had they lasted as long as a typical flow of the port
+// (Little's law). Two things cannot wait for the interval:
+//
+//   - a suspect: a server failing every request at once is fed new flows at
+//     the data plane's pace, and every interval of waiting is a fraction of
+//     all requests failed. It holds almost nothing: out at once.
+//   - a slow-down: a server turning four times slower takes its share of
+//     long requests at four times their length until its factor rises, and
+//     those are the tail. It holds several times what it should: its factor
+//     rises at once (falls wait for the interval and its smoothing).
 const (
-	// suspectSamples is the window, in samples (16 an interval).
+	// suspectSamples is the suspect check's window, in samples.
 	suspectSamples = 4
+	// riseSamples is the slow-down check's window, in samples: longer, as
+	// a rise on noise costs a server its share.
+	riseSamples = 8
 	// suspectExpected is how many flows a server must be expected to hold
 	// over the window before it is judged: fewer, and a count of 0 at
 	// every sample is likely enough by chance.
@@ -348,6 +378,9 @@ const (
 	// suspectRatio: a server holding this many times fewer flows than
 	// expected is suspect.
 	suspectRatio = 8
+	// riseRatio: a server holding this many times more than expected has
+	// its delay factor raised at once (to the ratio cubed).
+	riseRatio = 2.5
 )
 
 // windowSample is one sample of a server's counters.
@@ -357,13 +390,14 @@ type windowSample struct {
 	active   float64
 }
 
-// windowHeld is what a server held over its sample window, on average, and
-// what its new flows in the window would have held at flowTime each.
-func (st *serverState) windowHeld(flowTime time.Duration) (held, expected float64) {
+// windowHeld is what a server held over its last n samples, on average,
+// and what its new flows in them would have held at flowTime each.
+func (st *serverState) windowHeld(n int, flowTime time.Duration) (held, expected float64) {
 	w := st.window
-	if len(w) < suspectSamples+1 {
+	if len(w) < n+1 {
 		return 0, 0
 	}
+	w = w[len(w)-n-1:]
 	first, last := w[0], w[len(w)-1]
 	if last.newFlows < first.newFlows || !last.at.After(first.at) {
 		return 0, 0
@@ -376,13 +410,14 @@ func (st *serverState) windowHeld(flowTime time.Duration) (held, expected float6
 	return held, rate * flowTime.Seconds()
 }
 
-// checkSuspects adds a sample of a delay port's counters to each server's
-// window and takes out, at once, a server in the working set that held
-// suspectRatio times fewer flows than its new flows would have held at the
-// port's typical flow time, for a cool-down that doubles with each
-// repeat. It reports whether one went out. Called with m.mu held.
-func (m *Manager) checkSuspects(ps *portState, ss executor.ServiceStats, now time.Time, flowTime time.Duration) bool {
-	out := false
+// checkSamples adds a sample of a delay port's counters to each server's
+// window, takes out at once a server in the working set that held
+// suspectRatio times fewer flows than expected (for a cool-down that
+// doubles with each repeat), and asks at once for a higher delay factor for
+// one that held riseRatio times more. It reports whether either happened:
+// the caller triggers a computation. Called with m.mu held.
+func (m *Manager) checkSamples(ps *portState, ss executor.ServiceStats, now time.Time, flowTime time.Duration) bool {
+	act := false
 	for _, sv := range ps.spec.Servers {
 		st := ps.servers[sv.Addr]
 		c, ok := ss.Servers[sv.Addr]
@@ -390,26 +425,38 @@ func (m *Manager) checkSuspects(ps *portState, ss executor.ServiceStats, now tim
 			continue
 		}
 		st.window = append(st.window, windowSample{at: now, newFlows: c.NewFlows, active: float64(c.Active())})
-		if len(st.window) > suspectSamples+1 {
-			st.window = st.window[len(st.window)-suspectSamples-1:]
+		if len(st.window) > riseSamples+1 {
+			st.window = st.window[len(st.window)-riseSamples-1:]
 		}
 		if sv.Fixed || sv.Quiesced || st.state != StateUp || flowTime <= 0 || now.Before(st.suspectUntil) {
 			continue
 		}
-		held, expected := st.windowHeld(flowTime)
-		if expected < suspectExpected || held*suspectRatio >= expected {
+		if held, expected := st.windowHeld(suspectSamples, flowTime); expected >= suspectExpected && held*suspectRatio < expected {
+			st.suspects++
+			d := m.settings.CoolDown << min(st.suspects-1, 4)
+			st.suspectUntil = now.Add(d)
+			st.suspectNote = fmt.Sprintf("held %.2f flows where its new flows at %s each would hold %.1f: out for %s", held, roundDur(flowTime), expected, d)
+			st.healthy = 0
+			st.window = nil
+			m.log.Warn("manager: suspect server out", "port", ps.spec.Key.String(), "server", sv.Addr.String(), "note", st.suspectNote)
+			act = true
 			continue
 		}
-		st.suspects++
-		d := m.settings.CoolDown << min(st.suspects-1, 4)
-		st.suspectUntil = now.Add(d)
-		st.suspectNote = fmt.Sprintf("held %.2f flows where its new flows at %s each would hold %.1f: out for %s", held, roundDur(flowTime), expected, d)
-		st.healthy = 0
-		st.window = nil
-		m.log.Warn("manager: suspect server out", "port", ps.spec.Key.String(), "server", sv.Addr.String(), "note", st.suspectNote)
-		out = true
+		if _, static := m.wcf.(Static); static {
+			continue
+		}
+		held, expected := st.windowHeld(riseSamples, flowTime)
+		// A server the scheduler starves (its peers far less busy) is
+		// judged on what it holds: expected then reads at least one flow.
+		if held < suspectExpected || held < riseRatio*max(expected, 1) {
+			continue
+		}
+		if t := delayTarget(held / max(expected, 1)); t > 1.5*max(st.rise, st.delay, 1) {
+			st.rise = t
+			act = true
+		}
 	}
-	return out
+	return act
 }
 
 func roundDur(d time.Duration) time.Duration {

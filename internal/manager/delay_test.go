@@ -187,6 +187,9 @@ func TestDelayEqualServersRest(t *testing.T) {
 // well again its factor comes back to 1 within a few intervals.
 func TestDelaySlowServer(t *testing.T) {
 	r := newDelayRig(t, 4, Settings{}, delayProps, "")
+	r.interval(repeat(400, 4), repeat(0.0109, 4))
+	// The slow-down is seen between intervals: up at once, not two
+	// intervals later.
 	rates := []float64{200, 450, 450, 450}
 	r.interval(rates, []float64{4 * 0.0109, 0.0109, 0.0109, 0.0109})
 	d := r.delays()
@@ -218,13 +221,18 @@ func TestDelaySlowServer(t *testing.T) {
 
 // TestDelayAdvisorFloor: a server that takes too few new flows to time is
 // read by its advisor's floor latency; the smoothed latency, which a probe
-// queueing on a busy server inflates, is not what counts.
+// queueing on a busy server inflates, is not what counts. Read over whole
+// intervals, a rise needs two readings in a row.
 func TestDelayAdvisorFloor(t *testing.T) {
 	r := newDelayRig(t, 4, Settings{}, delayProps, "web")
 	for i := range 4 {
 		r.adv[addr(i)] = AdvisorReading{Latency: 30 * time.Millisecond, Floor: time.Millisecond}
 	}
 	r.adv[addr(0)] = AdvisorReading{Latency: 4 * time.Millisecond, Floor: 4 * time.Millisecond}
+	r.interval([]float64{2, 500, 500, 500}, []float64{0.044, 0.0109, 0.0109, 0.0109})
+	if d := r.delays(); d[0] != 1 {
+		t.Errorf("one interval's reading raised the factor to %.2f: a rise needs two", d[0])
+	}
 	r.interval([]float64{2, 500, 500, 500}, []float64{0.044, 0.0109, 0.0109, 0.0109})
 	d := r.delays()
 	t.Logf("delays %v", d)
@@ -299,5 +307,61 @@ func TestDelayNoSuspectAtLowLoad(t *testing.T) {
 		if s.State != StateUp {
 			t.Errorf("%v is %s: %s", s.Server, s.State, s.Note)
 		}
+	}
+}
+
+// TestDelayRiseBetweenIntervals: a server turning four times slower has its
+// delay factor raised within half an interval of samples, as an event.
+func TestDelayRiseBetweenIntervals(t *testing.T) {
+	r := newDelayRig(t, 4, Settings{}, delayProps, "")
+	r.interval(repeat(400, 4), repeat(0.0109, 4))
+	r.interval(repeat(400, 4), repeat(0.0109, 4))
+	iv := r.m.Settings().Interval
+	rates := []float64{250, 450, 450, 450}
+	held := []float64{250 * 4 * 0.0109, 450 * 0.0109, 450 * 0.0109, 450 * 0.0109}
+	risen := -1
+	for k := range activeSamples {
+		r.sample(iv/activeSamples, rates, held)
+		select {
+		case <-r.m.trigger:
+			r.m.Step()
+		default:
+		}
+		if r.delays()[0] > 8 {
+			risen = k + 1
+			break
+		}
+	}
+	t.Logf("risen after %d samples: delays %v", risen, r.delays())
+	if risen < 0 || risen > activeSamples/2 {
+		t.Errorf("slow server's factor rose after %d samples, want within half an interval (%d)", risen, activeSamples/2)
+	}
+}
+
+// TestDelayNoRiseOnNoise: equal servers whose held flows swing by half from
+// one sample to the next see no rise and no commit once at rest.
+func TestDelayNoRiseOnNoise(t *testing.T) {
+	r := newDelayRig(t, 4, Settings{}, delayProps, "")
+	r.interval(repeat(400, 4), repeat(0.0109, 4))
+	r.commits = nil
+	iv := r.m.Settings().Interval
+	swing := []float64{1, 1.5, 0.5, 1.2, 0.8, 1.4, 0.6}
+	for k := range 30 {
+		for j := range activeSamples {
+			held := make([]float64, 4)
+			for i := range held {
+				held[i] = 400 * 0.0109 * swing[(k+j+2*i)%len(swing)]
+			}
+			r.sample(iv/activeSamples, repeat(400, 4), held)
+			select {
+			case <-r.m.trigger:
+				r.m.Step()
+			default:
+			}
+		}
+		r.m.Step()
+	}
+	if len(r.commits) != 0 {
+		t.Errorf("%d commits on equal servers' noise, first %+v", len(r.commits), r.commits[0])
 	}
 }

@@ -59,7 +59,7 @@ type Settings struct {
 
 // Defaults of Settings.
 const (
-	DefaultInterval    = 2 * time.Second
+	DefaultInterval    = time.Second
 	DefaultSensitivity = 0.05
 	DefaultSmoothing   = 1.5
 	DefaultOverload    = 3
@@ -442,7 +442,7 @@ func (m *Manager) sampleActive() {
 			st.active.sum += float64(c.Active())
 			st.active.n++
 		}
-		if ps.sched == executor.SchedulerDelay && m.checkSuspects(ps, ss, now, ps.flowTime) {
+		if ps.sched == executor.SchedulerDelay && m.checkSamples(ps, ss, now, ps.flowTime) {
 			suspect = true
 		}
 	}

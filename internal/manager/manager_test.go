@@ -349,7 +349,7 @@ func TestDeadBand(t *testing.T) {
 }
 
 func TestOverloadedServerCoolsDownAndReturns(t *testing.T) {
-	c := newCluster(t, 4, Settings{CoolDown: 6 * time.Second}, Proportions{Active: 50, New: 50})
+	c := newCluster(t, 4, Settings{Interval: 2 * time.Second, CoolDown: 6 * time.Second}, Proportions{Active: 50, New: 50})
 	c.interval(1000)
 	// Server 2 suddenly holds ten times its share of open flows.
 	c.x.AddCounters(key, addr(2), executor.ServerStats{NewFlows: 5000})
@@ -929,7 +929,7 @@ func TestCoolDownEndsEarlyToKeepHalfIn(t *testing.T) {
 // at a quarter of the peers' mean, which shrank with each round), and the
 // weights are back on their configured figures once the overloads stop.
 func TestReturnsDoNotRatchetDown(t *testing.T) {
-	c := newCluster(t, 4, Settings{CoolDown: 2 * time.Second}, Proportions{Advisor: 100})
+	c := newCluster(t, 4, Settings{Interval: 2 * time.Second, CoolDown: 2 * time.Second}, Proportions{Advisor: 100})
 	c.withAdvisor(Proportions{Advisor: 100})
 	prev := c.weights()
 	var starts []uint32
@@ -974,7 +974,7 @@ func TestReturnsDoNotRatchetDown(t *testing.T) {
 // are worked off.
 func TestRecoveryBurstDoesNotCascade(t *testing.T) {
 	props := Proportions{Active: 30, New: 30, Advisor: 40}
-	c := newCluster(t, 8, Settings{}, props)
+	c := newCluster(t, 8, Settings{Interval: 2 * time.Second}, props)
 	c.withAdvisor(props)
 	c.probeRT, c.queues = true, true
 	const rate = 2000 // 68% of the port's capacity

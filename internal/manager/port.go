@@ -81,9 +81,14 @@ type serverState struct {
 	suspectUntil time.Time
 	suspects     int
 	suspectNote  string
-	// window holds the last samples of its counters, for the suspect check
-	// between intervals.
+	// window holds the last samples of its counters, for the checks
+	// between intervals (checkSamples); rise is the delay factor they
+	// asked for, 0 if none, and delay the factor last computed. above
+	// counts intervals in a row whose LMI asked for a higher factor.
 	window []windowSample
+	rise   float64
+	delay  float64
+	above  int
 }
 
 // Step bounds: a weight's first moves may double or halve it; each turn

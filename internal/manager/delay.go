@@ -57,9 +57,12 @@ const (
 	minDelayFlows = 20
 	// flowTimeBand: the typical flow time is committed again when it
 	// moves by more than this factor.
-	flowTimeBand = 1.25
+	flowTimeBand = 1.5
 	// delayExponent: the delay factor of a server whose LMI is L is L^3.
 	delayExponent = 3
+	// delayHold: a delay factor above 1 stays where it is while its target
+	// is within this factor of it (an LMI within 26%).
+	delayHold = 2
 )
 
 // delayTarget is the delay factor an LMI asks for.
@@ -226,8 +229,10 @@ func (m *Manager) delayPort(ps *portState, inst executor.Service, ss executor.Se
 			continue
 		}
 		if rise > newD[i] {
-			// Seen between intervals (checkSamples): up at once.
-			newD[i] = rise
+			// Seen between intervals (checkSamples): up at once. The
+			// interval under way straddles the change: its reading
+			// must not take the factor down again.
+			newD[i], st.delay, st.rose = rise, rise, true
 		}
 		if !load {
 			continue
@@ -236,21 +241,7 @@ func (m *Manager) delayPort(ps *portState, inst executor.Service, ss executor.Se
 		if have {
 			target = delayTarget(l)
 		}
-		// A rise read over a whole interval must be read twice in a row:
-		// one interval's reading of a few hundred flows is noisy enough
-		// to cross the band now and then on equal servers, two are not.
-		// A fall is smoothed instead.
-		if target > newD[i] {
-			st.above++
-			if st.above < 2 {
-				target = newD[i]
-			}
-		} else {
-			st.above = 0
-		}
-		// With no reading (too few flows to time, no advisor) the factor
-		// relaxes toward 1: the server is tried again, and read.
-		newD[i] = smoothDelay(newD[i], target, set.Smoothing)
+		newD[i] = st.nextDelay(newD[i], target, set.Smoothing)
 		st.delay = newD[i]
 	}
 	if !load || flowTime == 0 {
@@ -304,6 +295,37 @@ func (m *Manager) delayPort(ps *portState, inst executor.Service, ss executor.Se
 		c.Weights[s.addr], c.Delays[s.addr] = newW[i], newD[i]
 	}
 	return c, true
+}
+
+// nextDelay is the smoothing stage for one server's delay factor, given
+// the target its interval's LMI asks for:
+//
+//   - a target within delayHold of the factor leaves it: the readings of a
+//     server the scheduler keeps aside are few and noisy, and every move is
+//     a commit;
+//   - a rise must be read twice in a row: one interval's reading of a few
+//     hundred flows crosses the band now and then on equal servers, two in
+//     a row do not (a rise seen between intervals is taken at once by
+//     checkSamples instead);
+//   - a fall is smoothed, but not on the interval that straddles a rise
+//     seen between intervals, whose reading is half from before it.
+func (st *serverState) nextDelay(cur, target, smoothing float64) float64 {
+	rose := st.rose
+	st.rose = false
+	if target > cur {
+		st.above++
+	} else {
+		st.above = 0
+	}
+	switch {
+	case target == cur || (target > 1 && cur > 1 && within(target, cur, delayHold)):
+		return cur
+	case target > cur && st.above < 2:
+		return cur
+	case target < cur && rose:
+		return cur
+	}
+	return smoothDelay(cur, target, smoothing)
 }
 
 // delayDecision is the commit stage: at once when a server enters or
@@ -381,6 +403,13 @@ const (
 	// riseRatio: a server holding this many times more than expected has
 	// its delay factor raised at once (to the ratio cubed).
 	riseRatio = 2.5
+	// suspectCoolDowns: a suspect sits out this many cool-downs (doubled
+	// on each repeat): with its health check passing, only traffic can
+	// show it well again, and each try costs the requests it fails.
+	suspectCoolDowns = 4
+	// probationIntervals: for this many computations after it comes back,
+	// a former suspect is judged on a shorter window.
+	probationIntervals = 2
 )
 
 // windowSample is one sample of a server's counters.
@@ -431,9 +460,16 @@ func (m *Manager) checkSamples(ps *portState, ss executor.ServiceStats, now time
 		if sv.Fixed || sv.Quiesced || st.state != StateUp || flowTime <= 0 || now.Before(st.suspectUntil) {
 			continue
 		}
-		if held, expected := st.windowHeld(suspectSamples, flowTime); expected >= suspectExpected && held*suspectRatio < expected {
+		// A server just back from being suspect is on probation: judged
+		// on half the window and less evidence, every flow it fails being
+		// a request lost.
+		n, minExp := suspectSamples, float64(suspectExpected)
+		if st.suspects > 0 && st.healthy <= probationIntervals {
+			n, minExp = suspectSamples/2, suspectExpected/2
+		}
+		if held, expected := st.windowHeld(n, flowTime); expected >= minExp && held*suspectRatio < expected {
 			st.suspects++
-			d := m.settings.CoolDown << min(st.suspects-1, 4)
+			d := suspectCoolDowns * m.settings.CoolDown << min(st.suspects-1, 4)
 			st.suspectUntil = now.Add(d)
 			st.suspectNote = fmt.Sprintf("held %.2f flows where its new flows at %s each would hold %.1f: out for %s", held, roundDur(flowTime), expected, d)
 			st.healthy = 0

@@ -89,6 +89,9 @@ type serverState struct {
 	rise   float64
 	delay  float64
 	above  int
+	// rose: the factor rose between intervals during the interval under
+	// way (checkSamples).
+	rose bool
 }
 
 // Step bounds: a weight's first moves may double or halve it; each turn

@@ -46,15 +46,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 
 	if *check != "" {
+		// Every check the daemon runs before it accepts a configuration,
+		// so that --check passes only what a start or a reload accepts.
 		cfg, err := config.Load(*check)
 		if err == nil {
-			err = cfg.CheckInterfaces(func(name string) error {
-				_, err := netInterface(name)
-				return err
-			})
+			err = daemon.Check(cfg, netInterface)
 		}
 		if err != nil {
-			for _, line := range strings.Split(err.Error(), "\n") {
+			msg := strings.TrimPrefix(err.Error(), daemon.ErrRejected.Error()+": ")
+			for _, line := range strings.Split(msg, "\n") {
 				fmt.Fprintln(stderr, line)
 			}
 			return 1

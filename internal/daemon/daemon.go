@@ -41,6 +41,8 @@ type Neighbors interface {
 // daemon's namespace is the real one.
 type Interfaces func(name string) (*net.Interface, error)
 
+var defaultInterfaces Interfaces = net.InterfaceByName
+
 // Options are what New needs beyond the configuration.
 type Options struct {
 	// Executor is the data plane. Required.
@@ -128,7 +130,7 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 		return nil, errors.New("daemon: an executor and a neighbour resolver are required")
 	}
 	if o.Interfaces == nil {
-		o.Interfaces = net.InterfaceByName
+		o.Interfaces = defaultInterfaces
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -288,29 +290,10 @@ func (d *Daemon) Update(fn func(c *config.Config) error) (config.Changes, error)
 	return d.apply(c)
 }
 
-// check validates a configuration and its interfaces against the machine.
+// check validates a configuration and the files and interfaces it names
+// against the machine (Check).
 func (d *Daemon) check(cfg *config.Config) error {
-	if err := cfg.Validate(); err != nil {
-		return fmt.Errorf("%w: %w", ErrRejected, err)
-	}
-	if cfg.Agents != nil {
-		// A key or certificate that cannot be read refuses the whole
-		// configuration, rather than leaving the servers' host metrics
-		// disabled (and the servers out) after it was applied.
-		cl, err := newAgentClient(cfg.Agents)
-		if err != nil {
-			return fmt.Errorf("%w: %w", ErrRejected, err)
-		}
-		cl.Close()
-	}
-	err := cfg.CheckInterfaces(func(name string) error {
-		_, err := d.ifaces(name)
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("%w: %w", ErrRejected, err)
-	}
-	return nil
+	return Check(cfg, d.ifaces)
 }
 
 // Apply makes cfg the running configuration, changing only what differs. A

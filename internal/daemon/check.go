@@ -1,0 +1,79 @@
+package daemon
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+
+	"github.com/nd-dispatcher/nd/internal/config"
+	"github.com/nd-dispatcher/nd/internal/ha"
+	"github.com/nd-dispatcher/nd/internal/keyfile"
+)
+
+// Check runs every check the daemon runs on a configuration before it
+// accepts it, without a daemon: validation, then the machine (the files
+// it names can be read and are private where they must be, and its
+// interfaces exist). `ndd --check` is this; New, Reload and Apply refuse
+// whatever it refuses. A nil ifaces means net.InterfaceByName.
+func Check(cfg *config.Config, ifaces Interfaces) error {
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("%w: %w", ErrRejected, err)
+	}
+	var errs []error
+	if cfg.Agents != nil {
+		// A key or certificate that cannot be read refuses the whole
+		// configuration, rather than leaving the servers' host metrics
+		// disabled (and the servers out) after it was applied.
+		cl, err := newAgentClient(cfg.Agents)
+		if err != nil {
+			errs = append(errs, err)
+		} else {
+			cl.Close()
+		}
+	}
+	if _, err := APIToken(cfg.API); err != nil {
+		errs = append(errs, err)
+	}
+	if cfg.API.TLSCert != "" {
+		if _, err := tls.LoadX509KeyPair(cfg.API.TLSCert, cfg.API.TLSKey); err != nil {
+			errs = append(errs, fmt.Errorf("api.tls_cert/tls_key: %w", err))
+		}
+	}
+	if cfg.HA != nil {
+		if _, err := keyfile.Load(cfg.HA.KeyFile, ha.MinKeyLen); err != nil {
+			errs = append(errs, fmt.Errorf("ha.key_file: %w", err))
+		}
+	}
+	if ifaces == nil {
+		ifaces = defaultInterfaces
+	}
+	err := cfg.CheckInterfaces(func(name string) error {
+		_, err := ifaces(name)
+		return err
+	})
+	if err != nil {
+		errs = append(errs, err)
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%w: %w", ErrRejected, errors.Join(errs...))
+	}
+	return nil
+}
+
+// APIToken is the bearer token of the API's TCP listener: api.token, or
+// the content of api.token_file read now; "" without a TCP listener.
+func APIToken(a config.API) (string, error) {
+	switch {
+	case a.Listen == "":
+		return "", nil
+	case a.Token != "":
+		return a.Token, nil
+	case a.TokenFile == "":
+		return "", errors.New("api: a TCP listener requires token or token_file")
+	}
+	t, err := keyfile.Token(a.TokenFile)
+	if err != nil {
+		return "", fmt.Errorf("api.token_file: %w", err)
+	}
+	return t, nil
+}

@@ -124,25 +124,23 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 		return err
 	}
 
-	apiOpts := api.ServerOptions{
-		Socket:  cfg.API.Socket,
-		Listen:  cfg.API.Listen,
-		TLSCert: cfg.API.TLSCert,
-		TLSKey:  cfg.API.TLSKey,
-		Logger:  log,
+	srv, err := api.NewServer(d, api.ServerOptions{
+		Socket: cfg.API.Socket,
+		Logger: log,
 		Metrics: metrics.Handler(metrics.New(d.Status), metrics.NewDecisions(metrics.Decisions{
 			Manager: d.ManagerReport, Advisors: d.AdvisorStatus, Agents: d.AgentStatus,
 		})),
-	}
-	if cfg.API.Listen != "" {
-		if apiOpts.Token, err = token(cfg.API); err != nil {
-			return err
-		}
-	}
-	srv, err := api.NewServer(d, apiOpts)
+	})
 	if err != nil {
 		return err
 	}
+	// api.listen, its token and TLS, and metrics.listen follow the
+	// configuration: opened now, changed by every reload or API change.
+	if err := srv.Configure(cfg.API, cfg.Metrics); err != nil {
+		srv.Close()
+		return err
+	}
+	d.SetListeners(srv)
 
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -178,21 +176,6 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 	}
 	log.Info("ndd stopped; the data plane keeps forwarding", "pin_path", cfg.DataPlane.PinPath)
 	return nil
-}
-
-func token(a config.API) (string, error) {
-	if a.Token != "" {
-		return a.Token, nil
-	}
-	b, err := os.ReadFile(a.TokenFile)
-	if err != nil {
-		return "", fmt.Errorf("api token: %w", err)
-	}
-	t := strings.TrimSpace(string(b))
-	if t == "" {
-		return "", fmt.Errorf("api token file %s is empty", a.TokenFile)
-	}
-	return t, nil
 }
 
 func destroyDataPlane(cfg *config.Config, log *slog.Logger, stderr io.Writer) int {

@@ -99,9 +99,32 @@ type Daemon struct {
 	hosts agents
 	ha    *haLink // nil without an ha section
 	steer Steering
+	// listeners serve api.listen and metrics.listen; nil until
+	// SetListeners.
+	listeners Listeners
 	// addrs are the configured VIPs and co-located servers, read without
 	// d.mu by advisors' probes.
 	addrs atomic.Pointer[addrSets]
+}
+
+// Listeners serve the TCP listeners a configuration names: api.listen with
+// its token and TLS, and metrics.listen. *api.Server is the real one.
+type Listeners interface {
+	// Configure makes the listeners those of a and m, all or nothing; the
+	// new token is in force when it returns.
+	Configure(a config.API, m config.Metrics) error
+}
+
+// SetListeners hands the daemon the listeners of api.listen and
+// metrics.listen: every configuration applied from then on, by reload or
+// through the API, changes them before the change is acknowledged. The
+// caller has configured them with the starting configuration.
+func (d *Daemon) SetListeners(l Listeners) {
+	d.edits.Lock()
+	defer d.edits.Unlock()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.listeners = l
 }
 
 // reconcileEvery is how often the p2c scheduler's counts are rewritten from
@@ -315,6 +338,14 @@ func (d *Daemon) apply(cfg *config.Config) (config.Changes, error) {
 	if err := ch.Err(); err != nil {
 		return ch, fmt.Errorf("%w: %w", ErrRejected, err)
 	}
+	// The listeners first, all or nothing: a busy port refuses the whole
+	// configuration. Every apply re-reads api.token_file, so that a reload
+	// revokes a token replaced in the file.
+	if d.listeners != nil {
+		if err := d.listeners.Configure(cfg.API, cfg.Metrics); err != nil {
+			return ch, fmt.Errorf("%w: %w", ErrRejected, err)
+		}
+	}
 	if ch.Empty() {
 		return ch, nil
 	}
@@ -326,6 +357,11 @@ func (d *Daemon) apply(cfg *config.Config) (config.Changes, error) {
 		}
 	}
 	if len(errs) > 0 {
+		if d.listeners != nil {
+			if err := d.listeners.Configure(d.cfg.API, d.cfg.Metrics); err != nil {
+				d.log.Error("restore the API and metrics listeners", "err", err)
+			}
+		}
 		return ch, fmt.Errorf("%w: %w", ErrRejected, errors.Join(errs...))
 	}
 

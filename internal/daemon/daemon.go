@@ -240,6 +240,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if d.ha != nil {
 		loops.Add(1)
 		go func() { defer loops.Done(); d.runHA(ctx) }()
+		loops.Add(1)
+		go func() { defer loops.Done(); d.publishLoop(ctx) }()
 	}
 
 	if _, err := d.Apply(d.pending); err != nil {
@@ -417,7 +419,7 @@ func (d *Daemon) apply(cfg *config.Config) (config.Changes, error) {
 	d.log.Info("configuration applied", "changes", ch.String())
 	d.emit(Event{Type: EventConfigApplied, Message: ch.String()})
 	if d.ha != nil {
-		go d.publishHA() // takes d.mu, which apply holds
+		d.ha.requestPublish()
 	}
 	return ch, nil
 }

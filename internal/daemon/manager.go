@@ -205,7 +205,7 @@ func (d *Daemon) commitWeights(c manager.Commit) error {
 	d.log.Info("weights committed", "service", c.Port.String(), "reason", c.Reason, "weights", strings.Join(parts, " "))
 	d.emit(Event{Type: EventWeightsCommitted, Service: c.Port.String(), Message: msg})
 	if d.ha != nil {
-		go d.publishHA()
+		d.ha.requestPublish()
 	}
 	return nil
 }

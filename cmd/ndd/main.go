@@ -50,7 +50,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		// so that --check passes only what a start or a reload accepts.
 		cfg, err := config.Load(*check)
 		if err == nil {
-			err = daemon.Check(cfg, netInterface)
+			err = daemon.Check(cfg, netInterface, nil)
 		}
 		if err != nil {
 			msg := strings.TrimPrefix(err.Error(), daemon.ErrRejected.Error()+": ")

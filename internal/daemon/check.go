@@ -4,6 +4,8 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 
 	"github.com/nd-dispatcher/nd/internal/config"
 	"github.com/nd-dispatcher/nd/internal/ha"
@@ -13,9 +15,10 @@ import (
 // Check runs every check the daemon runs on a configuration before it
 // accepts it, without a daemon: validation, then the machine (the files
 // it names can be read and are private where they must be, and its
-// interfaces exist). `ndd --check` is this; New, Reload and Apply refuse
-// whatever it refuses. A nil ifaces means net.InterfaceByName.
-func Check(cfg *config.Config, ifaces Interfaces) error {
+// interfaces exist, no VIP is a connected network's broadcast address).
+// `ndd --check` is this; New, Reload and Apply refuse whatever it refuses.
+// A nil ifaces means net.InterfaceByName; nil networks, the machine's.
+func Check(cfg *config.Config, ifaces Interfaces, networks Networks) error {
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("%w: %w", ErrRejected, err)
 	}
@@ -54,6 +57,14 @@ func Check(cfg *config.Config, ifaces Interfaces) error {
 	if err != nil {
 		errs = append(errs, err)
 	}
+	if networks == nil {
+		networks = connectedNetworks
+	}
+	if nets, err := networks(); err != nil {
+		errs = append(errs, fmt.Errorf("the connected networks: %w", err))
+	} else if err := cfg.CheckVIPs(nets); err != nil {
+		errs = append(errs, err)
+	}
 	if len(errs) > 0 {
 		return fmt.Errorf("%w: %w", ErrRejected, errors.Join(errs...))
 	}
@@ -76,4 +87,35 @@ func APIToken(a config.API) (string, error) {
 		return "", fmt.Errorf("api.token_file: %w", err)
 	}
 	return t, nil
+}
+
+// Networks lists the networks the dispatcher is connected to: its
+// interfaces' addresses with their prefix lengths.
+type Networks func() ([]netip.Prefix, error)
+
+// connectedNetworks is every interface's addresses in the daemon's
+// namespace.
+func connectedNetworks() ([]netip.Prefix, error) {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil, err
+	}
+	var out []netip.Prefix
+	for _, a := range addrs {
+		n, ok := a.(*net.IPNet)
+		if !ok {
+			continue
+		}
+		ip, ok := netip.AddrFromSlice(n.IP)
+		if !ok {
+			continue
+		}
+		ones, _ := n.Mask.Size()
+		ip = ip.Unmap()
+		if ip.Is4() && len(n.Mask) == net.IPv6len {
+			ones -= 96
+		}
+		out = append(out, netip.PrefixFrom(ip, ones))
+	}
+	return out, nil
 }

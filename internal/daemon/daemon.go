@@ -51,6 +51,9 @@ type Options struct {
 	Neighbors Neighbors
 	// Interfaces looks interfaces up. Default net.InterfaceByName.
 	Interfaces Interfaces
+	// Networks lists the connected networks, whose broadcast addresses no
+	// VIP may be. Default: the interfaces' addresses.
+	Networks Networks
 	// ConfigPath is the file Reload reads. Optional.
 	ConfigPath string
 	// Logger defaults to slog.Default().
@@ -71,10 +74,12 @@ type Daemon struct {
 	x      executor.Executor
 	nbr    Neighbors
 	ifaces Interfaces
-	log    *slog.Logger
-	path   string
-	every  time.Duration
-	events *hub
+	// networks lists the connected networks (Check).
+	networks Networks
+	log      *slog.Logger
+	path     string
+	every    time.Duration
+	events   *hub
 
 	// edits serializes whole configuration changes (read, edit, apply), so
 	// that two concurrent edits cannot undo each other.
@@ -165,6 +170,7 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 		x:        o.Executor,
 		nbr:      o.Neighbors,
 		ifaces:   o.Interfaces,
+		networks: o.Networks,
 		log:      o.Logger,
 		path:     o.ConfigPath,
 		every:    o.StatsInterval,
@@ -318,7 +324,7 @@ func (d *Daemon) Update(fn func(c *config.Config) error) (config.Changes, error)
 // check validates a configuration and the files and interfaces it names
 // against the machine (Check).
 func (d *Daemon) check(cfg *config.Config) error {
-	return Check(cfg, d.ifaces)
+	return Check(cfg, d.ifaces, d.networks)
 }
 
 // Apply makes cfg the running configuration, changing only what differs. A

@@ -109,17 +109,14 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 	}
 	defer nbr.Close()
 
-	// Advisors with target vip probe through steering on lo; without it
-	// they report their targets down, saying why.
-	var steer daemon.Steering
-	if st, err := executor.NewSteering(executor.SteeringOptions{Logger: log}); err != nil {
-		log.Warn("advisor steering unavailable: advisors with target vip will report down", "err", err)
-	} else {
-		defer st.Close()
-		steer = st
+	// Advisors with target vip probe through steering on lo, attached
+	// while some advisor does; without it they report their targets
+	// down, saying why.
+	newSteering := func() (daemon.Steering, error) {
+		return executor.NewSteering(executor.SteeringOptions{Logger: log})
 	}
 
-	d, err := daemon.New(cfg, daemon.Options{Executor: x, Neighbors: nbr, ConfigPath: path, Logger: log, Steering: steer})
+	d, err := daemon.New(cfg, daemon.Options{Executor: x, Neighbors: nbr, ConfigPath: path, Logger: log, NewSteering: newSteering})
 	if err != nil {
 		return err
 	}

@@ -60,10 +60,12 @@ type Options struct {
 	Logger *slog.Logger
 	// StatsInterval is how often counters are sampled for rates. Default 1s.
 	StatsInterval time.Duration
-	// Steering routes advisors' probes of a VIP to one server (advisors
-	// with target vip; *executor.Steering is the real one); nil leaves
-	// such probes down, saying why.
-	Steering Steering
+	// NewSteering attaches the program that routes advisors' probes of a
+	// VIP to one server (advisors with target vip; executor.NewSteering is
+	// the real one). The daemon calls it when some advisor first probes
+	// through a VIP and closes (detaches) what it returned when none does
+	// any more. Nil leaves such probes down, saying why.
+	NewSteering func() (Steering, error)
 	// HAVIPs manages the VIP addresses of a high-availability node; nil
 	// means the kernel's (ha.NewKernelVIPs on the ha section's interface).
 	HAVIPs ha.VIPs
@@ -103,7 +105,13 @@ type Daemon struct {
 	adv   *advisor.Runner
 	hosts agents
 	ha    *haLink // nil without an ha section
-	steer Steering
+	// newSteer attaches advisor steering; steer is attached while some
+	// advisor probes through a VIP (steerErr says why it could not be).
+	// Changed under d.mu and steerMu; read under either.
+	newSteer func() (Steering, error)
+	steerMu  sync.Mutex
+	steer    Steering
+	steerErr error
 	// listeners serve api.listen and metrics.listen; nil until
 	// SetListeners.
 	listeners Listeners
@@ -180,9 +188,9 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 		resolved: map[netip.Addr]bool{},
 		managed:  map[executor.ServiceKey]map[netip.Addr]uint32{},
 	}
-	d.steer = o.Steering
+	d.newSteer = o.NewSteering
 	var via func(server, vip netip.Addr) (advisor.DialFunc, error)
-	if o.Steering != nil {
+	if o.NewSteering != nil {
 		via = d.viaVIP
 	}
 	d.adv = advisor.New(advisor.Options{Logger: o.Logger, ViaVIP: via, OnChange: d.onAdvisorChange})
@@ -232,6 +240,8 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 func (d *Daemon) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// Last, once the advisors have stopped.
+	defer d.detachSteering()
 
 	nbrDone := make(chan error, 1)
 	go func() { nbrDone <- d.nbr.Run(ctx) }()
@@ -407,8 +417,16 @@ func (d *Daemon) apply(cfg *config.Config) (config.Changes, error) {
 	if err := d.hosts.set(d.cfg); err != nil {
 		errs = append(errs, err)
 	}
-	if err := d.adv.Set(advisorSpecs(d.cfg)); err != nil {
+	specs := advisorSpecs(d.cfg)
+	steered := probesThroughVIP(specs, sets.locals)
+	if steered {
+		d.attachSteering()
+	}
+	if err := d.adv.Set(specs); err != nil {
 		errs = append(errs, fmt.Errorf("advisors: %w", err))
+	}
+	if !steered {
+		d.detachSteering()
 	}
 	if err := d.mgr.SetSettings(managerSettings(d.cfg.Manager)); err != nil {
 		errs = append(errs, fmt.Errorf("manager: %w", err))
@@ -578,9 +596,9 @@ func (d *Daemon) onNeighbor(ev neighbor.Event) {
 		}
 		d.emit(Event{Type: EventServerUnreachable, Server: addr.String(), Message: msg})
 	}
-	if d.steer != nil && now {
-		if _, routed := d.steer.Mark(addr); routed {
-			if _, err := d.steer.Route(addr, ev.Entry.MAC, ev.Entry.Ifindex); err != nil {
+	if st, _ := d.steering(); st != nil && now {
+		if _, routed := st.Mark(addr); routed {
+			if _, err := st.Route(addr, ev.Entry.MAC, ev.Entry.Ifindex); err != nil {
 				d.log.Error("re-route advisor probes after neighbour change", "server", addr, "err", err)
 			}
 		}

@@ -55,6 +55,7 @@ func TestCheckRefusesWhatReloadRefuses(t *testing.T) {
 		{"agent key missing", base + fmt.Sprintf("agents: {key_file: %s}\n", filepath.Join(dir, "none")), "agents.key_file"},
 		{"api token file empty", base + fmt.Sprintf("api: {listen: \"127.0.0.1:8443\", token_file: %s}\n", emptyToken), "api.token_file"},
 		{"api token file missing", base + fmt.Sprintf("api: {listen: \"127.0.0.1:8443\", token_file: %s}\n", filepath.Join(dir, "none")), "api.token_file"},
+		{"ha key readable by others", base + "clusters: [{vip: 198.51.100.100, ports: [{port: 80}]}]\n" + fmt.Sprintf("ha: {interface: lo, self: \"198.51.100.3:7101\", peers: [\"198.51.100.4:7101\"], key_file: %s}\n", sharedKey), "ha.key_file"},
 		{"api certificate missing", base + fmt.Sprintf("api: {listen: \"127.0.0.1:8443\", token_file: %s, tls_cert: %s, tls_key: %s}\n",
 			goodToken, filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")), "api.tls_cert"},
 	}

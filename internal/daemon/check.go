@@ -42,9 +42,14 @@ func Check(cfg *config.Config, ifaces Interfaces, networks Networks) error {
 			errs = append(errs, fmt.Errorf("api.tls_cert/tls_key: %w", err))
 		}
 	}
+	if err := managerSettings(cfg.Manager).Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("manager: %w", err))
+	}
 	if cfg.HA != nil {
-		if _, err := keyfile.Load(cfg.HA.KeyFile, ha.MinKeyLen); err != nil {
+		if key, err := keyfile.Load(cfg.HA.KeyFile, ha.MinKeyLen); err != nil {
 			errs = append(errs, fmt.Errorf("ha.key_file: %w", err))
+		} else if err := haConfig(cfg, key).Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("ha: %w", err))
 		}
 	}
 	if ifaces == nil {

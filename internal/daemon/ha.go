@@ -74,11 +74,7 @@ func (d *Daemon) newHA(cfg *config.Config, vips ha.VIPs) error {
 		}
 		vips = kv
 	}
-	node, err := ha.New(ha.Config{
-		Group: h.Group, Interface: h.Interface, Self: h.Self, Peers: h.Peers,
-		Priority: uint8(h.Priority), Preempt: h.Preempt, Interval: h.Interval, DeadAfter: h.DeadAfter,
-		Key: key, VIPs: addrs,
-	}, ha.Options{
+	node, err := ha.New(haConfig(cfg, key), ha.Options{
 		VIPs:     vips,
 		OnState:  d.onHAState,
 		OnFlows:  d.onHAFlows,
@@ -95,6 +91,16 @@ func (d *Daemon) newHA(cfg *config.Config, vips ha.VIPs) error {
 	d.ha = &haLink{node: node, cfg: *h, vips: kv, set: addrs, publishes: make(chan struct{}, 1), send: node.SetConfig}
 	d.ha.standby.Store(true) // until the node says otherwise
 	return nil
+}
+
+// haConfig is the node's configuration of cfg's ha section.
+func haConfig(cfg *config.Config, key []byte) ha.Config {
+	h := cfg.HA
+	return ha.Config{
+		Group: h.Group, Interface: h.Interface, Self: h.Self, Peers: h.Peers,
+		Priority: uint8(h.Priority), Preempt: h.Preempt, Interval: h.Interval, DeadAfter: h.DeadAfter,
+		Key: key, VIPs: clusterVIPs(cfg),
+	}
 }
 
 func clusterVIPs(cfg *config.Config) []netip.Addr {

@@ -1,7 +1,6 @@
 package api
 
 import (
-	"context"
 	"net"
 	"net/netip"
 	"strings"
@@ -9,8 +8,6 @@ import (
 
 	"github.com/nd-dispatcher/nd/internal/config"
 	"github.com/nd-dispatcher/nd/internal/daemon"
-	"github.com/nd-dispatcher/nd/internal/executor"
-	"github.com/nd-dispatcher/nd/internal/neighbor"
 )
 
 // TestRefusesDuplicateKeysAndUnknownParameters: a JSON body with a key
@@ -66,21 +63,7 @@ func TestRefusesUnusableVIPs(t *testing.T) {
 	connected := func() ([]netip.Prefix, error) {
 		return []netip.Prefix{netip.MustParsePrefix("203.0.113.7/24"), netip.MustParsePrefix("198.51.100.1/31")}, nil
 	}
-	d, err := daemon.New(cfg, daemon.Options{
-		Executor:   executor.NewFake(),
-		Neighbors:  resolveAll{events: make(chan neighbor.Event)},
-		Interfaces: func(name string) (*net.Interface, error) { return &net.Interface{Index: 1, Name: name}, nil },
-		Networks:   connected,
-		Logger:     quietLogger(),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); d.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	waitFor(t, "configuration applied", func() bool { return len(d.Config().Clusters) == 2 })
+	d, _ := runDaemon(t, cfg, daemon.Options{Networks: connected})
 	s := handlerServer(d)
 	for _, tc := range []struct{ vip, msg string }{
 		{"169.254.10.1", "link-local"},

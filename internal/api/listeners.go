@@ -10,7 +10,6 @@ import (
 	"sync/atomic"
 
 	"github.com/nd-dispatcher/nd/internal/config"
-	"github.com/nd-dispatcher/nd/internal/keyfile"
 )
 
 // tcpListener is one of the TCP listeners the configuration names: the
@@ -68,20 +67,9 @@ func listenTCP(addr, cert, key string) (*tcpListener, error) {
 // is in force, and the old one refused, when Configure returns.
 // Requests in flight on a closed listener get a few seconds to finish.
 func (s *Server) Configure(a config.API, m config.Metrics) error {
-	var token string
-	if a.Listen != "" {
-		switch {
-		case a.Token != "":
-			token = a.Token
-		case a.TokenFile != "":
-			t, err := keyfile.Token(a.TokenFile)
-			if err != nil {
-				return fmt.Errorf("api.token_file: %w", err)
-			}
-			token = t
-		default:
-			return errors.New("api: a TCP listener requires a token")
-		}
+	token, err := a.ReadToken()
+	if err != nil {
+		return err
 	}
 	if (a.TLSCert == "") != (a.TLSKey == "") {
 		return errors.New("api: TLS needs both a certificate and a key")
@@ -98,80 +86,89 @@ func (s *Server) Configure(a config.API, m config.Metrics) error {
 	if s.closed {
 		return errors.New("api: server closed")
 	}
-	// Open what is new first, so that a failure changes nothing. An
-	// address kept with other TLS settings must be closed to be reopened.
-	var retire []*tcpListener
-	open := func(cur *tcpListener, addr, cert, key string) (*tcpListener, bool, error) {
-		if addr == "" || cur.same(addr, cert, key) {
-			return nil, false, nil
-		}
-		if cur != nil && cur.addr == addr {
-			return nil, true, nil // reopened below, after closing
-		}
-		t, err := listenTCP(addr, cert, key)
-		return t, false, err
-	}
-	newAPI, reopenAPI, err := open(s.tcp, a.Listen, a.TLSCert, a.TLSKey)
+	// Open what is new first, so that a failure changes nothing.
+	apiChange, err := planListener(s.tcp, a.Listen, a.TLSCert, a.TLSKey)
 	if err != nil {
 		return err
 	}
-	newMetrics, _, err := open(s.metricsL, m.Listen, "", "") // no TLS: never reopened
+	metricsChange, err := planListener(s.metricsL, m.Listen, "", "")
 	if err != nil {
-		if newAPI != nil {
-			newAPI.l.Close()
-		}
+		apiChange.abandon()
 		return err
 	}
-	if reopenAPI {
-		// Check the certificate before closing anything.
-		if _, err := tls.LoadX509KeyPair(a.TLSCert, a.TLSKey); a.TLSCert != "" && err != nil {
-			for _, t := range []*tcpListener{newAPI, newMetrics} {
-				if t != nil {
-					t.l.Close()
-				}
-			}
-			return fmt.Errorf("api: load TLS certificate: %w", err)
-		}
-	}
-
 	// The token first: from here on only the new one opens the API.
 	sum := sha256.Sum256([]byte(token))
 	s.token.Store(&sum)
-
-	switch {
-	case a.Listen == "" && s.tcp != nil:
-		retire, s.tcp = append(retire, s.tcp), nil
-	case newAPI != nil:
-		if s.tcp != nil {
-			retire = append(retire, s.tcp)
-		}
-		s.tcp = newAPI
-		s.startLocked(s.tcp, s.authenticate(s.handler))
-	case reopenAPI:
-		s.retireLocked(s.tcp)
-		t, err := listenTCP(a.Listen, a.TLSCert, a.TLSKey)
-		s.tcp = t
-		if err != nil {
-			s.log.Error("api: reopen the TCP listener with its new TLS settings", "listen", a.Listen, "err", err)
-			s.tcp = nil
-		} else {
-			s.startLocked(s.tcp, s.authenticate(s.handler))
-		}
-	}
-	switch {
-	case m.Listen == "" && s.metricsL != nil:
-		retire, s.metricsL = append(retire, s.metricsL), nil
-	case newMetrics != nil:
-		if s.metricsL != nil {
-			retire = append(retire, s.metricsL)
-		}
-		s.metricsL = newMetrics
-		s.startLocked(s.metricsL, s.metricsOnly())
-	}
-	for _, t := range retire {
-		s.retireLocked(t)
-	}
+	s.tcp = s.switchLocked(s.tcp, apiChange, func() http.Handler { return s.authenticate(s.handler) })
+	s.metricsL = s.switchLocked(s.metricsL, metricsChange, s.metricsOnly)
 	return nil
+}
+
+// listenerChange is what Configure does to one TCP listener.
+type listenerChange struct {
+	keep            bool         // nothing changes
+	next            *tcpListener // the new listener, opened already; nil: none, or reopen
+	reopen          bool         // the same address with other TLS settings: close, then open
+	addr, cert, key string
+}
+
+// planListener opens what replacing cur with addr (and TLS cert and key)
+// needs opened before anything is closed.
+func planListener(cur *tcpListener, addr, cert, key string) (listenerChange, error) {
+	c := listenerChange{addr: addr, cert: cert, key: key}
+	switch {
+	case cur == nil && addr == "", cur.same(addr, cert, key):
+		c.keep = true
+	case addr == "":
+		// Close cur.
+	case cur != nil && cur.addr == addr:
+		// The address is taken by cur itself: check what can be checked
+		// before closing it.
+		if cert != "" {
+			if _, err := tls.LoadX509KeyPair(cert, key); err != nil {
+				return c, fmt.Errorf("api: load TLS certificate: %w", err)
+			}
+		}
+		c.reopen = true
+	default:
+		t, err := listenTCP(addr, cert, key)
+		if err != nil {
+			return c, err
+		}
+		c.next = t
+	}
+	return c, nil
+}
+
+// abandon closes what planListener opened.
+func (c listenerChange) abandon() {
+	if c.next != nil {
+		c.next.l.Close()
+	}
+}
+
+// switchLocked applies c to the listener cur and returns the one in its
+// place: the new one is served before the old one is closed.
+func (s *Server) switchLocked(cur *tcpListener, c listenerChange, handler func() http.Handler) *tcpListener {
+	if c.keep {
+		return cur
+	}
+	next := c.next
+	if c.reopen {
+		s.retireLocked(cur)
+		cur = nil
+		t, err := listenTCP(c.addr, c.cert, c.key)
+		if err != nil {
+			s.log.Error("api: reopen a TCP listener with its new TLS settings", "listen", c.addr, "err", err)
+			return nil
+		}
+		next = t
+	}
+	if next != nil {
+		s.startLocked(next, handler())
+	}
+	s.retireLocked(cur)
+	return next
 }
 
 // metricsOnly serves GET /metrics and nothing else.

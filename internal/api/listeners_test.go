@@ -1,21 +1,18 @@
 package api
 
 import (
-	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/nd-dispatcher/nd/internal/config"
 	"github.com/nd-dispatcher/nd/internal/daemon"
-	"github.com/nd-dispatcher/nd/internal/executor"
-	"github.com/nd-dispatcher/nd/internal/neighbor"
 )
 
 // freePort returns a loopback address no one listens on, for listeners
@@ -157,28 +154,12 @@ func TestReloadAppliesListeners(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	x := executor.NewFake()
-	d, err := daemon.New(cfg, daemon.Options{
-		Executor:   x,
-		Neighbors:  resolveAll{events: make(chan neighbor.Event)},
-		Interfaces: func(name string) (*net.Interface, error) { return &net.Interface{Index: 1, Name: name}, nil },
-		Logger:     quietLogger(),
-		ConfigPath: path,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	d, _ := runDaemon(t, cfg, daemon.Options{ConfigPath: path})
 	s := serve(t, d, ServerOptions{Metrics: plainMetrics})
 	if err := s.Configure(cfg.API, cfg.Metrics); err != nil {
 		t.Fatal(err)
 	}
 	d.SetListeners(s)
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { defer wg.Done(); d.Run(ctx) }()
-	t.Cleanup(func() { cancel(); wg.Wait() })
-	waitFor(t, "configuration applied", func() bool { return len(x.Services()) == 3 })
 	wantStatus(t, "start", apiA, "/v1/health", testToken, 200)
 
 	reload := func(what, yaml string) {
@@ -231,4 +212,35 @@ func TestReloadAppliesListeners(t *testing.T) {
 	reload("no TCP listeners", fakeYAML)
 	wantClosed(t, "api.listen removed", apiB)
 	wantClosed(t, "metrics.listen removed", m2)
+}
+
+// TestConfigureTLSOnSameAddress: turning TLS on for the address the API
+// already listens on closes it and opens it again in TLS; a certificate
+// that cannot be loaded changes nothing.
+func TestConfigureTLSOnSameAddress(t *testing.T) {
+	certFile, keyFile, pool := selfSigned(t, t.TempDir())
+	addr := freePort(t)
+	s := serve(t, newFake(t), ServerOptions{Listen: addr, Token: testToken})
+	wantStatus(t, "plain", addr, "/v1/health", testToken, 200)
+
+	bad := config.API{Listen: addr, Token: testToken, TLSCert: keyFile, TLSKey: certFile}
+	if err := s.Configure(bad, config.Metrics{}); err == nil {
+		t.Error("Configure with swapped certificate and key succeeded")
+	}
+	wantStatus(t, "plain after a refused change", addr, "/v1/health", testToken, 200)
+
+	if err := s.Configure(config.API{Listen: addr, Token: testToken, TLSCert: certFile, TLSKey: keyFile}, config.Metrics{}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := NewClient("https://"+addr, testToken, WithTLSConfig(&tls.Config{RootCAs: pool}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Health(); err != nil {
+		t.Fatalf("Health over TLS after the change: %v", err)
+	}
+	if got, err := get(addr, "/v1/health", testToken); err == nil && got == 200 {
+		t.Error("plain HTTP still served after TLS was turned on")
+	}
 }

@@ -34,7 +34,7 @@ func Check(cfg *config.Config, ifaces Interfaces, networks Networks) error {
 			cl.Close()
 		}
 	}
-	if _, err := APIToken(cfg.API); err != nil {
+	if _, err := cfg.API.ReadToken(); err != nil {
 		errs = append(errs, err)
 	}
 	if cfg.API.TLSCert != "" {
@@ -74,24 +74,6 @@ func Check(cfg *config.Config, ifaces Interfaces, networks Networks) error {
 		return fmt.Errorf("%w: %w", ErrRejected, errors.Join(errs...))
 	}
 	return nil
-}
-
-// APIToken is the bearer token of the API's TCP listener: api.token, or
-// the content of api.token_file read now; "" without a TCP listener.
-func APIToken(a config.API) (string, error) {
-	switch {
-	case a.Listen == "":
-		return "", nil
-	case a.Token != "":
-		return a.Token, nil
-	case a.TokenFile == "":
-		return "", errors.New("api: a TCP listener requires token or token_file")
-	}
-	t, err := keyfile.Token(a.TokenFile)
-	if err != nil {
-		return "", fmt.Errorf("api.token_file: %w", err)
-	}
-	return t, nil
 }
 
 // Networks lists the networks the dispatcher is connected to: its

@@ -64,7 +64,9 @@ type Options struct {
 	// VIP to one server (advisors with target vip; executor.NewSteering is
 	// the real one). The daemon calls it when some advisor first probes
 	// through a VIP and closes (detaches) what it returned when none does
-	// any more. Nil leaves such probes down, saying why.
+	// any more. It runs on whichever goroutine applies a configuration,
+	// so the daemon's network namespace must be the whole process's, as
+	// it is for ndd. Nil leaves such probes down, saying why.
 	NewSteering func() (Steering, error)
 	// HAVIPs manages the VIP addresses of a high-availability node; nil
 	// means the kernel's (ha.NewKernelVIPs on the ha section's interface).
@@ -107,7 +109,8 @@ type Daemon struct {
 	ha    *haLink // nil without an ha section
 	// newSteer attaches advisor steering; steer is attached while some
 	// advisor probes through a VIP (steerErr says why it could not be).
-	// Changed under d.mu and steerMu; read under either.
+	// steerMu guards steer and steerErr: advisors' probes read them
+	// without d.mu.
 	newSteer func() (Steering, error)
 	steerMu  sync.Mutex
 	steer    Steering

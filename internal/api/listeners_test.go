@@ -209,8 +209,29 @@ func TestReloadAppliesListeners(t *testing.T) {
 	wantStatus(t, "metrics moved", m2, "/metrics", "", 200)
 	wantClosed(t, "metrics' old address", m1)
 
+	// Moving the listener the request came in on: the request is
+	// answered, then its listener closed.
+	apiC := freePort(t)
+	c2, err := NewClient("http://"+apiB, testToken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	moved, err := config.Parse([]byte(version(fmt.Sprintf("  listen: %q\n  token: %s\n", apiC, testToken), m2)), "put")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, err = config.Marshal(moved); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c2.ApplyConfig(b); err != nil {
+		t.Fatalf("move the listener through itself: %v", err)
+	}
+	wantStatus(t, "moved through itself", apiC, "/v1/health", testToken, 200)
+	wantClosed(t, "the listener the move came through", apiB)
+
 	reload("no TCP listeners", fakeYAML)
-	wantClosed(t, "api.listen removed", apiB)
+	wantClosed(t, "api.listen removed", apiC)
 	wantClosed(t, "metrics.listen removed", m2)
 }
 

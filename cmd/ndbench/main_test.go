@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/nd-dispatcher/nd/internal/testutil"
 )
 
 func TestSearch(t *testing.T) {
@@ -278,7 +280,10 @@ func TestReportXDPCost(t *testing.T) {
 // TestRefusesOutsideTheClientNamespace: the socket factory's checks refuse
 // a thread or a socket that is not in the namespace asked for, and refuse
 // the namespace the process started in even when it is the one asked for.
+// Asking the kernel which namespace holds a socket (SIOCGSKNS) needs
+// CAP_NET_ADMIN: without it the test skips, saying so.
 func TestRefusesOutsideTheClientNamespace(t *testing.T) {
+	testutil.RequirePrivileged(t)
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	self, err := statNS("/proc/thread-self/ns/net")

@@ -12,13 +12,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
-	"time"
 
 	"github.com/nd-dispatcher/nd/internal/api"
 	"github.com/nd-dispatcher/nd/internal/config"
@@ -56,15 +53,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 
 	if *check != "" {
+		// Every check the daemon runs before it accepts a configuration,
+		// so that --check passes only what a start or a reload accepts.
 		cfg, err := config.Load(*check)
 		if err == nil {
-			err = cfg.CheckInterfaces(func(name string) error {
-				_, err := netInterface(name)
-				return err
-			})
+			err = daemon.Check(cfg, netInterface, nil)
 		}
 		if err != nil {
-			for _, line := range strings.Split(err.Error(), "\n") {
+			msg := strings.TrimPrefix(err.Error(), daemon.ErrRejected.Error()+": ")
+			for _, line := range strings.Split(msg, "\n") {
 				fmt.Fprintln(stderr, line)
 			}
 			return 1
@@ -119,14 +116,11 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 	}
 	defer nbr.Close()
 
-	// Advisors with target vip probe through steering on lo; without it
-	// they report their targets down, saying why.
-	var steer daemon.Steering
-	if st, err := executor.NewSteering(executor.SteeringOptions{Logger: log}); err != nil {
-		log.Warn("advisor steering unavailable: advisors with target vip will report down", "err", err)
-	} else {
-		defer st.Close()
-		steer = st
+	// Advisors with target vip probe through steering on lo, attached
+	// while some advisor does; without it they report their targets
+	// down, saying why.
+	newSteering := func() (daemon.Steering, error) {
+		return executor.NewSteering(executor.SteeringOptions{Logger: log})
 	}
 
 	// Under systemd (Type=notify) the service is ready once the data plane
@@ -141,38 +135,28 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 		tell(sdnotify.Ready, sdnotify.Status(fmt.Sprintf("dispatching on %s", strings.Join(cfg.Interfaces, ", "))))
 	}
 
-	d, err := daemon.New(cfg, daemon.Options{Executor: x, Neighbors: nbr, ConfigPath: path, Logger: log, Steering: steer, Ready: ready})
+	d, err := daemon.New(cfg, daemon.Options{Executor: x, Neighbors: nbr, ConfigPath: path, Logger: log, NewSteering: newSteering, Ready: ready})
 	if err != nil {
 		return err
 	}
 
-	apiOpts := api.ServerOptions{
-		Socket:  cfg.API.Socket,
-		Listen:  cfg.API.Listen,
-		TLSCert: cfg.API.TLSCert,
-		TLSKey:  cfg.API.TLSKey,
-		Logger:  log,
+	srv, err := api.NewServer(d, api.ServerOptions{
+		Socket: cfg.API.Socket,
+		Logger: log,
 		Metrics: metrics.Handler(metrics.New(d.Status), metrics.NewDecisions(metrics.Decisions{
 			Manager: d.ManagerReport, Advisors: d.AdvisorStatus, Agents: d.AgentStatus,
 		}), metrics.NewHA(d.HAStatus)),
-	}
-	if cfg.API.Listen != "" {
-		if apiOpts.Token, err = token(cfg.API); err != nil {
-			return err
-		}
-	}
-	srv, err := api.NewServer(d, apiOpts)
+	})
 	if err != nil {
 		return err
 	}
-	// metrics.listen: /metrics on a listener of its own, for Prometheus,
-	// bound now so that a bad address stops ndd before it says ready.
-	var metricsLn net.Listener
-	if cfg.Metrics.Listen != "" {
-		if metricsLn, err = net.Listen("tcp", cfg.Metrics.Listen); err != nil {
-			return fmt.Errorf("metrics: listen on %s: %w", cfg.Metrics.Listen, err)
-		}
+	// api.listen, its token and TLS, and metrics.listen follow the
+	// configuration: opened now, changed by every reload or API change.
+	if err := srv.Configure(cfg.API, cfg.Metrics); err != nil {
+		srv.Close()
+		return err
 	}
+	d.SetListeners(srv)
 
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -199,15 +183,10 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 		}
 	}()
 
-	errc := make(chan error, 3)
+	errc := make(chan error, 2)
 	running := 2
 	go func() { errc <- d.Run(ctx) }()
 	go func() { errc <- srv.Serve(ctx) }()
-	if metricsLn != nil {
-		running++
-		go func() { errc <- serveMetrics(ctx, metricsLn, apiOpts.Metrics) }()
-		log.Info("metrics serving", "listen", metricsLn.Addr().String())
-	}
 	log.Info("ndd running", "config", path, "socket", cfg.API.Socket, "interfaces", cfg.Interfaces)
 	var first error
 	for range running {
@@ -221,41 +200,6 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 	}
 	log.Info("ndd stopped; the data plane keeps forwarding", "pin_path", cfg.DataPlane.PinPath)
 	return nil
-}
-
-// serveMetrics serves h at /metrics on ln, without authentication, until
-// ctx ends.
-func serveMetrics(ctx context.Context, ln net.Listener, h http.Handler) error {
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", h)
-	s := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	done := make(chan error, 1)
-	go func() { done <- s.Serve(ln) }()
-	select {
-	case err := <-done:
-		return fmt.Errorf("metrics listener: %w", err)
-	case <-ctx.Done():
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		err := s.Shutdown(sctx)
-		<-done
-		return err
-	}
-}
-
-func token(a config.API) (string, error) {
-	if a.Token != "" {
-		return a.Token, nil
-	}
-	b, err := os.ReadFile(a.TokenFile)
-	if err != nil {
-		return "", fmt.Errorf("api token: %w", err)
-	}
-	t := strings.TrimSpace(string(b))
-	if t == "" {
-		return "", fmt.Errorf("api token file %s is empty", a.TokenFile)
-	}
-	return t, nil
 }
 
 func destroyDataPlane(cfg *config.Config, log *slog.Logger, stderr io.Writer) int {

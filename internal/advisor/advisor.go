@@ -122,7 +122,7 @@ const (
 const (
 	DefaultInterval = 5 * time.Second
 	DefaultRise     = 2
-	DefaultFall     = 3
+	DefaultFall     = 2
 	// The timeout defaults to half the interval.
 )
 

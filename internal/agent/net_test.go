@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"encoding/hex"
 	"errors"
+	"net"
 	"net/http"
 	"net/netip"
 	"strings"
@@ -449,5 +450,42 @@ func TestNetSlowClient(t *testing.T) {
 	}
 	if st := a.Stats(); st[StatConnections] < 3 {
 		t.Errorf("connections counted %d, want at least 3", st[StatConnections])
+	}
+}
+
+// TestNetIdleConnectionsDoNotStarvePolls: with 2,000 connections open that
+// never send a request (more than the agent's limit, and all from the
+// poller's own address), an authenticated poll still gets its report; the
+// agent made room by closing waiting connections.
+func TestNetIdleConnectionsDoNotStarvePolls(t *testing.T) {
+	ns := newNS(t)
+	a := newTestAgent(t, nil)
+	addr, _ := startAgent(t, ns, a)
+	const idle = 2000
+	conns := make([]net.Conn, 0, idle)
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for range idle {
+		c, err := ns.DialContext(ctx, "tcp", addr.String())
+		if err != nil {
+			t.Fatalf("idle connection %d: %v", len(conns), err)
+		}
+		conns = append(conns, c)
+	}
+	c := newTestClient(t, ClientOptions{Key: testKey, DialContext: ns.DialContext, Timeout: 3 * time.Second})
+	rep, err := c.Poll(context.Background(), addr)
+	if err != nil {
+		t.Fatalf("poll with %d idle connections open: %v", idle, err)
+	}
+	if rep.Host == "" {
+		t.Errorf("report without a host: %+v", rep)
+	}
+	if st := a.Stats(); st[StatEvicted] == 0 {
+		t.Errorf("no waiting connection evicted: %v", st)
 	}
 }

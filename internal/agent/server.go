@@ -26,8 +26,6 @@ const (
 	writeTimeout      = 10 * time.Second
 	idleTimeout       = 60 * time.Second
 	maxHeaderBytes    = 8 << 10
-	// maxConns bounds simultaneous connections.
-	maxConns = 256
 	// logEvery is the least time between two log lines for the same kind
 	// of rejection; the ones in between are counted and summarised.
 	logEvery = 10 * time.Second
@@ -36,6 +34,7 @@ const (
 // Stat names: the agent's counters as they appear in Report.Stats.
 const (
 	StatConnections = "connections"         // connections accepted
+	StatEvicted     = "connections_evicted" // waiting connections closed to make room (conns.go)
 	StatRequests    = "requests"            // every request that reached the handler
 	StatServed      = "served"              // reports sent
 	StatMalformed   = "rejected_malformed"  // wrong method, path, body or header syntax
@@ -47,7 +46,7 @@ const (
 	StatEncodeError = "report_encode_error" // reports that could not be encoded
 )
 
-var statNames = []string{StatConnections, StatRequests, StatServed, StatMalformed, StatBadMAC, StatStale, StatReplay, StatBusy, StatTLS, StatEncodeError}
+var statNames = []string{StatConnections, StatEvicted, StatRequests, StatServed, StatMalformed, StatBadMAC, StatStale, StatReplay, StatBusy, StatTLS, StatEncodeError}
 
 // Agent is the host-metric agent: it samples, runs the operator's
 // commands, and serves reports to authenticated dispatchers.
@@ -64,6 +63,12 @@ type Agent struct {
 	counters map[string]*atomic.Uint64
 	limiter  logLimiter
 	timeouts serverTimeouts
+	limits   connLimits
+}
+
+// connLimits are the connection limits (conns.go); tests lower them.
+type connLimits struct {
+	conns, perSource int
 }
 
 // serverTimeouts are the http.Server's; tests shorten them.
@@ -89,6 +94,7 @@ func New(cfg *Config, logger *slog.Logger) (*Agent, error) {
 		replay:   newReplayCache(cfg.ReplayCacheSize),
 		counters: map[string]*atomic.Uint64{},
 		timeouts: serverTimeouts{readHeaderTimeout, readTimeout, writeTimeout, idleTimeout},
+		limits:   connLimits{maxConns, maxConnsPerSource},
 	}
 	a.limiter.last = map[string]limitState{}
 	for _, n := range statNames {
@@ -162,7 +168,8 @@ func (a *Agent) Serve(ctx context.Context, l net.Listener) error {
 	}
 	defer wg.Wait()
 
-	l = &limitListener{Listener: l, sem: make(chan struct{}, maxConns), accepted: a.counters[StatConnections]}
+	limiter := newConnLimiter(l, a.limits.conns, a.limits.perSource, a.counters[StatConnections], a.counters[StatEvicted])
+	l = limiter
 	if a.tls != nil {
 		l = tls.NewListener(l, a.tls)
 	}
@@ -175,6 +182,7 @@ func (a *Agent) Serve(ctx context.Context, l net.Listener) error {
 		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          log.New(&serverErrorLog{a: a}, "", 0),
 		BaseContext:       func(net.Listener) context.Context { return ctx },
+		ConnState:         limiter.connState,
 	}
 	a.log.Info("agent serving", "addr", l.Addr().String(), "host", a.host,
 		"hmac", a.key != nil, "mutual_tls", a.tls != nil, "commands", len(a.cfg.Commands))
@@ -368,34 +376,4 @@ func (s *serverErrorLog) Write(p []byte) (int, error) {
 	}
 	s.a.logLimited(kind, "agent connection error", "err", line)
 	return len(p), nil
-}
-
-// limitListener caps simultaneous connections; Accept waits for a slot.
-type limitListener struct {
-	net.Listener
-	sem      chan struct{}
-	accepted *atomic.Uint64
-}
-
-func (l *limitListener) Accept() (net.Conn, error) {
-	l.sem <- struct{}{}
-	c, err := l.Listener.Accept()
-	if err != nil {
-		<-l.sem
-		return nil, err
-	}
-	l.accepted.Add(1)
-	return &limitConn{Conn: c, release: func() { <-l.sem }}, nil
-}
-
-type limitConn struct {
-	net.Conn
-	once    sync.Once
-	release func()
-}
-
-func (c *limitConn) Close() error {
-	err := c.Conn.Close()
-	c.once.Do(c.release)
-	return err
 }

@@ -36,13 +36,22 @@ func startDaemon(t *testing.T) (*executor.Fake, *Client) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	d, x := runDaemon(t, cfg, daemon.Options{})
+	return x, unixClient(t, serve(t, d, ServerOptions{}))
+}
+
+// runDaemon runs a daemon with cfg over an in-memory data plane, a
+// neighbour table that resolves everything and interfaces that all exist
+// (o's other options are kept), until the test ends; it returns once cfg
+// is applied.
+func runDaemon(t *testing.T, cfg *config.Config, o daemon.Options) (*daemon.Daemon, *executor.Fake) {
+	t.Helper()
 	x := executor.NewFake()
-	d, err := daemon.New(cfg, daemon.Options{
-		Executor:   x,
-		Neighbors:  resolveAll{events: make(chan neighbor.Event)},
-		Interfaces: func(name string) (*net.Interface, error) { return &net.Interface{Index: 1, Name: name}, nil },
-		Logger:     quietLogger(),
-	})
+	o.Executor = x
+	o.Neighbors = resolveAll{events: make(chan neighbor.Event)}
+	o.Interfaces = func(name string) (*net.Interface, error) { return &net.Interface{Index: 1, Name: name}, nil }
+	o.Logger = quietLogger()
+	d, err := daemon.New(cfg, o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,8 +60,8 @@ func startDaemon(t *testing.T) (*executor.Fake, *Client) {
 	wg.Add(1)
 	go func() { defer wg.Done(); d.Run(ctx) }()
 	t.Cleanup(func() { cancel(); wg.Wait() })
-	waitFor(t, "configuration applied", func() bool { return len(x.Services()) == 3 })
-	return x, unixClient(t, serve(t, d, ServerOptions{}))
+	waitFor(t, "configuration applied", func() bool { return len(x.Services()) == len(cfg.Ports()) })
+	return d, x
 }
 
 // TestWithDaemon drives a real daemon over an in-memory data plane through

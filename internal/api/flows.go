@@ -4,7 +4,10 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"slices"
+	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nd-dispatcher/nd/internal/daemon"
@@ -64,9 +67,25 @@ func (s *Server) flows(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
+// flowParams are the query parameters of GET /v1/flows.
+var flowParams = []string{"vip", "port", "protocol", "client", "server", "limit"}
+
 // parseFlowQuery reads ?vip=&port=&protocol=&client=&server=&limit=.
 func parseFlowQuery(q url.Values) (daemon.FlowFilter, int, error) {
 	var f daemon.FlowFilter
+	names := make([]string, 0, len(q))
+	for name := range q {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		if !slices.Contains(flowParams, name) {
+			return f, 0, badRequest("unknown query parameter %q: want %s", name, strings.Join(flowParams, ", "))
+		}
+		if len(q[name]) > 1 {
+			return f, 0, badRequest("query parameter %q given %d times: give it once", name, len(q[name]))
+		}
+	}
 	for name, dst := range map[string]*netip.Addr{"vip": &f.VIP, "client": &f.Client, "server": &f.Server} {
 		if v := q.Get(name); v != "" {
 			a, err := netip.ParseAddr(v)

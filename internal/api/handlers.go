@@ -461,7 +461,16 @@ func remote(r *http.Request) string {
 // decodeJSON reads the request's body, one JSON object with known fields
 // only, into v.
 func decodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxJSONSize))
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxJSONSize))
+	if err != nil {
+		return readError(err)
+	}
+	// encoding/json keeps the last of two equal keys; the configuration
+	// file refuses them, and so does the API.
+	if err := duplicateKey(body); err != nil {
+		return err
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return jsonError(err)
@@ -474,6 +483,89 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
 		return badRequest("malformed JSON: one object expected, found more after it")
 	}
 	return nil
+}
+
+// duplicateKey refuses a JSON body in which an object has a key twice
+// (`{"weight":10,"weight":90}`), naming the key and its path. A body that
+// is not valid JSON is left for the decoder to describe.
+func duplicateKey(body []byte) error {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
+	type frame struct {
+		object  bool
+		keys    map[string]bool
+		path    string
+		wantKey bool // in an object, the next string is a key
+		index   int  // in an array, the next element's index
+		lastKey string
+	}
+	var stack []*frame
+	// elem is the path of the value about to be read.
+	elem := func() string {
+		if len(stack) == 0 {
+			return ""
+		}
+		f := stack[len(stack)-1]
+		if f.object {
+			return strings.TrimPrefix(f.path+"."+f.lastKey, ".")
+		}
+		return fmt.Sprintf("%s[%d]", f.path, f.index)
+	}
+	// valueDone marks the end of a value in the enclosing frame.
+	valueDone := func() {
+		if len(stack) == 0 {
+			return
+		}
+		f := stack[len(stack)-1]
+		if f.object {
+			f.wantKey = true
+		} else {
+			f.index++
+		}
+	}
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil // the end, or malformed: the decoder says which
+		}
+		top := (*frame)(nil)
+		if len(stack) > 0 {
+			top = stack[len(stack)-1]
+		}
+		if top != nil && top.object && top.wantKey {
+			if d, ok := tok.(json.Delim); ok && d == '}' {
+				stack = stack[:len(stack)-1]
+				valueDone()
+				continue
+			}
+			key, _ := tok.(string)
+			if top.keys[key] {
+				return badRequest("duplicate JSON key %q%s: give each key once", key, inPath(top.path))
+			}
+			top.keys[key] = true
+			top.lastKey = key
+			top.wantKey = false
+			continue
+		}
+		switch tok {
+		case json.Delim('{'):
+			stack = append(stack, &frame{object: true, keys: map[string]bool{}, path: elem(), wantKey: true})
+		case json.Delim('['):
+			stack = append(stack, &frame{path: elem()})
+		case json.Delim(']'):
+			stack = stack[:len(stack)-1]
+			valueDone()
+		default:
+			valueDone()
+		}
+	}
+}
+
+func inPath(p string) string {
+	if p == "" {
+		return ""
+	}
+	return " in " + p
 }
 
 // jsonError describes why a body is not the JSON expected.

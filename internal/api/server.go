@@ -15,7 +15,10 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/nd-dispatcher/nd/internal/config"
 )
 
 // ServerOptions configure the API server.
@@ -53,12 +56,13 @@ const (
 )
 
 // Server serves the control API. NewServer creates its listeners; Serve
-// serves them until its context ends. A Server that will not be served must
-// be closed.
+// serves them until its context ends; Configure changes the TCP listeners
+// live. A Server that will not be served must be closed.
 type Server struct {
 	c       Controller
 	log     *slog.Logger
 	handler http.Handler // routes, without authentication
+	metrics http.Handler // nil without metrics
 
 	unix   net.Listener
 	socket string
@@ -66,8 +70,24 @@ type Server struct {
 	// removes that one and not another daemon's.
 	socketFile os.FileInfo
 
-	tcp   net.Listener
-	token [sha256.Size]byte // hash of the token: compared in constant time
+	// token is the hash of the TCP listener's token, compared in
+	// constant time; Configure replaces it.
+	token atomic.Pointer[[sha256.Size]byte]
+
+	// mu guards the TCP listeners and the serving state.
+	mu       sync.Mutex
+	tcp      *tcpListener // api.listen; nil without
+	metricsL *tcpListener // metrics.listen; nil without
+	serving  bool         // Serve runs: new listeners are served at once
+	closed   bool
+	// ctx is every served connection's base context; Serve cancels it to
+	// end event streams at shutdown.
+	ctx    context.Context
+	cancel context.CancelFunc
+	// wg counts the TCP listeners' goroutines; errc takes the first
+	// failure of one.
+	wg   sync.WaitGroup
+	errc chan error
 
 	// edits serialises the API's changes: Controller.Update copies the
 	// running configuration, edits the copy and applies it, so two edits
@@ -103,32 +123,30 @@ func NewServer(c Controller, o ServerOptions) (*Server, error) {
 		o.Logger = slog.Default()
 	}
 	s := &Server{
-		c: c, log: o.Logger, socket: o.Socket,
-		token:       sha256.Sum256([]byte(o.Token)),
+		c: c, log: o.Logger, socket: o.Socket, metrics: o.Metrics,
 		readTimeout: readTimeout,
+		errc:        make(chan error, 1),
 	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	none := sha256.Sum256(nil)
+	s.token.Store(&none)
 	s.handler = s.routes(o.Metrics)
 
-	var tlsConfig *tls.Config
+	// Check the certificate before creating the socket.
 	if o.TLSCert != "" {
-		cert, err := tls.LoadX509KeyPair(o.TLSCert, o.TLSKey)
-		if err != nil {
+		if _, err := tls.LoadX509KeyPair(o.TLSCert, o.TLSKey); err != nil {
 			return nil, fmt.Errorf("api: load TLS certificate: %w", err)
 		}
-		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
 	var err error
 	if s.unix, s.socketFile, err = listenUnix(o.Socket); err != nil {
 		return nil, err
 	}
 	if o.Listen != "" {
-		s.tcp, err = net.Listen("tcp", o.Listen)
+		err := s.Configure(config.API{Listen: o.Listen, Token: o.Token, TLSCert: o.TLSCert, TLSKey: o.TLSKey}, config.Metrics{})
 		if err != nil {
 			s.Close()
-			return nil, fmt.Errorf("api: listen on %s: %w", o.Listen, err)
-		}
-		if tlsConfig != nil {
-			s.tcp = tls.NewListener(s.tcp, tlsConfig)
+			return nil, err
 		}
 	}
 	return s, nil
@@ -137,12 +155,25 @@ func NewServer(c Controller, o ServerOptions) (*Server, error) {
 // SocketPath is the unix socket the server listens on.
 func (s *Server) SocketPath() string { return s.socket }
 
-// TCPAddr is the address of the TCP listener, nil when there is none.
+// TCPAddr is the address of the API's TCP listener, nil when there is none.
 func (s *Server) TCPAddr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.tcp == nil {
 		return nil
 	}
 	return s.tcp.Addr()
+}
+
+// MetricsAddr is the address of the metrics listener, nil when there is
+// none.
+func (s *Server) MetricsAddr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.metricsL == nil {
+		return nil
+	}
+	return s.metricsL.Addr()
 }
 
 // Serve answers requests until ctx ends, then shuts down: it stops accepting,
@@ -154,59 +185,68 @@ func (s *Server) Serve(ctx context.Context) error {
 			s.log.Warn("api: close", "err", err)
 		}
 	}()
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	context.AfterFunc(ctx, s.cancel)
 
-	type served struct {
-		srv *http.Server
-		l   net.Listener
+	unix := s.httpServer(s.ctx, s.handler)
+	unixDone := make(chan error, 1)
+	go func() {
+		err := unix.Serve(s.unix)
+		if errors.Is(err, http.ErrServerClosed) {
+			err = nil
+		}
+		unixDone <- err
+	}()
+	s.mu.Lock()
+	s.serving = true
+	for _, t := range []*tcpListener{s.tcp, s.metricsL} {
+		if t != nil {
+			s.runLocked(t)
+		}
 	}
-	var all []served
-	all = append(all, served{s.httpServer(ctx, s.handler), s.unix})
-	if s.tcp != nil {
-		all = append(all, served{s.httpServer(ctx, s.authenticate(s.handler)), s.tcp})
-	}
-
-	errc := make(chan error, len(all))
-	for _, x := range all {
-		go func() {
-			err := x.srv.Serve(x.l)
-			if errors.Is(err, http.ErrServerClosed) {
-				err = nil
-			}
-			errc <- err
-		}()
-	}
-	s.log.Info("api serving", "socket", s.socket, "listen", s.TCPAddr())
+	s.mu.Unlock()
+	s.log.Info("api serving", "socket", s.socket, "listen", s.TCPAddr(), "metrics", s.MetricsAddr())
 
 	var err error
-	running := len(all)
+	unixRunning := true
 	select {
-	case <-ctx.Done():
-	case err = <-errc:
-		running--
+	case <-s.ctx.Done():
+	case err = <-unixDone:
+		unixRunning = false
 		if err != nil {
 			err = fmt.Errorf("api: serve: %w", err)
 		}
+	case err = <-s.errc:
 	}
-	// Requests' contexts derive from ctx: cancelling it ends the event
+	// Requests' contexts derive from s.ctx: cancelling it ends the event
 	// streams, which would otherwise hold the shutdown for its whole
 	// timeout.
-	cancel()
-	shutdownCtx, stop := context.WithTimeout(context.Background(), shutdownTimeout)
-	defer stop()
-	for _, x := range all {
-		if serr := x.srv.Shutdown(shutdownCtx); serr != nil {
-			x.srv.Close()
-		}
+	s.cancel()
+	s.mu.Lock()
+	s.closed = true
+	tcp := []*tcpListener{s.tcp, s.metricsL}
+	s.tcp, s.metricsL = nil, nil
+	for _, t := range tcp {
+		s.retireLocked(t)
 	}
-	for ; running > 0; running-- {
-		if serr := <-errc; serr != nil && err == nil {
+	s.mu.Unlock()
+	s.shutdown(unix)
+	if unixRunning {
+		if serr := <-unixDone; serr != nil && err == nil {
 			err = fmt.Errorf("api: serve: %w", serr)
 		}
 	}
+	s.wg.Wait()
 	s.log.Info("api stopped")
 	return err
+}
+
+// shutdown stops srv, giving its requests in flight shutdownTimeout.
+func (s *Server) shutdown(srv *http.Server) {
+	ctx, stop := context.WithTimeout(context.Background(), shutdownTimeout)
+	defer stop()
+	if err := srv.Shutdown(ctx); err != nil {
+		srv.Close()
+	}
 }
 
 func (s *Server) httpServer(ctx context.Context, h http.Handler) *http.Server {
@@ -227,11 +267,17 @@ func (s *Server) httpServer(ctx context.Context, h http.Handler) *http.Server {
 func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
 		var errs []error
-		for _, l := range []net.Listener{s.unix, s.tcp} {
-			if l != nil {
-				if err := l.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
-					errs = append(errs, err)
-				}
+		s.mu.Lock()
+		s.closed = true
+		for _, t := range []*tcpListener{s.tcp, s.metricsL} {
+			s.retireLocked(t)
+		}
+		s.tcp, s.metricsL = nil, nil
+		s.mu.Unlock()
+		s.cancel()
+		if s.unix != nil {
+			if err := s.unix.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+				errs = append(errs, err)
 			}
 		}
 		if s.socketFile != nil {
@@ -313,7 +359,8 @@ func (s *Server) authenticate(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		tok, ok := bearer(r.Header.Get("Authorization"))
 		sum := sha256.Sum256([]byte(tok))
-		if !ok || subtle.ConstantTimeCompare(sum[:], s.token[:]) != 1 {
+		want := s.token.Load()
+		if !ok || subtle.ConstantTimeCompare(sum[:], want[:]) != 1 {
 			s.log.Warn("api request refused: bad or missing token", "remote", r.RemoteAddr, "method", r.Method, "path", r.URL.Path)
 			w.Header().Set("WWW-Authenticate", `Bearer realm="nd"`)
 			writeError(w, http.StatusUnauthorized, "unauthorized: a valid bearer token is required")

@@ -14,11 +14,14 @@ package config
 
 import (
 	"cmp"
+	"errors"
+	"fmt"
 	"net/netip"
 	"slices"
 	"time"
 
 	"github.com/nd-dispatcher/nd/internal/executor"
+	"github.com/nd-dispatcher/nd/internal/keyfile"
 	"github.com/nd-dispatcher/nd/internal/maglev"
 )
 
@@ -203,6 +206,27 @@ type API struct {
 	// neither, and only with Listen. Default "".
 	TLSCert string
 	TLSKey  string
+}
+
+// ReadToken is the bearer token of the API's TCP listener: Token, or the
+// content of TokenFile read now (keyfile.Token); "" without a listener.
+// The daemon checks it before accepting a configuration and the API server
+// reads it when it applies one, so that rewriting the file and reloading
+// replaces the token.
+func (a API) ReadToken() (string, error) {
+	switch {
+	case a.Listen == "":
+		return "", nil
+	case a.Token != "":
+		return a.Token, nil
+	case a.TokenFile == "":
+		return "", errors.New("api: a TCP listener requires token or token_file")
+	}
+	t, err := keyfile.Token(a.TokenFile)
+	if err != nil {
+		return "", fmt.Errorf("api.token_file: %w", err)
+	}
+	return t, nil
 }
 
 // Metrics configures the Prometheus exporter.

@@ -50,6 +50,9 @@ func Parse(data []byte, name string) (*Config, error) {
 	// that could not be parsed, or that aliases blew up, is not worth it.
 	if ok && !d.exhausted {
 		c.src.ifaces = slices.Clone(c.Interfaces)
+		for _, cl := range c.Clusters {
+			c.src.vips = append(c.src.vips, cl.VIP)
+		}
 		validate(c, &d.reporter)
 	}
 	if err := d.err(); err != nil {

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -102,6 +103,8 @@ type source struct {
 	// ifaces are the interface names as read, so that CheckInterfaces can
 	// tell whether Interfaces still match the recorded positions.
 	ifaces []string
+	// vips are the clusters' VIPs as read, for CheckVIPs likewise.
+	vips []netip.Addr
 }
 
 // lookup finds the position of path, or of its nearest ancestor with one.

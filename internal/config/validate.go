@@ -55,6 +55,38 @@ func (c *Config) CheckInterfaces(lookup func(name string) error) error {
 	return r.err()
 }
 
+// CheckVIPs reports, located where the file names it, each VIP that is
+// the broadcast address of one of the networks the dispatcher is connected
+// to (its interfaces' IPv4 prefixes, shorter than /31): a VIP there would
+// take every host's broadcasts.
+func (c *Config) CheckVIPs(connected []netip.Prefix) error {
+	var r reporter
+	if c.src != nil && slices.EqualFunc(c.src.vips, c.Clusters, func(a netip.Addr, cl Cluster) bool { return a == cl.VIP }) {
+		r.src = c.src
+	}
+	for i, cl := range c.Clusters {
+		for _, p := range connected {
+			if b, ok := broadcast(p); ok && b == cl.VIP {
+				r.errorf(index("clusters", i)+".vip", "%s is the broadcast address of the connected network %s: not usable as a VIP", cl.VIP, p.Masked())
+				break
+			}
+		}
+	}
+	return r.err()
+}
+
+// broadcast is the broadcast address of an IPv4 prefix shorter than /31.
+func broadcast(p netip.Prefix) (netip.Addr, bool) {
+	a := p.Addr().Unmap()
+	if !a.Is4() || p.Bits() < 0 || p.Bits() >= 31 {
+		return netip.Addr{}, false
+	}
+	b := a.As4()
+	v := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+	v |= 1<<(32-p.Bits()) - 1
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}), true
+}
+
 func validate(c *Config, r *reporter) {
 	validateInterfaces(c.Interfaces, r)
 	validateDataPlane(&c.DataPlane, r)
@@ -463,6 +495,8 @@ func badAddr(a netip.Addr, what string) string {
 		return fmt.Sprintf("%s is an IPv4-mapped IPv6 address: write the IPv4 address %s", a, a.Unmap())
 	case a.Is4() && a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
 		is = "broadcast"
+	case a.Is4() && a.IsLinkLocalUnicast():
+		is = "link-local (169.254.0.0/16)"
 	default:
 		return ""
 	}

@@ -41,6 +41,8 @@ type Neighbors interface {
 // daemon's namespace is the real one.
 type Interfaces func(name string) (*net.Interface, error)
 
+var defaultInterfaces Interfaces = net.InterfaceByName
+
 // Options are what New needs beyond the configuration.
 type Options struct {
 	// Executor is the data plane. Required.
@@ -49,16 +51,23 @@ type Options struct {
 	Neighbors Neighbors
 	// Interfaces looks interfaces up. Default net.InterfaceByName.
 	Interfaces Interfaces
+	// Networks lists the connected networks, whose broadcast addresses no
+	// VIP may be. Default: the interfaces' addresses.
+	Networks Networks
 	// ConfigPath is the file Reload reads. Optional.
 	ConfigPath string
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// StatsInterval is how often counters are sampled for rates. Default 1s.
 	StatsInterval time.Duration
-	// Steering routes advisors' probes of a VIP to one server (advisors
-	// with target vip; *executor.Steering is the real one); nil leaves
-	// such probes down, saying why.
-	Steering Steering
+	// NewSteering attaches the program that routes advisors' probes of a
+	// VIP to one server (advisors with target vip; executor.NewSteering is
+	// the real one). The daemon calls it when some advisor first probes
+	// through a VIP and closes (detaches) what it returned when none does
+	// any more. It runs on whichever goroutine applies a configuration,
+	// so the daemon's network namespace must be the whole process's, as
+	// it is for ndd. Nil leaves such probes down, saying why.
+	NewSteering func() (Steering, error)
 	// HAVIPs manages the VIP addresses of a high-availability node; nil
 	// means the kernel's (ha.NewKernelVIPs on the ha section's interface).
 	HAVIPs ha.VIPs
@@ -73,10 +82,12 @@ type Daemon struct {
 	x      executor.Executor
 	nbr    Neighbors
 	ifaces Interfaces
-	log    *slog.Logger
-	path   string
-	every  time.Duration
-	events *hub
+	// networks lists the connected networks (Check).
+	networks Networks
+	log      *slog.Logger
+	path     string
+	every    time.Duration
+	events   *hub
 
 	// edits serializes whole configuration changes (read, edit, apply), so
 	// that two concurrent edits cannot undo each other.
@@ -103,11 +114,41 @@ type Daemon struct {
 	adv   *advisor.Runner
 	hosts agents
 	ha    *haLink // nil without an ha section
-	steer Steering
 	ready func()
+	// newSteer attaches advisor steering; steer is attached while some
+	// advisor probes through a VIP (steerErr says why it could not be).
+	// steerMu guards steer and steerErr: advisors' probes read them
+	// without d.mu.
+	newSteer func() (Steering, error)
+	steerMu  sync.Mutex
+	steer    Steering
+	steerErr error
+	// listeners serve api.listen and metrics.listen; nil until
+	// SetListeners.
+	listeners Listeners
 	// addrs are the configured VIPs and co-located servers, read without
 	// d.mu by advisors' probes.
 	addrs atomic.Pointer[addrSets]
+}
+
+// Listeners serve the TCP listeners a configuration names: api.listen with
+// its token and TLS, and metrics.listen. *api.Server is the real one.
+type Listeners interface {
+	// Configure makes the listeners those of a and m, all or nothing; the
+	// new token is in force when it returns.
+	Configure(a config.API, m config.Metrics) error
+}
+
+// SetListeners hands the daemon the listeners of api.listen and
+// metrics.listen: every configuration applied from then on, by reload or
+// through the API, changes them before the change is acknowledged. The
+// caller has configured them with the starting configuration.
+func (d *Daemon) SetListeners(l Listeners) {
+	d.edits.Lock()
+	defer d.edits.Unlock()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.listeners = l
 }
 
 // reconcileEvery is how often the p2c scheduler's counts are rewritten from
@@ -136,7 +177,7 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 		return nil, errors.New("daemon: an executor and a neighbour resolver are required")
 	}
 	if o.Interfaces == nil {
-		o.Interfaces = net.InterfaceByName
+		o.Interfaces = defaultInterfaces
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -148,6 +189,7 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 		x:        o.Executor,
 		nbr:      o.Neighbors,
 		ifaces:   o.Interfaces,
+		networks: o.Networks,
 		log:      o.Logger,
 		path:     o.ConfigPath,
 		every:    o.StatsInterval,
@@ -158,10 +200,10 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 		managed:  map[executor.ServiceKey]map[netip.Addr]uint32{},
 		delays:   map[executor.ServiceKey]portDelays{},
 	}
-	d.steer = o.Steering
 	d.ready = o.Ready
+	d.newSteer = o.NewSteering
 	var via func(server, vip netip.Addr) (advisor.DialFunc, error)
-	if o.Steering != nil {
+	if o.NewSteering != nil {
 		via = d.viaVIP
 	}
 	d.adv = advisor.New(advisor.Options{Logger: o.Logger, ViaVIP: via, OnChange: d.onAdvisorChange})
@@ -211,6 +253,8 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 func (d *Daemon) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// Last, once the advisors have stopped.
+	defer d.detachSteering()
 
 	nbrDone := make(chan error, 1)
 	go func() { nbrDone <- d.nbr.Run(ctx) }()
@@ -225,6 +269,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if d.ha != nil {
 		loops.Add(1)
 		go func() { defer loops.Done(); d.runHA(ctx) }()
+		loops.Add(1)
+		go func() { defer loops.Done(); d.publishLoop(ctx) }()
 	}
 
 	if _, err := d.Apply(d.pending); err != nil {
@@ -301,29 +347,10 @@ func (d *Daemon) Update(fn func(c *config.Config) error) (config.Changes, error)
 	return d.apply(c)
 }
 
-// check validates a configuration and its interfaces against the machine.
+// check validates a configuration and the files and interfaces it names
+// against the machine (Check).
 func (d *Daemon) check(cfg *config.Config) error {
-	if err := cfg.Validate(); err != nil {
-		return fmt.Errorf("%w: %w", ErrRejected, err)
-	}
-	if cfg.Agents != nil {
-		// A key or certificate that cannot be read refuses the whole
-		// configuration, rather than leaving the servers' host metrics
-		// disabled (and the servers out) after it was applied.
-		cl, err := newAgentClient(cfg.Agents)
-		if err != nil {
-			return fmt.Errorf("%w: %w", ErrRejected, err)
-		}
-		cl.Close()
-	}
-	err := cfg.CheckInterfaces(func(name string) error {
-		_, err := d.ifaces(name)
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("%w: %w", ErrRejected, err)
-	}
-	return nil
+	return Check(cfg, d.ifaces, d.networks)
 }
 
 // Apply makes cfg the running configuration, changing only what differs. A
@@ -345,6 +372,14 @@ func (d *Daemon) apply(cfg *config.Config) (config.Changes, error) {
 	if err := ch.Err(); err != nil {
 		return ch, fmt.Errorf("%w: %w", ErrRejected, err)
 	}
+	// The listeners first, all or nothing: a busy port refuses the whole
+	// configuration. Every apply re-reads api.token_file, so that a reload
+	// revokes a token replaced in the file.
+	if d.listeners != nil {
+		if err := d.listeners.Configure(cfg.API, cfg.Metrics); err != nil {
+			return ch, fmt.Errorf("%w: %w", ErrRejected, err)
+		}
+	}
 	if ch.Empty() {
 		return ch, nil
 	}
@@ -356,6 +391,11 @@ func (d *Daemon) apply(cfg *config.Config) (config.Changes, error) {
 		}
 	}
 	if len(errs) > 0 {
+		if d.listeners != nil {
+			if err := d.listeners.Configure(d.cfg.API, d.cfg.Metrics); err != nil {
+				d.log.Error("restore the API and metrics listeners", "err", err)
+			}
+		}
 		return ch, fmt.Errorf("%w: %w", ErrRejected, errors.Join(errs...))
 	}
 
@@ -393,8 +433,16 @@ func (d *Daemon) apply(cfg *config.Config) (config.Changes, error) {
 	if err := d.hosts.set(d.cfg); err != nil {
 		errs = append(errs, err)
 	}
-	if err := d.adv.Set(advisorSpecs(d.cfg)); err != nil {
+	specs := advisorSpecs(d.cfg)
+	steered := probesThroughVIP(specs, sets.locals)
+	if steered {
+		d.attachSteering()
+	}
+	if err := d.adv.Set(specs); err != nil {
 		errs = append(errs, fmt.Errorf("advisors: %w", err))
+	}
+	if !steered {
+		d.detachSteering()
 	}
 	if err := d.mgr.SetSettings(managerSettings(d.cfg.Manager)); err != nil {
 		errs = append(errs, fmt.Errorf("manager: %w", err))
@@ -411,7 +459,7 @@ func (d *Daemon) apply(cfg *config.Config) (config.Changes, error) {
 	d.log.Info("configuration applied", "changes", ch.String())
 	d.emit(Event{Type: EventConfigApplied, Message: ch.String()})
 	if d.ha != nil {
-		go d.publishHA() // takes d.mu, which apply holds
+		d.ha.requestPublish()
 	}
 	return ch, nil
 }
@@ -565,9 +613,9 @@ func (d *Daemon) onNeighbor(ev neighbor.Event) {
 		}
 		d.emit(Event{Type: EventServerUnreachable, Server: addr.String(), Message: msg})
 	}
-	if d.steer != nil && now {
-		if _, routed := d.steer.Mark(addr); routed {
-			if _, err := d.steer.Route(addr, ev.Entry.MAC, ev.Entry.Ifindex); err != nil {
+	if st, _ := d.steering(); st != nil && now {
+		if _, routed := st.Mark(addr); routed {
+			if _, err := st.Route(addr, ev.Entry.MAC, ev.Entry.Ifindex); err != nil {
 				d.log.Error("re-route advisor probes after neighbour change", "server", addr, "err", err)
 			}
 		}

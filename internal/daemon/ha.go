@@ -31,11 +31,30 @@ type haLink struct {
 	// supplied its own.
 	vips *ha.KernelVIPs
 	set  []netip.Addr // the VIPs last given to vips
+	// publishes asks the one publisher goroutine (publishLoop) for a new
+	// snapshot: changes are published in the order they were made, each
+	// snapshot newer than the one before.
+	publishes chan struct{}
+	// version numbers the snapshots, under the daemon's mu.
+	version uint64
+	// send hands a snapshot to the node (its SetConfig).
+	send func([]byte)
+}
+
+// requestPublish asks for the state to be published; requests made while
+// one is pending are one.
+func (h *haLink) requestPublish() {
+	select {
+	case h.publishes <- struct{}{}:
+	default:
+	}
 }
 
 // syncedState is what an active sends its standbys: the parts of the
 // configuration a takeover must not change, and the manager's weights.
+// Version grows with every snapshot an active takes.
 type syncedState struct {
+	Version uint64                       `json:"version,omitempty"`
 	Config  string                       `json:"config"` // YAML: clusters, manager, advisors, agents
 	Weights map[string]map[string]uint32 `json:"weights,omitempty"`
 }
@@ -55,11 +74,7 @@ func (d *Daemon) newHA(cfg *config.Config, vips ha.VIPs) error {
 		}
 		vips = kv
 	}
-	node, err := ha.New(ha.Config{
-		Group: h.Group, Interface: h.Interface, Self: h.Self, Peers: h.Peers,
-		Priority: uint8(h.Priority), Preempt: h.Preempt, Interval: h.Interval, DeadAfter: h.DeadAfter,
-		Key: key, VIPs: addrs,
-	}, ha.Options{
+	node, err := ha.New(haConfig(cfg, key), ha.Options{
 		VIPs:     vips,
 		OnState:  d.onHAState,
 		OnFlows:  d.onHAFlows,
@@ -73,9 +88,19 @@ func (d *Daemon) newHA(cfg *config.Config, vips ha.VIPs) error {
 		}
 		return err
 	}
-	d.ha = &haLink{node: node, cfg: *h, vips: kv, set: addrs}
+	d.ha = &haLink{node: node, cfg: *h, vips: kv, set: addrs, publishes: make(chan struct{}, 1), send: node.SetConfig}
 	d.ha.standby.Store(true) // until the node says otherwise
 	return nil
+}
+
+// haConfig is the node's configuration of cfg's ha section.
+func haConfig(cfg *config.Config, key []byte) ha.Config {
+	h := cfg.HA
+	return ha.Config{
+		Group: h.Group, Interface: h.Interface, Self: h.Self, Peers: h.Peers,
+		Priority: uint8(h.Priority), Preempt: h.Preempt, Interval: h.Interval, DeadAfter: h.DeadAfter,
+		Key: key, VIPs: clusterVIPs(cfg),
+	}
 }
 
 func clusterVIPs(cfg *config.Config) []netip.Addr {
@@ -151,7 +176,7 @@ func (d *Daemon) onHAState(s ha.State) {
 	if s == ha.StateActive {
 		// The weights a standby followed are now this node's to manage.
 		d.mgr.Trigger()
-		d.publishHA()
+		d.ha.requestPublish()
 	}
 }
 
@@ -229,8 +254,24 @@ func (d *Daemon) onHAConfig(b []byte) error {
 	return nil
 }
 
-// publishHA gives the node what an active sends: called after every
-// applied configuration and every weight commit.
+// publishLoop is the one goroutine that publishes the state an active
+// sends its standbys, when asked (after every applied configuration, every
+// weight commit and on becoming active), until ctx ends. Being one, it
+// publishes snapshots in the order they were taken: an older one never
+// follows a newer one.
+func (d *Daemon) publishLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-d.ha.publishes:
+			d.publishHA()
+		}
+	}
+}
+
+// publishHA takes a snapshot of what an active sends and gives it to the
+// node. Only publishLoop calls it.
 func (d *Daemon) publishHA() {
 	// A standby sends nothing: what it holds came from the active.
 	if d.ha == nil || d.ha.standby.Load() {
@@ -248,18 +289,20 @@ func (d *Daemon) publishHA() {
 		}
 		weights[k.String()] = ws
 	}
+	d.ha.version++
+	version := d.ha.version
 	d.mu.Unlock()
 	y, err := config.Marshal(c)
 	if err != nil {
 		d.log.Error("ha: write the configuration for the standbys", "err", err)
 		return
 	}
-	b, err := json.Marshal(syncedState{Config: string(y), Weights: weights})
+	b, err := json.Marshal(syncedState{Version: version, Config: string(y), Weights: weights})
 	if err != nil {
 		d.log.Error("ha: encode the state for the standbys", "err", err)
 		return
 	}
-	d.ha.node.SetConfig(b)
+	d.ha.send(b)
 }
 
 // HAStatus is the node's view of its group.

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/nd-dispatcher/nd/internal/config"
 	"github.com/nd-dispatcher/nd/internal/executor"
 	"github.com/nd-dispatcher/nd/internal/ha"
 	"github.com/nd-dispatcher/nd/internal/manager"
@@ -147,4 +149,81 @@ func TestHAStandbyCommitsNothing(t *testing.T) {
 		t.Error("a standby committed weights")
 	}
 	w.d.ha = nil
+}
+
+// TestHAPublishesInOrder: configuration changes and weight commits made
+// from many goroutines at once reach the HA node in the order their
+// snapshots were taken, never an older one after a newer one, and the last
+// one published is the running state.
+func TestHAPublishesInOrder(t *testing.T) {
+	w := start(t, baseConfig)
+	var (
+		mu       sync.Mutex
+		versions []uint64
+		last     syncedState
+	)
+	link := &haLink{publishes: make(chan struct{}, 1), send: func(b []byte) {
+		var st syncedState
+		if err := json.Unmarshal(b, &st); err != nil {
+			t.Errorf("published state: %v", err)
+			return
+		}
+		mu.Lock()
+		versions = append(versions, st.Version)
+		last = st
+		mu.Unlock()
+	}}
+	w.d.mu.Lock()
+	w.d.ha = link
+	w.d.mu.Unlock()
+	ctx, cancel := context.WithCancel(context.Background())
+	loop := make(chan struct{})
+	go func() { defer close(loop); w.d.publishLoop(ctx) }()
+	defer func() {
+		cancel()
+		<-loop
+		w.d.mu.Lock()
+		w.d.ha = nil
+		w.d.mu.Unlock()
+	}()
+
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Go(func() {
+			for i := range 10 {
+				weight := uint32(1 + (g*10+i)%90)
+				_, err := w.d.Update(func(c *config.Config) error {
+					c.Clusters[0].Ports[0].Servers[0].Weight = weight
+					return nil
+				})
+				if err != nil {
+					t.Errorf("update: %v", err)
+					return
+				}
+				if err := w.d.commitWeights(managerCommit(w.d, weight)); err != nil {
+					t.Errorf("commit: %v", err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	want := w.d.Config().Clusters[0].Ports[0].Servers[0].Weight
+	w.eventually("the last state published", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if last.Config == "" {
+			return false
+		}
+		c, err := config.Parse([]byte(last.Config), "published")
+		return err == nil && c.Clusters[0].Ports[0].Servers[0].Weight == want
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	for i := 1; i < len(versions); i++ {
+		if versions[i] <= versions[i-1] {
+			t.Fatalf("publish %d has version %d after %d: an older snapshot followed a newer one (%v)", i, versions[i], versions[i-1], versions)
+		}
+	}
+	t.Logf("%d publishes for 80 changes and 80 commits", len(versions))
 }

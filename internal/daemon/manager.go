@@ -230,7 +230,7 @@ func (d *Daemon) commitWeights(c manager.Commit) error {
 	d.log.Info("weights committed", "service", c.Port.String(), "reason", c.Reason, "weights", strings.Join(parts, " "))
 	d.emit(Event{Type: EventWeightsCommitted, Service: c.Port.String(), Message: msg})
 	if d.ha != nil {
-		go d.publishHA()
+		d.ha.requestPublish()
 	}
 	return nil
 }
@@ -298,10 +298,71 @@ func (d *Daemon) onAdvisorChange(s advisor.Status) {
 
 // Steering routes connections to a VIP to one server: advisors with target
 // vip probe the socket clients reach under direct server return.
+// Closing it detaches it.
 type Steering interface {
 	Route(server netip.Addr, mac net.HardwareAddr, ifindex int) (mark uint32, err error)
 	Mark(server netip.Addr) (uint32, bool)
 	DialFunc(server, source netip.Addr) (func(ctx context.Context, network, address string) (net.Conn, error), error)
+	Close() error
+}
+
+// probesThroughVIP reports whether some advisor probes a server other than
+// the dispatcher itself through a VIP: what needs steering.
+func probesThroughVIP(specs []advisor.Spec, locals map[netip.Addr]bool) bool {
+	for _, s := range specs {
+		if s.Mode != config.TargetVIP {
+			continue
+		}
+		for _, t := range s.Targets {
+			if !locals[t.Server] {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// steering is the attached steering, or nil and why not.
+func (d *Daemon) steering() (Steering, error) {
+	d.steerMu.Lock()
+	defer d.steerMu.Unlock()
+	if d.steer == nil && d.steerErr == nil {
+		return nil, errors.New("advisor steering is not attached: no advisor probes through a VIP")
+	}
+	return d.steer, d.steerErr
+}
+
+// attachSteering attaches steering if it is not. Called with d.mu held.
+func (d *Daemon) attachSteering() {
+	d.steerMu.Lock()
+	defer d.steerMu.Unlock()
+	if d.steer != nil || d.newSteer == nil {
+		return
+	}
+	st, err := d.newSteer()
+	if err != nil {
+		d.steerErr = fmt.Errorf("advisor steering unavailable: %w", err)
+		d.log.Warn("advisor steering unavailable: advisors with target vip will report down", "err", err)
+		d.emit(Event{Type: EventError, Message: d.steerErr.Error()})
+		return
+	}
+	d.steer, d.steerErr = st, nil
+	d.log.Info("advisor steering attached to lo: an advisor probes through a VIP")
+}
+
+// detachSteering detaches steering if it is attached.
+func (d *Daemon) detachSteering() {
+	d.steerMu.Lock()
+	defer d.steerMu.Unlock()
+	d.steerErr = nil
+	if d.steer == nil {
+		return
+	}
+	if err := d.steer.Close(); err != nil {
+		d.log.Error("detach advisor steering", "err", err)
+	}
+	d.steer = nil
+	d.log.Info("advisor steering detached from lo: no advisor probes through a VIP")
 }
 
 // viaVIP gives an advisor a dial function whose connections to vip reach
@@ -317,18 +378,22 @@ func (d *Daemon) viaVIP(server, vip netip.Addr) (advisor.DialFunc, error) {
 		var dl net.Dialer
 		return dl.DialContext, nil
 	}
+	st, err := d.steering()
+	if st == nil {
+		return nil, err
+	}
 	e, ok := d.nbr.Lookup(server)
 	if !ok {
 		return nil, errors.New("server not resolved in the neighbour table")
 	}
-	if _, err := d.steer.Route(server, e.MAC, e.Ifindex); err != nil {
+	if _, err := st.Route(server, e.MAC, e.Ifindex); err != nil {
 		return nil, err
 	}
 	src, err := executor.InterfaceSource(e.Ifindex, vip.Is6(), func(a netip.Addr) bool { return sets.vips[a] })
 	if err != nil {
 		return nil, fmt.Errorf("no source address to probe from: %w", err)
 	}
-	return d.steer.DialFunc(server, src)
+	return st.DialFunc(server, src)
 }
 
 // addrSets are the configured VIPs and co-located servers.

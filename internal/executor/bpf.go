@@ -645,8 +645,8 @@ func (b *BPF) upsertLocked(s Service) error {
 
 // stageServers writes the backend entries of the new server list: new
 // servers get fresh slots (and zeroed counters), changed ones are rewritten
-// in place, which is atomic for a hash map. Returns the new server set and
-// the slots it allocated, to undo on failure.
+// in the spare copy of the double-buffered backends array (writeBackend).
+// Returns the new server set and the slots it allocated, to undo on failure.
 //
 // A service turning p2c rewrites every server, to set BE_F_P2C, after
 // seeding its open-flow count from the per-CPU counters' estimate (opened

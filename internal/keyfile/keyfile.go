@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 )
 
 // MaxSize bounds a key file.
@@ -53,4 +54,37 @@ func Load(path string, min int) ([]byte, error) {
 		return nil, fmt.Errorf("key file %s: key is %d bytes, want at least %d", path, len(key), min)
 	}
 	return key, nil
+}
+
+// Token reads a bearer token from a file: its content, surrounding white
+// space trimmed. The file must be a regular file of at most MaxSize bytes,
+// and the token non-empty, printable ASCII without spaces.
+func Token(path string) (string, error) {
+	if st, err := os.Stat(path); err != nil {
+		return "", fmt.Errorf("token file: %w", err)
+	} else if !st.Mode().IsRegular() {
+		return "", fmt.Errorf("token file %s: not a regular file", path)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return "", fmt.Errorf("token file: %w", err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, MaxSize+1))
+	if err != nil {
+		return "", fmt.Errorf("token file %s: %w", path, err)
+	}
+	if len(b) > MaxSize {
+		return "", fmt.Errorf("token file %s: longer than %d bytes", path, MaxSize)
+	}
+	t := strings.TrimSpace(string(b))
+	if t == "" {
+		return "", fmt.Errorf("token file %s is empty", path)
+	}
+	for _, c := range t {
+		if c <= ' ' || c > '~' {
+			return "", fmt.Errorf("token file %s: the token must be printable ASCII without spaces", path)
+		}
+	}
+	return t, nil
 }

@@ -1,0 +1,173 @@
+package agent
+
+import (
+	"crypto/tls"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Connection limits. A connection that waits (for its first request, for
+// the next one on a keep-alive connection, or in its TLS handshake) holds
+// a slot it can lose: when the agent is full, the waiting connection of
+// the source with the most connections that has waited longest makes room
+// for the new one. So idle or slow connections, however many, cannot keep
+// a dispatcher's poll out, and one source cannot crowd out the others.
+const (
+	// maxConns bounds simultaneous connections.
+	maxConns = 256
+	// maxConnsPerSource bounds one source address's connections.
+	maxConnsPerSource = 32
+)
+
+// connLimiter accepts connections within the limits, evicting waiting
+// ones to make room.
+type connLimiter struct {
+	net.Listener
+	max, perSource int
+	accepted       *atomic.Uint64
+	evicted        *atomic.Uint64
+
+	mu       sync.Mutex
+	conns    map[*limitConn]struct{}
+	bySource map[netip.Addr]int
+}
+
+func newConnLimiter(l net.Listener, max, perSource int, accepted, evicted *atomic.Uint64) *connLimiter {
+	return &connLimiter{
+		Listener: l, max: max, perSource: perSource, accepted: accepted, evicted: evicted,
+		conns: map[*limitConn]struct{}{}, bySource: map[netip.Addr]int{},
+	}
+}
+
+// limitConn is a connection the limiter counts.
+type limitConn struct {
+	net.Conn
+	l       *connLimiter
+	src     netip.Addr
+	busy    bool      // in a request; under l.mu
+	waiting time.Time // since when it waits; under l.mu
+	once    sync.Once
+}
+
+// Accept never waits for a slot: it takes one from a waiting connection,
+// or, if every connection is in a request, closes the new one.
+func (l *connLimiter) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		l.accepted.Add(1)
+		var src netip.Addr
+		if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
+			src = ap.Addr().Unmap()
+		}
+		lc := &limitConn{Conn: c, l: l, src: src, waiting: time.Now()}
+		if victim, ok := l.admit(lc); ok {
+			if victim != nil {
+				l.evicted.Add(1)
+				victim.Close()
+			}
+			return lc, nil
+		}
+		l.evicted.Add(1)
+		c.Close()
+	}
+}
+
+// admit counts c in, choosing the waiting connection to evict when a
+// limit is exceeded; false when there is none to evict.
+func (l *connLimiter) admit(c *limitConn) (*limitConn, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var victim *limitConn
+	switch {
+	case l.bySource[c.src] >= l.perSource:
+		victim = l.oldestWaiting(func(o *limitConn) bool { return o.src == c.src })
+	case len(l.conns) >= l.max:
+		most := 0
+		for _, n := range l.bySource {
+			most = max(most, n)
+		}
+		// The biggest sources first; among them, the longest waiting.
+		victim = l.oldestWaiting(func(o *limitConn) bool { return l.bySource[o.src] == most })
+		if victim == nil {
+			victim = l.oldestWaiting(func(*limitConn) bool { return true })
+		}
+	default:
+		l.addLocked(c)
+		return nil, true
+	}
+	if victim == nil {
+		return nil, false
+	}
+	l.removeLocked(victim)
+	l.addLocked(c)
+	return victim, true
+}
+
+func (l *connLimiter) oldestWaiting(eligible func(*limitConn) bool) *limitConn {
+	var best *limitConn
+	for o := range l.conns {
+		if o.busy || !eligible(o) {
+			continue
+		}
+		if best == nil || o.waiting.Before(best.waiting) {
+			best = o
+		}
+	}
+	return best
+}
+
+func (l *connLimiter) addLocked(c *limitConn) {
+	l.conns[c] = struct{}{}
+	l.bySource[c.src]++
+}
+
+func (l *connLimiter) removeLocked(c *limitConn) {
+	if _, ok := l.conns[c]; !ok {
+		return
+	}
+	delete(l.conns, c)
+	if l.bySource[c.src]--; l.bySource[c.src] <= 0 {
+		delete(l.bySource, c.src)
+	}
+}
+
+// connState follows the HTTP server's view of each connection: a
+// connection in a request cannot be evicted; one that waits can.
+func (l *connLimiter) connState(nc net.Conn, st http.ConnState) {
+	if tc, ok := nc.(*tls.Conn); ok {
+		nc = tc.NetConn()
+	}
+	c, ok := nc.(*limitConn)
+	if !ok {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch st {
+	case http.StateActive:
+		c.busy = true
+	case http.StateIdle, http.StateNew:
+		c.busy = false
+		c.waiting = time.Now()
+	case http.StateClosed, http.StateHijacked:
+		l.removeLocked(c)
+	}
+}
+
+// Close closes the connection and gives its slot back.
+func (c *limitConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(func() {
+		c.l.mu.Lock()
+		c.l.removeLocked(c)
+		c.l.mu.Unlock()
+	})
+	return err
+}

@@ -1,0 +1,224 @@
+package api
+
+import (
+	"crypto/sha256"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sync/atomic"
+
+	"github.com/nd-dispatcher/nd/internal/config"
+)
+
+// tcpListener is one of the TCP listeners the configuration names: the
+// API's (api.listen, with its token and TLS) or the metrics' (metrics.listen).
+type tcpListener struct {
+	addr            string // as configured
+	tlsCert, tlsKey string
+	l               net.Listener
+	handler         http.Handler
+	srv             *http.Server // nil until served
+	done            chan struct{}
+	// retired: the listener was closed on purpose, not by a failure.
+	retired atomic.Bool
+}
+
+func (t *tcpListener) same(addr, cert, key string) bool {
+	return t != nil && t.addr == addr && t.tlsCert == cert && t.tlsKey == key
+}
+
+func (t *tcpListener) Addr() net.Addr {
+	if t == nil {
+		return nil
+	}
+	return t.l.Addr()
+}
+
+// listenTCP binds addr, in TLS with cert and key when given.
+func listenTCP(addr, cert, key string) (*tcpListener, error) {
+	var tlsConfig *tls.Config
+	if cert != "" {
+		c, err := tls.LoadX509KeyPair(cert, key)
+		if err != nil {
+			return nil, fmt.Errorf("api: load TLS certificate: %w", err)
+		}
+		tlsConfig = &tls.Config{Certificates: []tls.Certificate{c}, MinVersion: tls.VersionTLS12}
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("api: listen on %s: %w", addr, err)
+	}
+	if tlsConfig != nil {
+		l = tls.NewListener(l, tlsConfig)
+	}
+	return &tcpListener{addr: addr, tlsCert: cert, tlsKey: key, l: l}, nil
+}
+
+// Configure makes the server's TCP listeners those of the configuration:
+// api.listen (bearer token api.token or the content of api.token_file,
+// TLS with api.tls_cert and api.tls_key) and metrics.listen (GET /metrics
+// only, without a token, as Prometheus exporters serve). It changes them
+// live and all or nothing: a listener that cannot be opened (a busy port,
+// an unreadable token file or certificate) leaves every listener and the
+// token as they were. A new address is opened before the old one is
+// closed (changing only TLS on one address closes it first); a new token
+// is in force, and the old one refused, when Configure returns.
+// Requests in flight on a closed listener get a few seconds to finish.
+func (s *Server) Configure(a config.API, m config.Metrics) error {
+	token, err := a.ReadToken()
+	if err != nil {
+		return err
+	}
+	if (a.TLSCert == "") != (a.TLSKey == "") {
+		return errors.New("api: TLS needs both a certificate and a key")
+	}
+	if a.TLSCert != "" && a.Listen == "" {
+		return errors.New("api: TLS applies to the TCP listener: set Listen too")
+	}
+	if m.Listen != "" && s.metrics == nil {
+		return errors.New("api: no metrics to serve on metrics.listen")
+	}
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return errors.New("api: server closed")
+	}
+	// Open what is new first, so that a failure changes nothing.
+	apiChange, err := planListener(s.tcp, a.Listen, a.TLSCert, a.TLSKey)
+	if err != nil {
+		return err
+	}
+	metricsChange, err := planListener(s.metricsL, m.Listen, "", "")
+	if err != nil {
+		apiChange.abandon()
+		return err
+	}
+	// The token first: from here on only the new one opens the API.
+	sum := sha256.Sum256([]byte(token))
+	s.token.Store(&sum)
+	s.tcp = s.switchLocked(s.tcp, apiChange, func() http.Handler { return s.authenticate(s.handler) })
+	s.metricsL = s.switchLocked(s.metricsL, metricsChange, s.metricsOnly)
+	return nil
+}
+
+// listenerChange is what Configure does to one TCP listener.
+type listenerChange struct {
+	keep            bool         // nothing changes
+	next            *tcpListener // the new listener, opened already; nil: none, or reopen
+	reopen          bool         // the same address with other TLS settings: close, then open
+	addr, cert, key string
+}
+
+// planListener opens what replacing cur with addr (and TLS cert and key)
+// needs opened before anything is closed.
+func planListener(cur *tcpListener, addr, cert, key string) (listenerChange, error) {
+	c := listenerChange{addr: addr, cert: cert, key: key}
+	switch {
+	case cur == nil && addr == "", cur.same(addr, cert, key):
+		c.keep = true
+	case addr == "":
+		// Close cur.
+	case cur != nil && cur.addr == addr:
+		// The address is taken by cur itself: check what can be checked
+		// before closing it.
+		if cert != "" {
+			if _, err := tls.LoadX509KeyPair(cert, key); err != nil {
+				return c, fmt.Errorf("api: load TLS certificate: %w", err)
+			}
+		}
+		c.reopen = true
+	default:
+		t, err := listenTCP(addr, cert, key)
+		if err != nil {
+			return c, err
+		}
+		c.next = t
+	}
+	return c, nil
+}
+
+// abandon closes what planListener opened.
+func (c listenerChange) abandon() {
+	if c.next != nil {
+		c.next.l.Close()
+	}
+}
+
+// switchLocked applies c to the listener cur and returns the one in its
+// place: the new one is served before the old one is closed.
+func (s *Server) switchLocked(cur *tcpListener, c listenerChange, handler func() http.Handler) *tcpListener {
+	if c.keep {
+		return cur
+	}
+	next := c.next
+	if c.reopen {
+		s.retireLocked(cur)
+		cur = nil
+		t, err := listenTCP(c.addr, c.cert, c.key)
+		if err != nil {
+			s.log.Error("api: reopen a TCP listener with its new TLS settings", "listen", c.addr, "err", err)
+			return nil
+		}
+		next = t
+	}
+	if next != nil {
+		s.startLocked(next, handler())
+	}
+	s.retireLocked(cur)
+	return next
+}
+
+// metricsOnly serves GET /metrics and nothing else.
+func (s *Server) metricsOnly() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", s.metrics)
+	return s.recoverPanics(mux)
+}
+
+// startLocked serves t with h once Serve runs (at once if it runs).
+func (s *Server) startLocked(t *tcpListener, h http.Handler) {
+	t.handler = h
+	if s.serving {
+		s.runLocked(t)
+	}
+}
+
+// runLocked starts serving t.
+func (s *Server) runLocked(t *tcpListener) {
+	t.srv = s.httpServer(s.ctx, t.handler)
+	t.done = make(chan struct{})
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer close(t.done)
+		err := t.srv.Serve(t.l)
+		if err != nil && !errors.Is(err, http.ErrServerClosed) && !t.retired.Load() {
+			select {
+			case s.errc <- fmt.Errorf("api: serve %s: %w", t.addr, err):
+			default:
+			}
+		}
+	}()
+}
+
+// retireLocked closes t's listener at once, so that its address refuses
+// connections, and gives its requests in flight a few seconds.
+func (s *Server) retireLocked(t *tcpListener) {
+	if t == nil {
+		return
+	}
+	t.retired.Store(true)
+	t.l.Close()
+	if t.srv == nil {
+		return
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.shutdown(t.srv)
+		<-t.done
+	}()
+}

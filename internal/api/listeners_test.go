@@ -1,0 +1,267 @@
+package api
+
+import (
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/nd-dispatcher/nd/internal/config"
+	"github.com/nd-dispatcher/nd/internal/daemon"
+)
+
+// freePort returns a loopback address no one listens on, for listeners
+// that the configuration names by port (it refuses port 0).
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return addr
+}
+
+// get asks addr for path with a bearer token ("" for none) over a fresh
+// connection and returns the status, or the dial error.
+func get(addr, path, token string) (int, error) {
+	tr := &http.Transport{DisableKeepAlives: true}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+	req, _ := http.NewRequest("GET", "http://"+addr+path, nil)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode, nil
+}
+
+// wantStatus checks that addr answers path with status.
+func wantStatus(t *testing.T, what, addr, path, token string, status int) {
+	t.Helper()
+	got, err := get(addr, path, token)
+	if err != nil || got != status {
+		t.Errorf("%s: GET %s%s: status %d, err %v; want %d", what, addr, path, got, err, status)
+	}
+}
+
+// wantClosed checks that nothing listens on addr any more.
+func wantClosed(t *testing.T, what, addr string) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err == nil {
+		c.Close()
+		t.Errorf("%s: %s still accepts connections", what, addr)
+	}
+}
+
+const otherToken = "fedcba9876543210-other-token"
+
+var plainMetrics = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "nd_up 1\n") })
+
+// TestConfigureListenersLive: Configure changes the token, the API's
+// address and the metrics' address of a serving server: the old token is
+// refused when it returns, a new address serves and the old one is
+// closed; metrics are served without a token, on their port only.
+func TestConfigureListenersLive(t *testing.T) {
+	f := newFake(t)
+	s := serve(t, f, ServerOptions{Listen: "127.0.0.1:0", Token: testToken, Metrics: plainMetrics})
+	first := s.TCPAddr().String()
+	wantStatus(t, "start", first, "/v1/health", testToken, 200)
+
+	if err := s.Configure(config.API{Listen: "127.0.0.1:0", Token: otherToken}, config.Metrics{}); err != nil {
+		t.Fatal(err)
+	}
+	wantStatus(t, "old token after a new one", first, "/v1/health", testToken, 401)
+	wantStatus(t, "new token", first, "/v1/health", otherToken, 200)
+
+	second := freePort(t)
+	mAddr := freePort(t)
+	if err := s.Configure(config.API{Listen: second, Token: otherToken}, config.Metrics{Listen: mAddr}); err != nil {
+		t.Fatal(err)
+	}
+	wantStatus(t, "new address", second, "/v1/health", otherToken, 200)
+	wantClosed(t, "old address", first)
+	wantStatus(t, "metrics without a token", mAddr, "/metrics", "", 200)
+	wantStatus(t, "the API is not on the metrics port", mAddr, "/v1/config", "", 404)
+	wantStatus(t, "the API's metrics still need the token", second, "/metrics", "", 401)
+
+	// A busy address changes nothing.
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	if err := s.Configure(config.API{Listen: busy.Addr().String(), Token: testToken}, config.Metrics{}); err == nil {
+		t.Error("Configure on a busy port succeeded")
+	}
+	wantStatus(t, "after a refused change", second, "/v1/health", otherToken, 200)
+	wantStatus(t, "metrics after a refused change", mAddr, "/metrics", "", 200)
+
+	mAddr2 := freePort(t)
+	if err := s.Configure(config.API{Listen: second, Token: otherToken}, config.Metrics{Listen: mAddr2}); err != nil {
+		t.Fatal(err)
+	}
+	wantStatus(t, "metrics moved", mAddr2, "/metrics", "", 200)
+	wantClosed(t, "old metrics address", mAddr)
+
+	if err := s.Configure(config.API{}, config.Metrics{}); err != nil {
+		t.Fatal(err)
+	}
+	wantClosed(t, "API listener removed", second)
+	wantClosed(t, "metrics listener removed", mAddr2)
+	if s.TCPAddr() != nil || s.MetricsAddr() != nil {
+		t.Errorf("addresses after removal: %v %v", s.TCPAddr(), s.MetricsAddr())
+	}
+}
+
+// TestReloadAppliesListeners: a daemon's reload (and an API change) that
+// changes api.token, api.token_file, api.listen or metrics.listen is in
+// force when acknowledged: the old token refused, the new one accepted; a
+// new address served and the old one closed; metrics served on
+// metrics.listen, moved and stopped.
+func TestReloadAppliesListeners(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "nd.yaml")
+	tokenFile := filepath.Join(dir, "token")
+	write := func(p, content string) {
+		t.Helper()
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	apiA, apiB, m1, m2 := freePort(t), freePort(t), freePort(t), freePort(t)
+	version := func(api, metrics string) string {
+		y := fakeYAML + "api:\n" + api
+		if metrics != "" {
+			y += fmt.Sprintf("metrics: {listen: %q}\n", metrics)
+		}
+		return y
+	}
+	write(path, version(fmt.Sprintf("  listen: %q\n  token: %s\n", apiA, testToken), ""))
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, _ := runDaemon(t, cfg, daemon.Options{ConfigPath: path})
+	s := serve(t, d, ServerOptions{Metrics: plainMetrics})
+	if err := s.Configure(cfg.API, cfg.Metrics); err != nil {
+		t.Fatal(err)
+	}
+	d.SetListeners(s)
+	wantStatus(t, "start", apiA, "/v1/health", testToken, 200)
+
+	reload := func(what, yaml string) {
+		t.Helper()
+		write(path, yaml)
+		if _, err := d.Reload(); err != nil {
+			t.Fatalf("%s: reload: %v", what, err)
+		}
+	}
+	reload("new token", version(fmt.Sprintf("  listen: %q\n  token: %s\n", apiA, otherToken), ""))
+	wantStatus(t, "old token after reload", apiA, "/v1/health", testToken, 401)
+	wantStatus(t, "new token after reload", apiA, "/v1/health", otherToken, 200)
+
+	// A token file rewritten and reloaded revokes the token it held.
+	write(tokenFile, testToken+"\n")
+	reload("token file", version(fmt.Sprintf("  listen: %q\n  token_file: %s\n", apiA, tokenFile), ""))
+	wantStatus(t, "token file", apiA, "/v1/health", testToken, 200)
+	write(tokenFile, otherToken+"\n")
+	reload("token file rewritten", version(fmt.Sprintf("  listen: %q\n  token_file: %s\n", apiA, tokenFile), ""))
+	wantStatus(t, "old token of the file", apiA, "/v1/health", testToken, 401)
+	wantStatus(t, "new token of the file", apiA, "/v1/health", otherToken, 200)
+
+	reload("new listen and metrics", version(fmt.Sprintf("  listen: %q\n  token: %s\n", apiB, otherToken), m1))
+	wantStatus(t, "new address", apiB, "/v1/health", otherToken, 200)
+	wantClosed(t, "old address", apiA)
+	wantStatus(t, "metrics.listen", m1, "/metrics", "", 200)
+
+	// Through the API: the whole configuration put on the new listener.
+	c, err := NewClient("http://"+apiB, otherToken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	next, err := config.Parse([]byte(version(fmt.Sprintf("  listen: %q\n  token: %s\n", apiB, testToken), m2)), "put")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := config.Marshal(next)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.ApplyConfig(b); err != nil {
+		t.Fatalf("apply through the API: %v", err)
+	}
+	wantStatus(t, "token changed through the API: old", apiB, "/v1/health", otherToken, 401)
+	wantStatus(t, "token changed through the API: new", apiB, "/v1/health", testToken, 200)
+	wantStatus(t, "metrics moved", m2, "/metrics", "", 200)
+	wantClosed(t, "metrics' old address", m1)
+
+	// Moving the listener the request came in on: the request is
+	// answered, then its listener closed.
+	apiC := freePort(t)
+	c2, err := NewClient("http://"+apiB, testToken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	moved, err := config.Parse([]byte(version(fmt.Sprintf("  listen: %q\n  token: %s\n", apiC, testToken), m2)), "put")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, err = config.Marshal(moved); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c2.ApplyConfig(b); err != nil {
+		t.Fatalf("move the listener through itself: %v", err)
+	}
+	wantStatus(t, "moved through itself", apiC, "/v1/health", testToken, 200)
+	wantClosed(t, "the listener the move came through", apiB)
+
+	reload("no TCP listeners", fakeYAML)
+	wantClosed(t, "api.listen removed", apiC)
+	wantClosed(t, "metrics.listen removed", m2)
+}
+
+// TestConfigureTLSOnSameAddress: turning TLS on for the address the API
+// already listens on closes it and opens it again in TLS; a certificate
+// that cannot be loaded changes nothing.
+func TestConfigureTLSOnSameAddress(t *testing.T) {
+	certFile, keyFile, pool := selfSigned(t, t.TempDir())
+	addr := freePort(t)
+	s := serve(t, newFake(t), ServerOptions{Listen: addr, Token: testToken})
+	wantStatus(t, "plain", addr, "/v1/health", testToken, 200)
+
+	bad := config.API{Listen: addr, Token: testToken, TLSCert: keyFile, TLSKey: certFile}
+	if err := s.Configure(bad, config.Metrics{}); err == nil {
+		t.Error("Configure with swapped certificate and key succeeded")
+	}
+	wantStatus(t, "plain after a refused change", addr, "/v1/health", testToken, 200)
+
+	if err := s.Configure(config.API{Listen: addr, Token: testToken, TLSCert: certFile, TLSKey: keyFile}, config.Metrics{}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := NewClient("https://"+addr, testToken, WithTLSConfig(&tls.Config{RootCAs: pool}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Health(); err != nil {
+		t.Fatalf("Health over TLS after the change: %v", err)
+	}
+	if got, err := get(addr, "/v1/health", testToken); err == nil && got == 200 {
+		t.Error("plain HTTP still served after TLS was turned on")
+	}
+}

@@ -141,9 +141,10 @@ type nddConfig struct {
 }
 
 type portConfig struct {
-	Port    uint16
-	Advisor string
-	Servers []serverConfig
+	Port      uint16
+	Advisor   string
+	Scheduler string // "" for the default
+	Servers   []serverConfig
 }
 
 type serverConfig struct {
@@ -176,6 +177,9 @@ func (c nddConfig) yaml() string {
 		fmt.Fprintf(&b, "      - port: %d\n", p.Port)
 		if p.Advisor != "" {
 			fmt.Fprintf(&b, "        advisor: %s\n", p.Advisor)
+		}
+		if p.Scheduler != "" {
+			fmt.Fprintf(&b, "        scheduler: %s\n", p.Scheduler)
 		}
 		b.WriteString("        servers:")
 		if len(p.Servers) == 0 {

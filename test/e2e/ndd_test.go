@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/netip"
@@ -29,36 +30,59 @@ import (
 // API while real TCP connections cross the data plane it loaded.
 
 // TestNDDWeights: with weights 1:1:2:4, 4,000 new connections to VIP4:80
-// all complete, each server's share is within 3 points of its weight's
-// share, and ndd's counters agree with what the client saw.
+// all complete and ndd's counters agree with what the client saw. Under the
+// Maglev scheduler each server's share is within 3 points of its weight's
+// share; under the delay scheduler (the default), which sends each new flow
+// to the server with the fewest open flows for its weight, within 20% of it
+// (a closed loop of 16 clients on a shared 2-core machine: a server that
+// answers more slowly rightly takes fewer).
 func TestNDDWeights(t *testing.T) {
 	testutil.RequirePrivileged(t)
-	n := newNDDLab(t, []int{1, 1, 2, 4}, nil)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-
-	const (
-		conns   = 4000
-		workers = 16
-		slack   = 0.03
-	)
-	before := n.newFlows(t)
-	res := runLoad(ctx, n.lab.Client.NS, n.vip4(), conns, workers, 64)
-	after := n.newFlows(t)
-
-	worst := n.checkLoad(t, res, conns)
-	t.Logf("%d connections in %v; worst share is %.2f points off its weight's", res.completed(), res.elapsed.Round(time.Millisecond), 100*worst)
-	if worst > slack {
-		t.Errorf("a server's share is %.2f points off its weight's, want at most %.0f", 100*worst, 100*slack)
-	}
-	counted := map[string]uint64{}
-	for _, s := range n.servers {
-		counted[s.name] = after[s.name] - before[s.name]
-		if got, want := counted[s.name], uint64(res.perServer[s.name]); got != want {
-			t.Errorf("%s: ndd counted %d new flows, the client saw %d connections answered", s.name, got, want)
+	for _, c := range []struct {
+		scheduler        string
+		points, relative float64
+	}{{scheduler: "maglev", points: 0.03}, {scheduler: "", relative: 0.2}} {
+		name := c.scheduler
+		if name == "" {
+			name = "default"
 		}
+		t.Run(name, func(t *testing.T) {
+			n := newNDDLab(t, []int{1, 1, 2, 4}, func(cfg *nddConfig) { cfg.Ports[0].Scheduler = c.scheduler })
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+
+			const (
+				conns   = 4000
+				workers = 16
+			)
+			before := n.newFlows(t)
+			res := runLoad(ctx, n.lab.Client.NS, n.vip4(), conns, workers, 64)
+			after := n.newFlows(t)
+
+			worst := n.checkLoad(t, res, conns)
+			t.Logf("%d connections in %v; worst share is %.2f points off its weight's", res.completed(), res.elapsed.Round(time.Millisecond), 100*worst)
+			if c.points > 0 && worst > c.points {
+				t.Errorf("a server's share is %.2f points off its weight's, want at most %.0f", 100*worst, 100*c.points)
+			}
+			if c.relative > 0 {
+				for i, s := range n.servers {
+					share := float64(res.perServer[s.name]) / conns
+					want := float64(n.weights[i]) / 8
+					if math.Abs(share-want) > c.relative*want {
+						t.Errorf("%s: share %.1f%%, want its weight's %.1f%% within %.0f%%", s.name, 100*share, 100*want, 100*c.relative)
+					}
+				}
+			}
+			counted := map[string]uint64{}
+			for _, s := range n.servers {
+				counted[s.name] = after[s.name] - before[s.name]
+				if got, want := counted[s.name], uint64(res.perServer[s.name]); got != want {
+					t.Errorf("%s: ndd counted %d new flows, the client saw %d connections answered", s.name, got, want)
+				}
+			}
+			t.Logf("new flows counted by ndd: %v", counted)
+		})
 	}
-	t.Logf("new flows counted by ndd: %v", counted)
 }
 
 // TestNDDRepliesBypassDispatcher: the servers' replies go straight to the

@@ -203,6 +203,7 @@ func runFeedbackBench(ctx context.Context, o feedbackOptions, logf func(string, 
 				return rep, err
 			}
 			rerr := runOne(ctx, o, sc, b, l, g, nddPath, rdir, run, logf)
+			keepLog(o.out, rdir, sc.Name+"-"+b.Name, logf)
 			switch {
 			case errors.Is(rerr, errNotAvailable):
 				run.Skipped = rerr.Error()
@@ -217,6 +218,24 @@ func runFeedbackBench(ctx context.Context, o feedbackOptions, logf func(string, 
 		}
 	}
 	return rep, nil
+}
+
+// keepLog copies ndd's log of a run, if it wrote one, into the output
+// directory as ndd-<run>.log: what the manager decided, and why.
+func keepLog(out, rdir, name string, logf func(string, ...any)) {
+	if out == "" {
+		return
+	}
+	b, err := os.ReadFile(filepath.Join(rdir, "ndd.log"))
+	if err != nil {
+		return
+	}
+	if err := os.MkdirAll(out, 0o755); err == nil {
+		err = os.WriteFile(filepath.Join(out, "ndd-"+name+".log"), b, 0o644)
+	}
+	if err != nil {
+		logf("keep ndd's log of %s: %v", name, err)
+	}
 }
 
 // runOne runs balancer b through scenario sc: fresh servers, the

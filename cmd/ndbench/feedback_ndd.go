@@ -123,7 +123,7 @@ const nddLogLines = 5
 // its own so that a Ctrl-C reaches only ndbench, which stops it in order.
 func startNDD(l *lab.Lab, nddPath, cfgPath, logPath string) (*lab.NDD, error) {
 	return lab.StartNDD(&l.Dispatcher, lab.NDDOptions{Binary: nddPath, Config: cfgPath, Log: logPath,
-		Args: []string{"--log-level", "warn"}, OwnGroup: true})
+		Args: []string{"--log-level", "info"}, OwnGroup: true})
 }
 
 // stopNDD stops ndd with SIGTERM, killing it after wait; ndd gone before

@@ -375,18 +375,22 @@ func delayDecision(smp []*sample, newW []uint32, newD []float64, curFT, newFT ti
 }
 
 // Between intervals, on every sample of the counters (16 an interval), the
-// manager looks at what a layer-4 dispatcher sees of each server: the flows
-// it held, on average over the last samples, against the flows its new flows
-// would have held had they lasted as long as a typical flow of the port
-// (Little's law). Two things cannot wait for the interval:
+// manager looks at what a layer-4 dispatcher sees of each server over its
+// last few samples: the flows it held on average and the new flows it took,
+// hence its response time (Little's law), against its peers' in the same
+// samples. Against its peers, not against a figure from the last interval:
+// when one server slows down the others take its flows, and their own
+// response times grow with their queues; judged against an older typical
+// time they would look slow, or their newcomers look like sinkholes, one
+// after another. Two things cannot wait for the interval:
 //
 //   - a suspect: a server failing every request at once is fed new flows at
 //     the data plane's pace, and every interval of waiting is a fraction of
 //     all requests failed. It holds almost nothing: out at once.
 //   - a slow-down: a server turning four times slower takes its share of
 //     long requests at four times their length until its factor rises, and
-//     those are the tail. It holds several times what it should: its factor
-//     rises at once (falls wait for the interval and its smoothing).
+//     those are the tail. Its flows last several times its peers': its
+//     factor rises at once (falls wait for the interval and its smoothing).
 const (
 	// suspectSamples is the suspect check's window, in samples.
 	suspectSamples = 4
@@ -394,15 +398,21 @@ const (
 	// a rise on noise costs a server its share.
 	riseSamples = 8
 	// suspectExpected is how many flows a server must be expected to hold
-	// over the window before it is judged: fewer, and a count of 0 at
-	// every sample is likely enough by chance.
+	// over the window (its new flows at its peers' response time) before
+	// it is judged: fewer, and a count of 0 at every sample is likely
+	// enough by chance.
 	suspectExpected = 3
 	// suspectRatio: a server holding this many times fewer flows than
 	// expected is suspect.
 	suspectRatio = 8
-	// riseRatio: a server holding this many times more than expected has
-	// its delay factor raised at once (to the ratio cubed).
+	// riseRatio: a server whose flows last this many times its peers'
+	// has its delay factor raised at once, to the ratio cubed, at most
+	// riseMax.
 	riseRatio = 2.5
+	riseMax   = 64
+	// riseMinFlows is how many new flows a server must have taken in the
+	// window for its response time there to be read.
+	riseMinFlows = 10
 	// suspectCoolDowns: a suspect sits out this many cool-downs (doubled
 	// on each repeat): with its health check passing, only traffic can
 	// show it well again, and each try costs the requests it fails.
@@ -419,34 +429,56 @@ type windowSample struct {
 	active   float64
 }
 
-// windowHeld is what a server held over its last n samples, on average,
-// and what its new flows in them would have held at flowTime each.
-func (st *serverState) windowHeld(n int, flowTime time.Duration) (held, expected float64) {
+// windowFlows is what a server held over its last n samples, on average,
+// and how many new flows it took a second in them; ok false without n+1
+// samples.
+func (st *serverState) windowFlows(n int) (held, rate float64, newN uint64, ok bool) {
 	w := st.window
 	if len(w) < n+1 {
-		return 0, 0
+		return 0, 0, 0, false
 	}
 	w = w[len(w)-n-1:]
 	first, last := w[0], w[len(w)-1]
 	if last.newFlows < first.newFlows || !last.at.After(first.at) {
-		return 0, 0
+		return 0, 0, 0, false
 	}
 	for _, s := range w[1:] {
 		held += s.active
 	}
 	held /= float64(len(w) - 1)
-	rate := float64(last.newFlows-first.newFlows) / last.at.Sub(first.at).Seconds()
-	return held, rate * flowTime.Seconds()
+	newN = last.newFlows - first.newFlows
+	return held, float64(newN) / last.at.Sub(first.at).Seconds(), newN, true
+}
+
+// peerTime is the median response time over the last n samples of the
+// port's servers in the working set other than self that took at least
+// riseMinFlows new flows in them; fallback when none did.
+func peerTime(ps *portState, self netip.Addr, n int, fallback time.Duration) time.Duration {
+	var ts []float64
+	for _, sv := range ps.spec.Servers {
+		st := ps.servers[sv.Addr]
+		if sv.Addr == self || st == nil || st.state != StateUp {
+			continue
+		}
+		if held, rate, newN, ok := st.windowFlows(n); ok && newN >= riseMinFlows && rate > 0 {
+			ts = append(ts, held/rate)
+		}
+	}
+	if len(ts) == 0 {
+		return fallback
+	}
+	return time.Duration(median(ts) * float64(time.Second))
 }
 
 // checkSamples adds a sample of a delay port's counters to each server's
 // window, takes out at once a server in the working set that held
-// suspectRatio times fewer flows than expected (for a cool-down that
-// doubles with each repeat), and asks at once for a higher delay factor for
-// one that held riseRatio times more. It reports whether either happened:
-// the caller triggers a computation. Called with m.mu held.
+// suspectRatio times fewer flows than its new flows would have held at its
+// peers' response time (for a cool-down that doubles with each repeat), and
+// asks at once for a higher delay factor for one whose flows lasted
+// riseRatio times its peers'. It reports whether either happened: the
+// caller triggers a computation that reads health, not load. Called with
+// m.mu held.
 func (m *Manager) checkSamples(ps *portState, ss executor.ServiceStats, now time.Time, flowTime time.Duration) bool {
-	act := false
 	for _, sv := range ps.spec.Servers {
 		st := ps.servers[sv.Addr]
 		c, ok := ss.Servers[sv.Addr]
@@ -457,7 +489,12 @@ func (m *Manager) checkSamples(ps *portState, ss executor.ServiceStats, now time
 		if len(st.window) > riseSamples+1 {
 			st.window = st.window[len(st.window)-riseSamples-1:]
 		}
-		if sv.Fixed || sv.Quiesced || st.state != StateUp || flowTime <= 0 || now.Before(st.suspectUntil) {
+	}
+	_, static := m.wcf.(Static)
+	act := false
+	for _, sv := range ps.spec.Servers {
+		st := ps.servers[sv.Addr]
+		if st == nil || sv.Fixed || sv.Quiesced || st.state != StateUp || now.Before(st.suspectUntil) {
 			continue
 		}
 		// A server just back from being suspect is on probation: judged
@@ -467,27 +504,36 @@ func (m *Manager) checkSamples(ps *portState, ss executor.ServiceStats, now time
 		if st.suspects > 0 && st.healthy <= probationIntervals {
 			n, minExp = suspectSamples/2, suspectExpected/2
 		}
-		if held, expected := st.windowHeld(n, flowTime); expected >= minExp && held*suspectRatio < expected {
-			st.suspects++
-			d := suspectCoolDowns * m.settings.CoolDown << min(st.suspects-1, 4)
-			st.suspectUntil = now.Add(d)
-			st.suspectNote = fmt.Sprintf("held %.2f flows where its new flows at %s each would hold %.1f: out for %s", held, roundDur(flowTime), expected, d)
-			st.healthy = 0
-			st.window = nil
-			m.log.Warn("manager: suspect server out", "port", ps.spec.Key.String(), "server", sv.Addr.String(), "note", st.suspectNote)
-			act = true
+		if held, rate, _, ok := st.windowFlows(n); ok {
+			ref := peerTime(ps, sv.Addr, n, flowTime)
+			if expected := rate * ref.Seconds(); expected >= minExp && held*suspectRatio < expected {
+				st.suspects++
+				d := suspectCoolDowns * m.settings.CoolDown << min(st.suspects-1, 4)
+				st.suspectUntil = now.Add(d)
+				st.suspectNote = fmt.Sprintf("held %.2f flows where its new flows at its peers' %s each would hold %.1f: out for %s", held, roundDur(ref), expected, d)
+				st.healthy = 0
+				st.window = nil
+				m.log.Warn("manager: suspect server out", "port", ps.spec.Key.String(), "server", sv.Addr.String(), "note", st.suspectNote)
+				act = true
+				continue
+			}
+		}
+		if static {
 			continue
 		}
-		if _, static := m.wcf.(Static); static {
+		held, rate, newN, ok := st.windowFlows(riseSamples)
+		if !ok || newN < riseMinFlows || held < suspectExpected || rate <= 0 {
 			continue
 		}
-		held, expected := st.windowHeld(riseSamples, flowTime)
-		// A server the scheduler starves (its peers far less busy) is
-		// judged on what it holds: expected then reads at least one flow.
-		if held < suspectExpected || held < riseRatio*max(expected, 1) {
+		ref := peerTime(ps, sv.Addr, riseSamples, 0)
+		if ref <= 0 {
 			continue
 		}
-		if t := delayTarget(held / max(expected, 1)); t > 1.5*max(st.rise, st.delay, 1) {
+		ratio := held / rate / ref.Seconds()
+		if ratio < riseRatio {
+			continue
+		}
+		if t := min(delayTarget(ratio), riseMax); t > 1.5*max(st.rise, st.delay, 1) {
 			st.rise = t
 			act = true
 		}

@@ -259,8 +259,8 @@ func TestDelaySuspect(t *testing.T) {
 	for k := range activeSamples {
 		r.sample(iv/activeSamples, rates, held)
 		select {
-		case <-r.m.trigger:
-			r.m.Step()
+		case <-r.m.sampled:
+			r.m.step(false)
 		default:
 		}
 		if r.weights()[0] == 0 {
@@ -327,8 +327,8 @@ func TestDelayRiseBetweenIntervals(t *testing.T) {
 	for k := range activeSamples {
 		r.sample(iv/activeSamples, rates, held)
 		select {
-		case <-r.m.trigger:
-			r.m.Step()
+		case <-r.m.sampled:
+			r.m.step(false)
 		default:
 		}
 		if r.delays()[0] > 8 {
@@ -358,8 +358,8 @@ func TestDelayNoRiseOnNoise(t *testing.T) {
 			}
 			r.sample(iv/activeSamples, repeat(400, 4), held)
 			select {
-			case <-r.m.trigger:
-				r.m.Step()
+			case <-r.m.sampled:
+				r.m.step(false)
 			default:
 			}
 		}
@@ -367,5 +367,44 @@ func TestDelayNoRiseOnNoise(t *testing.T) {
 	}
 	if len(r.commits) != 0 {
 		t.Errorf("%d commits on equal servers' noise, first %+v", len(r.commits), r.commits[0])
+	}
+}
+
+// TestDelayLoadShiftNoCascade: when one server slows down and its peers
+// take its flows, their own response times grow by half with their queues;
+// judged against each other, not against the typical time of the interval
+// before, none of them rises or is taken for a suspect.
+func TestDelayLoadShiftNoCascade(t *testing.T) {
+	r := newDelayRig(t, 4, Settings{}, delayProps, "")
+	r.interval(repeat(400, 4), repeat(0.0109, 4))
+	r.interval(repeat(400, 4), repeat(0.0109, 4))
+	iv := r.m.Settings().Interval
+	rates := []float64{60, 520, 520, 520}
+	held := []float64{60 * 4 * 0.0109, 520 * 1.5 * 0.0109, 520 * 1.5 * 0.0109, 520 * 1.5 * 0.0109}
+	for k := range 3 * activeSamples {
+		r.sample(iv/activeSamples, rates, held)
+		select {
+		case <-r.m.sampled:
+			r.m.step(false)
+		default:
+		}
+		if k%activeSamples == activeSamples-1 {
+			r.m.Step()
+		}
+	}
+	d := r.delays()
+	t.Logf("delays %v, weights %v", d, r.weights())
+	if d[0] < 8 {
+		t.Errorf("slow server's factor %.2f, want it raised", d[0])
+	}
+	for i := 1; i < 4; i++ {
+		if d[i] != 1 {
+			t.Errorf("server %d, busier with the slow one's flows, has factor %.2f, want 1", i, d[i])
+		}
+	}
+	for _, s := range r.m.Report()[0].Servers {
+		if s.State != StateUp {
+			t.Errorf("%v is %s: %s", s.Server, s.State, s.Note)
+		}
 	}
 }

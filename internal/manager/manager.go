@@ -224,6 +224,9 @@ type Manager struct {
 
 	trigger chan struct{}
 	reset   chan struct{} // the interval changed
+	// sampled asks for a computation that reads health only: what
+	// checkSamples saw between intervals.
+	sampled chan struct{}
 
 	mu       sync.Mutex
 	settings Settings
@@ -267,6 +270,7 @@ func New(s Settings, o Options) (*Manager, error) {
 		x: o.Executor, commit: o.Commit, adv: o.Advisor, host: o.Host, now: o.Now, log: o.Logger,
 		trigger:  make(chan struct{}, 1),
 		reset:    make(chan struct{}, 1),
+		sampled:  make(chan struct{}, 1),
 		settings: s,
 		wcf:      wcf,
 		ports:    map[executor.ServiceKey]*portState{},
@@ -404,6 +408,8 @@ func (m *Manager) Run(ctx context.Context) error {
 			st.Reset(iv / activeSamples)
 		case <-m.trigger:
 			m.Step()
+		case <-m.sampled:
+			m.step(false)
 		case <-t.C:
 			m.Step()
 		case <-st.C:
@@ -447,14 +453,21 @@ func (m *Manager) sampleActive() {
 		}
 	}
 	if suspect {
-		// Out at once, as an event: not at the next interval.
-		m.Trigger()
+		// At once, as an event that reads health, not load: not at the
+		// next interval.
+		select {
+		case m.sampled <- struct{}{}:
+		default:
+		}
 	}
 }
 
 // Step runs one computation over every port now and commits what passes
 // the threshold. Run calls it; tests call it directly.
-func (m *Manager) Step() {
+func (m *Manager) Step() { m.step(true) }
+
+// step is Step; mayLoad false reads health only, whenever it runs.
+func (m *Manager) step(mayLoad bool) {
 	stats, err := m.x.Stats()
 	if err != nil {
 		m.log.Warn("manager: reading counters", "err", err)
@@ -471,7 +484,7 @@ func (m *Manager) Step() {
 	// brings a moment after the last one reads health only (down, up,
 	// quiesced), and leaves the load for the next full interval.
 	elapsed := now.Sub(m.last)
-	load := m.last.IsZero() || elapsed >= m.settings.Interval/2
+	load := mayLoad && (m.last.IsZero() || elapsed >= m.settings.Interval/2)
 	if load {
 		m.last = now
 	}

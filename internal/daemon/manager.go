@@ -221,7 +221,7 @@ func (d *Daemon) commitWeights(c manager.Commit) error {
 	var parts []string
 	for _, a := range addrs {
 		if f := c.Delays[a]; f > 1 {
-			parts = append(parts, fmt.Sprintf("%s=%d(delay x%.3g)", a, write[a], f))
+			parts = append(parts, fmt.Sprintf("%s=%d(delay x%.3g, lmi %.2f)", a, write[a], f, c.LMIs[a]))
 			continue
 		}
 		parts = append(parts, fmt.Sprintf("%s=%d", a, write[a]))

@@ -290,9 +290,9 @@ func (m *Manager) delayPort(ps *portState, inst executor.Service, ss executor.Se
 		return Commit{}, false
 	}
 	c := Commit{Port: spec.Key, Weights: map[netip.Addr]uint32{}, Delays: map[netip.Addr]float64{},
-		FlowTime: flowTime, Reason: rep.Reason, Change: rep.Change}
+		FlowTime: flowTime, Reason: rep.Reason, Change: rep.Change, LMIs: map[netip.Addr]float64{}}
 	for i, s := range smp {
-		c.Weights[s.addr], c.Delays[s.addr] = newW[i], newD[i]
+		c.Weights[s.addr], c.Delays[s.addr], c.LMIs[s.addr] = newW[i], newD[i], lmi[i]
 	}
 	return c, true
 }
@@ -403,12 +403,15 @@ const (
 	// enough by chance.
 	suspectExpected = 3
 	// suspectRatio: a server holding this many times fewer flows than
-	// expected is suspect.
+	// expected, and at most suspectHeld on average, is suspect: a server
+	// failing every request at once holds next to nothing, while one the
+	// scheduler starves still holds its long flows.
 	suspectRatio = 8
+	suspectHeld  = 0.5
 	// riseRatio: a server whose flows last this many times its peers'
 	// has its delay factor raised at once, to the ratio cubed, at most
 	// riseMax.
-	riseRatio = 2.5
+	riseRatio = 3.5
 	riseMax   = 64
 	// riseMinFlows is how many new flows a server must have taken in the
 	// window for its response time there to be read.
@@ -506,7 +509,7 @@ func (m *Manager) checkSamples(ps *portState, ss executor.ServiceStats, now time
 		}
 		if held, rate, _, ok := st.windowFlows(n); ok {
 			ref := peerTime(ps, sv.Addr, n, flowTime)
-			if expected := rate * ref.Seconds(); expected >= minExp && held*suspectRatio < expected {
+			if expected := rate * ref.Seconds(); expected >= minExp && held*suspectRatio < expected && held <= suspectHeld {
 				st.suspects++
 				d := suspectCoolDowns * m.settings.CoolDown << min(st.suspects-1, 4)
 				st.suspectUntil = now.Add(d)

@@ -190,6 +190,9 @@ type Commit struct {
 	// under others: leave them as they are).
 	Delays   map[netip.Addr]float64
 	FlowTime time.Duration
+	// LMIs are the servers' LMIs behind the decision (delay scheduler),
+	// for the log.
+	LMIs map[netip.Addr]float64
 	// Version is the manager's configuration version the decision was
 	// computed under (see Manager.Version): the owner of the data plane
 	// drops a decision computed before its latest SetPorts or SetSettings.

@@ -63,6 +63,9 @@ const (
 	// delayHold: a delay factor above 1 stays where it is while its target
 	// is within this factor of it (an LMI within 26%).
 	delayHold = 2
+	// delayFall: a factor falls toward a target above 1 only when the
+	// target is this many times lower (an LMI halved).
+	delayFall = 8
 )
 
 // delayTarget is the delay factor an LMI asks for.
@@ -307,8 +310,15 @@ func (m *Manager) delayPort(ps *portState, inst executor.Service, ss executor.Se
 //     hundred flows crosses the band now and then on equal servers, two in
 //     a row do not (a rise seen between intervals is taken at once by
 //     checkSamples instead);
-//   - a fall is smoothed, but not on the interval that straddles a rise
-//     seen between intervals, whose reading is half from before it.
+//   - a fall waits until the server reads as typical (target 1) or far
+//     less slow (a target delayFall times lower): a server still slower
+//     than its peers keeps the factor it was given, where
+//     following each reading down lets it back in for the next long
+//     requests (a server the scheduler keeps aside is read on its
+//     advisor's probes and a few flows, and a probe's fixed costs make a
+//     server four times slower read about 2.5 times); then it is smoothed,
+//     but not on the interval that straddles a rise seen between
+//     intervals, whose reading is half from before it.
 func (st *serverState) nextDelay(cur, target, smoothing float64) float64 {
 	rose := st.rose
 	st.rose = false
@@ -322,7 +332,7 @@ func (st *serverState) nextDelay(cur, target, smoothing float64) float64 {
 		return cur
 	case target > cur && st.above < 2:
 		return cur
-	case target < cur && rose:
+	case target < cur && (rose || (target > 1 && target*delayFall > cur)):
 		return cur
 	}
 	return smoothDelay(cur, target, smoothing)

@@ -218,7 +218,10 @@ func measureRun(sc *scenario, run *fbRun) {
 		m.Detect = detection(raw, sink.From, sink.To, full/2)
 		end := sink.To
 		if m.Detect >= 0 {
-			m.FailedAfterDetect = failedFrom(run.records, sec(sink.From+m.Detect), sec(sink.To))
+			// From the second after detection: the bench sees shares a
+			// second at a time, and the detection second's failures are
+			// those that revealed the sinkhole.
+			m.FailedAfterDetect = failedFrom(run.records, sec(sink.From+m.Detect+1), sec(sink.To))
 			end = sink.From + max(m.Detect, 1)
 		}
 		m.SinkMaxShare = maxOf(s1[sink.From:min(end, secs)])

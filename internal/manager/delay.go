@@ -426,10 +426,11 @@ const (
 	// riseMinFlows is how many new flows a server must have taken in the
 	// window for its response time there to be read.
 	riseMinFlows = 10
-	// suspectCoolDowns: a suspect sits out this many cool-downs (doubled
-	// on each repeat): with its health check passing, only traffic can
-	// show it well again, and each try costs the requests it fails.
-	suspectCoolDowns = 4
+	// suspectCoolDowns: a suspect sits out this many cool-downs (30 s at
+	// the defaults, as Envoy ejects an outlier; doubled on each repeat):
+	// with its health check passing, only traffic can show it well again,
+	// and each try costs the requests it fails.
+	suspectCoolDowns = 10
 	// probationIntervals: for this many computations after it comes back,
 	// a former suspect is judged on a shorter window.
 	probationIntervals = 2

@@ -278,12 +278,12 @@ func TestDelaySuspect(t *testing.T) {
 	if st := r.m.Report()[0].Servers[0].State; st != StateSuspect {
 		t.Errorf("state %q, want %q", st, StateSuspect)
 	}
-	// It sits out four cool-downs (12 intervals): still out after 10, back
-	// after 13, at its weight.
-	for k := range 13 {
+	// It sits out ten cool-downs (30 intervals): still out after 28, back
+	// after 31, at its weight.
+	for k := range 31 {
 		r.interval([]float64{0, 500, 500, 500}, repeat(0.0109, 4))
-		if w := r.weights()[0]; k == 9 && w != 0 {
-			t.Errorf("the suspect is back at %d after 10 intervals, want it out for 12", w)
+		if w := r.weights()[0]; k == 27 && w != 0 {
+			t.Errorf("the suspect is back at %d after 28 intervals, want it out for 30", w)
 		}
 	}
 	if w := r.weights()[0]; w != 50 {

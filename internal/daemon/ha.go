@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net/netip"
 	"slices"
 	"sync/atomic"
@@ -57,6 +58,16 @@ type syncedState struct {
 	Version uint64                       `json:"version,omitempty"`
 	Config  string                       `json:"config"` // YAML: clusters, manager, advisors, agents
 	Weights map[string]map[string]uint32 `json:"weights,omitempty"`
+	// Delays are the manager's delay factors and typical flow times of
+	// ports under the delay scheduler: a standby that takes over schedules
+	// as the active did, not as if every server were as fast as the rest.
+	Delays map[string]syncedDelays `json:"delays,omitempty"`
+}
+
+// syncedDelays is one port's portDelays on the wire.
+type syncedDelays struct {
+	Servers  map[string]float64 `json:"servers,omitempty"`
+	FlowTime time.Duration      `json:"flow_time_ns,omitempty"`
 }
 
 // newHA builds the node of cfg.HA: the group's VIPs are every cluster's.
@@ -236,6 +247,25 @@ func (d *Daemon) onHAConfig(b []byte) error {
 		}
 		weights[p.Key] = m
 	}
+	delays := map[executor.ServiceKey]portDelays{}
+	for _, p := range recv.Ports() {
+		sd, ok := st.Delays[p.Key.String()]
+		if !ok {
+			continue
+		}
+		pd := portDelays{servers: map[netip.Addr]float64{}, flowTime: max(sd.FlowTime, 0)}
+		for a, f := range sd.Servers {
+			addr, err := netip.ParseAddr(a)
+			if err != nil {
+				return fmt.Errorf("ha: delay factors from the active: %q is not an address", a)
+			}
+			if !(f >= 0) || math.IsInf(f, 0) {
+				return fmt.Errorf("ha: delay factors from the active: %v for %s is not a factor", f, a)
+			}
+			pd.servers[addr] = f
+		}
+		delays[p.Key] = pd
+	}
 	_, err = d.Update(func(c *config.Config) error {
 		c.Clusters, c.Manager, c.Advisors, c.Agents = recv.Clusters, recv.Manager, recv.Advisors, recv.Agents
 		return nil
@@ -245,7 +275,7 @@ func (d *Daemon) onHAConfig(b []byte) error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.managed = weights
+	d.managed, d.delays = weights, delays
 	for _, p := range d.cfg.Ports() {
 		if err := d.install(p); err != nil {
 			d.log.Error("ha: install the active's weights", "port", p.Key.String(), "err", err)
@@ -289,6 +319,14 @@ func (d *Daemon) publishHA() {
 		}
 		weights[k.String()] = ws
 	}
+	delays := map[string]syncedDelays{}
+	for k, pd := range d.delays {
+		sd := syncedDelays{Servers: map[string]float64{}, FlowTime: pd.flowTime}
+		for a, f := range pd.servers {
+			sd.Servers[a.String()] = f
+		}
+		delays[k.String()] = sd
+	}
 	d.ha.version++
 	version := d.ha.version
 	d.mu.Unlock()
@@ -297,7 +335,7 @@ func (d *Daemon) publishHA() {
 		d.log.Error("ha: write the configuration for the standbys", "err", err)
 		return
 	}
-	b, err := json.Marshal(syncedState{Version: version, Config: string(y), Weights: weights})
+	b, err := json.Marshal(syncedState{Version: version, Config: string(y), Weights: weights, Delays: delays})
 	if err != nil {
 		d.log.Error("ha: encode the state for the standbys", "err", err)
 		return

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 
@@ -226,4 +227,55 @@ func TestHAPublishesInOrder(t *testing.T) {
 		}
 	}
 	t.Logf("%d publishes for 80 changes and 80 commits", len(versions))
+}
+
+// TestHADelaysReachStandby: the delay factors and the typical flow time an
+// active's manager committed travel with its weights: a standby that takes
+// over schedules around the same slow server, and a factor that is not a
+// number is refused.
+func TestHADelaysReachStandby(t *testing.T) {
+	active, standby := start(t, baseConfig), start(t, baseConfig)
+	var sent []byte
+	active.d.mu.Lock()
+	active.d.ha = &haLink{publishes: make(chan struct{}, 1), send: func(b []byte) { sent = b }}
+	active.d.mu.Unlock()
+	c := managerCommit(active.d, 10)
+	c.Delays = map[netip.Addr]float64{srv1: 64, srv2: 1}
+	c.FlowTime = 11 * time.Millisecond
+	if err := active.d.commitWeights(c); err != nil {
+		t.Fatal(err)
+	}
+	active.d.publishHA()
+	active.d.mu.Lock()
+	active.d.ha = nil
+	active.d.mu.Unlock()
+	if sent == nil {
+		t.Fatal("the active published nothing")
+	}
+	if err := standby.d.onHAConfig(sent); err != nil {
+		t.Fatal(err)
+	}
+	var got executor.Service
+	for _, s := range standby.x.Services() {
+		if s.Key == key {
+			got = s
+		}
+	}
+	if got.FlowTime != 11*time.Millisecond {
+		t.Errorf("standby's flow time %v, want 11ms", got.FlowTime)
+	}
+	for _, s := range got.Servers {
+		if want := map[netip.Addr]float64{srv1: 64, srv2: 1}[s.Addr]; s.Delay != want {
+			t.Errorf("standby's delay factor of %v: %v, want %v", s.Addr, s.Delay, want)
+		}
+	}
+	var st syncedState
+	if err := json.Unmarshal(sent, &st); err != nil {
+		t.Fatal(err)
+	}
+	st.Delays[key.String()].Servers[srv1.String()] = -1
+	bad, _ := json.Marshal(st)
+	if err := standby.d.onHAConfig(bad); err == nil {
+		t.Error("a negative delay factor from the active was taken")
+	}
 }

@@ -287,13 +287,13 @@ static __always_inline void count_pick(__u32 id, __u32 epoch)
 }
 
 /* nd_member_held is the figure the delay scheduler scores a server slot
- * by: the flows it holds plus the new one, or, when its recent new flows
- * would hold PICK_CHARGE_FACTOR times that at a typical flow's length
+ * by: the flows it holds, or, when its recent new flows would hold
+ * PICK_CHARGE_FACTOR times that (plus one) at a typical flow's length
  * (charge), that figure. A global function, checked once by the verifier
  * whatever the caller's loop. */
 __noinline __u64 nd_member_held(__u32 id, __u64 charge, __u32 epoch, __u64 now)
 {
-	__u64 held = active_read(id) + 1;
+	__u64 held = active_read(id);
 	if (!charge)
 		return held;
 	struct pick_window *w = bpf_map_lookup_elem(&server_picks, &id);
@@ -302,25 +302,25 @@ __noinline __u64 nd_member_held(__u32 id, __u64 charge, __u32 epoch, __u64 now)
 	/* recent picks < 2^33, charge < 2^32: no overflow; the charged
 	 * figure is in 1/65536ths of a flow. */
 	__u64 charged = recent_picks(w, epoch, now) * charge;
-	if (charged > ((held * PICK_CHARGE_FACTOR) << 16))
-		held = (charged >> 16) + 1;
+	if (charged > (((held + 1) * PICK_CHARGE_FACTOR) << 16))
+		held = charged >> 16;
 	return held;
 }
 
 /* nd_delay_pick is the delay scheduler: least expected delay over every
- * member of the service. A member's score is (active + 1) x cost, the time a
- * new flow can expect to wait and take there; the lowest wins, ties going
- * to the first in an order that starts at a place the flow's hash chooses,
- * so that equal servers share new flows evenly. Among servers as fast as
- * their peers this is least connections per unit of weight; a server the
- * manager finds slower carries a cost that grows with its delay factor, so
- * it takes new flows only while its peers are busier by that much. A
- * server's active figure is what it holds, or, when its recent new flows
- * would hold several times that at a typical flow's length, that figure
- * (see server_picks): least connections would otherwise feed every new
- * flow to a server that fails them at once. Returns the server slot, or -1
- * when the service has no member list. A global function, checked once by
- * the verifier. */
+ * member of the service. A member's score is held x per_flow + base (see
+ * struct member); the lowest wins. Ties go to the server the Maglev ring
+ * names for the flow when it is among them, else to the first in an order
+ * that starts at a place the flow's hash chooses: idle servers, all equal,
+ * then share new flows by their weights. Among servers as fast as their
+ * peers this is least connections per unit of weight; a server the manager
+ * finds slower costs its delay factor per flow and even idle, so it takes
+ * new flows only while its peers are busier by that much. A server's held
+ * figure is what it holds, or, when its recent new flows would hold several
+ * times that at a typical flow's length, that figure (see server_picks):
+ * least connections would otherwise feed every new flow to a server that
+ * fails them at once. Returns the server slot, or -1 when the service has
+ * no member list. A global function, checked once by the verifier. */
 __noinline int nd_delay_pick(__u32 svc_id, __u32 hash, __u64 now)
 {
 	__u32 *sel = bpf_map_lookup_elem(&members_sel, &svc_id);
@@ -335,6 +335,8 @@ __noinline int nd_delay_pick(__u32 svc_id, __u32 hash, __u64 now)
 		return -1;
 	__u64 charge = ms->charge;
 	__u32 epoch = now >> PICK_WINDOW_SHIFT;
+	__u32 ring_id = RING_EMPTY;
+	ring_pick(svc_id, hash, &ring_id);
 
 	__u32 i = ((__u64)hash * n) >> 32;
 	__u64 best = ~0ull;
@@ -346,8 +348,8 @@ __noinline int nd_delay_pick(__u32 svc_id, __u32 hash, __u64 now)
 			break;
 		struct member *m = &ms->m[i];
 		__u32 id = m->id;
-		__u64 score = nd_member_held(id, charge, epoch, now) * (__u64)m->cost;
-		if (score < best) {
+		__u64 score = nd_member_held(id, charge, epoch, now) * (__u64)m->per_flow + m->base;
+		if (score < best || (score == best && id == ring_id)) {
 			best = score;
 			best_id = id;
 		}

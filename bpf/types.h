@@ -236,20 +236,26 @@ struct vip_filter {
 #define RING_EMPTY 0xffffu
 
 /* svc_members: the servers of a delay service that may take new flows, each
- * with its cost: the expected time a new flow waits and takes there, per
- * flow it already holds, in 1/65536ths of a typical server's, over its
- * weight (user space computes it from the manager's delay factor). The
- * delay scheduler scores every member and takes the lowest (active + 1) x
- * cost: least expected delay, which is least connections per unit of
- * weight when every server is as fast as its peers. A service with more
- * servers than this is scheduled as p2c. */
+ * with its costs (user space computes them from the weights and the
+ * manager's delay factors, in 1/4096ths). The delay scheduler scores every
+ * member held x per_flow + base, the delay a new flow can expect there, and
+ * takes the lowest: per_flow is the delay factor times the mean weight
+ * over the server's weight, base the delay factor. Among servers as fast
+ * as their peers that is least connections per unit of weight, idle
+ * servers all equal (the Maglev ring's pick then takes the flow, so shares
+ * follow the weights at rest); a slower server costs its factor even idle.
+ * A service with more servers than this is scheduled as p2c. */
 #define SVC_F_DELAY (1u << 2)
 #define MEMBERS_MAX 16
+
+#define MEMBER_COST_SHIFT 12
 
 struct member {
 	__u16 id; /* server slot */
 	__u16 pad;
-	__u32 cost;
+	__u32 per_flow;
+	__u32 base;
+	__u32 pad2;
 };
 
 struct member_list {

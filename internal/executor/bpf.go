@@ -850,19 +850,39 @@ func (b *BPF) writeServiceInfo(key ServiceKey, id uint32, sticky time.Duration, 
 	return b.writeServiceIndex()
 }
 
-// memberCostUnit is a typical server's cost at weight 1 (struct member):
-// the cost is Delay x memberCostUnit / weight.
-const memberCostUnit = 1 << 16
+// memberCostShift is MEMBER_COST_SHIFT: member costs are in 1/4096ths.
+const memberCostShift = 12
 
-// memberCost is a server's cost in the delay scheduler's score: its delay
-// factor over its weight, in fixed point, at least 1.
-func memberCost(srv Server) uint32 {
+// memberCosts are a server's costs in the delay scheduler's score, held x
+// perFlow + base (struct member): its delay factor (0 reads as 1) per flow
+// times the service's mean weight over its weight, and its delay factor.
+// Bounded so that a score cannot overflow: factors to 2^20, weight ratios
+// to 2^20 in all.
+func memberCosts(srv Server, meanWeight float64) (perFlow, base uint32) {
 	d := srv.Delay
-	if d == 0 {
+	if d < 1 {
 		d = 1
 	}
-	c := d * memberCostUnit / float64(max(srv.Weight, 1))
-	return uint32(min(max(c, 1), math.MaxUint32))
+	d = min(d, 1<<20)
+	unit := float64(1 << memberCostShift)
+	per := d * meanWeight / float64(max(srv.Weight, 1)) * unit
+	return uint32(min(max(per, 1), math.MaxUint32)), uint32(min(d*unit, math.MaxUint32))
+}
+
+// meanWeight is the mean weight of the servers taking new flows, 1 if none.
+func meanWeight(servers []Server) float64 {
+	var sum float64
+	n := 0
+	for _, s := range servers {
+		if s.Weight > 0 {
+			sum += float64(s.Weight)
+			n++
+		}
+	}
+	if n == 0 {
+		return 1
+	}
+	return sum / float64(n)
 }
 
 // memberCharge is a typical flow's time over the data plane's pick window
@@ -880,6 +900,11 @@ func memberCharge(flowTime time.Duration) uint32 {
 func (b *BPF) writeMembers(st *serviceState, servers map[netip.Addr]*backendState, flowTime time.Duration) (bool, error) {
 	ml := dispatchMemberList{Charge: memberCharge(flowTime)}
 	addrs := slices.SortedFunc(maps.Keys(servers), netip.Addr.Compare)
+	var srvs []Server
+	for _, addr := range addrs {
+		srvs = append(srvs, servers[addr].srv)
+	}
+	mean := meanWeight(srvs)
 	for _, addr := range addrs {
 		be := servers[addr]
 		if be.srv.Weight == 0 {
@@ -888,7 +913,8 @@ func (b *BPF) writeMembers(st *serviceState, servers map[netip.Addr]*backendStat
 		if ml.N == MaxMembers {
 			return false, nil
 		}
-		ml.M[ml.N] = dispatchMember{Id: uint16(be.id), Cost: memberCost(be.srv)}
+		per, base := memberCosts(be.srv, mean)
+		ml.M[ml.N] = dispatchMember{Id: uint16(be.id), PerFlow: per, Base: base}
 		ml.N++
 	}
 	next := st.msel ^ 1

@@ -153,7 +153,11 @@ func TestDelayFakeMatchesKernel(t *testing.T) {
 	key := ServiceKey{vip4, 80, TCP}
 	svc := h.delayService(key, []uint32{3, 1, 2, 2}, []float64{1, 2, 0, 1.5})
 	h.upsert(svc)
-	f := NewFake()
+	// The same ring size: ties go to the Maglev ring's pick.
+	f, err := NewFakeSize(h.x.cfg.RingSize)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := f.UpsertService(svc); err != nil {
 		t.Fatal(err)
 	}
@@ -214,7 +218,10 @@ func TestDelayChargesFastEnders(t *testing.T) {
 			got = run(h.rawSend(), int(flowTime/time.Millisecond))
 			return nil
 		})
-		f := NewFake()
+		f, err := NewFakeSize(h.x.cfg.RingSize)
+		if err != nil {
+			t.Fatal(err)
+		}
 		if err := f.UpsertService(svc); err != nil {
 			t.Fatal(err)
 		}
@@ -235,5 +242,45 @@ func TestDelayChargesFastEnders(t *testing.T) {
 				t.Errorf("%s, charged: s1 got %d of 100 new flows, want its peer to take a fair part", what, g[s1])
 			}
 		}
+	}
+}
+
+// TestDelayIdleFollowsWeights: servers holding nothing all score alike, and
+// the Maglev ring's pick takes the flow: at rest, new flows follow the
+// weights, in the kernel and the Fake alike.
+func TestDelayIdleFollowsWeights(t *testing.T) {
+	h := newHarness(t, Config{MaxFlows: 1 << 16})
+	key := ServiceKey{vip4, 80, TCP}
+	svc := h.delayService(key, []uint32{1, 2, 3, 4}, nil)
+	h.upsert(svc)
+	weights := map[netip.Addr]uint32{}
+	for _, s := range svc.Servers {
+		weights[s.Addr] = s.Weight
+	}
+	f, err := NewFakeSize(h.x.cfg.RingSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.UpsertService(svc); err != nil {
+		t.Fatal(err)
+	}
+	for what, send := range map[string]sendFn{"kernel": h.rawSend(), "Fake": fakeSend(f)} {
+		counts := map[netip.Addr]int{}
+		h.do(func() error {
+			for i := range 20000 {
+				k := fkFlow(key, netip.AddrFrom4([4]byte{203, 0, 113, byte(i % 250)}), uint16(1024+i/250))
+				a, err := send(k, tcpSYN)
+				if err != nil {
+					return err
+				}
+				counts[a]++
+				// Each flow ends before the next begins: every server idle.
+				if _, err := send(k, tcpACK|tcpFIN); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		checkShares(t, what, counts, weights, 0.05)
 	}
 }

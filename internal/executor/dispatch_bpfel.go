@@ -116,10 +116,12 @@ type dispatchIfMac struct {
 }
 
 type dispatchMember struct {
-	_    structs.HostLayout
-	Id   uint16
-	Pad  uint16
-	Cost uint32
+	_       structs.HostLayout
+	Id      uint16
+	Pad     uint16
+	PerFlow uint32
+	Base    uint32
+	Pad2    uint32
 }
 
 type dispatchMemberList struct {

@@ -587,7 +587,7 @@ func (f *Fake) pick(key ServiceKey, st *fakeService, k FlowKey) *fakeServer {
 	fk := flowKey(k)
 	hash := flowHash(fk, 0)
 	if st.sched == SchedulerDelay {
-		if fs := st.delayPick(hash, f.now); fs != nil {
+		if fs := st.delayPick(hash, f.now, st.ring[ringSlot(hash, f.ringSize)]); fs != nil {
 			if st.sticky > 0 {
 				f.affinity[ak] = &fakeAffinity{server: fs, lastSeen: f.now}
 			}
@@ -613,10 +613,13 @@ func (f *Fake) pick(key ServiceKey, st *fakeService, k FlowKey) *fakeServer {
 // the members in address order, scored from a place the hash chooses. nil
 // when the service has more members than the data plane scores: it is
 // scheduled as p2c then.
-func (st *fakeService) delayPick(hash uint32, now time.Duration) *fakeServer {
+func (st *fakeService) delayPick(hash uint32, now time.Duration, ringPick *fakeServer) *fakeServer {
 	var members []*fakeServer
+	var srvs []Server
 	for _, addr := range slices.SortedFunc(maps.Keys(st.servers), netip.Addr.Compare) {
-		if fs := st.servers[addr]; fs.srv.Weight > 0 {
+		fs := st.servers[addr]
+		srvs = append(srvs, fs.srv)
+		if fs.srv.Weight > 0 {
 			members = append(members, fs)
 		}
 	}
@@ -624,6 +627,7 @@ func (st *fakeService) delayPick(hash uint32, now time.Duration) *fakeServer {
 	if n == 0 || n > MaxMembers {
 		return nil
 	}
+	mean := meanWeight(srvs)
 	charge := uint64(memberCharge(st.flowTime))
 	epoch := int64(now) >> pickWindowShift
 	var best *fakeServer
@@ -631,13 +635,15 @@ func (st *fakeService) delayPick(hash uint32, now time.Duration) *fakeServer {
 	i := int(uint64(hash) * uint64(n) >> 32)
 	for range n {
 		fs := members[i]
-		held := uint64(max(fs.active, 0)) + 1
+		held := uint64(max(fs.active, 0))
 		if charge > 0 {
-			if charged := fs.recentPicks(epoch, now) * charge; charged > held*pickChargeFactor<<16 {
-				held = charged>>16 + 1
+			if charged := fs.recentPicks(epoch, now) * charge; charged > (held+1)*pickChargeFactor<<16 {
+				held = charged >> 16
 			}
 		}
-		if score := held * uint64(memberCost(fs.srv)); best == nil || score < bestScore {
+		per, base := memberCosts(fs.srv, mean)
+		score := held*uint64(per) + uint64(base)
+		if best == nil || score < bestScore || (score == bestScore && fs == ringPick) {
 			best, bestScore = fs, score
 		}
 		i = (i + 1) % n

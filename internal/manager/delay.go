@@ -264,12 +264,8 @@ func (m *Manager) delayPort(ps *portState, inst executor.Service, ss executor.Se
 	}
 	rep.Commits = ps.commits
 	for i, s := range smp {
-		sr := ServerReport{
-			Server: s.addr, State: s.state, Fixed: s.spec.Fixed,
-			Active: uint64(s.active), NewPerSec: s.newRate, AdvisorMS: s.advMS, Host: s.host,
-			Loads: map[string]float64{}, LMI: lmi[i], Weight: s.cur, NewWeight: s.cur,
-			Delay: s.delay, NewDelay: s.delay, Note: s.note,
-		}
+		sr := s.report(spec.Proportions.Custom, lmi[i])
+		sr.Delay, sr.NewDelay = s.delay, s.delay
 		if commit {
 			sr.NewWeight, sr.NewDelay = newW[i], newD[i]
 		}
@@ -278,17 +274,9 @@ func (m *Manager) delayPort(ps *portState, inst executor.Service, ss executor.Se
 				sr.Loads[name] = loads[k][i]
 			}
 		}
-		if len(spec.Proportions.Custom) > 0 {
-			sr.Custom = map[string]float64{}
-			for j, cm := range spec.Proportions.Custom {
-				sr.Custom[cm.Name] = s.custom[j]
-			}
-		}
 		rep.Servers = append(rep.Servers, sr)
 	}
-	rep.Servers = append(rep.Servers, absent...)
-	slices.SortFunc(rep.Servers, func(a, b ServerReport) int { return a.Server.Compare(b.Server) })
-	ps.report = rep
+	ps.setReport(rep, absent)
 	if !commit {
 		return Commit{}, false
 	}

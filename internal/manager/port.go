@@ -535,11 +535,7 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 	}
 	rep.Commits = ps.commits
 	for i, s := range smp {
-		sr := ServerReport{
-			Server: s.addr, State: s.state, Fixed: s.spec.Fixed,
-			Active: uint64(s.active), NewPerSec: s.newRate, AdvisorMS: s.advMS, Host: s.host,
-			Loads: map[string]float64{}, LMI: lmi[i], Weight: s.cur, NewWeight: s.cur, Note: s.note,
-		}
+		sr := s.report(props.Custom, lmi[i])
 		if commit {
 			sr.NewWeight = newW[i]
 		}
@@ -548,17 +544,9 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 				sr.Loads[name] = loads[k][i]
 			}
 		}
-		if len(props.Custom) > 0 {
-			sr.Custom = map[string]float64{}
-			for j, cm := range props.Custom {
-				sr.Custom[cm.Name] = s.custom[j]
-			}
-		}
 		rep.Servers = append(rep.Servers, sr)
 	}
-	rep.Servers = append(rep.Servers, absent...)
-	slices.SortFunc(rep.Servers, func(a, b ServerReport) int { return a.Server.Compare(b.Server) })
-	ps.report = rep
+	ps.setReport(rep, absent)
 	if !commit {
 		return Commit{}, false
 	}
@@ -574,6 +562,31 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 		}
 	}
 	return c, true
+}
+
+// report is the server's line in its port's report, before the loads and
+// the decision's figures.
+func (s *sample) report(custom []CustomMetric, lmi float64) ServerReport {
+	sr := ServerReport{
+		Server: s.addr, State: s.state, Fixed: s.spec.Fixed,
+		Active: uint64(s.active), NewPerSec: s.newRate, AdvisorMS: s.advMS, Host: s.host,
+		Loads: map[string]float64{}, LMI: lmi, Weight: s.cur, NewWeight: s.cur, Note: s.note,
+	}
+	if len(custom) > 0 {
+		sr.Custom = map[string]float64{}
+		for j, cm := range custom {
+			sr.Custom[cm.Name] = s.custom[j]
+		}
+	}
+	return sr
+}
+
+// setReport keeps rep, with the servers absent from the data plane, as
+// the port's last report, its servers in address order.
+func (ps *portState) setReport(rep PortReport, absent []ServerReport) {
+	rep.Servers = append(rep.Servers, absent...)
+	slices.SortFunc(rep.Servers, func(a, b ServerReport) int { return a.Server.Compare(b.Server) })
+	ps.report = rep
 }
 
 func finite(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) }

@@ -10,6 +10,9 @@
 volatile const __u32 ring_size = DEFAULT_RING_SIZE;
 volatile const __u32 hash_seed = 0;
 volatile const __u64 idle_timeout_ns = 300ull * 1000000000ull;
+/* How long a half-open flow (SYN seen, no ACK yet) or a closing one is kept
+ * after its last packet. */
+volatile const __u64 halfopen_timeout_ns = 10ull * 1000000000ull;
 volatile const __u32 flow_buckets = DEFAULT_MAX_FLOWS / FLOW_WAYS;
 volatile const __u32 svc_index_slots = 4 * DEFAULT_MAX_SERVICES;
 /* Nanoseconds per jiffy (1e9 / CONFIG_HZ), measured by user space. */

@@ -108,3 +108,10 @@ static __always_inline __u32 svc_hash(const struct svc_key *k)
 	h = hash_word(h, w[4]);
 	return hash_final(h); /* w[5] is padding */
 }
+
+/* svc_filter_hash spreads (VIP, port, protocol) over svc_bloom's bits,
+ * from the VIP's addr_hash. */
+static __always_inline __u32 svc_filter_hash(__u32 ah, __u16 port, __u8 proto)
+{
+	return hash_final(hash_word(ah, (__u32)port | (__u32)proto << 16));
+}

@@ -199,3 +199,48 @@ struct {
 	__type(key, __u32);
 	__type(value, __u32);
 } flow_events_on SEC(".maps");
+
+/* server_halfopen: the half-open flows of each server slot (SYN recorded,
+ * handshake not completed), for every service. Apart from server_active so
+ * that a flood of SYNs moves no count a scheduler or the manager judges
+ * load by, yet readable by a scheduler that wants "established + recently
+ * picked". One counter for all CPUs, moved with atomic adds; signed, read
+ * as 0 below 0. User space zeroes it when the slot gets a new server and
+ * rewrites it from the connection table (ReconcileActive), since half-open
+ * flows that time out unseen leave it only there. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DEFAULT_MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, __s64);
+} server_halfopen SEC(".maps");
+
+/* table_pressure: per CPU, the now_ns() of the last time a new flow
+ * displaced a live half-open flow or found no way it may take. User space
+ * reports the table under pressure while the latest is recent. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} table_pressure SEC(".maps");
+
+/* svc_bloom: one bit per hash of a (VIP, port, protocol), set for every
+ * service. A clear bit proves a packet is for no service, so a packet to an
+ * undefined port is dropped before any connection table work. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct vip_filter);
+} svc_bloom SEC(".maps");
+
+/* data_plane_id: what the pinned tables were built with, so that a daemon
+ * restarted with another hash seed refuses to take them over instead of
+ * orphaning every flow. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct dp_id);
+} data_plane_id SEC(".maps");

@@ -162,6 +162,11 @@ type DataPlane struct {
 	// this long (the IBM product's idle flow timeout). At least 1s.
 	// Default 300s.
 	IdleTimeout time.Duration
+	// HalfOpenTimeout (halfopen_timeout) forgets a half-open flow (a SYN
+	// without its handshake's ACK yet) or a closing one this long after its
+	// last packet, as IPVS keeps per-state timeouts. At least 1s; one
+	// longer than the idle timeout is cut to it. Default 10s.
+	HalfOpenTimeout time.Duration
 	// HashSeed (hash_seed) seeds the flow hash. Dispatchers that back each
 	// other up must share it. Default 0.
 	HashSeed uint32
@@ -505,6 +510,8 @@ func Default() *Config {
 			IdleTimeout: d.IdleTimeout,
 			HashSeed:    d.HashSeed,
 			PinPath:     DefaultPinPath,
+
+			HalfOpenTimeout: d.HalfOpenTimeout,
 		},
 		API: API{Socket: DefaultSocket},
 		Manager: Manager{
@@ -532,6 +539,8 @@ func (d DataPlane) Executor() executor.Config {
 		RingSize:    d.RingSize,
 		IdleTimeout: d.IdleTimeout,
 		HashSeed:    d.HashSeed,
+
+		HalfOpenTimeout: min(d.HalfOpenTimeout, d.IdleTimeout),
 		// The flow-event ring feeds high availability; its default size
 		// holds seconds of new flows at line rate.
 		FlowEventsRing: executor.DefaultConfig().FlowEventsRing,

@@ -39,6 +39,7 @@ func Marshal(c *Config) ([]byte, error) {
 		"max_affinity", uintNode(dp.MaxAffinity),
 		"ring_size", uintNode(dp.RingSize),
 		"idle_timeout", durationNode(dp.IdleTimeout),
+		"halfopen_timeout", durationNode(dp.HalfOpenTimeout),
 		"hash_seed", uintNode(dp.HashSeed),
 		"pin_path", str(dp.PinPath),
 	))

@@ -38,6 +38,7 @@ const (
 
 	flowValid     = 1 << 0
 	flowClosing   = 1 << 1
+	flowHalfOpen  = 1 << 3
 	flowFlagsMask = 0xff
 
 	ringEmpty = 0xffff
@@ -55,6 +56,9 @@ const (
 	gFlowBusy
 	gEventsLost
 	gOtherHost
+	gHalfOpenEvicted
+	gOpenerUnrecorded
+	gStrayUnrecorded
 	gMax
 )
 
@@ -81,8 +85,13 @@ type Config struct {
 	MaxAffinity uint32
 	// RingSize is each service's Maglev table size, a prime. Default 65,537.
 	RingSize uint32
-	// IdleTimeout forgets flows idle this long. Default 300 s.
+	// IdleTimeout forgets established flows idle this long. Default 300 s.
 	IdleTimeout time.Duration
+	// HalfOpenTimeout forgets half-open flows (a SYN, no ACK yet) and
+	// closing ones this long after their last packet, and is how long
+	// the table counts as under pressure after a sign of it. Default
+	// 10 s; at most IdleTimeout.
+	HalfOpenTimeout time.Duration
 	// HashSeed seeds the flow hash; dispatchers that back each other up
 	// must share it. Default 0.
 	HashSeed uint32
@@ -105,7 +114,8 @@ func DefaultConfig() Config {
 		RingSize:    maglev.DefaultSize,
 		IdleTimeout: 300 * time.Second,
 
-		FlowEventsRing: 1 << 20,
+		HalfOpenTimeout: 10 * time.Second,
+		FlowEventsRing:  1 << 20,
 	}
 }
 
@@ -135,6 +145,9 @@ func (c *Config) fill() error {
 	if c.FlowEventsRing == 0 {
 		c.FlowEventsRing = d.FlowEventsRing
 	}
+	if c.HalfOpenTimeout == 0 {
+		c.HalfOpenTimeout = min(d.HalfOpenTimeout, c.IdleTimeout)
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -149,6 +162,9 @@ func (c *Config) fill() error {
 	}
 	if c.IdleTimeout < time.Second {
 		return fmt.Errorf("%w: idle timeout %v is under a second", ErrInvalid, c.IdleTimeout)
+	}
+	if c.HalfOpenTimeout < time.Second || c.HalfOpenTimeout > c.IdleTimeout {
+		return fmt.Errorf("%w: half-open timeout %v: want from a second to the idle timeout (%v)", ErrInvalid, c.HalfOpenTimeout, c.IdleTimeout)
 	}
 	return nil
 }
@@ -231,7 +247,7 @@ func New(cfg Config) (*BPF, error) {
 		"vips": cfg.MaxVIPs, "stats_vip": cfg.MaxVIPs,
 		"services": cfg.MaxServices, "stats_service": cfg.MaxServices, "rings": cfg.MaxServices,
 		"backends": 2 * cfg.MaxServers, "backend_sel": cfg.MaxServers, "stats_backend": cfg.MaxServers,
-		"server_active": cfg.MaxServers, "flow_events": cfg.FlowEventsRing,
+		"server_active": cfg.MaxServers, "server_halfopen": cfg.MaxServers, "flow_events": cfg.FlowEventsRing,
 		"conns": cfg.flowBuckets(), "affinity": cfg.MaxAffinity,
 		"svc_index": 2 * cfg.svcIndexSlots(),
 	}
@@ -249,12 +265,13 @@ func New(cfg Config) (*BPF, error) {
 		return nil, err
 	}
 	consts := map[string]any{
-		"jiffy_ns":        jiffy,
-		"ring_size":       cfg.RingSize,
-		"hash_seed":       cfg.HashSeed,
-		"idle_timeout_ns": uint64(cfg.IdleTimeout.Nanoseconds()),
-		"flow_buckets":    cfg.flowBuckets(),
-		"svc_index_slots": cfg.svcIndexSlots(),
+		"jiffy_ns":            jiffy,
+		"ring_size":           cfg.RingSize,
+		"hash_seed":           cfg.HashSeed,
+		"idle_timeout_ns":     uint64(cfg.IdleTimeout.Nanoseconds()),
+		"halfopen_timeout_ns": uint64(cfg.HalfOpenTimeout.Nanoseconds()),
+		"flow_buckets":        cfg.flowBuckets(),
+		"svc_index_slots":     cfg.svcIndexSlots(),
 	}
 	for name, v := range consts {
 		if err := spec.Variables[name].Set(v); err != nil {
@@ -675,6 +692,9 @@ func (b *BPF) stageServers(key ServiceKey, st *serviceState, servers []Server, s
 			if err := b.objs.ServerActive.Update(id, int64(0), ebpf.UpdateAny); err != nil {
 				return fail(fmt.Errorf("reset open-flow count of server %v: %w", srv.Addr, err))
 			}
+			if err := b.objs.ServerHalfopen.Update(id, int64(0), ebpf.UpdateAny); err != nil {
+				return fail(fmt.Errorf("reset half-open count of server %v: %w", srv.Addr, err))
+			}
 		}
 		v, err := b.backendValue(st.id, be, sched)
 		if err != nil {
@@ -868,6 +888,18 @@ func (b *BPF) writeServiceIndex() error {
 			}
 		}
 	}
+	// The filter that lets a packet to an undefined port skip the
+	// connection table: a service's bit is set before packets can find
+	// the service, and a removed one's cleared only after it is gone
+	// from the hash (a stale bit only costs a lookup).
+	var f dispatchVipFilter
+	for _, k := range keys {
+		h := svcFilterHash(addrHash(k.Addr.Addr, k.Family), k.Port, k.Proto)
+		f.Bits[(h>>6)%uint32(len(f.Bits))] |= 1 << (h & 63)
+	}
+	if err := b.objs.SvcBloom.Update(uint32(0), f, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("write service filter: %w", err)
+	}
 	var sel uint32
 	if err := b.objs.SvcIndexSel.Lookup(uint32(0), &sel); err != nil {
 		return fmt.Errorf("read service index selector: %w", err)
@@ -1056,7 +1088,13 @@ func (b *BPF) Stats() (Stats, error) {
 	}
 	out.Global = GlobalStats{Passed: g[gPassed], Malformed: g[gMalformed], NotIP: g[gNotIP],
 		FlowsEvicted: g[gEvicted], FlowsUnrecorded: g[gFlowBusy], FlowEventsLost: g[gEventsLost],
-		OtherHost: g[gOtherHost]}
+		OtherHost: g[gOtherHost], HalfOpenEvicted: g[gHalfOpenEvicted],
+		OpenersUnrecorded: g[gOpenerUnrecorded], StraysUnrecorded: g[gStrayUnrecorded]}
+	p, err := b.tablePressure()
+	if err != nil {
+		return Stats{}, err
+	}
+	out.Global.TablePressure = p
 	return out, nil
 }
 
@@ -1073,8 +1111,30 @@ func (b *BPF) backendStats(id uint32) (ServerStats, error) {
 		s.Bytes += c.Bytes
 		s.Closed += c.Closed
 		s.Expired += c.Expired
+		s.HalfOpenOpened += c.HalfopenOpened
 	}
+	var half int64
+	if err := b.objs.ServerHalfopen.Lookup(id, &half); err != nil {
+		return ServerStats{}, err
+	}
+	s.HalfOpen = uint64(max(half, 0))
 	return s, nil
+}
+
+// tablePressure: did any CPU see a sign of pressure (a live half-open flow
+// displaced, a new flow with no way to take) within the half-open timeout?
+func (b *BPF) tablePressure() (bool, error) {
+	var per []uint64
+	if err := b.objs.TablePressure.Lookup(uint32(0), &per); err != nil {
+		return false, fmt.Errorf("read table pressure: %w", err)
+	}
+	now := b.kernelNow()
+	for _, t := range per {
+		if t != 0 && int64(now-t) <= b.cfg.HalfOpenTimeout.Nanoseconds() {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // owner maps a connection table value to its service and server, or
@@ -1168,11 +1228,10 @@ func (b *BPF) ActiveFlows() (map[ServiceKey]map[netip.Addr]int, error) {
 	owners := b.ownersLocked()
 	b.mu.Unlock()
 	now := b.kernelNow()
-	idle := uint64(b.cfg.IdleTimeout.Nanoseconds())
 	out := map[ServiceKey]map[netip.Addr]int{}
 	err := b.flowEntries(func(e *flowWay) bool {
 		o, ok := owners[e.backend]
-		if !ok || o.gen != e.gen || e.flags&flowClosing != 0 || (now > e.lastSeen && now-e.lastSeen > idle) {
+		if !ok || o.gen != e.gen || e.flags&(flowClosing|flowHalfOpen) != 0 || b.idle(e, now) {
 			return true
 		}
 		m := out[o.key]
@@ -1184,6 +1243,16 @@ func (b *BPF) ActiveFlows() (map[ServiceKey]map[netip.Addr]int, error) {
 		return true
 	})
 	return out, err
+}
+
+// idle says whether a way is idle past its state's timeout at now (the
+// kernel's flow_idle and flow_timeout).
+func (b *BPF) idle(e *flowWay, now uint64) bool {
+	timeout := b.cfg.IdleTimeout
+	if e.flags&(flowClosing|flowHalfOpen) != 0 {
+		timeout = b.cfg.HalfOpenTimeout
+	}
+	return int64(now-e.lastSeen) > timeout.Nanoseconds()
 }
 
 // p2cServersLocked lists the server slots of p2c services.
@@ -1220,8 +1289,9 @@ func (b *BPF) ActiveCounts() (map[ServiceKey]map[netip.Addr]int, error) {
 	return out, nil
 }
 
-// ReconcileActive implements Executor. The scan runs without the lock; a
-// server that left or changed slot meanwhile is left alone.
+// ReconcileActive implements Executor: the open-flow counts of p2c
+// servers and the half-open counts of every server. The scan runs without
+// the lock; a server that left or changed slot meanwhile is left alone.
 //
 // Packets keep flowing during the scan, so the table's count is not a
 // snapshot: a flow that opens or closes while the scan passes may be
@@ -1230,10 +1300,12 @@ func (b *BPF) ActiveCounts() (map[ServiceKey]map[netip.Addr]int, error) {
 // during the scan cannot explain: exactly when the server was quiet, not at
 // all for a difference of the order of the scan's own noise (which,
 // written as the truth, would skew p2c for a whole period), and mostly for
-// a real leak (flows that ended unseen), which grows.
+// a real leak (flows that ended unseen), which grows. Half-open flows that
+// time out leave their count only here: after a flood, the first
+// reconciliation past the half-open timeout brings it back to zero.
 func (b *BPF) ReconcileActive() error {
 	b.mu.Lock()
-	targets := b.p2cServersLocked()
+	targets := b.ownersLocked()
 	b.mu.Unlock()
 	if len(targets) == 0 {
 		return nil
@@ -1242,9 +1314,9 @@ func (b *BPF) ReconcileActive() error {
 	if err != nil {
 		return err
 	}
-	truth, err := b.ActiveFlows()
+	truth, err := b.tableCounts(targets)
 	if err != nil {
-		return fmt.Errorf("reconcile open-flow counts: %w", err)
+		return fmt.Errorf("reconcile flow counts: %w", err)
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -1252,34 +1324,76 @@ func (b *BPF) ReconcileActive() error {
 	if err != nil {
 		return err
 	}
-	now := b.p2cServersLocked()
+	now := b.ownersLocked()
+	p2c := b.p2cServersLocked()
 	for id, o := range targets {
 		if now[id] != o {
 			continue
 		}
 		bf, af := before[id], after[id]
-		events := int64(af.events - bf.events)
-		mid := (bf.count + af.count) / 2
-		corr := shrinkToward0(int64(truth[o.key][o.addr])-mid, events)
-		if corr == 0 {
-			continue
+		if _, ok := p2c[id]; ok {
+			events := int64(af.events - bf.events)
+			corr := shrinkToward0(truth[id].active-(bf.count+af.count)/2, events)
+			if err := b.correct(b.objs.ServerActive, id, corr); err != nil {
+				return fmt.Errorf("write open-flow count of %v in %v: %w", o.addr, o.key, err)
+			}
 		}
-		var cur int64
-		if err := b.objs.ServerActive.Lookup(id, &cur); err != nil {
-			return fmt.Errorf("read open-flow count of %v in %v: %w", o.addr, o.key, err)
-		}
-		if err := b.objs.ServerActive.Update(id, cur+corr, ebpf.UpdateAny); err != nil {
-			return fmt.Errorf("write open-flow count of %v in %v: %w", o.addr, o.key, err)
+		slack := int64(af.halfEvents-bf.halfEvents) + max(af.half-bf.half, bf.half-af.half)
+		corr := shrinkToward0(truth[id].half-(bf.half+af.half)/2, slack)
+		if err := b.correct(b.objs.ServerHalfopen, id, corr); err != nil {
+			return fmt.Errorf("write half-open count of %v in %v: %w", o.addr, o.key, err)
 		}
 	}
 	return nil
 }
 
-// activeReading is a server slot's live open-flow count and how many flows
-// it had opened, closed or expired, at one moment.
+// correct adds corr to a server slot's count in m.
+func (b *BPF) correct(m *ebpf.Map, id uint32, corr int64) error {
+	if corr == 0 {
+		return nil
+	}
+	var cur int64
+	if err := m.Lookup(id, &cur); err != nil {
+		return err
+	}
+	return m.Update(id, cur+corr, ebpf.UpdateAny)
+}
+
+// slotCounts is what the connection table holds for a server slot: live
+// established flows (not closing) and live half-open ones.
+type slotCounts struct {
+	active, half int64
+}
+
+// tableCounts scans the connection table once for every slot's counts.
+func (b *BPF) tableCounts(owners map[uint32]owner) (map[uint32]slotCounts, error) {
+	now := b.kernelNow()
+	out := map[uint32]slotCounts{}
+	err := b.flowEntries(func(e *flowWay) bool {
+		o, ok := owners[e.backend]
+		if !ok || o.gen != e.gen || e.flags&flowClosing != 0 || b.idle(e, now) {
+			return true
+		}
+		c := out[e.backend]
+		if e.flags&flowHalfOpen != 0 {
+			c.half++
+		} else {
+			c.active++
+		}
+		out[e.backend] = c
+		return true
+	})
+	return out, err
+}
+
+// activeReading is a server slot's live open-flow and half-open counts and
+// how many flows it had opened, closed or expired, and opened half-open, at
+// one moment.
 type activeReading struct {
-	count  int64
-	events uint64
+	count      int64
+	events     uint64
+	half       int64
+	halfEvents uint64
 }
 
 func (b *BPF) activeReadings(targets map[uint32]owner) (map[uint32]activeReading, error) {
@@ -1289,11 +1403,15 @@ func (b *BPF) activeReadings(targets map[uint32]owner) (map[uint32]activeReading
 		if err := b.objs.ServerActive.Lookup(id, &r.count); err != nil {
 			return nil, fmt.Errorf("read open-flow count of %v in %v: %w", o.addr, o.key, err)
 		}
+		if err := b.objs.ServerHalfopen.Lookup(id, &r.half); err != nil {
+			return nil, fmt.Errorf("read half-open count of %v in %v: %w", o.addr, o.key, err)
+		}
 		st, err := b.backendStats(id)
 		if err != nil {
 			return nil, fmt.Errorf("read counters of %v in %v: %w", o.addr, o.key, err)
 		}
 		r.events = st.NewFlows + st.Closed + st.Expired
+		r.halfEvents = st.HalfOpenOpened
 		out[id] = r
 	}
 	return out, nil
@@ -1560,8 +1678,9 @@ func flowFrom(e *flowWay, server netip.Addr, now uint64) Flow {
 			VIP:    netip.AddrPortFrom(addrFrom(k.Dst.Addr, k.Family), ntohs(k.Dport)),
 			Proto:  Proto(k.Proto),
 		},
-		Server:  server,
-		Closing: e.flags&flowClosing != 0,
+		Server:   server,
+		Closing:  e.flags&flowClosing != 0,
+		HalfOpen: e.flags&flowHalfOpen != 0,
 	}
 	if now > e.lastSeen {
 		f.Idle = time.Duration(now - e.lastSeen)

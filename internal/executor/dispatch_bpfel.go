@@ -49,12 +49,21 @@ type dispatchBackend struct {
 }
 
 type dispatchBackendStats struct {
+	_              structs.HostLayout
+	NewFlows       uint64
+	Packets        uint64
+	Bytes          uint64
+	Closed         uint64
+	Expired        uint64
+	HalfopenOpened uint64
+}
+
+type dispatchDpId struct {
 	_        structs.HostLayout
-	NewFlows uint64
-	Packets  uint64
-	Bytes    uint64
-	Closed   uint64
-	Expired  uint64
+	Magic    uint32
+	HashSeed uint32
+	FlowWays uint32
+	Pad      uint32
 }
 
 type dispatchFlowBody struct {
@@ -181,35 +190,40 @@ type dispatchVipStats struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	dispatchMapAffinity        = "affinity"
-	dispatchMapBackendSel      = "backend_sel"
-	dispatchMapBackends        = "backends"
-	dispatchMapConns           = "conns"
-	dispatchMapFlowEvents      = "flow_events"
-	dispatchMapFlowEventsOn    = "flow_events_on"
-	dispatchMapIfMacs          = "if_macs"
-	dispatchMapRings           = "rings"
-	dispatchMapServerActive    = "server_active"
-	dispatchMapServices        = "services"
-	dispatchMapStatsBackend    = "stats_backend"
-	dispatchMapStatsGlobal     = "stats_global"
-	dispatchMapStatsService    = "stats_service"
-	dispatchMapStatsVip        = "stats_vip"
-	dispatchMapSvcIndex        = "svc_index"
-	dispatchMapSvcIndexSel     = "svc_index_sel"
-	dispatchMapTxPorts         = "tx_ports"
-	dispatchMapVipBloom        = "vip_bloom"
-	dispatchMapVips            = "vips"
-	dispatchProgClockNow       = "clock_now"
-	dispatchProgFlowWrite      = "flow_write"
-	dispatchProgNdDispatch     = "nd_dispatch"
-	dispatchVarFlowBuckets     = "flow_buckets"
-	dispatchVarHashSeed        = "hash_seed"
-	dispatchVarIdleTimeoutNs   = "idle_timeout_ns"
-	dispatchVarJiffyNs         = "jiffy_ns"
-	dispatchVarRingSize        = "ring_size"
-	dispatchVarSvcIndexSlots   = "svc_index_slots"
-	dispatchVarUnusedFlowEvent = "unused_flow_event"
+	dispatchMapAffinity          = "affinity"
+	dispatchMapBackendSel        = "backend_sel"
+	dispatchMapBackends          = "backends"
+	dispatchMapConns             = "conns"
+	dispatchMapDataPlaneId       = "data_plane_id"
+	dispatchMapFlowEvents        = "flow_events"
+	dispatchMapFlowEventsOn      = "flow_events_on"
+	dispatchMapIfMacs            = "if_macs"
+	dispatchMapRings             = "rings"
+	dispatchMapServerActive      = "server_active"
+	dispatchMapServerHalfopen    = "server_halfopen"
+	dispatchMapServices          = "services"
+	dispatchMapStatsBackend      = "stats_backend"
+	dispatchMapStatsGlobal       = "stats_global"
+	dispatchMapStatsService      = "stats_service"
+	dispatchMapStatsVip          = "stats_vip"
+	dispatchMapSvcBloom          = "svc_bloom"
+	dispatchMapSvcIndex          = "svc_index"
+	dispatchMapSvcIndexSel       = "svc_index_sel"
+	dispatchMapTablePressure     = "table_pressure"
+	dispatchMapTxPorts           = "tx_ports"
+	dispatchMapVipBloom          = "vip_bloom"
+	dispatchMapVips              = "vips"
+	dispatchProgClockNow         = "clock_now"
+	dispatchProgFlowWrite        = "flow_write"
+	dispatchProgNdDispatch       = "nd_dispatch"
+	dispatchVarFlowBuckets       = "flow_buckets"
+	dispatchVarHalfopenTimeoutNs = "halfopen_timeout_ns"
+	dispatchVarHashSeed          = "hash_seed"
+	dispatchVarIdleTimeoutNs     = "idle_timeout_ns"
+	dispatchVarJiffyNs           = "jiffy_ns"
+	dispatchVarRingSize          = "ring_size"
+	dispatchVarSvcIndexSlots     = "svc_index_slots"
+	dispatchVarUnusedFlowEvent   = "unused_flow_event"
 )
 
 // loadDispatch returns the embedded CollectionSpec for dispatch.
@@ -263,38 +277,43 @@ type dispatchProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type dispatchMapSpecs struct {
-	Affinity     *ebpf.MapSpec `ebpf:"affinity"`
-	BackendSel   *ebpf.MapSpec `ebpf:"backend_sel"`
-	Backends     *ebpf.MapSpec `ebpf:"backends"`
-	Conns        *ebpf.MapSpec `ebpf:"conns"`
-	FlowEvents   *ebpf.MapSpec `ebpf:"flow_events"`
-	FlowEventsOn *ebpf.MapSpec `ebpf:"flow_events_on"`
-	IfMacs       *ebpf.MapSpec `ebpf:"if_macs"`
-	Rings        *ebpf.MapSpec `ebpf:"rings"`
-	ServerActive *ebpf.MapSpec `ebpf:"server_active"`
-	Services     *ebpf.MapSpec `ebpf:"services"`
-	StatsBackend *ebpf.MapSpec `ebpf:"stats_backend"`
-	StatsGlobal  *ebpf.MapSpec `ebpf:"stats_global"`
-	StatsService *ebpf.MapSpec `ebpf:"stats_service"`
-	StatsVip     *ebpf.MapSpec `ebpf:"stats_vip"`
-	SvcIndex     *ebpf.MapSpec `ebpf:"svc_index"`
-	SvcIndexSel  *ebpf.MapSpec `ebpf:"svc_index_sel"`
-	TxPorts      *ebpf.MapSpec `ebpf:"tx_ports"`
-	VipBloom     *ebpf.MapSpec `ebpf:"vip_bloom"`
-	Vips         *ebpf.MapSpec `ebpf:"vips"`
+	Affinity       *ebpf.MapSpec `ebpf:"affinity"`
+	BackendSel     *ebpf.MapSpec `ebpf:"backend_sel"`
+	Backends       *ebpf.MapSpec `ebpf:"backends"`
+	Conns          *ebpf.MapSpec `ebpf:"conns"`
+	DataPlaneId    *ebpf.MapSpec `ebpf:"data_plane_id"`
+	FlowEvents     *ebpf.MapSpec `ebpf:"flow_events"`
+	FlowEventsOn   *ebpf.MapSpec `ebpf:"flow_events_on"`
+	IfMacs         *ebpf.MapSpec `ebpf:"if_macs"`
+	Rings          *ebpf.MapSpec `ebpf:"rings"`
+	ServerActive   *ebpf.MapSpec `ebpf:"server_active"`
+	ServerHalfopen *ebpf.MapSpec `ebpf:"server_halfopen"`
+	Services       *ebpf.MapSpec `ebpf:"services"`
+	StatsBackend   *ebpf.MapSpec `ebpf:"stats_backend"`
+	StatsGlobal    *ebpf.MapSpec `ebpf:"stats_global"`
+	StatsService   *ebpf.MapSpec `ebpf:"stats_service"`
+	StatsVip       *ebpf.MapSpec `ebpf:"stats_vip"`
+	SvcBloom       *ebpf.MapSpec `ebpf:"svc_bloom"`
+	SvcIndex       *ebpf.MapSpec `ebpf:"svc_index"`
+	SvcIndexSel    *ebpf.MapSpec `ebpf:"svc_index_sel"`
+	TablePressure  *ebpf.MapSpec `ebpf:"table_pressure"`
+	TxPorts        *ebpf.MapSpec `ebpf:"tx_ports"`
+	VipBloom       *ebpf.MapSpec `ebpf:"vip_bloom"`
+	Vips           *ebpf.MapSpec `ebpf:"vips"`
 }
 
 // dispatchVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type dispatchVariableSpecs struct {
-	FlowBuckets     *ebpf.VariableSpec `ebpf:"flow_buckets"`
-	HashSeed        *ebpf.VariableSpec `ebpf:"hash_seed"`
-	IdleTimeoutNs   *ebpf.VariableSpec `ebpf:"idle_timeout_ns"`
-	JiffyNs         *ebpf.VariableSpec `ebpf:"jiffy_ns"`
-	RingSize        *ebpf.VariableSpec `ebpf:"ring_size"`
-	SvcIndexSlots   *ebpf.VariableSpec `ebpf:"svc_index_slots"`
-	UnusedFlowEvent *ebpf.VariableSpec `ebpf:"unused_flow_event"`
+	FlowBuckets       *ebpf.VariableSpec `ebpf:"flow_buckets"`
+	HalfopenTimeoutNs *ebpf.VariableSpec `ebpf:"halfopen_timeout_ns"`
+	HashSeed          *ebpf.VariableSpec `ebpf:"hash_seed"`
+	IdleTimeoutNs     *ebpf.VariableSpec `ebpf:"idle_timeout_ns"`
+	JiffyNs           *ebpf.VariableSpec `ebpf:"jiffy_ns"`
+	RingSize          *ebpf.VariableSpec `ebpf:"ring_size"`
+	SvcIndexSlots     *ebpf.VariableSpec `ebpf:"svc_index_slots"`
+	UnusedFlowEvent   *ebpf.VariableSpec `ebpf:"unused_flow_event"`
 }
 
 // dispatchObjects contains all objects after they have been loaded into the kernel.
@@ -317,25 +336,29 @@ func (o *dispatchObjects) Close() error {
 //
 // It can be passed to loadDispatchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type dispatchMaps struct {
-	Affinity     *ebpf.Map `ebpf:"affinity"`
-	BackendSel   *ebpf.Map `ebpf:"backend_sel"`
-	Backends     *ebpf.Map `ebpf:"backends"`
-	Conns        *ebpf.Map `ebpf:"conns"`
-	FlowEvents   *ebpf.Map `ebpf:"flow_events"`
-	FlowEventsOn *ebpf.Map `ebpf:"flow_events_on"`
-	IfMacs       *ebpf.Map `ebpf:"if_macs"`
-	Rings        *ebpf.Map `ebpf:"rings"`
-	ServerActive *ebpf.Map `ebpf:"server_active"`
-	Services     *ebpf.Map `ebpf:"services"`
-	StatsBackend *ebpf.Map `ebpf:"stats_backend"`
-	StatsGlobal  *ebpf.Map `ebpf:"stats_global"`
-	StatsService *ebpf.Map `ebpf:"stats_service"`
-	StatsVip     *ebpf.Map `ebpf:"stats_vip"`
-	SvcIndex     *ebpf.Map `ebpf:"svc_index"`
-	SvcIndexSel  *ebpf.Map `ebpf:"svc_index_sel"`
-	TxPorts      *ebpf.Map `ebpf:"tx_ports"`
-	VipBloom     *ebpf.Map `ebpf:"vip_bloom"`
-	Vips         *ebpf.Map `ebpf:"vips"`
+	Affinity       *ebpf.Map `ebpf:"affinity"`
+	BackendSel     *ebpf.Map `ebpf:"backend_sel"`
+	Backends       *ebpf.Map `ebpf:"backends"`
+	Conns          *ebpf.Map `ebpf:"conns"`
+	DataPlaneId    *ebpf.Map `ebpf:"data_plane_id"`
+	FlowEvents     *ebpf.Map `ebpf:"flow_events"`
+	FlowEventsOn   *ebpf.Map `ebpf:"flow_events_on"`
+	IfMacs         *ebpf.Map `ebpf:"if_macs"`
+	Rings          *ebpf.Map `ebpf:"rings"`
+	ServerActive   *ebpf.Map `ebpf:"server_active"`
+	ServerHalfopen *ebpf.Map `ebpf:"server_halfopen"`
+	Services       *ebpf.Map `ebpf:"services"`
+	StatsBackend   *ebpf.Map `ebpf:"stats_backend"`
+	StatsGlobal    *ebpf.Map `ebpf:"stats_global"`
+	StatsService   *ebpf.Map `ebpf:"stats_service"`
+	StatsVip       *ebpf.Map `ebpf:"stats_vip"`
+	SvcBloom       *ebpf.Map `ebpf:"svc_bloom"`
+	SvcIndex       *ebpf.Map `ebpf:"svc_index"`
+	SvcIndexSel    *ebpf.Map `ebpf:"svc_index_sel"`
+	TablePressure  *ebpf.Map `ebpf:"table_pressure"`
+	TxPorts        *ebpf.Map `ebpf:"tx_ports"`
+	VipBloom       *ebpf.Map `ebpf:"vip_bloom"`
+	Vips           *ebpf.Map `ebpf:"vips"`
 }
 
 func (m *dispatchMaps) Close() error {
@@ -344,18 +367,22 @@ func (m *dispatchMaps) Close() error {
 		m.BackendSel,
 		m.Backends,
 		m.Conns,
+		m.DataPlaneId,
 		m.FlowEvents,
 		m.FlowEventsOn,
 		m.IfMacs,
 		m.Rings,
 		m.ServerActive,
+		m.ServerHalfopen,
 		m.Services,
 		m.StatsBackend,
 		m.StatsGlobal,
 		m.StatsService,
 		m.StatsVip,
+		m.SvcBloom,
 		m.SvcIndex,
 		m.SvcIndexSel,
+		m.TablePressure,
 		m.TxPorts,
 		m.VipBloom,
 		m.Vips,
@@ -366,13 +393,14 @@ func (m *dispatchMaps) Close() error {
 //
 // It can be passed to loadDispatchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type dispatchVariables struct {
-	FlowBuckets     *ebpf.Variable `ebpf:"flow_buckets"`
-	HashSeed        *ebpf.Variable `ebpf:"hash_seed"`
-	IdleTimeoutNs   *ebpf.Variable `ebpf:"idle_timeout_ns"`
-	JiffyNs         *ebpf.Variable `ebpf:"jiffy_ns"`
-	RingSize        *ebpf.Variable `ebpf:"ring_size"`
-	SvcIndexSlots   *ebpf.Variable `ebpf:"svc_index_slots"`
-	UnusedFlowEvent *ebpf.Variable `ebpf:"unused_flow_event"`
+	FlowBuckets       *ebpf.Variable `ebpf:"flow_buckets"`
+	HalfopenTimeoutNs *ebpf.Variable `ebpf:"halfopen_timeout_ns"`
+	HashSeed          *ebpf.Variable `ebpf:"hash_seed"`
+	IdleTimeoutNs     *ebpf.Variable `ebpf:"idle_timeout_ns"`
+	JiffyNs           *ebpf.Variable `ebpf:"jiffy_ns"`
+	RingSize          *ebpf.Variable `ebpf:"ring_size"`
+	SvcIndexSlots     *ebpf.Variable `ebpf:"svc_index_slots"`
+	UnusedFlowEvent   *ebpf.Variable `ebpf:"unused_flow_event"`
 }
 
 // dispatchPrograms contains all programs after they have been loaded into the kernel.

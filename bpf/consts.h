@@ -15,5 +15,6 @@ volatile const __u64 idle_timeout_ns = 300ull * 1000000000ull;
 volatile const __u64 halfopen_timeout_ns = 10ull * 1000000000ull;
 volatile const __u32 flow_buckets = DEFAULT_MAX_FLOWS / FLOW_WAYS;
 volatile const __u32 svc_index_slots = 4 * DEFAULT_MAX_SERVICES;
+volatile const __u32 vip_index_slots = 4 * DEFAULT_MAX_VIPS;
 /* Nanoseconds per jiffy (1e9 / CONFIG_HZ), measured by user space. */
 volatile const __u64 jiffy_ns = 4000000;

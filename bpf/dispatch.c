@@ -75,8 +75,20 @@ __noinline int nd_flow_report(const struct flow_key *key, const struct backend *
 	return 0;
 }
 
-static __always_inline struct vip_stats *vip_lookup(struct packet *p)
+/* vip_lookup finds the counters of the VIP a packet is for: in vip_index,
+ * the VIP's slot by its address hash ah (an inlined array read), else in
+ * the vips hash (a VIP whose slot another took, or one being rewritten). */
+static __always_inline struct vip_stats *vip_lookup(struct packet *p, __u32 ah)
 {
+	__u32 slot = scale(ah, vip_index_slots);
+	struct vip_slot *s = bpf_map_lookup_elem(&vip_index, &slot);
+	if (s && s->used && s->family == p->key.family && s->addr.addr[0] == p->key.dst.addr[0] &&
+	    s->addr.addr[1] == p->key.dst.addr[1] && s->addr.addr[2] == p->key.dst.addr[2] &&
+	    s->addr.addr[3] == p->key.dst.addr[3]) {
+		__u32 id = s->vip_id;
+		return bpf_map_lookup_elem(&stats_vip, &id);
+	}
+
 	struct vip_key k = {};
 
 	k.addr = p->key.dst;
@@ -170,8 +182,8 @@ static __always_inline int svc_filter_hit(const struct flow_key *k, __u32 ah)
 	struct vip_filter *f = bpf_map_lookup_elem(&svc_bloom, &zero);
 	if (!f)
 		return 1;
-	__u32 h = svc_filter_hash(ah, k->dport, k->proto);
-	return (f->bits[(h >> 6) & (VIP_FILTER_BITS / 64 - 1)] >> (h & 63)) & 1;
+	__u32 bit = svc_filter_bit(ah, k->dport, k->proto);
+	return (f->bits[(bit >> 6) & (VIP_FILTER_BITS / 64 - 1)] >> (bit & 63)) & 1;
 }
 
 /* ring_pick indexes the service's Maglev ring with the flow hash. */
@@ -509,8 +521,16 @@ static __always_inline int dispatch_established(struct xdp_md *ctx, struct packe
 		return -1;
 	}
 	int is_tcp = p->key.proto == IPPROTO_TCP;
-	int syn = is_tcp && (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
-	int fin = is_tcp && (p->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST));
+	__u8 tcp_flags = is_tcp ? p->tcp_flags : 0;
+	/* The common case first: a packet of an established or closing flow
+	 * that changes nothing and needs no refresh. */
+	if (!(flags & FLOW_F_HALFOPEN) && !(tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_FIN | TCP_FLAG_RST)) &&
+	    !flow_idle(now, fl->snap.last_seen, REFRESH_NS)) {
+		count_backend(be_id, bytes, 0, 0, 0);
+		return forward(ctx, be);
+	}
+	int syn = (tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
+	int fin = tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST);
 	if (syn && (flags & FLOW_F_CLOSING)) {
 		reuse_way(fl, VICTIM_EXPIRED, fl->snap.seq); /* a closed tuple reused */
 		return -1;
@@ -787,7 +807,7 @@ int nd_dispatch(struct xdp_md *ctx)
 	if (rc == PARSE_OK && svc_filter_hit(&p.key, ah)) {
 		__u64 bytes = data_end - data;
 		__u64 now = now_ns();
-		struct flow_lookup fl = {};
+		struct flow_lookup fl; /* every field is written before it is read */
 
 		fl.hash = flow_hash(&p.key, hash_seed);
 		fl.idx = bucket_index(fl.hash, flow_buckets);
@@ -820,7 +840,7 @@ int nd_dispatch(struct xdp_md *ctx)
 	}
 
 	/* Not a defined service: is it for one of our VIPs at all? */
-	vs = vip_lookup(&p);
+	vs = vip_lookup(&p, ah);
 	if (!vs) {
 		if (rc == PARSE_BAD_L4)
 			count_global(G_MALFORMED);

@@ -244,3 +244,15 @@ struct {
 	__type(key, __u32);
 	__type(value, struct dp_id);
 } data_plane_id SEC(".maps");
+
+/* vip_index: VIPs by the slot their address hash scales to, so that a
+ * packet to a VIP's undefined port finds the VIP's counters without a hash
+ * lookup. Direct-mapped: a VIP whose slot another holds is found in vips.
+ * User space rewrites it with the VIP filter; a packet reading a slot being
+ * rewritten at worst counts its drop on the other VIP of that slot. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 4 * DEFAULT_MAX_VIPS);
+	__type(key, __u32);
+	__type(value, struct vip_slot);
+} vip_index SEC(".maps");

@@ -257,3 +257,12 @@ struct dp_id {
 	__u32 flow_ways;
 	__u32 pad;
 };
+
+/* vip_index's slots. */
+struct vip_slot {
+	struct nd_addr addr;
+	__u8 family;
+	__u8 used;
+	__u16 pad;
+	__u32 vip_id;
+};

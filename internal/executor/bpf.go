@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -249,7 +250,7 @@ func New(cfg Config) (*BPF, error) {
 		"backends": 2 * cfg.MaxServers, "backend_sel": cfg.MaxServers, "stats_backend": cfg.MaxServers,
 		"server_active": cfg.MaxServers, "server_halfopen": cfg.MaxServers, "flow_events": cfg.FlowEventsRing,
 		"conns": cfg.flowBuckets(), "affinity": cfg.MaxAffinity,
-		"svc_index": 2 * cfg.svcIndexSlots(),
+		"svc_index": 2 * cfg.svcIndexSlots(), "vip_index": 4 * cfg.MaxVIPs,
 	}
 	for name, n := range sizes {
 		spec.Maps[name].MaxEntries = n
@@ -272,6 +273,7 @@ func New(cfg Config) (*BPF, error) {
 		"halfopen_timeout_ns": uint64(cfg.HalfOpenTimeout.Nanoseconds()),
 		"flow_buckets":        cfg.flowBuckets(),
 		"svc_index_slots":     cfg.svcIndexSlots(),
+		"vip_index_slots":     4 * cfg.MaxVIPs,
 	}
 	for name, v := range consts {
 		if err := spec.Variables[name].Set(v); err != nil {
@@ -779,6 +781,26 @@ func (b *BPF) writeVIPFilter() error {
 	if err := b.objs.VipBloom.Update(uint32(0), f, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("write VIP filter: %w", err)
 	}
+	// The index: each VIP in the slot its address hash scales to, the
+	// first in address order winning a slot two VIPs share.
+	n := 4 * b.cfg.MaxVIPs
+	slots := make([]dispatchVipSlot, n)
+	addrs := slices.SortedFunc(maps.Keys(b.vips), netip.Addr.Compare)
+	for _, a := range addrs {
+		w, fam := addrWords(a)
+		s := &slots[scale(addrHash(w, fam), n)]
+		if s.Used == 0 {
+			*s = dispatchVipSlot{Family: fam, Used: 1, VipId: b.vips[a].id}
+			s.Addr.Addr = w
+		}
+	}
+	idx := make([]uint32, n)
+	for i := range idx {
+		idx[i] = uint32(i)
+	}
+	if _, err := b.objs.VipIndex.BatchUpdate(idx, slots, nil); err != nil {
+		return fmt.Errorf("write VIP index: %w", err)
+	}
 	return nil
 }
 
@@ -894,8 +916,8 @@ func (b *BPF) writeServiceIndex() error {
 	// from the hash (a stale bit only costs a lookup).
 	var f dispatchVipFilter
 	for _, k := range keys {
-		h := svcFilterHash(addrHash(k.Addr.Addr, k.Family), k.Port, k.Proto)
-		f.Bits[(h>>6)%uint32(len(f.Bits))] |= 1 << (h & 63)
+		bit := svcFilterBit(addrHash(k.Addr.Addr, k.Family), k.Port, k.Proto)
+		f.Bits[bit>>6] |= 1 << (bit & 63)
 	}
 	if err := b.objs.SvcBloom.Update(uint32(0), f, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("write service filter: %w", err)

@@ -178,6 +178,18 @@ type dispatchVipKey struct {
 	Pad    [3]uint8
 }
 
+type dispatchVipSlot struct {
+	_    structs.HostLayout
+	Addr struct {
+		_    structs.HostLayout
+		Addr [4]uint32
+	}
+	Family uint8
+	Used   uint8
+	Pad    uint16
+	VipId  uint32
+}
+
 type dispatchVipStats struct {
 	_             structs.HostLayout
 	Filtered      uint64
@@ -212,6 +224,7 @@ const (
 	dispatchMapTablePressure     = "table_pressure"
 	dispatchMapTxPorts           = "tx_ports"
 	dispatchMapVipBloom          = "vip_bloom"
+	dispatchMapVipIndex          = "vip_index"
 	dispatchMapVips              = "vips"
 	dispatchProgClockNow         = "clock_now"
 	dispatchProgFlowWrite        = "flow_write"
@@ -224,6 +237,7 @@ const (
 	dispatchVarRingSize          = "ring_size"
 	dispatchVarSvcIndexSlots     = "svc_index_slots"
 	dispatchVarUnusedFlowEvent   = "unused_flow_event"
+	dispatchVarVipIndexSlots     = "vip_index_slots"
 )
 
 // loadDispatch returns the embedded CollectionSpec for dispatch.
@@ -299,6 +313,7 @@ type dispatchMapSpecs struct {
 	TablePressure  *ebpf.MapSpec `ebpf:"table_pressure"`
 	TxPorts        *ebpf.MapSpec `ebpf:"tx_ports"`
 	VipBloom       *ebpf.MapSpec `ebpf:"vip_bloom"`
+	VipIndex       *ebpf.MapSpec `ebpf:"vip_index"`
 	Vips           *ebpf.MapSpec `ebpf:"vips"`
 }
 
@@ -314,6 +329,7 @@ type dispatchVariableSpecs struct {
 	RingSize          *ebpf.VariableSpec `ebpf:"ring_size"`
 	SvcIndexSlots     *ebpf.VariableSpec `ebpf:"svc_index_slots"`
 	UnusedFlowEvent   *ebpf.VariableSpec `ebpf:"unused_flow_event"`
+	VipIndexSlots     *ebpf.VariableSpec `ebpf:"vip_index_slots"`
 }
 
 // dispatchObjects contains all objects after they have been loaded into the kernel.
@@ -358,6 +374,7 @@ type dispatchMaps struct {
 	TablePressure  *ebpf.Map `ebpf:"table_pressure"`
 	TxPorts        *ebpf.Map `ebpf:"tx_ports"`
 	VipBloom       *ebpf.Map `ebpf:"vip_bloom"`
+	VipIndex       *ebpf.Map `ebpf:"vip_index"`
 	Vips           *ebpf.Map `ebpf:"vips"`
 }
 
@@ -385,6 +402,7 @@ func (m *dispatchMaps) Close() error {
 		m.TablePressure,
 		m.TxPorts,
 		m.VipBloom,
+		m.VipIndex,
 		m.Vips,
 	)
 }
@@ -401,6 +419,7 @@ type dispatchVariables struct {
 	RingSize          *ebpf.Variable `ebpf:"ring_size"`
 	SvcIndexSlots     *ebpf.Variable `ebpf:"svc_index_slots"`
 	UnusedFlowEvent   *ebpf.Variable `ebpf:"unused_flow_event"`
+	VipIndexSlots     *ebpf.Variable `ebpf:"vip_index_slots"`
 }
 
 // dispatchPrograms contains all programs after they have been loaded into the kernel.

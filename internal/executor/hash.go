@@ -97,8 +97,8 @@ func svcHash(k dispatchSvcKey) uint32 {
 	return hashFinal(h)
 }
 
-// svcFilterHash is svc_filter_hash in bpf/hash.h: the svc_bloom bit of a
+// svcFilterBit is svc_filter_bit in bpf/hash.h: the svc_bloom bit of a
 // service, from its VIP's addrHash and its port in network byte order.
-func svcFilterHash(ah uint32, port uint16, proto uint8) uint32 {
-	return hashFinal(hashWord(ah, uint32(port)|uint32(proto)<<16))
+func svcFilterBit(ah uint32, port uint16, proto uint8) uint32 {
+	return ((ah ^ (uint32(port) | uint32(proto)<<16)) * 0x9e3779b1) >> 16
 }

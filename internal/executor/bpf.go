@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -195,6 +196,8 @@ type BPF struct {
 	txPorts   map[int]bool
 
 	sel map[uint32]uint32 // copy of each server slot in use (backend_sel)
+	// retired tracks copies packets may still read (grace periods).
+	retired retired
 
 	services map[ServiceKey]*serviceState
 	vips     map[netip.Addr]*vipState
@@ -234,6 +237,9 @@ var _ Executor = (*BPF)(nil)
 // together with its services, servers and flows.
 func New(cfg Config) (*BPF, error) {
 	if err := cfg.fill(); err != nil {
+		return nil, err
+	}
+	if err := checkCPU(runtime.GOARCH); err != nil {
 		return nil, err
 	}
 	ncpu, err := ebpf.PossibleCPU()
@@ -309,6 +315,7 @@ func New(cfg Config) (*BPF, error) {
 		vipIDs:    newIDPool(cfg.MaxVIPs),
 		gens:      map[uint32]uint32{},
 		sel:       map[uint32]uint32{},
+		retired:   retired{slots: map[uint32]bool{}},
 	}
 	if err := spec.LoadAndAssign(&b.objs, opts); err != nil {
 		var ve *ebpf.VerifierError
@@ -319,6 +326,10 @@ func New(cfg Config) (*BPF, error) {
 			return nil, fmt.Errorf("load dispatcher over the maps pinned in %s (a data plane of other sizes must be removed first): %w", cfg.PinPath, err)
 		}
 		return nil, fmt.Errorf("load dispatcher: %w", err)
+	}
+	if err := checkDataPlaneID(b.objs.DataPlaneId, cfg); err != nil {
+		b.objs.Close()
+		return nil, err
 	}
 	if err := b.recover(); err != nil {
 		b.objs.Close()
@@ -453,6 +464,8 @@ func (b *BPF) recover() error {
 		}
 	}
 	if n := len(b.services); n > 0 {
+		// The process before may have flipped copies a moment ago.
+		b.retired.grace()
 		if err := b.writeServiceIndex(); err != nil {
 			return err
 		}
@@ -755,9 +768,12 @@ func (b *BPF) retireBackend(be *backendState) {
 }
 
 // writeBackend rewrites the copy of slot id that packets are not reading,
-// then points them at it.
+// then points them at it. A copy retired by the last flip is rewritten only
+// after a grace period: a packet may have read the pointer to it just
+// before the flip.
 func (b *BPF) writeBackend(id uint32, v dispatchBackend) error {
 	next := b.sel[id] ^ 1
+	b.retired.beforeSlotWrite(id)
 	if err := b.objs.Backends.Update(2*id+next, v, ebpf.UpdateAny); err != nil {
 		return err
 	}
@@ -765,6 +781,7 @@ func (b *BPF) writeBackend(id uint32, v dispatchBackend) error {
 		return err
 	}
 	b.sel[id] = next
+	b.retired.slots[id] = true
 	return nil
 }
 
@@ -927,6 +944,7 @@ func (b *BPF) writeServiceIndex() error {
 		return fmt.Errorf("read service index selector: %w", err)
 	}
 	next := (sel & 1) ^ 1
+	b.retired.beforeIndexWrite()
 	idx := make([]uint32, n)
 	for i := range idx {
 		idx[i] = next*n + uint32(i)
@@ -937,6 +955,7 @@ func (b *BPF) writeServiceIndex() error {
 	if err := b.objs.SvcIndexSel.Update(uint32(0), next, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("flip service index: %w", err)
 	}
+	b.retired.index = true
 	return nil
 }
 

@@ -20,7 +20,6 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
-	"golang.org/x/sys/unix"
 
 	"github.com/nd-dispatcher/nd/internal/maglev"
 )
@@ -208,6 +207,9 @@ type BPF struct {
 
 	// events is the FlowEvents subscription, nil when there is none.
 	events *subscription
+
+	// pinLock holds the pin path for this process (lockPinPath).
+	pinLock *os.File
 }
 
 type serviceState struct {
@@ -235,7 +237,8 @@ var _ Executor = (*BPF)(nil)
 
 // New loads the data plane, or takes over the pinned one under cfg.PinPath
 // together with its services, servers and flows.
-func New(cfg Config) (*BPF, error) {
+func New(cfg Config) (ret *BPF, err error) {
+	var pinLock *os.File
 	if err := cfg.fill(); err != nil {
 		return nil, err
 	}
@@ -292,6 +295,16 @@ func New(cfg Config) (*BPF, error) {
 		if err := prepareBPFFS(cfg.PinPath); err != nil {
 			return nil, err
 		}
+		lock, err := lockPinPath(cfg.PinPath)
+		if err != nil {
+			return nil, err
+		}
+		pinLock = lock
+		defer func() {
+			if pinLock != nil && ret == nil {
+				pinLock.Close()
+			}
+		}()
 		for name, m := range spec.Maps {
 			if !strings.HasPrefix(name, ".") { // .rodata holds this load's constants
 				m.Pinning = ebpf.PinByName
@@ -316,6 +329,7 @@ func New(cfg Config) (*BPF, error) {
 		gens:      map[uint32]uint32{},
 		sel:       map[uint32]uint32{},
 		retired:   retired{slots: map[uint32]bool{}},
+		pinLock:   pinLock,
 	}
 	if err := spec.LoadAndAssign(&b.objs, opts); err != nil {
 		var ve *ebpf.VerifierError
@@ -346,35 +360,6 @@ func New(cfg Config) (*BPF, error) {
 		return nil, err
 	}
 	return b, nil
-}
-
-// prepareBPFFS makes sure dir exists on a bpffs, mounting one on
-// /sys/fs/bpf when the system has none there yet.
-func prepareBPFFS(dir string) error {
-	const bpffs = "/sys/fs/bpf"
-	var st unix.Statfs_t
-	if err := unix.Statfs(bpffs, &st); err == nil && st.Type != unix.BPF_FS_MAGIC {
-		// A bpffs mounted in a private mount namespace (`ip netns exec`
-		// makes one) dies with the process, and the data plane with it.
-		self, err1 := os.Readlink("/proc/self/ns/mnt")
-		initNS, err2 := os.Readlink("/proc/1/ns/mnt")
-		if err1 == nil && err2 == nil && self != initNS {
-			return fmt.Errorf("%w: no bpffs on %s in this private mount namespace: pins made here would vanish with the process; run in the host's mount namespace (nsenter --net=/run/netns/NAME, not ip netns exec) or mount a bpffs first", ErrInvalid, bpffs)
-		}
-		if err := unix.Mount("bpf", bpffs, "bpf", 0, "mode=0700"); err != nil {
-			return fmt.Errorf("mount bpffs on %s: %w", bpffs, err)
-		}
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("create pin directory: %w", err)
-	}
-	if err := unix.Statfs(dir, &st); err != nil {
-		return fmt.Errorf("statfs %s: %w", dir, err)
-	}
-	if st.Type != unix.BPF_FS_MAGIC {
-		return fmt.Errorf("%w: pin path %s is not on a bpf filesystem", ErrInvalid, dir)
-	}
-	return nil
 }
 
 // recover rebuilds the Go view of services, servers and VIPs from pinned
@@ -1614,6 +1599,10 @@ func (b *BPF) Close() error {
 		delete(b.links, ifindex)
 	}
 	errs = append(errs, b.objs.Close())
+	if b.pinLock != nil {
+		errs = append(errs, b.pinLock.Close())
+		b.pinLock = nil
+	}
 	return errors.Join(errs...)
 }
 

@@ -400,12 +400,13 @@ static __always_inline void refresh_affinity(__u32 svc_id, struct packet *p,
 		av->last_seen = now;
 }
 
-/* halfopen_add moves a server's half-open count (server_halfopen). */
+/* halfopen_add moves a server's half-open count (server_halfopen, this
+ * CPU's share). */
 static __always_inline void halfopen_add(__u32 be_id, __s64 delta)
 {
 	__s64 *n = bpf_map_lookup_elem(&server_halfopen, &be_id);
 	if (n)
-		__sync_fetch_and_add(n, delta);
+		*n += delta;
 }
 
 /* mark_pressure notes that a new flow displaced a live half-open flow or

@@ -204,12 +204,16 @@ struct {
  * handshake not completed), for every service. Apart from server_active so
  * that a flood of SYNs moves no count a scheduler or the manager judges
  * load by, yet readable by a scheduler that wants "established + recently
- * picked". One counter for all CPUs, moved with atomic adds; signed, read
- * as 0 below 0. User space zeroes it when the slot gets a new server and
- * rewrites it from the connection table (ReconcileActive), since half-open
- * flows that time out unseen leave it only there. */
+ * picked". Per CPU, moved by plain adds: a flood moves it at the flood's
+ * rate, and two atomic adds a SYN (the new flow's server, the displaced
+ * one's) cost a new flow 5-10%. A flow may enter on one CPU and leave on
+ * another, so one CPU's value may be negative: the count is the sum over
+ * CPUs (bpf_map_lookup_percpu_elem for each, in a program), read as 0
+ * below 0. User space zeroes it when the slot gets a new server and
+ * corrects it from the connection table (ReconcileActive, on CPU 0's
+ * value), since half-open flows that time out unseen leave it only there. */
 struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, DEFAULT_MAX_BACKENDS);
 	__type(key, __u32);
 	__type(value, __s64);

@@ -692,7 +692,7 @@ func (b *BPF) stageServers(key ServiceKey, st *serviceState, servers []Server, s
 			if err := b.objs.ServerActive.Update(id, int64(0), ebpf.UpdateAny); err != nil {
 				return fail(fmt.Errorf("reset open-flow count of server %v: %w", srv.Addr, err))
 			}
-			if err := b.objs.ServerHalfopen.Update(id, int64(0), ebpf.UpdateAny); err != nil {
+			if err := b.objs.ServerHalfopen.Update(id, make([]int64, b.ncpu), ebpf.UpdateAny); err != nil {
 				return fail(fmt.Errorf("reset half-open count of server %v: %w", srv.Addr, err))
 			}
 		}
@@ -1139,12 +1139,25 @@ func (b *BPF) backendStats(id uint32) (ServerStats, error) {
 		s.Expired += c.Expired
 		s.HalfOpenOpened += c.HalfopenOpened
 	}
-	var half int64
-	if err := b.objs.ServerHalfopen.Lookup(id, &half); err != nil {
+	half, err := b.halfOpenCount(id)
+	if err != nil {
 		return ServerStats{}, err
 	}
 	s.HalfOpen = uint64(max(half, 0))
 	return s, nil
+}
+
+// halfOpenCount sums a server slot's per-CPU half-open counts.
+func (b *BPF) halfOpenCount(id uint32) (int64, error) {
+	var per []int64
+	if err := b.objs.ServerHalfopen.Lookup(id, &per); err != nil {
+		return 0, err
+	}
+	var n int64
+	for _, v := range per {
+		n += v
+	}
+	return n, nil
 }
 
 // tablePressure: did any CPU see a sign of pressure (a live half-open flow
@@ -1366,7 +1379,7 @@ func (b *BPF) ReconcileActive() error {
 		}
 		slack := int64(af.halfEvents-bf.halfEvents) + max(af.half-bf.half, bf.half-af.half)
 		corr := shrinkToward0(truth[id].half-(bf.half+af.half)/2, slack)
-		if err := b.correct(b.objs.ServerHalfopen, id, corr); err != nil {
+		if err := b.correctPerCPU(b.objs.ServerHalfopen, id, corr); err != nil {
 			return fmt.Errorf("write half-open count of %v in %v: %w", o.addr, o.key, err)
 		}
 	}
@@ -1383,6 +1396,19 @@ func (b *BPF) correct(m *ebpf.Map, id uint32, corr int64) error {
 		return err
 	}
 	return m.Update(id, cur+corr, ebpf.UpdateAny)
+}
+
+// correctPerCPU adds corr to CPU 0's share of a per-CPU count.
+func (b *BPF) correctPerCPU(m *ebpf.Map, id uint32, corr int64) error {
+	if corr == 0 {
+		return nil
+	}
+	var per []int64
+	if err := m.Lookup(id, &per); err != nil {
+		return err
+	}
+	per[0] += corr
+	return m.Update(id, per, ebpf.UpdateAny)
 }
 
 // slotCounts is what the connection table holds for a server slot: live
@@ -1429,9 +1455,11 @@ func (b *BPF) activeReadings(targets map[uint32]owner) (map[uint32]activeReading
 		if err := b.objs.ServerActive.Lookup(id, &r.count); err != nil {
 			return nil, fmt.Errorf("read open-flow count of %v in %v: %w", o.addr, o.key, err)
 		}
-		if err := b.objs.ServerHalfopen.Lookup(id, &r.half); err != nil {
+		half, err := b.halfOpenCount(id)
+		if err != nil {
 			return nil, fmt.Errorf("read half-open count of %v in %v: %w", o.addr, o.key, err)
 		}
+		r.half = half
 		st, err := b.backendStats(id)
 		if err != nil {
 			return nil, fmt.Errorf("read counters of %v in %v: %w", o.addr, o.key, err)

@@ -559,8 +559,8 @@ func TestP2CEviction(t *testing.T) {
 	}
 	half := func() int64 {
 		t.Helper()
-		var n int64
-		if err := h.x.objs.ServerHalfopen.Lookup(h.slotOf(key, s1), &n); err != nil {
+		n, err := h.x.halfOpenCount(h.slotOf(key, s1))
+		if err != nil {
 			t.Fatal(err)
 		}
 		return n

@@ -521,6 +521,12 @@ static __always_inline int dispatch_established(struct xdp_md *ctx, struct packe
 		}
 		return -1;
 	}
+	if (expire_nodest && !(flags & (FLOW_F_HALFOPEN | FLOW_F_CLOSING)) && (be->flags & BE_F_QUIESCED)) {
+		/* expire_nodest_conn: an established flow of a server taken
+		 * out leaves it (counted expired) and is dispatched anew. */
+		reuse_way(fl, VICTIM_EXPIRED, fl->snap.seq);
+		return -1;
+	}
 	int is_tcp = p->key.proto == IPPROTO_TCP;
 	__u8 tcp_flags = is_tcp ? p->tcp_flags : 0;
 	/* The common case first: a packet of an established or closing flow

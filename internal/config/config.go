@@ -167,6 +167,12 @@ type DataPlane struct {
 	// last packet, as IPVS keeps per-state timeouts. At least 1s; one
 	// longer than the idle timeout is cut to it. Default 10s.
 	HalfOpenTimeout time.Duration
+	// ExpireNodestConn (expire_nodest_conn), as IPVS's: an established
+	// flow whose server has weight 0 (taken out by an advisor or an agent,
+	// or quiesced) is dispatched anew on its next packet, so its client
+	// meets a live server's RST at once instead of timeouts. It also ends
+	// a quiesced server's flows. Default false.
+	ExpireNodestConn bool
 	// HashSeed (hash_seed) seeds the flow hash. Dispatchers that back each
 	// other up must share it. Default 0.
 	HashSeed uint32
@@ -541,6 +547,8 @@ func (d DataPlane) Executor() executor.Config {
 		HashSeed:    d.HashSeed,
 
 		HalfOpenTimeout: min(d.HalfOpenTimeout, d.IdleTimeout),
+
+		ExpireNodestConn: d.ExpireNodestConn,
 		// The flow-event ring feeds high availability; its default size
 		// holds seconds of new flows at line rate.
 		FlowEventsRing: executor.DefaultConfig().FlowEventsRing,

@@ -93,6 +93,12 @@ type Config struct {
 	// the table counts as under pressure after a sign of it. Default
 	// 10 s; at most IdleTimeout.
 	HalfOpenTimeout time.Duration
+	// ExpireNodestConn dispatches anew, on its next packet, an established
+	// flow whose server has weight 0 (taken out by an advisor or an agent,
+	// or quiesced), as IPVS's expire_nodest_conn: its client then meets a
+	// live server's RST at once instead of timing out against a dead one.
+	// Off by default, since it also ends a quiesced server's flows.
+	ExpireNodestConn bool
 	// HashSeed seeds the flow hash; dispatchers that back each other up
 	// must share it. Default 0.
 	HashSeed uint32
@@ -280,6 +286,7 @@ func New(cfg Config) (ret *BPF, err error) {
 		"hash_seed":           cfg.HashSeed,
 		"idle_timeout_ns":     uint64(cfg.IdleTimeout.Nanoseconds()),
 		"halfopen_timeout_ns": uint64(cfg.HalfOpenTimeout.Nanoseconds()),
+		"expire_nodest":       b2u(cfg.ExpireNodestConn),
 		"flow_buckets":        cfg.flowBuckets(),
 		"svc_index_slots":     cfg.svcIndexSlots(),
 		"vip_index_slots":     4 * cfg.MaxVIPs,
@@ -1744,4 +1751,12 @@ func flowFrom(e *flowWay, server netip.Addr, now uint64) Flow {
 		f.Idle = time.Duration(now - e.lastSeen)
 	}
 	return f
+}
+
+// b2u is 1 for true.
+func b2u(b bool) uint32 {
+	if b {
+		return 1
+	}
+	return 0
 }

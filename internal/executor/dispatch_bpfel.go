@@ -229,6 +229,7 @@ const (
 	dispatchProgClockNow         = "clock_now"
 	dispatchProgFlowWrite        = "flow_write"
 	dispatchProgNdDispatch       = "nd_dispatch"
+	dispatchVarExpireNodest      = "expire_nodest"
 	dispatchVarFlowBuckets       = "flow_buckets"
 	dispatchVarHalfopenTimeoutNs = "halfopen_timeout_ns"
 	dispatchVarHashSeed          = "hash_seed"
@@ -321,6 +322,7 @@ type dispatchMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type dispatchVariableSpecs struct {
+	ExpireNodest      *ebpf.VariableSpec `ebpf:"expire_nodest"`
 	FlowBuckets       *ebpf.VariableSpec `ebpf:"flow_buckets"`
 	HalfopenTimeoutNs *ebpf.VariableSpec `ebpf:"halfopen_timeout_ns"`
 	HashSeed          *ebpf.VariableSpec `ebpf:"hash_seed"`
@@ -411,6 +413,7 @@ func (m *dispatchMaps) Close() error {
 //
 // It can be passed to loadDispatchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type dispatchVariables struct {
+	ExpireNodest      *ebpf.Variable `ebpf:"expire_nodest"`
 	FlowBuckets       *ebpf.Variable `ebpf:"flow_buckets"`
 	HalfopenTimeoutNs *ebpf.Variable `ebpf:"halfopen_timeout_ns"`
 	HashSeed          *ebpf.Variable `ebpf:"hash_seed"`

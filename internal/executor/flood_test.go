@@ -321,3 +321,27 @@ func TestHalfOpenRepickedWhenQuiesced(t *testing.T) {
 		t.Fatalf("half-open counts %d, %d; want 0, %d", s[s1].HalfOpen, s[s2].HalfOpen, s2Half)
 	}
 }
+
+// TestExpireNodestConn: with expire_nodest_conn on, an established flow
+// whose server is taken out (weight 0) is dispatched anew on its next
+// packet and counted expired; off (TestHalfOpenRepickedWhenQuiesced), it
+// keeps its server.
+func TestExpireNodestConn(t *testing.T) {
+	h := newHarness(t, Config{MaxFlows: 1 << 10, ExpireNodestConn: true})
+	key := ServiceKey{vip4, 80, TCP}
+	h.upsert(Service{Key: key, Servers: []Server{h.server(s1, macS1, 1), h.server(s2, macS2, 1)}})
+	var port uint16
+	for p := uint16(3000); port == 0; p++ {
+		if _, out := h.dispatch(tcp4(p, 80, tcpSYN).build()); serverByMAC(out) == "s1" {
+			port = p
+		}
+	}
+	h.dispatch(tcp4(port, 80, tcpACK).build())
+	h.do(func() error { return h.x.SetWeights(key, map[netip.Addr]uint32{s1: 0}) })
+	if _, out := h.dispatch(tcp4(port, 80, tcpACK|tcpPSH).build()); serverByMAC(out) != "s2" {
+		t.Fatalf("established flow of a server taken out went to %s, want s2", serverByMAC(out))
+	}
+	if s := h.stats().Services[key].Servers[s1]; s.Expired != 1 || s.Active() != 0 {
+		t.Fatalf("s1 after its flow left: %+v, want 1 expired, 0 active", s)
+	}
+}

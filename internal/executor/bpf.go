@@ -1175,6 +1175,9 @@ func (b *BPF) tablePressure() (bool, error) {
 		return false, fmt.Errorf("read table pressure: %w", err)
 	}
 	now := b.kernelNow()
+	if now == 0 {
+		return false, fmt.Errorf("read table pressure: the data plane's clock is unreadable")
+	}
 	for _, t := range per {
 		if t != 0 && int64(now-t) <= b.cfg.HalfOpenTimeout.Nanoseconds() {
 			return true, nil

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/nd-dispatcher/nd/internal/lab"
 	"github.com/nd-dispatcher/nd/internal/testutil"
 )
@@ -139,4 +141,101 @@ func TestNDDSYNFlood(t *testing.T) {
 		return half == 0
 	})
 	checkExchange(t, lc, "after the half-open timeout", nil)
+}
+
+// TestNDDServerKilledUnderLoad: a server dies (its link goes down: SYNs to
+// it vanish, nothing answers) while the client opens connections through
+// the VIP. Once the advisor has taken it out, no connection fails because
+// of the table: a connection whose SYN went to the dead server just before
+// is picked again on its SYN's retransmission instead of following its
+// half-open entry back to the dead server.
+func TestNDDServerKilledUnderLoad(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	n := newNDDLab(t, []int{10, 10, 10, 10}, func(c *nddConfig) {
+		c.Advisors = "advisors:\n  - {name: alive, kind: tcp, target: vip, interval: 200ms, timeout: 150ms, rise: 1, fall: 1}\n"
+		c.Ports[0].Advisor = "alive"
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	victim := n.lab.Servers[1]
+	weight := func() uint32 {
+		for _, s := range n.portStatus(t, servicePort).Servers {
+			if s.Address == victim.Addr4.String() {
+				return s.Weight
+			}
+		}
+		t.Fatalf("no %s in status", victim.Name)
+		return 0
+	}
+	waitFor(t, 10*time.Second, "the victim up", func() bool { return weight() > 0 })
+
+	type attempt struct {
+		start time.Time
+		err   error
+	}
+	var (
+		mu       sync.Mutex
+		attempts []attempt
+		wg       sync.WaitGroup
+	)
+	stop := make(chan struct{})
+	for range loadWorkers {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(10 * time.Millisecond):
+				}
+				start := time.Now()
+				_, err := fetchOnce(ctx, n.lab.Client.NS, n.vip4(), 64)
+				mu.Lock()
+				attempts = append(attempts, attempt{start, err})
+				mu.Unlock()
+			}
+		})
+	}
+	time.Sleep(time.Second)
+	killed := time.Now()
+	err := victim.NS.Do(func() error {
+		l, err := netlink.LinkByName(victim.Ifname)
+		if err != nil {
+			return err
+		}
+		return netlink.LinkSetDown(l)
+	})
+	if err != nil {
+		close(stop)
+		wg.Wait()
+		t.Fatalf("take %s's link down: %v", victim.Name, err)
+	}
+	waitFor(t, 5*time.Second, victim.Name+" taken out", func() bool { return weight() == 0 })
+	out := time.Now()
+	time.Sleep(3 * time.Second)
+	close(stop)
+	wg.Wait()
+
+	// A connection whose first SYN, or its first retransmission (a second
+	// later), left after the server was taken out must succeed.
+	var failed, covered, early int
+	for _, a := range attempts {
+		switch {
+		case a.start.Before(killed):
+		case a.start.Add(time.Second).After(out):
+			covered++
+			if a.err != nil {
+				failed++
+				if failed <= 5 {
+					t.Errorf("connection started %v after the kill: %v", a.start.Sub(killed).Round(time.Millisecond), a.err)
+				}
+			}
+		case a.err != nil:
+			early++
+		}
+	}
+	t.Logf("%s taken out %v after its link went down; %d connections since whose SYN or its retransmission came after: %d failed; %d earlier ones failed",
+		victim.Name, out.Sub(killed).Round(time.Millisecond), covered, failed, early)
+	if covered == 0 {
+		t.Errorf("no connection attempted after the server was taken out")
+	}
 }

@@ -648,15 +648,25 @@ static __always_inline int dispatch_new(struct xdp_md *ctx, struct packet *p, st
 	if (nd_flow_store(fl->idx, &a) < 0) {
 		count_global(G_FLOW_BUSY);
 	} else {
-		if (class != VICTIM_FREE)
-			count_gone(fl->snap.v_backend, fl->snap.v_gen, fl->snap.v_flags);
+		int moved = is_tcp;
 		if (class == VICTIM_HALFOPEN) {
+			/* A half-open flow displaced by a new one: no generation
+			 * check (a stale slot's count is corrected when user
+			 * space reconciles), and nothing to move when both are
+			 * the same server's. */
+			if (fl->snap.v_backend == be_id && is_tcp)
+				moved = 0;
+			else
+				halfopen_add(fl->snap.v_backend, -1);
 			count_global(G_HALFOPEN_EVICTED);
 			mark_pressure(now);
+		} else if (class != VICTIM_FREE) {
+			count_gone(fl->snap.v_backend, fl->snap.v_gen, fl->snap.v_flags);
 		}
 		if (is_tcp) {
 			halfopen = 1;
-			halfopen_add(be_id, 1);
+			if (moved)
+				halfopen_add(be_id, 1);
 		} else {
 			opened = 1;
 			if (be->flags & BE_F_P2C)

@@ -509,6 +509,22 @@ static __always_inline int dispatch_established(struct xdp_md *ctx, struct packe
 		reuse_way(fl, VICTIM_FREE, fl->snap.seq); /* its server left: nothing counts it */
 		return -1;
 	}
+	if (expire_nodest && !(flags & (FLOW_F_HALFOPEN | FLOW_F_CLOSING)) && (be->flags & BE_F_QUIESCED)) {
+		/* expire_nodest_conn: an established flow of a server taken
+		 * out leaves it (counted expired) and is dispatched anew. */
+		reuse_way(fl, VICTIM_EXPIRED, fl->snap.seq);
+		return -1;
+	}
+	int is_tcp = p->key.proto == IPPROTO_TCP;
+	__u8 tcp_flags = is_tcp ? p->tcp_flags : 0;
+	/* The common case first: a packet of an established or closing flow
+	 * seen within the refresh interval (so not idle: every timeout is at
+	 * least a second), that changes nothing. */
+	if (!(flags & FLOW_F_HALFOPEN) && !(tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_FIN | TCP_FLAG_RST)) &&
+	    !flow_idle(now, fl->snap.last_seen, REFRESH_NS)) {
+		count_backend(be_id, bytes, 0, 0, 0);
+		return forward(ctx, be);
+	}
 	if (flow_idle(now, fl->snap.last_seen, flow_timeout(flags))) {
 		/* Idle past its timeout: take it out once, and only then stop
 		 * counting it, so that a packet the new pick drops cannot count
@@ -520,21 +536,6 @@ static __always_inline int dispatch_established(struct xdp_md *ctx, struct packe
 			fl->snap.v_class = VICTIM_NONE;
 		}
 		return -1;
-	}
-	if (expire_nodest && !(flags & (FLOW_F_HALFOPEN | FLOW_F_CLOSING)) && (be->flags & BE_F_QUIESCED)) {
-		/* expire_nodest_conn: an established flow of a server taken
-		 * out leaves it (counted expired) and is dispatched anew. */
-		reuse_way(fl, VICTIM_EXPIRED, fl->snap.seq);
-		return -1;
-	}
-	int is_tcp = p->key.proto == IPPROTO_TCP;
-	__u8 tcp_flags = is_tcp ? p->tcp_flags : 0;
-	/* The common case first: a packet of an established or closing flow
-	 * that changes nothing and needs no refresh. */
-	if (!(flags & FLOW_F_HALFOPEN) && !(tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_FIN | TCP_FLAG_RST)) &&
-	    !flow_idle(now, fl->snap.last_seen, REFRESH_NS)) {
-		count_backend(be_id, bytes, 0, 0, 0);
-		return forward(ctx, be);
 	}
 	int syn = (tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
 	int fin = tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST);

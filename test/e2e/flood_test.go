@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -216,14 +217,17 @@ func TestNDDServerKilledUnderLoad(t *testing.T) {
 	wg.Wait()
 
 	// A connection whose first SYN, or its first retransmission (a second
-	// later), left after the server was taken out must succeed.
+	// later), left after the server was taken out must be accepted; one
+	// started after that must complete. (One whose handshake the server
+	// completed just before its link went down fails later, reading: not
+	// the table's doing.)
 	var failed, covered, early int
 	for _, a := range attempts {
 		switch {
 		case a.start.Before(killed):
 		case a.start.Add(time.Second).After(out):
 			covered++
-			if a.err != nil {
+			if a.err != nil && (strings.HasPrefix(a.err.Error(), "dial ") || a.start.After(out)) {
 				failed++
 				if failed <= 5 {
 					t.Errorf("connection started %v after the kill: %v", a.start.Sub(killed).Round(time.Millisecond), a.err)

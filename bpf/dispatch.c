@@ -75,8 +75,20 @@ __noinline int nd_flow_report(const struct flow_key *key, const struct backend *
 	return 0;
 }
 
-static __always_inline struct vip_stats *vip_lookup(struct packet *p)
+/* vip_lookup finds the counters of the VIP a packet is for: in vip_index,
+ * the VIP's slot by its address hash ah (an inlined array read), else in
+ * the vips hash (a VIP whose slot another took, or one being rewritten). */
+static __always_inline struct vip_stats *vip_lookup(struct packet *p, __u32 ah)
 {
+	__u32 slot = scale(ah, vip_index_slots);
+	struct vip_slot *s = bpf_map_lookup_elem(&vip_index, &slot);
+	if (s && s->used && s->family == p->key.family && s->addr.addr[0] == p->key.dst.addr[0] &&
+	    s->addr.addr[1] == p->key.dst.addr[1] && s->addr.addr[2] == p->key.dst.addr[2] &&
+	    s->addr.addr[3] == p->key.dst.addr[3]) {
+		__u32 id = s->vip_id;
+		return bpf_map_lookup_elem(&stats_vip, &id);
+	}
+
 	struct vip_key k = {};
 
 	k.addr = p->key.dst;
@@ -149,15 +161,29 @@ static __always_inline int svc_find(const struct svc_key *k, struct svc_info *ou
 	return 0;
 }
 
-/* vip_filter_hit is false only for addresses that are no VIP. */
-static __always_inline int vip_filter_hit(const struct flow_key *k)
+/* vip_filter_hit is false only for addresses that are no VIP. *ah gets
+ * the address's hash, which svc_filter_hit reuses. */
+static __always_inline int vip_filter_hit(const struct flow_key *k, __u32 *ah)
 {
 	__u32 zero = 0;
 	struct vip_filter *f = bpf_map_lookup_elem(&vip_bloom, &zero);
+	__u32 h = addr_hash(&k->dst, k->family);
+	*ah = h;
 	if (!f)
 		return 1;
-	__u32 h = addr_hash(&k->dst, k->family);
 	return (f->bits[(h >> 6) & (VIP_FILTER_BITS / 64 - 1)] >> (h & 63)) & 1;
+}
+
+/* svc_filter_hit is false only for a (VIP, port, protocol) that no service
+ * defines: such a packet skips the connection table. */
+static __always_inline int svc_filter_hit(const struct flow_key *k, __u32 ah)
+{
+	__u32 zero = 0;
+	struct vip_filter *f = bpf_map_lookup_elem(&svc_bloom, &zero);
+	if (!f)
+		return 1;
+	__u32 bit = svc_filter_bit(ah, k->dport, k->proto);
+	return (f->bits[(bit >> 6) & (VIP_FILTER_BITS / 64 - 1)] >> (bit & 63)) & 1;
 }
 
 /* ring_pick indexes the service's Maglev ring with the flow hash. */
@@ -458,7 +484,8 @@ static __always_inline int forward(struct xdp_md *ctx, struct backend *be)
 	return bpf_redirect_map(&tx_ports, be->ifindex, 0);
 }
 
-static __always_inline void count_backend(__u32 be_id, __u64 bytes, int new_flow, int closed)
+static __always_inline void count_backend(__u32 be_id, __u64 bytes, int new_flow, int closed,
+					  int halfopen)
 {
 	struct backend_stats *bs = bpf_map_lookup_elem(&stats_backend, &be_id);
 
@@ -468,6 +495,7 @@ static __always_inline void count_backend(__u32 be_id, __u64 bytes, int new_flow
 	bs->bytes += bytes;
 	bs->new_flows += new_flow;
 	bs->closed += closed;
+	bs->halfopen_opened += halfopen;
 }
 
 static __always_inline void refresh_affinity(__u32 svc_id, struct packet *p,
@@ -483,13 +511,41 @@ static __always_inline void refresh_affinity(__u32 svc_id, struct packet *p,
 		av->last_seen = now;
 }
 
-/* count_gone charges a flow that left the table without closing (idle, or
- * pushed out of a full bucket) to its server, if the server is still it. */
-static __always_inline void count_gone(__u32 be_id, __u32 gen)
+/* halfopen_add moves a server's half-open count (server_halfopen, this
+ * CPU's share). */
+static __always_inline void halfopen_add(__u32 be_id, __s64 delta)
 {
+	__s64 *n = bpf_map_lookup_elem(&server_halfopen, &be_id);
+	if (n)
+		*n += delta;
+}
+
+/* mark_pressure notes that a new flow displaced a live half-open flow or
+ * found no way it may take. */
+static __always_inline void mark_pressure(__u64 now)
+{
+	__u32 zero = 0;
+	__u64 *t = bpf_map_lookup_elem(&table_pressure, &zero);
+	if (t)
+		*t = now;
+}
+
+/* count_gone charges a flow that left the table without closing (idle, or
+ * pushed out of a full bucket) to its server, if the server is still it:
+ * a half-open flow leaves the half-open count, an established one is
+ * counted expired and leaves the open-flow count, a closing one was
+ * counted out when it closed. */
+static __always_inline void count_gone(__u32 be_id, __u32 gen, __u32 flags)
+{
+	if (flags & FLOW_F_CLOSING)
+		return;
 	struct backend *be = backend_read(be_id);
 	if (!be || !(be->flags & BE_F_ACTIVE) || be->gen != gen)
 		return;
+	if (flags & FLOW_F_HALFOPEN) {
+		halfopen_add(be_id, -1);
+		return;
+	}
 	struct backend_stats *bs = bpf_map_lookup_elem(&stats_backend, &be_id);
 	if (bs)
 		bs->expired += 1;
@@ -497,16 +553,22 @@ static __always_inline void count_gone(__u32 be_id, __u32 gen)
 		active_add(be_id, -1);
 }
 
-/* count_out takes an open flow out of its server's open-flow count when user
- * space removes or replaces it, if the server is still the flow's. */
-static __always_inline void count_out(__u32 be_id, __u32 gen)
+/* count_out takes a flow out of its server's counts when user space
+ * removes or replaces it, if the server is still the flow's. */
+static __always_inline void count_out(__u32 be_id, __u32 gen, __u32 flags)
 {
+	if (flags & FLOW_F_CLOSING)
+		return;
 	struct backend *be = backend_read(be_id);
-	if (be && (be->flags & (BE_F_ACTIVE | BE_F_P2C)) == (BE_F_ACTIVE | BE_F_P2C) && be->gen == gen)
+	if (!be || !(be->flags & BE_F_ACTIVE) || be->gen != gen)
+		return;
+	if (flags & FLOW_F_HALFOPEN)
+		halfopen_add(be_id, -1);
+	else if (be->flags & BE_F_P2C)
 		active_add(be_id, -1);
 }
 
-/* count_in adds a flow to its server's open-flow count. */
+/* count_in adds an established flow to its server's open-flow count. */
 static __always_inline void count_in(__u32 be_id, __u32 gen)
 {
 	struct backend *be = backend_read(be_id);
@@ -515,23 +577,36 @@ static __always_inline void count_in(__u32 be_id, __u32 gen)
 }
 
 /* flow_lookup is where a TCP or UDP packet to a VIP starts: its table
- * bucket and, if the table knows the flow, the way and what it holds. */
+ * bucket and, if the table knows the flow, the way and what it holds;
+ * otherwise (snap.v_*) the way a new flow would take. */
 struct flow_lookup {
 	struct flow_bucket *bucket;
 	__u32 idx; /* the bucket's index */
 	__u32 hash;
 	int way;
-	/* When the flow is not in the table: the way it would take, and
-	 * whether that pushes a live flow out. */
-	int victim;
-	int victim_live;
 	struct flow_snap snap;
 };
+
+/* reuse_way makes the flow's own way the one its new pick takes, with the
+ * class that says how its old contents are counted out. */
+static __always_inline void reuse_way(struct flow_lookup *fl, __u32 class, __u32 seq)
+{
+	fl->snap.v_way = fl->way;
+	fl->snap.v_class = class;
+	fl->snap.v_seq = seq;
+	fl->snap.v_flags = fl->snap.flags;
+	fl->snap.v_backend = fl->snap.backend;
+	fl->snap.v_gen = fl->snap.gen;
+}
 
 /* dispatch_established forwards a packet of a flow the table knows, without
  * even looking its service up: the way names the server, the server its
  * service. Returns -1 when the packet must be dispatched as a new flow: no
- * entry, its server left, it idled out, or a SYN reuses a closed tuple. */
+ * entry, its server left, it idled out, a SYN reuses a closed tuple, or a
+ * half-open flow's server may take no new flow. Every change of a way's
+ * state is made under its count, from the count the lookup read, so that
+ * of two CPUs only one moves a counter, and never on a flow that another
+ * CPU has meanwhile put in the way. */
 static __always_inline int dispatch_established(struct xdp_md *ctx, struct packet *p,
 						struct flow_lookup *fl, __u64 now, __u64 bytes)
 {
@@ -539,50 +614,109 @@ static __always_inline int dispatch_established(struct xdp_md *ctx, struct packe
 		return -1;
 
 	__u32 be_id = fl->snap.backend;
+	__u32 flags = fl->snap.flags;
 	struct backend *be = backend_read(be_id);
-	if (!be || !(be->flags & BE_F_ACTIVE) || be->gen != fl->snap.gen)
+	if (!be || !(be->flags & BE_F_ACTIVE) || be->gen != fl->snap.gen) {
+		reuse_way(fl, VICTIM_FREE, fl->snap.seq); /* its server left: nothing counts it */
 		return -1;
-	if (now - fl->snap.last_seen > idle_timeout_ns) {
-		/* Idle past the timeout: its server stops counting it. */
-		if (!(fl->snap.flags & FLOW_F_CLOSING))
-			count_gone(be_id, fl->snap.gen);
+	}
+	if (expire_nodest && !(flags & (FLOW_F_HALFOPEN | FLOW_F_CLOSING)) && (be->flags & BE_F_QUIESCED)) {
+		/* expire_nodest_conn: an established flow of a server taken
+		 * out leaves it (counted expired) and is dispatched anew. */
+		reuse_way(fl, VICTIM_EXPIRED, fl->snap.seq);
 		return -1;
 	}
 	int is_tcp = p->key.proto == IPPROTO_TCP;
-	if (is_tcp && (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN &&
-	    (fl->snap.flags & FLOW_F_CLOSING))
-		return -1; /* the client reuses a closed tuple: a new connection */
+	__u8 tcp_flags = is_tcp ? p->tcp_flags : 0;
+	/* The common case first: a packet of an established or closing flow
+	 * seen within the refresh interval (so not idle: every timeout is at
+	 * least a second), that changes nothing. */
+	if (!(flags & FLOW_F_HALFOPEN) && !(tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_FIN | TCP_FLAG_RST)) &&
+	    !flow_idle(now, fl->snap.last_seen, REFRESH_NS)) {
+		count_backend(be_id, bytes, 0, 0, 0);
+		return forward(ctx, be);
+	}
+	if (flow_idle(now, fl->snap.last_seen, flow_timeout(flags))) {
+		/* Idle past its timeout: take it out once, and only then stop
+		 * counting it, so that a packet the new pick drops cannot count
+		 * it again. */
+		if (nd_flow_update(fl->idx, fl->way, fl->snap.seq, FLOW_CLEAR_ALL, 0) == 0) {
+			count_gone(be_id, fl->snap.gen, flags);
+			reuse_way(fl, VICTIM_FREE, fl->snap.seq + 2);
+		} else {
+			fl->snap.v_class = VICTIM_NONE;
+		}
+		return -1;
+	}
+	int syn = (tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
+	int fin = tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST);
+	if (syn && (flags & FLOW_F_CLOSING)) {
+		reuse_way(fl, VICTIM_EXPIRED, fl->snap.seq); /* a closed tuple reused */
+		return -1;
+	}
+	if (syn && (flags & FLOW_F_HALFOPEN) && (be->flags & BE_F_QUIESCED)) {
+		/* A SYN retransmitted to a server taken out: picked again. */
+		reuse_way(fl, VICTIM_EXPIRED, fl->snap.seq);
+		return -1;
+	}
 
-	struct flow_head *e = &fl->bucket->head[fl->way & (FLOW_WAYS - 1)];
-	if (now - fl->snap.last_seen > REFRESH_NS) {
-		e->last_seen = now;
-		if (fl->snap.flags & FLOW_F_STICKY)
+	__u32 set = 0, clear = 0;
+	__u64 seen = 0;
+	int opened = 0, closed = 0, left_halfopen = 0;
+	if (flow_idle(now, fl->snap.last_seen, REFRESH_NS)) {
+		seen = now;
+		if (flags & FLOW_F_STICKY)
 			refresh_affinity(be->svc_id, p, &fl->snap, now);
 	}
-	int closed = 0;
-	if (is_tcp && (p->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)) &&
-	    !(fl->snap.flags & FLOW_F_CLOSING)) {
-		/* Count the close once, even if two CPUs see FINs. */
-		__u32 old = __sync_fetch_and_or(&e->meta, FLOW_F_CLOSING);
-		closed = !(old & FLOW_F_CLOSING);
+	if (flags & FLOW_F_HALFOPEN) {
+		if (fin) {
+			/* Given up before the handshake completed: closing. */
+			set = FLOW_F_CLOSING;
+			clear = FLOW_F_HALFOPEN;
+			left_halfopen = 1;
+		} else if (!syn) {
+			/* The handshake's ACK: established. */
+			clear = FLOW_F_HALFOPEN;
+			seen = now;
+			opened = left_halfopen = 1;
+		}
+	} else if (fin && !(flags & FLOW_F_CLOSING)) {
+		set = FLOW_F_CLOSING;
+		closed = 1;
 	}
-	count_backend(be_id, bytes, 0, closed);
-	if (closed) {
+	if (set | clear | seen) {
+		if (nd_flow_update(fl->idx, fl->way, fl->snap.seq, FLOW_SET_CLEAR(set, clear), seen) < 0)
+			opened = closed = left_halfopen = 0; /* another CPU changed it */
+	}
+	if (left_halfopen)
+		halfopen_add(be_id, -1);
+	count_backend(be_id, bytes, opened, closed, 0);
+	if (opened | closed) {
 		if (be->flags & BE_F_P2C)
-			active_add(be_id, -1);
-		if (flow_report_on())
-			nd_flow_report(&p->key, be, be_id,
-				       FLOW_EV_CLOSED << 8 | fl->snap.flags | FLOW_F_CLOSING, now);
+			active_add(be_id, opened ? 1 : -1);
+		if (flow_report_on()) {
+			__u32 kind = opened ? FLOW_EV_OPENED : FLOW_EV_CLOSED;
+			nd_flow_report(&p->key, be, be_id, kind << 8 | ((flags | set) & ~clear), now);
+		}
 	}
 	return forward(ctx, be);
 }
 
-/* dispatch_new picks a server for a packet the table has no live flow for,
- * records the flow and forwards the packet. */
+/* dispatch_new picks a server for a packet the table has no live flow for
+ * and forwards the packet. What it may record depends on the packet: a SYN
+ * (or a UDP packet) takes a free or expired way or displaces the oldest
+ * half-open flow, and is recorded half-open (UDP: established); a stray
+ * packet of an unknown TCP flow (an ACK, data) takes only a free or expired
+ * way, half-open, and is established by its next packet; a FIN or RST of an
+ * unknown flow is forwarded and leaves nothing. No packet displaces an
+ * established or closing flow: a full bucket forwards the new flow by its
+ * pick alone. */
 static __always_inline int dispatch_new(struct xdp_md *ctx, struct packet *p, struct svc_info *svc,
 					struct flow_lookup *fl, __u64 now, __u64 bytes)
 {
-	int closing = p->key.proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST));
+	int is_tcp = p->key.proto == IPPROTO_TCP;
+	int fin = is_tcp && (p->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST));
+	int opener = !is_tcp || (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
 	__u32 be_id = 0;
 
 	struct backend *be = pick(svc, p, fl->hash, now, &be_id);
@@ -593,19 +727,21 @@ static __always_inline int dispatch_new(struct xdp_md *ctx, struct packet *p, st
 		return XDP_DROP;
 	}
 
-	/* A stale entry of this flow is rewritten in place; otherwise the flow
-	 * takes the way chosen at lookup. */
-	int way = fl->way;
-	if (way < 0) {
-		way = fl->victim;
-		if (fl->victim_live) {
-			/* A closing flow was counted out when it closed. */
-			struct flow_body *v = &fl->bucket->body[way & (FLOW_WAYS - 1)];
-			if (!(fl->bucket->head[way & (FLOW_WAYS - 1)].meta & FLOW_F_CLOSING))
-				count_gone(v->backend, v->gen);
-			count_global(G_EVICTED);
+	__u32 class = fl->snap.v_class;
+	if (fin || class > (opener ? VICTIM_HALFOPEN : VICTIM_EXPIRED)) {
+		if (!fin) {
+			if (opener) {
+				count_global(G_OPENER_UNRECORDED);
+				if (class != VICTIM_NONE)
+					mark_pressure(now);
+			} else {
+				count_global(G_STRAY_UNRECORDED);
+			}
 		}
+		count_backend(be_id, bytes, 0, 0, 0);
+		return forward(ctx, be);
 	}
+
 	struct flow_store_args a = {
 		.key = p->key,
 		.last_seen = now,
@@ -613,24 +749,46 @@ static __always_inline int dispatch_new(struct xdp_md *ctx, struct packet *p, st
 		.backend = be_id,
 		.gen = be->gen,
 		.flags = FLOW_F_VALID,
-		.way = way,
+		.way = fl->snap.v_way,
+		.expect = fl->snap.v_seq,
 	};
-	if (closing)
-		a.flags |= FLOW_F_CLOSING;
+	if (is_tcp)
+		a.flags |= FLOW_F_HALFOPEN;
 	if (svc->flags & SVC_F_AFFINITY)
 		a.flags |= FLOW_F_STICKY;
-	/* An unrecorded flow would never leave the open-flow count, and a
-	 * standby need not learn what this table does not hold. */
+	int opened = 0, halfopen = 0;
 	if (nd_flow_store(fl->idx, &a) < 0) {
 		count_global(G_FLOW_BUSY);
 	} else {
-		if (!closing && (be->flags & BE_F_P2C))
-			active_add(be_id, 1);
-		if (flow_report_on())
-			nd_flow_report(&p->key, be, be_id, FLOW_EV_OPENED << 8 | a.flags, now);
+		int moved = is_tcp;
+		if (class == VICTIM_HALFOPEN) {
+			/* A half-open flow displaced by a new one: no generation
+			 * check (a stale slot's count is corrected when user
+			 * space reconciles), and nothing to move when both are
+			 * the same server's. */
+			if (fl->snap.v_backend == be_id && is_tcp)
+				moved = 0;
+			else
+				halfopen_add(fl->snap.v_backend, -1);
+			count_global(G_HALFOPEN_EVICTED);
+			mark_pressure(now);
+		} else if (class != VICTIM_FREE) {
+			count_gone(fl->snap.v_backend, fl->snap.v_gen, fl->snap.v_flags);
+		}
+		if (is_tcp) {
+			halfopen = 1;
+			if (moved)
+				halfopen_add(be_id, 1);
+		} else {
+			opened = 1;
+			if (be->flags & BE_F_P2C)
+				active_add(be_id, 1);
+			if (flow_report_on())
+				nd_flow_report(&p->key, be, be_id, FLOW_EV_OPENED << 8 | a.flags, now);
+		}
 	}
 
-	count_backend(be_id, bytes, 1, closing);
+	count_backend(be_id, bytes, opened, 0, halfopen);
 	return forward(ctx, be);
 }
 
@@ -761,7 +919,8 @@ int nd_dispatch(struct xdp_md *ctx)
 	}
 
 	/* Most traffic on a host that is not ours costs one array read. */
-	if (!vip_filter_hit(&p.key)) {
+	__u32 ah;
+	if (!vip_filter_hit(&p.key, &ah)) {
 		if (rc == PARSE_BAD_L4)
 			count_global(G_MALFORMED);
 		count_global(G_PASSED);
@@ -773,10 +932,11 @@ int nd_dispatch(struct xdp_md *ctx)
 		return XDP_PASS;
 	}
 
-	if (rc == PARSE_OK) {
+	/* A port no service defines skips the connection table. */
+	if (rc == PARSE_OK && svc_filter_hit(&p.key, ah)) {
 		__u64 bytes = data_end - data;
 		__u64 now = now_ns();
-		struct flow_lookup fl = {};
+		struct flow_lookup fl; /* every field is written before it is read */
 
 		fl.hash = flow_hash(&p.key, hash_seed);
 		fl.idx = bucket_index(fl.hash, flow_buckets);
@@ -791,8 +951,8 @@ int nd_dispatch(struct xdp_md *ctx)
 		fl.way = r;
 		if (r < 0 || (r & FLOW_MISS)) {
 			fl.way = -1;
-			fl.victim = r & (FLOW_WAYS - 1);
-			fl.victim_live = r >= 0 && (r & FLOW_VICTIM_LIVE);
+			if (r < 0)
+				fl.snap.v_class = VICTIM_NONE;
 		}
 		int act = dispatch_established(ctx, &p, &fl, now, bytes);
 		if (act >= 0)
@@ -809,7 +969,7 @@ int nd_dispatch(struct xdp_md *ctx)
 	}
 
 	/* Not a defined service: is it for one of our VIPs at all? */
-	vs = vip_lookup(&p);
+	vs = vip_lookup(&p, ah);
 	if (!vs) {
 		if (rc == PARSE_BAD_L4)
 			count_global(G_MALFORMED);
@@ -863,31 +1023,22 @@ int flow_write(struct xdp_md *ctx)
 	if (op->op == FLOW_OP_DELETE) {
 		if (way < 0)
 			return XDP_DROP;
-		struct flow_head *e = &bucket->head[way & (FLOW_WAYS - 1)];
-		__u32 claimed = flow_claim(e);
-		if (!claimed)
+		if (nd_flow_update(idx, way, snap.seq, FLOW_CLEAR_ALL, 0) < 0)
 			return XDP_ABORTED;
-		e->meta = 0;
-		flow_release(e, claimed);
-		if (!(snap.flags & FLOW_F_CLOSING))
-			count_out(snap.backend, snap.gen);
+		count_out(snap.backend, snap.gen, snap.flags);
 		return XDP_PASS;
 	}
 	if (op->op != FLOW_OP_UPSERT)
 		return XDP_ABORTED;
 
 	int replaced = way >= 0;
+	__u32 expect = snap.seq;
 	if (way < 0) {
-		int v = nd_flow_victim(idx, now, idle_timeout_ns);
-		if (v < 0)
+		flow_victim_in(bucket, now, &snap);
+		if (snap.v_class == VICTIM_NONE)
 			return XDP_ABORTED;
-		way = v & (FLOW_WAYS - 1);
-		if (v & FLOW_VICTIM_LIVE) {
-			struct flow_body *vb = &bucket->body[way];
-			if (!(bucket->head[way].meta & FLOW_F_CLOSING))
-				count_gone(vb->backend, vb->gen);
-			count_global(G_EVICTED);
-		}
+		way = snap.v_way;
+		expect = snap.v_seq;
 	}
 	struct flow_store_args a = {
 		.key = key,
@@ -897,13 +1048,21 @@ int flow_write(struct xdp_md *ctx)
 		.gen = op->gen,
 		.flags = FLOW_F_VALID | (op->flags & FLOW_F_CLOSING),
 		.way = way,
+		.expect = expect,
 	};
 	if (nd_flow_store(idx, &a) < 0)
 		return XDP_ABORTED;
-	/* The open-flow counts follow what the table holds: the entry
-	 * replaced leaves its server's, the new one joins its own. */
-	if (replaced && !(snap.flags & FLOW_F_CLOSING))
-		count_out(snap.backend, snap.gen);
+	/* The counts follow what the table holds: the entry replaced or
+	 * displaced leaves its server's, the new one joins its own. */
+	if (replaced) {
+		count_out(snap.backend, snap.gen, snap.flags);
+	} else if (snap.v_class != VICTIM_FREE) {
+		count_gone(snap.v_backend, snap.v_gen, snap.v_flags);
+		if (snap.v_class == VICTIM_HALFOPEN)
+			count_global(G_HALFOPEN_EVICTED);
+		if (snap.v_class == VICTIM_LIVE)
+			count_global(G_EVICTED);
+	}
 	if (!(a.flags & FLOW_F_CLOSING))
 		count_in(op->backend, op->gen);
 	return XDP_PASS;

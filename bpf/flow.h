@@ -40,14 +40,45 @@ static __always_inline void prefetch_bucket(const struct flow_bucket *b)
 	prefetch_line(p + 192);
 }
 
-/* What a reader copied out of a way. */
+/* What a reader copied out of a way, and on a miss, of the way a new flow
+ * would take (the victim). */
 struct flow_snap {
 	__u32 backend;
 	__u32 gen;
 	__u32 flags;
 	__u32 seq;
 	__u64 last_seen;
+	__u32 v_way;
+	__u32 v_class; /* VICTIM_* */
+	__u32 v_seq;   /* the victim's count when read: a store claims from it */
+	__u32 v_flags; /* the victim's FLOW_F_* */
+	__u32 v_backend;
+	__u32 v_gen;
 };
+
+/* Victim classes, best first. Which a packet may take is the caller's rule:
+ * a SYN (or a first UDP packet) up to VICTIM_HALFOPEN, a stray packet of an
+ * unknown flow only up to VICTIM_EXPIRED, user space any. */
+#define VICTIM_FREE 0     /* an empty way, or a stale one nothing counts */
+#define VICTIM_EXPIRED 1  /* a flow idle past its state's timeout */
+#define VICTIM_HALFOPEN 2 /* the oldest live half-open flow */
+#define VICTIM_LIVE 3     /* the oldest live established or closing flow */
+#define VICTIM_NONE 4     /* every way is being written */
+
+/* flow_timeout: how long a flow in a state is kept after its last packet. */
+static __always_inline __u64 flow_timeout(__u32 flags)
+{
+	return (flags & (FLOW_F_HALFOPEN | FLOW_F_CLOSING)) ? halfopen_timeout_ns : idle_timeout_ns;
+}
+
+/* flow_idle: last seen at seen, is the flow idle past timeout at now? The
+ * difference is signed: now is read before the lookup, and another CPU may
+ * have written a later last_seen meanwhile; unsigned, that flow would look
+ * idle for 584 years. */
+static __always_inline int flow_idle(__u64 now, __u64 seen, __u64 timeout)
+{
+	return (__s64)(now - seen) > (__s64)timeout;
+}
 
 static __always_inline int flow_key_equal(const struct flow_key *a, const struct flow_key *b)
 {
@@ -90,65 +121,108 @@ static __always_inline int flow_find_in(struct flow_bucket *b, const struct flow
 	return -1;
 }
 
-/* flow_victim picks the way a new flow takes: a free or idle one, else the
- * least recently seen (the bucket is an LRU set). *live reports whether a
- * live flow is being pushed out. */
-static __always_inline int flow_victim_in(struct flow_bucket *b, __u64 now, __u64 idle_ns, int *live)
+/* flow_victim_in picks the way a new flow would take: a free or expired
+ * one, else the least recently seen half-open flow, else the least recently
+ * seen live flow (which only user space may displace). It records the
+ * victim's count and contents in snap, so that a store can claim the way
+ * only if it still holds what was judged. */
+static __always_inline void flow_victim_in(struct flow_bucket *b, __u64 now, struct flow_snap *snap)
 {
-	__u64 oldest = ~0ull;
-	int victim = 0;
+	__u64 oldest_half = ~0ull, oldest_live = ~0ull;
+	int half = -1, live = -1, way = -1;
+	__u32 class = VICTIM_NONE;
 
-	*live = 0;
 #pragma unroll
 	for (int i = 0; i < FLOW_WAYS; i++) {
 		struct flow_head *h = &b->head[i];
+		__u32 seq = READ_ONCE_U32(h->seq);
+
+		if (seq & 1)
+			continue;
+		barrier();
+		__u32 meta = h->meta;
 		__u64 seen = h->last_seen;
 
-		if (!(h->meta & FLOW_F_VALID) || now - seen > idle_ns)
-			return i;
-		if (seen < oldest) {
-			oldest = seen;
-			victim = i;
+		if (!(meta & FLOW_F_VALID)) {
+			way = i;
+			class = VICTIM_FREE;
+			break;
+		}
+		if (flow_idle(now, seen, flow_timeout(meta))) {
+			way = i;
+			class = VICTIM_EXPIRED;
+			break;
+		}
+		if (meta & FLOW_F_HALFOPEN) {
+			if (seen < oldest_half) {
+				oldest_half = seen;
+				half = i;
+			}
+		} else if (seen < oldest_live) {
+			oldest_live = seen;
+			live = i;
 		}
 	}
-	*live = 1;
-	return victim;
+	if (way < 0) {
+		if (half >= 0) {
+			way = half;
+			class = VICTIM_HALFOPEN;
+		} else if (live >= 0) {
+			way = live;
+			class = VICTIM_LIVE;
+		} else {
+			snap->v_class = VICTIM_NONE;
+			return;
+		}
+	}
+	struct flow_head *h = &b->head[way & (FLOW_WAYS - 1)];
+	struct flow_body *body = &b->body[way & (FLOW_WAYS - 1)];
+	__u32 seq = READ_ONCE_U32(h->seq);
+	barrier();
+	snap->v_way = way;
+	snap->v_class = class;
+	snap->v_seq = seq;
+	snap->v_flags = h->meta & FLOW_FLAGS_MASK;
+	snap->v_backend = body->backend;
+	snap->v_gen = body->gen;
+	/* A writer between the scan and here changed the count: a store
+	 * claiming from seq then fails, so the copy need not be checked. */
 }
 
-/* flow_claim makes a way's count odd if nobody else is writing it, and
- * returns the odd count (or 0 when it lost). */
-static __always_inline __u32 flow_claim(struct flow_head *h)
+/* flow_claim makes a way's count odd if it is still expect (even), and
+ * returns the odd count, or 0 when another writer got there first. */
+static __always_inline __u32 flow_claim(struct flow_head *h, __u32 expect)
 {
-	__u32 seq = READ_ONCE_U32(h->seq);
-
-	if (seq & 1)
+	if (expect & 1)
 		return 0;
-	if (__sync_val_compare_and_swap(&h->seq, seq, seq + 1) != seq)
+	if (__sync_val_compare_and_swap(&h->seq, expect, expect + 1) != expect)
 		return 0;
 	barrier();
-	return seq + 1;
+	return expect + 1;
 }
 
-/* flow_release makes the count even again. A plain store suffices: only the
- * claimer writes an odd count, and x86 keeps stores in program order, so
- * the way's new contents are visible before the count says so. */
+/* flow_release makes the count even again. A plain store suffices on x86,
+ * which keeps stores in program order (TSO): the way's new contents are
+ * visible before the count says so. Weakly ordered CPUs would need a
+ * release store here and acquire loads in readers, which BPF cannot
+ * express cheaply; internal/executor refuses to load on them. */
 static __always_inline void flow_release(struct flow_head *h, __u32 claimed)
 {
 	barrier();
 	*(volatile __u32 *)&h->seq = claimed + 1;
 }
 
-/* flow_store writes a flow into way i. Returns -1 when another writer got
- * there first: the flow then just goes unrecorded, and its next packet
- * takes the ring. */
-static __always_inline int flow_store_in(struct flow_bucket *b, int i, const struct flow_key *key,
-				      __u32 hash, __u32 backend, __u32 gen, __u32 flags,
-				      __u64 last_seen)
+/* flow_store_in writes a flow into way i if its count is still expect.
+ * Returns -1 when another writer changed the way since it was read: the
+ * flow then just goes unrecorded, and its next packet looks again. */
+static __always_inline int flow_store_in(struct flow_bucket *b, int i, __u32 expect,
+					 const struct flow_key *key, __u32 hash, __u32 backend,
+					 __u32 gen, __u32 flags, __u64 last_seen)
 {
 	struct flow_head *h = &b->head[i & (FLOW_WAYS - 1)];
 	struct flow_body *body = &b->body[i & (FLOW_WAYS - 1)];
 
-	__u32 claimed = flow_claim(h);
+	__u32 claimed = flow_claim(h, expect);
 	if (!claimed)
 		return -1;
 	__builtin_memcpy(&body->key, key, sizeof(*key));
@@ -176,39 +250,23 @@ __noinline int nd_flow_find(__u32 idx, const struct flow_key *key, __u32 hash, s
 	return flow_find_in(b, key, hash, snap);
 }
 
-/* nd_flow_victim returns the way a new flow takes in bucket idx, plus
- * FLOW_VICTIM_LIVE when that pushes a live flow out; -1 on error. */
-#define FLOW_VICTIM_LIVE 0x10
 /* FLOW_MISS marks nd_flow_lookup's answer for a flow the bucket lacks. */
 #define FLOW_MISS 0x100
 
-/* nd_flow_lookup is nd_flow_find and nd_flow_victim in one call, for the
- * packet path: the way holding key (0..FLOW_WAYS-1), or FLOW_MISS | the
- * way a new flow would take (| FLOW_VICTIM_LIVE when that pushes a live
- * flow out); -1 on error. */
+/* nd_flow_lookup is the packet path's look-up: the way holding key
+ * (0..FLOW_WAYS-1), or FLOW_MISS with the victim a new flow would take
+ * described in snap; -1 on error. */
 __noinline int nd_flow_lookup(__u32 idx, const struct flow_key *key, __u32 hash, struct flow_snap *snap, __u64 now)
 {
 	struct flow_bucket *b = bpf_map_lookup_elem(&conns, &idx);
-	int live;
 
 	if (!b || !key || !snap)
 		return -1;
 	int way = flow_find_in(b, key, hash, snap);
 	if (way >= 0)
 		return way;
-	way = flow_victim_in(b, now, idle_timeout_ns, &live);
-	return FLOW_MISS | way | (live ? FLOW_VICTIM_LIVE : 0);
-}
-
-__noinline int nd_flow_victim(__u32 idx, __u64 now, __u64 idle_ns)
-{
-	struct flow_bucket *b = bpf_map_lookup_elem(&conns, &idx);
-	int live;
-
-	if (!b)
-		return -1;
-	int way = flow_victim_in(b, now, idle_ns, &live);
-	return way | (live ? FLOW_VICTIM_LIVE : 0);
+	flow_victim_in(b, now, snap);
+	return FLOW_MISS;
 }
 
 struct flow_store_args {
@@ -219,17 +277,48 @@ struct flow_store_args {
 	__u32 gen;
 	__u32 flags;
 	__u32 way;
-	__u32 pad;
+	__u32 expect; /* the way's count when it was judged */
 };
 
 /* nd_flow_store writes a flow into a way of bucket idx: 0, or -1 when
- * another writer holds the way. */
+ * another writer changed the way since it was read. */
 __noinline int nd_flow_store(__u32 idx, const struct flow_store_args *a)
 {
 	struct flow_bucket *b = bpf_map_lookup_elem(&conns, &idx);
 
 	if (!b || !a)
 		return -1;
-	return flow_store_in(b, a->way, &a->key, a->hash, a->backend, a->gen, a->flags,
+	return flow_store_in(b, a->way, a->expect, &a->key, a->hash, a->backend, a->gen, a->flags,
 			     a->last_seen);
+}
+
+/* nd_flow_update changes the state of way `way` of bucket idx under its
+ * count, if the count is still seq (the way holds what the caller read):
+ * flags are set (low 16 bits of set_clear) and cleared (high 16 bits;
+ * FLOW_CLEAR_ALL empties the way), and last_seen is written unless 0.
+ * Returns 0, or -1 when the way changed or is being written: the caller
+ * then leaves the counts alone, as the change is someone else's. */
+#define FLOW_CLEAR_ALL 0xffff0000u
+#define FLOW_SET_CLEAR(set, clear) ((set) | ((clear) << 16))
+
+__noinline int nd_flow_update(__u32 idx, __u32 way, __u32 seq, __u32 set_clear, __u64 last_seen)
+{
+	struct flow_bucket *b = bpf_map_lookup_elem(&conns, &idx);
+
+	if (!b)
+		return -1;
+	struct flow_head *h = &b->head[way & (FLOW_WAYS - 1)];
+	__u32 claimed = flow_claim(h, seq);
+	if (!claimed)
+		return -1;
+	__u32 meta = h->meta;
+	if ((set_clear & FLOW_CLEAR_ALL) == FLOW_CLEAR_ALL)
+		meta = 0;
+	else
+		meta = (meta | (set_clear & FLOW_FLAGS_MASK)) & ~((set_clear >> 16) & FLOW_FLAGS_MASK);
+	h->meta = meta;
+	if (last_seen)
+		h->last_seen = last_seen;
+	flow_release(h, claimed);
+	return 0;
 }

@@ -108,3 +108,11 @@ static __always_inline __u32 svc_hash(const struct svc_key *k)
 	h = hash_word(h, w[4]);
 	return hash_final(h); /* w[5] is padding */
 }
+
+/* svc_filter_bit picks the svc_bloom bit of a (VIP, port, protocol) from
+ * the VIP's addr_hash, already mixed: one multiply, whose high bits depend
+ * on every bit of its input, on the established path. */
+static __always_inline __u32 svc_filter_bit(__u32 ah, __u16 port, __u8 proto)
+{
+	return ((ah ^ ((__u32)port | (__u32)proto << 16)) * 0x9e3779b1u) >> 16;
+}

@@ -223,3 +223,63 @@ struct {
 	__type(key, __u32);
 	__type(value, struct pick_window);
 } server_picks SEC(".maps");
+/* server_halfopen: the half-open flows of each server slot (SYN recorded,
+ * handshake not completed), for every service. Apart from server_active so
+ * that a flood of SYNs moves no count a scheduler or the manager judges
+ * load by, yet readable by a scheduler that wants "established + recently
+ * picked". Per CPU, moved by plain adds: a flood moves it at the flood's
+ * rate, and two atomic adds a SYN (the new flow's server, the displaced
+ * one's) cost a new flow 5-10%. A flow may enter on one CPU and leave on
+ * another, so one CPU's value may be negative: the count is the sum over
+ * CPUs (bpf_map_lookup_percpu_elem for each, in a program), read as 0
+ * below 0. User space zeroes it when the slot gets a new server and
+ * corrects it from the connection table (ReconcileActive, on CPU 0's
+ * value), since half-open flows that time out unseen leave it only there. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DEFAULT_MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, __s64);
+} server_halfopen SEC(".maps");
+
+/* table_pressure: per CPU, the now_ns() of the last time a new flow
+ * displaced a live half-open flow or found no way it may take. User space
+ * reports the table under pressure while the latest is recent. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} table_pressure SEC(".maps");
+
+/* svc_bloom: one bit per hash of a (VIP, port, protocol), set for every
+ * service. A clear bit proves a packet is for no service, so a packet to an
+ * undefined port is dropped before any connection table work. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct vip_filter);
+} svc_bloom SEC(".maps");
+
+/* data_plane_id: what the pinned tables were built with, so that a daemon
+ * restarted with another hash seed refuses to take them over instead of
+ * orphaning every flow. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct dp_id);
+} data_plane_id SEC(".maps");
+
+/* vip_index: VIPs by the slot their address hash scales to, so that a
+ * packet to a VIP's undefined port finds the VIP's counters without a hash
+ * lookup. Direct-mapped: a VIP whose slot another holds is found in vips.
+ * User space rewrites it with the VIP filter; a packet reading a slot being
+ * rewritten at worst counts its drop on the other VIP of that slot. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 4 * DEFAULT_MAX_VIPS);
+	__type(key, __u32);
+	__type(value, struct vip_slot);
+} vip_index SEC(".maps");

@@ -98,6 +98,12 @@ struct flow_key {
 #define FLOW_F_VALID (1u << 0)   /* the way holds a flow */
 #define FLOW_F_CLOSING (1u << 1) /* client sent FIN or RST: counted as closed */
 #define FLOW_F_STICKY (1u << 2)  /* its service has client affinity to refresh */
+/* Half-open: the flow has only sent a SYN (or one stray packet) so far. A
+ * half-open flow is not counted open, times out after halfopen_timeout_ns,
+ * and may be displaced by a new flow; its first packet without SYN (the
+ * handshake's ACK) makes it established. Entries without the flag (written
+ * before it existed, too) are established or closing. */
+#define FLOW_F_HALFOPEN (1u << 3)
 
 /* A connection table bucket: FLOW_WAYS ways in 256 bytes, four cache lines
  * in one page (the table is page-aligned). What a lookup or a victim choice
@@ -186,6 +192,7 @@ struct backend_stats {
 	__u64 bytes;
 	__u64 closed;  /* flows seen closing by client FIN or RST */
 	__u64 expired; /* flows found idle past the idle timeout */
+	__u64 halfopen_opened; /* half-open flows recorded (SYNs, strays) */
 };
 
 /* A service's packets and bytes are its servers' sums (user space adds
@@ -209,6 +216,12 @@ enum global_counter {
 	G_FLOW_BUSY,   /* flows not recorded: their way was being written */
 	G_EVENTS_LOST, /* flow events not reported: flow_events was full */
 	G_OTHER_HOST,  /* for a VIP but sent to another host's MAC: passed */
+	G_HALFOPEN_EVICTED,  /* live half-open flows displaced by a new flow */
+	G_OPENER_UNRECORDED, /* SYNs (and first UDP packets) not recorded: every
+			      * way of their bucket held a live established or
+			      * closing flow */
+	G_STRAY_UNRECORDED,  /* packets of unknown flows (ACK, data) not recorded:
+			      * no free way (they displace nothing) */
 	G_MAX,
 };
 
@@ -281,4 +294,22 @@ struct pick_window {
 	__u32 cur;
 	__u32 prev;
 	__u32 pad;
+};
+/* dp_id: written once by the process that creates the pinned maps. */
+#define DP_ID_MAGIC 0x6e64666cu /* "ndfl" */
+
+struct dp_id {
+	__u32 magic; /* DP_ID_MAGIC once written */
+	__u32 hash_seed;
+	__u32 flow_ways;
+	__u32 pad;
+};
+
+/* vip_index's slots. */
+struct vip_slot {
+	struct nd_addr addr;
+	__u8 family;
+	__u8 used;
+	__u16 pad;
+	__u32 vip_id;
 };

@@ -19,6 +19,7 @@ import (
 	"github.com/nd-dispatcher/nd/internal/advisor"
 	"github.com/nd-dispatcher/nd/internal/api"
 	"github.com/nd-dispatcher/nd/internal/daemon"
+	"github.com/nd-dispatcher/nd/internal/executor"
 	"github.com/nd-dispatcher/nd/internal/ha"
 	"github.com/nd-dispatcher/nd/internal/manager"
 )
@@ -550,7 +551,7 @@ func testStatus() daemon.Status {
 		Interfaces: []string{"eth0"},
 		Ports: []daemon.PortStatus{
 			{VIP: "198.51.100.100", Port: 80, Protocol: "tcp", StickyTime: "0s", Packets: 1234, Servers: []daemon.ServerStatus{
-				{Address: "198.51.100.11", State: daemon.StateUp, Weight: 1, ConfigWeight: 1, NewFlowsRate: 6.25, ActiveFlows: 3, PacketsRate: 40},
+				{Address: "198.51.100.11", State: daemon.StateUp, Weight: 1, ConfigWeight: 1, NewFlowsRate: 6.25, ActiveFlows: 3, HalfOpenFlows: 812, PacketsRate: 40},
 				{Address: "198.51.100.12", State: daemon.StateQuiesced, Weight: 0, ConfigWeight: 2, Quiesced: true},
 				{Address: "198.51.100.13", State: daemon.StateUnresolved, Reason: "no answer to ARP", ConfigWeight: 4},
 			}},
@@ -559,6 +560,7 @@ func testStatus() daemon.Status {
 				{Address: "2001:db8::11", State: daemon.StateUp, Weight: 4, NewFlowsRate: 25},
 			}},
 		},
+		Global: executor.GlobalStats{HalfOpenEvicted: 4096, OpenersUnrecorded: 17, TablePressure: true},
 	}
 }
 
@@ -582,6 +584,9 @@ func TestStatus(t *testing.T) {
 		"198.51.100.12  quiesced",
 		"unresolved (no answer to ARP)",
 		"2001:db8::11",
+		"HALF-OPEN",
+		"812",
+		"flow table: UNDER PRESSURE  (half-open displaced 4096, established evicted 0, not recorded: 17 SYNs, 0 strays)",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("status lacks %q:\n%s", want, out)

@@ -99,6 +99,13 @@ func writeStatus(w io.Writer, st daemon.Status) {
 		ifaces = "none"
 	}
 	fmt.Fprintf(w, "ndd at %s: attached to %s; %d ports\n", st.Time.Format(time.DateTime), ifaces, len(st.Ports))
+	g := st.Global
+	table := "flow table: ok"
+	if g.TablePressure {
+		table = "flow table: UNDER PRESSURE"
+	}
+	fmt.Fprintf(w, "%s  (half-open displaced %d, established evicted %d, not recorded: %d SYNs, %d strays)\n",
+		table, g.HalfOpenEvicted, g.FlowsEvicted, g.OpenersUnrecorded, g.StraysUnrecorded)
 	for _, p := range st.Ports {
 		fmt.Fprintf(w, "\n%s  sticky %s  %d packets", service(p), p.StickyTime, p.Packets)
 		if p.NoServer > 0 {
@@ -110,13 +117,13 @@ func writeStatus(w io.Writer, st daemon.Status) {
 			continue
 		}
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-		fmt.Fprintf(tw, "  SERVER\tSTATE\tWEIGHT\tNEW FLOWS/S\tACTIVE FLOWS\tPACKETS/S\n")
+		fmt.Fprintf(tw, "  SERVER\tSTATE\tWEIGHT\tNEW FLOWS/S\tACTIVE FLOWS\tHALF-OPEN\tPACKETS/S\n")
 		for _, sv := range p.Servers {
 			state := sv.State
 			if sv.Reason != "" {
 				state += " (" + sv.Reason + ")"
 			}
-			fmt.Fprintf(tw, "  %s\t%s\t%d\t%.1f\t%d\t%.1f\n", sv.Address, state, sv.Weight, sv.NewFlowsRate, sv.ActiveFlows, sv.PacketsRate)
+			fmt.Fprintf(tw, "  %s\t%s\t%d\t%.1f\t%d\t%d\t%.1f\n", sv.Address, state, sv.Weight, sv.NewFlowsRate, sv.ActiveFlows, sv.HalfOpenFlows, sv.PacketsRate)
 		}
 		tw.Flush()
 	}

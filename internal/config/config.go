@@ -172,6 +172,17 @@ type DataPlane struct {
 	// this long (the IBM product's idle flow timeout). At least 1s.
 	// Default 300s.
 	IdleTimeout time.Duration
+	// HalfOpenTimeout (halfopen_timeout) forgets a half-open flow (a SYN
+	// without its handshake's ACK yet) or a closing one this long after its
+	// last packet, as IPVS keeps per-state timeouts. At least 1s; one
+	// longer than the idle timeout is cut to it. Default 10s.
+	HalfOpenTimeout time.Duration
+	// ExpireNodestConn (expire_nodest_conn), as IPVS's: an established
+	// flow whose server has weight 0 (taken out by an advisor or an agent,
+	// or quiesced) is dispatched anew on its next packet, so its client
+	// meets a live server's RST at once instead of timeouts. It also ends
+	// a quiesced server's flows. Default false.
+	ExpireNodestConn bool
 	// HashSeed (hash_seed) seeds the flow hash. Dispatchers that back each
 	// other up must share it. Default 0.
 	HashSeed uint32
@@ -536,6 +547,8 @@ func Default() *Config {
 			IdleTimeout: d.IdleTimeout,
 			HashSeed:    d.HashSeed,
 			PinPath:     DefaultPinPath,
+
+			HalfOpenTimeout: d.HalfOpenTimeout,
 		},
 		API: API{Socket: DefaultSocket},
 		Manager: Manager{
@@ -563,6 +576,10 @@ func (d DataPlane) Executor() executor.Config {
 		RingSize:    d.RingSize,
 		IdleTimeout: d.IdleTimeout,
 		HashSeed:    d.HashSeed,
+
+		HalfOpenTimeout: min(d.HalfOpenTimeout, d.IdleTimeout),
+
+		ExpireNodestConn: d.ExpireNodestConn,
 		// The flow-event ring feeds high availability; its default size
 		// holds seconds of new flows at line rate.
 		FlowEventsRing: executor.DefaultConfig().FlowEventsRing,

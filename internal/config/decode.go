@@ -568,7 +568,7 @@ func (d *decoder) config(c *Config, root *yaml.Node) {
 func (d *decoder) dataPlane(dp *DataPlane, n *yaml.Node) {
 	const p = "data_plane"
 	f, done, _ := d.fields(p, n, "max_flows", "max_servers", "max_services", "max_vips", "max_affinity",
-		"ring_size", "idle_timeout", "hash_seed", "pin_path")
+		"ring_size", "idle_timeout", "halfopen_timeout", "expire_nodest_conn", "hash_seed", "pin_path")
 	defer done()
 	d.u32(f, p, "max_flows", 1, math.MaxUint32, &dp.MaxFlows)
 	d.u32(f, p, "max_servers", 1, math.MaxUint32, &dp.MaxServers)
@@ -577,6 +577,8 @@ func (d *decoder) dataPlane(dp *DataPlane, n *yaml.Node) {
 	d.u32(f, p, "max_affinity", 1, math.MaxUint32, &dp.MaxAffinity)
 	d.u32(f, p, "ring_size", 0, math.MaxUint32, &dp.RingSize)
 	d.durField(f, p, "idle_timeout", &dp.IdleTimeout)
+	d.durField(f, p, "halfopen_timeout", &dp.HalfOpenTimeout)
+	d.boolField(f, p, "expire_nodest_conn", &dp.ExpireNodestConn)
 	d.u32(f, p, "hash_seed", 0, math.MaxUint32, &dp.HashSeed)
 	d.strField(f, p, "pin_path", &dp.PinPath)
 }

@@ -167,6 +167,8 @@ func settings(c *Config) []Setting {
 		{Path: "data_plane.max_affinity", New: u(dp.MaxAffinity)},
 		{Path: "data_plane.ring_size", New: u(dp.RingSize)},
 		{Path: "data_plane.idle_timeout", New: formatDuration(dp.IdleTimeout)},
+		{Path: "data_plane.halfopen_timeout", New: formatDuration(dp.HalfOpenTimeout)},
+		{Path: "data_plane.expire_nodest_conn", New: strconv.FormatBool(dp.ExpireNodestConn)},
 		{Path: "data_plane.hash_seed", New: u(dp.HashSeed)},
 		{Path: "data_plane.pin_path", New: strconv.Quote(dp.PinPath)},
 		{Path: "api.socket", New: strconv.Quote(a.Socket)},

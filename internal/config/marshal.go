@@ -39,6 +39,8 @@ func Marshal(c *Config) ([]byte, error) {
 		"max_affinity", uintNode(dp.MaxAffinity),
 		"ring_size", uintNode(dp.RingSize),
 		"idle_timeout", durationNode(dp.IdleTimeout),
+		"halfopen_timeout", durationNode(dp.HalfOpenTimeout),
+		"expire_nodest_conn", boolNode(dp.ExpireNodestConn),
 		"hash_seed", uintNode(dp.HashSeed),
 		"pin_path", str(dp.PinPath),
 	))

@@ -305,7 +305,7 @@ clusters:
 	want := []string{
 		"nd.yaml:1:20: interfaces[1]: duplicate interface eth0 (first at line 1)",
 		"nd.yaml:3:14: data_plane.ring_size: 100 is not a prime between 3 and 16777216 (the next prime is 101)",
-		"nd.yaml:4:3: data_plane.colour: unknown field (known: max_flows, max_servers, max_services, max_vips, max_affinity, ring_size, idle_timeout, hash_seed, pin_path)",
+		"nd.yaml:4:3: data_plane.colour: unknown field (known: max_flows, max_servers, max_services, max_vips, max_affinity, ring_size, idle_timeout, halfopen_timeout, expire_nodest_conn, hash_seed, pin_path)",
 		"nd.yaml:6:11: api.listen: a TCP listener requires token or token_file",
 		"nd.yaml:12:46: clusters[0].ports[0].servers[0].weight: 500 is out of range 0..100 (the port's weight_bound)",
 		"nd.yaml:13:23: clusters[0].ports[0].servers[1].address: 2001:db8::12 is IPv6 but VIP 198.51.100.100 is IPv4: a server has the VIP's family",
@@ -347,7 +347,7 @@ func TestParseDefaults(t *testing.T) {
 		Interfaces: []string{"eth0"},
 		DataPlane: DataPlane{
 			MaxFlows: 1 << 20, MaxServers: 4096, MaxServices: 1024, MaxVIPs: 1024, MaxAffinity: 1 << 16,
-			RingSize: 65537, IdleTimeout: 300 * time.Second, HashSeed: 0, PinPath: "/sys/fs/bpf/nd",
+			RingSize: 65537, IdleTimeout: 300 * time.Second, HalfOpenTimeout: 10 * time.Second, HashSeed: 0, PinPath: "/sys/fs/bpf/nd",
 		},
 		API: API{Socket: "/run/nd/ndd.sock"},
 		Manager: Manager{

@@ -210,6 +210,9 @@ func validateDataPlane(dp *DataPlane, r *reporter) {
 	if dp.IdleTimeout < minIdleTimeout {
 		r.errorf(p+"idle_timeout", "%v is under the minimum of %v", dp.IdleTimeout, minIdleTimeout)
 	}
+	if dp.HalfOpenTimeout < minIdleTimeout {
+		r.errorf(p+"halfopen_timeout", "%v is under the minimum of %v", dp.HalfOpenTimeout, minIdleTimeout)
+	}
 	if dp.PinPath != "" && !filepath.IsAbs(dp.PinPath) {
 		r.errorf(p+"pin_path", "%q is not an absolute path (write \"\" to pin nothing)", dp.PinPath)
 	}

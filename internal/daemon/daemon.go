@@ -151,21 +151,9 @@ func (d *Daemon) SetListeners(l Listeners) {
 	d.listeners = l
 }
 
-// reconcileEvery is how often the p2c scheduler's counts are rewritten from
-// the connection table.
+// reconcileEvery is how often the open-flow and half-open counts are
+// rewritten from the connection table.
 const reconcileEvery = 15 * time.Second
-
-// usesP2C reports whether any port runs the p2c scheduler.
-func (d *Daemon) usesP2C() bool {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	for _, p := range d.cfg.Ports() {
-		if p.Scheduler == config.SchedulerP2C || p.Scheduler == config.SchedulerDelay {
-			return true
-		}
-	}
-	return false
-}
 
 // ErrRejected wraps every reason a configuration is refused.
 var ErrRejected = errors.New("configuration rejected")
@@ -307,10 +295,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 		case now := <-tick.C:
 			d.sample(now)
 		case <-reconcile.C:
-			if d.usesP2C() {
-				if err := d.x.ReconcileActive(); err != nil {
-					d.log.Warn("reconcile active flow counts", "err", err)
-				}
+			// Every service: half-open flows that time out unseen leave
+			// their count only here.
+			if err := d.x.ReconcileActive(); err != nil {
+				d.log.Warn("reconcile flow counts", "err", err)
 			}
 		}
 	}

@@ -19,6 +19,10 @@ const (
 	EventServerDown        = "server_down" // an advisor found it down
 	EventServerUp          = "server_up"
 	EventHAState           = "ha_state" // this node became active or standby
+	// EventTablePressure: the connection table came under pressure (new
+	// flows displace half-open ones or find no way: a SYN flood, or a
+	// table too small), or, with Message "relieved", left it.
+	EventTablePressure = "flow_table_pressure"
 )
 
 // Event is one thing that happened to the dispatcher.

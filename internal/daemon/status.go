@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 	"sort"
@@ -48,15 +49,18 @@ type ServerStatus struct {
 	Interface string `json:"interface,omitempty"`
 	// Weight is what the data plane uses; ConfigWeight what the
 	// configuration says.
-	Weight       uint32  `json:"weight"`
-	ConfigWeight uint32  `json:"config_weight"`
-	Quiesced     bool    `json:"quiesced"`
-	NewFlows     uint64  `json:"new_flows"`
-	ActiveFlows  uint64  `json:"active_flows"`
-	Packets      uint64  `json:"packets"`
-	Bytes        uint64  `json:"bytes"`
-	NewFlowsRate float64 `json:"new_flows_per_sec"`
-	PacketsRate  float64 `json:"packets_per_sec"`
+	Weight       uint32 `json:"weight"`
+	ConfigWeight uint32 `json:"config_weight"`
+	Quiesced     bool   `json:"quiesced"`
+	NewFlows     uint64 `json:"new_flows"`
+	ActiveFlows  uint64 `json:"active_flows"`
+	// HalfOpenFlows are flows that sent a SYN and no ACK yet: not counted
+	// in ActiveFlows (a flood of SYNs shows here only).
+	HalfOpenFlows uint64  `json:"halfopen_flows"`
+	Packets       uint64  `json:"packets"`
+	Bytes         uint64  `json:"bytes"`
+	NewFlowsRate  float64 `json:"new_flows_per_sec"`
+	PacketsRate   float64 `json:"packets_per_sec"`
 }
 
 // VIPStatus counts what a VIP dropped or handed to the local stack.
@@ -70,6 +74,8 @@ type rateSampler struct {
 	at   time.Time
 	prev executor.Stats
 	rate map[executor.ServiceKey]map[netip.Addr][2]float64 // new flows/s, packets/s
+	// pressure is the connection table's pressure at the last sample.
+	pressure bool
 }
 
 func (d *Daemon) sample(now time.Time) {
@@ -81,6 +87,15 @@ func (d *Daemon) sample(now time.Time) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	r := &d.rates
+	if p := st.Global.TablePressure; p != r.pressure {
+		r.pressure = p
+		msg := "relieved"
+		if p {
+			msg = fmt.Sprintf("under pressure: %d half-open flows displaced, %d new flows and %d strays unrecorded so far",
+				st.Global.HalfOpenEvicted, st.Global.OpenersUnrecorded, st.Global.StraysUnrecorded)
+		}
+		d.emit(Event{Type: EventTablePressure, Message: msg})
+	}
 	if !r.at.IsZero() {
 		dt := now.Sub(r.at).Seconds()
 		r.rate = map[executor.ServiceKey]map[netip.Addr][2]float64{}
@@ -167,6 +182,7 @@ func (d *Daemon) serverStatus(p config.Port, srv config.Server, inst executor.Se
 	}
 	if c, ok := ss.Servers[srv.Address]; ok {
 		out.NewFlows, out.ActiveFlows, out.Packets, out.Bytes = c.NewFlows, c.Active(), c.Packets, c.Bytes
+		out.HalfOpenFlows = c.HalfOpen
 	}
 	if r, ok := d.rates.rate[p.Key][srv.Address]; ok {
 		out.NewFlowsRate, out.PacketsRate = r[0], r[1]

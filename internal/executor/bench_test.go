@@ -57,10 +57,11 @@ func BenchmarkXDP(b *testing.B) {
 		runs = append(runs, measureXDP(b))
 	}
 	for i, f := range runs[0] {
-		var ns, rs []float64
+		var ns, rs, kept []float64
 		for _, r := range runs {
 			ns = append(ns, r[i].ns)
 			rs = append(rs, r[i].ratio)
+			kept = append(kept, r[i].retained)
 		}
 		med, ratio := median(ns), median(rs)
 		b.Run(f.name, func(b *testing.B) {
@@ -68,8 +69,14 @@ func BenchmarkXDP(b *testing.B) {
 			if i > 0 {
 				b.ReportMetric(ratio, "x-baseline")
 			}
+			if f.retained >= 0 {
+				b.ReportMetric(median(kept), "%-established-kept")
+			}
 		})
 		b.Logf("%-16s %6.1f ns/pkt  %5.2fx baseline (median of %d runs of %d rounds; runs %.2f)", f.name, med, ratio, len(runs), benchRounds, rs)
+		if f.retained >= 0 {
+			b.Logf("%-16s %.3f%% of the established flows kept (runs %.3f)", f.name, median(kept), kept)
+		}
 		if f.maxRatio > 0 && ratio > f.maxRatio && os.Getenv("ND_BENCH_ENFORCE") == "1" {
 			b.Errorf("%s: %.2fx the baseline, target at most %.0fx", f.name, ratio, f.maxRatio)
 		}
@@ -82,6 +89,9 @@ type benchFigure struct {
 	maxRatio float64
 	ns       float64 // median over rounds, ns per packet
 	ratio    float64 // median over rounds of the ratio to that round's baseline
+	// retained is, for SYNFlood, the percentage of the established flows
+	// still in the table after every round; -1 for other cases.
+	retained float64
 }
 
 // measureXDP builds a data plane and measures every case once.
@@ -108,6 +118,13 @@ func measureXDP(b *testing.B) []benchFigure {
 	nonVIP.dst = netip.MustParseAddr("198.51.100.200")
 	pass := pad64(nonVIP.build())
 	filtered := pad64(tcp4(50002, 443, tcpACK).build())
+	// Spoofed SYNs from 198.51.100.0/16-ish sources (the wrapper varies
+	// the address's last two bytes), into a table whose every bucket holds
+	// two established flows and, after a warm-up flood, two half-open ones.
+	floodSYN := tcp4(1, 80, tcpSYN)
+	floodSYN.src = netip.MustParseAddr("198.51.0.0")
+	flood := pad64(floodSYN.build())
+	established := fillEstablished(b, h, ServiceKey{vip4, 80, TCP}, s1, 2)
 
 	// Establish the flows the established cases replay.
 	var owner4, owner6 []byte
@@ -168,6 +185,8 @@ func measureXDP(b *testing.B) []benchFigure {
 			check: newFlowTo(newFlowDelay)},
 		{name: "PassNonVIP", target: h.x.objs.NdDispatch, frame: pass, action: xdpPass, check: unchanged(pass), maxRatio: 2},
 		{name: "FilteredPort", target: h.x.objs.NdDispatch, frame: filtered, action: xdpDrop, check: unchanged(filtered)},
+		{name: "SYNFlood", target: h.x.objs.NdDispatch, frame: flood, portOff: 14 + 20, addrOff: 14 + 12 + 2, action: xdpTX,
+			check: newFlowTo(flood)},
 	}
 
 	arm := func(c benchCase) {
@@ -190,6 +209,19 @@ func measureXDP(b *testing.B) []benchFigure {
 		if err := c.check(out[:len(c.frame)]); err != nil {
 			b.Fatalf("%s: %v", c.name, err)
 		}
+	}
+
+	// The warm-up flood: twice the table's capacity in SYNs, so that every
+	// timed flood SYN meets a full bucket.
+	for _, c := range cases {
+		if c.name != "SYNFlood" {
+			continue
+		}
+		arm(c)
+		h.do(func() error {
+			_, _, err := timedRun(bench.BenchRestore, c.frame, h.in, 2*int(h.x.cfg.MaxFlows))
+			return err
+		})
 	}
 
 	// Rounds interleave the cases, and each round's figures are divided by
@@ -220,10 +252,81 @@ func measureXDP(b *testing.B) []benchFigure {
 		}
 	}
 	out := make([]benchFigure, len(cases))
+	kept := established.kept(b, h)
 	for i, c := range cases {
-		out[i] = benchFigure{name: c.name, maxRatio: c.maxRatio, ns: median(ns[i]), ratio: median(ratios[i])}
+		out[i] = benchFigure{name: c.name, maxRatio: c.maxRatio, ns: median(ns[i]), ratio: median(ratios[i]), retained: -1}
+		if c.name == "SYNFlood" {
+			out[i].retained = kept
+		}
 	}
 	return out
+}
+
+// prefill is the set of established flows fillEstablished wrote.
+type prefill map[dispatchFlowKey]bool
+
+// fillEstablished writes perBucket established flows of server srv into
+// the last ways of every bucket of the connection table, directly (a million flows through
+// the data plane would take seconds), as if clients had completed their
+// handshakes just now.
+func fillEstablished(b *testing.B, h *harness, key ServiceKey, srv netip.Addr, perBucket int) prefill {
+	h.x.mu.Lock()
+	be := h.x.services[key].servers[srv]
+	h.x.mu.Unlock()
+	n := h.x.cfg.flowBuckets()
+	buckets := make([]dispatchFlowBucket, n)
+	used := make([]uint8, n)
+	now := h.x.kernelNow()
+	set := prefill{}
+	left := int(n) * perBucket
+	for i := uint32(0); left > 0; i++ {
+		k := flowKey(FlowKey{
+			Client: netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 51, 100, byte(i >> 16)}), uint16(i)),
+			VIP:    netip.AddrPortFrom(key.VIP, key.Port), Proto: key.Proto,
+		})
+		hash := flowHash(k, h.x.cfg.HashSeed)
+		idx := bucketIndex(hash, n)
+		w := used[idx]
+		if int(w) >= perBucket {
+			if i == 1<<24-1 {
+				b.Fatalf("no keys left to fill the table")
+			}
+			continue
+		}
+		used[idx]++
+		left--
+		// The last ways: the first stay free for the flows the other
+		// cases record, so that a lookup finds them where it would
+		// without the prefill.
+		w = flowWays - 1 - w
+		bk := &buckets[idx]
+		bk.Head[w] = dispatchFlowHead{Meta: hash&^flowFlagsMask | flowValid, LastSeen: now}
+		bk.Body[w] = dispatchFlowBody{Key: k, Backend: be.id, Gen: be.gen}
+		set[k] = true
+	}
+	keys := make([]uint32, n)
+	for i := range keys {
+		keys[i] = uint32(i)
+	}
+	if _, err := h.x.objs.Conns.BatchUpdate(keys, buckets, nil); err != nil {
+		b.Fatalf("fill the connection table: %v", err)
+	}
+	return set
+}
+
+// kept is the percentage of the prefilled flows still in the table,
+// established, with their server.
+func (p prefill) kept(b *testing.B, h *harness) float64 {
+	found := 0
+	if err := h.x.flowEntries(func(e *flowWay) bool {
+		if p[e.key] && e.flags&flowHalfOpen == 0 {
+			found++
+		}
+		return true
+	}); err != nil {
+		b.Fatal(err)
+	}
+	return 100 * float64(found) / float64(len(p))
 }
 
 func median(v []float64) float64 {

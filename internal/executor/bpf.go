@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -20,7 +21,6 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
-	"golang.org/x/sys/unix"
 
 	"github.com/nd-dispatcher/nd/internal/maglev"
 )
@@ -41,6 +41,7 @@ const (
 
 	flowValid     = 1 << 0
 	flowClosing   = 1 << 1
+	flowHalfOpen  = 1 << 3
 	flowFlagsMask = 0xff
 
 	ringEmpty = 0xffff
@@ -58,6 +59,9 @@ const (
 	gFlowBusy
 	gEventsLost
 	gOtherHost
+	gHalfOpenEvicted
+	gOpenerUnrecorded
+	gStrayUnrecorded
 	gMax
 )
 
@@ -84,8 +88,19 @@ type Config struct {
 	MaxAffinity uint32
 	// RingSize is each service's Maglev table size, a prime. Default 65,537.
 	RingSize uint32
-	// IdleTimeout forgets flows idle this long. Default 300 s.
+	// IdleTimeout forgets established flows idle this long. Default 300 s.
 	IdleTimeout time.Duration
+	// HalfOpenTimeout forgets half-open flows (a SYN, no ACK yet) and
+	// closing ones this long after their last packet, and is how long
+	// the table counts as under pressure after a sign of it. Default
+	// 10 s; at most IdleTimeout.
+	HalfOpenTimeout time.Duration
+	// ExpireNodestConn dispatches anew, on its next packet, an established
+	// flow whose server has weight 0 (taken out by an advisor or an agent,
+	// or quiesced), as IPVS's expire_nodest_conn: its client then meets a
+	// live server's RST at once instead of timing out against a dead one.
+	// Off by default, since it also ends a quiesced server's flows.
+	ExpireNodestConn bool
 	// HashSeed seeds the flow hash; dispatchers that back each other up
 	// must share it. Default 0.
 	HashSeed uint32
@@ -108,7 +123,8 @@ func DefaultConfig() Config {
 		RingSize:    maglev.DefaultSize,
 		IdleTimeout: 300 * time.Second,
 
-		FlowEventsRing: 1 << 20,
+		HalfOpenTimeout: 10 * time.Second,
+		FlowEventsRing:  1 << 20,
 	}
 }
 
@@ -138,6 +154,9 @@ func (c *Config) fill() error {
 	if c.FlowEventsRing == 0 {
 		c.FlowEventsRing = d.FlowEventsRing
 	}
+	if c.HalfOpenTimeout == 0 {
+		c.HalfOpenTimeout = min(d.HalfOpenTimeout, c.IdleTimeout)
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -152,6 +171,9 @@ func (c *Config) fill() error {
 	}
 	if c.IdleTimeout < time.Second {
 		return fmt.Errorf("%w: idle timeout %v is under a second", ErrInvalid, c.IdleTimeout)
+	}
+	if c.HalfOpenTimeout < time.Second || c.HalfOpenTimeout > c.IdleTimeout {
+		return fmt.Errorf("%w: half-open timeout %v: want from a second to the idle timeout (%v)", ErrInvalid, c.HalfOpenTimeout, c.IdleTimeout)
 	}
 	return nil
 }
@@ -181,6 +203,8 @@ type BPF struct {
 	txPorts   map[int]bool
 
 	sel map[uint32]uint32 // copy of each server slot in use (backend_sel)
+	// retired tracks copies packets may still read (grace periods).
+	retired retired
 
 	services map[ServiceKey]*serviceState
 	vips     map[netip.Addr]*vipState
@@ -191,6 +215,9 @@ type BPF struct {
 
 	// events is the FlowEvents subscription, nil when there is none.
 	events *subscription
+
+	// pinLock holds the pin path for this process (lockPinPath).
+	pinLock *os.File
 }
 
 type serviceState struct {
@@ -221,8 +248,12 @@ var _ Executor = (*BPF)(nil)
 
 // New loads the data plane, or takes over the pinned one under cfg.PinPath
 // together with its services, servers and flows.
-func New(cfg Config) (*BPF, error) {
+func New(cfg Config) (ret *BPF, err error) {
+	var pinLock *os.File
 	if err := cfg.fill(); err != nil {
+		return nil, err
+	}
+	if err := checkCPU(runtime.GOARCH); err != nil {
 		return nil, err
 	}
 	ncpu, err := ebpf.PossibleCPU()
@@ -237,9 +268,9 @@ func New(cfg Config) (*BPF, error) {
 		"vips": cfg.MaxVIPs, "stats_vip": cfg.MaxVIPs,
 		"services": cfg.MaxServices, "stats_service": cfg.MaxServices, "rings": cfg.MaxServices,
 		"backends": 2 * cfg.MaxServers, "backend_sel": cfg.MaxServers, "stats_backend": cfg.MaxServers,
-		"server_active": cfg.MaxServers, "flow_events": cfg.FlowEventsRing,
+		"server_active": cfg.MaxServers, "server_halfopen": cfg.MaxServers, "flow_events": cfg.FlowEventsRing,
 		"conns": cfg.flowBuckets(), "affinity": cfg.MaxAffinity,
-		"svc_index":   2 * cfg.svcIndexSlots(),
+		"svc_index": 2 * cfg.svcIndexSlots(), "vip_index": 4 * cfg.MaxVIPs,
 		"svc_members": 2 * cfg.MaxServices, "members_sel": cfg.MaxServices, "server_picks": cfg.MaxServers,
 	}
 	for name, n := range sizes {
@@ -256,12 +287,15 @@ func New(cfg Config) (*BPF, error) {
 		return nil, err
 	}
 	consts := map[string]any{
-		"jiffy_ns":        jiffy,
-		"ring_size":       cfg.RingSize,
-		"hash_seed":       cfg.HashSeed,
-		"idle_timeout_ns": uint64(cfg.IdleTimeout.Nanoseconds()),
-		"flow_buckets":    cfg.flowBuckets(),
-		"svc_index_slots": cfg.svcIndexSlots(),
+		"jiffy_ns":            jiffy,
+		"ring_size":           cfg.RingSize,
+		"hash_seed":           cfg.HashSeed,
+		"idle_timeout_ns":     uint64(cfg.IdleTimeout.Nanoseconds()),
+		"halfopen_timeout_ns": uint64(cfg.HalfOpenTimeout.Nanoseconds()),
+		"expire_nodest":       b2u(cfg.ExpireNodestConn),
+		"flow_buckets":        cfg.flowBuckets(),
+		"svc_index_slots":     cfg.svcIndexSlots(),
+		"vip_index_slots":     4 * cfg.MaxVIPs,
 	}
 	for name, v := range consts {
 		if err := spec.Variables[name].Set(v); err != nil {
@@ -274,6 +308,16 @@ func New(cfg Config) (*BPF, error) {
 		if err := prepareBPFFS(cfg.PinPath); err != nil {
 			return nil, err
 		}
+		lock, err := lockPinPath(cfg.PinPath)
+		if err != nil {
+			return nil, err
+		}
+		pinLock = lock
+		defer func() {
+			if pinLock != nil && ret == nil {
+				pinLock.Close()
+			}
+		}()
 		for name, m := range spec.Maps {
 			if !strings.HasPrefix(name, ".") { // .rodata holds this load's constants
 				m.Pinning = ebpf.PinByName
@@ -297,6 +341,8 @@ func New(cfg Config) (*BPF, error) {
 		vipIDs:    newIDPool(cfg.MaxVIPs),
 		gens:      map[uint32]uint32{},
 		sel:       map[uint32]uint32{},
+		retired:   retired{slots: map[uint32]bool{}},
+		pinLock:   pinLock,
 	}
 	if err := spec.LoadAndAssign(&b.objs, opts); err != nil {
 		var ve *ebpf.VerifierError
@@ -307,6 +353,10 @@ func New(cfg Config) (*BPF, error) {
 			return nil, fmt.Errorf("load dispatcher over the maps pinned in %s (a data plane of other sizes must be removed first): %w", cfg.PinPath, err)
 		}
 		return nil, fmt.Errorf("load dispatcher: %w", err)
+	}
+	if err := checkDataPlaneID(b.objs.DataPlaneId, cfg); err != nil {
+		b.objs.Close()
+		return nil, err
 	}
 	if err := b.recover(); err != nil {
 		b.objs.Close()
@@ -323,35 +373,6 @@ func New(cfg Config) (*BPF, error) {
 		return nil, err
 	}
 	return b, nil
-}
-
-// prepareBPFFS makes sure dir exists on a bpffs, mounting one on
-// /sys/fs/bpf when the system has none there yet.
-func prepareBPFFS(dir string) error {
-	const bpffs = "/sys/fs/bpf"
-	var st unix.Statfs_t
-	if err := unix.Statfs(bpffs, &st); err == nil && st.Type != unix.BPF_FS_MAGIC {
-		// A bpffs mounted in a private mount namespace (`ip netns exec`
-		// makes one) dies with the process, and the data plane with it.
-		self, err1 := os.Readlink("/proc/self/ns/mnt")
-		initNS, err2 := os.Readlink("/proc/1/ns/mnt")
-		if err1 == nil && err2 == nil && self != initNS {
-			return fmt.Errorf("%w: no bpffs on %s in this private mount namespace: pins made here would vanish with the process; run in the host's mount namespace (nsenter --net=/run/netns/NAME, not ip netns exec) or mount a bpffs first", ErrInvalid, bpffs)
-		}
-		if err := unix.Mount("bpf", bpffs, "bpf", 0, "mode=0700"); err != nil {
-			return fmt.Errorf("mount bpffs on %s: %w", bpffs, err)
-		}
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("create pin directory: %w", err)
-	}
-	if err := unix.Statfs(dir, &st); err != nil {
-		return fmt.Errorf("statfs %s: %w", dir, err)
-	}
-	if st.Type != unix.BPF_FS_MAGIC {
-		return fmt.Errorf("%w: pin path %s is not on a bpf filesystem", ErrInvalid, dir)
-	}
-	return nil
 }
 
 // recover rebuilds the Go view of services, servers and VIPs from pinned
@@ -448,6 +469,8 @@ func (b *BPF) recover() error {
 		}
 	}
 	if n := len(b.services); n > 0 {
+		// The process before may have flipped copies a moment ago.
+		b.retired.grace()
 		if err := b.writeServiceIndex(); err != nil {
 			return err
 		}
@@ -700,6 +723,9 @@ func (b *BPF) stageServers(key ServiceKey, st *serviceState, servers []Server, s
 			if err := b.objs.ServerPicks.Update(id, dispatchPickWindow{}, ebpf.UpdateAny); err != nil {
 				return fail(fmt.Errorf("reset new-flow window of server %v: %w", srv.Addr, err))
 			}
+			if err := b.objs.ServerHalfopen.Update(id, make([]int64, b.ncpu), ebpf.UpdateAny); err != nil {
+				return fail(fmt.Errorf("reset half-open count of server %v: %w", srv.Addr, err))
+			}
 		}
 		v, err := b.backendValue(st.id, be, sched)
 		if err != nil {
@@ -758,9 +784,12 @@ func (b *BPF) retireBackend(be *backendState) {
 }
 
 // writeBackend rewrites the copy of slot id that packets are not reading,
-// then points them at it.
+// then points them at it. A copy retired by the last flip is rewritten only
+// after a grace period: a packet may have read the pointer to it just
+// before the flip.
 func (b *BPF) writeBackend(id uint32, v dispatchBackend) error {
 	next := b.sel[id] ^ 1
+	b.retired.beforeSlotWrite(id)
 	if err := b.objs.Backends.Update(2*id+next, v, ebpf.UpdateAny); err != nil {
 		return err
 	}
@@ -768,6 +797,7 @@ func (b *BPF) writeBackend(id uint32, v dispatchBackend) error {
 		return err
 	}
 	b.sel[id] = next
+	b.retired.slots[id] = true
 	return nil
 }
 
@@ -783,6 +813,26 @@ func (b *BPF) writeVIPFilter() error {
 	}
 	if err := b.objs.VipBloom.Update(uint32(0), f, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("write VIP filter: %w", err)
+	}
+	// The index: each VIP in the slot its address hash scales to, the
+	// first in address order winning a slot two VIPs share.
+	n := 4 * b.cfg.MaxVIPs
+	slots := make([]dispatchVipSlot, n)
+	addrs := slices.SortedFunc(maps.Keys(b.vips), netip.Addr.Compare)
+	for _, a := range addrs {
+		w, fam := addrWords(a)
+		s := &slots[scale(addrHash(w, fam), n)]
+		if s.Used == 0 {
+			*s = dispatchVipSlot{Family: fam, Used: 1, VipId: b.vips[a].id}
+			s.Addr.Addr = w
+		}
+	}
+	idx := make([]uint32, n)
+	for i := range idx {
+		idx[i] = uint32(i)
+	}
+	if _, err := b.objs.VipIndex.BatchUpdate(idx, slots, nil); err != nil {
+		return fmt.Errorf("write VIP index: %w", err)
 	}
 	return nil
 }
@@ -977,11 +1027,24 @@ func (b *BPF) writeServiceIndex() error {
 			}
 		}
 	}
+	// The filter that lets a packet to an undefined port skip the
+	// connection table: a service's bit is set before packets can find
+	// the service, and a removed one's cleared only after it is gone
+	// from the hash (a stale bit only costs a lookup).
+	var f dispatchVipFilter
+	for _, k := range keys {
+		bit := svcFilterBit(addrHash(k.Addr.Addr, k.Family), k.Port, k.Proto)
+		f.Bits[bit>>6] |= 1 << (bit & 63)
+	}
+	if err := b.objs.SvcBloom.Update(uint32(0), f, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("write service filter: %w", err)
+	}
 	var sel uint32
 	if err := b.objs.SvcIndexSel.Lookup(uint32(0), &sel); err != nil {
 		return fmt.Errorf("read service index selector: %w", err)
 	}
 	next := (sel & 1) ^ 1
+	b.retired.beforeIndexWrite()
 	idx := make([]uint32, n)
 	for i := range idx {
 		idx[i] = next*n + uint32(i)
@@ -992,6 +1055,7 @@ func (b *BPF) writeServiceIndex() error {
 	if err := b.objs.SvcIndexSel.Update(uint32(0), next, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("flip service index: %w", err)
 	}
+	b.retired.index = true
 	return nil
 }
 
@@ -1165,7 +1229,13 @@ func (b *BPF) Stats() (Stats, error) {
 	}
 	out.Global = GlobalStats{Passed: g[gPassed], Malformed: g[gMalformed], NotIP: g[gNotIP],
 		FlowsEvicted: g[gEvicted], FlowsUnrecorded: g[gFlowBusy], FlowEventsLost: g[gEventsLost],
-		OtherHost: g[gOtherHost]}
+		OtherHost: g[gOtherHost], HalfOpenEvicted: g[gHalfOpenEvicted],
+		OpenersUnrecorded: g[gOpenerUnrecorded], StraysUnrecorded: g[gStrayUnrecorded]}
+	p, err := b.tablePressure()
+	if err != nil {
+		return Stats{}, err
+	}
+	out.Global.TablePressure = p
 	return out, nil
 }
 
@@ -1182,8 +1252,46 @@ func (b *BPF) backendStats(id uint32) (ServerStats, error) {
 		s.Bytes += c.Bytes
 		s.Closed += c.Closed
 		s.Expired += c.Expired
+		s.HalfOpenOpened += c.HalfopenOpened
 	}
+	half, err := b.halfOpenCount(id)
+	if err != nil {
+		return ServerStats{}, err
+	}
+	s.HalfOpen = uint64(max(half, 0))
 	return s, nil
+}
+
+// halfOpenCount sums a server slot's per-CPU half-open counts.
+func (b *BPF) halfOpenCount(id uint32) (int64, error) {
+	var per []int64
+	if err := b.objs.ServerHalfopen.Lookup(id, &per); err != nil {
+		return 0, err
+	}
+	var n int64
+	for _, v := range per {
+		n += v
+	}
+	return n, nil
+}
+
+// tablePressure: did any CPU see a sign of pressure (a live half-open flow
+// displaced, a new flow with no way to take) within the half-open timeout?
+func (b *BPF) tablePressure() (bool, error) {
+	var per []uint64
+	if err := b.objs.TablePressure.Lookup(uint32(0), &per); err != nil {
+		return false, fmt.Errorf("read table pressure: %w", err)
+	}
+	now := b.kernelNow()
+	if now == 0 {
+		return false, fmt.Errorf("read table pressure: the data plane's clock is unreadable")
+	}
+	for _, t := range per {
+		if t != 0 && int64(now-t) <= b.cfg.HalfOpenTimeout.Nanoseconds() {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // owner maps a connection table value to its service and server, or
@@ -1277,11 +1385,10 @@ func (b *BPF) ActiveFlows() (map[ServiceKey]map[netip.Addr]int, error) {
 	owners := b.ownersLocked()
 	b.mu.Unlock()
 	now := b.kernelNow()
-	idle := uint64(b.cfg.IdleTimeout.Nanoseconds())
 	out := map[ServiceKey]map[netip.Addr]int{}
 	err := b.flowEntries(func(e *flowWay) bool {
 		o, ok := owners[e.backend]
-		if !ok || o.gen != e.gen || e.flags&flowClosing != 0 || (now > e.lastSeen && now-e.lastSeen > idle) {
+		if !ok || o.gen != e.gen || e.flags&(flowClosing|flowHalfOpen) != 0 || b.idle(e, now) {
 			return true
 		}
 		m := out[o.key]
@@ -1293,6 +1400,16 @@ func (b *BPF) ActiveFlows() (map[ServiceKey]map[netip.Addr]int, error) {
 		return true
 	})
 	return out, err
+}
+
+// idle says whether a way is idle past its state's timeout at now (the
+// kernel's flow_idle and flow_timeout).
+func (b *BPF) idle(e *flowWay, now uint64) bool {
+	timeout := b.cfg.IdleTimeout
+	if e.flags&(flowClosing|flowHalfOpen) != 0 {
+		timeout = b.cfg.HalfOpenTimeout
+	}
+	return int64(now-e.lastSeen) > timeout.Nanoseconds()
 }
 
 // p2cServersLocked lists the server slots of services whose open-flow
@@ -1330,8 +1447,9 @@ func (b *BPF) ActiveCounts() (map[ServiceKey]map[netip.Addr]int, error) {
 	return out, nil
 }
 
-// ReconcileActive implements Executor. The scan runs without the lock; a
-// server that left or changed slot meanwhile is left alone.
+// ReconcileActive implements Executor: the open-flow counts of p2c
+// servers and the half-open counts of every server. The scan runs without
+// the lock; a server that left or changed slot meanwhile is left alone.
 //
 // Packets keep flowing during the scan, so the table's count is not a
 // snapshot: a flow that opens or closes while the scan passes may be
@@ -1340,10 +1458,12 @@ func (b *BPF) ActiveCounts() (map[ServiceKey]map[netip.Addr]int, error) {
 // during the scan cannot explain: exactly when the server was quiet, not at
 // all for a difference of the order of the scan's own noise (which,
 // written as the truth, would skew p2c for a whole period), and mostly for
-// a real leak (flows that ended unseen), which grows.
+// a real leak (flows that ended unseen), which grows. Half-open flows that
+// time out leave their count only here: after a flood, the first
+// reconciliation past the half-open timeout brings it back to zero.
 func (b *BPF) ReconcileActive() error {
 	b.mu.Lock()
-	targets := b.p2cServersLocked()
+	targets := b.ownersLocked()
 	b.mu.Unlock()
 	if len(targets) == 0 {
 		return nil
@@ -1352,9 +1472,9 @@ func (b *BPF) ReconcileActive() error {
 	if err != nil {
 		return err
 	}
-	truth, err := b.ActiveFlows()
+	truth, err := b.tableCounts(targets)
 	if err != nil {
-		return fmt.Errorf("reconcile open-flow counts: %w", err)
+		return fmt.Errorf("reconcile flow counts: %w", err)
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -1362,34 +1482,89 @@ func (b *BPF) ReconcileActive() error {
 	if err != nil {
 		return err
 	}
-	now := b.p2cServersLocked()
+	now := b.ownersLocked()
+	p2c := b.p2cServersLocked()
 	for id, o := range targets {
 		if now[id] != o {
 			continue
 		}
 		bf, af := before[id], after[id]
-		events := int64(af.events - bf.events)
-		mid := (bf.count + af.count) / 2
-		corr := shrinkToward0(int64(truth[o.key][o.addr])-mid, events)
-		if corr == 0 {
-			continue
+		if _, ok := p2c[id]; ok {
+			events := int64(af.events - bf.events)
+			corr := shrinkToward0(truth[id].active-(bf.count+af.count)/2, events)
+			if err := b.correct(b.objs.ServerActive, id, corr); err != nil {
+				return fmt.Errorf("write open-flow count of %v in %v: %w", o.addr, o.key, err)
+			}
 		}
-		var cur int64
-		if err := b.objs.ServerActive.Lookup(id, &cur); err != nil {
-			return fmt.Errorf("read open-flow count of %v in %v: %w", o.addr, o.key, err)
-		}
-		if err := b.objs.ServerActive.Update(id, cur+corr, ebpf.UpdateAny); err != nil {
-			return fmt.Errorf("write open-flow count of %v in %v: %w", o.addr, o.key, err)
+		slack := int64(af.halfEvents-bf.halfEvents) + max(af.half-bf.half, bf.half-af.half)
+		corr := shrinkToward0(truth[id].half-(bf.half+af.half)/2, slack)
+		if err := b.correctPerCPU(b.objs.ServerHalfopen, id, corr); err != nil {
+			return fmt.Errorf("write half-open count of %v in %v: %w", o.addr, o.key, err)
 		}
 	}
 	return nil
 }
 
-// activeReading is a server slot's live open-flow count and how many flows
-// it had opened, closed or expired, at one moment.
+// correct adds corr to a server slot's count in m.
+func (b *BPF) correct(m *ebpf.Map, id uint32, corr int64) error {
+	if corr == 0 {
+		return nil
+	}
+	var cur int64
+	if err := m.Lookup(id, &cur); err != nil {
+		return err
+	}
+	return m.Update(id, cur+corr, ebpf.UpdateAny)
+}
+
+// correctPerCPU adds corr to CPU 0's share of a per-CPU count.
+func (b *BPF) correctPerCPU(m *ebpf.Map, id uint32, corr int64) error {
+	if corr == 0 {
+		return nil
+	}
+	var per []int64
+	if err := m.Lookup(id, &per); err != nil {
+		return err
+	}
+	per[0] += corr
+	return m.Update(id, per, ebpf.UpdateAny)
+}
+
+// slotCounts is what the connection table holds for a server slot: live
+// established flows (not closing) and live half-open ones.
+type slotCounts struct {
+	active, half int64
+}
+
+// tableCounts scans the connection table once for every slot's counts.
+func (b *BPF) tableCounts(owners map[uint32]owner) (map[uint32]slotCounts, error) {
+	now := b.kernelNow()
+	out := map[uint32]slotCounts{}
+	err := b.flowEntries(func(e *flowWay) bool {
+		o, ok := owners[e.backend]
+		if !ok || o.gen != e.gen || e.flags&flowClosing != 0 || b.idle(e, now) {
+			return true
+		}
+		c := out[e.backend]
+		if e.flags&flowHalfOpen != 0 {
+			c.half++
+		} else {
+			c.active++
+		}
+		out[e.backend] = c
+		return true
+	})
+	return out, err
+}
+
+// activeReading is a server slot's live open-flow and half-open counts and
+// how many flows it had opened, closed or expired, and opened half-open, at
+// one moment.
 type activeReading struct {
-	count  int64
-	events uint64
+	count      int64
+	events     uint64
+	half       int64
+	halfEvents uint64
 }
 
 func (b *BPF) activeReadings(targets map[uint32]owner) (map[uint32]activeReading, error) {
@@ -1399,11 +1574,17 @@ func (b *BPF) activeReadings(targets map[uint32]owner) (map[uint32]activeReading
 		if err := b.objs.ServerActive.Lookup(id, &r.count); err != nil {
 			return nil, fmt.Errorf("read open-flow count of %v in %v: %w", o.addr, o.key, err)
 		}
+		half, err := b.halfOpenCount(id)
+		if err != nil {
+			return nil, fmt.Errorf("read half-open count of %v in %v: %w", o.addr, o.key, err)
+		}
+		r.half = half
 		st, err := b.backendStats(id)
 		if err != nil {
 			return nil, fmt.Errorf("read counters of %v in %v: %w", o.addr, o.key, err)
 		}
 		r.events = st.NewFlows + st.Closed + st.Expired
+		r.halfEvents = st.HalfOpenOpened
 		out[id] = r
 	}
 	return out, nil
@@ -1565,6 +1746,10 @@ func (b *BPF) Close() error {
 		delete(b.links, ifindex)
 	}
 	errs = append(errs, b.objs.Close())
+	if b.pinLock != nil {
+		errs = append(errs, b.pinLock.Close())
+		b.pinLock = nil
+	}
 	return errors.Join(errs...)
 }
 
@@ -1670,11 +1855,20 @@ func flowFrom(e *flowWay, server netip.Addr, now uint64) Flow {
 			VIP:    netip.AddrPortFrom(addrFrom(k.Dst.Addr, k.Family), ntohs(k.Dport)),
 			Proto:  Proto(k.Proto),
 		},
-		Server:  server,
-		Closing: e.flags&flowClosing != 0,
+		Server:   server,
+		Closing:  e.flags&flowClosing != 0,
+		HalfOpen: e.flags&flowHalfOpen != 0,
 	}
 	if now > e.lastSeen {
 		f.Idle = time.Duration(now - e.lastSeen)
 	}
 	return f
+}
+
+// b2u is 1 for true.
+func b2u(b bool) uint32 {
+	if b {
+		return 1
+	}
+	return 0
 }

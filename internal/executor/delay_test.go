@@ -23,15 +23,21 @@ func (h *harness) delayService(key ServiceKey, weights []uint32, delays []float6
 	return s
 }
 
-// sendSYNs opens n new flows from distinct clients and counts where they went.
+// sendSYNs opens n new flows from distinct clients, each SYN followed by
+// the handshake's ACK (a flow counts as open once established), and counts
+// where they went.
 func sendSYNs(t *testing.T, send sendFn, key ServiceKey, from, n int) map[netip.Addr]int {
 	t.Helper()
 	got := map[netip.Addr]int{}
 	for i := from; i < from+n; i++ {
 		client := netip.AddrFrom4([4]byte{203, 0, 113, byte(i % 200)})
-		a, err := send(fkFlow(key, client, uint16(10000+i/200)), tcpSYN)
+		k := fkFlow(key, client, uint16(10000+i/200))
+		a, err := send(k, tcpSYN)
 		if err != nil {
 			t.Fatal(err)
+		}
+		if b, err := send(k, tcpACK); err != nil || b != a {
+			t.Fatalf("flow %v: SYN to %v, ACK to %v (%v)", k, a, b, err)
 		}
 		got[a]++
 	}

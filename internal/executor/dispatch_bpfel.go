@@ -49,12 +49,21 @@ type dispatchBackend struct {
 }
 
 type dispatchBackendStats struct {
+	_              structs.HostLayout
+	NewFlows       uint64
+	Packets        uint64
+	Bytes          uint64
+	Closed         uint64
+	Expired        uint64
+	HalfopenOpened uint64
+}
+
+type dispatchDpId struct {
 	_        structs.HostLayout
-	NewFlows uint64
-	Packets  uint64
-	Bytes    uint64
-	Closed   uint64
-	Expired  uint64
+	Magic    uint32
+	HashSeed uint32
+	FlowWays uint32
+	Pad      uint32
 }
 
 type dispatchFlowBody struct {
@@ -193,6 +202,18 @@ type dispatchVipKey struct {
 	Pad    [3]uint8
 }
 
+type dispatchVipSlot struct {
+	_    structs.HostLayout
+	Addr struct {
+		_    structs.HostLayout
+		Addr [4]uint32
+	}
+	Family uint8
+	Used   uint8
+	Pad    uint16
+	VipId  uint32
+}
+
 type dispatchVipStats struct {
 	_             structs.HostLayout
 	Filtered      uint64
@@ -205,38 +226,46 @@ type dispatchVipStats struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	dispatchMapAffinity        = "affinity"
-	dispatchMapBackendSel      = "backend_sel"
-	dispatchMapBackends        = "backends"
-	dispatchMapConns           = "conns"
-	dispatchMapFlowEvents      = "flow_events"
-	dispatchMapFlowEventsOn    = "flow_events_on"
-	dispatchMapIfMacs          = "if_macs"
-	dispatchMapMembersSel      = "members_sel"
-	dispatchMapRings           = "rings"
-	dispatchMapServerActive    = "server_active"
-	dispatchMapServerPicks     = "server_picks"
-	dispatchMapServices        = "services"
-	dispatchMapStatsBackend    = "stats_backend"
-	dispatchMapStatsGlobal     = "stats_global"
-	dispatchMapStatsService    = "stats_service"
-	dispatchMapStatsVip        = "stats_vip"
-	dispatchMapSvcIndex        = "svc_index"
-	dispatchMapSvcIndexSel     = "svc_index_sel"
-	dispatchMapSvcMembers      = "svc_members"
-	dispatchMapTxPorts         = "tx_ports"
-	dispatchMapVipBloom        = "vip_bloom"
-	dispatchMapVips            = "vips"
-	dispatchProgClockNow       = "clock_now"
-	dispatchProgFlowWrite      = "flow_write"
-	dispatchProgNdDispatch     = "nd_dispatch"
-	dispatchVarFlowBuckets     = "flow_buckets"
-	dispatchVarHashSeed        = "hash_seed"
-	dispatchVarIdleTimeoutNs   = "idle_timeout_ns"
-	dispatchVarJiffyNs         = "jiffy_ns"
-	dispatchVarRingSize        = "ring_size"
-	dispatchVarSvcIndexSlots   = "svc_index_slots"
-	dispatchVarUnusedFlowEvent = "unused_flow_event"
+	dispatchMapAffinity          = "affinity"
+	dispatchMapBackendSel        = "backend_sel"
+	dispatchMapBackends          = "backends"
+	dispatchMapConns             = "conns"
+	dispatchMapDataPlaneId       = "data_plane_id"
+	dispatchMapFlowEvents        = "flow_events"
+	dispatchMapFlowEventsOn      = "flow_events_on"
+	dispatchMapIfMacs            = "if_macs"
+	dispatchMapMembersSel        = "members_sel"
+	dispatchMapRings             = "rings"
+	dispatchMapServerActive      = "server_active"
+	dispatchMapServerHalfopen    = "server_halfopen"
+	dispatchMapServerPicks       = "server_picks"
+	dispatchMapServices          = "services"
+	dispatchMapStatsBackend      = "stats_backend"
+	dispatchMapStatsGlobal       = "stats_global"
+	dispatchMapStatsService      = "stats_service"
+	dispatchMapStatsVip          = "stats_vip"
+	dispatchMapSvcBloom          = "svc_bloom"
+	dispatchMapSvcIndex          = "svc_index"
+	dispatchMapSvcIndexSel       = "svc_index_sel"
+	dispatchMapSvcMembers        = "svc_members"
+	dispatchMapTablePressure     = "table_pressure"
+	dispatchMapTxPorts           = "tx_ports"
+	dispatchMapVipBloom          = "vip_bloom"
+	dispatchMapVipIndex          = "vip_index"
+	dispatchMapVips              = "vips"
+	dispatchProgClockNow         = "clock_now"
+	dispatchProgFlowWrite        = "flow_write"
+	dispatchProgNdDispatch       = "nd_dispatch"
+	dispatchVarExpireNodest      = "expire_nodest"
+	dispatchVarFlowBuckets       = "flow_buckets"
+	dispatchVarHalfopenTimeoutNs = "halfopen_timeout_ns"
+	dispatchVarHashSeed          = "hash_seed"
+	dispatchVarIdleTimeoutNs     = "idle_timeout_ns"
+	dispatchVarJiffyNs           = "jiffy_ns"
+	dispatchVarRingSize          = "ring_size"
+	dispatchVarSvcIndexSlots     = "svc_index_slots"
+	dispatchVarUnusedFlowEvent   = "unused_flow_event"
+	dispatchVarVipIndexSlots     = "vip_index_slots"
 )
 
 // loadDispatch returns the embedded CollectionSpec for dispatch.
@@ -290,41 +319,49 @@ type dispatchProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type dispatchMapSpecs struct {
-	Affinity     *ebpf.MapSpec `ebpf:"affinity"`
-	BackendSel   *ebpf.MapSpec `ebpf:"backend_sel"`
-	Backends     *ebpf.MapSpec `ebpf:"backends"`
-	Conns        *ebpf.MapSpec `ebpf:"conns"`
-	FlowEvents   *ebpf.MapSpec `ebpf:"flow_events"`
-	FlowEventsOn *ebpf.MapSpec `ebpf:"flow_events_on"`
-	IfMacs       *ebpf.MapSpec `ebpf:"if_macs"`
-	MembersSel   *ebpf.MapSpec `ebpf:"members_sel"`
-	Rings        *ebpf.MapSpec `ebpf:"rings"`
-	ServerActive *ebpf.MapSpec `ebpf:"server_active"`
-	ServerPicks  *ebpf.MapSpec `ebpf:"server_picks"`
-	Services     *ebpf.MapSpec `ebpf:"services"`
-	StatsBackend *ebpf.MapSpec `ebpf:"stats_backend"`
-	StatsGlobal  *ebpf.MapSpec `ebpf:"stats_global"`
-	StatsService *ebpf.MapSpec `ebpf:"stats_service"`
-	StatsVip     *ebpf.MapSpec `ebpf:"stats_vip"`
-	SvcIndex     *ebpf.MapSpec `ebpf:"svc_index"`
-	SvcIndexSel  *ebpf.MapSpec `ebpf:"svc_index_sel"`
-	SvcMembers   *ebpf.MapSpec `ebpf:"svc_members"`
-	TxPorts      *ebpf.MapSpec `ebpf:"tx_ports"`
-	VipBloom     *ebpf.MapSpec `ebpf:"vip_bloom"`
-	Vips         *ebpf.MapSpec `ebpf:"vips"`
+	Affinity       *ebpf.MapSpec `ebpf:"affinity"`
+	BackendSel     *ebpf.MapSpec `ebpf:"backend_sel"`
+	Backends       *ebpf.MapSpec `ebpf:"backends"`
+	Conns          *ebpf.MapSpec `ebpf:"conns"`
+	DataPlaneId    *ebpf.MapSpec `ebpf:"data_plane_id"`
+	FlowEvents     *ebpf.MapSpec `ebpf:"flow_events"`
+	FlowEventsOn   *ebpf.MapSpec `ebpf:"flow_events_on"`
+	IfMacs         *ebpf.MapSpec `ebpf:"if_macs"`
+	MembersSel     *ebpf.MapSpec `ebpf:"members_sel"`
+	Rings          *ebpf.MapSpec `ebpf:"rings"`
+	ServerActive   *ebpf.MapSpec `ebpf:"server_active"`
+	ServerHalfopen *ebpf.MapSpec `ebpf:"server_halfopen"`
+	ServerPicks    *ebpf.MapSpec `ebpf:"server_picks"`
+	Services       *ebpf.MapSpec `ebpf:"services"`
+	StatsBackend   *ebpf.MapSpec `ebpf:"stats_backend"`
+	StatsGlobal    *ebpf.MapSpec `ebpf:"stats_global"`
+	StatsService   *ebpf.MapSpec `ebpf:"stats_service"`
+	StatsVip       *ebpf.MapSpec `ebpf:"stats_vip"`
+	SvcBloom       *ebpf.MapSpec `ebpf:"svc_bloom"`
+	SvcIndex       *ebpf.MapSpec `ebpf:"svc_index"`
+	SvcIndexSel    *ebpf.MapSpec `ebpf:"svc_index_sel"`
+	SvcMembers     *ebpf.MapSpec `ebpf:"svc_members"`
+	TablePressure  *ebpf.MapSpec `ebpf:"table_pressure"`
+	TxPorts        *ebpf.MapSpec `ebpf:"tx_ports"`
+	VipBloom       *ebpf.MapSpec `ebpf:"vip_bloom"`
+	VipIndex       *ebpf.MapSpec `ebpf:"vip_index"`
+	Vips           *ebpf.MapSpec `ebpf:"vips"`
 }
 
 // dispatchVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type dispatchVariableSpecs struct {
-	FlowBuckets     *ebpf.VariableSpec `ebpf:"flow_buckets"`
-	HashSeed        *ebpf.VariableSpec `ebpf:"hash_seed"`
-	IdleTimeoutNs   *ebpf.VariableSpec `ebpf:"idle_timeout_ns"`
-	JiffyNs         *ebpf.VariableSpec `ebpf:"jiffy_ns"`
-	RingSize        *ebpf.VariableSpec `ebpf:"ring_size"`
-	SvcIndexSlots   *ebpf.VariableSpec `ebpf:"svc_index_slots"`
-	UnusedFlowEvent *ebpf.VariableSpec `ebpf:"unused_flow_event"`
+	ExpireNodest      *ebpf.VariableSpec `ebpf:"expire_nodest"`
+	FlowBuckets       *ebpf.VariableSpec `ebpf:"flow_buckets"`
+	HalfopenTimeoutNs *ebpf.VariableSpec `ebpf:"halfopen_timeout_ns"`
+	HashSeed          *ebpf.VariableSpec `ebpf:"hash_seed"`
+	IdleTimeoutNs     *ebpf.VariableSpec `ebpf:"idle_timeout_ns"`
+	JiffyNs           *ebpf.VariableSpec `ebpf:"jiffy_ns"`
+	RingSize          *ebpf.VariableSpec `ebpf:"ring_size"`
+	SvcIndexSlots     *ebpf.VariableSpec `ebpf:"svc_index_slots"`
+	UnusedFlowEvent   *ebpf.VariableSpec `ebpf:"unused_flow_event"`
+	VipIndexSlots     *ebpf.VariableSpec `ebpf:"vip_index_slots"`
 }
 
 // dispatchObjects contains all objects after they have been loaded into the kernel.
@@ -347,28 +384,33 @@ func (o *dispatchObjects) Close() error {
 //
 // It can be passed to loadDispatchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type dispatchMaps struct {
-	Affinity     *ebpf.Map `ebpf:"affinity"`
-	BackendSel   *ebpf.Map `ebpf:"backend_sel"`
-	Backends     *ebpf.Map `ebpf:"backends"`
-	Conns        *ebpf.Map `ebpf:"conns"`
-	FlowEvents   *ebpf.Map `ebpf:"flow_events"`
-	FlowEventsOn *ebpf.Map `ebpf:"flow_events_on"`
-	IfMacs       *ebpf.Map `ebpf:"if_macs"`
-	MembersSel   *ebpf.Map `ebpf:"members_sel"`
-	Rings        *ebpf.Map `ebpf:"rings"`
-	ServerActive *ebpf.Map `ebpf:"server_active"`
-	ServerPicks  *ebpf.Map `ebpf:"server_picks"`
-	Services     *ebpf.Map `ebpf:"services"`
-	StatsBackend *ebpf.Map `ebpf:"stats_backend"`
-	StatsGlobal  *ebpf.Map `ebpf:"stats_global"`
-	StatsService *ebpf.Map `ebpf:"stats_service"`
-	StatsVip     *ebpf.Map `ebpf:"stats_vip"`
-	SvcIndex     *ebpf.Map `ebpf:"svc_index"`
-	SvcIndexSel  *ebpf.Map `ebpf:"svc_index_sel"`
-	SvcMembers   *ebpf.Map `ebpf:"svc_members"`
-	TxPorts      *ebpf.Map `ebpf:"tx_ports"`
-	VipBloom     *ebpf.Map `ebpf:"vip_bloom"`
-	Vips         *ebpf.Map `ebpf:"vips"`
+	Affinity       *ebpf.Map `ebpf:"affinity"`
+	BackendSel     *ebpf.Map `ebpf:"backend_sel"`
+	Backends       *ebpf.Map `ebpf:"backends"`
+	Conns          *ebpf.Map `ebpf:"conns"`
+	DataPlaneId    *ebpf.Map `ebpf:"data_plane_id"`
+	FlowEvents     *ebpf.Map `ebpf:"flow_events"`
+	FlowEventsOn   *ebpf.Map `ebpf:"flow_events_on"`
+	IfMacs         *ebpf.Map `ebpf:"if_macs"`
+	MembersSel     *ebpf.Map `ebpf:"members_sel"`
+	Rings          *ebpf.Map `ebpf:"rings"`
+	ServerActive   *ebpf.Map `ebpf:"server_active"`
+	ServerHalfopen *ebpf.Map `ebpf:"server_halfopen"`
+	ServerPicks    *ebpf.Map `ebpf:"server_picks"`
+	Services       *ebpf.Map `ebpf:"services"`
+	StatsBackend   *ebpf.Map `ebpf:"stats_backend"`
+	StatsGlobal    *ebpf.Map `ebpf:"stats_global"`
+	StatsService   *ebpf.Map `ebpf:"stats_service"`
+	StatsVip       *ebpf.Map `ebpf:"stats_vip"`
+	SvcBloom       *ebpf.Map `ebpf:"svc_bloom"`
+	SvcIndex       *ebpf.Map `ebpf:"svc_index"`
+	SvcIndexSel    *ebpf.Map `ebpf:"svc_index_sel"`
+	SvcMembers     *ebpf.Map `ebpf:"svc_members"`
+	TablePressure  *ebpf.Map `ebpf:"table_pressure"`
+	TxPorts        *ebpf.Map `ebpf:"tx_ports"`
+	VipBloom       *ebpf.Map `ebpf:"vip_bloom"`
+	VipIndex       *ebpf.Map `ebpf:"vip_index"`
+	Vips           *ebpf.Map `ebpf:"vips"`
 }
 
 func (m *dispatchMaps) Close() error {
@@ -377,23 +419,28 @@ func (m *dispatchMaps) Close() error {
 		m.BackendSel,
 		m.Backends,
 		m.Conns,
+		m.DataPlaneId,
 		m.FlowEvents,
 		m.FlowEventsOn,
 		m.IfMacs,
 		m.MembersSel,
 		m.Rings,
 		m.ServerActive,
+		m.ServerHalfopen,
 		m.ServerPicks,
 		m.Services,
 		m.StatsBackend,
 		m.StatsGlobal,
 		m.StatsService,
 		m.StatsVip,
+		m.SvcBloom,
 		m.SvcIndex,
 		m.SvcIndexSel,
 		m.SvcMembers,
+		m.TablePressure,
 		m.TxPorts,
 		m.VipBloom,
+		m.VipIndex,
 		m.Vips,
 	)
 }
@@ -402,13 +449,16 @@ func (m *dispatchMaps) Close() error {
 //
 // It can be passed to loadDispatchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type dispatchVariables struct {
-	FlowBuckets     *ebpf.Variable `ebpf:"flow_buckets"`
-	HashSeed        *ebpf.Variable `ebpf:"hash_seed"`
-	IdleTimeoutNs   *ebpf.Variable `ebpf:"idle_timeout_ns"`
-	JiffyNs         *ebpf.Variable `ebpf:"jiffy_ns"`
-	RingSize        *ebpf.Variable `ebpf:"ring_size"`
-	SvcIndexSlots   *ebpf.Variable `ebpf:"svc_index_slots"`
-	UnusedFlowEvent *ebpf.Variable `ebpf:"unused_flow_event"`
+	ExpireNodest      *ebpf.Variable `ebpf:"expire_nodest"`
+	FlowBuckets       *ebpf.Variable `ebpf:"flow_buckets"`
+	HalfopenTimeoutNs *ebpf.Variable `ebpf:"halfopen_timeout_ns"`
+	HashSeed          *ebpf.Variable `ebpf:"hash_seed"`
+	IdleTimeoutNs     *ebpf.Variable `ebpf:"idle_timeout_ns"`
+	JiffyNs           *ebpf.Variable `ebpf:"jiffy_ns"`
+	RingSize          *ebpf.Variable `ebpf:"ring_size"`
+	SvcIndexSlots     *ebpf.Variable `ebpf:"svc_index_slots"`
+	UnusedFlowEvent   *ebpf.Variable `ebpf:"unused_flow_event"`
+	VipIndexSlots     *ebpf.Variable `ebpf:"vip_index_slots"`
 }
 
 // dispatchPrograms contains all programs after they have been loaded into the kernel.

@@ -49,10 +49,10 @@ func TestDistribution(t *testing.T) {
 	st := h.stats().Services[ServiceKey{vip4, 80, TCP}]
 	var total uint64
 	for _, s := range st.Servers {
-		total += s.NewFlows
+		total += s.HalfOpenOpened
 	}
 	if total != flows {
-		t.Fatalf("counters saw %d new flows, want %d", total, flows)
+		t.Fatalf("counters saw %d half-open flows, want %d", total, flows)
 	}
 }
 

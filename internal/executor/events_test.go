@@ -116,13 +116,15 @@ func flowEventScript(send sendFn, key ServiceKey) ([]FlowEvent, error) {
 		flags uint8
 		kind  FlowEventKind // 0: no event
 	}{
-		{1, tcpSYN, FlowOpened},
-		{1, tcpACK, 0},
+		{1, tcpSYN, 0},          // half-open: not reported
+		{1, tcpACK, FlowOpened}, // established
 		{1, tcpACK | tcpFIN, FlowClosed},
 		{1, tcpACK | tcpFIN, 0}, // retransmitted: reported once
-		{2, tcpRST, FlowOpened}, // first seen closing
-		{1, tcpSYN, FlowOpened}, // reuses the closed tuple
-		{3, tcpACK, FlowOpened}, // mid-flow, no entry: recorded anew
+		{2, tcpRST, 0},          // a close of an unknown flow: nothing recorded
+		{1, tcpSYN, 0},          // reuses the closed tuple, half-open
+		{1, tcpACK, FlowOpened},
+		{3, tcpACK, 0},          // mid-flow, no entry: recorded half-open
+		{3, tcpACK, FlowOpened}, // and established by its next packet
 	} {
 		srv, err := send(k(step.port), step.flags)
 		if err != nil {
@@ -170,6 +172,7 @@ func TestFakeFlowEvents(t *testing.T) {
 	cancel()
 	s.waitEnded(t)
 	fkDispatch(t, f, fkFlow(fkHTTP, fkClient, 100), true, false)
+	fkDispatch(t, f, fkFlow(fkHTTP, fkClient, 100), false, false)
 	ctx, cancel = context.WithCancel(context.Background())
 	defer cancel()
 	ch, err = f.FlowEvents(ctx)
@@ -178,6 +181,7 @@ func TestFakeFlowEvents(t *testing.T) {
 	}
 	s = sink(ch)
 	fkDispatch(t, f, fkFlow(fkHTTP, fkClient, 101), true, false)
+	fkDispatch(t, f, fkFlow(fkHTTP, fkClient, 101), false, false)
 	if got := s.take(1); len(got) != 1 || got[0].Flow.Key.Client.Port() != 101 {
 		t.Fatalf("after subscribing again: %+v, want only the flow of port 101", got)
 	}
@@ -192,6 +196,7 @@ func TestFakeFlowEvents(t *testing.T) {
 	const n = 2*FakeFlowEventsQueue + 100
 	for _, k := range fkManyFlows(fkHTTP, n) {
 		fkDispatch(t, f2, k, true, false)
+		fkDispatch(t, f2, k, false, false)
 	}
 	lost := fkStats(t, f2).Global.FlowEventsLost
 	s2 := sink(ch2)
@@ -279,6 +284,7 @@ func TestFlowEvents(t *testing.T) {
 		t.Fatal("reporting still on after the subscriber left")
 	}
 	h.dispatch(tcp4(100, 80, tcpSYN).build())
+	h.dispatch(tcp4(100, 80, tcpACK).build())
 	ctx, cancel = context.WithCancel(context.Background())
 	defer cancel()
 	if ch, err = h.x.FlowEvents(ctx); err != nil {
@@ -286,6 +292,7 @@ func TestFlowEvents(t *testing.T) {
 	}
 	s = sink(ch)
 	h.dispatch(tcp4(101, 80, tcpSYN).build())
+	h.dispatch(tcp4(101, 80, tcpACK).build())
 	if got := s.take(1); len(got) != 1 || got[0].Flow.Key.Client.Port() != 101 {
 		t.Fatalf("after subscribing again: %+v, want only the flow of port 101", got)
 	}
@@ -306,8 +313,10 @@ func TestFlowEvents(t *testing.T) {
 	h.do(func() error {
 		for i := range n {
 			client := netip.AddrFrom4([4]byte{203, 0, 113, byte(i % 200)})
-			if _, err := send(fkFlow(maglevKey, client, uint16(2000+i)), tcpSYN); err != nil {
-				return err
+			for _, flags := range []uint8{tcpSYN, tcpACK} {
+				if _, err := send(fkFlow(maglevKey, client, uint16(2000+i)), flags); err != nil {
+					return err
+				}
 			}
 		}
 		return nil

@@ -201,17 +201,32 @@ type Flow struct {
 	Idle time.Duration
 	// Closing is set once the client sent FIN or RST.
 	Closing bool
+	// HalfOpen is set while the flow has only sent a SYN (or one stray
+	// packet): it is not counted open, and times out after the half-open
+	// timeout. The handshake's ACK makes it established.
+	HalfOpen bool
 }
 
 // ServerStats are the data plane's counters for one server of one service:
 // the raw material of the manager's input metrics. All only grow, except
 // when a server is removed and added again.
+//
+// NewFlows counts established flows: a TCP flow when its handshake's ACK
+// arrives, a UDP flow with its first packet. A flood of SYNs therefore moves
+// neither NewFlows nor Active; the half-open flows are counted apart.
 type ServerStats struct {
 	NewFlows uint64
 	Packets  uint64
 	Bytes    uint64
-	Closed   uint64 // flows seen closing by client FIN or RST
-	Expired  uint64 // flows found idle past the idle timeout
+	Closed   uint64 // established flows seen closing by client FIN or RST
+	Expired  uint64 // established flows found idle past the idle timeout
+	// HalfOpenOpened counts half-open flows recorded (SYNs, and stray
+	// packets of unknown flows).
+	HalfOpenOpened uint64
+	// HalfOpen is a gauge, not a counter: the server's half-open flows
+	// now, as the data plane counts them (flows that time out unseen
+	// leave it at the next ReconcileActive).
+	HalfOpen uint64
 }
 
 // Active estimates the server's open flows: opened minus closed or expired.
@@ -257,6 +272,20 @@ type GlobalStats struct {
 	// (flooded, or seen in promiscuous mode): passed to the stack, which
 	// drops them, instead of forwarded as a copy.
 	OtherHost uint64 `json:"other_host"`
+	// HalfOpenEvicted counts live half-open flows displaced by new ones
+	// (their SYN's choice is forgotten; their ACK goes by the ring).
+	HalfOpenEvicted uint64 `json:"halfopen_evicted"`
+	// OpenersUnrecorded counts SYNs (and first UDP packets) forwarded but
+	// not recorded: every way of their bucket held a live established or
+	// closing flow, which no packet displaces.
+	OpenersUnrecorded uint64 `json:"openers_unrecorded"`
+	// StraysUnrecorded counts packets of unknown flows (ACK, data)
+	// forwarded but not recorded: they take only a free way.
+	StraysUnrecorded uint64 `json:"strays_unrecorded"`
+	// TablePressure is set while the connection table is under pressure:
+	// within the half-open timeout a new flow displaced a live half-open
+	// flow or found no way it may take.
+	TablePressure bool `json:"table_pressure"`
 }
 
 // FlowEventKind says what happened to a flow.

@@ -52,8 +52,9 @@ const (
 //
 // A Fake is safe for concurrent use.
 type Fake struct {
-	ringSize    uint32
-	idleTimeout time.Duration
+	ringSize        uint32
+	idleTimeout     time.Duration
+	halfOpenTimeout time.Duration
 
 	mu       sync.Mutex
 	closed   bool
@@ -101,6 +102,8 @@ type fakeServer struct {
 	epoch     int64
 	picks     uint64
 	prevPicks uint64
+	// halfOpen is the kernel's server_halfopen, kept for every service.
+	halfOpen int64
 }
 
 type fakeVIP struct {
@@ -112,6 +115,15 @@ type fakeFlow struct {
 	server   *fakeServer
 	lastSeen time.Duration
 	closing  bool
+	halfOpen bool
+}
+
+// timeout is how long the flow is kept after its last packet.
+func (f *Fake) timeout(fl *fakeFlow) time.Duration {
+	if fl.closing || fl.halfOpen {
+		return f.halfOpenTimeout
+	}
+	return f.idleTimeout
 }
 
 type fakeAffinityKey struct {
@@ -143,13 +155,14 @@ func NewFakeSize(ringSize uint32) (*Fake, error) {
 		return nil, fmt.Errorf("%w: ring size %d is not a prime in [%d, %d]", ErrInvalid, ringSize, maglev.MinSize, maglev.MaxSize)
 	}
 	return &Fake{
-		ringSize:    ringSize,
-		idleTimeout: DefaultConfig().IdleTimeout,
-		attached:    map[int]bool{},
-		services:    map[ServiceKey]*fakeService{},
-		vips:        map[netip.Addr]*fakeVIP{},
-		flows:       map[FlowKey]*fakeFlow{},
-		affinity:    map[fakeAffinityKey]*fakeAffinity{},
+		ringSize:        ringSize,
+		idleTimeout:     DefaultConfig().IdleTimeout,
+		halfOpenTimeout: DefaultConfig().HalfOpenTimeout,
+		attached:        map[int]bool{},
+		services:        map[ServiceKey]*fakeService{},
+		vips:            map[netip.Addr]*fakeVIP{},
+		flows:           map[FlowKey]*fakeFlow{},
+		affinity:        map[fakeAffinityKey]*fakeAffinity{},
 	}, nil
 }
 
@@ -398,24 +411,31 @@ func (f *Fake) Dispatch(k FlowKey, syn, closing bool) (netip.Addr, error) {
 // DispatchBytes passes one packet of flow k, bytes long, through the Fake
 // as the data plane would, and returns the server it goes to. For TCP, syn
 // says the packet opens a connection (SYN without ACK) and closing that the
-// client sends FIN or RST; for UDP both are ignored, as the data plane reads
-// them from TCP flags.
+// client sends FIN or RST; any other TCP packet is an ACK or data. For UDP
+// both are ignored, as the data plane reads them from TCP flags.
 //
-// A flow in the table keeps its server while the server remains (quiesced or
-// not), unless the flow has been idle past the timeout (counted Expired) or
-// a SYN reuses the tuple of a closing flow. Any other packet starts a new
-// flow: on the client's sticky server when the service has affinity and that
-// server has a positive weight, otherwise on the server the Maglev table
-// names, or for a p2c service the one of the table's two picks with fewer
-// open flows for its weight. With no server to take it the packet is
-// dropped with ErrNoServer.
-// A packet for no service is dropped with ErrNotFound. Counters change as
-// the kernel changes them.
+// The table's rules are the kernel's (docs/ARCHITECTURE.md, "The
+// connection table"): a SYN records its flow half-open, and the flow's
+// next packet without SYN establishes it (counted in NewFlows and the
+// open-flow counts); a stray packet of an unknown TCP flow is recorded
+// half-open too; a FIN or RST of an unknown flow is forwarded and leaves
+// nothing; a UDP flow is established by its first packet. A flow keeps its
+// server while the server remains, unless it has been idle past its
+// state's timeout (half-open and closing flows: the half-open timeout), a
+// SYN reuses the tuple of a closing flow, or a SYN of a half-open flow
+// finds its server quiesced. Any other packet is dispatched anew: on the
+// client's sticky server when the service has affinity and that server
+// has a positive weight, otherwise on the server the Maglev table names,
+// or for a p2c service the one of the table's two picks with fewer open
+// flows for its weight. With no server to take it the packet is dropped
+// with ErrNoServer. A packet for no service is dropped with ErrNotFound.
+// The Fake's table has no size limit: nothing is ever displaced.
 func (f *Fake) DispatchBytes(k FlowKey, syn, closing bool, bytes uint64) (netip.Addr, error) {
 	if err := validateFlowKey(k); err != nil {
 		return netip.Addr{}, err
 	}
-	if k.Proto != TCP {
+	tcp := k.Proto == TCP
+	if !tcp {
 		syn, closing = false, false
 	}
 	f.mu.Lock()
@@ -435,20 +455,22 @@ func (f *Fake) DispatchBytes(k FlowKey, syn, closing bool, bytes uint64) (netip.
 	}
 
 	var (
-		fs       *fakeServer
-		newFlow  bool
-		isClosed bool
+		fs               *fakeServer
+		opened, isClosed bool
+		recordedHalfOpen bool
+		replaced         *fakeFlow
 	)
 	fl := f.flows[k]
 	if fl != nil && st.has(fl.server) {
 		switch {
-		case f.now-fl.lastSeen > f.idleTimeout:
-			if !fl.closing {
-				fl.server.stats.Expired++
-				st.countActive(fl.server, -1)
-			}
+		case f.now-fl.lastSeen > f.timeout(fl):
+			f.goneLocked(st, fl)
+			delete(f.flows, k)
+			fl = nil
 		case syn && fl.closing:
-			// The client reuses a closed tuple: a new connection.
+			replaced = fl // the client reuses a closed tuple: a new connection
+		case syn && fl.halfOpen && fl.server.srv.Weight == 0:
+			replaced = fl // a SYN retransmitted to a server taken out
 		default:
 			fs = fl.server
 		}
@@ -461,7 +483,17 @@ func (f *Fake) DispatchBytes(k FlowKey, syn, closing bool, bytes uint64) (netip.
 				a.lastSeen = f.now
 			}
 		}
-		if closing && !fl.closing {
+		switch {
+		case fl.halfOpen && closing:
+			fl.halfOpen, fl.closing = false, true
+			fs.halfOpen--
+		case fl.halfOpen && !syn:
+			fl.halfOpen = false
+			fs.halfOpen--
+			opened = true
+			st.countActive(fs, 1)
+			f.reportLocked(FlowOpened, k, fs, false)
+		case !fl.halfOpen && closing && !fl.closing:
 			fl.closing = true
 			isClosed = true
 			st.countActive(fs, -1)
@@ -472,25 +504,51 @@ func (f *Fake) DispatchBytes(k FlowKey, syn, closing bool, bytes uint64) (netip.
 			st.noServer++
 			return netip.Addr{}, fmt.Errorf("%w: flow %v", ErrNoServer, k)
 		}
-		f.flows[k] = &fakeFlow{server: fs, lastSeen: f.now, closing: closing}
-		newFlow, isClosed = true, closing
 		if !closing {
-			st.countActive(fs, 1)
+			if replaced != nil {
+				f.goneLocked(st, replaced)
+			}
+			entry := &fakeFlow{server: fs, lastSeen: f.now, halfOpen: tcp}
+			f.flows[k] = entry
+			if tcp {
+				fs.halfOpen++
+				recordedHalfOpen = true
+			} else {
+				opened = true
+				st.countActive(fs, 1)
+				f.reportLocked(FlowOpened, k, fs, false)
+			}
 		}
-		f.reportLocked(FlowOpened, k, fs, closing)
 	}
 
 	fs.stats.Packets++
 	fs.stats.Bytes += bytes
-	if newFlow {
+	if opened {
 		fs.stats.NewFlows++
 	}
 	if isClosed {
 		fs.stats.Closed++
 	}
+	if recordedHalfOpen {
+		fs.stats.HalfOpenOpened++
+	}
 	st.packets++
 	st.bytes += bytes
 	return fs.srv.Addr, nil
+}
+
+// goneLocked takes a flow leaving the table out of its server's counts,
+// as the kernel's count_gone: a half-open flow leaves the half-open count,
+// an established one is counted expired, a closing one was counted out.
+func (f *Fake) goneLocked(st *fakeService, fl *fakeFlow) {
+	switch {
+	case fl.closing:
+	case fl.halfOpen:
+		fl.server.halfOpen--
+	default:
+		fl.server.stats.Expired++
+		st.countActive(fl.server, -1)
+	}
 }
 
 // countActive moves a server's open-flow count if the service keeps them.
@@ -734,7 +792,9 @@ func (f *Fake) Stats() (Stats, error) {
 			Servers:  make(map[netip.Addr]ServerStats, len(st.servers)),
 		}
 		for addr, fs := range st.servers {
-			ss.Servers[addr] = fs.stats
+			s := fs.stats
+			s.HalfOpen = uint64(max(fs.halfOpen, 0))
+			ss.Servers[addr] = s
 		}
 		out.Services[key] = ss
 	}
@@ -784,12 +844,18 @@ func (f *Fake) ReconcileActive() error {
 		return ErrClosed
 	}
 	truth := f.activeFlowsLocked()
-	for key, st := range f.services {
-		if !st.sched.CountsActive() {
-			continue
+	half := map[*fakeServer]int64{}
+	for k, fl := range f.flows {
+		if st := f.services[k.Service()]; st != nil && st.has(fl.server) && fl.halfOpen && f.now-fl.lastSeen <= f.halfOpenTimeout {
+			half[fl.server]++
 		}
+	}
+	for key, st := range f.services {
 		for addr, fs := range st.servers {
-			fs.active = int64(truth[key][addr])
+			fs.halfOpen = half[fs]
+			if st.sched.CountsActive() {
+				fs.active = int64(truth[key][addr])
+			}
 		}
 	}
 	return nil
@@ -800,7 +866,7 @@ func (f *Fake) activeFlowsLocked() map[ServiceKey]map[netip.Addr]int {
 	for k, fl := range f.flows {
 		key := k.Service()
 		st := f.services[key]
-		if st == nil || !st.has(fl.server) || fl.closing || f.now-fl.lastSeen > f.idleTimeout {
+		if st == nil || !st.has(fl.server) || fl.closing || fl.halfOpen || f.now-fl.lastSeen > f.timeout(fl) {
 			continue
 		}
 		m := out[key]
@@ -820,7 +886,7 @@ func (f *Fake) liveFlowLocked(k FlowKey, fl *fakeFlow) (Flow, bool) {
 	if st == nil || !st.has(fl.server) {
 		return Flow{}, false
 	}
-	out := Flow{Key: k, Server: fl.server.srv.Addr, Closing: fl.closing}
+	out := Flow{Key: k, Server: fl.server.srv.Addr, Closing: fl.closing, HalfOpen: fl.halfOpen}
 	if d := f.now - fl.lastSeen; d > 0 {
 		out.Idle = d
 	}
@@ -909,8 +975,8 @@ func (f *Fake) UpsertFlows(flows []Flow) error {
 			entry.lastSeen -= fl.Idle
 		}
 		// The open-flow counts follow the table, as in the kernel.
-		if old := f.flows[fl.Key]; old != nil && !old.closing && st.has(old.server) {
-			st.countActive(old.server, -1)
+		if old := f.flows[fl.Key]; old != nil && st.has(old.server) {
+			f.outLocked(st, old)
 		}
 		if !fl.Closing {
 			st.countActive(fs, 1)
@@ -935,11 +1001,23 @@ func (f *Fake) DeleteFlow(k FlowKey) error {
 	if fl == nil {
 		return fmt.Errorf("%w: flow %v", ErrNotFound, k)
 	}
-	if st := f.services[k.Service()]; st != nil && !fl.closing && st.has(fl.server) {
-		st.countActive(fl.server, -1)
+	if st := f.services[k.Service()]; st != nil && st.has(fl.server) {
+		f.outLocked(st, fl)
 	}
 	delete(f.flows, k)
 	return nil
+}
+
+// outLocked takes a flow that user space removes or replaces out of its
+// server's counts, as the kernel's count_out.
+func (f *Fake) outLocked(st *fakeService, fl *fakeFlow) {
+	switch {
+	case fl.closing:
+	case fl.halfOpen:
+		fl.server.halfOpen--
+	default:
+		st.countActive(fl.server, -1)
+	}
 }
 
 // Close implements Executor: it detaches from every interface, and every

@@ -98,8 +98,8 @@ func TestFakeWeightedDistribution(t *testing.T) {
 	}
 	st := fkStats(t, f).Services[fkHTTP]
 	for addr, c := range got {
-		if s := st.Servers[addr]; s.NewFlows != uint64(c) || s.Packets != uint64(c) || s.Bytes != uint64(c)*FakePacketBytes {
-			t.Errorf("counters of %v = %+v, want %d new flows and packets", addr, s, c)
+		if s := st.Servers[addr]; s.HalfOpenOpened != uint64(c) || s.HalfOpen != uint64(c) || s.Packets != uint64(c) || s.Bytes != uint64(c)*FakePacketBytes {
+			t.Errorf("counters of %v = %+v, want %d half-open flows and packets", addr, s, c)
 		}
 	}
 }
@@ -162,6 +162,7 @@ func TestFakeRemoveServer(t *testing.T) {
 	onS2 := 0
 	for _, k := range fkManyFlows(fkHTTP, 300) {
 		owner[k] = fkDispatch(t, f, k, true, false)
+		fkDispatch(t, f, k, false, false) // established
 		if owner[k] == fkS2 {
 			onS2++
 		}
@@ -202,7 +203,8 @@ func TestFakeRemoveServer(t *testing.T) {
 		owner[k] = got
 	}
 	after = fkStats(t, f).Services[fkHTTP].Servers
-	if moved := after[fkS1].NewFlows + after[fkS3].NewFlows - before[fkS1].NewFlows - before[fkS3].NewFlows; moved != uint64(onS2) {
+	// Their next packets, strays now, record them half-open.
+	if moved := after[fkS1].HalfOpenOpened + after[fkS3].HalfOpenOpened - before[fkS1].HalfOpenOpened - before[fkS3].HalfOpenOpened; moved != uint64(onS2) {
 		t.Errorf("%d flows dispatched anew, want the %d of %v", moved, onS2, fkS2)
 	}
 
@@ -416,14 +418,14 @@ func TestFakeStatsAndActiveFlows(t *testing.T) {
 		Service{Key: dns, Servers: []Server{fkServer(fkS2, 1)}},
 	)
 	a, b, c := fkFlow(fkHTTP, fkClient, 1), fkFlow(fkHTTP, fkClient, 2), fkFlow(fkHTTP, fkClient, 3)
-	fkDispatch(t, f, a, true, false)  // new
-	fkDispatch(t, f, a, false, false) // established
+	fkDispatch(t, f, a, true, false)  // SYN: half-open
+	fkDispatch(t, f, a, false, false) // ACK: established, a new flow
 	fkDispatch(t, f, a, false, true)  // FIN: closed
 	fkDispatch(t, f, a, false, true)  // retransmitted FIN: counted once
-	fkDispatch(t, f, a, true, false)  // SYN on the closed tuple: new
+	fkDispatch(t, f, a, true, false)  // SYN on the closed tuple: half-open
 	fkDispatch(t, f, b, true, false)
-	fkDispatch(t, f, c, false, true) // first seen closing: new and closed
-	if _, err := f.DispatchBytes(b, false, false, 1500); err != nil {
+	fkDispatch(t, f, c, false, true)                                  // a FIN of an unknown flow: forwarded, nothing recorded
+	if _, err := f.DispatchBytes(b, false, false, 1500); err != nil { // establishes b
 		t.Fatal(err)
 	}
 	// UDP ignores the TCP flags.
@@ -443,7 +445,7 @@ func TestFakeStatsAndActiveFlows(t *testing.T) {
 	want := Stats{
 		Services: map[ServiceKey]ServiceStats{
 			fkHTTP: {Packets: 8, Bytes: 7*64 + 1500, Servers: map[netip.Addr]ServerStats{
-				fkS1: {NewFlows: 4, Packets: 8, Bytes: 7*64 + 1500, Closed: 2},
+				fkS1: {NewFlows: 2, Packets: 8, Bytes: 7*64 + 1500, Closed: 1, HalfOpenOpened: 3, HalfOpen: 1},
 			}},
 			dns: {Packets: 2, Bytes: 128, Servers: map[netip.Addr]ServerStats{
 				fkS2: {NewFlows: 1, Packets: 2, Bytes: 128},
@@ -455,17 +457,19 @@ func TestFakeStatsAndActiveFlows(t *testing.T) {
 	if !reflect.DeepEqual(st, want) {
 		t.Fatalf("Stats = %+v\nwant %+v", st, want)
 	}
-	wantActive := map[ServiceKey]map[netip.Addr]int{fkHTTP: {fkS1: 2}, dns: {fkS2: 1}}
+	wantActive := map[ServiceKey]map[netip.Addr]int{fkHTTP: {fkS1: 1}, dns: {fkS2: 1}}
 	if got, err := f.ActiveFlows(); err != nil || !reflect.DeepEqual(got, wantActive) {
 		t.Fatalf("ActiveFlows = %v, %v, want %v", got, err, wantActive)
 	}
-	if got := st.Services[fkHTTP].Servers[fkS1].Active(); got != 2 {
-		t.Errorf("counters estimate %d active flows, want 2", got)
+	if got := st.Services[fkHTTP].Servers[fkS1].Active(); got != 1 {
+		t.Errorf("counters estimate %d active flows, want 1", got)
 	}
 
 	// Idle past the timeout: no longer active, and the next packet counts
-	// the flow expired and opens a new one.
+	// the flow expired (a half-open one leaves the half-open count) and
+	// records a new one, established by the packet after.
 	f.Advance(200 * time.Second)
+	fkDispatch(t, f, a, false, false)
 	fkDispatch(t, f, a, false, false)
 	f.Advance(200 * time.Second)
 	wantActive = map[ServiceKey]map[netip.Addr]int{fkHTTP: {fkS1: 1}}
@@ -473,10 +477,10 @@ func TestFakeStatsAndActiveFlows(t *testing.T) {
 		t.Fatalf("ActiveFlows after 400s = %v, want %v", got, wantActive)
 	}
 	fkDispatch(t, f, b, false, false)
-	fkDispatch(t, f, c, false, false) // closing when it went idle: not expired
+	fkDispatch(t, f, c, false, false) // unknown: half-open
 	s := fkStats(t, f).Services[fkHTTP].Servers[fkS1]
-	if s.Expired != 1 || s.NewFlows != 6 || s.Active() != 3 {
-		t.Errorf("after idle expiry %+v, want 1 expired, 6 new flows, 3 active", s)
+	if s.Expired != 1 || s.NewFlows != 3 || s.Active() != 1 || s.HalfOpen != 2 {
+		t.Errorf("after idle expiry %+v, want 1 expired, 3 new flows, 1 active, 2 half-open", s)
 	}
 
 	// AddCounters feeds a server's and its service's counters.
@@ -873,6 +877,7 @@ func TestFakeMatchesKernel(t *testing.T) {
 	// before; closes and stray packets move the counts.
 	for i, k := range fkManyFlows(p2c, 300) {
 		packet(k, tcpSYN)
+		packet(k, tcpACK) // established
 		switch i % 4 {
 		case 1:
 			packet(k, tcpACK|tcpFIN)
@@ -886,6 +891,7 @@ func TestFakeMatchesKernel(t *testing.T) {
 	}
 	for _, k := range fkManyFlows(sticky, 100) {
 		packet(k, tcpSYN)
+		packet(k, tcpACK) // established
 		k.Client = netip.AddrPortFrom(k.Client.Addr(), k.Client.Port()+1000)
 		packet(k, tcpSYN) // sticks to the client's server
 	}
@@ -930,6 +936,7 @@ func TestFakeMatchesKernel(t *testing.T) {
 	both("reweight p2c", func(x Executor) error { return x.SetWeights(p2c, map[netip.Addr]uint32{fkS1: 4}) })
 	for _, k := range fkManyFlows(p2c, 400)[300:] {
 		packet(k, tcpSYN)
+		packet(k, tcpACK) // established
 	}
 	compare("after the script")
 	fe := fEvents.takeWithin(1<<30, 300*time.Millisecond) // all the Fake reported

@@ -96,3 +96,9 @@ func svcHash(k dispatchSvcKey) uint32 {
 	h = hashWord(h, binary.NativeEndian.Uint32(raw[:]))
 	return hashFinal(h)
 }
+
+// svcFilterBit is svc_filter_bit in bpf/hash.h: the svc_bloom bit of a
+// service, from its VIP's addrHash and its port in network byte order.
+func svcFilterBit(ah uint32, port uint16, proto uint8) uint32 {
+	return ((ah ^ (uint32(port) | uint32(proto)<<16)) * 0x9e3779b1) >> 16
+}

@@ -87,6 +87,9 @@ func closedLoop(send sendFn, key ServiceKey, open, steps int) (map[netip.Addr]in
 		if err != nil {
 			return nil, err
 		}
+		if _, err := send(k, tcpACK); err != nil { // established: counted open
+			return nil, err
+		}
 		live = append(live, k)
 		if i >= open+steps/5 {
 			counts[a]++
@@ -155,15 +158,17 @@ func TestFakeP2CCounts(t *testing.T) {
 		close bool
 		want  int
 	}{
-		{a, true, false, 1},  // SYN
-		{a, false, false, 1}, // established
-		{b, true, false, 2},
-		{a, false, true, 1}, // FIN
-		{a, false, true, 1}, // retransmitted FIN: counted once
-		{b, false, true, 0}, // RST
-		{c, false, true, 0}, // first seen closing: in and out at once
-		{a, true, false, 1}, // SYN on the closed tuple
-		{d, false, false, 2},
+		{a, true, false, 0},  // SYN: half-open, not counted
+		{a, false, false, 1}, // ACK: established
+		{b, true, false, 1},
+		{b, false, false, 2},
+		{a, false, true, 1},  // FIN
+		{a, false, true, 1},  // retransmitted FIN: counted once
+		{b, false, true, 0},  // RST
+		{c, false, true, 0},  // a FIN of an unknown flow: nothing recorded
+		{a, true, false, 0},  // SYN on the closed tuple: half-open
+		{d, false, false, 0}, // a stray packet: half-open
+		{d, false, false, 1}, // its next packet establishes it
 	}
 	for i, s := range steps {
 		fkDispatch(t, f, s.k, s.syn, s.close)
@@ -175,7 +180,7 @@ func TestFakeP2CCounts(t *testing.T) {
 
 	// Idle expiry takes a flow out when a packet finds it idle.
 	f.Advance(301 * time.Second)
-	fkDispatch(t, f, a, false, true) // expired, then a new flow seen closing
+	fkDispatch(t, f, a, false, true) // half-open a expired, the FIN forwarded
 	if got := counts(); got != 1 {
 		t.Fatalf("after expiry: count %d, want 1", got)
 	}
@@ -211,6 +216,7 @@ func TestFakeP2CCounts(t *testing.T) {
 	// A service turning p2c starts from the counters' estimate.
 	for p := range uint16(5) {
 		fkDispatch(t, f, fkFlow(fkHTTP, fkClient, 100+p), true, false)
+		fkDispatch(t, f, fkFlow(fkHTTP, fkClient, 100+p), false, false)
 	}
 	if err := f.UpsertService(Service{Key: fkHTTP, Scheduler: SchedulerP2C, Servers: []Server{fkServer(fkS1, 1)}}); err != nil {
 		t.Fatal(err)
@@ -219,8 +225,8 @@ func TestFakeP2CCounts(t *testing.T) {
 		t.Fatalf("Services()[0] = %+v, want %v with p2c", svc, fkHTTP)
 	}
 	got, _ := f.ActiveCounts()
-	if got[fkHTTP][fkS1] != 6 {
-		t.Fatalf("counts after turning p2c: %v, want 6 for %v", got, fkS1)
+	if got[fkHTTP][fkS1] != 5 {
+		t.Fatalf("counts after turning p2c: %v, want 5 for %v", got, fkS1)
 	}
 }
 
@@ -437,8 +443,14 @@ func TestP2CFixtures(t *testing.T) {
 			if c.second {
 				before = nb
 			}
+			if got := h.activeRaw(key, winner); got != before {
+				t.Fatalf("winner's count %d after the SYN, want %d: a half-open flow is not open", got, before)
+			}
+			if act, out := h.dispatch(tcp4(ports[i], 80, tcpACK).build()); act != xdpTX || serverByMAC(out) != serverByMAC(withMACs(in, macOf[winner], macIn)) {
+				t.Fatalf("the handshake's ACK went %s to %s, want %v", actionNames[act], serverByMAC(out), winner)
+			}
 			if got := h.activeRaw(key, winner); got != before+1 {
-				t.Fatalf("winner's count %d after the SYN, want one more than before", got)
+				t.Fatalf("winner's count %d after the ACK, want one more than before", got)
 			}
 		})
 	}
@@ -487,15 +499,17 @@ func TestP2CCounts(t *testing.T) {
 		flags uint8
 		want  int64
 	}{
-		{1000, tcpSYN, 1},
-		{1000, tcpACK, 1},
-		{1001, tcpSYN, 2},
+		{1000, tcpSYN, 0}, // half-open: not open yet
+		{1000, tcpACK, 1}, // established
+		{1001, tcpSYN, 1},
+		{1001, tcpACK, 2},
 		{1000, tcpACK | tcpFIN, 1},
 		{1000, tcpACK | tcpFIN, 1}, // retransmitted: counted once
 		{1001, tcpRST, 0},
-		{1002, tcpRST, 0}, // first seen closing
-		{1000, tcpSYN, 1}, // reuses the closed tuple
-		{1003, tcpACK, 2}, // mid-flow without an entry: a new flow
+		{1002, tcpRST, 0}, // a close of an unknown flow: nothing recorded
+		{1000, tcpSYN, 0}, // reuses the closed tuple
+		{1000, tcpACK, 1},
+		{1003, tcpACK, 1}, // mid-flow without an entry: half-open
 		{1003, tcpACK | tcpPSH, 2},
 	}
 	for i, s := range steps {
@@ -515,7 +529,7 @@ func TestP2CCounts(t *testing.T) {
 	}
 
 	// Idle expiry, noticed by the next packet: a RST after the timeout
-	// takes the flow out (and opens and closes a new one at once).
+	// takes the flow out (and is forwarded, leaving nothing).
 	time.Sleep(2100 * time.Millisecond)
 	h.dispatch(tcp4(1003, 80, tcpRST).build())
 	if got := count(); got != 1 {
@@ -533,8 +547,9 @@ func TestP2CCounts(t *testing.T) {
 	}
 }
 
-// TestP2CEviction: a flow pushed out of a full bucket leaves its server's
-// count, unless it had closed already.
+// TestP2CEviction: a SYN displaces a live half-open flow (which leaves its
+// server's half-open count), never an established or closing one; user
+// space may displace an established one, which leaves the open-flow count.
 func TestP2CEviction(t *testing.T) {
 	h := newHarness(t, Config{MaxFlows: flowWays}) // one bucket
 	key := ServiceKey{vip4, 80, TCP}
@@ -542,29 +557,55 @@ func TestP2CEviction(t *testing.T) {
 	fk := func(p uint16) FlowKey {
 		return FlowKey{netip.AddrPortFrom(client4, p), netip.AddrPortFrom(vip4, 80), TCP}
 	}
-	// The oldest way holds a closing flow; the next oldest an open one.
+	half := func() int64 {
+		t.Helper()
+		n, err := h.x.halfOpenCount(h.slotOf(key, s1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	// The oldest way holds a closing flow, the next oldest an open one.
 	if err := h.x.UpsertFlows([]Flow{
-		{Key: fk(1), Server: s1, Idle: 100 * time.Second, Closing: true},
+		{Key: fk(1), Server: s1, Idle: 2 * time.Second, Closing: true},
 		{Key: fk(2), Server: s1, Idle: 50 * time.Second},
 	}); err != nil {
 		t.Fatal(err)
 	}
 	h.dispatch(tcp4(3, 80, tcpSYN).build())
-	h.dispatch(tcp4(4, 80, tcpSYN).build())
-	if got := h.activeRaw(key, s1); got != 3 {
-		t.Fatalf("three open flows counted %d", got)
+	h.dispatch(tcp4(3, 80, tcpACK).build()) // established
+	h.dispatch(tcp4(4, 80, tcpSYN).build()) // half-open
+	if got := h.activeRaw(key, s1); got != 2 || half() != 1 {
+		t.Fatalf("open flows counted %d, half-open %d; want 2 and 1", got, half())
 	}
-	h.dispatch(tcp4(5, 80, tcpSYN).build()) // evicts the closing flow 1
-	if got, s := h.activeRaw(key, s1), h.stats(); got != 4 || s.Global.FlowsEvicted != 1 || s.Services[key].Servers[s1].Expired != 0 {
-		t.Fatalf("after evicting a closing flow: count %d, evicted %d, expired %d; want 4, 1, 0", got, s.Global.FlowsEvicted, s.Services[key].Servers[s1].Expired)
+	h.dispatch(tcp4(5, 80, tcpSYN).build()) // displaces half-open 4 only
+	h.dispatch(tcp4(6, 80, tcpSYN).build()) // displaces half-open 5
+	s := h.stats()
+	if got := h.activeRaw(key, s1); got != 2 || half() != 1 || s.Global.FlowsEvicted != 0 || s.Global.HalfOpenEvicted != 2 || s.Services[key].Servers[s1].Expired != 0 || !s.Global.TablePressure {
+		t.Fatalf("after two SYNs into a full bucket: count %d, half-open %d, %+v; want 2, 1, 2 half-open evicted, pressure", got, half(), s.Global)
 	}
-	h.dispatch(tcp4(6, 80, tcpSYN).build()) // evicts the open flow 2
-	if got, s := h.activeRaw(key, s1), h.stats(); got != 4 || s.Global.FlowsEvicted != 2 || s.Services[key].Servers[s1].Expired != 1 {
-		t.Fatalf("after evicting an open flow: count %d, evicted %d, expired %d; want 4, 2, 1", got, s.Global.FlowsEvicted, s.Services[key].Servers[s1].Expired)
+	for _, p := range []uint16{1, 2, 3, 6} {
+		if _, ok, err := h.x.LookupFlow(fk(p)); err != nil || !ok {
+			t.Fatalf("flow %d gone from the table (%v)", p, err)
+		}
+	}
+	// A stray ACK of an unknown flow finds no free way: nothing recorded.
+	h.dispatch(tcp4(7, 80, tcpACK).build())
+	if _, ok, _ := h.x.LookupFlow(fk(7)); ok || h.stats().Global.StraysUnrecorded != 1 {
+		t.Fatalf("a stray ACK displaced a flow: %+v", h.stats().Global)
+	}
+	// User space displaces the half-open flow first, then the oldest
+	// live one (the open flow 2: the closing flow 1 is younger).
+	if err := h.x.UpsertFlows([]Flow{{Key: fk(8), Server: s1}, {Key: fk(9), Server: s1}}); err != nil {
+		t.Fatal(err)
+	}
+	s = h.stats()
+	if got := h.activeRaw(key, s1); got != 3 || half() != 0 || s.Global.FlowsEvicted != 1 || s.Services[key].Servers[s1].Expired != 1 {
+		t.Fatalf("after two learnt flows: count %d, half-open %d, evicted %d, expired %d; want 3, 0, 1, 1", got, half(), s.Global.FlowsEvicted, s.Services[key].Servers[s1].Expired)
 	}
 	active, err := h.x.ActiveFlows()
-	if err != nil || active[key][s1] != 4 {
-		t.Fatalf("table holds %v, %v; want 4 open flows", active, err)
+	if err != nil || active[key][s1] != 3 {
+		t.Fatalf("table holds %v, %v; want 3 open flows", active, err)
 	}
 }
 
@@ -576,6 +617,7 @@ func TestReconcileActive(t *testing.T) {
 	h.upsert(h.p2cService(key, 1, 1, 1))
 	for p := range uint16(60) {
 		h.dispatch(tcp4(3000+p, 80, tcpSYN).build())
+		h.dispatch(tcp4(3000+p, 80, tcpACK).build())
 		if p%4 == 0 {
 			h.dispatch(tcp4(3000+p, 80, tcpACK|tcpFIN).build())
 		}
@@ -712,6 +754,7 @@ func TestP2CSchedulerSwitch(t *testing.T) {
 	h.upsert(svc)
 	for p := range uint16(40) {
 		h.dispatch(tcp4(5000+p, 80, tcpSYN).build())
+		h.dispatch(tcp4(5000+p, 80, tcpACK).build())
 	}
 	h.dispatch(tcp4(5000, 80, tcpRST).build())
 	if got, _ := h.x.ActiveCounts(); len(got) != 0 {

@@ -40,6 +40,9 @@ type peerView struct {
 	rank
 	state    State
 	takeover bool
+	// synced: this node has received a whole snapshot of the peer's flows
+	// since it started.
+	synced bool
 }
 
 type action int
@@ -106,7 +109,11 @@ func decide(v view) decision {
 		}
 	}
 	if active != nil {
-		want := v.preempt && v.self.priority > active.priority && v.yieldedTo != active.addr
+		// A node that takes the VIPs back must know the active's flows
+		// first: under a scheduler that is not a function of the flow's
+		// hash alone (p2c, delay) a flow it does not know goes to
+		// another server.
+		want := v.preempt && v.self.priority > active.priority && v.yieldedTo != active.addr && active.synced
 		return decision{act: map[bool]action{true: actRequest, false: actWithdraw}[want]}
 	}
 	if !v.settled {
@@ -156,7 +163,8 @@ func (n *Node) viewLocked(now time.Time) view {
 		if !n.alive(p, now) {
 			continue
 		}
-		v.livePeers = append(v.livePeers, peerView{rank: rank{p.hb.Priority, a}, state: p.hb.State, takeover: p.hb.Takeover})
+		v.livePeers = append(v.livePeers, peerView{rank: rank{p.hb.Priority, a}, state: p.hb.State, takeover: p.hb.Takeover,
+			synced: p.snapshotAt.After(n.started)})
 	}
 	return v
 }

@@ -38,7 +38,9 @@ func TestDecide(t *testing.T) {
 		{"standby stays under an active", view{self: rank{250, a}, state: StateStandby, settled: true,
 			livePeers: []peerView{pv(b, 100, StateActive, false)}}, decision{act: actWithdraw}},
 		{"preempt asks", view{self: rank{250, a}, preempt: true, state: StateStandby, settled: true,
-			livePeers: []peerView{pv(b, 100, StateActive, false)}}, decision{act: actRequest}},
+			livePeers: []peerView{synced(pv(b, 100, StateActive, false))}}, decision{act: actRequest}},
+		{"preempt waits for the active's flows", view{self: rank{250, a}, preempt: true, state: StateStandby, settled: true,
+			livePeers: []peerView{pv(b, 100, StateActive, false)}}, decision{act: actWithdraw}},
 		{"preempt not on equal priority", view{self: rank{100, c}, preempt: true, state: StateStandby, settled: true,
 			livePeers: []peerView{pv(b, 100, StateActive, false)}}, decision{act: actWithdraw}},
 		{"no preempt of the node handed over to", view{self: rank{250, a}, preempt: true, state: StateStandby, settled: true,
@@ -97,4 +99,10 @@ func TestDecideOneActive(t *testing.T) {
 			}
 		}
 	}
+}
+
+// synced marks a peer whose whole snapshot this node has received.
+func synced(p peerView) peerView {
+	p.synced = true
+	return p
 }

@@ -269,6 +269,8 @@ type peer struct {
 	heard     bool
 	lastHeard time.Time
 	epoch     uint64
+	// snapshotAt is when the last whole snapshot of its flows arrived.
+	snapshotAt time.Time
 }
 
 type counters struct {

@@ -461,6 +461,11 @@ func (n *Node) handleFrame(b []byte, sender netip.AddrPort) (header, error) {
 		return h, n.applyConfig(cm)
 	case msgSnapshotEnd:
 		n.c.snapRecv.Add(1)
+		n.mu.Lock()
+		if p := n.peers[h.Sender]; p != nil {
+			p.snapshotAt = time.Now()
+		}
+		n.mu.Unlock()
 	}
 	return h, nil
 }

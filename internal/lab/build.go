@@ -66,7 +66,7 @@ type role struct {
 	num   int
 }
 
-func (l *Lab) build(ctx context.Context, dispatchers, servers int) error {
+func (l *Lab) build(ctx context.Context, dispatchers, servers int, attacker bool) error {
 	step := func(err error) error {
 		if err != nil {
 			return err
@@ -101,6 +101,13 @@ func (l *Lab) build(ctx context.Context, dispatchers, servers int) error {
 	l.Client, l.Dispatcher, l.Servers = hosts[0], hosts[1], hosts[2:]
 	if dispatchers == 2 {
 		l.Dispatcher2, l.Servers = &hosts[2], hosts[3:]
+	}
+	if attacker {
+		h, err := l.newHost(role{"attacker", "a", AttackerNum})
+		if err := step(err); err != nil {
+			return err
+		}
+		l.Attacker = &h
 	}
 
 	for _, d := range l.Dispatchers() {
@@ -188,7 +195,7 @@ func (l *Lab) newHost(r role) (Host, error) {
 		}
 	}
 	for _, nw := range l.networks() {
-		if nw == intNet && r.num == ClientNum {
+		if nw == intNet && (r.num == ClientNum || r.num == AttackerNum) {
 			continue
 		}
 		ifc, err := l.connect(ns, nw, r)

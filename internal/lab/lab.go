@@ -66,7 +66,9 @@ const (
 	DispatcherNum = 3
 	// Dispatcher2Num is the second dispatcher's, with Options.Dispatchers 2.
 	Dispatcher2Num = 4
-	FirstServer    = 11
+	// AttackerNum is the attacker's, with Options.Attacker.
+	AttackerNum = 5
+	FirstServer = 11
 )
 
 // MaxDispatchers is the most dispatchers a lab can have.
@@ -103,6 +105,9 @@ type Options struct {
 	// software that moves them between dispatchers (internal/ha). The
 	// client then reaches no VIP until one of them adds it.
 	NoDispatcherVIPs bool
+	// Attacker adds a host, attacker, on the external network only, from
+	// which Flood sends spoofed packets.
+	Attacker bool
 	// Logf, if set, receives progress messages.
 	Logf func(format string, args ...any)
 }
@@ -154,6 +159,8 @@ type Lab struct {
 	// Dispatcher2 is the second dispatcher; nil unless Options.Dispatchers
 	// is 2.
 	Dispatcher2 *Host
+	// Attacker is nil unless Options.Attacker.
+	Attacker    *Host
 	Servers     []Host
 	VIP4, VIP6  netip.Addr
 	TwoNetworks bool
@@ -271,7 +278,7 @@ func New(ctx context.Context, o Options) (_ *Lab, err error) {
 			}
 		}
 	}()
-	if err := l.build(ctx, o.Dispatchers, o.Servers); err != nil {
+	if err := l.build(ctx, o.Dispatchers, o.Servers, o.Attacker); err != nil {
 		return nil, fmt.Errorf("build lab %s: %w", l.Prefix, err)
 	}
 	ok = true

@@ -336,3 +336,27 @@ func TestServeHTTPAnswersWithTheHostName(t *testing.T) {
 		t.Errorf("body %q, want %q", body, "server7\n")
 	}
 }
+
+func TestFloodRefuses(t *testing.T) {
+	attacker := &Host{Name: "attacker", Iface: Iface{MAC: net.HardwareAddr{2, 0, 0, 0, 0, 5}}}
+	attacker.NS = &netns.NS{}
+	ok := Flood{Attacker: attacker, DstMAC: net.HardwareAddr{2, 0, 0, 0, 0, 3}, Target: netip.MustParseAddrPort("198.51.100.100:80"),
+		Sources: netip.MustParsePrefix("203.0.113.0/24"), Duration: time.Second, MaxPackets: 10}
+	if err := ok.validate(); err != nil {
+		t.Fatalf("valid flood refused: %v", err)
+	}
+	for name, edit := range map[string]func(*Flood){
+		"target outside the lab":  func(f *Flood) { f.Target = netip.MustParseAddrPort("192.0.2.1:80") },
+		"sources outside the lab": func(f *Flood) { f.Sources = netip.MustParsePrefix("10.0.0.0/24") },
+		"sources too wide":        func(f *Flood) { f.Sources = netip.MustParsePrefix("198.0.0.0/8") },
+		"not the attacker":        func(f *Flood) { c := *f.Attacker; c.Name = "client"; f.Attacker = &c },
+		"unbounded time":          func(f *Flood) { f.Duration = time.Hour },
+		"unbounded count":         func(f *Flood) { f.MaxPackets = 0 },
+	} {
+		f := ok
+		edit(&f)
+		if err := f.validate(); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}

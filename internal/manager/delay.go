@@ -472,6 +472,30 @@ func peerTime(ps *portState, self netip.Addr, n int, fallback time.Duration) tim
 	return time.Duration(median(ts) * float64(time.Second))
 }
 
+// suspectsAllowed says whether one more server of the port may go out as
+// a suspect: at most a quarter of the port's servers not quiesced (at
+// least one) out as suspects at once, and never fewer than half of them
+// left taking new flows, as cool-downs are bounded (cooldown.go): a rule
+// that took every server out on a misreading would be worse than any
+// sinkhole.
+func suspectsAllowed(ps *portState) bool {
+	candidates, in, suspects := 0, 0, 0
+	for _, sv := range ps.spec.Servers {
+		st := ps.servers[sv.Addr]
+		if sv.Quiesced || st == nil {
+			continue
+		}
+		candidates++
+		switch st.state {
+		case StateUp:
+			in++
+		case StateSuspect:
+			suspects++
+		}
+	}
+	return suspects < maxCooling(candidates) && 2*(in-1) >= candidates
+}
+
 // checkSamples adds a sample of a delay port's counters to each server's
 // window, takes out at once a server in the working set that held
 // suspectRatio times fewer flows than its new flows would have held at its
@@ -506,12 +530,17 @@ func (m *Manager) checkSamples(ps *portState, ss executor.ServiceStats, now time
 		if st.suspects > 0 && st.healthy <= probationIntervals {
 			n, minExp = suspectSamples/2, suspectExpected/2
 		}
-		if held, rate, _, ok := st.windowFlows(n); ok {
-			ref := peerTime(ps, sv.Addr, n, flowTime)
-			if expected := rate * ref.Seconds(); expected >= minExp && held*suspectRatio < expected && held <= suspectHeld {
+		// Judged only against peers that took enough new flows in the
+		// same samples: a figure from elsewhere (the last interval's,
+		// long-lived flows' on a node that just took over) compares
+		// flows of another kind. And never past the port's limit on
+		// servers out.
+		if held, rate, newN, ok := st.windowFlows(n); ok && newN >= riseMinFlows && suspectsAllowed(ps) {
+			ref := peerTime(ps, sv.Addr, n, 0)
+			if expected := rate * ref.Seconds(); ref > 0 && expected >= minExp && held*suspectRatio < expected && held <= suspectHeld {
 				st.suspects++
 				d := suspectCoolDowns * m.settings.CoolDown << min(st.suspects-1, 4)
-				st.suspectUntil = now.Add(d)
+				st.suspectUntil, st.state = now.Add(d), StateSuspect
 				st.suspectNote = fmt.Sprintf("held %.2f flows where its new flows at its peers' %s each would hold %.1f: out for %s", held, roundDur(ref), expected, d)
 				st.healthy = 0
 				st.window = nil

@@ -408,3 +408,48 @@ func TestDelayLoadShiftNoCascade(t *testing.T) {
 		}
 	}
 }
+
+// TestDelaySuspectsBounded: however the readings look (here two servers of
+// four hold nothing while taking new flows), at most a quarter of the port
+// goes out as suspects, and the port never drops below half; and a server
+// whose peers took too few new flows to compare with is not judged.
+func TestDelaySuspectsBounded(t *testing.T) {
+	r := newDelayRig(t, 4, Settings{}, delayProps, "")
+	r.interval(repeat(400, 4), repeat(0.0109, 4))
+	iv := r.m.Settings().Interval
+	rates := []float64{800, 800, 800, 800}
+	for range 3 * activeSamples {
+		// Two servers hold nothing, two their flows: both empty ones
+		// read as suspects, one at most may go.
+		r.sample(iv/activeSamples, rates, []float64{0, 0, 10, 10})
+		select {
+		case <-r.m.sampled:
+			r.m.step(false)
+		default:
+		}
+	}
+	out := 0
+	for _, w := range r.weights() {
+		if w == 0 {
+			out++
+		}
+	}
+	if out > 1 {
+		t.Errorf("%d of 4 servers out as suspects, want at most 1: weights %v", out, r.weights())
+	}
+
+	// Too few new flows to compare with: nobody is judged.
+	q := newDelayRig(t, 4, Settings{}, delayProps, "")
+	q.interval(repeat(400, 4), repeat(0.0109, 4))
+	for range 2 * activeSamples {
+		q.sample(iv/activeSamples, []float64{40, 4, 4, 4}, []float64{0, 3, 3, 3})
+		select {
+		case <-q.m.sampled:
+			q.m.step(false)
+		default:
+		}
+	}
+	if w := q.weights(); w[0] == 0 {
+		t.Errorf("a server judged against peers with a few new flows between them: weights %v", w)
+	}
+}

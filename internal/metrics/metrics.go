@@ -36,10 +36,13 @@ type Collector struct {
 	serverPackets, serverBytes, serverNewFlows *prometheus.Desc
 	serverActive, serverWeight, serverConfig   *prometheus.Desc
 	serverState                                *prometheus.Desc
+	serverHalfOpen                             *prometheus.Desc
 
 	vipDropped, vipICMP *prometheus.Desc
 
 	dispatcherPackets, flowsEvicted, flowsUnrecorded, flowEventsLost *prometheus.Desc
+
+	tableEvictions, flowsSkipped, tablePressure, flowsHalfOpen *prometheus.Desc
 
 	scrapeError *prometheus.Desc
 }
@@ -64,6 +67,7 @@ func New(source func() (daemon.Status, error)) *Collector {
 		serverActive:   desc("nd_server_active_flows", "Flows of a server of a port estimated open: new minus closed and expired.", server...),
 		serverWeight:   desc("nd_server_weight", "Weight of a server of a port in the data plane (0 when quiesced or not installed).", server...),
 		serverConfig:   desc("nd_server_config_weight", "Weight of a server of a port in the configuration.", server...),
+		serverHalfOpen: desc("nd_flows_halfopen", "Half-open flows (a SYN, no ACK yet) of a server of a port, apart from nd_server_active_flows: a SYN flood shows here only.", server...),
 		serverState:    desc("nd_server_state", "1 for the current state of a server of a port (up, quiesced, unresolved, local), 0 for the others.", append(server[:len(server):len(server)], "state")...),
 
 		vipDropped: desc("nd_vip_dropped_total", "Packets to a VIP dropped: reason filtered (port or protocol not served) or fragment.", "vip", "reason"),
@@ -72,6 +76,9 @@ func New(source func() (daemon.Status, error)) *Collector {
 		dispatcherPackets: desc("nd_dispatcher_packets_total", "Packets nd did not dispatch: result passed (IP, for no VIP), malformed, not_ip, or other_host (for a VIP but another host's MAC: passed).", "result"),
 		flowsEvicted:      desc("nd_flows_evicted_total", "Live flows pushed out of a full connection table bucket: the table is too small."),
 		flowsUnrecorded:   desc("nd_flows_unrecorded_total", "New flows not recorded because two CPUs raced for the same connection table entry."),
+		tableEvictions:    desc("nd_flow_table_evictions_total", "Live flows displaced from the connection table, by state: halfopen (by new flows: a SYN flood, or a small table), established (only by flows learnt from a peer).", "state"),
+		flowsSkipped:      desc("nd_flows_skipped_total", "Packets of flows the connection table did not record, forwarded by the pick alone: kind syn (every way of the bucket held an established flow, which no packet displaces) or stray (a packet of an unknown flow, which takes only a free way).", "kind"),
+		tablePressure:     desc("nd_flow_table_pressure", "1 while the connection table is under pressure (within the half-open timeout, a new flow displaced a half-open one or found no way to take), else 0."),
 		flowEventsLost:    desc("nd_flow_events_lost_total", "Flow open/close reports for high availability dropped because user space did not keep up."),
 
 		scrapeError: desc("nd_scrape_error", "1 when the dispatcher's status could not be read at this scrape, else 0."),
@@ -83,9 +90,10 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		c.portPackets, c.portBytes, c.portNoServer,
 		c.serverPackets, c.serverBytes, c.serverNewFlows,
-		c.serverActive, c.serverWeight, c.serverConfig, c.serverState,
+		c.serverActive, c.serverWeight, c.serverConfig, c.serverState, c.serverHalfOpen,
 		c.vipDropped, c.vipICMP,
 		c.dispatcherPackets, c.flowsEvicted, c.flowsUnrecorded, c.flowEventsLost,
+		c.tableEvictions, c.flowsSkipped, c.tablePressure,
 		c.scrapeError,
 	} {
 		ch <- d
@@ -120,6 +128,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			counter(c.serverBytes, s.Bytes, sl...)
 			counter(c.serverNewFlows, s.NewFlows, sl...)
 			gauge(c.serverActive, float64(s.ActiveFlows), sl...)
+			gauge(c.serverHalfOpen, float64(s.HalfOpenFlows), sl...)
 			gauge(c.serverWeight, float64(s.Weight), sl...)
 			gauge(c.serverConfig, float64(s.ConfigWeight), sl...)
 			for _, state := range states() {
@@ -145,6 +154,15 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.flowsEvicted, g.FlowsEvicted)
 	counter(c.flowsUnrecorded, g.FlowsUnrecorded)
 	counter(c.flowEventsLost, g.FlowEventsLost)
+	counter(c.tableEvictions, g.HalfOpenEvicted, "halfopen")
+	counter(c.tableEvictions, g.FlowsEvicted, "established")
+	counter(c.flowsSkipped, g.OpenersUnrecorded, "syn")
+	counter(c.flowsSkipped, g.StraysUnrecorded, "stray")
+	pressure := 0.0
+	if g.TablePressure {
+		pressure = 1
+	}
+	gauge(c.tablePressure, pressure)
 }
 
 // Handler serves the collector's metrics, with the Go runtime's and the

@@ -27,7 +27,7 @@ func fixedStatus() daemon.Status {
 				Packets: 1000, Bytes: 64000, NoServer: 3,
 				Servers: []daemon.ServerStatus{
 					{Address: "198.51.100.11", State: daemon.StateUp, MAC: "02:00:00:00:00:11", Interface: "eth0",
-						Weight: 10, ConfigWeight: 10, NewFlows: 40, ActiveFlows: 12, Packets: 600, Bytes: 40000, NewFlowsRate: 2.5},
+						Weight: 10, ConfigWeight: 10, NewFlows: 40, ActiveFlows: 12, HalfOpenFlows: 30, Packets: 600, Bytes: 40000, NewFlowsRate: 2.5},
 					{Address: "198.51.100.12", State: daemon.StateUnresolved, Reason: "no ARP reply from 198.51.100.12",
 						ConfigWeight: 20},
 				},
@@ -44,7 +44,8 @@ func fixedStatus() daemon.Status {
 		VIPs: []daemon.VIPStatus{
 			{VIP: "198.51.100.100", VIPStats: executor.VIPStats{Filtered: 4, Fragments: 1, ICMPLocal: 2, ICMPForwarded: 3}},
 		},
-		Global: executor.GlobalStats{Passed: 100, Malformed: 2, NotIP: 7, FlowsEvicted: 5, FlowsUnrecorded: 6, FlowEventsLost: 8, OtherHost: 3},
+		Global: executor.GlobalStats{Passed: 100, Malformed: 2, NotIP: 7, FlowsEvicted: 5, FlowsUnrecorded: 6, FlowEventsLost: 8, OtherHost: 3,
+			HalfOpenEvicted: 9, OpenersUnrecorded: 4, StraysUnrecorded: 11, TablePressure: true},
 	}
 }
 
@@ -58,6 +59,23 @@ nd_dispatcher_packets_total{result="passed"} 100
 # HELP nd_flow_events_lost_total Flow open/close reports for high availability dropped because user space did not keep up.
 # TYPE nd_flow_events_lost_total counter
 nd_flow_events_lost_total 8
+# HELP nd_flow_table_evictions_total Live flows displaced from the connection table, by state: halfopen (by new flows: a SYN flood, or a small table), established (only by flows learnt from a peer).
+# TYPE nd_flow_table_evictions_total counter
+nd_flow_table_evictions_total{state="established"} 5
+nd_flow_table_evictions_total{state="halfopen"} 9
+# HELP nd_flow_table_pressure 1 while the connection table is under pressure (within the half-open timeout, a new flow displaced a half-open one or found no way to take), else 0.
+# TYPE nd_flow_table_pressure gauge
+nd_flow_table_pressure 1
+# HELP nd_flows_skipped_total Packets of flows the connection table did not record, forwarded by the pick alone: kind syn (every way of the bucket held an established flow, which no packet displaces) or stray (a packet of an unknown flow, which takes only a free way).
+# TYPE nd_flows_skipped_total counter
+nd_flows_skipped_total{kind="stray"} 11
+nd_flows_skipped_total{kind="syn"} 4
+# HELP nd_flows_halfopen Half-open flows (a SYN, no ACK yet) of a server of a port, apart from nd_server_active_flows: a SYN flood shows here only.
+# TYPE nd_flows_halfopen gauge
+nd_flows_halfopen{port="53",protocol="udp",server="2001:db8::100",vip="2001:db8::100"} 0
+nd_flows_halfopen{port="53",protocol="udp",server="2001:db8::11",vip="2001:db8::100"} 0
+nd_flows_halfopen{port="80",protocol="tcp",server="198.51.100.11",vip="198.51.100.100"} 30
+nd_flows_halfopen{port="80",protocol="tcp",server="198.51.100.12",vip="198.51.100.100"} 0
 # HELP nd_flows_evicted_total Live flows pushed out of a full connection table bucket: the table is too small.
 # TYPE nd_flows_evicted_total counter
 nd_flows_evicted_total 5
@@ -191,8 +209,8 @@ nd_scrape_error 1
 func TestEmptyStatus(t *testing.T) {
 	c := New(func() (daemon.Status, error) { return daemon.Status{}, nil })
 	// The scrape error and the global counters, nothing per port or VIP.
-	if n := testutil.CollectAndCount(c); n != 1+4+1+1+1 {
-		t.Errorf("%d metrics from an empty status, want 8", n)
+	if n := testutil.CollectAndCount(c); n != 1+4+1+1+1+2+2+1 {
+		t.Errorf("%d metrics from an empty status, want 13", n)
 	}
 }
 

@@ -261,9 +261,17 @@ func sweepStalePins(t *testing.T) {
 // plane, the lab is closed.
 func newNDDLab(t *testing.T, weights []int, edit func(*nddConfig)) *nddLab {
 	t.Helper()
+	return newNDDLabWith(t, lab.Options{}, weights, edit)
+}
+
+// newNDDLabWith is newNDDLab over a lab built with opts (its Servers set
+// from weights).
+func newNDDLabWith(t *testing.T, opts lab.Options, weights []int, edit func(*nddConfig)) *nddLab {
+	t.Helper()
 	sweepStalePins(t)
 	nddBinary(t) // build before the lab exists: a failed build leaves nothing behind
-	l := newCheckedLab(t, lab.Options{Servers: len(weights)})
+	opts.Servers = len(weights)
+	l := newCheckedLab(t, opts)
 
 	n := &nddLab{
 		fixture: &fixture{lab: l, byAddr: map[netip.Addr]*replyServer{}},

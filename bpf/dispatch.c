@@ -393,7 +393,7 @@ __noinline int nd_delay_pick(__u32 svc_id, __u32 hash, __u64 now)
  * the better of two ring picks, or for a delay service the member with the
  * least expected delay. */
 static __always_inline struct backend *pick(struct svc_info *svc, struct packet *p, __u32 hash,
-					    __u64 now, __u32 *be_id)
+					    __u64 now, __u32 *be_id, int schedule)
 {
 	struct affinity_key ak = {};
 	struct affinity_val *av = NULL;
@@ -415,12 +415,12 @@ static __always_inline struct backend *pick(struct svc_info *svc, struct packet 
 		}
 	}
 
-	if (svc->flags & SVC_F_DELAY) {
+	if (schedule && (svc->flags & SVC_F_DELAY)) {
 		int id = nd_delay_pick(svc->svc_id, hash, now);
 		if (id < 0)
 			return NULL;
 		*be_id = id;
-	} else if (svc->flags & SVC_F_P2C) {
+	} else if (schedule && (svc->flags & SVC_F_P2C)) {
 		int id = nd_p2c_pick(svc->svc_id, hash, flow_hash(&p->key, hash_seed ^ P2C_SEED));
 		if (id < 0)
 			return NULL;
@@ -718,8 +718,16 @@ static __always_inline int dispatch_new(struct xdp_md *ctx, struct packet *p, st
 	int fin = is_tcp && (p->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST));
 	int opener = !is_tcp || (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
 	__u32 be_id = 0;
+	__u32 class = fl->snap.v_class;
+	/* Only an opener the table will remember goes to the service's
+	 * scheduler (p2c, delay): its choice depends on the moment, and a
+	 * later packet that finds no entry is picked again. Every other
+	 * packet, an opener with no way it may take or a stray packet of a
+	 * flow the table does not know, goes where the Maglev ring says,
+	 * which a packet of the same flow finds again. */
+	int recorded = !fin && class <= (opener ? VICTIM_HALFOPEN : VICTIM_EXPIRED);
 
-	struct backend *be = pick(svc, p, fl->hash, now, &be_id);
+	struct backend *be = pick(svc, p, fl->hash, now, &be_id, opener && recorded);
 	if (!be) {
 		struct svc_stats *ss = bpf_map_lookup_elem(&stats_service, &svc->svc_id);
 		if (ss)
@@ -727,8 +735,7 @@ static __always_inline int dispatch_new(struct xdp_md *ctx, struct packet *p, st
 		return XDP_DROP;
 	}
 
-	__u32 class = fl->snap.v_class;
-	if (fin || class > (opener ? VICTIM_HALFOPEN : VICTIM_EXPIRED)) {
+	if (!recorded) {
 		if (!fin) {
 			if (opener) {
 				count_global(G_OPENER_UNRECORDED);
@@ -759,6 +766,16 @@ static __always_inline int dispatch_new(struct xdp_md *ctx, struct packet *p, st
 	int opened = 0, halfopen = 0;
 	if (nd_flow_store(fl->idx, &a) < 0) {
 		count_global(G_FLOW_BUSY);
+		/* Not remembered after all (another CPU was writing the way):
+		 * where the ring says, as for any flow the table lacks. */
+		__u32 ring_id;
+		if (opener && (svc->flags & (SVC_F_DELAY | SVC_F_P2C)) && ring_pick(svc->svc_id, fl->hash, &ring_id) == 0) {
+			struct backend *rb = backend_read(ring_id);
+			if (rb && (rb->flags & BE_F_ACTIVE) && rb->svc_id == svc->svc_id) {
+				be = rb;
+				be_id = ring_id;
+			}
+		}
 	} else {
 		int moved = is_tcp;
 		if (class == VICTIM_HALFOPEN) {

@@ -149,12 +149,12 @@ func (d *Daemon) commitWeights(c manager.Commit) error {
 	// weights may undo what the operator just set. It computes again.
 	if c.Version != d.mgr.Version() {
 		d.mgr.Trigger()
-		return nil
+		return fmt.Errorf("%w: computed under configuration %d, now %d", manager.ErrNotApplied, c.Version, d.mgr.Version())
 	}
 	// A standby follows the active's weights; its own data plane carries
 	// no traffic to judge by.
 	if d.ha != nil && d.ha.standby.Load() {
-		return nil
+		return fmt.Errorf("%w: a standby follows the active", manager.ErrNotApplied)
 	}
 	var port *config.Port
 	for _, p := range d.cfg.Ports() {

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -100,8 +101,9 @@ func TestManagedWeights(t *testing.T) {
 	w := start(t, strings.Replace(baseConfig, "manager: {policy: static}", "manager: {interval: 1h}", 1))
 	commit := func(weights map[netip.Addr]uint32, version uint64) {
 		t.Helper()
-		if err := w.d.commitWeights(manager.Commit{Port: key, Weights: weights, Reason: "test", Version: version}); err != nil {
-			t.Fatal(err)
+		err := w.d.commitWeights(manager.Commit{Port: key, Weights: weights, Reason: "test", Version: version})
+		if stale := version != w.d.mgr.Version(); stale != errors.Is(err, manager.ErrNotApplied) || (!stale && err != nil) {
+			t.Fatalf("commit under version %d (now %d): %v", version, w.d.mgr.Version(), err)
 		}
 	}
 	commit(map[netip.Addr]uint32{srv1: 77, srv2: 20}, w.d.mgr.Version())

@@ -290,3 +290,52 @@ func TestDelayIdleFollowsWeights(t *testing.T) {
 		checkShares(t, what, counts, weights, 0.05)
 	}
 }
+
+// TestDelayUnrecordedFollowsRing: an opener the table cannot remember (its
+// bucket full of established flows) goes where the Maglev ring says, not
+// where the delay scheduler would send it at that moment, and so does the
+// stray ACK of the same flow: the handshake reaches one server. (The
+// scheduler's choice, made again at the ACK, would send it elsewhere, and
+// the server would reset the connection.)
+func TestDelayUnrecordedFollowsRing(t *testing.T) {
+	h := newHarness(t, Config{MaxFlows: flowWays, IdleTimeout: time.Minute}) // one bucket
+	key := ServiceKey{vip4, 80, TCP}
+	h.upsert(h.delayService(key, []uint32{1, 1, 1, 1}, nil))
+	var held []Flow
+	for p := uint16(1); p <= flowWays; p++ {
+		held = append(held, Flow{Key: fkFlow(key, client4, p), Server: s1})
+	}
+	if err := h.x.UpsertFlows(held); err != nil {
+		t.Fatal(err)
+	}
+	// s2..s4 busy, so that the scheduler's choice is s1 whatever the ring.
+	for _, s := range []netip.Addr{s2, s3, s4} {
+		h.setActive(key, s, 50)
+	}
+	send := h.rawSend()
+	differs := 0
+	h.do(func() error {
+		for i := range 40 {
+			k := fkFlow(key, netip.AddrFrom4([4]byte{203, 0, 113, byte(10 + i)}), uint16(40000+i))
+			ring, _ := h.p2cPair(k)
+			a, err := send(k, tcpSYN)
+			if err != nil {
+				return err
+			}
+			b, err := send(k, tcpACK)
+			if err != nil {
+				return err
+			}
+			if a != ring || b != ring {
+				t.Errorf("flow %v: SYN to %v, ACK to %v, the ring says %v", k, a, b, ring)
+			}
+			if ring != s1 {
+				differs++
+			}
+		}
+		return nil
+	})
+	if differs == 0 {
+		t.Errorf("the ring named s1 for every flow: the test shows nothing")
+	}
+}

@@ -500,7 +500,10 @@ func (f *Fake) DispatchBytes(k FlowKey, syn, closing bool, bytes uint64) (netip.
 			f.reportLocked(FlowClosed, k, fs, true)
 		}
 	} else {
-		if fs = f.pick(key, st, k); fs == nil {
+		// As the kernel: only an opener the table remembers goes to the
+		// scheduler; any other packet of an unknown flow to the ring's
+		// pick (the Fake always has room).
+		if fs = f.pick(key, st, k, (syn || !tcp) && !closing); fs == nil {
 			st.noServer++
 			return netip.Addr{}, fmt.Errorf("%w: flow %v", ErrNoServer, k)
 		}
@@ -631,7 +634,7 @@ func (st *fakeService) has(fs *fakeServer) bool {
 // pick chooses the server of a new flow: the client's sticky server if the
 // service has affinity, the record is within the window and the server takes
 // new flows; otherwise the Maglev table's, which becomes the sticky one.
-func (f *Fake) pick(key ServiceKey, st *fakeService, k FlowKey) *fakeServer {
+func (f *Fake) pick(key ServiceKey, st *fakeService, k FlowKey, schedule bool) *fakeServer {
 	ak := fakeAffinityKey{svc: key, client: k.Client.Addr()}
 	if st.sticky > 0 {
 		if a := f.affinity[ak]; a != nil && f.now-a.lastSeen <= st.sticky && st.has(a.server) && a.server.srv.Weight > 0 {
@@ -644,7 +647,7 @@ func (f *Fake) pick(key ServiceKey, st *fakeService, k FlowKey) *fakeServer {
 	}
 	fk := flowKey(k)
 	hash := flowHash(fk, 0)
-	if st.sched == SchedulerDelay {
+	if schedule && st.sched == SchedulerDelay {
 		if fs := st.delayPick(hash, f.now, st.ring[ringSlot(hash, f.ringSize)]); fs != nil {
 			if st.sticky > 0 {
 				f.affinity[ak] = &fakeAffinity{server: fs, lastSeen: f.now}
@@ -653,7 +656,7 @@ func (f *Fake) pick(key ServiceKey, st *fakeService, k FlowKey) *fakeServer {
 		}
 	}
 	fs := st.ring[ringSlot(hash, f.ringSize)]
-	if st.sched.CountsActive() {
+	if schedule && st.sched.CountsActive() {
 		// Every ring member takes new flows here: the Fake swaps ring
 		// and weights at once.
 		b := st.ring[ringSlot(flowHash(fk, p2cSeed), f.ringSize)]

@@ -259,9 +259,6 @@ func (m *Manager) delayPort(ps *portState, inst executor.Service, ss executor.Se
 	for k, name := range names {
 		rep.Proportions[name] = int(pr[k])
 	}
-	if commit {
-		ps.commits++
-	}
 	rep.Commits = ps.commits
 	for i, s := range smp {
 		sr := s.report(spec.Proportions.Custom, lmi[i])
@@ -284,6 +281,10 @@ func (m *Manager) delayPort(ps *portState, inst executor.Service, ss executor.Se
 		FlowTime: flowTime, Reason: rep.Reason, Change: rep.Change, LMIs: map[netip.Addr]float64{}}
 	for i, s := range smp {
 		c.Weights[s.addr], c.Delays[s.addr], c.LMIs[s.addr] = newW[i], newD[i], lmi[i]
+	}
+	c.applied = func() {
+		ps.commits++
+		ps.report.Commits = ps.commits
 	}
 	return c, true
 }

@@ -193,6 +193,9 @@ type Commit struct {
 	// LMIs are the servers' LMIs behind the decision (delay scheduler),
 	// for the log.
 	LMIs map[netip.Addr]float64
+	// applied is the manager's bookkeeping, kept once the commit
+	// function applied the decision.
+	applied func()
 	// Version is the manager's configuration version the decision was
 	// computed under (see Manager.Version): the owner of the data plane
 	// drops a decision computed before its latest SetPorts or SetSettings.
@@ -435,6 +438,9 @@ type activeSum struct {
 func (m *Manager) sampleActive() {
 	stats, err := m.x.Stats()
 	if err != nil {
+		// One missed sample leaves the interval's average of the rest;
+		// say so, at debug: it repeats 16 times an interval.
+		m.log.Debug("manager: sampling counters", "err", err)
 		return
 	}
 	m.mu.Lock()
@@ -516,17 +522,36 @@ func (m *Manager) step(mayLoad bool) {
 	m.mu.Unlock()
 
 	for _, c := range commits {
-		if err := m.commit(c); err != nil {
+		err := m.commit(c)
+		m.mu.Lock()
+		ps := m.ports[c.Port]
+		switch {
+		case err == nil:
+			if ps != nil && c.applied != nil {
+				c.applied()
+			}
+		case errors.Is(err, ErrNotApplied):
+			// Dropped on purpose (stale, standby): nothing changed.
+			if ps != nil {
+				ps.report.Committed = false
+				ps.report.Reason += " (not applied: " + err.Error() + ")"
+			}
+		default:
 			m.log.Warn("manager: commit", "port", c.Port.String(), "err", err)
-			m.mu.Lock()
-			if ps := m.ports[c.Port]; ps != nil {
+			if ps != nil {
 				ps.report.Committed = false
 				ps.report.Err = err.Error()
 			}
-			m.mu.Unlock()
 		}
+		m.mu.Unlock()
 	}
 }
+
+// ErrNotApplied is what a Commit function returns, wrapped, when it drops a
+// decision on purpose (computed under an older configuration, or this node
+// is a standby): the manager keeps no bookkeeping of a move that did not
+// happen.
+var ErrNotApplied = errors.New("decision not applied")
 
 // Report is the manager's account of its last computation, per port: the
 // IBM manager report.

@@ -1049,3 +1049,40 @@ func TestNoCoolDownRightAfterTheWorkingSetChanged(t *testing.T) {
 		t.Errorf("server 2, overloaded at a steady split, never cooled down: weights %v", ws)
 	}
 }
+
+// TestDroppedCommitKeepsNoBookkeeping: a decision the owner of the data
+// plane drops on purpose (ErrNotApplied: stale, or a standby's) counts as
+// no commit and moves no step bound; the same move, applied later, is the
+// first.
+func TestDroppedCommitKeepsNoBookkeeping(t *testing.T) {
+	c := newCluster(t, 4, Settings{Interval: 2 * time.Second}, Proportions{Active: 50, New: 50})
+	apply := c.m.commit
+	dropped := 0
+	c.m.commit = func(cm Commit) error {
+		dropped++
+		return fmt.Errorf("%w: test", ErrNotApplied)
+	}
+	c.service[0] *= 4
+	for range 3 {
+		c.interval(1000)
+	}
+	rep := c.m.Report()[0]
+	if dropped == 0 {
+		t.Fatal("the slow server asked for no move: nothing to drop")
+	}
+	if rep.Commits != 0 || rep.Committed {
+		t.Errorf("after %d dropped decisions the report counts %d commits (committed %v, %q)", dropped, rep.Commits, rep.Committed, rep.Reason)
+	}
+	c.m.mu.Lock()
+	st := c.m.ports[key].servers[addr(0)]
+	dir, step := st.dir, st.step
+	c.m.mu.Unlock()
+	if dir != 0 || step != firstStep {
+		t.Errorf("dropped decisions moved the step bookkeeping: dir %d step %.2f", dir, step)
+	}
+	c.m.commit = apply
+	c.interval(1000)
+	if rep := c.m.Report()[0]; rep.Commits != 1 {
+		t.Errorf("the first applied move counts %d commits, want 1", rep.Commits)
+	}
+}

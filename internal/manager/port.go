@@ -530,9 +530,6 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 			ps.servers[s.addr].held(s.cur, newW[i])
 		}
 	}
-	if commit {
-		ps.commits++
-	}
 	rep.Commits = ps.commits
 	for i, s := range smp {
 		sr := s.report(props.Custom, lmi[i])
@@ -553,13 +550,23 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 	c := Commit{Port: spec.Key, Weights: map[netip.Addr]uint32{}, Reason: rep.Reason, Change: change}
 	for i, s := range smp {
 		c.Weights[s.addr] = newW[i]
-		st := ps.servers[s.addr]
-		st.moved(s.cur, newW[i], s.spec.Weight)
-		if newW[i] != s.cur {
-			// Its last reading was taken at the old weight: what
-			// confirms the next move must be read at the new one.
-			st.prevLMI = 0
+	}
+	// The step bookkeeping follows the data plane, not the decision: it
+	// is kept only once the owner of the data plane applied the weights
+	// (it drops a decision computed under an older configuration, and a
+	// standby's).
+	c.applied = func() {
+		ps.commits++
+		for i, s := range smp {
+			st := ps.servers[s.addr]
+			st.moved(s.cur, newW[i], s.spec.Weight)
+			if newW[i] != s.cur {
+				// Its last reading was taken at the old weight: what
+				// confirms the next move must be read at the new one.
+				st.prevLMI = 0
+			}
 		}
+		ps.report.Commits = ps.commits
 	}
 	return c, true
 }

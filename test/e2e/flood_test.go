@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"strings"
 	"sync"
@@ -25,15 +26,26 @@ import (
 func TestNDDSYNFlood(t *testing.T) {
 	testutil.RequirePrivileged(t)
 	const (
-		floodFor = 10 * time.Second
+		floodFor = 20 * time.Second
 		long     = 200
+		webPort  = 8080
 	)
+	// The manager as it runs out of the box (not the fixture's static
+	// policy), with an HTTP advisor probing each server every half second.
 	n := newNDDLabWith(t, lab.Options{Attacker: true}, []int{10, 10, 10, 10}, func(c *nddConfig) {
-		c.Advisors = "advisors:\n  - {name: alive, kind: tcp, target: vip, interval: 500ms, timeout: 400ms, rise: 1, fall: 2}\n"
-		c.Ports[0].Advisor = "alive"
+		c.Manager = "  policy: default\n"
+		c.Advisors = fmt.Sprintf("advisors:\n  - {name: web, kind: http, target: server, port: %d, interval: 500ms, timeout: 400ms, rise: 1, fall: 2, http: {path: /}}\n", webPort)
+		c.Ports[0].Advisor = "web"
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
+	for i := range n.lab.Servers {
+		stop, err := lab.ServeHTTP(ctx, &n.lab.Servers[i], netip.AddrPortFrom(n.lab.Servers[i].Addr4, webPort))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(stop)
+	}
 	waitFor(t, 10*time.Second, "the advisor finds all four servers up", func() bool {
 		st, err := n.api.Advisors()
 		if err != nil {

@@ -536,9 +536,19 @@ func (m *Manager) checkSamples(ps *portState, ss executor.ServiceStats, now time
 		// long-lived flows' on a node that just took over) compares
 		// flows of another kind. And never past the port's limit on
 		// servers out.
+		seen := false
 		if held, rate, newN, ok := st.windowFlows(n); ok && newN >= riseMinFlows && suspectsAllowed(ps) {
 			ref := peerTime(ps, sv.Addr, n, 0)
-			if expected := rate * ref.Seconds(); ref > 0 && expected >= minExp && held*suspectRatio < expected && held <= suspectHeld {
+			expected := rate * ref.Seconds()
+			seen = ref > 0 && expected >= minExp && held*suspectRatio < expected && held <= suspectHeld
+			// Seen over two windows that do not overlap, not one: a
+			// quarter of a second of odd readings (a start, a burst of
+			// resets) is not a server failing everything.
+			if seen && st.suspectSince.IsZero() {
+				st.suspectSince = now
+			}
+			if seen && now.Sub(st.suspectSince) >= time.Duration(n)*m.settings.Interval/activeSamples {
+				st.suspectSince = time.Time{}
 				st.suspects++
 				d := suspectCoolDowns * m.settings.CoolDown << min(st.suspects-1, 4)
 				st.suspectUntil, st.state = now.Add(d), StateSuspect
@@ -549,6 +559,9 @@ func (m *Manager) checkSamples(ps *portState, ss executor.ServiceStats, now time
 				act = true
 				continue
 			}
+		}
+		if !seen {
+			st.suspectSince = time.Time{}
 		}
 		if static {
 			continue

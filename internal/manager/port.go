@@ -81,6 +81,9 @@ type serverState struct {
 	suspectUntil time.Time
 	suspects     int
 	suspectNote  string
+	// suspectSince is when the suspect check first read it so, in the
+	// readings since; zero when the last reading did not.
+	suspectSince time.Time
 	// window holds the last samples of its counters, for the checks
 	// between intervals (checkSamples); rise is the delay factor they
 	// asked for, 0 if none, and delay the factor last computed. above

@@ -66,6 +66,10 @@ const (
 	// delayFall: a factor falls toward a target above 1 only when the
 	// target is this many times lower (an LMI halved).
 	delayFall = 8
+	// riseHoldIntervals: after a rise seen between intervals, this many
+	// intervals' readings cannot take the factor down (the advisor's floor
+	// looks back three rounds).
+	riseHoldIntervals = 3
 )
 
 // delayTarget is the delay factor an LMI asks for.
@@ -79,14 +83,16 @@ func delayTarget(lmi float64) float64 {
 // smoothDelay moves a delay factor toward its target: up at once (a server
 // found slower is slower now, and the data plane still uses it when its
 // peers are busy enough), down 1/smoothing of the way in log terms (a
-// server that looks well again must stay well), and to 1 once close.
+// server that looks well again must stay well), and to 1 once below what
+// an LMI at the band's edge would ask for: a factor the LMI band would
+// read as typical is no factor (64 -> 4 -> 1 at smoothing 1.5).
 func smoothDelay(cur, target, smoothing float64) float64 {
 	cur = math.Max(cur, 1)
 	if target >= cur {
 		return target
 	}
 	next := cur * math.Pow(target/cur, 1/smoothing)
-	if next < 1.25 {
+	if next < math.Pow(delayBand, delayExponent) {
 		return 1
 	}
 	return next
@@ -233,9 +239,11 @@ func (m *Manager) delayPort(ps *portState, inst executor.Service, ss executor.Se
 		}
 		if rise > newD[i] {
 			// Seen between intervals (checkSamples): up at once. The
-			// interval under way straddles the change: its reading
+			// readings of the next intervals straddle the change (the
+			// advisor's floor looks back FloorRounds rounds): they
 			// must not take the factor down again.
-			newD[i], st.delay, st.rose = rise, rise, true
+			newD[i], st.delay = rise, rise
+			st.noFallUntil = now.Add(riseHoldIntervals * set.Interval)
 		}
 		if !load {
 			continue
@@ -244,7 +252,7 @@ func (m *Manager) delayPort(ps *portState, inst executor.Service, ss executor.Se
 		if have {
 			target = delayTarget(l)
 		}
-		newD[i] = st.nextDelay(newD[i], target, set.Smoothing)
+		newD[i] = st.nextDelay(newD[i], target, set.Smoothing, now)
 		st.delay = newD[i]
 	}
 	if !load || flowTime == 0 {
@@ -295,9 +303,11 @@ func (m *Manager) delayPort(ps *portState, inst executor.Service, ss executor.Se
 //   - a target within delayHold of the factor leaves it: the readings of a
 //     server the scheduler keeps aside are few and noisy, and every move is
 //     a commit;
-//   - a rise must be read twice in a row: one interval's reading of a few
-//     hundred flows crosses the band now and then on equal servers, two in
-//     a row do not (a rise seen between intervals is taken at once by
+//   - a rise or a fall must be read twice in a row: one interval's reading
+//     of a few hundred flows crosses the band now and then on equal
+//     servers, and a server kept aside, read on its advisor's floor while
+//     its busier peers' probes queue, now and then reads typical; two in a
+//     row do not (a rise seen between intervals is taken at once by
 //     checkSamples instead);
 //   - a fall waits until the server reads as typical (target 1) or far
 //     less slow (a target delayFall times lower): a server still slower
@@ -306,20 +316,24 @@ func (m *Manager) delayPort(ps *portState, inst executor.Service, ss executor.Se
 //     requests (a server the scheduler keeps aside is read on its
 //     advisor's probes and a few flows, and a probe's fixed costs make a
 //     server four times slower read about 2.5 times); then it is smoothed,
-//     but not on the interval that straddles a rise seen between
-//     intervals, whose reading is half from before it.
-func (st *serverState) nextDelay(cur, target, smoothing float64) float64 {
-	rose := st.rose
-	st.rose = false
-	if target > cur {
-		st.above++
-	} else {
-		st.above = 0
+//     but not within riseHoldIntervals of a rise seen between intervals,
+//     whose readings are partly from before it (the bench saw a factor of
+//     52 fall to 3.7 a second after a slow-down, on an advisor floor that
+//     still held a round from before).
+func (st *serverState) nextDelay(cur, target, smoothing float64, now time.Time) float64 {
+	rose := now.Before(st.noFallUntil)
+	st.above, st.below = 0, 0
+	switch {
+	case target > cur:
+		st.above = st.aboveRun + 1
+	case target < cur:
+		st.below = st.belowRun + 1
 	}
+	st.aboveRun, st.belowRun = st.above, st.below
 	switch {
 	case target == cur || (target > 1 && cur > 1 && within(target, cur, delayHold)):
 		return cur
-	case target > cur && st.above < 2:
+	case target > cur && st.above < 2, target < cur && st.below < 2:
 		return cur
 	case target < cur && (rose || (target > 1 && target*delayFall > cur)):
 		return cur

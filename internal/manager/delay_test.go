@@ -208,6 +208,17 @@ func TestDelaySlowServer(t *testing.T) {
 	if ft := r.x.Services()[0].FlowTime; ft < 10*time.Millisecond || ft > 12*time.Millisecond {
 		t.Errorf("flow time %v, want the peers' 10.9ms", ft)
 	}
+	// Right after a rise, a reading that still looks typical (an advisor
+	// floor from before the slow-down) does not take it down.
+	r.interval([]float64{100, 450, 450, 450}, repeat(0.0109, 4))
+	if d := r.delays(); d[0] < 48 {
+		t.Errorf("the interval after the rise took the factor down to %.2f", d[0])
+	}
+	// Slow for a while, then well again: back to 1 within three intervals
+	// (a fall is read twice, then 64 -> 4 -> 1).
+	for range 4 {
+		r.interval([]float64{60, 450, 450, 450}, []float64{4 * 0.0109, 0.0109, 0.0109, 0.0109})
+	}
 	steps := 0
 	for r.delays()[0] > 1 && steps < 10 {
 		r.interval([]float64{100, 450, 450, 450}, repeat(0.0109, 4))

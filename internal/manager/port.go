@@ -92,9 +92,12 @@ type serverState struct {
 	rise   float64
 	delay  float64
 	above  int
-	// rose: the factor rose between intervals during the interval under
-	// way (checkSamples).
-	rose bool
+	// noFallUntil: a rise seen between intervals (checkSamples) holds
+	// the factor up until then. aboveRun and belowRun count intervals in
+	// a row whose reading asked for a higher, or a lower, factor.
+	noFallUntil        time.Time
+	below              int
+	aboveRun, belowRun int
 }
 
 // Step bounds: a weight's first moves may double or halve it; each turn

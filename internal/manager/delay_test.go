@@ -103,6 +103,19 @@ func (r *delayRig) sample(dt time.Duration, rate, held []float64) {
 	r.m.sampleActive()
 }
 
+// sampleAndAct takes one sample, a sixteenth of an interval, and runs the
+// health-only computation the checks between intervals ask for, as Run
+// does.
+func (r *delayRig) sampleAndAct(rate, held []float64) {
+	r.t.Helper()
+	r.sample(r.m.Settings().Interval/activeSamples, rate, held)
+	select {
+	case <-r.m.sampled:
+		r.m.step(false)
+	default:
+	}
+}
+
 // interval runs one manager interval: 16 samples, then the computation.
 // Each server takes rate[i] new flows a second lasting rt[i] seconds.
 func (r *delayRig) interval(rate, rt []float64) {
@@ -264,17 +277,11 @@ func TestDelayAdvisorFloor(t *testing.T) {
 func TestDelaySuspect(t *testing.T) {
 	r := newDelayRig(t, 4, Settings{}, delayProps, "")
 	r.interval(repeat(400, 4), repeat(0.0109, 4))
-	iv := r.m.Settings().Interval
 	rates := []float64{800, 400, 400, 400}
 	held := []float64{0, 400 * 0.0109, 400 * 0.0109, 400 * 0.0109}
 	out := -1
 	for k := range activeSamples {
-		r.sample(iv/activeSamples, rates, held)
-		select {
-		case <-r.m.sampled:
-			r.m.step(false)
-		default:
-		}
+		r.sampleAndAct(rates, held)
 		if r.weights()[0] == 0 {
 			out = k + 1
 			break
@@ -332,17 +339,11 @@ func TestDelayRiseBetweenIntervals(t *testing.T) {
 	r := newDelayRig(t, 4, Settings{}, delayProps, "")
 	r.interval(repeat(400, 4), repeat(0.0109, 4))
 	r.interval(repeat(400, 4), repeat(0.0109, 4))
-	iv := r.m.Settings().Interval
 	rates := []float64{250, 450, 450, 450}
 	held := []float64{250 * 4 * 0.0109, 450 * 0.0109, 450 * 0.0109, 450 * 0.0109}
 	risen := -1
 	for k := range activeSamples {
-		r.sample(iv/activeSamples, rates, held)
-		select {
-		case <-r.m.sampled:
-			r.m.step(false)
-		default:
-		}
+		r.sampleAndAct(rates, held)
 		if r.delays()[0] > 8 {
 			risen = k + 1
 			break
@@ -360,7 +361,6 @@ func TestDelayNoRiseOnNoise(t *testing.T) {
 	r := newDelayRig(t, 4, Settings{}, delayProps, "")
 	r.interval(repeat(400, 4), repeat(0.0109, 4))
 	r.commits = nil
-	iv := r.m.Settings().Interval
 	swing := []float64{1, 1.5, 0.5, 1.2, 0.8, 1.4, 0.6}
 	for k := range 30 {
 		for j := range activeSamples {
@@ -368,12 +368,7 @@ func TestDelayNoRiseOnNoise(t *testing.T) {
 			for i := range held {
 				held[i] = 400 * 0.0109 * swing[(k+j+2*i)%len(swing)]
 			}
-			r.sample(iv/activeSamples, repeat(400, 4), held)
-			select {
-			case <-r.m.sampled:
-				r.m.step(false)
-			default:
-			}
+			r.sampleAndAct(repeat(400, 4), held)
 		}
 		r.m.Step()
 	}
@@ -390,16 +385,10 @@ func TestDelayLoadShiftNoCascade(t *testing.T) {
 	r := newDelayRig(t, 4, Settings{}, delayProps, "")
 	r.interval(repeat(400, 4), repeat(0.0109, 4))
 	r.interval(repeat(400, 4), repeat(0.0109, 4))
-	iv := r.m.Settings().Interval
 	rates := []float64{60, 520, 520, 520}
 	held := []float64{60 * 4 * 0.0109, 520 * 1.5 * 0.0109, 520 * 1.5 * 0.0109, 520 * 1.5 * 0.0109}
 	for k := range 3 * activeSamples {
-		r.sample(iv/activeSamples, rates, held)
-		select {
-		case <-r.m.sampled:
-			r.m.step(false)
-		default:
-		}
+		r.sampleAndAct(rates, held)
 		if k%activeSamples == activeSamples-1 {
 			r.m.Step()
 		}
@@ -428,17 +417,11 @@ func TestDelayLoadShiftNoCascade(t *testing.T) {
 func TestDelaySuspectsBounded(t *testing.T) {
 	r := newDelayRig(t, 4, Settings{}, delayProps, "")
 	r.interval(repeat(400, 4), repeat(0.0109, 4))
-	iv := r.m.Settings().Interval
 	rates := []float64{800, 800, 800, 800}
 	for range 3 * activeSamples {
 		// Two servers hold nothing, two their flows: both empty ones
 		// read as suspects, one at most may go.
-		r.sample(iv/activeSamples, rates, []float64{0, 0, 10, 10})
-		select {
-		case <-r.m.sampled:
-			r.m.step(false)
-		default:
-		}
+		r.sampleAndAct(rates, []float64{0, 0, 10, 10})
 	}
 	out := 0
 	for _, w := range r.weights() {
@@ -454,12 +437,7 @@ func TestDelaySuspectsBounded(t *testing.T) {
 	q := newDelayRig(t, 4, Settings{}, delayProps, "")
 	q.interval(repeat(400, 4), repeat(0.0109, 4))
 	for range 2 * activeSamples {
-		q.sample(iv/activeSamples, []float64{40, 4, 4, 4}, []float64{0, 3, 3, 3})
-		select {
-		case <-q.m.sampled:
-			q.m.step(false)
-		default:
-		}
+		q.sampleAndAct([]float64{40, 4, 4, 4}, []float64{0, 3, 3, 3})
 	}
 	if w := q.weights(); w[0] == 0 {
 		t.Errorf("a server judged against peers with a few new flows between them: weights %v", w)

@@ -33,7 +33,7 @@ import (
 
 // Settings tune the loop. They can change at any time (Set).
 type Settings struct {
-	// Interval between two computations. Default 2s.
+	// Interval between two computations. Default 1s.
 	Interval time.Duration
 	// Sensitivity is the smallest aggregate weight change, as a fraction
 	// of the port's total weight, that is committed; 0 commits every

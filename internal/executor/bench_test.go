@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/nd-dispatcher/nd/internal/executor/benchprog"
 )
 
 // benchFrameLen is the size of every benchmark frame: a minimum Ethernet
@@ -97,8 +99,8 @@ type benchFigure struct {
 // measureXDP builds a data plane and measures every case once.
 func measureXDP(b *testing.B) []benchFigure {
 	h := newHarness(b, Config{MaxFlows: 1 << 20})
-	var bench benchObjects
-	h.do(func() error { return loadBenchObjects(&bench, nil) })
+	var bench benchprog.Objects
+	h.do(func() error { return benchprog.Load(&bench, nil) })
 	b.Cleanup(func() { bench.Close() })
 	inMAC := macIn
 	onIn := func(addr netip.Addr, mac net.HardwareAddr) Server {
@@ -198,7 +200,7 @@ func measureXDP(b *testing.B) []benchFigure {
 
 	arm := func(c benchCase) {
 		h.do(func() error {
-			tmpl := benchBenchFrame{Len: uint32(len(c.frame)), PortOff: c.portOff, AddrOff: c.addrOff}
+			tmpl := benchprog.Frame{Len: uint32(len(c.frame)), PortOff: c.portOff, AddrOff: c.addrOff}
 			copy(tmpl.Data[:], c.frame)
 			if err := bench.BenchTemplate.Put(uint32(0), tmpl); err != nil {
 				return err

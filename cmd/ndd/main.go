@@ -101,7 +101,7 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	xcfg := cfg.DataPlane.Executor()
+	xcfg := daemon.ExecutorConfig(cfg.DataPlane)
 	xcfg.Logger = log
 	x, err := executor.New(xcfg)
 	if err != nil {
@@ -203,7 +203,7 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 }
 
 func destroyDataPlane(cfg *config.Config, log *slog.Logger, stderr io.Writer) int {
-	xcfg := cfg.DataPlane.Executor()
+	xcfg := daemon.ExecutorConfig(cfg.DataPlane)
 	xcfg.Logger = log
 	x, err := executor.New(xcfg)
 	if err != nil {

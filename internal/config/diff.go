@@ -7,7 +7,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/nd-dispatcher/nd/internal/executor"
+	"github.com/nd-dispatcher/nd/internal/nd"
 )
 
 // Changes is what a live reload must do to go from one configuration to
@@ -34,7 +34,7 @@ type Changes struct {
 }
 
 // PortChange is one port whose state changes. Installing New as a whole
-// (executor.UpsertService) applies it; the lists say what differs.
+// (the executor's UpsertService) applies it; the lists say what differs.
 type PortChange struct {
 	Old, New Port
 	// Added and Removed are servers that join and leave the port.
@@ -399,4 +399,4 @@ func (pc PortChange) describe() string {
 }
 
 // Key names the port.
-func (pc PortChange) Key() executor.ServiceKey { return pc.New.Key }
+func (pc PortChange) Key() nd.ServiceKey { return pc.New.Key }

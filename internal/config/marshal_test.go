@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nd-dispatcher/nd/internal/executor"
+	"github.com/nd-dispatcher/nd/internal/nd"
 )
 
 func roundTrip(t *testing.T, c *Config) *Config {
@@ -59,7 +59,7 @@ clusters:
 		c.Manager.Smoothing = 2
 		c.Clusters = []Cluster{{
 			VIP: netip.MustParseAddr("203.0.113.7"),
-			Ports: []PortSpec{{Port: 25, Protocol: executor.TCP, StickyTime: 3 * time.Second, WeightBound: 3, Scheduler: SchedulerMaglev,
+			Ports: []PortSpec{{Port: 25, Protocol: nd.TCP, StickyTime: 3 * time.Second, WeightBound: 3, Scheduler: SchedulerMaglev,
 				Servers: []Server{{Address: netip.MustParseAddr("203.0.113.8"), Weight: 3}}}},
 		}}
 		back := roundTrip(t, c)

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nd-dispatcher/nd/internal/executor"
+	"github.com/nd-dispatcher/nd/internal/nd"
 )
 
 // errorLines parses src as nd.yaml and returns its errors, one string each.
@@ -357,9 +357,9 @@ func TestParseDefaults(t *testing.T) {
 		Clusters: []Cluster{{
 			VIP: netip.MustParseAddr("198.51.100.100"),
 			Ports: []PortSpec{
-				{Port: 80, Protocol: executor.TCP, WeightBound: 100, Scheduler: "delay",
+				{Port: 80, Protocol: nd.TCP, WeightBound: 100, Scheduler: "delay",
 					Servers: []Server{{Address: netip.MustParseAddr("198.51.100.11"), Weight: 50}}},
-				{Port: 443, Protocol: executor.TCP, WeightBound: 21, Scheduler: "delay",
+				{Port: 443, Protocol: nd.TCP, WeightBound: 21, Scheduler: "delay",
 					Servers: []Server{{Address: netip.MustParseAddr("198.51.100.12"), Weight: 11}}},
 			},
 		}},
@@ -367,11 +367,10 @@ func TestParseDefaults(t *testing.T) {
 	if !sameContent(c, want) {
 		t.Errorf("Parse =\n%+v\nwant\n%+v", *c, *want)
 	}
-	// The data-plane defaults are the executor's.
-	d := executor.DefaultConfig()
-	d.PinPath = DefaultPinPath
-	if got := c.DataPlane.Executor(); !reflect.DeepEqual(got, d) {
-		t.Errorf("DataPlane.Executor() = %+v, want %+v", got, d)
+	// The data-plane defaults are nd's (daemon's TestExecutorConfigDefaults
+	// checks that the executor applies the same).
+	if d := c.DataPlane; d.MaxFlows != nd.DefaultMaxFlows || d.IdleTimeout != nd.DefaultIdleTimeout || d.PinPath != DefaultPinPath {
+		t.Errorf("data-plane defaults: %+v", d)
 	}
 	if err := Default().Validate(); err == nil || !strings.Contains(err.Error(), "interfaces: at least one interface") {
 		t.Errorf("Default().Validate() = %v, want only the missing interfaces", err)
@@ -477,7 +476,7 @@ func TestPortsSorted(t *testing.T) {
 	}
 	p := c.Ports()[0]
 	wantP := Port{
-		Key:         executor.ServiceKey{VIP: netip.MustParseAddr("198.51.100.100"), Port: 80, Proto: executor.TCP},
+		Key:         nd.ServiceKey{VIP: netip.MustParseAddr("198.51.100.100"), Port: 80, Proto: nd.TCP},
 		StickyTime:  10 * time.Second,
 		WeightBound: 10,
 		Scheduler:   "delay",
@@ -540,7 +539,7 @@ func TestValidateBuiltInCode(t *testing.T) {
 	if err := c.Validate(); err == nil || err.Error() != want {
 		t.Errorf("Validate =\n%v\nwant\n%s", err, want)
 	}
-	c.Clusters[0].Ports[0].Protocol = executor.UDP
+	c.Clusters[0].Ports[0].Protocol = nd.UDP
 	c.Clusters[0].Ports[0].Servers[0].Weight = 10
 	if err := c.Validate(); err != nil {
 		t.Errorf("Validate = %v", err)

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/nd-dispatcher/nd/internal/nd"
 	"log/slog"
 	"maps"
 	"math"
@@ -115,15 +116,15 @@ type Config struct {
 // DefaultConfig returns the defaults documented on Config.
 func DefaultConfig() Config {
 	return Config{
-		MaxFlows:    1 << 20,
-		MaxServers:  4096,
-		MaxServices: 1024,
-		MaxVIPs:     1024,
-		MaxAffinity: 1 << 16,
+		MaxFlows:    nd.DefaultMaxFlows,
+		MaxServers:  nd.DefaultMaxServers,
+		MaxServices: nd.DefaultMaxServices,
+		MaxVIPs:     nd.DefaultMaxVIPs,
+		MaxAffinity: nd.DefaultMaxAffinity,
 		RingSize:    maglev.DefaultSize,
-		IdleTimeout: 300 * time.Second,
+		IdleTimeout: nd.DefaultIdleTimeout,
 
-		HalfOpenTimeout: 10 * time.Second,
+		HalfOpenTimeout: nd.DefaultHalfOpenTimeout,
 		FlowEventsRing:  1 << 20,
 	}
 }

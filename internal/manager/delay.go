@@ -8,7 +8,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nd-dispatcher/nd/internal/executor"
+	"github.com/nd-dispatcher/nd/internal/nd"
 )
 
 // Under the delay scheduler the data plane itself sends each new flow
@@ -29,7 +29,7 @@ import (
 //     fails every request at once) sit out at weight 0;
 //   - how long a typical flow lasts, with which the data plane charges a
 //     server by its recent new flows when its own count is far lower (see
-//     executor.Service.FlowTime).
+//     nd.Service.FlowTime).
 //
 // The delay factor of a server whose LMI is L is L cubed past a dead band
 // (1 within it). The score (active + 1) x factor / weight makes such a
@@ -204,7 +204,7 @@ func delayLMI(i int, pr []uint32, loads [][]float64, ok [][]bool) (float64, bool
 // delayPort computes one port under the delay scheduler: sample ->
 // health -> normalise -> LMI -> delay factor -> smoothing -> sensitivity
 // -> commit. Called with m.mu held.
-func (m *Manager) delayPort(ps *portState, inst executor.Service, ss executor.ServiceStats, now time.Time, elapsed time.Duration, load bool) (Commit, bool) {
+func (m *Manager) delayPort(ps *portState, inst nd.Service, ss nd.ServiceStats, now time.Time, elapsed time.Duration, load bool) (Commit, bool) {
 	spec, set := ps.spec, m.settings
 	smp, absent, _ := m.sampleServers(ps, inst, ss, now, elapsed, load)
 	panicHealth(smp)
@@ -519,7 +519,7 @@ func suspectsAllowed(ps *portState) bool {
 // riseRatio times its peers'. It reports whether either happened: the
 // caller triggers a computation that reads health, not load. Called with
 // m.mu held.
-func (m *Manager) checkSamples(ps *portState, ss executor.ServiceStats, now time.Time, flowTime time.Duration) bool {
+func (m *Manager) checkSamples(ps *portState, ss nd.ServiceStats, now time.Time, flowTime time.Duration) bool {
 	for _, sv := range ps.spec.Servers {
 		st := ps.servers[sv.Addr]
 		c, ok := ss.Servers[sv.Addr]

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nd-dispatcher/nd/internal/executor"
+	"github.com/nd-dispatcher/nd/internal/nd"
 )
 
 // Server states in reports.
@@ -43,7 +43,7 @@ type portState struct {
 	loadSet map[netip.Addr]bool
 	// sched is the port's scheduler at the last computation, and flowTime
 	// its typical flow time then (delay scheduler).
-	sched    executor.Scheduler
+	sched    nd.Scheduler
 	flowTime time.Duration
 }
 
@@ -186,7 +186,7 @@ type sample struct {
 // (quiesced, down, disabled, cooling down, up). It also returns the
 // servers configured but not in the data plane, for the report, and
 // whether the port's working set was the same at the last load reading.
-func (m *Manager) sampleServers(ps *portState, inst executor.Service, ss executor.ServiceStats, now time.Time, elapsed time.Duration, load bool) (smp []*sample, absent []ServerReport, setSteady bool) {
+func (m *Manager) sampleServers(ps *portState, inst nd.Service, ss nd.ServiceStats, now time.Time, elapsed time.Duration, load bool) (smp []*sample, absent []ServerReport, setSteady bool) {
 	spec := ps.spec
 	set := m.settings
 	installed := map[netip.Addr]uint32{}
@@ -304,7 +304,7 @@ func (m *Manager) sampleServers(ps *portState, inst executor.Service, ss executo
 // for the next.
 type round struct {
 	ps   *portState
-	inst executor.Service
+	inst nd.Service
 	now  time.Time
 	// load: the computation reads an interval's load (not only health).
 	load bool
@@ -331,7 +331,7 @@ func (r *round) up(i int) bool { return r.smp[i].state == StateUp }
 // Metric Index, servers out for health or to cool down, the weight
 // function, then a commit past the sensitivity threshold. Called with
 // m.mu held.
-func (m *Manager) port(ps *portState, inst executor.Service, ss executor.ServiceStats, now time.Time, elapsed time.Duration, load bool) (Commit, bool) {
+func (m *Manager) port(ps *portState, inst nd.Service, ss nd.ServiceStats, now time.Time, elapsed time.Duration, load bool) (Commit, bool) {
 	r := &round{ps: ps, inst: inst, now: now, load: load}
 	r.smp, r.absent, r.setSteady = m.sampleServers(ps, inst, ss, now, elapsed, load)
 	// Out for health, then cool-downs, within the port's limits (see
@@ -389,7 +389,7 @@ func (m *Manager) loadIndex(r *round) {
 	// the data plane cannot protect is active flows per unit of weight,
 	// the very figure p2c evens out.
 	var overload []float64
-	r.p2c = r.inst.Scheduler == executor.SchedulerP2C && !absolute
+	r.p2c = r.inst.Scheduler == nd.SchedulerP2C && !absolute
 	if r.p2c {
 		overload = activeLoads
 		// The data plane evens out active flows per unit of weight and

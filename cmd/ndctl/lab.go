@@ -23,8 +23,8 @@ import (
 
 	"github.com/nd-dispatcher/nd/internal/api"
 	"github.com/nd-dispatcher/nd/internal/config"
-	"github.com/nd-dispatcher/nd/internal/daemon"
 	"github.com/nd-dispatcher/nd/internal/lab"
+	"github.com/nd-dispatcher/nd/internal/nd"
 )
 
 const labHelp = `
@@ -332,7 +332,7 @@ func destroyDataPlane(d *lab.NDD, pinPath string) error {
 
 // waitResolved waits, for at most limit, until ndd has resolved every
 // server of every port, and returns the last status read.
-func waitResolved(ctx context.Context, c *api.Client, limit time.Duration) (daemon.Status, error) {
+func waitResolved(ctx context.Context, c *api.Client, limit time.Duration) (nd.Status, error) {
 	deadline := time.Now().Add(limit)
 	for {
 		st, err := c.Status()
@@ -353,11 +353,11 @@ func waitResolved(ctx context.Context, c *api.Client, limit time.Duration) (daem
 	}
 }
 
-func unresolved(st daemon.Status) []string {
+func unresolved(st nd.Status) []string {
 	var out []string
 	for _, p := range st.Ports {
 		for _, sv := range p.Servers {
-			if sv.State == daemon.StateUnresolved {
+			if sv.State == nd.StateUnresolved {
 				out = append(out, sv.Address)
 			}
 		}
@@ -365,12 +365,12 @@ func unresolved(st daemon.Status) []string {
 	return out
 }
 
-func resolvedSummary(st daemon.Status) string {
+func resolvedSummary(st nd.Status) string {
 	n, up := 0, 0
 	for _, p := range st.Ports {
 		for _, sv := range p.Servers {
 			n++
-			if sv.State != daemon.StateUnresolved {
+			if sv.State != nd.StateUnresolved {
 				up++
 			}
 		}
@@ -434,7 +434,7 @@ type labResult struct {
 	sums        []lab.Summary
 	errs        []error
 	interrupted bool
-	last        daemon.Status
+	last        nd.Status
 }
 
 func (r labResult) err() error {
@@ -498,7 +498,7 @@ func (s *session) labTraffic(ctx context.Context, l *lab.Lab, c *api.Client, o l
 
 	start := time.Now()
 	names := serverNames(l)
-	var last daemon.Status
+	var last nd.Status
 	frame := func(w io.Writer, _ bool) error {
 		st, err := c.Status()
 		if err == nil {
@@ -543,7 +543,7 @@ func serverNames(l *lab.Lab) map[string]string {
 
 // writeLabTable prints, per VIP:port, ndd's view of each server next to the
 // replies the generator got from it.
-func writeLabTable(w io.Writer, st daemon.Status, names map[string]string, tally *labTally) {
+func writeLabTable(w io.Writer, st nd.Status, names map[string]string, tally *labTally) {
 	for _, p := range st.Ports {
 		vip, err := netip.ParseAddr(p.VIP)
 		if err != nil {
@@ -552,7 +552,7 @@ func writeLabTable(w io.Writer, st daemon.Status, names map[string]string, tally
 		v := tally.snapshot(vip)
 		var total uint32
 		for _, sv := range p.Servers {
-			if sv.State == daemon.StateUp {
+			if sv.State == nd.StateUp {
 				total += sv.Weight
 			}
 		}
@@ -569,7 +569,7 @@ func writeLabTable(w io.Writer, st daemon.Status, names map[string]string, tally
 		for _, sv := range p.Servers {
 			name := names[sv.Address]
 			want := "-"
-			if sv.State == daemon.StateUp && total > 0 {
+			if sv.State == nd.StateUp && total > 0 {
 				want = fmt.Sprintf("%.1f%%", 100*float64(sv.Weight)/float64(total))
 			}
 			replies := v.perServer[name]

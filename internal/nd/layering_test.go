@@ -24,6 +24,8 @@ func TestImportRules(t *testing.T) {
 		{"internal/maglev", append(append(dataPlane, transport...), mod+"internal/nd"), "Maglev tables are pure computation"},
 		{"internal/manager", append(dataPlane, transport...), "the manager reads the data plane through its DataPlane interface"},
 		{"internal/executor", policy, "the executor carries out decisions, it makes none"},
+		{"internal/api", []string{"github.com/cilium/ebpf", mod + "internal/executor", mod + "internal/daemon"}, "the API talks to the daemon through its Controller interface, and ndctl links it"},
+		{"internal/metrics", []string{"github.com/cilium/ebpf", mod + "internal/executor", mod + "internal/daemon"}, "the collectors read status sources, not the daemon"},
 	}
 	for _, r := range rules {
 		out, err := exec.Command("go", "list", "-deps", "-f", "{{.ImportPath}}", mod+r.pkg).CombinedOutput()

@@ -9,10 +9,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/nd-dispatcher/nd/internal/nd"
 	"math"
 	"net/netip"
 	"time"
+
+	"github.com/nd-dispatcher/nd/internal/nd"
 )
 
 // The shared vocabulary lives in package nd (which imports nothing of nd);

@@ -84,12 +84,20 @@ func (s *Server) dashboard(w http.ResponseWriter, r *http.Request) {
 func (s *Server) recordHistory() {
 	if s.dashboardOn.Load() {
 		s.history.Record(s.c.ManagerReport())
+		if !s.dashboardOn.Load() {
+			s.history.Reset() // turned off meanwhile: keep nothing
+		}
 	}
 }
 
-// keepHistory records the manager's computations until the server stops.
+// keepHistory records the manager's computations, and the decisions that
+// the daemon's events tell, while the dashboard is on, until the server
+// stops. It follows the events only while the dashboard is on.
 func (s *Server) keepHistory() {
 	defer s.wg.Done()
+	var events <-chan daemon.Event // nil while off
+	stop := func() {}
+	defer func() { stop() }()
 	t := time.NewTicker(historyEvery)
 	defer t.Stop()
 	for {
@@ -97,7 +105,46 @@ func (s *Server) keepHistory() {
 		case <-s.ctx.Done():
 			return
 		case <-t.C:
+			on := s.dashboardOn.Load()
+			switch {
+			case on && events == nil:
+				events, stop = s.c.Events()
+			case !on && events != nil:
+				stop()
+				events, stop = nil, func() {}
+			}
 			s.recordHistory()
+		case ev, ok := <-events:
+			if !ok {
+				events, stop = nil, func() {}
+				continue
+			}
+			if s.dashboardOn.Load() {
+				s.recordHistory() // the port may be new
+				s.markEvent(ev)
+			}
+		}
+	}
+}
+
+// markEvent turns an event that tells a decision into marks on the plots of
+// its port: weights committed (the manager's reason and the weights), and a
+// configuration change that names the port (a quiesce, a weight set by
+// hand).
+func (s *Server) markEvent(ev daemon.Event) {
+	t := ev.Time.UnixMilli()
+	switch ev.Type {
+	case daemon.EventWeightsCommitted:
+		if ev.Service != "" {
+			s.history.Mark(ev.Service, history.Mark{T: t, Kind: "commit", Text: ev.Message})
+		}
+	case daemon.EventConfigApplied:
+		for _, port := range s.history.Ports() {
+			for _, line := range strings.Split(ev.Message, "\n") {
+				if strings.Contains(line, " "+port+":") || strings.HasSuffix(line, " "+port) {
+					s.history.Mark(port, history.Mark{T: t, Kind: "config", Text: line})
+				}
+			}
 		}
 	}
 }

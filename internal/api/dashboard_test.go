@@ -169,6 +169,18 @@ func TestDashboardByReload(t *testing.T) {
 	if resp.StatusCode != 200 || !strings.Contains(body, "quiesce") {
 		t.Errorf("quiesce through the listener: %d %s", resp.StatusCode, body)
 	}
+	// ... marked on the port's plots, from the daemon's event.
+	waitFor(t, "the quiesce marked on the port's plots", func() bool {
+		points()
+		for _, p := range dr.History {
+			for _, m := range p.Marks {
+				if p.Port == "198.51.100.100:80/tcp" && m.Kind == "config" && strings.Contains(m.Text, "198.51.100.12 quiesce false -> true") {
+					return true
+				}
+			}
+		}
+		return false
+	})
 
 	reload(false)
 	wantOff("after a reload turned it off")

@@ -1,12 +1,13 @@
 // Package history keeps the last hour of the manager's computations in
 // memory, for the dashboard's plots: per port and server a bounded ring of
 // readings (weight, LMI, new flows a second, advisor latency, active flows,
-// delay factor), and per port a bounded ring of marks, the manager's
-// decisions (commits with their reason, servers entering or leaving a
-// state such as cool-down or down).
+// delay factor), and per port a bounded ring of marks: the manager's
+// decisions (servers entering or leaving a state such as cool-down or down,
+// read from its reports; commits with their reason and configuration
+// changes, as the daemon's events tell them).
 //
 // It is fed the manager's reports (manager.Manager.Report, as the daemon
-// hands them out); it reads nothing else and changes nothing.
+// hands them out) and marks; it reads nothing else and changes nothing.
 package history
 
 import (
@@ -47,8 +48,9 @@ type Point struct {
 // Mark is one decision of the manager, shown on the plots.
 type Mark struct {
 	T int64 `json:"t"` // Unix milliseconds
-	// Kind is "commit", or the state a server entered ("cool-down",
-	// "down", "suspect", "quiesced", "up", ...).
+	// Kind is "commit" (weights committed), "config" (a configuration
+	// change to the port), "fixed", or the state a server entered
+	// ("cool-down", "down", "suspect", "quiesced", "up", ...).
 	Kind   string `json:"kind"`
 	Server string `json:"server,omitempty"`
 	Text   string `json:"text"`
@@ -174,9 +176,6 @@ func (h *History) Record(reports []manager.PortReport) {
 
 func (ph *portHistory) record(rep manager.PortReport, points int) {
 	t := rep.At.UnixMilli()
-	if rep.Committed {
-		ph.marks.Push(Mark{T: t, Kind: "commit", Text: rep.Reason})
-	}
 	present := make(map[string]bool, len(rep.Servers))
 	for _, s := range rep.Servers {
 		name := s.Server.String()
@@ -217,6 +216,17 @@ func (ph *portHistory) record(rep manager.PortReport, points int) {
 		if !present[name] {
 			delete(ph.servers, name)
 		}
+	}
+}
+
+// Mark adds m to the marks of port, if the history holds the port (a port
+// comes with the manager's first report of it). Marks are kept in the order
+// given; one earlier than the port's last is kept all the same.
+func (h *History) Mark(port string, m Mark) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if ph := h.ports[port]; ph != nil {
+		ph.marks.Push(m)
 	}
 }
 

@@ -89,6 +89,8 @@ func TestRecordBoundsSkipsAndMarks(t *testing.T) {
 	rep.Servers[1].Fixed = true
 	rep.Servers[1].AdvisorMS = math.NaN()
 	h.Record([]manager.PortReport{rep})
+	h.Mark(port, Mark{T: at.UnixMilli(), Kind: "commit", Text: "flow time"})
+	h.Mark("198.51.100.100:443/tcp", Mark{T: at.UnixMilli(), Kind: "commit"}) // not held: dropped
 	ph, _ = h.Port(port, t0.Add(15*time.Second))
 	if len(ph.Servers[0].T) != 1 || ph.Servers[0].Weight[0] != 12 {
 		t.Errorf("since: %+v, want the one committed point, weight 12", ph.Servers[0])
@@ -104,6 +106,12 @@ func TestRecordBoundsSkipsAndMarks(t *testing.T) {
 		if !kinds[k] {
 			t.Errorf("no %s mark in %+v", k, ph.Marks)
 		}
+	}
+	if len(ph.Marks) != 3 {
+		t.Errorf("marks %+v, want 3", ph.Marks)
+	}
+	if len(h.Ports()) != 1 {
+		t.Errorf("ports %v: a mark for a port not held added it", h.Ports())
 	}
 	if _, err := json.Marshal(ph); err != nil {
 		t.Errorf("a NaN reading must not break JSON: %v", err)
@@ -130,7 +138,9 @@ func TestMarksAndPointsBounded(t *testing.T) {
 	t0 := time.Unix(2_000_000, 0)
 	states := []string{manager.StateUp, manager.StateDown}
 	for i := range MaxPoints + 500 {
-		h.Record([]manager.PortReport{report(t0.Add(time.Duration(i)*time.Second), true, states[i%2])})
+		at := t0.Add(time.Duration(i) * time.Second)
+		h.Record([]manager.PortReport{report(at, true, states[i%2])})
+		h.Mark(port, Mark{T: at.UnixMilli(), Kind: "commit"})
 	}
 	ph, _ := h.Port(port, time.Time{})
 	if n := len(ph.Servers[0].T); n != MaxPoints {

@@ -9,7 +9,7 @@ const POLL_MS = 1000;
 const MAX_POINTS = 3600;
 const MAX_EVENTS = 300;
 const COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22"];
-const MARK_COLORS = { commit: "#888", "cool-down": "#d4a000", down: "#b3261e", suspect: "#b3261e", up: "#1e7b34", quiesced: "#8a6d00", fixed: "#6a3d9a" };
+const MARK_COLORS = { commit: "#888", "cool-down": "#d4a000", down: "#b3261e", suspect: "#b3261e", up: "#1e7b34", quiesced: "#8a6d00", fixed: "#6a3d9a", config: "#1f4e9c" };
 const PLOTS = [
   { key: "weight", title: "weight" },
   { key: "lmi", title: "LMI (load metric index)" },
@@ -211,7 +211,7 @@ function portView(name) {
     svgs[p.key] = svg;
     plots.append(el("div", { class: "plot" }, el("h3", {}, p.title), svg));
   }
-  const marks = el("ol", { class: "marks", reversed: true });
+  const marks = el("ul", { class: "marks" });
   root.append(title, summary, table, legend, plots, el("h3", {}, "decisions"), marks);
   root.addEventListener("click", onAction);
   $("ports").append(root);
@@ -255,6 +255,7 @@ function renderPort(name, ps, rep) {
       r.host === undefined || r.host < 0 ? (custom || "–") : fmt(r.host) + (custom ? ", " + custom : ""),
       loads || "–", r.delay ? fmt(r.delay) : "–", s.new_flows, actions]);
     tr.dataset.server = s.address;
+    tr.dataset.newFlows = String(s.new_flows);
     v.tbody.append(tr);
   }
   v.legend.replaceChildren(...ps.servers.map((s) => {

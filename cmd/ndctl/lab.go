@@ -82,8 +82,8 @@ const (
 	labNDDStop     = 5 * time.Second  // between SIGTERM and SIGKILL
 	// labDashboard is where the lab's dashboard is reached by default;
 	// ndd's API listens on labAPIListen inside the dispatcher's namespace.
-	labDashboard = "127.0.0.1:8480"
-	labAPIListen = "127.0.0.1:8080"
+	labDashboard   = "127.0.0.1:8480"
+	labAPIListen   = "127.0.0.1:8080"
 	maxLabDuration = 24 * time.Hour
 )
 

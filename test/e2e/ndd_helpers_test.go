@@ -131,7 +131,7 @@ type nddConfig struct {
 	Interfaces []string
 	Listen     string // api.listen; with Token
 	Token      string
-	Dashboard  bool // api.dashboard
+	Dashboard  bool   // api.dashboard
 	Metrics    string // metrics.listen
 	// Manager is the manager section's body (indented two spaces);
 	// "" keeps weights as configured (policy static).

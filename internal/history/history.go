@@ -28,6 +28,12 @@ const (
 	DefaultPoints = 3600
 	// MaxPoints bounds the points of any series, whatever New is asked.
 	MaxPoints = 3600
+	// MinGap is the least time between two readings of a series: the
+	// manager computes every interval (1 s by default) and between
+	// intervals on events; a series keeps at most a reading a second, so
+	// that its points span an hour or more. Every report is read for
+	// marks.
+	MinGap = time.Second
 	// marksPerPoint: a port keeps at most a mark for every four points
 	// (commits of several servers at once count as one).
 	marksPerPoint = 4
@@ -124,6 +130,7 @@ type History struct {
 
 type portHistory struct {
 	last    time.Time // the last report recorded
+	point   time.Time // the last report that gave readings
 	servers map[string]*serverHistory
 	marks   *Ring[Mark]
 }
@@ -176,6 +183,10 @@ func (h *History) Record(reports []manager.PortReport) {
 
 func (ph *portHistory) record(rep manager.PortReport, points int) {
 	t := rep.At.UnixMilli()
+	reading := rep.At.Sub(ph.point) >= MinGap
+	if reading {
+		ph.point = rep.At
+	}
 	present := make(map[string]bool, len(rep.Servers))
 	for _, s := range rep.Servers {
 		name := s.Server.String()
@@ -208,6 +219,9 @@ func (ph *portHistory) record(rep manager.PortReport, points int) {
 		d := s.Delay
 		if rep.Committed && s.NewDelay != 0 {
 			d = s.NewDelay
+		}
+		if !reading {
+			continue
 		}
 		sh.points.Push(Point{T: t, Weight: w, LMI: finite(s.LMI), NewPerSec: finite(s.NewPerSec),
 			AdvisorMS: finite(s.AdvisorMS), Active: s.Active, Delay: finite(d)})

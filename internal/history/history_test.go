@@ -154,3 +154,28 @@ func TestMarksAndPointsBounded(t *testing.T) {
 		t.Error("Reset kept ports")
 	}
 }
+
+// TestMinGap: reports closer than MinGap give no reading, but their state
+// changes are marked.
+func TestMinGap(t *testing.T) {
+	h := New(0)
+	t0 := time.Unix(3_000_000, 0)
+	for i := range 10 { // 2 s of reports 200 ms apart
+		st := manager.StateUp
+		if i == 3 {
+			st = manager.StateSuspect
+		}
+		h.Record([]manager.PortReport{report(t0.Add(time.Duration(i)*200*time.Millisecond), false, st)})
+	}
+	ph, _ := h.Port(port, time.Time{})
+	if n := len(ph.Servers[0].T); n != 2 {
+		t.Errorf("%d readings over 2 s of reports, want 2 (one a second): %v", n, ph.Servers[0].T)
+	}
+	kinds := []string{}
+	for _, m := range ph.Marks {
+		kinds = append(kinds, m.Kind)
+	}
+	if len(kinds) != 2 || kinds[0] != manager.StateSuspect || kinds[1] != manager.StateUp {
+		t.Errorf("marks %v, want suspect then up from reports that gave no reading", kinds)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/nd-dispatcher/nd/internal/config"
 	"github.com/nd-dispatcher/nd/internal/daemon"
+	"github.com/nd-dispatcher/nd/internal/ha"
 	"github.com/nd-dispatcher/nd/internal/web"
 )
 
@@ -186,5 +188,27 @@ func TestDashboardByReload(t *testing.T) {
 	wantOff("after a reload turned it off")
 	if n := len(s.history.Ports()); n != 0 {
 		t.Errorf("the history kept %d ports after the dashboard was turned off", n)
+	}
+}
+
+// haFake is the fake controller of a node in a high-availability group.
+type haFake struct{ *fakeController }
+
+func (haFake) HAStatus() (ha.Status, error) {
+	return ha.Status{Group: "lb", State: ha.StateActive, Self: netip.MustParseAddrPort("198.51.100.3:7100")}, nil
+}
+
+// TestDashboardHA: the dashboard carries this node's HA state, and null
+// without an ha section (TestDashboardByReload).
+func TestDashboardHA(t *testing.T) {
+	s := handlerServer(haFake{newFake(t)})
+	rec := do(s, "GET", "/v1/dashboard", "")
+	if rec.Code != 404 {
+		t.Errorf("GET /v1/dashboard while off: %d, want 404", rec.Code)
+	}
+	s.setDashboard(true)
+	rec = do(s, "GET", "/v1/dashboard?since=0", "")
+	if rec.Code != 200 || !strings.Contains(rec.Body.String(), `"ha":{"Group":"lb","Self":"198.51.100.3:7100","State":"active"`) {
+		t.Errorf("GET /v1/dashboard: %d %s", rec.Code, rec.Body)
 	}
 }

@@ -13,6 +13,8 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"github.com/nd-dispatcher/nd/internal/api"
+	"github.com/nd-dispatcher/nd/internal/config"
 	"github.com/nd-dispatcher/nd/internal/lab"
 	"github.com/nd-dispatcher/nd/internal/testutil"
 )
@@ -234,6 +236,54 @@ func TestDashboard(t *testing.T) {
 		t.Errorf("%s, quiesced from the dashboard, got %d new flows (before %v, after %v)", victim.name, got, before, after)
 	}
 
+	// The other actions, each through its dialog: a cancel changes
+	// nothing; a weight, a fixed weight and the manager's proportions.
+	other := n.addrOf[n.servers[2].name].String()
+	weightButton := chromedp.CSS(fmt.Sprintf(`button[data-action="weight"][data-server=%q]`, other))
+	run("cancel a weight change",
+		chromedp.Click(weightButton),
+		chromedp.WaitVisible(chromedp.CSS("#confirm-input")),
+		chromedp.SetValue(chromedp.CSS("#confirm-input"), "3"),
+		chromedp.Click(chromedp.CSS("#confirm-no")),
+		chromedp.WaitNotVisible(chromedp.CSS("#confirm")),
+	)
+	time.Sleep(300 * time.Millisecond)
+	if w := n.configWeight(t, other); w != 10 {
+		t.Errorf("a cancelled weight change set %s's weight to %d", other, w)
+	}
+	run("set a weight",
+		chromedp.Click(weightButton),
+		chromedp.WaitVisible(chromedp.CSS("#confirm-input")),
+		chromedp.SetValue(chromedp.CSS("#confirm-input"), "5"),
+		chromedp.Click(chromedp.CSS("#confirm-yes")),
+	)
+	waitFor(t, 10*time.Second, other+"'s configured weight 5", func() bool { return n.configWeight(t, other) == 5 })
+	run("fix a weight",
+		chromedp.Click(chromedp.CSS(fmt.Sprintf(`button[data-action="fix"][data-server=%q]`, other))),
+		chromedp.WaitVisible(chromedp.CSS("#confirm")),
+		chromedp.Click(chromedp.CSS("#confirm-yes")),
+		chromedp.WaitVisible(chromedp.CSS(fmt.Sprintf(`button[data-action="unfix"][data-server=%q]`, other))),
+	)
+	if !n.fixed(t, other) {
+		t.Errorf("%s not fixed after the page fixed it", other)
+	}
+	run("set the manager's proportions",
+		chromedp.SetValue(chromedp.CSS("#prop-active"), "40"),
+		chromedp.SetValue(chromedp.CSS("#prop-new"), "20"),
+		chromedp.SetValue(chromedp.CSS("#prop-advisor"), "40"),
+		chromedp.SetValue(chromedp.CSS("#prop-host"), "0"),
+		chromedp.Click(chromedp.CSS("#prop-submit")),
+		chromedp.WaitVisible(chromedp.CSS("#confirm")),
+		chromedp.Click(chromedp.CSS("#confirm-yes")),
+	)
+	waitFor(t, 10*time.Second, "the manager's proportions 40/20/40/0", func() bool {
+		m, err := n.api.ManagerReport()
+		if err != nil {
+			t.Fatalf("manager: %v", err)
+		}
+		return m.Proportions == api.ProportionsRequest{Active: 40, New: 20, Advisor: 40, Host: 0}
+	})
+
 	if dir := os.Getenv(ScreenshotDirEnv); dir != "" {
 		// Longer plots for the picture.
 		time.Sleep(screenshotTraffic)
@@ -285,4 +335,38 @@ func atoi(t *testing.T, s string) int {
 		t.Fatalf("not a number: %q", s)
 	}
 	return v
+}
+
+// configWeight is addr's configured weight on VIP4:80.
+func (n *nddLab) configWeight(t *testing.T, addr string) uint32 {
+	t.Helper()
+	for _, s := range n.portStatus(t, servicePort).Servers {
+		if s.Address == addr {
+			return s.ConfigWeight
+		}
+	}
+	t.Fatalf("no server %s on port %d", addr, servicePort)
+	return 0
+}
+
+// fixed says whether the running configuration fixes addr's weight.
+func (n *nddLab) fixed(t *testing.T, addr string) bool {
+	t.Helper()
+	y, err := n.api.Config()
+	if err != nil {
+		t.Fatalf("config: %v", err)
+	}
+	cfg, err := config.Parse(y, "running")
+	if err != nil {
+		t.Fatalf("parse the running configuration: %v", err)
+	}
+	for _, p := range cfg.Ports() {
+		for _, s := range p.Servers {
+			if s.Address.String() == addr {
+				return s.Fixed
+			}
+		}
+	}
+	t.Fatalf("no server %s in the configuration", addr)
+	return false
 }

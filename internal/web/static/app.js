@@ -152,13 +152,22 @@ function mergeHistory(ports) {
   for (const name of hist.keys()) if (!held.has(name)) hist.delete(name);
 }
 
+// renderHA shows this node's view of its group (GET /v1/ha's fields).
 function renderHA(ha) {
-  const el = $("ha");
-  el.className = "badge";
-  if (!ha) { el.textContent = "HA: none (single node)"; return; }
-  el.textContent = "HA: " + (ha.state || ha.role || JSON.stringify(ha));
-  if (ha.state) el.classList.add(ha.state);
-  el.title = JSON.stringify(ha);
+  const badge = $("ha");
+  badge.className = "badge";
+  if (!ha) {
+    badge.textContent = "HA: none (single node)";
+    badge.dataset.state = "none";
+    return;
+  }
+  const peers = ha.Peers || [];
+  const alive = peers.filter((p) => p.Alive).length;
+  badge.textContent = "HA " + ha.Group + ": " + ha.State + " since " + new Date(ha.Since).toLocaleTimeString() +
+    "; " + alive + " of " + peers.length + " peers alive" + (ha.Active ? "; active " + ha.Active : "");
+  badge.classList.add(ha.State);
+  badge.dataset.state = ha.State;
+  badge.title = peers.map((p) => p.Addr + " " + (p.Alive ? "alive" : "silent") + " " + p.State + (p.Synced ? ", synced" : "")).join("\n");
 }
 
 let proportionsShown = "";
@@ -195,8 +204,7 @@ function portView(name) {
   const title = el("h2", {}, name);
   const summary = el("p", { class: "muted" });
   const table = el("table");
-  table.append(el("thead", {}, row("th", ["server", "state", "weight", "configured", "LMI", "active flows", "new flows/s",
-    "advisor ms", "host", "loads (normalised)", "delay factor", "new flows", "actions"])));
+  table.append(el("thead", {}, row("th", ["server", ...COLUMNS, "actions"])));
   const tbody = el("tbody");
   table.append(tbody);
   const legend = el("div", { class: "legend" });
@@ -215,7 +223,7 @@ function portView(name) {
   root.append(title, summary, table, legend, plots, el("h3", {}, "decisions"), marks);
   root.addEventListener("click", onAction);
   $("ports").append(root);
-  v = { root, summary, tbody, legend, svgs, marks };
+  v = { root, summary, tbody, legend, svgs, marks, rows: new Map() };
   portViews.set(name, v);
   return v;
 }
@@ -226,37 +234,74 @@ function row(cell, values) {
   return tr;
 }
 
+// The table's columns after the server's address, and the actions last.
+const COLUMNS = ["state", "weight", "configured", "LMI", "active flows", "new flows/s", "advisor ms", "host",
+  "loads (normalised)", "delay factor", "new flows"];
+
+function setText(node, text) {
+  if (node.textContent !== text) node.textContent = text;
+}
+
+// serverRow returns the table row of a server, made once and then updated
+// in place, so that a click never lands on a row just replaced.
+function serverRow(v, port, addr) {
+  let r = v.rows.get(addr);
+  if (r) return r;
+  const tr = el("tr");
+  tr.dataset.server = addr;
+  const swatch = el("span", { class: "swatch" });
+  tr.append(el("td", {}, swatch, addr));
+  const cells = COLUMNS.map(() => el("td"));
+  cells[0].className = "state";
+  tr.append(...cells);
+  const quiesce = button("quiesce", port, addr), weight = button("weight", port, addr), fix = button("fix", port, addr);
+  tr.append(el("td", { class: "actions" }, quiesce, weight, fix));
+  r = { tr, swatch, cells, quiesce, weight, fix };
+  v.rows.set(addr, r);
+  return r;
+}
+
+function setAction(b, action) {
+  if (b.dataset.action === action) return;
+  b.dataset.action = action;
+  b.textContent = action;
+}
+
 function renderPort(name, ps, rep) {
   const v = portView(name);
   const byAddr = new Map(((rep && rep.servers) || []).map((s) => [s.server, s]));
-  v.summary.textContent = rep
+  setText(v.summary, rep
     ? "policy " + rep.policy + ", scheduler " + rep.scheduler + "; last decision: " + (rep.committed ? "committed, " : "") +
       rep.reason + (rep.error ? " (error: " + rep.error + ")" : "") + "; commits " + rep.commits
-    : "no manager report yet";
-  v.tbody.replaceChildren();
+    : "no manager report yet");
   const colors = new Map();
   ps.servers.forEach((s, i) => colors.set(s.address, COLORS[i % COLORS.length]));
-  for (const s of ps.servers) {
+  const present = new Set();
+  ps.servers.forEach((s, i) => {
+    present.add(s.address);
     const r = byAddr.get(s.address) || {};
+    const row = serverRow(v, name, s.address);
+    if (v.tbody.children[i] !== row.tr) v.tbody.insertBefore(row.tr, v.tbody.children[i] || null);
     let state = r.state || s.state;
     if (s.quiesced) state = "quiesced";
-    const stateCell = el("td", { class: "state state-" + state, "data-state": state }, state + (r.fixed ? ", fixed" : ""));
     const loads = Object.entries(r.loads || {}).map(([k, x]) => k + " " + fmt(x)).join(", ");
     const custom = Object.entries(r.custom || {}).map(([k, x]) => k + " " + fmt(x)).join(", ");
-    const actions = el("td", { class: "actions" },
-      button(s.quiesced ? "unquiesce" : "quiesce", name, s.address),
-      button("weight", name, s.address, s.weight),
-      button(r.fixed ? "unfix" : "fix", name, s.address));
-    const swatch = el("span", { class: "swatch" });
-    swatch.style.background = colors.get(s.address);
-    const tr = row("td", [el("td", {}, swatch, s.address), stateCell, s.weight, s.config_weight,
-      r.lmi, s.active_flows, fmt(s.new_flows_per_sec, 1),
+    const values = [state + (r.fixed ? ", fixed" : ""), fmt(s.weight), fmt(s.config_weight), fmt(r.lmi), fmt(s.active_flows),
+      fmt(s.new_flows_per_sec, 1),
       r.advisor_ms === undefined || r.advisor_ms < 0 ? "–" : fmt(r.advisor_ms),
       r.host === undefined || r.host < 0 ? (custom || "–") : fmt(r.host) + (custom ? ", " + custom : ""),
-      loads || "–", r.delay ? fmt(r.delay) : "–", s.new_flows, actions]);
-    tr.dataset.server = s.address;
-    tr.dataset.newFlows = String(s.new_flows);
-    v.tbody.append(tr);
+      loads || "–", r.delay ? fmt(r.delay) : "–", fmt(s.new_flows)];
+    values.forEach((text, j) => setText(row.cells[j], text));
+    row.cells[0].className = "state state-" + state;
+    row.cells[0].dataset.state = state;
+    row.swatch.style.background = colors.get(s.address);
+    row.tr.dataset.newFlows = String(s.new_flows);
+    setAction(row.quiesce, s.quiesced ? "unquiesce" : "quiesce");
+    setAction(row.fix, r.fixed ? "unfix" : "fix");
+    row.weight.dataset.weight = String(s.config_weight);
+  });
+  for (const [addr, row] of v.rows) {
+    if (!present.has(addr)) { row.tr.remove(); v.rows.delete(addr); }
   }
   v.legend.replaceChildren(...ps.servers.map((s) => {
     const sw = el("span", { class: "swatch" });
@@ -271,10 +316,8 @@ function renderPort(name, ps, rep) {
   }
 }
 
-function button(action, port, server, weight) {
-  const b = el("button", { type: "button", "data-action": action, "data-port": port, "data-server": server }, action === "weight" ? "set weight" : action);
-  if (weight !== undefined) b.dataset.weight = String(weight);
-  return b;
+function button(action, port, server) {
+  return el("button", { type: "button", "data-action": action, "data-port": port, "data-server": server }, action === "weight" ? "set weight" : action);
 }
 
 // plot draws one line per server over the history's time span, the

@@ -311,9 +311,29 @@ function renderPort(name, ps, rep) {
   const h = hist.get(name);
   for (const p of PLOTS) plot(v.svgs[p.key], h, p.key, colors);
   if (h) {
-    v.marks.replaceChildren(...h.marks.slice(-50).reverse().map((m) =>
-      el("li", { "data-kind": m.kind }, new Date(m.t).toLocaleTimeString() + " " + m.kind + ": " + m.text)));
+    v.marks.replaceChildren(...distinctMarks(h.marks).slice(-50).reverse().map((m) =>
+      el("li", { "data-kind": m.kind }, new Date(m.t).toLocaleTimeString() + " " + m.kind + ": " + m.text +
+        (m.repeats > 1 ? " (×" + m.repeats + ", until " + new Date(m.last).toLocaleTimeString() + ")" : ""))));
   }
+}
+
+// distinctMarks folds a run of commits that say the same (under the delay
+// scheduler the manager commits its flow time every interval, the weights
+// unchanged) into its first, counting the repeats.
+function distinctMarks(marks) {
+  const out = [];
+  let prev = null;
+  for (const m of marks) {
+    const body = m.text.replace(/\(change [^)]*\)/, "");
+    if (prev && m.kind === "commit" && prev.kind === "commit" && prev.body === body) {
+      prev.repeats++;
+      prev.last = m.t;
+      continue;
+    }
+    prev = Object.assign({}, m, { body, repeats: 1, last: m.t });
+    out.push(prev);
+  }
+  return out;
 }
 
 function button(action, port, server) {
@@ -352,7 +372,7 @@ function plot(svg, h, key, colors) {
   add("text", { x: 2, y: H - B, "font-size": 10, fill: "#666" }, "0");
   add("text", { x: L, y: H - 2, "font-size": 10, fill: "#666" }, new Date(tmin).toLocaleTimeString());
   add("text", { x: W - 2, y: H - 2, "font-size": 10, fill: "#666", "text-anchor": "end" }, new Date(tmax).toLocaleTimeString());
-  for (const m of h.marks) {
+  for (const m of distinctMarks(h.marks)) {
     if (m.t < tmin) continue;
     const line = add("line", { x1: x(m.t), y1: T, x2: x(m.t), y2: H - B, stroke: MARK_COLORS[m.kind] || "#888",
       "stroke-dasharray": m.kind === "commit" ? "2,2" : "none", "data-kind": m.kind });

@@ -122,6 +122,10 @@ func TestDashboard(t *testing.T) {
 	n := newNDDLab(t, []int{10, 10, 10}, func(c *nddConfig) {
 		c.Listen, c.Token, c.Dashboard = dashAPIListen, dashToken, true
 		c.Manager = "  policy: default\n  interval: 1s\n"
+		// An advisor, so that its latency is shown and plotted (the
+		// servers listen on the VIP: probes go through it).
+		c.Advisors = "advisors:\n  - {name: alive, kind: tcp, target: vip, interval: 500ms, timeout: 400ms, rise: 1, fall: 2}\n"
+		c.Ports[0].Advisor = "alive"
 	})
 	// The browser runs on this machine; the API listens on the
 	// dispatcher's loopback: a relay on this namespace's loopback joins
@@ -191,6 +195,10 @@ func TestDashboard(t *testing.T) {
 	if v, _ := strconv.ParseFloat(maxRate, 64); v <= 0 {
 		t.Errorf("no server shows new flows a second while traffic flows (max %s)", maxRate)
 	}
+	waitFor(t, 10*time.Second, "an advisor latency shown and plotted", func() bool {
+		return eval(`String([...document.querySelectorAll('section.port tr[data-server]')].filter(r => Number(r.children[7].textContent) > 0).length)`) != "0" &&
+			eval(`document.querySelector('section.port svg[data-plot="advisor_ms"]').dataset.points`) != "0"
+	})
 	for _, want := range []string{"#events li", `section.port svg[data-plot="weight"] polyline`, `section.port svg[data-plot="lmi"] polyline`} {
 		run("find "+want, chromedp.WaitReady(chromedp.CSS(want)))
 	}

@@ -119,6 +119,18 @@ func (r *Ring[T]) Slice(keep func(T) bool) []T {
 	return out
 }
 
+// Filter copies the elements for which keep is true, oldest first, whatever
+// their order.
+func (r *Ring[T]) Filter(keep func(T) bool) []T {
+	var out []T
+	for i := range r.n {
+		if v := r.At(i); keep(v) {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
 // History is the manager's recent past. Its methods are safe for
 // concurrent use.
 type History struct {
@@ -235,7 +247,8 @@ func (ph *portHistory) record(rep manager.PortReport, points int) {
 
 // Mark adds m to the marks of port, if the history holds the port (a port
 // comes with the manager's first report of it). Marks are kept in the order
-// given; one earlier than the port's last is kept all the same.
+// given, which may not be their times' (an event may be told after a later
+// report was read): Port filters them one by one.
 func (h *History) Mark(port string, m Mark) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -305,7 +318,11 @@ func (h *History) Port(port string, since time.Time) (PortHistory, bool) {
 		after = since.UnixMilli()
 	}
 	out := PortHistory{Port: port, Servers: []Series{}}
-	out.Marks = ph.marks.Slice(func(m Mark) bool { return m.T > after })
+	// Marks come from reports and from events, not quite in time order.
+	out.Marks = ph.marks.Filter(func(m Mark) bool { return m.T > after })
+	if out.Marks == nil {
+		out.Marks = []Mark{}
+	}
 	for name, sh := range ph.servers {
 		pts := sh.points.Slice(func(p Point) bool { return p.T > after })
 		s := Series{Server: name, T: make([]int64, len(pts)), Weight: make([]uint32, len(pts)),

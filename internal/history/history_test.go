@@ -29,6 +29,9 @@ func TestRingKeepsTheLastN(t *testing.T) {
 	if got := r.Slice(func(v int) bool { return v > 5 }); len(got) != 2 || got[0] != 6 {
 		t.Fatalf("after 5: %v, want [6 7]", got)
 	}
+	if got := r.Filter(func(v int) bool { return v%2 == 1 }); len(got) != 2 || got[0] != 5 || got[1] != 7 {
+		t.Fatalf("odd: %v, want [5 7]", got)
+	}
 	if got := r.Slice(func(v int) bool { return v > 9 }); len(got) != 0 {
 		t.Fatalf("after 9: %v, want none", got)
 	}
@@ -177,5 +180,23 @@ func TestMinGap(t *testing.T) {
 	}
 	if len(kinds) != 2 || kinds[0] != manager.StateSuspect || kinds[1] != manager.StateUp {
 		t.Errorf("marks %v, want suspect then up from reports that gave no reading", kinds)
+	}
+}
+
+// TestMarksOutOfOrder: an event's mark told after a later report was read
+// is still returned to a client that asks since before it.
+func TestMarksOutOfOrder(t *testing.T) {
+	h := New(0)
+	t0 := time.Unix(4_000_000, 0)
+	h.Record([]manager.PortReport{report(t0.Add(10*time.Second), false, manager.StateCoolDown)})
+	h.Mark(port, Mark{T: t0.Add(5 * time.Second).UnixMilli(), Kind: "commit", Text: "late"})
+	h.Record([]manager.PortReport{report(t0.Add(11*time.Second), false, manager.StateUp)})
+	ph, _ := h.Port(port, t0.Add(4*time.Second))
+	if len(ph.Marks) != 3 || ph.Marks[1].Text != "late" {
+		t.Errorf("marks %+v, want the cool-down, the late commit and the return", ph.Marks)
+	}
+	ph, _ = h.Port(port, t0.Add(6*time.Second))
+	if len(ph.Marks) != 2 {
+		t.Errorf("marks since 6 s: %+v, want 2", ph.Marks)
 	}
 }

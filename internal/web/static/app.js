@@ -8,6 +8,7 @@ const TOKEN_KEY = "nd-token";
 const POLL_MS = 1000;
 const MAX_POINTS = 3600;
 const MAX_EVENTS = 300;
+const OVERLAP_MS = 5000; // each poll asks again for the last seconds' history
 const COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22"];
 const MARK_COLORS = { commit: "#888", "cool-down": "#d4a000", down: "#b3261e", suspect: "#b3261e", up: "#1e7b34", quiesced: "#8a6d00", fixed: "#6a3d9a", config: "#1f4e9c" };
 const PLOTS = [
@@ -95,7 +96,7 @@ function stop() {
 
 async function poll() {
   try {
-    render(await api("GET", "/v1/dashboard?since=" + since));
+    render(await api("GET", "/v1/dashboard?since=" + Math.max(0, since - OVERLAP_MS)));
   } catch (e) {
     if (e instanceof Unauthorized) signOut("The token was refused (changed by a reload?).");
     else $("updated").textContent = "update failed: " + e.message;
@@ -128,26 +129,46 @@ function portName(p) {
   return vip + ":" + p.port + "/" + p.protocol;
 }
 
+// mergeHistory adds what a response brings to the history held. Responses
+// overlap by OVERLAP_MS (a mark told by an event may arrive after a later
+// reading was read): readings are added after a series' last, marks unless
+// held already.
 function mergeHistory(ports) {
   const held = new Set(ports.map((p) => p.port));
   for (const ph of ports) {
     let h = hist.get(ph.port);
-    if (!h) { h = { servers: new Map(), marks: [] }; hist.set(ph.port, h); }
+    if (!h) { h = { servers: new Map(), marks: [], markKeys: new Set() }; hist.set(ph.port, h); }
     const present = new Set();
     for (const s of ph.servers) {
       present.add(s.server);
       let c = h.servers.get(s.server);
       if (!c) { c = { t: [], weight: [], lmi: [], new_per_sec: [], advisor_ms: [], active: [] }; h.servers.set(s.server, c); }
+      const last = c.t.length ? c.t[c.t.length - 1] : -Infinity;
+      let from = s.t.findIndex((t) => t > last);
+      if (from < 0) from = s.t.length;
       for (const k of Object.keys(c)) {
-        c[k].push(...(s[k] || []));
+        c[k].push(...(s[k] || []).slice(from));
         if (c[k].length > MAX_POINTS) c[k].splice(0, c[k].length - MAX_POINTS);
       }
       if (s.t.length) since = Math.max(since, s.t[s.t.length - 1]);
     }
     for (const addr of h.servers.keys()) if (!present.has(addr)) h.servers.delete(addr);
-    h.marks.push(...ph.marks);
-    for (const m of ph.marks) since = Math.max(since, m.t);
-    if (h.marks.length > MAX_POINTS) h.marks.splice(0, h.marks.length - MAX_POINTS);
+    let added = false;
+    for (const m of ph.marks) {
+      since = Math.max(since, m.t);
+      const key = m.t + "|" + m.kind + "|" + (m.server || "") + "|" + m.text;
+      if (h.markKeys.has(key)) continue;
+      h.markKeys.add(key);
+      h.marks.push(m);
+      added = true;
+    }
+    if (added) {
+      h.marks.sort((a, b) => a.t - b.t);
+      if (h.marks.length > MAX_POINTS) {
+        h.marks.splice(0, h.marks.length - MAX_POINTS);
+        h.markKeys = new Set(h.marks.map((m) => m.t + "|" + m.kind + "|" + (m.server || "") + "|" + m.text));
+      }
+    }
   }
   for (const name of hist.keys()) if (!held.has(name)) hist.delete(name);
 }

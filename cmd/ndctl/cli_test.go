@@ -306,7 +306,7 @@ func TestHelpShowsFlags(t *testing.T) {
 		"server set":    {"--weight", "--quiesce", "--unquiesce"},
 		"status":        {"--watch", "--json prints JSON"},
 		"events":        {"--follow"},
-		"lab":           {"--servers", "--rate", "--duration", "--ndd", "root"},
+		"lab":           {"--servers", "--rate", "--duration", "--ndd", "--dashboard", "root"},
 		"config apply":  {"FILE"},
 		"cluster list":  {"--json prints JSON"},
 		"config show":   {"--json prints JSON"},
@@ -381,6 +381,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"lab", "--rate", "NaN"}, "--rate NaN"},
 		{[]string{"lab", "--duration", "-1s"}, "--duration -1s"},
 		{[]string{"lab", "now"}, `unexpected argument "now"`},
+		{[]string{"lab", "--dashboard", "198.51.100.3:8480"}, `--dashboard "198.51.100.3:8480": want a loopback ADDR:PORT`},
 		{[]string{"help", "nope"}, `unknown command "nope"`},
 		{[]string{"help", "cluster", "add", "more"}, `no command "cluster add more"`},
 	} {

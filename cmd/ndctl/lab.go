@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -39,6 +40,12 @@ TCP connection per request, split evenly between the two VIPs. Every second it
 shows, per VIP, each server's state and weight from ndd, the flow rates ndd
 counts, and the replies each server sent.
 
+ndd serves its dashboard for the lab (api.dashboard) on its API listener,
+127.0.0.1:8080 inside the dispatcher's namespace, with a token made for the
+run; the lab relays --dashboard (default 127.0.0.1:8480, on this machine's
+loopback) to it and prints the address and the token at the start. Open the
+address in a browser on this machine and sign in with the token.
+
 On exit, at the end of --duration or on Ctrl-C, it stops the traffic and ndd,
 removes ndd's data plane and deletes the namespaces, then prints a summary:
 each server's expected share (by weight) against what it got. It exits 1 if
@@ -54,10 +61,11 @@ type labEnv struct {
 }
 
 type labOptions struct {
-	servers  int
-	rate     float64
-	duration time.Duration
-	ndd      string
+	servers   int
+	rate      float64
+	duration  time.Duration
+	ndd       string
+	dashboard string // loopback address of the dashboard's forwarder; "off": none
 }
 
 // labWeight is server i's weight: 1, 1, 2, 4 in turn, unequal so that the
@@ -72,6 +80,10 @@ const (
 	labNDDStart    = 15 * time.Second // for ndd's API to answer
 	labResolveWait = 10 * time.Second // for ndd to resolve every server
 	labNDDStop     = 5 * time.Second  // between SIGTERM and SIGKILL
+	// labDashboard is where the lab's dashboard is reached by default;
+	// ndd's API listens on labAPIListen inside the dispatcher's namespace.
+	labDashboard   = "127.0.0.1:8480"
+	labAPIListen   = "127.0.0.1:8080"
 	maxLabDuration = 24 * time.Hour
 )
 
@@ -82,6 +94,7 @@ func labCmd(ctx context.Context, s *session, args []string) error {
 	fs.Float64Var(&o.rate, "rate", 200, "new connections a second, `R`, split between the two VIPs")
 	fs.DurationVar(&o.duration, "duration", 30*time.Second, "how long to send traffic, `D`; 0 runs until interrupted")
 	fs.StringVar(&o.ndd, "ndd", "", "the ndd binary, `PATH` (default: ndd beside ndctl, else in $PATH)")
+	fs.StringVar(&o.dashboard, "dashboard", labDashboard, "serve ndd's dashboard on this loopback `ADDR:PORT` of the machine (relayed into the dispatcher's namespace); off for none")
 	if _, err := s.parse(fs, args, 0, 0); err != nil {
 		return err
 	}
@@ -92,6 +105,8 @@ func labCmd(ctx context.Context, s *session, args []string) error {
 		return usagef("--rate %v: want more than 0 and at most %d", o.rate, lab.MaxTrafficRate)
 	case o.duration < 0 || o.duration > maxLabDuration:
 		return usagef("--duration %v: want 0 (until interrupted) to %v", o.duration, maxLabDuration)
+	case o.dashboard != "off" && !isLoopback(o.dashboard):
+		return usagef("--dashboard %q: want a loopback ADDR:PORT such as %s, or off", o.dashboard, labDashboard)
 	}
 	if euid := s.lab.geteuid(); euid != 0 {
 		return fmt.Errorf("must run as root (euid is %d): the lab creates network namespaces and loads XDP programs", euid)
@@ -127,6 +142,12 @@ func (s *session) findNDD(flagPath string) (string, error) {
 		return "", errors.New("no ndd binary beside ndctl or in $PATH: build it (go build -o DIR/ ./cmd/ndd ./cmd/ndctl) or give --ndd PATH")
 	}
 	return filepath.Abs(p)
+}
+
+// isLoopback says whether addr is "ip:port" with a loopback ip.
+func isLoopback(addr string) bool {
+	ap, err := netip.ParseAddrPort(addr)
+	return err == nil && ap.Addr().IsLoopback()
 }
 
 func isExecutable(path string) error {
@@ -178,7 +199,8 @@ func (s *session) runLab(ctx context.Context, o labOptions, nddPath string) (err
 		return err
 	}
 	defer os.RemoveAll(dir)
-	cfg := labConfig(l, dir)
+	token := rand.Text()
+	cfg := labConfig(l, dir, token, o.dashboard != "off")
 	y, err := config.Marshal(cfg)
 	if err != nil {
 		return fmt.Errorf("generate ndd's configuration: %w", err)
@@ -238,6 +260,15 @@ func (s *session) runLab(ctx context.Context, o labOptions, nddPath string) (err
 		warn("%v; sending traffic anyway", err)
 	}
 	say("ndd is up after %.1fs: attached to %s, %s", time.Since(began).Seconds(), strings.Join(st.Interfaces, ", "), resolvedSummary(st))
+	if o.dashboard != "off" {
+		f, err := lab.Forward(o.dashboard, l.Dispatcher.NS, labAPIListen)
+		if err != nil {
+			return fmt.Errorf("--dashboard %s: %w (give another port, or --dashboard off)", o.dashboard, err)
+		}
+		defer f.Close()
+		say("dashboard: http://%s/dashboard/  token: %s", f.Addr(), token)
+		say("  (the token is the lab's own, made for this run; the page keeps it in the tab only)")
+	}
 	if o.duration > 0 {
 		say("sending %g new connections a second for %v; Ctrl-C stops early", o.rate, o.duration)
 	} else {
@@ -293,14 +324,19 @@ func processAlive(pid int) bool {
 
 // labConfig is ndd's configuration for lab l: its dispatcher's eth0, its
 // socket in dir, its data plane pinned under the lab's own name, static
-// weights, and a cluster per VIP with every server on port 80.
-func labConfig(l *lab.Lab, dir string) *config.Config {
+// weights, and a cluster per VIP with every server on port 80; with
+// dashboard, the API on the dispatcher's loopback with token, serving the
+// dashboard.
+func labConfig(l *lab.Lab, dir, token string, dashboard bool) *config.Config {
 	c := config.Default()
 	c.Interfaces = []string{l.Dispatcher.Ifname}
 	c.DataPlane.PinPath = "/sys/fs/bpf/" + l.Prefix
 	c.DataPlane.MaxFlows = 1 << 16
 	c.DataPlane.MaxAffinity = 1 << 12
 	c.API.Socket = filepath.Join(dir, labSocketFile)
+	if dashboard {
+		c.API.Listen, c.API.Token, c.API.Dashboard = labAPIListen, token, true
+	}
 	// The manager would move weights with the load; the lab shows the
 	// configured ones at work.
 	c.Manager.Policy = config.PolicyStatic

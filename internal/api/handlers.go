@@ -47,6 +47,7 @@ func (s *Server) routes(metrics http.Handler) http.Handler {
 	mux.HandleFunc("GET /v1/ha", s.haStatus)
 	mux.HandleFunc("POST /v1/ha/takeover", s.haTakeover)
 	mux.HandleFunc("GET /v1/flows", s.flows)
+	mux.HandleFunc("GET /v1/dashboard", s.dashboard)
 	if metrics != nil {
 		mux.Handle("GET /metrics", metrics)
 	}

@@ -217,6 +217,11 @@ type API struct {
 	// neither, and only with Listen. Default "".
 	TLSCert string
 	TLSKey  string
+	// Dashboard (dashboard) serves the live dashboard at /dashboard/ on
+	// the TCP listener: its files without a token, its data with the
+	// listener's token, like every API call. Requires Listen. Applied live
+	// by a reload. Default false.
+	Dashboard bool
 }
 
 // ReadToken is the bearer token of the API's TCP listener: Token, or the

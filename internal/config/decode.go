@@ -585,7 +585,7 @@ func (d *decoder) dataPlane(dp *DataPlane, n *yaml.Node) {
 
 func (d *decoder) api(a *API, n *yaml.Node) {
 	const p = "api"
-	f, done, _ := d.fields(p, n, "socket", "listen", "token", "token_file", "tls_cert", "tls_key")
+	f, done, _ := d.fields(p, n, "socket", "listen", "token", "token_file", "tls_cert", "tls_key", "dashboard")
 	defer done()
 	d.strField(f, p, "socket", &a.Socket)
 	d.strField(f, p, "listen", &a.Listen)
@@ -593,6 +593,7 @@ func (d *decoder) api(a *API, n *yaml.Node) {
 	d.strField(f, p, "token_file", &a.TokenFile)
 	d.strField(f, p, "tls_cert", &a.TLSCert)
 	d.strField(f, p, "tls_key", &a.TLSKey)
+	d.boolField(f, p, "dashboard", &a.Dashboard)
 }
 
 func (d *decoder) manager(m *Manager, n *yaml.Node) {

@@ -25,6 +25,7 @@ type Changes struct {
 	Changed []PortChange
 	// Settings are changed settings that a running daemon can apply:
 	// api.listen, api.token, api.token_file, api.tls_cert, api.tls_key,
+	// api.dashboard,
 	// metrics.listen, manager.*, advisors and agents.
 	Settings []Setting
 	// Fixed are changed settings that only a restart applies: data_plane.*
@@ -177,6 +178,7 @@ func settings(c *Config) []Setting {
 		{Path: "api.token_file", New: strconv.Quote(a.TokenFile)},
 		{Path: "api.tls_cert", New: strconv.Quote(a.TLSCert)},
 		{Path: "api.tls_key", New: strconv.Quote(a.TLSKey)},
+		{Path: "api.dashboard", New: strconv.FormatBool(a.Dashboard)},
 		{Path: "metrics.listen", New: strconv.Quote(c.Metrics.Listen)},
 		{Path: "manager.interval", New: formatDuration(m.Interval)},
 		{Path: "manager.sensitivity", New: formatFloat(m.Sensitivity)},

@@ -36,7 +36,7 @@ func TestMarshalRoundTrip(t *testing.T) {
 		roundTrip(t, mustParse(t, `interfaces: [eth0, "123", "true"]
 data_plane: {max_flows: 1000, max_servers: 10, max_services: 5, max_vips: 2, max_affinity: 77,
   ring_size: 251, idle_timeout: 90s, hash_seed: 4294967295, pin_path: ""}
-api: {socket: /run/x.sock, listen: "[2001:db8::1]:8443", token_file: /etc/nd/t, tls_cert: /etc/c, tls_key: /etc/k}
+api: {socket: /run/x.sock, listen: "[2001:db8::1]:8443", token_file: /etc/nd/t, tls_cert: /etc/c, tls_key: /etc/k, dashboard: true}
 metrics: {listen: "127.0.0.1:9100"}
 manager: {interval: 1500ms, sensitivity: 0, smoothing: 1, policy: static,
   proportions: {active: 25, new: 25, advisor: 25, host: 25}}

@@ -253,6 +253,9 @@ func validateAPI(a *API, m *Metrics, r *reporter) {
 			r.errorf("api.listen", "a TCP listener requires token or token_file")
 		}
 	}
+	if a.Dashboard && a.Listen == "" {
+		r.errorf("api.dashboard", "the dashboard is served on the TCP listener: set api.listen (and a token) too")
+	}
 	if a.Token != "" && a.TokenFile != "" {
 		r.errorf("api.token_file", "set token or token_file, not both")
 	}

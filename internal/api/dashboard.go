@@ -8,9 +8,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nd-dispatcher/nd/internal/daemon"
 	"github.com/nd-dispatcher/nd/internal/ha"
 	"github.com/nd-dispatcher/nd/internal/history"
+	"github.com/nd-dispatcher/nd/internal/nd"
 	"github.com/nd-dispatcher/nd/internal/web"
 )
 
@@ -29,7 +29,7 @@ var errDashboardOff = errors.New("the dashboard is off: set api.dashboard: true 
 // request's since.
 type DashboardResponse struct {
 	Time    time.Time       `json:"time"`
-	Status  daemon.Status   `json:"status"`
+	Status  nd.Status       `json:"status"`
 	Manager ManagerResponse `json:"manager"`
 	// HA is this node's view of its group, null without one.
 	HA *ha.Status `json:"ha"`
@@ -66,7 +66,7 @@ func (s *Server) dashboard(w http.ResponseWriter, r *http.Request) {
 		History: []history.PortHistory{}}
 	if h, err := s.c.HAStatus(); err == nil {
 		out.HA = &h
-	} else if !errors.Is(err, daemon.ErrNoHA) {
+	} else if !errors.Is(err, nd.ErrNoHA) {
 		s.fail(w, r, "dashboard", err)
 		return
 	}
@@ -95,7 +95,7 @@ func (s *Server) recordHistory() {
 // stops. It follows the events only while the dashboard is on.
 func (s *Server) keepHistory() {
 	defer s.wg.Done()
-	var events <-chan daemon.Event // nil while off
+	var events <-chan nd.Event // nil while off
 	stop := func() {}
 	defer func() { stop() }()
 	t := time.NewTicker(historyEvery)
@@ -131,14 +131,14 @@ func (s *Server) keepHistory() {
 // its port: weights committed (the manager's reason and the weights), and a
 // configuration change that names the port (a quiesce, a weight set by
 // hand).
-func (s *Server) markEvent(ev daemon.Event) {
+func (s *Server) markEvent(ev nd.Event) {
 	t := ev.Time.UnixMilli()
 	switch ev.Type {
-	case daemon.EventWeightsCommitted:
+	case nd.EventWeightsCommitted:
 		if ev.Service != "" {
 			s.history.Mark(ev.Service, history.Mark{T: t, Kind: "commit", Text: ev.Message})
 		}
-	case daemon.EventConfigApplied:
+	case nd.EventConfigApplied:
 		for _, port := range s.history.Ports() {
 			for _, line := range strings.Split(ev.Message, "\n") {
 				if strings.Contains(line, " "+port+":") || strings.HasSuffix(line, " "+port) {

@@ -161,7 +161,11 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
+	// The signal loop is waited for on the way out: it tells the service
+	// manager STOPPING=1, which must be sent before the process exits.
+	signalsDone := make(chan struct{})
 	go func() {
+		defer close(signalsDone)
 		for {
 			select {
 			case <-ctx.Done():
@@ -195,6 +199,8 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 			stop()
 		}
 	}
+	stop()
+	<-signalsDone
 	if first != nil && !errors.Is(first, context.Canceled) {
 		return first
 	}

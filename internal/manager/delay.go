@@ -258,9 +258,15 @@ func (m *Manager) delayPort(ps *portState, inst nd.Service, ss nd.ServiceStats, 
 	if !load || flowTime == 0 {
 		flowTime = inst.FlowTime
 	}
+	// The checks between intervals read the latest figure; the data plane
+	// gets a new one only once it holds (flowTimeMoved).
 	ps.flowTime = flowTime
+	ftMoved := ps.flowTimeMoved(inst.FlowTime, flowTime, load)
+	if !ftMoved {
+		flowTime = inst.FlowTime
+	}
 
-	rep, commit := delayDecision(smp, newW, newD, inst.FlowTime, flowTime, set.Sensitivity)
+	rep, commit := delayDecision(smp, newW, newD, ftMoved, set.Sensitivity)
 	rep.Port, rep.Policy, rep.At = spec.Key.String(), m.wcf.Name(), now
 	rep.Scheduler, rep.FlowTime = inst.Scheduler.String(), flowTime
 	rep.Proportions = map[string]int{}
@@ -341,11 +347,47 @@ func (st *serverState) nextDelay(cur, target, smoothing float64, now time.Time) 
 	return smoothDelay(cur, target, smoothing)
 }
 
+// flowTimeMoved tells whether the typical flow time read this interval is
+// to be committed: at once when none is, otherwise once two interval
+// readings in a row lie beyond flowTimeBand of the committed figure on the
+// same side. One interval's median of a few servers' response times is
+// noisy at low rates, and a commit rewrites the port's data plane and goes
+// to every standby.
+func (ps *portState) flowTimeMoved(cur, next time.Duration, load bool) bool {
+	switch {
+	case next <= 0:
+		return false
+	case cur <= 0:
+		return true
+	case !load:
+		return false
+	}
+	side := 0
+	if !within(float64(next), float64(cur), flowTimeBand) {
+		side = 1
+		if next < cur {
+			side = -1
+		}
+	}
+	if side == 0 || side != ps.ftSide {
+		ps.ftSide, ps.ftRun = side, 0
+	}
+	if side == 0 {
+		return false
+	}
+	ps.ftRun++
+	if ps.ftRun < 2 {
+		return false
+	}
+	ps.ftSide, ps.ftRun = 0, 0
+	return true
+}
+
 // delayDecision is the commit stage: at once when a server enters or
 // leaves the working set; when the delay factors moved by more than the
 // sensitivity threshold in all (sum |new - current| / sum current); when
-// the typical flow time moved by more than flowTimeBand.
-func delayDecision(smp []*sample, newW []uint32, newD []float64, curFT, newFT time.Duration, sensitivity float64) (PortReport, bool) {
+// the typical flow time moved (flowTimeMoved).
+func delayDecision(smp []*sample, newW []uint32, newD []float64, ftMoved bool, sensitivity float64) (PortReport, bool) {
 	var reasons []string
 	var total, moved float64
 	for i, s := range smp {
@@ -370,7 +412,6 @@ func delayDecision(smp []*sample, newW []uint32, newD []float64, curFT, newFT ti
 	if total > 0 {
 		rep.Change = moved / total
 	}
-	ftMoved := newFT > 0 && (curFT == 0 || !within(float64(newFT), float64(curFT), flowTimeBand))
 	switch {
 	case len(reasons) > 0:
 		rep.Reason = strings.Join(reasons, ", ")

@@ -45,6 +45,10 @@ type portState struct {
 	// its typical flow time then (delay scheduler).
 	sched    nd.Scheduler
 	flowTime time.Duration
+	// ftSide is the side (+1 above, -1 below) of the committed flow time
+	// on which the last readings fell beyond the band, ftRun how many in
+	// a row (flowTimeMoved).
+	ftSide, ftRun int
 }
 
 type serverState struct {

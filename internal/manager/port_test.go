@@ -3,6 +3,7 @@ package manager
 import (
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/nd-dispatcher/nd/internal/executor"
 )
@@ -52,6 +53,36 @@ func TestDecideStage(t *testing.T) {
 			if st := r.ps.servers[r.smp[0].addr]; st.heldDir != 1 {
 				t.Errorf("%s: a held rise left heldDir %d", c.name, st.heldDir)
 			}
+		}
+	}
+}
+
+// The typical flow time goes to the data plane at once when it has none,
+// then only once two interval readings in a row lie beyond the band on the
+// same side: a noisy reading, or readings either side, commit nothing.
+func TestFlowTimeMoved(t *testing.T) {
+	ms := func(n float64) time.Duration { return time.Duration(n * float64(time.Millisecond)) }
+	ps := &portState{}
+	steps := []struct {
+		cur, next time.Duration
+		load      bool
+		want      bool
+	}{
+		{0, ms(10), true, true},        // none yet
+		{ms(10), ms(12), true, false},  // within the band
+		{ms(10), ms(30), true, false},  // beyond, once
+		{ms(10), ms(4), true, false},   // beyond on the other side: starts again
+		{ms(10), ms(30), true, false},  // above, once
+		{ms(10), ms(11), true, false},  // back within: starts again
+		{ms(10), ms(30), true, false},  // above, once
+		{ms(10), ms(30), false, false}, // a health-only computation reads no load
+		{ms(10), ms(40), true, true},   // above, twice in a row
+		{ms(40), ms(38), true, false},  // settled
+		{ms(40), 0, true, false},       // nothing read
+	}
+	for i, s := range steps {
+		if got := ps.flowTimeMoved(s.cur, s.next, s.load); got != s.want {
+			t.Errorf("step %d: %v -> %v: moved %v, want %v", i, s.cur, s.next, got, s.want)
 		}
 	}
 }

@@ -119,6 +119,16 @@ type Config struct {
 	Key []byte
 	// VIPs are the addresses the active holds.
 	VIPs []netip.Addr
+	// Refresh is how often an active refreshes its standbys' copies of
+	// the established flows that carried packets since the last round
+	// (Options.Refresh lists them), so that a standby's copy of a live
+	// flow does not age out while the active's does not. It must stay
+	// well under the data plane's idle timeout. 0 turns refreshing off: a
+	// standby's copy then ages from when it was written.
+	Refresh time.Duration
+	// RefreshClosing is the same for closing flows (FIN or RST seen),
+	// whose timeout is shorter; 0 or more than Refresh means Refresh.
+	RefreshClosing time.Duration
 }
 
 func (c *Config) setDefaults() {
@@ -172,6 +182,18 @@ func (c Config) Validate() error {
 			return bad("VIP %s is not a unicast address", v)
 		}
 	}
+	return validateRefresh(c.Refresh, c.RefreshClosing)
+}
+
+// MinRefresh is the shortest refresh period accepted.
+const MinRefresh = 100 * time.Millisecond
+
+func validateRefresh(est, closing time.Duration) error {
+	for _, d := range []time.Duration{est, closing} {
+		if d != 0 && d < MinRefresh {
+			return fmt.Errorf("%w: refresh period %s: 0 (off) or at least %s", ErrBadConfig, d, MinRefresh)
+		}
+	}
 	return nil
 }
 
@@ -194,6 +216,10 @@ type Options struct {
 	// Snapshot iterates the local connection table for a full resync of
 	// a standby that (re)joins, until yield returns false.
 	Snapshot func(yield func(FlowRecord) bool) error
+	// Refresh iterates the flows of the local table that a refresh round
+	// must send (see RefreshRound), until yield returns false. Nil, or a
+	// Config.Refresh of 0, means no refreshing.
+	Refresh func(r RefreshRound, yield func(FlowRecord) bool) error
 	// Dial opens synchronisation connections; nil means a net.Dialer.
 	Dial func(ctx context.Context, network, address string) (net.Conn, error)
 	// Logger; nil means slog.Default().
@@ -205,6 +231,30 @@ type Options struct {
 	// ConfigEvery is how often the active resends its configuration even
 	// when unchanged; 0 means DefaultConfigEvery.
 	ConfigEvery time.Duration
+}
+
+// RefreshRound is one refresh of a standby's copies: the flows that
+// carried a packet since the standby last heard of them. Half-open flows
+// are never refreshed.
+type RefreshRound struct {
+	// Since: established flows that carried a packet since then.
+	Since time.Time
+	// ClosingSince: closing flows that carried a packet since then.
+	ClosingSince time.Time
+	// ClosingOnly: this round refreshes closing flows only (they are
+	// refreshed more often than the rest).
+	ClosingOnly bool
+}
+
+// Wants reports whether a flow that is closing or not and was last seen
+// idle ago, as of now, belongs to the round.
+func (r RefreshRound) Wants(closing bool, idle time.Duration, now time.Time) bool {
+	// The data plane's clock and the wall clock may differ by a tick.
+	const slack = 100 * time.Millisecond
+	if closing {
+		return idle <= now.Sub(r.ClosingSince)+slack
+	}
+	return !r.ClosingOnly && idle <= now.Sub(r.Since)+slack
 }
 
 // PeerStatus is what a node knows of one peer.
@@ -228,8 +278,15 @@ type Counters struct {
 	HeartbeatsSent     uint64
 	HeartbeatsReceived uint64
 	// Rejected counts refused messages by reason (Reject* constants).
-	Rejected          map[string]uint64
-	FlowsSent         uint64 // records written to standbys, snapshots included
+	Rejected  map[string]uint64
+	FlowsSent uint64 // records written to standbys, snapshots and refreshes included
+	// FlowsRefreshed counts the records of refresh rounds (part of
+	// FlowsSent); RefreshRounds the rounds, per standby.
+	FlowsRefreshed uint64
+	RefreshRounds  uint64
+	// StreamBytesSent counts the bytes written on synchronisation
+	// connections: frames, headers and MACs included.
+	StreamBytesSent   uint64
 	FlowsReceived     uint64 // records handed to OnFlows
 	FlowsDropped      uint64 // records dropped because a queue was full
 	FlowErrors        uint64 // OnFlows errors
@@ -259,8 +316,11 @@ type Status struct {
 	// would send (SetConfig) or last accepted (OnConfig).
 	ConfigVersion uint64
 	ConfigHash    string // hex SHA-256; empty if none
-	Peers         []PeerStatus
-	Counters      Counters
+	// Refresh and RefreshClosing are the refresh periods in force (0: off).
+	Refresh        time.Duration
+	RefreshClosing time.Duration
+	Peers          []PeerStatus
+	Counters       Counters
 }
 
 type peer struct {
@@ -277,6 +337,7 @@ type counters struct {
 	hbSent, hbRecv                  atomic.Uint64
 	rejected                        map[string]*atomic.Uint64
 	flowsSent, flowsRecv, flowsDrop atomic.Uint64
+	flowsRefr, refrRounds, bytesOut atomic.Uint64
 	flowErrs                        atomic.Uint64
 	snapSent, snapRecv              atomic.Uint64
 	cfgSent, cfgRecv, cfgErrs       atomic.Uint64
@@ -315,9 +376,10 @@ type Node struct {
 	yieldedTo   netip.AddrPort // handed over to it by request: do not preempt it
 	peerJoined  bool           // a peer came (back) into view since the last step
 	sessions    map[netip.AddrPort]*session
-	sessWG      sync.WaitGroup // the sessions' goroutines, stopped or not
-	syncUntil   time.Time      // a resigned node keeps streaming until then
-	config      configMsg      // what this node sends; Data nil if none
+	sessWG      sync.WaitGroup   // the sessions' goroutines, stopped or not
+	syncUntil   time.Time        // a resigned node keeps streaming until then
+	refresh     [2]time.Duration // established, closing: SetRefresh's
+	config      configMsg        // what this node sends; Data nil if none
 	applied     [sha256.Size]byte
 	stateCh     chan struct{} // closed and replaced on every state change
 
@@ -370,6 +432,7 @@ func New(cfg Config, o Options) (*Node, error) {
 	for _, p := range cfg.Peers {
 		n.peers[p] = &peer{addr: p}
 	}
+	n.refresh = [2]time.Duration{cfg.Refresh, cfg.RefreshClosing}
 	var err error
 	if n.udp, err = net.ListenUDP("udp", net.UDPAddrFromAddrPort(cfg.Self)); err != nil {
 		return nil, fmt.Errorf("ha: listen udp %s: %w", cfg.Self, err)
@@ -598,6 +661,7 @@ func (n *Node) Status() Status {
 		Epoch:         n.epoch,
 		ConfigVersion: n.config.Version,
 	}
+	st.Refresh, st.RefreshClosing = n.refreshPeriodsLocked()
 	if n.config.Data != nil {
 		st.ConfigHash = hex.EncodeToString(n.config.Hash[:])
 	}
@@ -626,6 +690,9 @@ func (n *Node) Status() Status {
 		HeartbeatsReceived: c.hbRecv.Load(),
 		Rejected:           make(map[string]uint64, len(c.rejected)),
 		FlowsSent:          c.flowsSent.Load(),
+		FlowsRefreshed:     c.flowsRefr.Load(),
+		RefreshRounds:      c.refrRounds.Load(),
+		StreamBytesSent:    c.bytesOut.Load(),
 		FlowsReceived:      c.flowsRecv.Load(),
 		FlowsDropped:       c.flowsDrop.Load(),
 		FlowErrors:         c.flowErrs.Load(),
@@ -669,6 +736,41 @@ func (n *Node) SetConfig(b []byte) {
 	for _, s := range n.sessions {
 		s.kickConfig()
 	}
+}
+
+// SetRefresh changes the refresh periods (Config.Refresh and
+// RefreshClosing) of a running node; sessions take them from their next
+// round on.
+func (n *Node) SetRefresh(established, closing time.Duration) error {
+	if err := validateRefresh(established, closing); err != nil {
+		return err
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.refresh = [2]time.Duration{established, closing}
+	for _, s := range n.sessions {
+		signal(s.rekick)
+	}
+	return nil
+}
+
+// refreshPeriodsLocked returns the periods in force: the closing one is
+// never longer than the other, and both are 0 without a Refresh callback.
+func (n *Node) refreshPeriodsLocked() (established, closing time.Duration) {
+	est, cl := n.refresh[0], n.refresh[1]
+	if est <= 0 || n.o.Refresh == nil {
+		return 0, 0
+	}
+	if cl <= 0 || cl > est {
+		cl = est
+	}
+	return est, cl
+}
+
+func (n *Node) refreshPeriods() (established, closing time.Duration) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.refreshPeriodsLocked()
 }
 
 // SendFlows queues records for every standby this active node streams to.

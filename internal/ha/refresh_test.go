@@ -1,0 +1,91 @@
+package ha
+
+import (
+	"testing"
+	"time"
+)
+
+// TestRefreshSchedule: closing flows are refreshed every closing period,
+// every flow every full period; each round asks for what carried packets
+// since the round of its kind before, the first since the snapshot.
+func TestRefreshSchedule(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	est, cl := time.Second, 250*time.Millisecond
+	var rs refreshSchedule
+	rs.reset(t0)
+	if _, ok := rs.next(at(100), est, cl); ok {
+		t.Fatal("a round 100 ms after the snapshot")
+	}
+	r, ok := rs.next(at(250), est, cl)
+	if !ok || !r.ClosingOnly || !r.ClosingSince.Equal(t0) {
+		t.Fatalf("at 250 ms: %+v %v, want a closing round since the snapshot", r, ok)
+	}
+	for _, ms := range []int{500, 750} {
+		if r, ok := rs.next(at(ms), est, cl); !ok || !r.ClosingOnly || !r.ClosingSince.Equal(at(ms-250)) {
+			t.Fatalf("at %d ms: %+v %v", ms, r, ok)
+		}
+	}
+	r, ok = rs.next(at(1000), est, cl)
+	if !ok || r.ClosingOnly || !r.Since.Equal(t0) || !r.ClosingSince.Equal(at(750)) {
+		t.Fatalf("at 1 s: %+v %v, want a full round since the snapshot", r, ok)
+	}
+	if r, ok := rs.next(at(2000), est, cl); !ok || r.ClosingOnly || !r.Since.Equal(at(1000)) {
+		t.Fatalf("at 2 s: %+v %v", r, ok)
+	}
+	if _, ok := rs.next(at(9000), 0, 0); ok {
+		t.Error("a round with refreshing off")
+	}
+	if w := rs.wait(0, 0); w != idleWait {
+		t.Errorf("wait with refreshing off: %v", w)
+	}
+
+	now := at(3000)
+	round := RefreshRound{Since: at(2000), ClosingSince: at(2750)}
+	for _, c := range []struct {
+		closing bool
+		idle    time.Duration
+		want    bool
+	}{
+		{false, 900 * time.Millisecond, true},
+		{false, 1050 * time.Millisecond, true}, // within the clocks' slack
+		{false, 1200 * time.Millisecond, false},
+		{true, 200 * time.Millisecond, true},
+		{true, 400 * time.Millisecond, false},
+	} {
+		if got := round.Wants(c.closing, c.idle, now); got != c.want {
+			t.Errorf("closing %v idle %v: wants %v", c.closing, c.idle, got)
+		}
+	}
+	round.ClosingOnly = true
+	if round.Wants(false, 0, now) || !round.Wants(true, 0, now) {
+		t.Error("a closing round wants established flows, or not closing ones")
+	}
+}
+
+// TestRefreshPeriods: the closing period never exceeds the other, both are
+// off without a callback, and periods under MinRefresh are refused.
+func TestRefreshPeriods(t *testing.T) {
+	n := offlineNode(t, Options{Refresh: func(RefreshRound, func(FlowRecord) bool) error { return nil }})
+	for _, c := range []struct{ est, cl, wantEst, wantCl time.Duration }{
+		{time.Second, 0, time.Second, time.Second},
+		{time.Second, 2 * time.Second, time.Second, time.Second},
+		{time.Second, 250 * time.Millisecond, time.Second, 250 * time.Millisecond},
+		{0, 250 * time.Millisecond, 0, 0},
+	} {
+		if err := n.SetRefresh(c.est, c.cl); err != nil {
+			t.Fatal(err)
+		}
+		if est, cl := n.refreshPeriods(); est != c.wantEst || cl != c.wantCl {
+			t.Errorf("SetRefresh(%v, %v): periods %v %v, want %v %v", c.est, c.cl, est, cl, c.wantEst, c.wantCl)
+		}
+	}
+	if err := n.SetRefresh(time.Millisecond, 0); err == nil {
+		t.Error("a 1 ms refresh was taken")
+	}
+	off := offlineNode(t, Options{})
+	off.refresh = [2]time.Duration{time.Second, time.Second}
+	if est, _ := off.refreshPeriods(); est != 0 {
+		t.Errorf("refresh %v without a callback", est)
+	}
+}

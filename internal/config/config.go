@@ -367,6 +367,24 @@ type HA struct {
 	// KeyFile (key_file) is the absolute path of the group's shared key (at
 	// least 16 bytes, not readable by others). Required.
 	KeyFile string
+	// Refresh (refresh) is how often the active refreshes the standbys'
+	// copies of the flows that carried packets since the last round. 0
+	// (the default) means a quarter of data_plane.idle_timeout; closing
+	// flows are refreshed every quarter of data_plane.halfopen_timeout
+	// (or every Refresh if shorter). At most half of idle_timeout. The
+	// only ha setting that changes on reload.
+	Refresh time.Duration
+}
+
+// Refreshes returns the refresh periods of established and closing flows
+// that h.Refresh and the data plane's timeouts give.
+func (h *HA) Refreshes(dp DataPlane) (established, closing time.Duration) {
+	established = h.Refresh
+	if established == 0 {
+		established = dp.IdleTimeout / 4
+	}
+	closing = min(established, min(dp.HalfOpenTimeout, dp.IdleTimeout)/4)
+	return established, closing
 }
 
 // Defaults of the ha section.

@@ -193,14 +193,26 @@ func settings(c *Config) []Setting {
 		{Path: "advisors", New: describeAdvisors(c.Advisors)},
 		{Path: "agents", New: describeAgents(c.Agents)},
 		{Path: "ha", New: describeHA(c.HA)},
+		{Path: "ha.refresh", New: describeRefresh(c.HA)},
 	}
 }
 
+// describeHA describes the ha section but for refresh, the one setting of
+// it that changes live (ha.refresh).
 func describeHA(h *HA) string {
 	if h == nil {
 		return "none"
 	}
-	return fmt.Sprintf("%+v", *h)
+	fixed := *h
+	fixed.Refresh = 0
+	return fmt.Sprintf("%+v", fixed)
+}
+
+func describeRefresh(h *HA) string {
+	if h == nil {
+		return "none"
+	}
+	return formatDuration(h.Refresh)
 }
 
 func describeCustom(cs []CustomMetric) string {

@@ -100,6 +100,9 @@ func validate(c *Config, r *reporter) {
 		if len(c.Clusters) == 0 {
 			r.errorf("ha", "no clusters: the group's VIPs are the clusters' VIPs")
 		}
+		if rf := c.HA.Refresh; rf != 0 && (rf < 100*time.Millisecond || rf > c.DataPlane.IdleTimeout/2) {
+			r.errorf("ha.refresh", "%v is out of range: 0 (a quarter of data_plane.idle_timeout), or 100ms to half of idle_timeout (%v)", rf, c.DataPlane.IdleTimeout/2)
+		}
 		if c.DataPlane.PinPath == "" {
 			r.errorf("data_plane.pin_path", `"" with ha: a dispatcher that dies must leave its data plane forwarding until a standby takes the VIPs, or every connection breaks`)
 		}

@@ -91,6 +91,7 @@ func (d *Daemon) newHA(cfg *config.Config, vips ha.VIPs) error {
 		OnFlows:  d.onHAFlows,
 		OnConfig: d.onHAConfig,
 		Snapshot: d.haSnapshot,
+		Refresh:  d.haRefresh,
 		Logger:   d.log,
 	})
 	if err != nil {
@@ -107,10 +108,11 @@ func (d *Daemon) newHA(cfg *config.Config, vips ha.VIPs) error {
 // haConfig is the node's configuration of cfg's ha section.
 func haConfig(cfg *config.Config, key []byte) ha.Config {
 	h := cfg.HA
+	est, closing := h.Refreshes(cfg.DataPlane)
 	return ha.Config{
 		Group: h.Group, Interface: h.Interface, Self: h.Self, Peers: h.Peers,
 		Priority: uint8(h.Priority), Preempt: h.Preempt, Interval: h.Interval, DeadAfter: h.DeadAfter,
-		Key: key, VIPs: clusterVIPs(cfg),
+		Key: key, VIPs: clusterVIPs(cfg), Refresh: est, RefreshClosing: closing,
 	}
 }
 
@@ -120,6 +122,18 @@ func clusterVIPs(cfg *config.Config) []netip.Addr {
 		out = append(out, cl.VIP)
 	}
 	return out
+}
+
+// followRefresh gives the node the refresh periods of the configuration
+// in force (ha.refresh changes on reload). Called with d.mu held.
+func (d *Daemon) followRefresh() {
+	if d.ha == nil || d.ha.node == nil || d.cfg.HA == nil {
+		return
+	}
+	est, closing := d.cfg.HA.Refreshes(d.cfg.DataPlane)
+	if err := d.ha.node.SetRefresh(est, closing); err != nil {
+		d.log.Error("ha: refresh periods", "err", err)
+	}
 }
 
 // followVIPs gives the group the VIPs of a new configuration: an active
@@ -217,6 +231,21 @@ func (d *Daemon) onHAFlows(recs []ha.FlowRecord) error {
 
 func (d *Daemon) haSnapshot(yield func(ha.FlowRecord) bool) error {
 	return d.x.Flows(func(f executor.Flow) bool { return yield(flowRecord(f)) })
+}
+
+// haRefresh lists the flows of a refresh round: those that carried a
+// packet since the standby last heard of them, read from the connection
+// table's last-seen stamps. Half-open flows are left out: a standby learns
+// a flow once its handshake completes, and a flood of SYNs must not become
+// synchronisation traffic.
+func (d *Daemon) haRefresh(r ha.RefreshRound, yield func(ha.FlowRecord) bool) error {
+	now := time.Now()
+	return d.x.Flows(func(f executor.Flow) bool {
+		if f.HalfOpen || !r.Wants(f.Closing, f.Idle, now) {
+			return true
+		}
+		return yield(flowRecord(f))
+	})
 }
 
 // onHAConfig applies, on a standby, the configuration and weights the

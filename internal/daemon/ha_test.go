@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -280,5 +281,48 @@ func TestHADelaysReachStandby(t *testing.T) {
 	bad, _ := json.Marshal(st)
 	if err := standby.d.onHAConfig(bad); err == nil {
 		t.Error("a negative delay factor from the active was taken")
+	}
+}
+
+// TestHARefreshRound: a refresh round lists, from the connection table's
+// last-seen stamps, the established flows seen since the round's Since and
+// the closing ones seen since its ClosingSince; a closing round lists
+// closing flows only.
+func TestHARefreshRound(t *testing.T) {
+	w := start(t, baseConfig)
+	client := netip.MustParseAddr("203.0.113.9")
+	fk := func(port uint16) executor.FlowKey {
+		return executor.FlowKey{Client: netip.AddrPortFrom(client, port), VIP: netip.AddrPortFrom(vip, 80), Proto: executor.TCP}
+	}
+	if err := w.x.UpsertFlows([]executor.Flow{
+		{Key: fk(1), Server: srv1},                                       // busy
+		{Key: fk(2), Server: srv2, Idle: 10 * time.Second},               // quiet since before the round
+		{Key: fk(3), Server: srv1, Closing: true},                        // closing, busy
+		{Key: fk(4), Server: srv2, Closing: true, Idle: 3 * time.Second}, // closing, quiet
+	}); err != nil {
+		t.Fatal(err)
+	}
+	list := func(r ha.RefreshRound) []uint16 {
+		var ports []uint16
+		if err := w.d.haRefresh(r, func(rec ha.FlowRecord) bool {
+			ports = append(ports, rec.Client.Port())
+			return true
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return ports
+	}
+	now := time.Now()
+	full := ha.RefreshRound{Since: now.Add(-5 * time.Second), ClosingSince: now.Add(-time.Second)}
+	if got := list(full); !slices.Equal(got, []uint16{1, 3}) {
+		t.Errorf("full round: flows %v, want 1 and 3", got)
+	}
+	full.Since = now.Add(-20 * time.Second)
+	if got := list(full); !slices.Equal(got, []uint16{1, 2, 3}) {
+		t.Errorf("full round over 20 s: flows %v, want 1, 2 and 3", got)
+	}
+	full.ClosingOnly = true
+	if got := list(full); !slices.Equal(got, []uint16{3}) {
+		t.Errorf("closing round: flows %v, want 3", got)
 	}
 }

@@ -234,18 +234,13 @@ func (d *Daemon) haSnapshot(yield func(ha.FlowRecord) bool) error {
 }
 
 // haRefresh lists the flows of a refresh round: those that carried a
-// packet since the standby last heard of them, read from the connection
+// packet since the standby last heard of them, chosen by the connection
 // table's last-seen stamps. Half-open flows are left out: a standby learns
 // a flow once its handshake completes, and a flood of SYNs must not become
 // synchronisation traffic.
 func (d *Daemon) haRefresh(r ha.RefreshRound, yield func(ha.FlowRecord) bool) error {
-	now := time.Now()
-	return d.x.Flows(func(f executor.Flow) bool {
-		if f.HalfOpen || !r.Wants(f.Closing, f.Idle, now) {
-			return true
-		}
-		return yield(flowRecord(f))
-	})
+	est, closing := r.Windows(time.Now())
+	return d.x.RecentFlows(est, closing, func(f executor.Flow) bool { return yield(flowRecord(f)) })
 }
 
 // onHAConfig applies, on a standby, the configuration and weights the

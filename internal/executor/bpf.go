@@ -1617,6 +1617,38 @@ func (b *BPF) Flows(fn func(Flow) bool) error {
 	})
 }
 
+// RecentFlows implements Executor.
+func (b *BPF) RecentFlows(within, closingWithin time.Duration, fn func(Flow) bool) error {
+	b.mu.Lock()
+	owners := b.ownersLocked()
+	b.mu.Unlock()
+	now := b.kernelNow()
+	return b.flowEntries(func(e *flowWay) bool {
+		if !recent(e.flags, e.lastSeen, now, within, closingWithin) {
+			return true
+		}
+		o, ok := owners[e.backend]
+		if !ok || o.gen != e.gen {
+			return true
+		}
+		return fn(flowFrom(e, o.addr, now))
+	})
+}
+
+// recent says whether a way with flags, last seen at lastSeen, carried a
+// packet within the window RecentFlows gives its kind, at now. A stamp
+// later than now (another CPU's clock) is recent.
+func recent(flags uint32, lastSeen, now uint64, within, closingWithin time.Duration) bool {
+	if flags&flowHalfOpen != 0 {
+		return false
+	}
+	limit := within
+	if flags&flowClosing != 0 {
+		limit = closingWithin
+	}
+	return limit >= 0 && int64(now-lastSeen) <= limit.Nanoseconds()
+}
+
 // LookupFlow implements Executor.
 func (b *BPF) LookupFlow(key FlowKey) (Flow, bool, error) {
 	if err := validateFlowKey(key); err != nil {

@@ -798,6 +798,12 @@ func TestFakeMatchesKernel(t *testing.T) {
 
 	compare := func(when string) {
 		t.Helper()
+		for _, w := range [][2]time.Duration{{time.Hour, time.Hour}, {-1, time.Hour}, {time.Hour, -1}} {
+			fr, kr := recentKeys(t, f, w[0], w[1]), recentKeys(t, h.x, w[0], w[1])
+			if !slices.Equal(fr, kr) {
+				t.Errorf("%s: recent flows within %v (closing %v) differ: fake %d, kernel %d", when, w[0], w[1], len(fr), len(kr))
+			}
+		}
 		fst, err := f.Stats()
 		if err != nil {
 			t.Fatal(err)

@@ -246,15 +246,17 @@ type RefreshRound struct {
 	ClosingOnly bool
 }
 
-// Wants reports whether a flow that is closing or not and was last seen
-// idle ago, as of now, belongs to the round.
-func (r RefreshRound) Wants(closing bool, idle time.Duration, now time.Time) bool {
+// Windows returns, as of now, how recently an established flow and a
+// closing one must have carried a packet to belong to the round; a
+// negative window selects none of its kind.
+func (r RefreshRound) Windows(now time.Time) (established, closing time.Duration) {
 	// The data plane's clock and the wall clock may differ by a tick.
 	const slack = 100 * time.Millisecond
-	if closing {
-		return idle <= now.Sub(r.ClosingSince)+slack
+	established, closing = now.Sub(r.Since)+slack, now.Sub(r.ClosingSince)+slack
+	if r.ClosingOnly {
+		established = -1
 	}
-	return !r.ClosingOnly && idle <= now.Sub(r.Since)+slack
+	return established, closing
 }
 
 // PeerStatus is what a node knows of one peer.

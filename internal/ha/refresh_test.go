@@ -42,24 +42,13 @@ func TestRefreshSchedule(t *testing.T) {
 
 	now := at(3000)
 	round := RefreshRound{Since: at(2000), ClosingSince: at(2750)}
-	for _, c := range []struct {
-		closing bool
-		idle    time.Duration
-		want    bool
-	}{
-		{false, 900 * time.Millisecond, true},
-		{false, 1050 * time.Millisecond, true}, // within the clocks' slack
-		{false, 1200 * time.Millisecond, false},
-		{true, 200 * time.Millisecond, true},
-		{true, 400 * time.Millisecond, false},
-	} {
-		if got := round.Wants(c.closing, c.idle, now); got != c.want {
-			t.Errorf("closing %v idle %v: wants %v", c.closing, c.idle, got)
-		}
+	est, closing := round.Windows(now)
+	if est != 1100*time.Millisecond || closing != 350*time.Millisecond {
+		t.Errorf("windows %v %v, want 1.1s and 350ms (100ms of slack for the clocks)", est, closing)
 	}
 	round.ClosingOnly = true
-	if round.Wants(false, 0, now) || !round.Wants(true, 0, now) {
-		t.Error("a closing round wants established flows, or not closing ones")
+	if est, closing := round.Windows(now); est >= 0 || closing != 350*time.Millisecond {
+		t.Errorf("closing round's windows %v %v", est, closing)
 	}
 }
 

@@ -34,7 +34,7 @@ func TestHAShadowOutlivesIdleTimeout(t *testing.T) {
 	var synced, control int
 	t.Run("synced", func(t *testing.T) {
 		synced = shadowCrash(t, false)
-		if min := haLongConns * 999 / 1000; synced < min {
+		if min := (haLongConns*999 + 999) / 1000; synced < min {
 			t.Errorf("%d of %d connections survived the crash, want at least 99.9%% (%d)", synced, haLongConns, min)
 		}
 	})

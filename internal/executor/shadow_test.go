@@ -1,0 +1,64 @@
+package executor
+
+import (
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+)
+
+// recentKeys lists the keys RecentFlows selects, sorted.
+func recentKeys(t *testing.T, x Executor, within, closingWithin time.Duration) []FlowKey {
+	t.Helper()
+	var keys []FlowKey
+	if err := x.RecentFlows(within, closingWithin, func(f Flow) bool { keys = append(keys, f.Key); return true }); err != nil {
+		t.Fatal(err)
+	}
+	slices.SortFunc(keys, compareFlowKeys)
+	return keys
+}
+
+// TestRecentFlows: RecentFlows selects established and closing entries
+// by their last-seen stamps, each kind within its own window, in both
+// implementations; a negative window selects none of its kind.
+func TestRecentFlows(t *testing.T) {
+	h := newHarness(t, Config{MaxFlows: 1 << 12})
+	f := NewFake()
+	key := ServiceKey{vip4, 80, TCP}
+	fk := func(port uint16) FlowKey {
+		return FlowKey{Client: netip.AddrPortFrom(client4, port), VIP: netip.AddrPortFrom(vip4, 80), Proto: TCP}
+	}
+	flows := []Flow{
+		{Key: fk(1), Server: s1},
+		{Key: fk(2), Server: s2, Idle: 10 * time.Second},
+		{Key: fk(3), Server: s1, Closing: true},
+		{Key: fk(4), Server: s2, Closing: true, Idle: 3 * time.Second},
+	}
+	for _, x := range []Executor{h.x, f} {
+		name := map[bool]string{true: "kernel", false: "fake"}[x == Executor(h.x)]
+		svc := Service{Key: key, Servers: []Server{h.server(s1, macS1, 1), h.server(s2, macS2, 1)}}
+		h.do(func() error {
+			if err := x.UpsertService(svc); err != nil {
+				return err
+			}
+			return x.UpsertFlows(flows)
+		})
+		for _, c := range []struct {
+			within, closing time.Duration
+			want            []uint16
+		}{
+			{5 * time.Second, time.Second, []uint16{1, 3}},
+			{time.Minute, time.Minute, []uint16{1, 2, 3, 4}},
+			{-1, 5 * time.Second, []uint16{3, 4}},
+			{time.Minute, -1, []uint16{1, 2}},
+		} {
+			var want []FlowKey
+			for _, p := range c.want {
+				want = append(want, fk(p))
+			}
+			if got := recentKeys(t, x, c.within, c.closing); !slices.Equal(got, want) {
+				t.Errorf("%s: within %v, closing %v: %v, want ports %v", name, c.within, c.closing, got, c.want)
+			}
+		}
+	}
+}

@@ -1321,10 +1321,9 @@ type flowWay struct {
 	lastSeen uint64
 }
 
-// ways returns the valid ways of a bucket. A way being rewritten at that
-// moment is skipped.
-func (bk *dispatchFlowBucket) ways() []flowWay {
-	var out []flowWay
+// ways appends the valid ways of a bucket to out. A way being rewritten at
+// that moment is skipped.
+func (bk *dispatchFlowBucket) ways(out []flowWay) []flowWay {
 	for i := range bk.Head {
 		h, body := &bk.Head[i], &bk.Body[i]
 		if h.Seq&1 != 0 || h.Meta&flowValid == 0 {
@@ -1350,6 +1349,7 @@ func (b *BPF) flowEntries(fn func(e *flowWay) bool) error {
 	vals := make([]dispatchFlowBucket, batch)
 	size := int(unsafe.Sizeof(dispatchFlowBucket{}))
 	raw := unsafe.Slice((*byte)(unsafe.Pointer(&vals[0])), batch*size)
+	ways := make([]flowWay, 0, len(dispatchFlowBucket{}.Head))
 	mem, err := b.objs.Conns.Memory()
 	if err != nil || int(b.objs.Conns.ValueSize()) != size {
 		mem = nil
@@ -1368,9 +1368,12 @@ func (b *BPF) flowEntries(fn func(e *flowWay) bool) error {
 				}
 			}
 		}
+		// One buffer for the scan: a way handed to fn by address would
+		// otherwise be allocated anew for every way of the table.
 		for i := range count {
-			for _, w := range vals[i].ways() {
-				if !fn(&w) {
+			found := vals[i].ways(ways[:0])
+			for j := range found {
+				if !fn(&found[j]) {
 					return nil
 				}
 			}
@@ -1663,7 +1666,7 @@ func (b *BPF) LookupFlow(key FlowKey) (Flow, bool, error) {
 	b.mu.Lock()
 	owners := b.ownersLocked()
 	b.mu.Unlock()
-	for _, e := range bucket.ways() {
+	for _, e := range bucket.ways(nil) {
 		if e.key != k {
 			continue
 		}

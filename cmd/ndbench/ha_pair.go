@@ -54,11 +54,11 @@ type haNDD struct {
 	host     *lab.Host
 	peer     *lab.Host
 	priority int
-	cfg    string // configuration file
-	socket string
-	api    *api.Client
-	proc   *lab.NDD // the latest run
-	starts int
+	cfg      string // configuration file
+	socket   string
+	api      *api.Client
+	proc     *lab.NDD // the latest run
+	starts   int
 }
 
 func newHAPair(ctx context.Context, o haOptions, logf func(string, ...any)) (_ *haPair, err error) {

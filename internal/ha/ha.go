@@ -129,6 +129,12 @@ type Config struct {
 	// RefreshClosing is the same for closing flows (FIN or RST seen),
 	// whose timeout is shorter; 0 or more than Refresh means Refresh.
 	RefreshClosing time.Duration
+	// ActiveActive makes every node forward at once (docs/SCALEOUT.md):
+	// every node streams its flows to every peer and takes theirs; the
+	// election only picks the leader, whose configuration the others
+	// follow (it alone sends configuration); and no node manages the VIP
+	// addresses, which are the routing's (BGP).
+	ActiveActive bool
 }
 
 func (c *Config) setDefaults() {
@@ -304,13 +310,15 @@ type Counters struct {
 
 // Status is a snapshot of the node.
 type Status struct {
-	Group    string
-	Self     netip.AddrPort
-	State    State
-	Since    time.Time // when State was entered
-	Priority uint8
-	Preempt  bool
-	Epoch    uint64
+	Group string
+	Self  netip.AddrPort
+	State State
+	Since time.Time // when State was entered
+	// ActiveActive: every node forwards; State active means the leader.
+	ActiveActive bool
+	Priority     uint8
+	Preempt      bool
+	Epoch        uint64
 	// Active is the node this one believes active (itself included);
 	// invalid if none.
 	Active netip.AddrPort
@@ -360,6 +368,7 @@ type Node struct {
 	c     counters
 
 	seqDgram, seqStream atomic.Uint64
+	aa                  atomic.Bool // Config.ActiveActive, as SetActiveActive left it
 
 	replayMu sync.Mutex
 	replay   *replayGuard
@@ -435,6 +444,7 @@ func New(cfg Config, o Options) (*Node, error) {
 		n.peers[p] = &peer{addr: p}
 	}
 	n.refresh = [2]time.Duration{cfg.Refresh, cfg.RefreshClosing}
+	n.aa.Store(cfg.ActiveActive)
 	var err error
 	if n.udp, err = net.ListenUDP("udp", net.UDPAddrFromAddrPort(cfg.Self)); err != nil {
 		return nil, fmt.Errorf("ha: listen udp %s: %w", cfg.Self, err)
@@ -523,7 +533,7 @@ func (n *Node) Run(ctx context.Context) error {
 			}
 		}
 		if announcements > 0 && !now.Before(nextAnnounce) {
-			if n.State() == StateActive {
+			if n.State() == StateActive && !n.aa.Load() {
 				n.announce()
 			}
 			announcements--
@@ -658,6 +668,7 @@ func (n *Node) Status() Status {
 		Self:          n.cfg.Self,
 		State:         n.state,
 		Since:         n.since,
+		ActiveActive:  n.aa.Load(),
 		Priority:      n.cfg.Priority,
 		Preempt:       n.cfg.Preempt,
 		Epoch:         n.epoch,
@@ -786,10 +797,34 @@ func (n *Node) SendFlows(recs []FlowRecord) {
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.state != StateActive && time.Now().After(n.syncUntil) {
+	if n.state != StateActive && !n.aa.Load() && time.Now().After(n.syncUntil) {
 		return
 	}
 	for _, s := range n.sessions {
 		s.enqueue(recs)
 	}
+}
+
+// SetActiveActive switches a running node between the modes
+// (Config.ActiveActive). An active node entering active-active mode gives
+// its VIP addresses up to the routing; one leaving it brings them up and
+// announces them. Sessions start (or stop) at the next election step.
+func (n *Node) SetActiveActive(on bool) {
+	if n.aa.Swap(on) == on {
+		return
+	}
+	n.log.Info("ha: mode", "active-active", on)
+	if n.State() == StateActive {
+		var err error
+		if on {
+			err = n.vips.Down()
+		} else if err = n.vips.Up(); err == nil {
+			n.announce()
+		}
+		if err != nil {
+			n.c.vipErrs.Add(1)
+			n.log.Error("ha: VIPs on a change of mode", "err", err)
+		}
+	}
+	n.poke()
 }

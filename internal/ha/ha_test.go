@@ -436,3 +436,48 @@ func TestRefreshStream(t *testing.T) {
 		t.Errorf("status periods %v %v after SetRefresh", st.Refresh, st.RefreshClosing)
 	}
 }
+
+// TestActiveActive: in active-active mode both nodes stream their flows to
+// each other, neither holds the VIPs, and only the leader (the elected
+// active) sends its configuration. Switched back to active-standby, the
+// active brings the VIPs up and the standby stops streaming.
+func TestActiveActive(t *testing.T) {
+	tp := newTopo(t, 2)
+	aa := func(cfg *ha.Config, o *ha.Options) { cfg.ActiveActive = true }
+	a := tp.start(tp.nd[0], 200, false, aa)
+	b := tp.start(tp.nd[1], 100, false, aa)
+	conf := []byte("clusters: []\n")
+	a.SetConfig(conf)
+	eventually(t, settle, "a leads, b follows with a's configuration", func() bool {
+		return a.State() == ha.StateActive && b.State() == ha.StateStandby && bytes.Equal(b.lastConfig(), conf)
+	})
+	eventually(t, settle, "each streams to the other", func() bool {
+		return a.Status().Peers[0].Synced && b.Status().Peers[0].Synced
+	})
+	fromA, fromB := flows(2, 0), flows(3, 100)
+	a.SendFlows(fromA)
+	b.SendFlows(fromB)
+	eventually(t, time.Second, "each gets the other's flows", func() bool {
+		return len(a.received()) == len(fromB) && len(b.received()) == len(fromA)
+	})
+	for _, n := range []*running{a, b} {
+		if !n.Status().ActiveActive || hasAddr(t, n.h, vip4) || hasAddr(t, n.h, vip6) {
+			t.Errorf("%s: status active-active %v, holds the VIPs %v", n.h.name, n.Status().ActiveActive, hasAddr(t, n.h, vip4))
+		}
+	}
+	b.SetConfig([]byte("clusters: [b]\n")) // a follower's own: never sent
+	time.Sleep(3 * interval)
+	if st := b.Status(); st.Counters.ConfigsSent != 0 {
+		t.Errorf("the follower sent %d configurations", st.Counters.ConfigsSent)
+	}
+
+	a.SetActiveActive(false)
+	b.SetActiveActive(false)
+	eventually(t, settle, "the active holds the VIPs again", func() bool { return hasAddr(t, a.h, vip4) })
+	eventually(t, settle, "the standby stops streaming", func() bool { return !b.Status().Peers[0].Synced })
+	b.SendFlows(flows(1, 200))
+	time.Sleep(3 * interval)
+	if got := len(a.received()); got != len(fromB) {
+		t.Errorf("a received %d records from a standby, want none after the %d before", got-len(fromB), len(fromB))
+	}
+}

@@ -257,8 +257,11 @@ func (w *frameWriter) flush() error {
 func (w *frameWriter) config() error {
 	w.n.mu.Lock()
 	c := w.n.config
+	// In active-active mode only the leader's configuration travels: a
+	// follower's copy may be older than what its peers hold.
+	follower := w.n.aa.Load() && w.n.state != StateActive
 	w.n.mu.Unlock()
-	if c.Data == nil {
+	if c.Data == nil || follower {
 		return nil
 	}
 	if err := w.write(msgConfig, c.append(nil)); err != nil {

@@ -133,6 +133,7 @@ func Marshal(c *Config) ([]byte, error) {
 			"dead_after", durationNode(h.DeadAfter),
 			"key_file", str(h.KeyFile),
 			"refresh", durationNode(h.Refresh),
+			"mode", str(h.Mode),
 		))
 	}
 

@@ -55,6 +55,7 @@ ha:
   dead_after: 1s
   key_file: /etc/nd/ha.key
   refresh: 20s
+  mode: active-standby
 clusters:
   - vip: 198.51.100.100
     ports:
@@ -142,6 +143,16 @@ func TestFullSectionsRoundTrip(t *testing.T) {
 	}
 	if ch := Diff(c, c4); ch.Err() != nil || len(ch.Settings) != 1 || ch.Settings[0].Path != "ha.refresh" || ch.Settings[0].New != "5s" {
 		t.Errorf("changing ha.refresh: %+v", ch)
+	}
+	c5, err := Parse([]byte(strings.Replace(full, "mode: active-standby", "mode: active-active", 1)), "nd.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ch := Diff(c, c5); ch.Err() != nil || len(ch.Settings) != 1 || ch.Settings[0].Path != "ha.mode" || !c5.HA.ActiveActive() || c.HA.ActiveActive() {
+		t.Errorf("changing ha.mode: %+v", ch)
+	}
+	if _, err := Parse([]byte(strings.Replace(full, "mode: active-standby", "mode: both", 1)), "nd.yaml"); err == nil || !strings.Contains(err.Error(), "ha.mode") {
+		t.Errorf("mode both: %v", err)
 	}
 	// Advisors and agents are live settings.
 	c3, _ := Parse([]byte(strings.Replace(full, "rise: 3", "rise: 4", 1)), "nd.yaml")

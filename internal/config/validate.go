@@ -149,6 +149,9 @@ func validateHA(h *HA, r *reporter) {
 	if h.DeadAfter < 2*h.Interval || h.DeadAfter > 10*time.Minute {
 		r.errorf("ha.dead_after", "%v is out of range: at least two intervals (%v), at most 10m", h.DeadAfter, 2*h.Interval)
 	}
+	if h.Mode != HAModeActiveStandby && h.Mode != HAModeActiveActive {
+		r.errorf("ha.mode", "%q is not a mode: %s or %s", h.Mode, HAModeActiveStandby, HAModeActiveActive)
+	}
 	if h.KeyFile == "" {
 		r.errorf("ha.key_file", "required: the group's shared key")
 	} else if !filepath.IsAbs(h.KeyFile) {

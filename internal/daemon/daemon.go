@@ -407,8 +407,8 @@ func (d *Daemon) apply(cfg *config.Config) (config.Changes, error) {
 		}
 	}
 	d.cfg = clone(cfg)
+	d.followHA()
 	d.followVIPs()
-	d.followRefresh()
 	for _, p := range d.cfg.Ports() {
 		if err := d.install(p); err != nil {
 			errs = append(errs, err)

@@ -57,6 +57,7 @@ type haNode struct {
 	preempt  bool
 	timers   haTimers
 	refresh  time.Duration // ha.refresh; 0 leaves the default
+	mode     string        // ha.mode; "" leaves the default
 	keyFile  string
 	cfgPath  string
 	api      *api.Client
@@ -83,6 +84,9 @@ func (n *haNode) yaml() string {
 	}
 	if n.refresh != 0 {
 		fmt.Fprintf(&b, "  refresh: %s\n", n.refresh)
+	}
+	if n.mode != "" {
+		fmt.Fprintf(&b, "  mode: %s\n", n.mode)
 	}
 	return b.String()
 }

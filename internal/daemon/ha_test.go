@@ -326,3 +326,48 @@ func TestHARefreshRound(t *testing.T) {
 		t.Errorf("closing round: flows %v, want 3", got)
 	}
 }
+
+// TestHAActiveActiveLearntNotEchoed: in active-active mode a copy learnt
+// from a peer is dated back further than a refresh round reaches, so this
+// node's rounds do not send it back; in active-standby mode it is dated
+// when written.
+func TestHAActiveActiveLearntNotEchoed(t *testing.T) {
+	w := start(t, baseConfig)
+	rec := ha.FlowRecord{Client: netip.MustParseAddrPort("203.0.113.9:1000"), VIP: netip.AddrPortFrom(vip, 80), Proto: 6, Server: srv1}
+	k := executor.FlowKey{Client: rec.Client, VIP: rec.VIP, Proto: executor.TCP}
+	for _, mode := range []string{config.HAModeActiveActive, config.HAModeActiveStandby} {
+		cfg := config.Default()
+		cfg.HA = &config.HA{Mode: mode}
+		link := &haLink{}
+		link.follow(cfg)
+		w.d.mu.Lock()
+		w.d.ha = link
+		w.d.mu.Unlock()
+		if err := w.d.onHAFlows([]ha.FlowRecord{rec}); err != nil {
+			t.Fatal(err)
+		}
+		f, ok, err := w.x.LookupFlow(k)
+		if err != nil || !ok {
+			t.Fatalf("%s: learnt flow not found: %v", mode, err)
+		}
+		est, _ := cfg.HA.Refreshes(cfg.DataPlane)
+		now := time.Now()
+		var listed int
+		if err := w.d.haRefresh(ha.RefreshRound{Since: now.Add(-est), ClosingSince: now.Add(-est)}, func(ha.FlowRecord) bool { listed++; return true }); err != nil {
+			t.Fatal(err)
+		}
+		switch mode {
+		case config.HAModeActiveActive:
+			if f.Idle != est+learntSlack || listed != 0 {
+				t.Errorf("%s: learnt copy idle %v (want %v), listed by a round %d times", mode, f.Idle, est+learntSlack, listed)
+			}
+		default:
+			if f.Idle != 0 || listed != 1 {
+				t.Errorf("%s: learnt copy idle %v, listed %d times", mode, f.Idle, listed)
+			}
+		}
+	}
+	w.d.mu.Lock()
+	w.d.ha = nil
+	w.d.mu.Unlock()
+}

@@ -276,6 +276,11 @@ type PeerStatus struct {
 	LastHeard time.Time // zero if never heard
 	Epoch     uint64    // its boot id
 	Synced    bool      // this node streams its flows to it
+	// SnapshotReceived: a whole snapshot of its flows arrived since this
+	// node started. In active-active mode a node that has one from every
+	// live peer holds their flows, and may be given traffic (its routes
+	// announced): docs/SCALEOUT.md.
+	SnapshotReceived bool
 	// ConfigVersion is the version of the configuration it holds, as
 	// numbered by the node that sent it.
 	ConfigVersion uint64
@@ -683,7 +688,8 @@ func (n *Node) Status() Status {
 	}
 	for _, a := range n.cfg.Peers {
 		p := n.peers[a]
-		ps := PeerStatus{Addr: a, Alive: n.alive(p, now), LastHeard: p.lastHeard, Epoch: p.epoch}
+		ps := PeerStatus{Addr: a, Alive: n.alive(p, now), LastHeard: p.lastHeard, Epoch: p.epoch,
+			SnapshotReceived: p.snapshotAt.After(n.started)}
 		if p.heard {
 			ps.State, ps.Priority, ps.Preempt, ps.Takeover = p.hb.State, p.hb.Priority, p.hb.Preempt, p.hb.Takeover
 			ps.ConfigVersion = p.hb.ConfigVer

@@ -451,8 +451,9 @@ func TestActiveActive(t *testing.T) {
 	eventually(t, settle, "a leads, b follows with a's configuration", func() bool {
 		return a.State() == ha.StateActive && b.State() == ha.StateStandby && bytes.Equal(b.lastConfig(), conf)
 	})
-	eventually(t, settle, "each streams to the other", func() bool {
-		return a.Status().Peers[0].Synced && b.Status().Peers[0].Synced
+	eventually(t, settle, "each streams to the other and has the other's snapshot", func() bool {
+		as, bs := a.Status(), b.Status()
+		return as.Peers[0].Synced && bs.Peers[0].Synced && as.Peers[0].SnapshotReceived && bs.Peers[0].SnapshotReceived
 	})
 	fromA, fromB := flows(2, 0), flows(3, 100)
 	a.SendFlows(fromA)

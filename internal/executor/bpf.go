@@ -1696,10 +1696,9 @@ const (
 
 // writeFlow runs flow_write, retrying a few times when a way is busy.
 func (b *BPF) writeFlow(op flowOp) (uint32, error) {
-	in, err := binary.Append(nil, binary.NativeEndian, op)
-	if err != nil {
-		return 0, err
-	}
+	// The program reads the op in the host's layout, which flowOp has
+	// (no padding: checked by TestFlowOpLayout).
+	in := unsafe.Slice((*byte)(unsafe.Pointer(&op)), unsafe.Sizeof(op))
 	for range 8 {
 		ret, err := b.objs.FlowWrite.Run(&ebpf.RunOptions{Data: in})
 		if err != nil {

@@ -1,10 +1,13 @@
 package executor
 
 import (
+	"bytes"
+	"encoding/binary"
 	"net/netip"
 	"slices"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 // recentKeys lists the keys RecentFlows selects, sorted.
@@ -60,5 +63,19 @@ func TestRecentFlows(t *testing.T) {
 				t.Errorf("%s: within %v, closing %v: %v, want ports %v", name, c.within, c.closing, got, c.want)
 			}
 		}
+	}
+}
+
+// TestFlowOpLayout: writeFlow hands flow_write a flowOp's memory as it
+// is, which must be the bytes binary.Append writes (no padding).
+func TestFlowOpLayout(t *testing.T) {
+	op := flowOp{Op: flowOpUpsert, Backend: 7, Gen: 9, Flags: flowClosing, IdleNs: 12345,
+		Key: flowKey(FlowKey{Client: netip.MustParseAddrPort("203.0.113.7:4242"), VIP: netip.MustParseAddrPort("198.51.100.100:80"), Proto: TCP})}
+	want, err := binary.Append(nil, binary.NativeEndian, op)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := unsafe.Slice((*byte)(unsafe.Pointer(&op)), unsafe.Sizeof(op)); !bytes.Equal(got, want) {
+		t.Errorf("flowOp in memory\n%x\nwant\n%x", got, want)
 	}
 }

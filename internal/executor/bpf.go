@@ -1711,6 +1711,54 @@ func (b *BPF) writeFlow(op flowOp) (uint32, error) {
 	return 0, fmt.Errorf("connection table way stayed busy")
 }
 
+// flowBatch and flowDone are FLOW_BATCH and FLOW_DONE: the most ops of one
+// flow_write_batch run, and the mark of an op it applied.
+const (
+	flowBatch = 32
+	flowDone  = 0x100
+)
+
+// writeFlows applies ops in order, flowBatch a run of flow_write_batch,
+// and returns each one's answer. An op the program found busy is retried
+// alone (writeFlow) before the ops after it.
+func (b *BPF) writeFlows(ops []flowOp) ([]uint32, []error) {
+	rets := make([]uint32, len(ops))
+	errs := make([]error, len(ops))
+	size := int(unsafe.Sizeof(flowOp{}))
+	out := make([]byte, flowBatch*size)
+	for next := 0; next < len(ops); {
+		chunk := ops[next:min(next+flowBatch, len(ops))]
+		in := unsafe.Slice((*byte)(unsafe.Pointer(&chunk[0])), len(chunk)*size)
+		if _, err := b.objs.FlowWriteBatch.Run(&ebpf.RunOptions{Data: in, DataOut: out[:len(in)]}); err != nil {
+			for i := next; i < len(ops); i++ {
+				errs[i] = err
+			}
+			return rets, errs
+		}
+		done := 0
+		for i := range chunk {
+			ret := binary.NativeEndian.Uint32(out[i*size:])
+			if ret&flowDone == 0 {
+				break
+			}
+			ret &^= flowDone
+			done++
+			if ret == xdpAbortedAction {
+				ret, errs[next+i] = b.writeFlow(chunk[i])
+			}
+			rets[next+i] = ret
+		}
+		if done == 0 {
+			// Not even the first op was applied: the program refused
+			// the input.
+			errs[next] = fmt.Errorf("flow_write_batch applied nothing")
+			done = 1
+		}
+		next += done
+	}
+	return rets, errs
+}
+
 // xdpAbortedAction and friends are flow_write's answers.
 const (
 	xdpAbortedAction = 0
@@ -1722,7 +1770,11 @@ const (
 func (b *BPF) UpsertFlows(flows []Flow) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	var errs []error
+	var (
+		errs []error
+		ops  []flowOp
+		keys []FlowKey
+	)
 	for _, f := range flows {
 		if err := validateFlowKey(f.Key); err != nil {
 			errs = append(errs, err)
@@ -1745,8 +1797,15 @@ func (b *BPF) UpsertFlows(flows []Flow) error {
 		if f.Closing {
 			op.Flags = flowClosing
 		}
-		if _, err := b.writeFlow(op); err != nil {
-			errs = append(errs, fmt.Errorf("write flow %v: %w", f.Key, err))
+		ops = append(ops, op)
+		keys = append(keys, f.Key)
+	}
+	if len(ops) > 0 {
+		_, werrs := b.writeFlows(ops)
+		for i, err := range werrs {
+			if err != nil {
+				errs = append(errs, fmt.Errorf("write flow %v: %w", keys[i], err))
+			}
 		}
 	}
 	return errors.Join(errs...)

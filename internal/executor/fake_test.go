@@ -923,6 +923,13 @@ func TestFakeMatchesKernel(t *testing.T) {
 			{Key: fkFlow(fkHTTP, fkClient, 60001), Server: fkS4, Closing: true},
 		})
 	})
+	// More than a batch of the kernel's flow_write_batch (32), some named
+	// twice: the later record wins, as in order.
+	var many []Flow
+	for i := range 100 {
+		many = append(many, Flow{Key: fkFlow(fkHTTP, fkClient, uint16(50000+i%70)), Server: []netip.Addr{fkS1, fkS3, fkS4}[i%3], Closing: i%7 == 0})
+	}
+	both("learn many flows", func(x Executor) error { return x.UpsertFlows(many) })
 	for _, k := range http {
 		packet(k, tcpACK)
 	}

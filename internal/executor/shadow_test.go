@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 	"unsafe"
@@ -77,5 +78,43 @@ func TestFlowOpLayout(t *testing.T) {
 	}
 	if got := unsafe.Slice((*byte)(unsafe.Pointer(&op)), unsafe.Sizeof(op)); !bytes.Equal(got, want) {
 		t.Errorf("flowOp in memory\n%x\nwant\n%x", got, want)
+	}
+}
+
+// TestUpsertFlowsBatched: UpsertFlows writes the kernel's table in batches
+// (flow_write_batch): more flows than a batch, a flow named twice (the
+// later record wins), and a record naming an unknown server (reported,
+// the others written).
+func TestUpsertFlowsBatched(t *testing.T) {
+	h := newHarness(t, Config{MaxFlows: 1 << 12})
+	key := ServiceKey{vip4, 80, TCP}
+	h.upsert(Service{Key: key, Servers: []Server{h.server(s1, macS1, 1), h.server(s2, macS2, 1)}})
+	fk := func(port uint16) FlowKey {
+		return FlowKey{Client: netip.AddrPortFrom(client4, port), VIP: netip.AddrPortFrom(vip4, 80), Proto: TCP}
+	}
+	var flows []Flow
+	for i := range 3*flowBatch + 5 {
+		flows = append(flows, Flow{Key: fk(uint16(1000 + i)), Server: s1})
+	}
+	flows = append(flows, Flow{Key: fk(1000), Server: s2, Closing: true}, Flow{Key: fk(9), Server: s3})
+	err := h.x.UpsertFlows(flows)
+	if err == nil || !strings.Contains(err.Error(), s3.String()) {
+		t.Errorf("UpsertFlows with an unknown server: %v", err)
+	}
+	got := map[FlowKey]Flow{}
+	if err := h.x.Flows(func(f Flow) bool { got[f.Key] = f; return true }); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 3*flowBatch+5 {
+		t.Errorf("%d flows in the table, want %d", len(got), 3*flowBatch+5)
+	}
+	if f := got[fk(1000)]; f.Server != s2 || !f.Closing {
+		t.Errorf("the flow named twice: %+v, want the later record (s2, closing)", f)
+	}
+	if f := got[fk(1000+3*flowBatch+4)]; f.Server != s1 {
+		t.Errorf("the last flow of the last batch: %+v", f)
+	}
+	if err := h.x.DeleteFlow(fk(1001)); err != nil {
+		t.Errorf("delete a batched flow: %v", err)
 	}
 }

@@ -4,21 +4,17 @@
 #ifndef ND_CONTROL_H
 #define ND_CONTROL_H
 
-/* flow_write applies one struct flow_op, given as the packet of
- * BPF_PROG_RUN: user space's way to write the connection table under the
- * same sequence counts as the data plane. Returns XDP_PASS when done,
- * XDP_DROP when a deleted flow was not there, XDP_ABORTED when the input was
- * bad or the way was busy (try again). */
-SEC("xdp")
-int flow_write(struct xdp_md *ctx)
+/* nd_flow_apply applies one struct flow_op: user space's way to write the
+ * connection table under the same sequence counts as the data plane.
+ * Returns XDP_PASS when done, XDP_DROP when a deleted flow was not there,
+ * XDP_ABORTED when the input was bad or the way was busy (try again).
+ * Global, so that the verifier checks it once for every caller. */
+__noinline int nd_flow_apply(const struct flow_op *op)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	struct flow_op *op = data;
 	struct flow_key key;
 	struct flow_snap snap = {};
 
-	if ((void *)(op + 1) > data_end)
+	if (!op)
 		return XDP_ABORTED;
 	__builtin_memcpy(&key, &op->key, sizeof(key));
 
@@ -78,6 +74,48 @@ int flow_write(struct xdp_md *ctx)
 	return XDP_PASS;
 }
 
+/* flow_write applies one struct flow_op, given as the packet of
+ * BPF_PROG_RUN (nd_flow_apply's answer). */
+SEC("xdp")
+int flow_write(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct flow_op op;
+
+	if (data + sizeof(op) > data_end)
+		return XDP_ABORTED;
+	__builtin_memcpy(&op, data, sizeof(op));
+	return nd_flow_apply(&op);
+}
+
+/* flow_write_batch applies up to FLOW_BATCH struct flow_op, the packet of
+ * one BPF_PROG_RUN, in order, and writes each one's answer (nd_flow_apply's,
+ * with FLOW_DONE) over its op field: a system call for FLOW_BATCH flows
+ * instead of one each, which is most of what writing a flow costs. It stops
+ * after an op that must be tried again, so that user space retries it
+ * before the ops that follow (two ops may name one flow). */
+SEC("xdp")
+int flow_write_batch(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+
+	for (int i = 0; i < FLOW_BATCH; i++) {
+		struct flow_op *in = data + i * sizeof(struct flow_op);
+		struct flow_op op;
+
+		if ((void *)(in + 1) > data_end)
+			break;
+		__builtin_memcpy(&op, in, sizeof(op));
+		int r = nd_flow_apply(&op);
+		in->op = FLOW_DONE | r;
+		if (r == XDP_ABORTED)
+			break;
+	}
+	return XDP_PASS;
+}
+
 /* clock_now writes now_ns() into the first 8 bytes of its input, so that
  * user space reads the clock the connection table's timestamps use. */
 SEC("xdp")
@@ -92,4 +130,5 @@ int clock_now(struct xdp_md *ctx)
 	*out = now_ns();
 	return XDP_PASS;
 }
+
 #endif /* ND_CONTROL_H */

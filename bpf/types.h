@@ -143,6 +143,11 @@ _Static_assert(sizeof(struct flow_bucket) == 256, "a bucket is four cache lines"
  * seqlock, as the data plane. */
 #define FLOW_OP_UPSERT 1
 #define FLOW_OP_DELETE 2
+/* FLOW_BATCH bounds the ops of one flow_write_batch run: 2 KiB of input,
+ * within what BPF_PROG_RUN takes for an XDP program. */
+#define FLOW_BATCH 32
+/* FLOW_DONE marks an op flow_write_batch applied; its answer is below it. */
+#define FLOW_DONE 0x100
 
 struct flow_op {
 	__u32 op;

@@ -24,6 +24,10 @@ type haOptions struct {
 	deadAfter time.Duration
 	servers   int
 	window    time.Duration
+	idle      time.Duration
+	hold      time.Duration
+	refresh   time.Duration
+	control   bool
 	ndd       string
 	timeout   time.Duration
 	json      bool
@@ -32,11 +36,15 @@ type haOptions struct {
 func parseHAOptions(args []string, stderr io.Writer) (haOptions, error) {
 	var o haOptions
 	fs := newFlagSet("ndbench ha", stderr,
-		"usage: ndbench ha [--failovers N] [--conns N] [--period D] [--interval D] [--dead-after D] [--servers N] [--window D] [--ndd PATH] [--timeout D] [--json]\n\n"+
+		"usage: ndbench ha [--failovers N] [--conns N] [--period D] [--interval D] [--dead-after D] [--servers N] [--window D]\n"+
+			"                  [--idle-timeout D] [--hold D] [--refresh D] [--control=BOOL] [--ndd PATH] [--timeout D] [--json]\n\n"+
 			"Builds a lab with two dispatchers running ndd as an HA pair and measures, over\n"+
 			"crash failovers (SIGKILL and link down) and planned ones (takeover through the\n"+
 			"API), the client's reply gap and the share of established connections that\n"+
-			"survive. Must run as root; removes the lab on exit.\n\n")
+			"survive. The connections run for --hold, longer than the idle timeout, and the\n"+
+			"weights move after they open (half the servers to 0). With --control each crash\n"+
+			"is repeated with the flow stream to the standby blocked. Must run as root;\n"+
+			"removes the lab on exit.\n\n")
 	fs.IntVar(&o.failovers, "failovers", 10, "failovers of each kind (crash, planned)")
 	fs.IntVar(&o.conns, "conns", 50, "established connections through the VIP during each failover")
 	fs.DurationVar(&o.period, "period", 10*time.Millisecond, "each connection sends a request this often")
@@ -44,11 +52,18 @@ func parseHAOptions(args []string, stderr io.Writer) (haOptions, error) {
 	fs.DurationVar(&o.deadAfter, "dead-after", 2*time.Second, "ha.dead_after of both nodes")
 	fs.IntVar(&o.servers, "servers", 2, "real servers behind the VIP (1 to 8)")
 	fs.DurationVar(&o.window, "window", 15*time.Second, "after a failover, how long a connection may take to answer again before it counts as lost")
+	fs.DurationVar(&o.idle, "idle-timeout", 10*time.Second, "data_plane.idle_timeout of both nodes")
+	fs.DurationVar(&o.hold, "hold", 0, "how long the connections run before the failover (default: the idle timeout plus 1s)")
+	fs.DurationVar(&o.refresh, "refresh", 0, "ha.refresh of both nodes (default: ndd's, a quarter of the idle timeout)")
+	fs.BoolVar(&o.control, "control", true, "repeat each crash with the flow stream to the standby blocked (kind crash-blocked)")
 	fs.StringVar(&o.ndd, "ndd", "", "ndd binary to run (default: go build ./cmd/ndd into a temporary directory)")
 	fs.DurationVar(&o.timeout, "timeout", 20*time.Minute, "give up, clean up and report what was measured after this long")
 	fs.BoolVar(&o.json, "json", false, "print the report as JSON on stdout (the table goes to stderr)")
 	if err := parseFlags(fs, args); err != nil {
 		return o, err
+	}
+	if o.hold == 0 {
+		o.hold = o.idle + time.Second
 	}
 	switch {
 	case o.failovers < 1 || o.failovers > 100:
@@ -65,6 +80,12 @@ func parseHAOptions(args []string, stderr io.Writer) (haOptions, error) {
 		return o, fmt.Errorf("%w: --servers %d: want 1 to 8", errUsage, o.servers)
 	case o.window < o.deadAfter+time.Second || o.window > 5*time.Minute:
 		return o, fmt.Errorf("%w: --window %v: want dead-after + 1s (%v) to 5m", errUsage, o.window, o.deadAfter+time.Second)
+	case o.idle < time.Second || o.idle > time.Hour:
+		return o, fmt.Errorf("%w: --idle-timeout %v: want 1s to 1h", errUsage, o.idle)
+	case o.hold < time.Second || o.hold > time.Hour:
+		return o, fmt.Errorf("%w: --hold %v: want 1s to 1h", errUsage, o.hold)
+	case o.refresh != 0 && (o.refresh < 100*time.Millisecond || o.refresh > o.idle/2):
+		return o, fmt.Errorf("%w: --refresh %v: want 100ms to half the idle timeout (%v)", errUsage, o.refresh, o.idle/2)
 	case o.timeout <= 0:
 		return o, fmt.Errorf("%w: --timeout %v: want more than 0", errUsage, o.timeout)
 	}
@@ -73,7 +94,7 @@ func parseHAOptions(args []string, stderr io.Writer) (haOptions, error) {
 
 // failover is what one failover measured.
 type failover struct {
-	Kind string `json:"kind"` // crash or planned
+	Kind string `json:"kind"` // crash, crash-blocked (the control) or planned
 	From string `json:"from"` // the active before
 	To   string `json:"to"`
 	// Control is how long the node taking over took to say it is active:
@@ -95,6 +116,20 @@ type failover struct {
 	// and how many answered again within the window.
 	Conns    int `json:"conns"`
 	Survived int `json:"survived"`
+	// Over the hold, on the active: records of refresh rounds it sent,
+	// rounds, and bytes on its synchronisation stream (all frames).
+	Refreshed   uint64        `json:"refreshed"`
+	Rounds      uint64        `json:"refresh_rounds"`
+	StreamBytes uint64        `json:"stream_bytes"`
+	Hold        time.Duration `json:"hold_ns"`
+}
+
+// syncRate is the stream's bytes per connection per minute over the hold.
+func (f failover) syncRate() float64 {
+	if f.Conns == 0 || f.Hold <= 0 {
+		return 0
+	}
+	return float64(f.StreamBytes) / float64(f.Conns) / f.Hold.Minutes()
 }
 
 func (f failover) survival() float64 { return float64(f.Survived) / float64(max(f.Conns, 1)) }
@@ -105,6 +140,9 @@ type haReport struct {
 	Interval  string     `json:"interval"`
 	DeadAfter string     `json:"dead_after"`
 	Period    string     `json:"period"`
+	Idle      string     `json:"idle_timeout"`
+	Hold      string     `json:"hold"`
+	Refresh   string     `json:"refresh"`
 	CPUs      int        `json:"cpus"`
 	Kernel    string     `json:"kernel,omitempty"`
 	Error     string     `json:"error,omitempty"`
@@ -118,8 +156,12 @@ func runHA(args []string, e env) int {
 	}
 	defer done()
 
+	refresh := "default"
+	if o.refresh > 0 {
+		refresh = o.refresh.String()
+	}
 	r := haReport{Interval: o.interval.String(), DeadAfter: o.deadAfter.String(), Period: o.period.String(),
-		CPUs: runtime.NumCPU(), Kernel: kernelRelease()}
+		Idle: o.idle.String(), Hold: o.hold.String(), Refresh: refresh, CPUs: runtime.NumCPU(), Kernel: kernelRelease()}
 	fs, runErr := measureHA(ctx, o, logf)
 	r.Failovers = fs
 	if runErr != nil {
@@ -159,8 +201,12 @@ func measureHA(ctx context.Context, o haOptions, logf func(string, ...any)) (_ [
 	var out []failover
 	// Crashes and planned takeovers alternate, so that both see the same
 	// conditions over the run.
+	kinds := []string{"crash", "planned"}
+	if o.control {
+		kinds = []string{"crash", "crash-blocked", "planned"}
+	}
 	for i := range o.failovers {
-		for _, kind := range []string{"crash", "planned"} {
+		for _, kind := range kinds {
 			if err := ctx.Err(); err != nil {
 				return out, err
 			}
@@ -168,9 +214,10 @@ func measureHA(ctx context.Context, o haOptions, logf func(string, ...any)) (_ [
 			if err != nil {
 				return out, fmt.Errorf("%s failover %d: %w", kind, i+1, err)
 			}
-			logf("%s %d: %s -> %s: control %v, path gap %v, client gap %v, median stall %v, %d of %d connections survived",
+			logf("%s %d: %s -> %s: control %v, path gap %v, client gap %v, median stall %v, %d of %d connections survived; sync stream %d bytes, %d records refreshed in %d rounds over %v",
 				kind, i+1, f.From, f.To, f.Control.Round(time.Millisecond), f.PathGap.Round(time.Millisecond),
-				f.Gap.Round(time.Millisecond), f.Stall.Round(time.Millisecond), f.Survived, f.Conns)
+				f.Gap.Round(time.Millisecond), f.Stall.Round(time.Millisecond), f.Survived, f.Conns,
+				f.StreamBytes, f.Refreshed, f.Rounds, f.Hold.Round(time.Millisecond))
 			out = append(out, f)
 		}
 	}
@@ -179,12 +226,13 @@ func measureHA(ctx context.Context, o haOptions, logf func(string, ...any)) (_ [
 
 // writeTable prints min / median / max per kind.
 func (r haReport) writeTable(w io.Writer) {
-	fmt.Fprintf(w, "ndbench ha: heartbeats every %s, dead after %s; a request every %s on each connection; %d CPUs, kernel %s\n",
-		r.Interval, r.DeadAfter, r.Period, r.CPUs, r.Kernel)
+	fmt.Fprintf(w, "ndbench ha: heartbeats every %s, dead after %s; a request every %s on each connection, held %s (idle timeout %s, refresh %s), weights moved after they opened; %d CPUs, kernel %s\n",
+		r.Interval, r.DeadAfter, r.Period, r.Hold, r.Idle, r.Refresh, r.CPUs, r.Kernel)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "kind\tn\tgap min\tgap median\tgap max\tpath gap min\tmedian\tmax\tstall median\tcontrol median\tsurvived\tsurvival min\t")
-	for _, kind := range []string{"crash", "planned"} {
+	fmt.Fprintln(tw, "kind\tn\tgap min\tgap median\tgap max\tpath gap min\tmedian\tmax\tstall median\tcontrol median\tsurvived\tsurvival min\tsync B/conn/min\t")
+	for _, kind := range []string{"crash", "crash-blocked", "planned"} {
 		var gaps, paths, stalls, controls []time.Duration
+		var rates []float64
 		conns, survived, minSurv := 0, 0, 1.0
 		for _, f := range r.Failovers {
 			if f.Kind != kind {
@@ -192,6 +240,7 @@ func (r haReport) writeTable(w io.Writer) {
 			}
 			gaps, stalls, controls = append(gaps, f.Gap), append(stalls, f.Stall), append(controls, f.Control)
 			paths = append(paths, f.PathGap)
+			rates = append(rates, f.syncRate())
 			conns += f.Conns
 			survived += f.Survived
 			minSurv = min(minSurv, f.survival())
@@ -202,10 +251,11 @@ func (r haReport) writeTable(w io.Writer) {
 		slices.Sort(gaps)
 		slices.Sort(paths)
 		ms := func(d time.Duration) string { return fmt.Sprintf("%d ms", d.Milliseconds()) }
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d/%d (%.2f%%)\t%.2f%%\t\n", kind, len(gaps),
+		slices.Sort(rates)
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d/%d (%.2f%%)\t%.2f%%\t%.0f\t\n", kind, len(gaps),
 			ms(gaps[0]), ms(medianDur(gaps)), ms(gaps[len(gaps)-1]),
 			ms(paths[0]), ms(medianDur(paths)), ms(paths[len(paths)-1]), ms(medianDur(stalls)), ms(medianDur(controls)),
-			survived, conns, 100*float64(survived)/float64(max(conns, 1)), 100*minSurv)
+			survived, conns, 100*float64(survived)/float64(max(conns, 1)), 100*minSurv, rates[len(rates)/2])
 	}
 	tw.Flush()
 	if r.Error != "" {

@@ -43,16 +43,22 @@ type haPair struct {
 	udpEchoes []net.PacketConn
 	nodes     [2]*haNDD
 	active    int
+	key       string
+	// moved: the weights are moved (half the servers at 0), as after the
+	// connections of a failover opened.
+	moved bool
 }
 
 // haNDD is one dispatcher's ndd.
 type haNDD struct {
-	host   *lab.Host
-	cfg    string // configuration file
-	socket string
-	api    *api.Client
-	proc   *lab.NDD // the latest run
-	starts int
+	host     *lab.Host
+	peer     *lab.Host
+	priority int
+	cfg      string // configuration file
+	socket   string
+	api      *api.Client
+	proc     *lab.NDD // the latest run
+	starts   int
 }
 
 func newHAPair(ctx context.Context, o haOptions, logf func(string, ...any)) (_ *haPair, err error) {
@@ -89,14 +95,14 @@ func newHAPair(ctx context.Context, o haOptions, logf func(string, ...any)) (_ *
 		p.udpEchoes = append(p.udpEchoes, u)
 		go udpEcho(u)
 	}
-	key := filepath.Join(p.dir, "ha.key")
-	if err := os.WriteFile(key, []byte("ndbench-ha-shared-key-0123456789"), 0o600); err != nil {
+	p.key = filepath.Join(p.dir, "ha.key")
+	if err := os.WriteFile(p.key, []byte("ndbench-ha-shared-key-0123456789"), 0o600); err != nil {
 		return p, err
 	}
 	ds := p.lab.Dispatchers()
 	for i, d := range ds {
-		n := &haNDD{host: d, cfg: filepath.Join(p.dir, d.Name+".yaml"), socket: filepath.Join(p.dir, d.Name+".sock")}
-		if err := os.WriteFile(n.cfg, []byte(p.config(d, ds[1-i], 200-100*i, key)), 0o600); err != nil {
+		n := &haNDD{host: d, peer: ds[1-i], priority: 200 - 100*i, cfg: filepath.Join(p.dir, d.Name+".yaml"), socket: filepath.Join(p.dir, d.Name+".sock")}
+		if err := p.writeConfig(n); err != nil {
 			return p, err
 		}
 		if n.api, err = api.NewClient(n.socket, "", api.WithTimeout(30*time.Second)); err != nil {
@@ -117,20 +123,72 @@ func newHAPair(ctx context.Context, o haOptions, logf func(string, ...any)) (_ *
 // default: unpinned, it would stop the instant ndd is killed, and the
 // kernel, which still holds the VIP, would reset every connection that
 // reached it before the link went down.
-func (p *haPair) config(self, peer *lab.Host, priority int, key string) string {
+func (p *haPair) config(n *haNDD) string {
+	self := n.host
 	var b strings.Builder
-	fmt.Fprintf(&b, "interfaces: [%s]\ndata_plane:\n  pin_path: %s\napi:\n  socket: %s\nmanager:\n  policy: static\n",
-		self.Ifname, p.pinPath(self), filepath.Join(p.dir, self.Name+".sock"))
+	fmt.Fprintf(&b, "interfaces: [%s]\ndata_plane:\n  pin_path: %s\n  idle_timeout: %s\napi:\n  socket: %s\nmanager:\n  policy: static\n",
+		self.Ifname, p.pinPath(self), p.o.idle, filepath.Join(p.dir, self.Name+".sock"))
 	fmt.Fprintf(&b, "clusters:\n  - vip: %s\n    ports:\n", p.lab.VIP4)
 	for _, proto := range []string{"tcp", "udp"} {
 		fmt.Fprintf(&b, "      - port: %d\n        protocol: %s\n        servers:\n", servicePort, proto)
-		for _, s := range p.lab.Servers {
-			fmt.Fprintf(&b, "          - {address: %s, weight: 1}\n", s.Addr4)
+		for i, s := range p.lab.Servers {
+			fmt.Fprintf(&b, "          - {address: %s, weight: %d}\n", s.Addr4, p.weight(i))
 		}
 	}
 	fmt.Fprintf(&b, "ha:\n  group: bench\n  interface: %s\n  self: %s:%d\n  peers: [%s:%d]\n  priority: %d\n  interval: %s\n  dead_after: %s\n  key_file: %s\n",
-		self.Ifname, self.Addr4, haPort, peer.Addr4, haPort, priority, p.o.interval, p.o.deadAfter, key)
+		self.Ifname, self.Addr4, haPort, n.peer.Addr4, haPort, n.priority, p.o.interval, p.o.deadAfter, p.key)
+	if p.o.refresh > 0 {
+		fmt.Fprintf(&b, "  refresh: %s\n", p.o.refresh)
+	}
 	return b.String()
+}
+
+// weight is server i's weight: 1, or 0 for the first half of the servers
+// once the weights moved (with one server, it keeps its weight).
+func (p *haPair) weight(i int) int {
+	if p.moved && i < len(p.lab.Servers)/2 {
+		return 0
+	}
+	return 1
+}
+
+func (p *haPair) writeConfig(n *haNDD) error {
+	return os.WriteFile(n.cfg, []byte(p.config(n)), 0o600)
+}
+
+// moveWeights moves the weights (or puts them back) in both nodes'
+// files and has each running ndd reload its own, so that a standby holds
+// the new weights even with the flow stream blocked.
+func (p *haPair) moveWeights(moved bool) error {
+	p.moved = moved
+	for _, n := range p.nodes {
+		if err := p.writeConfig(n); err != nil {
+			return err
+		}
+		if !n.running() {
+			continue
+		}
+		if _, err := n.api.Reload(); err != nil {
+			return fmt.Errorf("%s: reload: %w", n.host.Name, err)
+		}
+	}
+	return nil
+}
+
+// blockStream stops (or lets through again) the synchronisation streams
+// that n's node dials, TCP to the HA port, with a policy-routing rule in
+// its namespace; heartbeats (UDP) pass. A new rule invalidates the routes
+// that open connections cached, so an open stream stops too.
+func blockStream(ctx context.Context, n *haNDD, block bool) error {
+	op := "add"
+	if !block {
+		op = "del"
+	}
+	out, err := n.host.NS.Command(ctx, "ip", "rule", op, "ipproto", "tcp", "dport", strconv.Itoa(haPort), "prohibit").CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s: ip rule %s: %w: %s", n.host.Name, op, err, strings.TrimSpace(string(out)))
+	}
+	return nil
 }
 
 // start runs ndd in the node's namespace and waits for its API.
@@ -220,6 +278,12 @@ func (p *haPair) dial(ctx context.Context) (net.Conn, error) {
 func (p *haPair) failover(ctx context.Context, kind string) (failover, error) {
 	from, to := p.nodes[p.active], p.nodes[1-p.active]
 	f := failover{Kind: kind, From: from.host.Name, To: to.host.Name, Conns: p.o.conns}
+	blocked := kind == "crash-blocked"
+	if blocked {
+		if err := blockStream(ctx, from, true); err != nil {
+			return f, err
+		}
+	}
 	pg, err := p.startPings(ctx)
 	if err != nil {
 		return f, err
@@ -230,11 +294,31 @@ func (p *haPair) failover(ctx context.Context, kind string) (failover, error) {
 		return f, err
 	}
 	defer probe.stop()
-	time.Sleep(time.Second) // the standby has every flow, and the pings a baseline
+	before, err := from.api.HAStatus()
+	if err != nil {
+		return f, err
+	}
+	held := time.Now()
+	// The weights move once the connections are open: a flow that the
+	// node taking over picks anew may land elsewhere. The connections
+	// then run for longer than the idle timeout.
+	time.Sleep(time.Second)
+	if err := p.moveWeights(true); err != nil {
+		return f, err
+	}
+	time.Sleep(p.o.hold - time.Second)
+	after, err := from.api.HAStatus()
+	if err != nil {
+		return f, err
+	}
+	f.Hold = time.Since(held)
+	f.Refreshed = after.Counters.FlowsRefreshed - before.Counters.FlowsRefreshed
+	f.Rounds = after.Counters.RefreshRounds - before.Counters.RefreshRounds
+	f.StreamBytes = after.Counters.StreamBytesSent - before.Counters.StreamBytesSent
 
 	event := time.Now()
 	switch kind {
-	case "crash":
+	case "crash", "crash-blocked":
 		// The kill first: a dying host does not react to its link going
 		// down (and ndd taking servers out as it would).
 		from.proc.Kill()
@@ -271,14 +355,22 @@ func (p *haPair) failover(ctx context.Context, kind string) (failover, error) {
 	f.Gap, f.Stall, f.Survived = pg.measure(event, event.Add(f.Control))
 	f.PathGap = probe.gap(event.Add(-time.Second))
 
-	if kind == "crash" {
+	if kind != "planned" {
 		// The crashed host comes back, as a standby.
+		if blocked {
+			if err := blockStream(ctx, from, false); err != nil {
+				return f, err
+			}
+		}
 		if err := setLink(from.host, true); err != nil {
 			return f, err
 		}
 		if err := p.start(ctx, from); err != nil {
 			return f, err
 		}
+	}
+	if err := p.moveWeights(false); err != nil {
+		return f, err
 	}
 	return f, p.settle(ctx)
 }

@@ -17,6 +17,10 @@ func TestHAUsage(t *testing.T) {
 		{"--interval", "1s", "--dead-after", "1500ms"},
 		{"--servers", "9"},
 		{"--window", "1s"},
+		{"--idle-timeout", "500ms"},
+		{"--hold", "0.5s"},
+		{"--refresh", "6s"}, // over half the default idle timeout
+		{"--idle-timeout", "2s", "--refresh", "50ms"},
 		{"extra"},
 	} {
 		var out, errb bytes.Buffer

@@ -1053,13 +1053,15 @@ func TestAgentStatus(t *testing.T) {
 func TestHA(t *testing.T) {
 	h := newHarness(t)
 	h.fc.ha = ha.Status{Group: "web", Self: netip.MustParseAddrPort("198.51.100.3:7000"), State: ha.StateStandby, Priority: 100,
-		Active:   netip.MustParseAddrPort("198.51.100.4:7000"),
-		Peers:    []ha.PeerStatus{{Addr: netip.MustParseAddrPort("198.51.100.4:7000"), Alive: true, State: ha.StateActive, Priority: 200, LastHeard: time.Now()}},
-		Counters: ha.Counters{HeartbeatsReceived: 40, Rejected: map[string]uint64{"auth": 2}}}
+		Active:  netip.MustParseAddrPort("198.51.100.4:7000"),
+		Peers:   []ha.PeerStatus{{Addr: netip.MustParseAddrPort("198.51.100.4:7000"), Alive: true, State: ha.StateActive, Priority: 200, LastHeard: time.Now()}},
+		Refresh: 75 * time.Second, RefreshClosing: 2500 * time.Millisecond,
+		Counters: ha.Counters{HeartbeatsReceived: 40, Rejected: map[string]uint64{"auth": 2}, RefreshRounds: 3, FlowsRefreshed: 1200}}
 	if code := h.run("ha", "status"); code != exitOK {
 		t.Fatal(h.stderr.String())
 	}
-	for _, want := range []string{"group web: this node 198.51.100.3:7000 is standby", "active: 198.51.100.4:7000", "198.51.100.4:7000  true   active", "rejected messages: auth 2"} {
+	for _, want := range []string{"group web: this node 198.51.100.3:7000 is standby", "active: 198.51.100.4:7000", "198.51.100.4:7000  true   active", "rejected messages: auth 2",
+		"refresh every 1m15s (closing flows every 2.5s): 3 rounds, 1200 flows refreshed"} {
 		if !strings.Contains(h.stdout.String(), want) {
 			t.Errorf("ha status lacks %q:\n%s", want, h.stdout.String())
 		}

@@ -80,6 +80,12 @@ func writeHAStatus(w io.Writer, st ha.Status) {
 	fmt.Fprintf(w, "heartbeats sent %d received %d; flows sent %d received %d dropped %d; snapshots sent %d received %d; configs sent %d received %d; takeovers %d, step-downs %d\n",
 		c.HeartbeatsSent, c.HeartbeatsReceived, c.FlowsSent, c.FlowsReceived, c.FlowsDropped,
 		c.SnapshotsSent, c.SnapshotsReceived, c.ConfigsSent, c.ConfigsReceived, c.Takeovers, c.StepDowns)
+	refresh := "off"
+	if st.Refresh > 0 {
+		refresh = fmt.Sprintf("every %s (closing flows every %s)", st.Refresh, st.RefreshClosing)
+	}
+	fmt.Fprintf(w, "refresh %s: %d rounds, %d flows refreshed; %d bytes sent on sync streams\n",
+		refresh, c.RefreshRounds, c.FlowsRefreshed, c.StreamBytesSent)
 	if len(c.Rejected) > 0 {
 		var parts []string
 		for k, v := range c.Rejected {

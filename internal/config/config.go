@@ -372,6 +372,38 @@ type HA struct {
 	// KeyFile (key_file) is the absolute path of the group's shared key (at
 	// least 16 bytes, not readable by others). Required.
 	KeyFile string
+	// Refresh (refresh) is how often the active refreshes the standbys'
+	// copies of the flows that carried packets since the last round. 0
+	// (the default) means a quarter of data_plane.idle_timeout; closing
+	// flows are refreshed every quarter of data_plane.halfopen_timeout
+	// (or every Refresh if shorter). At most half of idle_timeout. With
+	// Mode, the only ha settings that change on reload.
+	Refresh time.Duration
+	// Mode (mode) is HAModeActiveStandby (the default: one node forwards,
+	// the others stand by) or HAModeActiveActive (every node forwards; the
+	// elected one leads the configuration and weights; the VIPs are routed
+	// to the nodes, docs/SCALEOUT.md). Changes on reload.
+	Mode string
+}
+
+// The modes of an HA group.
+const (
+	HAModeActiveStandby = "active-standby"
+	HAModeActiveActive  = "active-active"
+)
+
+// ActiveActive reports whether the group runs in active-active mode.
+func (h *HA) ActiveActive() bool { return h != nil && h.Mode == HAModeActiveActive }
+
+// Refreshes returns the refresh periods of established and closing flows
+// that h.Refresh and the data plane's timeouts give.
+func (h *HA) Refreshes(dp DataPlane) (established, closing time.Duration) {
+	established = h.Refresh
+	if established == 0 {
+		established = dp.IdleTimeout / 4
+	}
+	closing = min(established, min(dp.HalfOpenTimeout, dp.IdleTimeout)/4)
+	return established, closing
 }
 
 // Defaults of the ha section.

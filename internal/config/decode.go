@@ -681,8 +681,8 @@ func (d *decoder) advisor(p string, n *yaml.Node) Advisor {
 
 func (d *decoder) ha(n *yaml.Node) *HA {
 	const p = "ha"
-	h := &HA{Group: DefaultHAGroup, Priority: DefaultHAPriority, Interval: DefaultHAInterval, DeadAfter: DefaultHADeadAfter}
-	f, done, _ := d.fields(p, n, "group", "interface", "self", "peers", "priority", "preempt", "interval", "dead_after", "key_file")
+	h := &HA{Group: DefaultHAGroup, Priority: DefaultHAPriority, Interval: DefaultHAInterval, DeadAfter: DefaultHADeadAfter, Mode: HAModeActiveStandby}
+	f, done, _ := d.fields(p, n, "group", "interface", "self", "peers", "priority", "preempt", "interval", "dead_after", "key_file", "refresh", "mode")
 	defer done()
 	d.strField(f, p, "group", &h.Group)
 	d.strField(f, p, "interface", &h.Interface)
@@ -700,6 +700,8 @@ func (d *decoder) ha(n *yaml.Node) *HA {
 	d.durField(f, p, "interval", &h.Interval)
 	d.durField(f, p, "dead_after", &h.DeadAfter)
 	d.strField(f, p, "key_file", &h.KeyFile)
+	d.durField(f, p, "refresh", &h.Refresh)
+	d.strField(f, p, "mode", &h.Mode)
 	return h
 }
 

@@ -195,14 +195,34 @@ func settings(c *Config) []Setting {
 		{Path: "advisors", New: describeAdvisors(c.Advisors)},
 		{Path: "agents", New: describeAgents(c.Agents)},
 		{Path: "ha", New: describeHA(c.HA)},
+		{Path: "ha.refresh", New: describeRefresh(c.HA)},
+		{Path: "ha.mode", New: describeMode(c.HA)},
 	}
 }
 
+// describeHA describes the ha section but for the settings of it that
+// change live (ha.refresh, ha.mode).
 func describeHA(h *HA) string {
 	if h == nil {
 		return "none"
 	}
-	return fmt.Sprintf("%+v", *h)
+	fixed := *h
+	fixed.Refresh, fixed.Mode = 0, ""
+	return fmt.Sprintf("%+v", fixed)
+}
+
+func describeMode(h *HA) string {
+	if h == nil {
+		return "none"
+	}
+	return h.Mode
+}
+
+func describeRefresh(h *HA) string {
+	if h == nil {
+		return "none"
+	}
+	return formatDuration(h.Refresh)
 }
 
 func describeCustom(cs []CustomMetric) string {

@@ -135,6 +135,8 @@ func Marshal(c *Config) ([]byte, error) {
 			"interval", durationNode(h.Interval),
 			"dead_after", durationNode(h.DeadAfter),
 			"key_file", str(h.KeyFile),
+			"refresh", durationNode(h.Refresh),
+			"mode", str(h.Mode),
 		))
 	}
 

@@ -3,6 +3,7 @@ package config
 import (
 	"strings"
 	"testing"
+	"time"
 )
 
 // full uses every section and setting added for the manager, advisors,
@@ -53,6 +54,8 @@ ha:
   interval: 200ms
   dead_after: 1s
   key_file: /etc/nd/ha.key
+  refresh: 20s
+  mode: active-standby
 clusters:
   - vip: 198.51.100.100
     ports:
@@ -64,6 +67,36 @@ clusters:
           - {address: 198.51.100.11, weight: 10, fixed: true}
           - {address: 198.51.100.12}
 `
+
+// TestHARefresh: ha.refresh defaults to a quarter of the idle timeout,
+// closing flows to a quarter of the half-open timeout, and is refused
+// under 100ms or over half the idle timeout.
+func TestHARefresh(t *testing.T) {
+	c, err := Parse([]byte(strings.Replace(full, "  refresh: 20s\n", "", 1)), "nd.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if est, cl := c.HA.Refreshes(c.DataPlane); c.HA.Refresh != 0 || est != 75*time.Second || cl != 2500*time.Millisecond {
+		t.Errorf("default refresh %v: periods %v %v, want 75s 2.5s", c.HA.Refresh, est, cl)
+	}
+	c, err = Parse([]byte(full), "nd.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if est, cl := c.HA.Refreshes(c.DataPlane); est != 20*time.Second || cl != 2500*time.Millisecond {
+		t.Errorf("refresh 20s: periods %v %v", est, cl)
+	}
+	c.HA.Refresh = time.Second
+	if est, cl := c.HA.Refreshes(c.DataPlane); est != time.Second || cl != time.Second {
+		t.Errorf("refresh 1s: periods %v %v", est, cl)
+	}
+	for _, bad := range []string{"50ms", "151s", "-1s"} {
+		_, err := Parse([]byte(strings.Replace(full, "refresh: 20s", "refresh: "+bad, 1)), "nd.yaml")
+		if err == nil || !strings.Contains(err.Error(), "ha.refresh") {
+			t.Errorf("refresh %s: %v", bad, err)
+		}
+	}
+}
 
 func TestFullSectionsRoundTrip(t *testing.T) {
 	c, err := Parse([]byte(full), "nd.yaml")
@@ -102,6 +135,24 @@ func TestFullSectionsRoundTrip(t *testing.T) {
 	}
 	if err := Diff(c, c2).Err(); err == nil || !strings.Contains(err.Error(), "ha") {
 		t.Errorf("changing ha live: %v", err)
+	}
+	// But for its refresh period, which a reload changes.
+	c4, err := Parse([]byte(strings.Replace(full, "refresh: 20s", "refresh: 5s", 1)), "nd.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ch := Diff(c, c4); ch.Err() != nil || len(ch.Settings) != 1 || ch.Settings[0].Path != "ha.refresh" || ch.Settings[0].New != "5s" {
+		t.Errorf("changing ha.refresh: %+v", ch)
+	}
+	c5, err := Parse([]byte(strings.Replace(full, "mode: active-standby", "mode: active-active", 1)), "nd.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ch := Diff(c, c5); ch.Err() != nil || len(ch.Settings) != 1 || ch.Settings[0].Path != "ha.mode" || !c5.HA.ActiveActive() || c.HA.ActiveActive() {
+		t.Errorf("changing ha.mode: %+v", ch)
+	}
+	if _, err := Parse([]byte(strings.Replace(full, "mode: active-standby", "mode: both", 1)), "nd.yaml"); err == nil || !strings.Contains(err.Error(), "ha.mode") {
+		t.Errorf("mode both: %v", err)
 	}
 	// Advisors and agents are live settings.
 	c3, _ := Parse([]byte(strings.Replace(full, "rise: 3", "rise: 4", 1)), "nd.yaml")

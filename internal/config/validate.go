@@ -100,6 +100,9 @@ func validate(c *Config, r *reporter) {
 		if len(c.Clusters) == 0 {
 			r.errorf("ha", "no clusters: the group's VIPs are the clusters' VIPs")
 		}
+		if rf := c.HA.Refresh; rf != 0 && (rf < 100*time.Millisecond || rf > c.DataPlane.IdleTimeout/2) {
+			r.errorf("ha.refresh", "%v is out of range: 0 (a quarter of data_plane.idle_timeout), or 100ms to half of idle_timeout (%v)", rf, c.DataPlane.IdleTimeout/2)
+		}
 		if c.DataPlane.PinPath == "" {
 			r.errorf("data_plane.pin_path", `"" with ha: a dispatcher that dies must leave its data plane forwarding until a standby takes the VIPs, or every connection breaks`)
 		}
@@ -145,6 +148,9 @@ func validateHA(h *HA, r *reporter) {
 	}
 	if h.DeadAfter < 2*h.Interval || h.DeadAfter > 10*time.Minute {
 		r.errorf("ha.dead_after", "%v is out of range: at least two intervals (%v), at most 10m", h.DeadAfter, 2*h.Interval)
+	}
+	if h.Mode != HAModeActiveStandby && h.Mode != HAModeActiveActive {
+		r.errorf("ha.mode", "%q is not a mode: %s or %s", h.Mode, HAModeActiveStandby, HAModeActiveActive)
 	}
 	if h.KeyFile == "" {
 		r.errorf("ha.key_file", "required: the group's shared key")

@@ -404,6 +404,7 @@ func (d *Daemon) apply(cfg *config.Config) (config.Changes, error) {
 		}
 	}
 	d.cfg = clone(cfg)
+	d.followHA()
 	d.followVIPs()
 	for _, p := range d.cfg.Ports() {
 		if err := d.install(p); err != nil {

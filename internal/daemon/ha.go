@@ -37,6 +37,11 @@ type haLink struct {
 	version uint64
 	// send hands a snapshot to the node (its SetConfig).
 	send func([]byte)
+	// aa: the group runs in active-active mode. backdate is then how far
+	// back a copy learnt from a peer is dated, established and closing
+	// (docs/SCALEOUT.md, "Echoes"); 0 otherwise.
+	aa       atomic.Bool
+	backdate [2]atomic.Int64
 }
 
 // requestPublish asks for the state to be published; requests made while
@@ -88,6 +93,7 @@ func (d *Daemon) newHA(cfg *config.Config, vips ha.VIPs) error {
 		OnFlows:  d.onHAFlows,
 		OnConfig: d.onHAConfig,
 		Snapshot: d.haSnapshot,
+		Refresh:  d.haRefresh,
 		Logger:   d.log,
 	})
 	if err != nil {
@@ -98,16 +104,19 @@ func (d *Daemon) newHA(cfg *config.Config, vips ha.VIPs) error {
 	}
 	d.ha = &haLink{node: node, cfg: *h, vips: kv, set: addrs, publishes: make(chan struct{}, 1), send: node.SetConfig}
 	d.ha.standby.Store(true) // until the node says otherwise
+	d.ha.follow(cfg)
 	return nil
 }
 
 // haConfig is the node's configuration of cfg's ha section.
 func haConfig(cfg *config.Config, key []byte) ha.Config {
 	h := cfg.HA
+	est, closing := h.Refreshes(cfg.DataPlane)
 	return ha.Config{
 		Group: h.Group, Interface: h.Interface, Self: h.Self, Peers: h.Peers,
 		Priority: uint8(h.Priority), Preempt: h.Preempt, Interval: h.Interval, DeadAfter: h.DeadAfter,
-		Key: key, VIPs: clusterVIPs(cfg),
+		Key: key, VIPs: clusterVIPs(cfg), Refresh: est, RefreshClosing: closing,
+		ActiveActive: h.ActiveActive(),
 	}
 }
 
@@ -118,6 +127,43 @@ func clusterVIPs(cfg *config.Config) []netip.Addr {
 	}
 	return out
 }
+
+// followHA gives the node the settings of the configuration in force that
+// change on reload (ha.refresh, ha.mode). Called with d.mu held.
+func (d *Daemon) followHA() {
+	if d.ha == nil || d.ha.node == nil || d.cfg.HA == nil {
+		return
+	}
+	d.ha.follow(d.cfg)
+	est, closing := d.cfg.HA.Refreshes(d.cfg.DataPlane)
+	if err := d.ha.node.SetRefresh(est, closing); err != nil {
+		d.log.Error("ha: refresh periods", "err", err)
+	}
+	d.ha.node.SetActiveActive(d.cfg.HA.ActiveActive())
+}
+
+// follow records cfg's mode and the backdating of learnt copies it implies.
+func (h *haLink) follow(cfg *config.Config) {
+	aa := cfg.HA.ActiveActive()
+	h.aa.Store(aa)
+	est, closing := cfg.HA.Refreshes(cfg.DataPlane)
+	if !aa {
+		est, closing = 0, 0
+	} else {
+		// Older than the start of the next refresh round, whatever the
+		// clocks' slack (ha.RefreshRound.Windows), so that it is not sent
+		// back; a local packet makes it fresh again.
+		est, closing = est+learntSlack, closing+learntSlack
+	}
+	h.backdate[0].Store(int64(est))
+	h.backdate[1].Store(int64(closing))
+}
+
+// learntSlack is how much further back than a refresh period an
+// active-active node dates a copy learnt from a peer: a second for the data
+// plane's stamps, which it writes at most once a second, and the rounds'
+// 100 ms of slack.
+const learntSlack = 1100 * time.Millisecond
 
 // followVIPs gives the group the VIPs of a new configuration: an active
 // node brings new ones up (and announces them) and drops removed ones at
@@ -131,7 +177,7 @@ func (d *Daemon) followVIPs() {
 		return
 	}
 	d.ha.set = next
-	if err := d.ha.vips.Set(next, !d.ha.standby.Load()); err != nil {
+	if err := d.ha.vips.Set(next, !d.ha.standby.Load() && !d.ha.aa.Load()); err != nil {
 		d.log.Error("ha: VIPs", "err", err)
 		d.emit(Event{Type: EventError, Message: "ha: VIPs: " + err.Error()})
 	}
@@ -202,7 +248,15 @@ func (d *Daemon) onHAFlows(recs []ha.FlowRecord) error {
 			}
 			continue
 		}
-		up = append(up, executor.Flow{Key: k, Server: r.Server, Closing: r.Closing})
+		f := executor.Flow{Key: k, Server: r.Server, Closing: r.Closing}
+		// In active-active mode a learnt copy is dated back, so that this
+		// node's refresh rounds do not send it back (docs/SCALEOUT.md).
+		if r.Closing {
+			f.Idle = time.Duration(d.ha.backdate[1].Load())
+		} else {
+			f.Idle = time.Duration(d.ha.backdate[0].Load())
+		}
+		up = append(up, f)
 	}
 	if len(up) > 0 {
 		if err := d.x.UpsertFlows(up); err != nil {
@@ -214,6 +268,16 @@ func (d *Daemon) onHAFlows(recs []ha.FlowRecord) error {
 
 func (d *Daemon) haSnapshot(yield func(ha.FlowRecord) bool) error {
 	return d.x.Flows(func(f executor.Flow) bool { return yield(flowRecord(f)) })
+}
+
+// haRefresh lists the flows of a refresh round: those that carried a
+// packet since the standby last heard of them, chosen by the connection
+// table's last-seen stamps. Half-open flows are left out: a standby learns
+// a flow once its handshake completes, and a flood of SYNs must not become
+// synchronisation traffic.
+func (d *Daemon) haRefresh(r ha.RefreshRound, yield func(ha.FlowRecord) bool) error {
+	est, closing := r.Windows(time.Now())
+	return d.x.RecentFlows(est, closing, func(f executor.Flow) bool { return yield(flowRecord(f)) })
 }
 
 // onHAConfig applies, on a standby, the configuration and weights the

@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -281,4 +282,92 @@ func TestHADelaysReachStandby(t *testing.T) {
 	if err := standby.d.onHAConfig(bad); err == nil {
 		t.Error("a negative delay factor from the active was taken")
 	}
+}
+
+// TestHARefreshRound: a refresh round lists, from the connection table's
+// last-seen stamps, the established flows seen since the round's Since and
+// the closing ones seen since its ClosingSince; a closing round lists
+// closing flows only.
+func TestHARefreshRound(t *testing.T) {
+	w := start(t, baseConfig)
+	client := netip.MustParseAddr("203.0.113.9")
+	fk := func(port uint16) executor.FlowKey {
+		return executor.FlowKey{Client: netip.AddrPortFrom(client, port), VIP: netip.AddrPortFrom(vip, 80), Proto: executor.TCP}
+	}
+	if err := w.x.UpsertFlows([]executor.Flow{
+		{Key: fk(1), Server: srv1},                                       // busy
+		{Key: fk(2), Server: srv2, Idle: 10 * time.Second},               // quiet since before the round
+		{Key: fk(3), Server: srv1, Closing: true},                        // closing, busy
+		{Key: fk(4), Server: srv2, Closing: true, Idle: 3 * time.Second}, // closing, quiet
+	}); err != nil {
+		t.Fatal(err)
+	}
+	list := func(r ha.RefreshRound) []uint16 {
+		var ports []uint16
+		if err := w.d.haRefresh(r, func(rec ha.FlowRecord) bool {
+			ports = append(ports, rec.Client.Port())
+			return true
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return ports
+	}
+	now := time.Now()
+	full := ha.RefreshRound{Since: now.Add(-5 * time.Second), ClosingSince: now.Add(-time.Second)}
+	if got := list(full); !slices.Equal(got, []uint16{1, 3}) {
+		t.Errorf("full round: flows %v, want 1 and 3", got)
+	}
+	full.Since = now.Add(-20 * time.Second)
+	if got := list(full); !slices.Equal(got, []uint16{1, 2, 3}) {
+		t.Errorf("full round over 20 s: flows %v, want 1, 2 and 3", got)
+	}
+	full.ClosingOnly = true
+	if got := list(full); !slices.Equal(got, []uint16{3}) {
+		t.Errorf("closing round: flows %v, want 3", got)
+	}
+}
+
+// TestHAActiveActiveLearntNotEchoed: in active-active mode a copy learnt
+// from a peer is dated back further than a refresh round reaches, so this
+// node's rounds do not send it back; in active-standby mode it is dated
+// when written.
+func TestHAActiveActiveLearntNotEchoed(t *testing.T) {
+	w := start(t, baseConfig)
+	rec := ha.FlowRecord{Client: netip.MustParseAddrPort("203.0.113.9:1000"), VIP: netip.AddrPortFrom(vip, 80), Proto: 6, Server: srv1}
+	k := executor.FlowKey{Client: rec.Client, VIP: rec.VIP, Proto: executor.TCP}
+	for _, mode := range []string{config.HAModeActiveActive, config.HAModeActiveStandby} {
+		cfg := config.Default()
+		cfg.HA = &config.HA{Mode: mode}
+		link := &haLink{}
+		link.follow(cfg)
+		w.d.mu.Lock()
+		w.d.ha = link
+		w.d.mu.Unlock()
+		if err := w.d.onHAFlows([]ha.FlowRecord{rec}); err != nil {
+			t.Fatal(err)
+		}
+		f, ok, err := w.x.LookupFlow(k)
+		if err != nil || !ok {
+			t.Fatalf("%s: learnt flow not found: %v", mode, err)
+		}
+		est, _ := cfg.HA.Refreshes(cfg.DataPlane)
+		now := time.Now()
+		var listed int
+		if err := w.d.haRefresh(ha.RefreshRound{Since: now.Add(-est), ClosingSince: now.Add(-est)}, func(ha.FlowRecord) bool { listed++; return true }); err != nil {
+			t.Fatal(err)
+		}
+		switch mode {
+		case config.HAModeActiveActive:
+			if f.Idle != est+learntSlack || listed != 0 {
+				t.Errorf("%s: learnt copy idle %v (want %v), listed by a round %d times", mode, f.Idle, est+learntSlack, listed)
+			}
+		default:
+			if f.Idle != 0 || listed != 1 {
+				t.Errorf("%s: learnt copy idle %v, listed %d times", mode, f.Idle, listed)
+			}
+		}
+	}
+	w.d.mu.Lock()
+	w.d.ha = nil
+	w.d.mu.Unlock()
 }

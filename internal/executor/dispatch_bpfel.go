@@ -255,6 +255,7 @@ const (
 	dispatchMapVips              = "vips"
 	dispatchProgClockNow         = "clock_now"
 	dispatchProgFlowWrite        = "flow_write"
+	dispatchProgFlowWriteBatch   = "flow_write_batch"
 	dispatchProgNdDispatch       = "nd_dispatch"
 	dispatchVarExpireNodest      = "expire_nodest"
 	dispatchVarFlowBuckets       = "flow_buckets"
@@ -310,9 +311,10 @@ type dispatchSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type dispatchProgramSpecs struct {
-	ClockNow   *ebpf.ProgramSpec `ebpf:"clock_now"`
-	FlowWrite  *ebpf.ProgramSpec `ebpf:"flow_write"`
-	NdDispatch *ebpf.ProgramSpec `ebpf:"nd_dispatch"`
+	ClockNow       *ebpf.ProgramSpec `ebpf:"clock_now"`
+	FlowWrite      *ebpf.ProgramSpec `ebpf:"flow_write"`
+	FlowWriteBatch *ebpf.ProgramSpec `ebpf:"flow_write_batch"`
+	NdDispatch     *ebpf.ProgramSpec `ebpf:"nd_dispatch"`
 }
 
 // dispatchMapSpecs contains maps before they are loaded into the kernel.
@@ -465,15 +467,17 @@ type dispatchVariables struct {
 //
 // It can be passed to loadDispatchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type dispatchPrograms struct {
-	ClockNow   *ebpf.Program `ebpf:"clock_now"`
-	FlowWrite  *ebpf.Program `ebpf:"flow_write"`
-	NdDispatch *ebpf.Program `ebpf:"nd_dispatch"`
+	ClockNow       *ebpf.Program `ebpf:"clock_now"`
+	FlowWrite      *ebpf.Program `ebpf:"flow_write"`
+	FlowWriteBatch *ebpf.Program `ebpf:"flow_write_batch"`
+	NdDispatch     *ebpf.Program `ebpf:"nd_dispatch"`
 }
 
 func (p *dispatchPrograms) Close() error {
 	return _DispatchClose(
 		p.ClockNow,
 		p.FlowWrite,
+		p.FlowWriteBatch,
 		p.NdDispatch,
 	)
 }

@@ -101,6 +101,14 @@ type Executor interface {
 
 	// Flows calls fn for every connection table entry until fn returns false.
 	Flows(fn func(Flow) bool) error
+	// RecentFlows calls fn, until it returns false, for every entry that
+	// carried a packet within the last within (closing entries: within
+	// closingWithin), as Flows would; a negative duration selects no entry
+	// of its kind, and half-open entries are never selected. The entries
+	// are chosen on their stamps before they are decoded, so that a scan
+	// that selects few costs little more than reading the table: what an
+	// HA refresh round needs.
+	RecentFlows(within, closingWithin time.Duration, fn func(Flow) bool) error
 	// LookupFlow returns one entry.
 	LookupFlow(FlowKey) (Flow, bool, error)
 	// UpsertFlows writes entries, e.g. learnt from a peer dispatcher. An

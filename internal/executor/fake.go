@@ -921,6 +921,20 @@ func (f *Fake) Flows(fn func(Flow) bool) error {
 	return nil
 }
 
+// RecentFlows implements Executor, over Flows.
+func (f *Fake) RecentFlows(within, closingWithin time.Duration, fn func(Flow) bool) error {
+	return f.Flows(func(fl Flow) bool {
+		limit := within
+		if fl.Closing {
+			limit = closingWithin
+		}
+		if fl.HalfOpen || limit < 0 || fl.Idle > limit {
+			return true
+		}
+		return fn(fl)
+	})
+}
+
 func compareFlowKeys(x, y FlowKey) int {
 	if c := x.VIP.Compare(y.VIP); c != 0 {
 		return c

@@ -798,6 +798,12 @@ func TestFakeMatchesKernel(t *testing.T) {
 
 	compare := func(when string) {
 		t.Helper()
+		for _, w := range [][2]time.Duration{{time.Hour, time.Hour}, {-1, time.Hour}, {time.Hour, -1}} {
+			fr, kr := recentKeys(t, f, w[0], w[1]), recentKeys(t, h.x, w[0], w[1])
+			if !slices.Equal(fr, kr) {
+				t.Errorf("%s: recent flows within %v (closing %v) differ: fake %d, kernel %d", when, w[0], w[1], len(fr), len(kr))
+			}
+		}
 		fst, err := f.Stats()
 		if err != nil {
 			t.Fatal(err)
@@ -917,6 +923,13 @@ func TestFakeMatchesKernel(t *testing.T) {
 			{Key: fkFlow(fkHTTP, fkClient, 60001), Server: fkS4, Closing: true},
 		})
 	})
+	// More than a batch of the kernel's flow_write_batch (32), some named
+	// twice: the later record wins, as in order.
+	var many []Flow
+	for i := range 100 {
+		many = append(many, Flow{Key: fkFlow(fkHTTP, fkClient, uint16(50000+i%70)), Server: []netip.Addr{fkS1, fkS3, fkS4}[i%3], Closing: i%7 == 0})
+	}
+	both("learn many flows", func(x Executor) error { return x.UpsertFlows(many) })
 	for _, k := range http {
 		packet(k, tcpACK)
 	}

@@ -41,10 +41,9 @@ type flowWay struct {
 	lastSeen uint64
 }
 
-// ways returns the valid ways of a bucket. A way being rewritten at that
-// moment is skipped.
-func (bk *dispatchFlowBucket) ways() []flowWay {
-	var out []flowWay
+// ways appends the valid ways of a bucket to out. A way being rewritten at
+// that moment is skipped.
+func (bk *dispatchFlowBucket) ways(out []flowWay) []flowWay {
 	for i := range bk.Head {
 		h, body := &bk.Head[i], &bk.Body[i]
 		if h.Seq&1 != 0 || h.Meta&flowValid == 0 {
@@ -70,6 +69,7 @@ func (b *BPF) flowEntries(fn func(e *flowWay) bool) error {
 	vals := make([]dispatchFlowBucket, batch)
 	size := int(unsafe.Sizeof(dispatchFlowBucket{}))
 	raw := unsafe.Slice((*byte)(unsafe.Pointer(&vals[0])), batch*size)
+	ways := make([]flowWay, 0, len(dispatchFlowBucket{}.Head))
 	mem, err := b.objs.Conns.Memory()
 	if err != nil || int(b.objs.Conns.ValueSize()) != size {
 		mem = nil
@@ -88,9 +88,12 @@ func (b *BPF) flowEntries(fn func(e *flowWay) bool) error {
 				}
 			}
 		}
+		// One buffer for the scan: a way handed to fn by address would
+		// otherwise be allocated anew for every way of the table.
 		for i := range count {
-			for _, w := range vals[i].ways() {
-				if !fn(&w) {
+			found := vals[i].ways(ways[:0])
+			for j := range found {
+				if !fn(&found[j]) {
 					return nil
 				}
 			}
@@ -125,6 +128,38 @@ func (b *BPF) Flows(fn func(Flow) bool) error {
 	})
 }
 
+// RecentFlows implements Executor.
+func (b *BPF) RecentFlows(within, closingWithin time.Duration, fn func(Flow) bool) error {
+	b.mu.Lock()
+	owners := b.ownersLocked()
+	b.mu.Unlock()
+	now := b.kernelNow()
+	return b.flowEntries(func(e *flowWay) bool {
+		if !recent(e.flags, e.lastSeen, now, within, closingWithin) {
+			return true
+		}
+		o, ok := owners[e.backend]
+		if !ok || o.gen != e.gen {
+			return true
+		}
+		return fn(flowFrom(e, o.addr, now))
+	})
+}
+
+// recent says whether a way with flags, last seen at lastSeen, carried a
+// packet within the window RecentFlows gives its kind, at now. A stamp
+// later than now (another CPU's clock) is recent.
+func recent(flags uint32, lastSeen, now uint64, within, closingWithin time.Duration) bool {
+	if flags&flowHalfOpen != 0 {
+		return false
+	}
+	limit := within
+	if flags&flowClosing != 0 {
+		limit = closingWithin
+	}
+	return limit >= 0 && int64(now-lastSeen) <= limit.Nanoseconds()
+}
+
 // LookupFlow implements Executor.
 func (b *BPF) LookupFlow(key FlowKey) (Flow, bool, error) {
 	if err := validateFlowKey(key); err != nil {
@@ -139,7 +174,7 @@ func (b *BPF) LookupFlow(key FlowKey) (Flow, bool, error) {
 	b.mu.Lock()
 	owners := b.ownersLocked()
 	b.mu.Unlock()
-	for _, e := range bucket.ways() {
+	for _, e := range bucket.ways(nil) {
 		if e.key != k {
 			continue
 		}
@@ -169,10 +204,9 @@ const (
 
 // writeFlow runs flow_write, retrying a few times when a way is busy.
 func (b *BPF) writeFlow(op flowOp) (uint32, error) {
-	in, err := binary.Append(nil, binary.NativeEndian, op)
-	if err != nil {
-		return 0, err
-	}
+	// The program reads the op in the host's layout, which flowOp has
+	// (no padding: checked by TestFlowOpLayout).
+	in := unsafe.Slice((*byte)(unsafe.Pointer(&op)), unsafe.Sizeof(op))
 	for range 8 {
 		ret, err := b.objs.FlowWrite.Run(&ebpf.RunOptions{Data: in})
 		if err != nil {
@@ -183,6 +217,54 @@ func (b *BPF) writeFlow(op flowOp) (uint32, error) {
 		}
 	}
 	return 0, fmt.Errorf("connection table way stayed busy")
+}
+
+// flowBatch and flowDone are FLOW_BATCH and FLOW_DONE: the most ops of one
+// flow_write_batch run, and the mark of an op it applied.
+const (
+	flowBatch = 32
+	flowDone  = 0x100
+)
+
+// writeFlows applies ops in order, flowBatch a run of flow_write_batch,
+// and returns each one's answer. An op the program found busy is retried
+// alone (writeFlow) before the ops after it.
+func (b *BPF) writeFlows(ops []flowOp) ([]uint32, []error) {
+	rets := make([]uint32, len(ops))
+	errs := make([]error, len(ops))
+	size := int(unsafe.Sizeof(flowOp{}))
+	out := make([]byte, flowBatch*size)
+	for next := 0; next < len(ops); {
+		chunk := ops[next:min(next+flowBatch, len(ops))]
+		in := unsafe.Slice((*byte)(unsafe.Pointer(&chunk[0])), len(chunk)*size)
+		if _, err := b.objs.FlowWriteBatch.Run(&ebpf.RunOptions{Data: in, DataOut: out[:len(in)]}); err != nil {
+			for i := next; i < len(ops); i++ {
+				errs[i] = err
+			}
+			return rets, errs
+		}
+		done := 0
+		for i := range chunk {
+			ret := binary.NativeEndian.Uint32(out[i*size:])
+			if ret&flowDone == 0 {
+				break
+			}
+			ret &^= flowDone
+			done++
+			if ret == xdpAbortedAction {
+				ret, errs[next+i] = b.writeFlow(chunk[i])
+			}
+			rets[next+i] = ret
+		}
+		if done == 0 {
+			// Not even the first op was applied: the program refused
+			// the input.
+			errs[next] = fmt.Errorf("flow_write_batch applied nothing")
+			done = 1
+		}
+		next += done
+	}
+	return rets, errs
 }
 
 // xdpAbortedAction and friends are flow_write's answers.
@@ -196,7 +278,11 @@ const (
 func (b *BPF) UpsertFlows(flows []Flow) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	var errs []error
+	var (
+		errs []error
+		ops  []flowOp
+		keys []FlowKey
+	)
 	for _, f := range flows {
 		if err := validateFlowKey(f.Key); err != nil {
 			errs = append(errs, err)
@@ -219,8 +305,15 @@ func (b *BPF) UpsertFlows(flows []Flow) error {
 		if f.Closing {
 			op.Flags = flowClosing
 		}
-		if _, err := b.writeFlow(op); err != nil {
-			errs = append(errs, fmt.Errorf("write flow %v: %w", f.Key, err))
+		ops = append(ops, op)
+		keys = append(keys, f.Key)
+	}
+	if len(ops) > 0 {
+		_, werrs := b.writeFlows(ops)
+		for i, err := range werrs {
+			if err != nil {
+				errs = append(errs, fmt.Errorf("write flow %v: %w", keys[i], err))
+			}
 		}
 	}
 	return errors.Join(errs...)

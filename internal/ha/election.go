@@ -178,9 +178,12 @@ func (n *Node) step(ctx context.Context, now time.Time) stepResult {
 			n.yieldedTo = netip.AddrPort{}
 		}
 	}
-	// Sessions of a node that handed over linger so that flows its data
+	// In active-active mode every node streams to every peer. Otherwise
+	// sessions of a node that handed over linger so that flows its data
 	// plane still reports reach the new active; then they go.
-	if n.state != StateActive && len(n.sessions) > 0 && now.After(n.syncUntil) {
+	if n.aa.Load() {
+		n.startSessionsLocked(ctx)
+	} else if n.state != StateActive && len(n.sessions) > 0 && now.After(n.syncUntil) {
 		for _, s := range n.sessions {
 			s.stop()
 		}
@@ -211,11 +214,15 @@ func (n *Node) step(ctx context.Context, now time.Time) stepResult {
 		n.mu.Unlock()
 		n.c.takeovers.Add(1)
 		n.log.Info("ha: becoming active")
-		if err := n.vips.Up(); err != nil {
-			n.c.vipErrs.Add(1)
-			n.log.Error("ha: add VIPs", "err", err)
+		// In active-active mode the active only leads: the VIPs are the
+		// routing's.
+		if !n.aa.Load() {
+			if err := n.vips.Up(); err != nil {
+				n.c.vipErrs.Add(1)
+				n.log.Error("ha: add VIPs", "err", err)
+			}
+			n.announce()
 		}
-		n.announce()
 		n.notifyState(StateActive)
 		return stepBecameActive
 	case actStepDown, actHandOver:

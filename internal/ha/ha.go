@@ -119,6 +119,22 @@ type Config struct {
 	Key []byte
 	// VIPs are the addresses the active holds.
 	VIPs []netip.Addr
+	// Refresh is how often an active refreshes its standbys' copies of
+	// the established flows that carried packets since the last round
+	// (Options.Refresh lists them), so that a standby's copy of a live
+	// flow does not age out while the active's does not. It must stay
+	// well under the data plane's idle timeout. 0 turns refreshing off: a
+	// standby's copy then ages from when it was written.
+	Refresh time.Duration
+	// RefreshClosing is the same for closing flows (FIN or RST seen),
+	// whose timeout is shorter; 0 or more than Refresh means Refresh.
+	RefreshClosing time.Duration
+	// ActiveActive makes every node forward at once (docs/SCALEOUT.md):
+	// every node streams its flows to every peer and takes theirs; the
+	// election only picks the leader, whose configuration the others
+	// follow (it alone sends configuration); and no node manages the VIP
+	// addresses, which are the routing's (BGP).
+	ActiveActive bool
 }
 
 func (c *Config) setDefaults() {
@@ -172,6 +188,18 @@ func (c Config) Validate() error {
 			return bad("VIP %s is not a unicast address", v)
 		}
 	}
+	return validateRefresh(c.Refresh, c.RefreshClosing)
+}
+
+// MinRefresh is the shortest refresh period accepted.
+const MinRefresh = 100 * time.Millisecond
+
+func validateRefresh(est, closing time.Duration) error {
+	for _, d := range []time.Duration{est, closing} {
+		if d != 0 && d < MinRefresh {
+			return fmt.Errorf("%w: refresh period %s: 0 (off) or at least %s", ErrBadConfig, d, MinRefresh)
+		}
+	}
 	return nil
 }
 
@@ -194,6 +222,10 @@ type Options struct {
 	// Snapshot iterates the local connection table for a full resync of
 	// a standby that (re)joins, until yield returns false.
 	Snapshot func(yield func(FlowRecord) bool) error
+	// Refresh iterates the flows of the local table that a refresh round
+	// must send (see RefreshRound), until yield returns false. Nil, or a
+	// Config.Refresh of 0, means no refreshing.
+	Refresh func(r RefreshRound, yield func(FlowRecord) bool) error
 	// Dial opens synchronisation connections; nil means a net.Dialer.
 	Dial func(ctx context.Context, network, address string) (net.Conn, error)
 	// Logger; nil means slog.Default().
@@ -207,6 +239,32 @@ type Options struct {
 	ConfigEvery time.Duration
 }
 
+// RefreshRound is one refresh of a standby's copies: the flows that
+// carried a packet since the standby last heard of them. Half-open flows
+// are never refreshed.
+type RefreshRound struct {
+	// Since: established flows that carried a packet since then.
+	Since time.Time
+	// ClosingSince: closing flows that carried a packet since then.
+	ClosingSince time.Time
+	// ClosingOnly: this round refreshes closing flows only (they are
+	// refreshed more often than the rest).
+	ClosingOnly bool
+}
+
+// Windows returns, as of now, how recently an established flow and a
+// closing one must have carried a packet to belong to the round; a
+// negative window selects none of its kind.
+func (r RefreshRound) Windows(now time.Time) (established, closing time.Duration) {
+	// The data plane's clock and the wall clock may differ by a tick.
+	const slack = 100 * time.Millisecond
+	established, closing = now.Sub(r.Since)+slack, now.Sub(r.ClosingSince)+slack
+	if r.ClosingOnly {
+		established = -1
+	}
+	return established, closing
+}
+
 // PeerStatus is what a node knows of one peer.
 type PeerStatus struct {
 	Addr      netip.AddrPort
@@ -218,6 +276,11 @@ type PeerStatus struct {
 	LastHeard time.Time // zero if never heard
 	Epoch     uint64    // its boot id
 	Synced    bool      // this node streams its flows to it
+	// SnapshotReceived: a whole snapshot of its flows arrived since this
+	// node started. In active-active mode a node that has one from every
+	// live peer holds their flows, and may be given traffic (its routes
+	// announced): docs/SCALEOUT.md.
+	SnapshotReceived bool
 	// ConfigVersion is the version of the configuration it holds, as
 	// numbered by the node that sent it.
 	ConfigVersion uint64
@@ -228,8 +291,15 @@ type Counters struct {
 	HeartbeatsSent     uint64
 	HeartbeatsReceived uint64
 	// Rejected counts refused messages by reason (Reject* constants).
-	Rejected          map[string]uint64
-	FlowsSent         uint64 // records written to standbys, snapshots included
+	Rejected  map[string]uint64
+	FlowsSent uint64 // records written to standbys, snapshots and refreshes included
+	// FlowsRefreshed counts the records of refresh rounds (part of
+	// FlowsSent); RefreshRounds the rounds, per standby.
+	FlowsRefreshed uint64
+	RefreshRounds  uint64
+	// StreamBytesSent counts the bytes written on synchronisation
+	// connections: frames, headers and MACs included.
+	StreamBytesSent   uint64
 	FlowsReceived     uint64 // records handed to OnFlows
 	FlowsDropped      uint64 // records dropped because a queue was full
 	FlowErrors        uint64 // OnFlows errors
@@ -245,13 +315,15 @@ type Counters struct {
 
 // Status is a snapshot of the node.
 type Status struct {
-	Group    string
-	Self     netip.AddrPort
-	State    State
-	Since    time.Time // when State was entered
-	Priority uint8
-	Preempt  bool
-	Epoch    uint64
+	Group string
+	Self  netip.AddrPort
+	State State
+	Since time.Time // when State was entered
+	// ActiveActive: every node forwards; State active means the leader.
+	ActiveActive bool
+	Priority     uint8
+	Preempt      bool
+	Epoch        uint64
 	// Active is the node this one believes active (itself included);
 	// invalid if none.
 	Active netip.AddrPort
@@ -259,8 +331,11 @@ type Status struct {
 	// would send (SetConfig) or last accepted (OnConfig).
 	ConfigVersion uint64
 	ConfigHash    string // hex SHA-256; empty if none
-	Peers         []PeerStatus
-	Counters      Counters
+	// Refresh and RefreshClosing are the refresh periods in force (0: off).
+	Refresh        time.Duration
+	RefreshClosing time.Duration
+	Peers          []PeerStatus
+	Counters       Counters
 }
 
 type peer struct {
@@ -277,6 +352,7 @@ type counters struct {
 	hbSent, hbRecv                  atomic.Uint64
 	rejected                        map[string]*atomic.Uint64
 	flowsSent, flowsRecv, flowsDrop atomic.Uint64
+	flowsRefr, refrRounds, bytesOut atomic.Uint64
 	flowErrs                        atomic.Uint64
 	snapSent, snapRecv              atomic.Uint64
 	cfgSent, cfgRecv, cfgErrs       atomic.Uint64
@@ -297,6 +373,7 @@ type Node struct {
 	c     counters
 
 	seqDgram, seqStream atomic.Uint64
+	aa                  atomic.Bool // Config.ActiveActive, as SetActiveActive left it
 
 	replayMu sync.Mutex
 	replay   *replayGuard
@@ -315,9 +392,10 @@ type Node struct {
 	yieldedTo   netip.AddrPort // handed over to it by request: do not preempt it
 	peerJoined  bool           // a peer came (back) into view since the last step
 	sessions    map[netip.AddrPort]*session
-	sessWG      sync.WaitGroup // the sessions' goroutines, stopped or not
-	syncUntil   time.Time      // a resigned node keeps streaming until then
-	config      configMsg      // what this node sends; Data nil if none
+	sessWG      sync.WaitGroup   // the sessions' goroutines, stopped or not
+	syncUntil   time.Time        // a resigned node keeps streaming until then
+	refresh     [2]time.Duration // established, closing: SetRefresh's
+	config      configMsg        // what this node sends; Data nil if none
 	applied     [sha256.Size]byte
 	stateCh     chan struct{} // closed and replaced on every state change
 
@@ -370,6 +448,8 @@ func New(cfg Config, o Options) (*Node, error) {
 	for _, p := range cfg.Peers {
 		n.peers[p] = &peer{addr: p}
 	}
+	n.refresh = [2]time.Duration{cfg.Refresh, cfg.RefreshClosing}
+	n.aa.Store(cfg.ActiveActive)
 	var err error
 	if n.udp, err = net.ListenUDP("udp", net.UDPAddrFromAddrPort(cfg.Self)); err != nil {
 		return nil, fmt.Errorf("ha: listen udp %s: %w", cfg.Self, err)
@@ -458,7 +538,7 @@ func (n *Node) Run(ctx context.Context) error {
 			}
 		}
 		if announcements > 0 && !now.Before(nextAnnounce) {
-			if n.State() == StateActive {
+			if n.State() == StateActive && !n.aa.Load() {
 				n.announce()
 			}
 			announcements--
@@ -593,11 +673,13 @@ func (n *Node) Status() Status {
 		Self:          n.cfg.Self,
 		State:         n.state,
 		Since:         n.since,
+		ActiveActive:  n.aa.Load(),
 		Priority:      n.cfg.Priority,
 		Preempt:       n.cfg.Preempt,
 		Epoch:         n.epoch,
 		ConfigVersion: n.config.Version,
 	}
+	st.Refresh, st.RefreshClosing = n.refreshPeriodsLocked()
 	if n.config.Data != nil {
 		st.ConfigHash = hex.EncodeToString(n.config.Hash[:])
 	}
@@ -606,7 +688,8 @@ func (n *Node) Status() Status {
 	}
 	for _, a := range n.cfg.Peers {
 		p := n.peers[a]
-		ps := PeerStatus{Addr: a, Alive: n.alive(p, now), LastHeard: p.lastHeard, Epoch: p.epoch}
+		ps := PeerStatus{Addr: a, Alive: n.alive(p, now), LastHeard: p.lastHeard, Epoch: p.epoch,
+			SnapshotReceived: p.snapshotAt.After(n.started)}
 		if p.heard {
 			ps.State, ps.Priority, ps.Preempt, ps.Takeover = p.hb.State, p.hb.Priority, p.hb.Preempt, p.hb.Takeover
 			ps.ConfigVersion = p.hb.ConfigVer
@@ -626,6 +709,9 @@ func (n *Node) Status() Status {
 		HeartbeatsReceived: c.hbRecv.Load(),
 		Rejected:           make(map[string]uint64, len(c.rejected)),
 		FlowsSent:          c.flowsSent.Load(),
+		FlowsRefreshed:     c.flowsRefr.Load(),
+		RefreshRounds:      c.refrRounds.Load(),
+		StreamBytesSent:    c.bytesOut.Load(),
 		FlowsReceived:      c.flowsRecv.Load(),
 		FlowsDropped:       c.flowsDrop.Load(),
 		FlowErrors:         c.flowErrs.Load(),
@@ -671,6 +757,41 @@ func (n *Node) SetConfig(b []byte) {
 	}
 }
 
+// SetRefresh changes the refresh periods (Config.Refresh and
+// RefreshClosing) of a running node; sessions take them from their next
+// round on.
+func (n *Node) SetRefresh(established, closing time.Duration) error {
+	if err := validateRefresh(established, closing); err != nil {
+		return err
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.refresh = [2]time.Duration{established, closing}
+	for _, s := range n.sessions {
+		signal(s.rekick)
+	}
+	return nil
+}
+
+// refreshPeriodsLocked returns the periods in force: the closing one is
+// never longer than the other, and both are 0 without a Refresh callback.
+func (n *Node) refreshPeriodsLocked() (established, closing time.Duration) {
+	est, cl := n.refresh[0], n.refresh[1]
+	if est <= 0 || n.o.Refresh == nil {
+		return 0, 0
+	}
+	if cl <= 0 || cl > est {
+		cl = est
+	}
+	return est, cl
+}
+
+func (n *Node) refreshPeriods() (established, closing time.Duration) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.refreshPeriodsLocked()
+}
+
 // SendFlows queues records for every standby this active node streams to.
 // It never blocks: when a standby's queue is full the batch is dropped
 // for it, counted, and that standby gets a fresh snapshot. A node that is
@@ -682,10 +803,34 @@ func (n *Node) SendFlows(recs []FlowRecord) {
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.state != StateActive && time.Now().After(n.syncUntil) {
+	if n.state != StateActive && !n.aa.Load() && time.Now().After(n.syncUntil) {
 		return
 	}
 	for _, s := range n.sessions {
 		s.enqueue(recs)
 	}
+}
+
+// SetActiveActive switches a running node between the modes
+// (Config.ActiveActive). An active node entering active-active mode gives
+// its VIP addresses up to the routing; one leaving it brings them up and
+// announces them. Sessions start (or stop) at the next election step.
+func (n *Node) SetActiveActive(on bool) {
+	if n.aa.Swap(on) == on {
+		return
+	}
+	n.log.Info("ha: mode", "active-active", on)
+	if n.State() == StateActive {
+		var err error
+		if on {
+			err = n.vips.Down()
+		} else if err = n.vips.Up(); err == nil {
+			n.announce()
+		}
+		if err != nil {
+			n.c.vipErrs.Add(1)
+			n.log.Error("ha: VIPs on a change of mode", "err", err)
+		}
+	}
+	n.poke()
 }

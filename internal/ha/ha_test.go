@@ -5,6 +5,8 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -349,5 +351,134 @@ func TestRejects(t *testing.T) {
 	}
 	if a.State() != ha.StateActive {
 		t.Fatalf("a is %s after the attacks", a.State())
+	}
+}
+
+// TestRefreshStream: an active refreshes its standby's copies in rounds
+// that carry what its Refresh callback lists, as ordinary flow records;
+// closing flows in rounds of their own, more often; SetRefresh changes the
+// periods of a running node, and 0 stops the rounds.
+func TestRefreshStream(t *testing.T) {
+	tp := newTopo(t, 2)
+	live, closing := flows(3, 0), flows(1, 100)
+	closing[0].Closing = true
+	var mu sync.Mutex
+	var rounds []ha.RefreshRound
+	refresh := func(cfg *ha.Config, o *ha.Options) {
+		cfg.Refresh, cfg.RefreshClosing = 400*time.Millisecond, 100*time.Millisecond
+		o.Refresh = func(r ha.RefreshRound, yield func(ha.FlowRecord) bool) error {
+			mu.Lock()
+			rounds = append(rounds, r)
+			mu.Unlock()
+			for _, rec := range append(slices.Clone(closing), live...) {
+				if r.ClosingOnly && !rec.Closing {
+					continue
+				}
+				if !yield(rec) {
+					break
+				}
+			}
+			return nil
+		}
+	}
+	a := tp.start(tp.nd[0], 200, false, refresh)
+	eventually(t, settle, "a active", func() bool { return a.State() == ha.StateActive })
+	b := tp.start(tp.nd[1], 100, false)
+	eventually(t, settle, "eight rounds", func() bool {
+		return a.Status().Counters.RefreshRounds >= 8
+	})
+	mu.Lock()
+	got := slices.Clone(rounds)
+	mu.Unlock()
+	full := 0
+	for i, r := range got {
+		if !r.ClosingOnly {
+			full++
+		}
+		if i > 0 && r.ClosingSince.Before(got[i-1].ClosingSince) {
+			t.Errorf("round %d: closing since %v, before the round before's %v", i, r.ClosingSince, got[i-1].ClosingSince)
+		}
+	}
+	if full == 0 || full > len(got)/2 {
+		t.Errorf("%d full rounds of %d, want some, and fewer than the closing ones", full, len(got))
+	}
+	st := a.Status()
+	if st.Refresh != 400*time.Millisecond || st.RefreshClosing != 100*time.Millisecond {
+		t.Errorf("status periods %v %v", st.Refresh, st.RefreshClosing)
+	}
+	if st.Counters.FlowsRefreshed == 0 || st.Counters.StreamBytesSent == 0 {
+		t.Errorf("counters %+v", st.Counters)
+	}
+	eventually(t, time.Second, "b gets the refreshed records", func() bool {
+		n := 0
+		for _, r := range b.received() {
+			if r == closing[0] {
+				n++
+			}
+		}
+		return n >= 4
+	})
+
+	if err := a.SetRefresh(0, 0); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(150 * time.Millisecond) // a round under way ends
+	before := a.Status().Counters.RefreshRounds
+	time.Sleep(600 * time.Millisecond)
+	if after := a.Status().Counters.RefreshRounds; after != before {
+		t.Errorf("%d rounds with refreshing off", after-before)
+	}
+	if err := a.SetRefresh(200*time.Millisecond, 0); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, time.Second, "rounds again", func() bool { return a.Status().Counters.RefreshRounds >= before+2 })
+	if st := a.Status(); st.Refresh != 200*time.Millisecond || st.RefreshClosing != 200*time.Millisecond {
+		t.Errorf("status periods %v %v after SetRefresh", st.Refresh, st.RefreshClosing)
+	}
+}
+
+// TestActiveActive: in active-active mode both nodes stream their flows to
+// each other, neither holds the VIPs, and only the leader (the elected
+// active) sends its configuration. Switched back to active-standby, the
+// active brings the VIPs up and the standby stops streaming.
+func TestActiveActive(t *testing.T) {
+	tp := newTopo(t, 2)
+	aa := func(cfg *ha.Config, o *ha.Options) { cfg.ActiveActive = true }
+	a := tp.start(tp.nd[0], 200, false, aa)
+	b := tp.start(tp.nd[1], 100, false, aa)
+	conf := []byte("clusters: []\n")
+	a.SetConfig(conf)
+	eventually(t, settle, "a leads, b follows with a's configuration", func() bool {
+		return a.State() == ha.StateActive && b.State() == ha.StateStandby && bytes.Equal(b.lastConfig(), conf)
+	})
+	eventually(t, settle, "each streams to the other and has the other's snapshot", func() bool {
+		as, bs := a.Status(), b.Status()
+		return as.Peers[0].Synced && bs.Peers[0].Synced && as.Peers[0].SnapshotReceived && bs.Peers[0].SnapshotReceived
+	})
+	fromA, fromB := flows(2, 0), flows(3, 100)
+	a.SendFlows(fromA)
+	b.SendFlows(fromB)
+	eventually(t, time.Second, "each gets the other's flows", func() bool {
+		return len(a.received()) == len(fromB) && len(b.received()) == len(fromA)
+	})
+	for _, n := range []*running{a, b} {
+		if !n.Status().ActiveActive || hasAddr(t, n.h, vip4) || hasAddr(t, n.h, vip6) {
+			t.Errorf("%s: status active-active %v, holds the VIPs %v", n.h.name, n.Status().ActiveActive, hasAddr(t, n.h, vip4))
+		}
+	}
+	b.SetConfig([]byte("clusters: [b]\n")) // a follower's own: never sent
+	time.Sleep(3 * interval)
+	if st := b.Status(); st.Counters.ConfigsSent != 0 {
+		t.Errorf("the follower sent %d configurations", st.Counters.ConfigsSent)
+	}
+
+	a.SetActiveActive(false)
+	b.SetActiveActive(false)
+	eventually(t, settle, "the active holds the VIPs again", func() bool { return hasAddr(t, a.h, vip4) })
+	eventually(t, settle, "the standby stops streaming", func() bool { return !b.Status().Peers[0].Synced })
+	b.SendFlows(flows(1, 200))
+	time.Sleep(3 * interval)
+	if got := len(a.received()); got != len(fromB) {
+		t.Errorf("a received %d records from a standby, want none after the %d before", got-len(fromB), len(fromB))
 	}
 }

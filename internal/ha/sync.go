@@ -26,6 +26,7 @@ type session struct {
 	cfg    chan struct{} // configuration changed
 	resnap chan struct{} // records were dropped
 	redial chan struct{} // the peer restarted
+	rekick chan struct{} // the refresh periods changed
 	cancel context.CancelFunc
 
 	connected atomic.Bool
@@ -45,6 +46,7 @@ func (n *Node) startSessionsLocked(ctx context.Context) {
 			cfg:    make(chan struct{}, 1),
 			resnap: make(chan struct{}, 1),
 			redial: make(chan struct{}, 1),
+			rekick: make(chan struct{}, 1),
 			cancel: cancel,
 		}
 		n.sessions[p] = s
@@ -149,6 +151,10 @@ func (s *session) connect(ctx context.Context) error {
 	if err := w.config(); err != nil {
 		return err
 	}
+	// The snapshot dates the peer's copies from when it arrives: the
+	// first refresh round covers what carried packets from its start on.
+	var rs refreshSchedule
+	rs.reset(time.Now())
 	if err := w.snapshot(); err != nil {
 		return err
 	}
@@ -157,7 +163,10 @@ func (s *session) connect(ctx context.Context) error {
 	}
 	every := time.NewTicker(s.n.o.ConfigEvery)
 	defer every.Stop()
+	refresh := time.NewTimer(time.Hour)
+	defer refresh.Stop()
 	for {
+		refresh.Reset(rs.wait(s.n.refreshPeriods()))
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -189,7 +198,19 @@ func (s *session) connect(ctx context.Context) error {
 				return err
 			}
 		case <-s.resnap:
+			rs.reset(time.Now())
 			if err := w.snapshot(); err != nil {
+				return err
+			}
+		case <-s.rekick:
+			continue // the timer is set again from the new periods
+		case <-refresh.C:
+			est, cl := s.n.refreshPeriods()
+			round, ok := rs.next(time.Now(), est, cl)
+			if !ok {
+				continue
+			}
+			if err := w.refresh(round); err != nil {
 				return err
 			}
 		}
@@ -221,6 +242,7 @@ func (w *frameWriter) write(t msgType, payload []byte) error {
 	if _, err := w.bw.Write(w.buf); err != nil {
 		return fmt.Errorf("write %s: %w", t, err)
 	}
+	w.n.c.bytesOut.Add(uint64(len(w.buf)))
 	return nil
 }
 
@@ -235,8 +257,11 @@ func (w *frameWriter) flush() error {
 func (w *frameWriter) config() error {
 	w.n.mu.Lock()
 	c := w.n.config
+	// In active-active mode only the leader's configuration travels: a
+	// follower's copy may be older than what its peers hold.
+	follower := w.n.aa.Load() && w.n.state != StateActive
 	w.n.mu.Unlock()
-	if c.Data == nil {
+	if c.Data == nil || follower {
 		return nil
 	}
 	if err := w.write(msgConfig, c.append(nil)); err != nil {
@@ -261,6 +286,84 @@ func (w *frameWriter) flows(recs []FlowRecord) error {
 }
 
 const snapshotBatch = 256
+
+// refreshSchedule keeps one connection's refresh rounds: when its peer's
+// copies were last refreshed, those of every flow and those of closing
+// flows (refreshed more often).
+type refreshSchedule struct {
+	full, closing time.Time
+}
+
+func (rs *refreshSchedule) reset(now time.Time) { rs.full, rs.closing = now, now }
+
+// idleWait is how long a session waits when refreshing is off: a change
+// of the periods wakes it anyway.
+const idleWait = time.Hour
+
+// wait is the time until the next round is due under periods est and cl
+// (refreshPeriods), at least a millisecond.
+func (rs *refreshSchedule) wait(est, cl time.Duration) time.Duration {
+	if est <= 0 {
+		return idleWait
+	}
+	due := rs.full.Add(est)
+	if c := rs.closing.Add(cl); c.Before(due) {
+		due = c
+	}
+	return max(time.Until(due), time.Millisecond)
+}
+
+// next returns the round due at now, if any, and records it as done.
+func (rs *refreshSchedule) next(now time.Time, est, cl time.Duration) (RefreshRound, bool) {
+	if est <= 0 {
+		return RefreshRound{}, false
+	}
+	full := !now.Before(rs.full.Add(est))
+	if !full && now.Before(rs.closing.Add(cl)) {
+		return RefreshRound{}, false
+	}
+	r := RefreshRound{Since: rs.full, ClosingSince: rs.closing, ClosingOnly: !full}
+	rs.closing = now
+	if full {
+		rs.full = now
+	}
+	return r, true
+}
+
+// refresh sends the records of one refresh round as ordinary flow
+// records: a standby applies them as it applies any (an upsert, which
+// dates its copy anew), so a node of an older version takes them too.
+func (w *frameWriter) refresh(r RefreshRound) error {
+	var (
+		batch []FlowRecord
+		total uint64
+		werr  error
+	)
+	send := func() {
+		werr = w.flows(batch)
+		total += uint64(len(batch))
+		batch = batch[:0]
+	}
+	err := w.n.o.Refresh(r, func(rec FlowRecord) bool {
+		batch = append(batch, rec)
+		if len(batch) == maxFlowsPerFrame {
+			send()
+		}
+		return werr == nil
+	})
+	if werr == nil && err == nil && len(batch) > 0 {
+		send()
+	}
+	if werr != nil {
+		return werr
+	}
+	if err != nil {
+		return fmt.Errorf("refresh: %w", err)
+	}
+	w.n.c.flowsRefr.Add(total)
+	w.n.c.refrRounds.Add(1)
+	return nil
+}
 
 // snapshot sends the whole table. Without a Snapshot callback it sends an
 // empty one, which still tells the peer the stream is up.

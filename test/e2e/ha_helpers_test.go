@@ -56,6 +56,8 @@ type haNode struct {
 	priority int
 	preempt  bool
 	timers   haTimers
+	refresh  time.Duration // ha.refresh; 0 leaves the default
+	mode     string        // ha.mode; "" leaves the default
 	keyFile  string
 	cfgPath  string
 	api      *api.Client
@@ -80,7 +82,24 @@ func (n *haNode) yaml() string {
 	if n.timers.interval != 0 {
 		fmt.Fprintf(&b, "  interval: %s\n  dead_after: %s\n", n.timers.interval, n.timers.deadAfter)
 	}
+	if n.refresh != 0 {
+		fmt.Fprintf(&b, "  refresh: %s\n", n.refresh)
+	}
+	if n.mode != "" {
+		fmt.Fprintf(&b, "  mode: %s\n", n.mode)
+	}
 	return b.String()
+}
+
+// reload writes the node's configuration file anew and has ndd read it.
+func (n *haNode) reload(t *testing.T) {
+	t.Helper()
+	if err := os.WriteFile(n.cfgPath, []byte(n.yaml()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.api.Reload(); err != nil {
+		t.Fatalf("%s: reload: %v", n.name, err)
+	}
 }
 
 // newHALab builds the lab, checks it, starts the reply servers and both
@@ -88,6 +107,13 @@ func (n *haNode) yaml() string {
 // and waits until nodes[0] is active with nodes[1] synchronised behind it.
 // t.Cleanup stops both, destroys their pinned data planes and closes the lab.
 func newHALab(t *testing.T, servers int, timers haTimers, preempt bool) *haLab {
+	t.Helper()
+	return newHALabWith(t, servers, timers, preempt, nil)
+}
+
+// newHALabWith is newHALab with edit applied to each node before its
+// configuration is written.
+func newHALabWith(t *testing.T, servers int, timers haTimers, preempt bool, edit func(*haNode)) *haLab {
 	t.Helper()
 	sweepStalePins(t)
 	nddBinary(t) // build before the lab exists: a failed build leaves nothing behind
@@ -126,6 +152,9 @@ func newHALab(t *testing.T, servers int, timers haTimers, preempt bool) *haLab {
 			timers:   timers,
 			keyFile:  keyFile,
 			cfgPath:  filepath.Join(dir, "nd.yaml"),
+		}
+		if edit != nil {
+			edit(n)
 		}
 		if err := os.WriteFile(n.cfgPath, []byte(n.yaml()), 0o600); err != nil {
 			t.Fatal(err)

@@ -42,6 +42,17 @@ func (h *haLab) startLoad(t *testing.T) *haLoad {
 // and every new connection started after newFrom succeeded.
 func (l *haLoad) finish(t *testing.T, minSurvive float64, newFrom time.Time) {
 	t.Helper()
+	kept := l.stop(t, newFrom)
+	if frac := float64(kept) / haLongConns; frac < minSurvive {
+		t.Errorf("%.1f%% of the established connections kept working, want at least %.1f%%", 100*frac, 100*minSurvive)
+	}
+}
+
+// stop stops the load, checks that every new connection started after
+// newFrom succeeded, and returns how many long-lived connections kept
+// working (a last exchange on each included).
+func (l *haLoad) stop(t *testing.T, newFrom time.Time) (kept int) {
+	t.Helper()
 	opens := l.o.stop()
 	stall, which := l.p.longestStall()
 	failed := l.p.stop()
@@ -55,14 +66,11 @@ func (l *haLoad) finish(t *testing.T, minSurvive float64, newFrom time.Time) {
 			t.Logf("connection %d (to %s) broke: %v", i, l.lc.names[i], err)
 		}
 	}
-	kept := haLongConns - len(failed)
-	frac := float64(kept) / haLongConns
+	kept = haLongConns - len(failed)
 	t.Logf("%d of %d long-lived connections kept working (%.1f%%); longest stall between replies %v (connection %d)",
-		kept, haLongConns, 100*frac, stall.Round(time.Millisecond), which)
-	if frac < minSurvive {
-		t.Errorf("%.1f%% of the established connections kept working, want at least %.1f%%", 100*frac, 100*minSurvive)
-	}
+		kept, haLongConns, 100*float64(kept)/haLongConns, stall.Round(time.Millisecond), which)
 	checkNewAfter(t, opens, newFrom, int(afterTakeover/openPeriod)/2)
+	return kept
 }
 
 // waitState polls n until it reports want, and returns when it did.

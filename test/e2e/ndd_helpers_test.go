@@ -138,7 +138,9 @@ type nddConfig struct {
 	Manager string
 	// Advisors and Agents are whole sections, or "".
 	Advisors, Agents string
-	Ports            []portConfig
+	// IdleTimeout is data_plane.idle_timeout; 0 leaves the default.
+	IdleTimeout time.Duration
+	Ports       []portConfig
 }
 
 type portConfig struct {
@@ -159,6 +161,9 @@ func (c nddConfig) yaml() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "interfaces: [%s]\n", strings.Join(c.Interfaces, ", "))
 	fmt.Fprintf(&b, "data_plane:\n  max_flows: 65536\n  pin_path: %s\n", c.PinPath)
+	if c.IdleTimeout != 0 {
+		fmt.Fprintf(&b, "  idle_timeout: %s\n", c.IdleTimeout)
+	}
 	fmt.Fprintf(&b, "api:\n  socket: %s\n", c.Socket)
 	if c.Listen != "" {
 		fmt.Fprintf(&b, "  listen: %q\n  token: %q\n", c.Listen, c.Token)

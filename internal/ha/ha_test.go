@@ -448,7 +448,9 @@ func TestActiveActive(t *testing.T) {
 	b := tp.start(tp.nd[1], 100, false, aa)
 	conf := []byte("clusters: []\n")
 	a.SetConfig(conf)
-	eventually(t, settle, "a leads, b follows with a's configuration", func() bool {
+	// Two fresh nodes elect, then the leader's configuration travels: two
+	// settling times (one flaked on a loaded machine).
+	eventually(t, 2*settle, "a leads, b follows with a's configuration", func() bool {
 		return a.State() == ha.StateActive && b.State() == ha.StateStandby && bytes.Equal(b.lastConfig(), conf)
 	})
 	eventually(t, settle, "each streams to the other and has the other's snapshot", func() bool {

@@ -371,3 +371,35 @@ func TestHAActiveActiveLearntNotEchoed(t *testing.T) {
 	w.d.ha = nil
 	w.d.mu.Unlock()
 }
+
+// TestHASnapshotLeavesHalfOpenOut: a snapshot carries established and
+// closing flows, never half-open ones (a record has no half-open state: a
+// standby would hold a flood's SYNs as established flows).
+func TestHASnapshotLeavesHalfOpenOut(t *testing.T) {
+	w := start(t, baseConfig)
+	client := netip.MustParseAddr("203.0.113.9")
+	fk := func(port uint16) executor.FlowKey {
+		return executor.FlowKey{Client: netip.AddrPortFrom(client, port), VIP: netip.AddrPortFrom(vip, 80), Proto: executor.TCP}
+	}
+	// 1: a SYN only; 2: a completed handshake; 3: a SYN, then the client's FIN.
+	steps := []struct {
+		port         uint16
+		syn, closing bool
+	}{{1, true, false}, {2, true, false}, {2, false, false}, {3, true, false}, {3, false, true}}
+	for _, s := range steps {
+		if _, err := w.x.Dispatch(fk(s.port), s.syn, s.closing); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var ports []uint16
+	if err := w.d.haSnapshot(func(rec ha.FlowRecord) bool {
+		ports = append(ports, rec.Client.Port())
+		return true
+	}); err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(ports)
+	if !slices.Equal(ports, []uint16{2, 3}) {
+		t.Errorf("snapshot carries flows %v, want 2 (established) and 3 (closing), not the half-open 1", ports)
+	}
+}

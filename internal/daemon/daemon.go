@@ -650,5 +650,6 @@ func clone(c *config.Config) *config.Config {
 		a := *c.Agents
 		out.Agents = &a
 	}
+	out.BGP = config.CloneBGP(c.BGP)
 	return &out
 }

@@ -153,7 +153,7 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 		Logger: log,
 		Metrics: metrics.Handler(metrics.New(d.Status), metrics.NewDecisions(metrics.Decisions{
 			Manager: d.ManagerReport, Advisors: d.AdvisorStatus, Agents: d.AgentStatus,
-		}), metrics.NewHA(d.HAStatus)),
+		}), metrics.NewHA(d.HAStatus), metrics.NewBGP(d.BGPStatus)),
 	})
 	if err != nil {
 		return err

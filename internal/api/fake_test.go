@@ -73,6 +73,14 @@ func (f *fakeController) HAStatus() (ha.Status, error) { return ha.Status{}, dae
 
 func (f *fakeController) HATakeover(ctx context.Context) error { return daemon.ErrNoHA }
 
+func (f *fakeController) BGPStatus(ctx context.Context) (daemon.BGPStatus, error) {
+	return daemon.BGPStatus{}, daemon.ErrNoBGP
+}
+
+func (f *fakeController) BGPDrain(ctx context.Context, drain bool) (daemon.BGPStatus, error) {
+	return daemon.BGPStatus{}, daemon.ErrNoBGP
+}
+
 func (f *fakeController) AgentStatus() map[netip.AddrPort]agent.Status {
 	return map[netip.AddrPort]agent.Status{netip.MustParseAddrPort("198.51.100.11:7010"): {Disabled: true, Err: "connection refused"}}
 }

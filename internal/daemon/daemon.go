@@ -120,7 +120,7 @@ type Daemon struct {
 	// loops its goroutines, which Run waits for.
 	runCtx context.Context
 	loops  sync.WaitGroup
-	ready func()
+	ready  func()
 	// newSteer attaches advisor steering; steer is attached while some
 	// advisor probes through a VIP (steerErr says why it could not be).
 	// steerMu guards steer and steerErr: advisors' probes read them

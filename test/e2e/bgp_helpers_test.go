@@ -66,22 +66,26 @@ func requireBIRD(t *testing.T) {
 	}
 }
 
-// bgpSection is a dispatcher's bgp section: peering with the router, and
-// more peers' lines if given.
-func bgpSection(d *lab.Host, grace time.Duration, extra string) string {
+// bgpSection is a dispatcher's bgp section: peering with the router (with
+// a TCP MD5 password unless ""), and more peers' lines if given.
+func bgpSection(d *lab.Host, grace time.Duration, password, extra string) string {
+	pw := ""
+	if password != "" {
+		pw = fmt.Sprintf(", password: %q", password)
+	}
 	return fmt.Sprintf(`bgp:
   asn: %d
   router_id: %s
   shutdown_grace: %s
   peers:
-    - {address: %s, asn: %d, hold_time: %s}
-%s`, lab.DispatcherASN, d.Addr4, grace, lab.Router4(), lab.RouterASN, bgpHold, extra)
+    - {address: %s, asn: %d, hold_time: %s%s}
+%s`, lab.DispatcherASN, d.Addr4, grace, lab.Router4(), lab.RouterASN, bgpHold, pw, extra)
 }
 
 // newBGPLab builds the lab with the given number of dispatchers, starts
-// BIRD and the reply servers, and an ndd on every dispatcher with the bgp
+// BIRD (with password as every session's TCP MD5 key, unless "") and the reply servers, and an ndd on every dispatcher with the bgp
 // section that section returns for it. t.Cleanup undoes everything.
-func newBGPLab(t *testing.T, dispatchers int, section func(i int, d *lab.Host) string) *bgpLab {
+func newBGPLab(t *testing.T, dispatchers int, password string, section func(i int, d *lab.Host) string) *bgpLab {
 	t.Helper()
 	requireBIRD(t)
 	sweepStalePins(t)
@@ -109,7 +113,7 @@ func newBGPLab(t *testing.T, dispatchers int, section func(i int, d *lab.Host) s
 	}
 	var peers []lab.BIRDPeer
 	for _, d := range l.Dispatchers() {
-		peers = append(peers, lab.BIRDPeer{Name: strings.ReplaceAll(d.Name, "dispatcher", "d"), Addr: d.Addr4, ASN: lab.DispatcherASN})
+		peers = append(peers, lab.BIRDPeer{Name: strings.ReplaceAll(d.Name, "dispatcher", "d"), Addr: d.Addr4, ASN: lab.DispatcherASN, Password: password})
 	}
 	b.bird, err = l.StartBIRD(ctx, lab.BIRDOptions{Dir: b.dir, Peers: peers, HoldTime: int(bgpHold / time.Second)})
 	if err != nil {

@@ -43,12 +43,12 @@ const silentPeer = "198.51.100.77"
 // first dispatcher announces, which BIRD shows and acts on.
 func TestBGPAnnounceECMPWithdraw(t *testing.T) {
 	testutil.RequirePrivileged(t)
-	b := newBGPLab(t, 2, func(i int, d *lab.Host) string {
+	b := newBGPLab(t, 2, "", func(i int, d *lab.Host) string {
 		extra := ""
 		if i == 0 {
 			extra = fmt.Sprintf("    - {address: %s, asn: 64999}\n", silentPeer)
 		}
-		return bgpSection(d, time.Second, extra)
+		return bgpSection(d, time.Second, "", extra)
 	})
 	n0, n1 := b.nodes[0], b.nodes[1]
 	b.waitNextHops(t, "both dispatchers announce", time.Now(), n0, n1)
@@ -103,7 +103,8 @@ func TestBGPAnnounceECMPWithdraw(t *testing.T) {
 	b.waitNextHops(t, "MED 50 against 0", time.Now(), n1)
 }
 
-// TestBGPDrainAndShutdown runs one dispatcher: `ndctl bgp drain` withdraws
+// TestBGPDrainAndShutdown runs one dispatcher, its session with BIRD
+// signed by a TCP MD5 key: `ndctl bgp drain` withdraws
 // its route while established connections keep being forwarded; a reload
 // with a bad bgp section is refused with its location, the route staying;
 // and SIGTERM withdraws the route before ndd exits, ndd serving on for the
@@ -113,7 +114,11 @@ func TestBGPAnnounceECMPWithdraw(t *testing.T) {
 func TestBGPDrainAndShutdown(t *testing.T) {
 	testutil.RequirePrivileged(t)
 	const grace = 3 * time.Second
-	b := newBGPLab(t, 1, func(i int, d *lab.Host) string { return bgpSection(d, grace, "") })
+	// The session is signed with TCP MD5 (RFC 2385), as many routers
+	// require: GoBGP sets the key on its socket, BIRD on its own, in
+	// network namespaces.
+	const md5 = "nd-lab-md5-key"
+	b := newBGPLab(t, 1, md5, func(i int, d *lab.Host) string { return bgpSection(d, grace, md5, "") })
 	n := b.nodes[0]
 	b.waitNextHops(t, "announced", time.Now(), n)
 	if err := b.lab.AddRouterFallback(b.lab.VIP4, n.host.Addr4); err != nil {

@@ -204,10 +204,9 @@ func validateBGP(c *Config, r *reporter) {
 			}
 		case seen[p.Address]:
 			r.errorf(pp+".address", "%s is listed twice", p.Address)
-		default:
-			if why := badAddr(p.Address, "BGP neighbour"); why != "" {
-				r.errorf(pp+".address", "%s", why)
-			}
+		case p.Address.IsUnspecified() || p.Address.IsMulticast() || p.Address.Is4In6() || p.Address.Zone() != "":
+			// Loopback is allowed: a routing daemon on the same host.
+			r.errorf(pp+".address", "%s is not a neighbour's address: unspecified, multicast, IPv4-mapped or with a zone", p.Address)
 		}
 		seen[p.Address] = true
 		badASN(pp+".asn", p.ASN)

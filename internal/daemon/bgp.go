@@ -122,12 +122,17 @@ func (d *Daemon) stopBGP() {
 }
 
 // servable says why vip cannot take new flows now, or "" when it can: the
-// data plane is attached to every configured interface and some port of
-// the VIP has a server with a weight above 0 (resolved, not quiesced, not
-// taken out by an advisor, an agent or the manager). d.mu held.
+// data plane is attached to every configured interface, the dispatcher is
+// not the standby of a high-availability group (which holds no VIP), and
+// some port of the VIP has a server with a weight above 0 (resolved, not
+// quiesced, not taken out by an advisor, an agent or the manager). d.mu
+// held.
 func (d *Daemon) servable(vip netip.Addr) string {
 	if len(d.cfg.Interfaces) == 0 || len(d.attached) < len(d.cfg.Interfaces) {
 		return "the data plane is not attached"
+	}
+	if d.ha != nil && d.ha.standby.Load() {
+		return "a standby of its high-availability group"
 	}
 	for _, s := range d.x.Services() {
 		if s.Key.VIP != vip {

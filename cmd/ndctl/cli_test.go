@@ -904,6 +904,19 @@ func TestLabRefusals(t *testing.T) {
 	})
 }
 
+func TestLabDispatchersRefusals(t *testing.T) {
+	dir := t.TempDir()
+	ndd := filepath.Join(dir, "ndd")
+	if err := os.WriteFile(ndd, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	h := newHarness(t)
+	h.executable = filepath.Join(dir, "ndctl")
+	if code := h.run("lab", "--dispatchers", "3"); code != exitUsage || !strings.Contains(h.stderr.String(), "--dispatchers 3: want 1 to 2") {
+		t.Errorf("--dispatchers 3: exit %d, stderr %q", code, h.stderr.String())
+	}
+}
+
 func TestFindNDD(t *testing.T) {
 	dir := t.TempDir()
 	ndd := filepath.Join(dir, "ndd")

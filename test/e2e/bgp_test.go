@@ -40,7 +40,8 @@ const silentPeer = "198.51.100.77"
 // the route is gone, coming back with the servers. The first dispatcher
 // also has a peer that never answers, which holds up neither its start nor
 // its announcements. Last, a reload changes the MED and communities the
-// first dispatcher announces, which BIRD shows and acts on.
+// first dispatcher announces, which BIRD shows and acts on, and removes
+// the silent peer.
 func TestBGPAnnounceECMPWithdraw(t *testing.T) {
 	testutil.RequirePrivileged(t)
 	b := newBGPLab(t, 2, "", func(i int, d *lab.Host) string {
@@ -91,6 +92,8 @@ func TestBGPAnnounceECMPWithdraw(t *testing.T) {
 	// A reload gives the first dispatcher's route MED 50 and a community:
 	// BIRD shows them, and prefers the second's MED 0 (same neighbour AS),
 	// so the ECMP route becomes a single one.
+	// The same reload removes the silent peer.
+	n0.bgp = strings.Replace(n0.bgp, fmt.Sprintf("    - {address: %s, asn: 64999}\n", silentPeer), "", 1)
 	n0.bgp += fmt.Sprintf("  vips:\n    - {vip: %s, med: 50, communities: [\"64513:200\", no-export]}\n", lab.VIP4)
 	n0.write(t)
 	if err := n0.proc.Signal(syscall.SIGHUP); err != nil {
@@ -101,6 +104,9 @@ func TestBGPAnnounceECMPWithdraw(t *testing.T) {
 	})
 	t.Logf("BIRD after the reload:\n%s", out)
 	b.waitNextHops(t, "MED 50 against 0", time.Now(), n1)
+	if st := n0.bgpStatus(t); len(st.Peers) != 1 || st.Peers[0].State != "established" || st.VIPs[0].MED != 50 {
+		t.Errorf("%s after the reload: %+v", n0.name, st)
+	}
 }
 
 // TestBGPDrainAndShutdown runs one dispatcher, its session with BIRD

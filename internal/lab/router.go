@@ -179,3 +179,6 @@ func (l *Lab) AddRouterFallback(dst, gw netip.Addr) error {
 	}
 	return nil
 }
+
+// Router6 is the router's IPv6 address on the external network.
+func Router6() netip.Addr { return hostAddr6(ExtNet6, RouterNum) }

@@ -36,7 +36,9 @@ type bgpNode struct {
 	dir     string
 	cfg     nddConfig
 	cfgPath string
-	// bgp is the configuration's bgp section, as YAML.
+	// v6 is a cluster of VIP6, as YAML list items of clusters; "" for
+	// none. bgp is the configuration's bgp section.
+	v6   string
 	bgp  string
 	api  *api.Client
 	proc *lab.NDD
@@ -82,10 +84,15 @@ func bgpSection(d *lab.Host, grace time.Duration, password, extra string) string
 %s`, lab.DispatcherASN, d.Addr4, grace, lab.Router4(), lab.RouterASN, bgpHold, pw, extra)
 }
 
+// v6Peer is the line of a peering with the router over IPv6.
+func v6Peer() string {
+	return fmt.Sprintf("    - {address: %s, asn: %d, hold_time: %s}\n", lab.Router6(), lab.RouterASN, bgpHold)
+}
+
 // newBGPLab builds the lab with the given number of dispatchers, starts
 // BIRD (with password as every session's TCP MD5 key, unless "") and the reply servers, and an ndd on every dispatcher with the bgp
 // section that section returns for it. t.Cleanup undoes everything.
-func newBGPLab(t *testing.T, dispatchers int, password string, section func(i int, d *lab.Host) string) *bgpLab {
+func newBGPLab(t *testing.T, dispatchers int, password string, v6 bool, section func(i int, d *lab.Host) string) *bgpLab {
 	t.Helper()
 	requireBIRD(t)
 	sweepStalePins(t)
@@ -107,13 +114,26 @@ func newBGPLab(t *testing.T, dispatchers int, password string, section func(i in
 	})
 	b := &bgpLab{fixture: &fixture{lab: l, byAddr: map[netip.Addr]*replyServer{}}, dir: t.TempDir()}
 	port := portConfig{Port: servicePort}
+	cluster6 := ""
+	if v6 {
+		cluster6 = fmt.Sprintf("  - vip: %s\n    ports:\n      - port: %d\n        servers:\n", l.VIP6, servicePort)
+	}
 	for i, be := range l.Backends() {
-		b.addReplyServer(t, i, be, l.VIP4)
+		vips := []netip.Addr{l.VIP4}
+		if v6 {
+			vips = append(vips, l.VIP6)
+			cluster6 += fmt.Sprintf("          - {address: %s, weight: 1}\n", be.Addr6)
+		}
+		b.addReplyServer(t, i, be, vips...)
 		port.Servers = append(port.Servers, serverConfig{Addr: be.Addr4, Weight: 1})
 	}
 	var peers []lab.BIRDPeer
 	for _, d := range l.Dispatchers() {
-		peers = append(peers, lab.BIRDPeer{Name: strings.ReplaceAll(d.Name, "dispatcher", "d"), Addr: d.Addr4, ASN: lab.DispatcherASN, Password: password})
+		name := strings.ReplaceAll(d.Name, "dispatcher", "d")
+		peers = append(peers, lab.BIRDPeer{Name: name, Addr: d.Addr4, ASN: lab.DispatcherASN, Password: password})
+		if v6 {
+			peers = append(peers, lab.BIRDPeer{Name: name + "v6", Addr: d.Addr6, ASN: lab.DispatcherASN, Password: password})
+		}
 	}
 	b.bird, err = l.StartBIRD(ctx, lab.BIRDOptions{Dir: b.dir, Peers: peers, HoldTime: int(bgpHold / time.Second)})
 	if err != nil {
@@ -132,7 +152,7 @@ func newBGPLab(t *testing.T, dispatchers int, password string, section func(i in
 		if err := os.Mkdir(dir, 0o700); err != nil {
 			t.Fatal(err)
 		}
-		n := &bgpNode{name: d.Name, host: d, dir: dir, cfgPath: filepath.Join(dir, "nd.yaml"), bgp: section(i, d),
+		n := &bgpNode{name: d.Name, host: d, dir: dir, cfgPath: filepath.Join(dir, "nd.yaml"), bgp: section(i, d), v6: cluster6,
 			cfg: nddConfig{
 				PinPath:    fmt.Sprintf("%s%d-%d", pinPrefix, os.Getpid(), pinSeq.Add(1)),
 				Socket:     filepath.Join(dir, "ndd.sock"),
@@ -152,7 +172,7 @@ func newBGPLab(t *testing.T, dispatchers int, password string, section func(i in
 
 func (n *bgpNode) write(t *testing.T) {
 	t.Helper()
-	if err := os.WriteFile(n.cfgPath, []byte(n.cfg.yaml()+n.bgp), 0o600); err != nil {
+	if err := os.WriteFile(n.cfgPath, []byte(n.cfg.yaml()+n.v6+n.bgp), 0o600); err != nil {
 		t.Fatal(err)
 	}
 }

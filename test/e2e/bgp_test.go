@@ -39,15 +39,15 @@ const silentPeer = "198.51.100.77"
 // quiesced withdraws while the other keeps announcing, and with none left
 // the route is gone, coming back with the servers. The first dispatcher
 // also has a peer that never answers, which holds up neither its start nor
-// its announcements. Last, a reload changes the MED and communities the
+// its announcements. VIP6 goes the same way over IPv6 sessions. Last, a reload changes the MED and communities the
 // first dispatcher announces, which BIRD shows and acts on, and removes
 // the silent peer.
 func TestBGPAnnounceECMPWithdraw(t *testing.T) {
 	testutil.RequirePrivileged(t)
-	b := newBGPLab(t, 2, "", func(i int, d *lab.Host) string {
-		extra := ""
+	b := newBGPLab(t, 2, "", true, func(i int, d *lab.Host) string {
+		extra := v6Peer()
 		if i == 0 {
-			extra = fmt.Sprintf("    - {address: %s, asn: 64999}\n", silentPeer)
+			extra += fmt.Sprintf("    - {address: %s, asn: 64999}\n", silentPeer)
 		}
 		return bgpSection(d, time.Second, "", extra)
 	})
@@ -61,11 +61,34 @@ func TestBGPAnnounceECMPWithdraw(t *testing.T) {
 	}
 	t.Logf("the client reached %d servers through the router", len(seen))
 
+	// IPv6: VIP6 over the IPv6 sessions, the same ECMP.
+	deadline := time.Now().Add(bgpTimeout)
+	for {
+		hops, err := b.lab.RouterNextHops(b.lab.VIP6)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(hops) == 2 {
+			t.Logf("the router's route to %s goes through %v", b.lab.VIP6, hops)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the router's route to %s goes through %v, want both dispatchers", b.lab.VIP6, hops)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, err := fetchOnce(t.Context(), b.lab.Client.NS, netip.AddrPortFrom(b.lab.VIP6, servicePort), 1000); err != nil {
+		t.Errorf("the client cannot reach %s through the router: %v", b.lab.VIP6, err)
+	}
+
+	// Peers sorted by address: the router, the silent one, the router
+	// over IPv6.
 	st := n0.bgpStatus(t)
-	if len(st.Peers) != 2 || st.Peers[0].State != "established" || st.Peers[0].Advertised != 1 || st.Peers[1].State == "established" {
+	if len(st.Peers) != 3 || st.Peers[0].State != "established" || st.Peers[0].Advertised != 1 ||
+		st.Peers[1].State == "established" || st.Peers[2].State != "established" || st.Peers[2].Advertised != 1 {
 		t.Errorf("%s's peers: %+v", n0.name, st.Peers)
 	}
-	if len(st.VIPs) != 1 || !st.VIPs[0].Announced {
+	if len(st.VIPs) != 2 || !st.VIPs[0].Announced || !st.VIPs[1].Announced {
 		t.Errorf("%s's VIPs: %+v", n0.name, st.VIPs)
 	}
 
@@ -75,7 +98,7 @@ func TestBGPAnnounceECMPWithdraw(t *testing.T) {
 	d := b.waitNextHops(t, "dispatcher2's servers quiesced", at, n0)
 	t.Logf("withdraw seen in the router's kernel %v after the quiescing began", d.Round(time.Millisecond))
 	b.fetch(t, "one dispatcher announcing")
-	if st := n1.bgpStatus(t); st.VIPs[0].Announced || st.VIPs[0].Reason != "no server can take new flows" {
+	if st := n1.bgpStatus(t); st.VIPs[0].Announced || st.VIPs[0].Reason != "no server can take new flows" || !st.VIPs[1].Announced {
 		t.Errorf("%s's VIPs: %+v", n1.name, st.VIPs)
 	}
 
@@ -104,7 +127,7 @@ func TestBGPAnnounceECMPWithdraw(t *testing.T) {
 	})
 	t.Logf("BIRD after the reload:\n%s", out)
 	b.waitNextHops(t, "MED 50 against 0", time.Now(), n1)
-	if st := n0.bgpStatus(t); len(st.Peers) != 1 || st.Peers[0].State != "established" || st.VIPs[0].MED != 50 {
+	if st := n0.bgpStatus(t); len(st.Peers) != 2 || st.Peers[0].State != "established" || st.VIPs[0].MED != 50 {
 		t.Errorf("%s after the reload: %+v", n0.name, st)
 	}
 }
@@ -124,7 +147,7 @@ func TestBGPDrainAndShutdown(t *testing.T) {
 	// require: GoBGP sets the key on its socket, BIRD on its own, in
 	// network namespaces.
 	const md5 = "nd-lab-md5-key"
-	b := newBGPLab(t, 1, md5, func(i int, d *lab.Host) string { return bgpSection(d, grace, md5, "") })
+	b := newBGPLab(t, 1, md5, false, func(i int, d *lab.Host) string { return bgpSection(d, grace, md5, "") })
 	n := b.nodes[0]
 	b.waitNextHops(t, "announced", time.Now(), n)
 	if err := b.lab.AddRouterFallback(b.lab.VIP4, n.host.Addr4); err != nil {

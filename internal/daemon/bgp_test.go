@@ -47,6 +47,8 @@ func newGoBGPRouter(t *testing.T) *gobgpRouter {
 	if err := r.AddPeer(ctx, &api.AddPeerRequest{Peer: &api.Peer{
 		Conf:      &api.PeerConf{NeighborAddress: "127.0.0.1", PeerAsn: 64513},
 		Transport: &api.Transport{PassiveMode: true},
+		// Accept the speaker again soon after it closed the session.
+		Timers: &api.Timers{Config: &api.TimersConfig{ConnectRetry: 1, IdleHoldTimeAfterReset: 1}},
 	}}); err != nil {
 		t.Fatal(err)
 	}
@@ -196,6 +198,19 @@ func TestBGPFollowsServability(t *testing.T) {
 	}
 	if _, err := w.d.BGPStatus(context.Background()); err == nil {
 		t.Error("BGP status without a bgp section")
+	}
+	announced("withdrawn with the section gone", false)
+	// And a reload that brings it back starts a speaker again.
+	if _, err := w.d.Apply(parse(t, bgpConfig(r.port, 7))); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if m, ok := r.med(vip); ok && m == 7 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("not announced again (MED 7) after the bgp section came back")
+		}
 	}
 
 	// Every event the test expects was emitted, in time.

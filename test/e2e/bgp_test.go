@@ -53,6 +53,9 @@ func TestBGPAnnounceECMPWithdraw(t *testing.T) {
 	})
 	n0, n1 := b.nodes[0], b.nodes[1]
 	b.waitNextHops(t, "both dispatchers announce", time.Now(), n0, n1)
+	if up, err := b.bird.Established(t.Context()); err != nil || len(up) != 4 {
+		t.Errorf("BIRD's established sessions: %v, %v; want both dispatchers over IPv4 and IPv6", up, err)
+	}
 	out := b.waitBIRD(t, "two BGP paths", func(out string) bool { return strings.Count(out, "BGP.as_path: 64513") == 2 })
 	t.Logf("BIRD:\n%s", out)
 	seen := map[string]bool{}

@@ -121,30 +121,38 @@ func (d *Daemon) stopBGP() {
 	d.bgp.sp = nil
 }
 
-// servable says why vip cannot take new flows now, or "" when it can: the
-// data plane is attached to every configured interface, the dispatcher is
-// not the standby of a high-availability group (which holds no VIP), and
-// some port of the VIP has a server with a weight above 0 (resolved, not
-// quiesced, not taken out by an advisor, an agent or the manager). d.mu
+// unservable returns a function that says why a VIP cannot take new flows
+// now, or "" when it can: the data plane is attached to every configured
+// interface, the dispatcher is not the standby of a high-availability group
+// (which holds no VIP), and some port of the VIP has a server with a weight
+// above 0 in the data plane (resolved, not quiesced, not taken out by an
+// advisor, an agent or the manager). It reads the data plane once. d.mu
 // held.
-func (d *Daemon) servable(vip netip.Addr) string {
-	if len(d.cfg.Interfaces) == 0 || len(d.attached) < len(d.cfg.Interfaces) {
-		return "the data plane is not attached"
+func (d *Daemon) unservable() func(vip netip.Addr) string {
+	var all string
+	switch {
+	case len(d.cfg.Interfaces) == 0 || len(d.attached) < len(d.cfg.Interfaces):
+		all = "the data plane is not attached"
+	case d.ha != nil && d.ha.standby.Load():
+		all = "a standby of its high-availability group"
 	}
-	if d.ha != nil && d.ha.standby.Load() {
-		return "a standby of its high-availability group"
+	if all != "" {
+		return func(netip.Addr) string { return all }
 	}
+	serving := map[netip.Addr]bool{}
 	for _, s := range d.x.Services() {
-		if s.Key.VIP != vip {
-			continue
-		}
 		for _, sv := range s.Servers {
 			if sv.Weight > 0 {
-				return ""
+				serving[s.Key.VIP] = true
 			}
 		}
 	}
-	return "no server can take new flows"
+	return func(vip netip.Addr) string {
+		if serving[vip] {
+			return ""
+		}
+		return "no server can take new flows"
+	}
 }
 
 // updateBGP announces the routes of the VIPs that can be served and
@@ -158,8 +166,9 @@ func (d *Daemon) updateBGP() error {
 	}
 	var routes []bgp.Route
 	why := map[netip.Addr]string{}
+	unservable := d.unservable()
 	for _, r := range d.cfg.Routes() {
-		reason := d.servable(r.VIP)
+		reason := unservable(r.VIP)
 		switch {
 		case d.bgp.stopping:
 			reason = "ndd is stopping"

@@ -41,7 +41,7 @@ const silentPeer = "198.51.100.77"
 // also has a peer that never answers, which holds up neither its start nor
 // its announcements. VIP6 goes the same way over IPv6 sessions. Last, a reload changes the MED and communities the
 // first dispatcher announces, which BIRD shows and acts on, and removes
-// the silent peer.
+// the silent peer. Killing the second's ndd moves the route at once.
 func TestBGPAnnounceECMPWithdraw(t *testing.T) {
 	testutil.RequirePrivileged(t)
 	b := newBGPLab(t, 2, "", true, func(i int, d *lab.Host) string {
@@ -52,6 +52,7 @@ func TestBGPAnnounceECMPWithdraw(t *testing.T) {
 		return bgpSection(d, time.Second, "", extra)
 	})
 	n0, n1 := b.nodes[0], b.nodes[1]
+	var at time.Time
 	b.waitNextHops(t, "both dispatchers announce", time.Now(), n0, n1)
 	if up, err := b.bird.Established(t.Context()); err != nil || len(up) != 4 {
 		t.Errorf("BIRD's established sessions: %v, %v; want both dispatchers over IPv4 and IPv6", up, err)
@@ -96,7 +97,7 @@ func TestBGPAnnounceECMPWithdraw(t *testing.T) {
 	}
 
 	// The second dispatcher's servers all quiesced: it alone withdraws.
-	at := time.Now()
+	at = time.Now()
 	n1.quiesce(t, true)
 	d := b.waitNextHops(t, "dispatcher2's servers quiesced", at, n0)
 	t.Logf("withdraw seen in the router's kernel %v after the quiescing began", d.Round(time.Millisecond))
@@ -133,6 +134,15 @@ func TestBGPAnnounceECMPWithdraw(t *testing.T) {
 	if st := n0.bgpStatus(t); len(st.Peers) != 2 || st.Peers[0].State != "established" || st.VIPs[0].MED != 50 {
 		t.Errorf("%s after the reload: %+v", n0.name, st)
 	}
+
+	// The second's ndd killed: the kernel closes its sessions, BIRD drops
+	// its routes at once (no hold time to wait) and the first's MED 50
+	// route takes over.
+	at = time.Now()
+	n1.proc.Kill()
+	d = b.waitNextHops(t, "dispatcher2's ndd killed", at, n0)
+	t.Logf("kill -9: the router's route moved to the other dispatcher %v after the kill", d.Round(time.Millisecond))
+	b.fetch(t, "after the kill")
 }
 
 // TestBGPDrainAndShutdown runs one dispatcher, its session with BIRD

@@ -43,8 +43,14 @@ const runOverhead = 4 * time.Second
 func (o feedbackOptions) estimate() time.Duration {
 	var d time.Duration
 	for _, name := range o.scenarios {
-		if sc, err := buildScenario(name, o); err == nil {
-			d += time.Duration(len(o.balancers)) * (time.Duration(sc.seconds())*time.Second + runOverhead)
+		sc, err := buildScenario(name, o)
+		if err != nil {
+			continue
+		}
+		for _, b := range o.balancers {
+			if b.appliesTo(sc) {
+				d += time.Duration(sc.seconds())*time.Second + runOverhead
+			}
 		}
 	}
 	return d
@@ -70,7 +76,7 @@ func parseFeedbackOptions(args []string, stderr io.Writer) (feedbackOptions, err
 	fs.Float64Var(&o.phaseScale, "phase-scale", 1, "multiplies every phase's length but the warm-up (0.1 to 4; each at least 2 s)")
 	fs.BoolVar(&quick, "quick", false, "a smoke run: --phase-scale 0.3 --warmup 2s")
 	fs.StringVar(&scenarios, "scenarios", strings.Join(scenarioNames, ","), "scenarios to run, comma-separated, in order")
-	fs.StringVar(&balancers, "balancers", "nd,nd-p2c,haproxy-checks,haproxy", "balancers to run in each scenario, comma-separated, in order")
+	fs.StringVar(&balancers, "balancers", "nd,nd-p2c,haproxy-checks,haproxy,haproxy-oracle", "balancers to run in each scenario, comma-separated, in order")
 	fs.StringVar(&o.ndd, "ndd", "", "the ndd binary (default: build ./cmd/ndd into a temporary directory)")
 	fs.StringVar(&o.out, "out", "", "directory to write feedback.json and the feedback-*.svg plots to (default: none)")
 	fs.DurationVar(&o.timeout, "timeout", 45*time.Minute, "give up, clean up and report what was measured after this long")
@@ -205,7 +211,7 @@ func runFeedbackBench(ctx context.Context, o feedbackOptions, logf func(string, 
 			rerr := runOne(ctx, o, sc, b, l, g, nddPath, rdir, run, logf)
 			keepLog(o.out, rdir, sc.Name+"-"+b.Name, logf)
 			switch {
-			case errors.Is(rerr, errNotAvailable):
+			case errors.Is(rerr, errNotAvailable), errors.Is(rerr, errNotApplicable):
 				run.Skipped = rerr.Error()
 				logf("%s / %s: skipped: %v", sc.Name, b.Name, rerr)
 			case rerr != nil:
@@ -243,6 +249,9 @@ func keepLog(out, rdir, name string, logf func(string, ...any)) {
 // it stops the balancer and the servers on every way out.
 func runOne(ctx context.Context, o feedbackOptions, sc *scenario, b balancerSpec, l *lab.Lab,
 	g *generator, nddPath, dir string, run *fbRun, logf func(string, ...any)) (err error) {
+	if !b.appliesTo(sc) {
+		return fmt.Errorf("%w: no server changes in %s: the oracle would be %s", errNotApplicable, sc.Name, balHAProxy)
+	}
 	sctx, scancel := context.WithCancel(ctx)
 	defer scancel()
 	vip := netip.AddrPortFrom(l.VIP4, servicePort)
@@ -277,6 +286,9 @@ func runOne(ctx context.Context, o feedbackOptions, sc *scenario, b balancerSpec
 			if bal != nil {
 				return bal.add(e.Server)
 			}
+		}
+		if h, ok := bal.(*haproxyRun); ok && b.oracle {
+			return h.tell(e)
 		}
 		return nil
 	}

@@ -53,7 +53,7 @@ func haproxyConfig(b balancerSpec, sc *scenario, vip netip.Addr, servers []netip
 		if b.checks {
 			w.WriteString(" check inter 1s fall 2 rise 2")
 		}
-		if i == sc.Late {
+		if i == sc.Late || b.oracle && sc.badFromStart(i) {
 			w.WriteString(" disabled")
 		}
 		w.WriteString("\n")
@@ -238,13 +238,28 @@ func (h *haproxyRun) weights() ([]float64, bool)                    { return nil
 func (h *haproxyRun) follow(context.Context, func(time.Time)) error { return nil }
 
 // add takes server i out of maintenance: the late server joins.
-func (h *haproxyRun) add(i int) error {
-	out, err := h.command(fmt.Sprintf("set server %s/%s state ready", haproxyBackend, h.names[i]))
+func (h *haproxyRun) add(i int) error { return h.setState(i, "ready") }
+
+// tell is the oracle's knowledge: a server that slows down or becomes a
+// sinkhole is drained at once (its connections finish, it gets no new
+// ones), and one that is well again is ready at once.
+func (h *haproxyRun) tell(e fbEvent) error {
+	switch e.Kind {
+	case evSlow, evSinkBad, evSinkOK:
+		return h.setState(e.Server, "drain")
+	case evWell:
+		return h.setState(e.Server, "ready")
+	}
+	return nil
+}
+
+func (h *haproxyRun) setState(i int, state string) error {
+	out, err := h.command(fmt.Sprintf("set server %s/%s state %s", haproxyBackend, h.names[i], state))
 	if err != nil {
-		return fmt.Errorf("haproxy: enable %s: %w", h.names[i], err)
+		return fmt.Errorf("haproxy: %s %s: %w", state, h.names[i], err)
 	}
 	if s := strings.TrimSpace(out); s != "" {
-		return fmt.Errorf("haproxy: enable %s: %s", h.names[i], s)
+		return fmt.Errorf("haproxy: %s %s: %s", state, h.names[i], s)
 	}
 	return nil
 }

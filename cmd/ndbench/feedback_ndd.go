@@ -24,10 +24,12 @@ type balancerSpec struct {
 	Name  string `json:"name"`
 	About string `json:"about"`
 	// nd: the port's scheduler ("" for nd's default). HAProxy: health
-	// checks or none.
+	// checks or none; an oracle is told of every change to a server as
+	// it is made.
 	haproxy   bool
 	scheduler string
 	checks    bool
+	oracle    bool
 }
 
 // isND tells nd's balancers from HAProxy's.
@@ -39,6 +41,7 @@ const (
 	balNDP2C         = "nd-p2c"
 	balHAProxyChecks = "haproxy-checks"
 	balHAProxy       = "haproxy"
+	balHAProxyOracle = "haproxy-oracle"
 )
 
 // fbBalancers are the balancers of the issue, in the order they run.
@@ -47,7 +50,13 @@ var fbBalancers = []balancerSpec{
 	{Name: balNDP2C, About: "the same with the port's scheduler: p2c", scheduler: "p2c"},
 	{Name: balHAProxyChecks, About: "HAProxy, mode tcp, balance leastconn, option httpchk GET /health, check inter 1s fall 2 rise 2", haproxy: true, checks: true},
 	{Name: balHAProxy, About: "HAProxy, mode tcp, balance leastconn, no health checks", haproxy: true},
+	{Name: balHAProxyOracle, About: "HAProxy leastconn told of each change as it is made: server1 drained while it is slow or a sinkhole " +
+		"(no balancer can know sooner; with a slow server out, the others' load is the least any balancer gives them)", haproxy: true, oracle: true},
 }
+
+// appliesTo tells whether b has anything to show in sc: an oracle with
+// nothing to be told is plain HAProxy.
+func (b balancerSpec) appliesTo(sc *scenario) bool { return !b.oracle || sc.changes() }
 
 func findBalancer(name string) (balancerSpec, bool) {
 	for _, b := range fbBalancers {
@@ -98,6 +107,9 @@ func nddServerLine(addr string, weight int) string {
 // errNotAvailable marks a balancer that cannot run: an ndd that does not
 // understand its configuration, or no haproxy installed.
 var errNotAvailable = errors.New("not available yet")
+
+// errNotApplicable marks a balancer that a scenario has no use for.
+var errNotApplicable = errors.New("not applicable")
 
 // checkConfig runs `ndd --check` on the file; a refusal is errNotAvailable
 // with ndd's first complaint.

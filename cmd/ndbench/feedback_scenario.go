@@ -105,6 +105,31 @@ func (s *scenario) event(kind string) (fbEvent, bool) {
 	return fbEvent{}, false
 }
 
+// isChange tells the events that change how well a server serves (the
+// ones an oracle is told of) from a server joining.
+func isChange(kind string) bool { return kind != evAdd }
+
+// badFromStart tells whether server i is slow or a sinkhole from the
+// start of the run.
+func (s *scenario) badFromStart(i int) bool {
+	for _, e := range s.Events {
+		if e.At == 0 && e.Server == i && isChange(e.Kind) && e.Kind != evWell {
+			return true
+		}
+	}
+	return false
+}
+
+// changes tells whether any server changes how well it serves.
+func (s *scenario) changes() bool {
+	for _, e := range s.Events {
+		if isChange(e.Kind) {
+			return true
+		}
+	}
+	return false
+}
+
 // weightShare is server i's configured share of the total weight, every
 // server counted (the late one too, as after it joined).
 func (s *scenario) weightShare(i int) float64 {

@@ -366,7 +366,7 @@ func TestFeedbackOptions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.workers != 8 || len(o.scenarios) != 7 || len(o.balancers) != 4 || o.phaseScale != 1 {
+	if o.workers != 8 || len(o.scenarios) != 7 || len(o.balancers) != 5 || o.phaseScale != 1 {
 		t.Errorf("defaults: %d workers, %d scenarios, %d balancers, scale %g", o.workers, len(o.scenarios), len(o.balancers), o.phaseScale)
 	}
 	if e := o.estimate(); e < 15*time.Minute || e > 22*time.Minute {
@@ -519,6 +519,25 @@ func TestHAProxyConfig(t *testing.T) {
 	s := haproxyConfig(plain, sizes, l.VIP4, addrs[:3], names[:3], "/run/x/haproxy.sock")
 	if !strings.Contains(s, "server1 198.51.100.11:80 weight 25\n") || !strings.Contains(s, "server3 198.51.100.13:80 weight 100\n") || strings.Contains(s, "server4") {
 		t.Errorf("sizes:\n%s", s)
+	}
+	// The oracle knows a server slow from the start before the first
+	// request, and nothing else in advance.
+	oracle, _ := findBalancer(balHAProxyOracle)
+	slowStart, _ := buildScenario(scSlowStart, o)
+	spell, _ := buildScenario(scSlowSpell, o)
+	if c := haproxyConfig(oracle, slowStart, l.VIP4, addrs, names, "/run/x/haproxy.sock"); !strings.Contains(c, "server server1 198.51.100.11:80 weight 50 disabled\n") ||
+		strings.Contains(c, "server2 198.51.100.12:80 weight 50 disabled") {
+		t.Errorf("oracle, slow-start:\n%s", c)
+	}
+	if c := haproxyConfig(oracle, spell, l.VIP4, addrs, names, "/run/x/haproxy.sock"); strings.Contains(c, "disabled") {
+		t.Errorf("oracle, slow-spell:\n%s", c)
+	}
+	if c := haproxyConfig(plain, slowStart, l.VIP4, addrs, names, "/run/x/haproxy.sock"); strings.Contains(c, "disabled") {
+		t.Errorf("haproxy without the oracle's knowledge, slow-start:\n%s", c)
+	}
+	equal, _ := buildScenario(scEqual, o)
+	if equal.changes() || !spell.changes() || add.changes() {
+		t.Errorf("changes: equal %v, slow-spell %v, cold-add %v", equal.changes(), spell.changes(), add.changes())
 	}
 	// HAProxy itself accepts it, where it is installed (checking binds
 	// nothing).

@@ -8,7 +8,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/nd-dispatcher/nd/internal/daemon"
+	"github.com/nd-dispatcher/nd/internal/nd"
 )
 
 // bgpStatus prints the BGP sessions and every VIP's route.
@@ -59,7 +59,7 @@ func bgpSetDrain(s *session, args []string, drain bool) error {
 	return nil
 }
 
-func writeBGPStatus(w io.Writer, st daemon.BGPStatus, now time.Time) {
+func writeBGPStatus(w io.Writer, st nd.BGPStatus, now time.Time) {
 	state := "announcing the servable VIPs"
 	switch {
 	case st.Stopping:

@@ -16,8 +16,8 @@ import (
 	"github.com/nd-dispatcher/nd/internal/advisor"
 	"github.com/nd-dispatcher/nd/internal/api"
 	"github.com/nd-dispatcher/nd/internal/config"
-	"github.com/nd-dispatcher/nd/internal/daemon"
 	"github.com/nd-dispatcher/nd/internal/ha"
+	"github.com/nd-dispatcher/nd/internal/nd"
 )
 
 // Exit codes.
@@ -31,7 +31,7 @@ const (
 // one, and tests give a fake.
 type Client interface {
 	Health() error
-	Status() (daemon.Status, error)
+	Status() (nd.Status, error)
 	Config() ([]byte, error)
 	ApplyConfig(yaml []byte) (string, error)
 	Reload() (string, error)
@@ -42,15 +42,15 @@ type Client interface {
 	AddServer(vip string, port uint16, proto string, s api.ServerRequest) (string, error)
 	SetServer(vip string, port uint16, proto, addr string, p api.ServerPatch) (string, error)
 	RemoveServer(vip string, port uint16, proto, addr string) (string, error)
-	Events(ctx context.Context, follow bool, fn func(daemon.Event) error) error
+	Events(ctx context.Context, follow bool, fn func(nd.Event) error) error
 	ManagerReport() (api.ManagerResponse, error)
 	SetManager(p api.ManagerPatch) (string, error)
 	Advisors() ([]advisor.Status, error)
 	Agents() ([]api.AgentStatus, error)
 	HAStatus() (ha.Status, error)
 	HATakeover() (ha.Status, error)
-	BGPStatus() (daemon.BGPStatus, error)
-	BGPDrain(drain bool) (daemon.BGPStatus, error)
+	BGPStatus() (nd.BGPStatus, error)
+	BGPDrain(drain bool) (nd.BGPStatus, error)
 	Flows(q api.FlowQuery) (api.FlowsResponse, error)
 	Close()
 }

@@ -18,11 +18,11 @@ import (
 
 	"github.com/nd-dispatcher/nd/internal/advisor"
 	"github.com/nd-dispatcher/nd/internal/api"
-	"github.com/nd-dispatcher/nd/internal/bgp"
 	"github.com/nd-dispatcher/nd/internal/daemon"
 	"github.com/nd-dispatcher/nd/internal/executor"
 	"github.com/nd-dispatcher/nd/internal/ha"
 	"github.com/nd-dispatcher/nd/internal/manager"
+	"github.com/nd-dispatcher/nd/internal/nd"
 )
 
 // fakeClient records the calls made to it and answers from its fields.
@@ -42,7 +42,7 @@ type fakeClient struct {
 	advisors []advisor.Status
 	agents   []api.AgentStatus
 	ha       ha.Status
-	bgp      daemon.BGPStatus
+	bgp      nd.BGPStatus
 	flows    api.FlowsResponse
 	flowQ    api.FlowQuery
 }
@@ -167,12 +167,12 @@ func (f *fakeClient) HATakeover() (ha.Status, error) {
 	return st, f.err
 }
 
-func (f *fakeClient) BGPStatus() (daemon.BGPStatus, error) {
+func (f *fakeClient) BGPStatus() (nd.BGPStatus, error) {
 	f.record("BGPStatus")
 	return f.bgp, f.err
 }
 
-func (f *fakeClient) BGPDrain(drain bool) (daemon.BGPStatus, error) {
+func (f *fakeClient) BGPDrain(drain bool) (nd.BGPStatus, error) {
 	f.record("BGPDrain %t", drain)
 	st := f.bgp
 	st.Drained = drain
@@ -320,7 +320,7 @@ func TestHelpShowsFlags(t *testing.T) {
 		"server set":    {"--weight", "--quiesce", "--unquiesce"},
 		"status":        {"--watch", "--json prints JSON"},
 		"events":        {"--follow"},
-		"lab":           {"--servers", "--rate", "--duration", "--ndd", "root"},
+		"lab":           {"--servers", "--rate", "--duration", "--ndd", "--dashboard", "root"},
 		"config apply":  {"FILE"},
 		"cluster list":  {"--json prints JSON"},
 		"config show":   {"--json prints JSON"},
@@ -395,6 +395,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"lab", "--rate", "NaN"}, "--rate NaN"},
 		{[]string{"lab", "--duration", "-1s"}, "--duration -1s"},
 		{[]string{"lab", "now"}, `unexpected argument "now"`},
+		{[]string{"lab", "--dashboard", "198.51.100.3:8480"}, `--dashboard "198.51.100.3:8480": want a loopback ADDR:PORT`},
 		{[]string{"help", "nope"}, `unknown command "nope"`},
 		{[]string{"help", "cluster", "add", "more"}, `no command "cluster add more"`},
 	} {
@@ -1101,9 +1102,9 @@ func TestHA(t *testing.T) {
 }
 
 func TestBGP(t *testing.T) {
-	st := daemon.BGPStatus{ASN: 64513, RouterID: "198.51.100.3",
-		Peers: []bgp.PeerStatus{{Address: "198.51.100.1", ASN: 64512, State: "established", Since: time.Now().Add(-time.Minute), HoldTime: 9 * time.Second, Advertised: 1}},
-		VIPs: []daemon.BGPVIPStatus{
+	st := nd.BGPStatus{ASN: 64513, RouterID: "198.51.100.3",
+		Peers: []nd.BGPPeer{{Address: "198.51.100.1", ASN: 64512, State: "established", Since: time.Now().Add(-time.Minute), HoldTime: 9 * time.Second, Advertised: 1}},
+		VIPs: []nd.BGPVIP{
 			{VIP: "198.51.100.100", Announced: true, MED: 10, Communities: []string{"64513:100"}},
 			{VIP: "198.51.100.101", Reason: "no server can take new flows"},
 		}}

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -23,8 +24,8 @@ import (
 
 	"github.com/nd-dispatcher/nd/internal/api"
 	"github.com/nd-dispatcher/nd/internal/config"
-	"github.com/nd-dispatcher/nd/internal/daemon"
 	"github.com/nd-dispatcher/nd/internal/lab"
+	"github.com/nd-dispatcher/nd/internal/nd"
 )
 
 const labHelp = `
@@ -38,6 +39,12 @@ with its name, and a load generator in the client's namespace opening a new
 TCP connection per request, split evenly between the two VIPs. Every second it
 shows, per VIP, each server's state and weight from ndd, the flow rates ndd
 counts, and the replies each server sent.
+
+ndd serves its dashboard for the lab (api.dashboard) on its API listener,
+127.0.0.1:8080 inside the dispatcher's namespace, with a token made for the
+run; the lab relays --dashboard (default 127.0.0.1:8480, on this machine's
+loopback) to it and prints the address and the token at the start. Open the
+address in a browser on this machine and sign in with the token.
 
 On exit, at the end of --duration or on Ctrl-C, it stops the traffic and ndd,
 removes ndd's data plane and deletes the namespaces, then prints a summary:
@@ -66,6 +73,7 @@ type labOptions struct {
 	rate        float64
 	duration    time.Duration
 	ndd         string
+	dashboard   string // loopback address of the dashboard's forwarder; "off": none
 }
 
 // labWeight is server i's weight: 1, 1, 2, 4 in turn, unequal so that the
@@ -81,6 +89,10 @@ const (
 	labResolveWait = 10 * time.Second // for ndd to resolve every server
 	labNDDStop     = 5 * time.Second  // between SIGTERM and SIGKILL
 	labBGPWait     = 20 * time.Second // for the router's ECMP routes
+	// labDashboard is where the lab's dashboard is reached by default;
+	// ndd's API listens on labAPIListen inside the dispatcher's namespace.
+	labDashboard   = "127.0.0.1:8480"
+	labAPIListen   = "127.0.0.1:8080"
 	maxLabDuration = 24 * time.Hour
 )
 
@@ -92,6 +104,7 @@ func labCmd(ctx context.Context, s *session, args []string) error {
 	fs.DurationVar(&o.duration, "duration", 30*time.Second, "how long to send traffic, `D`; 0 runs until interrupted")
 	fs.StringVar(&o.ndd, "ndd", "", "the ndd binary, `PATH` (default: ndd beside ndctl, else in $PATH)")
 	fs.IntVar(&o.dispatchers, "dispatchers", 1, fmt.Sprintf("number of dispatchers, `N` from 1 to %d; more than 1 puts them behind a BGP router (BIRD 2) that spreads the flows over them by ECMP", lab.MaxDispatchers))
+	fs.StringVar(&o.dashboard, "dashboard", labDashboard, "serve ndd's dashboard on this loopback `ADDR:PORT` of the machine (relayed into the dispatcher's namespace); off for none")
 	if _, err := s.parse(fs, args, 0, 0); err != nil {
 		return err
 	}
@@ -104,6 +117,8 @@ func labCmd(ctx context.Context, s *session, args []string) error {
 		return usagef("--duration %v: want 0 (until interrupted) to %v", o.duration, maxLabDuration)
 	case o.dispatchers < 1 || o.dispatchers > lab.MaxDispatchers:
 		return usagef("--dispatchers %d: want 1 to %d", o.dispatchers, lab.MaxDispatchers)
+	case o.dashboard != "off" && !isLoopback(o.dashboard):
+		return usagef("--dashboard %q: want a loopback ADDR:PORT such as %s, or off", o.dashboard, labDashboard)
 	}
 	if euid := s.lab.geteuid(); euid != 0 {
 		return fmt.Errorf("must run as root (euid is %d): the lab creates network namespaces and loads XDP programs", euid)
@@ -144,6 +159,12 @@ func (s *session) findNDD(flagPath string) (string, error) {
 		return "", errors.New("no ndd binary beside ndctl or in $PATH: build it (go build -o DIR/ ./cmd/ndd ./cmd/ndctl) or give --ndd PATH")
 	}
 	return filepath.Abs(p)
+}
+
+// isLoopback says whether addr is "ip:port" with a loopback ip.
+func isLoopback(addr string) bool {
+	ap, err := netip.ParseAddrPort(addr)
+	return err == nil && ap.Addr().IsLoopback()
 }
 
 func isExecutable(path string) error {
@@ -207,6 +228,7 @@ func (s *session) runLab(ctx context.Context, o labOptions, nddPath string) (err
 		return err
 	}
 	defer os.RemoveAll(dir)
+	token := rand.Text()
 	for i := range l.Servers {
 		srv := &l.Servers[i]
 		stop, err := lab.ServeHTTP(ctx, srv, netip.AddrPortFrom(l.VIP4, labPort), netip.AddrPortFrom(l.VIP6, labPort))
@@ -237,7 +259,7 @@ func (s *session) runLab(ctx context.Context, o labOptions, nddPath string) (err
 		// Not :=, so that the deferred stop sees runLab's err.
 		var dc *api.Client
 		var stop func(error) error
-		dc, stop, err = s.startLabNDD(ctx, l, d, dir, nddPath, routed)
+		dc, stop, err = s.startLabNDD(ctx, l, d, dir, nddPath, token, o.dashboard != "off", routed)
 		if stop != nil {
 			defer func() { err = errors.Join(err, stop(err)) }()
 		}
@@ -261,6 +283,15 @@ func (s *session) runLab(ctx context.Context, o labOptions, nddPath string) (err
 		if err := waitECMP(ctx, l, say); err != nil {
 			return err
 		}
+	}
+	if o.dashboard != "off" {
+		f, err := lab.Forward(o.dashboard, l.Dispatcher.NS, labAPIListen)
+		if err != nil {
+			return fmt.Errorf("--dashboard %s: %w (give another port, or --dashboard off)", o.dashboard, err)
+		}
+		defer f.Close()
+		say("dashboard: http://%s/dashboard/  token: %s", f.Addr(), token)
+		say("  (the token is the lab's own, made for this run; the page keeps it in the tab only)")
 	}
 	if o.duration > 0 {
 		say("sending %g new connections a second for %v; Ctrl-C stops early", o.rate, o.duration)
@@ -300,9 +331,9 @@ func labFiles(l *lab.Lab, d *lab.Host, dir string) (cfg, log, sock string) {
 // waits until its API answers. stop, when not nil, stops ndd and removes
 // its data plane (showing ndd's log if the lab failed); the caller runs it
 // on every path.
-func (s *session) startLabNDD(ctx context.Context, l *lab.Lab, d *lab.Host, dir, nddPath string, routed bool) (*api.Client, func(error) error, error) {
+func (s *session) startLabNDD(ctx context.Context, l *lab.Lab, d *lab.Host, dir, nddPath, token string, dashboard, routed bool) (*api.Client, func(error) error, error) {
 	say := func(format string, args ...any) { fmt.Fprintf(s.stdout, format+"\n", args...) }
-	cfg := labConfig(l, d, dir, routed)
+	cfg := labConfig(l, d, dir, token, dashboard && d == &l.Dispatcher, routed)
 	y, err := config.Marshal(cfg)
 	if err != nil {
 		return nil, nil, fmt.Errorf("generate ndd's configuration: %w", err)
@@ -413,9 +444,11 @@ func processAlive(pid int) bool {
 
 // labConfig is ndd's configuration for dispatcher d of lab l: its eth0,
 // its socket in dir, its data plane pinned under the lab's own name, static
-// weights, and a cluster per VIP with every server on port 80. With routed,
-// a bgp section peering with the router over IPv4 and IPv6.
-func labConfig(l *lab.Lab, d *lab.Host, dir string, routed bool) *config.Config {
+// weights, and a cluster per VIP with every server on port 80; with
+// dashboard, the API on the dispatcher's loopback with token, serving the
+// dashboard; with routed, a bgp section peering with the router over IPv4
+// and IPv6.
+func labConfig(l *lab.Lab, d *lab.Host, dir, token string, dashboard, routed bool) *config.Config {
 	c := config.Default()
 	c.Interfaces = []string{d.Ifname}
 	c.DataPlane.PinPath = "/sys/fs/bpf/" + l.Prefix
@@ -425,6 +458,9 @@ func labConfig(l *lab.Lab, d *lab.Host, dir string, routed bool) *config.Config 
 	c.DataPlane.MaxFlows = 1 << 16
 	c.DataPlane.MaxAffinity = 1 << 12
 	_, _, c.API.Socket = labFiles(l, d, dir)
+	if dashboard {
+		c.API.Listen, c.API.Token, c.API.Dashboard = labAPIListen, token, true
+	}
 	if routed {
 		c.BGP = &config.BGP{ASN: lab.DispatcherASN, RouterID: d.Addr4, ShutdownGrace: time.Second}
 		for _, a := range []netip.Addr{l.Router.Addr4, l.Router.Addr6} {
@@ -462,7 +498,7 @@ func destroyDataPlane(d *lab.NDD, pinPath string) error {
 
 // waitResolved waits, for at most limit, until ndd has resolved every
 // server of every port, and returns the last status read.
-func waitResolved(ctx context.Context, c *api.Client, limit time.Duration) (daemon.Status, error) {
+func waitResolved(ctx context.Context, c *api.Client, limit time.Duration) (nd.Status, error) {
 	deadline := time.Now().Add(limit)
 	for {
 		st, err := c.Status()
@@ -483,11 +519,11 @@ func waitResolved(ctx context.Context, c *api.Client, limit time.Duration) (daem
 	}
 }
 
-func unresolved(st daemon.Status) []string {
+func unresolved(st nd.Status) []string {
 	var out []string
 	for _, p := range st.Ports {
 		for _, sv := range p.Servers {
-			if sv.State == daemon.StateUnresolved {
+			if sv.State == nd.StateUnresolved {
 				out = append(out, sv.Address)
 			}
 		}
@@ -495,12 +531,12 @@ func unresolved(st daemon.Status) []string {
 	return out
 }
 
-func resolvedSummary(st daemon.Status) string {
+func resolvedSummary(st nd.Status) string {
 	n, up := 0, 0
 	for _, p := range st.Ports {
 		for _, sv := range p.Servers {
 			n++
-			if sv.State != daemon.StateUnresolved {
+			if sv.State != nd.StateUnresolved {
 				up++
 			}
 		}
@@ -564,7 +600,7 @@ type labResult struct {
 	sums        []lab.Summary
 	errs        []error
 	interrupted bool
-	last        daemon.Status
+	last        nd.Status
 }
 
 func (r labResult) err() error {
@@ -628,7 +664,7 @@ func (s *session) labTraffic(ctx context.Context, l *lab.Lab, c *api.Client, o l
 
 	start := time.Now()
 	names := serverNames(l)
-	var last daemon.Status
+	var last nd.Status
 	frame := func(w io.Writer, _ bool) error {
 		st, err := c.Status()
 		if err == nil {
@@ -673,7 +709,7 @@ func serverNames(l *lab.Lab) map[string]string {
 
 // writeLabTable prints, per VIP:port, ndd's view of each server next to the
 // replies the generator got from it.
-func writeLabTable(w io.Writer, st daemon.Status, names map[string]string, tally *labTally) {
+func writeLabTable(w io.Writer, st nd.Status, names map[string]string, tally *labTally) {
 	for _, p := range st.Ports {
 		vip, err := netip.ParseAddr(p.VIP)
 		if err != nil {
@@ -682,7 +718,7 @@ func writeLabTable(w io.Writer, st daemon.Status, names map[string]string, tally
 		v := tally.snapshot(vip)
 		var total uint32
 		for _, sv := range p.Servers {
-			if sv.State == daemon.StateUp {
+			if sv.State == nd.StateUp {
 				total += sv.Weight
 			}
 		}
@@ -699,7 +735,7 @@ func writeLabTable(w io.Writer, st daemon.Status, names map[string]string, tally
 		for _, sv := range p.Servers {
 			name := names[sv.Address]
 			want := "-"
-			if sv.State == daemon.StateUp && total > 0 {
+			if sv.State == nd.StateUp && total > 0 {
 				want = fmt.Sprintf("%.1f%%", 100*float64(sv.Weight)/float64(total))
 			}
 			replies := v.perServer[name]

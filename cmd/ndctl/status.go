@@ -11,7 +11,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/nd-dispatcher/nd/internal/daemon"
+	"github.com/nd-dispatcher/nd/internal/nd"
 )
 
 func statusCmd(ctx context.Context, s *session, args []string) error {
@@ -41,7 +41,7 @@ func statusCmd(ctx context.Context, s *session, args []string) error {
 	return nil
 }
 
-func (s *session) printStatus(w io.Writer, st daemon.Status) error {
+func (s *session) printStatus(w io.Writer, st nd.Status) error {
 	if s.json {
 		b, err := json.Marshal(st)
 		if err != nil {
@@ -93,7 +93,7 @@ func (s *session) erase(lines int) {
 }
 
 // writeStatus prints a table per VIP:port.
-func writeStatus(w io.Writer, st daemon.Status) {
+func writeStatus(w io.Writer, st nd.Status) {
 	ifaces := strings.Join(st.Interfaces, ", ")
 	if ifaces == "" {
 		ifaces = "none"
@@ -130,7 +130,7 @@ func writeStatus(w io.Writer, st daemon.Status) {
 }
 
 // service names a port as VIP:port/proto, with IPv6 VIPs in brackets.
-func service(p daemon.PortStatus) string {
+func service(p nd.PortStatus) string {
 	if a, err := netip.ParseAddr(p.VIP); err == nil {
 		return fmt.Sprintf("%s/%s", netip.AddrPortFrom(a, p.Port), p.Protocol)
 	}
@@ -169,7 +169,7 @@ func clusterList(ctx context.Context, s *session, args []string) error {
 		}
 		pv := portView{Port: p.Port, Protocol: p.Protocol, StickyTime: p.StickyTime, Servers: len(p.Servers)}
 		for _, sv := range p.Servers {
-			if sv.State == daemon.StateUp || sv.State == daemon.StateLocal {
+			if sv.State == nd.StateUp || sv.State == nd.StateLocal {
 				pv.Up++
 			}
 		}
@@ -211,7 +211,7 @@ func eventsCmd(ctx context.Context, s *session, args []string) error {
 	}
 	defer c.Close()
 	enc := json.NewEncoder(s.stdout)
-	err = c.Events(ctx, *follow, func(ev daemon.Event) error {
+	err = c.Events(ctx, *follow, func(ev nd.Event) error {
 		if s.json {
 			return enc.Encode(ev)
 		}
@@ -224,7 +224,7 @@ func eventsCmd(ctx context.Context, s *session, args []string) error {
 	return err
 }
 
-func formatEvent(ev daemon.Event) string {
+func formatEvent(ev nd.Event) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s  %-18s", ev.Time.Local().Format("2006-01-02 15:04:05.000"), ev.Type)
 	if ev.Service != "" {

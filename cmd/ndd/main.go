@@ -109,7 +109,7 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
-	xcfg := cfg.DataPlane.Executor()
+	xcfg := daemon.ExecutorConfig(cfg.DataPlane)
 	xcfg.Logger = log
 	x, err := executor.New(xcfg)
 	if err != nil {
@@ -169,7 +169,11 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
+	// The signal loop is waited for on the way out: it tells the service
+	// manager STOPPING=1, which must be sent before the process exits.
+	signalsDone := make(chan struct{})
 	go func() {
+		defer close(signalsDone)
 		for {
 			select {
 			case <-sig.Done():
@@ -213,6 +217,8 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 			cancel()
 		}
 	}
+	stop()
+	<-signalsDone
 	if first != nil && !errors.Is(first, context.Canceled) {
 		return first
 	}
@@ -245,7 +251,7 @@ func withdrawThenStop(ctx context.Context, d *daemon.Daemon, log *slog.Logger) {
 }
 
 func destroyDataPlane(cfg *config.Config, log *slog.Logger, stderr io.Writer) int {
-	xcfg := cfg.DataPlane.Executor()
+	xcfg := daemon.ExecutorConfig(cfg.DataPlane)
 	xcfg.Logger = log
 	x, err := executor.New(xcfg)
 	if err != nil {

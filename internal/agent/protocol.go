@@ -13,16 +13,15 @@ package agent
 
 import (
 	"crypto/hmac"
-	"crypto/sha256"
 	"encoding/hex"
 	"errors"
-	"fmt"
 	"math"
 	"regexp"
 	"strconv"
 	"time"
 
 	"github.com/nd-dispatcher/nd/internal/keyfile"
+	"github.com/nd-dispatcher/nd/internal/mac"
 )
 
 // Standard metric names, as they appear in a Report.
@@ -52,7 +51,7 @@ const (
 	responseLabel = "nd-agent-response-v1"
 
 	nonceBytes = 16
-	macHexLen  = 2 * sha256.Size
+	macHexLen  = 2 * mac.Size
 
 	// MinKeyLen is the shortest shared key accepted.
 	MinKeyLen = 16
@@ -88,24 +87,19 @@ func ValidMetricName(s string) bool { return metricName.MatchString(s) }
 // requestMAC is the MAC a request carries. The label separates it from
 // response MACs so that one can never stand for the other.
 func requestMAC(key []byte, method, path, ts, nonce string) []byte {
-	m := hmac.New(sha256.New, key)
-	fmt.Fprintf(m, "%s\n%s\n%s\n%s\n%s", requestLabel, method, path, ts, nonce)
-	return m.Sum(nil)
+	return mac.Sum(key, requestLabel, []byte(method), []byte(path), []byte(ts), []byte(nonce))
 }
 
 // responseMAC binds a response body to the nonce of the request it answers,
 // so that a recorded response does not satisfy any later request.
 func responseMAC(key []byte, nonce string, body []byte) []byte {
-	m := hmac.New(sha256.New, key)
-	fmt.Fprintf(m, "%s\n%s\n", responseLabel, nonce)
-	m.Write(body)
-	return m.Sum(nil)
+	return mac.Sum(key, responseLabel, []byte(nonce), body)
 }
 
 // checkMAC compares a hex MAC from the wire with the expected one in
 // constant time. It parses the hex strictly (lowercase, exact length).
 func checkMAC(got string, want []byte) bool {
-	if len(got) != macHexLen || !isLowerHex(got) {
+	if len(got) != macHexLen || !isLowerHex(got) || want == nil {
 		return false
 	}
 	b, err := hex.DecodeString(got)

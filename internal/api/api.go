@@ -2,7 +2,8 @@
 // unix socket (and optionally on TCP with a bearer token), and the Go client
 // that ndctl uses. The daemon is a library; this package is one of its
 // clients, talking to it through the Controller interface, which
-// *daemon.Daemon satisfies.
+// *daemon.Daemon satisfies (the package imports no daemon: ndctl links no
+// data plane).
 //
 // Every change goes through Controller.Update (or Apply, for a whole
 // configuration), so that the daemon diffs and applies it like any other:
@@ -17,10 +18,9 @@ import (
 	"github.com/nd-dispatcher/nd/internal/advisor"
 	"github.com/nd-dispatcher/nd/internal/agent"
 	"github.com/nd-dispatcher/nd/internal/config"
-	"github.com/nd-dispatcher/nd/internal/daemon"
-	"github.com/nd-dispatcher/nd/internal/executor"
 	"github.com/nd-dispatcher/nd/internal/ha"
 	"github.com/nd-dispatcher/nd/internal/manager"
+	"github.com/nd-dispatcher/nd/internal/nd"
 )
 
 // Controller is what the API needs of the daemon; *daemon.Daemon is the real
@@ -35,10 +35,10 @@ type Controller interface {
 	// Reload re-reads the configuration file.
 	Reload() (config.Changes, error)
 	// Status describes the dispatcher.
-	Status() (daemon.Status, error)
+	Status() (nd.Status, error)
 	// Events subscribes to the daemon's events, starting with the recent
 	// ones; the function ends the subscription and closes the channel.
-	Events() (<-chan daemon.Event, func())
+	Events() (<-chan nd.Event, func())
 	// ManagerReport is the manager's last computation per port.
 	ManagerReport() []manager.PortReport
 	// AdvisorStatus is every advisor target's state.
@@ -46,22 +46,19 @@ type Controller interface {
 	// AgentStatus is every polled agent's state.
 	AgentStatus() map[netip.AddrPort]agent.Status
 	// HAStatus is this node's view of its high-availability group;
-	// daemon.ErrNoHA without one.
+	// nd.ErrNoHA without one.
 	HAStatus() (ha.Status, error)
 	// HATakeover makes this node the active one, in an orderly handover.
 	HATakeover(ctx context.Context) error
-	// BGPStatus describes the BGP speaker; daemon.ErrNoBGP without one.
-	BGPStatus(ctx context.Context) (daemon.BGPStatus, error)
+	// BGPStatus describes the BGP speaker; nd.ErrNoBGP without one.
+	BGPStatus(ctx context.Context) (nd.BGPStatus, error)
 	// BGPDrain withdraws every VIP (true) or announces the servable ones
-	// again (false); daemon.ErrNoBGP without a speaker.
-	BGPDrain(ctx context.Context, drain bool) (daemon.BGPStatus, error)
+	// again (false); nd.ErrNoBGP without a speaker.
+	BGPDrain(ctx context.Context, drain bool) (nd.BGPStatus, error)
 	// Flows lists at most limit connection table entries that match f, and
 	// whether more matched.
-	Flows(f daemon.FlowFilter, limit int) ([]executor.Flow, bool, error)
+	Flows(f nd.FlowFilter, limit int) ([]nd.Flow, bool, error)
 }
-
-// *daemon.Daemon is the Controller of ndd.
-var _ Controller = (*daemon.Daemon)(nil)
 
 var (
 	// ErrNotFound is wrapped by an edit that names a cluster, port or

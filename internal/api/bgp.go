@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"net/http"
 
-	"github.com/nd-dispatcher/nd/internal/daemon"
+	"github.com/nd-dispatcher/nd/internal/nd"
 )
 
 func (s *Server) bgpStatus(w http.ResponseWriter, r *http.Request) {
@@ -37,27 +37,27 @@ func (s *Server) bgpDrain(drain bool) http.HandlerFunc {
 
 // bgpError maps "no bgp section" to 404.
 func bgpError(err error) error {
-	if errors.Is(err, daemon.ErrNoBGP) {
+	if errors.Is(err, nd.ErrNoBGP) {
 		return fmt.Errorf("%w: %w", ErrNotFound, err)
 	}
 	return err
 }
 
 // BGPStatus reads the BGP speaker's sessions and routes.
-func (c *Client) BGPStatus() (daemon.BGPStatus, error) {
-	var out daemon.BGPStatus
+func (c *Client) BGPStatus() (nd.BGPStatus, error) {
+	var out nd.BGPStatus
 	err := c.call(http.MethodGet, "/v1/bgp", nil, &out)
 	return out, err
 }
 
 // BGPDrain withdraws every VIP and keeps them withdrawn (drain true), or
 // lets the servable ones be announced again (false).
-func (c *Client) BGPDrain(drain bool) (daemon.BGPStatus, error) {
+func (c *Client) BGPDrain(drain bool) (nd.BGPStatus, error) {
 	path := "/v1/bgp/undrain"
 	if drain {
 		path = "/v1/bgp/drain"
 	}
-	var out daemon.BGPStatus
+	var out nd.BGPStatus
 	err := c.call(http.MethodPost, path, nil, &out)
 	return out, err
 }

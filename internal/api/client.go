@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/nd-dispatcher/nd/internal/config"
-	"github.com/nd-dispatcher/nd/internal/daemon"
+	"github.com/nd-dispatcher/nd/internal/nd"
 )
 
 // DefaultTimeout bounds each request of a Client but an events stream.
@@ -105,8 +105,8 @@ func (c *Client) Health() error {
 }
 
 // Status returns the dispatcher's status.
-func (c *Client) Status() (daemon.Status, error) {
-	var st daemon.Status
+func (c *Client) Status() (nd.Status, error) {
+	var st nd.Status
 	err := c.call(http.MethodGet, "/v1/status", nil, &st)
 	return st, err
 }
@@ -184,7 +184,7 @@ func (c *Client) RemoveServer(vip string, port uint16, proto, addr string) (stri
 // Events calls fn for each of ndd's recent events and, with follow, for every
 // new one until ctx ends (Events then returns ctx's error), the server ends
 // the stream, or fn returns an error (which Events returns).
-func (c *Client) Events(ctx context.Context, follow bool, fn func(daemon.Event) error) error {
+func (c *Client) Events(ctx context.Context, follow bool, fn func(nd.Event) error) error {
 	path := "/v1/events"
 	if follow {
 		path += "?follow=true"
@@ -200,7 +200,7 @@ func (c *Client) Events(ctx context.Context, follow bool, fn func(daemon.Event) 
 	defer resp.Body.Close()
 	dec := json.NewDecoder(resp.Body)
 	for {
-		var ev daemon.Event
+		var ev nd.Event
 		if err := dec.Decode(&ev); err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()

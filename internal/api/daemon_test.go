@@ -215,3 +215,7 @@ func TestConcurrentEdits(t *testing.T) {
 		t.Errorf("%d servers after %d concurrent adds to 2, want %d", got, n, 2+n)
 	}
 }
+
+// *daemon.Daemon is the Controller of ndd (the package itself imports no
+// daemon, so that ndctl links no data plane).
+var _ Controller = (*daemon.Daemon)(nil)

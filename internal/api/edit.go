@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/nd-dispatcher/nd/internal/config"
-	"github.com/nd-dispatcher/nd/internal/executor"
+	"github.com/nd-dispatcher/nd/internal/nd"
 )
 
 // The edit functions below are handed to Controller.Update: each changes the
@@ -42,7 +42,7 @@ func lastPort(c *config.Config, id portID) bool {
 type portID struct {
 	vip   netip.Addr
 	port  uint16
-	proto executor.Proto
+	proto nd.Proto
 }
 
 func (p portID) String() string {
@@ -61,11 +61,11 @@ func parseAddr(what, s string) (netip.Addr, error) {
 	return a, nil
 }
 
-func parseProto(s string) (executor.Proto, error) {
+func parseProto(s string) (nd.Proto, error) {
 	if s == "" {
 		return config.DefaultProtocol, nil
 	}
-	p, err := executor.ParseProto(s)
+	p, err := nd.ParseProto(s)
 	if err != nil {
 		return 0, badRequest("protocol: %q is not a protocol: want tcp or udp", s)
 	}
@@ -150,7 +150,7 @@ func indexCluster(c *config.Config, vip netip.Addr) int {
 	return slices.IndexFunc(c.Clusters, func(cl config.Cluster) bool { return cl.VIP == vip })
 }
 
-func indexPort(ports []config.PortSpec, port uint16, proto executor.Proto) int {
+func indexPort(ports []config.PortSpec, port uint16, proto nd.Proto) int {
 	return slices.IndexFunc(ports, func(p config.PortSpec) bool { return p.Port == port && p.Protocol == proto })
 }
 

@@ -10,8 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nd-dispatcher/nd/internal/daemon"
-	"github.com/nd-dispatcher/nd/internal/executor"
+	"github.com/nd-dispatcher/nd/internal/nd"
 )
 
 // DefaultFlowLimit is how many flows GET /v1/flows lists without a limit.
@@ -71,8 +70,8 @@ func (s *Server) flows(w http.ResponseWriter, r *http.Request) {
 var flowParams = []string{"vip", "port", "protocol", "client", "server", "limit"}
 
 // parseFlowQuery reads ?vip=&port=&protocol=&client=&server=&limit=.
-func parseFlowQuery(q url.Values) (daemon.FlowFilter, int, error) {
-	var f daemon.FlowFilter
+func parseFlowQuery(q url.Values) (nd.FlowFilter, int, error) {
+	var f nd.FlowFilter
 	names := make([]string, 0, len(q))
 	for name := range q {
 		names = append(names, name)
@@ -103,7 +102,7 @@ func parseFlowQuery(q url.Values) (daemon.FlowFilter, int, error) {
 		f.Port = uint16(p)
 	}
 	if v := q.Get("protocol"); v != "" {
-		p, err := executor.ParseProto(v)
+		p, err := nd.ParseProto(v)
 		if err != nil {
 			return f, 0, badRequest("protocol: %q is not tcp or udp", v)
 		}
@@ -112,8 +111,8 @@ func parseFlowQuery(q url.Values) (daemon.FlowFilter, int, error) {
 	limit := DefaultFlowLimit
 	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > daemon.MaxFlowsListed {
-			return f, 0, badRequest("limit: %q is not a number from 1 to %d", v, daemon.MaxFlowsListed)
+		if err != nil || n < 1 || n > nd.MaxFlowsListed {
+			return f, 0, badRequest("limit: %q is not a number from 1 to %d", v, nd.MaxFlowsListed)
 		}
 		limit = n
 	}

@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"net/http"
 
-	"github.com/nd-dispatcher/nd/internal/daemon"
 	"github.com/nd-dispatcher/nd/internal/ha"
+	"github.com/nd-dispatcher/nd/internal/nd"
 )
 
 func (s *Server) haStatus(w http.ResponseWriter, r *http.Request) {
@@ -34,7 +34,7 @@ func (s *Server) haTakeover(w http.ResponseWriter, r *http.Request) {
 
 // haError maps "no ha section" to 404.
 func haError(err error) error {
-	if errors.Is(err, daemon.ErrNoHA) {
+	if errors.Is(err, nd.ErrNoHA) {
 		return fmt.Errorf("%w: %w", ErrNotFound, err)
 	}
 	return err

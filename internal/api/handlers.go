@@ -14,7 +14,7 @@ import (
 	"strings"
 
 	"github.com/nd-dispatcher/nd/internal/config"
-	"github.com/nd-dispatcher/nd/internal/daemon"
+	"github.com/nd-dispatcher/nd/internal/nd"
 )
 
 // routes builds the handler of every route. Unknown paths and methods get
@@ -50,6 +50,7 @@ func (s *Server) routes(metrics http.Handler) http.Handler {
 	mux.HandleFunc("POST /v1/bgp/drain", s.bgpDrain(true))
 	mux.HandleFunc("POST /v1/bgp/undrain", s.bgpDrain(false))
 	mux.HandleFunc("GET /v1/flows", s.flows)
+	mux.HandleFunc("GET /v1/dashboard", s.dashboard)
 	if metrics != nil {
 		mux.Handle("GET /metrics", metrics)
 	}
@@ -377,7 +378,7 @@ func (s *Server) update(w http.ResponseWriter, r *http.Request, okStatus int, wh
 	switch {
 	case err != nil && editErr != nil:
 		err = editErr
-	case err != nil && edit.hint != "" && errors.Is(err, daemon.ErrRejected):
+	case err != nil && edit.hint != "" && errors.Is(err, nd.ErrRejected):
 		err = fmt.Errorf("%w (%s)", err, edit.hint)
 	}
 	s.done(w, r, okStatus, what, ch, err, attrs...)
@@ -422,7 +423,7 @@ func statusOf(err error) int {
 	case errors.Is(err, ErrNotFound):
 		return http.StatusNotFound
 	case errors.Is(err, ErrExists), errors.Is(err, ErrBadRequest),
-		errors.Is(err, daemon.ErrRejected), errors.Is(err, config.ErrInvalid):
+		errors.Is(err, nd.ErrRejected), errors.Is(err, config.ErrInvalid):
 		return http.StatusBadRequest
 	}
 	return http.StatusInternalServerError

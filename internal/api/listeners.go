@@ -99,7 +99,8 @@ func (s *Server) Configure(a config.API, m config.Metrics) error {
 	// The token first: from here on only the new one opens the API.
 	sum := sha256.Sum256([]byte(token))
 	s.token.Store(&sum)
-	s.tcp = s.switchLocked(s.tcp, apiChange, func() http.Handler { return s.authenticate(s.handler) })
+	s.setDashboard(a.Dashboard)
+	s.tcp = s.switchLocked(s.tcp, apiChange, s.tcpHandler)
 	s.metricsL = s.switchLocked(s.metricsL, metricsChange, s.metricsOnly)
 	return nil
 }

@@ -52,14 +52,19 @@ type ManagerPatch struct {
 }
 
 func (s *Server) getManager(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, s.managerResponse())
+}
+
+// managerResponse is the manager's settings and last computation.
+func (s *Server) managerResponse() ManagerResponse {
 	m := s.c.Config().Manager
 	pr := m.Proportions
-	writeJSON(w, http.StatusOK, ManagerResponse{
+	return ManagerResponse{
 		Interval: m.Interval.String(), Sensitivity: m.Sensitivity, Smoothing: m.Smoothing, Policy: m.Policy,
 		Proportions: ProportionsRequest{Active: pr.Active, New: pr.New, Advisor: pr.Advisor, Host: pr.Host},
 		Overload:    m.Overload, CoolDown: m.CoolDown.String(), HostMetric: m.HostMetric,
 		Ports: s.c.ManagerReport(),
-	})
+	}
 }
 
 func (s *Server) setManager(w http.ResponseWriter, r *http.Request) {

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/nd-dispatcher/nd/internal/config"
+	"github.com/nd-dispatcher/nd/internal/history"
 )
 
 // ServerOptions configure the API server.
@@ -94,6 +95,11 @@ type Server struct {
 	// running at once could each apply a copy without the other's change.
 	edits sync.Mutex
 
+	// dashboardOn is api.dashboard; history is the manager's recent past
+	// that the dashboard plots, kept while it is on.
+	dashboardOn atomic.Bool
+	history     *history.History
+
 	// readTimeout bounds reading a request (readTimeout; tests shorten it).
 	readTimeout time.Duration
 
@@ -126,6 +132,7 @@ func NewServer(c Controller, o ServerOptions) (*Server, error) {
 		c: c, log: o.Logger, socket: o.Socket, metrics: o.Metrics,
 		readTimeout: readTimeout,
 		errc:        make(chan error, 1),
+		history:     history.New(history.DefaultPoints),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	none := sha256.Sum256(nil)
@@ -196,6 +203,8 @@ func (s *Server) Serve(ctx context.Context) error {
 		}
 		unixDone <- err
 	}()
+	s.wg.Add(1)
+	go s.keepHistory()
 	s.mu.Lock()
 	s.serving = true
 	for _, t := range []*tcpListener{s.tcp, s.metricsL} {

@@ -28,6 +28,7 @@ import (
 	"github.com/nd-dispatcher/nd/internal/config"
 	"github.com/nd-dispatcher/nd/internal/daemon"
 	"github.com/nd-dispatcher/nd/internal/executor"
+	"github.com/nd-dispatcher/nd/internal/history"
 )
 
 const testToken = "0123456789abcdef-test-token"
@@ -881,7 +882,7 @@ func TestPathEscaping(t *testing.T) {
 
 // handlerServer is a Server without listeners, for httptest.
 func handlerServer(c Controller) *Server {
-	s := &Server{c: c, log: quietLogger()}
+	s := &Server{c: c, log: quietLogger(), history: history.New(0)}
 	s.handler = s.routes(nil)
 	return s
 }

@@ -20,6 +20,8 @@ import (
 	"github.com/osrg/gobgp/v4/pkg/apiutil"
 	"github.com/osrg/gobgp/v4/pkg/packet/bgp"
 	"github.com/osrg/gobgp/v4/pkg/server"
+
+	"github.com/nd-dispatcher/nd/internal/nd"
 )
 
 // Global is the speaker's own identity.
@@ -59,26 +61,10 @@ func (r Route) Equal(o Route) bool {
 }
 
 // PeerStatus is one session as `ndctl bgp status` shows it.
-type PeerStatus struct {
-	Address string `json:"address"`
-	ASN     uint32 `json:"asn"`
-	// State is the session's BGP state: idle, connect, active, opensent,
-	// openconfirm, established.
-	State string `json:"state"`
-	// Since is when the session was established; zero unless it is.
-	Since time.Time `json:"since,omitzero"`
-	// HoldTime is the negotiated hold time while established.
-	HoldTime time.Duration `json:"hold_time_ns,omitempty"`
-	// Advertised and Received count prefixes sent to and accepted from
-	// the peer.
-	Advertised uint64 `json:"advertised"`
-	Received   uint64 `json:"received"`
-	// Flaps counts the times the session went down.
-	Flaps uint32 `json:"flaps"`
-}
+type PeerStatus = nd.BGPPeer
 
 // StateEstablished is the state of a session that exchanges routes.
-const StateEstablished = "established"
+const StateEstablished = nd.BGPEstablished
 
 // Options configure New.
 type Options struct {

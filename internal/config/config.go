@@ -20,13 +20,13 @@ import (
 	"slices"
 	"time"
 
-	"github.com/nd-dispatcher/nd/internal/executor"
 	"github.com/nd-dispatcher/nd/internal/keyfile"
 	"github.com/nd-dispatcher/nd/internal/maglev"
+	"github.com/nd-dispatcher/nd/internal/nd"
 )
 
-// Defaults of the settings that have one. The data-plane sizes default to the
-// executor's (executor.DefaultConfig).
+// Defaults of the settings that have one. The data-plane sizes default to
+// nd's (nd.DefaultMaxFlows and the others), which the executor applies.
 const (
 	DefaultPinPath     = "/sys/fs/bpf/nd"
 	DefaultSocket      = "/run/nd/ndd.sock"
@@ -35,7 +35,7 @@ const (
 	DefaultSmoothing   = 1.5
 	DefaultPolicy      = PolicyDefault
 	DefaultWeightBound = 100
-	DefaultProtocol    = executor.TCP
+	DefaultProtocol    = nd.TCP
 
 	// MaxWeightBound is the largest weight_bound accepted.
 	MaxWeightBound = 1000
@@ -221,6 +221,11 @@ type API struct {
 	// neither, and only with Listen. Default "".
 	TLSCert string
 	TLSKey  string
+	// Dashboard (dashboard) serves the live dashboard at /dashboard/ on
+	// the TCP listener: its files without a token, its data with the
+	// listener's token, like every API call. Requires Listen. Applied live
+	// by a reload. Default false.
+	Dashboard bool
 }
 
 // ReadToken is the bearer token of the API's TCP listener: Token, or the
@@ -456,7 +461,7 @@ type PortSpec struct {
 	Port uint16
 	// Protocol (protocol) is tcp or udp. A port number may be listed once
 	// per protocol. Default tcp.
-	Protocol executor.Proto
+	Protocol nd.Proto
 	// StickyTime (sticky_time) is client affinity: a client that comes back
 	// within this time of its last flow goes to the same server (the IBM
 	// product's stickytime). Whole seconds, 0 to 24h; 0 disables affinity.
@@ -527,7 +532,7 @@ func (s Server) EffectiveWeight() uint32 {
 // settings and its servers sorted by address. Proportions are the port's
 // own or the manager's.
 type Port struct {
-	Key         executor.ServiceKey
+	Key         nd.ServiceKey
 	StickyTime  time.Duration
 	WeightBound uint32
 	Scheduler   string
@@ -539,20 +544,18 @@ type Port struct {
 // Default returns a configuration with every default applied and no
 // interfaces or clusters: a start for a Config built in code.
 func Default() *Config {
-	d := executor.DefaultConfig()
 	return &Config{
 		DataPlane: DataPlane{
-			MaxFlows:    d.MaxFlows,
-			MaxServers:  d.MaxServers,
-			MaxServices: d.MaxServices,
-			MaxVIPs:     d.MaxVIPs,
-			MaxAffinity: d.MaxAffinity,
-			RingSize:    d.RingSize,
-			IdleTimeout: d.IdleTimeout,
-			HashSeed:    d.HashSeed,
+			MaxFlows:    nd.DefaultMaxFlows,
+			MaxServers:  nd.DefaultMaxServers,
+			MaxServices: nd.DefaultMaxServices,
+			MaxVIPs:     nd.DefaultMaxVIPs,
+			MaxAffinity: nd.DefaultMaxAffinity,
+			RingSize:    maglev.DefaultSize,
+			IdleTimeout: nd.DefaultIdleTimeout,
 			PinPath:     DefaultPinPath,
 
-			HalfOpenTimeout: d.HalfOpenTimeout,
+			HalfOpenTimeout: nd.DefaultHalfOpenTimeout,
 		},
 		API: API{Socket: DefaultSocket},
 		Manager: Manager{
@@ -564,29 +567,6 @@ func Default() *Config {
 			Overload:    DefaultOverload,
 			HostMetric:  DefaultHostMetric,
 		},
-	}
-}
-
-// Executor returns the executor configuration these settings describe. The
-// caller adds what the file does not hold (a logger).
-func (d DataPlane) Executor() executor.Config {
-	return executor.Config{
-		PinPath:     d.PinPath,
-		MaxFlows:    d.MaxFlows,
-		MaxServers:  d.MaxServers,
-		MaxServices: d.MaxServices,
-		MaxVIPs:     d.MaxVIPs,
-		MaxAffinity: d.MaxAffinity,
-		RingSize:    d.RingSize,
-		IdleTimeout: d.IdleTimeout,
-		HashSeed:    d.HashSeed,
-
-		HalfOpenTimeout: min(d.HalfOpenTimeout, d.IdleTimeout),
-
-		ExpireNodestConn: d.ExpireNodestConn,
-		// The flow-event ring feeds high availability; its default size
-		// holds seconds of new flows at line rate.
-		FlowEventsRing: executor.DefaultConfig().FlowEventsRing,
 	}
 }
 
@@ -607,7 +587,7 @@ func (c *Config) Ports() []Port {
 				sched = DefaultScheduler
 			}
 			ports = append(ports, Port{
-				Key:         executor.ServiceKey{VIP: cl.VIP, Port: p.Port, Proto: p.Protocol},
+				Key:         nd.ServiceKey{VIP: cl.VIP, Port: p.Port, Proto: p.Protocol},
 				StickyTime:  p.StickyTime,
 				WeightBound: p.WeightBound,
 				Scheduler:   sched,
@@ -627,7 +607,7 @@ func sortedServers(s []Server) []Server {
 	return out
 }
 
-func compareKeys(a, b executor.ServiceKey) int {
+func compareKeys(a, b nd.ServiceKey) int {
 	return cmp.Or(a.VIP.Compare(b.VIP), cmp.Compare(a.Port, b.Port), cmp.Compare(a.Proto, b.Proto))
 }
 

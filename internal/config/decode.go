@@ -17,7 +17,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
-	"github.com/nd-dispatcher/nd/internal/executor"
+	"github.com/nd-dispatcher/nd/internal/nd"
 )
 
 // Load reads, checks and completes the configuration file at path. A file
@@ -470,12 +470,12 @@ func (d *decoder) addr(path string, n *yaml.Node) (netip.Addr, bool) {
 	return a, true
 }
 
-func (d *decoder) proto(path string, n *yaml.Node) (executor.Proto, bool) {
+func (d *decoder) proto(path string, n *yaml.Node) (nd.Proto, bool) {
 	s, ok := d.scalar(path, n, "tcp or udp")
 	if !ok {
 		return 0, false
 	}
-	p, err := executor.ParseProto(strings.ToLower(s.Value))
+	p, err := nd.ParseProto(strings.ToLower(s.Value))
 	if err != nil {
 		d.fail(path, n, "%q is not a protocol: want tcp or udp", s.Value)
 		return 0, false
@@ -672,7 +672,7 @@ func (d *decoder) dataPlane(dp *DataPlane, n *yaml.Node) {
 
 func (d *decoder) api(a *API, n *yaml.Node) {
 	const p = "api"
-	f, done, _ := d.fields(p, n, "socket", "listen", "token", "token_file", "tls_cert", "tls_key")
+	f, done, _ := d.fields(p, n, "socket", "listen", "token", "token_file", "tls_cert", "tls_key", "dashboard")
 	defer done()
 	d.strField(f, p, "socket", &a.Socket)
 	d.strField(f, p, "listen", &a.Listen)
@@ -680,6 +680,7 @@ func (d *decoder) api(a *API, n *yaml.Node) {
 	d.strField(f, p, "token_file", &a.TokenFile)
 	d.strField(f, p, "tls_cert", &a.TLSCert)
 	d.strField(f, p, "tls_key", &a.TLSKey)
+	d.boolField(f, p, "dashboard", &a.Dashboard)
 }
 
 func (d *decoder) manager(m *Manager, n *yaml.Node) {

@@ -7,7 +7,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/nd-dispatcher/nd/internal/executor"
+	"github.com/nd-dispatcher/nd/internal/nd"
 )
 
 // Changes is what a live reload must do to go from one configuration to
@@ -25,6 +25,7 @@ type Changes struct {
 	Changed []PortChange
 	// Settings are changed settings that a running daemon can apply:
 	// api.listen, api.token, api.token_file, api.tls_cert, api.tls_key,
+	// api.dashboard,
 	// metrics.listen, manager.*, advisors, agents and bgp.
 	Settings []Setting
 	// Fixed are changed settings that only a restart applies: data_plane.*
@@ -34,7 +35,7 @@ type Changes struct {
 }
 
 // PortChange is one port whose state changes. Installing New as a whole
-// (executor.UpsertService) applies it; the lists say what differs.
+// (the executor's UpsertService) applies it; the lists say what differs.
 type PortChange struct {
 	Old, New Port
 	// Added and Removed are servers that join and leave the port.
@@ -177,6 +178,7 @@ func settings(c *Config) []Setting {
 		{Path: "api.token_file", New: strconv.Quote(a.TokenFile)},
 		{Path: "api.tls_cert", New: strconv.Quote(a.TLSCert)},
 		{Path: "api.tls_key", New: strconv.Quote(a.TLSKey)},
+		{Path: "api.dashboard", New: strconv.FormatBool(a.Dashboard)},
 		{Path: "metrics.listen", New: strconv.Quote(c.Metrics.Listen)},
 		{Path: "manager.interval", New: formatDuration(m.Interval)},
 		{Path: "manager.sensitivity", New: formatFloat(m.Sensitivity)},
@@ -401,4 +403,4 @@ func (pc PortChange) describe() string {
 }
 
 // Key names the port.
-func (pc PortChange) Key() executor.ServiceKey { return pc.New.Key }
+func (pc PortChange) Key() nd.ServiceKey { return pc.New.Key }

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nd-dispatcher/nd/internal/executor"
+	"github.com/nd-dispatcher/nd/internal/nd"
 )
 
 const diffBase = `interfaces: [eth0, eth1]
@@ -42,8 +42,8 @@ func mustParse(t *testing.T, src string) *Config {
 	return c
 }
 
-func key(vip string, port uint16, p executor.Proto) executor.ServiceKey {
-	return executor.ServiceKey{VIP: netip.MustParseAddr(vip), Port: port, Proto: p}
+func key(vip string, port uint16, p nd.Proto) nd.ServiceKey {
+	return nd.ServiceKey{VIP: netip.MustParseAddr(vip), Port: port, Proto: p}
 }
 
 func TestDiff(t *testing.T) {
@@ -83,10 +83,10 @@ func TestDiff(t *testing.T) {
 				return strings.Replace(s, "      - port: 53\n        protocol: udp", "      - port: 53\n        protocol: tcp", 1)
 			},
 			check: func(t *testing.T, ch Changes) {
-				if len(ch.Added) != 1 || ch.Added[0].Key != key("2001:db8::100", 53, executor.TCP) || len(ch.Added[0].Servers) != 1 {
+				if len(ch.Added) != 1 || ch.Added[0].Key != key("2001:db8::100", 53, nd.TCP) || len(ch.Added[0].Servers) != 1 {
 					t.Errorf("added %+v", ch.Added)
 				}
-				if len(ch.Removed) != 1 || ch.Removed[0].Key != key("2001:db8::100", 53, executor.UDP) {
+				if len(ch.Removed) != 1 || ch.Removed[0].Key != key("2001:db8::100", 53, nd.UDP) {
 					t.Errorf("removed %+v", ch.Removed)
 				}
 			},
@@ -102,7 +102,7 @@ func TestDiff(t *testing.T) {
 					t.Fatalf("changed %+v", ch.Changed)
 				}
 				pc := ch.Changed[0]
-				if pc.Key() != key("198.51.100.100", 443, executor.TCP) || pc.Old.StickyTime != time.Minute ||
+				if pc.Key() != key("198.51.100.100", 443, nd.TCP) || pc.Old.StickyTime != time.Minute ||
 					pc.New.StickyTime != 2*time.Minute || pc.New.WeightBound != 20 || len(pc.Added)+len(pc.Removed)+len(pc.Changed) != 0 {
 					t.Errorf("change %+v", pc)
 				}

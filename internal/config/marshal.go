@@ -52,6 +52,9 @@ func Marshal(c *Config) ([]byte, error) {
 	putOptional(api, "token_file", a.TokenFile)
 	putOptional(api, "tls_cert", a.TLSCert)
 	putOptional(api, "tls_key", a.TLSKey)
+	if a.Dashboard {
+		put(api, "dashboard", boolNode(true))
+	}
 	put(root, "api", api)
 
 	if c.Metrics.Listen != "" {

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nd-dispatcher/nd/internal/executor"
+	"github.com/nd-dispatcher/nd/internal/nd"
 )
 
 func roundTrip(t *testing.T, c *Config) *Config {
@@ -36,7 +36,7 @@ func TestMarshalRoundTrip(t *testing.T) {
 		roundTrip(t, mustParse(t, `interfaces: [eth0, "123", "true"]
 data_plane: {max_flows: 1000, max_servers: 10, max_services: 5, max_vips: 2, max_affinity: 77,
   ring_size: 251, idle_timeout: 90s, hash_seed: 4294967295, pin_path: ""}
-api: {socket: /run/x.sock, listen: "[2001:db8::1]:8443", token_file: /etc/nd/t, tls_cert: /etc/c, tls_key: /etc/k}
+api: {socket: /run/x.sock, listen: "[2001:db8::1]:8443", token_file: /etc/nd/t, tls_cert: /etc/c, tls_key: /etc/k, dashboard: true}
 metrics: {listen: "127.0.0.1:9100"}
 manager: {interval: 1500ms, sensitivity: 0, smoothing: 1, policy: static,
   proportions: {active: 25, new: 25, advisor: 25, host: 25}}
@@ -59,7 +59,7 @@ clusters:
 		c.Manager.Smoothing = 2
 		c.Clusters = []Cluster{{
 			VIP: netip.MustParseAddr("203.0.113.7"),
-			Ports: []PortSpec{{Port: 25, Protocol: executor.TCP, StickyTime: 3 * time.Second, WeightBound: 3, Scheduler: SchedulerMaglev,
+			Ports: []PortSpec{{Port: 25, Protocol: nd.TCP, StickyTime: 3 * time.Second, WeightBound: 3, Scheduler: SchedulerMaglev,
 				Servers: []Server{{Address: netip.MustParseAddr("203.0.113.8"), Weight: 3}}}},
 		}}
 		back := roundTrip(t, c)

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nd-dispatcher/nd/internal/executor"
+	"github.com/nd-dispatcher/nd/internal/nd"
 )
 
 // errorLines parses src as nd.yaml and returns its errors, one string each.
@@ -60,7 +60,7 @@ func TestParseErrors(t *testing.T) {
 		{"root is not a mapping", "- eth0\n",
 			[]string{"nd.yaml:1:1: want a mapping of interfaces, data_plane, api, metrics, manager, advisors, agents, ha, bgp, clusters, got a list"}},
 		{"section is not a mapping", head + "api: /run/nd.sock\n",
-			[]string{`nd.yaml:2:6: api: want a mapping of socket, listen, token, token_file, tls_cert, tls_key, got "/run/nd.sock"`}},
+			[]string{`nd.yaml:2:6: api: want a mapping of socket, listen, token, token_file, tls_cert, tls_key, dashboard, got "/run/nd.sock"`}},
 		{"list wanted", "interfaces: eth0\n",
 			[]string{`nd.yaml:1:13: interfaces: want a list, got "eth0"`}},
 		{"second document", head + "---\ninterfaces: [eth1]\n",
@@ -142,6 +142,8 @@ func TestParseErrors(t *testing.T) {
 			[]string{"nd.yaml:5:12: api.tls_key: tls_cert is required with tls_key"}},
 		{"tls without listen", head + "api:\n  tls_cert: /etc/nd/c.pem\n  tls_key: /etc/nd/k.pem\n",
 			[]string{"nd.yaml:3:13: api.tls_cert: TLS applies to the TCP listener: set listen too"}},
+		{"dashboard without listen", head + "api:\n  dashboard: true\n",
+			[]string{"nd.yaml:3:14: api.dashboard: the dashboard is served on the TCP listener: set api.listen (and a token) too"}},
 		{"socket empty", head + "api:\n  socket: \"\"\n",
 			[]string{"nd.yaml:3:11: api.socket: empty: the API needs a unix socket (default /run/nd/ndd.sock)"}},
 		{"socket relative", head + "api:\n  socket: ndd.sock\n",
@@ -357,9 +359,9 @@ func TestParseDefaults(t *testing.T) {
 		Clusters: []Cluster{{
 			VIP: netip.MustParseAddr("198.51.100.100"),
 			Ports: []PortSpec{
-				{Port: 80, Protocol: executor.TCP, WeightBound: 100, Scheduler: "delay",
+				{Port: 80, Protocol: nd.TCP, WeightBound: 100, Scheduler: "delay",
 					Servers: []Server{{Address: netip.MustParseAddr("198.51.100.11"), Weight: 50}}},
-				{Port: 443, Protocol: executor.TCP, WeightBound: 21, Scheduler: "delay",
+				{Port: 443, Protocol: nd.TCP, WeightBound: 21, Scheduler: "delay",
 					Servers: []Server{{Address: netip.MustParseAddr("198.51.100.12"), Weight: 11}}},
 			},
 		}},
@@ -367,11 +369,10 @@ func TestParseDefaults(t *testing.T) {
 	if !sameContent(c, want) {
 		t.Errorf("Parse =\n%+v\nwant\n%+v", *c, *want)
 	}
-	// The data-plane defaults are the executor's.
-	d := executor.DefaultConfig()
-	d.PinPath = DefaultPinPath
-	if got := c.DataPlane.Executor(); !reflect.DeepEqual(got, d) {
-		t.Errorf("DataPlane.Executor() = %+v, want %+v", got, d)
+	// The data-plane defaults are nd's (daemon's TestExecutorConfigDefaults
+	// checks that the executor applies the same).
+	if d := c.DataPlane; d.MaxFlows != nd.DefaultMaxFlows || d.IdleTimeout != nd.DefaultIdleTimeout || d.PinPath != DefaultPinPath {
+		t.Errorf("data-plane defaults: %+v", d)
 	}
 	if err := Default().Validate(); err == nil || !strings.Contains(err.Error(), "interfaces: at least one interface") {
 		t.Errorf("Default().Validate() = %v, want only the missing interfaces", err)
@@ -477,7 +478,7 @@ func TestPortsSorted(t *testing.T) {
 	}
 	p := c.Ports()[0]
 	wantP := Port{
-		Key:         executor.ServiceKey{VIP: netip.MustParseAddr("198.51.100.100"), Port: 80, Proto: executor.TCP},
+		Key:         nd.ServiceKey{VIP: netip.MustParseAddr("198.51.100.100"), Port: 80, Proto: nd.TCP},
 		StickyTime:  10 * time.Second,
 		WeightBound: 10,
 		Scheduler:   "delay",
@@ -540,7 +541,7 @@ func TestValidateBuiltInCode(t *testing.T) {
 	if err := c.Validate(); err == nil || err.Error() != want {
 		t.Errorf("Validate =\n%v\nwant\n%s", err, want)
 	}
-	c.Clusters[0].Ports[0].Protocol = executor.UDP
+	c.Clusters[0].Ports[0].Protocol = nd.UDP
 	c.Clusters[0].Ports[0].Servers[0].Weight = 10
 	if err := c.Validate(); err != nil {
 		t.Errorf("Validate = %v", err)

@@ -11,8 +11,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nd-dispatcher/nd/internal/executor"
 	"github.com/nd-dispatcher/nd/internal/maglev"
+	"github.com/nd-dispatcher/nd/internal/nd"
 )
 
 // Limits checked by validation beyond those declared with the types.
@@ -253,6 +253,9 @@ func validateAPI(a *API, m *Metrics, r *reporter) {
 		if a.Token == "" && a.TokenFile == "" {
 			r.errorf("api.listen", "a TCP listener requires token or token_file")
 		}
+	}
+	if a.Dashboard && a.Listen == "" {
+		r.errorf("api.dashboard", "the dashboard is served on the TCP listener: set api.listen (and a token) too")
 	}
 	if a.Token != "" && a.TokenFile != "" {
 		r.errorf("api.token_file", "set token or token_file, not both")
@@ -536,16 +539,16 @@ func validateClusters(c *Config, advisors map[string]bool, r *reporter) {
 		if len(cl.Ports) == 0 {
 			r.errorf(cp+".ports", "no ports: a VIP needs at least one")
 		}
-		seen := make(map[executor.ServiceKey]string)
+		seen := make(map[nd.ServiceKey]string)
 		for j, p := range cl.Ports {
 			pp := index(cp+".ports", j)
 			nports++
 			nservers += len(p.Servers)
 			validatePort(c, cl.VIP, vipOK, p, pp, advisors, r)
-			if !vipOK || p.Port == 0 || (p.Protocol != executor.TCP && p.Protocol != executor.UDP) {
+			if !vipOK || p.Port == 0 || (p.Protocol != nd.TCP && p.Protocol != nd.UDP) {
 				continue
 			}
-			k := executor.ServiceKey{VIP: cl.VIP, Port: p.Port, Proto: p.Protocol}
+			k := nd.ServiceKey{VIP: cl.VIP, Port: p.Port, Proto: p.Protocol}
 			if f, dup := seen[k]; dup {
 				r.errorf(pp, "duplicate port %d/%s on VIP %s%s", p.Port, p.Protocol, cl.VIP, r.firstAt(f))
 				continue
@@ -578,7 +581,7 @@ func validatePort(c *Config, vip netip.Addr, vipOK bool, p PortSpec, pp string, 
 	if p.Port == 0 {
 		r.errorf(pp+".port", "required: a port number 1..65535")
 	}
-	if p.Protocol != executor.TCP && p.Protocol != executor.UDP {
+	if p.Protocol != nd.TCP && p.Protocol != nd.UDP {
 		r.errorf(pp+".protocol", "%v is not a protocol: want tcp or udp", p.Protocol)
 	}
 	switch {

@@ -11,17 +11,7 @@ import (
 
 	"github.com/nd-dispatcher/nd/internal/bgp"
 	"github.com/nd-dispatcher/nd/internal/config"
-)
-
-// ErrNoBGP is returned by BGP calls on a dispatcher without a bgp section.
-var ErrNoBGP = errors.New("bgp is not configured")
-
-// Event types of BGP.
-const (
-	EventBGPPeer      = "bgp_peer"      // a session changed state
-	EventBGPAnnounced = "bgp_announced" // a VIP's route is announced (or its attributes changed)
-	EventBGPWithdrawn = "bgp_withdrawn" // a VIP's route is withdrawn, Message says why
-	EventBGPDrained   = "bgp_drained"   // the operator drained or undrained the dispatcher
+	"github.com/nd-dispatcher/nd/internal/nd"
 )
 
 // bgpLink is the daemon's side of its BGP speaker: the daemon decides which
@@ -40,27 +30,22 @@ type bgpLink struct {
 	why map[netip.Addr]string
 }
 
-// BGPStatus is the speaker's state for `ndctl bgp status` and the metrics.
-type BGPStatus struct {
-	ASN      uint32 `json:"asn"`
-	RouterID string `json:"router_id"`
-	// Drained is the operator's drain; Stopping means ndd is stopping.
-	Drained  bool             `json:"drained"`
-	Stopping bool             `json:"stopping"`
-	Peers    []bgp.PeerStatus `json:"peers"`
-	VIPs     []BGPVIPStatus   `json:"vips"`
-}
+// The BGP speaker's status and events are nd's shared words.
+type (
+	BGPStatus    = nd.BGPStatus
+	BGPVIPStatus = nd.BGPVIP
+)
 
-// BGPVIPStatus is one VIP's route.
-type BGPVIPStatus struct {
-	VIP       string `json:"vip"`
-	Announced bool   `json:"announced"`
-	// Reason says why a route is withdrawn.
-	Reason      string   `json:"reason,omitempty"`
-	MED         uint32   `json:"med"`
-	Communities []string `json:"communities,omitempty"`
-	NextHop     string   `json:"next_hop,omitempty"` // "" for self
-}
+// ErrNoBGP is returned by BGP calls on a dispatcher without a bgp section.
+var ErrNoBGP = nd.ErrNoBGP
+
+// Event types of BGP.
+const (
+	EventBGPPeer      = nd.EventBGPPeer
+	EventBGPAnnounced = nd.EventBGPAnnounced
+	EventBGPWithdrawn = nd.EventBGPWithdrawn
+	EventBGPDrained   = nd.EventBGPDrained
+)
 
 // speakerConfig is what the speaker is told of cfg.
 func speakerConfig(b *config.BGP) (bgp.Global, []bgp.Peer) {

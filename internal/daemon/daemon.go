@@ -161,9 +161,6 @@ func (d *Daemon) SetListeners(l Listeners) {
 // rewritten from the connection table.
 const reconcileEvery = 15 * time.Second
 
-// ErrRejected wraps every reason a configuration is refused.
-var ErrRejected = errors.New("configuration rejected")
-
 // New checks cfg against the machine and returns a daemon ready to Run. It
 // changes nothing yet: Run applies the configuration.
 func New(cfg *config.Config, o Options) (*Daemon, error) {

@@ -5,35 +5,6 @@ import (
 	"time"
 )
 
-// Event types: what an operator following `ndctl events --follow` sees.
-const (
-	EventConfigApplied     = "config_applied"
-	EventError             = "error"
-	EventAttached          = "attached"
-	EventDetached          = "detached"
-	EventServerResolved    = "server_resolved"
-	EventServerChanged     = "server_changed"
-	EventServerUnreachable = "server_unreachable"
-	EventServerQuiesced    = "server_quiesced"
-	EventWeightsCommitted  = "weights_committed"
-	EventServerDown        = "server_down" // an advisor found it down
-	EventServerUp          = "server_up"
-	EventHAState           = "ha_state" // this node became active or standby
-	// EventTablePressure: the connection table came under pressure (new
-	// flows displace half-open ones or find no way: a SYN flood, or a
-	// table too small), or, with Message "relieved", left it.
-	EventTablePressure = "flow_table_pressure"
-)
-
-// Event is one thing that happened to the dispatcher.
-type Event struct {
-	Time    time.Time `json:"time"`
-	Type    string    `json:"type"`
-	Service string    `json:"service,omitempty"` // VIP:port/protocol
-	Server  string    `json:"server,omitempty"`
-	Message string    `json:"message"`
-}
-
 // hub fans events out to subscribers. A subscriber that does not keep up
 // loses events (counted), never the daemon's time.
 type hub struct {

@@ -2,33 +2,9 @@ package daemon
 
 import (
 	"fmt"
-	"net/netip"
 
 	"github.com/nd-dispatcher/nd/internal/executor"
 )
-
-// MaxFlowsListed bounds one listing of the connection table: a table holds
-// a million flows, and a listing is for looking at, not for copying it
-// out (high availability has its own stream for that).
-const MaxFlowsListed = 100_000
-
-// FlowFilter selects connection table entries, as `ipvsadm -Lnc` piped to
-// grep would; a zero field matches every entry.
-type FlowFilter struct {
-	VIP    netip.Addr
-	Port   uint16
-	Proto  executor.Proto
-	Client netip.Addr
-	Server netip.Addr
-}
-
-func (f FlowFilter) match(fl executor.Flow) bool {
-	return (!f.VIP.IsValid() || fl.Key.VIP.Addr() == f.VIP) &&
-		(f.Port == 0 || fl.Key.VIP.Port() == f.Port) &&
-		(f.Proto == 0 || fl.Key.Proto == f.Proto) &&
-		(!f.Client.IsValid() || fl.Key.Client.Addr() == f.Client) &&
-		(!f.Server.IsValid() || fl.Server == f.Server)
-}
 
 // Flows returns at most limit entries of the connection table that match
 // f, in the table's order, and whether more matched. The table is read
@@ -38,7 +14,7 @@ func (d *Daemon) Flows(f FlowFilter, limit int) (flows []executor.Flow, more boo
 		return nil, false, fmt.Errorf("%w: flow limit %d: want 1 to %d", executor.ErrInvalid, limit, MaxFlowsListed)
 	}
 	err = d.x.Flows(func(fl executor.Flow) bool {
-		if !f.match(fl) {
+		if !f.Match(fl) {
 			return true
 		}
 		if len(flows) == limit {

@@ -17,9 +17,6 @@ import (
 	"github.com/nd-dispatcher/nd/internal/keyfile"
 )
 
-// ErrNoHA is returned by HA calls on a dispatcher without an ha section.
-var ErrNoHA = errors.New("high availability is not configured")
-
 // haLink ties the daemon to its high-availability node: the node decides
 // who is active, the daemon feeds it the data plane's new flows and the
 // live configuration, and applies what a standby receives.

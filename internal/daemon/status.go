@@ -11,64 +11,6 @@ import (
 	"github.com/nd-dispatcher/nd/internal/executor"
 )
 
-// Server states, as `ndctl status` shows them.
-const (
-	StateUp         = "up"         // resolved, weight > 0
-	StateQuiesced   = "quiesced"   // weight 0: no new flows, old ones continue
-	StateUnresolved = "unresolved" // no MAC: not in the data plane
-	StateLocal      = "local"      // co-located on the dispatcher
-)
-
-// Status is a snapshot of the dispatcher for `ndctl status` and the metrics.
-type Status struct {
-	Time       time.Time            `json:"time"`
-	Interfaces []string             `json:"interfaces"`
-	Ports      []PortStatus         `json:"ports"`
-	VIPs       []VIPStatus          `json:"vips"`
-	Global     executor.GlobalStats `json:"global"`
-}
-
-// PortStatus is one VIP:port.
-type PortStatus struct {
-	VIP        string         `json:"vip"`
-	Port       uint16         `json:"port"`
-	Protocol   string         `json:"protocol"`
-	StickyTime string         `json:"sticky_time"`
-	Packets    uint64         `json:"packets"`
-	Bytes      uint64         `json:"bytes"`
-	NoServer   uint64         `json:"no_server"`
-	Servers    []ServerStatus `json:"servers"`
-}
-
-// ServerStatus is one server of a port.
-type ServerStatus struct {
-	Address   string `json:"address"`
-	State     string `json:"state"`
-	Reason    string `json:"reason,omitempty"` // why unresolved
-	MAC       string `json:"mac,omitempty"`
-	Interface string `json:"interface,omitempty"`
-	// Weight is what the data plane uses; ConfigWeight what the
-	// configuration says.
-	Weight       uint32 `json:"weight"`
-	ConfigWeight uint32 `json:"config_weight"`
-	Quiesced     bool   `json:"quiesced"`
-	NewFlows     uint64 `json:"new_flows"`
-	ActiveFlows  uint64 `json:"active_flows"`
-	// HalfOpenFlows are flows that sent a SYN and no ACK yet: not counted
-	// in ActiveFlows (a flood of SYNs shows here only).
-	HalfOpenFlows uint64  `json:"halfopen_flows"`
-	Packets       uint64  `json:"packets"`
-	Bytes         uint64  `json:"bytes"`
-	NewFlowsRate  float64 `json:"new_flows_per_sec"`
-	PacketsRate   float64 `json:"packets_per_sec"`
-}
-
-// VIPStatus counts what a VIP dropped or handed to the local stack.
-type VIPStatus struct {
-	VIP string `json:"vip"`
-	executor.VIPStats
-}
-
 // rateSampler keeps the last two counter readings to derive rates.
 type rateSampler struct {
 	at   time.Time

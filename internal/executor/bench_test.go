@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/nd-dispatcher/nd/internal/executor/benchprog"
 )
 
 // benchFrameLen is the size of every benchmark frame: a minimum Ethernet
@@ -97,17 +99,17 @@ type benchFigure struct {
 // measureXDP builds a data plane and measures every case once.
 func measureXDP(b *testing.B) []benchFigure {
 	h := newHarness(b, Config{MaxFlows: 1 << 20})
-	var bench benchObjects
-	h.do(func() error { return loadBenchObjects(&bench, nil) })
+	var bench benchprog.Objects
+	h.do(func() error { return benchprog.Load(&bench, nil) })
 	b.Cleanup(func() { bench.Close() })
 	inMAC := macIn
 	onIn := func(addr netip.Addr, mac net.HardwareAddr) Server {
 		return Server{Addr: addr, MAC: mac, Ifindex: h.in, Weight: 1}
 	}
-	h.upsert(Service{Key: ServiceKey{vip4, 80, TCP}, Servers: []Server{onIn(s1, macS1), onIn(s2, macS2), onIn(s3, macS3), onIn(s4, macS4)}})
-	h.upsert(Service{Key: ServiceKey{vip6, 80, TCP}, Servers: []Server{onIn(s1v6, macS1), onIn(netip.MustParseAddr("2001:db8::12"), macS2)}})
-	h.upsert(Service{Key: ServiceKey{vip4, 81, TCP}, Scheduler: SchedulerP2C, Servers: []Server{onIn(s1, macS1), onIn(s2, macS2), onIn(s3, macS3), onIn(s4, macS4)}})
-	h.upsert(Service{Key: ServiceKey{vip4, 82, TCP}, Scheduler: SchedulerDelay, FlowTime: 10 * time.Millisecond, Servers: []Server{onIn(s1, macS1), onIn(s2, macS2), onIn(s3, macS3), onIn(s4, macS4)}})
+	h.upsert(Service{Key: ServiceKey{VIP: vip4, Port: 80, Proto: TCP}, Servers: []Server{onIn(s1, macS1), onIn(s2, macS2), onIn(s3, macS3), onIn(s4, macS4)}})
+	h.upsert(Service{Key: ServiceKey{VIP: vip6, Port: 80, Proto: TCP}, Servers: []Server{onIn(s1v6, macS1), onIn(netip.MustParseAddr("2001:db8::12"), macS2)}})
+	h.upsert(Service{Key: ServiceKey{VIP: vip4, Port: 81, Proto: TCP}, Scheduler: SchedulerP2C, Servers: []Server{onIn(s1, macS1), onIn(s2, macS2), onIn(s3, macS3), onIn(s4, macS4)}})
+	h.upsert(Service{Key: ServiceKey{VIP: vip4, Port: 82, Proto: TCP}, Scheduler: SchedulerDelay, FlowTime: 10 * time.Millisecond, Servers: []Server{onIn(s1, macS1), onIn(s2, macS2), onIn(s3, macS3), onIn(s4, macS4)}})
 
 	est4 := pad64(tcp4(50000, 80, tcpACK).build())
 	est6 := pad64(frame{dstMAC: macIn, srcMAC: macClient, src: client6, dst: vip6, proto: 6, sport: 50000, dport: 80, tcpFlags: tcpACK}.build())
@@ -124,7 +126,7 @@ func measureXDP(b *testing.B) []benchFigure {
 	floodSYN := tcp4(1, 80, tcpSYN)
 	floodSYN.src = netip.MustParseAddr("198.51.0.0")
 	flood := pad64(floodSYN.build())
-	established := fillEstablished(b, h, ServiceKey{vip4, 80, TCP}, s1, 2)
+	established := fillEstablished(b, h, ServiceKey{VIP: vip4, Port: 80, Proto: TCP}, s1, 2)
 
 	// Establish the flows the established cases replay.
 	var owner4, owner6 []byte
@@ -198,7 +200,7 @@ func measureXDP(b *testing.B) []benchFigure {
 
 	arm := func(c benchCase) {
 		h.do(func() error {
-			tmpl := benchBenchFrame{Len: uint32(len(c.frame)), PortOff: c.portOff, AddrOff: c.addrOff}
+			tmpl := benchprog.Frame{Len: uint32(len(c.frame)), PortOff: c.portOff, AddrOff: c.addrOff}
 			copy(tmpl.Data[:], c.frame)
 			if err := bench.BenchTemplate.Put(uint32(0), tmpl); err != nil {
 				return err

@@ -49,7 +49,7 @@ func sendSYNs(t *testing.T, send sendFn, key ServiceKey, from, n int) map[netip.
 // fewest, so open flows that only grow stay within one of each other.
 func TestDelayLeastConnections(t *testing.T) {
 	h := newHarness(t, Config{MaxFlows: 1 << 16})
-	key := ServiceKey{vip4, 80, TCP}
+	key := ServiceKey{VIP: vip4, Port: 80, Proto: TCP}
 	h.upsert(h.delayService(key, []uint32{1, 1, 1, 1}, nil))
 	h.setActive(key, s1, 9)
 	h.setActive(key, s2, 3)
@@ -82,7 +82,7 @@ func TestDelayLeastConnections(t *testing.T) {
 // while each peer holds 16 times its own open flows (plus one) or more.
 func TestDelaySlowServer(t *testing.T) {
 	h := newHarness(t, Config{MaxFlows: 1 << 16})
-	key := ServiceKey{vip4, 80, TCP}
+	key := ServiceKey{VIP: vip4, Port: 80, Proto: TCP}
 	h.upsert(h.delayService(key, []uint32{1, 1, 1, 1}, []float64{16}))
 	send := h.rawSend()
 	var quiet, busy map[netip.Addr]int
@@ -109,7 +109,7 @@ func TestDelaySlowServer(t *testing.T) {
 // scheduler keeps the weights' shares of new flows among equal servers.
 func TestDelayWeights(t *testing.T) {
 	h := newHarness(t, Config{MaxFlows: 1 << 18})
-	key := ServiceKey{vip4, 80, TCP}
+	key := ServiceKey{VIP: vip4, Port: 80, Proto: TCP}
 	svc := h.delayService(key, []uint32{1, 2, 3, 4}, nil)
 	weights := map[netip.Addr]uint32{}
 	for _, s := range svc.Servers {
@@ -130,7 +130,7 @@ func TestDelayWeights(t *testing.T) {
 // without touching the server's entry or its flows.
 func TestDelayFactorLive(t *testing.T) {
 	h := newHarness(t, Config{MaxFlows: 1 << 16})
-	key := ServiceKey{vip4, 80, TCP}
+	key := ServiceKey{VIP: vip4, Port: 80, Proto: TCP}
 	h.upsert(h.delayService(key, []uint32{1, 1}, nil))
 	send := h.rawSend()
 	var before, after map[netip.Addr]int
@@ -156,7 +156,7 @@ func TestDelayFactorLive(t *testing.T) {
 // flow.
 func TestDelayFakeMatchesKernel(t *testing.T) {
 	h := newHarness(t, Config{MaxFlows: 1 << 16})
-	key := ServiceKey{vip4, 80, TCP}
+	key := ServiceKey{VIP: vip4, Port: 80, Proto: TCP}
 	svc := h.delayService(key, []uint32{3, 1, 2, 2}, []float64{1, 2, 0, 1.5})
 	h.upsert(svc)
 	// The same ring size: ties go to the Maglev ring's pick.
@@ -195,7 +195,7 @@ func TestDelayFakeMatchesKernel(t *testing.T) {
 // recent new flows and its peer takes its part, in the kernel and the Fake.
 func TestDelayChargesFastEnders(t *testing.T) {
 	h := newHarness(t, Config{MaxFlows: 1 << 16})
-	key := ServiceKey{vip4, 80, TCP}
+	key := ServiceKey{VIP: vip4, Port: 80, Proto: TCP}
 	run := func(send sendFn, from int) map[netip.Addr]int {
 		got := map[netip.Addr]int{}
 		for i := from; i < from+100; i++ {
@@ -256,7 +256,7 @@ func TestDelayChargesFastEnders(t *testing.T) {
 // weights, in the kernel and the Fake alike.
 func TestDelayIdleFollowsWeights(t *testing.T) {
 	h := newHarness(t, Config{MaxFlows: 1 << 16})
-	key := ServiceKey{vip4, 80, TCP}
+	key := ServiceKey{VIP: vip4, Port: 80, Proto: TCP}
 	svc := h.delayService(key, []uint32{1, 2, 3, 4}, nil)
 	h.upsert(svc)
 	weights := map[netip.Addr]uint32{}
@@ -299,7 +299,7 @@ func TestDelayIdleFollowsWeights(t *testing.T) {
 // the server would reset the connection.)
 func TestDelayUnrecordedFollowsRing(t *testing.T) {
 	h := newHarness(t, Config{MaxFlows: flowWays, IdleTimeout: time.Minute}) // one bucket
-	key := ServiceKey{vip4, 80, TCP}
+	key := ServiceKey{VIP: vip4, Port: 80, Proto: TCP}
 	h.upsert(h.delayService(key, []uint32{1, 1, 1, 1}, nil))
 	var held []Flow
 	for p := uint16(1); p <= flowWays; p++ {

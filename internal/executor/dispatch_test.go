@@ -22,16 +22,16 @@ var actionNames = map[uint32]string{0: "ABORTED", 1: "DROP", 2: "PASS", 3: "TX",
 // expected output frame is known exactly.
 func fixtureWorld(t testing.TB) *harness {
 	h := newHarness(t, Config{MaxFlows: 1 << 16})
-	h.upsert(Service{Key: ServiceKey{vip4, 80, TCP}, Servers: []Server{h.server(s1, macS1, 10)}})
-	h.upsert(Service{Key: ServiceKey{vip4, 53, UDP}, Servers: []Server{h.server(s2, macS2, 10)}})
-	h.upsert(Service{Key: ServiceKey{vip4, 8080, TCP}, Servers: []Server{{Addr: s3, MAC: macS3, Ifindex: h.out, Weight: 10}}})
-	h.upsert(Service{Key: ServiceKey{vip4, 8081, TCP}, Servers: []Server{{Addr: local4, Local: true, Weight: 10}}})
-	h.upsert(Service{Key: ServiceKey{vip6, 80, TCP}, Servers: []Server{h.server(s1v6, macS1, 10)}})
-	h.upsert(Service{Key: ServiceKey{vip6, 53, UDP}, Servers: []Server{h.server(netip.MustParseAddr("2001:db8::12"), macS2, 10)}})
-	h.upsert(Service{Key: ServiceKey{vip4, 9000, TCP}, Servers: []Server{h.server(s4, macS4, 0)}})
+	h.upsert(Service{Key: ServiceKey{VIP: vip4, Port: 80, Proto: TCP}, Servers: []Server{h.server(s1, macS1, 10)}})
+	h.upsert(Service{Key: ServiceKey{VIP: vip4, Port: 53, Proto: UDP}, Servers: []Server{h.server(s2, macS2, 10)}})
+	h.upsert(Service{Key: ServiceKey{VIP: vip4, Port: 8080, Proto: TCP}, Servers: []Server{{Addr: s3, MAC: macS3, Ifindex: h.out, Weight: 10}}})
+	h.upsert(Service{Key: ServiceKey{VIP: vip4, Port: 8081, Proto: TCP}, Servers: []Server{{Addr: local4, Local: true, Weight: 10}}})
+	h.upsert(Service{Key: ServiceKey{VIP: vip6, Port: 80, Proto: TCP}, Servers: []Server{h.server(s1v6, macS1, 10)}})
+	h.upsert(Service{Key: ServiceKey{VIP: vip6, Port: 53, Proto: UDP}, Servers: []Server{h.server(netip.MustParseAddr("2001:db8::12"), macS2, 10)}})
+	h.upsert(Service{Key: ServiceKey{VIP: vip4, Port: 9000, Proto: TCP}, Servers: []Server{h.server(s4, macS4, 0)}})
 	// p2c services, for the fuzzer: their picks depend on the counts.
-	h.upsert(Service{Key: ServiceKey{vip4, 8082, TCP}, Scheduler: SchedulerP2C, Servers: []Server{h.server(s1, macS1, 1), h.server(s2, macS2, 2), h.server(s3, macS3, 3)}})
-	h.upsert(Service{Key: ServiceKey{vip6, 8082, UDP}, Scheduler: SchedulerP2C, StickyTime: time.Minute, Servers: []Server{h.server(s1v6, macS1, 1), h.server(netip.MustParseAddr("2001:db8::12"), macS2, 1)}})
+	h.upsert(Service{Key: ServiceKey{VIP: vip4, Port: 8082, Proto: TCP}, Scheduler: SchedulerP2C, Servers: []Server{h.server(s1, macS1, 1), h.server(s2, macS2, 2), h.server(s3, macS3, 3)}})
+	h.upsert(Service{Key: ServiceKey{VIP: vip6, Port: 8082, Proto: UDP}, Scheduler: SchedulerP2C, StickyTime: time.Minute, Servers: []Server{h.server(s1v6, macS1, 1), h.server(netip.MustParseAddr("2001:db8::12"), macS2, 1)}})
 	return h
 }
 
@@ -131,7 +131,7 @@ func TestFixtures(t *testing.T) {
 	if got := st.VIPs[vip4].ICMPLocal + st.VIPs[vip6].ICMPLocal; got != 2 {
 		t.Errorf("icmp local = %d, want 2", got)
 	}
-	if got := st.Services[ServiceKey{vip4, 9000, TCP}].NoServer; got != 1 {
+	if got := st.Services[ServiceKey{VIP: vip4, Port: 9000, Proto: TCP}].NoServer; got != 1 {
 		t.Errorf("no-server drops = %d, want 1", got)
 	}
 	if got := st.Global.Malformed; got != 2 {
@@ -143,7 +143,7 @@ func TestFixtures(t *testing.T) {
 	if got := st.Global.NotIP; got != 1 {
 		t.Errorf("not IP = %d, want 1", got)
 	}
-	s1stats := st.Services[ServiceKey{vip4, 80, TCP}].Servers[s1]
+	s1stats := st.Services[ServiceKey{VIP: vip4, Port: 80, Proto: TCP}].Servers[s1]
 	// SYN 40000, ACK 40000 (which establishes it), vlan SYN, options
 	// SYN: one established flow, two half-open.
 	if s1stats.NewFlows != 1 || s1stats.Packets != 4 || s1stats.HalfOpenOpened != 3 || s1stats.HalfOpen != 2 {
@@ -156,7 +156,7 @@ func TestFixtures(t *testing.T) {
 // closed tuple is a new connection.
 func TestEstablishedAndClose(t *testing.T) {
 	h := newHarness(t, Config{MaxFlows: 1 << 16})
-	key := ServiceKey{vip4, 80, TCP}
+	key := ServiceKey{VIP: vip4, Port: 80, Proto: TCP}
 	h.upsert(Service{Key: key, Servers: []Server{h.server(s1, macS1, 1), h.server(s2, macS2, 1), h.server(s3, macS3, 1), h.server(s4, macS4, 1)}})
 
 	_, out := h.dispatch(tcp4(41000, 80, tcpSYN).build())
@@ -167,7 +167,7 @@ func TestEstablishedAndClose(t *testing.T) {
 			t.Fatalf("packet with flags %#x went to %s (%s), want %s", flags, serverByMAC(out), actionNames[act], first)
 		}
 	}
-	f, ok, err := h.x.LookupFlow(FlowKey{netip.AddrPortFrom(client4, 41000), netip.AddrPortFrom(vip4, 80), TCP})
+	f, ok, err := h.x.LookupFlow(FlowKey{Client: netip.AddrPortFrom(client4, 41000), VIP: netip.AddrPortFrom(vip4, 80), Proto: TCP})
 	if err != nil || !ok || !f.Closing {
 		t.Fatalf("flow after FIN: %+v %v %v, want a closing entry", f, ok, err)
 	}
@@ -214,7 +214,7 @@ func TestEstablishedAndClose(t *testing.T) {
 // Detached, the interface is no longer checked.
 func TestOtherHostsMAC(t *testing.T) {
 	h := newHarness(t, Config{MaxFlows: 1 << 16})
-	key := ServiceKey{vip4, 80, TCP}
+	key := ServiceKey{VIP: vip4, Port: 80, Proto: TCP}
 	h.upsert(Service{Key: key, Servers: []Server{h.server(s1, macS1, 1), h.server(s2, macS2, 1)}})
 	h.do(func() error { return h.x.Attach(h.in) })
 
@@ -226,7 +226,7 @@ func TestOtherHostsMAC(t *testing.T) {
 		if act, _ := h.dispatch(f.build()); act != xdpPass {
 			t.Fatalf("SYN to %s: %s, want pass", f.dstMAC, actionNames[act])
 		}
-		k := FlowKey{netip.AddrPortFrom(client4, f.sport), netip.AddrPortFrom(vip4, 80), TCP}
+		k := FlowKey{Client: netip.AddrPortFrom(client4, f.sport), VIP: netip.AddrPortFrom(vip4, 80), Proto: TCP}
 		if _, ok, _ := h.x.LookupFlow(k); ok {
 			t.Fatalf("SYN to %s recorded a flow", f.dstMAC)
 		}
@@ -248,9 +248,9 @@ func TestOtherHostsMAC(t *testing.T) {
 // flow; its next packet goes where the ring says, which is where its SYN went.
 func TestNonSYNWithoutEntry(t *testing.T) {
 	h := newHarness(t, Config{MaxFlows: 1 << 16})
-	h.upsert(Service{Key: ServiceKey{vip4, 80, TCP}, Servers: []Server{h.server(s1, macS1, 1), h.server(s2, macS2, 1), h.server(s3, macS3, 1)}})
+	h.upsert(Service{Key: ServiceKey{VIP: vip4, Port: 80, Proto: TCP}, Servers: []Server{h.server(s1, macS1, 1), h.server(s2, macS2, 1), h.server(s3, macS3, 1)}})
 	for p := uint16(0); p < 100; p++ {
-		k := FlowKey{netip.AddrPortFrom(client4, 43000+p), netip.AddrPortFrom(vip4, 80), TCP}
+		k := FlowKey{Client: netip.AddrPortFrom(client4, 43000+p), VIP: netip.AddrPortFrom(vip4, 80), Proto: TCP}
 		_, out := h.dispatch(tcp4(43000+p, 80, tcpSYN).build())
 		want := serverByMAC(out)
 		if err := h.x.DeleteFlow(k); err != nil {
@@ -270,7 +270,7 @@ func TestNonSYNWithoutEntry(t *testing.T) {
 // ones; a removed server's flows are dispatched anew.
 func TestQuiesceAndRemove(t *testing.T) {
 	h := newHarness(t, Config{MaxFlows: 1 << 16})
-	key := ServiceKey{vip4, 80, TCP}
+	key := ServiceKey{VIP: vip4, Port: 80, Proto: TCP}
 	servers := []Server{h.server(s1, macS1, 1), h.server(s2, macS2, 1), h.server(s3, macS3, 1)}
 	h.upsert(Service{Key: key, Servers: servers})
 
@@ -316,7 +316,7 @@ func TestQuiesceAndRemove(t *testing.T) {
 
 func TestAffinity(t *testing.T) {
 	h := newHarness(t, Config{MaxFlows: 1 << 16})
-	key := ServiceKey{vip4, 80, TCP}
+	key := ServiceKey{VIP: vip4, Port: 80, Proto: TCP}
 	servers := []Server{h.server(s1, macS1, 1), h.server(s2, macS2, 1), h.server(s3, macS3, 1), h.server(s4, macS4, 1)}
 	h.upsert(Service{Key: key, StickyTime: 60 * time.Second, Servers: servers})
 
@@ -368,8 +368,8 @@ func TestAffinity(t *testing.T) {
 func TestICMPPacketTooBig(t *testing.T) {
 	h := newHarness(t, Config{MaxFlows: 1 << 16})
 	s2v6 := netip.MustParseAddr("2001:db8::12")
-	h.upsert(Service{Key: ServiceKey{vip4, 80, TCP}, Servers: []Server{h.server(s1, macS1, 1), h.server(s2, macS2, 1)}})
-	h.upsert(Service{Key: ServiceKey{vip6, 80, TCP}, Servers: []Server{h.server(s1v6, macS1, 1), h.server(s2v6, macS2, 1)}})
+	h.upsert(Service{Key: ServiceKey{VIP: vip4, Port: 80, Proto: TCP}, Servers: []Server{h.server(s1, macS1, 1), h.server(s2, macS2, 1)}})
+	h.upsert(Service{Key: ServiceKey{VIP: vip6, Port: 80, Proto: TCP}, Servers: []Server{h.server(s1v6, macS1, 1), h.server(s2v6, macS2, 1)}})
 	router4 := netip.MustParseAddr("203.0.113.1")
 	router6 := netip.MustParseAddr("2001:db8:1::1")
 
@@ -413,7 +413,7 @@ func TestICMPPacketTooBig(t *testing.T) {
 // TestIdleExpiry: a flow idle past the timeout stops counting as active.
 func TestIdleExpiry(t *testing.T) {
 	h := newHarness(t, Config{MaxFlows: 1 << 16, IdleTimeout: time.Second})
-	key := ServiceKey{vip4, 80, TCP}
+	key := ServiceKey{VIP: vip4, Port: 80, Proto: TCP}
 	h.upsert(Service{Key: key, Servers: []Server{h.server(s1, macS1, 1)}})
 	h.dispatch(tcp4(47000, 80, tcpSYN).build())
 	h.dispatch(tcp4(47000, 80, tcpACK).build())
@@ -440,7 +440,7 @@ func TestPinnedRestart(t *testing.T) {
 	pin := "/sys/fs/bpf/" + randomName("ndtest")
 	t.Cleanup(func() { os.RemoveAll(pin) })
 	h := newHarness(t, Config{MaxFlows: 1 << 16, PinPath: pin})
-	key := ServiceKey{vip4, 80, TCP}
+	key := ServiceKey{VIP: vip4, Port: 80, Proto: TCP}
 	h.upsert(Service{Key: key, StickyTime: 30 * time.Second, Servers: []Server{h.server(s1, macS1, 1), h.server(s2, macS2, 2), h.server(s3, macS3, 3)}})
 	h.do(func() error { return h.x.Attach(h.in) })
 	owner := map[uint16]string{}
@@ -490,7 +490,7 @@ func TestPinnedRestartRepairsHalfWrittenService(t *testing.T) {
 	pin := "/sys/fs/bpf/" + randomName("ndtest")
 	t.Cleanup(func() { os.RemoveAll(pin) })
 	h := newHarness(t, Config{MaxFlows: 1 << 16, PinPath: pin})
-	key := ServiceKey{vip4, 80, TCP}
+	key := ServiceKey{VIP: vip4, Port: 80, Proto: TCP}
 	h.upsert(Service{Key: key, Servers: []Server{h.server(s1, macS1, 1), h.server(s2, macS2, 1)}})
 	h.do(func() error { return h.x.Attach(h.in) })
 	// The first half of adding s3, as UpsertService does it; the process
@@ -528,9 +528,9 @@ func TestPinnedRestartRepairsHalfWrittenService(t *testing.T) {
 // them from its peer) steer packets; bad entries are refused.
 func TestFlowTableAPI(t *testing.T) {
 	h := newHarness(t, Config{MaxFlows: 1 << 16})
-	key := ServiceKey{vip4, 80, TCP}
+	key := ServiceKey{VIP: vip4, Port: 80, Proto: TCP}
 	h.upsert(Service{Key: key, Servers: []Server{h.server(s1, macS1, 1), h.server(s2, macS2, 0)}})
-	fk := FlowKey{netip.AddrPortFrom(client4, 49000), netip.AddrPortFrom(vip4, 80), TCP}
+	fk := FlowKey{Client: netip.AddrPortFrom(client4, 49000), VIP: netip.AddrPortFrom(vip4, 80), Proto: TCP}
 	if err := h.x.UpsertFlows([]Flow{{Key: fk, Server: s2}}); err != nil {
 		t.Fatal(err)
 	}
@@ -543,8 +543,8 @@ func TestFlowTableAPI(t *testing.T) {
 	}
 	bad := []Flow{
 		{Key: fk, Server: netip.MustParseAddr("198.51.100.99")},
-		{Key: FlowKey{netip.AddrPortFrom(client4, 1), netip.AddrPortFrom(vip4, 81), TCP}, Server: s1},
-		{Key: FlowKey{netip.AddrPortFrom(client6, 1), netip.AddrPortFrom(vip4, 80), TCP}, Server: s1},
+		{Key: FlowKey{Client: netip.AddrPortFrom(client4, 1), VIP: netip.AddrPortFrom(vip4, 81), Proto: TCP}, Server: s1},
+		{Key: FlowKey{Client: netip.AddrPortFrom(client6, 1), VIP: netip.AddrPortFrom(vip4, 80), Proto: TCP}, Server: s1},
 	}
 	for _, f := range bad {
 		if err := h.x.UpsertFlows([]Flow{f}); err == nil {
@@ -560,15 +560,15 @@ func TestServiceValidation(t *testing.T) {
 	h := newHarness(t, Config{MaxFlows: 1 << 10})
 	good := h.server(s1, macS1, 1)
 	bad := []Service{
-		{Key: ServiceKey{netip.Addr{}, 80, TCP}},
-		{Key: ServiceKey{vip4, 0, TCP}},
-		{Key: ServiceKey{vip4, 80, 1}},
-		{Key: ServiceKey{vip4, 80, TCP}, StickyTime: 1500 * time.Millisecond},
-		{Key: ServiceKey{vip4, 80, TCP}, Servers: []Server{good, good}},
-		{Key: ServiceKey{vip4, 80, TCP}, Servers: []Server{h.server(s1v6, macS1, 1)}},
-		{Key: ServiceKey{vip4, 80, TCP}, Servers: []Server{{Addr: s1, Weight: 1, Ifindex: h.in}}},
-		{Key: ServiceKey{vip4, 80, TCP}, Servers: []Server{{Addr: s1, MAC: macS1, Weight: 1}}},
-		{Key: ServiceKey{vip4, 80, TCP}, Servers: []Server{{Addr: s1, MAC: macS1, Weight: 1, Ifindex: 9999}}},
+		{Key: ServiceKey{VIP: netip.Addr{}, Port: 80, Proto: TCP}},
+		{Key: ServiceKey{VIP: vip4, Port: 0, Proto: TCP}},
+		{Key: ServiceKey{VIP: vip4, Port: 80, Proto: 1}},
+		{Key: ServiceKey{VIP: vip4, Port: 80, Proto: TCP}, StickyTime: 1500 * time.Millisecond},
+		{Key: ServiceKey{VIP: vip4, Port: 80, Proto: TCP}, Servers: []Server{good, good}},
+		{Key: ServiceKey{VIP: vip4, Port: 80, Proto: TCP}, Servers: []Server{h.server(s1v6, macS1, 1)}},
+		{Key: ServiceKey{VIP: vip4, Port: 80, Proto: TCP}, Servers: []Server{{Addr: s1, Weight: 1, Ifindex: h.in}}},
+		{Key: ServiceKey{VIP: vip4, Port: 80, Proto: TCP}, Servers: []Server{{Addr: s1, MAC: macS1, Weight: 1}}},
+		{Key: ServiceKey{VIP: vip4, Port: 80, Proto: TCP}, Servers: []Server{{Addr: s1, MAC: macS1, Weight: 1, Ifindex: 9999}}},
 	}
 	for _, s := range bad {
 		if err := h.ns.Do(func() error { return h.x.UpsertService(s) }); err == nil {

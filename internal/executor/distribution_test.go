@@ -14,7 +14,7 @@ import (
 func TestDistribution(t *testing.T) {
 	h := newHarness(t, Config{MaxFlows: 1 << 18})
 	weights := map[string]uint32{"s1": 1, "s2": 2, "s3": 3, "s4": 4}
-	h.upsert(Service{Key: ServiceKey{vip4, 80, TCP}, Servers: []Server{
+	h.upsert(Service{Key: ServiceKey{VIP: vip4, Port: 80, Proto: TCP}, Servers: []Server{
 		h.server(s1, macS1, 1), h.server(s2, macS2, 2), h.server(s3, macS3, 3), h.server(s4, macS4, 4),
 	}})
 
@@ -46,7 +46,7 @@ func TestDistribution(t *testing.T) {
 			t.Errorf("%s got %.4f of flows, want %.2f within 2%%", name, got, want)
 		}
 	}
-	st := h.stats().Services[ServiceKey{vip4, 80, TCP}]
+	st := h.stats().Services[ServiceKey{VIP: vip4, Port: 80, Proto: TCP}]
 	var total uint64
 	for _, s := range st.Servers {
 		total += s.HalfOpenOpened
@@ -60,7 +60,7 @@ func TestDistribution(t *testing.T) {
 // still splits flows by weight (within the coarser grain it allows).
 func TestRingSizes(t *testing.T) {
 	h := newHarness(t, Config{MaxFlows: 1 << 16, RingSize: 251})
-	h.upsert(Service{Key: ServiceKey{vip4, 80, TCP}, Servers: []Server{h.server(s1, macS1, 1), h.server(s2, macS2, 3)}})
+	h.upsert(Service{Key: ServiceKey{VIP: vip4, Port: 80, Proto: TCP}, Servers: []Server{h.server(s1, macS1, 1), h.server(s2, macS2, 3)}})
 	counts := map[string]int{}
 	for p := range uint16(4000) {
 		_, out := h.dispatch(tcp4(1024+p, 80, tcpSYN).build())

@@ -222,8 +222,8 @@ func TestFakeFlowEvents(t *testing.T) {
 
 func TestFlowEvents(t *testing.T) {
 	h := newHarness(t, Config{MaxFlows: 1 << 16, FlowEventsRing: 4096})
-	maglevKey := ServiceKey{vip4, 80, TCP}
-	p2c := ServiceKey{vip4, 81, TCP}
+	maglevKey := ServiceKey{VIP: vip4, Port: 80, Proto: TCP}
+	p2c := ServiceKey{VIP: vip4, Port: 81, Proto: TCP}
 	h.upsert(Service{Key: maglevKey, Servers: []Server{h.server(s1, macS1, 1), h.server(s2, macS2, 1)}})
 	h.upsert(h.p2cService(p2c, 1, 1, 1))
 	send := h.rawSend()

@@ -35,8 +35,8 @@ func (h *harness) floodPacket(src netip.Addr, sport, dport uint16, flags uint8, 
 func TestSYNFlood(t *testing.T) {
 	const maxFlows = 1024
 	h := newHarness(t, Config{MaxFlows: maxFlows, IdleTimeout: time.Minute, HalfOpenTimeout: time.Second})
-	maglevKey := ServiceKey{vip4, 80, TCP}
-	p2cKey := ServiceKey{vip4, 81, TCP}
+	maglevKey := ServiceKey{VIP: vip4, Port: 80, Proto: TCP}
+	p2cKey := ServiceKey{VIP: vip4, Port: 81, Proto: TCP}
 	servers := func(w ...uint32) []Server {
 		return []Server{h.server(s1, macS1, w[0]), h.server(s2, macS2, w[1]), h.server(s3, macS3, w[2]), h.server(s4, macS4, w[3])}
 	}
@@ -61,7 +61,7 @@ func TestSYNFlood(t *testing.T) {
 	h.do(func() error {
 		for i := 0; len(flows) < 400; i++ {
 			port := uint16(80 + i%2)
-			k := FlowKey{netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 51, 100, byte(1 + i%50)}), uint16(10000+i)), netip.AddrPortFrom(vip4, port), TCP}
+			k := FlowKey{Client: netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 51, 100, byte(1 + i%50)}), uint16(10000+i)), VIP: netip.AddrPortFrom(vip4, port), Proto: TCP}
 			b := bucketIndex(flowHash(flowKey(k), 0), h.x.cfg.flowBuckets())
 			if perBucket[b] == 3 {
 				continue
@@ -217,10 +217,10 @@ func TestSYNFlood(t *testing.T) {
 // unsigned, now - last_seen wrapped and the flow looked idle.
 func TestClockAcrossCPUs(t *testing.T) {
 	h := newHarness(t, Config{MaxFlows: flowWays, IdleTimeout: 10 * time.Second}) // one bucket
-	key := ServiceKey{vip4, 80, TCP}
+	key := ServiceKey{VIP: vip4, Port: 80, Proto: TCP}
 	h.upsert(Service{Key: key, Servers: []Server{h.server(s1, macS1, 1), h.server(s2, macS2, 1)}})
 	fk := func(p uint16) FlowKey {
-		return FlowKey{netip.AddrPortFrom(client4, p), netip.AddrPortFrom(vip4, 80), TCP}
+		return FlowKey{Client: netip.AddrPortFrom(client4, p), VIP: netip.AddrPortFrom(vip4, 80), Proto: TCP}
 	}
 	var flows []Flow
 	for p := uint16(1); p <= flowWays; p++ {
@@ -266,9 +266,9 @@ func TestClockAcrossCPUs(t *testing.T) {
 // server's open-flow count does not go below zero.
 func TestIdleFlowDroppedOnce(t *testing.T) {
 	h := newHarness(t, Config{MaxFlows: 1 << 10, IdleTimeout: time.Second})
-	key := ServiceKey{vip4, 80, TCP}
+	key := ServiceKey{VIP: vip4, Port: 80, Proto: TCP}
 	h.upsert(h.p2cService(key, 1))
-	fk := FlowKey{netip.AddrPortFrom(client4, 5000), netip.AddrPortFrom(vip4, 80), TCP}
+	fk := FlowKey{Client: netip.AddrPortFrom(client4, 5000), VIP: netip.AddrPortFrom(vip4, 80), Proto: TCP}
 	if err := h.x.UpsertFlows([]Flow{{Key: fk, Server: s1, Idle: 5 * time.Second}}); err != nil {
 		t.Fatal(err)
 	}
@@ -291,7 +291,7 @@ func TestIdleFlowDroppedOnce(t *testing.T) {
 // quiesced server.
 func TestHalfOpenRepickedWhenQuiesced(t *testing.T) {
 	h := newHarness(t, Config{MaxFlows: 1 << 10})
-	key := ServiceKey{vip4, 80, TCP}
+	key := ServiceKey{VIP: vip4, Port: 80, Proto: TCP}
 	h.upsert(Service{Key: key, Servers: []Server{h.server(s1, macS1, 1), h.server(s2, macS2, 1)}})
 	var half, est uint16
 	for p := uint16(2000); half == 0 || est == 0; p++ {
@@ -328,7 +328,7 @@ func TestHalfOpenRepickedWhenQuiesced(t *testing.T) {
 // keeps its server.
 func TestExpireNodestConn(t *testing.T) {
 	h := newHarness(t, Config{MaxFlows: 1 << 10, ExpireNodestConn: true})
-	key := ServiceKey{vip4, 80, TCP}
+	key := ServiceKey{VIP: vip4, Port: 80, Proto: TCP}
 	h.upsert(Service{Key: key, Servers: []Server{h.server(s1, macS1, 1), h.server(s2, macS2, 1)}})
 	var port uint16
 	for p := uint16(3000); port == 0; p++ {

@@ -122,7 +122,7 @@ func FuzzDispatch(f *testing.F) {
 			if !parsed || !vips[p.dst] {
 				t.Fatalf("forwarded a frame not to a VIP: %x", in)
 			}
-			if !p.icmpPTB && (!p.wellFormed || !defined[ServiceKey{p.dst, p.dport, Proto(p.proto)}]) {
+			if !p.icmpPTB && (!p.wellFormed || !defined[ServiceKey{VIP: p.dst, Port: p.dport, Proto: Proto(p.proto)}]) {
 				t.Fatalf("forwarded a frame that is not well formed or not for a defined port (%+v): %x", p, in)
 			}
 			if !bytes.Equal(out[12:], in[12:]) {

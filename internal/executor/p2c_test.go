@@ -386,7 +386,7 @@ var macOf = map[netip.Addr]net.HardwareAddr{s1: macS1, s2: macS2, s3: macS3, s4:
 // candidate with fewer open flows for its weight gets the flow.
 func TestP2CFixtures(t *testing.T) {
 	h := newHarness(t, Config{MaxFlows: 1 << 16})
-	key := ServiceKey{vip4, 80, TCP}
+	key := ServiceKey{VIP: vip4, Port: 80, Proto: TCP}
 	svc := h.p2cService(key, 1, 2, 3, 4)
 	weight := map[netip.Addr]uint32{}
 	for _, s := range svc.Servers {
@@ -397,7 +397,7 @@ func TestP2CFixtures(t *testing.T) {
 	// Flows whose two candidates differ.
 	var ports []uint16
 	for p := uint16(40000); len(ports) < 5; p++ {
-		if a, b := h.p2cPair(FlowKey{netip.AddrPortFrom(client4, p), netip.AddrPortFrom(vip4, 80), TCP}); a != b {
+		if a, b := h.p2cPair(FlowKey{Client: netip.AddrPortFrom(client4, p), VIP: netip.AddrPortFrom(vip4, 80), Proto: TCP}); a != b {
 			ports = append(ports, p)
 		}
 	}
@@ -422,7 +422,7 @@ func TestP2CFixtures(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			h := h.with(t)
 			zero()
-			k := FlowKey{netip.AddrPortFrom(client4, ports[i]), netip.AddrPortFrom(vip4, 80), TCP}
+			k := FlowKey{Client: netip.AddrPortFrom(client4, ports[i]), VIP: netip.AddrPortFrom(vip4, 80), Proto: TCP}
 			a, b := h.p2cPair(k)
 			na, nb := c.counts(int64(weight[a]), int64(weight[b]))
 			h.setActive(key, a, na)
@@ -460,7 +460,7 @@ func TestP2CFixtures(t *testing.T) {
 	t.Run("quiesced candidate loses", func(t *testing.T) {
 		h := h.with(t)
 		zero()
-		k := FlowKey{netip.AddrPortFrom(client4, ports[0]+10000), netip.AddrPortFrom(vip4, 80), TCP}
+		k := FlowKey{Client: netip.AddrPortFrom(client4, ports[0]+10000), VIP: netip.AddrPortFrom(vip4, 80), Proto: TCP}
 		a, b := h.p2cPair(k)
 		for p := ports[0] + 10000; a == b; p++ {
 			k.Client = netip.AddrPortFrom(client4, p)
@@ -489,8 +489,8 @@ func TestP2CFixtures(t *testing.T) {
 // expiry and eviction, once per flow, and only for p2c services.
 func TestP2CCounts(t *testing.T) {
 	h := newHarness(t, Config{MaxFlows: 1 << 16, IdleTimeout: time.Second})
-	key := ServiceKey{vip4, 80, TCP}
-	maglev := ServiceKey{vip4, 81, TCP}
+	key := ServiceKey{VIP: vip4, Port: 80, Proto: TCP}
+	maglev := ServiceKey{VIP: vip4, Port: 81, Proto: TCP}
 	h.upsert(h.p2cService(key, 1))
 	h.upsert(Service{Key: maglev, Servers: []Server{h.server(s2, macS2, 1)}})
 	count := func() int64 { h.t.Helper(); return h.activeRaw(key, s1) }
@@ -552,10 +552,10 @@ func TestP2CCounts(t *testing.T) {
 // space may displace an established one, which leaves the open-flow count.
 func TestP2CEviction(t *testing.T) {
 	h := newHarness(t, Config{MaxFlows: flowWays}) // one bucket
-	key := ServiceKey{vip4, 80, TCP}
+	key := ServiceKey{VIP: vip4, Port: 80, Proto: TCP}
 	h.upsert(h.p2cService(key, 1))
 	fk := func(p uint16) FlowKey {
-		return FlowKey{netip.AddrPortFrom(client4, p), netip.AddrPortFrom(vip4, 80), TCP}
+		return FlowKey{Client: netip.AddrPortFrom(client4, p), VIP: netip.AddrPortFrom(vip4, 80), Proto: TCP}
 	}
 	half := func() int64 {
 		t.Helper()
@@ -613,7 +613,7 @@ func TestP2CEviction(t *testing.T) {
 // and a count gone wrong is rewritten from the table.
 func TestReconcileActive(t *testing.T) {
 	h := newHarness(t, Config{MaxFlows: 1 << 16})
-	key := ServiceKey{vip4, 80, TCP}
+	key := ServiceKey{VIP: vip4, Port: 80, Proto: TCP}
 	h.upsert(h.p2cService(key, 1, 1, 1))
 	for p := range uint16(60) {
 		h.dispatch(tcp4(3000+p, 80, tcpSYN).build())
@@ -622,11 +622,11 @@ func TestReconcileActive(t *testing.T) {
 			h.dispatch(tcp4(3000+p, 80, tcpACK|tcpFIN).build())
 		}
 	}
-	learnt := FlowKey{netip.AddrPortFrom(client4, 4000), netip.AddrPortFrom(vip4, 80), TCP}
+	learnt := FlowKey{Client: netip.AddrPortFrom(client4, 4000), VIP: netip.AddrPortFrom(vip4, 80), Proto: TCP}
 	if err := h.x.UpsertFlows([]Flow{{Key: learnt, Server: s2}}); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.x.DeleteFlow(FlowKey{netip.AddrPortFrom(client4, 3001), netip.AddrPortFrom(vip4, 80), TCP}); err != nil {
+	if err := h.x.DeleteFlow(FlowKey{Client: netip.AddrPortFrom(client4, 3001), VIP: netip.AddrPortFrom(vip4, 80), Proto: TCP}); err != nil {
 		t.Fatal(err)
 	}
 	if err := h.x.UpsertFlows([]Flow{{Key: learnt, Server: s3}}); err != nil { // moved
@@ -673,7 +673,7 @@ func TestReconcileActive(t *testing.T) {
 // many open flows; Maglev would give it a quarter.
 func TestP2CSteersAway(t *testing.T) {
 	h := newHarness(t, Config{MaxFlows: 1 << 16})
-	key := ServiceKey{vip4, 80, TCP}
+	key := ServiceKey{VIP: vip4, Port: 80, Proto: TCP}
 	h.upsert(h.p2cService(key, 1, 1, 1, 1))
 	h.setActive(key, s1, 1000)
 	send := h.rawSend()
@@ -704,7 +704,7 @@ func TestP2CSteersAway(t *testing.T) {
 // with equal (zero) counts and in a closed loop of flows coming and going.
 func TestP2CDistribution(t *testing.T) {
 	h := newHarness(t, Config{MaxFlows: 1 << 18})
-	key := ServiceKey{vip4, 80, TCP}
+	key := ServiceKey{VIP: vip4, Port: 80, Proto: TCP}
 	svc := h.p2cService(key, 1, 2, 3, 4)
 	weights := map[netip.Addr]uint32{}
 	for _, s := range svc.Servers {
@@ -748,7 +748,7 @@ func TestP2CSchedulerSwitch(t *testing.T) {
 	pin := "/sys/fs/bpf/" + randomName("ndtest")
 	t.Cleanup(func() { os.RemoveAll(pin) })
 	h := newHarness(t, Config{MaxFlows: 1 << 16, PinPath: pin})
-	key := ServiceKey{vip4, 80, TCP}
+	key := ServiceKey{VIP: vip4, Port: 80, Proto: TCP}
 	svc := h.p2cService(key, 1, 1)
 	svc.Scheduler = SchedulerMaglev
 	h.upsert(svc)

@@ -29,7 +29,7 @@ func TestGracePeriod(t *testing.T) {
 		t.Logf("membarrier(MEMBARRIER_CMD_GLOBAL): %v: grace periods fall back to a %v pause", errno, graceFallback)
 	}
 	h := newHarness(t, Config{MaxFlows: 1 << 10})
-	key := ServiceKey{vip4, 80, TCP}
+	key := ServiceKey{VIP: vip4, Port: 80, Proto: TCP}
 	h.upsert(Service{Key: key, Servers: []Server{h.server(s1, macS1, 1), h.server(s2, macS2, 1)}})
 	waits := func() int { h.x.mu.Lock(); defer h.x.mu.Unlock(); return h.x.retired.waits }
 	w0 := waits()
@@ -63,7 +63,7 @@ func TestHashSeedChange(t *testing.T) {
 	pin := "/sys/fs/bpf/" + randomName("ndtest")
 	t.Cleanup(func() { os.RemoveAll(pin) })
 	h := newHarness(t, Config{MaxFlows: 1 << 10, PinPath: pin, HashSeed: 7})
-	h.upsert(Service{Key: ServiceKey{vip4, 80, TCP}, Servers: []Server{h.server(s1, macS1, 1)}})
+	h.upsert(Service{Key: ServiceKey{VIP: vip4, Port: 80, Proto: TCP}, Servers: []Server{h.server(s1, macS1, 1)}})
 	if err := h.x.Close(); err != nil {
 		t.Fatal(err)
 	}

@@ -1,13 +1,14 @@
 package ha
 
 import (
-	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/fnv"
 	"net/netip"
+
+	"github.com/nd-dispatcher/nd/internal/mac"
 )
 
 // Every message, datagram or stream, is one sealed frame:
@@ -31,10 +32,13 @@ import (
 // All integers are big-endian. docs/HA.md describes each payload.
 const (
 	wireMagic   = "NDHA"
-	wireVersion = 1
-	headerLen   = 52
-	macLen      = sha256.Size
-	overhead    = headerLen + macLen
+	wireVersion = 2
+	// frameLabel names what a frame's MAC authenticates (package mac): a
+	// frame of this wire version, nothing else signed with the same key.
+	frameLabel = "nd-ha-frame-v2"
+	headerLen  = 52
+	macLen     = mac.Size
+	overhead   = headerLen + macLen
 
 	// maxDatagram keeps heartbeats within one unfragmented packet.
 	maxDatagram = 1200
@@ -148,9 +152,7 @@ func seal(dst []byte, key []byte, h header, payload []byte) []byte {
 	dst = binary.BigEndian.AppendUint64(dst, h.Seq)
 	dst = binary.BigEndian.AppendUint32(dst, uint32(len(payload)))
 	dst = append(dst, payload...)
-	m := hmac.New(sha256.New, key)
-	m.Write(dst[start:])
-	return m.Sum(dst)
+	return append(dst, mac.Sum(key, frameLabel, dst[start:])...)
 }
 
 // frameLen reads the total frame length from the first headerLen bytes of
@@ -188,9 +190,7 @@ func open(key []byte, b []byte) (header, []byte, error) {
 	if uint64(n)+overhead != uint64(len(b)) {
 		return h, nil, reject(RejectMalformed, "payload length %d does not match frame of %d bytes", n, len(b))
 	}
-	m := hmac.New(sha256.New, key)
-	m.Write(b[:len(b)-macLen])
-	if !hmac.Equal(m.Sum(nil), b[len(b)-macLen:]) {
+	if !mac.Equal(b[len(b)-macLen:], key, frameLabel, b[:len(b)-macLen]) {
 		return h, nil, reject(RejectAuth, "bad HMAC")
 	}
 	// Authenticated from here on: the remaining checks catch a peer that

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nd-dispatcher/nd/internal/executor"
+	"github.com/nd-dispatcher/nd/internal/nd"
 )
 
 // Under the delay scheduler the data plane itself sends each new flow
@@ -29,7 +29,7 @@ import (
 //     fails every request at once) sit out at weight 0;
 //   - how long a typical flow lasts, with which the data plane charges a
 //     server by its recent new flows when its own count is far lower (see
-//     executor.Service.FlowTime).
+//     nd.Service.FlowTime).
 //
 // The delay factor of a server whose LMI is L is L cubed past a dead band
 // (1 within it). The score (active + 1) x factor / weight makes such a
@@ -204,7 +204,7 @@ func delayLMI(i int, pr []uint32, loads [][]float64, ok [][]bool) (float64, bool
 // delayPort computes one port under the delay scheduler: sample ->
 // health -> normalise -> LMI -> delay factor -> smoothing -> sensitivity
 // -> commit. Called with m.mu held.
-func (m *Manager) delayPort(ps *portState, inst executor.Service, ss executor.ServiceStats, now time.Time, elapsed time.Duration, load bool) (Commit, bool) {
+func (m *Manager) delayPort(ps *portState, inst nd.Service, ss nd.ServiceStats, now time.Time, elapsed time.Duration, load bool) (Commit, bool) {
 	spec, set := ps.spec, m.settings
 	smp, absent, _ := m.sampleServers(ps, inst, ss, now, elapsed, load)
 	panicHealth(smp)
@@ -258,9 +258,15 @@ func (m *Manager) delayPort(ps *portState, inst executor.Service, ss executor.Se
 	if !load || flowTime == 0 {
 		flowTime = inst.FlowTime
 	}
+	// The checks between intervals read the latest figure; the data plane
+	// gets a new one only once it holds (flowTimeMoved).
 	ps.flowTime = flowTime
+	ftMoved := ps.flowTimeMoved(inst.FlowTime, flowTime, load)
+	if !ftMoved {
+		flowTime = inst.FlowTime
+	}
 
-	rep, commit := delayDecision(smp, newW, newD, inst.FlowTime, flowTime, set.Sensitivity)
+	rep, commit := delayDecision(smp, newW, newD, ftMoved, set.Sensitivity)
 	rep.Port, rep.Policy, rep.At = spec.Key.String(), m.wcf.Name(), now
 	rep.Scheduler, rep.FlowTime = inst.Scheduler.String(), flowTime
 	rep.Proportions = map[string]int{}
@@ -341,11 +347,47 @@ func (st *serverState) nextDelay(cur, target, smoothing float64, now time.Time) 
 	return smoothDelay(cur, target, smoothing)
 }
 
+// flowTimeMoved tells whether the typical flow time read this interval is
+// to be committed: at once when none is, otherwise once two interval
+// readings in a row lie beyond flowTimeBand of the committed figure on the
+// same side. One interval's median of a few servers' response times is
+// noisy at low rates, and a commit rewrites the port's data plane and goes
+// to every standby.
+func (ps *portState) flowTimeMoved(cur, next time.Duration, load bool) bool {
+	switch {
+	case next <= 0:
+		return false
+	case cur <= 0:
+		return true
+	case !load:
+		return false
+	}
+	side := 0
+	if !within(float64(next), float64(cur), flowTimeBand) {
+		side = 1
+		if next < cur {
+			side = -1
+		}
+	}
+	if side == 0 || side != ps.ftSide {
+		ps.ftSide, ps.ftRun = side, 0
+	}
+	if side == 0 {
+		return false
+	}
+	ps.ftRun++
+	if ps.ftRun < 2 {
+		return false
+	}
+	ps.ftSide, ps.ftRun = 0, 0
+	return true
+}
+
 // delayDecision is the commit stage: at once when a server enters or
 // leaves the working set; when the delay factors moved by more than the
 // sensitivity threshold in all (sum |new - current| / sum current); when
-// the typical flow time moved by more than flowTimeBand.
-func delayDecision(smp []*sample, newW []uint32, newD []float64, curFT, newFT time.Duration, sensitivity float64) (PortReport, bool) {
+// the typical flow time moved (flowTimeMoved).
+func delayDecision(smp []*sample, newW []uint32, newD []float64, ftMoved bool, sensitivity float64) (PortReport, bool) {
 	var reasons []string
 	var total, moved float64
 	for i, s := range smp {
@@ -370,7 +412,6 @@ func delayDecision(smp []*sample, newW []uint32, newD []float64, curFT, newFT ti
 	if total > 0 {
 		rep.Change = moved / total
 	}
-	ftMoved := newFT > 0 && (curFT == 0 || !within(float64(newFT), float64(curFT), flowTimeBand))
 	switch {
 	case len(reasons) > 0:
 		rep.Reason = strings.Join(reasons, ", ")
@@ -519,7 +560,7 @@ func suspectsAllowed(ps *portState) bool {
 // riseRatio times its peers'. It reports whether either happened: the
 // caller triggers a computation that reads health, not load. Called with
 // m.mu held.
-func (m *Manager) checkSamples(ps *portState, ss executor.ServiceStats, now time.Time, flowTime time.Duration) bool {
+func (m *Manager) checkSamples(ps *portState, ss nd.ServiceStats, now time.Time, flowTime time.Duration) bool {
 	for _, sv := range ps.spec.Servers {
 		st := ps.servers[sv.Addr]
 		c, ok := ss.Servers[sv.Addr]

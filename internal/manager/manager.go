@@ -28,12 +28,12 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nd-dispatcher/nd/internal/executor"
+	"github.com/nd-dispatcher/nd/internal/nd"
 )
 
 // Settings tune the loop. They can change at any time (Set).
 type Settings struct {
-	// Interval between two computations. Default 2s.
+	// Interval between two computations. Default 1s.
 	Interval time.Duration
 	// Sensitivity is the smallest aggregate weight change, as a fraction
 	// of the port's total weight, that is committed; 0 commits every
@@ -134,7 +134,7 @@ func (p Proportions) sum() uint32 {
 
 // Port is one VIP:port as the manager manages it.
 type Port struct {
-	Key executor.ServiceKey
+	Key nd.ServiceKey
 	// Bound is the largest weight (the port's weight bound).
 	Bound       uint32
 	Proportions Proportions
@@ -178,7 +178,7 @@ type HostReading struct {
 
 // Commit is a decision handed to the owner of the data plane.
 type Commit struct {
-	Port    executor.ServiceKey
+	Port    nd.ServiceKey
 	Weights map[netip.Addr]uint32
 	// Reason says why, for logs and events: "load", "down", "up",
 	// "cool-down", "disabled", ...
@@ -202,15 +202,22 @@ type Commit struct {
 	Version uint64
 }
 
+// DataPlane is what the manager reads of the executor: the services
+// installed and their counters (the executor's Executor has both).
+type DataPlane interface {
+	Services() []nd.Service
+	Stats() (nd.Stats, error)
+}
+
 // Options are what New needs.
 type Options struct {
 	// Executor is read for counters and for the servers installed.
-	Executor executor.Executor
+	Executor DataPlane
 	// Commit applies new weights. Required.
 	Commit func(Commit) error
 	// Advisor reads an advisor's latest result for a server of a port; ok
 	// false when it has none (yet).
-	Advisor func(advisor string, port executor.ServiceKey, server netip.Addr) (AdvisorReading, bool)
+	Advisor func(advisor string, port nd.ServiceKey, server netip.Addr) (AdvisorReading, bool)
 	// Host reads an agent's latest report for a server; ok false when no
 	// agent is configured for it.
 	Host func(server netip.Addr) (HostReading, bool)
@@ -221,9 +228,9 @@ type Options struct {
 
 // Manager is the feedback loop. Its methods are safe for concurrent use.
 type Manager struct {
-	x      executor.Executor
+	x      DataPlane
 	commit func(Commit) error
-	adv    func(string, executor.ServiceKey, netip.Addr) (AdvisorReading, bool)
+	adv    func(string, nd.ServiceKey, netip.Addr) (AdvisorReading, bool)
 	host   func(netip.Addr) (HostReading, bool)
 	now    func() time.Time
 	log    *slog.Logger
@@ -237,7 +244,7 @@ type Manager struct {
 	mu       sync.Mutex
 	settings Settings
 	wcf      WeightFunc
-	ports    map[executor.ServiceKey]*portState
+	ports    map[nd.ServiceKey]*portState
 	last     time.Time // last computation that read the load
 	version  uint64
 }
@@ -265,7 +272,7 @@ func New(s Settings, o Options) (*Manager, error) {
 		o.Logger = slog.Default()
 	}
 	if o.Advisor == nil {
-		o.Advisor = func(string, executor.ServiceKey, netip.Addr) (AdvisorReading, bool) { return AdvisorReading{}, false }
+		o.Advisor = func(string, nd.ServiceKey, netip.Addr) (AdvisorReading, bool) { return AdvisorReading{}, false }
 	}
 	if o.Host == nil {
 		o.Host = func(netip.Addr) (HostReading, bool) { return HostReading{}, false }
@@ -279,7 +286,7 @@ func New(s Settings, o Options) (*Manager, error) {
 		sampled:  make(chan struct{}, 1),
 		settings: s,
 		wcf:      wcf,
-		ports:    map[executor.ServiceKey]*portState{},
+		ports:    map[nd.ServiceKey]*portState{},
 	}, nil
 }
 
@@ -344,7 +351,7 @@ func (m *Manager) SetPorts(ports []Port) error {
 		}
 	}
 	m.mu.Lock()
-	next := map[executor.ServiceKey]*portState{}
+	next := map[nd.ServiceKey]*portState{}
 	changed := len(ports) != len(m.ports)
 	for _, p := range ports {
 		ps, ok := m.ports[p.Key]
@@ -457,7 +464,7 @@ func (m *Manager) sampleActive() {
 			st.active.sum += float64(c.Active())
 			st.active.n++
 		}
-		if ps.sched == executor.SchedulerDelay && m.checkSamples(ps, ss, now, ps.flowTime) {
+		if ps.sched == nd.SchedulerDelay && m.checkSamples(ps, ss, now, ps.flowTime) {
 			suspect = true
 		}
 	}
@@ -482,7 +489,7 @@ func (m *Manager) step(mayLoad bool) {
 		m.log.Warn("manager: reading counters", "err", err)
 		return
 	}
-	installed := map[executor.ServiceKey]executor.Service{}
+	installed := map[nd.ServiceKey]nd.Service{}
 	for _, s := range m.x.Services() {
 		installed[s.Key] = s
 	}
@@ -498,11 +505,11 @@ func (m *Manager) step(mayLoad bool) {
 		m.last = now
 	}
 	var commits []Commit
-	keys := make([]executor.ServiceKey, 0, len(m.ports))
+	keys := make([]nd.ServiceKey, 0, len(m.ports))
 	for k := range m.ports {
 		keys = append(keys, k)
 	}
-	slices.SortFunc(keys, func(a, b executor.ServiceKey) int { return cmp.Compare(a.String(), b.String()) })
+	slices.SortFunc(keys, func(a, b nd.ServiceKey) int { return cmp.Compare(a.String(), b.String()) })
 	for _, k := range keys {
 		inst, ok := installed[k]
 		if !ok {
@@ -511,7 +518,7 @@ func (m *Manager) step(mayLoad bool) {
 		ps := m.ports[k]
 		ps.sched = inst.Scheduler
 		compute := m.port
-		if inst.Scheduler == executor.SchedulerDelay {
+		if inst.Scheduler == nd.SchedulerDelay {
 			compute = m.delayPort
 		}
 		if c, ok := compute(ps, inst, stats.Services[k], now, elapsed, load); ok {

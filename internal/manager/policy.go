@@ -6,14 +6,14 @@ import (
 	"net/netip"
 	"slices"
 
-	"github.com/nd-dispatcher/nd/internal/executor"
+	"github.com/nd-dispatcher/nd/internal/nd"
 )
 
 // Input is what a weight computation function sees of one port: the servers
 // that may take new flows (healthy, not quiesced, not cooling down, not
 // fixed), each with its weight in the data plane and its Load Metric Index.
 type Input struct {
-	Port      executor.ServiceKey
+	Port      nd.ServiceKey
 	Bound     uint32  // weights run from 0 to Bound
 	Smoothing float64 // 1 follows the metrics at once; larger is slower
 	// DeadBand is the ratio within which a target counts as the weight it

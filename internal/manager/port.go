@@ -9,7 +9,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nd-dispatcher/nd/internal/executor"
+	"github.com/nd-dispatcher/nd/internal/nd"
 )
 
 // Server states in reports.
@@ -43,8 +43,12 @@ type portState struct {
 	loadSet map[netip.Addr]bool
 	// sched is the port's scheduler at the last computation, and flowTime
 	// its typical flow time then (delay scheduler).
-	sched    executor.Scheduler
+	sched    nd.Scheduler
 	flowTime time.Duration
+	// ftSide is the side (+1 above, -1 below) of the committed flow time
+	// on which the last readings fell beyond the band, ftRun how many in
+	// a row (flowTimeMoved).
+	ftSide, ftRun int
 }
 
 type serverState struct {
@@ -186,7 +190,7 @@ type sample struct {
 // (quiesced, down, disabled, cooling down, up). It also returns the
 // servers configured but not in the data plane, for the report, and
 // whether the port's working set was the same at the last load reading.
-func (m *Manager) sampleServers(ps *portState, inst executor.Service, ss executor.ServiceStats, now time.Time, elapsed time.Duration, load bool) (smp []*sample, absent []ServerReport, setSteady bool) {
+func (m *Manager) sampleServers(ps *portState, inst nd.Service, ss nd.ServiceStats, now time.Time, elapsed time.Duration, load bool) (smp []*sample, absent []ServerReport, setSteady bool) {
 	spec := ps.spec
 	set := m.settings
 	installed := map[netip.Addr]uint32{}
@@ -300,25 +304,65 @@ func (m *Manager) sampleServers(ps *portState, inst executor.Service, ss executo
 	return smp, absent, setSteady
 }
 
-// port computes one port. Called with m.mu held.
-func (m *Manager) port(ps *portState, inst executor.Service, ss executor.ServiceStats, now time.Time, elapsed time.Duration, load bool) (Commit, bool) {
-	spec := ps.spec
-	set := m.settings
-	props := spec.Proportions
-	smp, absent, setSteady := m.sampleServers(ps, inst, ss, now, elapsed, load)
+// round is one computation of one port: what each stage reads and leaves
+// for the next.
+type round struct {
+	ps   *portState
+	inst nd.Service
+	now  time.Time
+	// load: the computation reads an interval's load (not only health).
+	load bool
+	// From sampleServers.
+	smp       []*sample
+	absent    []ServerReport
+	setSteady bool
+	// From loadIndex: each metric's name, its proportion in effect and
+	// its normalised loads per server; the LMI; what the cool-down
+	// judges; whether the data plane picks by p2c.
+	names []string
+	pr    []uint32
+	loads [][]float64
+	lmi   []float64
+	over  []float64
+	p2c   bool
+	// From newWeights.
+	newW []uint32
+}
 
+func (r *round) up(i int) bool { return r.smp[i].state == StateUp }
+
+// port computes one port as the paper's Manager does: metrics, the Load
+// Metric Index, servers out for health or to cool down, the weight
+// function, then a commit past the sensitivity threshold. Called with
+// m.mu held.
+func (m *Manager) port(ps *portState, inst nd.Service, ss nd.ServiceStats, now time.Time, elapsed time.Duration, load bool) (Commit, bool) {
+	r := &round{ps: ps, inst: inst, now: now, load: load}
+	r.smp, r.absent, r.setSteady = m.sampleServers(ps, inst, ss, now, elapsed, load)
 	// Out for health, then cool-downs, within the port's limits (see
 	// cooldown.go).
-	panicHealth(smp)
-	ps.keepHalfIn(smp, now)
+	panicHealth(r.smp)
+	ps.keepHalfIn(r.smp, now)
+	m.loadIndex(r)
+	m.coolDownOverloaded(r)
+	m.newWeights(r)
+	rep := m.decide(r)
+	ps.setReport(rep, r.absent)
+	if !rep.Committed {
+		return Commit{}, false
+	}
+	return r.commit(rep), true
+}
 
-	// Normalise each metric over the servers in the working set.
-	up := func(s *sample) bool { return s.state == StateUp }
+// loadIndex normalises each metric over the servers in the working set
+// and combines them, by the proportions, into each server's LMI.
+func (m *Manager) loadIndex(r *round) {
+	spec, smp := r.ps.spec, r.smp
+	props := spec.Proportions
 	n := len(smp)
 	absolute := m.wcf.Absolute()
 	w := make([]float64, n)
 	for i, s := range smp {
-		if up(s) {
+		if r.up(i) {
 			w[i] = float64(s.cur)
 		}
 	}
@@ -327,19 +371,19 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 		ok := make([]bool, n)
 		for i, s := range smp {
 			v[i], ok[i] = get(s)
-			ok[i] = ok[i] && up(s)
+			ok[i] = ok[i] && r.up(i)
 		}
 		if extensive && !absolute {
 			return extensiveLoads(v, ok, w)
 		}
 		return intensiveLoads(v, ok)
 	}
-	names := []string{"active", "new", "advisor", "host"}
-	pr := []uint32{props.Active, props.New, props.Advisor, props.Host}
+	r.names = []string{"active", "new", "advisor", "host"}
+	r.pr = []uint32{props.Active, props.New, props.Advisor, props.Host}
 	if spec.Advisor == "" {
 		// A port with no advisor has no advisor metric: its proportion
 		// does not pull every server's LMI toward 1.
-		pr[2] = 0
+		r.pr[2] = 0
 	}
 	activeLoads := metric(func(s *sample) (float64, bool) { return s.active, s.newOK }, true)
 	newLoads := metric(func(s *sample) (float64, bool) { return s.newRate, s.newOK }, true)
@@ -349,8 +393,8 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 	// the data plane cannot protect is active flows per unit of weight,
 	// the very figure p2c evens out.
 	var overload []float64
-	p2c := inst.Scheduler == executor.SchedulerP2C && !absolute
-	if p2c {
+	r.p2c = r.inst.Scheduler == nd.SchedulerP2C && !absolute
+	if r.p2c {
 		overload = activeLoads
 		// The data plane evens out active flows per unit of weight and
 		// chooses the new flows itself: response times are what is left
@@ -358,64 +402,75 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 		v, nf := make([]float64, n), make([]float64, n)
 		ok := make([]bool, n)
 		for i, s := range smp {
-			v[i], nf[i], ok[i] = s.active, s.newN, s.newOK && up(s) && w[i] > 0
+			v[i], nf[i], ok[i] = s.active, s.newN, s.newOK && r.up(i) && w[i] > 0
 		}
 		if rt, enough := responseLoads(v, nf, ok); enough {
 			activeLoads = rt
 		}
 		newLoads = ones(n)
-		pr[0], pr[1] = pr[0]+pr[1], 0
+		r.pr[0], r.pr[1] = r.pr[0]+r.pr[1], 0
 	}
-	loads := [][]float64{
+	r.loads = [][]float64{
 		activeLoads,
 		newLoads,
 		metric(func(s *sample) (float64, bool) { return s.advMS, s.advOK }, false),
 		metric(func(s *sample) (float64, bool) { return s.host, s.hostOK }, false),
 	}
 	for j, cm := range props.Custom {
-		names = append(names, cm.Name)
-		pr = append(pr, cm.Proportion)
-		loads = append(loads, metric(func(s *sample) (float64, bool) { return s.custom[j], s.custOK[j] }, false))
+		r.names = append(r.names, cm.Name)
+		r.pr = append(r.pr, cm.Proportion)
+		r.loads = append(r.loads, metric(func(s *sample) (float64, bool) { return s.custom[j], s.custOK[j] }, false))
 	}
-	lmi := combine(pr, loads, n)
+	r.lmi = combine(r.pr, r.loads, n)
 	if overload == nil {
-		overload = lmi
+		overload = r.lmi
 	}
-	// Overload: a server far above its peers sits out to cool down. Not
-	// under the static policy, whose weights follow no load; not on
-	// readings taken across a change of the port's working set or of the
-	// server's own weight; not while a server climbs back.
+	r.over = make([]float64, n)
+	for i := range smp {
+		r.lmi[i] = clampLMI(r.lmi[i])
+		r.over[i] = clampLMI(overload[i])
+	}
+}
+
+// coolDownOverloaded sends a server far above its peers out to cool
+// down. Not under the static policy, whose weights follow no load; not on
+// readings taken across a change of the port's working set or of the
+// server's own weight; not while a server climbs back.
+func (m *Manager) coolDownOverloaded(r *round) {
+	set := m.settings
 	_, static := m.wcf.(Static)
 	var eligible []int
-	over := make([]float64, n)
-	for i, s := range smp {
-		st := ps.servers[s.addr]
-		lmi[i] = clampLMI(lmi[i])
-		over[i] = clampLMI(overload[i])
-		if up(s) && !s.spec.Fixed && !static && set.Overload > 0 && st.returning == 0 && s.newOK && s.steady && setSteady {
+	for i, s := range r.smp {
+		st := r.ps.servers[s.addr]
+		if r.up(i) && !s.spec.Fixed && !static && set.Overload > 0 && st.returning == 0 && s.newOK && s.steady && r.setSteady {
 			eligible = append(eligible, i)
 		}
 	}
-	ps.coolDown(smp, eligible, over, set, now)
+	r.ps.coolDown(r.smp, eligible, r.over, set, r.now)
+}
 
-	// New weights: the weight function over the managed servers in the
-	// working set; fixed servers keep theirs; the rest sit at 0.
-	newW := make([]uint32, n)
+// newWeights runs the weight function over the managed servers in the
+// working set; fixed servers keep theirs, a server back from weight 0
+// starts low, and the rest sit at 0.
+func (m *Manager) newWeights(r *round) {
+	spec, smp := r.ps.spec, r.smp
+	_, static := m.wcf.(Static)
+	r.newW = make([]uint32, len(smp))
 	// Policies that do not follow load per unit of weight set a returning
 	// server's weight themselves.
 	ramp := !static && !m.wcf.Absolute()
 	var in Input
 	var idx []int
 	for i, s := range smp {
-		st := ps.servers[s.addr]
+		st := r.ps.servers[s.addr]
 		was := st.state
 		st.state = s.state
-		if !up(s) {
+		if !r.up(i) {
 			st.returning, st.prevLMI = 0, 0
 			continue
 		}
 		if s.spec.Fixed {
-			newW[i] = min(s.spec.Weight, spec.Bound)
+			r.newW[i] = min(s.spec.Weight, spec.Bound)
 			continue
 		}
 		if was != "" && was != StateUp && was != StateAbsent {
@@ -434,62 +489,66 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 			// server would carry as a typical one, a figure that, unlike
 			// its peers' weights of the moment, cannot shrink with each
 			// round of cool-downs.
-			newW[i] = clampWeight(float64(max(s.spec.Weight, 1))/4, spec.Bound)
+			r.newW[i] = clampWeight(float64(max(s.spec.Weight, 1))/4, spec.Bound)
 			st.returning--
 			continue
 		}
-		if !load && ramp && cur > 0 {
+		if !r.load && ramp && cur > 0 {
 			// A computation an event brought reads health, not load: the
 			// loads it would see are not an interval's.
-			newW[i] = cur
+			r.newW[i] = cur
 			continue
 		}
 		if st.step == 0 {
 			st.step = firstStep
 		}
-		in.Servers = append(in.Servers, ServerInput{Addr: s.addr, Weight: cur, Configured: s.spec.Weight, LMI: lmi[i], PrevLMI: st.prevLMI, Returning: st.returning > 0, MaxStep: st.step})
-		if load && s.newOK {
-			st.prevLMI = lmi[i]
+		in.Servers = append(in.Servers, ServerInput{Addr: s.addr, Weight: cur, Configured: s.spec.Weight, LMI: r.lmi[i], PrevLMI: st.prevLMI, Returning: st.returning > 0, MaxStep: st.step})
+		if r.load && s.newOK {
+			st.prevLMI = r.lmi[i]
 		}
 		idx = append(idx, i)
 		if st.returning > 0 {
 			st.returning--
 		}
 	}
-	if len(in.Servers) > 0 {
-		in.Port, in.Bound, in.Smoothing = spec.Key, spec.Bound, set.Smoothing
-		if p2c {
-			// The data plane absorbs what the weights get wrong within a
-			// flow's time; the weights need only follow what it cannot,
-			// and the response times read under p2c are noisy.
-			in.DeadBand, in.Confirm = DeadBandP2C, true
-		}
-		out := m.wcf.Weights(in)
-		for j, i := range idx {
-			if j < len(out) {
-				newW[i] = min(out[j], spec.Bound)
-			}
+	if len(in.Servers) == 0 {
+		return
+	}
+	in.Port, in.Bound, in.Smoothing = spec.Key, spec.Bound, m.settings.Smoothing
+	if r.p2c {
+		// The data plane absorbs what the weights get wrong within a
+		// flow's time; the weights need only follow what it cannot,
+		// and the response times read under p2c are noisy.
+		in.DeadBand, in.Confirm = DeadBandP2C, true
+	}
+	out := m.wcf.Weights(in)
+	for j, i := range idx {
+		if j < len(out) {
+			r.newW[i] = min(out[j], spec.Bound)
 		}
 	}
+}
 
-	// Commit: at once when a server enters or leaves the working set,
-	// otherwise only past the sensitivity threshold.
+// decide is the commit decision and the port's report: at once when a
+// server enters or leaves the working set, otherwise only past the
+// sensitivity threshold.
+func (m *Manager) decide(r *round) PortReport {
 	var total, moved float64
 	var reasons []string
 	returning := false
-	for i, s := range smp {
-		if st := ps.servers[s.addr]; st.returning > 0 && newW[i] != s.cur {
+	for i, s := range r.smp {
+		if st := r.ps.servers[s.addr]; st.returning > 0 && r.newW[i] != s.cur {
 			returning = true
 		}
 		total += float64(s.cur)
-		moved += math.Abs(float64(newW[i]) - float64(s.cur))
-		if (s.cur == 0) != (newW[i] == 0) {
-			r := s.state
-			if newW[i] > 0 {
-				r = "back"
+		moved += math.Abs(float64(r.newW[i]) - float64(s.cur))
+		if (s.cur == 0) != (r.newW[i] == 0) {
+			why := s.state
+			if r.newW[i] > 0 {
+				why = "back"
 			}
-			if !slices.Contains(reasons, r) {
-				reasons = append(reasons, r)
+			if !slices.Contains(reasons, why) {
+				reasons = append(reasons, why)
 			}
 		}
 	}
@@ -500,21 +559,21 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 		change = 1
 	}
 	rep := PortReport{
-		Port:        spec.Key.String(),
+		Port:        r.ps.spec.Key.String(),
 		Policy:      m.wcf.Name(),
-		At:          now,
-		Scheduler:   inst.Scheduler.String(),
+		At:          r.now,
+		Scheduler:   r.inst.Scheduler.String(),
 		Proportions: map[string]int{},
 		Change:      change,
 	}
-	for k, name := range names {
-		rep.Proportions[name] = int(pr[k])
+	for k, name := range r.names {
+		rep.Proportions[name] = int(r.pr[k])
 	}
 	commit := len(reasons) > 0
 	switch {
 	case commit:
 		rep.Reason = strings.Join(reasons, ", ")
-	case moved > 0 && change > set.Sensitivity:
+	case moved > 0 && change > m.settings.Sensitivity:
 		commit = true
 		rep.Reason = "load"
 	case returning:
@@ -532,35 +591,37 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 		// A weight kept below the threshold while it keeps asking the same
 		// way widens its step, so that a narrowed step cannot hold it short
 		// of its target for good.
-		for i, s := range smp {
-			ps.servers[s.addr].held(s.cur, newW[i])
+		for i, s := range r.smp {
+			r.ps.servers[s.addr].held(s.cur, r.newW[i])
 		}
 	}
-	rep.Commits = ps.commits
-	for i, s := range smp {
-		sr := s.report(props.Custom, lmi[i])
+	rep.Commits = r.ps.commits
+	props := r.ps.spec.Proportions
+	for i, s := range r.smp {
+		sr := s.report(props.Custom, r.lmi[i])
 		if commit {
-			sr.NewWeight = newW[i]
+			sr.NewWeight = r.newW[i]
 		}
-		for k, name := range names {
-			if pr[k] > 0 {
-				sr.Loads[name] = loads[k][i]
+		for k, name := range r.names {
+			if r.pr[k] > 0 {
+				sr.Loads[name] = r.loads[k][i]
 			}
 		}
 		rep.Servers = append(rep.Servers, sr)
 	}
-	ps.setReport(rep, absent)
-	if !commit {
-		return Commit{}, false
-	}
-	c := Commit{Port: spec.Key, Weights: map[netip.Addr]uint32{}, Reason: rep.Reason, Change: change}
+	return rep
+}
+
+// commit is the decision for the daemon: the new weights, and the step
+// bookkeeping to keep once they are applied. The bookkeeping follows the
+// data plane, not the decision: the owner of the data plane drops a
+// decision computed under an older configuration, and a standby's.
+func (r *round) commit(rep PortReport) Commit {
+	ps, smp, newW := r.ps, r.smp, r.newW
+	c := Commit{Port: ps.spec.Key, Weights: map[netip.Addr]uint32{}, Reason: rep.Reason, Change: rep.Change}
 	for i, s := range smp {
 		c.Weights[s.addr] = newW[i]
 	}
-	// The step bookkeeping follows the data plane, not the decision: it
-	// is kept only once the owner of the data plane applied the weights
-	// (it drops a decision computed under an older configuration, and a
-	// standby's).
 	c.applied = func() {
 		ps.commits++
 		for i, s := range smp {
@@ -574,7 +635,7 @@ func (m *Manager) port(ps *portState, inst executor.Service, ss executor.Service
 		}
 		ps.report.Commits = ps.commits
 	}
-	return c, true
+	return c
 }
 
 // report is the server's line in its port's report, before the loads and

@@ -6,12 +6,12 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/nd-dispatcher/nd/internal/daemon"
+	"github.com/nd-dispatcher/nd/internal/nd"
 )
 
 // BGPSource returns the BGP speaker's state; (*daemon.Daemon).BGPStatus is
 // the real one. An error (no bgp section) leaves the BGP metrics out.
-type BGPSource func(ctx context.Context) (daemon.BGPStatus, error)
+type BGPSource func(ctx context.Context) (nd.BGPStatus, error)
 
 // BGPCollector exports the BGP sessions and the VIPs' routes, read at
 // scrape time. Labels are bounded: peers and VIPs are configured.

@@ -8,15 +8,14 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/nd-dispatcher/nd/internal/bgp"
-	"github.com/nd-dispatcher/nd/internal/daemon"
+	"github.com/nd-dispatcher/nd/internal/nd"
 )
 
 func TestBGPMetrics(t *testing.T) {
-	st := daemon.BGPStatus{Drained: true,
-		Peers: []bgp.PeerStatus{{Address: "198.51.100.1", State: "established", Since: time.Now().Add(-time.Minute), Advertised: 2, Flaps: 1}},
-		VIPs:  []daemon.BGPVIPStatus{{VIP: "198.51.100.100", Announced: true}, {VIP: "198.51.100.101"}}}
-	c := NewBGP(func(context.Context) (daemon.BGPStatus, error) { return st, nil })
+	st := nd.BGPStatus{Drained: true,
+		Peers: []nd.BGPPeer{{Address: "198.51.100.1", State: "established", Since: time.Now().Add(-time.Minute), Advertised: 2, Flaps: 1}},
+		VIPs:  []nd.BGPVIP{{VIP: "198.51.100.100", Announced: true}, {VIP: "198.51.100.101"}}}
+	c := NewBGP(func(context.Context) (nd.BGPStatus, error) { return st, nil })
 	want := `
 # HELP nd_bgp_peer_up 1 while the BGP session with the peer is established.
 # TYPE nd_bgp_peer_up gauge
@@ -35,7 +34,7 @@ nd_bgp_drained 1
 	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "nd_bgp_peer_up", "nd_bgp_peer_advertised_prefixes", "nd_bgp_vip_announced", "nd_bgp_drained"); err != nil {
 		t.Error(err)
 	}
-	none := NewBGP(func(context.Context) (daemon.BGPStatus, error) { return daemon.BGPStatus{}, daemon.ErrNoBGP })
+	none := NewBGP(func(context.Context) (nd.BGPStatus, error) { return nd.BGPStatus{}, nd.ErrNoBGP })
 	if n := testutil.CollectAndCount(none); n != 0 {
 		t.Errorf("%d metrics without bgp", n)
 	}

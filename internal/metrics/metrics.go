@@ -15,16 +15,16 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/nd-dispatcher/nd/internal/daemon"
+	"github.com/nd-dispatcher/nd/internal/nd"
 )
 
 // Source returns the dispatcher's status; (*daemon.Daemon).Status is the
 // real one.
-type Source func() (daemon.Status, error)
+type Source func() (nd.Status, error)
 
 // states are the server states nd_server_state reports, each 0 or 1.
 func states() []string {
-	return []string{daemon.StateUp, daemon.StateQuiesced, daemon.StateUnresolved, daemon.StateLocal}
+	return []string{nd.StateUp, nd.StateQuiesced, nd.StateUnresolved, nd.StateLocal}
 }
 
 // Collector is a prometheus.Collector over a status source.
@@ -48,7 +48,7 @@ type Collector struct {
 }
 
 // New returns a collector that calls source at every scrape.
-func New(source func() (daemon.Status, error)) *Collector {
+func New(source func() (nd.Status, error)) *Collector {
 	port := []string{"vip", "port", "protocol"}
 	server := append(port[:len(port):len(port)], "server")
 	desc := func(name, help string, labels ...string) *prometheus.Desc {

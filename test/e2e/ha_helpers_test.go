@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
@@ -23,6 +22,7 @@ import (
 	"github.com/nd-dispatcher/nd/internal/api"
 	"github.com/nd-dispatcher/nd/internal/ha"
 	"github.com/nd-dispatcher/nd/internal/lab"
+	"github.com/nd-dispatcher/nd/internal/mac"
 	"github.com/nd-dispatcher/nd/internal/netns"
 )
 
@@ -542,7 +542,7 @@ func forgedFrame(typ, channel byte, sender netip.AddrPort, seq uint64, payload, 
 	f.Write([]byte(haGroup))
 	b := make([]byte, 52, 52+len(payload)+sha256.Size)
 	copy(b, "NDHA")
-	b[4], b[5], b[6] = 1, typ, channel
+	b[4], b[5], b[6] = 2, typ, channel
 	binary.BigEndian.PutUint32(b[8:], f.Sum32())
 	a16 := sender.Addr().As16()
 	copy(b[12:28], a16[:])
@@ -551,9 +551,7 @@ func forgedFrame(typ, channel byte, sender netip.AddrPort, seq uint64, payload, 
 	binary.BigEndian.PutUint64(b[40:], seq)
 	binary.BigEndian.PutUint32(b[48:], uint32(len(payload)))
 	b = append(b, payload...)
-	m := hmac.New(sha256.New, key)
-	m.Write(b)
-	return m.Sum(b)
+	return append(b, mac.Sum(key, "nd-ha-frame-v2", b)...)
 }
 
 // sendUDP sends one datagram from the client's namespace.

@@ -131,6 +131,7 @@ type nddConfig struct {
 	Interfaces []string
 	Listen     string // api.listen; with Token
 	Token      string
+	Dashboard  bool   // api.dashboard
 	Metrics    string // metrics.listen
 	// Manager is the manager section's body (indented two spaces);
 	// "" keeps weights as configured (policy static).
@@ -161,6 +162,9 @@ func (c nddConfig) yaml() string {
 	fmt.Fprintf(&b, "api:\n  socket: %s\n", c.Socket)
 	if c.Listen != "" {
 		fmt.Fprintf(&b, "  listen: %q\n  token: %q\n", c.Listen, c.Token)
+	}
+	if c.Dashboard {
+		b.WriteString("  dashboard: true\n")
 	}
 	if c.Metrics != "" {
 		fmt.Fprintf(&b, "metrics:\n  listen: %q\n", c.Metrics)

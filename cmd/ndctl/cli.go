@@ -49,6 +49,8 @@ type Client interface {
 	Agents() ([]api.AgentStatus, error)
 	HAStatus() (ha.Status, error)
 	HATakeover() (ha.Status, error)
+	BGPStatus() (nd.BGPStatus, error)
+	BGPDrain(drain bool) (nd.BGPStatus, error)
 	Flows(q api.FlowQuery) (api.FlowsResponse, error)
 	Close()
 }

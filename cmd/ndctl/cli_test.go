@@ -22,6 +22,7 @@ import (
 	"github.com/nd-dispatcher/nd/internal/executor"
 	"github.com/nd-dispatcher/nd/internal/ha"
 	"github.com/nd-dispatcher/nd/internal/manager"
+	"github.com/nd-dispatcher/nd/internal/nd"
 )
 
 // fakeClient records the calls made to it and answers from its fields.
@@ -41,6 +42,7 @@ type fakeClient struct {
 	advisors []advisor.Status
 	agents   []api.AgentStatus
 	ha       ha.Status
+	bgp      nd.BGPStatus
 	flows    api.FlowsResponse
 	flowQ    api.FlowQuery
 }
@@ -162,6 +164,18 @@ func (f *fakeClient) HATakeover() (ha.Status, error) {
 	f.record("HATakeover")
 	st := f.ha
 	st.State = ha.StateActive
+	return st, f.err
+}
+
+func (f *fakeClient) BGPStatus() (nd.BGPStatus, error) {
+	f.record("BGPStatus")
+	return f.bgp, f.err
+}
+
+func (f *fakeClient) BGPDrain(drain bool) (nd.BGPStatus, error) {
+	f.record("BGPDrain %t", drain)
+	st := f.bgp
+	st.Drained = drain
 	return st, f.err
 }
 
@@ -891,6 +905,19 @@ func TestLabRefusals(t *testing.T) {
 	})
 }
 
+func TestLabDispatchersRefusals(t *testing.T) {
+	dir := t.TempDir()
+	ndd := filepath.Join(dir, "ndd")
+	if err := os.WriteFile(ndd, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	h := newHarness(t)
+	h.executable = filepath.Join(dir, "ndctl")
+	if code := h.run("lab", "--dispatchers", "3"); code != exitUsage || !strings.Contains(h.stderr.String(), "--dispatchers 3: want 1 to 2") {
+		t.Errorf("--dispatchers 3: exit %d, stderr %q", code, h.stderr.String())
+	}
+}
+
 func TestFindNDD(t *testing.T) {
 	dir := t.TempDir()
 	ndd := filepath.Join(dir, "ndd")
@@ -1073,5 +1100,33 @@ func TestHA(t *testing.T) {
 	}
 	if !strings.HasPrefix(h.stdout.String(), "198.51.100.3:7000 is active") || h.fc.calls[0] != "HATakeover" {
 		t.Errorf("takeover: %q %v", h.stdout.String(), h.fc.calls)
+	}
+}
+
+func TestBGP(t *testing.T) {
+	st := nd.BGPStatus{ASN: 64513, RouterID: "198.51.100.3",
+		Peers: []nd.BGPPeer{{Address: "198.51.100.1", ASN: 64512, State: "established", Since: time.Now().Add(-time.Minute), HoldTime: 9 * time.Second, Advertised: 1}},
+		VIPs: []nd.BGPVIP{
+			{VIP: "198.51.100.100", Announced: true, MED: 10, Communities: []string{"64513:100"}},
+			{VIP: "198.51.100.101", Reason: "no server can take new flows"},
+		}}
+	h := newHarness(t)
+	h.fc.bgp = st
+	if code := h.run("bgp", "status"); code != exitOK {
+		t.Fatal(h.stderr.String())
+	}
+	for _, want := range []string{"as 64513, router id 198.51.100.3: announcing", "198.51.100.1  64512  established  1m0s", "198.51.100.100  announced", "64513:100", "withdrawn: no server can take new flows"} {
+		if !strings.Contains(h.stdout.String(), want) {
+			t.Errorf("bgp status lacks %q:\n%s", want, h.stdout.String())
+		}
+	}
+	h = newHarness(t)
+	h.fc.bgp = st
+	if code := h.run("bgp", "drain"); code != exitOK || h.fc.calls[0] != "BGPDrain true" || !strings.Contains(h.stdout.String(), "drained") {
+		t.Errorf("drain: %d %v\n%s%s", code, h.fc.calls, h.stdout.String(), h.stderr.String())
+	}
+	h = newHarness(t)
+	if code := h.run("bgp", "undrain"); code != exitOK || h.fc.calls[0] != "BGPDrain false" {
+		t.Errorf("undrain: %d %v", code, h.fc.calls)
 	}
 }

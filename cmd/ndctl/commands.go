@@ -64,6 +64,21 @@ standbys, which take over when it fails.`, subs: []*command{
 			{name: "takeover", run: haTakeover,
 				summary: "make this node the active one, in an orderly handover that loses no flow"},
 		}},
+		{name: "bgp", summary: "BGP: the sessions with the routers, the VIPs announced, drain", help: `
+With a bgp section ndd announces each VIP it can serve (some server of the VIP
+takes new flows, the data plane is attached) to its BGP peers as a host route,
+and withdraws it when it cannot, when drained, and when ndd stops.`, subs: []*command{
+			{name: "status", run: bgpStatus, read: true,
+				summary: "the sessions (state, uptime, prefixes) and every VIP's route: announced, or why not"},
+			{name: "drain", run: bgpDrain,
+				summary: "withdraw every VIP; established flows keep being forwarded",
+				help: `
+The routers stop sending new flows here once they have the withdrawal; what
+still arrives is forwarded as before. The drain lasts until 'ndctl bgp
+undrain' or a restart of ndd.`},
+			{name: "undrain", run: bgpUndrain,
+				summary: "announce the servable VIPs again"},
+		}},
 		{name: "agent", summary: "host-metric agents on the servers", subs: []*command{
 			{name: "status", run: agentStatus, read: true,
 				summary: "every polled agent: its last report, or why its metrics are disabled"},

@@ -50,7 +50,14 @@ On exit, at the end of --duration or on Ctrl-C, it stops the traffic and ndd,
 removes ndd's data plane and deletes the namespaces, then prints a summary:
 each server's expected share (by weight) against what it got. It exits 1 if
 any request failed. Run it as root; namespaces left by a killed lab are swept
-at the next start.`
+at the next start.
+
+With --dispatchers 2 the client sits behind a router (its own network,
+203.0.113.0/24 and 2001:db8:2::/64) running BIRD 2, and ndd runs in both
+dispatchers, each announcing the VIPs over BGP (IPv4 and IPv6 sessions with
+the router). BIRD merges their routes into one ECMP route per VIP, and the
+router spreads the flows over the dispatchers by their five-tuple. The view
+shows the first dispatcher's counts; the replies are the client's.`
 
 // labEnv is what `ndctl lab` takes from the machine, so that tests can
 // check its refusals without root.
@@ -61,11 +68,12 @@ type labEnv struct {
 }
 
 type labOptions struct {
-	servers   int
-	rate      float64
-	duration  time.Duration
-	ndd       string
-	dashboard string // loopback address of the dashboard's forwarder; "off": none
+	servers     int
+	dispatchers int
+	rate        float64
+	duration    time.Duration
+	ndd         string
+	dashboard   string // loopback address of the dashboard's forwarder; "off": none
 }
 
 // labWeight is server i's weight: 1, 1, 2, 4 in turn, unequal so that the
@@ -80,6 +88,7 @@ const (
 	labNDDStart    = 15 * time.Second // for ndd's API to answer
 	labResolveWait = 10 * time.Second // for ndd to resolve every server
 	labNDDStop     = 5 * time.Second  // between SIGTERM and SIGKILL
+	labBGPWait     = 20 * time.Second // for the router's ECMP routes
 	// labDashboard is where the lab's dashboard is reached by default;
 	// ndd's API listens on labAPIListen inside the dispatcher's namespace.
 	labDashboard   = "127.0.0.1:8480"
@@ -94,6 +103,7 @@ func labCmd(ctx context.Context, s *session, args []string) error {
 	fs.Float64Var(&o.rate, "rate", 200, "new connections a second, `R`, split between the two VIPs")
 	fs.DurationVar(&o.duration, "duration", 30*time.Second, "how long to send traffic, `D`; 0 runs until interrupted")
 	fs.StringVar(&o.ndd, "ndd", "", "the ndd binary, `PATH` (default: ndd beside ndctl, else in $PATH)")
+	fs.IntVar(&o.dispatchers, "dispatchers", 1, fmt.Sprintf("number of dispatchers, `N` from 1 to %d; more than 1 puts them behind a BGP router (BIRD 2) that spreads the flows over them by ECMP", lab.MaxDispatchers))
 	fs.StringVar(&o.dashboard, "dashboard", labDashboard, "serve ndd's dashboard on this loopback `ADDR:PORT` of the machine (relayed into the dispatcher's namespace); off for none")
 	if _, err := s.parse(fs, args, 0, 0); err != nil {
 		return err
@@ -105,6 +115,8 @@ func labCmd(ctx context.Context, s *session, args []string) error {
 		return usagef("--rate %v: want more than 0 and at most %d", o.rate, lab.MaxTrafficRate)
 	case o.duration < 0 || o.duration > maxLabDuration:
 		return usagef("--duration %v: want 0 (until interrupted) to %v", o.duration, maxLabDuration)
+	case o.dispatchers < 1 || o.dispatchers > lab.MaxDispatchers:
+		return usagef("--dispatchers %d: want 1 to %d", o.dispatchers, lab.MaxDispatchers)
 	case o.dashboard != "off" && !isLoopback(o.dashboard):
 		return usagef("--dashboard %q: want a loopback ADDR:PORT such as %s, or off", o.dashboard, labDashboard)
 	}
@@ -114,6 +126,11 @@ func labCmd(ctx context.Context, s *session, args []string) error {
 	nddPath, err := s.findNDD(o.ndd)
 	if err != nil {
 		return err
+	}
+	if o.dispatchers > 1 {
+		if _, err := s.lab.lookPath("bird"); err != nil {
+			return errors.New("--dispatchers: BIRD 2 is not installed (apt-get install bird2; scripts/setup does)")
+		}
 	}
 	err = s.runLab(ctx, o, nddPath)
 	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
@@ -174,8 +191,13 @@ func (s *session) runLab(ctx context.Context, o labOptions, nddPath string) (err
 	}
 	sweepStaleDirs(os.TempDir())
 
-	say("building the lab: a client, a dispatcher and %d servers, each in a network namespace", o.servers)
-	l, err := lab.New(ctx, lab.Options{Servers: o.servers})
+	routed := o.dispatchers > 1
+	if routed {
+		say("building the lab: a client behind a router, %d dispatchers and %d servers, each in a network namespace", o.dispatchers, o.servers)
+	} else {
+		say("building the lab: a client, a dispatcher and %d servers, each in a network namespace", o.servers)
+	}
+	l, err := lab.New(ctx, lab.Options{Servers: o.servers, Dispatchers: o.dispatchers, Router: routed})
 	if err != nil {
 		return fmt.Errorf("build the lab: %w", err)
 	}
@@ -186,11 +208,18 @@ func (s *session) runLab(ctx context.Context, o labOptions, nddPath string) (err
 		}
 		say("removed the lab's namespaces %s-*", l.Prefix)
 	}()
-	if err := l.Check(ctx); err != nil {
-		return fmt.Errorf("check the lab: %w", err)
+	if routed {
+		// Check's probes are those of the client beside the dispatcher:
+		// here the BGP routes are the check, awaited below.
+		say("lab %s: client %s behind router %s, dispatchers %s, servers %s to %s",
+			l.Prefix, l.Client.Addr4, l.Router.Addr4, dispatcherAddrs(l), l.Servers[0].Addr4, l.Servers[len(l.Servers)-1].Addr4)
+	} else {
+		if err := l.Check(ctx); err != nil {
+			return fmt.Errorf("check the lab: %w", err)
+		}
+		say("lab %s: client %s, dispatcher %s (VIPs %s, %s), servers %s to %s; ARP and NDP checked",
+			l.Prefix, l.Client.Addr4, l.Dispatcher.Addr4, l.VIP4, l.VIP6, l.Servers[0].Addr4, l.Servers[len(l.Servers)-1].Addr4)
 	}
-	say("lab %s: client %s, dispatcher %s (VIPs %s, %s), servers %s to %s; ARP and NDP checked",
-		l.Prefix, l.Client.Addr4, l.Dispatcher.Addr4, l.VIP4, l.VIP6, l.Servers[0].Addr4, l.Servers[len(l.Servers)-1].Addr4)
 
 	// Named after the lab, so that a later lab can sweep it up if this
 	// process is killed.
@@ -200,16 +229,6 @@ func (s *session) runLab(ctx context.Context, o labOptions, nddPath string) (err
 	}
 	defer os.RemoveAll(dir)
 	token := rand.Text()
-	cfg := labConfig(l, dir, token, o.dashboard != "off")
-	y, err := config.Marshal(cfg)
-	if err != nil {
-		return fmt.Errorf("generate ndd's configuration: %w", err)
-	}
-	cfgPath := filepath.Join(dir, labConfigFile)
-	if err := os.WriteFile(cfgPath, y, 0o600); err != nil {
-		return err
-	}
-
 	for i := range l.Servers {
 		srv := &l.Servers[i]
 		stop, err := lab.ServeHTTP(ctx, srv, netip.AddrPortFrom(l.VIP4, labPort), netip.AddrPortFrom(l.VIP6, labPort))
@@ -219,38 +238,38 @@ func (s *session) runLab(ctx context.Context, o labOptions, nddPath string) (err
 		defer stop()
 	}
 
-	say("starting %s --config %s in the dispatcher's namespace", nddPath, cfgPath)
-	// Its own process group keeps the terminal's Ctrl-C from stopping ndd
-	// before the traffic.
-	d, err := lab.StartNDD(&l.Dispatcher, lab.NDDOptions{Binary: nddPath, Config: cfgPath, Log: filepath.Join(dir, labLogFile), OwnGroup: true})
-	if err != nil {
-		return err
+	if routed {
+		var peers []lab.BIRDPeer
+		for i, d := range l.Dispatchers() {
+			peers = append(peers,
+				lab.BIRDPeer{Name: fmt.Sprintf("d%dv4", i+1), Addr: d.Addr4, ASN: lab.DispatcherASN},
+				lab.BIRDPeer{Name: fmt.Sprintf("d%dv6", i+1), Addr: d.Addr6, ASN: lab.DispatcherASN})
+		}
+		say("starting BIRD 2 in the router's namespace (as %d), peering with every dispatcher", lab.RouterASN)
+		bird, err := l.StartBIRD(ctx, lab.BIRDOptions{Dir: dir, Peers: peers, HoldTime: 3})
+		if err != nil {
+			return err
+		}
+		defer bird.Stop()
 	}
-	defer func() {
-		if err != nil && ctx.Err() == nil {
-			if tail := d.LogTail(25); tail != "" {
-				fmt.Fprintf(s.stderr, "ndd's log (last lines):\n%s\n", tail)
-			}
-		}
-		serr := d.Stop(syscall.SIGTERM, labNDDStop)
-		if serr == nil && d.Err() != nil {
-			serr = fmt.Errorf("ndd: %w", d.Err())
-		}
-		derr := destroyDataPlane(d, cfg.DataPlane.PinPath)
-		if serr == nil && derr == nil {
-			say("stopped ndd and removed its data plane")
-		}
-		err = errors.Join(err, serr, derr)
-	}()
 
-	c, err := api.NewClient(cfg.API.Socket, "", api.WithTimeout(5*time.Second))
-	if err != nil {
-		return err
-	}
-	defer c.Close()
+	var c *api.Client
 	began := time.Now()
-	if err := d.WaitReady(ctx, labNDDStart, c.Health); err != nil {
-		return err
+	for _, d := range l.Dispatchers() {
+		// Not :=, so that the deferred stop sees runLab's err.
+		var dc *api.Client
+		var stop func(error) error
+		dc, stop, err = s.startLabNDD(ctx, l, d, dir, nddPath, token, o.dashboard != "off", routed)
+		if stop != nil {
+			defer func() { err = errors.Join(err, stop(err)) }()
+		}
+		if err != nil {
+			return err
+		}
+		defer dc.Close()
+		if c == nil {
+			c = dc
+		}
 	}
 	st, err := waitResolved(ctx, c, labResolveWait)
 	if err != nil {
@@ -260,6 +279,11 @@ func (s *session) runLab(ctx context.Context, o labOptions, nddPath string) (err
 		warn("%v; sending traffic anyway", err)
 	}
 	say("ndd is up after %.1fs: attached to %s, %s", time.Since(began).Seconds(), strings.Join(st.Interfaces, ", "), resolvedSummary(st))
+	if routed {
+		if err := waitECMP(ctx, l, say); err != nil {
+			return err
+		}
+	}
 	if o.dashboard != "off" {
 		f, err := lab.Forward(o.dashboard, l.Dispatcher.NS, labAPIListen)
 		if err != nil {
@@ -281,7 +305,9 @@ func (s *session) runLab(ctx context.Context, o labOptions, nddPath string) (err
 	return res.err()
 }
 
-// The files a lab keeps in its temporary directory.
+// The files a lab keeps in its temporary directory: the first
+// dispatcher's; another's are named ndd-NAME.* (nd-NAME.yaml), BIRD's
+// bird.*.
 const (
 	labConfigFile = "nd.yaml"
 	labLogFile    = "ndd.log"
@@ -289,7 +315,101 @@ const (
 )
 
 func isLabFile(name string) bool {
-	return name == labConfigFile || name == labLogFile || name == labSocketFile
+	return name == labConfigFile || name == labLogFile || name == labSocketFile ||
+		strings.HasPrefix(name, "nd-") || strings.HasPrefix(name, "ndd-") || strings.HasPrefix(name, "bird.")
+}
+
+// labFiles are the configuration, log and socket of dispatcher d's ndd.
+func labFiles(l *lab.Lab, d *lab.Host, dir string) (cfg, log, sock string) {
+	if d == &l.Dispatcher {
+		return filepath.Join(dir, labConfigFile), filepath.Join(dir, labLogFile), filepath.Join(dir, labSocketFile)
+	}
+	return filepath.Join(dir, "nd-"+d.Name+".yaml"), filepath.Join(dir, "ndd-"+d.Name+".log"), filepath.Join(dir, "ndd-"+d.Name+".sock")
+}
+
+// startLabNDD writes dispatcher d's configuration, starts its ndd and
+// waits until its API answers. stop, when not nil, stops ndd and removes
+// its data plane (showing ndd's log if the lab failed); the caller runs it
+// on every path.
+func (s *session) startLabNDD(ctx context.Context, l *lab.Lab, d *lab.Host, dir, nddPath, token string, dashboard, routed bool) (*api.Client, func(error) error, error) {
+	say := func(format string, args ...any) { fmt.Fprintf(s.stdout, format+"\n", args...) }
+	cfg := labConfig(l, d, dir, token, dashboard && d == &l.Dispatcher, routed)
+	y, err := config.Marshal(cfg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("generate ndd's configuration: %w", err)
+	}
+	cfgPath, logPath, _ := labFiles(l, d, dir)
+	if err := os.WriteFile(cfgPath, y, 0o600); err != nil {
+		return nil, nil, err
+	}
+	say("starting %s --config %s in the %s's namespace", nddPath, cfgPath, d.Name)
+	// Its own process group keeps the terminal's Ctrl-C from stopping ndd
+	// before the traffic.
+	p, err := lab.StartNDD(d, lab.NDDOptions{Binary: nddPath, Config: cfgPath, Log: logPath, OwnGroup: true})
+	if err != nil {
+		return nil, nil, err
+	}
+	stop := func(err error) error {
+		if err != nil && ctx.Err() == nil {
+			if tail := p.LogTail(25); tail != "" {
+				fmt.Fprintf(s.stderr, "%s's ndd log (last lines):\n%s\n", d.Name, tail)
+			}
+		}
+		serr := p.Stop(syscall.SIGTERM, labNDDStop)
+		if serr == nil && p.Err() != nil {
+			serr = fmt.Errorf("ndd: %w", p.Err())
+		}
+		derr := destroyDataPlane(p, cfg.DataPlane.PinPath)
+		if serr == nil && derr == nil {
+			say("stopped %s's ndd and removed its data plane", d.Name)
+		}
+		return errors.Join(serr, derr)
+	}
+	c, err := api.NewClient(cfg.API.Socket, "", api.WithTimeout(5*time.Second))
+	if err != nil {
+		return nil, stop, err
+	}
+	if err := p.WaitReady(ctx, labNDDStart, c.Health); err != nil {
+		c.Close()
+		return nil, stop, err
+	}
+	return c, stop, nil
+}
+
+// waitECMP waits until the router has a route to each VIP through every
+// dispatcher, and says so.
+func waitECMP(ctx context.Context, l *lab.Lab, say func(string, ...any)) error {
+	deadline := time.Now().Add(labBGPWait)
+	for _, vip := range []netip.Addr{l.VIP4, l.VIP6} {
+		for {
+			hops, err := l.RouterNextHops(vip)
+			if err != nil {
+				return err
+			}
+			if len(hops) == len(l.Dispatchers()) {
+				say("the router's route to %s: ECMP through %v (learnt by BGP from the dispatchers)", vip, hops)
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("the router's route to %s goes through %v, not every dispatcher, after %v", vip, hops, labBGPWait)
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}
+	return nil
+}
+
+// dispatcherAddrs lists the dispatchers' IPv4 addresses.
+func dispatcherAddrs(l *lab.Lab) string {
+	var a []string
+	for _, d := range l.Dispatchers() {
+		a = append(a, d.Addr4.String())
+	}
+	return strings.Join(a, ", ")
 }
 
 // sweepStaleDirs removes the temporary directories of labs whose process is
@@ -322,20 +442,30 @@ func processAlive(pid int) bool {
 	return err == nil || errors.Is(err, unix.EPERM)
 }
 
-// labConfig is ndd's configuration for lab l: its dispatcher's eth0, its
-// socket in dir, its data plane pinned under the lab's own name, static
+// labConfig is ndd's configuration for dispatcher d of lab l: its eth0,
+// its socket in dir, its data plane pinned under the lab's own name, static
 // weights, and a cluster per VIP with every server on port 80; with
 // dashboard, the API on the dispatcher's loopback with token, serving the
-// dashboard.
-func labConfig(l *lab.Lab, dir, token string, dashboard bool) *config.Config {
+// dashboard; with routed, a bgp section peering with the router over IPv4
+// and IPv6.
+func labConfig(l *lab.Lab, d *lab.Host, dir, token string, dashboard, routed bool) *config.Config {
 	c := config.Default()
-	c.Interfaces = []string{l.Dispatcher.Ifname}
+	c.Interfaces = []string{d.Ifname}
 	c.DataPlane.PinPath = "/sys/fs/bpf/" + l.Prefix
+	if d != &l.Dispatcher {
+		c.DataPlane.PinPath += "-" + d.Name
+	}
 	c.DataPlane.MaxFlows = 1 << 16
 	c.DataPlane.MaxAffinity = 1 << 12
-	c.API.Socket = filepath.Join(dir, labSocketFile)
+	_, _, c.API.Socket = labFiles(l, d, dir)
 	if dashboard {
 		c.API.Listen, c.API.Token, c.API.Dashboard = labAPIListen, token, true
+	}
+	if routed {
+		c.BGP = &config.BGP{ASN: lab.DispatcherASN, RouterID: d.Addr4, ShutdownGrace: time.Second}
+		for _, a := range []netip.Addr{l.Router.Addr4, l.Router.Addr6} {
+			c.BGP.Peers = append(c.BGP.Peers, config.BGPPeer{Address: a, ASN: lab.RouterASN, Port: config.DefaultBGPPort, HoldTime: 3 * time.Second})
+		}
 	}
 	// The manager would move weights with the load; the lab shows the
 	// configured ones at work.

@@ -3,6 +3,8 @@
 // neighbour table and serves the control API until stopped. SIGHUP reloads
 // the configuration file; SIGINT and SIGTERM stop the daemon and leave the
 // pinned data plane forwarding, so that a restarted ndd keeps every flow.
+// With a bgp section they first withdraw every VIP and serve on for
+// bgp.shutdown_grace.
 package main
 
 import (
@@ -16,6 +18,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/nd-dispatcher/nd/internal/api"
 	"github.com/nd-dispatcher/nd/internal/config"
@@ -98,8 +101,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 }
 
 func serve(cfg *config.Config, path string, log *slog.Logger) error {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// sig ends on SIGINT or SIGTERM; ctx, what the daemon and the API run
+	// under, ends after the BGP routes are withdrawn and the shutdown grace
+	// has passed (at once without bgp), or at once on an error.
+	sig, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 
 	xcfg := daemon.ExecutorConfig(cfg.DataPlane)
 	xcfg.Logger = log
@@ -145,7 +153,7 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 		Logger: log,
 		Metrics: metrics.Handler(metrics.New(d.Status), metrics.NewDecisions(metrics.Decisions{
 			Manager: d.ManagerReport, Advisors: d.AdvisorStatus, Agents: d.AgentStatus,
-		}), metrics.NewHA(d.HAStatus)),
+		}), metrics.NewHA(d.HAStatus), metrics.NewBGP(d.BGPStatus)),
 	})
 	if err != nil {
 		return err
@@ -168,8 +176,10 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 		defer close(signalsDone)
 		for {
 			select {
-			case <-ctx.Done():
+			case <-sig.Done():
 				tell(sdnotify.Stopping, sdnotify.Status("stopping; the data plane keeps forwarding"))
+				return
+			case <-ctx.Done():
 				return
 			case <-hup:
 				if err := notify.BeginReload(); err != nil {
@@ -191,12 +201,20 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 	running := 2
 	go func() { errc <- d.Run(ctx) }()
 	go func() { errc <- srv.Serve(ctx) }()
+	go func() {
+		select {
+		case <-ctx.Done():
+		case <-sig.Done():
+			withdrawThenStop(ctx, d, log)
+			cancel()
+		}
+	}()
 	log.Info("ndd running", "config", path, "socket", cfg.API.Socket, "interfaces", cfg.Interfaces)
 	var first error
 	for range running {
 		if err := <-errc; err != nil && first == nil {
 			first = err
-			stop()
+			cancel()
 		}
 	}
 	stop()
@@ -206,6 +224,30 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 	}
 	log.Info("ndd stopped; the data plane keeps forwarding", "pin_path", cfg.DataPlane.PinPath)
 	return nil
+}
+
+// withdrawThenStop, on SIGTERM, withdraws every BGP route (waiting up to
+// two seconds for the withdrawals to leave) and keeps ndd serving for the
+// shutdown grace, so that the routers move new flows elsewhere while this
+// dispatcher still forwards what is in flight. A second signal cuts the
+// grace short.
+func withdrawThenStop(ctx context.Context, d *daemon.Daemon, log *slog.Logger) {
+	again := make(chan os.Signal, 1)
+	signal.Notify(again, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(again)
+	wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	grace := d.BGPShutdown(wctx)
+	cancel()
+	if grace <= 0 {
+		return
+	}
+	log.Info("stopping after the bgp shutdown grace", "grace", grace)
+	select {
+	case <-time.After(grace):
+	case <-again:
+		log.Info("second signal: stopping now")
+	case <-ctx.Done():
+	}
 }
 
 func destroyDataPlane(cfg *config.Config, log *slog.Logger, stderr io.Writer) int {

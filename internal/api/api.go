@@ -50,6 +50,11 @@ type Controller interface {
 	HAStatus() (ha.Status, error)
 	// HATakeover makes this node the active one, in an orderly handover.
 	HATakeover(ctx context.Context) error
+	// BGPStatus describes the BGP speaker; nd.ErrNoBGP without one.
+	BGPStatus(ctx context.Context) (nd.BGPStatus, error)
+	// BGPDrain withdraws every VIP (true) or announces the servable ones
+	// again (false); nd.ErrNoBGP without a speaker.
+	BGPDrain(ctx context.Context, drain bool) (nd.BGPStatus, error)
 	// Flows lists at most limit connection table entries that match f, and
 	// whether more matched.
 	Flows(f nd.FlowFilter, limit int) ([]nd.Flow, bool, error)

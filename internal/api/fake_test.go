@@ -17,6 +17,7 @@ import (
 	"github.com/nd-dispatcher/nd/internal/executor"
 	"github.com/nd-dispatcher/nd/internal/ha"
 	"github.com/nd-dispatcher/nd/internal/manager"
+	"github.com/nd-dispatcher/nd/internal/nd"
 )
 
 // fakeController is an in-memory Controller: it validates and diffs like the
@@ -72,6 +73,14 @@ func (f *fakeController) AdvisorStatus() []advisor.Status { return nil }
 func (f *fakeController) HAStatus() (ha.Status, error) { return ha.Status{}, daemon.ErrNoHA }
 
 func (f *fakeController) HATakeover(ctx context.Context) error { return daemon.ErrNoHA }
+
+func (f *fakeController) BGPStatus(ctx context.Context) (nd.BGPStatus, error) {
+	return nd.BGPStatus{}, nd.ErrNoBGP
+}
+
+func (f *fakeController) BGPDrain(ctx context.Context, drain bool) (nd.BGPStatus, error) {
+	return nd.BGPStatus{}, nd.ErrNoBGP
+}
 
 func (f *fakeController) AgentStatus() map[netip.AddrPort]agent.Status {
 	return map[netip.AddrPort]agent.Status{netip.MustParseAddrPort("198.51.100.11:7010"): {Disabled: true, Err: "connection refused"}}

@@ -46,6 +46,9 @@ func (s *Server) routes(metrics http.Handler) http.Handler {
 	mux.HandleFunc("GET /v1/agents", s.agents)
 	mux.HandleFunc("GET /v1/ha", s.haStatus)
 	mux.HandleFunc("POST /v1/ha/takeover", s.haTakeover)
+	mux.HandleFunc("GET /v1/bgp", s.bgpStatus)
+	mux.HandleFunc("POST /v1/bgp/drain", s.bgpDrain(true))
+	mux.HandleFunc("POST /v1/bgp/undrain", s.bgpDrain(false))
 	mux.HandleFunc("GET /v1/flows", s.flows)
 	mux.HandleFunc("GET /v1/dashboard", s.dashboard)
 	if metrics != nil {

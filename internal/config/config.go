@@ -137,6 +137,10 @@ type Config struct {
 	// never its ha section.
 	HA *HA
 
+	// BGP (YAML bgp) announces the VIPs this dispatcher can serve to BGP
+	// peers. Optional: nil when the file has no bgp section.
+	BGP *BGP
+
 	// Clusters (YAML clusters) are the virtual IP addresses nd serves, each
 	// with its ports and their servers. Optional: a dispatcher may start
 	// empty and be given clusters through the API.

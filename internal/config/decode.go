@@ -526,7 +526,7 @@ func (d *decoder) boolField(f map[string]*yaml.Node, path, name string, dst *boo
 
 // config reads the document's root mapping into c, which holds the defaults.
 func (d *decoder) config(c *Config, root *yaml.Node) {
-	f, done, ok := d.fields("", root, "interfaces", "data_plane", "api", "metrics", "manager", "advisors", "agents", "ha", "clusters")
+	f, done, ok := d.fields("", root, "interfaces", "data_plane", "api", "metrics", "manager", "advisors", "agents", "ha", "bgp", "clusters")
 	defer done()
 	if !ok {
 		return
@@ -560,9 +560,96 @@ func (d *decoder) config(c *Config, root *yaml.Node) {
 	if n := f["ha"]; n != nil {
 		c.HA = d.ha(n)
 	}
+	if n := f["bgp"]; n != nil {
+		c.BGP = d.bgp(n)
+	}
 	if n := f["clusters"]; n != nil {
 		c.Clusters = listOf(d, "clusters", n, d.cluster)
 	}
+}
+
+func (d *decoder) bgp(n *yaml.Node) *BGP {
+	const p = "bgp"
+	b := &BGP{ShutdownGrace: DefaultBGPShutdownGrace}
+	f, done, _ := d.fields(p, n, "asn", "router_id", "shutdown_grace", "communities", "med", "peers", "vips")
+	defer done()
+	d.u32(f, p, "asn", 0, math.MaxUint32, &b.ASN)
+	if n := f["router_id"]; n != nil {
+		b.RouterID, _ = d.addr(join(p, "router_id"), n)
+	}
+	d.durField(f, p, "shutdown_grace", &b.ShutdownGrace)
+	if n := f["communities"]; n != nil {
+		b.Communities = d.strings(join(p, "communities"), n)
+	}
+	d.u32(f, p, "med", 0, math.MaxUint32, &b.MED)
+	if n := f["peers"]; n != nil {
+		b.Peers = listOf(d, join(p, "peers"), n, d.bgpPeer)
+	}
+	if n := f["vips"]; n != nil {
+		b.VIPs = listOf(d, join(p, "vips"), n, d.bgpVIP)
+	}
+	return b
+}
+
+func (d *decoder) bgpPeer(p string, n *yaml.Node) BGPPeer {
+	pr := BGPPeer{Port: DefaultBGPPort, HoldTime: DefaultBGPHoldTime}
+	f, done, ok := d.fields(p, n, "address", "asn", "port", "hold_time", "password", "multihop", "local_address")
+	defer done()
+	if !ok {
+		return pr
+	}
+	if n := f["address"]; n != nil {
+		pr.Address, _ = d.addr(join(p, "address"), n)
+	}
+	d.u32(f, p, "asn", 0, math.MaxUint32, &pr.ASN)
+	if n := f["port"]; n != nil {
+		if v, ok := d.uint(join(p, "port"), n, 1, math.MaxUint16); ok {
+			pr.Port = uint16(v)
+		}
+	}
+	d.durField(f, p, "hold_time", &pr.HoldTime)
+	d.strField(f, p, "password", &pr.Password)
+	d.u32(f, p, "multihop", 0, 255, &pr.Multihop)
+	if n := f["local_address"]; n != nil {
+		pr.LocalAddress, _ = d.addr(join(p, "local_address"), n)
+	}
+	return pr
+}
+
+func (d *decoder) bgpVIP(p string, n *yaml.Node) BGPVIP {
+	v := BGPVIP{Announce: true}
+	f, done, ok := d.fields(p, n, "vip", "announce", "communities", "med", "next_hop")
+	defer done()
+	if !ok {
+		return v
+	}
+	if n := f["vip"]; n != nil {
+		v.VIP, _ = d.addr(join(p, "vip"), n)
+	}
+	d.boolField(f, p, "announce", &v.Announce)
+	if n := f["communities"]; n != nil {
+		v.Communities = d.strings(join(p, "communities"), n)
+		if v.Communities == nil {
+			v.Communities = []string{} // given, empty: no communities
+		}
+	}
+	if n := f["med"]; n != nil {
+		var m uint32
+		d.u32(f, p, "med", 0, math.MaxUint32, &m)
+		v.MED = &m
+	}
+	if n := f["next_hop"]; n != nil {
+		v.NextHop, _ = d.addr(join(p, "next_hop"), n)
+	}
+	return v
+}
+
+// strings reads a list of strings.
+func (d *decoder) strings(path string, n *yaml.Node) []string {
+	return listOf(d, path, n, func(p string, it *yaml.Node) string {
+		s, _ := d.str(p, it)
+		return s
+	})
 }
 
 func (d *decoder) dataPlane(dp *DataPlane, n *yaml.Node) {

@@ -26,7 +26,7 @@ type Changes struct {
 	// Settings are changed settings that a running daemon can apply:
 	// api.listen, api.token, api.token_file, api.tls_cert, api.tls_key,
 	// api.dashboard,
-	// metrics.listen, manager.*, advisors and agents.
+	// metrics.listen, manager.*, advisors, agents and bgp.
 	Settings []Setting
 	// Fixed are changed settings that only a restart applies: data_plane.*
 	// (the tables are sized and pinned at start), api.socket and ha. A daemon
@@ -68,9 +68,9 @@ func Diff(old, new *Config) Changes {
 	case old == nil && new == nil:
 		return Changes{}
 	case old == nil:
-		old = &Config{DataPlane: new.DataPlane, API: new.API, Metrics: new.Metrics, Manager: new.Manager, Advisors: new.Advisors, Agents: new.Agents, HA: new.HA}
+		old = &Config{DataPlane: new.DataPlane, API: new.API, Metrics: new.Metrics, Manager: new.Manager, Advisors: new.Advisors, Agents: new.Agents, HA: new.HA, BGP: new.BGP}
 	case new == nil:
-		new = &Config{DataPlane: old.DataPlane, API: old.API, Metrics: old.Metrics, Manager: old.Manager, Advisors: old.Advisors, Agents: old.Agents, HA: old.HA}
+		new = &Config{DataPlane: old.DataPlane, API: old.API, Metrics: old.Metrics, Manager: old.Manager, Advisors: old.Advisors, Agents: old.Agents, HA: old.HA, BGP: old.BGP}
 	}
 	var ch Changes
 	ch.Attach, ch.Detach = diffNames(old.Interfaces, new.Interfaces)
@@ -197,6 +197,8 @@ func settings(c *Config) []Setting {
 		{Path: "ha", New: describeHA(c.HA)},
 		{Path: "ha.refresh", New: describeRefresh(c.HA)},
 		{Path: "ha.mode", New: describeMode(c.HA)},
+		{Path: "bgp", New: describeBGP(c.BGP)},
+		{Path: "bgp.peers.password", New: bgpPasswords(c.BGP)}, // masked by diffSettings
 	}
 }
 
@@ -268,7 +270,7 @@ func changedSettings(old, new *Config) []Setting {
 			continue
 		}
 		s := Setting{Path: n[i].Path, Old: o[i].New, New: n[i].New}
-		if s.Path == "api.token" {
+		if s.Path == "api.token" || s.Path == "bgp.peers.password" {
 			s.Old, s.New = maskSecret(s.Old), maskSecret(s.New)
 		}
 		out = append(out, s)

@@ -140,6 +140,10 @@ func Marshal(c *Config) ([]byte, error) {
 		))
 	}
 
+	if b := c.BGP; b != nil {
+		put(root, "bgp", bgpNode(b))
+	}
+
 	clusters := &yaml.Node{Kind: yaml.SequenceNode}
 	for _, cl := range c.Clusters {
 		ports := &yaml.Node{Kind: yaml.SequenceNode}
@@ -255,4 +259,53 @@ func mapping(kv ...any) *yaml.Node {
 		put(m, kv[i].(string), kv[i+1].(*yaml.Node))
 	}
 	return m
+}
+
+func strList(ss []string) *yaml.Node {
+	n := &yaml.Node{Kind: yaml.SequenceNode, Style: yaml.FlowStyle}
+	for _, s := range ss {
+		n.Content = append(n.Content, str(s))
+	}
+	return n
+}
+
+func bgpNode(b *BGP) *yaml.Node {
+	bn := mapping("asn", uintNode(b.ASN), "router_id", str(b.RouterID.String()),
+		"shutdown_grace", durationNode(b.ShutdownGrace))
+	if len(b.Communities) > 0 {
+		put(bn, "communities", strList(b.Communities))
+	}
+	put(bn, "med", uintNode(b.MED))
+	peers := &yaml.Node{Kind: yaml.SequenceNode}
+	for _, p := range b.Peers {
+		pn := mapping("address", str(p.Address.String()), "asn", uintNode(p.ASN), "port", uintNode(uint32(p.Port)),
+			"hold_time", durationNode(p.HoldTime))
+		putOptional(pn, "password", p.Password)
+		if p.Multihop != 0 {
+			put(pn, "multihop", uintNode(p.Multihop))
+		}
+		if p.LocalAddress.IsValid() {
+			put(pn, "local_address", str(p.LocalAddress.String()))
+		}
+		peers.Content = append(peers.Content, pn)
+	}
+	put(bn, "peers", peers)
+	if len(b.VIPs) > 0 {
+		vips := &yaml.Node{Kind: yaml.SequenceNode}
+		for _, v := range b.VIPs {
+			vn := mapping("vip", str(v.VIP.String()), "announce", boolNode(v.Announce))
+			if v.Communities != nil {
+				put(vn, "communities", strList(v.Communities))
+			}
+			if v.MED != nil {
+				put(vn, "med", uintNode(*v.MED))
+			}
+			if v.NextHop.IsValid() {
+				put(vn, "next_hop", str(v.NextHop.String()))
+			}
+			vips.Content = append(vips.Content, vn)
+		}
+		put(bn, "vips", vips)
+	}
+	return bn
 }

@@ -50,7 +50,7 @@ func TestParseErrors(t *testing.T) {
 	}{
 		// Structure.
 		{"unknown top-level field", head + "frobnicate: 1\n",
-			[]string{"nd.yaml:2:1: frobnicate: unknown field (known: interfaces, data_plane, api, metrics, manager, advisors, agents, ha, clusters)"}},
+			[]string{"nd.yaml:2:1: frobnicate: unknown field (known: interfaces, data_plane, api, metrics, manager, advisors, agents, ha, bgp, clusters)"}},
 		{"unknown field with a suggestion", head + "data_plane:\n  max_flow: 10\n",
 			[]string{"nd.yaml:3:3: data_plane.max_flow: unknown field (did you mean max_flows?)"}},
 		{"unknown server field", head + "clusters:\n  - vip: 198.51.100.100\n    ports:\n      - port: 80\n        servers:\n          - {address: 198.51.100.11, wieght: 3}\n",
@@ -58,7 +58,7 @@ func TestParseErrors(t *testing.T) {
 		{"field given twice", head + "interfaces: [eth1]\n",
 			[]string{"nd.yaml:2:1: interfaces: field given twice (first at line 1)"}},
 		{"root is not a mapping", "- eth0\n",
-			[]string{"nd.yaml:1:1: want a mapping of interfaces, data_plane, api, metrics, manager, advisors, agents, ha, clusters, got a list"}},
+			[]string{"nd.yaml:1:1: want a mapping of interfaces, data_plane, api, metrics, manager, advisors, agents, ha, bgp, clusters, got a list"}},
 		{"section is not a mapping", head + "api: /run/nd.sock\n",
 			[]string{`nd.yaml:2:6: api: want a mapping of socket, listen, token, token_file, tls_cert, tls_key, dashboard, got "/run/nd.sock"`}},
 		{"list wanted", "interfaces: eth0\n",

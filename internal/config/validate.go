@@ -108,6 +108,7 @@ func validate(c *Config, r *reporter) {
 		}
 	}
 	validateClusters(c, advisors, r)
+	validateBGP(c, r)
 }
 
 func validateHA(h *HA, r *reporter) {

@@ -114,7 +114,13 @@ type Daemon struct {
 	adv   *advisor.Runner
 	hosts agents
 	ha    *haLink // nil without an ha section
-	ready func()
+	// bgp is the BGP speaker's link; nil until a bgp section is applied.
+	bgp *bgpLink
+	// runCtx is Run's context, for what Apply starts (the speaker), and
+	// loops its goroutines, which Run waits for.
+	runCtx context.Context
+	loops  sync.WaitGroup
+	ready  func()
 	// newSteer attaches advisor steering; steer is attached while some
 	// advisor probes through a VIP (steerErr says why it could not be).
 	// steerMu guards steer and steerErr: advisors' probes read them
@@ -243,9 +249,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 	nbrDone := make(chan error, 1)
 	go func() { nbrDone <- d.nbr.Run(ctx) }()
-	var loops sync.WaitGroup
+	loops := &d.loops
 	defer loops.Wait()
 	defer cancel()
+	d.mu.Lock()
+	d.runCtx = ctx
+	d.mu.Unlock()
 	loops.Add(2)
 	go func() { defer loops.Done(); d.adv.Run(ctx) }()
 	go func() { defer loops.Done(); d.mgr.Run(ctx) }()
@@ -436,6 +445,9 @@ func (d *Daemon) apply(cfg *config.Config) (config.Changes, error) {
 	if err := d.mgr.SetPorts(managerPorts(d.cfg)); err != nil {
 		errs = append(errs, fmt.Errorf("manager: %w", err))
 	}
+	if err := d.configureBGP(); err != nil {
+		errs = append(errs, err)
+	}
 	if len(errs) > 0 {
 		err := errors.Join(errs...)
 		d.log.Error("configuration applied with errors", "err", err)
@@ -616,6 +628,7 @@ func (d *Daemon) onNeighbor(ev neighbor.Event) {
 			}
 		}
 	}
+	_ = d.updateBGP() // logged
 }
 
 func clone(c *config.Config) *config.Config {
@@ -648,5 +661,6 @@ func clone(c *config.Config) *config.Config {
 		a := *c.Agents
 		out.Agents = &a
 	}
+	out.BGP = config.CloneBGP(c.BGP)
 	return &out
 }

@@ -229,6 +229,7 @@ func (d *Daemon) commitWeights(c manager.Commit) error {
 	msg := fmt.Sprintf("%s (change %.1f%%): %s", c.Reason, 100*c.Change, strings.Join(parts, " "))
 	d.log.Info("weights committed", "service", c.Port.String(), "reason", c.Reason, "weights", strings.Join(parts, " "))
 	d.emit(Event{Type: EventWeightsCommitted, Service: c.Port.String(), Message: msg})
+	_ = d.updateBGP() // logged
 	if d.ha != nil {
 		d.ha.requestPublish()
 	}

@@ -54,6 +54,7 @@ func (d *Daemon) sample(now time.Time) {
 		}
 	}
 	r.at, r.prev = now, st
+	_ = d.updateBGP() // logged
 }
 
 // Status reads the counters and describes every port and server.

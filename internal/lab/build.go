@@ -66,7 +66,7 @@ type role struct {
 	num   int
 }
 
-func (l *Lab) build(ctx context.Context, dispatchers, servers int, attacker bool) error {
+func (l *Lab) build(ctx context.Context, dispatchers, servers int, attacker, router bool) error {
 	step := func(err error) error {
 		if err != nil {
 			return err
@@ -90,8 +90,23 @@ func (l *Lab) build(ctx context.Context, dispatchers, servers int, attacker bool
 	for i := range servers {
 		roles = append(roles, role{fmt.Sprintf("server%d", i+1), fmt.Sprintf("s%d", i+1), FirstServer + i})
 	}
+	if router {
+		h, err := l.newHost(role{"router", "r", RouterNum})
+		if err := step(err); err != nil {
+			return err
+		}
+		l.Router = &h
+	}
 	hosts := make([]Host, 0, len(roles))
 	for _, r := range roles {
+		if r.num == ClientNum && router {
+			h, err := l.newClientBehindRouter(r)
+			if err := step(err); err != nil {
+				return err
+			}
+			hosts = append(hosts, h)
+			continue
+		}
 		h, err := l.newHost(r)
 		if err := step(err); err != nil {
 			return err
@@ -118,6 +133,13 @@ func (l *Lab) build(ctx context.Context, dispatchers, servers int, attacker bool
 	for i := range l.Servers {
 		if err := step(l.setUpServer(&l.Servers[i])); err != nil {
 			return err
+		}
+	}
+	if router {
+		for _, h := range l.Hosts()[1:] {
+			if err := step(l.routeViaRouter(h)); err != nil {
+				return err
+			}
 		}
 	}
 	l.logf("lab %s: %d dispatchers (VIPs on them: %v), %d servers, two networks: %v",

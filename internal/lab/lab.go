@@ -20,6 +20,14 @@
 // dispatcher holds them: whichever is active adds and announces them (see
 // internal/ha).
 //
+// With Options.Router the client moves behind a router, a namespace that
+// joins the external network as host 1 (198.51.100.1, 2001:db8::1) and
+// reaches the client over a network of its own, 203.0.113.0/24 and
+// 2001:db8:2::/64 (router .1, client .2). The dispatchers hold no VIP: the
+// router learns the VIPs from the dispatchers over BGP (StartBIRD runs BIRD
+// 2 there) and spreads their traffic over them by ECMP. The servers and
+// the dispatchers route the client network through the router.
+//
 // Addresses and MACs are fixed so that fixtures read well: host number n
 // (client 2, dispatcher 3, dispatcher2 4, servers 11, 12, ...) has 198.51.100.n,
 // 2001:db8::n (the same digits, so server 1 is 2001:db8::11) and MAC
@@ -54,14 +62,20 @@ import (
 var (
 	ExtNet4 = netip.MustParsePrefix("198.51.100.0/24")
 	ExtNet6 = netip.MustParsePrefix("2001:db8::/64")
-	IntNet4 = netip.MustParsePrefix("203.0.113.0/24")
-	IntNet6 = netip.MustParsePrefix("2001:db8:1::/64")
-	VIP4    = netip.MustParseAddr("198.51.100.100")
-	VIP6    = netip.MustParseAddr("2001:db8::100")
+	// ClientNet4 and ClientNet6 are the client's network behind the
+	// router, with Options.Router.
+	ClientNet4 = netip.MustParsePrefix("203.0.113.0/24")
+	ClientNet6 = netip.MustParsePrefix("2001:db8:2::/64")
+	IntNet4    = netip.MustParsePrefix("203.0.113.0/24")
+	IntNet6    = netip.MustParsePrefix("2001:db8:1::/64")
+	VIP4       = netip.MustParseAddr("198.51.100.100")
+	VIP6       = netip.MustParseAddr("2001:db8::100")
 )
 
 // Host numbers: the last byte of a host's addresses and MACs.
 const (
+	// RouterNum is the router's, with Options.Router.
+	RouterNum     = 1
 	ClientNum     = 2
 	DispatcherNum = 3
 	// Dispatcher2Num is the second dispatcher's, with Options.Dispatchers 2.
@@ -108,6 +122,10 @@ type Options struct {
 	// Attacker adds a host, attacker, on the external network only, from
 	// which Flood sends spoofed packets.
 	Attacker bool
+	// Router puts the client behind a router on a network of its own;
+	// the dispatchers then hold no VIP (see the package comment). Not
+	// with TwoNetworks.
+	Router bool
 	// Logf, if set, receives progress messages.
 	Logf func(format string, args ...any)
 }
@@ -160,7 +178,10 @@ type Lab struct {
 	// is 2.
 	Dispatcher2 *Host
 	// Attacker is nil unless Options.Attacker.
-	Attacker    *Host
+	Attacker *Host
+	// Router is nil unless Options.Router; its eth1 (Int) is on the
+	// client's network.
+	Router      *Host
 	Servers     []Host
 	VIP4, VIP6  netip.Addr
 	TwoNetworks bool
@@ -252,6 +273,12 @@ func New(ctx context.Context, o Options) (_ *Lab, err error) {
 	if o.Dispatchers < 0 || o.Dispatchers > MaxDispatchers {
 		return nil, fmt.Errorf("%w: %d dispatchers, want 1 to %d", ErrBadOptions, o.Dispatchers, MaxDispatchers)
 	}
+	if o.Router && o.TwoNetworks {
+		return nil, fmt.Errorf("%w: a router and two networks: the client's network would be the internal one", ErrBadOptions)
+	}
+	if o.Router {
+		o.NoDispatcherVIPs = true
+	}
 	if o.Prefix == "" {
 		o.Prefix = fmt.Sprintf("%s%d-%04x", sweepPrefix, os.Getpid(), rand.IntN(0x10000))
 	}
@@ -278,7 +305,7 @@ func New(ctx context.Context, o Options) (_ *Lab, err error) {
 			}
 		}
 	}()
-	if err := l.build(ctx, o.Dispatchers, o.Servers, o.Attacker); err != nil {
+	if err := l.build(ctx, o.Dispatchers, o.Servers, o.Attacker, o.Router); err != nil {
 		return nil, fmt.Errorf("build lab %s: %w", l.Prefix, err)
 	}
 	ok = true

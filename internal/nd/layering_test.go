@@ -26,6 +26,7 @@ func TestImportRules(t *testing.T) {
 		{"internal/executor", policy, "the executor carries out decisions, it makes none"},
 		{"internal/api", []string{"github.com/cilium/ebpf", mod + "internal/executor", mod + "internal/daemon"}, "the API talks to the daemon through its Controller interface, and ndctl links it"},
 		{"internal/metrics", []string{"github.com/cilium/ebpf", mod + "internal/executor", mod + "internal/daemon"}, "the collectors read status sources, not the daemon"},
+		{"internal/bgp", append(policy, mod+"internal/executor", mod+"internal/api"), "the speaker announces what the daemon decides; it decides nothing"},
 	}
 	for _, r := range rules {
 		out, err := exec.Command("go", "list", "-deps", "-f", "{{.ImportPath}}", mod+r.pkg).CombinedOutput()

@@ -1,0 +1,171 @@
+package bgp
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+
+	api "github.com/osrg/gobgp/v4/api"
+	"github.com/osrg/gobgp/v4/pkg/apiutil"
+	"github.com/osrg/gobgp/v4/pkg/packet/bgp"
+	"github.com/osrg/gobgp/v4/pkg/server"
+)
+
+// router is a second GoBGP server on loopback standing in for a router: it
+// listens, accepts the speaker, and its table shows what was announced.
+func router(t *testing.T, ctx context.Context) (*server.BgpServer, uint16) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	r := server.NewBgpServer()
+	go r.Serve()
+	t.Cleanup(r.Stop)
+	if err := r.StartBgp(ctx, &api.StartBgpRequest{Global: &api.Global{
+		Asn: 64512, RouterId: "192.0.2.1", ListenPort: int32(port), ListenAddresses: []string{"127.0.0.1"},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.AddPeer(ctx, &api.AddPeerRequest{Peer: &api.Peer{
+		Conf:      &api.PeerConf{NeighborAddress: "127.0.0.1", PeerAsn: 64513},
+		Transport: &api.Transport{PassiveMode: true},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	return r, uint16(port)
+}
+
+// table is the router's routes: prefix -> MED and communities.
+func table(t *testing.T, r *server.BgpServer) map[netip.Prefix]Route {
+	out := map[netip.Prefix]Route{}
+	err := r.ListPath(apiutil.ListPathRequest{TableType: api.TableType_TABLE_TYPE_GLOBAL, Family: bgp.RF_IPv4_UC},
+		func(n bgp.NLRI, paths []*apiutil.Path) {
+			pfx, _ := netip.ParsePrefix(n.String())
+			rt := Route{Prefix: pfx}
+			for _, a := range paths[0].Attrs {
+				switch a := a.(type) {
+				case *bgp.PathAttributeMultiExitDisc:
+					rt.MED = a.Value
+				case *bgp.PathAttributeCommunities:
+					rt.Communities = a.Value
+				case *bgp.PathAttributeNextHop:
+					rt.NextHop = a.Value
+				}
+			}
+			out[pfx] = rt
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestSpeakerAnnouncesAndWithdraws(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	r, port := router(t, ctx)
+
+	states := make(chan PeerStatus, 16)
+	s, err := New(ctx, Global{ASN: 64513, RouterID: netip.MustParseAddr("192.0.2.3")},
+		Options{OnPeerState: func(p PeerStatus) { states <- p }, Poll: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { s.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+
+	vip := netip.MustParsePrefix("198.51.100.100/32")
+	if err := s.Announce([]Route{{Prefix: vip, MED: 7, Communities: []uint32{64513<<16 | 100}}}); err != nil {
+		t.Fatal(err)
+	}
+	peer := Peer{Address: netip.MustParseAddr("127.0.0.1"), ASN: 64512, Port: port, HoldTime: 9 * time.Second}
+	if err := s.Configure(ctx, Global{ASN: 64513, RouterID: netip.MustParseAddr("192.0.2.3")}, []Peer{peer}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the route at the router", func() bool { _, ok := table(t, r)[vip]; return ok })
+	got := table(t, r)[vip]
+	if got.MED != 7 || !slices.Equal(got.Communities, []uint32{64513<<16 | 100}) || got.NextHop != netip.MustParseAddr("127.0.0.1") {
+		t.Errorf("route at the router %+v", got)
+	}
+	for p := range states {
+		if p.State == StateEstablished {
+			break
+		}
+	}
+	ps, err := s.Peers(ctx)
+	if err != nil || len(ps) != 1 || ps[0].State != StateEstablished || ps[0].Advertised != 1 || ps[0].Since.IsZero() || ps[0].HoldTime != 9*time.Second {
+		t.Errorf("peers %+v, %v", ps, err)
+	}
+
+	// A changed attribute replaces the route.
+	if err := s.Announce([]Route{{Prefix: vip, MED: 8}}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the new MED", func() bool { rt := table(t, r)[vip]; return rt.MED == 8 && len(rt.Communities) == 0 })
+
+	// Withdrawn: gone from the router, and WaitWithdrawn sees it sent.
+	start := time.Now()
+	if err := s.Announce(nil); err != nil {
+		t.Fatal(err)
+	}
+	wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
+	defer wcancel()
+	if err := s.WaitWithdrawn(wctx); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the withdrawal", func() bool { _, ok := table(t, r)[vip]; return !ok })
+	t.Logf("withdrawn at the router within %v", time.Since(start))
+
+	// Removing the peer closes its session.
+	if err := s.Configure(ctx, Global{ASN: 64513, RouterID: netip.MustParseAddr("192.0.2.3")}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if ps, _ := s.Peers(ctx); len(ps) != 0 {
+		t.Errorf("peers after removal: %+v", ps)
+	}
+}
+
+func TestSilentPeerDoesNotBlock(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s, err := New(ctx, Global{ASN: 64513, RouterID: netip.MustParseAddr("192.0.2.3")}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Stop()
+	start := time.Now()
+	// TEST-NET-1 is routed nowhere: the connection never completes.
+	err = s.Configure(ctx, Global{ASN: 64513, RouterID: netip.MustParseAddr("192.0.2.3")},
+		[]Peer{{Address: netip.MustParseAddr("192.0.2.77"), ASN: 64512, Port: 179, HoldTime: 90 * time.Second}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Announce([]Route{{Prefix: netip.MustParsePrefix("198.51.100.100/32")}}); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("configuring a silent peer took %v", d)
+	}
+	ps, err := s.Peers(ctx)
+	if err != nil || len(ps) != 1 || ps[0].State == StateEstablished {
+		t.Errorf("peers %+v, %v", ps, err)
+	}
+}

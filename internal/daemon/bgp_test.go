@@ -1,0 +1,230 @@
+package daemon
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	api "github.com/osrg/gobgp/v4/api"
+	"github.com/osrg/gobgp/v4/pkg/apiutil"
+	"github.com/osrg/gobgp/v4/pkg/packet/bgp"
+	"github.com/osrg/gobgp/v4/pkg/server"
+
+	"github.com/nd-dispatcher/nd/internal/config"
+)
+
+// gobgpRouter is a GoBGP server on loopback standing in for a router: it
+// accepts the daemon's speaker (from 127.0.0.1, AS 64513) and its table
+// shows what the daemon announces.
+type gobgpRouter struct {
+	t    *testing.T
+	srv  *server.BgpServer
+	port int
+}
+
+func newGoBGPRouter(t *testing.T) *gobgpRouter {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	r := server.NewBgpServer()
+	go r.Serve()
+	t.Cleanup(r.Stop)
+	ctx := context.Background()
+	if err := r.StartBgp(ctx, &api.StartBgpRequest{Global: &api.Global{
+		Asn: 64512, RouterId: "192.0.2.1", ListenPort: int32(port), ListenAddresses: []string{"127.0.0.1"},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.AddPeer(ctx, &api.AddPeerRequest{Peer: &api.Peer{
+		Conf:      &api.PeerConf{NeighborAddress: "127.0.0.1", PeerAsn: 64513},
+		Transport: &api.Transport{PassiveMode: true},
+		// Accept the speaker again soon after it closed the session.
+		Timers: &api.Timers{Config: &api.TimersConfig{ConnectRetry: 1, IdleHoldTimeAfterReset: 1}},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	return &gobgpRouter{t: t, srv: r, port: port}
+}
+
+// med returns the MED of the router's route to vip, and whether it has one.
+func (r *gobgpRouter) med(vip netip.Addr) (uint32, bool) {
+	var med uint32
+	found := false
+	err := r.srv.ListPath(apiutil.ListPathRequest{TableType: api.TableType_TABLE_TYPE_GLOBAL, Family: bgp.RF_IPv4_UC},
+		func(n bgp.NLRI, paths []*apiutil.Path) {
+			if n.String() != netip.PrefixFrom(vip, 32).String() {
+				return
+			}
+			found = true
+			for _, a := range paths[0].Attrs {
+				if m, ok := a.(*bgp.PathAttributeMultiExitDisc); ok {
+					med = m.Value
+				}
+			}
+		})
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	return med, found
+}
+
+func bgpConfig(port int, med int) string {
+	return baseConfig + strings.NewReplacer("PORT", strconv.Itoa(port), "MED", strconv.Itoa(med)).Replace(`bgp:
+  asn: 64513
+  router_id: 192.0.2.3
+  shutdown_grace: 2s
+  med: MED
+  peers:
+    - {address: 127.0.0.1, port: PORT, asn: 64512, hold_time: 3s}
+`)
+}
+
+func (w *world) bgpStatus() BGPStatus {
+	w.t.Helper()
+	st, err := w.d.BGPStatus(context.Background())
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	return st
+}
+
+// TestBGPFollowsServability: the VIP is announced while a server can take
+// new flows, withdrawn when none can (quiesced, unresolved), when drained
+// and on shutdown; a reload changes its MED at the router, and one without
+// the bgp section closes the session.
+func TestBGPFollowsServability(t *testing.T) {
+	r := newGoBGPRouter(t)
+	w := start(t, bgpConfig(r.port, 5))
+	evs, stop := w.d.Events()
+	defer stop()
+	var seen []string
+	wanted := []string{"bgp_peer peer 127.0.0.1 (as 64512) established", "bgp_withdrawn no server can take new flows",
+		"bgp_withdrawn drained by the operator", "bgp_drained drained", "bgp_announced 198.51.100.100/32 med 9", "bgp_withdrawn ndd is stopping"}
+	announced := func(what string, want bool) {
+		t.Helper()
+		w.eventually(what, func() bool { _, ok := r.med(vip); return ok == want })
+	}
+	announced("announced", true)
+	// The speaker reads the sessions' states every half second.
+	w.eventually("the established event", func() bool {
+		for {
+			select {
+			case ev := <-evs:
+				seen = append(seen, ev.Type+" "+ev.Message)
+			default:
+				return slices.ContainsFunc(seen, func(s string) bool { return strings.HasPrefix(s, wanted[0]) })
+			}
+		}
+	})
+	st := w.bgpStatus()
+	if len(st.Peers) != 1 || st.Peers[0].State != "established" || len(st.VIPs) != 1 || !st.VIPs[0].Announced || st.VIPs[0].MED != 5 {
+		t.Fatalf("status %+v", st)
+	}
+
+	// Both servers quiesced: withdrawn, saying why; back when one returns.
+	quiesce := func(a netip.Addr, q bool) {
+		t.Helper()
+		_, err := w.d.Update(func(c *config.Config) error {
+			for i, s := range c.Clusters[0].Ports[0].Servers {
+				if s.Address == a {
+					c.Clusters[0].Ports[0].Servers[i].Quiesce = q
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	quiesce(srv1, true)
+	if st := w.bgpStatus(); !st.VIPs[0].Announced {
+		t.Errorf("withdrawn with a server left: %+v", st.VIPs)
+	}
+	quiesce(srv2, true)
+	announced("withdrawn with every server quiesced", false)
+	if st := w.bgpStatus(); st.VIPs[0].Announced || st.VIPs[0].Reason != "no server can take new flows" {
+		t.Errorf("status %+v", st.VIPs)
+	}
+	quiesce(srv2, false)
+	announced("back with a server", true)
+
+	// Unresolved servers are not in the data plane: withdrawn.
+	quiesce(srv1, false)
+	w.nbr.set(srv1, "", 2)
+	w.nbr.set(srv2, "", 2)
+	announced("withdrawn with no server resolved", false)
+	w.nbr.set(srv1, "02:00:00:00:00:11", 2)
+	announced("back once resolved", true)
+
+	// Drain and undrain.
+	if st, err := w.d.BGPDrain(context.Background(), true); err != nil || !st.Drained {
+		t.Fatalf("drain: %+v %v", st, err)
+	}
+	announced("withdrawn when drained", false)
+	if st := w.bgpStatus(); st.VIPs[0].Reason != "drained by the operator" {
+		t.Errorf("status %+v", st.VIPs)
+	}
+	if _, err := w.d.BGPDrain(context.Background(), false); err != nil {
+		t.Fatal(err)
+	}
+	announced("back when undrained", true)
+
+	// A reload changes the MED at the router.
+	if _, err := w.d.Apply(parse(t, bgpConfig(r.port, 9))); err != nil {
+		t.Fatal(err)
+	}
+	w.eventually("MED 9", func() bool { m, ok := r.med(vip); return ok && m == 9 })
+
+	// Shutdown: withdrawn, the grace returned.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if g := w.d.BGPShutdown(ctx); g != 2*time.Second {
+		t.Errorf("grace %v", g)
+	}
+	announced("withdrawn on shutdown", false)
+
+	// Without the bgp section the speaker stops.
+	if _, err := w.d.Apply(parse(t, baseConfig)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.d.BGPStatus(context.Background()); err == nil {
+		t.Error("BGP status without a bgp section")
+	}
+	announced("withdrawn with the section gone", false)
+	// And a reload that brings it back starts a speaker again.
+	if _, err := w.d.Apply(parse(t, bgpConfig(r.port, 7))); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if m, ok := r.med(vip); ok && m == 7 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("not announced again (MED 7) after the bgp section came back")
+		}
+	}
+
+	// Every event the test expects was emitted, in time.
+	deadline := time.After(3 * time.Second)
+	for _, want := range wanted {
+		for !slices.ContainsFunc(seen, func(s string) bool { return strings.HasPrefix(s, want) }) {
+			select {
+			case ev := <-evs:
+				if strings.HasPrefix(ev.Type, "bgp_") {
+					seen = append(seen, ev.Type+" "+ev.Message)
+				}
+			case <-deadline:
+				t.Fatalf("no event %q among %q", want, seen)
+			}
+		}
+	}
+}

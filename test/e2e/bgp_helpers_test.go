@@ -1,0 +1,280 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nd-dispatcher/nd/internal/api"
+	"github.com/nd-dispatcher/nd/internal/lab"
+)
+
+// The BGP tests put the client behind a router running BIRD 2 (the Debian
+// package bird2); each dispatcher runs ndd with a bgp section peering with
+// it. The dispatchers hold no VIP: the client reaches VIP4 only through
+// the routes BIRD learns from them and installs in the router's kernel.
+
+const (
+	// bgpHold is the hold time both sides propose: BIRD's least.
+	bgpHold = 3 * time.Second
+	// bgpTimeout bounds the wait for a route to come or go at the router.
+	bgpTimeout = 20 * time.Second
+)
+
+// bgpNode is one dispatcher running ndd with a bgp section.
+type bgpNode struct {
+	name    string
+	host    *lab.Host
+	dir     string
+	cfg     nddConfig
+	cfgPath string
+	// v6 is a cluster of VIP6, as YAML list items of clusters; "" for
+	// none. bgp is the configuration's bgp section.
+	v6   string
+	bgp  string
+	api  *api.Client
+	proc *lab.NDD
+	runs []*lab.NDD
+}
+
+// bgpLab is a lab with a router running BIRD, reply servers on VIP4:80
+// and one ndd per dispatcher.
+type bgpLab struct {
+	*fixture
+	dir   string
+	bird  *lab.BIRD
+	nodes []*bgpNode
+}
+
+// requireBIRD skips the test when BIRD is not installed, unless privileged
+// tests are required (ND_REQUIRE_PRIVILEGED), when it fails instead.
+func requireBIRD(t *testing.T) {
+	t.Helper()
+	for _, bin := range []string{"bird", "birdc"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			if os.Getenv("ND_REQUIRE_PRIVILEGED") != "" {
+				t.Fatalf("%s is not installed (apt-get install bird2; scripts/setup does): %v", bin, err)
+			}
+			t.Skipf("%s is not installed (apt-get install bird2): %v", bin, err)
+		}
+	}
+}
+
+// bgpSection is a dispatcher's bgp section: peering with the router (with
+// a TCP MD5 password unless ""), and more peers' lines if given.
+func bgpSection(d *lab.Host, grace time.Duration, password, extra string) string {
+	pw := ""
+	if password != "" {
+		pw = fmt.Sprintf(", password: %q", password)
+	}
+	return fmt.Sprintf(`bgp:
+  asn: %d
+  router_id: %s
+  shutdown_grace: %s
+  peers:
+    - {address: %s, asn: %d, hold_time: %s%s}
+%s`, lab.DispatcherASN, d.Addr4, grace, lab.Router4(), lab.RouterASN, bgpHold, pw, extra)
+}
+
+// v6Peer is the line of a peering with the router over IPv6.
+func v6Peer() string {
+	return fmt.Sprintf("    - {address: %s, asn: %d, hold_time: %s}\n", lab.Router6(), lab.RouterASN, bgpHold)
+}
+
+// newBGPLab builds the lab with the given number of dispatchers, starts
+// BIRD (with password as every session's TCP MD5 key, unless "") and the reply servers, and an ndd on every dispatcher with the bgp
+// section that section returns for it. t.Cleanup undoes everything.
+func newBGPLab(t *testing.T, dispatchers int, password string, v6 bool, section func(i int, d *lab.Host) string) *bgpLab {
+	t.Helper()
+	requireBIRD(t)
+	sweepStalePins(t)
+	nddBinary(t)
+	ndctlBinary(t)
+	if _, err := lab.SweepStale(t.Logf); err != nil {
+		t.Logf("sweep stale labs: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
+	defer cancel()
+	l, err := lab.New(ctx, lab.Options{Servers: 2, Dispatchers: dispatchers, Router: true, Logf: t.Logf})
+	if err != nil {
+		t.Fatalf("build lab: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := l.Close(); err != nil {
+			t.Errorf("close lab: %v", err)
+		}
+	})
+	b := &bgpLab{fixture: &fixture{lab: l, byAddr: map[netip.Addr]*replyServer{}}, dir: t.TempDir()}
+	port := portConfig{Port: servicePort}
+	cluster6 := ""
+	if v6 {
+		cluster6 = fmt.Sprintf("  - vip: %s\n    ports:\n      - port: %d\n        servers:\n", l.VIP6, servicePort)
+	}
+	for i, be := range l.Backends() {
+		vips := []netip.Addr{l.VIP4}
+		if v6 {
+			vips = append(vips, l.VIP6)
+			cluster6 += fmt.Sprintf("          - {address: %s, weight: 1}\n", be.Addr6)
+		}
+		b.addReplyServer(t, i, be, vips...)
+		port.Servers = append(port.Servers, serverConfig{Addr: be.Addr4, Weight: 1})
+	}
+	var peers []lab.BIRDPeer
+	for _, d := range l.Dispatchers() {
+		name := strings.ReplaceAll(d.Name, "dispatcher", "d")
+		peers = append(peers, lab.BIRDPeer{Name: name, Addr: d.Addr4, ASN: lab.DispatcherASN, Password: password})
+		if v6 {
+			peers = append(peers, lab.BIRDPeer{Name: name + "v6", Addr: d.Addr6, ASN: lab.DispatcherASN, Password: password})
+		}
+	}
+	b.bird, err = l.StartBIRD(ctx, lab.BIRDOptions{Dir: b.dir, Peers: peers, HoldTime: int(bgpHold / time.Second)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("BIRD's log:\n%s", b.bird.LogTail(40))
+		}
+		if err := b.bird.Stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	for i, d := range l.Dispatchers() {
+		dir := filepath.Join(b.dir, d.Name)
+		if err := os.Mkdir(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		n := &bgpNode{name: d.Name, host: d, dir: dir, cfgPath: filepath.Join(dir, "nd.yaml"), bgp: section(i, d), v6: cluster6,
+			cfg: nddConfig{
+				PinPath:    fmt.Sprintf("%s%d-%d", pinPrefix, os.Getpid(), pinSeq.Add(1)),
+				Socket:     filepath.Join(dir, "ndd.sock"),
+				Interfaces: []string{d.Ifname},
+				Ports:      []portConfig{port},
+			}}
+		n.write(t)
+		n.api = apiClient(t, n.cfg.Socket)
+		t.Cleanup(func() { n.teardown(t) })
+		b.nodes = append(b.nodes, n)
+	}
+	for _, n := range b.nodes {
+		n.start(t)
+	}
+	return b
+}
+
+func (n *bgpNode) write(t *testing.T) {
+	t.Helper()
+	if err := os.WriteFile(n.cfgPath, []byte(n.cfg.yaml()+n.v6+n.bgp), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (n *bgpNode) start(t *testing.T) {
+	t.Helper()
+	p, err := lab.StartNDD(n.host, lab.NDDOptions{Binary: nddBinary(t), Config: n.cfgPath,
+		Log: filepath.Join(n.dir, fmt.Sprintf("ndd-%d.log", len(n.runs)+1))})
+	if err != nil {
+		t.Fatalf("%s: %v", n.name, err)
+	}
+	n.proc = p
+	n.runs = append(n.runs, p)
+	start := time.Now()
+	if err := p.WaitReady(context.Background(), nddStartTimeout, n.api.Health); err != nil {
+		t.Fatalf("%s: %v", n.name, err)
+	}
+	t.Logf("%s: ndd answering %v after it started", n.name, time.Since(start).Round(time.Millisecond))
+}
+
+func (n *bgpNode) teardown(t *testing.T) {
+	if n.proc != nil && !n.proc.Exited() {
+		if err := n.proc.Stop(syscall.SIGKILL, nddStopTimeout); err != nil {
+			t.Errorf("%s: stop ndd: %v", n.name, err)
+		}
+	}
+	if n.proc != nil {
+		if err := n.proc.Destroy(); err != nil {
+			t.Errorf("%s: %v", n.name, err)
+		}
+	}
+	os.RemoveAll(n.cfg.PinPath)
+	if t.Failed() {
+		for i, p := range n.runs {
+			t.Logf("log of %s's ndd run %d:\n%s", n.name, i+1, p.LogTail(nddLogLines))
+		}
+	}
+}
+
+// quiesce quiesces (or brings back) every server of the node's port.
+func (n *bgpNode) quiesce(t *testing.T, q bool) {
+	t.Helper()
+	for _, s := range n.cfg.Ports[0].Servers {
+		if _, err := n.api.SetServer(lab.VIP4.String(), servicePort, "tcp", s.Addr.String(), api.ServerPatch{Quiesce: &q}); err != nil {
+			t.Fatalf("%s: quiesce %s %t: %v", n.name, s.Addr, q, err)
+		}
+	}
+}
+
+// waitNextHops waits until the router's kernel route to VIP4 goes through
+// exactly the given dispatchers (none: no route), and returns how long
+// after since that was seen.
+func (b *bgpLab) waitNextHops(t *testing.T, what string, since time.Time, want ...*bgpNode) time.Duration {
+	t.Helper()
+	var addrs []netip.Addr
+	for _, n := range want {
+		addrs = append(addrs, n.host.Addr4)
+	}
+	slices.SortFunc(addrs, netip.Addr.Compare)
+	start := time.Now()
+	var got []netip.Addr
+	for time.Since(start) < bgpTimeout {
+		var err error
+		got, err = b.lab.RouterNextHops(b.lab.VIP4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		slices.SortFunc(got, netip.Addr.Compare)
+		if slices.Equal(got, addrs) {
+			d := time.Since(since)
+			t.Logf("%s: the router's route to %s goes through %v after %v", what, b.lab.VIP4, addrs, d.Round(time.Millisecond))
+			return d
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	out, _ := b.bird.RouteAll(context.Background(), b.lab.VIP4)
+	t.Fatalf("%s: the router's route to %s goes through %v, want %v; BIRD:\n%s", what, b.lab.VIP4, got, addrs, out)
+	return 0
+}
+
+// waitBIRD waits until `birdc show route all for VIP4/32` satisfies ok.
+func (b *bgpLab) waitBIRD(t *testing.T, what string, ok func(out string) bool) string {
+	t.Helper()
+	deadline := time.Now().Add(bgpTimeout)
+	var out string
+	for time.Now().Before(deadline) {
+		out, _ = b.bird.RouteAll(context.Background(), b.lab.VIP4)
+		if ok(out) {
+			return out
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("%s: BIRD shows:\n%s", what, out)
+	return ""
+}
+
+// fetch makes one request from the client to VIP4:80 through the router.
+func (b *bgpLab) fetch(t *testing.T, what string) string {
+	t.Helper()
+	name, err := fetchOnce(context.Background(), b.lab.Client.NS, netip.AddrPortFrom(b.lab.VIP4, servicePort), 1000)
+	if err != nil {
+		t.Fatalf("%s: the client cannot reach %s through the router: %v", what, b.lab.VIP4, err)
+	}
+	return name
+}

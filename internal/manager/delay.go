@@ -201,6 +201,18 @@ func delayLMI(i int, pr []uint32, loads [][]float64, ok [][]bool) (float64, bool
 	return clampLMI(sum / weight), true
 }
 
+// advisorDelay is the delay factor the advisor's floor latency alone asks
+// for (the metric at index advisorMetric of delayMetrics), 1 without one.
+func advisorDelay(i int, pr []uint32, loads [][]float64, ok [][]bool) float64 {
+	if len(pr) <= advisorMetric || pr[advisorMetric] == 0 || !ok[advisorMetric][i] {
+		return 1
+	}
+	return delayTarget(clampLMI(loads[advisorMetric][i]))
+}
+
+// advisorMetric is the advisor's index among delayMetrics' metrics.
+const advisorMetric = 2
+
 // delayPort computes one port under the delay scheduler: sample ->
 // health -> normalise -> LMI -> delay factor -> smoothing -> sensitivity
 // -> commit. Called with m.mu held.
@@ -251,6 +263,17 @@ func (m *Manager) delayPort(ps *portState, inst nd.Service, ss nd.ServiceStats, 
 		target := 1.0
 		if have {
 			target = delayTarget(l)
+		}
+		// A fall goes no lower than the advisor's floor says. A server
+		// the factor keeps out takes few flows, mostly in bursts when
+		// its peers are busy, and an interval of a burst reads its
+		// response time low (the flows just begun have not yet filled
+		// its active count): read as typical, it would be let back in,
+		// take a quarter of the flows at four times the time, and go
+		// out again. The floor latency of its probes is its speed
+		// whatever it is given, and falls as soon as the server is well.
+		if floor := advisorDelay(i, pr, loads, ok); target < newD[i] && floor > target {
+			target = math.Min(floor, newD[i])
 		}
 		newD[i] = st.nextDelay(newD[i], target, set.Smoothing, now)
 		st.delay = newD[i]

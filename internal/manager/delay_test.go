@@ -270,6 +270,40 @@ func TestDelayAdvisorFloor(t *testing.T) {
 	}
 }
 
+// TestDelayFloorHoldsOut: a slow server kept out by its factor takes its
+// few flows in bursts, and intervals of a burst read its response time
+// typical or lower (its flows have not filled its active count yet). While
+// its probes' floor latency still says 4x, that must not let it back in;
+// once the floor is typical again, the factor falls.
+func TestDelayFloorHoldsOut(t *testing.T) {
+	r := newDelayRig(t, 4, Settings{}, delayProps, "web")
+	for i := range 4 {
+		r.adv[addr(i)] = AdvisorReading{Latency: 30 * time.Millisecond, Floor: time.Millisecond}
+	}
+	r.adv[addr(0)] = AdvisorReading{Latency: 4 * time.Millisecond, Floor: 4 * time.Millisecond}
+	slow := []float64{0.044, 0.0109, 0.0109, 0.0109}
+	for range 2 {
+		r.interval([]float64{2, 500, 500, 500}, slow)
+	}
+	if d := r.delays(); d[0] < 48 {
+		t.Fatalf("the slow server's factor is %.2f, want about 64", d[0])
+	}
+	burst := []float64{0.004, 0.0109, 0.0109, 0.0109}
+	for k := range 4 {
+		r.interval([]float64{60, 500, 500, 500}, burst)
+		if d := r.delays(); d[0] < 32 {
+			t.Fatalf("burst interval %d: a server whose floor latency is 4x its peers' fell to factor %.2f", k, d[0])
+		}
+	}
+	r.adv[addr(0)] = AdvisorReading{Latency: time.Millisecond, Floor: time.Millisecond}
+	for range 4 {
+		r.interval([]float64{500, 500, 500, 500}, repeat(0.0109, 4))
+	}
+	if d := r.delays(); d[0] != 1 {
+		t.Errorf("well again (floor and flows typical): factor %.2f, want 1", d[0])
+	}
+}
+
 // TestDelaySuspect: a server whose flows end at once while it takes new
 // ones at its peers' pace is out within half an interval (read so in two windows), as an
 // event within half an interval (seen in two windows), not at the next

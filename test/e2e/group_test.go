@@ -186,9 +186,14 @@ func (ph *groupPhase) finish(t *testing.T, from time.Time, minKept float64, brok
 //	    server, although the router rehashes flows between the surviving
 //	    dispatchers too; every new connection after the withdrawal works;
 //	(b) another is drained (ndctl bgp drain): 100% kept;
-//	(c) the dead one comes back: it announces only once it holds the
-//	    snapshots of its peers; 100% kept; then the drained one is undrained:
-//	    100% kept.
+//	(c) the dead one comes back with an empty data plane (a host that
+//	    rebooted): it announces only once it holds the snapshots of its
+//	    peers, and with them every long-lived connection's flow; 100% kept;
+//	(d) the drained one is undrained: 100% kept;
+//	(e) the second is cut off (link down, ndd running): the router drops
+//	    its route when the hold time (3 s) expires; at least 99.9% kept
+//	    (the flows hashed to it stall until then), every new connection
+//	    after the withdrawal works.
 func TestGroupBehindRouter(t *testing.T) {
 	testutil.RequirePrivileged(t)
 	keyFile := filepath.Join(t.TempDir(), "ha.key")
@@ -282,8 +287,11 @@ func TestGroupBehindRouter(t *testing.T) {
 	time.Sleep(groupSettle)
 	keptB := ph.finish(t, withdrawn, 1, broken)
 
-	// (c) The third comes back: it announces once it has learnt the
-	// group's flows.
+	// (c) The third comes back, as a host that rebooted: its data plane
+	// gone, it announces once it has learnt the group's flows.
+	if err := n2.proc.Destroy(); err != nil {
+		t.Fatal(err)
+	}
 	ph = b.startPhase("(c) a dispatcher back", lc, broken)
 	time.Sleep(groupSettle / 2)
 	if err := b.lab.SetLink(n2.host, true); err != nil {
@@ -341,9 +349,29 @@ func TestGroupBehindRouter(t *testing.T) {
 	time.Sleep(groupSettle)
 	keptD := ph.finish(t, back, 1, broken)
 
-	t.Logf("summary: kill -9 to route change %v, drain to route change %v; kept (a) %d, (b) %d, (c) %d, (d) %d of %d long-lived connections",
-		killToRoute.Round(time.Millisecond), drainToRoute.Round(time.Millisecond), keptA, keptB, keptC, keptD, groupConns)
-	for _, n := range b.nodes {
+	// (e) The second is cut off (its link down, its ndd running): nothing
+	// tells the router, which drops the route when the hold time expires.
+	// Meanwhile the flows hashed to it stall (their packets are lost) and
+	// retransmit; after, they continue through the others.
+	ph = b.startPhase("(e) a dispatcher cut off", lc, broken)
+	time.Sleep(groupSettle / 2)
+	at = time.Now()
+	if err := b.lab.SetLink(n1.host, false); err != nil {
+		t.Fatal(err)
+	}
+	cutToRoute := b.waitNextHops(t, "dispatcher2 cut off", at, n0, n2)
+	// The hold time runs from the last keepalive (BIRD's every second).
+	if cutToRoute < bgpHold/2 {
+		t.Errorf("the route moved %v after the link went down, before the hold time (%v) could expire: what told the router?", cutToRoute, bgpHold)
+	}
+	withdrawn = time.Now()
+	time.Sleep(groupSettle)
+	keptE := ph.finish(t, withdrawn, 0.999, broken)
+
+	t.Logf("summary: kill -9 to route change %v, drain to route change %v, link cut to route change %v (hold time %v); kept (a) %d, (b) %d, (c) %d, (d) %d, (e) %d of %d long-lived connections",
+		killToRoute.Round(time.Millisecond), drainToRoute.Round(time.Millisecond), cutToRoute.Round(time.Millisecond), bgpHold,
+		keptA, keptB, keptC, keptD, keptE, groupConns)
+	for _, n := range []*bgpNode{n0, n2} {
 		held, all := n.flowsHeld(t, lc, broken)
 		t.Logf("%s holds %d of the live long-lived connections' flows at the end (%d flows in all)", n.name, held, all)
 	}

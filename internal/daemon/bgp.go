@@ -117,6 +117,12 @@ func (d *Daemon) stopBGP() {
 // held.
 func (d *Daemon) unservable() func(vip netip.Addr) string {
 	var all string
+	if d.ha != nil && !d.ha.aa.Load() && !d.ha.standby.Load() {
+		// The active of an active-standby group holds the group's flows
+		// (it forwards them all): switched to active-active by a reload,
+		// it carries on announcing while its peers switch too.
+		d.ha.learnt.Store(true)
+	}
 	switch {
 	case len(d.cfg.Interfaces) == 0 || len(d.attached) < len(d.cfg.Interfaces):
 		all = "the data plane is not attached"

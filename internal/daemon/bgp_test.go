@@ -324,9 +324,29 @@ func TestBGPActiveActiveAnnouncesOnceFlowsLearnt(t *testing.T) {
 		t.Fatal("withdrawn when a peer restarted after the node had learnt the flows")
 	}
 
+	// The active of an active-standby group announces, and keeps
+	// announcing when a reload switches the group to active-active, before
+	// its peer (still a standby, streaming nothing) has sent a snapshot.
+	setPeer(func(p *ha.PeerStatus) { p.Alive, p.SnapshotReceived = true, false })
+	l := link(config.HAModeActiveStandby, time.Hour)
+	l.standby.Store(false)
+	setLink(l)
+	announced("the active of an active-standby group announces", true)
+	aa := config.Default()
+	aa.HA = &config.HA{Mode: config.HAModeActiveActive, DeadAfter: time.Hour}
+	w.d.mu.Lock()
+	l.follow(aa)
+	_ = w.d.updateBGP()
+	w.d.mu.Unlock()
+	time.Sleep(100 * time.Millisecond)
+	if st := w.bgpStatus(); !st.VIPs[0].Announced {
+		t.Errorf("the former active withdrew on switching to active-active: %+v", st.VIPs)
+	}
+
 	// A silent peer: announced after two dead_after periods, not before.
+	setPeer(func(p *ha.PeerStatus) { p.Alive = false })
 	const deadAfter = 300 * time.Millisecond
-	l := link(config.HAModeActiveActive, deadAfter)
+	l = link(config.HAModeActiveActive, deadAfter)
 	setLink(l)
 	announced("withdrawn while learning", false)
 	w.eventually("announced after the wait", func() bool { _, ok := r.med(vip); return ok })

@@ -913,8 +913,8 @@ func TestLabDispatchersRefusals(t *testing.T) {
 	}
 	h := newHarness(t)
 	h.executable = filepath.Join(dir, "ndctl")
-	if code := h.run("lab", "--dispatchers", "3"); code != exitUsage || !strings.Contains(h.stderr.String(), "--dispatchers 3: want 1 to 2") {
-		t.Errorf("--dispatchers 3: exit %d, stderr %q", code, h.stderr.String())
+	if code := h.run("lab", "--dispatchers", "4"); code != exitUsage || !strings.Contains(h.stderr.String(), "--dispatchers 4: want 1 to 3") {
+		t.Errorf("--dispatchers 4: exit %d, stderr %q", code, h.stderr.String())
 	}
 }
 

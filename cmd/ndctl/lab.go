@@ -52,9 +52,9 @@ each server's expected share (by weight) against what it got. It exits 1 if
 any request failed. Run it as root; namespaces left by a killed lab are swept
 at the next start.
 
-With --dispatchers 2 the client sits behind a router (its own network,
-203.0.113.0/24 and 2001:db8:2::/64) running BIRD 2, and ndd runs in both
-dispatchers, each announcing the VIPs over BGP (IPv4 and IPv6 sessions with
+With --dispatchers 2 or 3 the client sits behind a router (its own network,
+203.0.113.0/24 and 2001:db8:2::/64) running BIRD 2, and ndd runs in every
+dispatcher, each announcing the VIPs over BGP (IPv4 and IPv6 sessions with
 the router). BIRD merges their routes into one ECMP route per VIP, and the
 router spreads the flows over the dispatchers by their five-tuple. The view
 shows the first dispatcher's counts; the replies are the client's.`

@@ -108,18 +108,30 @@ func (d *Daemon) stopBGP() {
 
 // unservable returns a function that says why a VIP cannot take new flows
 // now, or "" when it can: the data plane is attached to every configured
-// interface, the dispatcher is not the standby of a high-availability group
-// (which holds no VIP), and some port of the VIP has a server with a weight
+// interface, the dispatcher is not the standby of an active-standby
+// high-availability group (which holds no VIP), a node of an active-active
+// group has learnt the group's flows since it started (flowsPending), and
+// some port of the VIP has a server with a weight
 // above 0 in the data plane (resolved, not quiesced, not taken out by an
 // advisor, an agent or the manager). It reads the data plane once. d.mu
 // held.
 func (d *Daemon) unservable() func(vip netip.Addr) string {
 	var all string
+	if d.ha != nil && !d.ha.aa.Load() && !d.ha.standby.Load() {
+		// The active of an active-standby group holds the group's flows
+		// (it forwards them all): switched to active-active by a reload,
+		// it carries on announcing while its peers switch too.
+		d.ha.learnt.Store(true)
+	}
 	switch {
 	case len(d.cfg.Interfaces) == 0 || len(d.attached) < len(d.cfg.Interfaces):
 		all = "the data plane is not attached"
-	case d.ha != nil && d.ha.standby.Load():
+	case d.ha != nil && !d.ha.aa.Load() && d.ha.standby.Load():
 		all = "a standby of its high-availability group"
+	case d.ha != nil && d.ha.aa.Load():
+		// Every node of an active-active group forwards, leader or not,
+		// once it holds the group's flows.
+		all = d.flowsPending()
 	}
 	if all != "" {
 		return func(netip.Addr) string { return all }

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	"github.com/osrg/gobgp/v4/pkg/server"
 
 	"github.com/nd-dispatcher/nd/internal/config"
+	"github.com/nd-dispatcher/nd/internal/ha"
 )
 
 // gobgpRouter is a GoBGP server on loopback standing in for a router: it
@@ -226,5 +228,143 @@ func TestBGPFollowsServability(t *testing.T) {
 				t.Fatalf("no event %q among %q", want, seen)
 			}
 		}
+	}
+}
+
+// TestGroupFlowsPending: an active-active node holds the group's flows once
+// every peer's snapshot arrived; after the wait, once every peer it hears
+// sent one; a peer heard without a snapshot keeps it waiting.
+func TestGroupFlowsPending(t *testing.T) {
+	a := netip.MustParseAddrPort("198.51.100.4:7000")
+	b := netip.MustParseAddrPort("198.51.100.5:7000")
+	const wait = 4 * time.Second
+	for _, c := range []struct {
+		name   string
+		peers  []ha.PeerStatus
+		waited time.Duration
+		want   string // "" or a part of the reason
+	}{
+		{"no peers", nil, 0, ""},
+		{"every snapshot", []ha.PeerStatus{{Addr: a, Alive: true, SnapshotReceived: true}, {Addr: b, SnapshotReceived: true}}, 0, ""},
+		{"one missing, early", []ha.PeerStatus{{Addr: a, Alive: true, SnapshotReceived: true}, {Addr: b}}, wait - time.Millisecond, "no snapshot yet from 198.51.100.5:7000"},
+		{"one silent, after the wait", []ha.PeerStatus{{Addr: a, Alive: true, SnapshotReceived: true}, {Addr: b}}, wait, ""},
+		{"one alive without, after the wait", []ha.PeerStatus{{Addr: a, Alive: true}, {Addr: b}}, time.Hour, "peer 198.51.100.4:7000 is alive but its snapshot has not arrived"},
+		{"alone, early", []ha.PeerStatus{{Addr: a}, {Addr: b}}, time.Second, "no snapshot yet from 198.51.100.4:7000, 198.51.100.5:7000"},
+	} {
+		got := groupFlowsPending(c.peers, c.waited, wait)
+		if (c.want == "") != (got == "") || !strings.Contains(got, c.want) {
+			t.Errorf("%s: %q, want %q", c.name, got, c.want)
+		}
+	}
+}
+
+// TestBGPActiveActiveAnnouncesOnceFlowsLearnt: in active-active mode a node
+// that is not the leader announces its VIPs, but only once it holds a
+// snapshot from every peer, or after two dead_after periods when a peer
+// stays silent; once announced it stays so. In active-standby mode a
+// standby announces nothing.
+func TestBGPActiveActiveAnnouncesOnceFlowsLearnt(t *testing.T) {
+	r := newGoBGPRouter(t)
+	w := start(t, bgpConfig(r.port, 0))
+	announced := func(what string, want bool) {
+		t.Helper()
+		w.eventually(what, func() bool { _, ok := r.med(vip); return ok == want })
+	}
+	announced("announced without an ha section", true)
+
+	peer := netip.MustParseAddrPort("198.51.100.4:7000")
+	var mu sync.Mutex
+	ps := ha.PeerStatus{Addr: peer, Alive: true, State: ha.StateActive}
+	status := func() ha.Status {
+		mu.Lock()
+		defer mu.Unlock()
+		return ha.Status{ActiveActive: true, Peers: []ha.PeerStatus{ps}}
+	}
+	setPeer := func(f func(p *ha.PeerStatus)) { mu.Lock(); f(&ps); mu.Unlock() }
+	link := func(mode string, deadAfter time.Duration) *haLink {
+		cfg := config.Default()
+		cfg.HA = &config.HA{Mode: mode, DeadAfter: deadAfter}
+		l := &haLink{cfg: *cfg.HA, status: status, started: time.Now()}
+		l.follow(cfg)
+		l.standby.Store(true) // the peer leads
+		return l
+	}
+	setLink := func(l *haLink) {
+		w.d.mu.Lock()
+		w.d.ha = l
+		_ = w.d.updateBGP()
+		w.d.mu.Unlock()
+	}
+	defer setLink(nil)
+	reason := func() string { return w.bgpStatus().VIPs[0].Reason }
+
+	// Active-standby: the standby withdraws.
+	setLink(link(config.HAModeActiveStandby, time.Hour))
+	announced("a standby withdraws", false)
+	if got := reason(); got != "a standby of its high-availability group" {
+		t.Errorf("standby's reason %q", got)
+	}
+
+	// Active-active, the leader alive: withdrawn until its snapshot is in,
+	// then announced although this node does not lead.
+	setLink(link(config.HAModeActiveActive, time.Hour))
+	time.Sleep(100 * time.Millisecond) // some stats intervals
+	if _, ok := r.med(vip); ok {
+		t.Fatal("announced before the peer's snapshot arrived")
+	}
+	if got := reason(); !strings.HasPrefix(got, "learning the group's flows: no snapshot yet from "+peer.String()) {
+		t.Errorf("reason %q", got)
+	}
+	setPeer(func(p *ha.PeerStatus) { p.SnapshotReceived = true })
+	announced("announced once the snapshot is in, not leading", true)
+	// Latched: the peer restarting (no snapshot, silent) withdraws nothing.
+	setPeer(func(p *ha.PeerStatus) { p.SnapshotReceived, p.Alive = false, false })
+	time.Sleep(100 * time.Millisecond)
+	if _, ok := r.med(vip); !ok {
+		t.Fatal("withdrawn when a peer restarted after the node had learnt the flows")
+	}
+
+	// The active of an active-standby group announces, and keeps
+	// announcing when a reload switches the group to active-active, before
+	// its peer (still a standby, streaming nothing) has sent a snapshot.
+	setPeer(func(p *ha.PeerStatus) { p.Alive, p.SnapshotReceived = true, false })
+	l := link(config.HAModeActiveStandby, time.Hour)
+	l.standby.Store(false)
+	setLink(l)
+	announced("the active of an active-standby group announces", true)
+	aa := config.Default()
+	aa.HA = &config.HA{Mode: config.HAModeActiveActive, DeadAfter: time.Hour}
+	w.d.mu.Lock()
+	l.follow(aa)
+	_ = w.d.updateBGP()
+	w.d.mu.Unlock()
+	time.Sleep(100 * time.Millisecond)
+	if st := w.bgpStatus(); !st.VIPs[0].Announced {
+		t.Errorf("the former active withdrew on switching to active-active: %+v", st.VIPs)
+	}
+
+	// A silent peer: announced after two dead_after periods, not before.
+	setPeer(func(p *ha.PeerStatus) { p.Alive = false })
+	const deadAfter = 300 * time.Millisecond
+	l = link(config.HAModeActiveActive, deadAfter)
+	setLink(l)
+	announced("withdrawn while learning", false)
+	w.eventually("announced after the wait", func() bool { _, ok := r.med(vip); return ok })
+	if waited := time.Since(l.started); waited < flowsLearntWait*deadAfter {
+		t.Errorf("announced %v after the start, before %v", waited, flowsLearntWait*deadAfter)
+	}
+
+	// A peer heard whose snapshot does not come keeps the node waiting,
+	// past the wait.
+	setPeer(func(p *ha.PeerStatus) { p.Alive = true })
+	l = link(config.HAModeActiveActive, 50*time.Millisecond)
+	setLink(l)
+	announced("withdrawn while learning", false)
+	time.Sleep(4 * flowsLearntWait * 50 * time.Millisecond)
+	if _, ok := r.med(vip); ok {
+		t.Fatal("announced without the snapshot of a peer that is alive")
+	}
+	if got := reason(); !strings.Contains(got, "is alive but its snapshot has not arrived") {
+		t.Errorf("reason %q", got)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"math"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -42,6 +43,12 @@ type haLink struct {
 	// (docs/SCALEOUT.md, "Echoes"); 0 otherwise.
 	aa       atomic.Bool
 	backdate [2]atomic.Int64
+	// status reads the node's view of its group (its Status); started is
+	// when the node was made. They decide when an active-active node has
+	// learnt the group's flows (learnt, latched): docs/SCALEOUT.md.
+	status  func() ha.Status
+	started time.Time
+	learnt  atomic.Bool
 }
 
 // requestPublish asks for the state to be published; requests made while
@@ -102,7 +109,8 @@ func (d *Daemon) newHA(cfg *config.Config, vips ha.VIPs) error {
 		}
 		return err
 	}
-	d.ha = &haLink{node: node, cfg: *h, vips: kv, set: addrs, publishes: make(chan struct{}, 1), send: node.SetConfig}
+	d.ha = &haLink{node: node, cfg: *h, vips: kv, set: addrs, publishes: make(chan struct{}, 1), send: node.SetConfig,
+		status: node.Status, started: time.Now()}
 	d.ha.standby.Store(true) // until the node says otherwise
 	d.ha.follow(cfg)
 	return nil
@@ -431,4 +439,59 @@ func (d *Daemon) HATakeover(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 5*d.ha.cfg.DeadAfter+time.Second)
 	defer cancel()
 	return d.ha.node.Takeover(ctx)
+}
+
+// flowsLearntWait is how long, in dead_after periods, an active-active node
+// that starts waits for the snapshots of peers that stay silent before it
+// takes traffic without them.
+const flowsLearntWait = 2
+
+// groupFlowsPending says why a node of an active-active group that started
+// waited ago does not yet hold the group's flows, or "" when it does: it
+// holds them once a whole snapshot arrived from every peer; after wait,
+// from every peer it hears (a silent peer, dead or cut off, has nothing to
+// give). A peer that is heard but whose snapshot does not arrive keeps it
+// waiting: its flows would break on this node.
+func groupFlowsPending(peers []ha.PeerStatus, waited, wait time.Duration) string {
+	var missing, alive []string
+	for _, p := range peers {
+		if p.SnapshotReceived {
+			continue
+		}
+		missing = append(missing, p.Addr.String())
+		if p.Alive {
+			alive = append(alive, p.Addr.String())
+		}
+	}
+	switch {
+	case len(missing) == 0:
+		return ""
+	case waited < wait:
+		return "learning the group's flows: no snapshot yet from " + strings.Join(missing, ", ")
+	case len(alive) > 0:
+		return "learning the group's flows: peer " + strings.Join(alive, ", ") + " is alive but its snapshot has not arrived"
+	}
+	return ""
+}
+
+// flowsPending says why this active-active node must not take traffic yet
+// (it has not learnt the group's flows since it started), or "". Once it
+// has, it stays so until ndd restarts: a peer that joins later learns this
+// node's flows, not the reverse. d.mu held.
+func (d *Daemon) flowsPending() string {
+	h := d.ha
+	if h == nil || !h.aa.Load() || h.status == nil || h.learnt.Load() {
+		return ""
+	}
+	wait := flowsLearntWait * h.cfg.DeadAfter
+	if d.cfg.HA != nil {
+		wait = flowsLearntWait * d.cfg.HA.DeadAfter
+	}
+	waited := time.Since(h.started)
+	why := groupFlowsPending(h.status().Peers, waited, wait)
+	if why == "" {
+		h.learnt.Store(true)
+		d.log.Info("ha: the group's flows are learnt: this node may take traffic", "after", waited.Round(time.Millisecond))
+	}
+	return why
 }

@@ -84,8 +84,11 @@ func (l *Lab) build(ctx context.Context, dispatchers, servers int, attacker, rou
 	}
 
 	roles := []role{{"client", "c", ClientNum}, {"dispatcher", "d", DispatcherNum}}
-	if dispatchers == 2 {
+	if dispatchers >= 2 {
 		roles = append(roles, role{"dispatcher2", "d2", Dispatcher2Num})
+	}
+	if dispatchers >= 3 {
+		roles = append(roles, role{"dispatcher3", "d3", Dispatcher3Num})
 	}
 	for i := range servers {
 		roles = append(roles, role{fmt.Sprintf("server%d", i+1), fmt.Sprintf("s%d", i+1), FirstServer + i})
@@ -114,8 +117,11 @@ func (l *Lab) build(ctx context.Context, dispatchers, servers int, attacker, rou
 		hosts = append(hosts, h)
 	}
 	l.Client, l.Dispatcher, l.Servers = hosts[0], hosts[1], hosts[2:]
-	if dispatchers == 2 {
+	if dispatchers >= 2 {
 		l.Dispatcher2, l.Servers = &hosts[2], hosts[3:]
+	}
+	if dispatchers >= 3 {
+		l.Dispatcher3, l.Servers = &hosts[3], hosts[4:]
 	}
 	if attacker {
 		h, err := l.newHost(role{"attacker", "a", AttackerNum})

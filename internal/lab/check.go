@@ -95,9 +95,12 @@ func (l *Lab) probes() []probe {
 			probe{c, &c.Iface, c.Addr4, d, &d.Iface, l.VIP4},
 			probe{c, &c.Iface, c.Addr6, d, &d.Iface, l.VIP6})
 	}
-	if d2 := l.Dispatcher2; d2 != nil {
-		// The path of HA's heartbeats and synchronisation.
-		both(d, &d.Iface, d2, &d2.Iface)
+	// The paths of HA's heartbeats and synchronisation.
+	ds := l.Dispatchers()
+	for i, a := range ds {
+		for _, b := range ds[i+1:] {
+			both(a, &a.Iface, b, &b.Iface)
+		}
 	}
 	for i := range l.Servers {
 		s := &l.Servers[i]

@@ -29,7 +29,7 @@
 // the dispatchers route the client network through the router.
 //
 // Addresses and MACs are fixed so that fixtures read well: host number n
-// (client 2, dispatcher 3, dispatcher2 4, servers 11, 12, ...) has 198.51.100.n,
+// (client 2, dispatcher 3, dispatcher2 4, dispatcher3 6, servers 11, 12, ...) has 198.51.100.n,
 // 2001:db8::n (the same digits, so server 1 is 2001:db8::11) and MAC
 // 02:00:00:00:00:nn on eth0, and 203.0.113.n, 2001:db8:1::n and
 // 02:00:00:00:01:nn on eth1.
@@ -78,15 +78,17 @@ const (
 	RouterNum     = 1
 	ClientNum     = 2
 	DispatcherNum = 3
-	// Dispatcher2Num is the second dispatcher's, with Options.Dispatchers 2.
+	// Dispatcher2Num is the second dispatcher's, with Options.Dispatchers 2
+	// or more; Dispatcher3Num the third's, with 3.
 	Dispatcher2Num = 4
+	Dispatcher3Num = 6
 	// AttackerNum is the attacker's, with Options.Attacker.
 	AttackerNum = 5
 	FirstServer = 11
 )
 
 // MaxDispatchers is the most dispatchers a lab can have.
-const MaxDispatchers = 2
+const MaxDispatchers = 3
 
 // DefaultServers is the number of servers when Options.Servers is 0, and
 // MaxServers the most a lab can have (servers stay below the VIP's .100).
@@ -112,8 +114,8 @@ type Options struct {
 	// TwoNetworks adds the internal network between the dispatcher and the
 	// servers.
 	TwoNetworks bool
-	// Dispatchers is the number of dispatchers, 1 (the default when 0) or
-	// MaxDispatchers; the second one is dispatcher2.
+	// Dispatchers is the number of dispatchers, 1 (the default when 0) to
+	// MaxDispatchers; the second one is dispatcher2, the third dispatcher3.
 	Dispatchers int
 	// NoDispatcherVIPs leaves the VIPs off the dispatchers' interfaces, for
 	// software that moves them between dispatchers (internal/ha). The
@@ -175,8 +177,9 @@ type Lab struct {
 	Client     Host
 	Dispatcher Host
 	// Dispatcher2 is the second dispatcher; nil unless Options.Dispatchers
-	// is 2.
+	// is 2 or more. Dispatcher3 is the third; nil unless it is 3.
 	Dispatcher2 *Host
+	Dispatcher3 *Host
 	// Attacker is nil unless Options.Attacker.
 	Attacker *Host
 	// Router is nil unless Options.Router; its eth1 (Int) is on the
@@ -241,12 +244,16 @@ func (h *Host) forwardIface() *Iface {
 	return &h.Iface
 }
 
-// Dispatchers returns the dispatcher, then dispatcher2 if there is one.
+// Dispatchers returns the dispatcher, then dispatcher2 and dispatcher3 if
+// there are.
 func (l *Lab) Dispatchers() []*Host {
-	if l.Dispatcher2 != nil {
-		return []*Host{&l.Dispatcher, l.Dispatcher2}
+	ds := []*Host{&l.Dispatcher}
+	for _, d := range []*Host{l.Dispatcher2, l.Dispatcher3} {
+		if d != nil {
+			ds = append(ds, d)
+		}
 	}
-	return []*Host{&l.Dispatcher}
+	return ds
 }
 
 // Hosts returns the client, the dispatchers and the servers, in that order.

@@ -570,3 +570,54 @@ func udpRoundTrip(ns *netns.NS, src netip.Addr, dst netip.AddrPort, wait time.Du
 	}
 	return nil
 }
+
+// TestLabThreeDispatchers builds three dispatchers behind the router (which
+// Check does not cover: its probes expect the client on the external
+// network): the third's addressing, and SetLink, which keeps the addresses and restores the routes through the
+// router when the link comes back.
+func TestLabThreeDispatchers(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	l, err := lab.New(ctx, lab.Options{Servers: 1, Dispatchers: 3, Router: true, Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	d3 := l.Dispatcher3
+	if d3 == nil || len(l.Dispatchers()) != 3 || l.Dispatchers()[2] != d3 || len(l.Servers) != 1 {
+		t.Fatalf("dispatcher3 %v, %d dispatchers, %d servers", d3, len(l.Dispatchers()), len(l.Servers))
+	}
+	if d3.Name != "dispatcher3" || d3.Addr4.String() != "198.51.100.6" || d3.Addr6.String() != "2001:db8::6" || d3.MAC.String() != "02:00:00:00:00:06" {
+		t.Errorf("dispatcher3: %s %s %s %s", d3.Name, d3.Addr4, d3.Addr6, d3.MAC)
+	}
+	routes := func() string {
+		out, err := d3.NS.Command(ctx, "ip", "-4", "route", "show", lab.ClientNet4.String()).CombinedOutput()
+		if err != nil {
+			t.Fatalf("ip route: %v: %s", err, out)
+		}
+		out6, err := d3.NS.Command(ctx, "ip", "-6", "route", "show", lab.ClientNet6.String()).CombinedOutput()
+		if err != nil {
+			t.Fatalf("ip route: %v: %s", err, out6)
+		}
+		return string(out) + string(out6)
+	}
+	if r := routes(); !strings.Contains(r, "via 198.51.100.1") || !strings.Contains(r, "via 2001:db8::1") {
+		t.Fatalf("dispatcher3's routes to the client network: %q", r)
+	}
+	if err := l.SetLink(d3, false); err != nil {
+		t.Fatal(err)
+	}
+	if r := routes(); r != "" {
+		t.Errorf("routes through a link that is down: %q", r)
+	}
+	if err := l.SetLink(d3, true); err != nil {
+		t.Fatal(err)
+	}
+	if r := routes(); !strings.Contains(r, "via 198.51.100.1") || !strings.Contains(r, "via 2001:db8::1") {
+		t.Errorf("dispatcher3's routes after the link came back: %q", r)
+	}
+	if got := addrsOn(t, d3.NS, "eth0"); !containsAll(got, []netip.Addr{d3.Addr4, d3.Addr6}) {
+		t.Errorf("dispatcher3's eth0 after the link came back: %v", got)
+	}
+}

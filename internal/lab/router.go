@@ -101,7 +101,7 @@ func (l *Lab) newClientBehindRouter(r role) (Host, error) {
 }
 
 // routeViaRouter routes the client's network from h (a dispatcher or a
-// server) through the router.
+// server) through the router; again if the route is there.
 func (l *Lab) routeViaRouter(h *Host) error {
 	nh, err := h.NS.Netlink()
 	if err != nil {
@@ -112,7 +112,7 @@ func (l *Lab) routeViaRouter(h *Host) error {
 		gw  netip.Addr
 	}{{ClientNet4, l.Router.Addr4}, {ClientNet6, l.Router.Addr6}} {
 		dst := &net.IPNet{IP: r.dst.Addr().AsSlice(), Mask: net.CIDRMask(r.dst.Bits(), r.dst.Addr().BitLen())}
-		if err := nh.RouteAdd(&netlink.Route{LinkIndex: h.Ifindex, Dst: dst, Gw: r.gw.AsSlice()}); err != nil {
+		if err := nh.RouteReplace(&netlink.Route{LinkIndex: h.Ifindex, Dst: dst, Gw: r.gw.AsSlice()}); err != nil {
 			return fmt.Errorf("%s: route %s via %s: %w", h.Name, r.dst, r.gw, err)
 		}
 	}
@@ -182,3 +182,36 @@ func (l *Lab) AddRouterFallback(dst, gw netip.Addr) error {
 
 // Router6 is the router's IPv6 address on the external network.
 func Router6() netip.Addr { return hostAddr6(ExtNet6, RouterNum) }
+
+// SetLink sets host h's eth0 down or up, as a host that dies or is cut off
+// and comes back. The kernel drops the routes through a link that goes
+// down; up, the link gets its routes through the router back (with
+// Options.Router). Its addresses stay.
+func (l *Lab) SetLink(h *Host, up bool) error {
+	nh, err := h.NS.Netlink()
+	if err != nil {
+		return err
+	}
+	link, err := nh.LinkByIndex(h.Ifindex)
+	if err != nil {
+		return err
+	}
+	if !up {
+		// Like IPv4's, the IPv6 addresses stay (the kernel would flush
+		// them), as on a host whose cable is pulled.
+		if err := h.NS.Sysctl("net.ipv6.conf."+h.Ifname+".keep_addr_on_down", "1"); err != nil {
+			return err
+		}
+		if err := nh.LinkSetDown(link); err != nil {
+			return fmt.Errorf("%s: set %s down: %w", h.Name, h.Ifname, err)
+		}
+		return nil
+	}
+	if err := nh.LinkSetUp(link); err != nil {
+		return fmt.Errorf("%s: set %s up: %w", h.Name, h.Ifname, err)
+	}
+	if l.Router != nil && h != l.Router {
+		return l.routeViaRouter(h)
+	}
+	return nil
+}

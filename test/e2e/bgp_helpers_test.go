@@ -94,6 +94,12 @@ func v6Peer() string {
 // section that section returns for it. t.Cleanup undoes everything.
 func newBGPLab(t *testing.T, dispatchers int, password string, v6 bool, section func(i int, d *lab.Host) string) *bgpLab {
 	t.Helper()
+	return newBGPLabServers(t, dispatchers, 2, password, v6, section)
+}
+
+// newBGPLabServers is newBGPLab with the given number of servers.
+func newBGPLabServers(t *testing.T, dispatchers, servers int, password string, v6 bool, section func(i int, d *lab.Host) string) *bgpLab {
+	t.Helper()
 	requireBIRD(t)
 	sweepStalePins(t)
 	nddBinary(t)
@@ -103,7 +109,7 @@ func newBGPLab(t *testing.T, dispatchers int, password string, v6 bool, section 
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
 	defer cancel()
-	l, err := lab.New(ctx, lab.Options{Servers: 2, Dispatchers: dispatchers, Router: true, Logf: t.Logf})
+	l, err := lab.New(ctx, lab.Options{Servers: servers, Dispatchers: dispatchers, Router: true, Logf: t.Logf})
 	if err != nil {
 		t.Fatalf("build lab: %v", err)
 	}

@@ -54,7 +54,15 @@ func TestBGPAnnounceECMPWithdraw(t *testing.T) {
 	n0, n1 := b.nodes[0], b.nodes[1]
 	var at time.Time
 	b.waitNextHops(t, "both dispatchers announce", time.Now(), n0, n1)
-	if up, err := b.bird.Established(t.Context()); err != nil || len(up) != 4 {
+	// The IPv6 sessions may come up a little after the IPv4 routes.
+	var up []string
+	var err error
+	for deadline := time.Now().Add(bgpTimeout); ; time.Sleep(50 * time.Millisecond) {
+		if up, err = b.bird.Established(t.Context()); (err == nil && len(up) == 4) || time.Now().After(deadline) {
+			break
+		}
+	}
+	if err != nil || len(up) != 4 {
 		t.Errorf("BIRD's established sessions: %v, %v; want both dispatchers over IPv4 and IPv6", up, err)
 	}
 	out := b.waitBIRD(t, "two BGP paths", func(out string) bool { return strings.Count(out, "BGP.as_path: 64513") == 2 })

@@ -1,0 +1,378 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nd-dispatcher/nd/internal/api"
+	"github.com/nd-dispatcher/nd/internal/ha"
+	"github.com/nd-dispatcher/nd/internal/lab"
+	"github.com/nd-dispatcher/nd/internal/nd"
+	"github.com/nd-dispatcher/nd/internal/testutil"
+)
+
+// The group test (issue 13): three dispatchers in one active-active HA
+// group behind a BIRD router with ECMP over the L4 five-tuple, each
+// announcing VIP4 over BGP, four servers.
+
+const (
+	groupDispatchers = 3
+	groupServers     = 4
+	groupConns       = 300
+	// groupPing is how often each long-lived connection exchanges data.
+	groupPing = time.Second
+	// groupOpen is how often the client opens a new connection.
+	groupOpen = 50 * time.Millisecond
+	// groupSettle is how long the load runs after each change.
+	groupSettle = 4 * time.Second
+)
+
+// groupTimers: a node is dead after 600 ms of silence; one that starts
+// waits at most 1.2 s for a silent peer's snapshot.
+var groupTimers = haTimers{interval: 100 * time.Millisecond, deadAfter: 600 * time.Millisecond}
+
+// groupAddrs are the dispatchers' addresses on the external network.
+func groupAddrs() []netip.Addr {
+	var out []netip.Addr
+	for _, num := range []int{lab.DispatcherNum, lab.Dispatcher2Num, lab.Dispatcher3Num}[:groupDispatchers] {
+		a := lab.ExtNet4.Addr().As4()
+		a[3] = byte(num)
+		out = append(out, netip.AddrFrom4(a))
+	}
+	return out
+}
+
+// haSection is dispatcher i's ha section in active-active mode, every
+// other dispatcher its peer; the first has the highest priority (leads).
+func haSection(d *lab.Host, i int, keyFile string) string {
+	var peers []string
+	for j, a := range groupAddrs() {
+		if j != i {
+			peers = append(peers, netip.AddrPortFrom(a, haPort).String())
+		}
+	}
+	return fmt.Sprintf("ha:\n  group: %s\n  mode: active-active\n  interface: %s\n  self: %s\n  peers: [%s]\n  priority: %d\n  key_file: %s\n  interval: %s\n  dead_after: %s\n",
+		haGroup, d.Ifname, netip.AddrPortFrom(d.Addr4, haPort), strings.Join(peers, ", "), 200-50*i, keyFile,
+		groupTimers.interval, groupTimers.deadAfter)
+}
+
+// haStatus is the node's HA status.
+func (n *bgpNode) haStatus(t *testing.T) ha.Status {
+	t.Helper()
+	st, err := n.api.HAStatus()
+	if err != nil {
+		t.Fatalf("%s: ha status: %v", n.name, err)
+	}
+	return st
+}
+
+// flowsHeld returns how many of the connections' flows (not those of
+// skip) the node's connection table holds, each with the server that
+// answered the connection, and the number of VIP4 flows it holds.
+func (n *bgpNode) flowsHeld(t *testing.T, lc *longConns, skip map[int]bool) (held, all int) {
+	t.Helper()
+	res, err := n.api.Flows(api.FlowQuery{VIP: lab.VIP4, Limit: nd.MaxFlowsListed})
+	if err != nil {
+		t.Fatalf("%s: flows: %v", n.name, err)
+	}
+	server := map[string]string{}
+	for _, f := range res.Flows {
+		server[f.Client] = f.Server
+	}
+	for i, s := range lc.sessions {
+		if skip[i] || s == nil {
+			continue
+		}
+		if srv, ok := server[s.c.LocalAddr().String()]; ok && srv != "" {
+			held++
+		}
+	}
+	return held, len(res.Flows)
+}
+
+// waitGroupSettled waits until the first node leads and every running
+// node holds a snapshot from every other running node.
+func (b *bgpLab) waitGroupSettled(t *testing.T, running ...*bgpNode) {
+	t.Helper()
+	waitFor(t, haStartTimeout, "the group settled", func() bool {
+		for _, n := range running {
+			st, err := n.api.HAStatus()
+			if err != nil || !st.ActiveActive {
+				return false
+			}
+			if n == b.nodes[0] && st.State != ha.StateActive {
+				return false
+			}
+			for _, p := range st.Peers {
+				for _, o := range running {
+					if o != n && p.Addr.Addr() == o.host.Addr4 && (!p.Alive || !p.SnapshotReceived) {
+						return false
+					}
+				}
+			}
+		}
+		return true
+	})
+}
+
+// groupPhase runs the long-lived connections' exchanges and the new
+// connections around one change.
+type groupPhase struct {
+	name string
+	lc   *longConns
+	idx  []int // the index in the whole set of each of lc's connections
+	p    *pinger
+	o    *opener
+}
+
+// startPhase starts pinging the connections still alive (not in broken)
+// and opening new ones.
+func (b *bgpLab) startPhase(name string, all *longConns, broken map[int]bool) *groupPhase {
+	ph := &groupPhase{name: name, lc: &longConns{}}
+	for i, s := range all.sessions {
+		if !broken[i] {
+			ph.lc.sessions = append(ph.lc.sessions, s)
+			ph.lc.names = append(ph.lc.names, all.names[i])
+			ph.idx = append(ph.idx, i)
+		}
+	}
+	ph.p = startPinger(ph.lc, groupPing)
+	ph.o = startOpener(b.lab.Client.NS, netip.AddrPortFrom(b.lab.VIP4, servicePort), groupOpen)
+	return ph
+}
+
+// finish stops the phase and checks it: at least minKept of the pinged
+// connections kept their server throughout, and every new connection
+// started after from succeeded. It adds the broken connections to broken
+// and returns how many were kept.
+func (ph *groupPhase) finish(t *testing.T, from time.Time, minKept float64, broken map[int]bool) int {
+	t.Helper()
+	errs := ph.p.stop()
+	stall, which := ph.p.longestStall()
+	rs := ph.o.stop()
+	for j, err := range errs {
+		broken[ph.idx[j]] = true
+		if len(errs) <= 5 {
+			t.Logf("%s: connection %d (to %s) broke: %v", ph.name, ph.idx[j], ph.lc.names[j], err)
+		}
+	}
+	kept := len(ph.lc.sessions) - len(errs)
+	share := float64(kept) / float64(len(ph.lc.sessions))
+	t.Logf("%s: %d of %d long-lived connections kept their server (%.2f%%); longest gap between replies %v (connection %d)",
+		ph.name, kept, len(ph.lc.sessions), 100*share, stall.Round(time.Millisecond), which)
+	if share < minKept {
+		t.Errorf("%s: %d of %d long-lived connections kept (%.2f%%), want at least %.1f%%", ph.name, kept, len(ph.lc.sessions), 100*share, 100*minKept)
+	}
+	checkNewAfter(t, rs, from, int(groupSettle/groupOpen)/2)
+	return kept
+}
+
+// TestGroupBehindRouter is issue 13's acceptance: three dispatchers, one
+// active-active group, each announcing VIP4 to a BIRD router that spreads
+// the flows over them (ECMP, L4 hash); four servers; 300 long-lived
+// connections each exchanging data every second, new connections every
+// 50 ms, and the weights changed by the leader after the long-lived
+// connections opened (so that the ring no longer places them where they
+// are: only the shared flow records keep them). Then:
+//
+//	(a) a dispatcher dies (SIGKILL, link down): the router withdraws its
+//	    route; at least 99.9% of the long-lived connections keep their
+//	    server, although the router rehashes flows between the surviving
+//	    dispatchers too; every new connection after the withdrawal works;
+//	(b) another is drained (ndctl bgp drain): 100% kept;
+//	(c) the dead one comes back with an empty data plane (a host that
+//	    rebooted): it announces only once it holds the snapshots of its
+//	    peers, and with them every long-lived connection's flow; 100% kept;
+//	(d) the drained one is undrained: 100% kept;
+//	(e) the second is cut off (link down, ndd running): the router drops
+//	    its route when the hold time (3 s) expires; at least 99.9% kept
+//	    (the flows hashed to it stall until then), every new connection
+//	    after the withdrawal works.
+func TestGroupBehindRouter(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	keyFile := filepath.Join(t.TempDir(), "ha.key")
+	if err := os.WriteFile(keyFile, []byte("e2e-shared-ha-key-0123456789\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b := newBGPLabServers(t, groupDispatchers, groupServers, "", false, func(i int, d *lab.Host) string {
+		if d.Addr4 != groupAddrs()[i] {
+			t.Fatalf("%s has %s, want %s", d.Name, d.Addr4, groupAddrs()[i])
+		}
+		return bgpSection(d, time.Second, "", "") + haSection(d, i, keyFile)
+	})
+	n0, n1, n2 := b.nodes[0], b.nodes[1], b.nodes[2]
+	b.waitNextHops(t, "every dispatcher announces", time.Now(), n0, n1, n2)
+	b.waitGroupSettled(t, n0, n1, n2)
+	for _, n := range b.nodes {
+		if st := n.bgpStatus(t); len(st.VIPs) != 1 || !st.VIPs[0].Announced {
+			t.Fatalf("%s's VIPs: %+v", n.name, st.VIPs)
+		}
+	}
+
+	// The long-lived connections, spread by the router over the three.
+	ctx := t.Context()
+	lc := openLong(ctx, t, b.lab.Client.NS, netip.AddrPortFrom(b.lab.VIP4, servicePort), groupConns)
+	t.Logf("%d long-lived connections open, by server: %v", groupConns, lc.perServer())
+	for _, n := range b.nodes {
+		var held, all int
+		deadline := time.Now().Add(5 * time.Second)
+		for held != groupConns && time.Now().Before(deadline) {
+			held, all = n.flowsHeld(t, lc, nil)
+			time.Sleep(50 * time.Millisecond)
+		}
+		t.Logf("%s holds %d of the %d long-lived connections' flows (%d flows in all)", n.name, held, groupConns, all)
+		if held != groupConns {
+			t.Errorf("%s holds %d of the %d long-lived connections' flows: the group shares them", n.name, held, groupConns)
+		}
+	}
+
+	// The weights move, set on the leader and followed by the others:
+	// server1 takes four times the others' share of new flows.
+	s1 := n0.cfg.Ports[0].Servers[0].Addr
+	w := uint32(4)
+	if _, err := n0.api.SetServer(lab.VIP4.String(), servicePort, "tcp", s1.String(), api.ServerPatch{Weight: &w}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "every dispatcher follows the leader's weights", func() bool {
+		for _, n := range b.nodes {
+			st, err := n.api.Status()
+			if err != nil {
+				return false
+			}
+			ok := false
+			for _, p := range st.Ports {
+				for _, s := range p.Servers {
+					if s.Address == s1.String() && s.Weight == w {
+						ok = true
+					}
+				}
+			}
+			if !ok {
+				return false
+			}
+		}
+		return true
+	})
+	checkExchange(t, lc, "weights moved", nil)
+	broken := map[int]bool{}
+
+	// (a) The third dispatcher dies: its ndd killed, its link down.
+	ph := b.startPhase("(a) a dispatcher killed", lc, broken)
+	time.Sleep(groupSettle / 2)
+	at := time.Now()
+	n2.proc.Kill()
+	if err := b.lab.SetLink(n2.host, false); err != nil {
+		t.Fatal(err)
+	}
+	killToRoute := b.waitNextHops(t, "dispatcher3 killed", at, n0, n1)
+	withdrawn := time.Now()
+	time.Sleep(groupSettle)
+	keptA := ph.finish(t, withdrawn, 0.999, broken)
+
+	// (b) The second dispatcher drained.
+	ph = b.startPhase("(b) a dispatcher drained", lc, broken)
+	time.Sleep(groupSettle / 2)
+	at = time.Now()
+	if _, err := n1.api.BGPDrain(true); err != nil {
+		t.Fatal(err)
+	}
+	drainToRoute := b.waitNextHops(t, "dispatcher2 drained", at, n0)
+	withdrawn = time.Now()
+	time.Sleep(groupSettle)
+	keptB := ph.finish(t, withdrawn, 1, broken)
+
+	// (c) The third comes back, as a host that rebooted: its data plane
+	// gone, it announces once it has learnt the group's flows.
+	if err := n2.proc.Destroy(); err != nil {
+		t.Fatal(err)
+	}
+	ph = b.startPhase("(c) a dispatcher back", lc, broken)
+	time.Sleep(groupSettle / 2)
+	if err := b.lab.SetLink(n2.host, true); err != nil {
+		t.Fatal(err)
+	}
+	at = time.Now()
+	n2.start(t)
+	var sawLearning bool
+	var reason string
+	for deadline := time.Now().Add(bgpTimeout); ; time.Sleep(20 * time.Millisecond) {
+		st, err := n2.api.BGPStatus()
+		if err == nil && len(st.VIPs) == 1 {
+			if strings.HasPrefix(st.VIPs[0].Reason, "learning the group's flows") {
+				sawLearning, reason = true, st.VIPs[0].Reason
+			}
+			if st.VIPs[0].Announced {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			for _, cmd := range [][]string{{"ip", "addr"}, {"ip", "route"}, {"ip", "neigh"}, {"ping", "-c1", "-W1", lab.Router4().String()}} {
+				out, err := n2.host.NS.Command(context.Background(), cmd[0], cmd[1:]...).CombinedOutput()
+				t.Logf("dispatcher3: %v (%v):\n%s", cmd, err, out)
+			}
+			t.Fatalf("dispatcher3 did not announce again within %v: %+v %v; ha %+v", bgpTimeout, st, err, n2.haStatus(t))
+		}
+	}
+	// Announced: it holds both peers' snapshots, and so their flows.
+	hst := n2.haStatus(t)
+	for _, p := range hst.Peers {
+		if !p.SnapshotReceived {
+			t.Errorf("dispatcher3 announced without %s's snapshot: %+v", p.Addr, hst.Peers)
+		}
+	}
+	held, all := n2.flowsHeld(t, lc, broken)
+	t.Logf("dispatcher3 announced %v after its ndd started, holding %d of the %d live long-lived connections' flows (%d in all); while learning it said %q (seen: %t)",
+		time.Since(at).Round(time.Millisecond), held, groupConns-len(broken), all, reason, sawLearning)
+	if held != groupConns-len(broken) {
+		t.Errorf("dispatcher3 announced holding %d of the %d live long-lived connections' flows", held, groupConns-len(broken))
+	}
+	b.waitNextHops(t, "dispatcher3 back", at, n0, n2)
+	back := time.Now()
+	time.Sleep(groupSettle)
+	keptC := ph.finish(t, back, 1, broken)
+
+	// And the drained one undrained: all three again.
+	ph = b.startPhase("(d) the drained dispatcher undrained", lc, broken)
+	time.Sleep(groupSettle / 2)
+	at = time.Now()
+	if _, err := n1.api.BGPDrain(false); err != nil {
+		t.Fatal(err)
+	}
+	b.waitNextHops(t, "dispatcher2 undrained", at, n0, n1, n2)
+	back = time.Now()
+	time.Sleep(groupSettle)
+	keptD := ph.finish(t, back, 1, broken)
+
+	// (e) The second is cut off (its link down, its ndd running): nothing
+	// tells the router, which drops the route when the hold time expires.
+	// Meanwhile the flows hashed to it stall (their packets are lost) and
+	// retransmit; after, they continue through the others.
+	ph = b.startPhase("(e) a dispatcher cut off", lc, broken)
+	time.Sleep(groupSettle / 2)
+	at = time.Now()
+	if err := b.lab.SetLink(n1.host, false); err != nil {
+		t.Fatal(err)
+	}
+	cutToRoute := b.waitNextHops(t, "dispatcher2 cut off", at, n0, n2)
+	// The hold time runs from the last keepalive (BIRD's every second).
+	if cutToRoute < bgpHold/2 {
+		t.Errorf("the route moved %v after the link went down, before the hold time (%v) could expire: what told the router?", cutToRoute, bgpHold)
+	}
+	withdrawn = time.Now()
+	time.Sleep(groupSettle)
+	keptE := ph.finish(t, withdrawn, 0.999, broken)
+
+	t.Logf("summary: kill -9 to route change %v, drain to route change %v, link cut to route change %v (hold time %v); kept (a) %d, (b) %d, (c) %d, (d) %d, (e) %d of %d long-lived connections",
+		killToRoute.Round(time.Millisecond), drainToRoute.Round(time.Millisecond), cutToRoute.Round(time.Millisecond), bgpHold,
+		keptA, keptB, keptC, keptD, keptE, groupConns)
+	for _, n := range []*bgpNode{n0, n2} {
+		held, all := n.flowsHeld(t, lc, broken)
+		t.Logf("%s holds %d of the live long-lived connections' flows at the end (%d flows in all)", n.name, held, all)
+	}
+}

@@ -253,7 +253,13 @@ func (ns *NS) Netlink() (*netlink.Handle, error) {
 		}
 		ns.handle = h
 	}
-	return ns.handle, nil
+	// A copy: a caller that closes it closes the shared sockets, and every
+	// later call through any copy then fails. Handing out the handle
+	// itself, Close would empty its socket set, and the netlink package
+	// answers a handle without sockets in the calling thread's own
+	// namespace: a lab's link change would silently land on the host.
+	h := *ns.handle
+	return &h, nil
 }
 
 // FD returns the namespace's file descriptor, e.g. for netlink.NsFd when

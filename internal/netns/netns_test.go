@@ -314,3 +314,32 @@ func TestOpenRemove(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// TestNetlinkClosedFailsClosed: a caller that closes the handle Netlink
+// gave it must not turn later calls toward the host's own namespace: they
+// fail instead (the netlink package answers a handle without sockets in
+// the calling thread's namespace).
+func TestNetlinkClosedFailsClosed(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	a := newNS(t, "kc")
+	h, err := a.Netlink()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.Close()
+	h2, err := a.Netlink()
+	if err != nil {
+		t.Fatal(err)
+	}
+	links, err := h2.LinkList()
+	if err == nil {
+		names := []string{}
+		for _, l := range links {
+			names = append(names, l.Attrs().Name)
+		}
+		// A fresh namespace holds lo only; the host holds more.
+		if len(links) != 1 || names[0] != "lo" {
+			t.Fatalf("after a Close, a handle of the namespace listed the links %v: the host's", names)
+		}
+	}
+}

@@ -199,3 +199,56 @@ func TestHierarchicalSets(t *testing.T) {
 	}
 	checkExchange(t, long, "after new connections", nil)
 }
+
+// TestHierarchicalSetsAdvisor: a tcp advisor at A in vip mode probes B as
+// it probes a server, VIP:80 steered to B's MAC, and B forwards the probes
+// to its own servers: B is up at A, and B counts new flows while the
+// client is idle. (In server mode A would probe B's own address, where
+// nothing listens: see docs/SCALEOUT.md, "Hierarchical sets".)
+func TestHierarchicalSetsAdvisor(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	a, b := newTieredLab(t, [3]uint32{1, 1, 2}, [2]uint32{1, 1})
+	cfg := a.cfg.clone()
+	cfg.Advisors = "advisors:\n  - {name: alive, kind: tcp, target: vip, interval: 200ms, timeout: 150ms, rise: 1, fall: 1}\n"
+	cfg.Ports[0].Advisor = "alive"
+	before := b.newFlows(t)
+	ch, err := a.api.ApplyConfig([]byte(cfg.yaml()))
+	if err != nil {
+		t.Fatalf("apply A's configuration with an advisor: %v", err)
+	}
+	t.Logf("A: %s", ch)
+
+	deadline := time.Now().Add(10 * time.Second)
+	var probed int
+	for {
+		sts, err := a.api.Advisors()
+		if err != nil {
+			t.Fatalf("A's advisors: %v", err)
+		}
+		up := 0
+		for _, s := range sts {
+			if s.Known && s.Up {
+				up++
+			}
+		}
+		after := b.newFlows(t)
+		probed = int(after["server3"] - before["server3"] + after["server4"] - before["server4"])
+		// Several rounds each, so that B's counts show the probes.
+		if up == 3 && probed >= 4 {
+			for _, s := range sts {
+				t.Logf("A's advisor on %s: up, latency %v", s.Server, s.Latency)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after 10s, %d of A's 3 advisor targets up and B forwarded %d probes: %+v", up, probed, sts)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Logf("B forwarded %d of A's probes to its servers, the client idle", probed)
+	for _, s := range a.portStatus(t, servicePort).Servers {
+		if s.State != daemon.StateUp {
+			t.Errorf("at A, %s is %s (%s), want up", s.Address, s.State, s.Reason)
+		}
+	}
+}

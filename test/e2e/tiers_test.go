@@ -99,6 +99,8 @@ func checkCounted(t *testing.T, who string, before, after map[string]uint64, saw
 //     all), and B spreads what it gets over its servers by its weights;
 //     A's count of new flows to B equals the connections B's servers
 //     answered, and B's counts per server agree with the client.
+//   - B's servers answer the client directly: B's eth0 carries under 5%
+//     of their reply bytes.
 //   - Changing B's weight at A moves the second tier's share.
 //   - Quiescing B at A sends no new flow to the second tier, while the
 //     connections already open through B keep working.
@@ -145,6 +147,28 @@ func TestHierarchicalSets(t *testing.T) {
 	tierShares("weights 1:1:2 at A", map[string]float64{"server1": 0.25, "server2": 0.25, tierName: 0.5},
 		map[string]float64{"server3": 0.25, "server4": 0.75})
 
+	// Direct server return across both tiers: B's servers answer the
+	// client, so B's eth0 carries the requests and acknowledgements that
+	// A forwards and B forwards again, not the replies.
+	const bigConns = 200
+	bLink := func() linkStats { return readLinkStats(t, l.Dispatcher2.NS, l.Dispatcher2.Ifindex) }
+	linkBefore, bPort := bLink(), b.portStatus(t, servicePort)
+	res := runLoad(ctx, l.Client.NS, vip, bigConns, loadWorkers, replySize)
+	b.settle(t)
+	linkDelta := bLink().sub(linkBefore)
+	per := checkAllComplete(t, res, bigConns, "64 KiB reply")
+	tierBytes := uint64(per["server3"]+per["server4"]) * replySize
+	forwarded := b.portStatus(t, servicePort).Bytes - bPort.Bytes
+	t.Logf("64 KiB replies: %v; dispatcher2's eth0 received %d bytes in %d frames and sent %d, its servers' replies %d bytes; B forwarded %d bytes",
+		per, linkDelta.rxBytes, linkDelta.rxPackets, linkDelta.txBytes, tierBytes, forwarded)
+	if forwarded == 0 {
+		t.Errorf("B's data plane forwarded nothing")
+	}
+	if limit := tierBytes / 20; linkDelta.rxBytes > limit || linkDelta.txBytes > limit {
+		t.Errorf("dispatcher2's eth0 received %d and sent %d bytes, want each under %d (5%% of its servers' reply bytes): replies pass through it",
+			linkDelta.rxBytes, linkDelta.txBytes, limit)
+	}
+
 	// The client reaches the VIP through A only: B holds it hidden.
 	if mac, err := lab.Neighbor(l.Client.NS, l.Client.Ifindex, l.VIP4); err != nil {
 		t.Errorf("client's neighbour entry for %s: %v", l.VIP4, err)
@@ -188,8 +212,8 @@ func TestHierarchicalSets(t *testing.T) {
 	}
 	checkExchange(t, long, "after quiescing dispatcher2 at A", nil)
 	const newConns = 300
-	res := runLoad(ctx, l.Client.NS, vip, newConns, loadWorkers, 64)
-	per := checkAllComplete(t, res, newConns, "new connection while dispatcher2 is quiesced")
+	res = runLoad(ctx, l.Client.NS, vip, newConns, loadWorkers, 64)
+	per = checkAllComplete(t, res, newConns, "new connection while dispatcher2 is quiesced")
 	t.Logf("new connections while dispatcher2 is quiesced at A: %v", per)
 	if n := per["server3"] + per["server4"]; n != 0 {
 		t.Errorf("the quiesced second tier took %d of %d new connections", n, newConns)

@@ -7,9 +7,11 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
+	"github.com/nd-dispatcher/nd/internal/advisor"
 	"github.com/nd-dispatcher/nd/internal/api"
 	"github.com/nd-dispatcher/nd/internal/daemon"
 	"github.com/nd-dispatcher/nd/internal/lab"
@@ -227,7 +229,8 @@ func TestHierarchicalSets(t *testing.T) {
 // TestHierarchicalSetsAdvisor: a tcp advisor at A in vip mode probes B as
 // it probes a server, VIP:80 steered to B's MAC, and B forwards the probes
 // to its own servers: B is up at A, and B counts new flows while the
-// client is idle. (In server mode A would probe B's own address, where
+// client is idle. When both of B's servers are quiesced at B, A's probes
+// fail and A takes B down; B is up again when they return. (In server mode A would probe B's own address, where
 // nothing listens: see docs/SCALEOUT.md, "Hierarchical sets".)
 func TestHierarchicalSetsAdvisor(t *testing.T) {
 	testutil.RequirePrivileged(t)
@@ -275,4 +278,46 @@ func TestHierarchicalSetsAdvisor(t *testing.T) {
 			t.Errorf("at A, %s is %s (%s), want up", s.Address, s.State, s.Reason)
 		}
 	}
+
+	// B with nothing to serve: both its servers quiesced at B, A's probes
+	// find no server behind B, and A's advisor takes B down (weight 0 at
+	// A); B is back when they return.
+	quiesceAtB := func(q bool) {
+		t.Helper()
+		for _, s := range a.lab.Servers[2:] {
+			if _, err := b.api.SetServer(lab.VIP4.String(), servicePort, "tcp", s.Addr4.String(), api.ServerPatch{Quiesce: &q}); err != nil {
+				t.Fatalf("set %s quiesce=%v at B: %v", s.Name, q, err)
+			}
+		}
+	}
+	waitB := func(up bool) {
+		t.Helper()
+		start := time.Now()
+		for {
+			sts, err := a.api.Advisors()
+			if err != nil {
+				t.Fatalf("A's advisors: %v", err)
+			}
+			i := slices.IndexFunc(sts, func(s advisor.Status) bool { return s.Server == a.lab.Dispatcher2.Addr4 })
+			var weight uint32
+			for _, s := range a.portStatus(t, servicePort).Servers {
+				if s.Address == a.lab.Dispatcher2.Addr4.String() {
+					weight = s.Weight
+				}
+			}
+			// The daemon applies the advisor's verdict just after it.
+			if i >= 0 && sts[i].Known && sts[i].Up == up && up == (weight > 0) {
+				t.Logf("A's advisor finds dispatcher2 up=%v (%q) after %v; its weight at A is %d", up, sts[i].Err, time.Since(start).Round(time.Millisecond), weight)
+				return
+			}
+			if time.Since(start) > 10*time.Second {
+				t.Fatalf("after 10s, dispatcher2 has weight %d at A, A's advisors say %+v; want up=%v", weight, sts, up)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	quiesceAtB(true)
+	waitB(false)
+	quiesceAtB(false)
+	waitB(true)
 }

@@ -374,6 +374,11 @@ func (l *Lab) setUpDispatcher(d *Host) error {
 			}
 		}
 	}
+	if l.SecondTier && d == l.Dispatcher2 {
+		if err := l.holdVIPsHidden(d); err != nil {
+			return err
+		}
+	}
 	for _, ifc := range d.Ifaces() {
 		err := l.Bridge.Do(func() error {
 			c, err := executor.AttachPass(ifc.PeerIfindex)
@@ -392,7 +397,12 @@ func (l *Lab) setUpDispatcher(d *Host) error {
 
 // setUpServer puts the VIPs on the server's lo and keeps the server from
 // answering ARP for them, as direct server return needs.
-func (l *Lab) setUpServer(s *Host) error {
+func (l *Lab) setUpServer(s *Host) error { return l.holdVIPsHidden(s) }
+
+// holdVIPsHidden puts the VIPs on s's lo and keeps s from answering ARP
+// for them (and from using them as the source of its own ARP requests):
+// a server, or a second-tier dispatcher.
+func (l *Lab) holdVIPsHidden(s *Host) error {
 	h, err := s.NS.Netlink()
 	if err != nil {
 		return err

@@ -20,6 +20,13 @@
 // dispatcher holds them: whichever is active adds and announces them (see
 // internal/ha).
 //
+// With Options.SecondTier, dispatcher2 is a second-tier dispatcher: one
+// "server" of the first dispatcher's cluster, which forwards on to servers
+// of its own (a hierarchical set, docs/SCALEOUT.md). It then holds the VIPs
+// on lo and answers no ARP for them, as a server does, so that it accepts
+// the frames the first dispatcher forwards to its MAC while the client
+// keeps sending the VIPs' traffic to the first dispatcher.
+//
 // With Options.Router the client moves behind a router, a namespace that
 // joins the external network as host 1 (198.51.100.1, 2001:db8::1) and
 // reaches the client over a network of its own, 203.0.113.0/24 and
@@ -128,6 +135,11 @@ type Options struct {
 	// the dispatchers then hold no VIP (see the package comment). Not
 	// with TwoNetworks.
 	Router bool
+	// SecondTier makes dispatcher2 a second-tier dispatcher behind the
+	// first (see the package comment): the VIPs on its lo, no ARP answers
+	// for them. It needs Dispatchers 2 and the VIPs on the first
+	// dispatcher (neither NoDispatcherVIPs nor Router).
+	SecondTier bool
 	// Logf, if set, receives progress messages.
 	Logf func(format string, args ...any)
 }
@@ -191,7 +203,10 @@ type Lab struct {
 	// DispatcherVIPs is whether the first dispatcher holds the VIPs on
 	// eth0 (false with Options.NoDispatcherVIPs).
 	DispatcherVIPs bool
-	Prefix         string
+	// SecondTier is whether dispatcher2 holds the VIPs like a server
+	// (Options.SecondTier).
+	SecondTier bool
+	Prefix     string
 
 	logf    func(string, ...any)
 	mu      sync.Mutex  // guards the fields below
@@ -286,6 +301,9 @@ func New(ctx context.Context, o Options) (_ *Lab, err error) {
 	if o.Router {
 		o.NoDispatcherVIPs = true
 	}
+	if o.SecondTier && (o.Dispatchers != 2 || o.NoDispatcherVIPs) {
+		return nil, fmt.Errorf("%w: a second tier needs 2 dispatchers, the first holding the VIPs", ErrBadOptions)
+	}
 	if o.Prefix == "" {
 		o.Prefix = fmt.Sprintf("%s%d-%04x", sweepPrefix, os.Getpid(), rand.IntN(0x10000))
 	}
@@ -297,6 +315,7 @@ func New(ctx context.Context, o Options) (_ *Lab, err error) {
 		VIP6:           VIP6,
 		TwoNetworks:    o.TwoNetworks,
 		DispatcherVIPs: !o.NoDispatcherVIPs,
+		SecondTier:     o.SecondTier,
 		Prefix:         o.Prefix,
 		logf:           o.Logf,
 	}

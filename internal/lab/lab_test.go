@@ -351,7 +351,9 @@ func TestNewCancelled(t *testing.T) {
 
 func TestBadOptions(t *testing.T) {
 	for _, o := range []lab.Options{{Servers: -1}, {Servers: lab.MaxServers + 1}, {Prefix: strings.Repeat("x", 80)},
-		{Dispatchers: -1}, {Dispatchers: lab.MaxDispatchers + 1}, {Router: true, TwoNetworks: true}} {
+		{Dispatchers: -1}, {Dispatchers: lab.MaxDispatchers + 1}, {Router: true, TwoNetworks: true},
+		{SecondTier: true}, {SecondTier: true, Dispatchers: 3}, {SecondTier: true, Dispatchers: 2, NoDispatcherVIPs: true},
+		{SecondTier: true, Dispatchers: 2, Router: true}} {
 		if _, err := lab.New(t.Context(), o); !errors.Is(err, lab.ErrBadOptions) {
 			t.Errorf("New(%+v) = %v, want ErrBadOptions", o, err)
 		}

@@ -234,6 +234,8 @@ type nddLab struct {
 	// binary, when set, is run instead of the ndd built for the tests
 	// (a wrapper that confines it, say).
 	binary string
+	// host is where ndd runs; nil for the lab's dispatcher.
+	host *lab.Host
 }
 
 // pinPrefix starts the pin path of every ndd the tests run; the process's
@@ -331,7 +333,11 @@ func (n *nddLab) start(t *testing.T) {
 	if bin == "" {
 		bin = nddBinary(t)
 	}
-	p, err := lab.StartNDD(&n.lab.Dispatcher, lab.NDDOptions{Binary: bin, Config: n.cfgPath,
+	host := n.host
+	if host == nil {
+		host = &n.lab.Dispatcher
+	}
+	p, err := lab.StartNDD(host, lab.NDDOptions{Binary: bin, Config: n.cfgPath,
 		Log: filepath.Join(n.dir, fmt.Sprintf("ndd-%d.log", len(n.runs)+1))})
 	if err != nil {
 		t.Fatal(err)

@@ -10,7 +10,6 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/nd-dispatcher/nd/internal/executor"
 	"github.com/nd-dispatcher/nd/internal/netns"
 )
 
@@ -333,7 +332,7 @@ func addAddr(h *netlink.Handle, link netlink.Link, p netip.Prefix) error {
 // one and they are not left to HA, so that it answers ARP and NDP for
 // them (a second dispatcher would race it for the answers), and attaches the
 // XDP pass program to the bridge-side peers of its interfaces so that
-// frames it sends with XDP_TX or XDP_REDIRECT are delivered.
+// frames it sends with XDP_TX or XDP_REDIRECT are delivered (xdppass.go).
 func (l *Lab) setUpDispatcher(d *Host) error {
 	if l.DispatcherVIPs && d == &l.Dispatcher {
 		h, err := d.NS.Netlink()
@@ -380,15 +379,7 @@ func (l *Lab) setUpDispatcher(d *Host) error {
 		}
 	}
 	for _, ifc := range d.Ifaces() {
-		err := l.Bridge.Do(func() error {
-			c, err := executor.AttachPass(ifc.PeerIfindex)
-			if err != nil {
-				return fmt.Errorf("on %s: %w", ifc.Peer, err)
-			}
-			l.closers = append(l.closers, c)
-			return nil
-		})
-		if err != nil {
+		if err := attachXDPPass(l.Bridge, ifc.Peer); err != nil {
 			return err
 		}
 	}

@@ -55,7 +55,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"net"
 	"net/netip"
@@ -208,11 +207,10 @@ type Lab struct {
 	SecondTier bool
 	Prefix     string
 
-	logf    func(string, ...any)
-	mu      sync.Mutex  // guards the fields below
-	nss     []*netns.NS // every namespace made, bridge first
-	closers []io.Closer // XDP pass programs
-	closed  bool
+	logf   func(string, ...any)
+	mu     sync.Mutex  // guards the fields below
+	nss    []*netns.NS // every namespace made, bridge first
+	closed bool
 }
 
 // Backend is what the dispatcher needs to forward a frame to one server:
@@ -349,12 +347,6 @@ func (l *Lab) Close() error {
 	}
 	l.closed = true
 	var errs []error
-	for _, c := range l.closers {
-		if err := c.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("detach xdp pass program: %w", err))
-		}
-	}
-	l.closers = nil
 	// Hosts first, the bridge last.
 	for i := len(l.nss) - 1; i >= 0; i-- {
 		if err := l.nss[i].Close(); err != nil {

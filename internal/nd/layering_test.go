@@ -14,11 +14,12 @@ func TestImportRules(t *testing.T) {
 	dataPlane := []string{"github.com/cilium/ebpf", "github.com/vishvananda/netlink", mod + "internal/executor"}
 	transport := []string{"net/http", "google.golang.org/grpc", mod + "internal/api", mod + "internal/ha", mod + "internal/daemon"}
 	policy := []string{mod + "internal/manager", mod + "internal/config", mod + "internal/daemon", mod + "internal/advisor", mod + "internal/agent"}
-	rules := []struct {
+	type rule struct {
 		pkg    string
 		forbid []string
 		why    string
-	}{
+	}
+	rules := []rule{
 		{"internal/nd", []string{mod}, "the shared vocabulary imports nothing of nd"},
 		{"internal/config", append(dataPlane, transport...), "configuration is data"},
 		{"internal/maglev", append(append(dataPlane, transport...), mod+"internal/nd"), "Maglev tables are pure computation"},
@@ -28,6 +29,11 @@ func TestImportRules(t *testing.T) {
 		{"internal/metrics", []string{"github.com/cilium/ebpf", mod + "internal/executor", mod + "internal/daemon"}, "the collectors read status sources, not the daemon"},
 		{"internal/bgp", append(policy, mod+"internal/executor", mod+"internal/api"), "the speaker announces what the daemon decides; it decides nothing"},
 	}
+	// ndctl, the operator's tool, links no data plane (its lab embeds a
+	// compiled XDP pass program and attaches it with iproute2).
+	rules = append(rules,
+		rule{"cmd/ndctl", []string{"github.com/cilium/ebpf", mod + "internal/executor", mod + "internal/daemon"}, "the CLI talks to ndd over the API and links no data plane"},
+		rule{"internal/lab", []string{"github.com/cilium/ebpf", mod + "internal/executor"}, "the lab builds namespaces; ndctl runs it"})
 	for _, r := range rules {
 		out, err := exec.Command("go", "list", "-deps", "-f", "{{.ImportPath}}", mod+r.pkg).CombinedOutput()
 		if err != nil {

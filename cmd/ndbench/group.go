@@ -212,7 +212,11 @@ func (r groupReport) writeTable(w io.Writer) {
 		for _, s := range run.Share {
 			sh = append(sh, fmt.Sprintf("%.1f%%", 100*s))
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%.0f\t%.3f\t%.3f\t\n", run.Dispatchers, strings.Join(sh, " "), run.SyncBytesPer1k, run.CPUSecPer1k, run.CPUFraction)
+		sync := "-" // one dispatcher: no group, no stream
+		if run.Dispatchers > 1 {
+			sync = fmt.Sprintf("%.0f", run.SyncBytesPer1k)
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%.3f\t%.3f\t\n", run.Dispatchers, strings.Join(sh, " "), sync, run.CPUSecPer1k, run.CPUFraction)
 	}
 	tw.Flush()
 	for _, run := range r.Runs {

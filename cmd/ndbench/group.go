@@ -124,9 +124,12 @@ type groupRun struct {
 	// the ndd processes' CPU (seconds, all nodes) per 1,000 new flows, and
 	// that CPU as a fraction of one core.
 	SyncBytesPer1k float64 `json:"sync_bytes_per_1k_flows"`
-	CPUSecPer1k    float64 `json:"cpu_sec_per_1k_flows"`
-	CPUFraction    float64 `json:"cpu_fraction"`
-	Error          string  `json:"error,omitempty"`
+	// SyncRecordsPer1k: flow records sent on the streams (all nodes,
+	// refreshes included) per 1,000 new flows.
+	SyncRecordsPer1k float64 `json:"sync_records_per_1k_flows"`
+	CPUSecPer1k      float64 `json:"cpu_sec_per_1k_flows"`
+	CPUFraction      float64 `json:"cpu_fraction"`
+	Error            string  `json:"error,omitempty"`
 }
 
 // groupReport is the bench's output.
@@ -206,17 +209,17 @@ func (r groupReport) writeTable(w io.Writer) {
 	tw.Flush()
 	fmt.Fprintln(w)
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "dispatchers\tpacket share (steady)\tsync B/1k flows\tndd CPU s/1k flows\tndd CPU (cores)\t")
+	fmt.Fprintln(tw, "dispatchers\tpacket share (steady)\tsync B/1k flows\tsync records/1k flows\tndd CPU s/1k flows\tndd CPU (cores)\t")
 	for _, run := range r.Runs {
 		var sh []string
 		for _, s := range run.Share {
 			sh = append(sh, fmt.Sprintf("%.1f%%", 100*s))
 		}
-		sync := "-" // one dispatcher: no group, no stream
+		sync, recs := "-", "-" // one dispatcher: no group, no stream
 		if run.Dispatchers > 1 {
-			sync = fmt.Sprintf("%.0f", run.SyncBytesPer1k)
+			sync, recs = fmt.Sprintf("%.0f", run.SyncBytesPer1k), fmt.Sprintf("%.0f", run.SyncRecordsPer1k)
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%.3f\t%.3f\t\n", run.Dispatchers, strings.Join(sh, " "), sync, run.CPUSecPer1k, run.CPUFraction)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%.3f\t%.3f\t\n", run.Dispatchers, strings.Join(sh, " "), sync, recs, run.CPUSecPer1k, run.CPUFraction)
 	}
 	tw.Flush()
 	for _, run := range r.Runs {

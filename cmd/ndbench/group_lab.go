@@ -287,6 +287,7 @@ func (g *groupLab) waitRoute(ctx context.Context, since time.Time, want []*haNDD
 type nodeSample struct {
 	packets []uint64
 	stream  uint64
+	records uint64
 	ticks   uint64
 	at      time.Time
 }
@@ -309,6 +310,7 @@ func (g *groupLab) sample() (nodeSample, error) {
 				return s, fmt.Errorf("%s: ha status: %w", n.host.Name, err)
 			}
 			s.stream += hs.Counters.StreamBytesSent
+			s.records += hs.Counters.FlowsSent
 		}
 		t, err := procTicks(n.proc.Pid())
 		if err != nil {
@@ -352,8 +354,8 @@ func parseStatTicks(s string) (uint64, error) {
 // rate for the duration and, at half time, runs event (if any) and waits
 // for the route to go through exactly after. For the steady phase (no
 // event) it also returns the packet shares and [sync bytes per 1k, CPU
-// seconds per 1k, CPU fraction].
-func (g *groupLab) phase(ctx context.Context, name, target string, event func() error, after []*haNDD) (ph groupPhase, share []float64, cost [3]float64, err error) {
+// seconds per 1k, CPU fraction, records per 1k].
+func (g *groupLab) phase(ctx context.Context, name, target string, event func() error, after []*haNDD) (ph groupPhase, share []float64, cost [4]float64, err error) {
 	ph = groupPhase{Name: name, Event: target, Conns: g.o.conns}
 	g.logf("%d dispatcher(s): phase %s %s", len(g.nodes), name, target)
 	pg, err := g.openLong(ctx)
@@ -410,7 +412,7 @@ func (g *groupLab) phase(ctx context.Context, name, target string, event func() 
 
 // steadyCosts turns two samples around newFlows new connections into the
 // packet shares and the costs per 1,000 new flows.
-func steadyCosts(a, b nodeSample, newFlows int) (share []float64, cost [3]float64) {
+func steadyCosts(a, b nodeSample, newFlows int) (share []float64, cost [4]float64) {
 	var total uint64
 	for i := range b.packets {
 		total += b.packets[i] - a.packets[i]
@@ -422,6 +424,7 @@ func steadyCosts(a, b nodeSample, newFlows int) (share []float64, cost [3]float6
 	if newFlows > 0 {
 		cost[0] = float64(b.stream-a.stream) * 1000 / float64(newFlows)
 		cost[1] = cpu * 1000 / float64(newFlows)
+		cost[3] = float64(b.records-a.records) * 1000 / float64(newFlows)
 	}
 	if wall := b.at.Sub(a.at).Seconds(); wall > 0 {
 		cost[2] = cpu / wall

@@ -74,22 +74,22 @@ func TestParseStatTicks(t *testing.T) {
 
 func TestSteadyCosts(t *testing.T) {
 	t0 := time.Unix(1000, 0)
-	a := nodeSample{packets: []uint64{100, 200, 300}, stream: 1000, ticks: 50, at: t0}
-	b := nodeSample{packets: []uint64{400, 500, 900}, stream: 21000, ticks: 250, at: t0.Add(4 * time.Second)}
+	a := nodeSample{packets: []uint64{100, 200, 300}, stream: 1000, records: 10, ticks: 50, at: t0}
+	b := nodeSample{packets: []uint64{400, 500, 900}, stream: 21000, records: 810, ticks: 250, at: t0.Add(4 * time.Second)}
 	share, cost := steadyCosts(a, b, 400)
 	if want := []float64{0.25, 0.25, 0.5}; !slices.Equal(share, want) {
 		t.Errorf("share %v, want %v", share, want)
 	}
 	// 20,000 bytes and 2 s of CPU over 400 flows, in 4 s.
-	if cost != [3]float64{50_000, 5, 0.5} {
-		t.Errorf("cost %v, want 50000 B, 5 s per 1k flows, 0.5 of a core", cost)
+	if cost != [4]float64{50_000, 5, 0.5, 2000} {
+		t.Errorf("cost %v, want 50000 B, 5 s per 1k flows, 0.5 of a core, 2000 records per 1k flows", cost)
 	}
 }
 
 func TestGroupReportTable(t *testing.T) {
 	r := groupReport{Duration: "6s", Conns: 100, Rate: 100, CPUs: 2, Kernel: "6.x", Runs: []groupRun{
 		{Dispatchers: 1, Share: []float64{1}, Phases: []groupPhase{{Name: "steady", Conns: 100, Kept: 100, NewOffered: 600, NewOK: 600, ConnRate: 100, P50: 800 * time.Microsecond, P99: 2 * time.Millisecond}}},
-		{Dispatchers: 2, Share: []float64{0.482, 0.518}, SyncBytesPer1k: 230380, CPUSecPer1k: 1.95, CPUFraction: 0.097,
+		{Dispatchers: 2, Share: []float64{0.482, 0.518}, SyncBytesPer1k: 230380, SyncRecordsPer1k: 2010, CPUSecPer1k: 1.95, CPUFraction: 0.097,
 			Phases: []groupPhase{
 				{Name: "steady", Conns: 100, Kept: 100, NewOffered: 600, NewOK: 600, ConnRate: 100},
 				{Name: "kill", Event: "dispatcher2", RouteChange: 17500 * time.Microsecond, Conns: 100, Kept: 99, NewOffered: 600, NewOK: 598, ConnRate: 99.7},
@@ -106,9 +106,9 @@ func TestGroupReportTable(t *testing.T) {
 	for _, want := range []string{
 		"phases of 6s, 100 long-lived connections, 100 new connections/s offered; 2 CPUs",
 		"2 kill dispatcher2 17.5 ms 99/100 598/600 99.7",
-		"1 100.0% - 0.000 0.000",
+		"1 100.0% - - 0.000 0.000",
 		"48.2% 51.8%",
-		"230380",
+		"2 48.2% 51.8% 230380 2010 1.950 0.097",
 		"2 dispatchers stopped early: drain: boom",
 	} {
 		if !strings.Contains(out, want) {

@@ -536,26 +536,31 @@ func startOpener(ctx context.Context, l *lab.Lab, rate float64) *opener {
 				return
 			case <-tick.C:
 			}
-			op.offered++
-			select {
-			case sem <- struct{}{}:
-			default:
-				op.mu.Lock()
-				op.failed++ // too many in flight: counts as a failure
-				op.mu.Unlock()
-				continue
-			}
-			op.wg.Go(func() {
-				defer func() { <-sem }()
-				d, err := openOne(l, vip)
-				op.mu.Lock()
-				defer op.mu.Unlock()
-				if err != nil {
-					op.failed++
-					return
+			// Open-loop: the connections due by now, so that a tick
+			// the scheduler delayed or dropped is made up for.
+			due := int(time.Since(op.start).Seconds()*rate) - op.offered
+			for range due {
+				op.offered++
+				select {
+				case sem <- struct{}{}:
+				default:
+					op.mu.Lock()
+					op.failed++ // too many in flight: counts as a failure
+					op.mu.Unlock()
+					continue
 				}
-				op.lat = append(op.lat, d)
-			})
+				op.wg.Go(func() {
+					defer func() { <-sem }()
+					d, err := openOne(l, vip)
+					op.mu.Lock()
+					defer op.mu.Unlock()
+					if err != nil {
+						op.failed++
+						return
+					}
+					op.lat = append(op.lat, d)
+				})
+			}
 		}
 	}()
 	return op

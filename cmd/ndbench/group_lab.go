@@ -62,7 +62,7 @@ func measureGroup(ctx context.Context, o groupOptions, n int, logf func(string, 
 	ph, share, cost, err := g.phase(ctx, "steady", "", nil, all)
 	r.Phases = append(r.Phases, ph)
 	r.Share = share
-	r.SyncBytesPer1k, r.CPUSecPer1k, r.CPUFraction = cost[0], cost[1], cost[2]
+	r.SyncBytesPer1k, r.CPUSecPer1k, r.CPUFraction, r.SyncRecordsPer1k = cost[0], cost[1], cost[2], cost[3]
 	if err != nil || n < 2 {
 		return r, err
 	}
@@ -392,6 +392,8 @@ func (g *groupLab) phase(ctx context.Context, name, target string, event func() 
 			return ph, nil, cost, err
 		}
 		share, cost = steadyCosts(before, s, len(lat))
+		g.logf("steady: packets %v -> %v; stream bytes %d -> %d, flow records sent %d -> %d; CPU ticks %d -> %d",
+			before.packets, s.packets, before.stream, s.stream, before.records, s.records, before.ticks, s.ticks)
 	}
 	// Every long-lived connection gets one more round after the load.
 	if err := sleepCtx(ctx, 2*groupPing); err != nil {
@@ -518,6 +520,7 @@ type opener struct {
 	failed  int
 	offered int
 	start   time.Time
+	end     time.Time // when it stopped offering
 	done    chan struct{}
 }
 
@@ -532,6 +535,7 @@ func startOpener(ctx context.Context, l *lab.Lab, rate float64) *opener {
 		for {
 			select {
 			case <-ctx.Done():
+				op.end = time.Now()
 				op.wg.Wait()
 				return
 			case <-tick.C:
@@ -567,10 +571,10 @@ func startOpener(ctx context.Context, l *lab.Lab, rate float64) *opener {
 }
 
 // wait waits for the opener to end and returns its latencies, failures,
-// offers and how long it ran.
+// offers and how long it offered.
 func (op *opener) wait() (lat []time.Duration, failed, offered int, elapsed time.Duration) {
 	<-op.done
-	elapsed = time.Since(op.start)
+	elapsed = op.end.Sub(op.start)
 	op.mu.Lock()
 	defer op.mu.Unlock()
 	return slices.Clone(op.lat), op.failed, op.offered, elapsed

@@ -19,7 +19,9 @@
 //
 // It must run as root: `go run ./cmd/ndbench`. `ndbench feedback` runs
 // the allocation bench instead (nd against HAProxy's least-connections in
-// the cases of issue 10); see docs/FEEDBACK-BENCH.md.
+// the cases of issue 10); see docs/FEEDBACK-BENCH.md. `ndbench ha` measures
+// an HA pair's failovers (docs/HA-BENCH.md) and `ndbench group` an
+// active-active group behind a BGP router (docs/SCALEOUT.md, Benchmark).
 package main
 
 import (

@@ -19,7 +19,9 @@
 //
 // It must run as root: `go run ./cmd/ndbench`. `ndbench feedback` runs
 // the allocation bench instead (nd against HAProxy's least-connections in
-// the cases of issue 10); see docs/FEEDBACK-BENCH.md.
+// the cases of issue 10); see docs/FEEDBACK-BENCH.md. `ndbench ha` measures
+// an HA pair's failovers (docs/HA-BENCH.md) and `ndbench group` an
+// active-active group behind a BGP router (docs/SCALEOUT.md, Benchmark).
 package main
 
 import (
@@ -115,7 +117,8 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 			"Builds a lab of network namespaces and measures new-connection latency and the\n"+
 			"highest sustained rate directly to a server, through a trivial XDP forwarder, and\n"+
 			"through nd. Must run as root; removes the lab on exit.\n"+
-			"`ndbench feedback --help` describes the feedback-loop bench.\n\n")
+			"`ndbench feedback --help` describes the feedback-loop bench; `ndbench ha --help`\n"+
+			"the HA pair bench; `ndbench group --help` the active-active group bench.\n\n")
 	fs.IntVar(&o.servers, "servers", lab.DefaultServers, "real servers behind the VIP in the nd configuration (1 to 88)")
 	fs.DurationVar(&o.duration, "duration", 2*time.Second, "length of every step: the latency phase and each step of the rate search")
 	fs.Float64Var(&o.rate, "rate", 1000, "new connections per second in the latency phase")
@@ -187,6 +190,9 @@ func begin(e env, name string, parseErr error, why string, timeout time.Duration
 func run(args []string, e env) int {
 	if len(args) > 0 && args[0] == "ha" {
 		return runHA(args[1:], e)
+	}
+	if len(args) > 0 && args[0] == "group" {
+		return runGroup(args[1:], e)
 	}
 	if len(args) > 0 && args[0] == "feedback" {
 		return runFeedback(args[1:], e)

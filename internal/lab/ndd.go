@@ -186,3 +186,7 @@ func (p *NDD) exitedErr(when string) error {
 	}
 	return fmt.Errorf("%w %s", ErrNDDExited, when)
 }
+
+// Pid is ndd's process id (nsenter executes ndd in its own place), for
+// reading its CPU time in /proc.
+func (p *NDD) Pid() int { return p.cmd.Process.Pid }

@@ -60,6 +60,17 @@ func TestNDDSYNFlood(t *testing.T) {
 		return up == 4
 	})
 
+	// The advisor's verdict reaches the data plane with the manager's next
+	// commit: the weights read before the flood must be the ones after it.
+	waitFor(t, 10*time.Second, "every server back at its configured weight", func() bool {
+		for _, s := range n.portStatus(t, servicePort).Servers {
+			if s.Weight != s.ConfigWeight {
+				return false
+			}
+		}
+		return true
+	})
+
 	lc := openLong(ctx, t, n.lab.Client.NS, n.vip4(), long)
 	weights := func() map[string]uint32 {
 		m := map[string]uint32{}

@@ -1,18 +1,18 @@
 package agent
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
+	"math"
 	"net/netip"
 	"os"
-	"regexp"
 	"slices"
 	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/nd-dispatcher/nd/internal/yamlwalk"
 )
 
 // Config is the agent's own configuration file. docs/AGENT.md documents
@@ -113,51 +113,96 @@ func LoadConfig(path string) (*Config, error) {
 	return cfg, err
 }
 
-var unknownField = regexp.MustCompile(`field (\S+) not found in type \S+`)
-
 // ParseConfig decodes a configuration strictly (unknown fields are
 // errors, reported with their line), fills in defaults and validates it.
 func ParseConfig(data []byte) (*Config, error) {
+	w := yamlwalk.New()
 	var cfg Config
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
-		var te *yaml.TypeError
-		if errors.As(err, &te) {
-			probs := make([]string, len(te.Errors))
-			for i, p := range te.Errors {
-				p = unknownField.ReplaceAllString(p, "unknown field $1")
-				if strings.HasSuffix(p, "into time.Duration") {
-					p += " (a duration needs a unit, e.g. 10s)"
-				}
-				probs[i] = p
-			}
-			return nil, &ConfigError{Problems: probs}
-		}
-		return nil, &ConfigError{Problems: []string{strings.TrimPrefix(err.Error(), "yaml: ")}}
+	if root, ok := w.Document(data, "more than one YAML document"); ok && root != nil {
+		readConfig(w, &cfg, root)
 	}
-	var extra yaml.Node
-	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
-		return nil, &ConfigError{Problems: []string{"more than one YAML document"}}
+	if len(w.Problems) > 0 {
+		e := &ConfigError{}
+		for _, p := range w.Problems {
+			e.Problems = append(e.Problems, walkProblem(p))
+		}
+		return nil, e
 	}
 	cfg.SetDefaults()
 	probs := cfg.problems()
 	if len(probs) == 0 {
 		return &cfg, nil
 	}
-	// A second, lenient decode gives the lines to report problems at; the
-	// strict one above has succeeded, so this one does too.
-	var doc yaml.Node
-	yaml.Unmarshal(data, &doc)
 	e := &ConfigError{}
 	for _, p := range probs {
 		msg := p.String()
-		if line := lineOf(&doc, p.path); line > 0 && len(p.path) > 0 {
-			msg = fmt.Sprintf("line %d: %s", line, msg)
+		if at, ok := lineOf(w.At, pathString(p.path)); ok {
+			msg = fmt.Sprintf("line %d: %s", at, msg)
 		}
 		e.Problems = append(e.Problems, msg)
 	}
 	return nil, e
+}
+
+// readConfig reads the document's root mapping into c.
+func readConfig(w *yamlwalk.Walker, c *Config, root *yaml.Node) {
+	f, done, ok := w.Fields("", root, "listen", "host", "key_file", "tls", "max_clock_skew", "replay_cache_size",
+		"sample_interval", "proc_root", "commands")
+	defer done()
+	if !ok {
+		return
+	}
+	w.StrField(f, "", "listen", &c.Listen)
+	w.StrField(f, "", "host", &c.Host)
+	w.StrField(f, "", "key_file", &c.KeyFile)
+	if n := f["tls"]; n != nil {
+		c.TLS = &TLSConfig{}
+		f, done, _ := w.Fields("tls", n, "cert_file", "key_file", "client_ca_file")
+		w.StrField(f, "tls", "cert_file", &c.TLS.CertFile)
+		w.StrField(f, "tls", "key_file", &c.TLS.KeyFile)
+		w.StrField(f, "tls", "client_ca_file", &c.TLS.ClientCAFile)
+		done()
+	}
+	w.DurField(f, "", "max_clock_skew", &c.MaxClockSkew)
+	w.Int(f, "", "replay_cache_size", 0, math.MaxInt32, &c.ReplayCacheSize)
+	w.DurField(f, "", "sample_interval", &c.SampleInterval)
+	w.StrField(f, "", "proc_root", &c.ProcRoot)
+	if n := f["commands"]; n != nil {
+		c.Commands = yamlwalk.ListOf(w, "commands", n, func(p string, n *yaml.Node) Command {
+			var cmd Command
+			f, done, _ := w.Fields(p, n, "name", "argv", "interval", "timeout")
+			defer done()
+			w.StrField(f, p, "name", &cmd.Name)
+			if n := f["argv"]; n != nil {
+				cmd.Argv = w.Strings(yamlwalk.Join(p, "argv"), n)
+			}
+			w.DurField(f, p, "interval", &cmd.Interval)
+			w.DurField(f, p, "timeout", &cmd.Timeout)
+			return cmd
+		})
+	}
+}
+
+// walkProblem words a problem of reading the file as the agent always has:
+// "line 5: unknown field shell", "line 3: commands: cannot unmarshal: want
+// a list, got a mapping".
+func walkProblem(p yamlwalk.Problem) string {
+	msg := p.Msg
+	switch p.Kind {
+	case yamlwalk.UnknownField:
+		return fmt.Sprintf("line %d: unknown field %s%s", p.Line, p.Key, strings.TrimPrefix(msg, "unknown field"))
+	case yamlwalk.WrongType:
+		msg = "cannot unmarshal: " + msg
+	case yamlwalk.NoUnit:
+		msg += " (a duration needs a unit)"
+	}
+	if p.Path != "" {
+		msg = p.Path + ": " + msg
+	}
+	if p.Line > 0 {
+		msg = fmt.Sprintf("line %d: %s", p.Line, msg)
+	}
+	return msg
 }
 
 // SetDefaults fills in every unset field with its default. ParseConfig
@@ -288,37 +333,14 @@ func (c *Config) problems() []problem {
 	return probs
 }
 
-// lineOf returns the line of the node at path in a decoded document, or
-// of its nearest ancestor present (a defaulted field has no node), or 0.
-func lineOf(doc *yaml.Node, path []any) int {
-	n := doc
-	if n == nil || n.Kind != yaml.DocumentNode || len(n.Content) == 0 {
-		return 0
-	}
-	n = n.Content[0]
-	line := 0
-	for _, el := range path {
-		var next *yaml.Node
-		switch v := el.(type) {
-		case string:
-			if n.Kind == yaml.MappingNode {
-				for i := 0; i+1 < len(n.Content); i += 2 {
-					if n.Content[i].Value == v {
-						next = n.Content[i+1]
-						line = n.Content[i].Line
-					}
-				}
-			}
-		case int:
-			if n.Kind == yaml.SequenceNode && v < len(n.Content) {
-				next = n.Content[v]
-				line = next.Line
-			}
+// lineOf returns the line where the value at path was read, or its nearest
+// ancestor (a defaulted field was not read).
+func lineOf(at map[string]yamlwalk.Pos, path string) (int, bool) {
+	for path != "" {
+		if p, ok := at[path]; ok {
+			return p.Line, true
 		}
-		if next == nil {
-			break
-		}
-		n = next
+		path = path[:max(0, strings.LastIndexAny(path, ".["))]
 	}
-	return line
+	return 0, false
 }

@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/nd-dispatcher/nd/internal/yamlwalk"
 )
 
 // BGP makes ndd a BGP speaker that announces each VIP it can serve as a host
@@ -196,7 +198,7 @@ func validateBGP(c *Config, r *reporter) {
 	}
 	seen := map[netip.Addr]bool{}
 	for i, p := range b.Peers {
-		pp := index("bgp.peers", i)
+		pp := yamlwalk.Index("bgp.peers", i)
 		switch {
 		case !p.Address.IsValid():
 			if !r.bad[pp+".address"] {
@@ -232,7 +234,7 @@ func validateBGP(c *Config, r *reporter) {
 	}
 	listed := map[netip.Addr]bool{}
 	for i, v := range b.VIPs {
-		vp := index("bgp.vips", i)
+		vp := yamlwalk.Index("bgp.vips", i)
 		switch {
 		case !v.VIP.IsValid():
 			if !r.bad[vp+".vip"] {
@@ -259,7 +261,7 @@ func validateBGP(c *Config, r *reporter) {
 func validateCommunities(path string, cs []string, r *reporter) {
 	for i, s := range cs {
 		if _, err := ParseCommunity(s); err != nil {
-			r.errorf(index(path, i), "%v", err)
+			r.errorf(yamlwalk.Index(path, i), "%v", err)
 		}
 	}
 }

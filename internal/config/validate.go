@@ -13,6 +13,7 @@ import (
 
 	"github.com/nd-dispatcher/nd/internal/maglev"
 	"github.com/nd-dispatcher/nd/internal/nd"
+	"github.com/nd-dispatcher/nd/internal/yamlwalk"
 )
 
 // Limits checked by validation beyond those declared with the types.
@@ -49,7 +50,7 @@ func (c *Config) CheckInterfaces(lookup func(name string) error) error {
 	}
 	for i, name := range c.Interfaces {
 		if err := lookup(name); err != nil {
-			r.errorf(index("interfaces", i), "interface %s: %v", name, err)
+			r.errorf(yamlwalk.Index("interfaces", i), "interface %s: %v", name, err)
 		}
 	}
 	return r.err()
@@ -67,7 +68,7 @@ func (c *Config) CheckVIPs(connected []netip.Prefix) error {
 	for i, cl := range c.Clusters {
 		for _, p := range connected {
 			if b, ok := broadcast(p); ok && b == cl.VIP {
-				r.errorf(index("clusters", i)+".vip", "%s is the broadcast address of the connected network %s: not usable as a VIP", cl.VIP, p.Masked())
+				r.errorf(yamlwalk.Index("clusters", i)+".vip", "%s is the broadcast address of the connected network %s: not usable as a VIP", cl.VIP, p.Masked())
 				break
 			}
 		}
@@ -135,9 +136,9 @@ func validateHA(h *HA, r *reporter) {
 		case !p.IsValid():
 			continue // reported by the decoder
 		case seen[p]:
-			r.errorf(index("ha.peers", i), "%s is listed twice, or is this node itself", p)
+			r.errorf(yamlwalk.Index("ha.peers", i), "%s is listed twice, or is this node itself", p)
 		case h.Self.IsValid() && p.Addr().Is4() != h.Self.Addr().Is4():
-			r.errorf(index("ha.peers", i), "%s is not of self's family", p)
+			r.errorf(yamlwalk.Index("ha.peers", i), "%s is not of self's family", p)
 		}
 		seen[p] = true
 	}
@@ -167,7 +168,7 @@ func validateInterfaces(names []string, r *reporter) {
 	}
 	first := make(map[string]string, len(names))
 	for i, name := range names {
-		p := index("interfaces", i)
+		p := yamlwalk.Index("interfaces", i)
 		if why := badIfaceName(name); why != "" {
 			r.errorf(p, "%s", why)
 			continue
@@ -363,7 +364,7 @@ func validateProportions(pr Proportions, p string, advisors map[string]bool, r *
 	}
 	names := map[string]bool{"active": true, "new": true, "advisor": true, "host": true}
 	for i, c := range pr.Custom {
-		cp := index(p+".custom", i)
+		cp := yamlwalk.Index(p+".custom", i)
 		switch {
 		case !validName(c.Name):
 			r.errorf(cp+".name", "%q is not a metric name: letters, digits, '-', '_' and '.'", c.Name)
@@ -413,7 +414,7 @@ func validateAdvisors(as []Advisor, r *reporter) map[string]bool {
 	names := map[string]bool{}
 	first := map[string]string{}
 	for i, a := range as {
-		p := index("advisors", i)
+		p := yamlwalk.Index("advisors", i)
 		switch {
 		case !validName(a.Name):
 			r.errorf(p+".name", "%q is not an advisor name: letters, digits, '-', '_' and '.'", a.Name)
@@ -527,7 +528,7 @@ func validateClusters(c *Config, advisors map[string]bool, r *reporter) {
 	vips := make(map[netip.Addr]string)
 	var nports, nservers int
 	for i, cl := range c.Clusters {
-		cp := index("clusters", i)
+		cp := yamlwalk.Index("clusters", i)
 		vipOK := false
 		switch {
 		case !cl.VIP.IsValid():
@@ -547,7 +548,7 @@ func validateClusters(c *Config, advisors map[string]bool, r *reporter) {
 		}
 		seen := make(map[nd.ServiceKey]string)
 		for j, p := range cl.Ports {
-			pp := index(cp+".ports", j)
+			pp := yamlwalk.Index(cp+".ports", j)
 			nports++
 			nservers += len(p.Servers)
 			validatePort(c, cl.VIP, vipOK, p, pp, advisors, r)
@@ -605,7 +606,7 @@ func validatePort(c *Config, vip netip.Addr, vipOK bool, p PortSpec, pp string, 
 	}
 	seen := make(map[netip.Addr]string)
 	for k, s := range p.Servers {
-		sp := index(pp+".servers", k)
+		sp := yamlwalk.Index(pp+".servers", k)
 		if boundOK && s.Weight > p.WeightBound && !r.bad[pp+".weight_bound"] {
 			r.errorf(sp+".weight", weightRange, s.Weight, p.WeightBound)
 		}

@@ -164,7 +164,7 @@ func readConfig(w *yamlwalk.Walker, c *Config, root *yaml.Node) {
 		done()
 	}
 	w.DurField(f, "", "max_clock_skew", &c.MaxClockSkew)
-	w.Int(f, "", "replay_cache_size", 0, math.MaxInt32, &c.ReplayCacheSize)
+	yamlwalk.Integer(w, f, "", "replay_cache_size", 0, math.MaxInt32, &c.ReplayCacheSize)
 	w.DurField(f, "", "sample_interval", &c.SampleInterval)
 	w.StrField(f, "", "proc_root", &c.ProcRoot)
 	if n := f["commands"]; n != nil {

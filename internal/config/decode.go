@@ -67,16 +67,9 @@ type decoder struct {
 }
 
 func (d *decoder) proto(path string, n *yaml.Node) (nd.Proto, bool) {
-	s, ok := d.Scalar(path, n, "tcp or udp")
-	if !ok {
-		return 0, false
-	}
-	p, err := nd.ParseProto(strings.ToLower(s.Value))
-	if err != nil {
-		d.Fail(path, n, "%q is not a protocol: want tcp or udp", s.Value)
-		return 0, false
-	}
-	return p, true
+	return yamlwalk.Parse(d.Walker, path, n, "tcp or udp", func(s string) (nd.Proto, error) {
+		return nd.ParseProto(strings.ToLower(s))
+	}, "%q is not a protocol: want tcp or udp")
 }
 
 // config reads the document's root mapping into c, which holds the defaults.
@@ -128,7 +121,7 @@ func (d *decoder) bgp(n *yaml.Node) *BGP {
 	b := &BGP{ShutdownGrace: DefaultBGPShutdownGrace}
 	f, done, _ := d.Fields(p, n, "asn", "router_id", "shutdown_grace", "communities", "med", "peers", "vips")
 	defer done()
-	d.U32(f, p, "asn", 0, math.MaxUint32, &b.ASN)
+	yamlwalk.Integer(d.Walker, f, p, "asn", 0, math.MaxUint32, &b.ASN)
 	if n := f["router_id"]; n != nil {
 		b.RouterID, _ = d.Addr(yamlwalk.Join(p, "router_id"), n)
 	}
@@ -136,7 +129,7 @@ func (d *decoder) bgp(n *yaml.Node) *BGP {
 	if n := f["communities"]; n != nil {
 		b.Communities = d.Strings(yamlwalk.Join(p, "communities"), n)
 	}
-	d.U32(f, p, "med", 0, math.MaxUint32, &b.MED)
+	yamlwalk.Integer(d.Walker, f, p, "med", 0, math.MaxUint32, &b.MED)
 	if n := f["peers"]; n != nil {
 		b.Peers = yamlwalk.ListOf(d.Walker, yamlwalk.Join(p, "peers"), n, d.bgpPeer)
 	}
@@ -156,15 +149,11 @@ func (d *decoder) bgpPeer(p string, n *yaml.Node) BGPPeer {
 	if n := f["address"]; n != nil {
 		pr.Address, _ = d.Addr(yamlwalk.Join(p, "address"), n)
 	}
-	d.U32(f, p, "asn", 0, math.MaxUint32, &pr.ASN)
-	if n := f["port"]; n != nil {
-		if v, ok := d.Uint(yamlwalk.Join(p, "port"), n, 1, math.MaxUint16); ok {
-			pr.Port = uint16(v)
-		}
-	}
+	yamlwalk.Integer(d.Walker, f, p, "asn", 0, math.MaxUint32, &pr.ASN)
+	yamlwalk.Integer(d.Walker, f, p, "port", 1, math.MaxUint16, &pr.Port)
 	d.DurField(f, p, "hold_time", &pr.HoldTime)
 	d.StrField(f, p, "password", &pr.Password)
-	d.U32(f, p, "multihop", 0, 255, &pr.Multihop)
+	yamlwalk.Integer(d.Walker, f, p, "multihop", 0, 255, &pr.Multihop)
 	if n := f["local_address"]; n != nil {
 		pr.LocalAddress, _ = d.Addr(yamlwalk.Join(p, "local_address"), n)
 	}
@@ -190,7 +179,7 @@ func (d *decoder) bgpVIP(p string, n *yaml.Node) BGPVIP {
 	}
 	if n := f["med"]; n != nil {
 		var m uint32
-		d.U32(f, p, "med", 0, math.MaxUint32, &m)
+		yamlwalk.Integer(d.Walker, f, p, "med", 0, math.MaxUint32, &m)
 		v.MED = &m
 	}
 	if n := f["next_hop"]; n != nil {
@@ -204,16 +193,16 @@ func (d *decoder) dataPlane(dp *DataPlane, n *yaml.Node) {
 	f, done, _ := d.Fields(p, n, "max_flows", "max_servers", "max_services", "max_vips", "max_affinity",
 		"ring_size", "idle_timeout", "halfopen_timeout", "expire_nodest_conn", "hash_seed", "pin_path")
 	defer done()
-	d.U32(f, p, "max_flows", 1, math.MaxUint32, &dp.MaxFlows)
-	d.U32(f, p, "max_servers", 1, math.MaxUint32, &dp.MaxServers)
-	d.U32(f, p, "max_services", 1, math.MaxUint32, &dp.MaxServices)
-	d.U32(f, p, "max_vips", 1, math.MaxUint32, &dp.MaxVIPs)
-	d.U32(f, p, "max_affinity", 1, math.MaxUint32, &dp.MaxAffinity)
-	d.U32(f, p, "ring_size", 0, math.MaxUint32, &dp.RingSize)
+	yamlwalk.Integer(d.Walker, f, p, "max_flows", 1, math.MaxUint32, &dp.MaxFlows)
+	yamlwalk.Integer(d.Walker, f, p, "max_servers", 1, math.MaxUint32, &dp.MaxServers)
+	yamlwalk.Integer(d.Walker, f, p, "max_services", 1, math.MaxUint32, &dp.MaxServices)
+	yamlwalk.Integer(d.Walker, f, p, "max_vips", 1, math.MaxUint32, &dp.MaxVIPs)
+	yamlwalk.Integer(d.Walker, f, p, "max_affinity", 1, math.MaxUint32, &dp.MaxAffinity)
+	yamlwalk.Integer(d.Walker, f, p, "ring_size", 0, math.MaxUint32, &dp.RingSize)
 	d.DurField(f, p, "idle_timeout", &dp.IdleTimeout)
 	d.DurField(f, p, "halfopen_timeout", &dp.HalfOpenTimeout)
 	d.BoolField(f, p, "expire_nodest_conn", &dp.ExpireNodestConn)
-	d.U32(f, p, "hash_seed", 0, math.MaxUint32, &dp.HashSeed)
+	yamlwalk.Integer(d.Walker, f, p, "hash_seed", 0, math.MaxUint32, &dp.HashSeed)
 	d.StrField(f, p, "pin_path", &dp.PinPath)
 }
 
@@ -252,10 +241,10 @@ func (d *decoder) proportions(p string, n *yaml.Node) Proportions {
 	var pr Proportions
 	f, done, _ := d.Fields(p, n, "active", "new", "advisor", "host", "custom")
 	defer done()
-	d.U32(f, p, "active", 0, 100, &pr.Active)
-	d.U32(f, p, "new", 0, 100, &pr.New)
-	d.U32(f, p, "advisor", 0, 100, &pr.Advisor)
-	d.U32(f, p, "host", 0, 100, &pr.Host)
+	yamlwalk.Integer(d.Walker, f, p, "active", 0, 100, &pr.Active)
+	yamlwalk.Integer(d.Walker, f, p, "new", 0, 100, &pr.New)
+	yamlwalk.Integer(d.Walker, f, p, "advisor", 0, 100, &pr.Advisor)
+	yamlwalk.Integer(d.Walker, f, p, "host", 0, 100, &pr.Host)
 	if n := f["custom"]; n != nil {
 		pr.Custom = yamlwalk.ListOf(d.Walker, yamlwalk.Join(p, "custom"), n, func(ip string, it *yaml.Node) CustomMetric {
 			var c CustomMetric
@@ -264,7 +253,7 @@ func (d *decoder) proportions(p string, n *yaml.Node) Proportions {
 			d.StrField(f, ip, "name", &c.Name)
 			d.StrField(f, ip, "agent", &c.Agent)
 			d.StrField(f, ip, "advisor", &c.Advisor)
-			d.U32(f, ip, "proportion", 0, 100, &c.Proportion)
+			yamlwalk.Integer(d.Walker, f, ip, "proportion", 0, 100, &c.Proportion)
 			return c
 		})
 	}
@@ -282,24 +271,20 @@ func (d *decoder) advisor(p string, n *yaml.Node) Advisor {
 	d.StrField(f, p, "name", &a.Name)
 	d.StrField(f, p, "kind", &a.Kind)
 	d.StrField(f, p, "target", &a.Target)
-	if n := f["port"]; n != nil {
-		if v, ok := d.Uint(yamlwalk.Join(p, "port"), n, 0, math.MaxUint16); ok {
-			a.Port = uint16(v)
-		}
-	}
+	yamlwalk.Integer(d.Walker, f, p, "port", 0, math.MaxUint16, &a.Port)
 	d.DurField(f, p, "interval", &a.Interval)
 	a.Timeout = min(DefaultAdvisorTimeout, a.Interval/2)
 	d.DurField(f, p, "timeout", &a.Timeout)
-	d.U32(f, p, "retries", 0, 10, &a.Retries)
-	d.U32(f, p, "rise", 1, 100, &a.Rise)
-	d.U32(f, p, "fall", 1, 100, &a.Fall)
+	yamlwalk.Integer(d.Walker, f, p, "retries", 0, 10, &a.Retries)
+	yamlwalk.Integer(d.Walker, f, p, "rise", 1, 100, &a.Rise)
+	yamlwalk.Integer(d.Walker, f, p, "fall", 1, 100, &a.Fall)
 	if n := f["http"]; n != nil {
 		hp := yamlwalk.Join(p, "http")
 		f, done, _ := d.Fields(hp, n, "method", "path", "host", "status", "body", "insecure")
 		d.StrField(f, hp, "method", &a.HTTP.Method)
 		d.StrField(f, hp, "path", &a.HTTP.Path)
 		d.StrField(f, hp, "host", &a.HTTP.Host)
-		d.U32(f, hp, "status", 100, 599, &a.HTTP.Status)
+		yamlwalk.Integer(d.Walker, f, hp, "status", 100, 599, &a.HTTP.Status)
 		d.StrField(f, hp, "body", &a.HTTP.Body)
 		d.BoolField(f, hp, "insecure", &a.HTTP.Insecure)
 		done()
@@ -329,7 +314,7 @@ func (d *decoder) ha(n *yaml.Node) *HA {
 			return a
 		})
 	}
-	d.U32(f, p, "priority", 1, 255, &h.Priority)
+	yamlwalk.Integer(d.Walker, f, p, "priority", 1, 255, &h.Priority)
 	d.BoolField(f, p, "preempt", &h.Preempt)
 	d.DurField(f, p, "interval", &h.Interval)
 	d.DurField(f, p, "dead_after", &h.DeadAfter)
@@ -344,11 +329,7 @@ func (d *decoder) agents(n *yaml.Node) *Agents {
 	a := &Agents{Port: DefaultAgentPort, Interval: DefaultAgentInterval, Timeout: DefaultAgentTimeout, DisabledAfter: DefaultDisabledAfter}
 	f, done, _ := d.Fields(p, n, "port", "key_file", "tls_cert", "tls_key", "tls_ca", "interval", "timeout", "disabled_after")
 	defer done()
-	if n := f["port"]; n != nil {
-		if v, ok := d.Uint(yamlwalk.Join(p, "port"), n, 1, math.MaxUint16); ok {
-			a.Port = uint16(v)
-		}
-	}
+	yamlwalk.Integer(d.Walker, f, p, "port", 1, math.MaxUint16, &a.Port)
 	d.StrField(f, p, "key_file", &a.KeyFile)
 	d.StrField(f, p, "tls_cert", &a.TLSCert)
 	d.StrField(f, p, "tls_key", &a.TLSKey)
@@ -382,18 +363,14 @@ func (d *decoder) port(path string, n *yaml.Node) PortSpec {
 	if !ok {
 		return p
 	}
-	if n := f["port"]; n != nil {
-		if v, ok := d.Uint(yamlwalk.Join(path, "port"), n, 1, math.MaxUint16); ok {
-			p.Port = uint16(v)
-		}
-	}
+	yamlwalk.Integer(d.Walker, f, path, "port", 1, math.MaxUint16, &p.Port)
 	if n := f["protocol"]; n != nil {
 		if v, ok := d.proto(yamlwalk.Join(path, "protocol"), n); ok {
 			p.Protocol = v
 		}
 	}
 	d.DurField(f, path, "sticky_time", &p.StickyTime)
-	d.U32(f, path, "weight_bound", 1, MaxWeightBound, &p.WeightBound)
+	yamlwalk.Integer(d.Walker, f, path, "weight_bound", 1, MaxWeightBound, &p.WeightBound)
 	d.StrField(f, path, "scheduler", &p.Scheduler)
 	d.StrField(f, path, "advisor", &p.Advisor)
 	if n := f["proportions"]; n != nil {

@@ -245,25 +245,13 @@ func Index(path string, i int) string {
 // when n is not a mapping at all. The caller calls done once it has read the
 // values.
 func (w *Walker) Fields(path string, n *yaml.Node, names ...string) (f map[string]*yaml.Node, done func(), ok bool) {
-	w.mark(path, n)
-	done = func() {}
-	m := w.deref(path, n)
+	m, done, ok := w.collection(path, n, yaml.MappingNode, "a mapping of "+strings.Join(names, ", "), "mapping")
 	if m == nil {
-		return nil, done, false
+		if ok {
+			f = map[string]*yaml.Node{}
+		}
+		return f, done, ok
 	}
-	if isNull(m) {
-		return map[string]*yaml.Node{}, done, true
-	}
-	if m.Kind != yaml.MappingNode {
-		w.fail(WrongType, path, n, "want a mapping of %s, got %s", strings.Join(names, ", "), kindName(m))
-		return nil, done, false
-	}
-	if w.active[m] {
-		w.Fail(path, n, "alias *%s refers to a mapping that contains it", n.Value)
-		return nil, done, false
-	}
-	w.active[m] = true
-	done = func() { delete(w.active, m) }
 	out := make(map[string]*yaml.Node, len(m.Content)/2)
 	seen := make(map[string]int, len(m.Content)/2)
 	for i := 0; i+1 < len(m.Content); i += 2 {
@@ -341,25 +329,34 @@ func editDistance(a, b string) int {
 // List reads the sequence n at path and returns its items; the caller calls
 // done once it has read them.
 func (w *Walker) List(path string, n *yaml.Node) (items []*yaml.Node, done func(), ok bool) {
+	s, done, ok := w.collection(path, n, yaml.SequenceNode, "a list", "list")
+	if s == nil {
+		return nil, done, ok
+	}
+	return s.Content, done, true
+}
+
+// collection reads the mapping or sequence n at path: it returns the node
+// (nil for a null value, with ok true) and done, which the caller calls once
+// it has read the node's content. want and noun name the kind in problems.
+func (w *Walker) collection(path string, n *yaml.Node, kind yaml.Kind, want, noun string) (c *yaml.Node, done func(), ok bool) {
 	w.mark(path, n)
 	done = func() {}
-	s := w.deref(path, n)
-	if s == nil {
+	c = w.deref(path, n)
+	switch {
+	case c == nil:
 		return nil, done, false
-	}
-	if isNull(s) {
+	case isNull(c):
 		return nil, done, true
-	}
-	if s.Kind != yaml.SequenceNode {
-		w.fail(WrongType, path, n, "want a list, got %s", kindName(s))
+	case c.Kind != kind:
+		w.fail(WrongType, path, n, "want %s, got %s", want, kindName(c))
+		return nil, done, false
+	case w.active[c]:
+		w.Fail(path, n, "alias *%s refers to a %s that contains it", n.Value, noun)
 		return nil, done, false
 	}
-	if w.active[s] {
-		w.Fail(path, n, "alias *%s refers to a list that contains it", n.Value)
-		return nil, done, false
-	}
-	w.active[s] = true
-	return s.Content, func() { delete(w.active, s) }, true
+	w.active[c] = true
+	return c, func() { delete(w.active, c) }, true
 }
 
 // ListOf reads the list n at path, each item with item (given the item's
@@ -502,50 +499,47 @@ func (w *Walker) Duration(path string, n *yaml.Node) (time.Duration, bool) {
 	return v, true
 }
 
+// Parse reads a scalar with parse; what describes the value wanted, and
+// refused is the message, given the value, for one that parse refuses.
+func Parse[T any](w *Walker, path string, n *yaml.Node, what string, parse func(string) (T, error), refused string) (T, bool) {
+	var zero T
+	s, ok := w.Scalar(path, n, what)
+	if !ok {
+		return zero, false
+	}
+	v, err := parse(s.Value)
+	if err != nil {
+		w.Fail(path, n, refused, s.Value)
+		return zero, false
+	}
+	return v, true
+}
+
 // Addr reads an IP address.
 func (w *Walker) Addr(path string, n *yaml.Node) (netip.Addr, bool) {
-	s, ok := w.Scalar(path, n, "an IP address")
-	if !ok {
-		return netip.Addr{}, false
-	}
-	a, err := netip.ParseAddr(s.Value)
-	if err != nil {
-		w.Fail(path, n, "%q is not an IP address", s.Value)
-		return netip.Addr{}, false
-	}
-	return a, true
+	return Parse(w, path, n, "an IP address", netip.ParseAddr, "%q is not an IP address")
 }
 
 // AddrPort reads an address and a port other than 0.
 func (w *Walker) AddrPort(path string, n *yaml.Node) (netip.AddrPort, bool) {
-	s, ok := w.Scalar(path, n, "an address:port")
-	if !ok {
-		return netip.AddrPort{}, false
-	}
-	a, err := netip.ParseAddrPort(s.Value)
-	if err != nil || a.Port() == 0 {
-		w.Fail(path, n, "%q is not address:port (e.g. 198.51.100.3:7000 or [2001:db8::3]:7000)", s.Value)
-		return netip.AddrPort{}, false
-	}
-	return a, true
+	return Parse(w, path, n, "an address:port", func(s string) (netip.AddrPort, error) {
+		a, err := netip.ParseAddrPort(s)
+		if err == nil && a.Port() == 0 {
+			err = errors.New("port 0")
+		}
+		return a, err
+	}, "%q is not address:port (e.g. 198.51.100.3:7000 or [2001:db8::3]:7000)")
 }
 
 // The readers below read field name of the mapping f (read by Fields at
 // path) into *dst when it is present, and leave *dst alone otherwise.
 
-// U32 reads an integer in [lo, hi].
-func (w *Walker) U32(f map[string]*yaml.Node, path, name string, lo, hi uint64, dst *uint32) {
-	field(w, f, path, name, dst, func(p string, n *yaml.Node) (uint32, bool) {
+// Integer reads an integer in [lo, hi]. (A function: methods take no type
+// parameters.)
+func Integer[T ~int | ~uint16 | ~uint32](w *Walker, f map[string]*yaml.Node, path, name string, lo, hi uint64, dst *T) {
+	field(w, f, path, name, dst, func(p string, n *yaml.Node) (T, bool) {
 		v, ok := w.Uint(p, n, lo, hi)
-		return uint32(v), ok
-	})
-}
-
-// Int reads an integer in [lo, hi].
-func (w *Walker) Int(f map[string]*yaml.Node, path, name string, lo, hi uint64, dst *int) {
-	field(w, f, path, name, dst, func(p string, n *yaml.Node) (int, bool) {
-		v, ok := w.Uint(p, n, lo, hi)
-		return int(v), ok
+		return T(v), ok
 	})
 }
 

@@ -17,7 +17,7 @@ func TestKinds(t *testing.T) {
 	defer done()
 	var b int
 	w.DurField(f, "", "a", new(time.Duration))
-	w.Int(f, "", "b", 0, 10, &b)
+	Integer(w, f, "", "b", 0, 10, &b)
 	want := []Problem{
 		{Line: 3, Column: 1, Path: "zzzz", Key: "zzzz", Msg: "unknown field (known: a, b, c)", Kind: UnknownField},
 		{Line: 5, Column: 1, Path: "c", Msg: "field given twice (first at line 4)", Kind: Invalid},

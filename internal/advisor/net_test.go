@@ -36,12 +36,7 @@ type lab struct {
 
 func newLab(t *testing.T) *lab {
 	t.Helper()
-	testutil.RequirePrivileged(t)
-	ns, err := netns.New(netns.OwnedName("ndadv"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ns.Close() })
+	ns := testutil.NewNS(t, "ndadv")
 	h, err := ns.Netlink()
 	if err != nil {
 		t.Fatal(err)

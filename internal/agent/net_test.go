@@ -25,16 +25,7 @@ const nsPrefix = "ndtag"
 
 func newNS(t *testing.T) *netns.NS {
 	t.Helper()
-	testutil.RequirePrivileged(t)
-	if _, err := netns.SweepStale(nsPrefix, t.Logf); err != nil {
-		t.Fatal(err)
-	}
-	ns, err := netns.New(netns.OwnedName(nsPrefix))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ns.Close() })
-	return ns
+	return testutil.NewNS(t, nsPrefix)
 }
 
 // startAgent serves a on a fresh port of 127.0.0.1 in ns until the test

@@ -23,7 +23,6 @@ import (
 	"github.com/nd-dispatcher/nd/internal/executor"
 	"github.com/nd-dispatcher/nd/internal/ha"
 	"github.com/nd-dispatcher/nd/internal/manager"
-	"github.com/nd-dispatcher/nd/internal/netns"
 	"github.com/nd-dispatcher/nd/internal/testutil"
 )
 
@@ -52,12 +51,7 @@ func (v *recordingVIPs) isUp() bool      { v.mu.Lock(); defer v.mu.Unlock(); ret
 // before that, as a standby, it commits none. Its sockets live in a
 // namespace of their own, so nothing leaves the test.
 func TestHAAlone(t *testing.T) {
-	testutil.RequirePrivileged(t)
-	ns, err := netns.New(netns.OwnedName("ndtha"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
+	ns := testutil.NewNS(t, "ndtha")
 	dir := t.TempDir()
 	key := filepath.Join(dir, "ha.key")
 	if err := os.WriteFile(key, []byte("0123456789abcdef-ha-key"), 0o600); err != nil {

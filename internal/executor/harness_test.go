@@ -59,19 +59,9 @@ func randomName(prefix string) string {
 // data plane in it.
 func newHarness(t testing.TB, cfg Config) *harness {
 	t.Helper()
-	testutil.RequirePrivileged(t)
-	// Fuzz workers are killed without running cleanups: sweep what dead
-	// test processes left before making more.
-	if _, err := netns.SweepStale("ndxt", t.Logf); err != nil {
-		t.Logf("sweep stale namespaces: %v", err)
-	}
-	ns, err := netns.New(netns.OwnedName("ndxt"))
-	if err != nil {
-		t.Fatalf("netns: %v", err)
-	}
-	t.Cleanup(func() { ns.Close() })
+	ns := testutil.NewNS(t, "ndxt")
 	h := &harness{t: t, ns: ns, cfg: cfg}
-	err = ns.Do(func() error {
+	err := ns.Do(func() error {
 		for _, d := range []struct {
 			name string
 			mac  net.HardwareAddr

@@ -13,7 +13,6 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 
-	"github.com/nd-dispatcher/nd/internal/netns"
 	"github.com/nd-dispatcher/nd/internal/testutil"
 )
 
@@ -178,12 +177,7 @@ func TestSteerProgram(t *testing.T) {
 // Steering takes its place instead of adding a second program, and Destroy
 // removes it.
 func TestSteeringPinned(t *testing.T) {
-	testutil.RequirePrivileged(t)
-	ns, err := netns.New(netns.OwnedName("ndtsteer"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ns.Close() })
+	ns := testutil.NewNS(t, "ndtsteer")
 	pin := "/sys/fs/bpf/" + randomName("ndtest")
 	t.Cleanup(func() { os.RemoveAll(pin) })
 	o := SteeringOptions{PinPath: pin}

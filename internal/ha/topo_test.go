@@ -60,10 +60,6 @@ type topo struct {
 // newTopo builds the bridge, the client (.2) and dispatchers .11, .12, ...
 func newTopo(t *testing.T, dispatchers int) *topo {
 	t.Helper()
-	testutil.RequirePrivileged(t)
-	if _, err := netns.SweepStale(nsPrefix, t.Logf); err != nil {
-		t.Logf("sweep: %v", err)
-	}
 	tp := &topo{t: t}
 	tp.bridge = tp.newNS()
 	for _, kv := range [][2]string{{"net.ipv6.conf.all.disable_ipv6", "1"}, {"net.ipv6.conf.default.disable_ipv6", "1"}} {
@@ -83,10 +79,7 @@ func newTopo(t *testing.T, dispatchers int) *topo {
 }
 
 func (tp *topo) newNS() *netns.NS {
-	ns, err := netns.New(netns.OwnedName(nsPrefix))
-	must(tp.t, err)
-	tp.t.Cleanup(func() { ns.Close() })
-	return ns
+	return testutil.NewNS(tp.t, nsPrefix)
 }
 
 func (tp *topo) addHost(name string, num byte) *host {

@@ -285,15 +285,7 @@ func TestResolver(t *testing.T) {
 // TestRunStops checks that Run ends with its context, closing Events, and
 // that Close makes further use fail cleanly.
 func TestRunStops(t *testing.T) {
-	testutil.RequirePrivileged(t)
-	if _, err := netns.SweepStale(nsPrefix, t.Logf); err != nil {
-		t.Fatal(err)
-	}
-	ns, err := netns.New(netns.OwnedName(nsPrefix))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ns.Close() })
+	ns := testutil.NewNS(t, nsPrefix)
 	r := newResolver(t, ns, neighbor.Options{})
 
 	ctx, cancel := context.WithCancel(context.Background())

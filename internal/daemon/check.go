@@ -9,6 +9,7 @@ import (
 
 	"github.com/nd-dispatcher/nd/internal/config"
 	"github.com/nd-dispatcher/nd/internal/ha"
+	"github.com/nd-dispatcher/nd/internal/ifaddr"
 	"github.com/nd-dispatcher/nd/internal/keyfile"
 )
 
@@ -87,22 +88,5 @@ func connectedNetworks() ([]netip.Prefix, error) {
 	if err != nil {
 		return nil, err
 	}
-	var out []netip.Prefix
-	for _, a := range addrs {
-		n, ok := a.(*net.IPNet)
-		if !ok {
-			continue
-		}
-		ip, ok := netip.AddrFromSlice(n.IP)
-		if !ok {
-			continue
-		}
-		ones, _ := n.Mask.Size()
-		ip = ip.Unmap()
-		if ip.Is4() && len(n.Mask) == net.IPv6len {
-			ones -= 96
-		}
-		out = append(out, netip.PrefixFrom(ip, ones))
-	}
-	return out, nil
+	return ifaddr.Prefixes(addrs), nil
 }

@@ -19,6 +19,8 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/nd-dispatcher/nd/internal/ifaddr"
 )
 
 // Steering sends an advisor's probe of a VIP to one chosen server.
@@ -494,16 +496,8 @@ func InterfaceSource(ifindex int, ipv6 bool, isVIP func(netip.Addr) bool) (netip
 	if err != nil {
 		return netip.Addr{}, fmt.Errorf("addresses of %s: %w", ifi.Name, err)
 	}
-	for _, a := range addrs {
-		n, ok := a.(*net.IPNet)
-		if !ok {
-			continue
-		}
-		ip, ok := netip.AddrFromSlice(n.IP)
-		if !ok {
-			continue
-		}
-		ip = ip.Unmap()
+	for _, p := range ifaddr.Prefixes(addrs) {
+		ip := p.Addr()
 		if ip.Is6() != ipv6 || !ip.IsGlobalUnicast() || (isVIP != nil && isVIP(ip)) {
 			continue
 		}

@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"github.com/nd-dispatcher/nd/internal/api"
-	"github.com/nd-dispatcher/nd/internal/daemon"
 	"github.com/nd-dispatcher/nd/internal/lab"
+	"github.com/nd-dispatcher/nd/internal/nd"
 )
 
 // A balancer is what spreads the workload over the servers in a run: nd
@@ -157,7 +157,7 @@ func waitReady(ctx context.Context, c *api.Client, p *lab.NDD, limit time.Durati
 		}
 		for _, port := range st.Ports {
 			for _, s := range port.Servers {
-				if s.State == daemon.StateUnresolved {
+				if s.State == nd.StateUnresolved {
 					return fmt.Errorf("server %s unresolved: %s", s.Address, s.Reason)
 				}
 			}
@@ -262,8 +262,8 @@ func (n *ndRun) weights() ([]float64, bool) {
 }
 
 func (n *ndRun) follow(ctx context.Context, onCommit func(time.Time)) error {
-	err := n.c.Events(ctx, true, func(ev daemon.Event) error {
-		if ev.Type == daemon.EventWeightsCommitted {
+	err := n.c.Events(ctx, true, func(ev nd.Event) error {
+		if ev.Type == nd.EventWeightsCommitted {
 			onCommit(ev.Time)
 		}
 		return nil

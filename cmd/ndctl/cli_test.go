@@ -18,7 +18,6 @@ import (
 
 	"github.com/nd-dispatcher/nd/internal/advisor"
 	"github.com/nd-dispatcher/nd/internal/api"
-	"github.com/nd-dispatcher/nd/internal/daemon"
 	"github.com/nd-dispatcher/nd/internal/executor"
 	"github.com/nd-dispatcher/nd/internal/ha"
 	"github.com/nd-dispatcher/nd/internal/manager"
@@ -30,9 +29,9 @@ type fakeClient struct {
 	calls   []string
 	changes string
 	err     error // returned by every call
-	status  daemon.Status
+	status  nd.Status
 	config  []byte
-	events  []daemon.Event
+	events  []nd.Event
 	follow  *bool
 	// onStatus, if set, runs on each Status call with its number (from 1).
 	onStatus func(n int)
@@ -67,7 +66,7 @@ func (f *fakeClient) change(format string, args ...any) (string, error) {
 
 func (f *fakeClient) Health() error { f.record("Health"); return f.err }
 
-func (f *fakeClient) Status() (daemon.Status, error) {
+func (f *fakeClient) Status() (nd.Status, error) {
 	f.statuses++
 	f.record("Status")
 	if f.onStatus != nil {
@@ -126,7 +125,7 @@ func (f *fakeClient) RemoveServer(vip string, port uint16, proto, addr string) (
 	return f.change("RemoveServer %s %d %s %s", vip, port, proto, addr)
 }
 
-func (f *fakeClient) Events(ctx context.Context, follow bool, fn func(daemon.Event) error) error {
+func (f *fakeClient) Events(ctx context.Context, follow bool, fn func(nd.Event) error) error {
 	f.record("Events follow=%v", follow)
 	if f.err != nil {
 		return f.err
@@ -560,19 +559,19 @@ func TestOperationErrors(t *testing.T) {
 	}
 }
 
-func testStatus() daemon.Status {
-	return daemon.Status{
+func testStatus() nd.Status {
+	return nd.Status{
 		Time:       time.Date(2025, 5, 1, 12, 0, 0, 0, time.UTC),
 		Interfaces: []string{"eth0"},
-		Ports: []daemon.PortStatus{
-			{VIP: "198.51.100.100", Port: 80, Protocol: "tcp", StickyTime: "0s", Packets: 1234, Servers: []daemon.ServerStatus{
-				{Address: "198.51.100.11", State: daemon.StateUp, Weight: 1, ConfigWeight: 1, NewFlowsRate: 6.25, ActiveFlows: 3, HalfOpenFlows: 812, PacketsRate: 40},
-				{Address: "198.51.100.12", State: daemon.StateQuiesced, Weight: 0, ConfigWeight: 2, Quiesced: true},
-				{Address: "198.51.100.13", State: daemon.StateUnresolved, Reason: "no answer to ARP", ConfigWeight: 4},
+		Ports: []nd.PortStatus{
+			{VIP: "198.51.100.100", Port: 80, Protocol: "tcp", StickyTime: "0s", Packets: 1234, Servers: []nd.ServerStatus{
+				{Address: "198.51.100.11", State: nd.StateUp, Weight: 1, ConfigWeight: 1, NewFlowsRate: 6.25, ActiveFlows: 3, HalfOpenFlows: 812, PacketsRate: 40},
+				{Address: "198.51.100.12", State: nd.StateQuiesced, Weight: 0, ConfigWeight: 2, Quiesced: true},
+				{Address: "198.51.100.13", State: nd.StateUnresolved, Reason: "no answer to ARP", ConfigWeight: 4},
 			}},
 			{VIP: "198.51.100.100", Port: 443, Protocol: "tcp", StickyTime: "30s"},
-			{VIP: "2001:db8::100", Port: 80, Protocol: "tcp", StickyTime: "0s", NoServer: 7, Servers: []daemon.ServerStatus{
-				{Address: "2001:db8::11", State: daemon.StateUp, Weight: 4, NewFlowsRate: 25},
+			{VIP: "2001:db8::100", Port: 80, Protocol: "tcp", StickyTime: "0s", NoServer: 7, Servers: []nd.ServerStatus{
+				{Address: "2001:db8::11", State: nd.StateUp, Weight: 4, NewFlowsRate: 25},
 			}},
 		},
 		Global: executor.GlobalStats{HalfOpenEvicted: 4096, OpenersUnrecorded: 17, TablePressure: true},
@@ -611,7 +610,7 @@ func TestStatus(t *testing.T) {
 	if code := h.run("status", "--json"); code != exitOK {
 		t.Fatalf("exit %d", code)
 	}
-	var got daemon.Status
+	var got nd.Status
 	if err := json.Unmarshal(h.stdout.Bytes(), &got); err != nil {
 		t.Fatalf("status --json: %v\n%s", err, h.stdout.String())
 	}
@@ -671,7 +670,7 @@ func TestStatusWatch(t *testing.T) {
 			t.Fatalf("%d lines, want one JSON object per refresh:\n%s", len(lines), h.stdout.String())
 		}
 		for _, l := range lines {
-			var st daemon.Status
+			var st nd.Status
 			if err := json.Unmarshal([]byte(l), &st); err != nil {
 				t.Error(err)
 			}
@@ -710,7 +709,7 @@ func TestClusterList(t *testing.T) {
 		t.Errorf("cluster list --json: %+v", got)
 	}
 
-	h.fc.status = daemon.Status{}
+	h.fc.status = nd.Status{}
 	h.run("cluster", "list")
 	if h.stdout.String() != "no clusters\n" {
 		t.Errorf("empty list: %q", h.stdout.String())
@@ -722,9 +721,9 @@ func TestClusterList(t *testing.T) {
 }
 
 func TestEvents(t *testing.T) {
-	evs := []daemon.Event{
-		{Time: time.Date(2025, 5, 1, 12, 0, 0, 0, time.UTC), Type: daemon.EventConfigApplied, Message: "added port 198.51.100.100:80/tcp"},
-		{Time: time.Date(2025, 5, 1, 12, 0, 1, 0, time.UTC), Type: daemon.EventServerResolved, Service: "198.51.100.100:80/tcp", Server: "198.51.100.11", Message: "198.51.100.11 is 02:00:00:00:00:0b on eth0"},
+	evs := []nd.Event{
+		{Time: time.Date(2025, 5, 1, 12, 0, 0, 0, time.UTC), Type: nd.EventConfigApplied, Message: "added port 198.51.100.100:80/tcp"},
+		{Time: time.Date(2025, 5, 1, 12, 0, 1, 0, time.UTC), Type: nd.EventServerResolved, Service: "198.51.100.100:80/tcp", Server: "198.51.100.11", Message: "198.51.100.11 is 02:00:00:00:00:0b on eth0"},
 	}
 	h := newHarness(t)
 	h.fc.events = evs
@@ -745,7 +744,7 @@ func TestEvents(t *testing.T) {
 	}
 	dec := json.NewDecoder(&h.stdout)
 	for i := range evs {
-		var ev daemon.Event
+		var ev nd.Event
 		if err := dec.Decode(&ev); err != nil || !ev.Time.Equal(evs[i].Time) || ev.Type != evs[i].Type {
 			t.Errorf("event %d: %+v, %v", i, ev, err)
 		}

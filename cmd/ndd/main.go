@@ -25,6 +25,7 @@ import (
 	"github.com/nd-dispatcher/nd/internal/daemon"
 	"github.com/nd-dispatcher/nd/internal/executor"
 	"github.com/nd-dispatcher/nd/internal/metrics"
+	"github.com/nd-dispatcher/nd/internal/nd"
 	"github.com/nd-dispatcher/nd/internal/neighbor"
 	"github.com/nd-dispatcher/nd/internal/sdnotify"
 	"github.com/nd-dispatcher/nd/internal/version"
@@ -63,7 +64,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 			err = daemon.Check(cfg, netInterface, nil)
 		}
 		if err != nil {
-			msg := strings.TrimPrefix(err.Error(), daemon.ErrRejected.Error()+": ")
+			msg := strings.TrimPrefix(err.Error(), nd.ErrRejected.Error()+": ")
 			for _, line := range strings.Split(msg, "\n") {
 				fmt.Fprintln(stderr, line)
 			}

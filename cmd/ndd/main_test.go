@@ -14,6 +14,7 @@ import (
 	"github.com/nd-dispatcher/nd/internal/config"
 	"github.com/nd-dispatcher/nd/internal/daemon"
 	"github.com/nd-dispatcher/nd/internal/executor"
+	"github.com/nd-dispatcher/nd/internal/nd"
 	"github.com/nd-dispatcher/nd/internal/neighbor"
 )
 
@@ -79,7 +80,7 @@ func TestCheckRefusesWhatReloadRefuses(t *testing.T) {
 				}
 				return
 			}
-			if derr == nil || !errors.Is(derr, daemon.ErrRejected) || !strings.Contains(derr.Error(), c.want) {
+			if derr == nil || !errors.Is(derr, nd.ErrRejected) || !strings.Contains(derr.Error(), c.want) {
 				t.Fatalf("daemon: %v, want a rejection naming %s", derr, c.want)
 			}
 			if code != 1 || !strings.Contains(stderr.String(), c.want) {

@@ -12,6 +12,7 @@ import (
 	"github.com/nd-dispatcher/nd/internal/config"
 	"github.com/nd-dispatcher/nd/internal/daemon"
 	"github.com/nd-dispatcher/nd/internal/executor"
+	"github.com/nd-dispatcher/nd/internal/nd"
 	"github.com/nd-dispatcher/nd/internal/neighbor"
 )
 
@@ -87,7 +88,7 @@ func TestWithDaemon(t *testing.T) {
 			}
 		}
 	}
-	want := map[string]string{"198.51.100.11": daemon.StateQuiesced, "198.51.100.12": daemon.StateUp, "198.51.100.13": daemon.StateUp}
+	want := map[string]string{"198.51.100.11": nd.StateQuiesced, "198.51.100.12": nd.StateUp, "198.51.100.13": nd.StateUp}
 	for a, s := range want {
 		if states[a] != s {
 			t.Errorf("server %s state %q, want %q (all: %v)", a, states[a], s, states)
@@ -107,11 +108,11 @@ func TestWithDaemon(t *testing.T) {
 	ctx2, cancel2 := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel2()
 	var types []string
-	if err := c.Events(ctx2, false, func(ev daemon.Event) error { types = append(types, ev.Type); return nil }); err != nil {
+	if err := c.Events(ctx2, false, func(ev nd.Event) error { types = append(types, ev.Type); return nil }); err != nil {
 		t.Fatalf("Events: %v", err)
 	}
-	if n := strings.Count(strings.Join(types, " "), daemon.EventConfigApplied); n < 3 {
-		t.Errorf("events %v: want at least 3 %s", types, daemon.EventConfigApplied)
+	if n := strings.Count(strings.Join(types, " "), nd.EventConfigApplied); n < 3 {
+		t.Errorf("events %v: want at least 3 %s", types, nd.EventConfigApplied)
 	}
 }
 

@@ -13,7 +13,6 @@ import (
 	"github.com/nd-dispatcher/nd/internal/advisor"
 	"github.com/nd-dispatcher/nd/internal/agent"
 	"github.com/nd-dispatcher/nd/internal/config"
-	"github.com/nd-dispatcher/nd/internal/daemon"
 	"github.com/nd-dispatcher/nd/internal/executor"
 	"github.com/nd-dispatcher/nd/internal/ha"
 	"github.com/nd-dispatcher/nd/internal/manager"
@@ -26,10 +25,10 @@ type fakeController struct {
 	mu        sync.Mutex
 	cfg       *config.Config
 	file      *config.Config // what Reload reads; nil: no file
-	status    daemon.Status
+	status    nd.Status
 	statusErr error
-	recent    []daemon.Event
-	subs      map[chan daemon.Event]struct{}
+	recent    []nd.Event
+	subs      map[chan nd.Event]struct{}
 	applied   int // successful Apply calls
 }
 
@@ -61,7 +60,7 @@ func newFake(t testing.TB) *fakeController {
 	if err != nil {
 		t.Fatalf("parse fake config: %v", err)
 	}
-	return &fakeController{cfg: cfg, subs: map[chan daemon.Event]struct{}{}}
+	return &fakeController{cfg: cfg, subs: map[chan nd.Event]struct{}{}}
 }
 
 func (f *fakeController) ManagerReport() []manager.PortReport {
@@ -70,9 +69,9 @@ func (f *fakeController) ManagerReport() []manager.PortReport {
 
 func (f *fakeController) AdvisorStatus() []advisor.Status { return nil }
 
-func (f *fakeController) HAStatus() (ha.Status, error) { return ha.Status{}, daemon.ErrNoHA }
+func (f *fakeController) HAStatus() (ha.Status, error) { return ha.Status{}, nd.ErrNoHA }
 
-func (f *fakeController) HATakeover(ctx context.Context) error { return daemon.ErrNoHA }
+func (f *fakeController) HATakeover(ctx context.Context) error { return nd.ErrNoHA }
 
 func (f *fakeController) BGPStatus(ctx context.Context) (nd.BGPStatus, error) {
 	return nd.BGPStatus{}, nd.ErrNoBGP
@@ -94,18 +93,18 @@ func (f *fakeController) Config() *config.Config {
 
 func (f *fakeController) Apply(cfg *config.Config) (config.Changes, error) {
 	if err := cfg.Validate(); err != nil {
-		return config.Changes{}, fmt.Errorf("%w: %w", daemon.ErrRejected, err)
+		return config.Changes{}, fmt.Errorf("%w: %w", nd.ErrRejected, err)
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	ch := config.Diff(f.cfg, cfg)
 	if err := ch.Err(); err != nil {
-		return ch, fmt.Errorf("%w: %w", daemon.ErrRejected, err)
+		return ch, fmt.Errorf("%w: %w", nd.ErrRejected, err)
 	}
 	f.cfg = cloneConfig(cfg)
 	f.applied++
 	if !ch.Empty() {
-		f.publishLocked(daemon.Event{Time: time.Now(), Type: daemon.EventConfigApplied, Message: ch.String()})
+		f.publishLocked(nd.Event{Time: time.Now(), Type: nd.EventConfigApplied, Message: ch.String()})
 	}
 	return ch, nil
 }
@@ -113,7 +112,7 @@ func (f *fakeController) Apply(cfg *config.Config) (config.Changes, error) {
 func (f *fakeController) Update(fn func(*config.Config) error) (config.Changes, error) {
 	c := f.Config()
 	if err := fn(c); err != nil {
-		return config.Changes{}, fmt.Errorf("%w: %w", daemon.ErrRejected, err)
+		return config.Changes{}, fmt.Errorf("%w: %w", nd.ErrRejected, err)
 	}
 	return f.Apply(c)
 }
@@ -123,21 +122,21 @@ func (f *fakeController) Reload() (config.Changes, error) {
 	file := f.file
 	f.mu.Unlock()
 	if file == nil {
-		return config.Changes{}, fmt.Errorf("%w: no configuration file to reload", daemon.ErrRejected)
+		return config.Changes{}, fmt.Errorf("%w: no configuration file to reload", nd.ErrRejected)
 	}
 	return f.Apply(file)
 }
 
-func (f *fakeController) Status() (daemon.Status, error) {
+func (f *fakeController) Status() (nd.Status, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.status, f.statusErr
 }
 
-func (f *fakeController) Events() (<-chan daemon.Event, func()) {
+func (f *fakeController) Events() (<-chan nd.Event, func()) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	ch := make(chan daemon.Event, 64+len(f.recent))
+	ch := make(chan nd.Event, 64+len(f.recent))
 	for _, ev := range f.recent {
 		ch <- ev
 	}
@@ -153,13 +152,13 @@ func (f *fakeController) Events() (<-chan daemon.Event, func()) {
 	}
 }
 
-func (f *fakeController) publish(ev daemon.Event) {
+func (f *fakeController) publish(ev nd.Event) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.publishLocked(ev)
 }
 
-func (f *fakeController) publishLocked(ev daemon.Event) {
+func (f *fakeController) publishLocked(ev nd.Event) {
 	f.recent = append(f.recent, ev)
 	for ch := range f.subs {
 		select {
@@ -200,7 +199,7 @@ func cloneConfig(c *config.Config) *config.Config {
 
 // Flows: the fake has no data plane, so no flows (TestFlows drives a
 // daemon over executor.Fake).
-func (f *fakeController) Flows(daemon.FlowFilter, int) ([]executor.Flow, bool, error) {
+func (f *fakeController) Flows(nd.FlowFilter, int) ([]executor.Flow, bool, error) {
 	return nil, false, nil
 }
 

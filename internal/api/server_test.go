@@ -26,9 +26,9 @@ import (
 	"time"
 
 	"github.com/nd-dispatcher/nd/internal/config"
-	"github.com/nd-dispatcher/nd/internal/daemon"
 	"github.com/nd-dispatcher/nd/internal/executor"
 	"github.com/nd-dispatcher/nd/internal/history"
+	"github.com/nd-dispatcher/nd/internal/nd"
 )
 
 const testToken = "0123456789abcdef-test-token"
@@ -95,10 +95,10 @@ func unixClient(t *testing.T, s *Server) *Client {
 
 func TestRoutes(t *testing.T) {
 	f := newFake(t)
-	f.status = daemon.Status{
+	f.status = nd.Status{
 		Interfaces: []string{"eth0"},
-		Ports: []daemon.PortStatus{{VIP: "198.51.100.100", Port: 80, Protocol: "tcp", StickyTime: "0s", Packets: 7,
-			Servers: []daemon.ServerStatus{{Address: "198.51.100.11", State: daemon.StateUp, Weight: 10, ConfigWeight: 10}}}},
+		Ports: []nd.PortStatus{{VIP: "198.51.100.100", Port: 80, Protocol: "tcp", StickyTime: "0s", Packets: 7,
+			Servers: []nd.ServerStatus{{Address: "198.51.100.11", State: nd.StateUp, Weight: 10, ConfigWeight: 10}}}},
 		Global: executor.GlobalStats{Passed: 3},
 	}
 	metrics := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "nd_scrape_error 0\n") })
@@ -695,8 +695,8 @@ func selfSigned(t *testing.T, dir string) (certFile, keyFile string, pool *x509.
 
 func TestEvents(t *testing.T) {
 	f := newFake(t)
-	ev := func(i int) daemon.Event {
-		return daemon.Event{Time: time.Unix(int64(1700000000+i), 0).UTC(), Type: daemon.EventServerResolved, Server: "198.51.100.11", Message: "n" + string(rune('0'+i))}
+	ev := func(i int) nd.Event {
+		return nd.Event{Time: time.Unix(int64(1700000000+i), 0).UTC(), Type: nd.EventServerResolved, Server: "198.51.100.11", Message: "n" + string(rune('0'+i))}
 	}
 	f.publish(ev(1))
 	f.publish(ev(2))
@@ -704,8 +704,8 @@ func TestEvents(t *testing.T) {
 	c := unixClient(t, s)
 
 	// Without follow: the recent events, then the end.
-	var got []daemon.Event
-	if err := c.Events(context.Background(), false, func(e daemon.Event) error { got = append(got, e); return nil }); err != nil {
+	var got []nd.Event
+	if err := c.Events(context.Background(), false, func(e nd.Event) error { got = append(got, e); return nil }); err != nil {
 		t.Fatalf("Events: %v", err)
 	}
 	if len(got) != 2 || got[0] != ev(1) || got[1] != ev(2) {
@@ -715,10 +715,10 @@ func TestEvents(t *testing.T) {
 
 	// With follow: the recent ones, then new ones as they come.
 	ctx, cancel := context.WithCancel(context.Background())
-	evc := make(chan daemon.Event, 16)
+	evc := make(chan nd.Event, 16)
 	errc := make(chan error, 1)
 	go func() {
-		errc <- c.Events(ctx, true, func(e daemon.Event) error { evc <- e; return nil })
+		errc <- c.Events(ctx, true, func(e nd.Event) error { evc <- e; return nil })
 	}()
 	for i := 1; i <= 2; i++ {
 		if e := recv(t, evc); e != ev(i) {
@@ -741,15 +741,15 @@ func TestEvents(t *testing.T) {
 
 	// fn's error ends the stream and is returned.
 	stop := errors.New("stop")
-	if err := c.Events(context.Background(), true, func(daemon.Event) error { return stop }); err != stop {
+	if err := c.Events(context.Background(), true, func(nd.Event) error { return stop }); err != stop {
 		t.Errorf("Events with fn error: %v, want it", err)
 	}
 }
 
 func TestEventsRawNDJSON(t *testing.T) {
 	f := newFake(t)
-	f.publish(daemon.Event{Type: daemon.EventAttached, Message: "attached to eth0"})
-	f.publish(daemon.Event{Type: daemon.EventDetached, Message: "detached from eth0"})
+	f.publish(nd.Event{Type: nd.EventAttached, Message: "attached to eth0"})
+	f.publish(nd.Event{Type: nd.EventDetached, Message: "detached from eth0"})
 	rec := do(handlerServer(f), "GET", "/v1/events", "")
 	if rec.Code != 200 || rec.Header().Get("Content-Type") != "application/x-ndjson" {
 		t.Fatalf("GET /v1/events: %d %s", rec.Code, rec.Header().Get("Content-Type"))
@@ -774,14 +774,14 @@ func TestEventsOutliveReadTimeout(t *testing.T) {
 	go func() { done <- s.Serve(ctx) }()
 	c := unixClient(t, s)
 
-	evc := make(chan daemon.Event, 16)
+	evc := make(chan nd.Event, 16)
 	errc := make(chan error, 1)
 	go func() {
-		errc <- c.Events(context.Background(), true, func(e daemon.Event) error { evc <- e; return nil })
+		errc <- c.Events(context.Background(), true, func(e nd.Event) error { evc <- e; return nil })
 	}()
 	waitFor(t, "subscribed", func() bool { return f.subscribers() == 1 })
 	time.Sleep(4 * s.readTimeout)
-	f.publish(daemon.Event{Type: daemon.EventError, Message: "late"})
+	f.publish(nd.Event{Type: nd.EventError, Message: "late"})
 	if e := recv(t, evc); e.Message != "late" {
 		t.Errorf("event %+v", e)
 	}
@@ -804,7 +804,7 @@ func TestEventsOutliveReadTimeout(t *testing.T) {
 	}
 }
 
-func recv(t *testing.T, c <-chan daemon.Event) daemon.Event {
+func recv(t *testing.T, c <-chan nd.Event) nd.Event {
 	t.Helper()
 	select {
 	case e := <-c:
@@ -812,7 +812,7 @@ func recv(t *testing.T, c <-chan daemon.Event) daemon.Event {
 	case <-time.After(5 * time.Second):
 		t.Fatal("no event")
 	}
-	return daemon.Event{}
+	return nd.Event{}
 }
 
 func waitFor(t *testing.T, what string, cond func() bool) {
@@ -836,7 +836,7 @@ func TestPanicBecomes500(t *testing.T) {
 
 type panicky struct{ *fakeController }
 
-func (panicky) Status() (daemon.Status, error) { panic("boom") }
+func (panicky) Status() (nd.Status, error) { panic("boom") }
 
 func TestClientTargets(t *testing.T) {
 	for _, tc := range []struct {

@@ -30,23 +30,6 @@ type bgpLink struct {
 	why map[netip.Addr]string
 }
 
-// The BGP speaker's status and events are nd's shared words.
-type (
-	BGPStatus    = nd.BGPStatus
-	BGPVIPStatus = nd.BGPVIP
-)
-
-// ErrNoBGP is returned by BGP calls on a dispatcher without a bgp section.
-var ErrNoBGP = nd.ErrNoBGP
-
-// Event types of BGP.
-const (
-	EventBGPPeer      = nd.EventBGPPeer
-	EventBGPAnnounced = nd.EventBGPAnnounced
-	EventBGPWithdrawn = nd.EventBGPWithdrawn
-	EventBGPDrained   = nd.EventBGPDrained
-)
-
 // speakerConfig is what the speaker is told of cfg.
 func speakerConfig(b *config.BGP) (bgp.Global, []bgp.Peer) {
 	g := bgp.Global{ASN: b.ASN, RouterID: b.RouterID}
@@ -183,7 +166,7 @@ func (d *Daemon) updateBGP() error {
 	for _, r := range routes {
 		i := slices.IndexFunc(before, func(o bgp.Route) bool { return o.Prefix == r.Prefix })
 		if i < 0 || !before[i].Equal(r) {
-			d.emit(Event{Type: EventBGPAnnounced, Service: r.Prefix.Addr().String(), Message: describeRoute(r)})
+			d.emit(nd.Event{Type: nd.EventBGPAnnounced, Service: r.Prefix.Addr().String(), Message: describeRoute(r)})
 		}
 	}
 	for _, r := range before {
@@ -191,7 +174,7 @@ func (d *Daemon) updateBGP() error {
 			if !ok {
 				w = "no longer announced by the configuration"
 			}
-			d.emit(Event{Type: EventBGPWithdrawn, Service: r.Prefix.Addr().String(), Message: w})
+			d.emit(nd.Event{Type: nd.EventBGPWithdrawn, Service: r.Prefix.Addr().String(), Message: w})
 		}
 	}
 	d.bgp.why = why
@@ -219,24 +202,24 @@ func communityNames(cs []uint32) []string {
 
 // onBGPPeer reports a session's change of state.
 func (d *Daemon) onBGPPeer(p bgp.PeerStatus) {
-	d.emit(Event{Type: EventBGPPeer, Server: p.Address, Message: fmt.Sprintf("peer %s (as %d) %s", p.Address, p.ASN, p.State)})
+	d.emit(nd.Event{Type: nd.EventBGPPeer, Server: p.Address, Message: fmt.Sprintf("peer %s (as %d) %s", p.Address, p.ASN, p.State)})
 }
 
 // BGPStatus describes the speaker, its sessions and every VIP's route.
-func (d *Daemon) BGPStatus(ctx context.Context) (BGPStatus, error) {
+func (d *Daemon) BGPStatus(ctx context.Context) (nd.BGPStatus, error) {
 	d.mu.Lock()
 	if d.cfg.BGP == nil || d.bgp == nil || d.bgp.sp == nil {
 		d.mu.Unlock()
-		return BGPStatus{}, ErrNoBGP
+		return nd.BGPStatus{}, nd.ErrNoBGP
 	}
 	b, sp := d.cfg.BGP, d.bgp.sp
-	st := BGPStatus{ASN: b.ASN, RouterID: b.RouterID.String(), Drained: d.bgp.drained, Stopping: d.bgp.stopping}
+	st := nd.BGPStatus{ASN: b.ASN, RouterID: b.RouterID.String(), Drained: d.bgp.drained, Stopping: d.bgp.stopping}
 	for _, r := range d.cfg.Routes() {
 		reason, ok := d.bgp.why[r.VIP]
 		if !ok {
 			reason = "not evaluated yet"
 		}
-		v := BGPVIPStatus{VIP: r.VIP.String(), Announced: reason == "", Reason: reason, MED: r.MED, Communities: communityNames(r.Communities)}
+		v := nd.BGPVIP{VIP: r.VIP.String(), Announced: reason == "", Reason: reason, MED: r.MED, Communities: communityNames(r.Communities)}
 		if r.NextHop.IsValid() {
 			v.NextHop = r.NextHop.String()
 		}
@@ -254,11 +237,11 @@ func (d *Daemon) BGPStatus(ctx context.Context) (BGPStatus, error) {
 // BGPDrain withdraws every route and keeps them withdrawn (drain true), or
 // lets the servable VIPs be announced again (false). The data plane keeps
 // serving established flows, and new ones that still arrive.
-func (d *Daemon) BGPDrain(ctx context.Context, drain bool) (BGPStatus, error) {
+func (d *Daemon) BGPDrain(ctx context.Context, drain bool) (nd.BGPStatus, error) {
 	d.mu.Lock()
 	if d.cfg.BGP == nil || d.bgp == nil || d.bgp.sp == nil {
 		d.mu.Unlock()
-		return BGPStatus{}, ErrNoBGP
+		return nd.BGPStatus{}, nd.ErrNoBGP
 	}
 	var err error
 	if d.bgp.drained != drain {
@@ -267,12 +250,12 @@ func (d *Daemon) BGPDrain(ctx context.Context, drain bool) (BGPStatus, error) {
 		if drain {
 			msg = "drained: every VIP withdrawn, the data plane serving on"
 		}
-		d.emit(Event{Type: EventBGPDrained, Message: msg})
+		d.emit(nd.Event{Type: nd.EventBGPDrained, Message: msg})
 		err = d.updateBGP()
 	}
 	d.mu.Unlock()
 	if err != nil {
-		return BGPStatus{}, err
+		return nd.BGPStatus{}, err
 	}
 	return d.BGPStatus(ctx)
 }

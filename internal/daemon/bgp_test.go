@@ -18,6 +18,7 @@ import (
 
 	"github.com/nd-dispatcher/nd/internal/config"
 	"github.com/nd-dispatcher/nd/internal/ha"
+	"github.com/nd-dispatcher/nd/internal/nd"
 )
 
 // gobgpRouter is a GoBGP server on loopback standing in for a router: it
@@ -90,7 +91,7 @@ func bgpConfig(port int, med int) string {
 `)
 }
 
-func (w *world) bgpStatus() BGPStatus {
+func (w *world) bgpStatus() nd.BGPStatus {
 	w.t.Helper()
 	st, err := w.d.BGPStatus(context.Background())
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 	"github.com/nd-dispatcher/nd/internal/ha"
 	"github.com/nd-dispatcher/nd/internal/ifaddr"
 	"github.com/nd-dispatcher/nd/internal/keyfile"
+	"github.com/nd-dispatcher/nd/internal/nd"
 )
 
 // Check runs every check the daemon runs on a configuration before it
@@ -21,7 +22,7 @@ import (
 // A nil ifaces means net.InterfaceByName; nil networks, the machine's.
 func Check(cfg *config.Config, ifaces Interfaces, networks Networks) error {
 	if err := cfg.Validate(); err != nil {
-		return fmt.Errorf("%w: %w", ErrRejected, err)
+		return fmt.Errorf("%w: %w", nd.ErrRejected, err)
 	}
 	var errs []error
 	if cfg.Agents != nil {
@@ -72,7 +73,7 @@ func Check(cfg *config.Config, ifaces Interfaces, networks Networks) error {
 		errs = append(errs, err)
 	}
 	if len(errs) > 0 {
-		return fmt.Errorf("%w: %w", ErrRejected, errors.Join(errs...))
+		return fmt.Errorf("%w: %w", nd.ErrRejected, errors.Join(errs...))
 	}
 	return nil
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/nd-dispatcher/nd/internal/executor"
 	"github.com/nd-dispatcher/nd/internal/ha"
 	"github.com/nd-dispatcher/nd/internal/manager"
+	"github.com/nd-dispatcher/nd/internal/nd"
 	"github.com/nd-dispatcher/nd/internal/neighbor"
 )
 
@@ -207,12 +208,12 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 		Logger:   o.Logger,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrRejected, err)
+		return nil, fmt.Errorf("%w: %w", nd.ErrRejected, err)
 	}
 	d.mgr = mgr
 	if cfg.HA != nil {
 		if err := d.newHA(cfg, o.HAVIPs); err != nil {
-			return nil, fmt.Errorf("%w: %w", ErrRejected, err)
+			return nil, fmt.Errorf("%w: %w", nd.ErrRejected, err)
 		}
 	}
 	// A restarted ndd takes over the weights the manager had set, rather
@@ -320,11 +321,11 @@ func (d *Daemon) Config() *config.Config {
 // Reload re-reads the configuration file (SIGHUP, `ndctl config reload`).
 func (d *Daemon) Reload() (config.Changes, error) {
 	if d.path == "" {
-		return config.Changes{}, fmt.Errorf("%w: no configuration file to reload", ErrRejected)
+		return config.Changes{}, fmt.Errorf("%w: no configuration file to reload", nd.ErrRejected)
 	}
 	cfg, err := config.Load(d.path)
 	if err != nil {
-		return config.Changes{}, fmt.Errorf("%w: %w", ErrRejected, err)
+		return config.Changes{}, fmt.Errorf("%w: %w", nd.ErrRejected, err)
 	}
 	return d.Apply(cfg)
 }
@@ -336,7 +337,7 @@ func (d *Daemon) Update(fn func(c *config.Config) error) (config.Changes, error)
 	defer d.edits.Unlock()
 	c := d.Config()
 	if err := fn(c); err != nil {
-		return config.Changes{}, fmt.Errorf("%w: %w", ErrRejected, err)
+		return config.Changes{}, fmt.Errorf("%w: %w", nd.ErrRejected, err)
 	}
 	return d.apply(c)
 }
@@ -364,14 +365,14 @@ func (d *Daemon) apply(cfg *config.Config) (config.Changes, error) {
 	defer d.mu.Unlock()
 	ch := config.Diff(d.cfg, cfg)
 	if err := ch.Err(); err != nil {
-		return ch, fmt.Errorf("%w: %w", ErrRejected, err)
+		return ch, fmt.Errorf("%w: %w", nd.ErrRejected, err)
 	}
 	// The listeners first, all or nothing: a busy port refuses the whole
 	// configuration. Every apply re-reads api.token_file, so that a reload
 	// revokes a token replaced in the file.
 	if d.listeners != nil {
 		if err := d.listeners.Configure(cfg.API, cfg.Metrics); err != nil {
-			return ch, fmt.Errorf("%w: %w", ErrRejected, err)
+			return ch, fmt.Errorf("%w: %w", nd.ErrRejected, err)
 		}
 	}
 	if ch.Empty() {
@@ -390,7 +391,7 @@ func (d *Daemon) apply(cfg *config.Config) (config.Changes, error) {
 				d.log.Error("restore the API and metrics listeners", "err", err)
 			}
 		}
-		return ch, fmt.Errorf("%w: %w", ErrRejected, errors.Join(errs...))
+		return ch, fmt.Errorf("%w: %w", nd.ErrRejected, errors.Join(errs...))
 	}
 
 	d.watchServers(cfg)
@@ -451,11 +452,11 @@ func (d *Daemon) apply(cfg *config.Config) (config.Changes, error) {
 	if len(errs) > 0 {
 		err := errors.Join(errs...)
 		d.log.Error("configuration applied with errors", "err", err)
-		d.emit(Event{Type: EventError, Message: err.Error()})
+		d.emit(nd.Event{Type: nd.EventError, Message: err.Error()})
 		return ch, err
 	}
 	d.log.Info("configuration applied", "changes", ch.String())
-	d.emit(Event{Type: EventConfigApplied, Message: ch.String()})
+	d.emit(nd.Event{Type: nd.EventConfigApplied, Message: ch.String()})
 	if d.ha != nil {
 		d.ha.requestPublish()
 	}
@@ -471,7 +472,7 @@ func (d *Daemon) attach(name string) error {
 		return err
 	}
 	d.attached[name] = ifi.Index
-	d.emit(Event{Type: EventAttached, Message: "attached to " + name})
+	d.emit(nd.Event{Type: nd.EventAttached, Message: "attached to " + name})
 	return nil
 }
 
@@ -484,7 +485,7 @@ func (d *Daemon) detach(name string) error {
 	if err := d.x.Detach(idx); err != nil {
 		return fmt.Errorf("detach from %s: %w", name, err)
 	}
-	d.emit(Event{Type: EventDetached, Message: "detached from " + name})
+	d.emit(nd.Event{Type: nd.EventDetached, Message: "detached from " + name})
 	return nil
 }
 
@@ -587,7 +588,7 @@ func (d *Daemon) removeStrayServices() {
 			d.log.Error("remove stray service", "service", s.Key, "err", err)
 			continue
 		}
-		d.emit(Event{Type: EventConfigApplied, Service: s.Key.String(), Message: "removed a service no longer configured"})
+		d.emit(nd.Event{Type: nd.EventConfigApplied, Service: s.Key.String(), Message: "removed a service no longer configured"})
 	}
 }
 
@@ -601,15 +602,15 @@ func (d *Daemon) onNeighbor(ev neighbor.Event) {
 	d.resolved[addr] = now
 	switch {
 	case now && (!known || !was):
-		d.emit(Event{Type: EventServerResolved, Server: addr.String(), Message: ev.Entry.String()})
+		d.emit(nd.Event{Type: nd.EventServerResolved, Server: addr.String(), Message: ev.Entry.String()})
 	case now:
-		d.emit(Event{Type: EventServerChanged, Server: addr.String(), Message: ev.Entry.String()})
+		d.emit(nd.Event{Type: nd.EventServerChanged, Server: addr.String(), Message: ev.Entry.String()})
 	case !now && (!known || was):
 		msg := ev.Entry.String()
 		if ev.Err != nil {
 			msg = ev.Err.Error()
 		}
-		d.emit(Event{Type: EventServerUnreachable, Server: addr.String(), Message: msg})
+		d.emit(nd.Event{Type: nd.EventServerUnreachable, Server: addr.String(), Message: msg})
 	}
 	if st, _ := d.steering(); st != nil && now {
 		if _, routed := st.Mark(addr); routed {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/nd-dispatcher/nd/internal/config"
 	"github.com/nd-dispatcher/nd/internal/executor"
+	"github.com/nd-dispatcher/nd/internal/nd"
 	"github.com/nd-dispatcher/nd/internal/neighbor"
 )
 
@@ -217,7 +218,7 @@ func TestUnresolvedServerIsLeftOut(t *testing.T) {
 	for _, s := range st.Ports[0].Servers {
 		if s.Address == srv3.String() {
 			found = true
-			if s.State != StateUnresolved || s.Reason == "" {
+			if s.State != nd.StateUnresolved || s.Reason == "" {
 				t.Fatalf("status of unresolved server: %+v", s)
 			}
 		}
@@ -229,14 +230,14 @@ func TestUnresolvedServerIsLeftOut(t *testing.T) {
 	defer cancel()
 	w.nbr.set(srv3, "02:00:00:00:00:13", 2)
 	w.eventually("server 3 installed after resolving", func() bool { return w.weights()[srv3] == 5 })
-	waitEvent(t, events, EventServerResolved, srv3.String())
+	waitEvent(t, events, nd.EventServerResolved, srv3.String())
 
 	w.nbr.set(srv3, "", 2)
 	w.eventually("server 3 removed once unreachable", func() bool { _, ok := w.weights()[srv3]; return !ok })
-	waitEvent(t, events, EventServerUnreachable, srv3.String())
+	waitEvent(t, events, nd.EventServerUnreachable, srv3.String())
 }
 
-func waitEvent(t *testing.T, events <-chan Event, typ, server string) {
+func waitEvent(t *testing.T, events <-chan nd.Event, typ, server string) {
 	t.Helper()
 	timeout := time.After(5 * time.Second)
 	for {
@@ -302,7 +303,7 @@ func TestBadConfigurationsRejected(t *testing.T) {
 		"unknown interface": strings.Replace(baseConfig, "[eth0]", "[eth9]", 1),
 		"fixed setting":     baseConfig + "data_plane: {max_flows: 2048}\n",
 	} {
-		if _, err := w.d.Apply(parse(t, yaml)); !errors.Is(err, ErrRejected) {
+		if _, err := w.d.Apply(parse(t, yaml)); !errors.Is(err, nd.ErrRejected) {
 			t.Errorf("%s: Apply = %v, want ErrRejected", name, err)
 		}
 	}
@@ -310,7 +311,7 @@ func TestBadConfigurationsRejected(t *testing.T) {
 		c.Clusters[0].Ports[0].Servers[0].Weight = 100000
 		return nil
 	})
-	if !errors.Is(err, ErrRejected) {
+	if !errors.Is(err, nd.ErrRejected) {
 		t.Errorf("out-of-range weight: %v", err)
 	}
 	if got := w.weights(); got[srv1] != before[srv1] || got[srv2] != before[srv2] {
@@ -333,7 +334,7 @@ func TestQuiesceAndRemovePort(t *testing.T) {
 		t.Fatalf("quiesced server has weight %d", got)
 	}
 	st, _ := w.d.Status()
-	if s := st.Ports[0].Servers[1]; s.State != StateQuiesced || s.ConfigWeight != 20 {
+	if s := st.Ports[0].Servers[1]; s.State != nd.StateQuiesced || s.ConfigWeight != 20 {
 		t.Fatalf("quiesced status %+v", s)
 	}
 	if _, err := w.d.Update(func(c *config.Config) error {
@@ -357,7 +358,7 @@ func TestStatusRates(t *testing.T) {
 		return err == nil && st.Ports[0].Servers[0].NewFlows == 100
 	})
 	st, _ := w.d.Status()
-	if s := st.Ports[0].Servers[0]; s.State != StateUp || s.Weight != 10 || s.MAC == "" {
+	if s := st.Ports[0].Servers[0]; s.State != nd.StateUp || s.Weight != 10 || s.MAC == "" {
 		t.Fatalf("status %+v", s)
 	}
 	if len(st.Interfaces) != 1 || st.Interfaces[0] != "eth0" {

@@ -3,25 +3,27 @@ package daemon
 import (
 	"sync"
 	"time"
+
+	"github.com/nd-dispatcher/nd/internal/nd"
 )
 
 // hub fans events out to subscribers. A subscriber that does not keep up
 // loses events (counted), never the daemon's time.
 type hub struct {
 	mu      sync.Mutex
-	subs    map[chan Event]struct{}
+	subs    map[chan nd.Event]struct{}
 	buf     int
 	dropped uint64
-	recent  []Event // the last few, for a subscriber that just arrived
+	recent  []nd.Event // the last few, for a subscriber that just arrived
 }
 
 func newHub(buf int) *hub {
-	return &hub{subs: map[chan Event]struct{}{}, buf: buf}
+	return &hub{subs: map[chan nd.Event]struct{}{}, buf: buf}
 }
 
 const recentEvents = 64
 
-func (h *hub) publish(ev Event) {
+func (h *hub) publish(ev nd.Event) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.recent = append(h.recent, ev)
@@ -39,10 +41,10 @@ func (h *hub) publish(ev Event) {
 
 // subscribe returns a channel of events, starting with the recent ones, and
 // a function that ends the subscription.
-func (h *hub) subscribe() (<-chan Event, func()) {
+func (h *hub) subscribe() (<-chan nd.Event, func()) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	ch := make(chan Event, h.buf+len(h.recent))
+	ch := make(chan nd.Event, h.buf+len(h.recent))
 	for _, ev := range h.recent {
 		ch <- ev
 	}
@@ -59,10 +61,10 @@ func (h *hub) subscribe() (<-chan Event, func()) {
 }
 
 // Events subscribes to the daemon's events.
-func (d *Daemon) Events() (<-chan Event, func()) { return d.events.subscribe() }
+func (d *Daemon) Events() (<-chan nd.Event, func()) { return d.events.subscribe() }
 
 // emit logs and publishes an event.
-func (d *Daemon) emit(ev Event) {
+func (d *Daemon) emit(ev nd.Event) {
 	if ev.Time.IsZero() {
 		ev.Time = time.Now()
 	}

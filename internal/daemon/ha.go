@@ -16,6 +16,7 @@ import (
 	"github.com/nd-dispatcher/nd/internal/executor"
 	"github.com/nd-dispatcher/nd/internal/ha"
 	"github.com/nd-dispatcher/nd/internal/keyfile"
+	"github.com/nd-dispatcher/nd/internal/nd"
 )
 
 // haLink ties the daemon to its high-availability node: the node decides
@@ -187,7 +188,7 @@ func (d *Daemon) followVIPs() {
 	d.ha.set = next
 	if err := d.ha.vips.Set(next, !d.ha.standby.Load() && !d.ha.aa.Load()); err != nil {
 		d.log.Error("ha: VIPs", "err", err)
-		d.emit(Event{Type: EventError, Message: "ha: VIPs: " + err.Error()})
+		d.emit(nd.Event{Type: nd.EventError, Message: "ha: VIPs: " + err.Error()})
 	}
 }
 
@@ -199,7 +200,7 @@ func (d *Daemon) runHA(ctx context.Context) {
 		defer close(done)
 		if err := d.ha.node.Run(ctx); err != nil && ctx.Err() == nil {
 			d.log.Error("ha node stopped", "err", err)
-			d.emit(Event{Type: EventError, Message: "ha: " + err.Error()})
+			d.emit(nd.Event{Type: nd.EventError, Message: "ha: " + err.Error()})
 		}
 	}()
 	defer func() {
@@ -211,7 +212,7 @@ func (d *Daemon) runHA(ctx context.Context) {
 	events, err := d.x.FlowEvents(ctx)
 	if err != nil {
 		d.log.Error("ha: the data plane's flow events are unavailable: standbys learn flows from snapshots only", "err", err)
-		d.emit(Event{Type: EventError, Message: "ha: flow events: " + err.Error()})
+		d.emit(nd.Event{Type: nd.EventError, Message: "ha: flow events: " + err.Error()})
 		return
 	}
 	for batch := range events {
@@ -234,7 +235,7 @@ func flowRecord(f executor.Flow) ha.FlowRecord {
 func (d *Daemon) onHAState(s ha.State) {
 	d.ha.standby.Store(s != ha.StateActive)
 	d.log.Info("ha state", "state", s.String())
-	d.emit(Event{Type: EventHAState, Message: s.String()})
+	d.emit(nd.Event{Type: nd.EventHAState, Message: s.String()})
 	if s == ha.StateActive {
 		// The weights a standby followed are now this node's to manage.
 		d.mgr.Trigger()
@@ -426,7 +427,7 @@ func (d *Daemon) publishHA() {
 // HAStatus is the node's view of its group.
 func (d *Daemon) HAStatus() (ha.Status, error) {
 	if d.ha == nil {
-		return ha.Status{}, ErrNoHA
+		return ha.Status{}, nd.ErrNoHA
 	}
 	return d.ha.node.Status(), nil
 }
@@ -434,7 +435,7 @@ func (d *Daemon) HAStatus() (ha.Status, error) {
 // HATakeover makes this node active in an orderly handover.
 func (d *Daemon) HATakeover(ctx context.Context) error {
 	if d.ha == nil {
-		return ErrNoHA
+		return nd.ErrNoHA
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*d.ha.cfg.DeadAfter+time.Second)
 	defer cancel()

@@ -16,6 +16,7 @@ import (
 	"github.com/nd-dispatcher/nd/internal/config"
 	"github.com/nd-dispatcher/nd/internal/executor"
 	"github.com/nd-dispatcher/nd/internal/manager"
+	"github.com/nd-dispatcher/nd/internal/nd"
 )
 
 // managerSettings turns the file's manager section into the manager's.
@@ -228,7 +229,7 @@ func (d *Daemon) commitWeights(c manager.Commit) error {
 	}
 	msg := fmt.Sprintf("%s (change %.1f%%): %s", c.Reason, 100*c.Change, strings.Join(parts, " "))
 	d.log.Info("weights committed", "service", c.Port.String(), "reason", c.Reason, "weights", strings.Join(parts, " "))
-	d.emit(Event{Type: EventWeightsCommitted, Service: c.Port.String(), Message: msg})
+	d.emit(nd.Event{Type: nd.EventWeightsCommitted, Service: c.Port.String(), Message: msg})
 	_ = d.updateBGP() // logged
 	if d.ha != nil {
 		d.ha.requestPublish()
@@ -283,15 +284,15 @@ func (d *Daemon) AdvisorStatus() []advisor.Status {
 // onAdvisorChange reports a server going down or up and asks the manager
 // to act at once (the paper's "on events").
 func (d *Daemon) onAdvisorChange(s advisor.Status) {
-	typ, msg := EventServerUp, fmt.Sprintf("advisor %s: up (%v)", s.Advisor, s.Latency)
+	typ, msg := nd.EventServerUp, fmt.Sprintf("advisor %s: up (%v)", s.Advisor, s.Latency)
 	if !s.Up {
-		typ, msg = EventServerDown, fmt.Sprintf("advisor %s: down: %s", s.Advisor, s.Err)
+		typ, msg = nd.EventServerDown, fmt.Sprintf("advisor %s: down: %s", s.Advisor, s.Err)
 	}
 	svc := ""
 	if s.VIP.IsValid() {
 		svc = netip.AddrPortFrom(s.VIP, s.Port).String()
 	}
-	d.emit(Event{Type: typ, Server: s.Server.String(), Service: svc, Message: msg})
+	d.emit(nd.Event{Type: typ, Server: s.Server.String(), Service: svc, Message: msg})
 	if d.mgr != nil {
 		d.mgr.Trigger()
 	}
@@ -344,7 +345,7 @@ func (d *Daemon) attachSteering() {
 	if err != nil {
 		d.steerErr = fmt.Errorf("advisor steering unavailable: %w", err)
 		d.log.Warn("advisor steering unavailable: advisors with target vip will report down", "err", err)
-		d.emit(Event{Type: EventError, Message: d.steerErr.Error()})
+		d.emit(nd.Event{Type: nd.EventError, Message: d.steerErr.Error()})
 		return
 	}
 	d.steer, d.steerErr = st, nil

@@ -12,6 +12,7 @@ import (
 	"github.com/nd-dispatcher/nd/internal/config"
 	"github.com/nd-dispatcher/nd/internal/executor"
 	"github.com/nd-dispatcher/nd/internal/manager"
+	"github.com/nd-dispatcher/nd/internal/nd"
 )
 
 // TestAdvisorDownTakesServerOut runs the manager and a custom advisor (a
@@ -64,8 +65,8 @@ clusters:
 	if got := w.weights()[srv1]; got == 0 {
 		t.Fatalf("server 1 out too: %v", w.weights())
 	}
-	waitEvent(t, events, EventServerDown, srv2.String())
-	waitEvent(t, events, EventWeightsCommitted, "")
+	waitEvent(t, events, nd.EventServerDown, srv2.String())
+	waitEvent(t, events, nd.EventWeightsCommitted, "")
 	rep := w.d.ManagerReport()
 	if len(rep) != 1 || rep[0].Servers[1].State != "down" {
 		t.Fatalf("report %+v", rep)
@@ -75,7 +76,7 @@ clusters:
 		t.Fatal(err)
 	}
 	w.eventually("server 2 back", func() bool { return w.weights()[srv2] > 0 })
-	waitEvent(t, events, EventServerUp, srv2.String())
+	waitEvent(t, events, nd.EventServerUp, srv2.String())
 
 	// The operator's quiesce wins over the manager.
 	if _, err := w.d.Update(func(c *config.Config) error {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/nd-dispatcher/nd/internal/config"
 	"github.com/nd-dispatcher/nd/internal/executor"
+	"github.com/nd-dispatcher/nd/internal/nd"
 )
 
 // rateSampler keeps the last two counter readings to derive rates.
@@ -36,7 +37,7 @@ func (d *Daemon) sample(now time.Time) {
 			msg = fmt.Sprintf("under pressure: %d half-open flows displaced, %d new flows and %d strays unrecorded so far",
 				st.Global.HalfOpenEvicted, st.Global.OpenersUnrecorded, st.Global.StraysUnrecorded)
 		}
-		d.emit(Event{Type: EventTablePressure, Message: msg})
+		d.emit(nd.Event{Type: nd.EventTablePressure, Message: msg})
 	}
 	if !r.at.IsZero() {
 		dt := now.Sub(r.at).Seconds()
@@ -58,10 +59,10 @@ func (d *Daemon) sample(now time.Time) {
 }
 
 // Status reads the counters and describes every port and server.
-func (d *Daemon) Status() (Status, error) {
+func (d *Daemon) Status() (nd.Status, error) {
 	st, err := d.x.Stats()
 	if err != nil {
-		return Status{}, err
+		return nd.Status{}, err
 	}
 	installed := map[executor.ServiceKey]executor.Service{}
 	for _, s := range d.x.Services() {
@@ -76,14 +77,14 @@ func (d *Daemon) Status() (Status, error) {
 
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	out := Status{Time: time.Now(), Global: st.Global}
+	out := nd.Status{Time: time.Now(), Global: st.Global}
 	for name := range d.attached {
 		out.Interfaces = append(out.Interfaces, name)
 	}
 	sort.Strings(out.Interfaces)
 	for _, p := range d.cfg.Ports() {
 		ss := st.Services[p.Key]
-		ps := PortStatus{
+		ps := nd.PortStatus{
 			VIP: p.Key.VIP.String(), Port: p.Key.Port, Protocol: p.Key.Proto.String(),
 			StickyTime: p.StickyTime.String(), Packets: ss.Packets, Bytes: ss.Bytes, NoServer: ss.NoServer,
 		}
@@ -94,23 +95,23 @@ func (d *Daemon) Status() (Status, error) {
 		out.Ports = append(out.Ports, ps)
 	}
 	for vip, vs := range st.VIPs {
-		out.VIPs = append(out.VIPs, VIPStatus{VIP: vip.String(), VIPStats: vs})
+		out.VIPs = append(out.VIPs, nd.VIPStatus{VIP: vip.String(), VIPStats: vs})
 	}
-	slices.SortFunc(out.VIPs, func(a, b VIPStatus) int {
+	slices.SortFunc(out.VIPs, func(a, b nd.VIPStatus) int {
 		return netip.MustParseAddr(a.VIP).Compare(netip.MustParseAddr(b.VIP))
 	})
 	return out, nil
 }
 
-func (d *Daemon) serverStatus(p config.Port, srv config.Server, inst executor.Service, ss executor.ServiceStats, reasons map[netip.Addr]string) ServerStatus {
-	out := ServerStatus{Address: srv.Address.String(), ConfigWeight: srv.Weight, Quiesced: srv.Quiesce}
+func (d *Daemon) serverStatus(p config.Port, srv config.Server, inst executor.Service, ss executor.ServiceStats, reasons map[netip.Addr]string) nd.ServerStatus {
+	out := nd.ServerStatus{Address: srv.Address.String(), ConfigWeight: srv.Weight, Quiesced: srv.Quiesce}
 	i := slices.IndexFunc(inst.Servers, func(s executor.Server) bool { return s.Addr == srv.Address })
 	switch {
 	case i < 0:
-		out.State = StateUnresolved
+		out.State = nd.StateUnresolved
 		out.Reason = reasons[srv.Address]
 	case srv.Local:
-		out.State = StateLocal
+		out.State = nd.StateLocal
 		out.Weight = inst.Servers[i].Weight
 	default:
 		es := inst.Servers[i]
@@ -118,9 +119,9 @@ func (d *Daemon) serverStatus(p config.Port, srv config.Server, inst executor.Se
 		if e, ok := d.nbr.Lookup(srv.Address); ok {
 			out.Interface = e.Ifname
 		}
-		out.State = StateUp
+		out.State = nd.StateUp
 		if es.Weight == 0 {
-			out.State = StateQuiesced
+			out.State = nd.StateQuiesced
 		}
 	}
 	if c, ok := ss.Servers[srv.Address]; ok {

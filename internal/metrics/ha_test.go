@@ -7,8 +7,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/nd-dispatcher/nd/internal/daemon"
 	"github.com/nd-dispatcher/nd/internal/ha"
+	"github.com/nd-dispatcher/nd/internal/nd"
 )
 
 func TestHA(t *testing.T) {
@@ -52,7 +52,7 @@ nd_ha_takeovers_total{group="edge"} 2
 	}
 
 	// Without an ha section: nothing.
-	none := NewHA(func() (ha.Status, error) { return ha.Status{}, daemon.ErrNoHA })
+	none := NewHA(func() (ha.Status, error) { return ha.Status{}, nd.ErrNoHA })
 	if n := testutil.CollectAndCount(none); n != 0 {
 		t.Errorf("%d HA metrics without HA", n)
 	}

@@ -13,35 +13,35 @@ import (
 
 	"github.com/nd-dispatcher/nd/internal/advisor"
 	"github.com/nd-dispatcher/nd/internal/agent"
-	"github.com/nd-dispatcher/nd/internal/daemon"
 	"github.com/nd-dispatcher/nd/internal/executor"
 	"github.com/nd-dispatcher/nd/internal/manager"
+	"github.com/nd-dispatcher/nd/internal/nd"
 )
 
-func fixedStatus() daemon.Status {
-	return daemon.Status{
+func fixedStatus() nd.Status {
+	return nd.Status{
 		Interfaces: []string{"eth0"},
-		Ports: []daemon.PortStatus{
+		Ports: []nd.PortStatus{
 			{
 				VIP: "198.51.100.100", Port: 80, Protocol: "tcp", StickyTime: "0s",
 				Packets: 1000, Bytes: 64000, NoServer: 3,
-				Servers: []daemon.ServerStatus{
-					{Address: "198.51.100.11", State: daemon.StateUp, MAC: "02:00:00:00:00:11", Interface: "eth0",
+				Servers: []nd.ServerStatus{
+					{Address: "198.51.100.11", State: nd.StateUp, MAC: "02:00:00:00:00:11", Interface: "eth0",
 						Weight: 10, ConfigWeight: 10, NewFlows: 40, ActiveFlows: 12, HalfOpenFlows: 30, Packets: 600, Bytes: 40000, NewFlowsRate: 2.5},
-					{Address: "198.51.100.12", State: daemon.StateUnresolved, Reason: "no ARP reply from 198.51.100.12",
+					{Address: "198.51.100.12", State: nd.StateUnresolved, Reason: "no ARP reply from 198.51.100.12",
 						ConfigWeight: 20},
 				},
 			},
 			{
 				VIP: "2001:db8::100", Port: 53, Protocol: "udp", StickyTime: "30s",
 				Packets: 5, Bytes: 500,
-				Servers: []daemon.ServerStatus{
-					{Address: "2001:db8::100", State: daemon.StateLocal, Weight: 5, ConfigWeight: 5, NewFlows: 1, ActiveFlows: 1, Packets: 5, Bytes: 500},
-					{Address: "2001:db8::11", State: daemon.StateQuiesced, Weight: 0, ConfigWeight: 7, Quiesced: true, NewFlows: 9},
+				Servers: []nd.ServerStatus{
+					{Address: "2001:db8::100", State: nd.StateLocal, Weight: 5, ConfigWeight: 5, NewFlows: 1, ActiveFlows: 1, Packets: 5, Bytes: 500},
+					{Address: "2001:db8::11", State: nd.StateQuiesced, Weight: 0, ConfigWeight: 7, Quiesced: true, NewFlows: 9},
 				},
 			},
 		},
-		VIPs: []daemon.VIPStatus{
+		VIPs: []nd.VIPStatus{
 			{VIP: "198.51.100.100", VIPStats: executor.VIPStats{Filtered: 4, Fragments: 1, ICMPLocal: 2, ICMPForwarded: 3}},
 		},
 		Global: executor.GlobalStats{Passed: 100, Malformed: 2, NotIP: 7, FlowsEvicted: 5, FlowsUnrecorded: 6, FlowEventsLost: 8, OtherHost: 3,
@@ -163,7 +163,7 @@ nd_vip_icmp_total{action="local",vip="198.51.100.100"} 2
 
 func TestCollect(t *testing.T) {
 	calls := 0
-	c := New(func() (daemon.Status, error) { calls++; return fixedStatus(), nil })
+	c := New(func() (nd.Status, error) { calls++; return fixedStatus(), nil })
 	if err := testutil.CollectAndCompare(c, strings.NewReader(expected)); err != nil {
 		t.Error(err)
 	}
@@ -180,7 +180,7 @@ func TestCollect(t *testing.T) {
 
 func TestScrapeAtScrapeTime(t *testing.T) {
 	st := fixedStatus()
-	c := New(func() (daemon.Status, error) { return st, nil })
+	c := New(func() (nd.Status, error) { return st, nil })
 	want := func(n string) string {
 		return "# HELP nd_flows_evicted_total Live flows pushed out of a full connection table bucket: the table is too small.\n" +
 			"# TYPE nd_flows_evicted_total counter\nnd_flows_evicted_total " + n + "\n"
@@ -195,7 +195,7 @@ func TestScrapeAtScrapeTime(t *testing.T) {
 }
 
 func TestScrapeError(t *testing.T) {
-	c := New(func() (daemon.Status, error) { return daemon.Status{}, errors.New("read counters: boom") })
+	c := New(func() (nd.Status, error) { return nd.Status{}, errors.New("read counters: boom") })
 	want := `
 # HELP nd_scrape_error 1 when the dispatcher's status could not be read at this scrape, else 0.
 # TYPE nd_scrape_error gauge
@@ -207,7 +207,7 @@ nd_scrape_error 1
 }
 
 func TestEmptyStatus(t *testing.T) {
-	c := New(func() (daemon.Status, error) { return daemon.Status{}, nil })
+	c := New(func() (nd.Status, error) { return nd.Status{}, nil })
 	// The scrape error and the global counters, nothing per port or VIP.
 	if n := testutil.CollectAndCount(c); n != 1+4+1+1+1+2+2+1 {
 		t.Errorf("%d metrics from an empty status, want 13", n)
@@ -215,7 +215,7 @@ func TestEmptyStatus(t *testing.T) {
 }
 
 func TestLint(t *testing.T) {
-	c := New(func() (daemon.Status, error) { return fixedStatus(), nil })
+	c := New(func() (nd.Status, error) { return fixedStatus(), nil })
 	problems, err := testutil.CollectAndLint(c)
 	if err != nil {
 		t.Fatal(err)
@@ -226,7 +226,7 @@ func TestLint(t *testing.T) {
 }
 
 func TestHandler(t *testing.T) {
-	c := New(func() (daemon.Status, error) { return fixedStatus(), nil })
+	c := New(func() (nd.Status, error) { return fixedStatus(), nil })
 	h := Handler(c)
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
@@ -244,7 +244,7 @@ func TestHandler(t *testing.T) {
 		}
 	}
 	// Two handlers over two collectors do not collide: no global registry.
-	h2 := Handler(New(func() (daemon.Status, error) { return daemon.Status{}, errors.New("down") }))
+	h2 := Handler(New(func() (nd.Status, error) { return nd.Status{}, errors.New("down") }))
 	rec = httptest.NewRecorder()
 	h2.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
 	if !strings.Contains(rec.Body.String(), "nd_scrape_error 1") {
@@ -276,7 +276,7 @@ func TestDecisions(t *testing.T) {
 		t.Errorf("lint: %s: %s", p.Metric, p.Text)
 	}
 	rec := httptest.NewRecorder()
-	Handler(New(func() (daemon.Status, error) { return fixedStatus(), nil }), c).ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	Handler(New(func() (nd.Status, error) { return fixedStatus(), nil }), c).ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
 	body := rec.Body.String()
 	for _, want := range []string{
 		`nd_manager_lmi{port="80",protocol="tcp",server="2001:db8::11",vip="2001:db8::100"} 3.5`,

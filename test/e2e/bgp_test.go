@@ -11,19 +11,19 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nd-dispatcher/nd/internal/daemon"
 	"github.com/nd-dispatcher/nd/internal/lab"
+	"github.com/nd-dispatcher/nd/internal/nd"
 	"github.com/nd-dispatcher/nd/internal/testutil"
 )
 
 // bgpStatus reads `ndctl bgp status --json` from the node.
-func (n *bgpNode) bgpStatus(t *testing.T) daemon.BGPStatus {
+func (n *bgpNode) bgpStatus(t *testing.T) nd.BGPStatus {
 	t.Helper()
 	out, stderr, code, err := runNDCTL(t, "--socket", n.cfg.Socket, "--json", "bgp", "status")
 	if err != nil || code != 0 {
 		t.Fatalf("%s: ndctl bgp status: exit %d, %v: %s", n.name, code, err, stderr)
 	}
-	var st daemon.BGPStatus
+	var st nd.BGPStatus
 	if err := json.Unmarshal([]byte(out), &st); err != nil {
 		t.Fatalf("%s: ndctl bgp status --json printed %q: %v", n.name, out, err)
 	}

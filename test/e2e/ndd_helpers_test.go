@@ -18,8 +18,8 @@ import (
 	"time"
 
 	"github.com/nd-dispatcher/nd/internal/api"
-	"github.com/nd-dispatcher/nd/internal/daemon"
 	"github.com/nd-dispatcher/nd/internal/lab"
+	"github.com/nd-dispatcher/nd/internal/nd"
 	"github.com/nd-dispatcher/nd/internal/netns"
 )
 
@@ -371,12 +371,12 @@ func (n *nddLab) waitReady(t *testing.T) {
 	}
 }
 
-func notReady(st daemon.Status) string {
+func notReady(st nd.Status) string {
 	for _, p := range st.Ports {
 		for _, s := range p.Servers {
-			want := daemon.StateUp
+			want := nd.StateUp
 			if s.Quiesced || s.ConfigWeight == 0 {
-				want = daemon.StateQuiesced
+				want = nd.StateQuiesced
 			}
 			if s.State != want {
 				return fmt.Sprintf("%s:%d server %s is %s (%s), want %s", p.VIP, p.Port, s.Address, s.State, s.Reason, want)
@@ -413,7 +413,7 @@ func (n *nddLab) teardown(t *testing.T) {
 }
 
 // portStatus returns VIP4:port's status.
-func (n *nddLab) portStatus(t *testing.T, port uint16) daemon.PortStatus {
+func (n *nddLab) portStatus(t *testing.T, port uint16) nd.PortStatus {
 	t.Helper()
 	st, err := n.api.Status()
 	if err != nil {
@@ -425,7 +425,7 @@ func (n *nddLab) portStatus(t *testing.T, port uint16) daemon.PortStatus {
 		}
 	}
 	t.Fatalf("status has no port %s:%d/tcp", lab.VIP4, port)
-	return daemon.PortStatus{}
+	return nd.PortStatus{}
 }
 
 // newFlows returns the data plane's new-flow counters of VIP4:80 by

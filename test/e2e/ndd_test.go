@@ -20,8 +20,8 @@ import (
 	"time"
 
 	"github.com/nd-dispatcher/nd/internal/api"
-	"github.com/nd-dispatcher/nd/internal/daemon"
 	"github.com/nd-dispatcher/nd/internal/lab"
+	"github.com/nd-dispatcher/nd/internal/nd"
 	"github.com/nd-dispatcher/nd/internal/testutil"
 )
 
@@ -183,7 +183,7 @@ func TestNDDQuiesce(t *testing.T) {
 		}
 		t.Logf("set %s (%s) quiesce=%v: %s", name, addr, q, ch)
 	}
-	serverStatus := func() daemon.ServerStatus {
+	serverStatus := func() nd.ServerStatus {
 		t.Helper()
 		for _, s := range n.portStatus(t, servicePort).Servers {
 			if s.Address == addr.String() {
@@ -191,11 +191,11 @@ func TestNDDQuiesce(t *testing.T) {
 			}
 		}
 		t.Fatalf("status lacks server %s", addr)
-		return daemon.ServerStatus{}
+		return nd.ServerStatus{}
 	}
 
 	quiesce(true)
-	if s := serverStatus(); s.State != daemon.StateQuiesced || s.Weight != 0 || !s.Quiesced {
+	if s := serverStatus(); s.State != nd.StateQuiesced || s.Weight != 0 || !s.Quiesced {
 		t.Errorf("after quiesce, %s is %s with weight %d (quiesced %v), want quiesced with weight 0", addr, s.State, s.Weight, s.Quiesced)
 	}
 	checkExchange(t, long, "after quiesce", nil)
@@ -227,7 +227,7 @@ func TestNDDQuiesce(t *testing.T) {
 
 	quiesce(false)
 	s := serverStatus()
-	if s.State != daemon.StateUp || s.Weight != s.ConfigWeight || s.Weight == 0 {
+	if s.State != nd.StateUp || s.Weight != s.ConfigWeight || s.Weight == 0 {
 		t.Errorf("after unquiesce, %s is %s with weight %d (configured %d), want up with its configured weight", addr, s.State, s.Weight, s.ConfigWeight)
 	}
 	res = runLoad(ctx, n.lab.Client.NS, vip, newConns, loadWorkers, 256)
@@ -734,7 +734,7 @@ func TestNDDAPITokenOverTCP(t *testing.T) {
 			continue
 		}
 		if code == http.StatusOK {
-			var st daemon.Status
+			var st nd.Status
 			if err := json.Unmarshal([]byte(body), &st); err != nil || len(st.Ports) != 1 {
 				t.Errorf("status over TCP: %v, %d ports: %s", err, len(st.Ports), body)
 			}

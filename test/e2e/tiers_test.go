@@ -13,8 +13,8 @@ import (
 
 	"github.com/nd-dispatcher/nd/internal/advisor"
 	"github.com/nd-dispatcher/nd/internal/api"
-	"github.com/nd-dispatcher/nd/internal/daemon"
 	"github.com/nd-dispatcher/nd/internal/lab"
+	"github.com/nd-dispatcher/nd/internal/nd"
 	"github.com/nd-dispatcher/nd/internal/testutil"
 )
 
@@ -205,7 +205,7 @@ func TestHierarchicalSets(t *testing.T) {
 		if s.Address != l.Dispatcher2.Addr4.String() {
 			continue
 		}
-		if s.State != daemon.StateQuiesced || s.Weight != 0 {
+		if s.State != nd.StateQuiesced || s.Weight != 0 {
 			t.Errorf("dispatcher2 at A is %s with weight %d, want quiesced with weight 0", s.State, s.Weight)
 		}
 		if s.ActiveFlows < uint64(throughB) {
@@ -274,7 +274,7 @@ func TestHierarchicalSetsAdvisor(t *testing.T) {
 	}
 	t.Logf("B forwarded %d of A's probes to its servers, the client idle", probed)
 	for _, s := range a.portStatus(t, servicePort).Servers {
-		if s.State != daemon.StateUp {
+		if s.State != nd.StateUp {
 			t.Errorf("at A, %s is %s (%s), want up", s.Address, s.State, s.Reason)
 		}
 	}

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nd-dispatcher/nd/internal/testutil"
 )
 
 // signed returns a request signed with key at time at, and its nonce.
@@ -211,14 +213,7 @@ func TestAgentReplayCacheFull(t *testing.T) {
 func TestLoadKeyFile(t *testing.T) {
 	dir := t.TempDir()
 	write := func(name string, data []byte, mode os.FileMode) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, data, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Chmod(p, mode); err != nil {
-			t.Fatal(err)
-		}
-		return p
+		return testutil.WriteFile(t, dir, name, data, mode)
 	}
 	// keyfile.Load has the rules; the agent asks for MinKeyLen bytes.
 	if _, err := LoadKeyFile(write("short", []byte("0123456789abcde\n"), 0o600)); err == nil {

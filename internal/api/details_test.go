@@ -34,14 +34,7 @@ func TestRefusesDuplicateKeysAndUnknownParameters(t *testing.T) {
 		{"GET", "/v1/flows?port=80&port=81", "", `"port" given 2 times`},
 	} {
 		rec := do(s, tc.method, tc.path, tc.body)
-		name := tc.method + " " + tc.path + " " + tc.body
-		if rec.Code != 400 {
-			t.Errorf("%s: status %d, want 400: %s", name, rec.Code, rec.Body)
-			continue
-		}
-		if msg := errorOf(t, rec); !strings.Contains(msg, tc.msg) {
-			t.Errorf("%s: message %q, want it to contain %q", name, msg, tc.msg)
-		}
+		wantBadRequest(t, tc.method+" "+tc.path+" "+tc.body, rec, tc.msg)
 	}
 	if got := f.yaml(t); got != before {
 		t.Fatalf("the configuration changed:\n%s", got)
@@ -70,13 +63,7 @@ func TestRefusesUnusableVIPs(t *testing.T) {
 		{"203.0.113.255", "broadcast address of the connected network 203.0.113.0/24"},
 	} {
 		rec := do(s, "POST", "/v1/clusters", `{"vip":"`+tc.vip+`","ports":[{"port":80}]}`)
-		if rec.Code != 400 {
-			t.Errorf("VIP %s: status %d, want 400: %s", tc.vip, rec.Code, rec.Body)
-			continue
-		}
-		if msg := errorOf(t, rec); !strings.Contains(msg, tc.msg) {
-			t.Errorf("VIP %s: message %q, want it to contain %q", tc.vip, msg, tc.msg)
-		}
+		wantBadRequest(t, "VIP "+tc.vip, rec, tc.msg)
 	}
 	// Not a broadcast address: another host of the network, or the last
 	// address of a /31, which has none.

@@ -425,12 +425,8 @@ func TestMalformed(t *testing.T) {
 	} {
 		rec := do(s, tc.method, tc.path, tc.body)
 		name := tc.method + " " + tc.path + " " + truncate(tc.body)
-		if rec.Code != 400 {
-			t.Errorf("%s: status %d, want 400: %s", name, rec.Code, rec.Body)
+		if !wantBadRequest(t, name, rec, tc.msg) {
 			continue
-		}
-		if msg := errorOf(t, rec); !strings.Contains(msg, tc.msg) {
-			t.Errorf("%s: message %q, want it to contain %q", name, msg, tc.msg)
 		}
 		if got := f.yaml(t); got != before {
 			t.Fatalf("%s changed the configuration:\n%s", name, got)
@@ -892,6 +888,20 @@ func do(s *Server, method, path, body string) *httptest.ResponseRecorder {
 	rec := httptest.NewRecorder()
 	s.handler.ServeHTTP(rec, req)
 	return rec
+}
+
+// wantBadRequest reports unless rec is a 400 whose error message contains
+// msg; it returns whether rec was a 400 at all.
+func wantBadRequest(t testing.TB, name string, rec *httptest.ResponseRecorder, msg string) bool {
+	t.Helper()
+	if rec.Code != 400 {
+		t.Errorf("%s: status %d, want 400: %s", name, rec.Code, rec.Body)
+		return false
+	}
+	if got := errorOf(t, rec); !strings.Contains(got, msg) {
+		t.Errorf("%s: message %q, want it to contain %q", name, got, msg)
+	}
+	return true
 }
 
 func errorOf(t testing.TB, rec *httptest.ResponseRecorder) string {

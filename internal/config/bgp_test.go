@@ -60,17 +60,7 @@ func TestBGPSection(t *testing.T) {
 		t.Errorf("route 1 %+v", r)
 	}
 
-	out, err := Marshal(c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	back, err := Parse(out, "saved.yaml")
-	if err != nil {
-		t.Fatalf("%v\n%s", err, out)
-	}
-	if !sameContent(c, back) {
-		t.Errorf("Parse(Marshal(c)) differs:\n%+v\n%+v\n%s", c.BGP, back.BGP, out)
-	}
+	roundTrip(t, c)
 
 	// bgp is a live setting; a password change shows, masked.
 	for _, tc := range []struct{ from, to, path string }{

@@ -9,6 +9,7 @@ import (
 	"github.com/nd-dispatcher/nd/internal/nd"
 )
 
+// roundTrip checks that c, marshalled and parsed again, is c.
 func roundTrip(t *testing.T, c *Config) *Config {
 	t.Helper()
 	data, err := Marshal(c)

@@ -116,17 +116,7 @@ func TestFullSectionsRoundTrip(t *testing.T) {
 	if p.Scheduler != SchedulerP2C || p.Advisor != "web" || p.Proportions.Active != 50 || !p.Servers[0].Fixed {
 		t.Errorf("port %+v", p)
 	}
-	out, err := Marshal(c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	back, err := Parse(out, "saved.yaml")
-	if err != nil {
-		t.Fatalf("%v\n%s", err, out)
-	}
-	if !sameContent(c, back) {
-		t.Errorf("Parse(Marshal(c)) differs:\n%+v\n%+v\n%s", c, back, out)
-	}
+	roundTrip(t, c)
 	// The ha section is fixed: a reload may not change it.
 	changed := strings.Replace(full, "priority: 200", "priority: 150", 1)
 	c2, err := Parse([]byte(changed), "nd.yaml")

@@ -449,18 +449,7 @@ func TestPinnedRestart(t *testing.T) {
 		owner[48000+p] = serverByMAC(out)
 	}
 	before := h.x.Services()
-	if err := h.x.Close(); err != nil {
-		t.Fatal(err)
-	}
-
-	h.do(func() error {
-		x, err := New(Config{MaxFlows: 1 << 16, PinPath: pin})
-		if err != nil {
-			return err
-		}
-		h.x = x
-		return x.Attach(h.in)
-	})
+	h.restart(true)
 	after := h.x.Services()
 	if len(after) != 1 || after[0].StickyTime != before[0].StickyTime || len(after[0].Servers) != 3 {
 		t.Fatalf("recovered services %+v, want %+v", after, before)
@@ -500,17 +489,7 @@ func TestPinnedRestartRepairsHalfWrittenService(t *testing.T) {
 		_, _, err := h.x.stageServers(key, st, []Server{h.server(s1, macS1, 1), h.server(s2, macS2, 1), h.server(s3, macS3, 1)}, SchedulerMaglev)
 		return err
 	})
-	if err := h.x.Close(); err != nil {
-		t.Fatal(err)
-	}
-	h.do(func() error {
-		x, err := New(Config{MaxFlows: 1 << 16, PinPath: pin})
-		if err != nil {
-			return err
-		}
-		h.x = x
-		return x.Attach(h.in)
-	})
+	h.restart(true)
 	if got := h.x.Services(); len(got) != 1 || len(got[0].Servers) != 3 {
 		t.Fatalf("recovered %+v, want the service with 3 servers", got)
 	}

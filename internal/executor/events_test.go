@@ -64,6 +64,24 @@ func (s *eventSink) quiet(t *testing.T, what string) {
 	}
 }
 
+// wantLoss reads what the sink receives until it is quiet for 300 ms and
+// fails unless some events were lost and those delivered and lost make n.
+func (s *eventSink) wantLoss(t *testing.T, lost uint64, n int) {
+	t.Helper()
+	var got int
+	for {
+		batch := s.takeWithin(1, 300*time.Millisecond)
+		if len(batch) == 0 {
+			break
+		}
+		got += len(batch)
+	}
+	t.Logf("%d events delivered, %d lost", got, lost)
+	if lost == 0 || uint64(got)+lost != uint64(n) {
+		t.Fatalf("%d events delivered, %d lost, want a loss and %d in all", got, lost, n)
+	}
+}
+
 func (s *eventSink) waitEnded(t *testing.T) {
 	t.Helper()
 	select {
@@ -199,19 +217,7 @@ func TestFakeFlowEvents(t *testing.T) {
 		fkDispatch(t, f2, k, false, false)
 	}
 	lost := fkStats(t, f2).Global.FlowEventsLost
-	s2 := sink(ch2)
-	var got int
-	for {
-		batch := s2.takeWithin(1, 300*time.Millisecond)
-		if len(batch) == 0 {
-			break
-		}
-		got += len(batch)
-	}
-	t.Logf("%d events delivered, %d lost", got, lost)
-	if lost == 0 || uint64(got)+lost != n {
-		t.Fatalf("%d events delivered, %d lost, want a loss and %d in all", got, lost, n)
-	}
+	sink(ch2).wantLoss(t, lost, n)
 
 	// Close ends the subscription.
 	if err := f.Close(); err != nil {
@@ -323,18 +329,7 @@ func TestFlowEvents(t *testing.T) {
 	})
 	lost := h.stats().Global.FlowEventsLost
 	s = sink(ch)
-	var got int
-	for {
-		batch := s.takeWithin(1, 300*time.Millisecond)
-		if len(batch) == 0 {
-			break
-		}
-		got += len(batch)
-	}
-	t.Logf("%d events delivered, %d lost", got, lost)
-	if lost == 0 || uint64(got)+lost != n {
-		t.Fatalf("%d events delivered, %d lost, want a loss and %d in all", got, lost, n)
-	}
+	s.wantLoss(t, lost, n)
 
 	// Close ends the subscription and turns reporting off.
 	if err := h.x.Close(); err != nil {

@@ -208,12 +208,7 @@ func (f *Fake) Detach(ifindex int) error {
 func (f *Fake) Attached() []int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	out := make([]int, 0, len(f.attached))
-	for ifindex := range f.attached {
-		out = append(out, ifindex)
-	}
-	slices.Sort(out)
-	return out
+	return slices.Sorted(maps.Keys(f.attached))
 }
 
 // Commits counts the calls of UpsertService, SetWeights and DeleteService

@@ -103,6 +103,27 @@ func (h *harness) do(fn func() error) {
 	}
 }
 
+// restart closes the data plane, as a daemon that stops, and takes over what
+// it pinned with a new one made from the harness's Config, attached to the
+// ingress interface when attach is set.
+func (h *harness) restart(attach bool) {
+	h.t.Helper()
+	if err := h.x.Close(); err != nil {
+		h.t.Fatal(err)
+	}
+	h.do(func() error {
+		x, err := New(h.cfg)
+		if err != nil {
+			return err
+		}
+		h.x = x
+		if attach {
+			return x.Attach(h.in)
+		}
+		return nil
+	})
+}
+
 func (h *harness) upsert(s Service) {
 	h.t.Helper()
 	h.do(func() error { return h.x.UpsertService(s) })

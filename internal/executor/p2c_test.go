@@ -774,14 +774,7 @@ func TestP2CSchedulerSwitch(t *testing.T) {
 		t.Fatalf("Services() = %+v, want p2c", s)
 	}
 
-	if err := h.x.Close(); err != nil {
-		t.Fatal(err)
-	}
-	h.do(func() error {
-		x, err := New(Config{MaxFlows: 1 << 16, PinPath: pin})
-		h.x = x
-		return err
-	})
+	h.restart(false)
 	if s := h.x.Services(); len(s) != 1 || s[0].Scheduler != SchedulerP2C {
 		t.Fatalf("after takeover Services() = %+v, want one p2c service", s)
 	}

@@ -13,6 +13,7 @@ package history
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 	"sync"
@@ -296,12 +297,7 @@ type PortHistory struct {
 func (h *History) Ports() []string {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	out := make([]string, 0, len(h.ports))
-	for name := range h.ports {
-		out = append(out, name)
-	}
-	slices.Sort(out)
-	return out
+	return slices.Sorted(maps.Keys(h.ports))
 }
 
 // Port returns port's readings and marks later than since (all of them for

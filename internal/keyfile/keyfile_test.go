@@ -6,19 +6,14 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/nd-dispatcher/nd/internal/testutil"
 )
 
 func TestLoad(t *testing.T) {
 	dir := t.TempDir()
 	write := func(name string, data []byte, mode os.FileMode) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, data, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Chmod(p, mode); err != nil {
-			t.Fatal(err)
-		}
-		return p
+		return testutil.WriteFile(t, dir, name, data, mode)
 	}
 	k, err := Load(write("ok", []byte("0123456789abcdef\n"), 0o600), 16)
 	if err != nil || string(k) != "0123456789abcdef" {

@@ -59,8 +59,8 @@ func startAgent(t *testing.T, ns *netns.NS, a *Agent) (addr netip.AddrPort, stop
 	return netip.MustParseAddrPort(l.Addr().String()), stop
 }
 
-// rawExchange sends raw bytes to addr in ns and reads one response.
-func rawExchange(t *testing.T, ns *netns.NS, addr netip.AddrPort, req []byte) *http.Response {
+// dial connects to addr in ns, within 5 s; the caller closes the connection.
+func dial(t *testing.T, ns *netns.NS, addr netip.AddrPort) net.Conn {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -68,6 +68,13 @@ func rawExchange(t *testing.T, ns *netns.NS, addr netip.AddrPort, req []byte) *h
 	if err != nil {
 		t.Fatal(err)
 	}
+	return c
+}
+
+// rawExchange sends raw bytes to addr in ns and reads one response.
+func rawExchange(t *testing.T, ns *netns.NS, addr netip.AddrPort, req []byte) *http.Response {
+	t.Helper()
+	c := dial(t, ns, addr)
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(5 * time.Second))
 	if _, err := c.Write(req); err != nil {
@@ -410,12 +417,7 @@ func TestNetSlowClient(t *testing.T) {
 	addr, _ := startAgent(t, ns, a)
 	for name, send := range map[string]string{"silent": "", "trickle": "GET /v1/report HTTP/1.1\r\nHost: a\r\nX-Nd-"} {
 		t.Run(name, func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			c, err := ns.DialContext(ctx, "tcp", addr.String())
-			if err != nil {
-				t.Fatal(err)
-			}
+			c := dial(t, ns, addr)
 			defer c.Close()
 			start := time.Now()
 			c.Write([]byte(send))

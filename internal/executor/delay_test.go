@@ -111,10 +111,7 @@ func TestDelayWeights(t *testing.T) {
 	h := newHarness(t, Config{MaxFlows: 1 << 18})
 	key := ServiceKey{VIP: vip4, Port: 80, Proto: TCP}
 	svc := h.delayService(key, []uint32{1, 2, 3, 4}, nil)
-	weights := map[netip.Addr]uint32{}
-	for _, s := range svc.Servers {
-		weights[s.Addr] = s.Weight
-	}
+	weights := weightsOf(svc)
 	h.upsert(svc)
 	send := h.rawSend()
 	var counts map[netip.Addr]int
@@ -259,10 +256,7 @@ func TestDelayIdleFollowsWeights(t *testing.T) {
 	key := ServiceKey{VIP: vip4, Port: 80, Proto: TCP}
 	svc := h.delayService(key, []uint32{1, 2, 3, 4}, nil)
 	h.upsert(svc)
-	weights := map[netip.Addr]uint32{}
-	for _, s := range svc.Servers {
-		weights[s.Addr] = s.Weight
-	}
+	weights := weightsOf(svc)
 	f, err := NewFakeSize(h.x.cfg.RingSize)
 	if err != nil {
 		t.Fatal(err)

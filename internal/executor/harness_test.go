@@ -103,6 +103,15 @@ func (h *harness) do(fn func() error) {
 	}
 }
 
+// weightsOf maps each server of s to its weight.
+func weightsOf(s Service) map[netip.Addr]uint32 {
+	w := make(map[netip.Addr]uint32, len(s.Servers))
+	for _, sv := range s.Servers {
+		w[sv.Addr] = sv.Weight
+	}
+	return w
+}
+
 // restart closes the data plane, as a daemon that stops, and takes over what
 // it pinned with a new one made from the harness's Config, attached to the
 // ingress interface when attach is set.

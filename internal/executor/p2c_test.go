@@ -388,10 +388,7 @@ func TestP2CFixtures(t *testing.T) {
 	h := newHarness(t, Config{MaxFlows: 1 << 16})
 	key := ServiceKey{VIP: vip4, Port: 80, Proto: TCP}
 	svc := h.p2cService(key, 1, 2, 3, 4)
-	weight := map[netip.Addr]uint32{}
-	for _, s := range svc.Servers {
-		weight[s.Addr] = s.Weight
-	}
+	weight := weightsOf(svc)
 	h.upsert(svc)
 
 	// Flows whose two candidates differ.
@@ -706,10 +703,7 @@ func TestP2CDistribution(t *testing.T) {
 	h := newHarness(t, Config{MaxFlows: 1 << 18})
 	key := ServiceKey{VIP: vip4, Port: 80, Proto: TCP}
 	svc := h.p2cService(key, 1, 2, 3, 4)
-	weights := map[netip.Addr]uint32{}
-	for _, s := range svc.Servers {
-		weights[s.Addr] = s.Weight
-	}
+	weights := weightsOf(svc)
 	h.upsert(svc)
 	send := h.rawSend()
 	counts := map[netip.Addr]int{}

@@ -1,6 +1,7 @@
 package manager
 
 import (
+	"cmp"
 	"maps"
 	"math"
 	"net/netip"
@@ -679,13 +680,7 @@ func (st *serverState) moved(cur, next, configured uint32) {
 		st.dir, st.step = 0, firstStep
 		return
 	}
-	dir := 0
-	switch {
-	case next > cur:
-		dir = 1
-	case next < cur:
-		dir = -1
-	}
+	dir := cmp.Compare(next, cur)
 	if dir == 0 || cur == 0 || next == 0 {
 		return
 	}
@@ -705,13 +700,7 @@ func (st *serverState) moved(cur, next, configured uint32) {
 // whichever way the weight last went (a narrowed step must not hold a
 // weight short of its target for good, above or below it).
 func (st *serverState) held(cur, next uint32) {
-	dir := 0
-	switch {
-	case next > cur:
-		dir = 1
-	case next < cur:
-		dir = -1
-	}
+	dir := cmp.Compare(next, cur)
 	if dir != 0 && dir == st.heldDir && st.step > 0 {
 		st.step = math.Min(st.step*st.step, firstStep)
 	}

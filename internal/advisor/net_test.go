@@ -37,14 +37,7 @@ type lab struct {
 func newLab(t *testing.T) *lab {
 	t.Helper()
 	ns := testutil.NewNS(t, "ndadv")
-	h, err := ns.Netlink()
-	if err != nil {
-		t.Fatal(err)
-	}
-	lo, err := h.LinkByName("lo")
-	if err != nil {
-		t.Fatal(err)
-	}
+	h, lo := testutil.Link(t, ns, "lo")
 	vip := netip.MustParseAddr("198.51.100.100")
 	if err := h.AddrAdd(lo, &netlink.Addr{IPNet: &net.IPNet{IP: vip.AsSlice(), Mask: net.CIDRMask(32, 32)}}); err != nil {
 		t.Fatalf("add VIP to lo: %v", err)

@@ -18,14 +18,10 @@ func TestRefusesDuplicateKeysAndUnknownParameters(t *testing.T) {
 	f := newFake(t)
 	s := handlerServer(f)
 	before := f.yaml(t)
-	const (
-		srvs = "/v1/clusters/198.51.100.100/ports/80/tcp/servers"
-		srv  = srvs + "/198.51.100.11"
-	)
 	for _, tc := range []struct{ method, path, body, msg string }{
-		{"PATCH", srv, `{"weight":10,"weight":90}`, `duplicate JSON key "weight"`},
-		{"PATCH", srv, `{"weight":10,"quiesce":false,"weight":10}`, `duplicate JSON key "weight"`},
-		{"POST", srvs, `{"address":"198.51.100.13","address":"198.51.100.14"}`, `duplicate JSON key "address"`},
+		{"PATCH", serverURL, `{"weight":10,"weight":90}`, `duplicate JSON key "weight"`},
+		{"PATCH", serverURL, `{"weight":10,"quiesce":false,"weight":10}`, `duplicate JSON key "weight"`},
+		{"POST", serversURL, `{"address":"198.51.100.13","address":"198.51.100.14"}`, `duplicate JSON key "address"`},
 		{"POST", "/v1/clusters", `{"vip":"203.0.113.1","ports":[{"port":1},{"port":2,"port":3}]}`, `duplicate JSON key "port" in ports[1]`},
 		{"POST", "/v1/clusters", `{"vip":"203.0.113.1","ports":[{"port":1,"servers":[{"address":"203.0.113.2","weight":1,"weight":2}]}]}`,
 			`duplicate JSON key "weight" in ports[0].servers[0]`},

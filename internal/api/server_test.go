@@ -375,14 +375,16 @@ func TestUnknownRoutes(t *testing.T) {
 
 // TestMalformed sends bodies and paths that must be refused with 400 and
 // must leave the configuration as it was.
+// The servers of the fake's port 80, and one of them.
+const (
+	serversURL = "/v1/clusters/198.51.100.100/ports/80/tcp/servers"
+	serverURL  = serversURL + "/198.51.100.11"
+)
+
 func TestMalformed(t *testing.T) {
 	f := newFake(t)
 	s := handlerServer(f)
 	before := f.yaml(t)
-	const (
-		srvs = "/v1/clusters/198.51.100.100/ports/80/tcp/servers"
-		srv  = srvs + "/198.51.100.11"
-	)
 	huge := `{"vip":"` + strings.Repeat("1", maxJSONSize) + `"}`
 	for _, tc := range []struct{ method, path, body, msg string }{
 		{"POST", "/v1/clusters", "", "empty request body"},
@@ -404,16 +406,16 @@ func TestMalformed(t *testing.T) {
 		{"POST", "/v1/clusters/198.51.100.100/ports", `{"port":81,"sticky_time":"-5s"}`, "sticky_time"},
 		{"POST", "/v1/clusters/198.51.100.100/ports", `{"port":81,"sticky_time":"48h"}`, "sticky_time"},
 		{"POST", "/v1/clusters/not-an-ip/ports", `{"port":81}`, "vip"},
-		{"POST", srvs, `{"address":""}`, "address: required"},
-		{"POST", srvs, `{"address":"198.51.100.13","weight":-1}`, "weight"},
-		{"POST", srvs, `{"address":"198.51.100.13","weight":1e20}`, "weight"},
-		{"POST", srvs, `{"address":"198.51.100.13","quiesce":"yes"}`, "quiesce: string is not true or false"},
-		{"POST", srvs, `{"address":"198.51.100.100"}`, "the VIP itself"},
-		{"POST", srvs, `{"address":"224.0.0.1"}`, "multicast"},
-		{"PATCH", srv, `{}`, "nothing to change"},
-		{"PATCH", srv, `{"weight":null}`, "nothing to change"},
-		{"PATCH", srv, `{"address":"198.51.100.12"}`, "unknown field"},
-		{"PATCH", srv, `{"weight":"high"}`, "weight"},
+		{"POST", serversURL, `{"address":""}`, "address: required"},
+		{"POST", serversURL, `{"address":"198.51.100.13","weight":-1}`, "weight"},
+		{"POST", serversURL, `{"address":"198.51.100.13","weight":1e20}`, "weight"},
+		{"POST", serversURL, `{"address":"198.51.100.13","quiesce":"yes"}`, "quiesce: string is not true or false"},
+		{"POST", serversURL, `{"address":"198.51.100.100"}`, "the VIP itself"},
+		{"POST", serversURL, `{"address":"224.0.0.1"}`, "multicast"},
+		{"PATCH", serverURL, `{}`, "nothing to change"},
+		{"PATCH", serverURL, `{"weight":null}`, "nothing to change"},
+		{"PATCH", serverURL, `{"address":"198.51.100.12"}`, "unknown field"},
+		{"PATCH", serverURL, `{"weight":"high"}`, "weight"},
 		{"PATCH", "/v1/clusters/198.51.100.100/ports/80/tcp/servers/bogus", `{"weight":1}`, "address"},
 		{"DELETE", "/v1/clusters/198.51.100.100/ports/abc/tcp", "", "port"},
 		{"DELETE", "/v1/clusters/198.51.100.100/ports/65536/tcp", "", "port"},

@@ -71,22 +71,14 @@ ha:
 	nbr.set(srv2, "02:00:00:00:00:12", 2)
 	// The node's own address, on the namespace's lo; its peer's is
 	// nowhere, so it never answers.
-	h, err := ns.Netlink()
-	if err != nil {
-		t.Fatal(err)
-	}
-	lo, err := h.LinkByName("lo")
-	if err != nil {
-		t.Fatal(err)
-	}
+	h, lo := testutil.Link(t, ns, "lo")
 	if err := h.AddrAdd(lo, &netlink.Addr{IPNet: &net.IPNet{IP: net.ParseIP("198.51.100.3"), Mask: net.CIDRMask(32, 32)}}); err != nil {
 		t.Fatal(err)
 	}
-	h.Close()
 	cfg := parse(t, yaml)
 	vips := &recordingVIPs{}
 	var d *Daemon
-	err = ns.Do(func() error {
+	err := ns.Do(func() error {
 		var err error
 		d, err = New(cfg, Options{Executor: x, Neighbors: nbr, Interfaces: fakeInterfaces,
 			Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), HAVIPs: vips})

@@ -108,18 +108,22 @@ func TestSteeringAttachedOnlyWhileUsed(t *testing.T) {
 			t.Fatalf("advisor %s (used %v): %v", target, use, err)
 		}
 	}
-	setAdvisor(config.TargetServer, true)
-	want("an advisor probing the servers' own addresses", 0, 0)
-	setAdvisor(config.TargetVIP, false)
-	want("an advisor with target vip that no port uses", 0, 0)
-	setAdvisor(config.TargetVIP, true)
-	want("an advisor probing through the VIP", 1, 1)
-	setAdvisor(config.TargetVIP, true)
-	want("the same again", 1, 1)
-	setAdvisor(config.TargetServer, true)
-	want("target server again", 0, 1)
-	setAdvisor(config.TargetVIP, true)
-	want("target vip again", 1, 2)
+	for _, step := range []struct {
+		target             string
+		use                bool
+		what               string
+		attached, attaches int
+	}{
+		{config.TargetServer, true, "an advisor probing the servers' own addresses", 0, 0},
+		{config.TargetVIP, false, "an advisor with target vip that no port uses", 0, 0},
+		{config.TargetVIP, true, "an advisor probing through the VIP", 1, 1},
+		{config.TargetVIP, true, "the same again", 1, 1},
+		{config.TargetServer, true, "target server again", 0, 1},
+		{config.TargetVIP, true, "target vip again", 1, 2},
+	} {
+		setAdvisor(step.target, step.use)
+		want(step.what, step.attached, step.attaches)
+	}
 
 	// A port whose servers are all the dispatcher itself probes them
 	// through the local stack: nothing to steer.

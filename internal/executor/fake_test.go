@@ -811,25 +811,11 @@ func TestFakeMatchesKernel(t *testing.T) {
 		if kst := h.stats(); !reflect.DeepEqual(fst, kst) {
 			t.Errorf("%s: stats differ\nfake   %+v\nkernel %+v", when, fst, kst)
 		}
-		fa, err := f.ActiveFlows()
-		if err != nil {
-			t.Fatal(err)
-		}
-		ka, err := h.x.ActiveFlows()
-		if err != nil {
-			t.Fatal(err)
-		}
+		fa, ka := must(f.ActiveFlows())(t), must(h.x.ActiveFlows())(t)
 		if !reflect.DeepEqual(fa, ka) {
 			t.Errorf("%s: active flows differ\nfake   %v\nkernel %v", when, fa, ka)
 		}
-		fc, err := f.ActiveCounts()
-		if err != nil {
-			t.Fatal(err)
-		}
-		kc, err := h.x.ActiveCounts()
-		if err != nil {
-			t.Fatal(err)
-		}
+		fc, kc := must(f.ActiveCounts())(t), must(h.x.ActiveCounts())(t)
 		if !reflect.DeepEqual(fc, kc) {
 			t.Errorf("%s: p2c open-flow counts differ\nfake   %v\nkernel %v", when, fc, kc)
 		}

@@ -103,6 +103,18 @@ func (h *harness) do(fn func() error) {
 	}
 }
 
+// must takes the results of a call that may fail and gives back, given the
+// test, the value, failing the test on the error: must(h.x.ActiveFlows())(t).
+func must[T any](v T, err error) func(testing.TB) T {
+	return func(tb testing.TB) T {
+		tb.Helper()
+		if err != nil {
+			tb.Fatal(err)
+		}
+		return v
+	}
+}
+
 // weightsOf maps each server of s to its weight.
 func weightsOf(s Service) map[netip.Addr]uint32 {
 	w := make(map[netip.Addr]uint32, len(s.Servers))

@@ -629,22 +629,8 @@ func TestReconcileActive(t *testing.T) {
 	if err := h.x.UpsertFlows([]Flow{{Key: learnt, Server: s3}}); err != nil { // moved
 		t.Fatal(err)
 	}
-	truth := func() map[ServiceKey]map[netip.Addr]int {
-		t.Helper()
-		a, err := h.x.ActiveFlows()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return a
-	}
-	counts := func() map[ServiceKey]map[netip.Addr]int {
-		t.Helper()
-		c, err := h.x.ActiveCounts()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c
-	}
+	truth := func() map[ServiceKey]map[netip.Addr]int { return must(h.x.ActiveFlows())(t) }
+	counts := func() map[ServiceKey]map[netip.Addr]int { return must(h.x.ActiveCounts())(t) }
 	want := truth()
 	if got := counts(); !reflect.DeepEqual(got, want) {
 		t.Fatalf("counts %v, table %v", got, want)

@@ -512,14 +512,7 @@ func TestSteeringTwoNetworks(t *testing.T) {
 // steerFilters counts the steering filters on lo's clsact egress hook.
 func steerFilters(t *testing.T, ns *netns.NS) int {
 	t.Helper()
-	h, err := ns.Netlink()
-	if err != nil {
-		t.Fatal(err)
-	}
-	lo, err := h.LinkByName("lo")
-	if err != nil {
-		t.Fatal(err)
-	}
+	h, lo := testutil.Link(t, ns, "lo")
 	fs, err := h.FilterList(lo, netlink.HANDLE_MIN_EGRESS)
 	if err != nil {
 		t.Fatal(err)

@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/nd-dispatcher/nd/internal/netns"
+	"github.com/vishvananda/netlink"
 )
 
 // NewNS gives a privileged test (it skips, or fails, as RequirePrivileged
@@ -23,4 +24,19 @@ func NewNS(tb testing.TB, prefix string) *netns.NS {
 	}
 	tb.Cleanup(func() { ns.Close() })
 	return ns
+}
+
+// Link finds the link named name in ns and returns it with ns's netlink
+// handle (which ns owns: the caller does not close it).
+func Link(tb testing.TB, ns *netns.NS, name string) (*netlink.Handle, netlink.Link) {
+	tb.Helper()
+	h, err := ns.Netlink()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	l, err := h.LinkByName(name)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return h, l
 }

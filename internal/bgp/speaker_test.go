@@ -2,44 +2,17 @@ package bgp
 
 import (
 	"context"
-	"net"
 	"net/netip"
 	"slices"
 	"testing"
 	"time"
 
+	"github.com/nd-dispatcher/nd/internal/bgp/bgptest"
 	api "github.com/osrg/gobgp/v4/api"
 	"github.com/osrg/gobgp/v4/pkg/apiutil"
 	"github.com/osrg/gobgp/v4/pkg/packet/bgp"
 	"github.com/osrg/gobgp/v4/pkg/server"
 )
-
-// router is a second GoBGP server on loopback standing in for a router: it
-// listens, accepts the speaker, and its table shows what was announced.
-func router(t *testing.T, ctx context.Context) (*server.BgpServer, uint16) {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	r := server.NewBgpServer()
-	go r.Serve()
-	t.Cleanup(r.Stop)
-	if err := r.StartBgp(ctx, &api.StartBgpRequest{Global: &api.Global{
-		Asn: 64512, RouterId: "192.0.2.1", ListenPort: int32(port), ListenAddresses: []string{"127.0.0.1"},
-	}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := r.AddPeer(ctx, &api.AddPeerRequest{Peer: &api.Peer{
-		Conf:      &api.PeerConf{NeighborAddress: "127.0.0.1", PeerAsn: 64513},
-		Transport: &api.Transport{PassiveMode: true},
-	}}); err != nil {
-		t.Fatal(err)
-	}
-	return r, uint16(port)
-}
 
 // table is the router's routes: prefix -> MED and communities.
 func table(t *testing.T, r *server.BgpServer) map[netip.Prefix]Route {
@@ -80,7 +53,7 @@ func eventually(t *testing.T, what string, cond func() bool) {
 func TestSpeakerAnnouncesAndWithdraws(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	r, port := router(t, ctx)
+	r, port := bgptest.Router(t)
 
 	states := make(chan PeerStatus, 16)
 	s, err := New(ctx, Global{ASN: 64513, RouterID: netip.MustParseAddr("192.0.2.3")},

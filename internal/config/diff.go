@@ -382,21 +382,11 @@ func describeServer(s Server) string {
 
 func (pc PortChange) describe() string {
 	var parts []string
-	if pc.Old.StickyTime != pc.New.StickyTime {
-		parts = append(parts, fmt.Sprintf("sticky_time %s -> %s", formatDuration(pc.Old.StickyTime), formatDuration(pc.New.StickyTime)))
-	}
-	if pc.Old.WeightBound != pc.New.WeightBound {
-		parts = append(parts, fmt.Sprintf("weight_bound %d -> %d", pc.Old.WeightBound, pc.New.WeightBound))
-	}
-	if pc.Old.Scheduler != pc.New.Scheduler {
-		parts = append(parts, fmt.Sprintf("scheduler %s -> %s", pc.Old.Scheduler, pc.New.Scheduler))
-	}
-	if pc.Old.Advisor != pc.New.Advisor {
-		parts = append(parts, fmt.Sprintf("advisor %q -> %q", pc.Old.Advisor, pc.New.Advisor))
-	}
-	if o, n := describeProportions(pc.Old.Proportions), describeProportions(pc.New.Proportions); o != n {
-		parts = append(parts, fmt.Sprintf("proportions %s -> %s", o, n))
-	}
+	parts = changed(parts, "sticky_time", "%s", formatDuration(pc.Old.StickyTime), formatDuration(pc.New.StickyTime))
+	parts = changed(parts, "weight_bound", "%d", pc.Old.WeightBound, pc.New.WeightBound)
+	parts = changed(parts, "scheduler", "%s", pc.Old.Scheduler, pc.New.Scheduler)
+	parts = changed(parts, "advisor", "%q", pc.Old.Advisor, pc.New.Advisor)
+	parts = changed(parts, "proportions", "%s", describeProportions(pc.Old.Proportions), describeProportions(pc.New.Proportions))
 	for _, s := range pc.Removed {
 		parts = append(parts, "remove server "+s.Address.String())
 	}
@@ -404,22 +394,22 @@ func (pc PortChange) describe() string {
 		parts = append(parts, "add server "+describeServer(s))
 	}
 	for _, c := range pc.Changed {
-		var d []string
-		if c.Old.Weight != c.New.Weight {
-			d = append(d, fmt.Sprintf("weight %d -> %d", c.Old.Weight, c.New.Weight))
-		}
-		if c.Old.Quiesce != c.New.Quiesce {
-			d = append(d, fmt.Sprintf("quiesce %t -> %t", c.Old.Quiesce, c.New.Quiesce))
-		}
-		if c.Old.Local != c.New.Local {
-			d = append(d, fmt.Sprintf("local %t -> %t", c.Old.Local, c.New.Local))
-		}
-		if c.Old.Fixed != c.New.Fixed {
-			d = append(d, fmt.Sprintf("fixed %t -> %t", c.Old.Fixed, c.New.Fixed))
-		}
+		d := changed(nil, "weight", "%d", c.Old.Weight, c.New.Weight)
+		d = changed(d, "quiesce", "%t", c.Old.Quiesce, c.New.Quiesce)
+		d = changed(d, "local", "%t", c.Old.Local, c.New.Local)
+		d = changed(d, "fixed", "%t", c.Old.Fixed, c.New.Fixed)
 		parts = append(parts, fmt.Sprintf("server %s %s", c.New.Address, strings.Join(d, " ")))
 	}
 	return strings.Join(parts, ", ")
+}
+
+// changed appends "name old -> new" to parts, each value formatted with
+// verb, when old and new differ.
+func changed[T comparable](parts []string, name, verb string, old, new T) []string {
+	if old == new {
+		return parts
+	}
+	return append(parts, fmt.Sprintf("%s "+verb+" -> "+verb, name, old, new))
 }
 
 // Key names the port.

@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"net"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -16,6 +15,7 @@ import (
 	"github.com/osrg/gobgp/v4/pkg/packet/bgp"
 	"github.com/osrg/gobgp/v4/pkg/server"
 
+	"github.com/nd-dispatcher/nd/internal/bgp/bgptest"
 	"github.com/nd-dispatcher/nd/internal/config"
 	"github.com/nd-dispatcher/nd/internal/ha"
 	"github.com/nd-dispatcher/nd/internal/nd"
@@ -32,30 +32,8 @@ type gobgpRouter struct {
 
 func newGoBGPRouter(t *testing.T) *gobgpRouter {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	r := server.NewBgpServer()
-	go r.Serve()
-	t.Cleanup(r.Stop)
-	ctx := context.Background()
-	if err := r.StartBgp(ctx, &api.StartBgpRequest{Global: &api.Global{
-		Asn: 64512, RouterId: "192.0.2.1", ListenPort: int32(port), ListenAddresses: []string{"127.0.0.1"},
-	}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := r.AddPeer(ctx, &api.AddPeerRequest{Peer: &api.Peer{
-		Conf:      &api.PeerConf{NeighborAddress: "127.0.0.1", PeerAsn: 64513},
-		Transport: &api.Transport{PassiveMode: true},
-		// Accept the speaker again soon after it closed the session.
-		Timers: &api.Timers{Config: &api.TimersConfig{ConnectRetry: 1, IdleHoldTimeAfterReset: 1}},
-	}}); err != nil {
-		t.Fatal(err)
-	}
-	return &gobgpRouter{t: t, srv: r, port: port}
+	r, port := bgptest.Router(t)
+	return &gobgpRouter{t: t, srv: r, port: int(port)}
 }
 
 // med returns the MED of the router's route to vip, and whether it has one.

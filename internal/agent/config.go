@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"math"
@@ -208,28 +209,15 @@ func walkProblem(p yamlwalk.Problem) string {
 // SetDefaults fills in every unset field with its default. ParseConfig
 // calls it; a program that builds a Config itself calls it before New.
 func (c *Config) SetDefaults() {
-	if c.Listen == "" {
-		c.Listen = DefaultListen
-	}
-	if c.MaxClockSkew == 0 {
-		c.MaxClockSkew = DefaultMaxClockSkew
-	}
-	if c.ReplayCacheSize == 0 {
-		c.ReplayCacheSize = DefaultReplayCacheSize
-	}
-	if c.SampleInterval == 0 {
-		c.SampleInterval = DefaultSampleInterval
-	}
-	if c.ProcRoot == "" {
-		c.ProcRoot = DefaultProcRoot
-	}
+	c.Listen = cmp.Or(c.Listen, DefaultListen)
+	c.MaxClockSkew = cmp.Or(c.MaxClockSkew, DefaultMaxClockSkew)
+	c.ReplayCacheSize = cmp.Or(c.ReplayCacheSize, DefaultReplayCacheSize)
+	c.SampleInterval = cmp.Or(c.SampleInterval, DefaultSampleInterval)
+	c.ProcRoot = cmp.Or(c.ProcRoot, DefaultProcRoot)
 	for i := range c.Commands {
-		if c.Commands[i].Interval == 0 {
-			c.Commands[i].Interval = DefaultCommandInterval
-		}
-		if c.Commands[i].Timeout == 0 {
-			c.Commands[i].Timeout = min(DefaultCommandTimeout, c.Commands[i].Interval)
-		}
+		cmd := &c.Commands[i]
+		cmd.Interval = cmp.Or(cmd.Interval, DefaultCommandInterval)
+		cmd.Timeout = cmp.Or(cmd.Timeout, min(DefaultCommandTimeout, cmd.Interval))
 	}
 }
 

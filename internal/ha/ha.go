@@ -11,6 +11,7 @@
 package ha
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -138,15 +139,9 @@ type Config struct {
 }
 
 func (c *Config) setDefaults() {
-	if c.Group == "" {
-		c.Group = DefaultGroup
-	}
-	if c.Interval == 0 {
-		c.Interval = DefaultInterval
-	}
-	if c.DeadAfter == 0 {
-		c.DeadAfter = DefaultDeadAfter
-	}
+	c.Group = cmp.Or(c.Group, DefaultGroup)
+	c.Interval = cmp.Or(c.Interval, DefaultInterval)
+	c.DeadAfter = cmp.Or(c.DeadAfter, DefaultDeadAfter)
 }
 
 // Validate reports what is wrong with c, after defaults.

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/nd-dispatcher/nd/internal/testutil"
 )
 
 var (
@@ -36,20 +38,7 @@ func (e *events) list() []Status {
 // start runs r until the test ends.
 func start(t *testing.T, r *Runner) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Run: %v", err)
-			}
-		case <-time.After(5 * time.Second):
-			t.Errorf("Run did not return after cancel")
-		}
-	})
+	testutil.Start(t, "Run", 5*time.Second, r.Run)
 }
 
 // waitFor polls r's status of advisor/server until ok holds, or fails.

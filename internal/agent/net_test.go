@@ -36,26 +36,7 @@ func startAgent(t *testing.T, ns *netns.NS, a *Agent) (addr netip.AddrPort, stop
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Serve(ctx, l) }()
-	stopped := false
-	stop = func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Serve: %v", err)
-			}
-		case <-time.After(5 * time.Second):
-			t.Error("agent did not stop within 5s of its context ending")
-		}
-	}
-	t.Cleanup(stop)
+	stop = testutil.Start(t, "Serve", 5*time.Second, func(ctx context.Context) error { return a.Serve(ctx, l) })
 	return netip.MustParseAddrPort(l.Addr().String()), stop
 }
 
@@ -346,17 +327,7 @@ func TestNetTrackerDisablesMissingAgent(t *testing.T) {
 	}
 	added := time.Now() // no later than the tracker's own record of it
 	tr.Set([]netip.AddrPort{live, missing})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- tr.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			t.Error("tracker did not stop")
-		}
-	})
+	testutil.Start(t, "tracker", 5*time.Second, tr.Run)
 
 	// Before the threshold the missing agent is failing but not disabled.
 	waitFor(t, 5*time.Second, "first polls", func() bool {

@@ -29,6 +29,7 @@ import (
 	"github.com/nd-dispatcher/nd/internal/executor"
 	"github.com/nd-dispatcher/nd/internal/history"
 	"github.com/nd-dispatcher/nd/internal/nd"
+	"github.com/nd-dispatcher/nd/internal/testutil"
 )
 
 const testToken = "0123456789abcdef-test-token"
@@ -67,20 +68,7 @@ func serve(t *testing.T, f Controller, o ServerOptions) *Server {
 
 func start(t *testing.T, s *Server) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Serve(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Serve: %v", err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Errorf("Serve did not return after its context ended")
-		}
-	})
+	testutil.Start(t, "Serve", 10*time.Second, s.Serve)
 }
 
 func unixClient(t *testing.T, s *Server) *Client {

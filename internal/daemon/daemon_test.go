@@ -16,6 +16,7 @@ import (
 	"github.com/nd-dispatcher/nd/internal/executor"
 	"github.com/nd-dispatcher/nd/internal/nd"
 	"github.com/nd-dispatcher/nd/internal/neighbor"
+	"github.com/nd-dispatcher/nd/internal/testutil"
 )
 
 // staticNeighbors is a neighbour table a test edits by hand.
@@ -141,16 +142,7 @@ func start(t *testing.T, yaml string) *world {
 		t.Fatal(err)
 	}
 	w.d = d
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
-	w.stop = func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}
-	t.Cleanup(w.stop)
+	w.stop = testutil.Start(t, "Run", time.Minute, d.Run)
 	w.eventually("configuration installed", func() bool { return len(w.x.Services()) == 1 })
 	return w
 }

@@ -87,15 +87,7 @@ ha:
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
+	defer testutil.Start(t, "Run", time.Minute, d.Run)()
 
 	w := &world{t: t, x: x, nbr: nbr, d: d}
 	w.eventually("configuration installed", func() bool { return len(x.Services()) == 1 })

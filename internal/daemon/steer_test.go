@@ -13,6 +13,7 @@ import (
 
 	"github.com/nd-dispatcher/nd/internal/config"
 	"github.com/nd-dispatcher/nd/internal/executor"
+	"github.com/nd-dispatcher/nd/internal/testutil"
 )
 
 // fakeSteering records whether it is attached; its probes fail.
@@ -68,19 +69,7 @@ func TestSteeringAttachedOnlyWhileUsed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
-	stopped := false
-	stop := func() {
-		if !stopped {
-			stopped = true
-			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("Run: %v", err)
-			}
-		}
-	}
+	stop := testutil.Start(t, "Run", time.Minute, d.Run)
 	defer stop()
 	w := &world{t: t, x: x, nbr: nbr, d: d}
 	w.eventually("configuration installed", func() bool { return len(x.Services()) == 1 })

@@ -338,20 +338,7 @@ func newResolver(t *testing.T, ns *netns.NS, o neighbor.Options) *neighbor.Resol
 // runResolver runs r until the test ends, and checks that Run returns.
 func runResolver(t *testing.T, r *neighbor.Resolver) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	errc := make(chan error, 1)
-	go func() { errc <- r.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-errc:
-			if err != nil {
-				t.Errorf("Run: %v", err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Errorf("Run did not return within 10s of cancel")
-		}
-	})
+	testutil.Start(t, "Run", 10*time.Second, r.Run)
 }
 
 // recorder keeps every event a Resolver delivers.

@@ -11,7 +11,7 @@ import (
 func (s *Server) bgpStatus(w http.ResponseWriter, r *http.Request) {
 	st, err := s.c.BGPStatus(r.Context())
 	if err != nil {
-		s.fail(w, r, "bgp status", bgpError(err))
+		s.fail(w, r, "bgp status", noSection(err))
 		return
 	}
 	writeJSON(w, http.StatusOK, st)
@@ -27,7 +27,7 @@ func (s *Server) bgpDrain(drain bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		st, err := s.c.BGPDrain(r.Context(), drain)
 		if err != nil {
-			s.fail(w, r, what, bgpError(err))
+			s.fail(w, r, what, noSection(err))
 			return
 		}
 		s.log.Info(what, "remote", remote(r))
@@ -35,9 +35,9 @@ func (s *Server) bgpDrain(drain bool) http.HandlerFunc {
 	}
 }
 
-// bgpError maps "no bgp section" to 404.
-func bgpError(err error) error {
-	if errors.Is(err, nd.ErrNoBGP) {
+// noSection maps "no bgp section" and "no ha section" to 404.
+func noSection(err error) error {
+	if errors.Is(err, nd.ErrNoBGP) || errors.Is(err, nd.ErrNoHA) {
 		return fmt.Errorf("%w: %w", ErrNotFound, err)
 	}
 	return err

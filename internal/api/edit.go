@@ -140,9 +140,7 @@ func (r ServerRequest) server(bound uint32) (config.Server, error) {
 		return config.Server{}, err
 	}
 	s := config.Server{Address: a, Weight: config.DefaultWeight(bound), Quiesce: r.Quiesce, Local: r.Local}
-	if r.Weight != nil {
-		s.Weight = *r.Weight
-	}
+	patchField(&s.Weight, r.Weight)
 	return s, nil
 }
 
@@ -266,17 +264,18 @@ func setServer(id portID, a netip.Addr, patch ServerPatch) editFunc {
 			return err
 		}
 		s := &p.Servers[k]
-		if patch.Weight != nil {
-			s.Weight = *patch.Weight
-		}
-		if patch.Quiesce != nil {
-			s.Quiesce = *patch.Quiesce
-		}
-		if patch.Fixed != nil {
-			s.Fixed = *patch.Fixed
-		}
+		patchField(&s.Weight, patch.Weight)
+		patchField(&s.Quiesce, patch.Quiesce)
+		patchField(&s.Fixed, patch.Fixed)
 		return nil
 	})
+}
+
+// patchField sets *dst to *v when a patch gives v (not nil).
+func patchField[T any](dst *T, v *T) {
+	if v != nil {
+		*dst = *v
+	}
 }
 
 func removeServer(id portID, a netip.Addr) editFunc {

@@ -1,18 +1,15 @@
 package api
 
 import (
-	"errors"
-	"fmt"
 	"net/http"
 
 	"github.com/nd-dispatcher/nd/internal/ha"
-	"github.com/nd-dispatcher/nd/internal/nd"
 )
 
 func (s *Server) haStatus(w http.ResponseWriter, r *http.Request) {
 	st, err := s.c.HAStatus()
 	if err != nil {
-		s.fail(w, r, "ha status", haError(err))
+		s.fail(w, r, "ha status", noSection(err))
 		return
 	}
 	writeJSON(w, http.StatusOK, st)
@@ -20,24 +17,16 @@ func (s *Server) haStatus(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) haTakeover(w http.ResponseWriter, r *http.Request) {
 	if err := s.c.HATakeover(r.Context()); err != nil {
-		s.fail(w, r, "ha takeover", haError(err))
+		s.fail(w, r, "ha takeover", noSection(err))
 		return
 	}
 	st, err := s.c.HAStatus()
 	if err != nil {
-		s.fail(w, r, "ha takeover", haError(err))
+		s.fail(w, r, "ha takeover", noSection(err))
 		return
 	}
 	s.log.Info("ha takeover", "remote", remote(r))
 	writeJSON(w, http.StatusOK, st)
-}
-
-// haError maps "no ha section" to 404.
-func haError(err error) error {
-	if errors.Is(err, nd.ErrNoHA) {
-		return fmt.Errorf("%w: %w", ErrNotFound, err)
-	}
-	return err
 }
 
 // HAStatus reads this node's view of its group.

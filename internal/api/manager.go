@@ -141,28 +141,18 @@ func managerEdit(p ManagerPatch) (editFunc, error) {
 		if p.Interval != nil {
 			m.Interval = interval
 		}
-		if p.Sensitivity != nil {
-			m.Sensitivity = *p.Sensitivity
-		}
-		if p.Smoothing != nil {
-			m.Smoothing = *p.Smoothing
-		}
-		if p.Policy != nil {
-			m.Policy = *p.Policy
-		}
+		patchField(&m.Sensitivity, p.Sensitivity)
+		patchField(&m.Smoothing, p.Smoothing)
+		patchField(&m.Policy, p.Policy)
 		if p.Proportions != nil {
 			m.Proportions.Active, m.Proportions.New = p.Proportions.Active, p.Proportions.New
 			m.Proportions.Advisor, m.Proportions.Host = p.Proportions.Advisor, p.Proportions.Host
 		}
-		if p.Overload != nil {
-			m.Overload = *p.Overload
-		}
+		patchField(&m.Overload, p.Overload)
 		if p.CoolDown != nil {
 			m.CoolDown = coolDown
 		}
-		if p.HostMetric != nil {
-			m.HostMetric = *p.HostMetric
-		}
+		patchField(&m.HostMetric, p.HostMetric)
 		return nil
 	}), nil
 }

@@ -166,10 +166,7 @@ func (s *Server) SocketPath() string { return s.socket }
 func (s *Server) TCPAddr() net.Addr {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.tcp == nil {
-		return nil
-	}
-	return s.tcp.Addr()
+	return s.tcp.Addr() // nil without one
 }
 
 // MetricsAddr is the address of the metrics listener, nil when there is
@@ -177,10 +174,7 @@ func (s *Server) TCPAddr() net.Addr {
 func (s *Server) MetricsAddr() net.Addr {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.metricsL == nil {
-		return nil
-	}
-	return s.metricsL.Addr()
+	return s.metricsL.Addr() // nil without one
 }
 
 // Serve answers requests until ctx ends, then shuts down: it stops accepting,

@@ -188,30 +188,16 @@ func TestProbesAgainstServers(t *testing.T) {
 	}})
 
 	tcpLn := l.listen(t, "127.0.0.1:0")
-	go func() {
-		for {
-			c, err := tcpLn.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	go acceptEach(tcpLn, func(c net.Conn) { c.Close() })
 	// Accepts connections and never answers on them.
 	silent := l.listen(t, "127.0.0.1:0")
 	var held []net.Conn
 	var heldMu sync.Mutex
-	go func() {
-		for {
-			c, err := silent.Accept()
-			if err != nil {
-				return
-			}
-			heldMu.Lock()
-			held = append(held, c)
-			heldMu.Unlock()
-		}
-	}()
+	go acceptEach(silent, func(c net.Conn) {
+		heldMu.Lock()
+		held = append(held, c)
+		heldMu.Unlock()
+	})
 	t.Cleanup(func() {
 		heldMu.Lock()
 		defer heldMu.Unlock()
@@ -366,5 +352,16 @@ func TestServerGoesAndComes(t *testing.T) {
 	got := ev.list()
 	if len(got) != 3 || !got[0].Up || got[1].Up || !got[2].Up || got[1].Failures != 2 {
 		t.Errorf("events %+v, want up, down after 2 failures, up", got)
+	}
+}
+
+// acceptEach hands each connection l accepts to fn, until l is closed.
+func acceptEach(l net.Listener, fn func(net.Conn)) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		fn(c)
 	}
 }

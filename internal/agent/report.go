@@ -46,16 +46,7 @@ func encodeReport(r Report) ([]byte, error) {
 	}
 	v := ProtocolVersion
 	t := r.Time.UTC()
-	w := wireReport{Version: &v, Host: &r.Host, Time: &t, Metrics: r.Metrics, Errors: r.Errors, Stats: r.Stats}
-	if w.Metrics == nil {
-		w.Metrics = map[string]float64{}
-	}
-	if w.Errors == nil {
-		w.Errors = map[string]string{}
-	}
-	if w.Stats == nil {
-		w.Stats = map[string]uint64{}
-	}
+	w := wireReport{Version: &v, Host: &r.Host, Time: &t, Metrics: orEmpty(r.Metrics), Errors: orEmpty(r.Errors), Stats: orEmpty(r.Stats)}
 	b, err := json.Marshal(w)
 	if err != nil {
 		return nil, fmt.Errorf("encode report: %w", err)
@@ -91,20 +82,20 @@ func decodeReport(body []byte) (Report, error) {
 	case w.Time == nil:
 		return Report{}, fmt.Errorf("%w: report: no time", ErrMalformed)
 	}
-	r := Report{Host: *w.Host, Time: *w.Time, Metrics: w.Metrics, Errors: w.Errors, Stats: w.Stats}
-	if r.Metrics == nil {
-		r.Metrics = map[string]float64{}
-	}
-	if r.Errors == nil {
-		r.Errors = map[string]string{}
-	}
-	if r.Stats == nil {
-		r.Stats = map[string]uint64{}
-	}
+	r := Report{Host: *w.Host, Time: *w.Time, Metrics: orEmpty(w.Metrics), Errors: orEmpty(w.Errors), Stats: orEmpty(w.Stats)}
 	if err := validateReport(r); err != nil {
 		return Report{}, fmt.Errorf("%w: report: %v", ErrMalformed, err)
 	}
 	return r, nil
+}
+
+// orEmpty is m, or an empty map for nil: a report's maps are never nil, on
+// the wire ({}, not null) or decoded.
+func orEmpty[M ~map[K]V, K comparable, V any](m M) M {
+	if m == nil {
+		return M{}
+	}
+	return m
 }
 
 func validateReport(r Report) error {

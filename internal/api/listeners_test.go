@@ -188,22 +188,26 @@ func TestReloadAppliesListeners(t *testing.T) {
 	wantStatus(t, "metrics.listen", m1, "/metrics", "", 200)
 
 	// Through the API: the whole configuration put on the new listener.
-	c, err := NewClient("http://"+apiB, otherToken)
-	if err != nil {
-		t.Fatal(err)
+	apply := func(what, via, token, yaml string) {
+		t.Helper()
+		c, err := NewClient("http://"+via, token)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		next, err := config.Parse([]byte(yaml), "put")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := config.Marshal(next)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.ApplyConfig(b); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
 	}
-	defer c.Close()
-	next, err := config.Parse([]byte(version(fmt.Sprintf("  listen: %q\n  token: %s\n", apiB, testToken), m2)), "put")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := config.Marshal(next)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.ApplyConfig(b); err != nil {
-		t.Fatalf("apply through the API: %v", err)
-	}
+	apply("apply through the API", apiB, otherToken, version(fmt.Sprintf("  listen: %q\n  token: %s\n", apiB, testToken), m2))
 	wantStatus(t, "token changed through the API: old", apiB, "/v1/health", otherToken, 401)
 	wantStatus(t, "token changed through the API: new", apiB, "/v1/health", testToken, 200)
 	wantStatus(t, "metrics moved", m2, "/metrics", "", 200)
@@ -212,21 +216,7 @@ func TestReloadAppliesListeners(t *testing.T) {
 	// Moving the listener the request came in on: the request is
 	// answered, then its listener closed.
 	apiC := freePort(t)
-	c2, err := NewClient("http://"+apiB, testToken)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c2.Close()
-	moved, err := config.Parse([]byte(version(fmt.Sprintf("  listen: %q\n  token: %s\n", apiC, testToken), m2)), "put")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if b, err = config.Marshal(moved); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c2.ApplyConfig(b); err != nil {
-		t.Fatalf("move the listener through itself: %v", err)
-	}
+	apply("move the listener through itself", apiB, testToken, version(fmt.Sprintf("  listen: %q\n  token: %s\n", apiC, testToken), m2))
 	wantStatus(t, "moved through itself", apiC, "/v1/health", testToken, 200)
 	wantClosed(t, "the listener the move came through", apiB)
 

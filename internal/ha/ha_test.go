@@ -292,12 +292,7 @@ func TestRejects(t *testing.T) {
 				return err
 			}
 			defer c.Close()
-			for _, f := range frames {
-				if _, err := c.Write(f); err != nil {
-					return err
-				}
-			}
-			return nil
+			return writeFrames(c, frames)
 		}))
 	}
 	before := a.Status().Counters
@@ -323,10 +318,8 @@ func TestRejects(t *testing.T) {
 			return err
 		}
 		defer c.Close()
-		for _, f := range frames {
-			if _, err := c.Write(f); err != nil {
-				return err
-			}
+		if err := writeFrames(c, frames); err != nil {
+			return err
 		}
 		c.SetReadDeadline(time.Now().Add(time.Second))
 		_, err = c.Read(make([]byte, 1))
@@ -483,4 +476,15 @@ func TestActiveActive(t *testing.T) {
 	if got := len(a.received()); got != len(fromB) {
 		t.Errorf("a received %d records from a standby, want none after the %d before", got-len(fromB), len(fromB))
 	}
+}
+
+// writeFrames writes each frame to c, one write each (a datagram each on
+// UDP).
+func writeFrames(c net.Conn, frames [][]byte) error {
+	for _, f := range frames {
+		if _, err := c.Write(f); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -792,24 +792,12 @@ func TestEventsOutliveReadTimeout(t *testing.T) {
 
 func recv(t *testing.T, c <-chan nd.Event) nd.Event {
 	t.Helper()
-	select {
-	case e := <-c:
-		return e
-	case <-time.After(5 * time.Second):
-		t.Fatal("no event")
-	}
-	return nd.Event{}
+	return testutil.Recv(t, c, 5*time.Second)
 }
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting: %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testutil.Eventually(t, 5*time.Second, what, cond)
 }
 
 func TestPanicBecomes500(t *testing.T) {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/nd-dispatcher/nd/internal/bgp/bgptest"
+	"github.com/nd-dispatcher/nd/internal/testutil"
 	api "github.com/osrg/gobgp/v4/api"
 	"github.com/osrg/gobgp/v4/pkg/apiutil"
 	"github.com/osrg/gobgp/v4/pkg/packet/bgp"
@@ -41,13 +42,7 @@ func table(t *testing.T, r *server.BgpServer) map[netip.Prefix]Route {
 
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testutil.Eventually(t, 20*time.Second, what, cond)
 }
 
 func TestSpeakerAnnouncesAndWithdraws(t *testing.T) {

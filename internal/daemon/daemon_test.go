@@ -149,13 +149,7 @@ func start(t *testing.T, yaml string) *world {
 
 func (w *world) eventually(what string, cond func() bool) {
 	w.t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			w.t.Fatalf("timed out waiting for: %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testutil.Eventually(w.t, 5*time.Second, what, cond)
 }
 
 func (w *world) weights() map[netip.Addr]uint32 {

@@ -242,16 +242,7 @@ func (r *running) lastConfig() []byte {
 // eventually polls cond every 10 ms until it holds or within passes.
 func eventually(t *testing.T, within time.Duration, what string, cond func() bool) time.Duration {
 	t.Helper()
-	start := time.Now()
-	for {
-		if cond() {
-			return time.Since(start)
-		}
-		if time.Since(start) > within {
-			t.Fatalf("%s: not within %s", what, within)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	return testutil.Eventually(t, within, what, cond)
 }
 
 func actives(nodes ...*running) []*running {

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nd-dispatcher/nd/internal/testutil"
 	"github.com/vishvananda/netlink"
 )
 
@@ -162,13 +163,7 @@ func TestOutboxCoalesces(t *testing.T) {
 
 	recv := func() Event {
 		t.Helper()
-		select {
-		case ev := <-out:
-			return ev
-		case <-time.After(5 * time.Second):
-			t.Fatal("no event")
-		}
-		return Event{}
+		return testutil.Recv(t, (<-chan Event)(out), 5*time.Second)
 	}
 	if ev := recv(); ev.Entry.Addr != a1 || ev.Entry.MAC.String() != macB.String() {
 		t.Fatalf("first event %v, want %s with %s", ev, a1, macB)

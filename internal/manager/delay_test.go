@@ -143,16 +143,16 @@ func (r *delayRig) delays() []float64 {
 	return out
 }
 
-func (r *delayRig) weights() []uint32 {
-	out := make([]uint32, r.n)
-	for _, s := range r.x.Services()[0].Servers {
-		for i := range r.n {
-			if s.Addr == addr(i) {
-				out[i] = s.Weight
-			}
+func (r *delayRig) weights() []uint32 { return weightsOf(r.x, r.n) }
+
+// wantAllUp fails the test for each server of the port that is not up.
+func (r *delayRig) wantAllUp() {
+	r.t.Helper()
+	for _, s := range r.m.Report()[0].Servers {
+		if s.State != StateUp {
+			r.t.Errorf("%v is %s: %s", s.Server, s.State, s.Note)
 		}
 	}
-	return out
 }
 
 func repeat(v float64, n int) []float64 {
@@ -360,11 +360,7 @@ func TestDelayNoSuspectAtLowLoad(t *testing.T) {
 		}
 		r.m.Step()
 	}
-	for _, s := range r.m.Report()[0].Servers {
-		if s.State != StateUp {
-			t.Errorf("%v is %s: %s", s.Server, s.State, s.Note)
-		}
-	}
+	r.wantAllUp()
 }
 
 // TestDelayRiseBetweenIntervals: a server turning four times slower has its
@@ -437,11 +433,7 @@ func TestDelayLoadShiftNoCascade(t *testing.T) {
 			t.Errorf("server %d, busier with the slow one's flows, has factor %.2f, want 1", i, d[i])
 		}
 	}
-	for _, s := range r.m.Report()[0].Servers {
-		if s.State != StateUp {
-			t.Errorf("%v is %s: %s", s.Server, s.State, s.Note)
-		}
-	}
+	r.wantAllUp()
 }
 
 // TestDelaySuspectsBounded: however the readings look (here two servers of

@@ -96,10 +96,14 @@ func newClusterScheduler(t *testing.T, n int, s Settings, props Proportions, sch
 	return c
 }
 
-func (c *cluster) weights() []uint32 {
-	out := make([]uint32, c.n)
-	for _, s := range c.x.Services()[0].Servers {
-		for i := range c.n {
+func (c *cluster) weights() []uint32 { return weightsOf(c.x, c.n) }
+
+// weightsOf reads the weights of servers addr(0) to addr(n-1) of the one
+// service x holds.
+func weightsOf(x *executor.Fake, n int) []uint32 {
+	out := make([]uint32, n)
+	for _, s := range x.Services()[0].Servers {
+		for i := range n {
 			if s.Addr == addr(i) {
 				out[i] = s.Weight
 			}

@@ -195,6 +195,22 @@ func TestResolver(t *testing.T) {
 		t.Log(err)
 	})
 
+	// moveMAC gives server s a new MAC and waits, up to within, until the
+	// resolver reports each of its addresses at it; it returns the mark
+	// of the events recorded before.
+	moveMAC := func(t *testing.T, s *lab.Host, mac net.HardwareAddr, within time.Duration) int {
+		t.Helper()
+		mark := rec.len()
+		setMAC(t, s, mac)
+		for _, a := range []netip.Addr{s.Addr4, s.Addr6} {
+			ev := rec.wait(t, mark, within, fmt.Sprintf("%s moved to %s", a, mac), func(ev neighbor.Event) bool {
+				return ev.Entry.Addr == a && ev.Entry.MAC.String() == mac.String()
+			})
+			checkEntry(t, ev.Entry, a, mac, d)
+		}
+		return mark
+	}
+
 	t.Run("announced MAC change", func(t *testing.T) {
 		// The server announces its new MAC (gratuitous ARP, unsolicited NA).
 		for _, key := range []string{
@@ -205,29 +221,13 @@ func TestResolver(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		mac := net.HardwareAddr{0x02, 0, 0, 0, 0xa0, 0x11}
-		mark := rec.len()
-		setMAC(t, s1, mac)
-		for _, a := range []netip.Addr{s1.Addr4, s1.Addr6} {
-			ev := rec.wait(t, mark, resolveWithin, fmt.Sprintf("%s moved to %s", a, mac), func(ev neighbor.Event) bool {
-				return ev.Entry.Addr == a && ev.Entry.MAC.String() == mac.String()
-			})
-			checkEntry(t, ev.Entry, a, mac, d)
-		}
+		moveMAC(t, s1, net.HardwareAddr{0x02, 0, 0, 0, 0xa0, 0x11}, resolveWithin)
 	})
 
 	t.Run("silent MAC change", func(t *testing.T) {
 		// No announcement: the change shows when the kernel re-verifies the
 		// entry, which the resolver has it do.
-		mac := net.HardwareAddr{0x02, 0, 0, 0, 0xa0, 0x12}
-		mark := rec.len()
-		setMAC(t, s2, mac)
-		for _, a := range []netip.Addr{s2.Addr4, s2.Addr6} {
-			ev := rec.wait(t, mark, changeWithin, fmt.Sprintf("%s moved to %s", a, mac), func(ev neighbor.Event) bool {
-				return ev.Entry.Addr == a && ev.Entry.MAC.String() == mac.String()
-			})
-			checkEntry(t, ev.Entry, a, mac, d)
-		}
+		mark := moveMAC(t, s2, net.HardwareAddr{0x02, 0, 0, 0, 0xa0, 0x12}, changeWithin)
 		// The unicast probes to the old MAC failed, but the resolver
 		// broadcast before declaring the server lost.
 		for _, ev := range rec.since(mark) {

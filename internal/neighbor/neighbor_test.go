@@ -241,14 +241,7 @@ func TestResolver(t *testing.T) {
 		// Deleting the bridge-side end of its veth pair takes server1 off the
 		// network (and deletes its eth0).
 		mark := rec.len()
-		bh, err := l.Bridge.Netlink()
-		if err != nil {
-			t.Fatal(err)
-		}
-		peer, err := bh.LinkByName(s1.Peer)
-		if err != nil {
-			t.Fatal(err)
-		}
+		bh, peer := testutil.Link(t, l.Bridge, s1.Peer)
 		if err := bh.LinkDel(peer); err != nil {
 			t.Fatal(err)
 		}
@@ -294,13 +287,8 @@ func TestRunStops(t *testing.T) {
 	r.Watch([]netip.Addr{netip.MustParseAddr("198.51.100.11")})
 	time.Sleep(50 * time.Millisecond)
 	cancel()
-	select {
-	case err := <-errc:
-		if err != nil {
-			t.Fatalf("Run: %v", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Run did not return after cancel")
+	if err := testutil.Recv(t, errc, 5*time.Second); err != nil {
+		t.Fatalf("Run: %v", err)
 	}
 	drained := time.After(5 * time.Second)
 	for open := true; open; {

@@ -163,7 +163,7 @@ func TestOutboxCoalesces(t *testing.T) {
 
 	recv := func() Event {
 		t.Helper()
-		return testutil.Recv(t, (<-chan Event)(out), 5*time.Second)
+		return testutil.Recv(t, out, 5*time.Second)
 	}
 	if ev := recv(); ev.Entry.Addr != a1 || ev.Entry.MAC.String() != macB.String() {
 		t.Fatalf("first event %v, want %s with %s", ev, a1, macB)

@@ -295,49 +295,43 @@ func (ns *NS) Sysctl(key, value string) error {
 // ReadSysctl reads a sysctl of the namespace, with surrounding space trimmed.
 func (ns *NS) ReadSysctl(key string) (string, error) {
 	p := filepath.Join("/proc/sys", strings.ReplaceAll(key, ".", "/"))
-	var v string
-	err := ns.Do(func() error {
+	return in(ns, func() (string, error) {
 		b, err := os.ReadFile(p)
 		if err != nil {
-			return fmt.Errorf("netns %s: read sysctl %s: %w", ns.name, key, err)
+			return "", fmt.Errorf("netns %s: read sysctl %s: %w", ns.name, key, err)
 		}
-		v = strings.TrimSpace(string(b))
-		return nil
+		return strings.TrimSpace(string(b)), nil
 	})
-	return v, err
 }
 
 // Listen is net.Listen inside the namespace.
 func (ns *NS) Listen(network, address string) (net.Listener, error) {
-	var l net.Listener
-	err := ns.Do(func() (err error) {
-		l, err = net.Listen(network, address)
-		return err
-	})
-	return l, err
+	return in(ns, func() (net.Listener, error) { return net.Listen(network, address) })
 }
 
 // ListenPacket is net.ListenPacket inside the namespace.
 func (ns *NS) ListenPacket(network, address string) (net.PacketConn, error) {
-	var c net.PacketConn
-	err := ns.Do(func() (err error) {
-		c, err = net.ListenPacket(network, address)
-		return err
-	})
-	return c, err
+	return in(ns, func() (net.PacketConn, error) { return net.ListenPacket(network, address) })
 }
 
 // DialContext is net.Dialer.DialContext inside the namespace. Use IP
 // literals: a host name would be resolved with the namespace's view of the
 // network.
 func (ns *NS) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
-	var c net.Conn
-	err := ns.Do(func() (err error) {
+	return in(ns, func() (net.Conn, error) {
 		var d net.Dialer
-		c, err = d.DialContext(ctx, network, address)
+		return d.DialContext(ctx, network, address)
+	})
+}
+
+// in is Do for a function that returns a value.
+func in[T any](ns *NS, fn func() (T, error)) (T, error) {
+	var v T
+	err := ns.Do(func() (err error) {
+		v, err = fn()
 		return err
 	})
-	return c, err
+	return v, err
 }
 
 // Current returns the name of the named namespace (under RunDir) that the

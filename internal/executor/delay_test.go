@@ -114,13 +114,7 @@ func TestDelayWeights(t *testing.T) {
 	weights := weightsOf(svc)
 	h.upsert(svc)
 	send := h.rawSend()
-	var counts map[netip.Addr]int
-	h.do(func() error {
-		var err error
-		counts, err = closedLoop(send, key, 200, 20000)
-		return err
-	})
-	checkShares(t, "closed loop", counts, weights, 0.1)
+	checkShares(t, "closed loop", h.closedLoop(send, key, 200, 20000), weights, 0.1)
 }
 
 // TestDelayFactorLive: a new delay factor takes effect on the next flow,

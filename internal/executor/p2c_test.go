@@ -98,6 +98,17 @@ func closedLoop(send sendFn, key ServiceKey, open, steps int) (map[netip.Addr]in
 	return counts, nil
 }
 
+// closedLoop runs closedLoop in the harness's namespace.
+func (h *harness) closedLoop(send sendFn, key ServiceKey, open, steps int) map[netip.Addr]int {
+	h.t.Helper()
+	var counts map[netip.Addr]int
+	h.do(func() (err error) {
+		counts, err = closedLoop(send, key, open, steps)
+		return err
+	})
+	return counts
+}
+
 func TestSchedulerNames(t *testing.T) {
 	for _, c := range []struct {
 		in   string
@@ -712,13 +723,7 @@ func TestP2CDistribution(t *testing.T) {
 
 	h.upsert(Service{Key: key})
 	h.upsert(svc)
-	var loop map[netip.Addr]int
-	h.do(func() error {
-		var err error
-		loop, err = closedLoop(send, key, 400, 60000)
-		return err
-	})
-	checkShares(t, "closed loop", loop, weights, 0.05)
+	checkShares(t, "closed loop", h.closedLoop(send, key, 400, 60000), weights, 0.05)
 }
 
 // TestP2CSchedulerSwitch: a service turning p2c starts from its counters'

@@ -542,13 +542,7 @@ func startSink(t *testing.T, host *lab.Host, addr netip.AddrPort) netip.AddrPort
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan struct{})
-	t.Cleanup(func() {
-		ln.Close()
-		<-done
-	})
-	go func() {
-		defer close(done)
+	serveUntilCleanup(t, ln, func() {
 		for {
 			c, err := ln.Accept()
 			if err != nil {
@@ -559,24 +553,48 @@ func startSink(t *testing.T, host *lab.Host, addr netip.AddrPort) netip.AddrPort
 			io.WriteString(c, strconv.FormatInt(n, 10))
 			c.Close()
 		}
-	}()
+	})
 	return addr
+}
+
+// serveUntilCleanup runs loop, which returns once c is closed, until the
+// test ends; then it closes c and waits for loop.
+func serveUntilCleanup(t *testing.T, c io.Closer, loop func()) {
+	done := make(chan struct{})
+	t.Cleanup(func() {
+		c.Close()
+		<-done
+	})
+	go func() {
+		defer close(done)
+		loop()
+	}()
+}
+
+// dialIn connects to addr over a socket made by dial in ns, within timeout,
+// which also bounds the connection's use.
+func dialIn(ns *netns.NS, dial dialFunc, network string, addr netip.AddrPort, timeout time.Duration) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var c net.Conn
+	if err := ns.Do(func() (err error) {
+		c, err = dial(ctx, network, addr.String())
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	c.SetDeadline(time.Now().Add(timeout))
+	return c, nil
 }
 
 // bulk sends size bytes to the sink at addr over a connection made by
 // dial in ns and checks that the sink read them all.
 func bulk(ns *netns.NS, dial dialFunc, addr netip.AddrPort, size int) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	var c net.Conn
-	if err := ns.Do(func() (err error) {
-		c, err = dial(ctx, "tcp", addr.String())
-		return err
-	}); err != nil {
+	c, err := dialIn(ns, dial, "tcp", addr, 10*time.Second)
+	if err != nil {
 		return err
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
 	buf := make([]byte, 64<<10)
 	for i := range buf {
 		buf[i] = byte(i)
@@ -606,13 +624,7 @@ func startEcho(t *testing.T, host *lab.Host, addr netip.AddrPort) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan struct{})
-	t.Cleanup(func() {
-		pc.Close()
-		<-done
-	})
-	go func() {
-		defer close(done)
+	serveUntilCleanup(t, pc, func() {
 		buf := make([]byte, 1500)
 		for {
 			n, from, err := pc.ReadFrom(buf)
@@ -621,23 +633,17 @@ func startEcho(t *testing.T, host *lab.Host, addr netip.AddrPort) {
 			}
 			pc.WriteTo(buf[:n], from)
 		}
-	}()
+	})
 }
 
 // echo sends a datagram to addr over a socket made by dial in ns and
 // waits for it to come back.
 func echo(ns *netns.NS, dial dialFunc, addr netip.AddrPort) error {
-	ctx, cancel := context.WithTimeout(context.Background(), steerTimeout)
-	defer cancel()
-	var c net.Conn
-	if err := ns.Do(func() (err error) {
-		c, err = dial(ctx, "udp", addr.String())
-		return err
-	}); err != nil {
+	c, err := dialIn(ns, dial, "udp", addr, steerTimeout)
+	if err != nil {
 		return err
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(steerTimeout))
 	msg := []byte("nd steering probe")
 	if _, err := c.Write(msg); err != nil {
 		return err

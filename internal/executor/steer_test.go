@@ -139,6 +139,29 @@ func steerDo(t *testing.T, ns *netns.NS, fn func() error) {
 	}
 }
 
+// openSteering makes a Steering with open in ns. The returned function
+// closes it there (failing the test it is given on an error); if no test
+// has, the test's end closes it.
+func openSteering(t *testing.T, ns *netns.NS, open func() (*executor.Steering, error)) (*executor.Steering, func(*testing.T)) {
+	t.Helper()
+	var s *executor.Steering
+	steerDo(t, ns, func() (err error) {
+		s, err = open()
+		return err
+	})
+	closed := false
+	t.Cleanup(func() {
+		if !closed {
+			s.Close()
+		}
+	})
+	return s, func(t *testing.T) {
+		t.Helper()
+		steerDo(t, ns, s.Close)
+		closed = true
+	}
+}
+
 func steerStats(t *testing.T, ns *netns.NS, s *executor.Steering) executor.SteeringStats {
 	t.Helper()
 	var st executor.SteeringStats
@@ -195,16 +218,8 @@ func TestSteering(t *testing.T) {
 	}
 
 	oldAcceptLocal := sysctl(t, d.NS, "net.ipv4.conf.eth0.accept_local")
-	var s *executor.Steering
-	steerDo(t, d.NS, func() (err error) {
-		s, err = executor.NewSteering(executor.SteeringOptions{Logger: logger})
-		return err
-	})
-	closed := false
-	t.Cleanup(func() {
-		if !closed {
-			s.Close()
-		}
+	s, closeSteering := openSteering(t, d.NS, func() (*executor.Steering, error) {
+		return executor.NewSteering(executor.SteeringOptions{Logger: logger})
 	})
 	if h := s.Hook(); h != "tcx" {
 		t.Errorf("attached with %q, want tcx on this kernel", h)
@@ -408,8 +423,7 @@ func TestSteering(t *testing.T) {
 	})
 
 	t.Run("close", func(t *testing.T) {
-		steerDo(t, d.NS, s.Close)
-		closed = true
+		closeSteering(t)
 		if got := sysctl(t, d.NS, "net.ipv4.conf.eth0.accept_local"); got != oldAcceptLocal {
 			t.Errorf("accept_local on eth0 is %s after Close, want %s back", got, oldAcceptLocal)
 		}
@@ -438,16 +452,8 @@ func TestSteeringTwoNetworks(t *testing.T) {
 	}
 	logger := slog.New(slog.NewTextHandler(t.Output(), nil))
 
-	var s *executor.Steering
-	steerDo(t, d.NS, func() (err error) {
-		s, err = executor.NewSteeringTC(executor.SteeringOptions{Logger: logger, MarkBase: 0x6e640000, MarkMask: 0xfffff000})
-		return err
-	})
-	closed := false
-	t.Cleanup(func() {
-		if !closed {
-			s.Close()
-		}
+	s, closeSteering := openSteering(t, d.NS, func() (*executor.Steering, error) {
+		return executor.NewSteeringTC(executor.SteeringOptions{Logger: logger, MarkBase: 0x6e640000, MarkMask: 0xfffff000})
 	})
 	if h := s.Hook(); h != "tc" {
 		t.Fatalf("attached with %q, want tc", h)
@@ -496,8 +502,7 @@ func TestSteeringTwoNetworks(t *testing.T) {
 	wantTimeout(t, "steered under strict rp_filter", d.NS, f, netip.AddrPortFrom(l.VIP4, 80))
 	steerDo(t, d.NS, func() error { return writeConf("eth1", "rp_filter", "2") })
 
-	steerDo(t, d.NS, s.Close)
-	closed = true
+	closeSteering(t)
 	if n := steerFilters(t, d.NS); n != 0 {
 		t.Errorf("%d nd_steer filters on lo egress after Close, want 0", n)
 	}

@@ -125,17 +125,9 @@ func New(cfg *Config, logger *slog.Logger) (*Agent, error) {
 }
 
 func serverTLS(c *TLSConfig) (*tls.Config, error) {
-	cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
+	cert, pool, err := LoadMutualTLS(c.CertFile, c.KeyFile, c.ClientCAFile, "tls certificate", "tls client CA")
 	if err != nil {
-		return nil, fmt.Errorf("tls certificate: %w", err)
-	}
-	pem, err := os.ReadFile(c.ClientCAFile)
-	if err != nil {
-		return nil, fmt.Errorf("tls client CA: %w", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("tls client CA %s: no PEM certificate", c.ClientCAFile)
+		return nil, err
 	}
 	return &tls.Config{
 		Certificates: []tls.Certificate{cert},
@@ -143,6 +135,25 @@ func serverTLS(c *TLSConfig) (*tls.Config, error) {
 		ClientCAs:    pool,
 		MinVersion:   tls.VersionTLS13,
 	}, nil
+}
+
+// LoadMutualTLS reads what each end of the agent protocol needs for mutual
+// TLS: its own certificate and key, and the CA that the other end's
+// certificate must be signed by. keyPair and ca name the files in errors.
+func LoadMutualTLS(certFile, keyFile, caFile, keyPair, ca string) (tls.Certificate, *x509.CertPool, error) {
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return tls.Certificate{}, nil, fmt.Errorf("%s: %w", keyPair, err)
+	}
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		return tls.Certificate{}, nil, fmt.Errorf("%s: %w", ca, err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return tls.Certificate{}, nil, fmt.Errorf("%s %s: no PEM certificate", ca, caFile)
+	}
+	return cert, pool, nil
 }
 
 // Run listens on the configured address and serves until ctx ends.

@@ -3,11 +3,8 @@ package daemon
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
-	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"reflect"
 	"sync"
 	"time"
@@ -169,17 +166,9 @@ func newAgentClient(c *config.Agents) (*agent.Client, error) {
 		o.Key = key
 	}
 	if c.TLSCert != "" {
-		cert, err := tls.LoadX509KeyPair(c.TLSCert, c.TLSKey)
+		cert, pool, err := agent.LoadMutualTLS(c.TLSCert, c.TLSKey, c.TLSCA, "agents.tls_cert/tls_key", "agents.tls_ca")
 		if err != nil {
-			return nil, fmt.Errorf("agents.tls_cert/tls_key: %w", err)
-		}
-		pem, err := os.ReadFile(c.TLSCA)
-		if err != nil {
-			return nil, fmt.Errorf("agents.tls_ca: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, errors.New("agents.tls_ca: no PEM certificate in it")
+			return nil, err
 		}
 		o.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, MinVersion: tls.VersionTLS13}
 	}

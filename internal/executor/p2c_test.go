@@ -297,6 +297,14 @@ func (h *harness) p2cService(key ServiceKey, weights ...uint32) Service {
 	return s
 }
 
+// upsertP2C installs a p2c service of servers s1, s2, ... with the given
+// weights and returns it and its weights by server.
+func (h *harness) upsertP2C(key ServiceKey, weights ...uint32) (Service, map[netip.Addr]uint32) {
+	svc := h.p2cService(key, weights...)
+	h.upsert(svc)
+	return svc, weightsOf(svc)
+}
+
 // slotOf is the server slot of a server of a service.
 func (h *harness) slotOf(key ServiceKey, addr netip.Addr) uint32 {
 	h.t.Helper()
@@ -398,9 +406,7 @@ var macOf = map[netip.Addr]net.HardwareAddr{s1: macS1, s2: macS2, s3: macS3, s4:
 func TestP2CFixtures(t *testing.T) {
 	h := newHarness(t, Config{MaxFlows: 1 << 16})
 	key := ServiceKey{VIP: vip4, Port: 80, Proto: TCP}
-	svc := h.p2cService(key, 1, 2, 3, 4)
-	weight := weightsOf(svc)
-	h.upsert(svc)
+	svc, weight := h.upsertP2C(key, 1, 2, 3, 4)
 
 	// Flows whose two candidates differ.
 	var ports []uint16
@@ -699,9 +705,7 @@ func TestP2CSteersAway(t *testing.T) {
 func TestP2CDistribution(t *testing.T) {
 	h := newHarness(t, Config{MaxFlows: 1 << 18})
 	key := ServiceKey{VIP: vip4, Port: 80, Proto: TCP}
-	svc := h.p2cService(key, 1, 2, 3, 4)
-	weights := weightsOf(svc)
-	h.upsert(svc)
+	svc, weights := h.upsertP2C(key, 1, 2, 3, 4)
 	send := h.rawSend()
 	counts := map[netip.Addr]int{}
 	h.do(func() error {

@@ -35,7 +35,9 @@ const (
 	Invalid Kind = iota
 	// Syntax is input that is not one YAML document.
 	Syntax
-	// UnknownField is a key that names no field; Problem.Key holds it.
+	// UnknownField is a key that names no field; Problem.Key holds it,
+	// and Msg is "unknown field" followed by a suggestion: " (did you
+	// mean port?)" or " (known: ...)".
 	UnknownField
 	// WrongType is a value of another kind than wanted: a mapping where a
 	// list is wanted, a word where a number is.
@@ -149,7 +151,9 @@ func (w *Walker) Document(data []byte, second string) (root *yaml.Node, ok bool)
 }
 
 // syntax reports an error of the YAML parser, located by the line it names
-// or, for an unknown anchor, where the alias first appears.
+// or, for an unknown anchor, where the alias first appears. The library
+// gives its parser's errors only as text, so the line is read from it; all
+// that the walk itself finds is located from the nodes.
 func (w *Walker) syntax(data []byte, err error) {
 	p := Problem{Msg: err.Error(), Kind: Syntax}
 	if m := syntaxLine.FindStringSubmatch(p.Msg); m != nil {

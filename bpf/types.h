@@ -104,6 +104,12 @@ struct flow_key {
  * handshake's ACK) makes it established. Entries without the flag (written
  * before it existed, too) are established or closing. */
 #define FLOW_F_HALFOPEN (1u << 3)
+/* Once: a UDP flow that has sent one packet so far. It is established and
+ * counted open from that packet (a UDP exchange may be one datagram), but
+ * until its second packet it ranks with half-open flows as a victim: a
+ * flood of spoofed datagrams, one from each forged source, then churns
+ * through the same ways as a SYN flood and cannot crowd new flows out. */
+#define FLOW_F_ONCE (1u << 4)
 
 /* A connection table bucket: FLOW_WAYS ways in 256 bytes, four cache lines
  * in one page (the table is page-aligned). What a lookup or a victim choice

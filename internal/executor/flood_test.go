@@ -15,7 +15,11 @@ import (
 // floodPacket is one frame through the harness's data plane from inside
 // h.do: the action and the server it went to ("" unless forwarded).
 func (h *harness) floodPacket(src netip.Addr, sport, dport uint16, flags uint8, out []byte, byMAC map[string]netip.Addr) (uint32, netip.Addr, error) {
-	fr := tcp4From(src, sport, dport, flags)
+	return h.sendFrame(tcp4From(src, sport, dport, flags), out, byMAC)
+}
+
+// sendFrame is floodPacket for any frame.
+func (h *harness) sendFrame(fr frame, out []byte, byMAC map[string]netip.Addr) (uint32, netip.Addr, error) {
 	in := fr.build()
 	opts := &ebpf.RunOptions{Data: in, DataOut: out, Context: xdpMD{DataEnd: uint32(len(in)), IngressIfindex: uint32(h.in)}}
 	act, err := h.x.objs.NdDispatch.Run(opts)
@@ -343,5 +347,139 @@ func TestExpireNodestConn(t *testing.T) {
 	}
 	if s := h.stats().Services[key].Servers[s1]; s.Expired != 1 || s.Active() != 0 {
 		t.Fatalf("s1 after its flow left: %+v, want 1 expired, 0 active", s)
+	}
+}
+
+// TestUDPFloodLeavesRoomForNewFlows: spoofed datagrams, one from each
+// forged source, at 10x the table's capacity, into a table that holds UDP
+// flows that have sent more than one datagram and established TCP flows,
+// the weights moved before the flood. Every real flow keeps its server, and
+// new TCP flows opened after the flood are still recorded: a UDP flow seen
+// once ranks with half-open flows as a victim, so the flood's entries do
+// not fill the buckets for the idle timeout.
+func TestUDPFloodLeavesRoomForNewFlows(t *testing.T) {
+	const maxFlows = 1024
+	h := newHarness(t, Config{MaxFlows: maxFlows, IdleTimeout: time.Minute, HalfOpenTimeout: time.Second})
+	udpKey := ServiceKey{VIP: vip4, Port: 53, Proto: UDP}
+	tcpKey := ServiceKey{VIP: vip4, Port: 80, Proto: TCP}
+	servers := func(w ...uint32) []Server {
+		return []Server{h.server(s1, macS1, w[0]), h.server(s2, macS2, w[1]), h.server(s3, macS3, w[2]), h.server(s4, macS4, w[3])}
+	}
+	h.upsert(Service{Key: udpKey, Servers: servers(1, 1, 1, 1)})
+	h.upsert(Service{Key: tcpKey, Servers: servers(1, 1, 1, 1)})
+	byMAC := map[string]netip.Addr{}
+	for a, m := range macOf {
+		byMAC[m.String()] = a
+	}
+	udp := func(src netip.Addr, sport uint16) frame {
+		return frame{dstMAC: macIn, srcMAC: macClient, src: src, dst: vip4, proto: 17, sport: sport, dport: 53, payload: []byte("query")}
+	}
+
+	// Real flows: a UDP flow that sent two datagrams and a TCP flow past
+	// its handshake in every other bucket, at most two flows a bucket.
+	type flow struct {
+		fr     frame
+		key    FlowKey
+		server netip.Addr
+	}
+	var flows []flow
+	perBucket := map[uint32]int{}
+	out := make([]byte, 256)
+	h.do(func() error {
+		for i := 0; len(flows) < 300; i++ {
+			src := netip.AddrFrom4([4]byte{198, 51, 100, byte(1 + i%50)})
+			fr, proto, port, steps := udp(src, uint16(10000+i)), UDP, uint16(53), [][]uint8{{0}, {0}}
+			if i%2 == 1 {
+				fr, proto, port, steps = tcp4From(src, uint16(10000+i), 80, 0), TCP, 80, [][]uint8{{tcpSYN}, {tcpACK}}
+			}
+			k := FlowKey{Client: netip.AddrPortFrom(src, uint16(10000+i)), VIP: netip.AddrPortFrom(vip4, port), Proto: proto}
+			b := bucketIndex(flowHash(flowKey(k), 0), h.x.cfg.flowBuckets())
+			if perBucket[b] == 2 {
+				continue
+			}
+			perBucket[b]++
+			var srv netip.Addr
+			for _, st := range steps {
+				fr.tcpFlags = st[0]
+				act, got, err := h.sendFrame(fr, out, byMAC)
+				if err != nil {
+					return err
+				}
+				if act != xdpTX || (srv.IsValid() && got != srv) {
+					return fmt.Errorf("establishing %v: %s to %v", k, actionNames[act], got)
+				}
+				srv = got
+			}
+			fr.tcpFlags = tcpACK
+			if proto == UDP {
+				fr.tcpFlags = 0
+			}
+			flows = append(flows, flow{fr: fr, key: k, server: srv})
+		}
+		return nil
+	})
+	for _, key := range []ServiceKey{udpKey, tcpKey} {
+		h.do(func() error {
+			return h.x.SetWeights(key, map[netip.Addr]uint32{s1: 7, s2: 1, s3: 0, s4: 2})
+		})
+	}
+	before := h.stats()
+
+	rng := rand.New(rand.NewPCG(3, 5))
+	h.do(func() error {
+		for range 10 * maxFlows {
+			src := netip.AddrFrom4([4]byte{203, 0, 113, byte(rng.IntN(256))})
+			if act, _, err := h.sendFrame(udp(src, uint16(1024+rng.IntN(60000))), out, byMAC); err != nil || act != xdpTX {
+				return fmt.Errorf("flood datagram: %s, %v", actionNames[act], err)
+			}
+		}
+		return nil
+	})
+
+	var moved []string
+	h.do(func() error {
+		for _, f := range flows {
+			act, got, err := h.sendFrame(f.fr, out, byMAC)
+			if err != nil {
+				return err
+			}
+			if act != xdpTX || got != f.server {
+				moved = append(moved, fmt.Sprintf("%v moved from %v to %v (%s)", f.key, f.server, got, actionNames[act]))
+			}
+		}
+		return nil
+	})
+	for i, m := range moved {
+		if i == 10 {
+			t.Errorf("... and %d more", len(moved)-10)
+			break
+		}
+		t.Error(m)
+	}
+
+	// New TCP flows after the flood: each SYN is remembered half-open.
+	var unrecorded int
+	h.do(func() error {
+		for i := range 300 {
+			src := netip.AddrFrom4([4]byte{198, 51, 100, byte(100 + i%50)})
+			if act, _, err := h.floodPacket(src, uint16(20000+i), 80, tcpSYN, out, byMAC); err != nil || act != xdpTX {
+				return fmt.Errorf("new SYN: %s, %v", actionNames[act], err)
+			}
+			k := FlowKey{Client: netip.AddrPortFrom(src, uint16(20000+i)), VIP: netip.AddrPortFrom(vip4, 80), Proto: TCP}
+			if f, ok, err := h.x.LookupFlow(k); err != nil || !ok || !f.HalfOpen {
+				unrecorded++
+			}
+		}
+		return nil
+	})
+	after := h.stats()
+	t.Logf("%d spoofed datagrams into a %d-flow table: %d of %d real flows kept; %d of 300 new TCP flows unrecorded; %d displaced, %d openers unrecorded",
+		10*maxFlows, maxFlows, len(flows)-len(moved), len(flows), unrecorded, after.Global.HalfOpenEvicted, after.Global.OpenersUnrecorded)
+	if unrecorded != 0 || after.Global.OpenersUnrecorded != before.Global.OpenersUnrecorded {
+		t.Errorf("%d of 300 new TCP flows were not recorded after the flood (openers unrecorded %d -> %d)",
+			unrecorded, before.Global.OpenersUnrecorded, after.Global.OpenersUnrecorded)
+	}
+	if after.Global.FlowsEvicted != 0 {
+		t.Errorf("flows evicted: %d, want 0", after.Global.FlowsEvicted)
 	}
 }

@@ -71,7 +71,7 @@ type Config struct {
 	// it over with every established flow. Empty: nothing is pinned and
 	// Close tears the data plane down.
 	PinPath string
-	// MaxFlows sizes the connection table (LRU). Default 1,048,576.
+	// MaxFlows sizes the connection table (four-way buckets). Default 1,048,576.
 	MaxFlows uint32
 	// MaxServers bounds port server instances over all services. Default 4,096.
 	MaxServers uint32

@@ -29,6 +29,22 @@ func (h *harness) sendFrame(fr frame, out []byte, byMAC map[string]netip.Addr) (
 	return act, byMAC[net.HardwareAddr(opts.DataOut[:6]).String()], nil
 }
 
+// newFloodHarness is a data plane with a maxFlows table (idle timeout a
+// minute, half-open timeout a second) serving each of svcs by the four
+// servers at equal weights, and the servers by MAC address.
+func newFloodHarness(t *testing.T, maxFlows uint32, svcs ...Service) (*harness, map[string]netip.Addr) {
+	h := newHarness(t, Config{MaxFlows: maxFlows, IdleTimeout: time.Minute, HalfOpenTimeout: time.Second})
+	for _, svc := range svcs {
+		svc.Servers = []Server{h.server(s1, macS1, 1), h.server(s2, macS2, 1), h.server(s3, macS3, 1), h.server(s4, macS4, 1)}
+		h.upsert(svc)
+	}
+	byMAC := map[string]netip.Addr{}
+	for a, m := range macOf {
+		byMAC[m.String()] = a
+	}
+	return h, byMAC
+}
+
 // TestSYNFlood is the acceptance test in BPF_PROG_RUN: flows are
 // established, the weights change, and a flood of spoofed SYNs at 10x the
 // table's capacity, with as many bare ACKs and RSTs, passes while half the
@@ -38,18 +54,9 @@ func (h *harness) sendFrame(fr frame, out []byte, byMAC map[string]netip.Addr) (
 // half-open timeout; the table reports pressure during the flood only.
 func TestSYNFlood(t *testing.T) {
 	const maxFlows = 1024
-	h := newHarness(t, Config{MaxFlows: maxFlows, IdleTimeout: time.Minute, HalfOpenTimeout: time.Second})
 	maglevKey := ServiceKey{VIP: vip4, Port: 80, Proto: TCP}
 	p2cKey := ServiceKey{VIP: vip4, Port: 81, Proto: TCP}
-	servers := func(w ...uint32) []Server {
-		return []Server{h.server(s1, macS1, w[0]), h.server(s2, macS2, w[1]), h.server(s3, macS3, w[2]), h.server(s4, macS4, w[3])}
-	}
-	h.upsert(Service{Key: maglevKey, Servers: servers(1, 1, 1, 1)})
-	h.upsert(Service{Key: p2cKey, Scheduler: SchedulerP2C, Servers: servers(1, 1, 1, 1)})
-	byMAC := map[string]netip.Addr{}
-	for a, m := range macOf {
-		byMAC[m.String()] = a
-	}
+	h, byMAC := newFloodHarness(t, maxFlows, Service{Key: maglevKey}, Service{Key: p2cKey, Scheduler: SchedulerP2C})
 
 	// Established flows, at most three in a bucket: a fourth would find
 	// its bucket full of established flows and go unrecorded, which is
@@ -359,18 +366,9 @@ func TestExpireNodestConn(t *testing.T) {
 // not fill the buckets for the idle timeout.
 func TestUDPFloodLeavesRoomForNewFlows(t *testing.T) {
 	const maxFlows = 1024
-	h := newHarness(t, Config{MaxFlows: maxFlows, IdleTimeout: time.Minute, HalfOpenTimeout: time.Second})
 	udpKey := ServiceKey{VIP: vip4, Port: 53, Proto: UDP}
 	tcpKey := ServiceKey{VIP: vip4, Port: 80, Proto: TCP}
-	servers := func(w ...uint32) []Server {
-		return []Server{h.server(s1, macS1, w[0]), h.server(s2, macS2, w[1]), h.server(s3, macS3, w[2]), h.server(s4, macS4, w[3])}
-	}
-	h.upsert(Service{Key: udpKey, Servers: servers(1, 1, 1, 1)})
-	h.upsert(Service{Key: tcpKey, Servers: servers(1, 1, 1, 1)})
-	byMAC := map[string]netip.Addr{}
-	for a, m := range macOf {
-		byMAC[m.String()] = a
-	}
+	h, byMAC := newFloodHarness(t, maxFlows, Service{Key: udpKey}, Service{Key: tcpKey})
 	udp := func(src netip.Addr, sport uint16) frame {
 		return frame{dstMAC: macIn, srcMAC: macClient, src: src, dst: vip4, proto: 17, sport: sport, dport: 53, payload: []byte("query")}
 	}

@@ -313,8 +313,11 @@ struct dp_id {
 	__u32 magic; /* DP_ID_MAGIC once written */
 	__u32 hash_seed;
 	__u32 flow_ways;
-	__u32 pad;
+	__u32 marks; /* DP_MARK_*: the control plane's, kept with the tables */
 };
+
+/* The operator drained the dispatcher: its routes stay withdrawn. */
+#define DP_MARK_DRAINED (1u << 0)
 
 /* vip_index's slots. */
 struct vip_slot {

@@ -75,7 +75,8 @@ and withdraws it when it cannot, when drained, and when ndd stops.`, subs: []*co
 				help: `
 The routers stop sending new flows here once they have the withdrawal; what
 still arrives is forwarded as before. The drain lasts until 'ndctl bgp
-undrain' or a restart of ndd.`},
+undrain', across restarts of ndd that take the pinned data plane over (not
+after 'ndd --destroy' or a reboot).`},
 			{name: "undrain", run: bgpUndrain,
 				summary: "announce the servable VIPs again"},
 		}},

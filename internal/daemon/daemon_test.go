@@ -129,7 +129,14 @@ func parse(t *testing.T, yaml string) *config.Config {
 
 func start(t *testing.T, yaml string) *world {
 	t.Helper()
-	w := &world{t: t, x: executor.NewFake(), nbr: newStaticNeighbors()}
+	return startOn(t, yaml, executor.NewFake())
+}
+
+// startOn is start on a given data plane: a second daemon on the first's
+// stands for ndd restarted, taking its pinned tables over.
+func startOn(t *testing.T, yaml string, x *executor.Fake) *world {
+	t.Helper()
+	w := &world{t: t, x: x, nbr: newStaticNeighbors()}
 	w.nbr.set(srv1, "02:00:00:00:00:11", 2)
 	w.nbr.set(srv2, "02:00:00:00:00:12", 2)
 	d, err := New(parse(t, yaml), Options{
@@ -143,11 +150,14 @@ func start(t *testing.T, yaml string) *world {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- d.Run(ctx) }()
+	var once sync.Once
 	w.stop = func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		})
 	}
 	t.Cleanup(w.stop)
 	w.eventually("configuration installed", func() bool { return len(w.x.Services()) == 1 })

@@ -63,7 +63,7 @@ type dispatchDpId struct {
 	Magic    uint32
 	HashSeed uint32
 	FlowWays uint32
-	Pad      uint32
+	Marks    uint32
 }
 
 type dispatchFlowBody struct {

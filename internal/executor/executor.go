@@ -126,6 +126,13 @@ type Executor interface {
 	// time: a second gets ErrBusy.
 	FlowEvents(ctx context.Context) (<-chan []FlowEvent, error)
 
+	// Drained reads the dispatcher's drain mark (`ndctl bgp drain`), and
+	// SetDrained sets it. The kernel implementation keeps it with the
+	// pinned tables, so that a restarted ndd, which takes the flows over,
+	// keeps the routes withdrawn too; a fresh data plane starts undrained.
+	Drained() (bool, error)
+	SetDrained(bool) error
+
 	// Close releases the implementation's resources. The kernel
 	// implementation leaves a pinned data plane running.
 	Close() error

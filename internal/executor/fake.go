@@ -69,6 +69,7 @@ type Fake struct {
 	global   GlobalStats
 	nextID   uint32 // names servers to maglev.Build
 	commits  int
+	drained  bool
 
 	// events queues flow events for the FlowEvents subscriber; nil when
 	// there is none.
@@ -840,6 +841,28 @@ func (f *Fake) ActiveCounts() (map[ServiceKey]map[netip.Addr]int, error) {
 
 // ReconcileActive implements Executor. The Fake has no concurrent packets,
 // so its counts come out exact.
+// Drained implements Executor: the mark lasts as long as the Fake, which
+// a test may hand to a second daemon as a restarted ndd's data plane.
+func (f *Fake) Drained() (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return false, ErrClosed
+	}
+	return f.drained, nil
+}
+
+// SetDrained implements Executor.
+func (f *Fake) SetDrained(drained bool) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return ErrClosed
+	}
+	f.drained = drained
+	return nil
+}
+
 func (f *Fake) ReconcileActive() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -3,10 +3,13 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -31,6 +34,19 @@ const (
 	groupOpen = 50 * time.Millisecond
 	// groupSettle is how long the load runs after each change.
 	groupSettle = 4 * time.Second
+	// groupWeight is every server's configured weight: room for the
+	// manager to move it both ways.
+	groupWeight = 20
+	// groupInterval is the manager's interval.
+	groupInterval = 500 * time.Millisecond
+	// groupSlow is how much longer server1 takes to answer the advisor's
+	// probes while it is slow, and groupWave how long it stays slow and
+	// then well, in turn: the manager lowers its weight, then raises it
+	// again, and commits new weights nearly every interval.
+	groupSlow = 60 * time.Millisecond
+	groupWave = 1500 * time.Millisecond
+	// groupHealthPort is where each server answers the advisor.
+	groupHealthPort = 8080
 )
 
 // groupTimers: a node is dead after 600 ms of silence; one that starts
@@ -121,6 +137,143 @@ func (b *bgpLab) waitGroupSettled(t *testing.T, running ...*bgpNode) {
 	})
 }
 
+// managedGroup makes every node's port one whose weights the manager moves:
+// the Maglev scheduler (the weights are the tables), room to move (weight
+// groupWeight each), an HTTP advisor on each server's health port and the
+// default policy reading it alone, every change committed (sensitivity 0)
+// and no cool-down (a slow server stays in, at a low weight).
+func managedGroup(c *nddConfig) {
+	p := &c.Ports[0]
+	p.Scheduler, p.Advisor = "maglev", "health"
+	for i := range p.Servers {
+		p.Servers[i].Weight = groupWeight
+	}
+	c.Manager = fmt.Sprintf("  policy: default\n  interval: %s\n  sensitivity: 0\n  overload: 0\n  proportions: {advisor: 100}\n", groupInterval)
+	c.Advisors = fmt.Sprintf("advisors:\n  - {name: health, kind: http, target: server, port: %d, interval: 200ms, timeout: 150ms, rise: 1, fall: 3}\n",
+		groupHealthPort)
+}
+
+// healthServers answer the advisor on every server's own address, each
+// after its delay: a slow server is one whose replies take longer.
+type healthServers struct {
+	delay  []atomic.Int64 // nanoseconds, by server
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// startHealthServers serves the health port in every server of l until
+// the test ends.
+func startHealthServers(t *testing.T, l *lab.Lab) *healthServers {
+	t.Helper()
+	h := &healthServers{delay: make([]atomic.Int64, len(l.Servers))}
+	h.ctx, h.cancel = context.WithCancel(context.Background())
+	t.Cleanup(func() { h.cancel(); h.wg.Wait() })
+	for i := range l.Servers {
+		srv := &l.Servers[i]
+		ln, err := srv.NS.Listen("tcp", netip.AddrPortFrom(srv.Addr4, groupHealthPort).String())
+		if err != nil {
+			t.Fatalf("%s: health port: %v", srv.Name, err)
+		}
+		hs := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(http.ResponseWriter, *http.Request) {
+			time.Sleep(time.Duration(h.delay[i].Load()))
+		})}
+		h.wg.Go(func() { hs.Serve(ln) })
+		h.wg.Go(func() {
+			<-h.ctx.Done()
+			hs.Close()
+		})
+	}
+	return h
+}
+
+// wave makes server i slow by slow for half, then well for half, in turn,
+// until the test ends.
+func (h *healthServers) wave(i int, slow, half time.Duration) {
+	h.wg.Go(func() {
+		tick := time.NewTicker(half)
+		defer tick.Stop()
+		for on := true; ; on = !on {
+			if on {
+				h.delay[i].Store(int64(slow))
+			} else {
+				h.delay[i].Store(0)
+			}
+			select {
+			case <-h.ctx.Done():
+				return
+			case <-tick.C:
+			}
+		}
+	})
+}
+
+// weightWatch records each change of the nodes' weights of VIP4:80 as
+// their APIs show them, polled every 100 ms until the test ends.
+type weightWatch struct {
+	mu      sync.Mutex
+	changes map[*bgpNode][]time.Time
+	last    map[*bgpNode]string
+}
+
+func watchWeights(t *testing.T, nodes ...*bgpNode) *weightWatch {
+	w := &weightWatch{changes: map[*bgpNode][]time.Time{}, last: map[*bgpNode]string{}}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	wg.Go(func() {
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			for _, n := range nodes {
+				st, err := n.api.Status()
+				if err != nil {
+					continue // killed, or restarting
+				}
+				var ws []string
+				for _, p := range st.Ports {
+					for _, s := range p.Servers {
+						ws = append(ws, fmt.Sprint(s.Weight))
+					}
+				}
+				now := strings.Join(ws, " ")
+				w.mu.Lock()
+				if prev, ok := w.last[n]; ok && prev != now {
+					w.changes[n] = append(w.changes[n], time.Now())
+				}
+				w.last[n] = now
+				w.mu.Unlock()
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+		}
+	})
+	return w
+}
+
+// count is how many times n's weights changed in [from, to].
+func (w *weightWatch) count(n *bgpNode, from, to time.Time) int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	k := 0
+	for _, at := range w.changes[n] {
+		if !at.Before(from) && !at.After(to) {
+			k++
+		}
+	}
+	return k
+}
+
+// now is n's weights as last seen.
+func (w *weightWatch) now(n *bgpNode) string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.last[n]
+}
+
 // groupPhase runs the long-lived connections' exchanges and the new
 // connections around one change.
 type groupPhase struct {
@@ -129,12 +282,19 @@ type groupPhase struct {
 	idx  []int // the index in the whole set of each of lc's connections
 	p    *pinger
 	o    *opener
+	// The weights: the leader's and those of the followers that follow
+	// it throughout the phase must change.
+	start     time.Time
+	w         *weightWatch
+	leader    *bgpNode
+	followers []*bgpNode
 }
 
 // startPhase starts pinging the connections still alive (not in broken)
-// and opening new ones.
-func (b *bgpLab) startPhase(name string, all *longConns, broken map[int]bool) *groupPhase {
-	ph := &groupPhase{name: name, lc: &longConns{}}
+// and opening new ones, and watches the weights of the leader (the first
+// node) and of the followers given.
+func (b *bgpLab) startPhase(name string, all *longConns, broken map[int]bool, w *weightWatch, followers ...*bgpNode) *groupPhase {
+	ph := &groupPhase{name: name, lc: &longConns{}, start: time.Now(), w: w, leader: b.nodes[0], followers: followers}
 	for i, s := range all.sessions {
 		if !broken[i] {
 			ph.lc.sessions = append(ph.lc.sessions, s)
@@ -170,16 +330,43 @@ func (ph *groupPhase) finish(t *testing.T, from time.Time, minKept float64, brok
 		t.Errorf("%s: %d of %d long-lived connections kept (%.2f%%), want at least %.1f%%", ph.name, kept, len(ph.lc.sessions), 100*share, 100*minKept)
 	}
 	checkNewAfter(t, rs, from, int(groupSettle/groupOpen)/2)
+	ph.checkWeights(t)
 	return kept
+}
+
+// checkWeights fails the test unless the leader's manager committed new
+// weights in at least a quarter of the phase's intervals, and every
+// follower watched took some of them.
+func (ph *groupPhase) checkWeights(t *testing.T) {
+	t.Helper()
+	end := time.Now()
+	intervals := int(end.Sub(ph.start) / groupInterval)
+	k := ph.w.count(ph.leader, ph.start, end)
+	msg := fmt.Sprintf("%s: the leader's weights changed %d times in %d manager intervals (now %s)", ph.name, k, intervals, ph.w.now(ph.leader))
+	for _, f := range ph.followers {
+		n := ph.w.count(f, ph.start, end)
+		msg += fmt.Sprintf("; %s's %d times", f.name, n)
+		if n == 0 {
+			t.Errorf("%s: %s's weights never changed: it does not follow the leader's", ph.name, f.name)
+		}
+	}
+	t.Log(msg)
+	if k < intervals/4 {
+		t.Errorf("%s: the leader's weights changed %d times in %d intervals, want at least %d: the manager is not moving them", ph.name, k, intervals, intervals/4)
+	}
 }
 
 // TestGroupBehindRouter is issue 13's acceptance: three dispatchers, one
 // active-active group, each announcing VIP4 to a BIRD router that spreads
-// the flows over them (ECMP, L4 hash); four servers; 300 long-lived
-// connections each exchanging data every second, new connections every
-// 50 ms, and the weights changed by the leader after the long-lived
-// connections opened (so that the ring no longer places them where they
-// are: only the shared flow records keep them). Then:
+// the flows over them (ECMP, L4 hash); four servers under the Maglev
+// scheduler; 300 long-lived connections each exchanging data every
+// second, new connections every 50 ms. After the long-lived connections
+// opened, server1 turns slow (its health replies 60 ms late) and well
+// again every 1.5 s, and the leader's manager moves its weight down and up
+// throughout (so that the ring no longer places the connections where
+// they are: only the shared flow records keep them); each phase checks
+// that the leader committed new weights in at least a quarter of its
+// intervals and that the followers took them. Then:
 //
 //	(a) a dispatcher dies (SIGKILL, link down): the router withdraws its
 //	    route; at least 99.9% of the long-lived connections keep their
@@ -205,7 +392,8 @@ func TestGroupBehindRouter(t *testing.T) {
 			t.Fatalf("%s has %s, want %s", d.Name, d.Addr4, groupAddrs()[i])
 		}
 		return bgpSection(d, time.Second, "", "") + haSection(d, i, keyFile)
-	})
+	}, managedGroup)
+	health := startHealthServers(t, b.lab)
 	n0, n1, n2 := b.nodes[0], b.nodes[1], b.nodes[2]
 	b.waitNextHops(t, "every dispatcher announces", time.Now(), n0, n1, n2)
 	b.waitGroupSettled(t, n0, n1, n2)
@@ -232,38 +420,21 @@ func TestGroupBehindRouter(t *testing.T) {
 		}
 	}
 
-	// The weights move, set on the leader and followed by the others:
-	// server1 takes four times the others' share of new flows.
-	s1 := n0.cfg.Ports[0].Servers[0].Addr
-	w := uint32(4)
-	if _, err := n0.api.SetServer(lab.VIP4.String(), servicePort, "tcp", s1.String(), api.ServerPatch{Weight: &w}); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, 10*time.Second, "every dispatcher follows the leader's weights", func() bool {
-		for _, n := range b.nodes {
-			st, err := n.api.Status()
-			if err != nil {
-				return false
-			}
-			ok := false
-			for _, p := range st.Ports {
-				for _, s := range p.Servers {
-					if s.Address == s1.String() && s.Weight == w {
-						ok = true
-					}
-				}
-			}
-			if !ok {
-				return false
-			}
-		}
-		return true
+	// The weights move: server1 turns slow and well again in turn, the
+	// leader's manager lowers its weight and raises it again, nearly every
+	// interval, and the others follow.
+	w := watchWeights(t, b.nodes...)
+	moved := time.Now()
+	health.wave(0, groupSlow, groupWave)
+	waitFor(t, 10*time.Second, "the leader's manager moves the weights and the others follow", func() bool {
+		return w.count(n0, moved, time.Now()) >= 2 && w.count(n1, moved, time.Now()) >= 1 && w.count(n2, moved, time.Now()) >= 1
 	})
+	t.Logf("the weights moved: %s", w.now(n0))
 	checkExchange(t, lc, "weights moved", nil)
 	broken := map[int]bool{}
 
 	// (a) The third dispatcher dies: its ndd killed, its link down.
-	ph := b.startPhase("(a) a dispatcher killed", lc, broken)
+	ph := b.startPhase("(a) a dispatcher killed", lc, broken, w, n1)
 	time.Sleep(groupSettle / 2)
 	at := time.Now()
 	n2.proc.Kill()
@@ -276,7 +447,7 @@ func TestGroupBehindRouter(t *testing.T) {
 	keptA := ph.finish(t, withdrawn, 0.999, broken)
 
 	// (b) The second dispatcher drained.
-	ph = b.startPhase("(b) a dispatcher drained", lc, broken)
+	ph = b.startPhase("(b) a dispatcher drained", lc, broken, w, n1)
 	time.Sleep(groupSettle / 2)
 	at = time.Now()
 	if _, err := n1.api.BGPDrain(true); err != nil {
@@ -292,7 +463,7 @@ func TestGroupBehindRouter(t *testing.T) {
 	if err := n2.proc.Destroy(); err != nil {
 		t.Fatal(err)
 	}
-	ph = b.startPhase("(c) a dispatcher back", lc, broken)
+	ph = b.startPhase("(c) a dispatcher back", lc, broken, w, n1)
 	time.Sleep(groupSettle / 2)
 	if err := b.lab.SetLink(n2.host, true); err != nil {
 		t.Fatal(err)
@@ -338,7 +509,7 @@ func TestGroupBehindRouter(t *testing.T) {
 	keptC := ph.finish(t, back, 1, broken)
 
 	// And the drained one undrained: all three again.
-	ph = b.startPhase("(d) the drained dispatcher undrained", lc, broken)
+	ph = b.startPhase("(d) the drained dispatcher undrained", lc, broken, w, n1, n2)
 	time.Sleep(groupSettle / 2)
 	at = time.Now()
 	if _, err := n1.api.BGPDrain(false); err != nil {
@@ -353,7 +524,7 @@ func TestGroupBehindRouter(t *testing.T) {
 	// tells the router, which drops the route when the hold time expires.
 	// Meanwhile the flows hashed to it stall (their packets are lost) and
 	// retransmit; after, they continue through the others.
-	ph = b.startPhase("(e) a dispatcher cut off", lc, broken)
+	ph = b.startPhase("(e) a dispatcher cut off", lc, broken, w, n2)
 	time.Sleep(groupSettle / 2)
 	at = time.Now()
 	if err := b.lab.SetLink(n1.host, false); err != nil {

@@ -78,6 +78,33 @@ func haSection(d *lab.Host, i int, keyFile string) string {
 		groupTimers.interval, groupTimers.deadAfter)
 }
 
+// newGroupLab builds the group's lab: groupDispatchers dispatchers in one
+// active-active HA group (extraHA, lines of its ha section, added to
+// each), each announcing VIP4 to the router over BGP, groupServers
+// servers, tune applied to every node's configuration. It returns once
+// every dispatcher announces and the group has settled.
+func newGroupLab(t *testing.T, extraHA string, tune func(*nddConfig)) *bgpLab {
+	t.Helper()
+	keyFile := filepath.Join(t.TempDir(), "ha.key")
+	if err := os.WriteFile(keyFile, []byte("e2e-shared-ha-key-0123456789\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b := newBGPLabServers(t, groupDispatchers, groupServers, "", false, func(i int, d *lab.Host) string {
+		if d.Addr4 != groupAddrs()[i] {
+			t.Fatalf("%s has %s, want %s", d.Name, d.Addr4, groupAddrs()[i])
+		}
+		return bgpSection(d, time.Second, "", "") + haSection(d, i, keyFile) + extraHA
+	}, tune)
+	b.waitNextHops(t, "every dispatcher announces", time.Now(), b.nodes...)
+	b.waitGroupSettled(t, b.nodes...)
+	for _, n := range b.nodes {
+		if st := n.bgpStatus(t); len(st.VIPs) != 1 || !st.VIPs[0].Announced {
+			t.Fatalf("%s's VIPs: %+v", n.name, st.VIPs)
+		}
+	}
+	return b
+}
+
 // haStatus is the node's HA status.
 func (n *bgpNode) haStatus(t *testing.T) ha.Status {
 	t.Helper()
@@ -383,25 +410,9 @@ func (ph *groupPhase) checkWeights(t *testing.T) {
 //	    after the withdrawal works.
 func TestGroupBehindRouter(t *testing.T) {
 	testutil.RequirePrivileged(t)
-	keyFile := filepath.Join(t.TempDir(), "ha.key")
-	if err := os.WriteFile(keyFile, []byte("e2e-shared-ha-key-0123456789\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	b := newBGPLabServers(t, groupDispatchers, groupServers, "", false, func(i int, d *lab.Host) string {
-		if d.Addr4 != groupAddrs()[i] {
-			t.Fatalf("%s has %s, want %s", d.Name, d.Addr4, groupAddrs()[i])
-		}
-		return bgpSection(d, time.Second, "", "") + haSection(d, i, keyFile)
-	}, managedGroup)
+	b := newGroupLab(t, "", managedGroup)
 	health := startHealthServers(t, b.lab)
 	n0, n1, n2 := b.nodes[0], b.nodes[1], b.nodes[2]
-	b.waitNextHops(t, "every dispatcher announces", time.Now(), n0, n1, n2)
-	b.waitGroupSettled(t, n0, n1, n2)
-	for _, n := range b.nodes {
-		if st := n.bgpStatus(t); len(st.VIPs) != 1 || !st.VIPs[0].Announced {
-			t.Fatalf("%s's VIPs: %+v", n.name, st.VIPs)
-		}
-	}
 
 	// The long-lived connections, spread by the router over the three.
 	ctx := t.Context()

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/nd-dispatcher/nd/internal/ha"
+	"github.com/nd-dispatcher/nd/internal/lab"
 	"github.com/nd-dispatcher/nd/internal/testutil"
 )
 
@@ -70,7 +71,7 @@ func shadowCrash(t *testing.T, block bool) int {
 	}
 
 	if block {
-		h.blockFlowStream(t, a)
+		blockFlowStream(t, a.host)
 	}
 	before := s.status(t).Counters.FlowsReceived
 	load := h.startLoad(t)
@@ -113,16 +114,16 @@ func checkRefresh(t *testing.T, n *haNode, est, cl time.Duration) {
 	}
 }
 
-// blockFlowStream stops n's synchronisation streams (TCP to the HA port)
-// with a policy-routing rule in its namespace; heartbeats (UDP) pass. A
-// new rule invalidates the routes that open connections cached, so the
-// stream already open stops too.
-func (h *haLab) blockFlowStream(t *testing.T, n *haNode) {
+// blockFlowStream stops the synchronisation streams (TCP to the HA port)
+// that leave host with a policy-routing rule in its namespace; heartbeats
+// (UDP) pass. A new rule invalidates the routes that open connections
+// cached, so the streams already open stop too.
+func blockFlowStream(t *testing.T, host *lab.Host) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	out, err := n.host.NS.Command(ctx, "ip", "rule", "add", "ipproto", "tcp", "dport", fmt.Sprint(haPort), "prohibit").CombinedOutput()
+	out, err := host.NS.Command(ctx, "ip", "rule", "add", "ipproto", "tcp", "dport", fmt.Sprint(haPort), "prohibit").CombinedOutput()
 	if err != nil {
-		t.Fatalf("%s: ip rule: %v: %s", n.name, err, out)
+		t.Fatalf("%s: ip rule: %v: %s", host.Name, err, out)
 	}
 }

@@ -39,10 +39,10 @@ const (
 	groupWeight = 20
 	// groupInterval is the manager's interval.
 	groupInterval = 500 * time.Millisecond
-	// groupSlow is how much longer server1 takes to answer the advisor's
-	// probes while it is slow, and groupWave how long it stays slow and
-	// then well, in turn: the manager lowers its weight, then raises it
-	// again, and commits new weights nearly every interval.
+	// groupSlow is how much longer a slow server takes to answer the
+	// advisor's probes, and groupWave how long each server is slow in
+	// turn: the manager lowers the slow one's weight while it raises the
+	// last one's again, and commits new weights nearly every interval.
 	groupSlow = 60 * time.Millisecond
 	groupWave = 1500 * time.Millisecond
 	// groupHealthPort is where each server answers the advisor.
@@ -103,6 +103,19 @@ func newGroupLab(t *testing.T, extraHA string, tune func(*nddConfig)) *bgpLab {
 		}
 	}
 	return b
+}
+
+// serverRoutes adds (op "add") or removes ("del") a prohibit route to
+// every server in the node's namespace: with it, the node can resolve
+// none of them.
+func (n *bgpNode) serverRoutes(t *testing.T, op string) {
+	t.Helper()
+	for _, s := range n.cfg.Ports[0].Servers {
+		out, err := n.host.NS.Command(t.Context(), "ip", "route", op, "prohibit", netip.PrefixFrom(s.Addr, 32).String()).CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s: ip route %s prohibit %s: %v: %s", n.name, op, s.Addr, err, out)
+		}
+	}
 }
 
 // haStatus is the node's HA status.
@@ -214,17 +227,19 @@ func startHealthServers(t *testing.T, l *lab.Lab) *healthServers {
 	return h
 }
 
-// wave makes server i slow by slow for half, then well for half, in turn,
-// until the test ends.
-func (h *healthServers) wave(i int, slow, half time.Duration) {
+// rotate makes one server at a time slow by slow, each for each, in turn,
+// until the test ends: while one slows down, the one before recovers.
+func (h *healthServers) rotate(slow, each time.Duration) {
 	h.wg.Go(func() {
-		tick := time.NewTicker(half)
+		tick := time.NewTicker(each)
 		defer tick.Stop()
-		for on := true; ; on = !on {
-			if on {
-				h.delay[i].Store(int64(slow))
-			} else {
-				h.delay[i].Store(0)
+		for k := 0; ; k++ {
+			for i := range h.delay {
+				d := time.Duration(0)
+				if i == k%len(h.delay) {
+					d = slow
+				}
+				h.delay[i].Store(int64(d))
 			}
 			select {
 			case <-h.ctx.Done():
@@ -362,7 +377,7 @@ func (ph *groupPhase) finish(t *testing.T, from time.Time, minKept float64, brok
 }
 
 // checkWeights fails the test unless the leader's manager committed new
-// weights in at least a quarter of the phase's intervals, and every
+// weights in at least half of the phase's intervals, and every
 // follower watched took some of them.
 func (ph *groupPhase) checkWeights(t *testing.T) {
 	t.Helper()
@@ -378,8 +393,8 @@ func (ph *groupPhase) checkWeights(t *testing.T) {
 		}
 	}
 	t.Log(msg)
-	if k < intervals/4 {
-		t.Errorf("%s: the leader's weights changed %d times in %d intervals, want at least %d: the manager is not moving them", ph.name, k, intervals, intervals/4)
+	if k < intervals/2 {
+		t.Errorf("%s: the leader's weights changed %d times in %d intervals, want at least %d: the manager is not moving them", ph.name, k, intervals, intervals/2)
 	}
 }
 
@@ -388,12 +403,12 @@ func (ph *groupPhase) checkWeights(t *testing.T) {
 // the flows over them (ECMP, L4 hash); four servers under the Maglev
 // scheduler; 300 long-lived connections each exchanging data every
 // second, new connections every 50 ms. After the long-lived connections
-// opened, server1 turns slow (its health replies 60 ms late) and well
-// again every 1.5 s, and the leader's manager moves its weight down and up
-// throughout (so that the ring no longer places the connections where
-// they are: only the shared flow records keep them); each phase checks
-// that the leader committed new weights in at least a quarter of its
-// intervals and that the followers took them. Then:
+// opened, the servers turn slow one after the other (the slow one's
+// health replies 60 ms late), for 1.5 s each, and the leader's manager
+// moves their weights down and up throughout (so that the ring no longer
+// places the connections where they are: only the shared flow records
+// keep them); each phase checks that the leader committed new weights in
+// at least half of its intervals and that the followers took them. Then:
 //
 //	(a) a dispatcher dies (SIGKILL, link down): the router withdraws its
 //	    route; at least 99.9% of the long-lived connections keep their
@@ -407,7 +422,9 @@ func (ph *groupPhase) checkWeights(t *testing.T) {
 //	(e) the second is cut off (link down, ndd running): the router drops
 //	    its route when the hold time (3 s) expires; at least 99.9% kept
 //	    (the flows hashed to it stall until then), every new connection
-//	    after the withdrawal works.
+//	    after the withdrawal works;
+//	(f) the third can reach no server: it withdraws, the first keeps
+//	    announcing; 100% kept.
 func TestGroupBehindRouter(t *testing.T) {
 	testutil.RequirePrivileged(t)
 	b := newGroupLab(t, "", managedGroup)
@@ -431,12 +448,12 @@ func TestGroupBehindRouter(t *testing.T) {
 		}
 	}
 
-	// The weights move: server1 turns slow and well again in turn, the
-	// leader's manager lowers its weight and raises it again, nearly every
-	// interval, and the others follow.
+	// The weights move: the servers turn slow one after the other, the
+	// leader's manager lowers the slow one's weight and raises the last
+	// one's again, nearly every interval, and the others follow.
 	w := watchWeights(t, b.nodes...)
 	moved := time.Now()
-	health.wave(0, groupSlow, groupWave)
+	health.rotate(groupSlow, groupWave)
 	waitFor(t, 10*time.Second, "the leader's manager moves the weights and the others follow", func() bool {
 		return w.count(n0, moved, time.Now()) >= 2 && w.count(n1, moved, time.Now()) >= 1 && w.count(n2, moved, time.Now()) >= 1
 	})
@@ -550,9 +567,30 @@ func TestGroupBehindRouter(t *testing.T) {
 	time.Sleep(groupSettle)
 	keptE := ph.finish(t, withdrawn, 0.999, broken)
 
-	t.Logf("summary: kill -9 to route change %v, drain to route change %v, link cut to route change %v (hold time %v); kept (a) %d, (b) %d, (c) %d, (d) %d, (e) %d of %d long-lived connections",
+	// (f) The third can reach no server (a route in its namespace rules
+	// them all out, as a lost link to their network would): it withdraws
+	// the VIP, while the first, which still has servers, keeps announcing.
+	ph = b.startPhase("(f) a dispatcher without servers", lc, broken, w)
+	time.Sleep(groupSettle / 2)
+	at = time.Now()
+	n2.serverRoutes(t, "add")
+	noServerToRoute := b.waitNextHops(t, "dispatcher3 without servers", at, n0)
+	withdrawn = time.Now()
+	if st := n2.bgpStatus(t); st.VIPs[0].Announced || st.VIPs[0].Reason != "no server can take new flows" {
+		t.Errorf("%s without servers: %+v", n2.name, st.VIPs)
+	}
+	if st := n0.bgpStatus(t); !st.VIPs[0].Announced {
+		t.Errorf("%s, with its servers: %+v", n0.name, st.VIPs)
+	}
+	time.Sleep(groupSettle)
+	keptF := ph.finish(t, withdrawn, 1, broken)
+	at = time.Now()
+	n2.serverRoutes(t, "del")
+	b.waitNextHops(t, "dispatcher3's servers back", at, n0, n2)
+
+	t.Logf("summary: kill -9 to route change %v, drain to route change %v, link cut to route change %v (hold time %v), no server to route change %v; kept (a) %d, (b) %d, (c) %d, (d) %d, (e) %d, (f) %d of %d long-lived connections",
 		killToRoute.Round(time.Millisecond), drainToRoute.Round(time.Millisecond), cutToRoute.Round(time.Millisecond), bgpHold,
-		keptA, keptB, keptC, keptD, keptE, groupConns)
+		noServerToRoute.Round(time.Millisecond), keptA, keptB, keptC, keptD, keptE, keptF, groupConns)
 	for _, n := range []*bgpNode{n0, n2} {
 		held, all := n.flowsHeld(t, lc, broken)
 		t.Logf("%s holds %d of the live long-lived connections' flows at the end (%d flows in all)", n.name, held, all)

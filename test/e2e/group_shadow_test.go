@@ -24,21 +24,7 @@ import (
 // places it by the new tables, and a clear share breaks.
 func TestGroupShadowOutlivesIdleTimeout(t *testing.T) {
 	testutil.RequirePrivileged(t)
-	var synced, control int
-	t.Run("synced", func(t *testing.T) {
-		synced = groupCrash(t, false)
-		if min := (groupConns*999 + 999) / 1000; synced < min {
-			t.Errorf("%d of %d connections survived the crash, want at least 99.9%% (%d)", synced, groupConns, min)
-		}
-	})
-	t.Run("stream blocked", func(t *testing.T) {
-		control = groupCrash(t, true)
-		if lost := groupConns - control; lost < groupConns/20 {
-			t.Errorf("with the flow stream blocked %d of %d connections broke, want at least %d: the test does not tell the stream's work from luck",
-				lost, groupConns, groupConns/20)
-		}
-	})
-	t.Logf("kept through the crash of a dispatcher: %d of %d with the flow stream, %d of %d with it blocked", synced, groupConns, control, groupConns)
+	shadowControl(t, groupConns, groupConns/20, groupCrash)
 }
 
 // groupCrash runs one crash as TestGroupShadowOutlivesIdleTimeout

@@ -32,21 +32,30 @@ const (
 // follow it.
 func TestHAShadowOutlivesIdleTimeout(t *testing.T) {
 	testutil.RequirePrivileged(t)
+	shadowControl(t, haLongConns, haLongConns/5, shadowCrash)
+}
+
+// shadowControl runs crash with the flow stream and, as the control, with
+// it blocked; each returns the connections of total that survived. With
+// the stream at least 99.9% must, and without it at least minLost must
+// break, or the test would not tell the stream's work from luck.
+func shadowControl(t *testing.T, total, minLost int, crash func(t *testing.T, block bool) int) {
+	t.Helper()
 	var synced, control int
 	t.Run("synced", func(t *testing.T) {
-		synced = shadowCrash(t, false)
-		if min := (haLongConns*999 + 999) / 1000; synced < min {
-			t.Errorf("%d of %d connections survived the crash, want at least 99.9%% (%d)", synced, haLongConns, min)
+		synced = crash(t, false)
+		if min := (total*999 + 999) / 1000; synced < min {
+			t.Errorf("%d of %d connections survived the crash, want at least 99.9%% (%d)", synced, total, min)
 		}
 	})
 	t.Run("stream blocked", func(t *testing.T) {
-		control = shadowCrash(t, true)
-		if lost := haLongConns - control; lost < haLongConns/5 {
+		control = crash(t, true)
+		if lost := total - control; lost < minLost {
 			t.Errorf("with the flow stream blocked %d of %d connections broke, want at least %d: the test does not tell the stream's work from luck",
-				lost, haLongConns, haLongConns/5)
+				lost, total, minLost)
 		}
 	})
-	t.Logf("kept through the crash: %d of %d with the flow stream, %d of %d with it blocked", synced, haLongConns, control, haLongConns)
+	t.Logf("kept through the crash: %d of %d with the flow stream, %d of %d with it blocked", synced, total, control, total)
 }
 
 // shadowCrash runs one crash as TestHAShadowOutlivesIdleTimeout describes,

@@ -94,11 +94,13 @@ func v6Peer() string {
 // section that section returns for it. t.Cleanup undoes everything.
 func newBGPLab(t *testing.T, dispatchers int, password string, v6 bool, section func(i int, d *lab.Host) string) *bgpLab {
 	t.Helper()
-	return newBGPLabServers(t, dispatchers, 2, password, v6, section)
+	return newBGPLabServers(t, dispatchers, 2, password, v6, section, nil)
 }
 
-// newBGPLabServers is newBGPLab with the given number of servers.
-func newBGPLabServers(t *testing.T, dispatchers, servers int, password string, v6 bool, section func(i int, d *lab.Host) string) *bgpLab {
+// newBGPLabServers is newBGPLab with the given number of servers, and
+// tune, unless nil, applied to every node's configuration before it is
+// first written.
+func newBGPLabServers(t *testing.T, dispatchers, servers int, password string, v6 bool, section func(i int, d *lab.Host) string, tune func(*nddConfig)) *bgpLab {
 	t.Helper()
 	requireBIRD(t)
 	sweepStalePins(t)
@@ -165,6 +167,10 @@ func newBGPLabServers(t *testing.T, dispatchers, servers int, password string, v
 				Interfaces: []string{d.Ifname},
 				Ports:      []portConfig{port},
 			}}
+		if tune != nil {
+			n.cfg = n.cfg.clone() // the nodes share port's servers
+			tune(&n.cfg)
+		}
 		n.write(t)
 		n.api = apiClient(t, n.cfg.Socket)
 		t.Cleanup(func() { n.teardown(t) })

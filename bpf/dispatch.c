@@ -69,6 +69,15 @@ static __always_inline int dispatch_established(struct xdp_md *ctx, struct packe
 		reuse_way(fl, VICTIM_EXPIRED, fl->snap.seq);
 		return -1;
 	}
+	if (be->flags & BE_F_HELD) {
+		/* Its server cannot be reached now: the flow keeps its way,
+		 * and its server for when it is back; the packet goes nowhere
+		 * (counted with the port's packets that found no server). */
+		struct svc_stats *ss = bpf_map_lookup_elem(&stats_service, &be->svc_id);
+		if (ss)
+			ss->no_backend += 1;
+		return XDP_DROP;
+	}
 	int is_tcp = p->key.proto == IPPROTO_TCP;
 	__u8 tcp_flags = is_tcp ? p->tcp_flags : 0;
 	/* The common case first: a packet of an established or closing flow

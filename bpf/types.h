@@ -67,6 +67,7 @@ struct svc_slot {
 #define BE_F_LOCAL (1u << 1)    /* the dispatcher host itself (co-location) */
 #define BE_F_QUIESCED (1u << 2) /* weight 0: keeps its flows, gets no new ones */
 #define BE_F_P2C (1u << 3)      /* its service is p2c or delay: keep its server_active count */
+#define BE_F_HELD (1u << 4)     /* unreachable now: its flows keep the slot, their packets are dropped */
 
 struct backend {
 	__u8 dst_mac[6]; /* the server's MAC */

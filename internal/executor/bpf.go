@@ -26,6 +26,7 @@ const (
 	beLocal    = 1 << 1
 	beQuiesced = 1 << 2
 	beP2C      = 1 << 3
+	beHeld     = 1 << 4
 
 	svcAffinity = 1 << 0
 	svcP2C      = 1 << 1
@@ -441,6 +442,7 @@ func (b *BPF) recover() error {
 		srv := Server{
 			Addr:    addrFrom(be.Addr.Addr, be.Family),
 			Local:   be.Flags&beLocal != 0,
+			Held:    be.Flags&beHeld != 0,
 			Weight:  be.Weight,
 			Ifindex: int(be.Ifindex),
 		}

@@ -71,7 +71,8 @@ type Executor interface {
 	// other service uses it.
 	DeleteService(ServiceKey) error
 	// SetWeights changes the weights of some servers of a service at once.
-	// Weight 0 quiesces. Unknown servers are an error and nothing changes.
+	// Weight 0 quiesces; a held server stays at 0. Unknown servers are an
+	// error and nothing changes.
 	SetWeights(ServiceKey, map[netip.Addr]uint32) error
 	// Services lists the installed services, sorted.
 	Services() []Service
@@ -184,6 +185,9 @@ func validateService(s Service) error {
 		seen[sv.Addr] = true
 		if !(sv.Delay >= 0) || math.IsInf(sv.Delay, 0) {
 			return fmt.Errorf("%w: service %v: server %v: delay factor %v must be a finite number >= 0", ErrInvalid, k, sv.Addr, sv.Delay)
+		}
+		if sv.Held && (sv.Weight != 0 || sv.Local) {
+			return fmt.Errorf("%w: service %v: server %v: a held server has weight 0 and is not local", ErrInvalid, k, sv.Addr)
 		}
 		if sv.Local {
 			continue

@@ -369,7 +369,7 @@ func (f *Fake) SetWeights(key ServiceKey, weights map[netip.Addr]uint32) error {
 	}
 	s := st.service(key)
 	for i := range s.Servers {
-		if w, ok := weights[s.Servers[i].Addr]; ok {
+		if w, ok := weights[s.Servers[i].Addr]; ok && !s.Servers[i].Held {
 			s.Servers[i].Weight = w
 		}
 	}
@@ -472,6 +472,10 @@ func (f *Fake) DispatchBytes(k FlowKey, syn, closing bool, bytes uint64) (netip.
 			replaced = fl // the client reuses a closed tuple: a new connection
 		case syn && fl.halfOpen && fl.server.srv.Weight == 0:
 			replaced = fl // a SYN retransmitted to a server taken out
+		case fl.server.srv.Held:
+			// Its server cannot be reached: the flow waits for it.
+			st.noServer++
+			return netip.Addr{}, fmt.Errorf("%w: flow %v: server %v held", ErrNoServer, k, fl.server.srv.Addr)
 		default:
 			fs = fl.server
 		}

@@ -425,6 +425,8 @@ func (ph *groupPhase) checkWeights(t *testing.T) {
 //	    after the withdrawal works;
 //	(f) the third can reach no server: it withdraws, the first keeps
 //	    announcing; 100% kept.
+//	(g) the third's servers back: it announces again, the flows it held
+//	    for them intact; 100% kept.
 func TestGroupBehindRouter(t *testing.T) {
 	testutil.RequirePrivileged(t)
 	b := newGroupLab(t, "", managedGroup)
@@ -584,13 +586,22 @@ func TestGroupBehindRouter(t *testing.T) {
 	}
 	time.Sleep(groupSettle)
 	keptF := ph.finish(t, withdrawn, 1, broken)
+
+	// (g) Its servers back, the third announces again at once: it held
+	// them while it could not reach them, so the flows it had still name
+	// their servers and the connections the router sends it again carry on.
+	ph = b.startPhase("(g) a dispatcher's servers back", lc, broken, w)
+	time.Sleep(groupSettle / 2)
 	at = time.Now()
 	n2.serverRoutes(t, "del")
-	b.waitNextHops(t, "dispatcher3's servers back", at, n0, n2)
+	backToRoute := b.waitNextHops(t, "dispatcher3's servers back", at, n0, n2)
+	announced := time.Now()
+	time.Sleep(groupSettle)
+	keptG := ph.finish(t, announced, 1, broken)
 
-	t.Logf("summary: kill -9 to route change %v, drain to route change %v, link cut to route change %v (hold time %v), no server to route change %v; kept (a) %d, (b) %d, (c) %d, (d) %d, (e) %d, (f) %d of %d long-lived connections",
+	t.Logf("summary: kill -9 to route change %v, drain to route change %v, link cut to route change %v (hold time %v), no server to route change %v, servers back to route change %v; kept (a) %d, (b) %d, (c) %d, (d) %d, (e) %d, (f) %d, (g) %d of %d long-lived connections",
 		killToRoute.Round(time.Millisecond), drainToRoute.Round(time.Millisecond), cutToRoute.Round(time.Millisecond), bgpHold,
-		noServerToRoute.Round(time.Millisecond), keptA, keptB, keptC, keptD, keptE, keptF, groupConns)
+		noServerToRoute.Round(time.Millisecond), backToRoute.Round(time.Millisecond), keptA, keptB, keptC, keptD, keptE, keptF, keptG, groupConns)
 	for _, n := range []*bgpNode{n0, n2} {
 		held, all := n.flowsHeld(t, lc, broken)
 		t.Logf("%s holds %d of the live long-lived connections' flows at the end (%d flows in all)", n.name, held, all)

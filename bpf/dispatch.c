@@ -144,6 +144,8 @@ static __always_inline int dispatch_established(struct xdp_md *ctx, struct packe
 	}
 	if (left_halfopen)
 		halfopen_add(be_id, -1);
+	if (opened && (flags & FLOW_F_STICKY))
+		confirm_affinity(be->svc_id, p, be_id, be->gen, now);
 	count_backend(be_id, bytes, opened, closed, 0);
 	if (opened | closed) {
 		if (be->flags & BE_F_P2C)

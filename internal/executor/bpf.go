@@ -80,7 +80,8 @@ type Config struct {
 	MaxServices uint32
 	// MaxVIPs bounds distinct VIP addresses. Default 1,024.
 	MaxVIPs uint32
-	// MaxAffinity sizes the client affinity table (LRU). Default 65,536.
+	// MaxAffinity sizes the client affinity table (LRU), and the table of
+	// choices pending a handshake alike. Default 65,536.
 	MaxAffinity uint32
 	// RingSize is each service's Maglev table size, a prime. Default 65,537.
 	RingSize uint32
@@ -265,7 +266,7 @@ func New(cfg Config) (ret *BPF, err error) {
 		"services": cfg.MaxServices, "stats_service": cfg.MaxServices, "rings": cfg.MaxServices,
 		"backends": 2 * cfg.MaxServers, "backend_sel": cfg.MaxServers, "stats_backend": cfg.MaxServers,
 		"server_active": cfg.MaxServers, "server_halfopen": cfg.MaxServers, "flow_events": cfg.FlowEventsRing,
-		"conns": cfg.flowBuckets(), "affinity": cfg.MaxAffinity,
+		"conns": cfg.flowBuckets(), "affinity": cfg.MaxAffinity, "affinity_pending": cfg.MaxAffinity,
 		"svc_index": 2 * cfg.svcIndexSlots(), "vip_index": 4 * cfg.MaxVIPs,
 		"svc_members": 2 * cfg.MaxServices, "members_sel": cfg.MaxServices, "server_picks": cfg.MaxServers,
 	}

@@ -481,3 +481,120 @@ func TestUDPFloodLeavesRoomForNewFlows(t *testing.T) {
 		t.Errorf("flows evicted: %d, want 0", after.Global.FlowsEvicted)
 	}
 }
+
+// TestSYNFloodKeepsAffinity: clients of a sticky service that completed a
+// handshake keep their server through a flood of spoofed SYNs from 10x as
+// many sources as the affinity table holds, with the weights moved: each
+// client's next connection still goes to its sticky server. A client's
+// SYNs sent together before any handshake completes land together.
+func TestSYNFloodKeepsAffinity(t *testing.T) {
+	const maxAffinity = 1024
+	h := newHarness(t, Config{MaxFlows: 1 << 14, MaxAffinity: maxAffinity, IdleTimeout: time.Minute, HalfOpenTimeout: time.Second})
+	key := ServiceKey{VIP: vip6, Port: 443, Proto: TCP}
+	v6 := []netip.Addr{netip.MustParseAddr("2001:db8::11"), netip.MustParseAddr("2001:db8::12"), netip.MustParseAddr("2001:db8::13"), netip.MustParseAddr("2001:db8::14")}
+	macs := []net.HardwareAddr{macS1, macS2, macS3, macS4}
+	byMAC := map[string]netip.Addr{}
+	servers := func(w ...uint32) []Server {
+		var out []Server
+		for i, a := range v6 {
+			out = append(out, h.server(a, macs[i], w[i]))
+			byMAC[macs[i].String()] = a
+		}
+		return out
+	}
+	h.upsert(Service{Key: key, StickyTime: time.Minute, Servers: servers(1, 1, 1, 1)})
+	syn := func(src netip.Addr, sport uint16, flags uint8) frame {
+		return frame{dstMAC: macIn, srcMAC: macClient, src: src, dst: vip6, proto: 6, sport: sport, dport: 443, tcpFlags: flags}
+	}
+	out := make([]byte, 256)
+	send := func(fr frame) (netip.Addr, error) {
+		act, got, err := h.sendFrame(fr, out, byMAC)
+		if err == nil && act != xdpTX {
+			err = fmt.Errorf("%v: %s", fr.src, actionNames[act])
+		}
+		return got, err
+	}
+
+	// 200 clients complete a handshake each.
+	sticky := map[netip.Addr]netip.Addr{}
+	client := func(i int) netip.Addr {
+		return netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 0, 1, 15: byte(i), 14: byte(i >> 8)})
+	}
+	h.do(func() error {
+		for i := range 200 {
+			c := client(i)
+			srv, err := send(syn(c, 10000, tcpSYN))
+			if err != nil {
+				return err
+			}
+			if _, err := send(syn(c, 10000, tcpACK)); err != nil {
+				return err
+			}
+			sticky[c] = srv
+		}
+		return nil
+	})
+	h.do(func() error {
+		return h.x.SetWeights(key, map[netip.Addr]uint32{v6[0]: 7, v6[1]: 1, v6[2]: 3, v6[3]: 2})
+	})
+
+	// The flood: spoofed SYNs from 10 x maxAffinity random sources.
+	rng := rand.New(rand.NewPCG(13, 17))
+	h.do(func() error {
+		for range 10 * maxAffinity {
+			var a [16]byte
+			copy(a[:], []byte{0x20, 0x01, 0x0d, 0xb8, 0xff, 0xff})
+			for j := 6; j < 16; j++ {
+				a[j] = byte(rng.IntN(256))
+			}
+			if _, err := send(syn(netip.AddrFrom16(a), uint16(1024+rng.IntN(60000)), tcpSYN)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+
+	// Every client's next connection goes to its sticky server.
+	var moved []string
+	h.do(func() error {
+		for i := range 200 {
+			c := client(i)
+			got, err := send(syn(c, 20000, tcpSYN))
+			if err != nil {
+				return err
+			}
+			if got != sticky[c] {
+				moved = append(moved, fmt.Sprintf("%v: new connection to %v, sticky %v", c, got, sticky[c]))
+			}
+		}
+		return nil
+	})
+	t.Logf("%d spoofed SYNs against a %d-client affinity table: %d of 200 clients kept their sticky server", 10*maxAffinity, maxAffinity, 200-len(moved))
+	for i, m := range moved {
+		if i == 10 {
+			t.Errorf("... and %d more", len(moved)-10)
+			break
+		}
+		t.Error(m)
+	}
+
+	// Two SYNs of one client sent together, before either handshake
+	// completes, go to one server.
+	h.do(func() error {
+		for i := 300; i < 350; i++ {
+			c := client(i)
+			a, err := send(syn(c, 30000, tcpSYN))
+			if err != nil {
+				return err
+			}
+			b, err := send(syn(c, 30001, tcpSYN))
+			if err != nil {
+				return err
+			}
+			if a != b {
+				t.Errorf("%v: parallel SYNs to %v and %v", c, a, b)
+			}
+		}
+		return nil
+	})
+}

@@ -114,7 +114,7 @@ static __always_inline int dispatch_established(struct xdp_md *ctx, struct packe
 
 	__u32 set = 0, clear = 0;
 	__u64 seen = 0;
-	int opened = 0, closed = 0, left_halfopen = 0;
+	int opened = 0, closed = 0, left_halfopen = 0, confirmed = 0;
 	if (flow_idle(now, fl->snap.last_seen, REFRESH_NS)) {
 		seen = now;
 		if (flags & FLOW_F_STICKY)
@@ -136,12 +136,17 @@ static __always_inline int dispatch_established(struct xdp_md *ctx, struct packe
 		set = FLOW_F_CLOSING;
 		closed = 1;
 	} else if (flags & FLOW_F_ONCE) {
-		clear = FLOW_F_ONCE; /* a UDP flow's second packet: no longer a victim */
+		/* A UDP flow's second packet: no longer a victim, and now
+		 * reported (a spoofed datagram never sends a second one). */
+		clear = FLOW_F_ONCE;
+		confirmed = 1;
 	}
 	if (set | clear | seen) {
 		if (nd_flow_update(fl->idx, fl->way, fl->snap.seq, FLOW_SET_CLEAR(set, clear), seen) < 0)
-			opened = closed = left_halfopen = 0; /* another CPU changed it */
+			opened = closed = left_halfopen = confirmed = 0; /* another CPU changed it */
 	}
+	if (confirmed && flow_report_on())
+		nd_flow_report(&p->key, be, be_id, FLOW_EV_OPENED << 8 | (flags & ~FLOW_F_ONCE), now);
 	if (left_halfopen)
 		halfopen_add(be_id, -1);
 	if (opened && (flags & FLOW_F_STICKY))
@@ -256,11 +261,12 @@ static __always_inline int dispatch_new(struct xdp_md *ctx, struct packet *p, st
 			if (moved)
 				halfopen_add(be_id, 1);
 		} else {
+			/* Counted open now, reported to user space (and so
+			 * to the HA peers) at its second packet: a flood of
+			 * spoofed datagrams costs the sync stream nothing. */
 			opened = 1;
 			if (be->flags & BE_F_P2C)
 				active_add(be_id, 1);
-			if (flow_report_on())
-				nd_flow_report(&p->key, be, be_id, FLOW_EV_OPENED << 8 | a.flags, now);
 		}
 	}
 

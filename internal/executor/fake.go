@@ -117,6 +117,8 @@ type fakeFlow struct {
 	lastSeen time.Duration
 	closing  bool
 	halfOpen bool
+	// once: a UDP flow that has sent one datagram; reported at its second.
+	once bool
 }
 
 // timeout is how long the flow is kept after its last packet.
@@ -503,6 +505,9 @@ func (f *Fake) DispatchBytes(k FlowKey, syn, closing bool, bytes uint64) (netip.
 			isClosed = true
 			st.countActive(fs, -1)
 			f.reportLocked(FlowClosed, k, fs, true)
+		case fl.once:
+			fl.once = false
+			f.reportLocked(FlowOpened, k, fs, false)
 		}
 	} else {
 		// As the kernel: only an opener the table remembers goes to the
@@ -516,7 +521,7 @@ func (f *Fake) DispatchBytes(k FlowKey, syn, closing bool, bytes uint64) (netip.
 			if replaced != nil {
 				f.goneLocked(st, replaced)
 			}
-			entry := &fakeFlow{server: fs, lastSeen: f.now, halfOpen: tcp}
+			entry := &fakeFlow{server: fs, lastSeen: f.now, halfOpen: tcp, once: !tcp}
 			f.flows[k] = entry
 			if tcp {
 				fs.halfOpen++
@@ -524,7 +529,6 @@ func (f *Fake) DispatchBytes(k FlowKey, syn, closing bool, bytes uint64) (netip.
 			} else {
 				opened = true
 				st.countActive(fs, 1)
-				f.reportLocked(FlowOpened, k, fs, false)
 			}
 		}
 	}

@@ -38,6 +38,7 @@ const (
 	flowValid     = 1 << 0
 	flowClosing   = 1 << 1
 	flowHalfOpen  = 1 << 3
+	flowOnce      = 1 << 4
 	flowFlagsMask = 0xff
 
 	ringEmpty = 0xffff

@@ -399,4 +399,21 @@ func TestUDPFlowReportedAtSecondDatagram(t *testing.T) {
 		t.Fatalf("events for a flow of three datagrams: %+v, want one opened", got)
 	}
 	s.quiet(t, "after the flow's third datagram")
+
+	// Refresh rounds and snapshots leave the single datagrams out too.
+	var recent, once int
+	if err := h.x.RecentFlows(time.Minute, time.Minute, func(Flow) bool { recent++; return true }); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.x.Flows(func(f Flow) bool {
+		if f.Once {
+			once++
+		}
+		return true
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if recent != 1 || once != 100 {
+		t.Errorf("%d recent flows (want the one of three datagrams), %d flows seen once (want 100)", recent, once)
+	}
 }

@@ -920,7 +920,7 @@ func (f *Fake) liveFlowLocked(k FlowKey, fl *fakeFlow) (Flow, bool) {
 	if st == nil || !st.has(fl.server) {
 		return Flow{}, false
 	}
-	out := Flow{Key: k, Server: fl.server.srv.Addr, Closing: fl.closing, HalfOpen: fl.halfOpen}
+	out := Flow{Key: k, Server: fl.server.srv.Addr, Closing: fl.closing, HalfOpen: fl.halfOpen, Once: fl.once}
 	if d := f.now - fl.lastSeen; d > 0 {
 		out.Idle = d
 	}
@@ -959,7 +959,7 @@ func (f *Fake) RecentFlows(within, closingWithin time.Duration, fn func(Flow) bo
 		if fl.Closing {
 			limit = closingWithin
 		}
-		if fl.HalfOpen || limit < 0 || fl.Idle > limit {
+		if fl.HalfOpen || fl.Once || limit < 0 || fl.Idle > limit {
 			return true
 		}
 		return fn(fl)

@@ -207,6 +207,10 @@ type Flow struct {
 	// packet): it is not counted open, and times out after the half-open
 	// timeout. The handshake's ACK makes it established.
 	HalfOpen bool
+	// Once is set while a UDP flow has sent a single datagram: counted
+	// open, but not yet reported, refreshed or snapshotted to HA peers (a
+	// spoofed datagram never sends a second).
+	Once bool
 }
 
 // ServerStats are the data plane's counters for one server of one service:

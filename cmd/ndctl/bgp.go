@@ -13,21 +13,7 @@ import (
 
 // bgpStatus prints the BGP sessions and every VIP's route.
 func bgpStatus(ctx context.Context, s *session, args []string) error {
-	fs := s.newFlags()
-	c, err := s.readClient(fs, args)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	st, err := c.BGPStatus()
-	if err != nil {
-		return err
-	}
-	if s.json {
-		return writeJSON(s.stdout, st)
-	}
-	writeBGPStatus(s.stdout, st, time.Now())
-	return nil
+	return show(s, s.newFlags(), args, Client.BGPStatus, printBGPStatus)
 }
 
 func bgpDrain(ctx context.Context, s *session, args []string) error {
@@ -39,23 +25,11 @@ func bgpUndrain(ctx context.Context, s *session, args []string) error {
 }
 
 func bgpSetDrain(s *session, args []string, drain bool) error {
-	fs := s.newFlags()
-	if _, err := s.parse(fs, args, 0, 0); err != nil {
-		return err
-	}
-	c, err := s.client()
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	st, err := c.BGPDrain(drain)
-	if err != nil {
-		return err
-	}
-	if s.json {
-		return writeJSON(s.stdout, st)
-	}
-	writeBGPStatus(s.stdout, st, time.Now())
+	return show(s, s.newFlags(), args, func(c Client) (nd.BGPStatus, error) { return c.BGPDrain(drain) }, printBGPStatus)
+}
+
+func printBGPStatus(w io.Writer, st nd.BGPStatus) error {
+	writeBGPStatus(w, st, time.Now())
 	return nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"time"
 
 	"github.com/nd-dispatcher/nd/internal/api"
@@ -13,20 +14,14 @@ import (
 
 // change runs one change against ndd and prints what ndd did.
 func (s *session) change(fn func(c Client) (string, error)) error {
-	c, err := s.client()
-	if err != nil {
-		return err
+	get := func(c Client) (api.ChangesResponse, error) {
+		changes, err := fn(c)
+		return api.ChangesResponse{Changes: changes}, err
 	}
-	defer c.Close()
-	changes, err := fn(c)
-	if err != nil {
-		return err
-	}
-	if s.json {
-		return writeJSON(s.stdout, api.ChangesResponse{Changes: changes})
-	}
-	fmt.Fprintln(s.stdout, changes)
-	return nil
+	return fetch(s, get, func(w io.Writer, r api.ChangesResponse) error {
+		fmt.Fprintln(w, r.Changes)
+		return nil
+	})
 }
 
 func writeJSON(w interface{ Write([]byte) (int, error) }, v any) error {

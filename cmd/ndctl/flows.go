@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"text/tabwriter"
 	"time"
 
@@ -52,23 +53,15 @@ func flowsCmd(ctx context.Context, s *session, args []string) error {
 		return usagef("--limit %d: want at least 1", *limit)
 	}
 	q.Limit = *limit
-	c, err := s.client()
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	out, err := c.Flows(q)
-	if err != nil {
-		return err
-	}
-	if s.json {
-		return writeJSON(s.stdout, out)
-	}
+	return fetch(s, func(c Client) (api.FlowsResponse, error) { return c.Flows(q) }, writeFlows)
+}
+
+func writeFlows(w io.Writer, out api.FlowsResponse) error {
 	if len(out.Flows) == 0 {
-		fmt.Fprintln(s.stdout, "no flows")
+		fmt.Fprintln(w, "no flows")
 		return nil
 	}
-	tw := tabwriter.NewWriter(s.stdout, 0, 0, 2, ' ', 0)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "PROTO\tCLIENT\tVIP\tSERVER\tSTATE\tIDLE")
 	for _, f := range out.Flows {
 		state := "open"
@@ -81,7 +74,7 @@ func flowsCmd(ctx context.Context, s *session, args []string) error {
 		return err
 	}
 	if out.More {
-		fmt.Fprintf(s.stdout, "(more flows match: %d listed; raise --limit)\n", len(out.Flows))
+		fmt.Fprintf(w, "(more flows match: %d listed; raise --limit)\n", len(out.Flows))
 	}
 	return nil
 }

@@ -10,6 +10,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/nd-dispatcher/nd/internal/advisor"
 	"github.com/nd-dispatcher/nd/internal/api"
 	"github.com/nd-dispatcher/nd/internal/manager"
 )
@@ -18,24 +19,10 @@ import (
 // its Load Metric Index and its weight before and after the manager's last
 // computation: the IBM manager report.
 func managerReport(ctx context.Context, s *session, args []string) error {
-	fs := s.newFlags()
-	c, err := s.readClient(fs, args)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	r, err := c.ManagerReport()
-	if err != nil {
-		return err
-	}
-	if s.json {
-		return writeJSON(s.stdout, r)
-	}
-	writeManagerReport(s.stdout, r)
-	return nil
+	return show(s, s.newFlags(), args, Client.ManagerReport, writeManagerReport)
 }
 
-func writeManagerReport(w io.Writer, r api.ManagerResponse) {
+func writeManagerReport(w io.Writer, r api.ManagerResponse) error {
 	p := r.Proportions
 	fmt.Fprintf(w, "manager: policy %s, interval %s, sensitivity %s%%, smoothing %s, overload %s, proportions active %d new %d advisor %d host %d\n",
 		r.Policy, r.Interval, trim(100*r.Sensitivity), trim(r.Smoothing), trim(r.Overload), p.Active, p.New, p.Advisor, p.Host)
@@ -45,6 +32,7 @@ func writeManagerReport(w io.Writer, r api.ManagerResponse) {
 	for _, pr := range r.Ports {
 		writePortReport(w, pr)
 	}
+	return nil
 }
 
 func writePortReport(w io.Writer, pr manager.PortReport) {
@@ -183,24 +171,15 @@ func parseProportions(s string) (api.ProportionsRequest, error) {
 
 // advisorStatus prints every advisor target: up or down, latency, error.
 func advisorStatus(ctx context.Context, s *session, args []string) error {
-	fs := s.newFlags()
-	c, err := s.readClient(fs, args)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	st, err := c.Advisors()
-	if err != nil {
-		return err
-	}
-	if s.json {
-		return writeJSON(s.stdout, st)
-	}
+	return show(s, s.newFlags(), args, Client.Advisors, writeAdvisors)
+}
+
+func writeAdvisors(w io.Writer, st []advisor.Status) error {
 	if len(st) == 0 {
-		fmt.Fprintln(s.stdout, "no advisors probe any server")
+		fmt.Fprintln(w, "no advisors probe any server")
 		return nil
 	}
-	tw := tabwriter.NewWriter(s.stdout, 0, 0, 2, ' ', 0)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "ADVISOR\tKIND\tTARGET\tSERVER\tSTATE\tLATENCY\tSMOOTHED\tPROBES\tFAILED\tERROR")
 	for _, a := range st {
 		state := "unknown"
@@ -223,24 +202,15 @@ func advisorStatus(ctx context.Context, s *session, args []string) error {
 // agentStatus prints every polled agent: its metrics, or why they are
 // disabled.
 func agentStatus(ctx context.Context, s *session, args []string) error {
-	fs := s.newFlags()
-	c, err := s.readClient(fs, args)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	st, err := c.Agents()
-	if err != nil {
-		return err
-	}
-	if s.json {
-		return writeJSON(s.stdout, st)
-	}
+	return show(s, s.newFlags(), args, Client.Agents, writeAgents)
+}
+
+func writeAgents(w io.Writer, st []api.AgentStatus) error {
 	if len(st) == 0 {
-		fmt.Fprintln(s.stdout, "no agents polled (no agents section in the configuration)")
+		fmt.Fprintln(w, "no agents polled (no agents section in the configuration)")
 		return nil
 	}
-	tw := tabwriter.NewWriter(s.stdout, 0, 0, 2, ' ', 0)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "AGENT\tHOST\tSTATE\tLAST REPORT\tMETRICS\tERROR")
 	for _, a := range st {
 		state := "ok"

@@ -152,17 +152,16 @@ type portView struct {
 }
 
 func clusterList(ctx context.Context, s *session, args []string) error {
-	fs := s.newFlags()
-	c, err := s.readClient(fs, args)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
+	return show(s, s.newFlags(), args, clusterViews, writeClusters)
+}
+
+// clusterViews groups ndd's ports by VIP, never nil so that --json prints [].
+func clusterViews(c Client) ([]clusterView, error) {
 	st, err := c.Status()
 	if err != nil {
-		return err
+		return nil, err
 	}
-	var views []clusterView
+	views := []clusterView{}
 	for _, p := range st.Ports { // sorted by VIP, then port
 		if len(views) == 0 || views[len(views)-1].VIP != p.VIP {
 			views = append(views, clusterView{VIP: p.VIP})
@@ -176,17 +175,15 @@ func clusterList(ctx context.Context, s *session, args []string) error {
 		v := &views[len(views)-1]
 		v.Ports = append(v.Ports, pv)
 	}
-	if s.json {
-		if views == nil {
-			views = []clusterView{}
-		}
-		return writeJSON(s.stdout, views)
-	}
+	return views, nil
+}
+
+func writeClusters(w io.Writer, views []clusterView) error {
 	if len(views) == 0 {
-		fmt.Fprintln(s.stdout, "no clusters")
+		fmt.Fprintln(w, "no clusters")
 		return nil
 	}
-	tw := tabwriter.NewWriter(s.stdout, 0, 0, 2, ' ', 0)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "VIP\tPORTS\n")
 	for _, v := range views {
 		var ports []string

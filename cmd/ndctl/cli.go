@@ -291,33 +291,6 @@ func (s *session) readClient(fs *flag.FlagSet, args []string) (Client, error) {
 	return s.client()
 }
 
-// show is the whole of a read command: its flags, no positional arguments,
-// then fetch.
-func show[T any](s *session, fs *flag.FlagSet, args []string, get func(Client) (T, error), text func(io.Writer, T) error) error {
-	if _, err := s.parse(fs, args, 0, 0); err != nil {
-		return err
-	}
-	return fetch(s, get, text)
-}
-
-// fetch connects to ndd, asks it with get and prints the answer: as JSON
-// under --json, else with text.
-func fetch[T any](s *session, get func(Client) (T, error), text func(io.Writer, T) error) error {
-	c, err := s.client()
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	v, err := get(c)
-	if err != nil {
-		return err
-	}
-	if s.json {
-		return writeJSON(s.stdout, v)
-	}
-	return text(s.stdout, v)
-}
-
 // parse parses a leaf command's flags, which may come before, between or
 // after its positional arguments, and checks that between min and max
 // (-1: any number) positional arguments were given. On -h it prints the
@@ -456,6 +429,14 @@ func isSet(fs *flag.FlagSet, name string) bool {
 		}
 	})
 	return set
+}
+
+// ifSet is v if the flag name was given, else nil: a patch's field.
+func ifSet[T any](fs *flag.FlagSet, name string, v *T) *T {
+	if isSet(fs, name) {
+		return v
+	}
+	return nil
 }
 
 // help: the overview, group and leaf help.

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -22,15 +21,6 @@ func (s *session) change(fn func(c Client) (string, error)) error {
 		fmt.Fprintln(w, r.Changes)
 		return nil
 	})
-}
-
-func writeJSON(w interface{ Write([]byte) (int, error) }, v any) error {
-	b, err := json.MarshalIndent(v, "", "  ")
-	if err != nil {
-		return err
-	}
-	_, err = w.Write(append(b, '\n'))
-	return err
 }
 
 // portFlags are the settings of a port being added.
@@ -123,60 +113,75 @@ func portAdd(ctx context.Context, s *session, args []string) error {
 }
 
 func portRemove(ctx context.Context, s *session, args []string) error {
-	fs := s.newFlags()
+	r, err := s.parseRef(s.newFlags(), args, false)
+	if err != nil {
+		return err
+	}
+	return s.change(func(c Client) (string, error) { return c.RemovePort(r.vip, r.port, r.proto) })
+}
+
+// ref is what a port or server command names: VIP PORT[/PROTO] and, for a
+// server, its ADDRESS.
+type ref struct {
+	vip   string
+	port  uint16
+	proto string
+	addr  string
+}
+
+// parseRef adds --protocol to fs's flags, parses the command line and reads
+// VIP PORT[/PROTO], then ADDRESS if server.
+func (s *session) parseRef(fs *flag.FlagSet, args []string, server bool) (ref, error) {
 	proto := fs.String("protocol", "tcp", "`tcp|udp`: the protocol, if PORT has no /PROTO")
-	args, err := s.parse(fs, args, 2, 2)
+	n := 2
+	if server {
+		n = 3
+	}
+	args, err := s.parse(fs, args, n, n)
 	if err != nil {
-		return err
+		return ref{}, err
 	}
-	vip, port, p, err := vipPort(fs, args, *proto)
-	if err != nil {
-		return err
+	var r ref
+	if r.vip, err = parseVIP(args[0]); err != nil {
+		return ref{}, err
 	}
-	return s.change(func(c Client) (string, error) { return c.RemovePort(vip, port, p) })
-}
-
-// vipPort reads the VIP PORT[/PROTO] arguments.
-func vipPort(fs *flag.FlagSet, args []string, flagProto string) (vip string, port uint16, proto string, err error) {
-	if vip, err = parseVIP(args[0]); err != nil {
-		return
+	if r.port, r.proto, err = portAndProto(args[1], *proto, isSet(fs, "protocol")); err != nil {
+		return ref{}, err
 	}
-	port, proto, err = portAndProto(args[1], flagProto, isSet(fs, "protocol"))
-	return
-}
-
-// serverArgs reads the VIP PORT[/PROTO] ADDRESS arguments.
-func serverArgs(fs *flag.FlagSet, args []string, flagProto string) (vip string, port uint16, proto, addr string, err error) {
-	if vip, port, proto, err = vipPort(fs, args, flagProto); err != nil {
-		return
+	if server {
+		if r.addr, err = parseServerAddr(args[2]); err != nil {
+			return ref{}, err
+		}
 	}
-	addr, err = parseServerAddr(args[2])
-	return
+	return r, nil
 }
 
 func serverAdd(ctx context.Context, s *session, args []string) error {
 	fs := s.newFlags()
-	proto := fs.String("protocol", "tcp", "`tcp|udp`: the protocol, if PORT has no /PROTO")
 	weight := fs.Uint("weight", 0, "share of new flows, `N` from 0 to the port's weight bound (default half the bound)")
 	quiesce := fs.Bool("quiesce", false, "add it quiesced: no new flows until 'server set --unquiesce'")
 	local := fs.Bool("local", false, "the server is the dispatcher itself (co-location)")
-	args, err := s.parse(fs, args, 3, 3)
+	r, err := s.parseRef(fs, args, true)
 	if err != nil {
 		return err
 	}
-	vip, port, p, addr, err := serverArgs(fs, args, *proto)
-	if err != nil {
+	req := api.ServerRequest{Address: r.addr, Quiesce: *quiesce, Local: *local}
+	if req.Weight, err = weightFlag(fs, *weight); err != nil {
 		return err
 	}
-	req := api.ServerRequest{Address: addr, Quiesce: *quiesce, Local: *local}
-	if isSet(fs, "weight") {
-		w, err := weightValue(*weight)
-		if err != nil {
-			return err
-		}
-		req.Weight = &w
+	return s.change(func(c Client) (string, error) { return c.AddServer(r.vip, r.port, r.proto, req) })
+}
+
+// weightFlag is --weight's value, nil when it was not given.
+func weightFlag(fs *flag.FlagSet, w uint) (*uint32, error) {
+	if !isSet(fs, "weight") {
+		return nil, nil
 	}
-	return s.change(func(c Client) (string, error) { return c.AddServer(vip, port, p, req) })
+	v, err := weightValue(w)
+	if err != nil {
+		return nil, err
+	}
+	return &v, nil
 }
 
 func weightValue(w uint) (uint32, error) {
@@ -187,42 +192,27 @@ func weightValue(w uint) (uint32, error) {
 }
 
 func serverRemove(ctx context.Context, s *session, args []string) error {
-	fs := s.newFlags()
-	proto := fs.String("protocol", "tcp", "`tcp|udp`: the protocol, if PORT has no /PROTO")
-	args, err := s.parse(fs, args, 3, 3)
+	r, err := s.parseRef(s.newFlags(), args, true)
 	if err != nil {
 		return err
 	}
-	vip, port, p, addr, err := serverArgs(fs, args, *proto)
-	if err != nil {
-		return err
-	}
-	return s.change(func(c Client) (string, error) { return c.RemoveServer(vip, port, p, addr) })
+	return s.change(func(c Client) (string, error) { return c.RemoveServer(r.vip, r.port, r.proto, r.addr) })
 }
 
 func serverSet(ctx context.Context, s *session, args []string) error {
 	fs := s.newFlags()
-	proto := fs.String("protocol", "tcp", "`tcp|udp`: the protocol, if PORT has no /PROTO")
 	weight := fs.Uint("weight", 0, "new weight, `N` from 0 to the port's weight bound")
 	quiesce := fs.Bool("quiesce", false, "stop new flows to the server; established ones continue")
 	unquiesce := fs.Bool("unquiesce", false, "send the server new flows again")
 	fixed := fs.Bool("fixed", false, "keep the weight whatever the load: the manager leaves it")
 	managed := fs.Bool("managed", false, "let the manager adjust the weight again")
-	args, err := s.parse(fs, args, 3, 3)
-	if err != nil {
-		return err
-	}
-	vip, port, p, addr, err := serverArgs(fs, args, *proto)
+	r, err := s.parseRef(fs, args, true)
 	if err != nil {
 		return err
 	}
 	var patch api.ServerPatch
-	if isSet(fs, "weight") {
-		w, err := weightValue(*weight)
-		if err != nil {
-			return err
-		}
-		patch.Weight = &w
+	if patch.Weight, err = weightFlag(fs, *weight); err != nil {
+		return err
 	}
 	switch {
 	case *quiesce && *unquiesce:
@@ -243,5 +233,5 @@ func serverSet(ctx context.Context, s *session, args []string) error {
 	if patch.Weight == nil && patch.Quiesce == nil && patch.Fixed == nil {
 		return usagef("nothing to change: give --weight, --quiesce, --unquiesce, --fixed or --managed")
 	}
-	return s.change(func(c Client) (string, error) { return c.SetServer(vip, port, p, addr, patch) })
+	return s.change(func(c Client) (string, error) { return c.SetServer(r.vip, r.port, r.proto, r.addr, patch) })
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"text/tabwriter"
 	"time"
 
 	"github.com/nd-dispatcher/nd/internal/api"
@@ -57,23 +56,17 @@ func flowsCmd(ctx context.Context, s *session, args []string) error {
 }
 
 func writeFlows(w io.Writer, out api.FlowsResponse) error {
-	if len(out.Flows) == 0 {
-		fmt.Fprintln(w, "no flows")
-		return nil
-	}
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "PROTO\tCLIENT\tVIP\tSERVER\tSTATE\tIDLE")
-	for _, f := range out.Flows {
+	err := writeTable(w, "no flows", "PROTO\tCLIENT\tVIP\tSERVER\tSTATE\tIDLE", out.Flows, func(tw io.Writer, f api.Flow) {
 		state := "open"
 		if f.Closing {
 			state = "closing"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", f.Protocol, f.Client, f.VIP, f.Server, state, f.Idle().Round(time.Second))
-	}
-	if err := tw.Flush(); err != nil {
+	})
+	if err != nil {
 		return err
 	}
-	if out.More {
+	if len(out.Flows) > 0 && out.More {
 		fmt.Fprintf(w, "(more flows match: %d listed; raise --limit)\n", len(out.Flows))
 	}
 	return nil

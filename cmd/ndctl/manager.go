@@ -117,27 +117,14 @@ func managerSet(ctx context.Context, s *session, args []string) error {
 	if _, err := s.parse(fs, args, 0, 0); err != nil {
 		return err
 	}
-	var p api.ManagerPatch
-	if isSet(fs, "interval") {
-		p.Interval = interval
-	}
-	if isSet(fs, "sensitivity") {
-		p.Sensitivity = sensitivity
-	}
-	if isSet(fs, "smoothing") {
-		p.Smoothing = smoothing
-	}
-	if isSet(fs, "policy") {
-		p.Policy = policy
-	}
-	if isSet(fs, "overload") {
-		p.Overload = overload
-	}
-	if isSet(fs, "cool-down") {
-		p.CoolDown = coolDown
-	}
-	if isSet(fs, "host-metric") {
-		p.HostMetric = hostMetric
+	p := api.ManagerPatch{
+		Interval:    ifSet(fs, "interval", interval),
+		Sensitivity: ifSet(fs, "sensitivity", sensitivity),
+		Smoothing:   ifSet(fs, "smoothing", smoothing),
+		Policy:      ifSet(fs, "policy", policy),
+		Overload:    ifSet(fs, "overload", overload),
+		CoolDown:    ifSet(fs, "cool-down", coolDown),
+		HostMetric:  ifSet(fs, "host-metric", hostMetric),
 	}
 	if isSet(fs, "proportions") {
 		pr, err := parseProportions(*proportions)
@@ -175,13 +162,8 @@ func advisorStatus(ctx context.Context, s *session, args []string) error {
 }
 
 func writeAdvisors(w io.Writer, st []advisor.Status) error {
-	if len(st) == 0 {
-		fmt.Fprintln(w, "no advisors probe any server")
-		return nil
-	}
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ADVISOR\tKIND\tTARGET\tSERVER\tSTATE\tLATENCY\tSMOOTHED\tPROBES\tFAILED\tERROR")
-	for _, a := range st {
+	const header = "ADVISOR\tKIND\tTARGET\tSERVER\tSTATE\tLATENCY\tSMOOTHED\tPROBES\tFAILED\tERROR"
+	return writeTable(w, "no advisors probe any server", header, st, func(tw io.Writer, a advisor.Status) {
 		state := "unknown"
 		if a.Known {
 			state = "down"
@@ -195,8 +177,7 @@ func writeAdvisors(w io.Writer, st []advisor.Status) error {
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", a.Advisor, a.Kind, target, a.Server, state,
 			a.Latency.Round(10*time.Microsecond), a.Smoothed.Round(10*time.Microsecond), a.Probes, a.Failures, a.Err)
-	}
-	return tw.Flush()
+	})
 }
 
 // agentStatus prints every polled agent: its metrics, or why they are
@@ -206,13 +187,8 @@ func agentStatus(ctx context.Context, s *session, args []string) error {
 }
 
 func writeAgents(w io.Writer, st []api.AgentStatus) error {
-	if len(st) == 0 {
-		fmt.Fprintln(w, "no agents polled (no agents section in the configuration)")
-		return nil
-	}
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "AGENT\tHOST\tSTATE\tLAST REPORT\tMETRICS\tERROR")
-	for _, a := range st {
+	const header = "AGENT\tHOST\tSTATE\tLAST REPORT\tMETRICS\tERROR"
+	return writeTable(w, "no agents polled (no agents section in the configuration)", header, st, func(tw io.Writer, a api.AgentStatus) {
 		state := "ok"
 		if a.Disabled {
 			state = "disabled"
@@ -231,6 +207,5 @@ func writeAgents(w io.Writer, st []api.AgentStatus) error {
 			m = append(m, k+"="+trim(a.Metrics[k]))
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", a.Address, a.Host, state, last, strings.Join(m, " "), a.Error)
-	}
-	return tw.Flush()
+	})
 }

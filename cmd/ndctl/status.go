@@ -179,13 +179,7 @@ func clusterViews(c Client) ([]clusterView, error) {
 }
 
 func writeClusters(w io.Writer, views []clusterView) error {
-	if len(views) == 0 {
-		fmt.Fprintln(w, "no clusters")
-		return nil
-	}
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "VIP\tPORTS\n")
-	for _, v := range views {
+	return writeTable(w, "no clusters", "VIP\tPORTS", views, func(tw io.Writer, v clusterView) {
 		var ports []string
 		for _, p := range v.Ports {
 			desc := fmt.Sprintf("%d/%s (%d of %d servers up", p.Port, p.Protocol, p.Up, p.Servers)
@@ -195,8 +189,7 @@ func writeClusters(w io.Writer, views []clusterView) error {
 			ports = append(ports, desc+")")
 		}
 		fmt.Fprintf(tw, "%s\t%s\n", v.VIP, strings.Join(ports, ", "))
-	}
-	return tw.Flush()
+	})
 }
 
 func eventsCmd(ctx context.Context, s *session, args []string) error {

@@ -99,9 +99,21 @@ func newFixture(t *testing.T, opts lab.Options, weights []uint32) *fixture {
 	return f
 }
 
-// newCheckedLab removes labs left by earlier runs, builds a lab with opts
-// (logging to t), checks that it works and has t.Cleanup close it.
+// newCheckedLab is newLab, then a check that the lab works.
 func newCheckedLab(t *testing.T, opts lab.Options) *lab.Lab {
+	t.Helper()
+	l := newLab(t, opts)
+	cctx, ccancel := context.WithTimeout(context.Background(), checkTimeout)
+	defer ccancel()
+	if err := l.Check(cctx); err != nil {
+		t.Fatalf("lab does not work, so nothing measured through it would mean anything: %v", err)
+	}
+	return l
+}
+
+// newLab removes labs left by earlier runs, builds a lab with opts
+// (logging to t) and has t.Cleanup close it.
+func newLab(t *testing.T, opts lab.Options) *lab.Lab {
 	t.Helper()
 	if _, err := lab.SweepStale(t.Logf); err != nil {
 		t.Logf("sweep stale labs: %v", err)
@@ -118,11 +130,6 @@ func newCheckedLab(t *testing.T, opts lab.Options) *lab.Lab {
 			t.Errorf("close lab: %v", err)
 		}
 	})
-	cctx, ccancel := context.WithTimeout(context.Background(), checkTimeout)
-	defer ccancel()
-	if err := l.Check(cctx); err != nil {
-		t.Fatalf("lab does not work, so nothing measured through it would mean anything: %v", err)
-	}
 	return l
 }
 

@@ -244,6 +244,11 @@ const pinPrefix = "/sys/fs/bpf/nde2e-"
 
 var pinSeq atomic.Int64
 
+// newPinPath is a pin path of this process's own, not used before.
+func newPinPath() string {
+	return fmt.Sprintf("%s%d-%d", pinPrefix, os.Getpid(), pinSeq.Add(1))
+}
+
 // sweepStalePins removes the pinned data planes left by test processes that
 // died before their cleanup ran.
 func sweepStalePins(t *testing.T) {
@@ -301,7 +306,7 @@ func newNDDLabWith(t *testing.T, opts lab.Options, weights []int, edit func(*ndd
 		}
 	}
 	n.cfg = nddConfig{
-		PinPath:    fmt.Sprintf("%s%d-%d", pinPrefix, os.Getpid(), pinSeq.Add(1)),
+		PinPath:    newPinPath(),
 		Socket:     filepath.Join(n.dir, "ndd.sock"),
 		Interfaces: []string{l.Dispatcher.Ifname},
 		Ports:      []portConfig{port},

@@ -2,10 +2,8 @@ package e2e
 
 import (
 	"context"
-	"fmt"
 	"math"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -55,7 +53,7 @@ func newTieredLab(t *testing.T, aWeights [3]uint32, bWeights [2]uint32) (a, b *n
 		port.Servers = append(port.Servers, serverConfig{Addr: a.lab.Servers[2+i].Addr4, Weight: w})
 	}
 	b.cfg = nddConfig{
-		PinPath:    fmt.Sprintf("%s%d-%d", pinPrefix, os.Getpid(), pinSeq.Add(1)),
+		PinPath:    newPinPath(),
 		Socket:     filepath.Join(b.dir, "ndd.sock"),
 		Interfaces: []string{d2.Ifname},
 		Ports:      []portConfig{port},

@@ -87,13 +87,7 @@ type bench struct {
 // newCheckedLab removes the labs of dead processes, builds a lab with opts
 // and checks that it works; a lab that fails the check is removed again.
 func newCheckedLab(ctx context.Context, opts lab.Options, logf func(string, ...any)) (*lab.Lab, error) {
-	if removed, err := lab.SweepStale(logf); err != nil {
-		logf("sweep labs of dead processes: %v (removed %v)", err, removed)
-	}
-	opts.Logf = logf
-	bctx, cancel := context.WithTimeout(ctx, buildTimeout)
-	l, err := lab.New(bctx, opts)
-	cancel()
+	l, err := newLab(ctx, opts, logf)
 	if err != nil {
 		return nil, err
 	}
@@ -104,6 +98,18 @@ func newCheckedLab(ctx context.Context, opts lab.Options, logf func(string, ...a
 		return nil, errors.Join(fmt.Errorf("the lab does not work, so nothing measured through it would mean anything: %w", err), l.Close())
 	}
 	return l, nil
+}
+
+// newLab removes the labs of dead processes and builds a lab with opts,
+// logging to logf.
+func newLab(ctx context.Context, opts lab.Options, logf func(string, ...any)) (*lab.Lab, error) {
+	if removed, err := lab.SweepStale(logf); err != nil {
+		logf("sweep labs of dead processes: %v (removed %v)", err, removed)
+	}
+	opts.Logf = logf
+	bctx, cancel := context.WithTimeout(ctx, buildTimeout)
+	defer cancel()
+	return lab.New(bctx, opts)
 }
 
 // newBench builds the lab, checks it, starts the servers, loads the

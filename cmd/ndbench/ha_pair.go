@@ -53,7 +53,7 @@ func newHAPair(ctx context.Context, o haOptions, logf func(string, ...any)) (_ *
 			return p, fmt.Errorf("udp echo in %s: %w", p.lab.Servers[i].Name, err)
 		}
 		p.udpEchoes = append(p.udpEchoes, u)
-		go udpEcho(u)
+		go lab.EchoDatagrams(u)
 	}
 	if err := p.writeKey(); err != nil {
 		return p, err
@@ -343,17 +343,6 @@ func (p *haPair) close() error {
 		}
 		return nil
 	})
-}
-
-func udpEcho(c net.PacketConn) {
-	buf := make([]byte, 64)
-	for {
-		n, from, err := c.ReadFrom(buf)
-		if err != nil {
-			return
-		}
-		c.WriteTo(buf[:n], from)
-	}
 }
 
 // pathProbe sends a datagram to VIP4:80/udp every period from one socket,

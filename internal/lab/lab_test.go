@@ -524,16 +524,7 @@ func TestLabTwoDispatchers(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	go func() {
-		buf := make([]byte, 64)
-		for {
-			n, from, err := ln.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			ln.WriteTo(buf[:n], from)
-		}
-	}()
+	go lab.EchoDatagrams(ln)
 	// The failed attempt left an unresolved entry; retry until it clears.
 	var rtErr error
 	for range 10 {

@@ -150,12 +150,13 @@ type haReport struct {
 
 func runHA(args []string, e env) int {
 	o, err := parseHAOptions(args, e.stderr)
-	ctx, logf, done, code, ok := begin(e, "ndbench ha", err, "it builds network namespaces and runs ndd", o.timeout)
-	if !ok {
-		return code
-	}
-	defer done()
+	return runBench(e, "ndbench ha", err, "it builds network namespaces and runs ndd", o.timeout, func(ctx context.Context, logf func(string, ...any)) error {
+		return reportHA(ctx, o, e, logf)
+	})
+}
 
+// reportHA measures the failovers and prints the report.
+func reportHA(ctx context.Context, o haOptions, e env, logf func(string, ...any)) error {
 	refresh := "default"
 	if o.refresh > 0 {
 		refresh = o.refresh.String()
@@ -176,15 +177,10 @@ func runHA(args []string, e env) int {
 		enc := json.NewEncoder(e.stdout)
 		enc.SetIndent("", "  ")
 		if err := enc.Encode(r); err != nil {
-			fmt.Fprintf(e.stderr, "ndbench ha: %v\n", err)
-			return 1
+			return err
 		}
 	}
-	if runErr != nil {
-		fmt.Fprintf(e.stderr, "ndbench ha: %v\n", runErr)
-		return 1
-	}
-	return 0
+	return runErr
 }
 
 // measureHA builds the pair, runs the failovers and always tears it down.

@@ -354,7 +354,7 @@ func (g *groupLab) phase(ctx context.Context, name, target string, event func() 
 		ph.ConnRate = float64(len(lat)) / elapsed.Seconds()
 	}
 	slices.Sort(lat)
-	ph.P50, ph.P99 = percentile(lat, 0.50), percentile(lat, 0.99)
+	ph.P50, ph.P99 = lab.Percentile(lat, 0.50), lab.Percentile(lat, 0.99)
 	g.logf("%s: %d of %d long-lived kept; %d of %d new ok (%.1f/s), p50 %v p99 %v", name, ph.Kept, ph.Conns,
 		ph.NewOK, ph.NewOffered, ph.ConnRate, ph.P50.Round(time.Microsecond), ph.P99.Round(time.Microsecond))
 	return ph, share, cost, nil

@@ -354,15 +354,15 @@ func (r *run) run(ctx context.Context) Summary {
 	<-collected
 	sum.Elapsed = time.Since(start)
 	slices.Sort(latencies)
-	sum.P50, sum.P99 = percentile(latencies, 0.50), percentile(latencies, 0.99)
+	sum.P50, sum.P99 = Percentile(latencies, 0.50), Percentile(latencies, 0.99)
 	if len(latencies) > 0 {
 		sum.Max = latencies[len(latencies)-1]
 	}
 	return sum
 }
 
-// percentile returns the nearest-rank p-quantile of sorted.
-func percentile(sorted []time.Duration, p float64) time.Duration {
+// Percentile returns the nearest-rank p-quantile of sorted.
+func Percentile(sorted []time.Duration, p float64) time.Duration {
 	if len(sorted) == 0 {
 		return 0
 	}

@@ -181,15 +181,21 @@ func (h *haLab) waitSettled(t *testing.T, active *haNode, timeout time.Duration)
 		s, _ := standby.api.HAStatus()
 		t.Fatalf("HA group did not settle on %s within %v: %s\n%s: %+v\n%s: %+v", active.name, timeout, why, active.name, a, standby.name, s)
 	}
+	h.waitReachable(t, active, timeout)
+}
+
+// waitReachable waits until the client reaches the VIP, through n.
+func (h *haLab) waitReachable(t *testing.T, n *haNode, timeout time.Duration) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	for {
 		_, err := fetchOnce(ctx, h.lab.Client.NS, h.vip4(), 64)
 		if err == nil {
-			break
+			return
 		}
 		if ctx.Err() != nil {
-			t.Fatalf("the client cannot reach %s through %s: %v", h.vip4(), active.name, err)
+			t.Fatalf("the client cannot reach %s through %s: %v", h.vip4(), n.name, err)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -385,6 +391,17 @@ func (p *pinger) stop() map[int]error {
 	p.cancel()
 	p.wg.Wait()
 	return p.errs
+}
+
+// finish stops the pinging, makes a last exchange on every connection
+// that had not failed, and returns the failures by connection.
+func (p *pinger) finish() map[int]error {
+	failed := p.stop()
+	_, last := p.lc.exchange(4096, func(i int) bool { return failed[i] != nil })
+	for i, err := range last {
+		failed[i] = err
+	}
+	return failed
 }
 
 // longestStall returns, over the connections, the longest time between

@@ -574,3 +574,53 @@ func percent(part, whole uint64) float64 {
 	}
 	return 100 * float64(part) / float64(whole)
 }
+
+// echoOwn listens on addr in the dispatcher's namespace, has the client
+// exchange a line with that listener (the dispatcher's own service, not a
+// VIP) and returns what went wrong.
+func echoOwn(ctx context.Context, t *testing.T, l *lab.Lab, addr netip.AddrPort) error {
+	t.Helper()
+	ln, err := l.Dispatcher.NS.Listen("tcp", addr.String())
+	if err != nil {
+		t.Fatalf("listen on %s in the dispatcher: %v", addr, err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		echoOnce(ln)
+	}()
+	defer func() {
+		ln.Close()
+		<-done
+	}()
+	s, err := dial(ctx, l.Client.NS, addr, dialTimeout)
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	s.c.SetDeadline(time.Now().Add(ioTimeout))
+	const msg = "hello dispatcher\n"
+	if _, err := io.WriteString(s.c, msg); err != nil {
+		return err
+	}
+	got, err := s.r.ReadString('\n')
+	if err == nil && got != msg {
+		err = fmt.Errorf("echo %q, want %q", got, msg)
+	}
+	return err
+}
+
+// echoOnce accepts one connection and echoes one line on it.
+func echoOnce(ln net.Listener) {
+	c, err := ln.Accept()
+	if err != nil {
+		return
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(ioTimeout))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return
+	}
+	fmt.Fprint(c, line)
+}

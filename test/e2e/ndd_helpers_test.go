@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nd-dispatcher/nd/internal/advisor"
 	"github.com/nd-dispatcher/nd/internal/api"
 	"github.com/nd-dispatcher/nd/internal/daemon"
 	"github.com/nd-dispatcher/nd/internal/lab"
@@ -216,6 +217,31 @@ func (c nddConfig) clone() nddConfig {
 		out.Ports = append(out.Ports, p)
 	}
 	return out
+}
+
+// vipAdvisor gives c's first port a fast tcp advisor probing the servers
+// through the VIP: every 200ms, one failure takes a server out and one
+// success brings it back.
+func vipAdvisor(c *nddConfig) {
+	c.Advisors = "advisors:\n  - {name: alive, kind: tcp, target: vip, interval: 200ms, timeout: 150ms, rise: 1, fall: 1}\n"
+	c.Ports[0].Advisor = "alive"
+}
+
+// advisorsUp returns ndd's advisor targets and how many of them are known
+// to be up; what names the request in a failure.
+func advisorsUp(t *testing.T, what string, c *api.Client) ([]advisor.Status, int) {
+	t.Helper()
+	sts, err := c.Advisors()
+	if err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+	up := 0
+	for _, s := range sts {
+		if s.Known && s.Up {
+			up++
+		}
+	}
+	return sts, up
 }
 
 // nddLab is a lab whose dispatcher runs ndd as a process, controlled over

@@ -152,6 +152,13 @@ func newBench(ctx context.Context, o options, logf func(string, ...any)) (_ *ben
 	return b, ctx.Err()
 }
 
+// manyConnSysctls give a namespace that opens many connections the whole
+// range of ephemeral ports and the reuse of TIME_WAIT ports.
+var manyConnSysctls = [][2]string{
+	{"net.ipv4.ip_local_port_range", "1024 65535"},
+	{"net.ipv4.tcp_tw_reuse", "1"},
+}
+
 // prepareClient widens the client's ephemeral ports and lets it reuse
 // TIME_WAIT ports, in the client's namespace only, and pins its neighbour
 // entry for the VIP to the dispatcher's MAC: with the trivial forwarder on
@@ -159,13 +166,8 @@ func newBench(ctx context.Context, o options, logf func(string, ...any)) (_ *ben
 // does not answer it.
 func (b *bench) prepareClient() error {
 	c := &b.lab.Client
-	for _, kv := range [][2]string{
-		{"net.ipv4.ip_local_port_range", "1024 65535"},
-		{"net.ipv4.tcp_tw_reuse", "1"},
-	} {
-		if err := c.NS.Sysctl(kv[0], kv[1]); err != nil {
-			return err
-		}
+	if err := lab.SetSysctls(c.NS, manyConnSysctls...); err != nil {
+		return err
 	}
 	h, err := c.NS.Netlink()
 	if err != nil {

@@ -118,10 +118,8 @@ func startHAProxy(ctx context.Context, b balancerSpec, sc *scenario, l *lab.Lab,
 	}
 	// A proxy opens a connection to a server per request: give it the
 	// ports and the reuse of TIME_WAIT that the client has.
-	for _, kv := range [][2]string{{"net.ipv4.ip_local_port_range", "1024 65535"}, {"net.ipv4.tcp_tw_reuse", "1"}} {
-		if err := d.NS.Sysctl(kv[0], kv[1]); err != nil {
-			return nil, err
-		}
+	if err := lab.SetSysctls(d.NS, manyConnSysctls...); err != nil {
+		return nil, err
 	}
 	n := len(sc.Workers)
 	addrs, names := make([]netip.Addr, n), make([]string, n)

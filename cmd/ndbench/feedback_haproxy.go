@@ -174,7 +174,7 @@ func (h *haproxyRun) waitReady(ctx context.Context, bin string, want nsID) error
 	proven := false
 	for {
 		if h.exited() {
-			return fmt.Errorf("haproxy exited before it was ready: %v: %s", h.err, tail(h.log, 5))
+			return fmt.Errorf("haproxy exited before it was ready: %v: %s", h.err, lab.FileTail(h.log, 5, " | "))
 		}
 		if !proven {
 			if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); err == nil && sameFile(exe, bin) {
@@ -191,7 +191,7 @@ func (h *haproxyRun) waitReady(ctx context.Context, bin string, want nsID) error
 			}
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("haproxy not ready within %v: %s", haproxyReadyWait, tail(h.log, 5))
+			return fmt.Errorf("haproxy not ready within %v: %s", haproxyReadyWait, lab.FileTail(h.log, 5, " | "))
 		}
 		select {
 		case <-ctx.Done():
@@ -264,7 +264,7 @@ func (h *haproxyRun) setState(i int, state string) error {
 
 func (h *haproxyRun) alive() error {
 	if h.exited() {
-		return fmt.Errorf("haproxy exited during the run: %v: %s", h.err, tail(h.log, 5))
+		return fmt.Errorf("haproxy exited during the run: %v: %s", h.err, lab.FileTail(h.log, 5, " | "))
 	}
 	return nil
 }
@@ -275,25 +275,5 @@ func (h *haproxyRun) stop() error {
 	if h.exited() {
 		return nil
 	}
-	h.cmd.Process.Signal(syscall.SIGTERM)
-	t := time.NewTimer(haproxyStopWait)
-	defer t.Stop()
-	select {
-	case <-h.done:
-		return nil
-	case <-t.C:
-		h.cmd.Process.Kill()
-		<-h.done
-		return fmt.Errorf("haproxy did not stop within %v of SIGTERM and was killed", haproxyStopWait)
-	}
-}
-
-// tail is the last n lines of a file, or why it cannot be read.
-func tail(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err.Error()
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], " | ")
+	return lab.StopProcess("haproxy", h.cmd.Process, h.done, syscall.SIGTERM, haproxyStopWait)
 }

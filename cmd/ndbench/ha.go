@@ -249,24 +249,12 @@ func (r haReport) writeTable(w io.Writer) {
 		ms := func(d time.Duration) string { return fmt.Sprintf("%d ms", d.Milliseconds()) }
 		slices.Sort(rates)
 		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d/%d (%.2f%%)\t%.2f%%\t%.0f\t\n", kind, len(gaps),
-			ms(gaps[0]), ms(medianDur(gaps)), ms(gaps[len(gaps)-1]),
-			ms(paths[0]), ms(medianDur(paths)), ms(paths[len(paths)-1]), ms(medianDur(stalls)), ms(medianDur(controls)),
+			ms(gaps[0]), ms(median(gaps)), ms(gaps[len(gaps)-1]),
+			ms(paths[0]), ms(median(paths)), ms(paths[len(paths)-1]), ms(median(stalls)), ms(median(controls)),
 			survived, conns, 100*float64(survived)/float64(max(conns, 1)), 100*minSurv, rates[len(rates)/2])
 	}
 	tw.Flush()
 	if r.Error != "" {
 		fmt.Fprintf(w, "stopped early: %s\n", r.Error)
 	}
-}
-
-func medianDur(v []time.Duration) time.Duration {
-	if len(v) == 0 {
-		return 0
-	}
-	s := slices.Clone(v)
-	slices.Sort(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }

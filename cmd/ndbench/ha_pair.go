@@ -332,7 +332,7 @@ func (pg *pings) measure(event, active time.Time) (gap, stall time.Duration, sur
 	for j := 1; j < len(all); j++ {
 		gap = max(gap, all[j].Sub(all[j-1]))
 	}
-	return gap, medianDur(stalls), survived
+	return gap, median(stalls), survived
 }
 
 // close stops the ndd processes, the echo servers and the lab.

@@ -3,7 +3,6 @@ package lab
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -202,14 +201,7 @@ func (b *BIRD) Established(ctx context.Context) ([]string, error) {
 }
 
 // LogTail returns the last n lines of BIRD's log.
-func (b *BIRD) LogTail(n int) string {
-	data, err := os.ReadFile(b.log)
-	if err != nil {
-		return err.Error()
-	}
-	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
-}
+func (b *BIRD) LogTail(n int) string { return FileTail(b.log, n, "\n") }
 
 // Stop ends BIRD (SIGTERM, then SIGKILL after 5 s) and waits for it.
 func (b *BIRD) Stop() error {
@@ -218,13 +210,5 @@ func (b *BIRD) Stop() error {
 		return nil
 	default:
 	}
-	b.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-b.done:
-		return nil
-	case <-time.After(5 * time.Second):
-		b.cmd.Process.Kill()
-		<-b.done
-		return errors.New("bird did not stop within 5s of SIGTERM and was killed")
-	}
+	return StopProcess("bird", b.cmd.Process, b.done, syscall.SIGTERM, 5*time.Second)
 }

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"strings"
 	"syscall"
 	"time"
 
@@ -127,18 +126,7 @@ func (p *NDD) Stop(sig syscall.Signal, timeout time.Duration) error {
 	if p.Exited() {
 		return p.exitedErr("before " + unix.SignalName(sig))
 	}
-	// A failure here is ndd exiting at this instant; done tells.
-	p.cmd.Process.Signal(sig)
-	t := time.NewTimer(timeout)
-	defer t.Stop()
-	select {
-	case <-p.done:
-		return nil
-	case <-t.C:
-		p.cmd.Process.Kill()
-		<-p.done
-		return fmt.Errorf("ndd did not stop within %v of %s and was killed", timeout, unix.SignalName(sig))
-	}
+	return StopProcess("ndd", p.cmd.Process, p.done, sig, timeout)
 }
 
 // Signal sends sig to ndd (SIGHUP: reload its configuration file) and
@@ -171,14 +159,7 @@ func (p *NDD) Destroy() error {
 
 // LogTail returns the last n lines of ndd's log, "" if it wrote nothing,
 // or why the log cannot be read.
-func (p *NDD) LogTail(n int) string {
-	b, err := os.ReadFile(p.o.Log)
-	if err != nil {
-		return err.Error()
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
-}
+func (p *NDD) LogTail(n int) string { return FileTail(p.o.Log, n, "\n") }
 
 func (p *NDD) exitedErr(when string) error {
 	if p.err != nil {

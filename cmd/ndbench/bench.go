@@ -286,12 +286,7 @@ func (b *bench) attach(cfg string) (detach func() error, err error) {
 // xdpAttachment describes the XDP program on the dispatcher's interface:
 // nil when there is none, or when the interface cannot be read.
 func (b *bench) xdpAttachment() *netlink.LinkXdp {
-	d := &b.lab.Dispatcher
-	h, err := d.NS.Netlink()
-	if err != nil {
-		return nil
-	}
-	l, err := h.LinkByIndex(d.Ifindex)
+	_, l, err := b.lab.Dispatcher.Eth0()
 	if err != nil || l.Attrs().Xdp == nil || !l.Attrs().Xdp.Attached {
 		return nil
 	}

@@ -337,11 +337,7 @@ func addAddr(h *netlink.Handle, link netlink.Link, p netip.Prefix) error {
 // frames it sends with XDP_TX or XDP_REDIRECT are delivered (xdppass.go).
 func (l *Lab) setUpDispatcher(d *Host) error {
 	if l.DispatcherVIPs && d == &l.Dispatcher {
-		h, err := d.NS.Netlink()
-		if err != nil {
-			return err
-		}
-		eth0, err := h.LinkByIndex(d.Ifindex)
+		h, eth0, err := d.Eth0()
 		if err != nil {
 			return err
 		}

@@ -508,11 +508,7 @@ func TestLabTwoDispatchers(t *testing.T) {
 		t.Errorf("the client reached %s with no dispatcher holding it", vip)
 	}
 	// What HA's active does: add the VIP on dispatcher2's eth0.
-	h, err := d2.NS.Netlink()
-	if err != nil {
-		t.Fatal(err)
-	}
-	eth0, err := h.LinkByIndex(d2.Ifindex)
+	h, eth0, err := d2.Eth0()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -179,11 +179,7 @@ func Router6() netip.Addr { return hostAddr6(ExtNet6, RouterNum) }
 // down; up, the link gets its routes through the router back (with
 // Options.Router). Its addresses stay.
 func (l *Lab) SetLink(h *Host, up bool) error {
-	nh, err := h.NS.Netlink()
-	if err != nil {
-		return err
-	}
-	link, err := nh.LinkByIndex(h.Ifindex)
+	nh, link, err := h.Eth0()
 	if err != nil {
 		return err
 	}

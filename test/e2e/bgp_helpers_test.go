@@ -138,7 +138,7 @@ func newBGPLabServers(t *testing.T, dispatchers, servers int, password string, v
 		}
 	})
 	for i, d := range l.Dispatchers() {
-		n := &bgpNode{nddNode: newNDDNode(t, b.dir, d, port, syscall.SIGKILL), bgp: section(i, d), v6: cluster6}
+		n := &bgpNode{nddNode: newNDDNode(t, l, b.dir, d, port, syscall.SIGKILL), bgp: section(i, d), v6: cluster6}
 		if tune != nil {
 			n.cfg = n.cfg.clone() // the nodes share port's servers
 			tune(&n.cfg)

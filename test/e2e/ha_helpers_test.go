@@ -125,7 +125,7 @@ func newHALabWith(t *testing.T, servers int, timers haTimers, preempt bool, edit
 	ds := l.Dispatchers()
 	for i, d := range ds {
 		n := &haNode{
-			nddNode:  newNDDNode(t, h.dir, d, port, syscall.SIGTERM),
+			nddNode:  newNDDNode(t, l, h.dir, d, port, syscall.SIGTERM),
 			self:     netip.AddrPortFrom(d.Addr4, haPort),
 			peer:     netip.AddrPortFrom(ds[1-i].Addr4, haPort),
 			priority: 200 - 100*i,
@@ -236,7 +236,7 @@ func (h *haLab) unsettled(active, standby *haNode) string {
 func (n *haNode) crash(t *testing.T) {
 	t.Helper()
 	n.proc.Kill()
-	if err := n.setLink(false); err != nil {
+	if err := n.lab.SetLink(n.host, false); err != nil {
 		t.Fatalf("%s: %v", n.name, err)
 	}
 }
@@ -244,40 +244,16 @@ func (n *haNode) crash(t *testing.T) {
 // revive brings the host's eth0 back and starts ndd again.
 func (n *haNode) revive(t *testing.T) {
 	t.Helper()
-	if err := n.setLink(true); err != nil {
+	if err := n.lab.SetLink(n.host, true); err != nil {
 		t.Fatalf("%s: %v", n.name, err)
 	}
 	n.start(t)
 }
 
-func (n *haNode) setLink(up bool) error {
-	h, err := n.host.NS.Netlink()
-	if err != nil {
-		return err
-	}
-	link, err := h.LinkByIndex(n.host.Ifindex)
-	if err != nil {
-		return err
-	}
-	if up {
-		err = h.LinkSetUp(link)
-	} else {
-		err = h.LinkSetDown(link)
-	}
-	if err != nil {
-		return fmt.Errorf("set %s up=%v: %w", n.host.Ifname, up, err)
-	}
-	return nil
-}
-
 // vipsOnEth0 returns the VIPs the node's eth0 holds.
 func (n *haNode) vipsOnEth0(t *testing.T) []netip.Addr {
 	t.Helper()
-	h, err := n.host.NS.Netlink()
-	if err != nil {
-		t.Fatal(err)
-	}
-	link, err := h.LinkByIndex(n.host.Ifindex)
+	h, link, err := n.host.Eth0()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,6 +20,7 @@ import (
 // and BGP labs' nodes embed it and add their own sections.
 type nddNode struct {
 	name    string
+	lab     *lab.Lab
 	host    *lab.Host
 	dir     string
 	cfg     nddConfig
@@ -31,17 +32,17 @@ type nddNode struct {
 	stop syscall.Signal
 }
 
-// newNDDNode makes dispatcher d's directory under parent and a node whose
+// newNDDNode makes lab l's dispatcher d's directory under parent and a node whose
 // configuration serves port on d's interface, with a pin path and a socket
 // of its own. t.Cleanup tears it down: ndd stopped with stop, its pinned
 // data plane destroyed, and on failure its logs shown.
-func newNDDNode(t *testing.T, parent string, d *lab.Host, port portConfig, stop syscall.Signal) *nddNode {
+func newNDDNode(t *testing.T, l *lab.Lab, parent string, d *lab.Host, port portConfig, stop syscall.Signal) *nddNode {
 	t.Helper()
 	dir := filepath.Join(parent, d.Name)
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	n := &nddNode{name: d.Name, host: d, dir: dir, cfgPath: filepath.Join(dir, "nd.yaml"), stop: stop,
+	n := &nddNode{name: d.Name, lab: l, host: d, dir: dir, cfgPath: filepath.Join(dir, "nd.yaml"), stop: stop,
 		cfg: nddConfig{
 			PinPath:    newPinPath(),
 			Socket:     filepath.Join(dir, "ndd.sock"),

@@ -62,16 +62,12 @@ func (pf portFlags) request(fs *flag.FlagSet, arg string) (api.PortRequest, erro
 func clusterAdd(ctx context.Context, s *session, args []string) error {
 	fs := s.newFlags()
 	pf := addPortFlags(fs)
-	args, err := s.parse(fs, args, 1, -1)
-	if err != nil {
-		return err
-	}
-	vip, err := parseVIP(args[0])
+	vip, rest, err := s.parseVIPArgs(fs, args, 1, -1)
 	if err != nil {
 		return err
 	}
 	var ports []api.PortRequest
-	for _, a := range args[1:] {
+	for _, a := range rest {
 		p, err := pf.request(fs, a)
 		if err != nil {
 			return err
@@ -82,12 +78,7 @@ func clusterAdd(ctx context.Context, s *session, args []string) error {
 }
 
 func clusterRemove(ctx context.Context, s *session, args []string) error {
-	fs := s.newFlags()
-	args, err := s.parse(fs, args, 1, 1)
-	if err != nil {
-		return err
-	}
-	vip, err := parseVIP(args[0])
+	vip, _, err := s.parseVIPArgs(s.newFlags(), args, 1, 1)
 	if err != nil {
 		return err
 	}
@@ -97,15 +88,11 @@ func clusterRemove(ctx context.Context, s *session, args []string) error {
 func portAdd(ctx context.Context, s *session, args []string) error {
 	fs := s.newFlags()
 	pf := addPortFlags(fs)
-	args, err := s.parse(fs, args, 2, 2)
+	vip, rest, err := s.parseVIPArgs(fs, args, 2, 2)
 	if err != nil {
 		return err
 	}
-	vip, err := parseVIP(args[0])
-	if err != nil {
-		return err
-	}
-	p, err := pf.request(fs, args[1])
+	p, err := pf.request(fs, rest[0])
 	if err != nil {
 		return err
 	}
@@ -137,23 +124,34 @@ func (s *session) parseRef(fs *flag.FlagSet, args []string, server bool) (ref, e
 	if server {
 		n = 3
 	}
-	args, err := s.parse(fs, args, n, n)
+	var r ref
+	vip, rest, err := s.parseVIPArgs(fs, args, n, n)
 	if err != nil {
 		return ref{}, err
 	}
-	var r ref
-	if r.vip, err = parseVIP(args[0]); err != nil {
-		return ref{}, err
-	}
-	if r.port, r.proto, err = portAndProto(args[1], *proto, isSet(fs, "protocol")); err != nil {
+	r.vip = vip
+	if r.port, r.proto, err = portAndProto(rest[0], *proto, isSet(fs, "protocol")); err != nil {
 		return ref{}, err
 	}
 	if server {
-		if r.addr, err = parseServerAddr(args[2]); err != nil {
+		if r.addr, err = parseServerAddr(rest[1]); err != nil {
 			return ref{}, err
 		}
 	}
 	return r, nil
+}
+
+// parseVIPArgs parses the command line, between min and max positional
+// arguments (-1: any number), of which the first is a VIP; rest are the
+// others.
+func (s *session) parseVIPArgs(fs *flag.FlagSet, args []string, min, max int) (vip string, rest []string, err error) {
+	if args, err = s.parse(fs, args, min, max); err != nil {
+		return "", nil, err
+	}
+	if vip, err = parseVIP(args[0]); err != nil {
+		return "", nil, err
+	}
+	return vip, args[1:], nil
 }
 
 func serverAdd(ctx context.Context, s *session, args []string) error {
@@ -214,24 +212,28 @@ func serverSet(ctx context.Context, s *session, args []string) error {
 	if patch.Weight, err = weightFlag(fs, *weight); err != nil {
 		return err
 	}
-	switch {
-	case *quiesce && *unquiesce:
-		return usagef("--quiesce and --unquiesce together")
-	case *quiesce:
-		patch.Quiesce = new(true)
-	case *unquiesce:
-		patch.Quiesce = new(false)
+	if patch.Quiesce, err = onOff("quiesce", *quiesce, "unquiesce", *unquiesce); err != nil {
+		return err
 	}
-	switch {
-	case *fixed && *managed:
-		return usagef("--fixed and --managed together")
-	case *fixed:
-		patch.Fixed = new(true)
-	case *managed:
-		patch.Fixed = new(false)
+	if patch.Fixed, err = onOff("fixed", *fixed, "managed", *managed); err != nil {
+		return err
 	}
 	if patch.Weight == nil && patch.Quiesce == nil && patch.Fixed == nil {
 		return usagef("nothing to change: give --weight, --quiesce, --unquiesce, --fixed or --managed")
 	}
 	return s.change(func(c Client) (string, error) { return c.SetServer(r.vip, r.port, r.proto, r.addr, patch) })
+}
+
+// onOff reads a pair of opposite flags: true for --on, false for --off,
+// nil for neither; both is a usage error.
+func onOff(onName string, on bool, offName string, off bool) (*bool, error) {
+	switch {
+	case on && off:
+		return nil, usagef("--%s and --%s together", onName, offName)
+	case on:
+		return new(true), nil
+	case off:
+		return new(false), nil
+	}
+	return nil, nil
 }

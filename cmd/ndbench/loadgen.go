@@ -200,14 +200,7 @@ func (g *generator) run(ctx context.Context, t target, rate float64, d time.Dura
 	start := time.Now()
 	for seq := range res.Planned {
 		due := start.Add(time.Duration(float64(seq) / rate * float64(time.Second)))
-		if wait := time.Until(due); wait > 0 {
-			timer.Reset(wait)
-			select {
-			case <-stepCtx.Done():
-			case <-timer.C:
-			}
-		}
-		if stepCtx.Err() != nil {
+		if !lab.WaitUntil(stepCtx, timer, due) {
 			break
 		}
 		res.MaxLate = max(res.MaxLate, time.Since(due))

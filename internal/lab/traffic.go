@@ -328,14 +328,7 @@ func (r *run) run(ctx context.Context) Summary {
 		if r.Duration > 0 && !due.Before(end) {
 			break
 		}
-		if wait := time.Until(due); wait > 0 {
-			timer.Reset(wait)
-			select {
-			case <-ctx.Done():
-			case <-timer.C:
-			}
-		}
-		if ctx.Err() != nil {
+		if !WaitUntil(ctx, timer, due) {
 			sum.Interrupted = true
 			break
 		}
@@ -359,6 +352,20 @@ func (r *run) run(ctx context.Context) Summary {
 		sum.Max = latencies[len(latencies)-1]
 	}
 	return sum
+}
+
+// WaitUntil waits on timer, which it resets, until t or until ctx ends,
+// and reports whether ctx is still live: the pacing of an open-loop load
+// generator, one timer for all its requests.
+func WaitUntil(ctx context.Context, timer *time.Timer, t time.Time) bool {
+	if wait := time.Until(t); wait > 0 {
+		timer.Reset(wait)
+		select {
+		case <-ctx.Done():
+		case <-timer.C:
+		}
+	}
+	return ctx.Err() == nil
 }
 
 // Percentile returns the nearest-rank p-quantile of sorted.

@@ -121,7 +121,7 @@ func TestHAProxyInLab(t *testing.T) {
 	if err := h.stop(); err != nil {
 		t.Error(err)
 	}
-	if !h.exited() {
+	if !h.Exited() {
 		t.Error("haproxy still runs after stop")
 	}
 }

@@ -40,11 +40,7 @@ type groupLab struct {
 func measureGroup(ctx context.Context, o groupOptions, n int, logf func(string, ...any)) (r groupRun, err error) {
 	r.Dispatchers = n
 	g := &groupLab{nddNodes: nddNodes{name: "group", logf: logf}, o: o}
-	defer func() {
-		if cerr := g.close(); cerr != nil {
-			err = errors.Join(err, cerr)
-		}
-	}()
+	defer closeInto(&err, g)
 	if err := g.build(ctx, n); err != nil {
 		return r, err
 	}

@@ -6,7 +6,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"runtime"
@@ -189,11 +188,7 @@ func measureHA(ctx context.Context, o haOptions, logf func(string, ...any)) (_ [
 	if err != nil {
 		return nil, err
 	}
-	defer func() {
-		if cerr := p.close(); cerr != nil {
-			err = errors.Join(err, cerr)
-		}
-	}()
+	defer closeInto(&err, p)
 	var out []failover
 	// Crashes and planned takeovers alternate, so that both see the same
 	// conditions over the run.

@@ -241,16 +241,20 @@ func runLoad(ctx context.Context, o options, e env, logf func(string, ...any)) e
 	return runErr
 }
 
+// closeInto closes c and joins its error to *err: deferred, it tears down
+// what a measurement built, whatever the measurement returned.
+func closeInto(err *error, c interface{ close() error }) {
+	if cerr := c.close(); cerr != nil {
+		*err = errors.Join(*err, cerr)
+	}
+}
+
 // measure builds the bench, runs it and always tears it down.
 func measure(ctx context.Context, o options, logf func(string, ...any)) (_ map[string][]roundResult, err error) {
 	b, err := newBench(ctx, o, logf)
 	if err != nil {
 		return nil, err
 	}
-	defer func() {
-		if cerr := b.close(); cerr != nil {
-			err = errors.Join(err, cerr)
-		}
-	}()
+	defer closeInto(&err, b)
 	return b.run(ctx)
 }

@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"os"
-	"os/exec"
 	"slices"
 	"strings"
 	"syscall"
@@ -14,6 +12,7 @@ import (
 
 	"github.com/nd-dispatcher/nd/internal/api"
 	"github.com/nd-dispatcher/nd/internal/lab"
+	"github.com/nd-dispatcher/nd/internal/testutil"
 )
 
 // The BGP tests put the client behind a router running BIRD 2 (the Debian
@@ -44,20 +43,6 @@ type bgpLab struct {
 	dir   string
 	bird  *lab.BIRD
 	nodes []*bgpNode
-}
-
-// requireBIRD skips the test when BIRD is not installed, unless privileged
-// tests are required (ND_REQUIRE_PRIVILEGED), when it fails instead.
-func requireBIRD(t *testing.T) {
-	t.Helper()
-	for _, bin := range []string{"bird", "birdc"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			if os.Getenv("ND_REQUIRE_PRIVILEGED") != "" {
-				t.Fatalf("%s is not installed (apt-get install bird2; scripts/setup does): %v", bin, err)
-			}
-			t.Skipf("%s is not installed (apt-get install bird2): %v", bin, err)
-		}
-	}
 }
 
 // bgpSection is a dispatcher's bgp section: peering with the router (with
@@ -94,7 +79,7 @@ func newBGPLab(t *testing.T, dispatchers int, password string, v6 bool, section 
 // first written.
 func newBGPLabServers(t *testing.T, dispatchers, servers int, password string, v6 bool, section func(i int, d *lab.Host) string, tune func(*nddConfig)) *bgpLab {
 	t.Helper()
-	requireBIRD(t)
+	testutil.RequireCommands(t, "apt-get install bird2; scripts/setup does", "bird", "birdc")
 	sweepStalePins(t)
 	nddBinary(t)
 	ndctlBinary(t)

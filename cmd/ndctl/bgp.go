@@ -11,11 +11,6 @@ import (
 	"github.com/nd-dispatcher/nd/internal/nd"
 )
 
-// bgpStatus prints the BGP sessions and every VIP's route.
-func bgpStatus(ctx context.Context, s *session, args []string) error {
-	return show(s, s.newFlags(), args, Client.BGPStatus, printBGPStatus)
-}
-
 func bgpDrain(ctx context.Context, s *session, args []string) error {
 	return bgpSetDrain(s, args, true)
 }
@@ -28,6 +23,7 @@ func bgpSetDrain(s *session, args []string, drain bool) error {
 	return show(s, s.newFlags(), args, func(c Client) (nd.BGPStatus, error) { return c.BGPDrain(drain) }, printBGPStatus)
 }
 
+// printBGPStatus prints the BGP sessions and every VIP's route.
 func printBGPStatus(w io.Writer, st nd.BGPStatus) error {
 	writeBGPStatus(w, st, time.Now())
 	return nil

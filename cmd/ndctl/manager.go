@@ -15,13 +15,9 @@ import (
 	"github.com/nd-dispatcher/nd/internal/manager"
 )
 
-// managerReport prints, per port, each server's metrics raw and normalised,
-// its Load Metric Index and its weight before and after the manager's last
-// computation: the IBM manager report.
-func managerReport(ctx context.Context, s *session, args []string) error {
-	return show(s, s.newFlags(), args, Client.ManagerReport, writeManagerReport)
-}
-
+// writeManagerReport prints, per port, each server's metrics raw and
+// normalised, its Load Metric Index and its weight before and after the
+// manager's last computation: the IBM manager report.
 func writeManagerReport(w io.Writer, r api.ManagerResponse) error {
 	p := r.Proportions
 	fmt.Fprintf(w, "manager: policy %s, interval %s, sensitivity %s%%, smoothing %s, overload %s, proportions active %d new %d advisor %d host %d\n",
@@ -156,11 +152,7 @@ func parseProportions(s string) (api.ProportionsRequest, error) {
 	return api.ProportionsRequest{Active: v[0], New: v[1], Advisor: v[2], Host: v[3]}, nil
 }
 
-// advisorStatus prints every advisor target: up or down, latency, error.
-func advisorStatus(ctx context.Context, s *session, args []string) error {
-	return show(s, s.newFlags(), args, Client.Advisors, writeAdvisors)
-}
-
+// writeAdvisors prints every advisor target: up or down, latency, error.
 func writeAdvisors(w io.Writer, st []advisor.Status) error {
 	const header = "ADVISOR\tKIND\tTARGET\tSERVER\tSTATE\tLATENCY\tSMOOTHED\tPROBES\tFAILED\tERROR"
 	return writeTable(w, "no advisors probe any server", header, st, func(tw io.Writer, a advisor.Status) {
@@ -180,12 +172,8 @@ func writeAdvisors(w io.Writer, st []advisor.Status) error {
 	})
 }
 
-// agentStatus prints every polled agent: its metrics, or why they are
+// writeAgents prints every polled agent: its metrics, or why they are
 // disabled.
-func agentStatus(ctx context.Context, s *session, args []string) error {
-	return show(s, s.newFlags(), args, Client.Agents, writeAgents)
-}
-
 func writeAgents(w io.Writer, st []api.AgentStatus) error {
 	const header = "AGENT\tHOST\tSTATE\tLAST REPORT\tMETRICS\tERROR"
 	return writeTable(w, "no agents polled (no agents section in the configuration)", header, st, func(tw io.Writer, a api.AgentStatus) {

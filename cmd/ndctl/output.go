@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -15,6 +16,14 @@ func show[T any](s *session, fs *flag.FlagSet, args []string, get func(Client) (
 		return err
 	}
 	return fetch(s, get, text)
+}
+
+// reader makes a read command with no flags of its own: it fetches with
+// get and prints with text.
+func reader[T any](get func(Client) (T, error), text func(io.Writer, T) error) func(context.Context, *session, []string) error {
+	return func(ctx context.Context, s *session, args []string) error {
+		return show(s, s.newFlags(), args, get, text)
+	}
 }
 
 // fetch connects to ndd, asks it with get and prints the answer: as JSON

@@ -151,10 +151,6 @@ type portView struct {
 	Up         int    `json:"up"`
 }
 
-func clusterList(ctx context.Context, s *session, args []string) error {
-	return show(s, s.newFlags(), args, clusterViews, writeClusters)
-}
-
 // clusterViews groups ndd's ports by VIP, never nil so that --json prints [].
 func clusterViews(c Client) ([]clusterView, error) {
 	st, err := c.Status()

@@ -164,7 +164,7 @@ func (b *nddNodes) close(stop ...func() error) error {
 		}
 	}
 	for _, e := range b.echoes {
-		e.stop()
+		e.Stop()
 	}
 	if b.lab != nil {
 		if err := b.lab.Close(); err != nil {

@@ -221,9 +221,7 @@ func (f *fixture) settle(t testing.TB) {
 	for {
 		open := 0
 		for _, s := range f.servers {
-			s.mu.Lock()
-			open += len(s.conns)
-			s.mu.Unlock()
+			open += s.Open()
 		}
 		if open == 0 {
 			return
@@ -240,7 +238,7 @@ func (f *fixture) settle(t testing.TB) {
 func (f *fixture) accepted() int64 {
 	var n int64
 	for _, s := range f.servers {
-		n += s.accepted.Load()
+		n += s.Accepted()
 	}
 	return n
 }
@@ -278,59 +276,23 @@ type replyServer struct {
 	name         string
 	addr4, addr6 netip.Addr // the server's own addresses, as the executor knows them
 	sent         atomic.Int64
-	accepted     atomic.Int64
-
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	mu     sync.Mutex
-	conns  map[net.Conn]struct{}
-	lns    []net.Listener
+	lab.Listeners
 }
 
 // startReplyServer listens on VIP:80 of both families in h's namespace,
 // where the VIPs sit on lo. t.Cleanup stops it.
 func startReplyServer(t *testing.T, h *lab.Host, vips ...netip.Addr) *replyServer {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	s := &replyServer{name: h.Name, ctx: ctx, cancel: cancel, conns: map[net.Conn]struct{}{}}
-	t.Cleanup(s.stop)
+	s := &replyServer{name: h.Name}
+	t.Cleanup(s.Stop)
 	for _, vip := range vips {
 		ln, err := h.NS.Listen("tcp", netip.AddrPortFrom(vip, servicePort).String())
 		if err != nil {
 			t.Fatalf("%s: listen: %v", h.Name, err)
 		}
-		s.lns = append(s.lns, ln)
-		s.wg.Go(func() { s.acceptLoop(ln) })
+		s.Serve(ln, s.serve)
 	}
 	return s
-}
-
-func (s *replyServer) acceptLoop(ln net.Listener) {
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return // closed by stop
-		}
-		s.mu.Lock()
-		if s.ctx.Err() != nil {
-			s.mu.Unlock()
-			c.Close()
-			return
-		}
-		s.conns[c] = struct{}{}
-		s.mu.Unlock()
-		s.accepted.Add(1)
-		s.wg.Go(func() {
-			defer func() {
-				s.mu.Lock()
-				delete(s.conns, c)
-				s.mu.Unlock()
-				c.Close()
-			}()
-			s.serve(c)
-		})
-	}
 }
 
 func (s *replyServer) serve(c net.Conn) {
@@ -369,21 +331,6 @@ func parseRequest(line string) (int, bool) {
 		return 0, false
 	}
 	return n, true
-}
-
-// stop closes the listeners and every open connection and waits for the
-// goroutines.
-func (s *replyServer) stop() {
-	s.mu.Lock()
-	s.cancel()
-	for _, ln := range s.lns {
-		ln.Close()
-	}
-	for c := range s.conns {
-		c.Close()
-	}
-	s.mu.Unlock()
-	s.wg.Wait()
 }
 
 // payload is what servers send: a pattern the client checks, so that a

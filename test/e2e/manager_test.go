@@ -36,7 +36,7 @@ func TestNDDAdvisorThroughVIP(t *testing.T) {
 		t.Fatalf("no %s in status", victim.name)
 		return 0
 	}
-	victim.stop()
+	victim.Stop()
 	start := time.Now()
 	waitFor(t, 5*time.Second, victim.name+" taken out", func() bool { return weight() == 0 })
 	t.Logf("%s out %v after its service stopped", victim.name, time.Since(start).Round(time.Millisecond))

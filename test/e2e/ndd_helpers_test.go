@@ -253,10 +253,9 @@ type nddLab struct {
 	cfg     nddConfig
 	cfgPath string
 	api     *api.Client
-	ndd     *lab.NDD              // the latest run
-	runs    []*lab.NDD            // every run, for their logs
-	addrOf  map[string]netip.Addr // server name -> its IPv4 address
-	nameOf  map[netip.Addr]string
+	nddRuns
+	addrOf map[string]netip.Addr // server name -> its IPv4 address
+	nameOf map[netip.Addr]string
 	// binary, when set, is run instead of the ndd built for the tests
 	// (a wrapper that confines it, say).
 	binary string
@@ -368,17 +367,7 @@ func (n *nddLab) start(t *testing.T) {
 	if host == nil {
 		host = &n.lab.Dispatcher
 	}
-	p, err := lab.StartNDD(host, lab.NDDOptions{Binary: bin, Config: n.cfgPath,
-		Log: filepath.Join(n.dir, fmt.Sprintf("ndd-%d.log", len(n.runs)+1))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	n.ndd = p
-	n.runs = append(n.runs, p)
-	// On failure, teardown shows the log.
-	if err := p.WaitReady(context.Background(), nddStartTimeout, n.api.Health); err != nil {
-		t.Fatal(err)
-	}
+	n.run(t, "", host, bin, n.cfgPath, n.dir, n.api.Health)
 	n.waitReady(t)
 }
 
@@ -420,27 +409,12 @@ func notReady(st daemon.Status) string {
 // teardown stops ndd, removes the pinned data plane with `ndd --destroy`
 // and checks that the pin directory is gone. On failure it shows ndd's logs.
 func (n *nddLab) teardown(t *testing.T) {
-	if n.ndd != nil && !n.ndd.Exited() {
-		if err := n.ndd.Stop(syscall.SIGTERM, nddStopTimeout); err != nil {
-			t.Errorf("stop ndd: %v", err)
-		} else if n.ndd.Err() != nil {
-			t.Errorf("ndd exited with %v after SIGTERM", n.ndd.Err())
-		}
-	}
-	if n.ndd != nil {
-		if err := n.ndd.Destroy(); err != nil {
-			t.Error(err)
-		}
-	}
+	n.end(t, "", syscall.SIGTERM)
 	if _, err := os.Stat(n.cfg.PinPath); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("pin path %s left behind after ndd --destroy (%v)", n.cfg.PinPath, err)
 		os.RemoveAll(n.cfg.PinPath)
 	}
-	if t.Failed() {
-		for i, p := range n.runs {
-			t.Logf("log of ndd run %d:\n%s", i+1, p.LogTail(nddLogLines))
-		}
-	}
+	n.showLogs(t, "")
 }
 
 // portStatus returns VIP4:port's status.

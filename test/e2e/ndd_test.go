@@ -417,10 +417,10 @@ func TestNDDRestart(t *testing.T) {
 	t.Logf("long-lived connections per server: %v", long.perServer())
 	checkExchange(t, long, "before the kill", nil)
 
-	if err := n.ndd.Stop(syscall.SIGKILL, nddStopTimeout); err != nil {
+	if err := n.proc.Stop(syscall.SIGKILL, nddStopTimeout); err != nil {
 		t.Fatalf("kill ndd: %v", err)
 	}
-	t.Logf("ndd killed: %v", n.ndd.Err())
+	t.Logf("ndd killed: %v", n.proc.Err())
 	checkExchange(t, long, "while ndd is down", nil)
 	per := checkAllComplete(t, runLoad(ctx, c, n.vip4(), newConns, loadWorkers, 256), newConns, "new connection while ndd is down")
 	t.Logf("new connections while ndd is down: %v", per)

@@ -26,15 +26,81 @@ type nddNode struct {
 	cfg     nddConfig
 	cfgPath string
 	api     *api.Client
-	proc    *lab.NDD   // the latest run
-	runs    []*lab.NDD // every run, for their logs
+	nddRuns
 	// stop is the signal teardown stops a running ndd with.
 	stop syscall.Signal
 }
 
-// newNDDNode makes lab l's dispatcher d's directory under parent and a node whose
-// configuration serves port on d's interface, with a pin path and a socket
-// of its own. t.Cleanup tears it down: ndd stopped with stop, its pinned
+// nddRuns are the runs of one ndd over its configuration file: the latest,
+// and every one for its log.
+type nddRuns struct {
+	proc *lab.NDD   // the latest run
+	runs []*lab.NDD // every run, for their logs
+}
+
+// run starts bin on host over the configuration file cfg, logging to the
+// next ndd-N.log in dir, and waits until ready answers. who, unless "",
+// starts the messages of a failure.
+func (r *nddRuns) run(t *testing.T, who string, host *lab.Host, bin, cfg, dir string, ready func() error) {
+	t.Helper()
+	p, err := lab.StartNDD(host, lab.NDDOptions{Binary: bin, Config: cfg,
+		Log: filepath.Join(dir, fmt.Sprintf("ndd-%d.log", len(r.runs)+1))})
+	if err != nil {
+		t.Fatalf("%s%v", prefix(who), err)
+	}
+	r.proc = p
+	r.runs = append(r.runs, p)
+	start := time.Now()
+	// On failure, showLogs shows the log.
+	if err := p.WaitReady(context.Background(), nddStartTimeout, ready); err != nil {
+		t.Fatalf("%s%v", prefix(who), err)
+	}
+	t.Logf("%sndd answering %v after it started", prefix(who), time.Since(start).Round(time.Millisecond))
+}
+
+func (r *nddRuns) running() bool { return r.proc != nil && !r.proc.Exited() }
+
+// end stops a running ndd with sig (after SIGTERM it must have exited
+// cleanly) and destroys its pinned data plane.
+func (r *nddRuns) end(t *testing.T, who string, sig syscall.Signal) {
+	if r.running() {
+		if err := r.proc.Stop(sig, nddStopTimeout); err != nil {
+			t.Errorf("%sstop ndd: %v", prefix(who), err)
+		} else if sig == syscall.SIGTERM && r.proc.Err() != nil {
+			t.Errorf("%sndd exited with %v after SIGTERM", prefix(who), r.proc.Err())
+		}
+	}
+	if r.proc != nil {
+		if err := r.proc.Destroy(); err != nil {
+			t.Errorf("%s%v", prefix(who), err)
+		}
+	}
+}
+
+// showLogs shows every run's log if t failed.
+func (r *nddRuns) showLogs(t *testing.T, who string) {
+	if t.Failed() {
+		whose := ""
+		if who != "" {
+			whose = who + "'s "
+		}
+		for i, p := range r.runs {
+			t.Logf("log of %sndd run %d:\n%s", whose, i+1, p.LogTail(nddLogLines))
+		}
+	}
+}
+
+// prefix is "who: ", or "" for no one.
+func prefix(who string) string {
+	if who == "" {
+		return ""
+	}
+	return who + ": "
+}
+
+// newNDDNode makes lab l's dispatcher d's directory under parent and a
+// node whose configuration serves port on d's interface, with a pin path
+// and a socket of its own. t.Cleanup tears it down: ndd stopped with stop, its pinned
 // data plane destroyed, and on failure its logs shown.
 func newNDDNode(t *testing.T, l *lab.Lab, parent string, d *lab.Host, port portConfig, stop syscall.Signal) *nddNode {
 	t.Helper()
@@ -65,44 +131,15 @@ func (n *nddNode) writeConfig(t *testing.T, text string) {
 // start runs ndd on the node and waits until its API answers.
 func (n *nddNode) start(t *testing.T) {
 	t.Helper()
-	p, err := lab.StartNDD(n.host, lab.NDDOptions{Binary: nddBinary(t), Config: n.cfgPath,
-		Log: filepath.Join(n.dir, fmt.Sprintf("ndd-%d.log", len(n.runs)+1))})
-	if err != nil {
-		t.Fatalf("%s: %v", n.name, err)
-	}
-	n.proc = p
-	n.runs = append(n.runs, p)
-	start := time.Now()
-	// On failure, teardown shows the log.
-	if err := p.WaitReady(context.Background(), nddStartTimeout, n.api.Health); err != nil {
-		t.Fatalf("%s: %v", n.name, err)
-	}
-	t.Logf("%s: ndd answering %v after it started", n.name, time.Since(start).Round(time.Millisecond))
+	n.run(t, n.name, n.host, nddBinary(t), n.cfgPath, n.dir, n.api.Health)
 }
 
-func (n *nddNode) running() bool { return n.proc != nil && !n.proc.Exited() }
-
-// teardown stops ndd with n.stop (after SIGTERM, it must have exited
-// cleanly), destroys its pinned data plane, and on failure shows its logs.
+// teardown stops ndd with n.stop, destroys its pinned data plane, and on
+// failure shows its logs.
 func (n *nddNode) teardown(t *testing.T) {
-	if n.running() {
-		if err := n.proc.Stop(n.stop, nddStopTimeout); err != nil {
-			t.Errorf("%s: stop ndd: %v", n.name, err)
-		} else if n.stop == syscall.SIGTERM && n.proc.Err() != nil {
-			t.Errorf("%s: ndd exited with %v after SIGTERM", n.name, n.proc.Err())
-		}
-	}
-	if n.proc != nil {
-		if err := n.proc.Destroy(); err != nil {
-			t.Errorf("%s: %v", n.name, err)
-		}
-	}
+	n.end(t, n.name, n.stop)
 	os.RemoveAll(n.cfg.PinPath)
-	if t.Failed() {
-		for i, p := range n.runs {
-			t.Logf("log of %s's ndd run %d:\n%s", n.name, i+1, p.LogTail(nddLogLines))
-		}
-	}
+	n.showLogs(t, n.name)
 }
 
 // status is the node's HA status; the test fails if it cannot be read.

@@ -43,7 +43,7 @@ func groupCrash(t *testing.T, block bool) int {
 	}
 	received := func() (sum uint64) {
 		for _, n := range b.nodes {
-			sum += n.haStatus(t).Counters.FlowsReceived
+			sum += n.status(t).Counters.FlowsReceived
 		}
 		return sum
 	}

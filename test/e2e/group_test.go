@@ -118,16 +118,6 @@ func (n *bgpNode) serverRoutes(t *testing.T, op string) {
 	}
 }
 
-// haStatus is the node's HA status.
-func (n *bgpNode) haStatus(t *testing.T) ha.Status {
-	t.Helper()
-	st, err := n.api.HAStatus()
-	if err != nil {
-		t.Fatalf("%s: ha status: %v", n.name, err)
-	}
-	return st
-}
-
 // flowsHeld returns how many of the connections' flows (not those of
 // skip) the node's connection table holds, each with the server that
 // answered the connection, and the number of VIP4 flows it holds.
@@ -517,11 +507,11 @@ func TestGroupBehindRouter(t *testing.T) {
 				out, err := n2.host.NS.Command(context.Background(), cmd[0], cmd[1:]...).CombinedOutput()
 				t.Logf("dispatcher3: %v (%v):\n%s", cmd, err, out)
 			}
-			t.Fatalf("dispatcher3 did not announce again within %v: %+v %v; ha %+v", bgpTimeout, st, err, n2.haStatus(t))
+			t.Fatalf("dispatcher3 did not announce again within %v: %+v %v; ha %+v", bgpTimeout, st, err, n2.status(t))
 		}
 	}
 	// Announced: it holds both peers' snapshots, and so their flows.
-	hst := n2.haStatus(t)
+	hst := n2.status(t)
 	for _, p := range hst.Peers {
 		if !p.SnapshotReceived {
 			t.Errorf("dispatcher3 announced without %s's snapshot: %+v", p.Addr, hst.Peers)

@@ -69,12 +69,21 @@ static __always_inline int dispatch_established(struct xdp_md *ctx, struct packe
 		reuse_way(fl, VICTIM_EXPIRED, fl->snap.seq);
 		return -1;
 	}
+	if (be->flags & BE_F_HELD) {
+		/* Its server cannot be reached now: the flow keeps its way,
+		 * and its server for when it is back; the packet goes nowhere
+		 * (counted with the port's packets that found no server). */
+		struct svc_stats *ss = bpf_map_lookup_elem(&stats_service, &be->svc_id);
+		if (ss)
+			ss->no_backend += 1;
+		return XDP_DROP;
+	}
 	int is_tcp = p->key.proto == IPPROTO_TCP;
 	__u8 tcp_flags = is_tcp ? p->tcp_flags : 0;
 	/* The common case first: a packet of an established or closing flow
 	 * seen within the refresh interval (so not idle: every timeout is at
 	 * least a second), that changes nothing. */
-	if (!(flags & FLOW_F_HALFOPEN) && !(tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_FIN | TCP_FLAG_RST)) &&
+	if (!(flags & (FLOW_F_HALFOPEN | FLOW_F_ONCE)) && !(tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_FIN | TCP_FLAG_RST)) &&
 	    !flow_idle(now, fl->snap.last_seen, REFRESH_NS)) {
 		count_backend(be_id, bytes, 0, 0, 0);
 		return forward(ctx, be);
@@ -105,7 +114,7 @@ static __always_inline int dispatch_established(struct xdp_md *ctx, struct packe
 
 	__u32 set = 0, clear = 0;
 	__u64 seen = 0;
-	int opened = 0, closed = 0, left_halfopen = 0;
+	int opened = 0, closed = 0, left_halfopen = 0, confirmed = 0;
 	if (flow_idle(now, fl->snap.last_seen, REFRESH_NS)) {
 		seen = now;
 		if (flags & FLOW_F_STICKY)
@@ -126,13 +135,22 @@ static __always_inline int dispatch_established(struct xdp_md *ctx, struct packe
 	} else if (fin && !(flags & FLOW_F_CLOSING)) {
 		set = FLOW_F_CLOSING;
 		closed = 1;
+	} else if (flags & FLOW_F_ONCE) {
+		/* A UDP flow's second packet: no longer a victim, and now
+		 * reported (a spoofed datagram never sends a second one). */
+		clear = FLOW_F_ONCE;
+		confirmed = 1;
 	}
 	if (set | clear | seen) {
 		if (nd_flow_update(fl->idx, fl->way, fl->snap.seq, FLOW_SET_CLEAR(set, clear), seen) < 0)
-			opened = closed = left_halfopen = 0; /* another CPU changed it */
+			opened = closed = left_halfopen = confirmed = 0; /* another CPU changed it */
 	}
+	if (confirmed && flow_report_on())
+		nd_flow_report(&p->key, be, be_id, FLOW_EV_OPENED << 8 | (flags & ~FLOW_F_ONCE), now);
 	if (left_halfopen)
 		halfopen_add(be_id, -1);
+	if (opened && (flags & FLOW_F_STICKY))
+		confirm_affinity(be->svc_id, p, be_id, be->gen, now);
 	count_backend(be_id, bytes, opened, closed, 0);
 	if (opened | closed) {
 		if (be->flags & BE_F_P2C)
@@ -148,7 +166,8 @@ static __always_inline int dispatch_established(struct xdp_md *ctx, struct packe
 /* dispatch_new picks a server for a packet the table has no live flow for
  * and forwards the packet. What it may record depends on the packet: a SYN
  * (or a UDP packet) takes a free or expired way or displaces the oldest
- * half-open flow, and is recorded half-open (UDP: established); a stray
+ * half-open flow (or UDP flow seen once), and is recorded half-open (UDP:
+ * established, and seen once until its second packet); a stray
  * packet of an unknown TCP flow (an ACK, data) takes only a free or expired
  * way, half-open, and is established by its next packet; a FIN or RST of an
  * unknown flow is forwarded and leaves nothing. No packet displaces an
@@ -202,8 +221,7 @@ static __always_inline int dispatch_new(struct xdp_md *ctx, struct packet *p, st
 		.way = fl->snap.v_way,
 		.expect = fl->snap.v_seq,
 	};
-	if (is_tcp)
-		a.flags |= FLOW_F_HALFOPEN;
+	a.flags |= is_tcp ? FLOW_F_HALFOPEN : FLOW_F_ONCE;
 	if (svc->flags & SVC_F_AFFINITY)
 		a.flags |= FLOW_F_STICKY;
 	int opened = 0, halfopen = 0;
@@ -225,8 +243,11 @@ static __always_inline int dispatch_new(struct xdp_md *ctx, struct packet *p, st
 			/* A half-open flow displaced by a new one: no generation
 			 * check (a stale slot's count is corrected when user
 			 * space reconciles), and nothing to move when both are
-			 * the same server's. */
-			if (fl->snap.v_backend == be_id && is_tcp)
+			 * the same server's. A UDP flow seen once was counted
+			 * open: it leaves as an expired one. */
+			if (!(fl->snap.v_flags & FLOW_F_HALFOPEN))
+				count_gone(fl->snap.v_backend, fl->snap.v_gen, fl->snap.v_flags);
+			else if (fl->snap.v_backend == be_id && is_tcp)
 				moved = 0;
 			else
 				halfopen_add(fl->snap.v_backend, -1);
@@ -240,11 +261,12 @@ static __always_inline int dispatch_new(struct xdp_md *ctx, struct packet *p, st
 			if (moved)
 				halfopen_add(be_id, 1);
 		} else {
+			/* Counted open now, reported to user space (and so
+			 * to the HA peers) at its second packet: a flood of
+			 * spoofed datagrams costs the sync stream nothing. */
 			opened = 1;
 			if (be->flags & BE_F_P2C)
 				active_add(be_id, 1);
-			if (flow_report_on())
-				nd_flow_report(&p->key, be, be_id, FLOW_EV_OPENED << 8 | a.flags, now);
 		}
 	}
 

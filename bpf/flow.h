@@ -61,7 +61,7 @@ struct flow_snap {
  * unknown flow only up to VICTIM_EXPIRED, user space any. */
 #define VICTIM_FREE 0     /* an empty way, or a stale one nothing counts */
 #define VICTIM_EXPIRED 1  /* a flow idle past its state's timeout */
-#define VICTIM_HALFOPEN 2 /* the oldest live half-open flow */
+#define VICTIM_HALFOPEN 2 /* the oldest live half-open flow (or UDP flow seen once) */
 #define VICTIM_LIVE 3     /* the oldest live established or closing flow */
 #define VICTIM_NONE 4     /* every way is being written */
 
@@ -122,7 +122,8 @@ static __always_inline int flow_find_in(struct flow_bucket *b, const struct flow
 }
 
 /* flow_victim_in picks the way a new flow would take: a free or expired
- * one, else the least recently seen half-open flow, else the least recently
+ * one, else the least recently seen half-open flow (or UDP flow seen
+ * once), else the least recently
  * seen live flow (which only user space may displace). It records the
  * victim's count and contents in snap, so that a store can claim the way
  * only if it still holds what was judged. */
@@ -153,7 +154,7 @@ static __always_inline void flow_victim_in(struct flow_bucket *b, __u64 now, str
 			class = VICTIM_EXPIRED;
 			break;
 		}
-		if (meta & FLOW_F_HALFOPEN) {
+		if (meta & (FLOW_F_HALFOPEN | FLOW_F_ONCE)) {
 			if (seen < oldest_half) {
 				oldest_half = seen;
 				half = i;

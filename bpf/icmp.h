@@ -108,6 +108,8 @@ static __always_inline int dispatch_icmp(struct xdp_md *ctx, struct packet *p, s
 		if (!be || !(be->flags & BE_F_ACTIVE))
 			goto local;
 	}
+	if (be->flags & BE_F_HELD)
+		goto local; /* its server cannot be reached now */
 	vs->icmp_forwarded += 1;
 	return forward(ctx, be);
 

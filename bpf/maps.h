@@ -114,6 +114,19 @@ struct {
 	__type(value, struct affinity_val);
 } affinity SEC(".maps");
 
+/* affinity_pending: the sticky choices of SYNs whose handshake has not
+ * completed. A client's later SYNs follow them (a browser's parallel
+ * connections land together), and the handshake's ACK moves the choice to
+ * affinity: a flood of spoofed SYNs churns this table only, never the
+ * records of clients that completed a handshake. UDP has no handshake: its
+ * choices go to affinity at once. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, DEFAULT_MAX_AFFINITY);
+	__type(key, struct affinity_key);
+	__type(value, struct affinity_val);
+} affinity_pending SEC(".maps");
+
 /* Egress interfaces other than the ingress one (the paper's two-network
  * configuration): ifindex -> ifindex. */
 struct {

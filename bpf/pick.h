@@ -185,11 +185,28 @@ __noinline int nd_delay_pick(__u32 svc_id, __u32 hash, __u64 now)
  * server may take new flows, then the Maglev ring, or for a p2c service
  * the better of two ring picks, or for a delay service the member with the
  * least expected delay. */
+/* sticky_pick is the server of the client's record in an affinity table
+ * (map), if the record is within the service's window and its server may
+ * take new flows; the record is refreshed. The window is compared signed:
+ * another CPU may have stamped the record after now was read. */
+static __always_inline struct backend *sticky_pick(void *map, struct affinity_key *ak,
+						   struct svc_info *svc, __u64 now, __u32 *be_id)
+{
+	struct affinity_val *av = bpf_map_lookup_elem(map, ak);
+	if (!av || (__s64)(now - av->last_seen) > (__s64)((__u64)svc->sticky_secs * NS_PER_SEC))
+		return NULL;
+	struct backend *be = backend_get(av->backend, av->gen, svc->svc_id);
+	if (!be || (be->flags & BE_F_QUIESCED))
+		return NULL;
+	*be_id = av->backend;
+	av->last_seen = now;
+	return be;
+}
+
 static __always_inline struct backend *pick(struct svc_info *svc, struct packet *p, __u32 hash,
 					    __u64 now, __u32 *be_id, int schedule)
 {
 	struct affinity_key ak = {};
-	struct affinity_val *av = NULL;
 	struct backend *be;
 	int sticky = svc->flags & SVC_F_AFFINITY;
 
@@ -197,15 +214,11 @@ static __always_inline struct backend *pick(struct svc_info *svc, struct packet 
 		ak.client = p->key.src;
 		ak.svc_id = svc->svc_id;
 		ak.family = p->key.family;
-		av = bpf_map_lookup_elem(&affinity, &ak);
-		if (av && now - av->last_seen <= (__u64)svc->sticky_secs * NS_PER_SEC) {
-			be = backend_get(av->backend, av->gen, svc->svc_id);
-			if (be && !(be->flags & BE_F_QUIESCED)) {
-				*be_id = av->backend;
-				av->last_seen = now;
-				return be;
-			}
-		}
+		be = sticky_pick(&affinity, &ak, svc, now, be_id);
+		if (!be)
+			be = sticky_pick(&affinity_pending, &ak, svc, now, be_id);
+		if (be)
+			return be;
 	}
 
 	if (schedule && (svc->flags & SVC_F_DELAY)) {
@@ -231,9 +244,32 @@ static __always_inline struct backend *pick(struct svc_info *svc, struct packet 
 			.gen = be->gen,
 			.last_seen = now,
 		};
-		bpf_map_update_elem(&affinity, &ak, &nv, BPF_ANY);
+		/* A TCP choice becomes the client's record once its handshake
+		 * completes (confirm_affinity); until then it is pending. */
+		if (p->key.proto == IPPROTO_TCP)
+			bpf_map_update_elem(&affinity_pending, &ak, &nv, BPF_ANY);
+		else
+			bpf_map_update_elem(&affinity, &ak, &nv, BPF_ANY);
 	}
 	return be;
+}
+
+/* confirm_affinity makes a sticky flow's server the client's record: its
+ * handshake completed, so the client is no spoofed source. */
+static __always_inline void confirm_affinity(__u32 svc_id, struct packet *p, __u32 be_id, __u32 gen,
+					     __u64 now)
+{
+	struct affinity_key ak = {};
+	struct affinity_val nv = {
+		.backend = be_id,
+		.gen = gen,
+		.last_seen = now,
+	};
+
+	ak.client = p->key.src;
+	ak.svc_id = svc_id;
+	ak.family = p->key.family;
+	bpf_map_update_elem(&affinity, &ak, &nv, BPF_ANY);
 }
 
 static __always_inline void refresh_affinity(__u32 svc_id, struct packet *p,

@@ -67,6 +67,7 @@ struct svc_slot {
 #define BE_F_LOCAL (1u << 1)    /* the dispatcher host itself (co-location) */
 #define BE_F_QUIESCED (1u << 2) /* weight 0: keeps its flows, gets no new ones */
 #define BE_F_P2C (1u << 3)      /* its service is p2c or delay: keep its server_active count */
+#define BE_F_HELD (1u << 4)     /* unreachable now: its flows keep the slot, their packets are dropped */
 
 struct backend {
 	__u8 dst_mac[6]; /* the server's MAC */
@@ -104,6 +105,12 @@ struct flow_key {
  * handshake's ACK) makes it established. Entries without the flag (written
  * before it existed, too) are established or closing. */
 #define FLOW_F_HALFOPEN (1u << 3)
+/* Once: a UDP flow that has sent one packet so far. It is established and
+ * counted open from that packet (a UDP exchange may be one datagram), but
+ * until its second packet it ranks with half-open flows as a victim: a
+ * flood of spoofed datagrams, one from each forged source, then churns
+ * through the same ways as a SYN flood and cannot crowd new flows out. */
+#define FLOW_F_ONCE (1u << 4)
 
 /* A connection table bucket: FLOW_WAYS ways in 256 bytes, four cache lines
  * in one page (the table is page-aligned). What a lookup or a victim choice
@@ -307,8 +314,11 @@ struct dp_id {
 	__u32 magic; /* DP_ID_MAGIC once written */
 	__u32 hash_seed;
 	__u32 flow_ways;
-	__u32 pad;
+	__u32 marks; /* DP_MARK_*: the control plane's, kept with the tables */
 };
+
+/* The operator drained the dispatcher: its routes stay withdrawn. */
+#define DP_MARK_DRAINED (1u << 0)
 
 /* vip_index's slots. */
 struct vip_slot {

@@ -87,13 +87,7 @@ type bench struct {
 // newCheckedLab removes the labs of dead processes, builds a lab with opts
 // and checks that it works; a lab that fails the check is removed again.
 func newCheckedLab(ctx context.Context, opts lab.Options, logf func(string, ...any)) (*lab.Lab, error) {
-	if removed, err := lab.SweepStale(logf); err != nil {
-		logf("sweep labs of dead processes: %v (removed %v)", err, removed)
-	}
-	opts.Logf = logf
-	bctx, cancel := context.WithTimeout(ctx, buildTimeout)
-	l, err := lab.New(bctx, opts)
-	cancel()
+	l, err := newLab(ctx, opts, logf)
 	if err != nil {
 		return nil, err
 	}
@@ -104,6 +98,18 @@ func newCheckedLab(ctx context.Context, opts lab.Options, logf func(string, ...a
 		return nil, errors.Join(fmt.Errorf("the lab does not work, so nothing measured through it would mean anything: %w", err), l.Close())
 	}
 	return l, nil
+}
+
+// newLab removes the labs of dead processes and builds a lab with opts,
+// logging to logf.
+func newLab(ctx context.Context, opts lab.Options, logf func(string, ...any)) (*lab.Lab, error) {
+	if removed, err := lab.SweepStale(logf); err != nil {
+		logf("sweep labs of dead processes: %v (removed %v)", err, removed)
+	}
+	opts.Logf = logf
+	bctx, cancel := context.WithTimeout(ctx, buildTimeout)
+	defer cancel()
+	return lab.New(bctx, opts)
 }
 
 // newBench builds the lab, checks it, starts the servers, loads the
@@ -146,6 +152,13 @@ func newBench(ctx context.Context, o options, logf func(string, ...any)) (_ *ben
 	return b, ctx.Err()
 }
 
+// manyConnSysctls give a namespace that opens many connections the whole
+// range of ephemeral ports and the reuse of TIME_WAIT ports.
+var manyConnSysctls = [][2]string{
+	{"net.ipv4.ip_local_port_range", "1024 65535"},
+	{"net.ipv4.tcp_tw_reuse", "1"},
+}
+
 // prepareClient widens the client's ephemeral ports and lets it reuse
 // TIME_WAIT ports, in the client's namespace only, and pins its neighbour
 // entry for the VIP to the dispatcher's MAC: with the trivial forwarder on
@@ -153,13 +166,8 @@ func newBench(ctx context.Context, o options, logf func(string, ...any)) (_ *ben
 // does not answer it.
 func (b *bench) prepareClient() error {
 	c := &b.lab.Client
-	for _, kv := range [][2]string{
-		{"net.ipv4.ip_local_port_range", "1024 65535"},
-		{"net.ipv4.tcp_tw_reuse", "1"},
-	} {
-		if err := c.NS.Sysctl(kv[0], kv[1]); err != nil {
-			return err
-		}
+	if err := lab.SetSysctls(c.NS, manyConnSysctls...); err != nil {
+		return err
 	}
 	h, err := c.NS.Netlink()
 	if err != nil {
@@ -278,12 +286,7 @@ func (b *bench) attach(cfg string) (detach func() error, err error) {
 // xdpAttachment describes the XDP program on the dispatcher's interface:
 // nil when there is none, or when the interface cannot be read.
 func (b *bench) xdpAttachment() *netlink.LinkXdp {
-	d := &b.lab.Dispatcher
-	h, err := d.NS.Netlink()
-	if err != nil {
-		return nil
-	}
-	l, err := h.LinkByIndex(d.Ifindex)
+	_, l, err := b.lab.Dispatcher.Eth0()
 	if err != nil || l.Attrs().Xdp == nil || !l.Attrs().Xdp.Attached {
 		return nil
 	}

@@ -135,11 +135,13 @@ func parseFeedbackOptions(args []string, stderr io.Writer) (feedbackOptions, err
 // runFeedback is `ndbench feedback`.
 func runFeedback(args []string, e env) int {
 	o, err := parseFeedbackOptions(args, e.stderr)
-	ctx, logf, done, code, ok := begin(e, "ndbench feedback", err, "it builds network namespaces and runs ndd and haproxy in them", o.timeout)
-	if !ok {
-		return code
-	}
-	defer done()
+	return runBench(e, "ndbench feedback", err, "it builds network namespaces and runs ndd and haproxy in them", o.timeout, func(ctx context.Context, logf func(string, ...any)) error {
+		return reportFeedback(ctx, o, e, logf)
+	})
+}
+
+// reportFeedback runs the scenarios and writes the report.
+func reportFeedback(ctx context.Context, o feedbackOptions, e env, logf func(string, ...any)) error {
 	logf("ndbench feedback: %d scenarios x %d balancers, servers of %d workers, load %.0f%%; about %v",
 		len(o.scenarios), len(o.balancers), o.workers, 100*o.load, o.estimate().Round(time.Second))
 
@@ -153,11 +155,7 @@ func runFeedback(args []string, e env) int {
 			logf("wrote %s", filepath.Join(o.out, "feedback.json")+" and the feedback-*.svg plots")
 		}
 	}
-	if runErr != nil {
-		fmt.Fprintf(e.stderr, "ndbench feedback: %v\n", runErr)
-		return 1
-	}
-	return 0
+	return runErr
 }
 
 // runFeedbackBench builds the lab and the client, runs every balancer in

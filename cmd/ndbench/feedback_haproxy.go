@@ -63,9 +63,7 @@ func haproxyConfig(b balancerSpec, sc *scenario, vip netip.Addr, servers []netip
 
 // haproxyRun is HAProxy running for one run.
 type haproxyRun struct {
-	cmd   *exec.Cmd
-	done  chan struct{}
-	err   error
+	*lab.Process
 	sock  string
 	names []string
 	log   string
@@ -118,17 +116,15 @@ func startHAProxy(ctx context.Context, b balancerSpec, sc *scenario, l *lab.Lab,
 	}
 	// A proxy opens a connection to a server per request: give it the
 	// ports and the reuse of TIME_WAIT that the client has.
-	for _, kv := range [][2]string{{"net.ipv4.ip_local_port_range", "1024 65535"}, {"net.ipv4.tcp_tw_reuse", "1"}} {
-		if err := d.NS.Sysctl(kv[0], kv[1]); err != nil {
-			return nil, err
-		}
+	if err := lab.SetSysctls(d.NS, manyConnSysctls...); err != nil {
+		return nil, err
 	}
 	n := len(sc.Workers)
 	addrs, names := make([]netip.Addr, n), make([]string, n)
 	for i := range n {
 		addrs[i], names[i] = l.Servers[i].Addr4, l.Servers[i].Name
 	}
-	h := &haproxyRun{sock: filepath.Join(dir, "haproxy.sock"), names: names, log: filepath.Join(dir, "haproxy.log"), done: make(chan struct{})}
+	h := &haproxyRun{sock: filepath.Join(dir, "haproxy.sock"), names: names, log: filepath.Join(dir, "haproxy.log")}
 	cfg := filepath.Join(dir, "haproxy.cfg")
 	if err := os.WriteFile(cfg, []byte(haproxyConfig(b, sc, l.VIP4, addrs, names, h.sock)), 0o600); err != nil {
 		return nil, err
@@ -146,16 +142,12 @@ func startHAProxy(ctx context.Context, b balancerSpec, sc *scenario, l *lab.Lab,
 	}
 	defer logf.Close() // the child has its own copy
 	// Stopped in order by stop, not by a context.
-	h.cmd = d.NS.Command(context.Background(), bin, "-db", "-f", cfg)
-	h.cmd.Stdout, h.cmd.Stderr = logf, logf
-	h.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
-	if err := h.cmd.Start(); err != nil {
+	cmd := d.NS.Command(context.Background(), bin, "-db", "-f", cfg)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	if h.Process, err = lab.StartProcess("haproxy", cmd); err != nil {
 		return nil, fmt.Errorf("start haproxy in %s: %w", d.Name, err)
 	}
-	go func() {
-		h.err = h.cmd.Wait()
-		close(h.done)
-	}()
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, h.stop())
@@ -171,12 +163,12 @@ func startHAProxy(ctx context.Context, b balancerSpec, sc *scenario, l *lab.Lab,
 // joined the namespace and exec'd it), checks that it runs in namespace
 // want, and waits for its admin socket to answer.
 func (h *haproxyRun) waitReady(ctx context.Context, bin string, want nsID) error {
-	pid := h.cmd.Process.Pid
+	pid := h.Pid()
 	deadline := time.Now().Add(haproxyReadyWait)
 	proven := false
 	for {
-		if h.exited() {
-			return fmt.Errorf("haproxy exited before it was ready: %v: %s", h.err, tail(h.log, 5))
+		if h.Exited() {
+			return fmt.Errorf("haproxy exited before it was ready: %v: %s", h.Err(), lab.FileTail(h.log, 5, " | "))
 		}
 		if !proven {
 			if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); err == nil && sameFile(exe, bin) {
@@ -193,7 +185,7 @@ func (h *haproxyRun) waitReady(ctx context.Context, bin string, want nsID) error
 			}
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("haproxy not ready within %v: %s", haproxyReadyWait, tail(h.log, 5))
+			return fmt.Errorf("haproxy not ready within %v: %s", haproxyReadyWait, lab.FileTail(h.log, 5, " | "))
 		}
 		select {
 		case <-ctx.Done():
@@ -207,15 +199,6 @@ func sameFile(a, b string) bool {
 	sa, err1 := os.Stat(a)
 	sb, err2 := os.Stat(b)
 	return err1 == nil && err2 == nil && os.SameFile(sa, sb)
-}
-
-func (h *haproxyRun) exited() bool {
-	select {
-	case <-h.done:
-		return true
-	default:
-		return false
-	}
 }
 
 // command sends one command to the admin socket and returns the answer.
@@ -265,8 +248,8 @@ func (h *haproxyRun) setState(i int, state string) error {
 }
 
 func (h *haproxyRun) alive() error {
-	if h.exited() {
-		return fmt.Errorf("haproxy exited during the run: %v: %s", h.err, tail(h.log, 5))
+	if h.Exited() {
+		return fmt.Errorf("haproxy exited during the run: %v: %s", h.Err(), lab.FileTail(h.log, 5, " | "))
 	}
 	return nil
 }
@@ -274,28 +257,5 @@ func (h *haproxyRun) alive() error {
 // stop ends haproxy with SIGTERM (its immediate stop), killing it after
 // haproxyStopWait, and waits until it is gone.
 func (h *haproxyRun) stop() error {
-	if h.exited() {
-		return nil
-	}
-	h.cmd.Process.Signal(syscall.SIGTERM)
-	t := time.NewTimer(haproxyStopWait)
-	defer t.Stop()
-	select {
-	case <-h.done:
-		return nil
-	case <-t.C:
-		h.cmd.Process.Kill()
-		<-h.done
-		return fmt.Errorf("haproxy did not stop within %v of SIGTERM and was killed", haproxyStopWait)
-	}
-}
-
-// tail is the last n lines of a file, or why it cannot be read.
-func tail(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err.Error()
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], " | ")
+	return h.Process.Stop(syscall.SIGTERM, haproxyStopWait)
 }

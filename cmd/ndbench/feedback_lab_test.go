@@ -4,8 +4,6 @@ import (
 	"context"
 	"io"
 	"net/netip"
-	"os"
-	"os/exec"
 	"testing"
 	"time"
 
@@ -20,19 +18,9 @@ import (
 // socket), and the report.
 func TestFeedbackInLab(t *testing.T) {
 	testutil.RequirePrivileged(t)
-	requireHAProxy(t)
-	ndd := testNDD(t)
-	o, err := parseFeedbackOptions([]string{"--scenarios", "cold-add", "--balancers", "nd,haproxy", "--warmup", "1s",
-		"--phase-scale", "0.15", "--load", "0.2", "--ndd", ndd}, io.Discard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	r, err := runFeedbackBench(ctx, o, t.Logf)
-	if err != nil {
-		t.Fatal(err)
-	}
+	testutil.RequireCommands(t, "scripts/setup installs it", "haproxy")
+	r := runInLab(t, parseFeedbackOptions, []string{"--scenarios", "cold-add", "--balancers", "nd,haproxy", "--warmup", "1s",
+		"--phase-scale", "0.15", "--load", "0.2"}, runFeedbackBench)
 	r.analyse()
 	if len(r.Scenarios) != 1 || len(r.Scenarios[0].Runs) != 2 {
 		t.Fatalf("%d scenarios", len(r.Scenarios))
@@ -66,7 +54,7 @@ func TestFeedbackInLab(t *testing.T) {
 // and stops it.
 func TestHAProxyInLab(t *testing.T) {
 	testutil.RequirePrivileged(t)
-	requireHAProxy(t)
+	testutil.RequireCommands(t, "scripts/setup installs it", "haproxy")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	l, err := newCheckedLab(ctx, lab.Options{Servers: 4}, t.Logf)
@@ -121,18 +109,8 @@ func TestHAProxyInLab(t *testing.T) {
 	if err := h.stop(); err != nil {
 		t.Error(err)
 	}
-	if !h.exited() {
+	if !h.Exited() {
 		t.Error("haproxy still runs after stop")
-	}
-}
-
-func requireHAProxy(t *testing.T) {
-	t.Helper()
-	if _, err := exec.LookPath("haproxy"); err != nil {
-		if os.Getenv(testutil.RequirePrivilegedEnv) == "1" {
-			t.Fatalf("no haproxy installed (scripts/setup installs it): %v", err)
-		}
-		t.Skipf("no haproxy installed (scripts/setup installs it): %v", err)
 	}
 }
 
@@ -144,4 +122,22 @@ func testNDD(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return ndd
+}
+
+// runInLab parses a bench's flags, args and --ndd with a fresh build of
+// ndd, and runs the bench for a test, within 90 s; a failure ends the
+// test.
+func runInLab[O, R any](t *testing.T, parse func([]string, io.Writer) (O, error), args []string, run func(context.Context, O, func(string, ...any)) (R, error)) R {
+	t.Helper()
+	o, err := parse(append(args, "--ndd", testNDD(t)), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	r, err := run(ctx, o, t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
 }

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nd-dispatcher/nd/internal/lab"
 	"golang.org/x/sys/unix"
 )
 
@@ -91,14 +92,7 @@ func openLoop(ctx context.Context, g *generator, vip netip.AddrPort, names []str
 		if at >= d {
 			break
 		}
-		if wait := time.Until(start.Add(at)); wait > 0 {
-			timer.Reset(wait)
-			select {
-			case <-runCtx.Done():
-			case <-timer.C:
-			}
-		}
-		if runCtx.Err() != nil {
+		if !lab.WaitUntil(runCtx, timer, start.Add(at)) {
 			break
 		}
 		work := drawWork(rnd)

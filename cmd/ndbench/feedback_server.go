@@ -172,9 +172,9 @@ func startWorkServer(ctx context.Context, host *lab.Host, limit, maxWait int, ad
 		cancel()
 		return nil, err
 	}
-	s.wg.Go(func() {
+	s.Go(func() {
 		<-ctx.Done()
-		s.closeAll()
+		s.Close()
 	})
 	return s, nil
 }
@@ -246,6 +246,5 @@ func (s *workServer) serve(c net.Conn) {
 // stop closes the listeners, ends the work in progress and waits.
 func (s *workServer) stop() {
 	s.cancel()
-	s.closeAll()
-	s.wg.Wait()
+	s.Stop()
 }

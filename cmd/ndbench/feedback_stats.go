@@ -4,6 +4,8 @@ import (
 	"math"
 	"slices"
 	"time"
+
+	"github.com/nd-dispatcher/nd/internal/lab"
 )
 
 // latencyStats summarises a set of requests: the latencies are those of
@@ -42,9 +44,9 @@ func summarise(recs []record, from, to time.Duration) latencyStats {
 	}
 	slices.Sort(lats)
 	s.Mean = sum / time.Duration(len(lats))
-	s.P50 = percentile(lats, 0.50)
-	s.P99 = percentile(lats, 0.99)
-	s.P999 = percentile(lats, 0.999)
+	s.P50 = lab.Percentile(lats, 0.50)
+	s.P99 = lab.Percentile(lats, 0.99)
+	s.P999 = lab.Percentile(lats, 0.999)
 	s.Max = lats[len(lats)-1]
 	return s
 }

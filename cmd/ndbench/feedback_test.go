@@ -185,7 +185,7 @@ func TestWorkServerRespectsC(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &workServer{name: "server1", q: newWorkQueue(c, 100), ctx: ctx, cancel: cancel}
 	s.setSlowdown(1)
-	s.serveOn(ln, s.serve)
+	s.Serve(ln, s.serve)
 	defer s.stop()
 	start := time.Now()
 	var wg sync.WaitGroup
@@ -574,7 +574,7 @@ func TestSinkholeServer(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &workServer{name: "server1", q: newWorkQueue(1, 100), ctx: ctx, cancel: cancel}
 	s.setSlowdown(1)
-	s.serveOn(ln, s.serve)
+	s.Serve(ln, s.serve)
 	defer s.stop()
 	ask := func(req string) []byte {
 		conn, err := net.Dial("tcp4", ln.Addr().String())

@@ -7,6 +7,7 @@ package main
 // group's synchronisation stream costs. See docs/SCALEOUT.md, Benchmark.
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -145,11 +146,14 @@ type groupReport struct {
 
 func runGroup(args []string, e env) int {
 	o, err := parseGroupOptions(args, e.stderr)
-	ctx, logf, done, code, ok := begin(e, "ndbench group", err, "it builds network namespaces and runs ndd and BIRD", o.timeout)
-	if !ok {
-		return code
-	}
-	defer done()
+	return runBench(e, "ndbench group", err, "it builds network namespaces and runs ndd and BIRD", o.timeout, func(ctx context.Context, logf func(string, ...any)) error {
+		return reportGroup(ctx, o, e, logf)
+	})
+}
+
+// reportGroup measures each group size and prints the report; a size
+// that failed is reported as it ends.
+func reportGroup(ctx context.Context, o groupOptions, e env, logf func(string, ...any)) error {
 	r := groupReport{Duration: o.duration.String(), Conns: o.conns, Rate: o.rate, CPUs: runtime.NumCPU(), Kernel: kernelRelease()}
 	failed := false
 	for _, n := range o.dispatchers {
@@ -174,14 +178,13 @@ func runGroup(args []string, e env) int {
 			err = os.WriteFile(o.out, append(b, '\n'), 0o644)
 		}
 		if err != nil {
-			fmt.Fprintf(e.stderr, "ndbench group: %v\n", err)
-			return 1
+			return err
 		}
 	}
 	if failed {
-		return 1
+		return errReported
 	}
-	return 0
+	return nil
 }
 
 // writeTable prints one table of the phases and one of the steady

@@ -5,18 +5,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
-	"github.com/nd-dispatcher/nd/internal/api"
 	"github.com/nd-dispatcher/nd/internal/lab"
 )
 
@@ -34,27 +30,17 @@ const (
 // groupLab is the lab with its router and BIRD, echo servers on VIP4:80
 // and one ndd per dispatcher.
 type groupLab struct {
-	o      groupOptions
-	logf   func(string, ...any)
-	lab    *lab.Lab
-	bird   *lab.BIRD
-	dir    string
-	ndd    string
-	key    string
-	echoes []*haEcho
-	nodes  []*haNDD
+	nddNodes
+	o    groupOptions
+	bird *lab.BIRD
 }
 
 // measureGroup builds the lab for n dispatchers, runs the phases and
 // always tears it down.
 func measureGroup(ctx context.Context, o groupOptions, n int, logf func(string, ...any)) (r groupRun, err error) {
 	r.Dispatchers = n
-	g := &groupLab{o: o, logf: logf}
-	defer func() {
-		if cerr := g.close(); cerr != nil {
-			err = errors.Join(err, cerr)
-		}
-	}()
+	g := &groupLab{nddNodes: nddNodes{name: "group", logf: logf}, o: o}
+	defer closeInto(&err, g)
 	if err := g.build(ctx, n); err != nil {
 		return r, err
 	}
@@ -97,7 +83,7 @@ func measureGroup(ctx context.Context, o groupOptions, n int, logf func(string, 
 	}
 	// drain: the second dispatcher withdraws its route, ndd running.
 	second := all[1]
-	rest := slices.DeleteFunc(slices.Clone(all), func(x *haNDD) bool { return x == second })
+	rest := slices.DeleteFunc(slices.Clone(all), func(x *nddNode) bool { return x == second })
 	ph, _, _, err = g.phase(ctx, "drain", second.host.Name, func() error {
 		_, err := second.api.BGPDrain(true)
 		return err
@@ -107,32 +93,14 @@ func measureGroup(ctx context.Context, o groupOptions, n int, logf func(string, 
 }
 
 func (g *groupLab) build(ctx context.Context, n int) (err error) {
-	if g.dir, err = os.MkdirTemp("", "ndbench-group-"); err != nil {
+	if err := g.prepare(ctx, g.o.ndd); err != nil {
 		return err
 	}
-	g.ndd = g.o.ndd
-	if g.ndd == "" {
-		g.logf("building ndd")
-		if g.ndd, err = buildNDD(ctx, g.dir); err != nil {
-			return err
-		}
-	}
-	if removed, err := lab.SweepStale(g.logf); err != nil {
-		g.logf("sweep labs of dead processes: %v (removed %v)", err, removed)
-	}
-	bctx, cancel := context.WithTimeout(ctx, buildTimeout)
-	g.lab, err = lab.New(bctx, lab.Options{Servers: groupServers, Dispatchers: n, Router: true, Logf: g.logf})
-	cancel()
-	if err != nil {
+	if g.lab, err = newLab(ctx, lab.Options{Servers: groupServers, Dispatchers: n, Router: true}, g.logf); err != nil {
 		return err
 	}
-	vip := netip.AddrPortFrom(g.lab.VIP4, servicePort)
-	for i := range g.lab.Servers {
-		e, err := startHAEcho(&g.lab.Servers[i], vip)
-		if err != nil {
-			return err
-		}
-		g.echoes = append(g.echoes, e)
+	if err := g.startEchoes(); err != nil {
+		return err
 	}
 	var peers []lab.BIRDPeer
 	for _, d := range g.lab.Dispatchers() {
@@ -141,19 +109,17 @@ func (g *groupLab) build(ctx context.Context, n int) (err error) {
 	if g.bird, err = g.lab.StartBIRD(ctx, lab.BIRDOptions{Dir: g.dir, Peers: peers, HoldTime: int(groupHold / time.Second)}); err != nil {
 		return err
 	}
-	g.key = filepath.Join(g.dir, "ha.key")
-	if err := os.WriteFile(g.key, []byte("ndbench-group-shared-key-0123456789"), 0o600); err != nil {
+	if err := g.writeKey(); err != nil {
 		return err
 	}
 	for i, d := range g.lab.Dispatchers() {
-		nd := &haNDD{host: d, priority: 200 - 50*i, cfg: filepath.Join(g.dir, d.Name+".yaml"), socket: filepath.Join(g.dir, d.Name+".sock")}
+		nd, err := g.addNode(d, 200-50*i, 10*time.Second)
+		if err != nil {
+			return err
+		}
 		if err := os.WriteFile(nd.cfg, []byte(g.config(nd, i)), 0o600); err != nil {
 			return err
 		}
-		if nd.api, err = api.NewClient(nd.socket, "", api.WithTimeout(10*time.Second)); err != nil {
-			return err
-		}
-		g.nodes = append(g.nodes, nd)
 	}
 	for _, nd := range g.nodes {
 		if err := g.start(ctx, nd); err != nil {
@@ -168,7 +134,7 @@ func (g *groupLab) build(ctx context.Context, n int) (err error) {
 
 // config is dispatcher i's configuration: pinned data plane, the servers,
 // BGP to the router and, with two or more, the active-active group.
-func (g *groupLab) config(n *haNDD, i int) string {
+func (g *groupLab) config(n *nddNode, i int) string {
 	self := n.host
 	var b strings.Builder
 	fmt.Fprintf(&b, "interfaces: [%s]\ndata_plane:\n  pin_path: %s\napi:\n  socket: %s\nmanager:\n  policy: static\n",
@@ -192,29 +158,6 @@ func (g *groupLab) config(n *haNDD, i int) string {
 	fmt.Fprintf(&b, "ha:\n  group: bench\n  mode: active-active\n  interface: %s\n  self: %s:%d\n  peers: [%s]\n  priority: %d\n  key_file: %s\n  interval: 100ms\n  dead_after: 600ms\n",
 		self.Ifname, self.Addr4, haPort, strings.Join(peers, ", "), n.priority, g.key)
 	return b.String()
-}
-
-func (g *groupLab) pinPath(h *lab.Host) string {
-	return fmt.Sprintf("/sys/fs/bpf/ndbench-group-%d-%s", os.Getpid(), h.Name)
-}
-
-// start runs ndd in the node's namespace and waits for its API.
-func (g *groupLab) start(ctx context.Context, n *haNDD) error {
-	n.starts++
-	proc, err := lab.StartNDD(n.host, lab.NDDOptions{Binary: g.ndd, Config: n.cfg,
-		Log: filepath.Join(g.dir, fmt.Sprintf("%s-%d.log", n.host.Name, n.starts))})
-	if err != nil {
-		return err
-	}
-	n.proc = proc
-	err = proc.WaitReady(ctx, haStartWait, n.api.Health)
-	if errors.Is(err, lab.ErrNDDExited) {
-		return fmt.Errorf("%s: %w: %s", n.host.Name, err, proc.LogTail(10))
-	}
-	if err != nil {
-		return fmt.Errorf("%s: %w", n.host.Name, err)
-	}
-	return nil
 }
 
 // waitSettled waits, with two or more dispatchers, until every node is
@@ -259,7 +202,7 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 
 // waitRoute waits until the router's route to VIP4 goes through exactly
 // the given dispatchers and returns the time since since.
-func (g *groupLab) waitRoute(ctx context.Context, since time.Time, want []*haNDD) (time.Duration, error) {
+func (g *groupLab) waitRoute(ctx context.Context, since time.Time, want []*nddNode) (time.Duration, error) {
 	var addrs []netip.Addr
 	for _, n := range want {
 		addrs = append(addrs, n.host.Addr4)
@@ -355,10 +298,10 @@ func parseStatTicks(s string) (uint64, error) {
 // for the route to go through exactly after. For the steady phase (no
 // event) it also returns the packet shares and [sync bytes per 1k, CPU
 // seconds per 1k, CPU fraction, records per 1k].
-func (g *groupLab) phase(ctx context.Context, name, target string, event func() error, after []*haNDD) (ph groupPhase, share []float64, cost [4]float64, err error) {
+func (g *groupLab) phase(ctx context.Context, name, target string, event func() error, after []*nddNode) (ph groupPhase, share []float64, cost [4]float64, err error) {
 	ph = groupPhase{Name: name, Event: target, Conns: g.o.conns}
 	g.logf("%d dispatcher(s): phase %s %s", len(g.nodes), name, target)
-	pg, err := g.openLong(ctx)
+	pg, err := g.startPings(ctx, g.o.conns, groupPing, groupWindow)
 	if err != nil {
 		return ph, nil, cost, err
 	}
@@ -399,14 +342,15 @@ func (g *groupLab) phase(ctx context.Context, name, target string, event func() 
 	if err := sleepCtx(ctx, 2*groupPing); err != nil {
 		return ph, nil, cost, err
 	}
-	ph.Kept = pg.stopCount()
+	pg.stop()
+	ph.Kept = pg.kept()
 	ph.NewOffered, ph.NewOK, ph.NewFailed = offered, len(lat), failed
 	ph.Seconds = elapsed.Seconds()
 	if elapsed > 0 {
 		ph.ConnRate = float64(len(lat)) / elapsed.Seconds()
 	}
 	slices.Sort(lat)
-	ph.P50, ph.P99 = percentile(lat, 0.50), percentile(lat, 0.99)
+	ph.P50, ph.P99 = lab.Percentile(lat, 0.50), lab.Percentile(lat, 0.99)
 	g.logf("%s: %d of %d long-lived kept; %d of %d new ok (%.1f/s), p50 %v p99 %v", name, ph.Kept, ph.Conns,
 		ph.NewOK, ph.NewOffered, ph.ConnRate, ph.P50.Round(time.Microsecond), ph.P99.Round(time.Microsecond))
 	return ph, share, cost, nil
@@ -432,83 +376,6 @@ func steadyCosts(a, b nodeSample, newFlows int) (share []float64, cost [4]float6
 		cost[2] = cpu / wall
 	}
 	return share, cost
-}
-
-// longConns are the long-lived connections of a phase, each sending a
-// line every groupPing and reading it back.
-type longConns struct {
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	mu     sync.Mutex
-	failed []bool
-	once   sync.Once
-}
-
-func (g *groupLab) openLong(ctx context.Context) (*longConns, error) {
-	vip := netip.AddrPortFrom(g.lab.VIP4, servicePort).String()
-	conns := make([]net.Conn, g.o.conns)
-	for i := range conns {
-		dctx, cancel := context.WithTimeout(ctx, haDialTimeout)
-		c, err := g.lab.Client.NS.DialContext(dctx, "tcp", vip)
-		cancel()
-		if err != nil {
-			for _, c := range conns[:i] {
-				c.Close()
-			}
-			return nil, fmt.Errorf("long-lived connection %d to the VIP: %w", i, err)
-		}
-		conns[i] = c
-	}
-	pctx, cancel := context.WithCancel(ctx)
-	lc := &longConns{cancel: cancel, failed: make([]bool, len(conns))}
-	for i, c := range conns {
-		lc.wg.Go(func() {
-			defer c.Close()
-			stop := context.AfterFunc(pctx, func() { c.Close() })
-			defer stop()
-			r := bufio.NewReader(c)
-			time.Sleep(time.Duration(i) * groupPing / time.Duration(len(conns)))
-			for seq := 0; pctx.Err() == nil; seq++ {
-				line := strconv.Itoa(seq) + "\n"
-				c.SetDeadline(time.Now().Add(groupWindow))
-				_, err := c.Write([]byte(line))
-				var got string
-				if err == nil {
-					got, err = r.ReadString('\n')
-				}
-				if pctx.Err() != nil {
-					return
-				}
-				if err != nil || got != line {
-					lc.mu.Lock()
-					lc.failed[i] = true
-					lc.mu.Unlock()
-					return
-				}
-				time.Sleep(groupPing)
-			}
-		})
-	}
-	return lc, nil
-}
-
-func (lc *longConns) stop() {
-	lc.once.Do(func() {
-		lc.cancel()
-		lc.wg.Wait()
-	})
-}
-
-// stopCount stops the connections and returns how many never failed.
-func (lc *longConns) stopCount() int {
-	lc.stop()
-	kept := 0
-	for _, f := range lc.failed {
-		if !f {
-			kept++
-		}
-	}
-	return kept
 }
 
 // opener opens new connections to the VIP at a fixed rate until its
@@ -605,38 +472,10 @@ func openOne(l *lab.Lab, vip string) (time.Duration, error) {
 
 // close stops ndd, BIRD, the echo servers and the lab.
 func (g *groupLab) close() error {
-	var errs []error
-	for _, n := range g.nodes {
-		if n.running() {
-			if err := n.proc.Stop(syscall.SIGTERM, haStopWait); err != nil && !errors.Is(err, lab.ErrNDDExited) {
-				errs = append(errs, fmt.Errorf("%s: %w", n.host.Name, err))
-			}
+	return g.nddNodes.close(func() error {
+		if g.bird == nil {
+			return nil
 		}
-		if n.api != nil {
-			n.api.Close()
-		}
-		if n.proc != nil {
-			if err := n.proc.Destroy(); err != nil {
-				errs = append(errs, err)
-			}
-		}
-		os.RemoveAll(g.pinPath(n.host))
-	}
-	if g.bird != nil {
-		if err := g.bird.Stop(); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	for _, e := range g.echoes {
-		e.stop()
-	}
-	if g.lab != nil {
-		if err := g.lab.Close(); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if g.dir != "" {
-		os.RemoveAll(g.dir)
-	}
-	return errors.Join(errs...)
+		return g.bird.Stop()
+	})
 }

@@ -4,10 +4,8 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/nd-dispatcher/nd/internal/testutil"
 )
@@ -18,24 +16,11 @@ import (
 // measured, and close leaves no pinned data plane. It asserts no speed.
 func TestGroupInLab(t *testing.T) {
 	testutil.RequirePrivileged(t)
-	for _, bin := range []string{"bird", "birdc"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			if os.Getenv("ND_REQUIRE_PRIVILEGED") != "" {
-				t.Fatalf("%s is not installed (apt-get install bird2): %v", bin, err)
-			}
-			t.Skipf("%s is not installed (apt-get install bird2): %v", bin, err)
-		}
-	}
-	o, err := parseGroupOptions([]string{"--dispatchers", "2", "--duration", "2s", "--conns", "10", "--rate", "20", "--ndd", testNDD(t)}, os.Stderr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	r, err := measureGroup(ctx, o, 2, t.Logf)
-	if err != nil {
-		t.Fatal(err)
-	}
+	testutil.RequireCommands(t, "apt-get install bird2", "bird", "birdc")
+	r := runInLab(t, parseGroupOptions, []string{"--dispatchers", "2", "--duration", "2s", "--conns", "10", "--rate", "20"},
+		func(ctx context.Context, o groupOptions, logf func(string, ...any)) (groupRun, error) {
+			return measureGroup(ctx, o, 2, logf)
+		})
 	var names []string
 	for _, p := range r.Phases {
 		names = append(names, p.Name)

@@ -6,7 +6,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"runtime"
@@ -150,12 +149,13 @@ type haReport struct {
 
 func runHA(args []string, e env) int {
 	o, err := parseHAOptions(args, e.stderr)
-	ctx, logf, done, code, ok := begin(e, "ndbench ha", err, "it builds network namespaces and runs ndd", o.timeout)
-	if !ok {
-		return code
-	}
-	defer done()
+	return runBench(e, "ndbench ha", err, "it builds network namespaces and runs ndd", o.timeout, func(ctx context.Context, logf func(string, ...any)) error {
+		return reportHA(ctx, o, e, logf)
+	})
+}
 
+// reportHA measures the failovers and prints the report.
+func reportHA(ctx context.Context, o haOptions, e env, logf func(string, ...any)) error {
 	refresh := "default"
 	if o.refresh > 0 {
 		refresh = o.refresh.String()
@@ -176,15 +176,10 @@ func runHA(args []string, e env) int {
 		enc := json.NewEncoder(e.stdout)
 		enc.SetIndent("", "  ")
 		if err := enc.Encode(r); err != nil {
-			fmt.Fprintf(e.stderr, "ndbench ha: %v\n", err)
-			return 1
+			return err
 		}
 	}
-	if runErr != nil {
-		fmt.Fprintf(e.stderr, "ndbench ha: %v\n", runErr)
-		return 1
-	}
-	return 0
+	return runErr
 }
 
 // measureHA builds the pair, runs the failovers and always tears it down.
@@ -193,11 +188,7 @@ func measureHA(ctx context.Context, o haOptions, logf func(string, ...any)) (_ [
 	if err != nil {
 		return nil, err
 	}
-	defer func() {
-		if cerr := p.close(); cerr != nil {
-			err = errors.Join(err, cerr)
-		}
-	}()
+	defer closeInto(&err, p)
 	var out []failover
 	// Crashes and planned takeovers alternate, so that both see the same
 	// conditions over the run.
@@ -253,24 +244,12 @@ func (r haReport) writeTable(w io.Writer) {
 		ms := func(d time.Duration) string { return fmt.Sprintf("%d ms", d.Milliseconds()) }
 		slices.Sort(rates)
 		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d/%d (%.2f%%)\t%.2f%%\t%.0f\t\n", kind, len(gaps),
-			ms(gaps[0]), ms(medianDur(gaps)), ms(gaps[len(gaps)-1]),
-			ms(paths[0]), ms(medianDur(paths)), ms(paths[len(paths)-1]), ms(medianDur(stalls)), ms(medianDur(controls)),
+			ms(gaps[0]), ms(median(gaps)), ms(gaps[len(gaps)-1]),
+			ms(paths[0]), ms(median(paths)), ms(paths[len(paths)-1]), ms(median(stalls)), ms(median(controls)),
 			survived, conns, 100*float64(survived)/float64(max(conns, 1)), 100*minSurv, rates[len(rates)/2])
 	}
 	tw.Flush()
 	if r.Error != "" {
 		fmt.Fprintf(w, "stopped early: %s\n", r.Error)
 	}
-}
-
-func medianDur(v []time.Duration) time.Duration {
-	if len(v) == 0 {
-		return 0
-	}
-	s := slices.Clone(v)
-	slices.Sort(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }

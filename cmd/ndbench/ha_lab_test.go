@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -18,17 +17,8 @@ import (
 // pinned data plane.
 func TestHAPairInLab(t *testing.T) {
 	testutil.RequirePrivileged(t)
-	o, err := parseHAOptions([]string{"--failovers", "1", "--conns", "4", "--period", "50ms",
-		"--interval", "100ms", "--dead-after", "500ms", "--window", "3s", "--idle-timeout", "4s", "--hold", "2s", "--ndd", testNDD(t)}, os.Stderr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	fs, err := measureHA(ctx, o, t.Logf)
-	if err != nil {
-		t.Fatal(err)
-	}
+	fs := runInLab(t, parseHAOptions, []string{"--failovers", "1", "--conns", "4", "--period", "50ms",
+		"--interval", "100ms", "--dead-after", "500ms", "--window", "3s", "--idle-timeout", "4s", "--hold", "2s"}, measureHA)
 	if len(fs) != 3 || fs[0].Kind != "crash" || fs[1].Kind != "crash-blocked" || fs[2].Kind != "planned" ||
 		fs[0].From != fs[1].To || fs[1].From != fs[2].To {
 		t.Fatalf("failovers %+v, want a crash, a control crash back and a planned one", fs)

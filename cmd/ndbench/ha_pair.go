@@ -1,114 +1,73 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
-	"github.com/nd-dispatcher/nd/internal/api"
 	"github.com/nd-dispatcher/nd/internal/ha"
 	"github.com/nd-dispatcher/nd/internal/lab"
-)
-
-// Bounds of the pair's life.
-const (
-	haPort        = 7000
-	haStartWait   = 30 * time.Second // until ndd's API answers
-	haSettleWait  = 30 * time.Second // until one active and a synced standby
-	haDialTimeout = 3 * time.Second
-	haStopWait    = 10 * time.Second // SIGTERM until exit
 )
 
 // haPair is the lab, the echo servers on VIP4:80 and one ndd per
 // dispatcher. nodes[active] holds the VIP.
 type haPair struct {
-	o      haOptions
-	logf   func(string, ...any)
-	lab    *lab.Lab
-	dir    string
-	ndd    string
-	echoes []*haEcho
+	nddNodes
+	o haOptions
 	// udpEchoes answer the path probe's datagrams on VIP4:80/udp.
 	udpEchoes []net.PacketConn
-	nodes     [2]*haNDD
 	active    int
-	key       string
 	// moved: the weights are moved (half the servers at 0), as after the
 	// connections of a failover opened.
 	moved bool
 }
 
-// haNDD is one dispatcher's ndd.
-type haNDD struct {
-	host     *lab.Host
-	peer     *lab.Host
-	priority int
-	cfg      string // configuration file
-	socket   string
-	api      *api.Client
-	proc     *lab.NDD // the latest run
-	starts   int
-}
-
 func newHAPair(ctx context.Context, o haOptions, logf func(string, ...any)) (_ *haPair, err error) {
-	p := &haPair{o: o, logf: logf}
+	p := &haPair{nddNodes: nddNodes{name: "ha", logf: logf}, o: o}
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, p.close())
 		}
 	}()
-	if p.dir, err = os.MkdirTemp("", "ndbench-ha-"); err != nil {
+	if err := p.prepare(ctx, o.ndd); err != nil {
 		return p, err
-	}
-	p.ndd = o.ndd
-	if p.ndd == "" {
-		logf("building ndd")
-		if p.ndd, err = buildNDD(ctx, p.dir); err != nil {
-			return p, err
-		}
 	}
 	if p.lab, err = newCheckedLab(ctx, lab.Options{Servers: o.servers, Dispatchers: 2, NoDispatcherVIPs: true}, logf); err != nil {
 		return p, err
 	}
+	if err := p.startEchoes(); err != nil {
+		return p, err
+	}
 	vip := netip.AddrPortFrom(p.lab.VIP4, servicePort)
 	for i := range p.lab.Servers {
-		e, err := startHAEcho(&p.lab.Servers[i], vip)
-		if err != nil {
-			return p, err
-		}
-		p.echoes = append(p.echoes, e)
 		u, err := p.lab.Servers[i].NS.ListenPacket("udp4", vip.String())
 		if err != nil {
 			return p, fmt.Errorf("udp echo in %s: %w", p.lab.Servers[i].Name, err)
 		}
 		p.udpEchoes = append(p.udpEchoes, u)
-		go udpEcho(u)
+		go lab.EchoDatagrams(u)
 	}
-	p.key = filepath.Join(p.dir, "ha.key")
-	if err := os.WriteFile(p.key, []byte("ndbench-ha-shared-key-0123456789"), 0o600); err != nil {
+	if err := p.writeKey(); err != nil {
 		return p, err
 	}
 	ds := p.lab.Dispatchers()
 	for i, d := range ds {
-		n := &haNDD{host: d, peer: ds[1-i], priority: 200 - 100*i, cfg: filepath.Join(p.dir, d.Name+".yaml"), socket: filepath.Join(p.dir, d.Name+".sock")}
+		n, err := p.addNode(d, 200-100*i, 30*time.Second)
+		if err != nil {
+			return p, err
+		}
+		n.peer = ds[1-i]
 		if err := p.writeConfig(n); err != nil {
 			return p, err
 		}
-		if n.api, err = api.NewClient(n.socket, "", api.WithTimeout(30*time.Second)); err != nil {
-			return p, err
-		}
-		p.nodes[i] = n
 	}
 	for _, n := range p.nodes {
 		if err := p.start(ctx, n); err != nil {
@@ -123,11 +82,11 @@ func newHAPair(ctx context.Context, o haOptions, logf func(string, ...any)) (_ *
 // default: unpinned, it would stop the instant ndd is killed, and the
 // kernel, which still holds the VIP, would reset every connection that
 // reached it before the link went down.
-func (p *haPair) config(n *haNDD) string {
+func (p *haPair) config(n *nddNode) string {
 	self := n.host
 	var b strings.Builder
 	fmt.Fprintf(&b, "interfaces: [%s]\ndata_plane:\n  pin_path: %s\n  idle_timeout: %s\napi:\n  socket: %s\nmanager:\n  policy: static\n",
-		self.Ifname, p.pinPath(self), p.o.idle, filepath.Join(p.dir, self.Name+".sock"))
+		self.Ifname, p.pinPath(self), p.o.idle, n.socket)
 	fmt.Fprintf(&b, "clusters:\n  - vip: %s\n    ports:\n", p.lab.VIP4)
 	for _, proto := range []string{"tcp", "udp"} {
 		fmt.Fprintf(&b, "      - port: %d\n        protocol: %s\n        servers:\n", servicePort, proto)
@@ -152,7 +111,7 @@ func (p *haPair) weight(i int) int {
 	return 1
 }
 
-func (p *haPair) writeConfig(n *haNDD) error {
+func (p *haPair) writeConfig(n *nddNode) error {
 	return os.WriteFile(n.cfg, []byte(p.config(n)), 0o600)
 }
 
@@ -179,7 +138,7 @@ func (p *haPair) moveWeights(moved bool) error {
 // that n's node dials, TCP to the HA port, with a policy-routing rule in
 // its namespace; heartbeats (UDP) pass. A new rule invalidates the routes
 // that open connections cached, so an open stream stops too.
-func blockStream(ctx context.Context, n *haNDD, block bool) error {
+func blockStream(ctx context.Context, n *nddNode, block bool) error {
 	op := "add"
 	if !block {
 		op = "del"
@@ -190,33 +149,6 @@ func blockStream(ctx context.Context, n *haNDD, block bool) error {
 	}
 	return nil
 }
-
-// start runs ndd in the node's namespace and waits for its API.
-func (p *haPair) start(ctx context.Context, n *haNDD) error {
-	n.starts++
-	proc, err := lab.StartNDD(n.host, lab.NDDOptions{Binary: p.ndd, Config: n.cfg,
-		Log: filepath.Join(p.dir, fmt.Sprintf("%s-%d.log", n.host.Name, n.starts))})
-	if err != nil {
-		return err
-	}
-	n.proc = proc
-	err = proc.WaitReady(ctx, haStartWait, n.api.Health)
-	if errors.Is(err, lab.ErrNDDExited) {
-		return fmt.Errorf("%s: %w: %s", n.host.Name, err, proc.LogTail(10))
-	}
-	if err != nil {
-		return fmt.Errorf("%s: %w", n.host.Name, err)
-	}
-	return nil
-}
-
-// pinPath is a node's own directory on the host's bpffs, which both
-// dispatcher namespaces share.
-func (p *haPair) pinPath(h *lab.Host) string {
-	return fmt.Sprintf("/sys/fs/bpf/ndbench-ha-%d-%s", os.Getpid(), h.Name)
-}
-
-func (n *haNDD) running() bool { return n.proc != nil && !n.proc.Exited() }
 
 // settle waits until nodes[active] is active, the other a standby that
 // holds the active's flows and configuration, and the client reaches the
@@ -266,12 +198,6 @@ func (p *haPair) settle(ctx context.Context) error {
 	}
 }
 
-func (p *haPair) dial(ctx context.Context) (net.Conn, error) {
-	dctx, cancel := context.WithTimeout(ctx, haDialTimeout)
-	defer cancel()
-	return p.lab.Client.NS.DialContext(dctx, "tcp", netip.AddrPortFrom(p.lab.VIP4, servicePort).String())
-}
-
 // failover opens the connections, lets them run, fails the active over
 // (kind crash or planned), waits until every connection has answered again
 // or the window has passed, and measures.
@@ -284,7 +210,7 @@ func (p *haPair) failover(ctx context.Context, kind string) (failover, error) {
 			return f, err
 		}
 	}
-	pg, err := p.startPings(ctx)
+	pg, err := p.startPings(ctx, p.o.conns, p.o.period, p.o.window)
 	if err != nil {
 		return f, err
 	}
@@ -322,7 +248,7 @@ func (p *haPair) failover(ctx context.Context, kind string) (failover, error) {
 		// The kill first: a dying host does not react to its link going
 		// down (and ndd taking servers out as it would).
 		from.proc.Kill()
-		if err := setLink(from.host, false); err != nil {
+		if err := p.lab.SetLink(from.host, false); err != nil {
 			return f, err
 		}
 		for {
@@ -362,7 +288,7 @@ func (p *haPair) failover(ctx context.Context, kind string) (failover, error) {
 				return f, err
 			}
 		}
-		if err := setLink(from.host, true); err != nil {
+		if err := p.lab.SetLink(from.host, true); err != nil {
 			return f, err
 		}
 		if err := p.start(ctx, from); err != nil {
@@ -375,111 +301,12 @@ func (p *haPair) failover(ctx context.Context, kind string) (failover, error) {
 	return f, p.settle(ctx)
 }
 
-func setLink(h *lab.Host, up bool) error {
-	nh, err := h.NS.Netlink()
-	if err != nil {
-		return err
-	}
-	link, err := nh.LinkByIndex(h.Ifindex)
-	if err != nil {
-		return err
-	}
-	if up {
-		return nh.LinkSetUp(link)
-	}
-	return nh.LinkSetDown(link)
-}
-
-// haPings are the established connections of one failover, each sending a
-// line every period and timing the echoes.
-type haPings struct {
-	cancel  context.CancelFunc
-	wg      sync.WaitGroup
-	mu      sync.Mutex
-	replies [][]time.Time // per connection
-	failed  []bool
-	once    sync.Once
-}
-
-func (p *haPair) startPings(ctx context.Context) (*haPings, error) {
-	pctx, cancel := context.WithCancel(ctx)
-	pg := &haPings{cancel: cancel, replies: make([][]time.Time, p.o.conns), failed: make([]bool, p.o.conns)}
-	conns := make([]net.Conn, p.o.conns)
-	for i := range conns {
-		c, err := p.dial(ctx)
-		if err != nil {
-			for _, c := range conns[:i] {
-				c.Close()
-			}
-			cancel()
-			return nil, fmt.Errorf("connection %d to the VIP: %w", i, err)
-		}
-		conns[i] = c
-	}
-	for i, c := range conns {
-		pg.wg.Go(func() {
-			defer c.Close()
-			// Closing the connection is what ends a blocked read.
-			stop := context.AfterFunc(pctx, func() { c.Close() })
-			defer stop()
-			r := bufio.NewReader(c)
-			time.Sleep(time.Duration(i) * p.o.period / time.Duration(len(conns)))
-			next := time.Now()
-			for seq := 0; pctx.Err() == nil; seq++ {
-				line := strconv.Itoa(seq) + "\n"
-				c.SetDeadline(time.Now().Add(p.o.window))
-				_, err := c.Write([]byte(line))
-				var got string
-				if err == nil {
-					got, err = r.ReadString('\n')
-				}
-				if pctx.Err() != nil {
-					return
-				}
-				pg.mu.Lock()
-				if err != nil || got != line {
-					pg.failed[i] = true
-					pg.mu.Unlock()
-					return
-				}
-				pg.replies[i] = append(pg.replies[i], time.Now())
-				pg.mu.Unlock()
-				next = next.Add(p.o.period)
-				if d := time.Until(next); d > 0 {
-					time.Sleep(d)
-				} else {
-					next = time.Now()
-				}
-			}
-		})
-	}
-	return pg, nil
-}
-
-func (pg *haPings) stop() {
-	pg.once.Do(func() {
-		pg.cancel()
-		pg.wg.Wait()
-	})
-}
-
-func (pg *haPings) allAnsweredAfter(t time.Time) bool {
-	pg.mu.Lock()
-	defer pg.mu.Unlock()
-	for i, rs := range pg.replies {
-		if pg.failed[i] || len(rs) == 0 || rs[len(rs)-1].Before(t) {
-			return false
-		}
-	}
-	return true
-}
-
 // measure returns the client's gap around event (the longest time with no
 // reply on any connection, between a second before the event and the end),
 // the median over surviving connections of their longest stall, and how
 // many survived: answered after the node taking over was active, and never
 // broke.
-func (pg *haPings) measure(event, active time.Time) (gap, stall time.Duration, survived int) {
+func (pg *pings) measure(event, active time.Time) (gap, stall time.Duration, survived int) {
 	pg.mu.Lock()
 	defer pg.mu.Unlock()
 	var all []time.Time
@@ -505,86 +332,17 @@ func (pg *haPings) measure(event, active time.Time) (gap, stall time.Duration, s
 	for j := 1; j < len(all); j++ {
 		gap = max(gap, all[j].Sub(all[j-1]))
 	}
-	return gap, medianDur(stalls), survived
+	return gap, median(stalls), survived
 }
 
 // close stops the ndd processes, the echo servers and the lab.
 func (p *haPair) close() error {
-	var errs []error
-	for _, n := range p.nodes {
-		if n == nil {
-			continue
+	return p.nddNodes.close(func() error {
+		for _, u := range p.udpEchoes {
+			u.Close()
 		}
-		// Exiting between the check and the signal is no failure.
-		if n.running() {
-			if err := n.proc.Stop(syscall.SIGTERM, haStopWait); err != nil && !errors.Is(err, lab.ErrNDDExited) {
-				errs = append(errs, fmt.Errorf("%s: %w", n.host.Name, err))
-			}
-		}
-		if n.api != nil {
-			n.api.Close()
-		}
-		if n.proc != nil {
-			if err := n.proc.Destroy(); err != nil {
-				errs = append(errs, err)
-			}
-		}
-		os.RemoveAll(p.pinPath(n.host))
-	}
-	for _, e := range p.echoes {
-		e.stop()
-	}
-	for _, u := range p.udpEchoes {
-		u.Close()
-	}
-	if p.lab != nil {
-		if err := p.lab.Close(); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if p.dir != "" {
-		os.RemoveAll(p.dir)
-	}
-	return errors.Join(errs...)
-}
-
-// haEcho is a server's line echo on the VIP: long-lived connections send
-// lines and get them back.
-type haEcho struct{ listeners }
-
-func startHAEcho(h *lab.Host, a netip.AddrPort) (*haEcho, error) {
-	e := &haEcho{}
-	if err := e.listen(h, 1, echoLines, a); err != nil {
-		return nil, err
-	}
-	return e, nil
-}
-
-// echoLines sends every line read from c back, until c fails or stays
-// silent for a minute.
-func echoLines(c net.Conn) {
-	r := bufio.NewReader(c)
-	for {
-		c.SetDeadline(time.Now().Add(time.Minute))
-		line, err := r.ReadString('\n')
-		if err != nil {
-			return
-		}
-		if _, err := c.Write([]byte(line)); err != nil {
-			return
-		}
-	}
-}
-
-func udpEcho(c net.PacketConn) {
-	buf := make([]byte, 64)
-	for {
-		n, from, err := c.ReadFrom(buf)
-		if err != nil {
-			return
-		}
-		c.WriteTo(buf[:n], from)
-	}
+		return nil
+	})
 }
 
 // pathProbe sends a datagram to VIP4:80/udp every period from one socket,

@@ -50,7 +50,7 @@ func TestHAMeasure(t *testing.T) {
 		}
 		return ts
 	}
-	pg := &haPings{
+	pg := &pings{
 		replies: [][]time.Time{
 			at(-500, -10, 900, 910),   // survives, stall 910 ms
 			at(-505, -5, 1200, 1210),  // survives, stall 1205 ms

@@ -7,12 +7,12 @@ import (
 	"fmt"
 	"math"
 	"net/netip"
-	"os"
 	"slices"
 	"sync"
 	"syscall"
 	"time"
 
+	"github.com/nd-dispatcher/nd/internal/lab"
 	"golang.org/x/sys/unix"
 )
 
@@ -70,7 +70,7 @@ type stepResult struct {
 // percentiles sorts the latencies and sets P50, P99 and Max from them.
 func (r *stepResult) percentiles() {
 	slices.Sort(r.latencies)
-	r.P50, r.P99 = percentile(r.latencies, 0.50), percentile(r.latencies, 0.99)
+	r.P50, r.P99 = lab.Percentile(r.latencies, 0.50), lab.Percentile(r.latencies, 0.99)
 	if n := len(r.latencies); n > 0 {
 		r.Max = r.latencies[n-1]
 	}
@@ -200,14 +200,7 @@ func (g *generator) run(ctx context.Context, t target, rate float64, d time.Dura
 	start := time.Now()
 	for seq := range res.Planned {
 		due := start.Add(time.Duration(float64(seq) / rate * float64(time.Second)))
-		if wait := time.Until(due); wait > 0 {
-			timer.Reset(wait)
-			select {
-			case <-stepCtx.Done():
-			case <-timer.C:
-			}
-		}
-		if stepCtx.Err() != nil {
+		if !lab.WaitUntil(stepCtx, timer, due) {
 			break
 		}
 		res.MaxLate = max(res.MaxLate, time.Since(due))
@@ -265,15 +258,9 @@ func parseReply(b []byte, names []string) (int, error) {
 	return replyFrom(b, names)
 }
 
-func percentile(sorted []time.Duration, p float64) time.Duration {
-	if len(sorted) == 0 {
-		return 0
-	}
-	i := int(math.Ceil(p*float64(len(sorted)))) - 1
-	return sorted[min(max(i, 0), len(sorted)-1)]
-}
-
-// errorKind names the kind of a request's error for the counts.
+// errorKind names the kind of a request's error for the counts: the load
+// generator's own errors, then the lab's kinds (timeout, refused, reset,
+// unreachable, eof, other).
 func errorKind(err error) string {
 	switch {
 	case errors.Is(err, errOverrun):
@@ -282,17 +269,10 @@ func errorKind(err error) string {
 		return "wrong-server"
 	case errors.Is(err, errBadReply):
 		return "bad-reply"
-	case errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded):
-		return "timeout"
 	case errors.Is(err, context.Canceled):
 		return "canceled"
-	case errors.Is(err, syscall.ECONNREFUSED):
-		return "refused"
-	case errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE):
-		return "reset"
-	case errors.Is(err, syscall.EHOSTUNREACH) || errors.Is(err, syscall.ENETUNREACH) ||
-		errors.Is(err, syscall.EADDRNOTAVAIL) || errors.Is(err, syscall.ETIMEDOUT):
-		return "unreachable"
+	case errors.Is(err, syscall.ETIMEDOUT):
+		return "unreachable" // no answer to the SYN: the path is broken
 	}
-	return "other"
+	return lab.ErrorKind(err)
 }

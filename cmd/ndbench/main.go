@@ -160,31 +160,43 @@ func (o options) worstCase() time.Duration {
 	return time.Duration(o.rounds*len(o.configs())) * perConfig
 }
 
-// begin is what every ndbench command does first: it reports a flag error
-// (code 2, or 0 for -h), refuses to run without root (code 1), and gives
-// the command a context ended by its timeout or a signal, with the function
-// that releases it, and a log of timestamped lines. ok is false when the
-// command must exit with code.
-func begin(e env, name string, parseErr error, why string, timeout time.Duration) (ctx context.Context, logf func(string, ...any), done func(), code int, ok bool) {
+// errReported is a failure that the command has reported already: it
+// exits with code 1 and nothing more is said.
+var errReported = errors.New("failed")
+
+// runBench is the frame of every ndbench command: it reports a flag error
+// (code 2, or 0 for -h), refuses to run without root (code 1), and runs
+// body with a context ended by the timeout or a signal and a log of
+// timestamped lines. An error from body is reported as "name: error",
+// with code 1.
+func runBench(e env, name string, parseErr error, why string, timeout time.Duration, body func(ctx context.Context, logf func(string, ...any)) error) int {
 	if errors.Is(parseErr, flag.ErrHelp) {
-		return nil, nil, nil, 0, false
+		return 0
 	}
 	if parseErr != nil {
 		if errors.Is(parseErr, errUsage) {
 			fmt.Fprintf(e.stderr, "%s: %v\n", name, parseErr)
 		}
-		return nil, nil, nil, 2, false
+		return 2
 	}
 	if e.euid() != 0 {
 		fmt.Fprintf(e.stderr, "%s: must run as root: %s\n", name, why)
-		return nil, nil, nil, 1, false
+		return 1
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	defer stop()
 	ctx, cancel := context.WithTimeout(ctx, timeout)
-	logf = func(format string, args ...any) {
+	defer cancel()
+	logf := func(format string, args ...any) {
 		fmt.Fprintf(e.stderr, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
 	}
-	return ctx, logf, func() { cancel(); stop() }, 0, true
+	if err := body(ctx, logf); err != nil {
+		if !errors.Is(err, errReported) {
+			fmt.Fprintf(e.stderr, "%s: %v\n", name, err)
+		}
+		return 1
+	}
+	return 0
 }
 
 func run(args []string, e env) int {
@@ -198,11 +210,13 @@ func run(args []string, e env) int {
 		return runFeedback(args[1:], e)
 	}
 	o, err := parseOptions(args, e.stderr)
-	ctx, logf, done, code, ok := begin(e, "ndbench", err, "it builds network namespaces and loads XDP programs", o.timeout)
-	if !ok {
-		return code
-	}
-	defer done()
+	return runBench(e, "ndbench", err, "it builds network namespaces and loads XDP programs", o.timeout, func(ctx context.Context, logf func(string, ...any)) error {
+		return runLoad(ctx, o, e, logf)
+	})
+}
+
+// runLoad is `ndbench` itself: the load measurements and their report.
+func runLoad(ctx context.Context, o options, e env, logf func(string, ...any)) error {
 	logf("ndbench: %d servers, %d rounds, steps of %v; at most %v (--timeout %v)",
 		o.servers, o.rounds, o.duration, o.worstCase().Round(time.Second), o.timeout)
 
@@ -219,17 +233,20 @@ func run(args []string, e env) int {
 	if o.json {
 		r.writeTable(e.stderr)
 		if err := r.writeJSON(e.stdout); err != nil {
-			fmt.Fprintf(e.stderr, "ndbench: %v\n", err)
-			return 1
+			return err
 		}
 	} else {
 		r.writeTable(e.stdout)
 	}
-	if runErr != nil {
-		fmt.Fprintf(e.stderr, "ndbench: %v\n", runErr)
-		return 1
+	return runErr
+}
+
+// closeInto closes c and joins its error to *err: deferred, it tears down
+// what a measurement built, whatever the measurement returned.
+func closeInto(err *error, c interface{ close() error }) {
+	if cerr := c.close(); cerr != nil {
+		*err = errors.Join(*err, cerr)
 	}
-	return 0
 }
 
 // measure builds the bench, runs it and always tears it down.
@@ -238,10 +255,6 @@ func measure(ctx context.Context, o options, logf func(string, ...any)) (_ map[s
 	if err != nil {
 		return nil, err
 	}
-	defer func() {
-		if cerr := b.close(); cerr != nil {
-			err = errors.Join(err, cerr)
-		}
-	}()
+	defer closeInto(&err, b)
 	return b.run(ctx)
 }

@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/nd-dispatcher/nd/internal/lab"
 	"github.com/nd-dispatcher/nd/internal/testutil"
 )
 
@@ -182,13 +183,13 @@ func TestPercentileAndMedian(t *testing.T) {
 	for i := 1; i <= 100; i++ {
 		d = append(d, time.Duration(i))
 	}
-	if p := percentile(d, 0.5); p != 50 {
+	if p := lab.Percentile(d, 0.5); p != 50 {
 		t.Errorf("p50 %v", p)
 	}
-	if p := percentile(d, 0.99); p != 99 {
+	if p := lab.Percentile(d, 0.99); p != 99 {
 		t.Errorf("p99 %v", p)
 	}
-	if p := percentile(nil, 0.5); p != 0 {
+	if p := lab.Percentile(nil, 0.5); p != 0 {
 		t.Errorf("empty p50 %v", p)
 	}
 	if m := median([]float64{3, 1, 2}); m != 2 {

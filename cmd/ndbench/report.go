@@ -209,7 +209,7 @@ func (r *report) writeJSON(w io.Writer) error {
 func micros(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
 
 // median of the values; 0 for none.
-func median(v []float64) float64 {
+func median[T float64 | time.Duration](v []T) T {
 	if len(v) == 0 {
 		return 0
 	}

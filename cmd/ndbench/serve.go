@@ -12,8 +12,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"sync"
-	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -23,15 +21,7 @@ import (
 
 // listeners are one lab server's listening sockets, their accept loops and
 // the connections they accepted.
-type listeners struct {
-	accepted atomic.Int64
-
-	lns   []net.Listener
-	wg    sync.WaitGroup
-	mu    sync.Mutex
-	conns map[net.Conn]struct{}
-	done  bool
-}
+type listeners struct{ lab.Listeners }
 
 // listen refuses any address outside the lab's networks, then opens loops
 // listeners sharing each address through SO_REUSEPORT in host's namespace,
@@ -48,28 +38,13 @@ func (l *listeners) listen(host *lab.Host, loops int, handle func(net.Conn), add
 		for range loops {
 			ln, err := listenReusePort(host, a)
 			if err != nil {
-				l.stop()
+				l.Stop()
 				return fmt.Errorf("serve on %s in %s: %w", a, host.Name, err)
 			}
-			l.serveOn(ln, handle)
+			l.Serve(ln, handle)
 		}
 	}
 	return nil
-}
-
-// serveOn takes ln over: it runs its accept loop until stop, which closes
-// it.
-func (l *listeners) serveOn(ln net.Listener, handle func(net.Conn)) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.conns == nil {
-		l.conns = map[net.Conn]struct{}{}
-	}
-	l.lns = append(l.lns, ln)
-	if l.done {
-		ln.Close()
-	}
-	l.wg.Go(func() { l.accept(ln, handle) })
 }
 
 // listenReusePort opens a listener with SO_REUSEPORT on a in host's
@@ -88,52 +63,6 @@ func listenReusePort(host *lab.Host, a netip.AddrPort) (net.Listener, error) {
 		return err
 	})
 	return ln, err
-}
-
-func (l *listeners) accept(ln net.Listener, handle func(net.Conn)) {
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return // closed by stop
-		}
-		l.mu.Lock()
-		if l.done {
-			l.mu.Unlock()
-			c.Close()
-			return
-		}
-		l.conns[c] = struct{}{}
-		l.mu.Unlock()
-		l.accepted.Add(1)
-		l.wg.Go(func() {
-			handle(c)
-			l.mu.Lock()
-			delete(l.conns, c)
-			l.mu.Unlock()
-			c.Close()
-		})
-	}
-}
-
-// closeAll closes the listeners and the open connections, without
-// waiting.
-func (l *listeners) closeAll() {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.done = true
-	for _, ln := range l.lns {
-		ln.Close()
-	}
-	for c := range l.conns {
-		c.Close()
-	}
-}
-
-// stop closes the listeners and the open connections and waits for every
-// goroutine. It is idempotent.
-func (l *listeners) stop() {
-	l.closeAll()
-	l.wg.Wait()
 }
 
 // readHeader reads c up to the end of a request's header, at most size

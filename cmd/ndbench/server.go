@@ -77,6 +77,6 @@ func startServers(l *lab.Lab) ([]*server, error) {
 
 func stopServers(ss []*server) {
 	for _, s := range ss {
-		s.stop()
+		s.Stop()
 	}
 }

@@ -11,25 +11,6 @@ import (
 	"github.com/nd-dispatcher/nd/internal/nd"
 )
 
-// bgpStatus prints the BGP sessions and every VIP's route.
-func bgpStatus(ctx context.Context, s *session, args []string) error {
-	fs := s.newFlags()
-	c, err := s.readClient(fs, args)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	st, err := c.BGPStatus()
-	if err != nil {
-		return err
-	}
-	if s.json {
-		return writeJSON(s.stdout, st)
-	}
-	writeBGPStatus(s.stdout, st, time.Now())
-	return nil
-}
-
 func bgpDrain(ctx context.Context, s *session, args []string) error {
 	return bgpSetDrain(s, args, true)
 }
@@ -39,23 +20,12 @@ func bgpUndrain(ctx context.Context, s *session, args []string) error {
 }
 
 func bgpSetDrain(s *session, args []string, drain bool) error {
-	fs := s.newFlags()
-	if _, err := s.parse(fs, args, 0, 0); err != nil {
-		return err
-	}
-	c, err := s.client()
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	st, err := c.BGPDrain(drain)
-	if err != nil {
-		return err
-	}
-	if s.json {
-		return writeJSON(s.stdout, st)
-	}
-	writeBGPStatus(s.stdout, st, time.Now())
+	return show(s, s.newFlags(), args, func(c Client) (nd.BGPStatus, error) { return c.BGPDrain(drain) }, printBGPStatus)
+}
+
+// printBGPStatus prints the BGP sessions and every VIP's route.
+func printBGPStatus(w io.Writer, st nd.BGPStatus) error {
+	writeBGPStatus(w, st, time.Now())
 	return nil
 }
 

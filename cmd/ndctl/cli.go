@@ -431,6 +431,14 @@ func isSet(fs *flag.FlagSet, name string) bool {
 	return set
 }
 
+// ifSet is v if the flag name was given, else nil: a patch's field.
+func ifSet[T any](fs *flag.FlagSet, name string, v *T) *T {
+	if isSet(fs, name) {
+		return v
+	}
+	return nil
+}
+
 // help: the overview, group and leaf help.
 
 func (s *session) overview(w io.Writer) {

@@ -14,7 +14,7 @@ A VIP needs at least one port: give its first ports here (servers are added
 with 'ndctl server add'). The flags apply to every port given.`},
 			{name: "remove", args: "VIP", run: clusterRemove,
 				summary: "remove a VIP with all its ports and servers"},
-			{name: "list", run: clusterList, read: true,
+			{name: "list", run: reader(clusterViews, writeClusters), read: true,
 				summary: "list VIPs, their ports and how many servers each has"},
 		}},
 		{name: "port", summary: "ports of a VIP", help: `
@@ -45,7 +45,7 @@ Every interval the manager combines each server's metrics (active flows, new
 flows, advisor latency, host metrics) into a Load Metric Index and moves the
 weights toward the inverse of the load, committing them when they moved by
 more than the sensitivity.`, subs: []*command{
-			{name: "report", run: managerReport, read: true,
+			{name: "report", run: reader(Client.ManagerReport, writeManagerReport), read: true,
 				summary: "per port: each server's metrics, LMI, weight and the last decision"},
 			{name: "set", run: managerSet,
 				summary: "change interval, proportions, smoothing, sensitivity, policy live",
@@ -59,7 +59,7 @@ save'). --proportions takes ACTIVE,NEW,ADVISOR,HOST in percent, summing to
 Two or more dispatchers form a group (the ha section of their configuration):
 the active one holds the VIPs and streams its flows and configuration to the
 standbys, which take over when it fails.`, subs: []*command{
-			{name: "status", run: haStatus, read: true,
+			{name: "status", run: reader(Client.HAStatus, writeHAStatus), read: true,
 				summary: "this node's state, its peers, and the counters (rejected messages included)"},
 			{name: "takeover", run: haTakeover,
 				summary: "make this node the active one, in an orderly handover that loses no flow"},
@@ -68,23 +68,24 @@ standbys, which take over when it fails.`, subs: []*command{
 With a bgp section ndd announces each VIP it can serve (some server of the VIP
 takes new flows, the data plane is attached) to its BGP peers as a host route,
 and withdraws it when it cannot, when drained, and when ndd stops.`, subs: []*command{
-			{name: "status", run: bgpStatus, read: true,
+			{name: "status", run: reader(Client.BGPStatus, printBGPStatus), read: true,
 				summary: "the sessions (state, uptime, prefixes) and every VIP's route: announced, or why not"},
 			{name: "drain", run: bgpDrain,
 				summary: "withdraw every VIP; established flows keep being forwarded",
 				help: `
 The routers stop sending new flows here once they have the withdrawal; what
 still arrives is forwarded as before. The drain lasts until 'ndctl bgp
-undrain' or a restart of ndd.`},
+undrain', across restarts of ndd that take the pinned data plane over (not
+after 'ndd --destroy' or a reboot).`},
 			{name: "undrain", run: bgpUndrain,
 				summary: "announce the servable VIPs again"},
 		}},
 		{name: "agent", summary: "host-metric agents on the servers", subs: []*command{
-			{name: "status", run: agentStatus, read: true,
+			{name: "status", run: reader(Client.Agents, writeAgents), read: true,
 				summary: "every polled agent: its last report, or why its metrics are disabled"},
 		}},
 		{name: "advisor", summary: "health and latency probes of the servers", subs: []*command{
-			{name: "status", run: advisorStatus, read: true,
+			{name: "status", run: reader(Client.Advisors, writeAdvisors), read: true,
 				summary: "every advisor's targets: up or down, latency, last error"},
 		}},
 		{name: "status", run: statusCmd, read: true,

@@ -14,13 +14,10 @@ import (
 )
 
 func configShow(ctx context.Context, s *session, args []string) error {
-	fs := s.newFlags()
-	c, err := s.readClient(fs, args)
-	if err != nil {
+	if _, err := s.parse(s.newFlags(), args, 0, 0); err != nil {
 		return err
 	}
-	defer c.Close()
-	y, err := c.Config()
+	y, err := s.runningConfig()
 	if err != nil {
 		return err
 	}
@@ -72,12 +69,7 @@ func configSave(ctx context.Context, s *session, args []string) error {
 	if err != nil {
 		return err
 	}
-	c, err := s.client()
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	y, err := c.Config()
+	y, err := s.runningConfig()
 	if err != nil {
 		return err
 	}
@@ -88,6 +80,16 @@ func configSave(ctx context.Context, s *session, args []string) error {
 		fmt.Fprintf(s.stdout, "saved the running configuration to %s\n", args[0])
 	}
 	return nil
+}
+
+// runningConfig fetches the YAML of ndd's running configuration.
+func (s *session) runningConfig() ([]byte, error) {
+	c, err := s.client()
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	return c.Config()
 }
 
 // writeFileAtomic writes data to a temporary file beside path and renames it

@@ -2,9 +2,9 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"time"
 
 	"github.com/nd-dispatcher/nd/internal/api"
@@ -13,29 +13,14 @@ import (
 
 // change runs one change against ndd and prints what ndd did.
 func (s *session) change(fn func(c Client) (string, error)) error {
-	c, err := s.client()
-	if err != nil {
-		return err
+	get := func(c Client) (api.ChangesResponse, error) {
+		changes, err := fn(c)
+		return api.ChangesResponse{Changes: changes}, err
 	}
-	defer c.Close()
-	changes, err := fn(c)
-	if err != nil {
-		return err
-	}
-	if s.json {
-		return writeJSON(s.stdout, api.ChangesResponse{Changes: changes})
-	}
-	fmt.Fprintln(s.stdout, changes)
-	return nil
-}
-
-func writeJSON(w interface{ Write([]byte) (int, error) }, v any) error {
-	b, err := json.MarshalIndent(v, "", "  ")
-	if err != nil {
-		return err
-	}
-	_, err = w.Write(append(b, '\n'))
-	return err
+	return fetch(s, get, func(w io.Writer, r api.ChangesResponse) error {
+		fmt.Fprintln(w, r.Changes)
+		return nil
+	})
 }
 
 // portFlags are the settings of a port being added.
@@ -77,16 +62,12 @@ func (pf portFlags) request(fs *flag.FlagSet, arg string) (api.PortRequest, erro
 func clusterAdd(ctx context.Context, s *session, args []string) error {
 	fs := s.newFlags()
 	pf := addPortFlags(fs)
-	args, err := s.parse(fs, args, 1, -1)
-	if err != nil {
-		return err
-	}
-	vip, err := parseVIP(args[0])
+	vip, rest, err := s.parseVIPArgs(fs, args, 1, -1)
 	if err != nil {
 		return err
 	}
 	var ports []api.PortRequest
-	for _, a := range args[1:] {
+	for _, a := range rest {
 		p, err := pf.request(fs, a)
 		if err != nil {
 			return err
@@ -97,12 +78,7 @@ func clusterAdd(ctx context.Context, s *session, args []string) error {
 }
 
 func clusterRemove(ctx context.Context, s *session, args []string) error {
-	fs := s.newFlags()
-	args, err := s.parse(fs, args, 1, 1)
-	if err != nil {
-		return err
-	}
-	vip, err := parseVIP(args[0])
+	vip, _, err := s.parseVIPArgs(s.newFlags(), args, 1, 1)
 	if err != nil {
 		return err
 	}
@@ -112,15 +88,11 @@ func clusterRemove(ctx context.Context, s *session, args []string) error {
 func portAdd(ctx context.Context, s *session, args []string) error {
 	fs := s.newFlags()
 	pf := addPortFlags(fs)
-	args, err := s.parse(fs, args, 2, 2)
+	vip, rest, err := s.parseVIPArgs(fs, args, 2, 2)
 	if err != nil {
 		return err
 	}
-	vip, err := parseVIP(args[0])
-	if err != nil {
-		return err
-	}
-	p, err := pf.request(fs, args[1])
+	p, err := pf.request(fs, rest[0])
 	if err != nil {
 		return err
 	}
@@ -128,60 +100,86 @@ func portAdd(ctx context.Context, s *session, args []string) error {
 }
 
 func portRemove(ctx context.Context, s *session, args []string) error {
-	fs := s.newFlags()
+	r, err := s.parseRef(s.newFlags(), args, false)
+	if err != nil {
+		return err
+	}
+	return s.change(func(c Client) (string, error) { return c.RemovePort(r.vip, r.port, r.proto) })
+}
+
+// ref is what a port or server command names: VIP PORT[/PROTO] and, for a
+// server, its ADDRESS.
+type ref struct {
+	vip   string
+	port  uint16
+	proto string
+	addr  string
+}
+
+// parseRef adds --protocol to fs's flags, parses the command line and reads
+// VIP PORT[/PROTO], then ADDRESS if server.
+func (s *session) parseRef(fs *flag.FlagSet, args []string, server bool) (ref, error) {
 	proto := fs.String("protocol", "tcp", "`tcp|udp`: the protocol, if PORT has no /PROTO")
-	args, err := s.parse(fs, args, 2, 2)
-	if err != nil {
-		return err
+	n := 2
+	if server {
+		n = 3
 	}
-	vip, port, p, err := vipPort(fs, args, *proto)
+	var r ref
+	vip, rest, err := s.parseVIPArgs(fs, args, n, n)
 	if err != nil {
-		return err
+		return ref{}, err
 	}
-	return s.change(func(c Client) (string, error) { return c.RemovePort(vip, port, p) })
+	r.vip = vip
+	if r.port, r.proto, err = portAndProto(rest[0], *proto, isSet(fs, "protocol")); err != nil {
+		return ref{}, err
+	}
+	if server {
+		if r.addr, err = parseServerAddr(rest[1]); err != nil {
+			return ref{}, err
+		}
+	}
+	return r, nil
 }
 
-// vipPort reads the VIP PORT[/PROTO] arguments.
-func vipPort(fs *flag.FlagSet, args []string, flagProto string) (vip string, port uint16, proto string, err error) {
+// parseVIPArgs parses the command line, between min and max positional
+// arguments (-1: any number), of which the first is a VIP; rest are the
+// others.
+func (s *session) parseVIPArgs(fs *flag.FlagSet, args []string, min, max int) (vip string, rest []string, err error) {
+	if args, err = s.parse(fs, args, min, max); err != nil {
+		return "", nil, err
+	}
 	if vip, err = parseVIP(args[0]); err != nil {
-		return
+		return "", nil, err
 	}
-	port, proto, err = portAndProto(args[1], flagProto, isSet(fs, "protocol"))
-	return
-}
-
-// serverArgs reads the VIP PORT[/PROTO] ADDRESS arguments.
-func serverArgs(fs *flag.FlagSet, args []string, flagProto string) (vip string, port uint16, proto, addr string, err error) {
-	if vip, port, proto, err = vipPort(fs, args, flagProto); err != nil {
-		return
-	}
-	addr, err = parseServerAddr(args[2])
-	return
+	return vip, args[1:], nil
 }
 
 func serverAdd(ctx context.Context, s *session, args []string) error {
 	fs := s.newFlags()
-	proto := fs.String("protocol", "tcp", "`tcp|udp`: the protocol, if PORT has no /PROTO")
 	weight := fs.Uint("weight", 0, "share of new flows, `N` from 0 to the port's weight bound (default half the bound)")
 	quiesce := fs.Bool("quiesce", false, "add it quiesced: no new flows until 'server set --unquiesce'")
 	local := fs.Bool("local", false, "the server is the dispatcher itself (co-location)")
-	args, err := s.parse(fs, args, 3, 3)
+	r, err := s.parseRef(fs, args, true)
 	if err != nil {
 		return err
 	}
-	vip, port, p, addr, err := serverArgs(fs, args, *proto)
-	if err != nil {
+	req := api.ServerRequest{Address: r.addr, Quiesce: *quiesce, Local: *local}
+	if req.Weight, err = weightFlag(fs, *weight); err != nil {
 		return err
 	}
-	req := api.ServerRequest{Address: addr, Quiesce: *quiesce, Local: *local}
-	if isSet(fs, "weight") {
-		w, err := weightValue(*weight)
-		if err != nil {
-			return err
-		}
-		req.Weight = &w
+	return s.change(func(c Client) (string, error) { return c.AddServer(r.vip, r.port, r.proto, req) })
+}
+
+// weightFlag is --weight's value, nil when it was not given.
+func weightFlag(fs *flag.FlagSet, w uint) (*uint32, error) {
+	if !isSet(fs, "weight") {
+		return nil, nil
 	}
-	return s.change(func(c Client) (string, error) { return c.AddServer(vip, port, p, req) })
+	v, err := weightValue(w)
+	if err != nil {
+		return nil, err
+	}
+	return &v, nil
 }
 
 func weightValue(w uint) (uint32, error) {
@@ -192,61 +190,50 @@ func weightValue(w uint) (uint32, error) {
 }
 
 func serverRemove(ctx context.Context, s *session, args []string) error {
-	fs := s.newFlags()
-	proto := fs.String("protocol", "tcp", "`tcp|udp`: the protocol, if PORT has no /PROTO")
-	args, err := s.parse(fs, args, 3, 3)
+	r, err := s.parseRef(s.newFlags(), args, true)
 	if err != nil {
 		return err
 	}
-	vip, port, p, addr, err := serverArgs(fs, args, *proto)
-	if err != nil {
-		return err
-	}
-	return s.change(func(c Client) (string, error) { return c.RemoveServer(vip, port, p, addr) })
+	return s.change(func(c Client) (string, error) { return c.RemoveServer(r.vip, r.port, r.proto, r.addr) })
 }
 
 func serverSet(ctx context.Context, s *session, args []string) error {
 	fs := s.newFlags()
-	proto := fs.String("protocol", "tcp", "`tcp|udp`: the protocol, if PORT has no /PROTO")
 	weight := fs.Uint("weight", 0, "new weight, `N` from 0 to the port's weight bound")
 	quiesce := fs.Bool("quiesce", false, "stop new flows to the server; established ones continue")
 	unquiesce := fs.Bool("unquiesce", false, "send the server new flows again")
 	fixed := fs.Bool("fixed", false, "keep the weight whatever the load: the manager leaves it")
 	managed := fs.Bool("managed", false, "let the manager adjust the weight again")
-	args, err := s.parse(fs, args, 3, 3)
-	if err != nil {
-		return err
-	}
-	vip, port, p, addr, err := serverArgs(fs, args, *proto)
+	r, err := s.parseRef(fs, args, true)
 	if err != nil {
 		return err
 	}
 	var patch api.ServerPatch
-	if isSet(fs, "weight") {
-		w, err := weightValue(*weight)
-		if err != nil {
-			return err
-		}
-		patch.Weight = &w
+	if patch.Weight, err = weightFlag(fs, *weight); err != nil {
+		return err
 	}
-	switch {
-	case *quiesce && *unquiesce:
-		return usagef("--quiesce and --unquiesce together")
-	case *quiesce:
-		patch.Quiesce = new(true)
-	case *unquiesce:
-		patch.Quiesce = new(false)
+	if patch.Quiesce, err = onOff("quiesce", *quiesce, "unquiesce", *unquiesce); err != nil {
+		return err
 	}
-	switch {
-	case *fixed && *managed:
-		return usagef("--fixed and --managed together")
-	case *fixed:
-		patch.Fixed = new(true)
-	case *managed:
-		patch.Fixed = new(false)
+	if patch.Fixed, err = onOff("fixed", *fixed, "managed", *managed); err != nil {
+		return err
 	}
 	if patch.Weight == nil && patch.Quiesce == nil && patch.Fixed == nil {
 		return usagef("nothing to change: give --weight, --quiesce, --unquiesce, --fixed or --managed")
 	}
-	return s.change(func(c Client) (string, error) { return c.SetServer(vip, port, p, addr, patch) })
+	return s.change(func(c Client) (string, error) { return c.SetServer(r.vip, r.port, r.proto, r.addr, patch) })
+}
+
+// onOff reads a pair of opposite flags: true for --on, false for --off,
+// nil for neither; both is a usage error.
+func onOff(onName string, on bool, offName string, off bool) (*bool, error) {
+	switch {
+	case on && off:
+		return nil, usagef("--%s and --%s together", onName, offName)
+	case on:
+		return new(true), nil
+	case off:
+		return new(false), nil
+	}
+	return nil, nil
 }

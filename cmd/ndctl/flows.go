@@ -3,7 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
-	"text/tabwriter"
+	"io"
 	"time"
 
 	"github.com/nd-dispatcher/nd/internal/api"
@@ -52,36 +52,22 @@ func flowsCmd(ctx context.Context, s *session, args []string) error {
 		return usagef("--limit %d: want at least 1", *limit)
 	}
 	q.Limit = *limit
-	c, err := s.client()
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	out, err := c.Flows(q)
-	if err != nil {
-		return err
-	}
-	if s.json {
-		return writeJSON(s.stdout, out)
-	}
-	if len(out.Flows) == 0 {
-		fmt.Fprintln(s.stdout, "no flows")
-		return nil
-	}
-	tw := tabwriter.NewWriter(s.stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "PROTO\tCLIENT\tVIP\tSERVER\tSTATE\tIDLE")
-	for _, f := range out.Flows {
+	return fetch(s, func(c Client) (api.FlowsResponse, error) { return c.Flows(q) }, writeFlows)
+}
+
+func writeFlows(w io.Writer, out api.FlowsResponse) error {
+	err := writeTable(w, "no flows", "PROTO\tCLIENT\tVIP\tSERVER\tSTATE\tIDLE", out.Flows, func(tw io.Writer, f api.Flow) {
 		state := "open"
 		if f.Closing {
 			state = "closing"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", f.Protocol, f.Client, f.VIP, f.Server, state, f.Idle().Round(time.Second))
-	}
-	if err := tw.Flush(); err != nil {
+	})
+	if err != nil {
 		return err
 	}
-	if out.More {
-		fmt.Fprintf(s.stdout, "(more flows match: %d listed; raise --limit)\n", len(out.Flows))
+	if len(out.Flows) > 0 && out.More {
+		fmt.Fprintf(w, "(more flows match: %d listed; raise --limit)\n", len(out.Flows))
 	}
 	return nil
 }

@@ -12,50 +12,22 @@ import (
 	"github.com/nd-dispatcher/nd/internal/ha"
 )
 
-// haStatus prints this node's view of its high-availability group.
-func haStatus(ctx context.Context, s *session, args []string) error {
-	fs := s.newFlags()
-	c, err := s.readClient(fs, args)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	st, err := c.HAStatus()
-	if err != nil {
-		return err
-	}
-	if s.json {
-		return writeJSON(s.stdout, st)
-	}
-	writeHAStatus(s.stdout, st)
-	return nil
-}
-
 // haTakeover makes the node ndctl talks to the active one: the active
 // hands its flows over, gives up the VIPs, and this node takes them.
 func haTakeover(ctx context.Context, s *session, args []string) error {
-	fs := s.newFlags()
-	if _, err := s.parse(fs, args, 0, 0); err != nil {
-		return err
+	var start time.Time
+	takeover := func(c Client) (ha.Status, error) {
+		start = time.Now()
+		return c.HATakeover()
 	}
-	c, err := s.client()
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	start := time.Now()
-	st, err := c.HATakeover()
-	if err != nil {
-		return err
-	}
-	if s.json {
-		return writeJSON(s.stdout, st)
-	}
-	fmt.Fprintf(s.stdout, "%s is %s (%v)\n", st.Self, st.State, time.Since(start).Round(time.Millisecond))
-	return nil
+	return show(s, s.newFlags(), args, takeover, func(w io.Writer, st ha.Status) error {
+		fmt.Fprintf(w, "%s is %s (%v)\n", st.Self, st.State, time.Since(start).Round(time.Millisecond))
+		return nil
+	})
 }
 
-func writeHAStatus(w io.Writer, st ha.Status) {
+// writeHAStatus prints this node's view of its high-availability group.
+func writeHAStatus(w io.Writer, st ha.Status) error {
 	active := "none"
 	if st.Active.IsValid() {
 		active = st.Active.String()
@@ -94,4 +66,5 @@ func writeHAStatus(w io.Writer, st ha.Status) {
 		slices.Sort(parts)
 		fmt.Fprintf(w, "rejected messages: %s\n", strings.Join(parts, ", "))
 	}
+	return nil
 }

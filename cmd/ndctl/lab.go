@@ -57,7 +57,9 @@ With --dispatchers 2 or 3 the client sits behind a router (its own network,
 dispatcher, each announcing the VIPs over BGP (IPv4 and IPv6 sessions with
 the router). BIRD merges their routes into one ECMP route per VIP, and the
 router spreads the flows over the dispatchers by their five-tuple. The view
-shows the first dispatcher's counts; the replies are the client's.`
+sums the dispatchers' counts (the replies are the client's) and shows, for
+each dispatcher, the packets and new flows it forwarded a second and its
+share of the group's, over the last second and since the start.`
 
 // labEnv is what `ndctl lab` takes from the machine, so that tests can
 // check its refusals without root.
@@ -253,7 +255,7 @@ func (s *session) runLab(ctx context.Context, o labOptions, nddPath string) (err
 		defer bird.Stop()
 	}
 
-	var c *api.Client
+	var ds []labDispatcher
 	began := time.Now()
 	for _, d := range l.Dispatchers() {
 		// Not :=, so that the deferred stop sees runLab's err.
@@ -267,11 +269,9 @@ func (s *session) runLab(ctx context.Context, o labOptions, nddPath string) (err
 			return err
 		}
 		defer dc.Close()
-		if c == nil {
-			c = dc
-		}
+		ds = append(ds, labDispatcher{name: d.Name, addr: d.Addr4.String(), c: dc})
 	}
-	st, err := waitResolved(ctx, c, labResolveWait)
+	st, err := waitResolved(ctx, ds[0].c, labResolveWait)
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -300,7 +300,7 @@ func (s *session) runLab(ctx context.Context, o labOptions, nddPath string) (err
 	}
 	say("")
 
-	res := s.labTraffic(ctx, l, c, o)
+	res := s.labTraffic(ctx, l, ds, o)
 	s.labSummary(res)
 	return res.err()
 }
@@ -639,9 +639,10 @@ func formatKinds(kinds map[string]int) string {
 }
 
 // labTraffic runs one generator per VIP, each at half the rate, and shows
-// the dispatcher's status and the generators' counts every tick until they
-// finish or ctx ends.
-func (s *session) labTraffic(ctx context.Context, l *lab.Lab, c *api.Client, o labOptions) labResult {
+// the dispatchers' status (their counts summed) and the generators' counts
+// every tick until they finish or ctx ends; with several dispatchers, each
+// one's share of the packets and new flows too.
+func (s *session) labTraffic(ctx context.Context, l *lab.Lab, ds []labDispatcher, o labOptions) labResult {
 	vips := []netip.Addr{l.VIP4, l.VIP6}
 	tally := newLabTally(vips...)
 	res := labResult{sums: make([]lab.Summary, len(vips)), errs: make([]error, len(vips))}
@@ -665,21 +666,26 @@ func (s *session) labTraffic(ctx context.Context, l *lab.Lab, c *api.Client, o l
 	start := time.Now()
 	names := serverNames(l)
 	var last nd.Status
+	shares := newLabShares(ds)
 	frame := func(w io.Writer, _ bool) error {
-		st, err := c.Status()
-		if err == nil {
-			last = st
+		sts, sum, ok, errs := labStatus(ds)
+		if ok {
+			last = sum
 		}
+		shares.observe(sts, time.Now())
 		elapsed := time.Since(start).Truncate(time.Second)
 		if o.duration > 0 {
 			fmt.Fprintf(w, "nd lab  %v of %v  %g new connections/s  Ctrl-C stops\n", elapsed, o.duration, o.rate)
 		} else {
 			fmt.Fprintf(w, "nd lab  %v  %g new connections/s  Ctrl-C stops\n", elapsed, o.rate)
 		}
-		if err != nil {
-			fmt.Fprintf(w, "ndd's status: %s\n", oneLine(err.Error()))
+		for _, e := range errs {
+			fmt.Fprintln(w, e)
 		}
 		writeLabTable(w, last, names, tally)
+		if len(ds) > 1 {
+			shares.write(w)
+		}
 		return nil
 	}
 	lines := s.live(ctx, finished, frame)
@@ -687,13 +693,18 @@ func (s *session) labTraffic(ctx context.Context, l *lab.Lab, c *api.Client, o l
 	cancel()
 	<-finished
 	// The final counts, after the last replies, in place of the last frame.
-	if st, err := c.Status(); err == nil {
-		last = st
+	sts, sum, ok, _ := labStatus(ds)
+	if ok {
+		last = sum
 	}
+	shares.observe(sts, time.Now())
 	res.last = last
 	s.erase(lines)
 	fmt.Fprintf(s.stdout, "final, after %v:\n", time.Since(start).Truncate(100*time.Millisecond))
 	writeLabTable(s.stdout, last, names, tally)
+	if len(ds) > 1 {
+		shares.write(s.stdout)
+	}
 	return res
 }
 

@@ -10,32 +10,15 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/nd-dispatcher/nd/internal/advisor"
 	"github.com/nd-dispatcher/nd/internal/api"
 	"github.com/nd-dispatcher/nd/internal/manager"
 )
 
-// managerReport prints, per port, each server's metrics raw and normalised,
-// its Load Metric Index and its weight before and after the manager's last
-// computation: the IBM manager report.
-func managerReport(ctx context.Context, s *session, args []string) error {
-	fs := s.newFlags()
-	c, err := s.readClient(fs, args)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	r, err := c.ManagerReport()
-	if err != nil {
-		return err
-	}
-	if s.json {
-		return writeJSON(s.stdout, r)
-	}
-	writeManagerReport(s.stdout, r)
-	return nil
-}
-
-func writeManagerReport(w io.Writer, r api.ManagerResponse) {
+// writeManagerReport prints, per port, each server's metrics raw and
+// normalised, its Load Metric Index and its weight before and after the
+// manager's last computation: the IBM manager report.
+func writeManagerReport(w io.Writer, r api.ManagerResponse) error {
 	p := r.Proportions
 	fmt.Fprintf(w, "manager: policy %s, interval %s, sensitivity %s%%, smoothing %s, overload %s, proportions active %d new %d advisor %d host %d\n",
 		r.Policy, r.Interval, trim(100*r.Sensitivity), trim(r.Smoothing), trim(r.Overload), p.Active, p.New, p.Advisor, p.Host)
@@ -45,6 +28,7 @@ func writeManagerReport(w io.Writer, r api.ManagerResponse) {
 	for _, pr := range r.Ports {
 		writePortReport(w, pr)
 	}
+	return nil
 }
 
 func writePortReport(w io.Writer, pr manager.PortReport) {
@@ -129,27 +113,14 @@ func managerSet(ctx context.Context, s *session, args []string) error {
 	if _, err := s.parse(fs, args, 0, 0); err != nil {
 		return err
 	}
-	var p api.ManagerPatch
-	if isSet(fs, "interval") {
-		p.Interval = interval
-	}
-	if isSet(fs, "sensitivity") {
-		p.Sensitivity = sensitivity
-	}
-	if isSet(fs, "smoothing") {
-		p.Smoothing = smoothing
-	}
-	if isSet(fs, "policy") {
-		p.Policy = policy
-	}
-	if isSet(fs, "overload") {
-		p.Overload = overload
-	}
-	if isSet(fs, "cool-down") {
-		p.CoolDown = coolDown
-	}
-	if isSet(fs, "host-metric") {
-		p.HostMetric = hostMetric
+	p := api.ManagerPatch{
+		Interval:    ifSet(fs, "interval", interval),
+		Sensitivity: ifSet(fs, "sensitivity", sensitivity),
+		Smoothing:   ifSet(fs, "smoothing", smoothing),
+		Policy:      ifSet(fs, "policy", policy),
+		Overload:    ifSet(fs, "overload", overload),
+		CoolDown:    ifSet(fs, "cool-down", coolDown),
+		HostMetric:  ifSet(fs, "host-metric", hostMetric),
 	}
 	if isSet(fs, "proportions") {
 		pr, err := parseProportions(*proportions)
@@ -181,28 +152,10 @@ func parseProportions(s string) (api.ProportionsRequest, error) {
 	return api.ProportionsRequest{Active: v[0], New: v[1], Advisor: v[2], Host: v[3]}, nil
 }
 
-// advisorStatus prints every advisor target: up or down, latency, error.
-func advisorStatus(ctx context.Context, s *session, args []string) error {
-	fs := s.newFlags()
-	c, err := s.readClient(fs, args)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	st, err := c.Advisors()
-	if err != nil {
-		return err
-	}
-	if s.json {
-		return writeJSON(s.stdout, st)
-	}
-	if len(st) == 0 {
-		fmt.Fprintln(s.stdout, "no advisors probe any server")
-		return nil
-	}
-	tw := tabwriter.NewWriter(s.stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ADVISOR\tKIND\tTARGET\tSERVER\tSTATE\tLATENCY\tSMOOTHED\tPROBES\tFAILED\tERROR")
-	for _, a := range st {
+// writeAdvisors prints every advisor target: up or down, latency, error.
+func writeAdvisors(w io.Writer, st []advisor.Status) error {
+	const header = "ADVISOR\tKIND\tTARGET\tSERVER\tSTATE\tLATENCY\tSMOOTHED\tPROBES\tFAILED\tERROR"
+	return writeTable(w, "no advisors probe any server", header, st, func(tw io.Writer, a advisor.Status) {
 		state := "unknown"
 		if a.Known {
 			state = "down"
@@ -216,33 +169,14 @@ func advisorStatus(ctx context.Context, s *session, args []string) error {
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", a.Advisor, a.Kind, target, a.Server, state,
 			a.Latency.Round(10*time.Microsecond), a.Smoothed.Round(10*time.Microsecond), a.Probes, a.Failures, a.Err)
-	}
-	return tw.Flush()
+	})
 }
 
-// agentStatus prints every polled agent: its metrics, or why they are
+// writeAgents prints every polled agent: its metrics, or why they are
 // disabled.
-func agentStatus(ctx context.Context, s *session, args []string) error {
-	fs := s.newFlags()
-	c, err := s.readClient(fs, args)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	st, err := c.Agents()
-	if err != nil {
-		return err
-	}
-	if s.json {
-		return writeJSON(s.stdout, st)
-	}
-	if len(st) == 0 {
-		fmt.Fprintln(s.stdout, "no agents polled (no agents section in the configuration)")
-		return nil
-	}
-	tw := tabwriter.NewWriter(s.stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "AGENT\tHOST\tSTATE\tLAST REPORT\tMETRICS\tERROR")
-	for _, a := range st {
+func writeAgents(w io.Writer, st []api.AgentStatus) error {
+	const header = "AGENT\tHOST\tSTATE\tLAST REPORT\tMETRICS\tERROR"
+	return writeTable(w, "no agents polled (no agents section in the configuration)", header, st, func(tw io.Writer, a api.AgentStatus) {
 		state := "ok"
 		if a.Disabled {
 			state = "disabled"
@@ -261,6 +195,5 @@ func agentStatus(ctx context.Context, s *session, args []string) error {
 			m = append(m, k+"="+trim(a.Metrics[k]))
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", a.Address, a.Host, state, last, strings.Join(m, " "), a.Error)
-	}
-	return tw.Flush()
+	})
 }

@@ -151,18 +151,13 @@ type portView struct {
 	Up         int    `json:"up"`
 }
 
-func clusterList(ctx context.Context, s *session, args []string) error {
-	fs := s.newFlags()
-	c, err := s.readClient(fs, args)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
+// clusterViews groups ndd's ports by VIP, never nil so that --json prints [].
+func clusterViews(c Client) ([]clusterView, error) {
 	st, err := c.Status()
 	if err != nil {
-		return err
+		return nil, err
 	}
-	var views []clusterView
+	views := []clusterView{}
 	for _, p := range st.Ports { // sorted by VIP, then port
 		if len(views) == 0 || views[len(views)-1].VIP != p.VIP {
 			views = append(views, clusterView{VIP: p.VIP})
@@ -176,19 +171,11 @@ func clusterList(ctx context.Context, s *session, args []string) error {
 		v := &views[len(views)-1]
 		v.Ports = append(v.Ports, pv)
 	}
-	if s.json {
-		if views == nil {
-			views = []clusterView{}
-		}
-		return writeJSON(s.stdout, views)
-	}
-	if len(views) == 0 {
-		fmt.Fprintln(s.stdout, "no clusters")
-		return nil
-	}
-	tw := tabwriter.NewWriter(s.stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "VIP\tPORTS\n")
-	for _, v := range views {
+	return views, nil
+}
+
+func writeClusters(w io.Writer, views []clusterView) error {
+	return writeTable(w, "no clusters", "VIP\tPORTS", views, func(tw io.Writer, v clusterView) {
 		var ports []string
 		for _, p := range v.Ports {
 			desc := fmt.Sprintf("%d/%s (%d of %d servers up", p.Port, p.Protocol, p.Up, p.Servers)
@@ -198,8 +185,7 @@ func clusterList(ctx context.Context, s *session, args []string) error {
 			ports = append(ports, desc+")")
 		}
 		fmt.Fprintf(tw, "%s\t%s\n", v.VIP, strings.Join(ports, ", "))
-	}
-	return tw.Flush()
+	})
 }
 
 func eventsCmd(ctx context.Context, s *session, args []string) error {

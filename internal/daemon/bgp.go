@@ -22,7 +22,8 @@ type bgpLink struct {
 	cancel context.CancelFunc // stops the speaker's goroutine
 	done   chan struct{}      // closed when it has stopped
 	// drained is the operator's `ndctl bgp drain`: every route withdrawn,
-	// the data plane serving on. It outlives reloads, not restarts.
+	// the data plane serving on. It outlives reloads, and restarts too:
+	// the data plane keeps the mark with its pinned tables.
 	drained bool
 	// stopping: ndd is shutting down, every route withdrawn for good.
 	stopping bool
@@ -64,6 +65,11 @@ func (d *Daemon) configureBGP() error {
 		link := &bgpLink{sp: sp, cancel: cancel, done: make(chan struct{}), why: map[netip.Addr]string{}}
 		if d.bgp != nil {
 			link.drained = d.bgp.drained
+		} else if drained, err := d.x.Drained(); err != nil {
+			d.log.Error("bgp: cannot read the drain mark: announcing as undrained", "err", err)
+		} else if drained {
+			link.drained = true
+			d.emit(nd.Event{Type: nd.EventBGPDrained, Message: "drained (kept from before ndd started): every VIP withdrawn, the data plane serving on"})
 		}
 		d.bgp = link
 		d.loops.Add(1)
@@ -245,6 +251,10 @@ func (d *Daemon) BGPDrain(ctx context.Context, drain bool) (nd.BGPStatus, error)
 	}
 	var err error
 	if d.bgp.drained != drain {
+		if err := d.x.SetDrained(drain); err != nil {
+			d.mu.Unlock()
+			return nd.BGPStatus{}, fmt.Errorf("bgp drain: %w", err)
+		}
 		d.bgp.drained = drain
 		msg := "undrained: servable VIPs announced again"
 		if drain {

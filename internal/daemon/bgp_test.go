@@ -347,3 +347,43 @@ func TestBGPActiveActiveAnnouncesOnceFlowsLearnt(t *testing.T) {
 		t.Errorf("reason %q", got)
 	}
 }
+
+// TestBGPDrainOutlivesRestart: ndd restarted on a drained data plane keeps
+// the VIP withdrawn, says so, and announces it again once undrained.
+func TestBGPDrainOutlivesRestart(t *testing.T) {
+	r := newGoBGPRouter(t)
+	w := start(t, bgpConfig(r.port, 5))
+	w.eventually("announced", func() bool { _, ok := r.med(vip); return ok })
+	if _, err := w.d.BGPDrain(context.Background(), true); err != nil {
+		t.Fatal(err)
+	}
+	w.eventually("withdrawn when drained", func() bool { _, ok := r.med(vip); return !ok })
+	w.stop()
+
+	w2 := startOn(t, bgpConfig(r.port, 5), w.x)
+	// The router takes a few seconds to accept the speaker again.
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		st, err := w2.d.BGPStatus(context.Background())
+		if err == nil && len(st.Peers) == 1 && st.Peers[0].State == "established" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the session did not come back: %+v (%v)", st, err)
+		}
+	}
+	// The speaker would have announced within its first decision.
+	time.Sleep(time.Second)
+	if st := w2.bgpStatus(); !st.Drained || len(st.VIPs) != 1 || st.VIPs[0].Announced || st.VIPs[0].Reason != "drained by the operator" {
+		t.Errorf("restarted on a drained data plane: %+v", st)
+	}
+	if _, ok := r.med(vip); ok {
+		t.Error("restarted on a drained data plane: the router has the route")
+	}
+	if _, err := w2.d.BGPDrain(context.Background(), false); err != nil {
+		t.Fatal(err)
+	}
+	w2.eventually("announced once undrained", func() bool { _, ok := r.med(vip); return ok })
+	if d, err := w.x.Drained(); err != nil || d {
+		t.Errorf("the data plane's mark after undrain: %v (%v)", d, err)
+	}
+}

@@ -502,12 +502,15 @@ func (d *Daemon) watchServers(cfg *config.Config) {
 	d.nbr.Watch(addrs)
 }
 
-// service is the data plane's view of a port: servers that cannot be
-// resolved are left out, since nd never dispatches to a server it cannot
-// reach; the others carry their MAC, interface and weight. A server the
-// data plane already has (a restarted ndd took it over) keeps its MAC until
-// the resolver answers: dropping it while resolution is pending would
-// re-dispatch every flow it holds.
+// service is the data plane's view of a port: servers carry their MAC,
+// interface and weight. nd never dispatches to a server it cannot reach: one
+// that was never resolved is left out; one the data plane has but the
+// resolver lost is held (weight 0, its flows' packets dropped), so that its
+// flows keep their server for when it is back instead of being dispatched
+// anew (a dispatcher cut off from every server, as in a scale-out group,
+// would otherwise come back with none of its flows). A server the data plane
+// already has (a restarted ndd took it over) keeps its MAC until the
+// resolver answers.
 func (d *Daemon) service(p config.Port, installed executor.Service) executor.Service {
 	sched, _ := executor.ParseScheduler(p.Scheduler) // validated with the configuration
 	delays := d.delays[p.Key]
@@ -524,10 +527,13 @@ func (d *Daemon) service(p config.Port, installed executor.Service) executor.Ser
 				es.MAC, es.Ifindex = e.MAC, e.Ifindex
 			} else {
 				i := slices.IndexFunc(installed.Servers, func(x executor.Server) bool { return x.Addr == srv.Address })
-				if _, answered := d.resolved[srv.Address]; answered || i < 0 || installed.Servers[i].Local {
+				if i < 0 || installed.Servers[i].Local {
 					continue
 				}
 				es.MAC, es.Ifindex = installed.Servers[i].MAC, installed.Servers[i].Ifindex
+				if _, answered := d.resolved[srv.Address]; answered || installed.Servers[i].Held {
+					es.Weight, es.Held = 0, true
+				}
 			}
 		}
 		s.Servers = append(s.Servers, es)

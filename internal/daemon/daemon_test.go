@@ -131,7 +131,14 @@ func parse(t *testing.T, yaml string) *config.Config {
 
 func start(t *testing.T, yaml string) *world {
 	t.Helper()
-	w := &world{t: t, x: executor.NewFake(), nbr: newStaticNeighbors()}
+	return startOn(t, yaml, executor.NewFake())
+}
+
+// startOn is start on a given data plane: a second daemon on the first's
+// stands for ndd restarted, taking its pinned tables over.
+func startOn(t *testing.T, yaml string, x *executor.Fake) *world {
+	t.Helper()
+	w := &world{t: t, x: x, nbr: newStaticNeighbors()}
 	w.nbr.set(srv1, "02:00:00:00:00:11", 2)
 	w.nbr.set(srv2, "02:00:00:00:00:12", 2)
 	d, err := New(parse(t, yaml), Options{
@@ -150,6 +157,20 @@ func start(t *testing.T, yaml string) *world {
 func (w *world) eventually(what string, cond func() bool) {
 	w.t.Helper()
 	testutil.Eventually(w.t, 5*time.Second, what, cond)
+}
+
+// installed is addr's entry in the data plane's view of the port, if any.
+func (w *world) installed(addr netip.Addr) (executor.Server, bool) {
+	for _, s := range w.x.Services() {
+		if s.Key == key {
+			for _, srv := range s.Servers {
+				if srv.Addr == addr {
+					return srv, true
+				}
+			}
+		}
+	}
+	return executor.Server{}, false
 }
 
 func (w *world) weights() map[netip.Addr]uint32 {
@@ -182,7 +203,8 @@ func TestRunInstallsConfiguration(t *testing.T) {
 }
 
 // TestUnresolvedServerIsLeftOut: nd never dispatches to a server it cannot
-// resolve, reports it, and adds it once it resolves.
+// resolve, reports it, and adds it once it resolves; one it loses is held
+// (no new flow, its flows kept for its return) and reported unresolved.
 func TestUnresolvedServerIsLeftOut(t *testing.T) {
 	w := start(t, baseConfig)
 	_, err := w.d.Update(func(c *config.Config) error {
@@ -219,8 +241,19 @@ func TestUnresolvedServerIsLeftOut(t *testing.T) {
 	waitEvent(t, events, nd.EventServerResolved, srv3.String())
 
 	w.nbr.set(srv3, "", 2)
-	w.eventually("server 3 removed once unreachable", func() bool { _, ok := w.weights()[srv3]; return !ok })
+	w.eventually("server 3 held once unreachable", func() bool { s, ok := w.installed(srv3); return ok && s.Held && s.Weight == 0 })
 	waitEvent(t, events, nd.EventServerUnreachable, srv3.String())
+	st, err = w.d.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range st.Ports[0].Servers {
+		if s.Address == srv3.String() && s.State != nd.StateUnresolved {
+			t.Errorf("status of a held server: %+v", s)
+		}
+	}
+	w.nbr.set(srv3, "02:00:00:00:00:13", 2)
+	w.eventually("server 3 back from held", func() bool { s, ok := w.installed(srv3); return ok && !s.Held && s.Weight == 5 })
 }
 
 func waitEvent(t *testing.T, events <-chan nd.Event, typ, server string) {
@@ -387,7 +420,15 @@ func TestRestartKeepsServersAwaitingResolution(t *testing.T) {
 		t.Fatal("server awaiting resolution was dropped from the data plane")
 	}
 	nbr.set(srv1, "", 2) // the resolver answers: unreachable
-	w.eventually("unreachable server dropped", func() bool { _, ok := w.weights()[srv1]; return !ok })
+	w.eventually("unreachable server held", func() bool { s, ok := w.installed(srv1); return ok && s.Held && s.Weight == 0 })
+	if got, err := x.Dispatch(flow, false, false); !errors.Is(err, executor.ErrNoServer) {
+		t.Fatalf("a packet of a held server's flow went to %v (%v), want dropped", got, err)
+	}
+	nbr.set(srv1, "02:00:00:00:00:11", 2) // reachable again: the flow carries on
+	w.eventually("server back", func() bool { s, ok := w.installed(srv1); return ok && !s.Held && s.Weight == 10 })
+	if got, err := x.Dispatch(flow, false, false); err != nil || got != srv1 {
+		t.Fatalf("established flow went to %v (%v) once its server was back, want %v", got, err, srv1)
+	}
 }
 
 // TestReadyAfterApply: Run calls Ready once, after the data plane is

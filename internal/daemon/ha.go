@@ -276,14 +276,15 @@ func (d *Daemon) onHAFlows(recs []ha.FlowRecord) error {
 }
 
 // haSnapshot lists the flows of a snapshot for a standby: every flow of
-// the table but the half-open ones, which a record cannot carry (a standby
+// the table but the half-open ones and the UDP flows of one datagram (as
+// unconfirmed as a SYN), which a record cannot carry (a standby
 // would hold them as established, out of reach of the half-open timeout
 // and of every victim rule: a SYN flood during a snapshot would fill its
 // table for good). A standby learns such a flow when its handshake
 // completes, as it learns any new flow.
 func (d *Daemon) haSnapshot(yield func(ha.FlowRecord) bool) error {
 	return d.x.Flows(func(f executor.Flow) bool {
-		if f.HalfOpen {
+		if f.HalfOpen || f.Once {
 			return true
 		}
 		return yield(flowRecord(f))

@@ -380,4 +380,31 @@ func TestHASnapshotLeavesHalfOpenOut(t *testing.T) {
 	if !slices.Equal(ports, []uint16{2, 3}) {
 		t.Errorf("snapshot carries flows %v, want 2 (established) and 3 (closing), not the half-open 1", ports)
 	}
+
+	// UDP: a flow of one datagram stays out, one of two goes in.
+	udp := executor.ServiceKey{VIP: vip, Port: 53, Proto: executor.UDP}
+	mac, _ := net.ParseMAC("02:00:00:00:00:11")
+	if err := w.x.UpsertService(executor.Service{Key: udp, Servers: []executor.Server{{Addr: srv1, MAC: mac, Ifindex: 2, Weight: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	uk := func(port uint16) executor.FlowKey {
+		return executor.FlowKey{Client: netip.AddrPortFrom(client, port), VIP: netip.AddrPortFrom(vip, 53), Proto: executor.UDP}
+	}
+	for _, port := range []uint16{4, 5, 5} {
+		if _, err := w.x.Dispatch(uk(port), false, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var udpPorts []uint16
+	if err := w.d.haSnapshot(func(rec ha.FlowRecord) bool {
+		if rec.Proto == uint8(executor.UDP) {
+			udpPorts = append(udpPorts, rec.Client.Port())
+		}
+		return true
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(udpPorts, []uint16{5}) {
+		t.Errorf("snapshot carries UDP flows %v, want 5 (two datagrams), not 4 (one)", udpPorts)
+	}
 }

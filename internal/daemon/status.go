@@ -107,7 +107,7 @@ func (d *Daemon) serverStatus(p config.Port, srv config.Server, inst executor.Se
 	out := nd.ServerStatus{Address: srv.Address.String(), ConfigWeight: srv.Weight, Quiesced: srv.Quiesce}
 	i := slices.IndexFunc(inst.Servers, func(s executor.Server) bool { return s.Addr == srv.Address })
 	switch {
-	case i < 0:
+	case i < 0 || inst.Servers[i].Held:
 		out.State = nd.StateUnresolved
 		out.Reason = reasons[srv.Address]
 	case srv.Local:

@@ -26,6 +26,7 @@ const (
 	beLocal    = 1 << 1
 	beQuiesced = 1 << 2
 	beP2C      = 1 << 3
+	beHeld     = 1 << 4
 
 	svcAffinity = 1 << 0
 	svcP2C      = 1 << 1
@@ -37,6 +38,7 @@ const (
 	flowValid     = 1 << 0
 	flowClosing   = 1 << 1
 	flowHalfOpen  = 1 << 3
+	flowOnce      = 1 << 4
 	flowFlagsMask = 0xff
 
 	ringEmpty = 0xffff
@@ -71,7 +73,7 @@ type Config struct {
 	// it over with every established flow. Empty: nothing is pinned and
 	// Close tears the data plane down.
 	PinPath string
-	// MaxFlows sizes the connection table (LRU). Default 1,048,576.
+	// MaxFlows sizes the connection table (four-way buckets). Default 1,048,576.
 	MaxFlows uint32
 	// MaxServers bounds port server instances over all services. Default 4,096.
 	MaxServers uint32
@@ -79,7 +81,8 @@ type Config struct {
 	MaxServices uint32
 	// MaxVIPs bounds distinct VIP addresses. Default 1,024.
 	MaxVIPs uint32
-	// MaxAffinity sizes the client affinity table (LRU). Default 65,536.
+	// MaxAffinity sizes the client affinity table (LRU), and the table of
+	// choices pending a handshake alike. Default 65,536.
 	MaxAffinity uint32
 	// RingSize is each service's Maglev table size, a prime. Default 65,537.
 	RingSize uint32
@@ -264,7 +267,7 @@ func New(cfg Config) (ret *BPF, err error) {
 		"services": cfg.MaxServices, "stats_service": cfg.MaxServices, "rings": cfg.MaxServices,
 		"backends": 2 * cfg.MaxServers, "backend_sel": cfg.MaxServers, "stats_backend": cfg.MaxServers,
 		"server_active": cfg.MaxServers, "server_halfopen": cfg.MaxServers, "flow_events": cfg.FlowEventsRing,
-		"conns": cfg.flowBuckets(), "affinity": cfg.MaxAffinity,
+		"conns": cfg.flowBuckets(), "affinity": cfg.MaxAffinity, "affinity_pending": cfg.MaxAffinity,
 		"svc_index": 2 * cfg.svcIndexSlots(), "vip_index": 4 * cfg.MaxVIPs,
 		"svc_members": 2 * cfg.MaxServices, "members_sel": cfg.MaxServices, "server_picks": cfg.MaxServers,
 	}
@@ -441,6 +444,7 @@ func (b *BPF) recover() error {
 		srv := Server{
 			Addr:    addrFrom(be.Addr.Addr, be.Family),
 			Local:   be.Flags&beLocal != 0,
+			Held:    be.Flags&beHeld != 0,
 			Weight:  be.Weight,
 			Ifindex: int(be.Ifindex),
 		}

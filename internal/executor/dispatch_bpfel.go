@@ -63,7 +63,7 @@ type dispatchDpId struct {
 	Magic    uint32
 	HashSeed uint32
 	FlowWays uint32
-	Pad      uint32
+	Marks    uint32
 }
 
 type dispatchFlowBody struct {
@@ -227,6 +227,7 @@ type dispatchVipStats struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	dispatchMapAffinity          = "affinity"
+	dispatchMapAffinityPending   = "affinity_pending"
 	dispatchMapBackendSel        = "backend_sel"
 	dispatchMapBackends          = "backends"
 	dispatchMapConns             = "conns"
@@ -321,33 +322,34 @@ type dispatchProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type dispatchMapSpecs struct {
-	Affinity       *ebpf.MapSpec `ebpf:"affinity"`
-	BackendSel     *ebpf.MapSpec `ebpf:"backend_sel"`
-	Backends       *ebpf.MapSpec `ebpf:"backends"`
-	Conns          *ebpf.MapSpec `ebpf:"conns"`
-	DataPlaneId    *ebpf.MapSpec `ebpf:"data_plane_id"`
-	FlowEvents     *ebpf.MapSpec `ebpf:"flow_events"`
-	FlowEventsOn   *ebpf.MapSpec `ebpf:"flow_events_on"`
-	IfMacs         *ebpf.MapSpec `ebpf:"if_macs"`
-	MembersSel     *ebpf.MapSpec `ebpf:"members_sel"`
-	Rings          *ebpf.MapSpec `ebpf:"rings"`
-	ServerActive   *ebpf.MapSpec `ebpf:"server_active"`
-	ServerHalfopen *ebpf.MapSpec `ebpf:"server_halfopen"`
-	ServerPicks    *ebpf.MapSpec `ebpf:"server_picks"`
-	Services       *ebpf.MapSpec `ebpf:"services"`
-	StatsBackend   *ebpf.MapSpec `ebpf:"stats_backend"`
-	StatsGlobal    *ebpf.MapSpec `ebpf:"stats_global"`
-	StatsService   *ebpf.MapSpec `ebpf:"stats_service"`
-	StatsVip       *ebpf.MapSpec `ebpf:"stats_vip"`
-	SvcBloom       *ebpf.MapSpec `ebpf:"svc_bloom"`
-	SvcIndex       *ebpf.MapSpec `ebpf:"svc_index"`
-	SvcIndexSel    *ebpf.MapSpec `ebpf:"svc_index_sel"`
-	SvcMembers     *ebpf.MapSpec `ebpf:"svc_members"`
-	TablePressure  *ebpf.MapSpec `ebpf:"table_pressure"`
-	TxPorts        *ebpf.MapSpec `ebpf:"tx_ports"`
-	VipBloom       *ebpf.MapSpec `ebpf:"vip_bloom"`
-	VipIndex       *ebpf.MapSpec `ebpf:"vip_index"`
-	Vips           *ebpf.MapSpec `ebpf:"vips"`
+	Affinity        *ebpf.MapSpec `ebpf:"affinity"`
+	AffinityPending *ebpf.MapSpec `ebpf:"affinity_pending"`
+	BackendSel      *ebpf.MapSpec `ebpf:"backend_sel"`
+	Backends        *ebpf.MapSpec `ebpf:"backends"`
+	Conns           *ebpf.MapSpec `ebpf:"conns"`
+	DataPlaneId     *ebpf.MapSpec `ebpf:"data_plane_id"`
+	FlowEvents      *ebpf.MapSpec `ebpf:"flow_events"`
+	FlowEventsOn    *ebpf.MapSpec `ebpf:"flow_events_on"`
+	IfMacs          *ebpf.MapSpec `ebpf:"if_macs"`
+	MembersSel      *ebpf.MapSpec `ebpf:"members_sel"`
+	Rings           *ebpf.MapSpec `ebpf:"rings"`
+	ServerActive    *ebpf.MapSpec `ebpf:"server_active"`
+	ServerHalfopen  *ebpf.MapSpec `ebpf:"server_halfopen"`
+	ServerPicks     *ebpf.MapSpec `ebpf:"server_picks"`
+	Services        *ebpf.MapSpec `ebpf:"services"`
+	StatsBackend    *ebpf.MapSpec `ebpf:"stats_backend"`
+	StatsGlobal     *ebpf.MapSpec `ebpf:"stats_global"`
+	StatsService    *ebpf.MapSpec `ebpf:"stats_service"`
+	StatsVip        *ebpf.MapSpec `ebpf:"stats_vip"`
+	SvcBloom        *ebpf.MapSpec `ebpf:"svc_bloom"`
+	SvcIndex        *ebpf.MapSpec `ebpf:"svc_index"`
+	SvcIndexSel     *ebpf.MapSpec `ebpf:"svc_index_sel"`
+	SvcMembers      *ebpf.MapSpec `ebpf:"svc_members"`
+	TablePressure   *ebpf.MapSpec `ebpf:"table_pressure"`
+	TxPorts         *ebpf.MapSpec `ebpf:"tx_ports"`
+	VipBloom        *ebpf.MapSpec `ebpf:"vip_bloom"`
+	VipIndex        *ebpf.MapSpec `ebpf:"vip_index"`
+	Vips            *ebpf.MapSpec `ebpf:"vips"`
 }
 
 // dispatchVariableSpecs contains global variables before they are loaded into the kernel.
@@ -386,38 +388,40 @@ func (o *dispatchObjects) Close() error {
 //
 // It can be passed to loadDispatchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type dispatchMaps struct {
-	Affinity       *ebpf.Map `ebpf:"affinity"`
-	BackendSel     *ebpf.Map `ebpf:"backend_sel"`
-	Backends       *ebpf.Map `ebpf:"backends"`
-	Conns          *ebpf.Map `ebpf:"conns"`
-	DataPlaneId    *ebpf.Map `ebpf:"data_plane_id"`
-	FlowEvents     *ebpf.Map `ebpf:"flow_events"`
-	FlowEventsOn   *ebpf.Map `ebpf:"flow_events_on"`
-	IfMacs         *ebpf.Map `ebpf:"if_macs"`
-	MembersSel     *ebpf.Map `ebpf:"members_sel"`
-	Rings          *ebpf.Map `ebpf:"rings"`
-	ServerActive   *ebpf.Map `ebpf:"server_active"`
-	ServerHalfopen *ebpf.Map `ebpf:"server_halfopen"`
-	ServerPicks    *ebpf.Map `ebpf:"server_picks"`
-	Services       *ebpf.Map `ebpf:"services"`
-	StatsBackend   *ebpf.Map `ebpf:"stats_backend"`
-	StatsGlobal    *ebpf.Map `ebpf:"stats_global"`
-	StatsService   *ebpf.Map `ebpf:"stats_service"`
-	StatsVip       *ebpf.Map `ebpf:"stats_vip"`
-	SvcBloom       *ebpf.Map `ebpf:"svc_bloom"`
-	SvcIndex       *ebpf.Map `ebpf:"svc_index"`
-	SvcIndexSel    *ebpf.Map `ebpf:"svc_index_sel"`
-	SvcMembers     *ebpf.Map `ebpf:"svc_members"`
-	TablePressure  *ebpf.Map `ebpf:"table_pressure"`
-	TxPorts        *ebpf.Map `ebpf:"tx_ports"`
-	VipBloom       *ebpf.Map `ebpf:"vip_bloom"`
-	VipIndex       *ebpf.Map `ebpf:"vip_index"`
-	Vips           *ebpf.Map `ebpf:"vips"`
+	Affinity        *ebpf.Map `ebpf:"affinity"`
+	AffinityPending *ebpf.Map `ebpf:"affinity_pending"`
+	BackendSel      *ebpf.Map `ebpf:"backend_sel"`
+	Backends        *ebpf.Map `ebpf:"backends"`
+	Conns           *ebpf.Map `ebpf:"conns"`
+	DataPlaneId     *ebpf.Map `ebpf:"data_plane_id"`
+	FlowEvents      *ebpf.Map `ebpf:"flow_events"`
+	FlowEventsOn    *ebpf.Map `ebpf:"flow_events_on"`
+	IfMacs          *ebpf.Map `ebpf:"if_macs"`
+	MembersSel      *ebpf.Map `ebpf:"members_sel"`
+	Rings           *ebpf.Map `ebpf:"rings"`
+	ServerActive    *ebpf.Map `ebpf:"server_active"`
+	ServerHalfopen  *ebpf.Map `ebpf:"server_halfopen"`
+	ServerPicks     *ebpf.Map `ebpf:"server_picks"`
+	Services        *ebpf.Map `ebpf:"services"`
+	StatsBackend    *ebpf.Map `ebpf:"stats_backend"`
+	StatsGlobal     *ebpf.Map `ebpf:"stats_global"`
+	StatsService    *ebpf.Map `ebpf:"stats_service"`
+	StatsVip        *ebpf.Map `ebpf:"stats_vip"`
+	SvcBloom        *ebpf.Map `ebpf:"svc_bloom"`
+	SvcIndex        *ebpf.Map `ebpf:"svc_index"`
+	SvcIndexSel     *ebpf.Map `ebpf:"svc_index_sel"`
+	SvcMembers      *ebpf.Map `ebpf:"svc_members"`
+	TablePressure   *ebpf.Map `ebpf:"table_pressure"`
+	TxPorts         *ebpf.Map `ebpf:"tx_ports"`
+	VipBloom        *ebpf.Map `ebpf:"vip_bloom"`
+	VipIndex        *ebpf.Map `ebpf:"vip_index"`
+	Vips            *ebpf.Map `ebpf:"vips"`
 }
 
 func (m *dispatchMaps) Close() error {
 	return _DispatchClose(
 		m.Affinity,
+		m.AffinityPending,
 		m.BackendSel,
 		m.Backends,
 		m.Conns,

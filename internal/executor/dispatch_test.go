@@ -562,3 +562,64 @@ func TestServiceValidation(t *testing.T) {
 		t.Fatalf("VIP of rejected services still filtered: %s", actionNames[act])
 	}
 }
+
+// TestHeldServer: a server held (unreachable) takes no new flow, the
+// packets of its flows are dropped and counted as finding no server, and
+// its flows keep it: once it is no longer held they reach it again, where
+// a removed server's flows are dispatched anew.
+func TestHeldServer(t *testing.T) {
+	h := newHarness(t, Config{MaxFlows: 1 << 16})
+	key := ServiceKey{VIP: vip4, Port: 80, Proto: TCP}
+	servers := func(held bool) []Server {
+		s1 := h.server(s1, macS1, 1)
+		if held {
+			s1.Weight, s1.Held = 0, true
+		}
+		return []Server{s1, h.server(s2, macS2, 1), h.server(s3, macS3, 1)}
+	}
+	h.upsert(Service{Key: key, Servers: servers(false)})
+
+	owner := map[uint16]string{}
+	for p := uint16(0); p < 300; p++ {
+		h.dispatch(tcp4(44000+p, 80, tcpSYN).build())
+		_, out := h.dispatch(tcp4(44000+p, 80, tcpACK).build())
+		owner[44000+p] = serverByMAC(out)
+	}
+	h.upsert(Service{Key: key, Servers: servers(true)})
+	before := h.stats().Services[key].NoServer
+	var held uint64
+	for p, was := range owner {
+		act, out := h.dispatch(tcp4(p, 80, tcpACK|tcpPSH).build())
+		switch {
+		case was == "s1" && act != xdpDrop:
+			t.Fatalf("a packet of held s1's flow %d: %s to %s, want dropped", p, actionNames[act], serverByMAC(out))
+		case was == "s1":
+			held++
+		case serverByMAC(out) != was:
+			t.Fatalf("flow %d moved from %s to %s while s1 was held", p, was, serverByMAC(out))
+		}
+	}
+	if held == 0 {
+		t.Fatal("no flow on s1 to hold")
+	}
+	if got := h.stats().Services[key].NoServer - before; got != held {
+		t.Errorf("%d packets counted finding no server, want %d", got, held)
+	}
+	// A weight commit (a peer's, which can reach it) leaves it at 0.
+	h.do(func() error { return h.x.SetWeights(key, map[netip.Addr]uint32{s1: 5, s2: 1}) })
+	for p := uint16(0); p < 300; p++ {
+		if _, out := h.dispatch(tcp4(45000+p, 80, tcpSYN).build()); serverByMAC(out) == "s1" {
+			t.Fatalf("new flow %d went to held s1", 45000+p)
+		}
+	}
+
+	h.upsert(Service{Key: key, Servers: servers(false)})
+	for p, was := range owner {
+		if act, out := h.dispatch(tcp4(p, 80, tcpACK|tcpPSH).build()); act != xdpTX || serverByMAC(out) != was {
+			t.Fatalf("flow %d of %s went to %s (%s) once s1 was back", p, was, serverByMAC(out), actionNames[act])
+		}
+	}
+	if got := h.x.Services()[0].Servers[0]; got.Held || got.Weight != 1 {
+		t.Errorf("s1 after its return: %+v", got)
+	}
+}

@@ -350,3 +350,65 @@ func TestFlowEventsRingSize(t *testing.T) {
 		t.Fatalf("default ring: %d bytes, %v", c.FlowEventsRing, err)
 	}
 }
+
+// TestUDPFlowReportedAtSecondDatagram: a UDP flow is counted open at its
+// first datagram but reported (to the HA peers) at its second, so that
+// spoofed datagrams, which never send a second, cost the flow stream
+// nothing.
+func TestUDPFlowReportedAtSecondDatagram(t *testing.T) {
+	h := newHarness(t, Config{MaxFlows: 1 << 12})
+	key := ServiceKey{VIP: vip4, Port: 53, Proto: UDP}
+	h.upsert(Service{Key: key, Servers: []Server{h.server(s1, macS1, 1), h.server(s2, macS2, 1)}})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ch, err := h.x.FlowEvents(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := sink(ch)
+	datagram := func(src netip.Addr, sport uint16) []byte {
+		return frame{dstMAC: macIn, srcMAC: macClient, src: src, dst: vip4, proto: 17, sport: sport, dport: 53, payload: []byte("q")}.build()
+	}
+	before := h.stats().Services[key]
+	for i := range 100 {
+		if act, _ := h.dispatch(datagram(netip.AddrFrom4([4]byte{203, 0, 113, byte(i)}), 5000)); act != xdpTX {
+			t.Fatalf("datagram %d: %s", i, actionNames[act])
+		}
+	}
+	s.quiet(t, "after 100 single datagrams")
+	var opened uint64
+	for _, c := range h.stats().Services[key].Servers {
+		opened += c.NewFlows
+	}
+	for _, c := range before.Servers {
+		opened -= c.NewFlows
+	}
+	if opened != 100 {
+		t.Errorf("%d new flows counted for 100 first datagrams", opened)
+	}
+	for range 3 {
+		h.dispatch(datagram(client4, 6000))
+	}
+	got := s.take(1)
+	if len(got) != 1 || got[0].Kind != FlowOpened || got[0].Flow.Key.Client != netip.AddrPortFrom(client4, 6000) || got[0].Flow.Key.Proto != UDP {
+		t.Fatalf("events for a flow of three datagrams: %+v, want one opened", got)
+	}
+	s.quiet(t, "after the flow's third datagram")
+
+	// Refresh rounds and snapshots leave the single datagrams out too.
+	var recent, once int
+	if err := h.x.RecentFlows(time.Minute, time.Minute, func(Flow) bool { recent++; return true }); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.x.Flows(func(f Flow) bool {
+		if f.Once {
+			once++
+		}
+		return true
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if recent != 1 || once != 100 {
+		t.Errorf("%d recent flows (want the one of three datagrams), %d flows seen once (want 100)", recent, once)
+	}
+}

@@ -71,7 +71,8 @@ type Executor interface {
 	// other service uses it.
 	DeleteService(ServiceKey) error
 	// SetWeights changes the weights of some servers of a service at once.
-	// Weight 0 quiesces. Unknown servers are an error and nothing changes.
+	// Weight 0 quiesces; a held server stays at 0. Unknown servers are an
+	// error and nothing changes.
 	SetWeights(ServiceKey, map[netip.Addr]uint32) error
 	// Services lists the installed services, sorted.
 	Services() []Service
@@ -126,6 +127,13 @@ type Executor interface {
 	// time: a second gets ErrBusy.
 	FlowEvents(ctx context.Context) (<-chan []FlowEvent, error)
 
+	// Drained reads the dispatcher's drain mark (`ndctl bgp drain`), and
+	// SetDrained sets it. The kernel implementation keeps it with the
+	// pinned tables, so that a restarted ndd, which takes the flows over,
+	// keeps the routes withdrawn too; a fresh data plane starts undrained.
+	Drained() (bool, error)
+	SetDrained(bool) error
+
 	// Close releases the implementation's resources. The kernel
 	// implementation leaves a pinned data plane running.
 	Close() error
@@ -177,6 +185,9 @@ func validateService(s Service) error {
 		seen[sv.Addr] = true
 		if !(sv.Delay >= 0) || math.IsInf(sv.Delay, 0) {
 			return fmt.Errorf("%w: service %v: server %v: delay factor %v must be a finite number >= 0", ErrInvalid, k, sv.Addr, sv.Delay)
+		}
+		if sv.Held && (sv.Weight != 0 || sv.Local) {
+			return fmt.Errorf("%w: service %v: server %v: a held server has weight 0 and is not local", ErrInvalid, k, sv.Addr)
 		}
 		if sv.Local {
 			continue

@@ -69,6 +69,7 @@ type Fake struct {
 	global   GlobalStats
 	nextID   uint32 // names servers to maglev.Build
 	commits  int
+	drained  bool
 
 	// events queues flow events for the FlowEvents subscriber; nil when
 	// there is none.
@@ -116,6 +117,8 @@ type fakeFlow struct {
 	lastSeen time.Duration
 	closing  bool
 	halfOpen bool
+	// once: a UDP flow that has sent one datagram; reported at its second.
+	once bool
 }
 
 // timeout is how long the flow is kept after its last packet.
@@ -363,7 +366,7 @@ func (f *Fake) SetWeights(key ServiceKey, weights map[netip.Addr]uint32) error {
 	}
 	s := st.service(key)
 	for i := range s.Servers {
-		if w, ok := weights[s.Servers[i].Addr]; ok {
+		if w, ok := weights[s.Servers[i].Addr]; ok && !s.Servers[i].Held {
 			s.Servers[i].Weight = w
 		}
 	}
@@ -466,6 +469,10 @@ func (f *Fake) DispatchBytes(k FlowKey, syn, closing bool, bytes uint64) (netip.
 			replaced = fl // the client reuses a closed tuple: a new connection
 		case syn && fl.halfOpen && fl.server.srv.Weight == 0:
 			replaced = fl // a SYN retransmitted to a server taken out
+		case fl.server.srv.Held:
+			// Its server cannot be reached: the flow waits for it.
+			st.noServer++
+			return netip.Addr{}, fmt.Errorf("%w: flow %v: server %v held", ErrNoServer, k, fl.server.srv.Addr)
 		default:
 			fs = fl.server
 		}
@@ -493,6 +500,9 @@ func (f *Fake) DispatchBytes(k FlowKey, syn, closing bool, bytes uint64) (netip.
 			isClosed = true
 			st.countActive(fs, -1)
 			f.reportLocked(FlowClosed, k, fs, true)
+		case fl.once:
+			fl.once = false
+			f.reportLocked(FlowOpened, k, fs, false)
 		}
 	} else {
 		// As the kernel: only an opener the table remembers goes to the
@@ -506,7 +516,7 @@ func (f *Fake) DispatchBytes(k FlowKey, syn, closing bool, bytes uint64) (netip.
 			if replaced != nil {
 				f.goneLocked(st, replaced)
 			}
-			entry := &fakeFlow{server: fs, lastSeen: f.now, halfOpen: tcp}
+			entry := &fakeFlow{server: fs, lastSeen: f.now, halfOpen: tcp, once: !tcp}
 			f.flows[k] = entry
 			if tcp {
 				fs.halfOpen++
@@ -514,7 +524,6 @@ func (f *Fake) DispatchBytes(k FlowKey, syn, closing bool, bytes uint64) (netip.
 			} else {
 				opened = true
 				st.countActive(fs, 1)
-				f.reportLocked(FlowOpened, k, fs, false)
 			}
 		}
 	}
@@ -835,6 +844,28 @@ func (f *Fake) ActiveCounts() (map[ServiceKey]map[netip.Addr]int, error) {
 
 // ReconcileActive implements Executor. The Fake has no concurrent packets,
 // so its counts come out exact.
+// Drained implements Executor: the mark lasts as long as the Fake, which
+// a test may hand to a second daemon as a restarted ndd's data plane.
+func (f *Fake) Drained() (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return false, ErrClosed
+	}
+	return f.drained, nil
+}
+
+// SetDrained implements Executor.
+func (f *Fake) SetDrained(drained bool) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return ErrClosed
+	}
+	f.drained = drained
+	return nil
+}
+
 func (f *Fake) ReconcileActive() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -884,7 +915,7 @@ func (f *Fake) liveFlowLocked(k FlowKey, fl *fakeFlow) (Flow, bool) {
 	if st == nil || !st.has(fl.server) {
 		return Flow{}, false
 	}
-	out := Flow{Key: k, Server: fl.server.srv.Addr, Closing: fl.closing, HalfOpen: fl.halfOpen}
+	out := Flow{Key: k, Server: fl.server.srv.Addr, Closing: fl.closing, HalfOpen: fl.halfOpen, Once: fl.once}
 	if d := f.now - fl.lastSeen; d > 0 {
 		out.Idle = d
 	}
@@ -923,7 +954,7 @@ func (f *Fake) RecentFlows(within, closingWithin time.Duration, fn func(Flow) bo
 		if fl.Closing {
 			limit = closingWithin
 		}
-		if fl.HalfOpen || limit < 0 || fl.Idle > limit {
+		if fl.HalfOpen || fl.Once || limit < 0 || fl.Idle > limit {
 			return true
 		}
 		return fn(fl)

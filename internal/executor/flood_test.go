@@ -15,7 +15,11 @@ import (
 // floodPacket is one frame through the harness's data plane from inside
 // h.do: the action and the server it went to ("" unless forwarded).
 func (h *harness) floodPacket(src netip.Addr, sport, dport uint16, flags uint8, out []byte, byMAC map[string]netip.Addr) (uint32, netip.Addr, error) {
-	fr := tcp4From(src, sport, dport, flags)
+	return h.sendFrame(tcp4From(src, sport, dport, flags), out, byMAC)
+}
+
+// sendFrame is floodPacket for any frame.
+func (h *harness) sendFrame(fr frame, out []byte, byMAC map[string]netip.Addr) (uint32, netip.Addr, error) {
 	in := fr.build()
 	opts := &ebpf.RunOptions{Data: in, DataOut: out, Context: xdpMD{DataEnd: uint32(len(in)), IngressIfindex: uint32(h.in)}}
 	act, err := h.x.objs.NdDispatch.Run(opts)
@@ -23,6 +27,22 @@ func (h *harness) floodPacket(src netip.Addr, sport, dport uint16, flags uint8, 
 		return 0, netip.Addr{}, err
 	}
 	return act, byMAC[net.HardwareAddr(opts.DataOut[:6]).String()], nil
+}
+
+// newFloodHarness is a data plane with a maxFlows table (idle timeout a
+// minute, half-open timeout a second) serving each of svcs by the four
+// servers at equal weights, and the servers by MAC address.
+func newFloodHarness(t *testing.T, maxFlows uint32, svcs ...Service) (*harness, map[string]netip.Addr) {
+	h := newHarness(t, Config{MaxFlows: maxFlows, IdleTimeout: time.Minute, HalfOpenTimeout: time.Second})
+	for _, svc := range svcs {
+		svc.Servers = []Server{h.server(s1, macS1, 1), h.server(s2, macS2, 1), h.server(s3, macS3, 1), h.server(s4, macS4, 1)}
+		h.upsert(svc)
+	}
+	byMAC := map[string]netip.Addr{}
+	for a, m := range macOf {
+		byMAC[m.String()] = a
+	}
+	return h, byMAC
 }
 
 // TestSYNFlood is the acceptance test in BPF_PROG_RUN: flows are
@@ -34,18 +54,9 @@ func (h *harness) floodPacket(src netip.Addr, sport, dport uint16, flags uint8, 
 // half-open timeout; the table reports pressure during the flood only.
 func TestSYNFlood(t *testing.T) {
 	const maxFlows = 1024
-	h := newHarness(t, Config{MaxFlows: maxFlows, IdleTimeout: time.Minute, HalfOpenTimeout: time.Second})
 	maglevKey := ServiceKey{VIP: vip4, Port: 80, Proto: TCP}
 	p2cKey := ServiceKey{VIP: vip4, Port: 81, Proto: TCP}
-	servers := func(w ...uint32) []Server {
-		return []Server{h.server(s1, macS1, w[0]), h.server(s2, macS2, w[1]), h.server(s3, macS3, w[2]), h.server(s4, macS4, w[3])}
-	}
-	h.upsert(Service{Key: maglevKey, Servers: servers(1, 1, 1, 1)})
-	h.upsert(Service{Key: p2cKey, Scheduler: SchedulerP2C, Servers: servers(1, 1, 1, 1)})
-	byMAC := map[string]netip.Addr{}
-	for a, m := range macOf {
-		byMAC[m.String()] = a
-	}
+	h, byMAC := newFloodHarness(t, maxFlows, Service{Key: maglevKey}, Service{Key: p2cKey, Scheduler: SchedulerP2C})
 
 	// Established flows, at most three in a bucket: a fourth would find
 	// its bucket full of established flows and go unrecorded, which is
@@ -344,4 +355,246 @@ func TestExpireNodestConn(t *testing.T) {
 	if s := h.stats().Services[key].Servers[s1]; s.Expired != 1 || s.Active() != 0 {
 		t.Fatalf("s1 after its flow left: %+v, want 1 expired, 0 active", s)
 	}
+}
+
+// TestUDPFloodLeavesRoomForNewFlows: spoofed datagrams, one from each
+// forged source, at 10x the table's capacity, into a table that holds UDP
+// flows that have sent more than one datagram and established TCP flows,
+// the weights moved before the flood. Every real flow keeps its server, and
+// new TCP flows opened after the flood are still recorded: a UDP flow seen
+// once ranks with half-open flows as a victim, so the flood's entries do
+// not fill the buckets for the idle timeout.
+func TestUDPFloodLeavesRoomForNewFlows(t *testing.T) {
+	const maxFlows = 1024
+	udpKey := ServiceKey{VIP: vip4, Port: 53, Proto: UDP}
+	tcpKey := ServiceKey{VIP: vip4, Port: 80, Proto: TCP}
+	h, byMAC := newFloodHarness(t, maxFlows, Service{Key: udpKey}, Service{Key: tcpKey})
+	udp := func(src netip.Addr, sport uint16) frame {
+		return frame{dstMAC: macIn, srcMAC: macClient, src: src, dst: vip4, proto: 17, sport: sport, dport: 53, payload: []byte("query")}
+	}
+
+	// Real flows: a UDP flow that sent two datagrams and a TCP flow past
+	// its handshake in every other bucket, at most two flows a bucket.
+	type flow struct {
+		fr     frame
+		key    FlowKey
+		server netip.Addr
+	}
+	var flows []flow
+	perBucket := map[uint32]int{}
+	out := make([]byte, 256)
+	h.do(func() error {
+		for i := 0; len(flows) < 300; i++ {
+			src := netip.AddrFrom4([4]byte{198, 51, 100, byte(1 + i%50)})
+			fr, proto, port, steps := udp(src, uint16(10000+i)), UDP, uint16(53), [][]uint8{{0}, {0}}
+			if i%2 == 1 {
+				fr, proto, port, steps = tcp4From(src, uint16(10000+i), 80, 0), TCP, 80, [][]uint8{{tcpSYN}, {tcpACK}}
+			}
+			k := FlowKey{Client: netip.AddrPortFrom(src, uint16(10000+i)), VIP: netip.AddrPortFrom(vip4, port), Proto: proto}
+			b := bucketIndex(flowHash(flowKey(k), 0), h.x.cfg.flowBuckets())
+			if perBucket[b] == 2 {
+				continue
+			}
+			perBucket[b]++
+			var srv netip.Addr
+			for _, st := range steps {
+				fr.tcpFlags = st[0]
+				act, got, err := h.sendFrame(fr, out, byMAC)
+				if err != nil {
+					return err
+				}
+				if act != xdpTX || (srv.IsValid() && got != srv) {
+					return fmt.Errorf("establishing %v: %s to %v", k, actionNames[act], got)
+				}
+				srv = got
+			}
+			fr.tcpFlags = tcpACK
+			if proto == UDP {
+				fr.tcpFlags = 0
+			}
+			flows = append(flows, flow{fr: fr, key: k, server: srv})
+		}
+		return nil
+	})
+	for _, key := range []ServiceKey{udpKey, tcpKey} {
+		h.do(func() error {
+			return h.x.SetWeights(key, map[netip.Addr]uint32{s1: 7, s2: 1, s3: 0, s4: 2})
+		})
+	}
+	before := h.stats()
+
+	rng := rand.New(rand.NewPCG(3, 5))
+	h.do(func() error {
+		for range 10 * maxFlows {
+			src := netip.AddrFrom4([4]byte{203, 0, 113, byte(rng.IntN(256))})
+			if act, _, err := h.sendFrame(udp(src, uint16(1024+rng.IntN(60000))), out, byMAC); err != nil || act != xdpTX {
+				return fmt.Errorf("flood datagram: %s, %v", actionNames[act], err)
+			}
+		}
+		return nil
+	})
+
+	var moved []string
+	h.do(func() error {
+		for _, f := range flows {
+			act, got, err := h.sendFrame(f.fr, out, byMAC)
+			if err != nil {
+				return err
+			}
+			if act != xdpTX || got != f.server {
+				moved = append(moved, fmt.Sprintf("%v moved from %v to %v (%s)", f.key, f.server, got, actionNames[act]))
+			}
+		}
+		return nil
+	})
+	for i, m := range moved {
+		if i == 10 {
+			t.Errorf("... and %d more", len(moved)-10)
+			break
+		}
+		t.Error(m)
+	}
+
+	// New TCP flows after the flood: each SYN is remembered half-open.
+	var unrecorded int
+	h.do(func() error {
+		for i := range 300 {
+			src := netip.AddrFrom4([4]byte{198, 51, 100, byte(100 + i%50)})
+			if act, _, err := h.floodPacket(src, uint16(20000+i), 80, tcpSYN, out, byMAC); err != nil || act != xdpTX {
+				return fmt.Errorf("new SYN: %s, %v", actionNames[act], err)
+			}
+			k := FlowKey{Client: netip.AddrPortFrom(src, uint16(20000+i)), VIP: netip.AddrPortFrom(vip4, 80), Proto: TCP}
+			if f, ok, err := h.x.LookupFlow(k); err != nil || !ok || !f.HalfOpen {
+				unrecorded++
+			}
+		}
+		return nil
+	})
+	after := h.stats()
+	t.Logf("%d spoofed datagrams into a %d-flow table: %d of %d real flows kept; %d of 300 new TCP flows unrecorded; %d displaced, %d openers unrecorded",
+		10*maxFlows, maxFlows, len(flows)-len(moved), len(flows), unrecorded, after.Global.HalfOpenEvicted, after.Global.OpenersUnrecorded)
+	if unrecorded != 0 || after.Global.OpenersUnrecorded != before.Global.OpenersUnrecorded {
+		t.Errorf("%d of 300 new TCP flows were not recorded after the flood (openers unrecorded %d -> %d)",
+			unrecorded, before.Global.OpenersUnrecorded, after.Global.OpenersUnrecorded)
+	}
+	if after.Global.FlowsEvicted != 0 {
+		t.Errorf("flows evicted: %d, want 0", after.Global.FlowsEvicted)
+	}
+}
+
+// TestSYNFloodKeepsAffinity: clients of a sticky service that completed a
+// handshake keep their server through a flood of spoofed SYNs from 10x as
+// many sources as the affinity table holds, with the weights moved: each
+// client's next connection still goes to its sticky server. A client's
+// SYNs sent together before any handshake completes land together.
+func TestSYNFloodKeepsAffinity(t *testing.T) {
+	const maxAffinity = 1024
+	h := newHarness(t, Config{MaxFlows: 1 << 14, MaxAffinity: maxAffinity, IdleTimeout: time.Minute, HalfOpenTimeout: time.Second})
+	key := ServiceKey{VIP: vip6, Port: 443, Proto: TCP}
+	v6 := []netip.Addr{netip.MustParseAddr("2001:db8::11"), netip.MustParseAddr("2001:db8::12"), netip.MustParseAddr("2001:db8::13"), netip.MustParseAddr("2001:db8::14")}
+	macs := []net.HardwareAddr{macS1, macS2, macS3, macS4}
+	byMAC := map[string]netip.Addr{}
+	servers := func(w ...uint32) []Server {
+		var out []Server
+		for i, a := range v6 {
+			out = append(out, h.server(a, macs[i], w[i]))
+			byMAC[macs[i].String()] = a
+		}
+		return out
+	}
+	h.upsert(Service{Key: key, StickyTime: time.Minute, Servers: servers(1, 1, 1, 1)})
+	syn := func(src netip.Addr, sport uint16, flags uint8) frame {
+		return frame{dstMAC: macIn, srcMAC: macClient, src: src, dst: vip6, proto: 6, sport: sport, dport: 443, tcpFlags: flags}
+	}
+	out := make([]byte, 256)
+	send := func(fr frame) (netip.Addr, error) {
+		act, got, err := h.sendFrame(fr, out, byMAC)
+		if err == nil && act != xdpTX {
+			err = fmt.Errorf("%v: %s", fr.src, actionNames[act])
+		}
+		return got, err
+	}
+
+	// 200 clients complete a handshake each.
+	sticky := map[netip.Addr]netip.Addr{}
+	client := func(i int) netip.Addr {
+		return netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 0, 1, 15: byte(i), 14: byte(i >> 8)})
+	}
+	h.do(func() error {
+		for i := range 200 {
+			c := client(i)
+			srv, err := send(syn(c, 10000, tcpSYN))
+			if err != nil {
+				return err
+			}
+			if _, err := send(syn(c, 10000, tcpACK)); err != nil {
+				return err
+			}
+			sticky[c] = srv
+		}
+		return nil
+	})
+	h.do(func() error {
+		return h.x.SetWeights(key, map[netip.Addr]uint32{v6[0]: 7, v6[1]: 1, v6[2]: 3, v6[3]: 2})
+	})
+
+	// The flood: spoofed SYNs from 10 x maxAffinity random sources.
+	rng := rand.New(rand.NewPCG(13, 17))
+	h.do(func() error {
+		for range 10 * maxAffinity {
+			var a [16]byte
+			copy(a[:], []byte{0x20, 0x01, 0x0d, 0xb8, 0xff, 0xff})
+			for j := 6; j < 16; j++ {
+				a[j] = byte(rng.IntN(256))
+			}
+			if _, err := send(syn(netip.AddrFrom16(a), uint16(1024+rng.IntN(60000)), tcpSYN)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+
+	// Every client's next connection goes to its sticky server.
+	var moved []string
+	h.do(func() error {
+		for i := range 200 {
+			c := client(i)
+			got, err := send(syn(c, 20000, tcpSYN))
+			if err != nil {
+				return err
+			}
+			if got != sticky[c] {
+				moved = append(moved, fmt.Sprintf("%v: new connection to %v, sticky %v", c, got, sticky[c]))
+			}
+		}
+		return nil
+	})
+	t.Logf("%d spoofed SYNs against a %d-client affinity table: %d of 200 clients kept their sticky server", 10*maxAffinity, maxAffinity, 200-len(moved))
+	for i, m := range moved {
+		if i == 10 {
+			t.Errorf("... and %d more", len(moved)-10)
+			break
+		}
+		t.Error(m)
+	}
+
+	// Two SYNs of one client sent together, before either handshake
+	// completes, go to one server.
+	h.do(func() error {
+		for i := 300; i < 350; i++ {
+			c := client(i)
+			a, err := send(syn(c, 30000, tcpSYN))
+			if err != nil {
+				return err
+			}
+			b, err := send(syn(c, 30001, tcpSYN))
+			if err != nil {
+				return err
+			}
+			if a != b {
+				t.Errorf("%v: parallel SYNs to %v and %v", c, a, b)
+			}
+		}
+		return nil
+	})
 }

@@ -150,7 +150,7 @@ func (b *BPF) RecentFlows(within, closingWithin time.Duration, fn func(Flow) boo
 // packet within the window RecentFlows gives its kind, at now. A stamp
 // later than now (another CPU's clock) is recent.
 func recent(flags uint32, lastSeen, now uint64, within, closingWithin time.Duration) bool {
-	if flags&flowHalfOpen != 0 {
+	if flags&(flowHalfOpen|flowOnce) != 0 {
 		return false
 	}
 	limit := within
@@ -345,6 +345,7 @@ func flowFrom(e *flowWay, server netip.Addr, now uint64) Flow {
 		Server:   server,
 		Closing:  e.flags&flowClosing != 0,
 		HalfOpen: e.flags&flowHalfOpen != 0,
+		Once:     e.flags&flowOnce != 0,
 	}
 	if now > e.lastSeen {
 		f.Idle = time.Duration(now - e.lastSeen)

@@ -100,6 +100,7 @@ func checkDataPlaneID(m *ebpf.Map, cfg Config) error {
 		return fmt.Errorf("%w: the data plane pinned in %s was built with data_plane.hash_seed %d, this configuration says %d: taking it over would orphan every pinned flow; set hash_seed back to %d, or stop ndd and remove %s to start with an empty table",
 			ErrInvalid, cfg.PinPath, id.HashSeed, cfg.HashSeed, id.HashSeed, cfg.PinPath)
 	}
+	want.Marks = id.Marks // the control plane's, not the layout's
 	if id != want {
 		return fmt.Errorf("%w: the data plane pinned in %s has another table layout (%+v): remove it to start afresh", ErrInvalid, cfg.PinPath, id)
 	}
@@ -108,3 +109,35 @@ func checkDataPlaneID(m *ebpf.Map, cfg Config) error {
 
 // dpIDMagic is DP_ID_MAGIC in bpf/types.h.
 const dpIDMagic = 0x6e64666c
+
+// dpMarkDrained is DP_MARK_DRAINED in bpf/types.h.
+const dpMarkDrained = 1 << 0
+
+// Drained implements Executor.
+func (b *BPF) Drained() (bool, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var id dispatchDpId
+	if err := b.objs.DataPlaneId.Lookup(uint32(0), &id); err != nil {
+		return false, fmt.Errorf("read the drain mark: %w", err)
+	}
+	return id.Marks&dpMarkDrained != 0, nil
+}
+
+// SetDrained implements Executor.
+func (b *BPF) SetDrained(drained bool) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var id dispatchDpId
+	if err := b.objs.DataPlaneId.Lookup(uint32(0), &id); err != nil {
+		return fmt.Errorf("read the drain mark: %w", err)
+	}
+	id.Marks &^= dpMarkDrained
+	if drained {
+		id.Marks |= dpMarkDrained
+	}
+	if err := b.objs.DataPlaneId.Update(uint32(0), id, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("write the drain mark: %w", err)
+	}
+	return nil
+}

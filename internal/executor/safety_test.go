@@ -88,3 +88,43 @@ func TestHashSeedChange(t *testing.T) {
 		t.Fatalf("after the refusal, the same seed took over %d services, want 1", len(s))
 	}
 }
+
+// TestDrainMarkPinned: the drain mark lives with the pinned tables: a
+// daemon that takes them over reads it, one that starts afresh does not,
+// and the mark does not count as another table layout.
+func TestDrainMarkPinned(t *testing.T) {
+	pin := "/sys/fs/bpf/" + randomName("ndtest")
+	t.Cleanup(func() { os.RemoveAll(pin) })
+	h := newHarness(t, Config{MaxFlows: 1 << 10, PinPath: pin, HashSeed: 7})
+	if d, err := h.x.Drained(); err != nil || d {
+		t.Fatalf("a fresh data plane: drained %v (%v)", d, err)
+	}
+	if err := h.x.SetDrained(true); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.x.Close(); err != nil {
+		t.Fatal(err)
+	}
+	reopen := func() {
+		h.do(func() error {
+			x, err := New(Config{MaxFlows: 1 << 10, PinPath: pin, HashSeed: 7})
+			if err != nil {
+				return err
+			}
+			h.x = x
+			return nil
+		})
+	}
+	reopen()
+	if d, err := h.x.Drained(); err != nil || !d {
+		t.Fatalf("taken over: drained %v (%v), want true", d, err)
+	}
+	if err := h.x.SetDrained(false); err != nil {
+		t.Fatal(err)
+	}
+	h.x.Close()
+	reopen()
+	if d, err := h.x.Drained(); err != nil || d {
+		t.Fatalf("undrained, taken over: drained %v (%v), want false", d, err)
+	}
+}

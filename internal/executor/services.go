@@ -171,7 +171,7 @@ func (b *BPF) stageServers(key ServiceKey, st *serviceState, servers []Server, s
 }
 
 func sameServer(a, b Server) bool {
-	return a.Addr == b.Addr && a.Local == b.Local && a.Weight == b.Weight &&
+	return a.Addr == b.Addr && a.Local == b.Local && a.Weight == b.Weight && a.Held == b.Held &&
 		a.Ifindex == b.Ifindex && slices.Equal(a.MAC, b.MAC)
 }
 
@@ -180,6 +180,9 @@ func (b *BPF) backendValue(svcID uint32, be *backendState, sched Scheduler) (dis
 	v.Addr.Addr, v.Family = addrWords(be.srv.Addr)
 	if be.srv.Weight == 0 {
 		v.Flags |= beQuiesced
+	}
+	if be.srv.Held {
+		v.Flags |= beHeld
 	}
 	if sched.CountsActive() {
 		v.Flags |= beP2C
@@ -574,7 +577,7 @@ func (b *BPF) SetWeights(key ServiceKey, weights map[netip.Addr]uint32) error {
 		}
 	}
 	for i := range s.Servers {
-		if w, ok := weights[s.Servers[i].Addr]; ok {
+		if w, ok := weights[s.Servers[i].Addr]; ok && !s.Servers[i].Held {
 			s.Servers[i].Weight = w
 		}
 	}

@@ -3,7 +3,6 @@ package lab
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -48,10 +47,8 @@ type BIRDOptions struct {
 // them in the router's kernel table, merged into one ECMP route when several
 // dispatchers announce a VIP.
 type BIRD struct {
+	*Process
 	conf, sock, log string
-	cmd             *exec.Cmd
-	done            chan struct{}
-	err             error
 }
 
 var birdConf = template.Must(template.New("bird").Parse(`# BIRD 2 configuration of the nd lab's router (generated)
@@ -100,7 +97,6 @@ func (l *Lab) StartBIRD(ctx context.Context, o BIRDOptions) (*BIRD, error) {
 		conf: filepath.Join(o.Dir, "bird.conf"),
 		sock: filepath.Join(o.Dir, "bird.ctl"),
 		log:  filepath.Join(o.Dir, "bird.log"),
-		done: make(chan struct{}),
 	}
 	if err := b.write(l, o); err != nil {
 		return nil, err
@@ -109,24 +105,18 @@ func (l *Lab) StartBIRD(ctx context.Context, o BIRDOptions) (*BIRD, error) {
 	var stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stderr, &stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
-	if err := cmd.Start(); err != nil {
+	var err error
+	if b.Process, err = StartProcess("bird", cmd); err != nil {
 		return nil, fmt.Errorf("start bird: %w", err)
 	}
-	b.cmd = cmd
-	go func() {
-		b.err = cmd.Wait()
-		close(b.done)
-	}()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		_, err := b.Show(ctx, "status")
 		if err == nil {
 			return b, nil
 		}
-		select {
-		case <-b.done:
-			return nil, fmt.Errorf("bird exited: %v: %s", b.err, bytes.TrimSpace(stderr.Bytes()))
-		default:
+		if b.Exited() {
+			return nil, fmt.Errorf("bird exited: %v: %s", b.Err(), bytes.TrimSpace(stderr.Bytes()))
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			b.Stop()
@@ -202,29 +192,9 @@ func (b *BIRD) Established(ctx context.Context) ([]string, error) {
 }
 
 // LogTail returns the last n lines of BIRD's log.
-func (b *BIRD) LogTail(n int) string {
-	data, err := os.ReadFile(b.log)
-	if err != nil {
-		return err.Error()
-	}
-	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
-}
+func (b *BIRD) LogTail(n int) string { return FileTail(b.log, n, "\n") }
 
 // Stop ends BIRD (SIGTERM, then SIGKILL after 5 s) and waits for it.
 func (b *BIRD) Stop() error {
-	select {
-	case <-b.done:
-		return nil
-	default:
-	}
-	b.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-b.done:
-		return nil
-	case <-time.After(5 * time.Second):
-		b.cmd.Process.Kill()
-		<-b.done
-		return errors.New("bird did not stop within 5s of SIGTERM and was killed")
-	}
+	return b.Process.Stop(syscall.SIGTERM, 5*time.Second)
 }

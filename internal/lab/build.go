@@ -169,16 +169,30 @@ func (l *Lab) networks() []network {
 	return []network{extNet}
 }
 
+// hostSysctls make a host's addresses usable at once: nothing here routes
+// or advertises.
+var hostSysctls = [][2]string{
+	{"net.ipv6.conf.all.accept_dad", "0"},
+	{"net.ipv6.conf.default.accept_dad", "0"},
+	{"net.ipv6.conf.all.accept_ra", "0"},
+	{"net.ipv6.conf.default.accept_ra", "0"},
+}
+
+// SetSysctls sets each key of kvs to its value in ns.
+func SetSysctls(ns *netns.NS, kvs ...[2]string) error {
+	for _, kv := range kvs {
+		if err := ns.Sysctl(kv[0], kv[1]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // setUpBridges makes br0 (and br1) in the bridge namespace, where IPv6 is
 // off so that the bridge itself stays silent.
 func (l *Lab) setUpBridges() error {
-	for _, kv := range [][2]string{
-		{"net.ipv6.conf.all.disable_ipv6", "1"},
-		{"net.ipv6.conf.default.disable_ipv6", "1"},
-	} {
-		if err := l.Bridge.Sysctl(kv[0], kv[1]); err != nil {
-			return err
-		}
+	if err := SetSysctls(l.Bridge, [2]string{"net.ipv6.conf.all.disable_ipv6", "1"}, [2]string{"net.ipv6.conf.default.disable_ipv6", "1"}); err != nil {
+		return err
 	}
 	h, err := l.Bridge.Netlink()
 	if err != nil {
@@ -208,18 +222,11 @@ func (l *Lab) newHost(r role) (Host, error) {
 		return Host{}, err
 	}
 	h := Host{Name: r.name, NS: ns}
-	for _, kv := range [][2]string{
-		// Addresses are usable at once; nothing here routes or advertises.
-		{"net.ipv6.conf.all.accept_dad", "0"},
-		{"net.ipv6.conf.default.accept_dad", "0"},
-		{"net.ipv6.conf.all.accept_ra", "0"},
-		{"net.ipv6.conf.default.accept_ra", "0"},
-		{"net.ipv4.conf.all.rp_filter", "0"},
-		{"net.ipv4.conf.default.rp_filter", "0"},
-	} {
-		if err := ns.Sysctl(kv[0], kv[1]); err != nil {
-			return Host{}, err
-		}
+	if err := SetSysctls(ns, hostSysctls...); err != nil {
+		return Host{}, err
+	}
+	if err := SetSysctls(ns, [2]string{"net.ipv4.conf.all.rp_filter", "0"}, [2]string{"net.ipv4.conf.default.rp_filter", "0"}); err != nil {
+		return Host{}, err
 	}
 	for _, nw := range l.networks() {
 		if nw == intNet && (r.num == ClientNum || r.num == AttackerNum) {
@@ -291,13 +298,8 @@ func (l *Lab) connect(ns *netns.NS, nw network, r role) (Iface, error) {
 		return ifc, err
 	}
 	ifc.Ifindex = link.Attrs().Index
-	for _, kv := range [][2]string{
-		{"net.ipv6.conf." + ifc.Ifname + ".accept_dad", "0"},
-		{"net.ipv4.conf." + ifc.Ifname + ".rp_filter", "0"},
-	} {
-		if err := ns.Sysctl(kv[0], kv[1]); err != nil {
-			return ifc, err
-		}
+	if err := SetSysctls(ns, [2]string{"net.ipv6.conf." + ifc.Ifname + ".accept_dad", "0"}, [2]string{"net.ipv4.conf." + ifc.Ifname + ".rp_filter", "0"}); err != nil {
+		return ifc, err
 	}
 	if err := ns.Do(func() error { return disableChecksumOffload(ifc.Ifname) }); err != nil {
 		return ifc, err
@@ -335,11 +337,7 @@ func addAddr(h *netlink.Handle, link netlink.Link, p netip.Prefix) error {
 // frames it sends with XDP_TX or XDP_REDIRECT are delivered (xdppass.go).
 func (l *Lab) setUpDispatcher(d *Host) error {
 	if l.DispatcherVIPs && d == &l.Dispatcher {
-		h, err := d.NS.Netlink()
-		if err != nil {
-			return err
-		}
-		eth0, err := h.LinkByIndex(d.Ifindex)
+		h, eth0, err := d.Eth0()
 		if err != nil {
 			return err
 		}
@@ -416,10 +414,5 @@ func (l *Lab) holdVIPsHidden(s *Host) error {
 			[2]string{"net.ipv4.conf." + ifc.Ifname + ".arp_ignore", "1"},
 			[2]string{"net.ipv4.conf." + ifc.Ifname + ".arp_announce", "2"})
 	}
-	for _, kv := range sysctls {
-		if err := s.NS.Sysctl(kv[0], kv[1]); err != nil {
-			return err
-		}
-	}
-	return nil
+	return SetSysctls(s.NS, sysctls...)
 }

@@ -213,7 +213,7 @@ func (l *Lab) startEchoes() (stop func(), err error) {
 			return err
 		}
 		conns = append(conns, c)
-		wg.Go(func() { echo(c) })
+		wg.Go(func() { EchoDatagrams(c) })
 		return nil
 	}
 	for _, h := range l.Hosts() {
@@ -234,8 +234,9 @@ func (l *Lab) startEchoes() (stop func(), err error) {
 	return stop, nil
 }
 
-// echo answers every datagram on c until c is closed.
-func echo(c net.PacketConn) {
+// EchoDatagrams answers every datagram on c with itself until c is
+// closed.
+func EchoDatagrams(c net.PacketConn) {
 	buf := make([]byte, 512)
 	for {
 		n, from, err := c.ReadFrom(buf)

@@ -62,6 +62,7 @@ import (
 	"sync"
 
 	"github.com/nd-dispatcher/nd/internal/netns"
+	"github.com/vishvananda/netlink"
 )
 
 // The networks and VIPs of every lab.
@@ -178,6 +179,20 @@ func (h *Host) Ifaces() []*Iface {
 		return []*Iface{&h.Iface, h.Int}
 	}
 	return []*Iface{&h.Iface}
+}
+
+// Eth0 returns a netlink handle in h's namespace and h's eth0 there. The
+// handle is the namespace's own: never close it.
+func (h *Host) Eth0() (*netlink.Handle, netlink.Link, error) {
+	nh, err := h.NS.Netlink()
+	if err != nil {
+		return nil, nil, err
+	}
+	link, err := nh.LinkByIndex(h.Ifindex)
+	if err != nil {
+		return nil, nil, err
+	}
+	return nh, link, nil
 }
 
 // Lab is a running topology. Its fields must not be changed.

@@ -23,6 +23,18 @@ import (
 
 // withPrefix returns the namespaces under /run/netns whose name starts with
 // prefix.
+// newLab builds a lab with opts, logging to t, that t.Cleanup closes.
+func newLab(ctx context.Context, t *testing.T, opts lab.Options) *lab.Lab {
+	t.Helper()
+	opts.Logf = t.Logf
+	l, err := lab.New(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l
+}
+
 func withPrefix(t *testing.T, prefix string) []string {
 	t.Helper()
 	names, err := netns.List()
@@ -56,12 +68,7 @@ func TestLab(t *testing.T) {
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 			defer cancel()
-			tc.opts.Logf = t.Logf
-			l, err := lab.New(ctx, tc.opts)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { l.Close() })
+			l := newLab(ctx, t, tc.opts)
 
 			// One namespace per host plus the bridge's, all listed.
 			made := withPrefix(t, l.Prefix)
@@ -402,11 +409,7 @@ func TestSweepStale(t *testing.T) {
 func TestCheckFindsBrokenLink(t *testing.T) {
 	testutil.RequirePrivileged(t)
 
-	l, err := lab.New(t.Context(), lab.Options{Servers: 2, Logf: t.Logf})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
+	l := newLab(t.Context(), t, lab.Options{Servers: 2})
 
 	h, err := l.Bridge.Netlink()
 	if err != nil {
@@ -446,11 +449,7 @@ func TestLabTwoDispatchers(t *testing.T) {
 	testutil.RequirePrivileged(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	l, err := lab.New(ctx, lab.Options{Servers: 2, Dispatchers: 2, NoDispatcherVIPs: true, Logf: t.Logf})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
+	l := newLab(ctx, t, lab.Options{Servers: 2, Dispatchers: 2, NoDispatcherVIPs: true})
 	if made := withPrefix(t, l.Prefix); len(made) != 6 {
 		t.Errorf("lab made namespaces %v, want 6 (bridge, client, 2 dispatchers, 2 servers)", made)
 	}
@@ -508,11 +507,7 @@ func TestLabTwoDispatchers(t *testing.T) {
 		t.Errorf("the client reached %s with no dispatcher holding it", vip)
 	}
 	// What HA's active does: add the VIP on dispatcher2's eth0.
-	h, err := d2.NS.Netlink()
-	if err != nil {
-		t.Fatal(err)
-	}
-	eth0, err := h.LinkByIndex(d2.Ifindex)
+	h, eth0, err := d2.Eth0()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -524,16 +519,7 @@ func TestLabTwoDispatchers(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	go func() {
-		buf := make([]byte, 64)
-		for {
-			n, from, err := ln.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			ln.WriteTo(buf[:n], from)
-		}
-	}()
+	go lab.EchoDatagrams(ln)
 	// The failed attempt left an unresolved entry; retry until it clears.
 	var rtErr error
 	for range 10 {
@@ -581,11 +567,7 @@ func TestLabThreeDispatchers(t *testing.T) {
 	testutil.RequirePrivileged(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	l, err := lab.New(ctx, lab.Options{Servers: 1, Dispatchers: 3, Router: true, Logf: t.Logf})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
+	l := newLab(ctx, t, lab.Options{Servers: 1, Dispatchers: 3, Router: true})
 	d3 := l.Dispatcher3
 	if d3 == nil || len(l.Dispatchers()) != 3 || l.Dispatchers()[2] != d3 || len(l.Servers) != 1 {
 		t.Fatalf("dispatcher3 %v, %d dispatchers, %d servers", d3, len(l.Dispatchers()), len(l.Servers))

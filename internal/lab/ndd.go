@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
-	"strings"
 	"syscall"
 	"time"
 
@@ -42,11 +40,9 @@ type NDDOptions struct {
 // owner stops it with Stop or Kill; should the owner die first, the kernel
 // sends ndd SIGTERM.
 type NDD struct {
+	*Process
 	host *Host
 	o    NDDOptions
-	cmd  *exec.Cmd
-	done chan struct{}
-	err  error // from Wait, once done is closed
 }
 
 // StartNDD runs `ndd --config FILE [ARGS]` in h's namespace through
@@ -63,34 +59,11 @@ func StartNDD(h *Host, o NDDOptions) (*NDD, error) {
 	cmd := h.NS.Command(context.Background(), o.Binary, append([]string{"--config", o.Config}, o.Args...)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: o.OwnGroup, Pdeathsig: syscall.SIGTERM}
-	if err := cmd.Start(); err != nil {
+	proc, err := StartProcess("ndd", cmd)
+	if err != nil {
 		return nil, fmt.Errorf("start ndd in %s: %w", h.Name, err)
 	}
-	p := &NDD{host: h, o: o, cmd: cmd, done: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		close(p.done)
-	}()
-	return p, nil
-}
-
-// Exited reports whether ndd has exited, for whatever reason.
-func (p *NDD) Exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// Err is ndd's exit status once it has exited (nil for a clean exit), and
-// nil while it runs.
-func (p *NDD) Err() error {
-	if !p.Exited() {
-		return nil
-	}
-	return p.err
+	return &NDD{Process: proc, host: h, o: o}, nil
 }
 
 // WaitReady polls ready until it returns nil, and fails when ndd exits
@@ -127,18 +100,7 @@ func (p *NDD) Stop(sig syscall.Signal, timeout time.Duration) error {
 	if p.Exited() {
 		return p.exitedErr("before " + unix.SignalName(sig))
 	}
-	// A failure here is ndd exiting at this instant; done tells.
-	p.cmd.Process.Signal(sig)
-	t := time.NewTimer(timeout)
-	defer t.Stop()
-	select {
-	case <-p.done:
-		return nil
-	case <-t.C:
-		p.cmd.Process.Kill()
-		<-p.done
-		return fmt.Errorf("ndd did not stop within %v of %s and was killed", timeout, unix.SignalName(sig))
-	}
+	return p.Process.Stop(sig, timeout)
 }
 
 // Signal sends sig to ndd (SIGHUP: reload its configuration file) and
@@ -148,13 +110,6 @@ func (p *NDD) Signal(sig syscall.Signal) error {
 		return p.exitedErr("before " + unix.SignalName(sig))
 	}
 	return p.cmd.Process.Signal(sig)
-}
-
-// Kill kills ndd at once, as its host dying would, and waits until it is
-// gone. Its pinned data plane, if any, stays.
-func (p *NDD) Kill() {
-	p.cmd.Process.Kill()
-	<-p.done
 }
 
 // Destroy runs `ndd --destroy --config FILE` in the host's namespace, to
@@ -171,14 +126,7 @@ func (p *NDD) Destroy() error {
 
 // LogTail returns the last n lines of ndd's log, "" if it wrote nothing,
 // or why the log cannot be read.
-func (p *NDD) LogTail(n int) string {
-	b, err := os.ReadFile(p.o.Log)
-	if err != nil {
-		return err.Error()
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
-}
+func (p *NDD) LogTail(n int) string { return FileTail(p.o.Log, n, "\n") }
 
 func (p *NDD) exitedErr(when string) error {
 	if p.err != nil {
@@ -186,7 +134,3 @@ func (p *NDD) exitedErr(when string) error {
 	}
 	return fmt.Errorf("%w %s", ErrNDDExited, when)
 }
-
-// Pid is ndd's process id (nsenter executes ndd in its own place), for
-// reading its CPU time in /proc.
-func (p *NDD) Pid() int { return p.cmd.Process.Pid }

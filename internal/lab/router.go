@@ -24,24 +24,15 @@ var routerSysctls = [][2]string{
 // client's network; the client's default routes go through the router.
 func (l *Lab) newClientBehindRouter(r role) (Host, error) {
 	rt := l.Router
-	for _, kv := range routerSysctls {
-		if err := rt.NS.Sysctl(kv[0], kv[1]); err != nil {
-			return Host{}, err
-		}
+	if err := SetSysctls(rt.NS, routerSysctls...); err != nil {
+		return Host{}, err
 	}
 	ns, err := l.newNS(r.short)
 	if err != nil {
 		return Host{}, err
 	}
-	for _, kv := range [][2]string{
-		{"net.ipv6.conf.all.accept_dad", "0"},
-		{"net.ipv6.conf.default.accept_dad", "0"},
-		{"net.ipv6.conf.all.accept_ra", "0"},
-		{"net.ipv6.conf.default.accept_ra", "0"},
-	} {
-		if err := ns.Sysctl(kv[0], kv[1]); err != nil {
-			return Host{}, err
-		}
+	if err := SetSysctls(ns, hostSysctls...); err != nil {
+		return Host{}, err
 	}
 	cnet := network{id: 2, ifname: "eth0", net4: ClientNet4, net6: ClientNet6}
 	h := Host{Name: r.name, NS: ns, Iface: Iface{
@@ -188,11 +179,7 @@ func Router6() netip.Addr { return hostAddr6(ExtNet6, RouterNum) }
 // down; up, the link gets its routes through the router back (with
 // Options.Router). Its addresses stay.
 func (l *Lab) SetLink(h *Host, up bool) error {
-	nh, err := h.NS.Netlink()
-	if err != nil {
-		return err
-	}
-	link, err := nh.LinkByIndex(h.Ifindex)
+	nh, link, err := h.Eth0()
 	if err != nil {
 		return err
 	}

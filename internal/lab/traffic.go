@@ -328,14 +328,7 @@ func (r *run) run(ctx context.Context) Summary {
 		if r.Duration > 0 && !due.Before(end) {
 			break
 		}
-		if wait := time.Until(due); wait > 0 {
-			timer.Reset(wait)
-			select {
-			case <-ctx.Done():
-			case <-timer.C:
-			}
-		}
-		if ctx.Err() != nil {
+		if !WaitUntil(ctx, timer, due) {
 			sum.Interrupted = true
 			break
 		}
@@ -354,15 +347,29 @@ func (r *run) run(ctx context.Context) Summary {
 	<-collected
 	sum.Elapsed = time.Since(start)
 	slices.Sort(latencies)
-	sum.P50, sum.P99 = percentile(latencies, 0.50), percentile(latencies, 0.99)
+	sum.P50, sum.P99 = Percentile(latencies, 0.50), Percentile(latencies, 0.99)
 	if len(latencies) > 0 {
 		sum.Max = latencies[len(latencies)-1]
 	}
 	return sum
 }
 
-// percentile returns the nearest-rank p-quantile of sorted.
-func percentile(sorted []time.Duration, p float64) time.Duration {
+// WaitUntil waits on timer, which it resets, until t or until ctx ends,
+// and reports whether ctx is still live: the pacing of an open-loop load
+// generator, one timer for all its requests.
+func WaitUntil(ctx context.Context, timer *time.Timer, t time.Time) bool {
+	if wait := time.Until(t); wait > 0 {
+		timer.Reset(wait)
+		select {
+		case <-ctx.Done():
+		case <-timer.C:
+		}
+	}
+	return ctx.Err() == nil
+}
+
+// Percentile returns the nearest-rank p-quantile of sorted.
+func Percentile(sorted []time.Duration, p float64) time.Duration {
 	if len(sorted) == 0 {
 		return 0
 	}

@@ -172,16 +172,16 @@ func TestPercentile(t *testing.T) {
 	for i := 1; i <= 100; i++ {
 		d = append(d, time.Duration(i)*time.Millisecond)
 	}
-	if got := percentile(d, 0.5); got != 50*time.Millisecond {
+	if got := Percentile(d, 0.5); got != 50*time.Millisecond {
 		t.Errorf("p50 = %v", got)
 	}
-	if got := percentile(d, 0.99); got != 99*time.Millisecond {
+	if got := Percentile(d, 0.99); got != 99*time.Millisecond {
 		t.Errorf("p99 = %v", got)
 	}
-	if got := percentile(d[:1], 0.99); got != time.Millisecond {
+	if got := Percentile(d[:1], 0.99); got != time.Millisecond {
 		t.Errorf("p99 of one = %v", got)
 	}
-	if got := percentile(nil, 0.5); got != 0 {
+	if got := Percentile(nil, 0.5); got != 0 {
 		t.Errorf("p50 of none = %v", got)
 	}
 }

@@ -1090,3 +1090,39 @@ func TestDroppedCommitKeepsNoBookkeeping(t *testing.T) {
 		t.Errorf("the first applied move counts %d commits, want 1", rep.Commits)
 	}
 }
+
+// TestHeldServerIsAbsent: a server the data plane holds only for its flows
+// (unresolved) is absent to the manager, as one left out would be: no
+// commit names it, and the others share the load.
+func TestHeldServerIsAbsent(t *testing.T) {
+	c := newCluster(t, 3, Settings{Interval: time.Second}, Proportions{Active: 50, New: 50})
+	svc := c.x.Services()[0]
+	svc.Servers[2].Weight, svc.Servers[2].Held = 0, true
+	if err := c.x.UpsertService(svc); err != nil {
+		t.Fatal(err)
+	}
+	c.service[0] = 0.03 // server 0 slow: the manager moves weights
+	for range 20 {
+		c.interval(200)
+	}
+	if len(c.commits) == 0 {
+		t.Fatal("no commit: the test shows nothing")
+	}
+	for _, cm := range c.commits {
+		if _, ok := cm.Weights[addr(2)]; ok {
+			t.Fatalf("a commit names the held server: %v", cm.Weights)
+		}
+	}
+	rep := c.m.Report()
+	if len(rep) != 1 {
+		t.Fatalf("report %+v", rep)
+	}
+	for _, s := range rep[0].Servers {
+		if s.Server == addr(2) && s.State != StateAbsent {
+			t.Errorf("held server reported %q, want %q", s.State, StateAbsent)
+		}
+	}
+	if w := c.weights(); w[2] != 0 || w[1] <= w[0] {
+		t.Errorf("weights %v: want the held server at 0, the slow one below the fast one", w)
+	}
+}

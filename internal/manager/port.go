@@ -20,7 +20,7 @@ const (
 	StateDown     = "down"     // its advisor reports it down
 	StateDisabled = "disabled" // its agent's reports stopped
 	StateCoolDown = "cool-down"
-	StateAbsent   = "absent" // configured but not in the data plane (unresolved)
+	StateAbsent   = "absent" // configured but not in the data plane, or held there (unresolved)
 	// StateSuspect: its flows end far sooner than its peers' (a server
 	// failing every request at once looks idle to least connections).
 	StateSuspect = "suspect"
@@ -197,6 +197,9 @@ func (m *Manager) sampleServers(ps *portState, inst nd.Service, ss nd.ServiceSta
 	installed := map[netip.Addr]uint32{}
 	delays := map[netip.Addr]float64{}
 	for _, s := range inst.Servers {
+		if s.Held {
+			continue // kept only for its flows: absent to the manager
+		}
 		installed[s.Addr] = s.Weight
 		delays[s.Addr] = max(s.Delay, 1)
 	}

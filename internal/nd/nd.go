@@ -152,6 +152,12 @@ type Server struct {
 	// expected delay of one more flow there, relative to a typical server
 	// of the service. 0 reads as 1; other schedulers ignore it.
 	Delay float64
+	// Held: the server cannot be reached now (its neighbour entry
+	// failed). It keeps its slot, so that its flows keep their server for
+	// when it is back, but takes no new flow (Weight must be 0) and the
+	// packets of its flows are dropped meanwhile, as IPVS drops those of
+	// a destination it cannot use.
+	Held bool
 }
 
 // Service is the whole state of one VIP:port as the data plane sees it.
@@ -201,6 +207,10 @@ type Flow struct {
 	// packet): it is not counted open, and times out after the half-open
 	// timeout. The handshake's ACK makes it established.
 	HalfOpen bool
+	// Once is set while a UDP flow has sent a single datagram: counted
+	// open, but not yet reported, refreshed or snapshotted to HA peers (a
+	// spoofed datagram never sends a second).
+	Once bool
 }
 
 // ServerStats are the data plane's counters for one server of one service:

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"runtime"
 	"sync"
 	"testing"
@@ -35,6 +36,19 @@ func requirePrivileged(tb testing.TB, problem error, require bool) {
 		return
 	}
 	tb.Skipf("skipping privileged test: %v (set %s=1 to fail instead)", problem, RequirePrivilegedEnv)
+}
+
+// RequireCommands skips tb, saying how to install them (install), unless
+// every named program is on the PATH. When ND_REQUIRE_PRIVILEGED=1 it fails
+// tb instead of skipping.
+func RequireCommands(tb testing.TB, install string, names ...string) {
+	tb.Helper()
+	for _, name := range names {
+		if _, err := exec.LookPath(name); err != nil {
+			requirePrivileged(tb, fmt.Errorf("%s is not installed (%s): %w", name, install, err), os.Getenv(RequirePrivilegedEnv) == "1")
+			return
+		}
+	}
 }
 
 var (

@@ -4,9 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
@@ -15,6 +12,7 @@ import (
 
 	"github.com/nd-dispatcher/nd/internal/api"
 	"github.com/nd-dispatcher/nd/internal/lab"
+	"github.com/nd-dispatcher/nd/internal/testutil"
 )
 
 // The BGP tests put the client behind a router running BIRD 2 (the Debian
@@ -31,18 +29,11 @@ const (
 
 // bgpNode is one dispatcher running ndd with a bgp section.
 type bgpNode struct {
-	name    string
-	host    *lab.Host
-	dir     string
-	cfg     nddConfig
-	cfgPath string
+	*nddNode
 	// v6 is a cluster of VIP6, as YAML list items of clusters; "" for
 	// none. bgp is the configuration's bgp section.
-	v6   string
-	bgp  string
-	api  *api.Client
-	proc *lab.NDD
-	runs []*lab.NDD
+	v6  string
+	bgp string
 }
 
 // bgpLab is a lab with a router running BIRD, reply servers on VIP4:80
@@ -52,20 +43,6 @@ type bgpLab struct {
 	dir   string
 	bird  *lab.BIRD
 	nodes []*bgpNode
-}
-
-// requireBIRD skips the test when BIRD is not installed, unless privileged
-// tests are required (ND_REQUIRE_PRIVILEGED), when it fails instead.
-func requireBIRD(t *testing.T) {
-	t.Helper()
-	for _, bin := range []string{"bird", "birdc"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			if os.Getenv("ND_REQUIRE_PRIVILEGED") != "" {
-				t.Fatalf("%s is not installed (apt-get install bird2; scripts/setup does): %v", bin, err)
-			}
-			t.Skipf("%s is not installed (apt-get install bird2): %v", bin, err)
-		}
-	}
 }
 
 // bgpSection is a dispatcher's bgp section: peering with the router (with
@@ -94,30 +71,21 @@ func v6Peer() string {
 // section that section returns for it. t.Cleanup undoes everything.
 func newBGPLab(t *testing.T, dispatchers int, password string, v6 bool, section func(i int, d *lab.Host) string) *bgpLab {
 	t.Helper()
-	return newBGPLabServers(t, dispatchers, 2, password, v6, section)
+	return newBGPLabServers(t, dispatchers, 2, password, v6, section, nil)
 }
 
-// newBGPLabServers is newBGPLab with the given number of servers.
-func newBGPLabServers(t *testing.T, dispatchers, servers int, password string, v6 bool, section func(i int, d *lab.Host) string) *bgpLab {
+// newBGPLabServers is newBGPLab with the given number of servers, and
+// tune, unless nil, applied to every node's configuration before it is
+// first written.
+func newBGPLabServers(t *testing.T, dispatchers, servers int, password string, v6 bool, section func(i int, d *lab.Host) string, tune func(*nddConfig)) *bgpLab {
 	t.Helper()
-	requireBIRD(t)
+	testutil.RequireCommands(t, "apt-get install bird2; scripts/setup does", "bird", "birdc")
 	sweepStalePins(t)
 	nddBinary(t)
 	ndctlBinary(t)
-	if _, err := lab.SweepStale(t.Logf); err != nil {
-		t.Logf("sweep stale labs: %v", err)
-	}
+	l := newLab(t, lab.Options{Servers: servers, Dispatchers: dispatchers, Router: true})
 	ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
 	defer cancel()
-	l, err := lab.New(ctx, lab.Options{Servers: servers, Dispatchers: dispatchers, Router: true, Logf: t.Logf})
-	if err != nil {
-		t.Fatalf("build lab: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := l.Close(); err != nil {
-			t.Errorf("close lab: %v", err)
-		}
-	})
 	b := &bgpLab{fixture: &fixture{lab: l, byAddr: map[netip.Addr]*replyServer{}}, dir: t.TempDir()}
 	port := portConfig{Port: servicePort}
 	cluster6 := ""
@@ -141,6 +109,7 @@ func newBGPLabServers(t *testing.T, dispatchers, servers int, password string, v
 			peers = append(peers, lab.BIRDPeer{Name: name + "v6", Addr: d.Addr6, ASN: lab.DispatcherASN, Password: password})
 		}
 	}
+	var err error
 	b.bird, err = l.StartBIRD(ctx, lab.BIRDOptions{Dir: b.dir, Peers: peers, HoldTime: int(bgpHold / time.Second)})
 	if err != nil {
 		t.Fatal(err)
@@ -154,20 +123,12 @@ func newBGPLabServers(t *testing.T, dispatchers, servers int, password string, v
 		}
 	})
 	for i, d := range l.Dispatchers() {
-		dir := filepath.Join(b.dir, d.Name)
-		if err := os.Mkdir(dir, 0o700); err != nil {
-			t.Fatal(err)
+		n := &bgpNode{nddNode: newNDDNode(t, l, b.dir, d, port, syscall.SIGKILL), bgp: section(i, d), v6: cluster6}
+		if tune != nil {
+			n.cfg = n.cfg.clone() // the nodes share port's servers
+			tune(&n.cfg)
 		}
-		n := &bgpNode{name: d.Name, host: d, dir: dir, cfgPath: filepath.Join(dir, "nd.yaml"), bgp: section(i, d), v6: cluster6,
-			cfg: nddConfig{
-				PinPath:    fmt.Sprintf("%s%d-%d", pinPrefix, os.Getpid(), pinSeq.Add(1)),
-				Socket:     filepath.Join(dir, "ndd.sock"),
-				Interfaces: []string{d.Ifname},
-				Ports:      []portConfig{port},
-			}}
 		n.write(t)
-		n.api = apiClient(t, n.cfg.Socket)
-		t.Cleanup(func() { n.teardown(t) })
 		b.nodes = append(b.nodes, n)
 	}
 	for _, n := range b.nodes {
@@ -176,46 +137,11 @@ func newBGPLabServers(t *testing.T, dispatchers, servers int, password string, v
 	return b
 }
 
+// write writes the node's configuration file: the usual one, the VIP6
+// cluster if any and the bgp section.
 func (n *bgpNode) write(t *testing.T) {
 	t.Helper()
-	if err := os.WriteFile(n.cfgPath, []byte(n.cfg.yaml()+n.v6+n.bgp), 0o600); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func (n *bgpNode) start(t *testing.T) {
-	t.Helper()
-	p, err := lab.StartNDD(n.host, lab.NDDOptions{Binary: nddBinary(t), Config: n.cfgPath,
-		Log: filepath.Join(n.dir, fmt.Sprintf("ndd-%d.log", len(n.runs)+1))})
-	if err != nil {
-		t.Fatalf("%s: %v", n.name, err)
-	}
-	n.proc = p
-	n.runs = append(n.runs, p)
-	start := time.Now()
-	if err := p.WaitReady(context.Background(), nddStartTimeout, n.api.Health); err != nil {
-		t.Fatalf("%s: %v", n.name, err)
-	}
-	t.Logf("%s: ndd answering %v after it started", n.name, time.Since(start).Round(time.Millisecond))
-}
-
-func (n *bgpNode) teardown(t *testing.T) {
-	if n.proc != nil && !n.proc.Exited() {
-		if err := n.proc.Stop(syscall.SIGKILL, nddStopTimeout); err != nil {
-			t.Errorf("%s: stop ndd: %v", n.name, err)
-		}
-	}
-	if n.proc != nil {
-		if err := n.proc.Destroy(); err != nil {
-			t.Errorf("%s: %v", n.name, err)
-		}
-	}
-	os.RemoveAll(n.cfg.PinPath)
-	if t.Failed() {
-		for i, p := range n.runs {
-			t.Logf("log of %s's ndd run %d:\n%s", n.name, i+1, p.LogTail(nddLogLines))
-		}
-	}
+	n.writeConfig(t, n.cfg.yaml()+n.v6+n.bgp)
 }
 
 // quiesce quiesces (or brings back) every server of the node's port.

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os/exec"
@@ -19,14 +18,8 @@ import (
 // bgpStatus reads `ndctl bgp status --json` from the node.
 func (n *bgpNode) bgpStatus(t *testing.T) nd.BGPStatus {
 	t.Helper()
-	out, stderr, code, err := runNDCTL(t, "--socket", n.cfg.Socket, "--json", "bgp", "status")
-	if err != nil || code != 0 {
-		t.Fatalf("%s: ndctl bgp status: exit %d, %v: %s", n.name, code, err, stderr)
-	}
 	var st nd.BGPStatus
-	if err := json.Unmarshal([]byte(out), &st); err != nil {
-		t.Fatalf("%s: ndctl bgp status --json printed %q: %v", n.name, out, err)
-	}
+	n.ndctlJSON(t, &st, "bgp", "status")
 	return st
 }
 

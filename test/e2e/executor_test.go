@@ -1,12 +1,9 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
-	"fmt"
 	"net"
 	"net/netip"
-	"sync"
 	"testing"
 	"time"
 
@@ -213,37 +210,8 @@ func testOwnAddress(ctx context.Context, t *testing.T, f *fixture) {
 	d := &l.Dispatcher
 	for _, a := range []netip.Addr{d.Addr4, d.Addr6} {
 		addr := netip.AddrPortFrom(a, 9000)
-		ln, err := d.NS.Listen("tcp", addr.String())
-		if err != nil {
-			t.Fatalf("listen on %s in the dispatcher: %v", addr, err)
-		}
-		var wg sync.WaitGroup
-		wg.Go(func() { echoOnce(ln) })
 		passed := f.stats(t).Global.Passed
-
-		err = func() error {
-			s, err := dial(ctx, l.Client.NS, addr, dialTimeout)
-			if err != nil {
-				return err
-			}
-			defer s.close()
-			s.c.SetDeadline(time.Now().Add(ioTimeout))
-			const msg = "hello dispatcher\n"
-			if _, err := fmt.Fprint(s.c, msg); err != nil {
-				return err
-			}
-			got, err := s.r.ReadString('\n')
-			if err != nil {
-				return err
-			}
-			if got != msg {
-				return fmt.Errorf("echo %q, want %q", got, msg)
-			}
-			return nil
-		}()
-		ln.Close()
-		wg.Wait()
-		if err != nil {
+		if err := echoOwn(ctx, t, l, addr); err != nil {
 			t.Errorf("client to the dispatcher's own %s: %v", addr, err)
 			continue
 		}
@@ -252,21 +220,6 @@ func testOwnAddress(ctx context.Context, t *testing.T, f *fixture) {
 		}
 		t.Logf("%s: connection from the client accepted by the dispatcher's stack", addr)
 	}
-}
-
-// echoOnce accepts one connection and echoes one line on it.
-func echoOnce(ln net.Listener) {
-	c, err := ln.Accept()
-	if err != nil {
-		return
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(ioTimeout))
-	line, err := bufio.NewReader(c).ReadString('\n')
-	if err != nil {
-		return
-	}
-	fmt.Fprint(c, line)
 }
 
 // testQuiesce: a long-lived connection keeps its server after the server's

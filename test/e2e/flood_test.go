@@ -175,10 +175,7 @@ func TestNDDSYNFlood(t *testing.T) {
 // half-open entry back to the dead server.
 func TestNDDServerKilledUnderLoad(t *testing.T) {
 	testutil.RequirePrivileged(t)
-	n := newNDDLab(t, []int{10, 10, 10, 10}, func(c *nddConfig) {
-		c.Advisors = "advisors:\n  - {name: alive, kind: tcp, target: vip, interval: 200ms, timeout: 150ms, rise: 1, fall: 1}\n"
-		c.Ports[0].Advisor = "alive"
-	})
+	n := newNDDLab(t, []int{10, 10, 10, 10}, vipAdvisor)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	victim := n.lab.Servers[1]

@@ -3,10 +3,13 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -31,6 +34,19 @@ const (
 	groupOpen = 50 * time.Millisecond
 	// groupSettle is how long the load runs after each change.
 	groupSettle = 4 * time.Second
+	// groupWeight is every server's configured weight: room for the
+	// manager to move it both ways.
+	groupWeight = 20
+	// groupInterval is the manager's interval.
+	groupInterval = 500 * time.Millisecond
+	// groupSlow is how much longer a slow server takes to answer the
+	// advisor's probes, and groupWave how long each server is slow in
+	// turn: the manager lowers the slow one's weight while it raises the
+	// last one's again, and commits new weights nearly every interval.
+	groupSlow = 60 * time.Millisecond
+	groupWave = 1500 * time.Millisecond
+	// groupHealthPort is where each server answers the advisor.
+	groupHealthPort = 8080
 )
 
 // groupTimers: a node is dead after 600 ms of silence; one that starts
@@ -62,14 +78,44 @@ func haSection(d *lab.Host, i int, keyFile string) string {
 		groupTimers.interval, groupTimers.deadAfter)
 }
 
-// haStatus is the node's HA status.
-func (n *bgpNode) haStatus(t *testing.T) ha.Status {
+// newGroupLab builds the group's lab: groupDispatchers dispatchers in one
+// active-active HA group (extraHA, lines of its ha section, added to
+// each), each announcing VIP4 to the router over BGP, groupServers
+// servers, tune applied to every node's configuration. It returns once
+// every dispatcher announces and the group has settled.
+func newGroupLab(t *testing.T, extraHA string, tune func(*nddConfig)) *bgpLab {
 	t.Helper()
-	st, err := n.api.HAStatus()
-	if err != nil {
-		t.Fatalf("%s: ha status: %v", n.name, err)
+	keyFile := filepath.Join(t.TempDir(), "ha.key")
+	if err := os.WriteFile(keyFile, []byte("e2e-shared-ha-key-0123456789\n"), 0o600); err != nil {
+		t.Fatal(err)
 	}
-	return st
+	b := newBGPLabServers(t, groupDispatchers, groupServers, "", false, func(i int, d *lab.Host) string {
+		if d.Addr4 != groupAddrs()[i] {
+			t.Fatalf("%s has %s, want %s", d.Name, d.Addr4, groupAddrs()[i])
+		}
+		return bgpSection(d, time.Second, "", "") + haSection(d, i, keyFile) + extraHA
+	}, tune)
+	b.waitNextHops(t, "every dispatcher announces", time.Now(), b.nodes...)
+	b.waitGroupSettled(t, b.nodes...)
+	for _, n := range b.nodes {
+		if st := n.bgpStatus(t); len(st.VIPs) != 1 || !st.VIPs[0].Announced {
+			t.Fatalf("%s's VIPs: %+v", n.name, st.VIPs)
+		}
+	}
+	return b
+}
+
+// serverRoutes adds (op "add") or removes ("del") a prohibit route to
+// every server in the node's namespace: with it, the node can resolve
+// none of them.
+func (n *bgpNode) serverRoutes(t *testing.T, op string) {
+	t.Helper()
+	for _, s := range n.cfg.Ports[0].Servers {
+		out, err := n.host.NS.Command(t.Context(), "ip", "route", op, "prohibit", netip.PrefixFrom(s.Addr, 32).String()).CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s: ip route %s prohibit %s: %v: %s", n.name, op, s.Addr, err, out)
+		}
+	}
 }
 
 // flowsHeld returns how many of the connections' flows (not those of
@@ -121,6 +167,145 @@ func (b *bgpLab) waitGroupSettled(t *testing.T, running ...*bgpNode) {
 	})
 }
 
+// managedGroup makes every node's port one whose weights the manager moves:
+// the Maglev scheduler (the weights are the tables), room to move (weight
+// groupWeight each), an HTTP advisor on each server's health port and the
+// default policy reading it alone, every change committed (sensitivity 0)
+// and no cool-down (a slow server stays in, at a low weight).
+func managedGroup(c *nddConfig) {
+	p := &c.Ports[0]
+	p.Scheduler, p.Advisor = "maglev", "health"
+	for i := range p.Servers {
+		p.Servers[i].Weight = groupWeight
+	}
+	c.Manager = fmt.Sprintf("  policy: default\n  interval: %s\n  sensitivity: 0\n  overload: 0\n  proportions: {advisor: 100}\n", groupInterval)
+	c.Advisors = fmt.Sprintf("advisors:\n  - {name: health, kind: http, target: server, port: %d, interval: 200ms, timeout: 150ms, rise: 1, fall: 3}\n",
+		groupHealthPort)
+}
+
+// healthServers answer the advisor on every server's own address, each
+// after its delay: a slow server is one whose replies take longer.
+type healthServers struct {
+	delay  []atomic.Int64 // nanoseconds, by server
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// startHealthServers serves the health port in every server of l until
+// the test ends.
+func startHealthServers(t *testing.T, l *lab.Lab) *healthServers {
+	t.Helper()
+	h := &healthServers{delay: make([]atomic.Int64, len(l.Servers))}
+	h.ctx, h.cancel = context.WithCancel(context.Background())
+	t.Cleanup(func() { h.cancel(); h.wg.Wait() })
+	for i := range l.Servers {
+		srv := &l.Servers[i]
+		ln, err := srv.NS.Listen("tcp", netip.AddrPortFrom(srv.Addr4, groupHealthPort).String())
+		if err != nil {
+			t.Fatalf("%s: health port: %v", srv.Name, err)
+		}
+		hs := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(http.ResponseWriter, *http.Request) {
+			time.Sleep(time.Duration(h.delay[i].Load()))
+		})}
+		h.wg.Go(func() { hs.Serve(ln) })
+		h.wg.Go(func() {
+			<-h.ctx.Done()
+			hs.Close()
+		})
+	}
+	return h
+}
+
+// rotate makes one server at a time slow by slow, each for each, in turn,
+// until the test ends: while one slows down, the one before recovers.
+func (h *healthServers) rotate(slow, each time.Duration) {
+	h.wg.Go(func() {
+		tick := time.NewTicker(each)
+		defer tick.Stop()
+		for k := 0; ; k++ {
+			for i := range h.delay {
+				d := time.Duration(0)
+				if i == k%len(h.delay) {
+					d = slow
+				}
+				h.delay[i].Store(int64(d))
+			}
+			select {
+			case <-h.ctx.Done():
+				return
+			case <-tick.C:
+			}
+		}
+	})
+}
+
+// weightWatch records each change of the nodes' weights of VIP4:80 as
+// their APIs show them, polled every 100 ms until the test ends.
+type weightWatch struct {
+	mu      sync.Mutex
+	changes map[*bgpNode][]time.Time
+	last    map[*bgpNode]string
+}
+
+func watchWeights(t *testing.T, nodes ...*bgpNode) *weightWatch {
+	w := &weightWatch{changes: map[*bgpNode][]time.Time{}, last: map[*bgpNode]string{}}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	wg.Go(func() {
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			for _, n := range nodes {
+				st, err := n.api.Status()
+				if err != nil {
+					continue // killed, or restarting
+				}
+				var ws []string
+				for _, p := range st.Ports {
+					for _, s := range p.Servers {
+						ws = append(ws, fmt.Sprint(s.Weight))
+					}
+				}
+				now := strings.Join(ws, " ")
+				w.mu.Lock()
+				if prev, ok := w.last[n]; ok && prev != now {
+					w.changes[n] = append(w.changes[n], time.Now())
+				}
+				w.last[n] = now
+				w.mu.Unlock()
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+		}
+	})
+	return w
+}
+
+// count is how many times n's weights changed in [from, to].
+func (w *weightWatch) count(n *bgpNode, from, to time.Time) int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	k := 0
+	for _, at := range w.changes[n] {
+		if !at.Before(from) && !at.After(to) {
+			k++
+		}
+	}
+	return k
+}
+
+// now is n's weights as last seen.
+func (w *weightWatch) now(n *bgpNode) string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.last[n]
+}
+
 // groupPhase runs the long-lived connections' exchanges and the new
 // connections around one change.
 type groupPhase struct {
@@ -129,12 +314,19 @@ type groupPhase struct {
 	idx  []int // the index in the whole set of each of lc's connections
 	p    *pinger
 	o    *opener
+	// The weights: the leader's and those of the followers that follow
+	// it throughout the phase must change.
+	start     time.Time
+	w         *weightWatch
+	leader    *bgpNode
+	followers []*bgpNode
 }
 
 // startPhase starts pinging the connections still alive (not in broken)
-// and opening new ones.
-func (b *bgpLab) startPhase(name string, all *longConns, broken map[int]bool) *groupPhase {
-	ph := &groupPhase{name: name, lc: &longConns{}}
+// and opening new ones, and watches the weights of the leader (the first
+// node) and of the followers given.
+func (b *bgpLab) startPhase(name string, all *longConns, broken map[int]bool, w *weightWatch, followers ...*bgpNode) *groupPhase {
+	ph := &groupPhase{name: name, lc: &longConns{}, start: time.Now(), w: w, leader: b.nodes[0], followers: followers}
 	for i, s := range all.sessions {
 		if !broken[i] {
 			ph.lc.sessions = append(ph.lc.sessions, s)
@@ -170,16 +362,43 @@ func (ph *groupPhase) finish(t *testing.T, from time.Time, minKept float64, brok
 		t.Errorf("%s: %d of %d long-lived connections kept (%.2f%%), want at least %.1f%%", ph.name, kept, len(ph.lc.sessions), 100*share, 100*minKept)
 	}
 	checkNewAfter(t, rs, from, int(groupSettle/groupOpen)/2)
+	ph.checkWeights(t)
 	return kept
+}
+
+// checkWeights fails the test unless the leader's manager committed new
+// weights in at least half of the phase's intervals, and every
+// follower watched took some of them.
+func (ph *groupPhase) checkWeights(t *testing.T) {
+	t.Helper()
+	end := time.Now()
+	intervals := int(end.Sub(ph.start) / groupInterval)
+	k := ph.w.count(ph.leader, ph.start, end)
+	msg := fmt.Sprintf("%s: the leader's weights changed %d times in %d manager intervals (now %s)", ph.name, k, intervals, ph.w.now(ph.leader))
+	for _, f := range ph.followers {
+		n := ph.w.count(f, ph.start, end)
+		msg += fmt.Sprintf("; %s's %d times", f.name, n)
+		if n == 0 {
+			t.Errorf("%s: %s's weights never changed: it does not follow the leader's", ph.name, f.name)
+		}
+	}
+	t.Log(msg)
+	if k < intervals/2 {
+		t.Errorf("%s: the leader's weights changed %d times in %d intervals, want at least %d: the manager is not moving them", ph.name, k, intervals, intervals/2)
+	}
 }
 
 // TestGroupBehindRouter is issue 13's acceptance: three dispatchers, one
 // active-active group, each announcing VIP4 to a BIRD router that spreads
-// the flows over them (ECMP, L4 hash); four servers; 300 long-lived
-// connections each exchanging data every second, new connections every
-// 50 ms, and the weights changed by the leader after the long-lived
-// connections opened (so that the ring no longer places them where they
-// are: only the shared flow records keep them). Then:
+// the flows over them (ECMP, L4 hash); four servers under the Maglev
+// scheduler; 300 long-lived connections each exchanging data every
+// second, new connections every 50 ms. After the long-lived connections
+// opened, the servers turn slow one after the other (the slow one's
+// health replies 60 ms late), for 1.5 s each, and the leader's manager
+// moves their weights down and up throughout (so that the ring no longer
+// places the connections where they are: only the shared flow records
+// keep them); each phase checks that the leader committed new weights in
+// at least half of its intervals and that the followers took them. Then:
 //
 //	(a) a dispatcher dies (SIGKILL, link down): the router withdraws its
 //	    route; at least 99.9% of the long-lived connections keep their
@@ -193,27 +412,16 @@ func (ph *groupPhase) finish(t *testing.T, from time.Time, minKept float64, brok
 //	(e) the second is cut off (link down, ndd running): the router drops
 //	    its route when the hold time (3 s) expires; at least 99.9% kept
 //	    (the flows hashed to it stall until then), every new connection
-//	    after the withdrawal works.
+//	    after the withdrawal works;
+//	(f) the third can reach no server: it withdraws, the first keeps
+//	    announcing; 100% kept.
+//	(g) the third's servers back: it announces again, the flows it held
+//	    for them intact; 100% kept.
 func TestGroupBehindRouter(t *testing.T) {
 	testutil.RequirePrivileged(t)
-	keyFile := filepath.Join(t.TempDir(), "ha.key")
-	if err := os.WriteFile(keyFile, []byte("e2e-shared-ha-key-0123456789\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	b := newBGPLabServers(t, groupDispatchers, groupServers, "", false, func(i int, d *lab.Host) string {
-		if d.Addr4 != groupAddrs()[i] {
-			t.Fatalf("%s has %s, want %s", d.Name, d.Addr4, groupAddrs()[i])
-		}
-		return bgpSection(d, time.Second, "", "") + haSection(d, i, keyFile)
-	})
+	b := newGroupLab(t, "", managedGroup)
+	health := startHealthServers(t, b.lab)
 	n0, n1, n2 := b.nodes[0], b.nodes[1], b.nodes[2]
-	b.waitNextHops(t, "every dispatcher announces", time.Now(), n0, n1, n2)
-	b.waitGroupSettled(t, n0, n1, n2)
-	for _, n := range b.nodes {
-		if st := n.bgpStatus(t); len(st.VIPs) != 1 || !st.VIPs[0].Announced {
-			t.Fatalf("%s's VIPs: %+v", n.name, st.VIPs)
-		}
-	}
 
 	// The long-lived connections, spread by the router over the three.
 	ctx := t.Context()
@@ -232,38 +440,21 @@ func TestGroupBehindRouter(t *testing.T) {
 		}
 	}
 
-	// The weights move, set on the leader and followed by the others:
-	// server1 takes four times the others' share of new flows.
-	s1 := n0.cfg.Ports[0].Servers[0].Addr
-	w := uint32(4)
-	if _, err := n0.api.SetServer(lab.VIP4.String(), servicePort, "tcp", s1.String(), api.ServerPatch{Weight: &w}); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, 10*time.Second, "every dispatcher follows the leader's weights", func() bool {
-		for _, n := range b.nodes {
-			st, err := n.api.Status()
-			if err != nil {
-				return false
-			}
-			ok := false
-			for _, p := range st.Ports {
-				for _, s := range p.Servers {
-					if s.Address == s1.String() && s.Weight == w {
-						ok = true
-					}
-				}
-			}
-			if !ok {
-				return false
-			}
-		}
-		return true
+	// The weights move: the servers turn slow one after the other, the
+	// leader's manager lowers the slow one's weight and raises the last
+	// one's again, nearly every interval, and the others follow.
+	w := watchWeights(t, b.nodes...)
+	moved := time.Now()
+	health.rotate(groupSlow, groupWave)
+	waitFor(t, 10*time.Second, "the leader's manager moves the weights and the others follow", func() bool {
+		return w.count(n0, moved, time.Now()) >= 2 && w.count(n1, moved, time.Now()) >= 1 && w.count(n2, moved, time.Now()) >= 1
 	})
+	t.Logf("the weights moved: %s", w.now(n0))
 	checkExchange(t, lc, "weights moved", nil)
 	broken := map[int]bool{}
 
 	// (a) The third dispatcher dies: its ndd killed, its link down.
-	ph := b.startPhase("(a) a dispatcher killed", lc, broken)
+	ph := b.startPhase("(a) a dispatcher killed", lc, broken, w, n1)
 	time.Sleep(groupSettle / 2)
 	at := time.Now()
 	n2.proc.Kill()
@@ -276,7 +467,7 @@ func TestGroupBehindRouter(t *testing.T) {
 	keptA := ph.finish(t, withdrawn, 0.999, broken)
 
 	// (b) The second dispatcher drained.
-	ph = b.startPhase("(b) a dispatcher drained", lc, broken)
+	ph = b.startPhase("(b) a dispatcher drained", lc, broken, w, n1)
 	time.Sleep(groupSettle / 2)
 	at = time.Now()
 	if _, err := n1.api.BGPDrain(true); err != nil {
@@ -292,7 +483,7 @@ func TestGroupBehindRouter(t *testing.T) {
 	if err := n2.proc.Destroy(); err != nil {
 		t.Fatal(err)
 	}
-	ph = b.startPhase("(c) a dispatcher back", lc, broken)
+	ph = b.startPhase("(c) a dispatcher back", lc, broken, w, n1)
 	time.Sleep(groupSettle / 2)
 	if err := b.lab.SetLink(n2.host, true); err != nil {
 		t.Fatal(err)
@@ -316,11 +507,11 @@ func TestGroupBehindRouter(t *testing.T) {
 				out, err := n2.host.NS.Command(context.Background(), cmd[0], cmd[1:]...).CombinedOutput()
 				t.Logf("dispatcher3: %v (%v):\n%s", cmd, err, out)
 			}
-			t.Fatalf("dispatcher3 did not announce again within %v: %+v %v; ha %+v", bgpTimeout, st, err, n2.haStatus(t))
+			t.Fatalf("dispatcher3 did not announce again within %v: %+v %v; ha %+v", bgpTimeout, st, err, n2.status(t))
 		}
 	}
 	// Announced: it holds both peers' snapshots, and so their flows.
-	hst := n2.haStatus(t)
+	hst := n2.status(t)
 	for _, p := range hst.Peers {
 		if !p.SnapshotReceived {
 			t.Errorf("dispatcher3 announced without %s's snapshot: %+v", p.Addr, hst.Peers)
@@ -338,7 +529,7 @@ func TestGroupBehindRouter(t *testing.T) {
 	keptC := ph.finish(t, back, 1, broken)
 
 	// And the drained one undrained: all three again.
-	ph = b.startPhase("(d) the drained dispatcher undrained", lc, broken)
+	ph = b.startPhase("(d) the drained dispatcher undrained", lc, broken, w, n1, n2)
 	time.Sleep(groupSettle / 2)
 	at = time.Now()
 	if _, err := n1.api.BGPDrain(false); err != nil {
@@ -353,7 +544,7 @@ func TestGroupBehindRouter(t *testing.T) {
 	// tells the router, which drops the route when the hold time expires.
 	// Meanwhile the flows hashed to it stall (their packets are lost) and
 	// retransmit; after, they continue through the others.
-	ph = b.startPhase("(e) a dispatcher cut off", lc, broken)
+	ph = b.startPhase("(e) a dispatcher cut off", lc, broken, w, n2)
 	time.Sleep(groupSettle / 2)
 	at = time.Now()
 	if err := b.lab.SetLink(n1.host, false); err != nil {
@@ -368,9 +559,39 @@ func TestGroupBehindRouter(t *testing.T) {
 	time.Sleep(groupSettle)
 	keptE := ph.finish(t, withdrawn, 0.999, broken)
 
-	t.Logf("summary: kill -9 to route change %v, drain to route change %v, link cut to route change %v (hold time %v); kept (a) %d, (b) %d, (c) %d, (d) %d, (e) %d of %d long-lived connections",
+	// (f) The third can reach no server (a route in its namespace rules
+	// them all out, as a lost link to their network would): it withdraws
+	// the VIP, while the first, which still has servers, keeps announcing.
+	ph = b.startPhase("(f) a dispatcher without servers", lc, broken, w)
+	time.Sleep(groupSettle / 2)
+	at = time.Now()
+	n2.serverRoutes(t, "add")
+	noServerToRoute := b.waitNextHops(t, "dispatcher3 without servers", at, n0)
+	withdrawn = time.Now()
+	if st := n2.bgpStatus(t); st.VIPs[0].Announced || st.VIPs[0].Reason != "no server can take new flows" {
+		t.Errorf("%s without servers: %+v", n2.name, st.VIPs)
+	}
+	if st := n0.bgpStatus(t); !st.VIPs[0].Announced {
+		t.Errorf("%s, with its servers: %+v", n0.name, st.VIPs)
+	}
+	time.Sleep(groupSettle)
+	keptF := ph.finish(t, withdrawn, 1, broken)
+
+	// (g) Its servers back, the third announces again at once: it held
+	// them while it could not reach them, so the flows it had still name
+	// their servers and the connections the router sends it again carry on.
+	ph = b.startPhase("(g) a dispatcher's servers back", lc, broken, w)
+	time.Sleep(groupSettle / 2)
+	at = time.Now()
+	n2.serverRoutes(t, "del")
+	backToRoute := b.waitNextHops(t, "dispatcher3's servers back", at, n0, n2)
+	announced := time.Now()
+	time.Sleep(groupSettle)
+	keptG := ph.finish(t, announced, 1, broken)
+
+	t.Logf("summary: kill -9 to route change %v, drain to route change %v, link cut to route change %v (hold time %v), no server to route change %v, servers back to route change %v; kept (a) %d, (b) %d, (c) %d, (d) %d, (e) %d, (f) %d, (g) %d of %d long-lived connections",
 		killToRoute.Round(time.Millisecond), drainToRoute.Round(time.Millisecond), cutToRoute.Round(time.Millisecond), bgpHold,
-		keptA, keptB, keptC, keptD, keptE, groupConns)
+		noServerToRoute.Round(time.Millisecond), backToRoute.Round(time.Millisecond), keptA, keptB, keptC, keptD, keptE, keptF, keptG, groupConns)
 	for _, n := range []*bgpNode{n0, n2} {
 		held, all := n.flowsHeld(t, lc, broken)
 		t.Logf("%s holds %d of the live long-lived connections' flows at the end (%d flows in all)", n.name, held, all)

@@ -78,11 +78,7 @@ func TestHAActiveActive(t *testing.T) {
 		lc   *longConns
 		p    *pinger
 	}{{"opened through " + a.name, viaA, pa}, {"opened through " + b.name, viaB, pb}} {
-		failed := c.p.stop()
-		_, last := c.lc.exchange(4096, func(i int) bool { return failed[i] != nil })
-		for i, err := range last {
-			failed[i] = err
-		}
+		failed := c.p.finish()
 		shown := 0
 		for i, err := range failed {
 			if shown++; shown <= 5 {

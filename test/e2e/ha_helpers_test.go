@@ -19,7 +19,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nd-dispatcher/nd/internal/api"
 	"github.com/nd-dispatcher/nd/internal/ha"
 	"github.com/nd-dispatcher/nd/internal/lab"
 	"github.com/nd-dispatcher/nd/internal/mac"
@@ -45,12 +44,10 @@ type haTimers struct{ interval, deadAfter time.Duration }
 // fastTimers keep the tests short where the defaults are not under test.
 var fastTimers = haTimers{interval: 100 * time.Millisecond, deadAfter: 500 * time.Millisecond}
 
-// haNode is one dispatcher of the group and the ndd that runs there.
+// haNode is one dispatcher of the group and the ndd that runs there, with
+// its ha section.
 type haNode struct {
-	name     string
-	host     *lab.Host
-	dir      string
-	cfg      nddConfig
+	*nddNode
 	self     netip.AddrPort
 	peer     netip.AddrPort
 	priority int
@@ -59,10 +56,6 @@ type haNode struct {
 	refresh  time.Duration // ha.refresh; 0 leaves the default
 	mode     string        // ha.mode; "" leaves the default
 	keyFile  string
-	cfgPath  string
-	api      *api.Client
-	proc     *lab.NDD   // the latest run
-	runs     []*lab.NDD // every run, for their logs
 }
 
 // haLab is a two-dispatcher lab with reply servers on VIP4:80. nodes[0]
@@ -94,9 +87,7 @@ func (n *haNode) yaml() string {
 // reload writes the node's configuration file anew and has ndd read it.
 func (n *haNode) reload(t *testing.T) {
 	t.Helper()
-	if err := os.WriteFile(n.cfgPath, []byte(n.yaml()), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	n.writeConfig(t, n.yaml())
 	if _, err := n.api.Reload(); err != nil {
 		t.Fatalf("%s: reload: %v", n.name, err)
 	}
@@ -133,34 +124,19 @@ func newHALabWith(t *testing.T, servers int, timers haTimers, preempt bool, edit
 	}
 	ds := l.Dispatchers()
 	for i, d := range ds {
-		dir := filepath.Join(h.dir, d.Name)
-		if err := os.Mkdir(dir, 0o700); err != nil {
-			t.Fatal(err)
-		}
 		n := &haNode{
-			name: d.Name, host: d, dir: dir,
-			cfg: nddConfig{
-				PinPath:    fmt.Sprintf("%s%d-%d", pinPrefix, os.Getpid(), pinSeq.Add(1)),
-				Socket:     filepath.Join(dir, "ndd.sock"),
-				Interfaces: []string{d.Ifname},
-				Ports:      []portConfig{port},
-			},
+			nddNode:  newNDDNode(t, l, h.dir, d, port, syscall.SIGTERM),
 			self:     netip.AddrPortFrom(d.Addr4, haPort),
 			peer:     netip.AddrPortFrom(ds[1-i].Addr4, haPort),
 			priority: 200 - 100*i,
 			preempt:  preempt && i == 0,
 			timers:   timers,
 			keyFile:  keyFile,
-			cfgPath:  filepath.Join(dir, "nd.yaml"),
 		}
 		if edit != nil {
 			edit(n)
 		}
-		if err := os.WriteFile(n.cfgPath, []byte(n.yaml()), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		n.api = apiClient(t, n.cfg.Socket)
-		t.Cleanup(func() { n.teardown(t) })
+		n.writeConfig(t, n.yaml())
 		h.nodes[i] = n
 	}
 	for _, n := range h.nodes {
@@ -170,43 +146,11 @@ func newHALabWith(t *testing.T, servers int, timers haTimers, preempt bool, edit
 	return h
 }
 
-// start runs ndd on the node and waits until its API answers.
-func (n *haNode) start(t *testing.T) {
-	t.Helper()
-	p, err := lab.StartNDD(n.host, lab.NDDOptions{Binary: nddBinary(t), Config: n.cfgPath,
-		Log: filepath.Join(n.dir, fmt.Sprintf("ndd-%d.log", len(n.runs)+1))})
-	if err != nil {
-		t.Fatalf("%s: %v", n.name, err)
-	}
-	n.proc = p
-	n.runs = append(n.runs, p)
-	// On failure, teardown shows the log.
-	if err := p.WaitReady(context.Background(), nddStartTimeout, n.api.Health); err != nil {
-		t.Fatalf("%s: %v", n.name, err)
-	}
-}
-
-// status is the node's HA status; the test fails if it cannot be read.
-func (n *haNode) status(t *testing.T) ha.Status {
-	t.Helper()
-	st, err := n.api.HAStatus()
-	if err != nil {
-		t.Fatalf("%s: ha status: %v", n.name, err)
-	}
-	return st
-}
-
 // ndctlStatus reads the node's status as `ndctl ha status --json` prints it.
 func (n *haNode) ndctlStatus(t *testing.T) ha.Status {
 	t.Helper()
-	out, stderr, code, err := runNDCTL(t, "--socket", n.cfg.Socket, "--json", "ha", "status")
-	if err != nil || code != 0 {
-		t.Fatalf("%s: ndctl ha status --json: exit %d, %v: %s", n.name, code, err, stderr)
-	}
 	var st ha.Status
-	if err := json.Unmarshal([]byte(out), &st); err != nil {
-		t.Fatalf("%s: ndctl ha status --json printed %q: %v", n.name, firstBytes(out, 300), err)
-	}
+	n.ndctlJSON(t, &st, "ha", "status")
 	return st
 }
 
@@ -237,15 +181,21 @@ func (h *haLab) waitSettled(t *testing.T, active *haNode, timeout time.Duration)
 		s, _ := standby.api.HAStatus()
 		t.Fatalf("HA group did not settle on %s within %v: %s\n%s: %+v\n%s: %+v", active.name, timeout, why, active.name, a, standby.name, s)
 	}
+	h.waitReachable(t, active, timeout)
+}
+
+// waitReachable waits until the client reaches the VIP, through n.
+func (h *haLab) waitReachable(t *testing.T, n *haNode, timeout time.Duration) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	for {
 		_, err := fetchOnce(ctx, h.lab.Client.NS, h.vip4(), 64)
 		if err == nil {
-			break
+			return
 		}
 		if ctx.Err() != nil {
-			t.Fatalf("the client cannot reach %s through %s: %v", h.vip4(), active.name, err)
+			t.Fatalf("the client cannot reach %s through %s: %v", h.vip4(), n.name, err)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -278,8 +228,6 @@ func (h *haLab) unsettled(active, standby *haNode) string {
 	return ""
 }
 
-func (n *haNode) running() bool { return n.proc != nil && !n.proc.Exited() }
-
 // crash is what the dispatcher's host dying looks like to the others: ndd
 // is killed with SIGKILL and the host's eth0 goes down at once, so that
 // neither its data plane (pinned, it would outlive ndd) nor its kernel
@@ -288,7 +236,7 @@ func (n *haNode) running() bool { return n.proc != nil && !n.proc.Exited() }
 func (n *haNode) crash(t *testing.T) {
 	t.Helper()
 	n.proc.Kill()
-	if err := n.setLink(false); err != nil {
+	if err := n.lab.SetLink(n.host, false); err != nil {
 		t.Fatalf("%s: %v", n.name, err)
 	}
 }
@@ -296,40 +244,16 @@ func (n *haNode) crash(t *testing.T) {
 // revive brings the host's eth0 back and starts ndd again.
 func (n *haNode) revive(t *testing.T) {
 	t.Helper()
-	if err := n.setLink(true); err != nil {
+	if err := n.lab.SetLink(n.host, true); err != nil {
 		t.Fatalf("%s: %v", n.name, err)
 	}
 	n.start(t)
 }
 
-func (n *haNode) setLink(up bool) error {
-	h, err := n.host.NS.Netlink()
-	if err != nil {
-		return err
-	}
-	link, err := h.LinkByIndex(n.host.Ifindex)
-	if err != nil {
-		return err
-	}
-	if up {
-		err = h.LinkSetUp(link)
-	} else {
-		err = h.LinkSetDown(link)
-	}
-	if err != nil {
-		return fmt.Errorf("set %s up=%v: %w", n.host.Ifname, up, err)
-	}
-	return nil
-}
-
 // vipsOnEth0 returns the VIPs the node's eth0 holds.
 func (n *haNode) vipsOnEth0(t *testing.T) []netip.Addr {
 	t.Helper()
-	h, err := n.host.NS.Netlink()
-	if err != nil {
-		t.Fatal(err)
-	}
-	link, err := h.LinkByIndex(n.host.Ifindex)
+	h, link, err := n.host.Eth0()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -345,29 +269,6 @@ func (n *haNode) vipsOnEth0(t *testing.T) []netip.Addr {
 		}
 	}
 	return out
-}
-
-// teardown stops ndd, destroys its pinned data plane, and on failure shows
-// its logs.
-func (n *haNode) teardown(t *testing.T) {
-	if n.running() {
-		if err := n.proc.Stop(syscall.SIGTERM, nddStopTimeout); err != nil {
-			t.Errorf("%s: stop ndd: %v", n.name, err)
-		} else if n.proc.Err() != nil {
-			t.Errorf("%s: ndd exited with %v after SIGTERM", n.name, n.proc.Err())
-		}
-	}
-	if n.proc != nil {
-		if err := n.proc.Destroy(); err != nil {
-			t.Errorf("%s: %v", n.name, err)
-		}
-	}
-	os.RemoveAll(n.cfg.PinPath)
-	if t.Failed() {
-		for i, p := range n.runs {
-			t.Logf("log of %s's ndd run %d:\n%s", n.name, i+1, p.LogTail(nddLogLines))
-		}
-	}
 }
 
 // vip4 is VIP4:80.
@@ -466,6 +367,17 @@ func (p *pinger) stop() map[int]error {
 	p.cancel()
 	p.wg.Wait()
 	return p.errs
+}
+
+// finish stops the pinging, makes a last exchange on every connection
+// that had not failed, and returns the failures by connection.
+func (p *pinger) finish() map[int]error {
+	failed := p.stop()
+	_, last := p.lc.exchange(4096, func(i int) bool { return failed[i] != nil })
+	for i, err := range last {
+		failed[i] = err
+	}
+	return failed
 }
 
 // longestStall returns, over the connections, the longest time between

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/nd-dispatcher/nd/internal/ha"
+	"github.com/nd-dispatcher/nd/internal/lab"
 	"github.com/nd-dispatcher/nd/internal/testutil"
 )
 
@@ -31,21 +32,30 @@ const (
 // follow it.
 func TestHAShadowOutlivesIdleTimeout(t *testing.T) {
 	testutil.RequirePrivileged(t)
+	shadowControl(t, haLongConns, haLongConns/5, shadowCrash)
+}
+
+// shadowControl runs crash with the flow stream and, as the control, with
+// it blocked; each returns the connections of total that survived. With
+// the stream at least 99.9% must, and without it at least minLost must
+// break, or the test would not tell the stream's work from luck.
+func shadowControl(t *testing.T, total, minLost int, crash func(t *testing.T, block bool) int) {
+	t.Helper()
 	var synced, control int
 	t.Run("synced", func(t *testing.T) {
-		synced = shadowCrash(t, false)
-		if min := (haLongConns*999 + 999) / 1000; synced < min {
-			t.Errorf("%d of %d connections survived the crash, want at least 99.9%% (%d)", synced, haLongConns, min)
+		synced = crash(t, false)
+		if min := (total*999 + 999) / 1000; synced < min {
+			t.Errorf("%d of %d connections survived the crash, want at least 99.9%% (%d)", synced, total, min)
 		}
 	})
 	t.Run("stream blocked", func(t *testing.T) {
-		control = shadowCrash(t, true)
-		if lost := haLongConns - control; lost < haLongConns/5 {
+		control = crash(t, true)
+		if lost := total - control; lost < minLost {
 			t.Errorf("with the flow stream blocked %d of %d connections broke, want at least %d: the test does not tell the stream's work from luck",
-				lost, haLongConns, haLongConns/5)
+				lost, total, minLost)
 		}
 	})
-	t.Logf("kept through the crash: %d of %d with the flow stream, %d of %d with it blocked", synced, haLongConns, control, haLongConns)
+	t.Logf("kept through the crash: %d of %d with the flow stream, %d of %d with it blocked", synced, total, control, total)
 }
 
 // shadowCrash runs one crash as TestHAShadowOutlivesIdleTimeout describes,
@@ -70,7 +80,7 @@ func shadowCrash(t *testing.T, block bool) int {
 	}
 
 	if block {
-		h.blockFlowStream(t, a)
+		blockFlowStream(t, a.host)
 	}
 	before := s.status(t).Counters.FlowsReceived
 	load := h.startLoad(t)
@@ -113,16 +123,16 @@ func checkRefresh(t *testing.T, n *haNode, est, cl time.Duration) {
 	}
 }
 
-// blockFlowStream stops n's synchronisation streams (TCP to the HA port)
-// with a policy-routing rule in its namespace; heartbeats (UDP) pass. A
-// new rule invalidates the routes that open connections cached, so the
-// stream already open stops too.
-func (h *haLab) blockFlowStream(t *testing.T, n *haNode) {
+// blockFlowStream stops the synchronisation streams (TCP to the HA port)
+// that leave host with a policy-routing rule in its namespace; heartbeats
+// (UDP) pass. A new rule invalidates the routes that open connections
+// cached, so the streams already open stop too.
+func blockFlowStream(t *testing.T, host *lab.Host) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	out, err := n.host.NS.Command(ctx, "ip", "rule", "add", "ipproto", "tcp", "dport", fmt.Sprint(haPort), "prohibit").CombinedOutput()
+	out, err := host.NS.Command(ctx, "ip", "rule", "add", "ipproto", "tcp", "dport", fmt.Sprint(haPort), "prohibit").CombinedOutput()
 	if err != nil {
-		t.Fatalf("%s: ip rule: %v: %s", n.name, err, out)
+		t.Fatalf("%s: ip rule: %v: %s", host.Name, err, out)
 	}
 }

@@ -55,11 +55,7 @@ func (l *haLoad) stop(t *testing.T, newFrom time.Time) (kept int) {
 	t.Helper()
 	opens := l.o.stop()
 	stall, which := l.p.longestStall()
-	failed := l.p.stop()
-	_, last := l.lc.exchange(4096, func(i int) bool { return failed[i] != nil })
-	for i, err := range last {
-		failed[i] = err
-	}
+	failed := l.p.finish()
 	shown := 0
 	for i, err := range failed {
 		if shown++; shown <= 5 {
@@ -174,7 +170,7 @@ func TestHAReturn(t *testing.T) {
 			a, s := h.nodes[0], h.nodes[1]
 			a.crash(t)
 			waitState(t, s, ha.StateActive, 3*time.Second)
-			h.waitSettledAlone(t, s)
+			h.waitReachable(t, s, haStartTimeout) // s is the only node left
 
 			// Connections made through the standby, now active.
 			load := h.startLoad(t)
@@ -210,24 +206,6 @@ func TestHAReturn(t *testing.T) {
 				t.Errorf("%s came back as a standby holding %v on eth0 (left from before its crash): it answers ARP for them", a.name, v)
 			}
 		})
-	}
-}
-
-// waitSettledAlone waits until the client reaches the VIP through n, the
-// only node left.
-func (h *haLab) waitSettledAlone(t *testing.T, n *haNode) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), haStartTimeout)
-	defer cancel()
-	for {
-		_, err := fetchOnce(ctx, h.lab.Client.NS, h.vip4(), 64)
-		if err == nil {
-			return
-		}
-		if ctx.Err() != nil {
-			t.Fatalf("the client cannot reach %s through %s: %v", h.vip4(), n.name, err)
-		}
-		time.Sleep(100 * time.Millisecond)
 	}
 }
 

@@ -99,9 +99,21 @@ func newFixture(t *testing.T, opts lab.Options, weights []uint32) *fixture {
 	return f
 }
 
-// newCheckedLab removes labs left by earlier runs, builds a lab with opts
-// (logging to t), checks that it works and has t.Cleanup close it.
+// newCheckedLab is newLab, then a check that the lab works.
 func newCheckedLab(t *testing.T, opts lab.Options) *lab.Lab {
+	t.Helper()
+	l := newLab(t, opts)
+	cctx, ccancel := context.WithTimeout(context.Background(), checkTimeout)
+	defer ccancel()
+	if err := l.Check(cctx); err != nil {
+		t.Fatalf("lab does not work, so nothing measured through it would mean anything: %v", err)
+	}
+	return l
+}
+
+// newLab removes labs left by earlier runs, builds a lab with opts
+// (logging to t) and has t.Cleanup close it.
+func newLab(t *testing.T, opts lab.Options) *lab.Lab {
 	t.Helper()
 	if _, err := lab.SweepStale(t.Logf); err != nil {
 		t.Logf("sweep stale labs: %v", err)
@@ -118,11 +130,6 @@ func newCheckedLab(t *testing.T, opts lab.Options) *lab.Lab {
 			t.Errorf("close lab: %v", err)
 		}
 	})
-	cctx, ccancel := context.WithTimeout(context.Background(), checkTimeout)
-	defer ccancel()
-	if err := l.Check(cctx); err != nil {
-		t.Fatalf("lab does not work, so nothing measured through it would mean anything: %v", err)
-	}
 	return l
 }
 
@@ -214,9 +221,7 @@ func (f *fixture) settle(t testing.TB) {
 	for {
 		open := 0
 		for _, s := range f.servers {
-			s.mu.Lock()
-			open += len(s.conns)
-			s.mu.Unlock()
+			open += s.Open()
 		}
 		if open == 0 {
 			return
@@ -233,7 +238,7 @@ func (f *fixture) settle(t testing.TB) {
 func (f *fixture) accepted() int64 {
 	var n int64
 	for _, s := range f.servers {
-		n += s.accepted.Load()
+		n += s.Accepted()
 	}
 	return n
 }
@@ -271,59 +276,23 @@ type replyServer struct {
 	name         string
 	addr4, addr6 netip.Addr // the server's own addresses, as the executor knows them
 	sent         atomic.Int64
-	accepted     atomic.Int64
-
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	mu     sync.Mutex
-	conns  map[net.Conn]struct{}
-	lns    []net.Listener
+	lab.Listeners
 }
 
 // startReplyServer listens on VIP:80 of both families in h's namespace,
 // where the VIPs sit on lo. t.Cleanup stops it.
 func startReplyServer(t *testing.T, h *lab.Host, vips ...netip.Addr) *replyServer {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	s := &replyServer{name: h.Name, ctx: ctx, cancel: cancel, conns: map[net.Conn]struct{}{}}
-	t.Cleanup(s.stop)
+	s := &replyServer{name: h.Name}
+	t.Cleanup(s.Stop)
 	for _, vip := range vips {
 		ln, err := h.NS.Listen("tcp", netip.AddrPortFrom(vip, servicePort).String())
 		if err != nil {
 			t.Fatalf("%s: listen: %v", h.Name, err)
 		}
-		s.lns = append(s.lns, ln)
-		s.wg.Go(func() { s.acceptLoop(ln) })
+		s.Serve(ln, s.serve)
 	}
 	return s
-}
-
-func (s *replyServer) acceptLoop(ln net.Listener) {
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return // closed by stop
-		}
-		s.mu.Lock()
-		if s.ctx.Err() != nil {
-			s.mu.Unlock()
-			c.Close()
-			return
-		}
-		s.conns[c] = struct{}{}
-		s.mu.Unlock()
-		s.accepted.Add(1)
-		s.wg.Go(func() {
-			defer func() {
-				s.mu.Lock()
-				delete(s.conns, c)
-				s.mu.Unlock()
-				c.Close()
-			}()
-			s.serve(c)
-		})
-	}
 }
 
 func (s *replyServer) serve(c net.Conn) {
@@ -362,21 +331,6 @@ func parseRequest(line string) (int, bool) {
 		return 0, false
 	}
 	return n, true
-}
-
-// stop closes the listeners and every open connection and waits for the
-// goroutines.
-func (s *replyServer) stop() {
-	s.mu.Lock()
-	s.cancel()
-	for _, ln := range s.lns {
-		ln.Close()
-	}
-	for c := range s.conns {
-		c.Close()
-	}
-	s.mu.Unlock()
-	s.wg.Wait()
 }
 
 // payload is what servers send: a pattern the client checks, so that a
@@ -566,4 +520,54 @@ func percent(part, whole uint64) float64 {
 		return math.Inf(1)
 	}
 	return 100 * float64(part) / float64(whole)
+}
+
+// echoOwn listens on addr in the dispatcher's namespace, has the client
+// exchange a line with that listener (the dispatcher's own service, not a
+// VIP) and returns what went wrong.
+func echoOwn(ctx context.Context, t *testing.T, l *lab.Lab, addr netip.AddrPort) error {
+	t.Helper()
+	ln, err := l.Dispatcher.NS.Listen("tcp", addr.String())
+	if err != nil {
+		t.Fatalf("listen on %s in the dispatcher: %v", addr, err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		echoOnce(ln)
+	}()
+	defer func() {
+		ln.Close()
+		<-done
+	}()
+	s, err := dial(ctx, l.Client.NS, addr, dialTimeout)
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	s.c.SetDeadline(time.Now().Add(ioTimeout))
+	const msg = "hello dispatcher\n"
+	if _, err := io.WriteString(s.c, msg); err != nil {
+		return err
+	}
+	got, err := s.r.ReadString('\n')
+	if err == nil && got != msg {
+		err = fmt.Errorf("echo %q, want %q", got, msg)
+	}
+	return err
+}
+
+// echoOnce accepts one connection and echoes one line on it.
+func echoOnce(ln net.Listener) {
+	c, err := ln.Accept()
+	if err != nil {
+		return
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(ioTimeout))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return
+	}
+	fmt.Fprint(c, line)
 }

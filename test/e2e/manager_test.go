@@ -16,24 +16,12 @@ import (
 // when its service returns.
 func TestNDDAdvisorThroughVIP(t *testing.T) {
 	testutil.RequirePrivileged(t)
-	n := newNDDLab(t, []int{10, 10, 10, 10}, func(c *nddConfig) {
-		c.Advisors = "advisors:\n  - {name: alive, kind: tcp, target: vip, interval: 200ms, timeout: 150ms, rise: 1, fall: 1}\n"
-		c.Ports[0].Advisor = "alive"
-	})
+	n := newNDDLab(t, []int{10, 10, 10, 10}, vipAdvisor)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 
 	up := func() int {
-		st, err := n.api.Advisors()
-		if err != nil {
-			t.Fatalf("advisors: %v", err)
-		}
-		k := 0
-		for _, s := range st {
-			if s.Known && s.Up {
-				k++
-			}
-		}
+		_, k := advisorsUp(t, "advisors", n.api)
 		return k
 	}
 	waitFor(t, 10*time.Second, "the advisor finds all four servers up through the VIP", func() bool { return up() == 4 })
@@ -48,7 +36,7 @@ func TestNDDAdvisorThroughVIP(t *testing.T) {
 		t.Fatalf("no %s in status", victim.name)
 		return 0
 	}
-	victim.stop()
+	victim.Stop()
 	start := time.Now()
 	waitFor(t, 5*time.Second, victim.name+" taken out", func() bool { return weight() == 0 })
 	t.Logf("%s out %v after its service stopped", victim.name, time.Since(start).Round(time.Millisecond))

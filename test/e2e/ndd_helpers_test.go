@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nd-dispatcher/nd/internal/advisor"
 	"github.com/nd-dispatcher/nd/internal/api"
 	"github.com/nd-dispatcher/nd/internal/lab"
 	"github.com/nd-dispatcher/nd/internal/nd"
@@ -218,6 +219,31 @@ func (c nddConfig) clone() nddConfig {
 	return out
 }
 
+// vipAdvisor gives c's first port a fast tcp advisor probing the servers
+// through the VIP: every 200ms, one failure takes a server out and one
+// success brings it back.
+func vipAdvisor(c *nddConfig) {
+	c.Advisors = "advisors:\n  - {name: alive, kind: tcp, target: vip, interval: 200ms, timeout: 150ms, rise: 1, fall: 1}\n"
+	c.Ports[0].Advisor = "alive"
+}
+
+// advisorsUp returns ndd's advisor targets and how many of them are known
+// to be up; what names the request in a failure.
+func advisorsUp(t *testing.T, what string, c *api.Client) ([]advisor.Status, int) {
+	t.Helper()
+	sts, err := c.Advisors()
+	if err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+	up := 0
+	for _, s := range sts {
+		if s.Known && s.Up {
+			up++
+		}
+	}
+	return sts, up
+}
+
 // nddLab is a lab whose dispatcher runs ndd as a process, controlled over
 // its unix socket. The embedded fixture holds the lab and the reply
 // servers (it has no executor of its own: ndd owns the data plane).
@@ -227,10 +253,9 @@ type nddLab struct {
 	cfg     nddConfig
 	cfgPath string
 	api     *api.Client
-	ndd     *lab.NDD              // the latest run
-	runs    []*lab.NDD            // every run, for their logs
-	addrOf  map[string]netip.Addr // server name -> its IPv4 address
-	nameOf  map[netip.Addr]string
+	nddRuns
+	addrOf map[string]netip.Addr // server name -> its IPv4 address
+	nameOf map[netip.Addr]string
 	// binary, when set, is run instead of the ndd built for the tests
 	// (a wrapper that confines it, say).
 	binary string
@@ -243,6 +268,11 @@ type nddLab struct {
 const pinPrefix = "/sys/fs/bpf/nde2e-"
 
 var pinSeq atomic.Int64
+
+// newPinPath is a pin path of this process's own, not used before.
+func newPinPath() string {
+	return fmt.Sprintf("%s%d-%d", pinPrefix, os.Getpid(), pinSeq.Add(1))
+}
 
 // sweepStalePins removes the pinned data planes left by test processes that
 // died before their cleanup ran.
@@ -301,7 +331,7 @@ func newNDDLabWith(t *testing.T, opts lab.Options, weights []int, edit func(*ndd
 		}
 	}
 	n.cfg = nddConfig{
-		PinPath:    fmt.Sprintf("%s%d-%d", pinPrefix, os.Getpid(), pinSeq.Add(1)),
+		PinPath:    newPinPath(),
 		Socket:     filepath.Join(n.dir, "ndd.sock"),
 		Interfaces: []string{l.Dispatcher.Ifname},
 		Ports:      []portConfig{port},
@@ -337,17 +367,7 @@ func (n *nddLab) start(t *testing.T) {
 	if host == nil {
 		host = &n.lab.Dispatcher
 	}
-	p, err := lab.StartNDD(host, lab.NDDOptions{Binary: bin, Config: n.cfgPath,
-		Log: filepath.Join(n.dir, fmt.Sprintf("ndd-%d.log", len(n.runs)+1))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	n.ndd = p
-	n.runs = append(n.runs, p)
-	// On failure, teardown shows the log.
-	if err := p.WaitReady(context.Background(), nddStartTimeout, n.api.Health); err != nil {
-		t.Fatal(err)
-	}
+	n.run(t, "", host, bin, n.cfgPath, n.dir, n.api.Health)
 	n.waitReady(t)
 }
 
@@ -389,27 +409,12 @@ func notReady(st nd.Status) string {
 // teardown stops ndd, removes the pinned data plane with `ndd --destroy`
 // and checks that the pin directory is gone. On failure it shows ndd's logs.
 func (n *nddLab) teardown(t *testing.T) {
-	if n.ndd != nil && !n.ndd.Exited() {
-		if err := n.ndd.Stop(syscall.SIGTERM, nddStopTimeout); err != nil {
-			t.Errorf("stop ndd: %v", err)
-		} else if n.ndd.Err() != nil {
-			t.Errorf("ndd exited with %v after SIGTERM", n.ndd.Err())
-		}
-	}
-	if n.ndd != nil {
-		if err := n.ndd.Destroy(); err != nil {
-			t.Error(err)
-		}
-	}
+	n.end(t, "", syscall.SIGTERM)
 	if _, err := os.Stat(n.cfg.PinPath); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("pin path %s left behind after ndd --destroy (%v)", n.cfg.PinPath, err)
 		os.RemoveAll(n.cfg.PinPath)
 	}
-	if t.Failed() {
-		for i, p := range n.runs {
-			t.Logf("log of ndd run %d:\n%s", i+1, p.LogTail(nddLogLines))
-		}
-	}
+	n.showLogs(t, "")
 }
 
 // portStatus returns VIP4:port's status.

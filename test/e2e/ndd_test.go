@@ -386,35 +386,7 @@ func TestNDDUndefinedPortDropped(t *testing.T) {
 	// The dispatcher host's own service, on its own address.
 	d := &l.Dispatcher
 	own := netip.AddrPortFrom(d.Addr4, 9000)
-	ln, err := d.NS.Listen("tcp", own.String())
-	if err != nil {
-		t.Fatalf("listen on %s in the dispatcher: %v", own, err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		echoOnce(ln)
-	}()
-	err = func() error {
-		s, err := dial(ctx, l.Client.NS, own, dialTimeout)
-		if err != nil {
-			return err
-		}
-		defer s.close()
-		s.c.SetDeadline(time.Now().Add(ioTimeout))
-		const msg = "hello dispatcher\n"
-		if _, err := io.WriteString(s.c, msg); err != nil {
-			return err
-		}
-		got, err := s.r.ReadString('\n')
-		if err == nil && got != msg {
-			err = fmt.Errorf("echo %q, want %q", got, msg)
-		}
-		return err
-	}()
-	ln.Close()
-	<-done
-	if err != nil {
+	if err := echoOwn(ctx, t, l, own); err != nil {
 		t.Errorf("client to the dispatcher's own %s: %v", own, err)
 	} else {
 		t.Logf("%s: the dispatcher's own listener accepted the client and echoed", own)
@@ -445,10 +417,10 @@ func TestNDDRestart(t *testing.T) {
 	t.Logf("long-lived connections per server: %v", long.perServer())
 	checkExchange(t, long, "before the kill", nil)
 
-	if err := n.ndd.Stop(syscall.SIGKILL, nddStopTimeout); err != nil {
+	if err := n.proc.Stop(syscall.SIGKILL, nddStopTimeout); err != nil {
 		t.Fatalf("kill ndd: %v", err)
 	}
-	t.Logf("ndd killed: %v", n.ndd.Err())
+	t.Logf("ndd killed: %v", n.proc.Err())
 	checkExchange(t, long, "while ndd is down", nil)
 	per := checkAllComplete(t, runLoad(ctx, c, n.vip4(), newConns, loadWorkers, 256), newConns, "new connection while ndd is down")
 	t.Logf("new connections while ndd is down: %v", per)

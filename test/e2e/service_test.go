@@ -70,7 +70,7 @@ func TestNDDAsService(t *testing.T) {
 		t.Errorf("GET /metrics on %s: %d, want 200 with %s:\n%s", metricsAddr, resp.StatusCode, want, firstBytes(string(body), 2000))
 	}
 
-	if err := n.ndd.Signal(syscall.SIGHUP); err != nil {
+	if err := n.proc.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
 	if got := next("RELOADING=1"); len(got) < 2 || got[0] != sdnotify.Reloading || !strings.HasPrefix(got[1], "MONOTONIC_USEC=") {
@@ -80,7 +80,7 @@ func TestNDDAsService(t *testing.T) {
 		t.Fatalf("after the reload: %q", got)
 	}
 
-	if err := n.ndd.Stop(syscall.SIGTERM, nddStopTimeout); err != nil {
+	if err := n.proc.Stop(syscall.SIGTERM, nddStopTimeout); err != nil {
 		t.Fatal(err)
 	}
 	if got := next("STOPPING=1"); got[0] != sdnotify.Stopping {

@@ -2,10 +2,8 @@ package e2e
 
 import (
 	"context"
-	"fmt"
 	"math"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -55,7 +53,7 @@ func newTieredLab(t *testing.T, aWeights [3]uint32, bWeights [2]uint32) (a, b *n
 		port.Servers = append(port.Servers, serverConfig{Addr: a.lab.Servers[2+i].Addr4, Weight: w})
 	}
 	b.cfg = nddConfig{
-		PinPath:    fmt.Sprintf("%s%d-%d", pinPrefix, os.Getpid(), pinSeq.Add(1)),
+		PinPath:    newPinPath(),
 		Socket:     filepath.Join(b.dir, "ndd.sock"),
 		Interfaces: []string{d2.Ifname},
 		Ports:      []portConfig{port},
@@ -236,8 +234,7 @@ func TestHierarchicalSetsAdvisor(t *testing.T) {
 	testutil.RequirePrivileged(t)
 	a, b := newTieredLab(t, [3]uint32{1, 1, 2}, [2]uint32{1, 1})
 	cfg := a.cfg.clone()
-	cfg.Advisors = "advisors:\n  - {name: alive, kind: tcp, target: vip, interval: 200ms, timeout: 150ms, rise: 1, fall: 1}\n"
-	cfg.Ports[0].Advisor = "alive"
+	vipAdvisor(&cfg)
 	before := b.newFlows(t)
 	ch, err := a.api.ApplyConfig([]byte(cfg.yaml()))
 	if err != nil {
@@ -248,16 +245,7 @@ func TestHierarchicalSetsAdvisor(t *testing.T) {
 	deadline := time.Now().Add(10 * time.Second)
 	var probed int
 	for {
-		sts, err := a.api.Advisors()
-		if err != nil {
-			t.Fatalf("A's advisors: %v", err)
-		}
-		up := 0
-		for _, s := range sts {
-			if s.Known && s.Up {
-				up++
-			}
-		}
+		sts, up := advisorsUp(t, "A's advisors", a.api)
 		after := b.newFlows(t)
 		probed = int(after["server3"] - before["server3"] + after["server4"] - before["server4"])
 		// Several rounds each, so that B's counts show the probes.

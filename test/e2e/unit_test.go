@@ -60,16 +60,16 @@ func TestNDDUnderUnitCapabilities(t *testing.T) {
 	// The lab starts an unconfined ndd; remove its data plane and start
 	// the confined one from nothing.
 	n := newNDDLab(t, []int{1, 1}, nil)
-	if err := n.ndd.Stop(syscall.SIGTERM, nddStopTimeout); err != nil {
+	if err := n.proc.Stop(syscall.SIGTERM, nddStopTimeout); err != nil {
 		t.Fatal(err)
 	}
-	if err := n.ndd.Destroy(); err != nil {
+	if err := n.proc.Destroy(); err != nil {
 		t.Fatal(err)
 	}
 	n.binary = wrapper
 	n.start(t)
 	t.Logf("ndd runs with capabilities %v only", caps)
-	if err := confinedCheck(n.ndd.LogTail(200)); err != nil {
+	if err := confinedCheck(n.proc.LogTail(200)); err != nil {
 		t.Error(err)
 	}
 
@@ -88,7 +88,7 @@ func TestNDDUnderUnitCapabilities(t *testing.T) {
 
 	// A restart, as systemctl restart does: the confined ndd takes the
 	// pinned data plane over and the connections continue.
-	if err := n.ndd.Stop(syscall.SIGTERM, nddStopTimeout); err != nil {
+	if err := n.proc.Stop(syscall.SIGTERM, nddStopTimeout); err != nil {
 		t.Fatal(err)
 	}
 	n.start(t)

@@ -25,6 +25,8 @@ __noinline int nd_flow_apply(const struct flow_op *op)
 		return XDP_ABORTED;
 	int way = nd_flow_find(idx, &key, hash, &snap);
 	__u64 now = now_ns();
+	if (way == FLOW_BUSY)
+		return XDP_ABORTED; /* a packet is writing a way the key may be in */
 
 	if (op->op == FLOW_OP_DELETE) {
 		if (way < 0)

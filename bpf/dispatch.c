@@ -198,7 +198,9 @@ static __always_inline int dispatch_new(struct xdp_md *ctx, struct packet *p, st
 	}
 
 	if (!recorded) {
-		if (!fin) {
+		if (class == VICTIM_NONE && !fin) {
+			count_global(G_FLOW_BUSY); /* its ways were being written */
+		} else if (!fin) {
 			if (opener) {
 				count_global(G_OPENER_UNRECORDED);
 				if (class != VICTIM_NONE)

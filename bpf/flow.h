@@ -88,19 +88,51 @@ static __always_inline int flow_key_equal(const struct flow_key *a, const struct
 	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3] && x[4] == y[4];
 }
 
-/* flow_find returns the index of the way holding key, or -1. */
+/* FLOW_SPINS bounds how often a reader reads again the count of a way
+ * another CPU is writing: a writer holds a way for a few dozen
+ * instructions, so a reader that waits that long finds it settled unless
+ * the writer was interrupted. */
+#define FLOW_SPINS 4
+
+/* FLOW_BUSY is flow_find_in's answer when the key is in no way it could
+ * read, but some way was being written throughout: the key may be there. */
+#define FLOW_BUSY (-2)
+
+static __always_inline __u32 flow_settled_seq(struct flow_head *h)
+{
+	__u32 seq = READ_ONCE_U32(h->seq);
+
+	/* FLOW_SPINS reads again, spelled out: the compiler will not unroll
+	 * a loop over volatile reads that may end early. */
+	if (seq & 1)
+		seq = READ_ONCE_U32(h->seq);
+	if (seq & 1)
+		seq = READ_ONCE_U32(h->seq);
+	if (seq & 1)
+		seq = READ_ONCE_U32(h->seq);
+	if (seq & 1)
+		seq = READ_ONCE_U32(h->seq);
+	return seq;
+}
+
+/* flow_find returns the index of the way holding key, -1, or FLOW_BUSY.
+ * A reader that took a way being written for absent would let a packet of
+ * the flow record it a second time, in another way. */
 static __always_inline int flow_find_in(struct flow_bucket *b, const struct flow_key *key,
 				     __u32 hash, struct flow_snap *snap)
 {
 	__u32 tag = FLOW_TAG(hash);
+	int busy = 0;
 
 #pragma unroll
 	for (int i = 0; i < FLOW_WAYS; i++) {
 		struct flow_head *h = &b->head[i];
-		__u32 seq = READ_ONCE_U32(h->seq);
+		__u32 seq = flow_settled_seq(h);
 
-		if (seq & 1)
+		if (seq & 1) {
+			busy = 1;
 			continue;
+		}
 		barrier();
 		__u32 meta = h->meta;
 		if (!(meta & FLOW_F_VALID) || FLOW_TAG(meta) != tag)
@@ -113,12 +145,14 @@ static __always_inline int flow_find_in(struct flow_bucket *b, const struct flow
 		snap->flags = meta & FLOW_FLAGS_MASK;
 		snap->last_seen = h->last_seen;
 		barrier();
-		if (READ_ONCE_U32(h->seq) != seq)
-			return -1;
+		if (READ_ONCE_U32(h->seq) != seq) {
+			busy = 1; /* rewritten while copied: the copy is not the flow's */
+			continue;
+		}
 		snap->seq = seq;
 		return i;
 	}
-	return -1;
+	return busy ? FLOW_BUSY : -1;
 }
 
 /* flow_victim_in picks the way a new flow would take: a free or expired
@@ -241,7 +275,7 @@ static __always_inline int flow_store_in(struct flow_bucket *b, int i, __u32 exp
  * instructions verified, a second to load); as calls they cost a few
  * nanoseconds. Pointer arguments may be NULL as far as the verifier knows. */
 
-/* nd_flow_find returns the way of bucket idx holding key, or -1. */
+/* nd_flow_find returns the way of bucket idx holding key, -1, or FLOW_BUSY. */
 __noinline int nd_flow_find(__u32 idx, const struct flow_key *key, __u32 hash, struct flow_snap *snap)
 {
 	struct flow_bucket *b = bpf_map_lookup_elem(&conns, &idx);
@@ -266,6 +300,10 @@ __noinline int nd_flow_lookup(__u32 idx, const struct flow_key *key, __u32 hash,
 	int way = flow_find_in(b, key, hash, snap);
 	if (way >= 0)
 		return way;
+	if (way == FLOW_BUSY) {
+		snap->v_class = VICTIM_NONE; /* may be there: record nothing */
+		return FLOW_MISS;
+	}
 	flow_victim_in(b, now, snap);
 	return FLOW_MISS;
 }

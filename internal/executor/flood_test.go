@@ -598,3 +598,56 @@ func TestSYNFloodKeepsAffinity(t *testing.T) {
 		return nil
 	})
 }
+
+// TestWayBeingWrittenIsNotRecordedTwice: a packet that finds its flow's way
+// being written by another CPU (its count odd, held there: a writer
+// interrupted mid-write) must not take the flow for absent and record it a
+// second time in another way of the bucket; it goes unrecorded, counted.
+func TestWayBeingWrittenIsNotRecordedTwice(t *testing.T) {
+	h, byMAC := newFloodHarness(t, 1<<10, Service{Key: ServiceKey{VIP: vip4, Port: 80, Proto: TCP}})
+	k := FlowKey{Client: netip.AddrPortFrom(client4, 40000), VIP: netip.AddrPortFrom(vip4, 80), Proto: TCP}
+	out := make([]byte, 256)
+	h.do(func() error {
+		for _, flags := range []uint8{tcpSYN, tcpACK} {
+			if _, _, err := h.floodPacket(client4, 40000, 80, flags, out, byMAC); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	idx := bucketIndex(flowHash(flowKey(k), h.x.cfg.HashSeed), h.x.cfg.flowBuckets())
+	ways := func() (held []int, bk dispatchFlowBucket) {
+		if err := h.x.objs.Conns.Lookup(idx, &bk); err != nil {
+			t.Fatal(err)
+		}
+		for w := range bk.Head {
+			if bk.Head[w].Meta&flowValid != 0 && bk.Body[w].Key == flowKey(k) {
+				held = append(held, w)
+			}
+		}
+		return held, bk
+	}
+	held, bk := ways()
+	if len(held) != 1 {
+		t.Fatalf("the flow is in ways %v of its bucket, want one", held)
+	}
+	bk.Head[held[0]].Seq |= 1 // a writer holds the way
+	if err := h.x.objs.Conns.Update(idx, bk, ebpf.UpdateAny); err != nil {
+		t.Fatal(err)
+	}
+	before := h.stats().Global.FlowsUnrecorded
+	h.do(func() error {
+		for range 3 {
+			if act, _, err := h.floodPacket(client4, 40000, 80, tcpACK|tcpPSH, out, byMAC); err != nil || act != xdpTX {
+				return fmt.Errorf("packet while the way is written: %s, %v", actionNames[act], err)
+			}
+		}
+		return nil
+	})
+	if held, _ := ways(); len(held) != 1 {
+		t.Errorf("after packets that met the way being written, the flow is in ways %v, want one", held)
+	}
+	if got := h.stats().Global.FlowsUnrecorded - before; got != 3 {
+		t.Errorf("%d packets counted unrecorded for a way being written, want 3", got)
+	}
+}

@@ -44,6 +44,10 @@ type Peer struct {
 	Multihop uint32
 	// LocalAddress to connect from; invalid for the kernel's choice.
 	LocalAddress netip.Addr
+	// GracefulRestart is the restart time offered (RFC 4724): the peer
+	// keeps this speaker's routes that long when the session drops
+	// without a withdrawal. 0: no graceful restart.
+	GracefulRestart time.Duration
 }
 
 // Route is one host route to announce.
@@ -74,6 +78,12 @@ type Options struct {
 	OnPeerState func(p PeerStatus)
 	// Poll is how often sessions are read for state changes. Default 500ms.
 	Poll time.Duration
+	// Restarting says that the forwarding state outlived a previous
+	// speaker (ndd restarted over its pinned data plane): the first
+	// session with each graceful-restart peer carries the restart flag,
+	// and the peer keeps the routes it holds until this speaker has sent
+	// its own.
+	Restarting bool
 }
 
 // ErrStopped is returned by calls on a speaker that has stopped.
@@ -90,6 +100,11 @@ type Speaker struct {
 	// routes are the paths announced, by prefix.
 	routes  map[netip.Prefix]Route
 	stopped bool
+	// keep: leave the sessions to close with the process, no NOTIFICATION
+	// sent, so that graceful-restart peers keep the routes.
+	keep bool
+	// opened: peers added once already (the restart flag is for the first).
+	opened map[netip.Addr]bool
 	// states remembers each peer's last state, for OnPeerState.
 	states map[string]string
 }
@@ -103,7 +118,7 @@ func New(ctx context.Context, g Global, o Options) (*Speaker, error) {
 	if o.Poll <= 0 {
 		o.Poll = 500 * time.Millisecond
 	}
-	s := &Speaker{log: o.Logger, opts: o, peers: map[netip.Addr]Peer{}, routes: map[netip.Prefix]Route{}, states: map[string]string{}}
+	s := &Speaker{log: o.Logger, opts: o, peers: map[netip.Addr]Peer{}, routes: map[netip.Prefix]Route{}, states: map[string]string{}, opened: map[netip.Addr]bool{}}
 	if err := s.start(ctx, g); err != nil {
 		return nil, err
 	}
@@ -136,7 +151,12 @@ func (s *Speaker) Run(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
-			s.Stop()
+			s.mu.Lock()
+			keep := s.keep
+			s.mu.Unlock()
+			if !keep {
+				s.Stop()
+			}
 			return
 		case <-t.C:
 			s.pollStates(ctx)
@@ -175,6 +195,15 @@ func (s *Speaker) Stop() {
 	}
 	s.stopped = true
 	s.srv.Stop() // StopBgp, logged by GoBGP if it fails
+}
+
+// KeepRoutes makes Run leave the sessions open when it ends, to close with
+// the process: no NOTIFICATION goes out, so that peers that offered
+// graceful restart keep this speaker's routes for the restart time.
+func (s *Speaker) KeepRoutes() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.keep = true
 }
 
 // Configure makes the speaker g with exactly peers: peers added, removed
@@ -220,11 +249,13 @@ func (s *Speaker) Configure(ctx context.Context, g Global, peers []Peer) error {
 		if _, ok := s.peers[p.Address]; ok {
 			continue
 		}
-		if err := s.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: apiPeer(p)}); err != nil {
+		restarting := s.opts.Restarting && !s.opened[p.Address]
+		if err := s.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: apiPeer(p, restarting)}); err != nil {
 			errs = append(errs, fmt.Errorf("add peer %s: %w", p.Address, err))
 			continue
 		}
 		s.peers[p.Address] = p
+		s.opened[p.Address] = true
 	}
 	return errors.Join(errs...)
 }
@@ -240,7 +271,7 @@ func family(a netip.Addr) *api.Family {
 // that comes back is peered with within seconds.
 const connectRetry = 5
 
-func apiPeer(p Peer) *api.Peer {
+func apiPeer(p Peer, restarting bool) *api.Peer {
 	hold := uint64(p.HoldTime / time.Second)
 	ap := &api.Peer{
 		Conf: &api.PeerConf{
@@ -267,6 +298,10 @@ func apiPeer(p Peer) *api.Peer {
 	}
 	if p.Multihop > 0 {
 		ap.EbgpMultihop = &api.EbgpMultihop{Enabled: true, MultihopTtl: p.Multihop}
+	}
+	if p.GracefulRestart > 0 {
+		ap.GracefulRestart = &api.GracefulRestart{Enabled: true, RestartTime: uint32(p.GracefulRestart / time.Second), LocalRestarting: restarting}
+		ap.AfiSafis[0].MpGracefulRestart = &api.MpGracefulRestart{Config: &api.MpGracefulRestartConfig{Enabled: true}}
 	}
 	return ap
 }

@@ -31,6 +31,18 @@ type BGP struct {
 	// flows elsewhere while the dispatcher still serves the packets in
 	// flight. 0 to 10m. Default 5s.
 	ShutdownGrace time.Duration
+	// GracefulRestart (graceful_restart) turns on BGP graceful restart
+	// (RFC 4724) with this restart time, whole seconds from 1s to 4095s;
+	// 0 (the default) leaves it off. The peers then keep this dispatcher's
+	// routes for that long when its sessions drop without a withdrawal,
+	// while its pinned data plane forwards on, and ndd, started again over
+	// that data plane, says so (the restart flag): a crash or an upgrade
+	// of a lone dispatcher costs no traffic. On SIGTERM ndd then keeps its
+	// routes and only closes its sessions (drain it first to take it out
+	// of service). Leave it off in a group behind ECMP: a dispatcher that
+	// dies with its data plane would keep its share of the traffic for
+	// the restart time, where the group covers for it at once.
+	GracefulRestart time.Duration
 	// Communities (communities) are attached to every VIP's route unless
 	// the VIP sets its own: "ASN:VALUE" (each 0..65535) or a well-known
 	// name (no-export, no-advertise, no-export-subconfed, blackhole,
@@ -191,6 +203,9 @@ func validateBGP(c *Config, r *reporter) {
 	}
 	if b.ShutdownGrace < 0 || b.ShutdownGrace > 10*time.Minute {
 		r.errorf("bgp.shutdown_grace", "%v is out of range 0s..10m", b.ShutdownGrace)
+	}
+	if g := b.GracefulRestart; g != 0 && (g < time.Second || g > 4095*time.Second || g%time.Second != 0) {
+		r.errorf("bgp.graceful_restart", "%v is not a restart time: whole seconds, 1s..4095s, or 0s for none", g)
 	}
 	validateCommunities("bgp.communities", b.Communities, r)
 	if len(b.Peers) == 0 {

@@ -88,6 +88,8 @@ func TestBGPErrorsLocated(t *testing.T) {
 		{"router_id: 198.51.100.3", "router_id: 2001:db8::3", "nd.yaml:4:14: bgp.router_id: 2001:db8::3 is not a router id"},
 		{"  router_id: 198.51.100.3\n", "", "nd.yaml:3:3: bgp.router_id: required"},
 		{"hold_time: 9s", "hold_time: 2s", "nd.yaml:11:18: bgp.peers[0].hold_time: 2s is not a hold time"},
+		{"shutdown_grace: 2s\n", "shutdown_grace: 2s\n  graceful_restart: 1500ms\n", "nd.yaml:6:21: bgp.graceful_restart: 1.5s is not a restart time"},
+		{"shutdown_grace: 2s\n", "shutdown_grace: 2s\n  graceful_restart: 4096s\n", "nd.yaml:6:21: bgp.graceful_restart: 1h8m16s is not a restart time"},
 		{"hold_time: 9s", "hold_tme: 9s", "nd.yaml:11:7: bgp.peers[0].hold_tme: unknown field (did you mean hold_time?)"},
 		{"address: 198.51.100.1", "address: 2001:db8::1", "nd.yaml:13:17: bgp.peers[1].address: 2001:db8::1 is listed twice"},
 		{`"64513:100"`, `"64513:100000"`, `nd.yaml:6:17: bgp.communities[0]: "64513:100000" is not a community`},

@@ -119,13 +119,14 @@ func (d *decoder) config(c *Config, root *yaml.Node) {
 func (d *decoder) bgp(n *yaml.Node) *BGP {
 	const p = "bgp"
 	b := &BGP{ShutdownGrace: DefaultBGPShutdownGrace}
-	f, done, _ := d.Fields(p, n, "asn", "router_id", "shutdown_grace", "communities", "med", "peers", "vips")
+	f, done, _ := d.Fields(p, n, "asn", "router_id", "shutdown_grace", "graceful_restart", "communities", "med", "peers", "vips")
 	defer done()
 	yamlwalk.Integer(d.Walker, f, p, "asn", 0, math.MaxUint32, &b.ASN)
 	if n := f["router_id"]; n != nil {
 		b.RouterID, _ = d.Addr(yamlwalk.Join(p, "router_id"), n)
 	}
 	d.DurField(f, p, "shutdown_grace", &b.ShutdownGrace)
+	d.DurField(f, p, "graceful_restart", &b.GracefulRestart)
 	if n := f["communities"]; n != nil {
 		b.Communities = d.Strings(yamlwalk.Join(p, "communities"), n)
 	}

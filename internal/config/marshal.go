@@ -271,7 +271,7 @@ func strList(ss []string) *yaml.Node {
 
 func bgpNode(b *BGP) *yaml.Node {
 	bn := mapping("asn", uintNode(b.ASN), "router_id", str(b.RouterID.String()),
-		"shutdown_grace", durationNode(b.ShutdownGrace))
+		"shutdown_grace", durationNode(b.ShutdownGrace), "graceful_restart", durationNode(b.GracefulRestart))
 	if len(b.Communities) > 0 {
 		put(bn, "communities", strList(b.Communities))
 	}

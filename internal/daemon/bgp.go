@@ -37,7 +37,7 @@ func speakerConfig(b *config.BGP) (bgp.Global, []bgp.Peer) {
 	peers := make([]bgp.Peer, 0, len(b.Peers))
 	for _, p := range b.Peers {
 		peers = append(peers, bgp.Peer{Address: p.Address, ASN: p.ASN, Port: p.Port, HoldTime: p.HoldTime,
-			Password: p.Password, Multihop: p.Multihop, LocalAddress: p.LocalAddress})
+			Password: p.Password, Multihop: p.Multihop, LocalAddress: p.LocalAddress, GracefulRestart: b.GracefulRestart})
 	}
 	return g, peers
 }
@@ -57,7 +57,7 @@ func (d *Daemon) configureBGP() error {
 		if ctx == nil {
 			return errors.New("bgp: the daemon is not running")
 		}
-		sp, err := bgp.New(ctx, g, bgp.Options{Logger: d.log, OnPeerState: d.onBGPPeer})
+		sp, err := bgp.New(ctx, g, bgp.Options{Logger: d.log, OnPeerState: d.onBGPPeer, Restarting: d.restarted})
 		if err != nil {
 			return fmt.Errorf("bgp: %w", err)
 		}
@@ -281,6 +281,14 @@ func (d *Daemon) BGPShutdown(ctx context.Context) time.Duration {
 		return 0
 	}
 	grace, sp := d.cfg.BGP.ShutdownGrace, d.bgp.sp
+	if gr := d.cfg.BGP.GracefulRestart; gr > 0 {
+		// A restart: the routes stay with the peers, the pinned data
+		// plane forwards on, the next ndd picks the sessions up.
+		sp.KeepRoutes()
+		d.mu.Unlock()
+		d.log.Info("bgp: stopping with graceful restart: routes left to the peers", "restart_time", gr)
+		return 0
+	}
 	d.bgp.stopping = true
 	_ = d.updateBGP() // logged
 	d.mu.Unlock()

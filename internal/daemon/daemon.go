@@ -104,6 +104,9 @@ type Daemon struct {
 	rates    rateSampler
 	// pending is the configuration given to New, applied by Run.
 	pending *config.Config
+	// restarted: the data plane already served services when New ran (a
+	// restarted ndd took it over): BGP's graceful restart says so.
+	restarted bool
 	// managed holds the weights the manager committed, per port and
 	// server: what the data plane gets instead of the configured weight.
 	managed map[executor.ServiceKey]map[netip.Addr]uint32
@@ -216,6 +219,7 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 			return nil, fmt.Errorf("%w: %w", nd.ErrRejected, err)
 		}
 	}
+	d.restarted = len(o.Executor.Services()) > 0
 	// A restarted ndd takes over the weights the manager had set, rather
 	// than throwing them back to the configured ones.
 	if cfg.Manager.Policy != config.PolicyStatic {

@@ -186,10 +186,14 @@ static __always_inline int dispatch_new(struct xdp_md *ctx, struct packet *p, st
 	 * later packet that finds no entry is picked again. Every other
 	 * packet, an opener with no way it may take or a stray packet of a
 	 * flow the table does not know, goes where the Maglev ring says,
-	 * which a packet of the same flow finds again. */
+	 * which a packet of the same flow finds again. So does an opener
+	 * that must displace a half-open flow: the table is under pressure
+	 * (a SYN flood, most likely), and a spoofed SYN must not cost the
+	 * scheduler's walk over every server of the service. */
 	int recorded = !fin && class <= (opener ? VICTIM_HALFOPEN : VICTIM_EXPIRED);
+	int schedule = opener && recorded && class != VICTIM_HALFOPEN;
 
-	struct backend *be = pick(svc, p, fl->hash, now, &be_id, opener && recorded);
+	struct backend *be = pick(svc, p, fl->hash, now, &be_id, schedule);
 	if (!be) {
 		struct svc_stats *ss = bpf_map_lookup_elem(&stats_service, &svc->svc_id);
 		if (ss)

@@ -327,3 +327,55 @@ func TestDelayUnrecordedFollowsRing(t *testing.T) {
 		t.Errorf("the ring named s1 for every flow: the test shows nothing")
 	}
 }
+
+// TestDelayUnderPressureFollowsRing: an opener that must displace a
+// half-open flow (the table under pressure, a SYN flood most likely) is
+// placed by the Maglev ring, not by the scheduler's walk over every
+// server: a flood SYN costs what a Maglev new flow costs. It is recorded,
+// so its handshake's ACK follows it.
+func TestDelayUnderPressureFollowsRing(t *testing.T) {
+	h := newHarness(t, Config{MaxFlows: flowWays, IdleTimeout: time.Minute, HalfOpenTimeout: time.Minute}) // one bucket
+	key := ServiceKey{VIP: vip4, Port: 80, Proto: TCP}
+	h.upsert(h.delayService(key, []uint32{1, 1, 1, 1}, nil))
+	// s2..s4 busy, so that the scheduler's choice is s1 whatever the ring.
+	for _, s := range []netip.Addr{s2, s3, s4} {
+		h.setActive(key, s, 50)
+	}
+	send := h.rawSend()
+	differs := 0
+	h.do(func() error {
+		// The bucket fills with half-open flows.
+		for i := range flowWays {
+			if _, err := send(fkFlow(key, netip.AddrFrom4([4]byte{198, 51, 100, byte(50 + i)}), 1000), tcpSYN); err != nil {
+				return err
+			}
+		}
+		for i := range 40 {
+			k := fkFlow(key, netip.AddrFrom4([4]byte{203, 0, 113, byte(10 + i)}), uint16(40000+i))
+			ring, _ := h.p2cPair(k)
+			a, err := send(k, tcpSYN)
+			if err != nil {
+				return err
+			}
+			b, err := send(k, tcpACK)
+			if err != nil {
+				return err
+			}
+			if a != ring || b != ring {
+				t.Errorf("flow %v under pressure: SYN to %v, ACK to %v, the ring says %v", k, a, b, ring)
+			}
+			if ring != s1 {
+				differs++
+			}
+			// Established, it left the half-open ways: fill the bucket
+			// with half-open flows again for the next one.
+			if _, err := send(fkFlow(key, netip.AddrFrom4([4]byte{198, 51, 100, byte(100 + i)}), 1000), tcpSYN); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if differs == 0 {
+		t.Errorf("the ring named s1 for every flow: the test shows nothing")
+	}
+}

@@ -202,16 +202,15 @@ static __always_inline int dispatch_new(struct xdp_md *ctx, struct packet *p, st
 	}
 
 	if (!recorded) {
-		if (class == VICTIM_NONE && !fin) {
+		if (fin) {
+			/* a close of a flow the table does not know: nothing */
+		} else if (class == VICTIM_NONE) {
 			count_global(G_FLOW_BUSY); /* its ways were being written */
-		} else if (!fin) {
-			if (opener) {
-				count_global(G_OPENER_UNRECORDED);
-				if (class != VICTIM_NONE)
-					mark_pressure(now);
-			} else {
-				count_global(G_STRAY_UNRECORDED);
-			}
+		} else if (opener) {
+			count_global(G_OPENER_UNRECORDED);
+			mark_pressure(now);
+		} else {
+			count_global(G_STRAY_UNRECORDED);
 		}
 		count_backend(be_id, bytes, 0, 0, 0);
 		return forward(ctx, be);

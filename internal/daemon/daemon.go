@@ -219,11 +219,12 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 			return nil, fmt.Errorf("%w: %w", nd.ErrRejected, err)
 		}
 	}
-	d.restarted = len(o.Executor.Services()) > 0
+	installed := o.Executor.Services()
+	d.restarted = len(installed) > 0
 	// A restarted ndd takes over the weights the manager had set, rather
 	// than throwing them back to the configured ones.
 	if cfg.Manager.Policy != config.PolicyStatic {
-		for _, s := range o.Executor.Services() {
+		for _, s := range installed {
 			m := map[netip.Addr]uint32{}
 			for _, sv := range s.Servers {
 				m[sv.Addr] = sv.Weight

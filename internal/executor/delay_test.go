@@ -296,7 +296,15 @@ func TestDelayUnrecordedFollowsRing(t *testing.T) {
 	if err := h.x.UpsertFlows(held); err != nil {
 		t.Fatal(err)
 	}
-	// s2..s4 busy, so that the scheduler's choice is s1 whatever the ring.
+	wantRingPlacement(t, h, key, "", nil)
+}
+
+// wantRingPlacement opens 40 new flows of key, a SYN then the handshake's
+// ACK each, with s2..s4 busy so that the scheduler's choice would be s1
+// whatever the ring, and checks that both packets go where the ring says.
+// between, if set, runs after each flow.
+func wantRingPlacement(t *testing.T, h *harness, key ServiceKey, what string, between func(send sendFn, i int) error) {
+	t.Helper()
 	for _, s := range []netip.Addr{s2, s3, s4} {
 		h.setActive(key, s, 50)
 	}
@@ -315,10 +323,15 @@ func TestDelayUnrecordedFollowsRing(t *testing.T) {
 				return err
 			}
 			if a != ring || b != ring {
-				t.Errorf("flow %v: SYN to %v, ACK to %v, the ring says %v", k, a, b, ring)
+				t.Errorf("flow %v%s: SYN to %v, ACK to %v, the ring says %v", k, what, a, b, ring)
 			}
 			if ring != s1 {
 				differs++
+			}
+			if between != nil {
+				if err := between(send, i); err != nil {
+					return err
+				}
 			}
 		}
 		return nil
@@ -337,45 +350,19 @@ func TestDelayUnderPressureFollowsRing(t *testing.T) {
 	h := newHarness(t, Config{MaxFlows: flowWays, IdleTimeout: time.Minute, HalfOpenTimeout: time.Minute}) // one bucket
 	key := ServiceKey{VIP: vip4, Port: 80, Proto: TCP}
 	h.upsert(h.delayService(key, []uint32{1, 1, 1, 1}, nil))
-	// s2..s4 busy, so that the scheduler's choice is s1 whatever the ring.
-	for _, s := range []netip.Addr{s2, s3, s4} {
-		h.setActive(key, s, 50)
+	// The bucket fills with half-open flows; each flow, established,
+	// leaves the half-open ways, and another half-open flow takes its way.
+	halfOpen := func(send sendFn, i int) error {
+		_, err := send(fkFlow(key, netip.AddrFrom4([4]byte{198, 51, 100, byte(50 + i)}), 1000), tcpSYN)
+		return err
 	}
-	send := h.rawSend()
-	differs := 0
 	h.do(func() error {
-		// The bucket fills with half-open flows.
 		for i := range flowWays {
-			if _, err := send(fkFlow(key, netip.AddrFrom4([4]byte{198, 51, 100, byte(50 + i)}), 1000), tcpSYN); err != nil {
-				return err
-			}
-		}
-		for i := range 40 {
-			k := fkFlow(key, netip.AddrFrom4([4]byte{203, 0, 113, byte(10 + i)}), uint16(40000+i))
-			ring, _ := h.p2cPair(k)
-			a, err := send(k, tcpSYN)
-			if err != nil {
-				return err
-			}
-			b, err := send(k, tcpACK)
-			if err != nil {
-				return err
-			}
-			if a != ring || b != ring {
-				t.Errorf("flow %v under pressure: SYN to %v, ACK to %v, the ring says %v", k, a, b, ring)
-			}
-			if ring != s1 {
-				differs++
-			}
-			// Established, it left the half-open ways: fill the bucket
-			// with half-open flows again for the next one.
-			if _, err := send(fkFlow(key, netip.AddrFrom4([4]byte{198, 51, 100, byte(100 + i)}), 1000), tcpSYN); err != nil {
+			if err := halfOpen(h.rawSend(), i); err != nil {
 				return err
 			}
 		}
 		return nil
 	})
-	if differs == 0 {
-		t.Errorf("the ring named s1 for every flow: the test shows nothing")
-	}
+	wantRingPlacement(t, h, key, " under pressure", func(send sendFn, i int) error { return halfOpen(send, 50+i) })
 }

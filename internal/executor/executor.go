@@ -151,6 +151,16 @@ var (
 )
 
 // validateService checks what both implementations require of a Service.
+// setWeights gives s's servers the weights named in weights, what
+// SetWeights does to the service it reads back: a held server stays at 0.
+func setWeights(s *Service, weights map[netip.Addr]uint32) {
+	for i := range s.Servers {
+		if w, ok := weights[s.Servers[i].Addr]; ok && !s.Servers[i].Held {
+			s.Servers[i].Weight = w
+		}
+	}
+}
+
 func validateService(s Service) error {
 	k := s.Key
 	if !k.VIP.IsValid() || k.VIP.Zone() != "" {

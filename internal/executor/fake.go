@@ -365,11 +365,7 @@ func (f *Fake) SetWeights(key ServiceKey, weights map[netip.Addr]uint32) error {
 		}
 	}
 	s := st.service(key)
-	for i := range s.Servers {
-		if w, ok := weights[s.Servers[i].Addr]; ok && !s.Servers[i].Held {
-			s.Servers[i].Weight = w
-		}
-	}
+	setWeights(&s, weights)
 	return f.upsertLocked(s)
 }
 

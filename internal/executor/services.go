@@ -576,11 +576,7 @@ func (b *BPF) SetWeights(key ServiceKey, weights map[netip.Addr]uint32) error {
 			return fmt.Errorf("%w: server %v in %v", ErrNotFound, addr, key)
 		}
 	}
-	for i := range s.Servers {
-		if w, ok := weights[s.Servers[i].Addr]; ok && !s.Servers[i].Held {
-			s.Servers[i].Weight = w
-		}
-	}
+	setWeights(&s, weights)
 	return b.upsertLocked(s)
 }
 

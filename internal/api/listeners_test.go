@@ -19,13 +19,24 @@ import (
 // that the configuration names by port (it refuses port 0).
 func freePort(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	return freePorts(t, 1)[0]
+}
+
+// freePorts returns n distinct loopback addresses no one listens on. Each
+// port is held until all are chosen: closed one by one, the kernel may
+// hand the same port out twice.
+func freePorts(t *testing.T, n int) []string {
+	t.Helper()
+	addrs := make([]string, n)
+	for i := range addrs {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		addrs[i] = l.Addr().String()
 	}
-	addr := l.Addr().String()
-	l.Close()
-	return addr
+	return addrs
 }
 
 // get asks addr for path with a bearer token ("" for none) over a fresh
@@ -86,8 +97,8 @@ func TestConfigureListenersLive(t *testing.T) {
 	wantStatus(t, "old token after a new one", first, "/v1/health", testToken, 401)
 	wantStatus(t, "new token", first, "/v1/health", otherToken, 200)
 
-	second := freePort(t)
-	mAddr := freePort(t)
+	two := freePorts(t, 2)
+	second, mAddr := two[0], two[1]
 	if err := s.Configure(config.API{Listen: second, Token: otherToken}, config.Metrics{Listen: mAddr}); err != nil {
 		t.Fatal(err)
 	}
@@ -141,7 +152,8 @@ func TestReloadAppliesListeners(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	apiA, apiB, m1, m2 := freePort(t), freePort(t), freePort(t), freePort(t)
+	four := freePorts(t, 4)
+	apiA, apiB, m1, m2 := four[0], four[1], four[2], four[3]
 	version := func(api, metrics string) string {
 		y := fakeYAML + "api:\n" + api
 		if metrics != "" {

@@ -22,6 +22,7 @@ import (
 
 	"github.com/nd-dispatcher/nd/internal/api"
 	"github.com/nd-dispatcher/nd/internal/config"
+	"github.com/nd-dispatcher/nd/internal/connlimit"
 	"github.com/nd-dispatcher/nd/internal/daemon"
 	"github.com/nd-dispatcher/nd/internal/executor"
 	"github.com/nd-dispatcher/nd/internal/metrics"
@@ -149,12 +150,16 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 		return err
 	}
 
-	srv, err := api.NewServer(d, api.ServerOptions{
+	// The listeners' collector reads the server made below; nothing
+	// scrapes before it is served.
+	var srv *api.Server
+	listenerStats := func() map[string]connlimit.Stats { return srv.ConnStats() }
+	srv, err = api.NewServer(d, api.ServerOptions{
 		Socket: cfg.API.Socket,
 		Logger: log,
 		Metrics: metrics.Handler(metrics.New(d.Status), metrics.NewDecisions(metrics.Decisions{
 			Manager: d.ManagerReport, Advisors: d.AdvisorStatus, Agents: d.AgentStatus,
-		}), metrics.NewHA(d.HAStatus), metrics.NewBGP(d.BGPStatus)),
+		}), metrics.NewHA(d.HAStatus), metrics.NewBGP(d.BGPStatus), metrics.NewListeners(listenerStats)),
 	})
 	if err != nil {
 		return err

@@ -16,6 +16,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/nd-dispatcher/nd/internal/connlimit"
 )
 
 // Server timeouts: every connection is bounded in time, so a client that
@@ -34,7 +36,7 @@ const (
 // Stat names: the agent's counters as they appear in Report.Stats.
 const (
 	StatConnections = "connections"         // connections accepted
-	StatEvicted     = "connections_evicted" // waiting connections closed to make room (conns.go)
+	StatEvicted     = "connections_evicted" // waiting connections closed to make room (package connlimit)
 	StatRequests    = "requests"            // every request that reached the handler
 	StatServed      = "served"              // reports sent
 	StatMalformed   = "rejected_malformed"  // wrong method, path, body or header syntax
@@ -63,12 +65,7 @@ type Agent struct {
 	counters map[string]*atomic.Uint64
 	limiter  logLimiter
 	timeouts serverTimeouts
-	limits   connLimits
-}
-
-// connLimits are the connection limits (conns.go); tests lower them.
-type connLimits struct {
-	conns, perSource int
+	limits   connlimit.Limits
 }
 
 // serverTimeouts are the http.Server's; tests shorten them.
@@ -94,7 +91,7 @@ func New(cfg *Config, logger *slog.Logger) (*Agent, error) {
 		replay:   newReplayCache(cfg.ReplayCacheSize),
 		counters: map[string]*atomic.Uint64{},
 		timeouts: serverTimeouts{readHeaderTimeout, readTimeout, writeTimeout, idleTimeout},
-		limits:   connLimits{maxConns, maxConnsPerSource},
+		limits:   connlimit.Default,
 	}
 	a.limiter.last = map[string]limitState{}
 	for _, n := range statNames {
@@ -179,7 +176,7 @@ func (a *Agent) Serve(ctx context.Context, l net.Listener) error {
 	}
 	defer wg.Wait()
 
-	limiter := newConnLimiter(l, a.limits.conns, a.limits.perSource, a.counters[StatConnections], a.counters[StatEvicted])
+	limiter := connlimit.New(l, a.limits, a.counters[StatConnections], a.counters[StatEvicted])
 	l = limiter
 	if a.tls != nil {
 		l = tls.NewListener(l, a.tls)
@@ -193,7 +190,7 @@ func (a *Agent) Serve(ctx context.Context, l net.Listener) error {
 		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          log.New(&serverErrorLog{a: a}, "", 0),
 		BaseContext:       func(net.Listener) context.Context { return ctx },
-		ConnState:         limiter.connState,
+		ConnState:         limiter.ConnState,
 	}
 	a.log.Info("agent serving", "addr", l.Addr().String(), "host", a.host,
 		"hmac", a.key != nil, "mutual_tls", a.tls != nil, "commands", len(a.cfg.Commands))

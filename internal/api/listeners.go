@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 
 	"github.com/nd-dispatcher/nd/internal/config"
+	"github.com/nd-dispatcher/nd/internal/connlimit"
 )
 
 // tcpListener is one of the TCP listeners the configuration names: the
@@ -18,6 +19,7 @@ type tcpListener struct {
 	addr            string // as configured
 	tlsCert, tlsKey string
 	l               net.Listener
+	limit           *connlimit.Listener // under l (TLS, if any, wraps it)
 	handler         http.Handler
 	srv             *http.Server // nil until served
 	done            chan struct{}
@@ -29,6 +31,14 @@ func (t *tcpListener) same(addr, cert, key string) bool {
 	return t != nil && t.addr == addr && t.tlsCert == cert && t.tlsKey == key
 }
 
+// limiter is t's connection limiter; nil for no listener.
+func (t *tcpListener) limiter() *connlimit.Listener {
+	if t == nil {
+		return nil
+	}
+	return t.limit
+}
+
 func (t *tcpListener) Addr() net.Addr {
 	if t == nil {
 		return nil
@@ -36,8 +46,18 @@ func (t *tcpListener) Addr() net.Addr {
 	return t.l.Addr()
 }
 
-// listenTCP binds addr, in TLS with cert and key when given.
-func listenTCP(addr, cert, key string) (*tcpListener, error) {
+// connCounters count one kind of TCP listener's connections across the
+// listeners that succeed one another on reloads.
+type connCounters struct {
+	accepted, evicted atomic.Uint64
+	current           atomic.Pointer[connlimit.Listener]
+}
+
+// listenTCP binds addr, in TLS with cert and key when given, within the
+// connection limits of a control listener: idle or slow connections,
+// however many, neither keep an operator's request out nor use up the
+// file descriptors that ndd's advisors, agents and peers need.
+func listenTCP(addr, cert, key string, counters *connCounters) (*tcpListener, error) {
 	var tlsConfig *tls.Config
 	if cert != "" {
 		c, err := tls.LoadX509KeyPair(cert, key)
@@ -50,10 +70,12 @@ func listenTCP(addr, cert, key string) (*tcpListener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("api: listen on %s: %w", addr, err)
 	}
+	limit := connlimit.New(l, connlimit.Default, &counters.accepted, &counters.evicted)
+	l = limit
 	if tlsConfig != nil {
 		l = tls.NewListener(l, tlsConfig)
 	}
-	return &tcpListener{addr: addr, tlsCert: cert, tlsKey: key, l: l}, nil
+	return &tcpListener{addr: addr, tlsCert: cert, tlsKey: key, l: l, limit: limit}, nil
 }
 
 // Configure makes the server's TCP listeners those of the configuration:
@@ -87,11 +109,11 @@ func (s *Server) Configure(a config.API, m config.Metrics) error {
 		return errors.New("api: server closed")
 	}
 	// Open what is new first, so that a failure changes nothing.
-	apiChange, err := planListener(s.tcp, a.Listen, a.TLSCert, a.TLSKey)
+	apiChange, err := planListener(s.tcp, a.Listen, a.TLSCert, a.TLSKey, &s.apiConns)
 	if err != nil {
 		return err
 	}
-	metricsChange, err := planListener(s.metricsL, m.Listen, "", "")
+	metricsChange, err := planListener(s.metricsL, m.Listen, "", "", &s.metricsConns)
 	if err != nil {
 		apiChange.abandon()
 		return err
@@ -102,6 +124,8 @@ func (s *Server) Configure(a config.API, m config.Metrics) error {
 	s.setDashboard(a.Dashboard)
 	s.tcp = s.switchLocked(s.tcp, apiChange, s.tcpHandler)
 	s.metricsL = s.switchLocked(s.metricsL, metricsChange, s.metricsOnly)
+	s.apiConns.current.Store(s.tcp.limiter())
+	s.metricsConns.current.Store(s.metricsL.limiter())
 	return nil
 }
 
@@ -111,12 +135,13 @@ type listenerChange struct {
 	next            *tcpListener // the new listener, opened already; nil: none, or reopen
 	reopen          bool         // the same address with other TLS settings: close, then open
 	addr, cert, key string
+	counters        *connCounters
 }
 
 // planListener opens what replacing cur with addr (and TLS cert and key)
 // needs opened before anything is closed.
-func planListener(cur *tcpListener, addr, cert, key string) (listenerChange, error) {
-	c := listenerChange{addr: addr, cert: cert, key: key}
+func planListener(cur *tcpListener, addr, cert, key string, counters *connCounters) (listenerChange, error) {
+	c := listenerChange{addr: addr, cert: cert, key: key, counters: counters}
 	switch {
 	case cur == nil && addr == "", cur.same(addr, cert, key):
 		c.keep = true
@@ -132,7 +157,7 @@ func planListener(cur *tcpListener, addr, cert, key string) (listenerChange, err
 		}
 		c.reopen = true
 	default:
-		t, err := listenTCP(addr, cert, key)
+		t, err := listenTCP(addr, cert, key, counters)
 		if err != nil {
 			return c, err
 		}
@@ -158,7 +183,7 @@ func (s *Server) switchLocked(cur *tcpListener, c listenerChange, handler func()
 	if c.reopen {
 		s.retireLocked(cur)
 		cur = nil
-		t, err := listenTCP(c.addr, c.cert, c.key)
+		t, err := listenTCP(c.addr, c.cert, c.key, c.counters)
 		if err != nil {
 			s.log.Error("api: reopen a TCP listener with its new TLS settings", "listen", c.addr, "err", err)
 			return nil
@@ -190,6 +215,7 @@ func (s *Server) startLocked(t *tcpListener, h http.Handler) {
 // runLocked starts serving t.
 func (s *Server) runLocked(t *tcpListener) {
 	t.srv = s.httpServer(s.ctx, t.handler)
+	t.srv.ConnState = t.limit.ConnState
 	t.done = make(chan struct{})
 	s.wg.Add(1)
 	go func() {
@@ -222,4 +248,19 @@ func (s *Server) retireLocked(t *tcpListener) {
 		s.shutdown(t.srv)
 		<-t.done
 	}()
+}
+
+// ConnStats are the TCP listeners' connection counts, by listener ("api"
+// for api.listen, "metrics" for metrics.listen): accepted and evicted
+// since the server started, open now (0 without the listener).
+func (s *Server) ConnStats() map[string]connlimit.Stats {
+	stats := map[string]connlimit.Stats{}
+	for name, c := range map[string]*connCounters{"api": &s.apiConns, "metrics": &s.metricsConns} {
+		st := connlimit.Stats{Accepted: c.accepted.Load(), Evicted: c.evicted.Load()}
+		if l := c.current.Load(); l != nil {
+			st.Open = l.Stats().Open
+		}
+		stats[name] = st
+	}
+	return stats
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nd-dispatcher/nd/internal/config"
+	"github.com/nd-dispatcher/nd/internal/connlimit"
 	"github.com/nd-dispatcher/nd/internal/daemon"
 )
 
@@ -265,5 +266,59 @@ func TestConfigureTLSOnSameAddress(t *testing.T) {
 	}
 	if got, err := get(addr, "/v1/health", testToken); err == nil && got == 200 {
 		t.Error("plain HTTP still served after TLS was turned on")
+	}
+}
+
+// TestIdleConnectionsAreShed: 2,000 connections to api.listen and as many
+// to metrics.listen that never send a request (all from the operator's
+// own address) neither keep an authenticated request or a scrape out nor
+// stay open: each listener holds at most its limit, closing the waiting
+// connections that have waited longest, and counts them.
+func TestIdleConnectionsAreShed(t *testing.T) {
+	ports := freePorts(t, 2)
+	apiAddr, metricsAddr := ports[0], ports[1]
+	s := serve(t, newFake(t), ServerOptions{Listen: apiAddr, Token: testToken, Metrics: plainMetrics})
+	if err := s.Configure(config.API{Listen: apiAddr, Token: testToken}, config.Metrics{Listen: metricsAddr}); err != nil {
+		t.Fatal(err)
+	}
+	const idle = 2000
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for _, addr := range []string{apiAddr, metricsAddr} {
+		for range idle {
+			c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+			if err != nil {
+				t.Fatalf("idle connection %d to %s: %v", len(conns), addr, err)
+			}
+			conns = append(conns, c)
+		}
+	}
+	wantStatus(t, "API with idle connections open", apiAddr, "/v1/health", testToken, 200)
+	wantStatus(t, "metrics with idle connections open", metricsAddr, "/metrics", "", 200)
+
+	// The server's side of a shed connection is closed: the client reads
+	// EOF at once, where a held one would wait for its header timeout.
+	closed := 0
+	for _, c := range conns {
+		c.SetReadDeadline(time.Now().Add(time.Millisecond))
+		if _, err := c.Read(make([]byte, 1)); err == io.EOF {
+			closed++
+		}
+	}
+	limit := connlimit.Default.Conns
+	if want := 2 * (idle - limit); closed < want {
+		t.Errorf("%d of %d idle connections closed by the server, want at least %d", closed, len(conns), want)
+	}
+	for name, st := range s.ConnStats() {
+		if st.Open > limit {
+			t.Errorf("%s: %d connections open, over the limit %d", name, st.Open, limit)
+		}
+		if st.Evicted < uint64(idle-limit) || st.Accepted < idle {
+			t.Errorf("%s: accepted %d, evicted %d; want at least %d and %d", name, st.Accepted, st.Evicted, idle, idle-limit)
+		}
 	}
 }

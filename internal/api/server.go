@@ -100,6 +100,10 @@ type Server struct {
 	dashboardOn atomic.Bool
 	history     *history.History
 
+	// apiConns and metricsConns count the TCP listeners' connections
+	// (atomics: not under mu).
+	apiConns, metricsConns connCounters
+
 	// readTimeout bounds reading a request (readTimeout; tests shorten it).
 	readTimeout time.Duration
 

@@ -69,6 +69,10 @@ func TestNDDAsService(t *testing.T) {
 	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), want) {
 		t.Errorf("GET /metrics on %s: %d, want 200 with %s:\n%s", metricsAddr, resp.StatusCode, want, firstBytes(string(body), 2000))
 	}
+	// The listeners count their connections (this scrape's included).
+	if !strings.Contains(string(body), `nd_api_connections_open{listener="metrics"} 1`) {
+		t.Errorf("GET /metrics on %s: no count of its own connection:\n%s", metricsAddr, grepLines(string(body), "nd_api_connections"))
+	}
 
 	if err := n.proc.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)

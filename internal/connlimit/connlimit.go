@@ -1,4 +1,8 @@
-package agent
+// Package connlimit bounds the connections an HTTP listener holds, so
+// that idle or slow connections, however many, cannot keep a wanted
+// client out nor exhaust the process's file descriptors. It imports
+// nothing of nd.
+package connlimit
 
 import (
 	"crypto/tls"
@@ -10,22 +14,27 @@ import (
 	"time"
 )
 
-// Connection limits. A connection that waits (for its first request, for
-// the next one on a keep-alive connection, or in its TLS handshake) holds
-// a slot it can lose: when the agent is full, the waiting connection of
-// the source with the most connections that has waited longest makes room
-// for the new one. So idle or slow connections, however many, cannot keep
-// a dispatcher's poll out, and one source cannot crowd out the others.
-const (
-	// maxConns bounds simultaneous connections.
-	maxConns = 256
-	// maxConnsPerSource bounds one source address's connections.
-	maxConnsPerSource = 32
-)
+// Limits bound a listener's connections. A connection that waits (for
+// its first request, for the next one on a keep-alive connection, or in
+// its TLS handshake) holds a slot it can lose: when the listener is full,
+// the waiting connection of the source with the most connections that has
+// waited longest makes room for the new one. So idle or slow connections,
+// however many, cannot keep a wanted request out, and one source cannot
+// crowd out the others.
+type Limits struct {
+	Conns     int // simultaneous connections
+	PerSource int // one source address's connections
+}
 
-// connLimiter accepts connections within the limits, evicting waiting
-// ones to make room.
-type connLimiter struct {
+// Default are the limits of a control listener: an agent's, the API's,
+// the metrics'. Their clients are a few dispatchers, operators and
+// scrapers.
+var Default = Limits{Conns: 256, PerSource: 32}
+
+// Listener accepts connections within the limits, evicting waiting ones
+// to make room. Its ConnState must be the HTTP server's ConnState hook;
+// TLS, if any, wraps the Listener (not the other way round).
+type Listener struct {
 	net.Listener
 	max, perSource int
 	accepted       *atomic.Uint64
@@ -36,17 +45,41 @@ type connLimiter struct {
 	bySource map[netip.Addr]int
 }
 
-func newConnLimiter(l net.Listener, max, perSource int, accepted, evicted *atomic.Uint64) *connLimiter {
-	return &connLimiter{
-		Listener: l, max: max, perSource: perSource, accepted: accepted, evicted: evicted,
+// New limits l's connections. accepted and evicted count the connections
+// accepted and those closed to keep within the limits (new ones refused
+// included); nil for counters of its own (Stats reads them either way).
+func New(l net.Listener, lim Limits, accepted, evicted *atomic.Uint64) *Listener {
+	if accepted == nil {
+		accepted = new(atomic.Uint64)
+	}
+	if evicted == nil {
+		evicted = new(atomic.Uint64)
+	}
+	return &Listener{
+		Listener: l, max: lim.Conns, perSource: lim.PerSource, accepted: accepted, evicted: evicted,
 		conns: map[*limitConn]struct{}{}, bySource: map[netip.Addr]int{},
 	}
+}
+
+// Stats are a Listener's counts.
+type Stats struct {
+	Accepted uint64 // connections accepted
+	Evicted  uint64 // connections closed to keep within the limits
+	Open     int    // connections held now
+}
+
+// Stats reads the Listener's counts.
+func (l *Listener) Stats() Stats {
+	l.mu.Lock()
+	open := len(l.conns)
+	l.mu.Unlock()
+	return Stats{Accepted: l.accepted.Load(), Evicted: l.evicted.Load(), Open: open}
 }
 
 // limitConn is a connection the limiter counts.
 type limitConn struct {
 	net.Conn
-	l       *connLimiter
+	l       *Listener
 	src     netip.Addr
 	busy    bool      // in a request; under l.mu
 	waiting time.Time // since when it waits; under l.mu
@@ -55,7 +88,7 @@ type limitConn struct {
 
 // Accept never waits for a slot: it takes one from a waiting connection,
 // or, if every connection is in a request, closes the new one.
-func (l *connLimiter) Accept() (net.Conn, error) {
+func (l *Listener) Accept() (net.Conn, error) {
 	for {
 		c, err := l.Listener.Accept()
 		if err != nil {
@@ -81,7 +114,7 @@ func (l *connLimiter) Accept() (net.Conn, error) {
 
 // admit counts c in, choosing the waiting connection to evict when a
 // limit is exceeded; false when there is none to evict.
-func (l *connLimiter) admit(c *limitConn) (*limitConn, bool) {
+func (l *Listener) admit(c *limitConn) (*limitConn, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	var victim *limitConn
@@ -110,7 +143,7 @@ func (l *connLimiter) admit(c *limitConn) (*limitConn, bool) {
 	return victim, true
 }
 
-func (l *connLimiter) oldestWaiting(eligible func(*limitConn) bool) *limitConn {
+func (l *Listener) oldestWaiting(eligible func(*limitConn) bool) *limitConn {
 	var best *limitConn
 	for o := range l.conns {
 		if o.busy || !eligible(o) {
@@ -123,12 +156,12 @@ func (l *connLimiter) oldestWaiting(eligible func(*limitConn) bool) *limitConn {
 	return best
 }
 
-func (l *connLimiter) addLocked(c *limitConn) {
+func (l *Listener) addLocked(c *limitConn) {
 	l.conns[c] = struct{}{}
 	l.bySource[c.src]++
 }
 
-func (l *connLimiter) removeLocked(c *limitConn) {
+func (l *Listener) removeLocked(c *limitConn) {
 	if _, ok := l.conns[c]; !ok {
 		return
 	}
@@ -138,9 +171,9 @@ func (l *connLimiter) removeLocked(c *limitConn) {
 	}
 }
 
-// connState follows the HTTP server's view of each connection: a
+// ConnState follows the HTTP server's view of each connection: a
 // connection in a request cannot be evicted; one that waits can.
-func (l *connLimiter) connState(nc net.Conn, st http.ConnState) {
+func (l *Listener) ConnState(nc net.Conn, st http.ConnState) {
 	if tc, ok := nc.(*tls.Conn); ok {
 		nc = tc.NetConn()
 	}

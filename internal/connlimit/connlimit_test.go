@@ -1,4 +1,4 @@
-package agent
+package connlimit
 
 import (
 	"net"
@@ -26,7 +26,7 @@ func (c *addrConn) Close() error         { c.closed.Store(true); return nil }
 // every connection is in a request.
 func TestConnLimiterFairness(t *testing.T) {
 	var accepted, evicted atomic.Uint64
-	l := newConnLimiter(nil, 4, 3, &accepted, &evicted)
+	l := New(nil, Limits{Conns: 4, PerSource: 3}, &accepted, &evicted)
 	tick := time.Now()
 	conn := func(ip string) *limitConn {
 		c := &addrConn{remote: &net.TCPAddr{IP: net.ParseIP(ip), Port: 1}}
@@ -60,18 +60,18 @@ func TestConnLimiterFairness(t *testing.T) {
 	// Connections in a request are never evicted: with a3 and a4 busy,
 	// the biggest source has nothing to give, and the longest waiting of
 	// the others goes.
-	l.connState(a3, http.StateActive)
-	l.connState(a4, http.StateActive)
+	l.ConnState(a3, http.StateActive)
+	l.ConnState(a4, http.StateActive)
 	d1 := conn("127.0.0.4")
 	admit("d1 (busy biggest source)", d1, b1)
 	// Everything busy: the new connection is refused.
-	l.connState(c1, http.StateActive)
-	l.connState(d1, http.StateActive)
+	l.ConnState(c1, http.StateActive)
+	l.ConnState(d1, http.StateActive)
 	if victim, ok := l.admit(conn("127.0.0.5")); ok || victim != nil {
 		t.Fatalf("all busy: victim %v ok %v, want the new connection refused", victim, ok)
 	}
 	// A closed connection gives its slot back.
-	l.connState(c1, http.StateClosed)
+	l.ConnState(c1, http.StateClosed)
 	admit("after a close", conn("127.0.0.5"), nil)
 }
 

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -345,6 +346,64 @@ func TestRejects(t *testing.T) {
 	if a.State() != ha.StateActive {
 		t.Fatalf("a is %s after the attacks", a.State())
 	}
+}
+
+// TestStrangersHoldNoPeerSlot: a host that is not a peer keeps as many
+// idle connections open to a standby's sync port as it can, reopening
+// each as soon as it is closed; the active's stream still reaches the
+// standby, whose slots are the peers' own, and the stranger's surplus is
+// refused and counted.
+func TestStrangersHoldNoPeerSlot(t *testing.T) {
+	tp := newTopo(t, 2)
+	table := flows(50, 0)
+	a := tp.start(tp.nd[0], 200, false, func(cfg *ha.Config, o *ha.Options) {
+		o.Snapshot = func(yield func(ha.FlowRecord) bool) error {
+			for _, r := range table {
+				if !yield(r) {
+					break
+				}
+			}
+			return nil
+		}
+	})
+	eventually(t, settle, "a active", func() bool { return a.State() == ha.StateActive })
+
+	// The stranger dials the standby's address from before it listens.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*settle)
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	var dials atomic.Int64
+	const holders, maxDials = 16, 100000
+	for range holders {
+		wg.Go(func() {
+			for ctx.Err() == nil && dials.Add(1) <= maxDials {
+				c, err := tp.client.ns.DialContext(ctx, "tcp", tp.nd[1].self().String())
+				if err != nil {
+					time.Sleep(5 * time.Millisecond)
+					continue
+				}
+				stop := context.AfterFunc(ctx, func() { c.Close() })
+				c.Read(make([]byte, 1)) // until the node closes it
+				stop()
+				c.Close()
+			}
+		})
+	}
+	b := tp.start(tp.nd[1], 100, false)
+	eventually(t, time.Second, "the stranger's surplus refused as no peer's", func() bool {
+		return b.Status().Counters.Rejected[ha.RejectPeer] > 0
+	})
+	eventually(t, settle, "b gets a's snapshot while the stranger holds what it can", func() bool {
+		return len(b.received()) >= len(table)
+	})
+	if b.State() != ha.StateStandby {
+		t.Errorf("b is %s", b.State())
+	}
+	// No connection from the peer was refused for want of a slot.
+	if n := b.Status().Counters.Rejected[ha.RejectQueue]; n != 0 {
+		t.Errorf("b refused %d connections as queue-full, the stranger's among them or a's", n)
+	}
+	t.Logf("stranger dials: %d", dials.Load())
 }
 
 // TestRefreshStream: an active refreshes its standby's copies in rounds

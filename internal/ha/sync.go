@@ -406,13 +406,23 @@ func (w *frameWriter) snapshot() error {
 }
 
 // maxSyncConns bounds the connections accepted at once, authenticated or
-// not, per configured peer.
+// not, from each configured peer's address, and from all other addresses
+// together.
 const maxSyncConns = 4
 
 // acceptSync accepts synchronisation connections until the listener closes.
+// Slots are kept by source address: a peer dials from its own address
+// (Config.Self), so each peer has maxSyncConns of its own, and every other
+// source shares another maxSyncConns, in which it can only fail to
+// authenticate. A stranger holding idle connections therefore never keeps
+// a peer's stream out.
 func (n *Node) acceptSync(ctx context.Context, wg *sync.WaitGroup) {
-	slots := make(chan struct{}, maxSyncConns*len(n.cfg.Peers))
+	peers := map[netip.Addr]bool{}
+	for _, p := range n.cfg.Peers {
+		peers[p.Addr().Unmap()] = true
+	}
 	var mu sync.Mutex
+	held := map[netip.Addr]int{}           // by peer address; strangers under the zero Addr
 	conns := map[net.Conn]netip.AddrPort{} // to its sender once authenticated
 	// A sender's new connection replaces its old one, which may linger
 	// half-open after a crash until TCP keepalive notices.
@@ -443,23 +453,33 @@ func (n *Node) acceptSync(ctx context.Context, wg *sync.WaitGroup) {
 			time.Sleep(n.cfg.Interval / 4)
 			continue
 		}
-		select {
-		case slots <- struct{}{}:
-		default:
-			conn.Close()
-			n.c.rejected[RejectQueue].Add(1)
-			continue
+		var src netip.Addr
+		if ap, err := netip.ParseAddrPort(conn.RemoteAddr().String()); err == nil && peers[ap.Addr().Unmap()] {
+			src = ap.Addr().Unmap()
 		}
 		mu.Lock()
-		conns[conn] = netip.AddrPort{}
+		full := held[src] >= maxSyncConns
+		if !full {
+			held[src]++
+			conns[conn] = netip.AddrPort{}
+		}
 		mu.Unlock()
+		if full {
+			conn.Close()
+			if src.IsValid() {
+				n.c.rejected[RejectQueue].Add(1)
+			} else {
+				n.c.rejected[RejectPeer].Add(1)
+			}
+			continue
+		}
 		wg.Go(func() {
 			defer func() {
 				mu.Lock()
 				delete(conns, conn)
+				held[src]--
 				mu.Unlock()
 				conn.Close()
-				<-slots
 			}()
 			if err := n.receive(ctx, conn, claim); err != nil && ctx.Err() == nil {
 				n.log.Debug("ha: sync connection closed", "remote", conn.RemoteAddr().String(), "err", err)

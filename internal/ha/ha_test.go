@@ -3,6 +3,7 @@ package ha_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"slices"
@@ -497,14 +498,21 @@ func TestActiveActive(t *testing.T) {
 	tp := newTopo(t, 2)
 	aa := func(cfg *ha.Config, o *ha.Options) { cfg.ActiveActive = true }
 	a := tp.start(tp.nd[0], 200, false, aa)
-	b := tp.start(tp.nd[1], 100, false, aa)
 	conf := []byte("clusters: []\n")
 	a.SetConfig(conf)
-	// Two fresh nodes elect, then the leader's configuration travels. On
-	// a machine loaded by the other packages' tests (CI) heartbeats late
-	// past the dead time make the fresh pair re-elect: two settling times
-	// ran out once, so wait up to four (the wait ends as soon as it holds).
-	eventually(t, 4*settle, "a leads, b follows with a's configuration", func() bool {
+	// a leads before b starts. Started together, b could miss a's first
+	// heartbeats for the dead time on a loaded machine (CI), lead alone,
+	// and keep leading, without preemption: the test failed twice so.
+	eventually(t, settle, "a leads", func() bool { return a.State() == ha.StateActive })
+	b := tp.start(tp.nd[1], 100, false, aa)
+	var seen string
+	defer func() {
+		if t.Failed() {
+			t.Logf("last seen: %s", seen)
+		}
+	}()
+	eventually(t, 2*settle, "a leads, b follows with a's configuration", func() bool {
+		seen = fmt.Sprintf("a %s, b %s, b's configuration %q", a.State(), b.State(), b.lastConfig())
 		return a.State() == ha.StateActive && b.State() == ha.StateStandby && bytes.Equal(b.lastConfig(), conf)
 	})
 	eventually(t, settle, "each streams to the other and has the other's snapshot", func() bool {

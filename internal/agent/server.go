@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/nd-dispatcher/nd/internal/connlimit"
+	"github.com/nd-dispatcher/nd/internal/lograte"
 )
 
 // Server timeouts: every connection is bounded in time, so a client that
@@ -63,7 +64,7 @@ type Agent struct {
 	replay  *replayCache
 
 	counters map[string]*atomic.Uint64
-	limiter  logLimiter
+	limiter  lograte.Limiter
 	timeouts serverTimeouts
 	limits   connlimit.Limits
 }
@@ -90,10 +91,10 @@ func New(cfg *Config, logger *slog.Logger) (*Agent, error) {
 		cmds:     newCommandCache(cfg.Commands),
 		replay:   newReplayCache(cfg.ReplayCacheSize),
 		counters: map[string]*atomic.Uint64{},
+		limiter:  lograte.Limiter{Every: logEvery},
 		timeouts: serverTimeouts{readHeaderTimeout, readTimeout, writeTimeout, idleTimeout},
 		limits:   connlimit.Default,
 	}
-	a.limiter.last = map[string]limitState{}
 	for _, n := range statNames {
 		a.counters[n] = new(atomic.Uint64)
 	}
@@ -340,35 +341,8 @@ func (a *Agent) report(now time.Time) Report {
 	return r
 }
 
-// logLimiter lets one log line a kind through every logEvery.
-type logLimiter struct {
-	mu   sync.Mutex
-	last map[string]limitState
-}
-
-type limitState struct {
-	at         time.Time
-	suppressed int
-}
-
 func (a *Agent) logLimited(kind, msg string, args ...any) {
-	l := &a.limiter
-	l.mu.Lock()
-	st := l.last[kind]
-	now := time.Now()
-	if !st.at.IsZero() && now.Sub(st.at) < logEvery {
-		st.suppressed++
-		l.last[kind] = st
-		l.mu.Unlock()
-		return
-	}
-	suppressed := st.suppressed
-	l.last[kind] = limitState{at: now}
-	l.mu.Unlock()
-	if suppressed > 0 {
-		args = append(args, "suppressed_since_last", suppressed)
-	}
-	a.log.Warn(msg, args...)
+	a.limiter.Warn(a.log, kind, msg, args...)
 }
 
 // serverErrorLog receives net/http's own error lines (failed TLS

@@ -338,7 +338,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 		case <-r.Context().Done():
 			return
 		case ev, ok := <-ch:
-			if !ok {
+			if !ok || !authorized(r.Context()) {
 				return
 			}
 			if enc.Encode(ev) != nil || rc.Flush() != nil {

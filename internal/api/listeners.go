@@ -1,7 +1,6 @@
 package api
 
 import (
-	"crypto/sha256"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -119,8 +118,7 @@ func (s *Server) Configure(a config.API, m config.Metrics) error {
 		return err
 	}
 	// The token first: from here on only the new one opens the API.
-	sum := sha256.Sum256([]byte(token))
-	s.token.Store(&sum)
+	s.setToken(token)
 	s.setDashboard(a.Dashboard)
 	s.tcp = s.switchLocked(s.tcp, apiChange, s.tcpHandler)
 	s.metricsL = s.switchLocked(s.metricsL, metricsChange, s.metricsOnly)
@@ -197,11 +195,23 @@ func (s *Server) switchLocked(cur *tcpListener, c listenerChange, handler func()
 	return next
 }
 
-// metricsOnly serves GET /metrics and nothing else.
+// metricsOnly serves GET /metrics and nothing else. Anything else is
+// refused with its connection closed, its body unread: the port needs no
+// token, and a connection waiting for a body nobody reads would hold a slot.
 func (s *Server) metricsOnly() http.Handler {
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", s.metrics)
-	return s.recoverPanics(mux)
+	return s.recoverPanics(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.URL.Path != "/metrics":
+			rejectAndClose(w, http.StatusNotFound, "not found: this listener serves GET /metrics only")
+		case r.Method != http.MethodGet && r.Method != http.MethodHead:
+			w.Header().Set("Allow", "GET, HEAD")
+			rejectAndClose(w, http.StatusMethodNotAllowed, "method not allowed: this listener serves GET /metrics only")
+		case r.ContentLength != 0:
+			rejectAndClose(w, http.StatusBadRequest, "a scrape has no body")
+		default:
+			s.metrics.ServeHTTP(w, r)
+		}
+	}))
 }
 
 // startLocked serves t with h once Serve runs (at once if it runs).

@@ -1,19 +1,26 @@
 package api
 
 import (
+	"bufio"
+	"bytes"
+	"context"
 	"crypto/tls"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/nd-dispatcher/nd/internal/config"
 	"github.com/nd-dispatcher/nd/internal/connlimit"
 	"github.com/nd-dispatcher/nd/internal/daemon"
+	"github.com/nd-dispatcher/nd/internal/nd"
 )
 
 // freePort returns a loopback address no one listens on, for listeners
@@ -269,18 +276,26 @@ func TestConfigureTLSOnSameAddress(t *testing.T) {
 	}
 }
 
+// serveAPIAndMetrics serves a fake daemon's API on api.listen (testToken)
+// and its metrics on metrics.listen, each on a fresh loopback port.
+func serveAPIAndMetrics(t *testing.T) (s *Server, apiAddr, metricsAddr string) {
+	t.Helper()
+	ports := freePorts(t, 2)
+	apiAddr, metricsAddr = ports[0], ports[1]
+	s = serve(t, newFake(t), ServerOptions{Listen: apiAddr, Token: testToken, Metrics: plainMetrics})
+	if err := s.Configure(config.API{Listen: apiAddr, Token: testToken}, config.Metrics{Listen: metricsAddr}); err != nil {
+		t.Fatal(err)
+	}
+	return s, apiAddr, metricsAddr
+}
+
 // TestIdleConnectionsAreShed: 2,000 connections to api.listen and as many
 // to metrics.listen that never send a request (all from the operator's
 // own address) neither keep an authenticated request or a scrape out nor
 // stay open: each listener holds at most its limit, closing the waiting
 // connections that have waited longest, and counts them.
 func TestIdleConnectionsAreShed(t *testing.T) {
-	ports := freePorts(t, 2)
-	apiAddr, metricsAddr := ports[0], ports[1]
-	s := serve(t, newFake(t), ServerOptions{Listen: apiAddr, Token: testToken, Metrics: plainMetrics})
-	if err := s.Configure(config.API{Listen: apiAddr, Token: testToken}, config.Metrics{Listen: metricsAddr}); err != nil {
-		t.Fatal(err)
-	}
+	s, apiAddr, metricsAddr := serveAPIAndMetrics(t)
 	const idle = 2000
 	var conns []net.Conn
 	defer func() {
@@ -321,4 +336,181 @@ func TestIdleConnectionsAreShed(t *testing.T) {
 			t.Errorf("%s: accepted %d, evicted %d; want at least %d and %d", name, st.Accepted, st.Evicted, idle, idle-limit)
 		}
 	}
+}
+
+// TestRefusedRequestsHoldNoSlot: requests that will not be served (no
+// token on api.listen; a POST on metrics.listen), each sent with a body
+// announced and never finished, from 8 addresses, 32 each (every slot of
+// the listener): each is answered and its connection closed at once, so a
+// token holder and a scraper still get through.
+func TestRefusedRequestsHoldNoSlot(t *testing.T) {
+	_, apiAddr, metricsAddr := serveAPIAndMetrics(t)
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for _, target := range []struct{ addr, req string }{
+		{apiAddr, "POST /v1/config HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nx"},
+		{metricsAddr, "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nx"},
+	} {
+		for src := 2; src < 10; src++ {
+			d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(src))}}
+			for range connlimit.Default.PerSource {
+				c, err := d.Dial("tcp", target.addr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				conns = append(conns, c)
+				if _, err := c.Write([]byte(target.req)); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	// Every refused connection is answered and closed: the client reads
+	// the answer, then EOF, without sending the rest of its body.
+	deadline := time.Now().Add(5 * time.Second)
+	for i, c := range conns {
+		c.SetReadDeadline(deadline)
+		b, err := io.ReadAll(c)
+		if err != nil || !bytes.HasPrefix(b, []byte("HTTP/1.1 4")) {
+			t.Fatalf("refused connection %d: read %q, %v; want a 4xx answer, then EOF", i, firstLine(b), err)
+		}
+	}
+	wantStatus(t, "token holder", apiAddr, "/v1/health", testToken, 200)
+	wantStatus(t, "scraper", metricsAddr, "/metrics", "", 200)
+	wantStatus(t, "HEAD scrape", metricsAddr, "/metrics", "", 200)
+}
+
+func firstLine(b []byte) string {
+	line, _, _ := bytes.Cut(b, []byte("\r\n"))
+	return string(line)
+}
+
+// TestTokenChangeEndsItsStreams: an event stream opened with a token ends
+// when the token is replaced and delivers nothing after; one opened on the
+// unix socket (no token) goes on.
+func TestTokenChangeEndsItsStreams(t *testing.T) {
+	f := newFake(t)
+	addr := freePort(t)
+	s := serve(t, f, ServerOptions{Listen: addr, Token: testToken})
+	follow := func(c *http.Client, url, token string) *http.Response {
+		t.Helper()
+		req, _ := http.NewRequest("GET", url, nil)
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { resp.Body.Close() })
+		if resp.StatusCode != 200 {
+			t.Fatalf("GET %s: %d", url, resp.StatusCode)
+		}
+		return resp
+	}
+	tcp := follow(http.DefaultClient, "http://"+addr+"/v1/events?follow=true", testToken)
+	unix := follow(unixHTTPClient(s.SocketPath()), "http://nd/v1/events?follow=true", "")
+	lines := func(r io.Reader) <-chan string {
+		ch := make(chan string, 16)
+		go func() {
+			defer close(ch)
+			sc := bufio.NewScanner(r)
+			for sc.Scan() {
+				ch <- sc.Text()
+			}
+		}()
+		return ch
+	}
+	tcpLines, unixLines := lines(tcp.Body), lines(unix.Body)
+
+	// The same token again changes nothing.
+	if err := s.Configure(config.API{Listen: addr, Token: testToken}, config.Metrics{}); err != nil {
+		t.Fatal(err)
+	}
+	f.publish(nd.Event{Type: nd.EventError, Message: "before-rotation"})
+	for name, ch := range map[string]<-chan string{"tcp": tcpLines, "unix": unixLines} {
+		select {
+		case l := <-ch:
+			if !strings.Contains(l, "before-rotation") {
+				t.Errorf("%s stream: %s", name, l)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s stream delivered nothing while the token stood", name)
+		}
+	}
+
+	if err := s.Configure(config.API{Listen: addr, Token: otherToken}, config.Metrics{}); err != nil {
+		t.Fatal(err)
+	}
+	f.publish(nd.Event{Type: nd.EventError, Message: "after-rotation"})
+	ended := time.After(5 * time.Second)
+wait:
+	for {
+		select {
+		case l, open := <-tcpLines:
+			if !open {
+				break wait
+			}
+			t.Errorf("the old token's stream delivered after the change: %s", l)
+		case <-ended:
+			t.Error("the old token's stream is still open 5 s after the change")
+			break wait
+		}
+	}
+	select {
+	case l := <-unixLines:
+		if !strings.Contains(l, "after-rotation") {
+			t.Errorf("unix stream: %s", l)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("the unix socket's stream ended with the token")
+	}
+}
+
+// TestRefusedRequestsLogLittle: requests refused for their token, however
+// many and however long their paths, leave a line or so in the log.
+func TestRefusedRequestsLogLittle(t *testing.T) {
+	var logs lockedBuffer
+	addr := freePort(t)
+	serve(t, newFake(t), ServerOptions{Listen: addr, Token: testToken, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	path := "/" + strings.Repeat("a", 16<<10)
+	for range 50 {
+		wantStatus(t, "no token", addr, path, "", 401)
+	}
+	if n := logs.Len(); n > 4<<10 {
+		t.Errorf("50 refused requests wrote %d bytes of log", n)
+	}
+	if !strings.Contains(logs.String(), "api request refused") {
+		t.Errorf("no refusal logged:\n%s", logs.String())
+	}
+}
+
+// lockedBuffer is a bytes.Buffer safe for the server's goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) Len() int { l.mu.Lock(); defer l.mu.Unlock(); return l.b.Len() }
+
+func (l *lockedBuffer) String() string { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
+
+// unixHTTPClient speaks HTTP over the unix socket at path.
+func unixHTTPClient(path string) *http.Client {
+	return &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		},
+	}}
 }

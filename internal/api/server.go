@@ -20,6 +20,7 @@ import (
 
 	"github.com/nd-dispatcher/nd/internal/config"
 	"github.com/nd-dispatcher/nd/internal/history"
+	"github.com/nd-dispatcher/nd/internal/lograte"
 )
 
 // ServerOptions configure the API server.
@@ -54,6 +55,9 @@ const (
 	readHeaderTimeout = 10 * time.Second
 	readTimeout       = time.Minute
 	idleTimeout       = 2 * time.Minute
+	// maxHeaderBytes bounds a request's line and headers (net/http's
+	// default is 1 MiB); the API's requests carry a token and little else.
+	maxHeaderBytes = 32 << 10
 )
 
 // Server serves the control API. NewServer creates its listeners; Serve
@@ -71,9 +75,11 @@ type Server struct {
 	// removes that one and not another daemon's.
 	socketFile os.FileInfo
 
-	// token is the hash of the TCP listener's token, compared in
-	// constant time; Configure replaces it.
-	token atomic.Pointer[[sha256.Size]byte]
+	// token is the TCP listener's token; Configure replaces it.
+	token atomic.Pointer[bearerToken]
+	// refused rate-limits the log lines of requests refused for their
+	// token: anyone who reaches the port can send them.
+	refused lograte.Limiter
 
 	// mu guards the TCP listeners and the serving state.
 	mu       sync.Mutex
@@ -135,12 +141,12 @@ func NewServer(c Controller, o ServerOptions) (*Server, error) {
 	s := &Server{
 		c: c, log: o.Logger, socket: o.Socket, metrics: o.Metrics,
 		readTimeout: readTimeout,
+		refused:     lograte.Limiter{Every: 10 * time.Second},
 		errc:        make(chan error, 1),
 		history:     history.New(history.DefaultPoints),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	none := sha256.Sum256(nil)
-	s.token.Store(&none)
+	s.token.Store(newBearerToken(""))
 	s.handler = s.routes(o.Metrics)
 
 	// Check the certificate before creating the socket.
@@ -262,6 +268,7 @@ func (s *Server) httpServer(ctx context.Context, h http.Handler) *http.Server {
 		ReadHeaderTimeout: readHeaderTimeout,
 		ReadTimeout:       s.readTimeout,
 		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
 		// No WriteTimeout: GET /v1/events?follow=true streams for as long
 		// as the client stays.
 		BaseContext: func(net.Listener) context.Context { return ctx },
@@ -361,20 +368,88 @@ func checkStale(path string) error {
 	return nil // stale: the rename replaces it
 }
 
-// authenticate requires the bearer token of every request.
+// bearerToken is the TCP listener's token: its hash, compared in
+// constant time, and a context that ends when the token is replaced, so
+// that a request the old token let in (an event stream) ends with it.
+type bearerToken struct {
+	sum     [sha256.Size]byte
+	revoked context.Context
+	revoke  context.CancelFunc
+}
+
+func newBearerToken(token string) *bearerToken {
+	t := &bearerToken{sum: sha256.Sum256([]byte(token))}
+	t.revoked, t.revoke = context.WithCancel(context.Background())
+	return t
+}
+
+// setToken puts token in force; a different token revokes the old one,
+// and the requests it let in.
+func (s *Server) setToken(token string) {
+	next := newBearerToken(token)
+	old := s.token.Load()
+	if old != nil && old.sum == next.sum {
+		next.revoke()
+		return
+	}
+	s.token.Store(next)
+	if old != nil {
+		old.revoke()
+	}
+}
+
+// authenticate requires the bearer token of every request. A request
+// refused is answered and its connection closed at once, its body unread:
+// a client without the token holds no connection slot (connlimit never
+// evicts a connection in a request, and net/http would otherwise wait for
+// the unread body up to the read timeout). A request let in ends when its
+// token is replaced.
 func (s *Server) authenticate(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		tok, ok := bearer(r.Header.Get("Authorization"))
 		sum := sha256.Sum256([]byte(tok))
 		want := s.token.Load()
-		if !ok || subtle.ConstantTimeCompare(sum[:], want[:]) != 1 {
-			s.log.Warn("api request refused: bad or missing token", "remote", r.RemoteAddr, "method", r.Method, "path", r.URL.Path)
+		if !ok || subtle.ConstantTimeCompare(sum[:], want.sum[:]) != 1 {
+			s.refused.Warn(s.log, "token", "api request refused: bad or missing token", "remote", r.RemoteAddr, "method", r.Method, "path", clip(r.URL.Path))
 			w.Header().Set("WWW-Authenticate", `Bearer realm="nd"`)
-			writeError(w, http.StatusUnauthorized, "unauthorized: a valid bearer token is required")
+			rejectAndClose(w, http.StatusUnauthorized, "unauthorized: a valid bearer token is required")
 			return
 		}
-		h.ServeHTTP(w, r)
+		ctx, cancel := context.WithCancel(context.WithValue(r.Context(), tokenKey{}, want))
+		defer cancel()
+		stop := context.AfterFunc(want.revoked, cancel)
+		defer stop()
+		h.ServeHTTP(w, r.WithContext(ctx))
 	})
+}
+
+// tokenKey keys the token a request was let in with in its context.
+type tokenKey struct{}
+
+// authorized reports whether the token a request was let in with is
+// still in force (a request on the unix socket needs none). A stream asks
+// before each write: the request's context ends soon after the token is
+// replaced, but not before Configure returns.
+func authorized(ctx context.Context) bool {
+	t, ok := ctx.Value(tokenKey{}).(*bearerToken)
+	return !ok || t.revoked.Err() == nil
+}
+
+// rejectAndClose answers a request that will not be served and closes its
+// connection without reading what is left of its body.
+func rejectAndClose(w http.ResponseWriter, status int, msg string) {
+	w.Header().Set("Connection", "close")
+	http.NewResponseController(w).SetReadDeadline(time.Now())
+	writeError(w, status, msg)
+}
+
+// clip bounds a client's string in a log line.
+func clip(s string) string {
+	const most = 128
+	if len(s) > most {
+		return s[:most] + "..."
+	}
+	return s
 }
 
 // bearer extracts the token of an "Authorization: Bearer <token>" header.

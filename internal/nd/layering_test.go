@@ -24,6 +24,7 @@ func TestImportRules(t *testing.T) {
 		{"internal/yamlwalk", []string{mod}, "reading YAML is a leaf that config and the agent share"},
 		{"internal/ifaddr", []string{mod}, "interface addresses are a leaf that the daemon and the executor share"},
 		{"internal/connlimit", []string{mod}, "connection limits are a leaf that the API and the agent share"},
+		{"internal/lograte", []string{mod}, "rate-limited logging is a leaf that the API and the agent share"},
 		{"internal/config", append(dataPlane, transport...), "configuration is data"},
 		{"internal/maglev", append(append(dataPlane, transport...), mod+"internal/nd"), "Maglev tables are pure computation"},
 		{"internal/manager", append(dataPlane, transport...), "the manager reads the data plane through its DataPlane interface"},

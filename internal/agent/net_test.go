@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"encoding/hex"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nd-dispatcher/nd/internal/connlimit"
 	"github.com/nd-dispatcher/nd/internal/netns"
 	"github.com/nd-dispatcher/nd/internal/testutil"
 )
@@ -445,5 +447,54 @@ func TestNetIdleConnectionsDoNotStarvePolls(t *testing.T) {
 	}
 	if st := a.Stats(); st[StatEvicted] == 0 {
 		t.Errorf("no waiting connection evicted: %v", st)
+	}
+}
+
+// TestNetRefusedRequestsHoldNoSlot: requests without authentication that
+// announce a body and never send it, from 8 addresses, 32 each (every slot
+// of the agent), are answered and their connections closed at once: the
+// dispatcher's poll still gets its report.
+func TestNetRefusedRequestsHoldNoSlot(t *testing.T) {
+	ns := newNS(t)
+	a := newTestAgent(t, nil)
+	addr, _ := startAgent(t, ns, a)
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for src := 2; src < 10; src++ {
+		err := ns.Do(func() error {
+			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(src))}}
+			for range connlimit.Default.PerSource {
+				c, err := d.DialContext(ctx, "tcp", addr.String())
+				if err != nil {
+					return err
+				}
+				conns = append(conns, c)
+				if _, err := c.Write([]byte("GET /v1/report HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nx")); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for i, c := range conns {
+		c.SetReadDeadline(deadline)
+		b, err := io.ReadAll(c)
+		if err != nil || !bytes.HasPrefix(b, []byte("HTTP/1.1 4")) {
+			t.Fatalf("refused connection %d: read %.40q, %v; want a 4xx answer, then EOF", i, b, err)
+		}
+	}
+	c := newTestClient(t, ClientOptions{Key: testKey, DialContext: ns.DialContext, Timeout: 3 * time.Second})
+	if _, err := c.Poll(context.Background(), addr); err != nil {
+		t.Fatalf("poll after %d refused requests: %v", len(conns), err)
 	}
 }

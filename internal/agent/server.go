@@ -329,7 +329,7 @@ func oneHeader(r *http.Request, name string) (string, bool) {
 func (a *Agent) reject(w http.ResponseWriter, r *http.Request, rej *rejection) {
 	a.count(rej.stat)
 	a.logLimited(rej.stat, "agent rejected a request", "remote", r.RemoteAddr, "reason", rej.stat, "err", rej.err)
-	w.Header().Set("Connection", "close")
+	connlimit.Release(w)
 	http.Error(w, http.StatusText(rej.status), rej.status)
 }
 

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/nd-dispatcher/nd/internal/config"
+	"github.com/nd-dispatcher/nd/internal/connlimit"
 	"github.com/nd-dispatcher/nd/internal/history"
 	"github.com/nd-dispatcher/nd/internal/lograte"
 )
@@ -438,8 +439,7 @@ func authorized(ctx context.Context) bool {
 // rejectAndClose answers a request that will not be served and closes its
 // connection without reading what is left of its body.
 func rejectAndClose(w http.ResponseWriter, status int, msg string) {
-	w.Header().Set("Connection", "close")
-	http.NewResponseController(w).SetReadDeadline(time.Now())
+	connlimit.Release(w)
 	writeError(w, status, msg)
 }
 

@@ -204,3 +204,14 @@ func (c *limitConn) Close() error {
 	})
 	return err
 }
+
+// Release closes the connection of a request that will not be served as
+// soon as its answer is written, without reading what is left of its body.
+// Call it before writing the answer. Otherwise net/http waits for an
+// announced body it will discard, up to the server's read timeout, and the
+// connection, in a request all that time, is one the Listener cannot evict:
+// a client refused holds no slot.
+func Release(w http.ResponseWriter) {
+	w.Header().Set("Connection", "close")
+	http.NewResponseController(w).SetReadDeadline(time.Now())
+}

@@ -93,8 +93,16 @@ type Result struct {
 // up and down build results stamped with the current time.
 func up(latency time.Duration) Result { return Result{Latency: latency, At: time.Now()} }
 
+// maxErr bounds a probe's error text: it quotes what the server sent (a
+// status line, a header), and it goes into events, logs and the API.
+const maxErr = 256
+
 func down(format string, args ...any) Result {
-	return Result{Down: true, Err: fmt.Sprintf(format, args...), At: time.Now()}
+	msg := fmt.Sprintf(format, args...)
+	if len(msg) > maxErr {
+		msg = strings.ToValidUTF8(msg[:maxErr], "") + "..."
+	}
+	return Result{Down: true, Err: msg, At: time.Now()}
 }
 
 // Probe makes one attempt at measuring a target. It must return once ctx is

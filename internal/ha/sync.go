@@ -511,9 +511,7 @@ func (n *Node) receive(ctx context.Context, conn net.Conn, claim func(net.Conn, 
 			n.countReject(err)
 			return err
 		}
-		frame = slices.Grow(frame[:0], size)[:size]
-		copy(frame, hdr)
-		if _, err := io.ReadFull(br, frame[headerLen:]); err != nil {
+		if frame, err = readFrame(br, append(frame[:0], hdr...), size); err != nil {
 			return err
 		}
 		h, err := n.handleFrame(frame, sender)
@@ -530,6 +528,25 @@ func (n *Node) receive(ctx context.Context, conn net.Conn, claim func(net.Conn, 
 			conn.SetReadDeadline(time.Time{})
 		}
 	}
+}
+
+// frameChunk is how much a frame's buffer grows at a time while it is read.
+const frameChunk = 64 << 10
+
+// readFrame reads the rest of a frame of size bytes whose header frame
+// holds, growing the buffer only as bytes arrive: a header alone,
+// announcing the largest frame, cannot make the node allocate it (four
+// unauthenticated strangers would otherwise hold 64 MiB for nothing).
+func readFrame(br *bufio.Reader, frame []byte, size int) ([]byte, error) {
+	for len(frame) < size {
+		n := min(size-len(frame), frameChunk)
+		frame = slices.Grow(frame, n)
+		if _, err := io.ReadFull(br, frame[len(frame):len(frame)+n]); err != nil {
+			return frame, err
+		}
+		frame = frame[:len(frame)+n]
+	}
+	return frame, nil
 }
 
 var errCallback = errors.New("callback failed")

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"fmt"
 	"sync"
 	"time"
 
@@ -8,17 +9,18 @@ import (
 )
 
 // hub fans events out to subscribers. A subscriber that does not keep up
-// loses events (counted), never the daemon's time.
+// loses events (counted), never the daemon's time, and is told: the first
+// event it gets after a loss is an EventLost saying how many.
 type hub struct {
 	mu      sync.Mutex
-	subs    map[chan nd.Event]struct{}
+	subs    map[chan nd.Event]*uint64 // to the events the subscriber lost since it last got one
 	buf     int
 	dropped uint64
 	recent  []nd.Event // the last few, for a subscriber that just arrived
 }
 
 func newHub(buf int) *hub {
-	return &hub{subs: map[chan nd.Event]struct{}{}, buf: buf}
+	return &hub{subs: map[chan nd.Event]*uint64{}, buf: buf}
 }
 
 const recentEvents = 64
@@ -30,10 +32,23 @@ func (h *hub) publish(ev nd.Event) {
 	if len(h.recent) > recentEvents {
 		h.recent = h.recent[len(h.recent)-recentEvents:]
 	}
-	for ch := range h.subs {
+	for ch, lost := range h.subs {
+		if *lost > 0 {
+			notice := nd.Event{Time: ev.Time, Type: nd.EventLost,
+				Message: fmt.Sprintf("%d events lost: this subscriber fell behind", *lost)}
+			select {
+			case ch <- notice:
+				*lost = 0
+			default:
+				*lost++
+				h.dropped++
+				continue
+			}
+		}
 		select {
 		case ch <- ev:
 		default:
+			*lost++
 			h.dropped++
 		}
 	}
@@ -48,7 +63,7 @@ func (h *hub) subscribe() (<-chan nd.Event, func()) {
 	for _, ev := range h.recent {
 		ch <- ev
 	}
-	h.subs[ch] = struct{}{}
+	h.subs[ch] = new(uint64)
 	var once sync.Once
 	return ch, func() {
 		once.Do(func() {

@@ -85,6 +85,9 @@ const (
 	// flows displace half-open ones or find no way: a SYN flood, or a
 	// table too small), or, with Message "relieved", left it.
 	EventTablePressure = "flow_table_pressure"
+	// EventLost: this subscriber fell behind and lost the number of
+	// events its Message says, just before this one.
+	EventLost = "events_lost"
 )
 
 // Event is one thing that happened to the dispatcher.

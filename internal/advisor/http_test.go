@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nd-dispatcher/nd/internal/testutil"
 )
 
 // TestProbeErrorIsBounded: a server that answers an HTTP probe with a
@@ -19,25 +21,16 @@ func TestProbeErrorIsBounded(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	go func() {
+	testutil.ServeConns(l, func(c net.Conn) {
+		br := bufio.NewReader(c)
 		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
+			line, err := br.ReadString('\n')
+			if err != nil || line == "\r\n" {
+				break
 			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					line, err := br.ReadString('\n')
-					if err != nil || line == "\r\n" {
-						break
-					}
-				}
-				c.Write([]byte(strings.Repeat("\x01\xff", 30<<10) + "\r\n\r\n"))
-			}()
 		}
-	}()
+		c.Write([]byte(strings.Repeat("\x01\xff", 30<<10) + "\r\n\r\n"))
+	})
 	ap := netip.MustParseAddrPort(l.Addr().String())
 	h := &HTTP{Spec: HTTPSpec{Method: "GET", Path: "/"}}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

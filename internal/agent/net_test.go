@@ -7,7 +7,6 @@ import (
 	"crypto/tls"
 	"encoding/hex"
 	"errors"
-	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -485,14 +484,7 @@ func TestNetRefusedRequestsHoldNoSlot(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for i, c := range conns {
-		c.SetReadDeadline(deadline)
-		b, err := io.ReadAll(c)
-		if err != nil || !bytes.HasPrefix(b, []byte("HTTP/1.1 4")) {
-			t.Fatalf("refused connection %d: read %.40q, %v; want a 4xx answer, then EOF", i, b, err)
-		}
-	}
+	testutil.WantAnsweredAndClosed(t, conns, "HTTP/1.1 4", 5*time.Second)
 	c := newTestClient(t, ClientOptions{Key: testKey, DialContext: ns.DialContext, Timeout: 3 * time.Second})
 	if _, err := c.Poll(context.Background(), addr); err != nil {
 		t.Fatalf("poll after %d refused requests: %v", len(conns), err)

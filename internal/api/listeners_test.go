@@ -21,6 +21,7 @@ import (
 	"github.com/nd-dispatcher/nd/internal/connlimit"
 	"github.com/nd-dispatcher/nd/internal/daemon"
 	"github.com/nd-dispatcher/nd/internal/nd"
+	"github.com/nd-dispatcher/nd/internal/testutil"
 )
 
 // freePort returns a loopback address no one listens on, for listeners
@@ -371,22 +372,10 @@ func TestRefusedRequestsHoldNoSlot(t *testing.T) {
 	}
 	// Every refused connection is answered and closed: the client reads
 	// the answer, then EOF, without sending the rest of its body.
-	deadline := time.Now().Add(5 * time.Second)
-	for i, c := range conns {
-		c.SetReadDeadline(deadline)
-		b, err := io.ReadAll(c)
-		if err != nil || !bytes.HasPrefix(b, []byte("HTTP/1.1 4")) {
-			t.Fatalf("refused connection %d: read %q, %v; want a 4xx answer, then EOF", i, firstLine(b), err)
-		}
-	}
+	testutil.WantAnsweredAndClosed(t, conns, "HTTP/1.1 4", 5*time.Second)
 	wantStatus(t, "token holder", apiAddr, "/v1/health", testToken, 200)
 	wantStatus(t, "scraper", metricsAddr, "/metrics", "", 200)
 	wantStatus(t, "HEAD scrape", metricsAddr, "/metrics", "", 200)
-}
-
-func firstLine(b []byte) string {
-	line, _, _ := bytes.Cut(b, []byte("\r\n"))
-	return string(line)
 }
 
 // TestTokenChangeEndsItsStreams: an event stream opened with a token ends

@@ -33,19 +33,10 @@ func TestForward(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				line, _ := bufio.NewReader(c).ReadString('\n')
-				fmt.Fprintf(c, "echo %s", line)
-			}()
-		}
-	}()
+	testutil.ServeConns(l, func(c net.Conn) {
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		fmt.Fprintf(c, "echo %s", line)
+	})
 	f, err := lab.Forward("127.0.0.1:0", ns, l.Addr().String())
 	if err != nil {
 		t.Fatal(err)

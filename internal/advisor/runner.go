@@ -95,6 +95,9 @@ type targetRun struct {
 	target  Target
 	cancel  context.CancelFunc // nil while not started
 	removed bool
+	// rescheduled tells the loop that Set changed the interval: the next
+	// round is due an interval (the new one) after the last began.
+	rescheduled chan struct{}
 
 	vipDial DialFunc // from Options.ViaVIP, once it succeeded
 
@@ -153,8 +156,9 @@ func (r *Runner) Run(ctx context.Context) error {
 // nothing if one is invalid; the error wraps ErrInvalidSpec and names each
 // problem. A target kept by an advisor of the same name that measures the
 // same way (kind, mode, request, command) keeps its state and schedule
-// and takes the new interval, timeout, retries, rise and fall from its
-// next round. Other targets start afresh; removed ones stop.
+// and takes the new timeout, retries, rise and fall from its next round,
+// and a new interval at once: its next round is due an interval (the new
+// one) after its last began. Other targets start afresh; removed ones stop.
 func (r *Runner) Set(specs []Spec) error {
 	norm := make([]Spec, 0, len(specs))
 	names := map[string]bool{}
@@ -187,13 +191,19 @@ func (r *Runner) Set(specs []Spec) error {
 		for _, t := range s.Targets {
 			if keep {
 				if tr := old.targets[t.key()]; tr != nil {
+					if tr.spec.Interval != s.Interval {
+						select {
+						case tr.rescheduled <- struct{}{}:
+						default:
+						}
+					}
 					tr.spec, tr.probe, tr.target = s, probe, t
 					a.targets[t.key()] = tr
 					delete(old.targets, t.key())
 					continue
 				}
 			}
-			tr := &targetRun{spec: s, probe: probe, target: t}
+			tr := &targetRun{spec: s, probe: probe, target: t, rescheduled: make(chan struct{}, 1)}
 			a.targets[t.key()] = tr
 			r.start(tr)
 		}
@@ -235,17 +245,26 @@ func (r *Runner) loop(ctx context.Context, tr *targetRun) {
 	// same instant.
 	timer := time.NewTimer(rand.N(interval/10 + 1))
 	defer timer.Stop()
+	var start time.Time // of the last round
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-tr.rescheduled:
+			if !start.IsZero() {
+				r.mu.Lock()
+				interval := tr.spec.Interval
+				r.mu.Unlock()
+				timer.Reset(max(0, interval-time.Since(start)))
+			}
+			continue
 		case <-timer.C:
 		}
 		r.mu.Lock()
 		spec, probe, target := tr.spec, tr.probe, tr.target
 		r.mu.Unlock()
 
-		start := time.Now()
+		start = time.Now()
 		res := r.round(ctx, tr, spec, probe, target)
 		if ctx.Err() != nil {
 			return // stopped mid-round: the result says nothing of the server

@@ -309,6 +309,36 @@ func TestSetKeepsState(t *testing.T) {
 	}
 }
 
+// TestSetChangesIntervalAtOnce: a kept target whose interval a reload
+// shortens from 20 s to 100 ms is probed at the new pace at once, not
+// after the old interval runs out; lengthened to an hour, it is not probed
+// again soon.
+func TestSetChangesIntervalAtOnce(t *testing.T) {
+	r := New(Options{})
+	s := customSpec("a", script(t, "exit 0\n"), Target{Server: server1, Port: 80})
+	s.Interval, s.Timeout = 20*time.Second, time.Second
+	if err := r.Set([]Spec{s}); err != nil {
+		t.Fatal(err)
+	}
+	start(t, r)
+	first := waitFor(t, r, "a", server1, "the first round", func(s Status) bool { return s.Probes >= 1 })
+	s.Interval, s.Timeout = 100*time.Millisecond, 90*time.Millisecond
+	if err := r.Set([]Spec{s}); err != nil {
+		t.Fatal(err)
+	}
+	fast := waitFor(t, r, "a", server1, "5 rounds at the new interval", func(s Status) bool { return s.Probes >= first.Probes+5 })
+
+	s.Interval, s.Timeout = time.Hour, time.Second
+	if err := r.Set([]Spec{s}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	// At most the round under way when Set ran.
+	if st := r.Snapshot()[0]; st.Probes > fast.Probes+2 {
+		t.Errorf("interval lengthened to an hour: %d rounds in the next 0.5 s", st.Probes-fast.Probes)
+	}
+}
+
 // Without a ViaVIP hook, or when it fails, a vip-mode target is down with a
 // clear error and no connection is attempted.
 func TestVIPModeWithoutSteering(t *testing.T) {

@@ -19,9 +19,12 @@ type tcpListener struct {
 	tlsCert, tlsKey string
 	l               net.Listener
 	limit           *connlimit.Listener // under l (TLS, if any, wraps it)
-	handler         http.Handler
-	srv             *http.Server // nil until served
-	done            chan struct{}
+	// cert is the certificate TLS serves; a reload replaces it when the
+	// files were rewritten in place (a renewed certificate).
+	cert    atomic.Pointer[tls.Certificate]
+	handler http.Handler
+	srv     *http.Server // nil until served
+	done    chan struct{}
 	// retired: the listener was closed on purpose, not by a failure.
 	retired atomic.Bool
 }
@@ -57,24 +60,37 @@ type connCounters struct {
 // however many, neither keep an operator's request out nor use up the
 // file descriptors that ndd's advisors, agents and peers need.
 func listenTCP(addr, cert, key string, counters *connCounters) (*tcpListener, error) {
+	t := &tcpListener{addr: addr, tlsCert: cert, tlsKey: key}
 	var tlsConfig *tls.Config
 	if cert != "" {
-		c, err := tls.LoadX509KeyPair(cert, key)
+		c, err := loadCertificate(cert, key)
 		if err != nil {
-			return nil, fmt.Errorf("api: load TLS certificate: %w", err)
+			return nil, err
 		}
-		tlsConfig = &tls.Config{Certificates: []tls.Certificate{c}, MinVersion: tls.VersionTLS12}
+		t.cert.Store(c)
+		tlsConfig = &tls.Config{
+			GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return t.cert.Load(), nil },
+			MinVersion:     tls.VersionTLS12,
+		}
 	}
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("api: listen on %s: %w", addr, err)
 	}
-	limit := connlimit.New(l, connlimit.Default, &counters.accepted, &counters.evicted)
-	l = limit
+	t.limit = connlimit.New(l, connlimit.Default, &counters.accepted, &counters.evicted)
+	t.l = t.limit
 	if tlsConfig != nil {
-		l = tls.NewListener(l, tlsConfig)
+		t.l = tls.NewListener(t.l, tlsConfig)
 	}
-	return &tcpListener{addr: addr, tlsCert: cert, tlsKey: key, l: l, limit: limit}, nil
+	return t, nil
+}
+
+func loadCertificate(cert, key string) (*tls.Certificate, error) {
+	c, err := tls.LoadX509KeyPair(cert, key)
+	if err != nil {
+		return nil, fmt.Errorf("api: load TLS certificate: %w", err)
+	}
+	return &c, nil
 }
 
 // Configure makes the server's TCP listeners those of the configuration:
@@ -129,9 +145,10 @@ func (s *Server) Configure(a config.API, m config.Metrics) error {
 
 // listenerChange is what Configure does to one TCP listener.
 type listenerChange struct {
-	keep            bool         // nothing changes
-	next            *tcpListener // the new listener, opened already; nil: none, or reopen
-	reopen          bool         // the same address with other TLS settings: close, then open
+	keep            bool             // the listener stays (its certificate may be renewed)
+	renewed         *tls.Certificate // the kept listener's certificate, read again
+	next            *tcpListener     // the new listener, opened already; nil: none, or reopen
+	reopen          bool             // the same address with other TLS settings: close, then open
 	addr, cert, key string
 	counters        *connCounters
 }
@@ -141,8 +158,19 @@ type listenerChange struct {
 func planListener(cur *tcpListener, addr, cert, key string, counters *connCounters) (listenerChange, error) {
 	c := listenerChange{addr: addr, cert: cert, key: key, counters: counters}
 	switch {
-	case cur == nil && addr == "", cur.same(addr, cert, key):
+	case cur == nil && addr == "":
 		c.keep = true
+	case cur.same(addr, cert, key):
+		// The files may have been rewritten in place: every apply reads
+		// them again, as it does api.token_file.
+		c.keep = true
+		if cert != "" {
+			renewed, err := loadCertificate(cert, key)
+			if err != nil {
+				return c, err
+			}
+			c.renewed = renewed
+		}
 	case addr == "":
 		// Close cur.
 	case cur != nil && cur.addr == addr:
@@ -175,6 +203,9 @@ func (c listenerChange) abandon() {
 // place: the new one is served before the old one is closed.
 func (s *Server) switchLocked(cur *tcpListener, c listenerChange, handler func() http.Handler) *tcpListener {
 	if c.keep {
+		if c.renewed != nil {
+			cur.cert.Store(c.renewed)
+		}
 		return cur
 	}
 	next := c.next

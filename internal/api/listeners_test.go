@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"log/slog"
@@ -502,4 +503,65 @@ func unixHTTPClient(path string) *http.Client {
 			return d.DialContext(ctx, "unix", path)
 		},
 	}}
+}
+
+// TestRenewedCertificateServedAfterReload: certificate and key files
+// rewritten in place (a renewal, the paths unchanged) are served once the
+// configuration is applied again; files that no longer load refuse the
+// change and the listener goes on with the certificate it had.
+func TestRenewedCertificateServedAfterReload(t *testing.T) {
+	certFile, keyFile, _ := selfSigned(t, t.TempDir())
+	renewedCert, renewedKey, _ := selfSigned(t, t.TempDir())
+	addr := freePort(t)
+	s := serve(t, newFake(t), ServerOptions{Listen: addr, Token: testToken, TLSCert: certFile, TLSKey: keyFile})
+	served := func() []byte {
+		t.Helper()
+		c, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		return c.ConnectionState().PeerCertificates[0].Raw
+	}
+	leaf := func(file string) []byte {
+		t.Helper()
+		b, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		block, _ := pem.Decode(b)
+		return block.Bytes
+	}
+	if !bytes.Equal(served(), leaf(certFile)) {
+		t.Fatal("the listener does not serve its certificate")
+	}
+	first := leaf(certFile)
+	copyFile := func(from, to string) {
+		t.Helper()
+		b, err := os.ReadFile(from)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(to, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	copyFile(renewedCert, certFile)
+	copyFile(renewedKey, keyFile)
+	if err := s.Configure(config.API{Listen: addr, Token: testToken, TLSCert: certFile, TLSKey: keyFile}, config.Metrics{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := served(); !bytes.Equal(got, leaf(renewedCert)) || bytes.Equal(got, first) {
+		t.Error("the renewed certificate is not served after the configuration was applied again")
+	}
+
+	if err := os.WriteFile(certFile, []byte("not a certificate"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Configure(config.API{Listen: addr, Token: testToken, TLSCert: certFile, TLSKey: keyFile}, config.Metrics{}); err == nil {
+		t.Error("a certificate file that does not load was accepted")
+	}
+	if !bytes.Equal(served(), leaf(renewedCert)) {
+		t.Error("a refused renewal changed the certificate served")
+	}
 }

@@ -2,9 +2,11 @@ package daemon
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"fmt"
 	"net/netip"
+	"os"
 	"reflect"
 	"sync"
 	"time"
@@ -21,6 +23,7 @@ type agents struct {
 	mu      sync.Mutex
 	ctx     context.Context // the daemon's Run context; nil before Run
 	cfg     *config.Agents
+	creds   [sha256.Size]byte // of the files cfg names (credentialsDigest)
 	addrs   []netip.AddrPort
 	tracker *agent.Tracker
 	client  *agent.Client
@@ -55,7 +58,8 @@ func (a *agents) close() {
 }
 
 // set applies a configuration: a new poller when the agents section
-// changed, new targets when the servers did.
+// changed or a file it names was rewritten, new targets when the servers
+// did.
 func (a *agents) set(cfg *config.Config) error {
 	var addrs []netip.AddrPort
 	if cfg.Agents != nil {
@@ -69,8 +73,12 @@ func (a *agents) set(cfg *config.Config) error {
 			}
 		}
 	}
-	if reflect.DeepEqual(a.cfgSnapshot(), cfg.Agents) {
-		a.mu.Lock()
+	creds, err := credentialsDigest(cfg.Agents)
+	if err != nil {
+		return err
+	}
+	a.mu.Lock()
+	if reflect.DeepEqual(a.cfg, cfg.Agents) && a.creds == creds {
 		a.addrs = addrs
 		if a.tracker != nil {
 			a.tracker.Set(addrs)
@@ -78,6 +86,7 @@ func (a *agents) set(cfg *config.Config) error {
 		a.mu.Unlock()
 		return nil
 	}
+	a.mu.Unlock()
 	var client *agent.Client
 	var tracker *agent.Tracker
 	if cfg.Agents != nil {
@@ -101,15 +110,10 @@ func (a *agents) set(cfg *config.Config) error {
 	} else {
 		a.cfg = nil
 	}
+	a.creds = creds
 	a.addrs, a.client, a.tracker, a.snap = addrs, client, tracker, nil
 	a.runLocked()
 	return nil
-}
-
-func (a *agents) cfgSnapshot() *config.Agents {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.cfg
 }
 
 func (a *agents) runLocked() {
@@ -152,6 +156,28 @@ func (a *agents) status() map[netip.AddrPort]agent.Status {
 		return nil
 	}
 	return a.tracker.Snapshot()
+}
+
+// credentialsDigest digests the content of the files c names (shared key,
+// certificate, key, CA), so that a reload after one was rewritten in place
+// (a rotated key, a renewed certificate) builds a new poller with it.
+func credentialsDigest(c *config.Agents) ([sha256.Size]byte, error) {
+	h := sha256.New()
+	if c != nil {
+		for _, f := range []string{c.KeyFile, c.TLSCert, c.TLSKey, c.TLSCA} {
+			if f == "" {
+				continue
+			}
+			b, err := os.ReadFile(f)
+			if err != nil {
+				return [sha256.Size]byte{}, fmt.Errorf("agents: %w", err)
+			}
+			sum := sha256.Sum256(b)
+			h.Write([]byte(f))
+			h.Write(sum[:])
+		}
+	}
+	return [sha256.Size]byte(h.Sum(nil)), nil
 }
 
 // newAgentClient builds the poller's client from the agents section: a

@@ -381,6 +381,11 @@ func (d *Daemon) apply(cfg *config.Config) (config.Changes, error) {
 		}
 	}
 	if ch.Empty() {
+		// The files the agents section names may have been rewritten in
+		// place (a rotated key, a renewed certificate): read them again.
+		if err := d.hosts.set(d.cfg); err != nil {
+			return ch, err
+		}
 		return ch, nil
 	}
 

@@ -6,10 +6,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/nd-dispatcher/nd/internal/api"
 	"github.com/nd-dispatcher/nd/internal/testutil"
 )
 
@@ -17,14 +19,20 @@ import (
 // them from ndd: the server without an agent, and one whose agent holds
 // another key, have their host metrics disabled and get weight 0; the
 // others keep theirs. When the missing agent starts, its server comes back.
+// A key file rewritten in place is in force after a reload.
 func TestNDDAgents(t *testing.T) {
 	testutil.RequirePrivileged(t)
 	agentBin := goBinary(t, "ndagent")
 	dir := t.TempDir()
-	key := filepath.Join(dir, "agent.key")
+	// The dispatcher's key file and the agents' are two files of the same
+	// content, so that the dispatcher's can be rotated alone.
+	key := filepath.Join(dir, "dispatcher.key")
+	agentKey := filepath.Join(dir, "agent.key")
 	wrongKey := filepath.Join(dir, "wrong.key")
-	if err := os.WriteFile(key, []byte("0123456789abcdef-shared-key\n"), 0o600); err != nil {
-		t.Fatal(err)
+	for _, f := range []string{key, agentKey} {
+		if err := os.WriteFile(f, []byte("0123456789abcdef-shared-key\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if err := os.WriteFile(wrongKey, []byte("not-the-dispatchers-key-at-all\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -52,8 +60,8 @@ func TestNDDAgents(t *testing.T) {
 			cmd.Wait()
 		})
 	}
-	startAgent(0, key)
-	startAgent(1, key)
+	startAgent(0, agentKey)
+	startAgent(1, agentKey)
 	startAgent(2, wrongKey)
 
 	weights := func() map[string]uint32 {
@@ -80,11 +88,45 @@ func TestNDDAgents(t *testing.T) {
 		}
 	}
 
-	startAgent(3, key)
+	startAgent(3, agentKey)
 	waitFor(t, 10*time.Second, "server4 back once its agent reports", func() bool { return weights()["server4"] == 10 })
 	if w := weights(); w["server3"] != 0 {
 		t.Errorf("server3, whose agent has another key, came back: %v", w)
 	}
+
+	// The key file rewritten in place (the path unchanged) and a reload:
+	// the dispatcher polls with the new key, which only server3's agent
+	// holds.
+	rotated, err := os.ReadFile(wrongKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(key, rotated, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.api.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	// (With three of four servers' agents refusing, the manager's panic
+	// rule keeps their weights: the agents' status says who holds the key.)
+	agentOf := func(name string) api.AgentStatus {
+		ag, err := n.api.Agents()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, a := range ag {
+			if a.Address == n.addrOf[name].String()+":7431" {
+				return a
+			}
+		}
+		t.Fatalf("no agent of %s in %+v", name, ag)
+		return api.AgentStatus{}
+	}
+	waitFor(t, 10*time.Second, "the rotated key in force: server3's agent answers, server1's refuses", func() bool {
+		s1, s3 := agentOf("server1"), agentOf("server3")
+		return s3.Host == "server3" && !s3.Disabled && strings.Contains(s1.Error, "401")
+	})
+	waitFor(t, 10*time.Second, "server3 back", func() bool { return weights()["server3"] == 10 })
 }
 
 // testWriter sends a process's output to the test log, line by line.

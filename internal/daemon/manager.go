@@ -184,6 +184,9 @@ func (d *Daemon) commitWeights(c manager.Commit) error {
 		if !ok {
 			continue
 		}
+		// The manager keeps within the bound it was told; the port's
+		// bound is the last word all the same.
+		w = min(w, port.WeightBound)
 		d.managed[c.Port][s.Address] = w
 		if installed[s.Address] && !s.Quiesce {
 			write[s.Address] = w

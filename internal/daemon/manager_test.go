@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nd-dispatcher/nd/internal/config"
 	"github.com/nd-dispatcher/nd/internal/executor"
@@ -136,6 +137,48 @@ func TestManagedWeights(t *testing.T) {
 	commit(map[netip.Addr]uint32{srv1: 90, srv2: 20}, stale)
 	if got := w.weights(); got[srv1] != 5 {
 		t.Fatalf("a decision computed before the operator's change overrode it: %v", got)
+	}
+}
+
+// TestPortAndManagerSettingsFollowReload: a change of ports[].weight_bound,
+// manager.policy or ports[].sticky_time, applied live, is in the data plane
+// when the change returns: a new bound starts the port's weights again from
+// the configured ones and caps what the manager commits, the static policy
+// puts the configured weights back, and the service's sticky time is the
+// new one.
+func TestPortAndManagerSettingsFollowReload(t *testing.T) {
+	w := start(t, strings.Replace(baseConfig, "manager: {policy: static}", "manager: {interval: 1h}", 1))
+	if err := w.d.commitWeights(manager.Commit{Port: key, Weights: map[netip.Addr]uint32{srv1: 77, srv2: 20}, Reason: "test", Version: w.d.mgr.Version()}); err != nil {
+		t.Fatal(err)
+	}
+	if got := w.weights(); got[srv1] != 77 {
+		t.Fatalf("weights after commit %v", got)
+	}
+	update := func(what string, edit func(c *config.Config)) {
+		t.Helper()
+		if _, err := w.d.Update(func(c *config.Config) error { edit(c); return nil }); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	}
+	// A new bound is a new scale: the port's weights start again from the
+	// configured ones, and what the manager commits is capped.
+	update("weight_bound 50", func(c *config.Config) { c.Clusters[0].Ports[0].WeightBound = 50 })
+	if got := w.weights(); got[srv1] != 10 || got[srv2] != 20 {
+		t.Errorf("after weight_bound 50: %v, want the configured 10 and 20", got)
+	}
+	if err := w.d.commitWeights(manager.Commit{Port: key, Weights: map[netip.Addr]uint32{srv1: 77, srv2: 20}, Reason: "test", Version: w.d.mgr.Version()}); err != nil {
+		t.Fatal(err)
+	}
+	if got := w.weights(); got[srv1] != 50 {
+		t.Errorf("a commit of 77 under weight_bound 50: %v, want 50", got)
+	}
+	update("sticky_time 30s", func(c *config.Config) { c.Clusters[0].Ports[0].StickyTime = 30 * time.Second })
+	if st := w.x.Services()[0].StickyTime; st != 30*time.Second {
+		t.Errorf("sticky time %v in the data plane, want 30s", st)
+	}
+	update("policy static", func(c *config.Config) { c.Manager.Policy = config.PolicyStatic })
+	if got := w.weights(); got[srv1] != 10 || got[srv2] != 20 {
+		t.Errorf("after policy static: %v, want the configured 10 and 20", got)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -179,6 +180,29 @@ func TestPortAndManagerSettingsFollowReload(t *testing.T) {
 	update("policy static", func(c *config.Config) { c.Manager.Policy = config.PolicyStatic })
 	if got := w.weights(); got[srv1] != 10 || got[srv2] != 20 {
 		t.Errorf("after policy static: %v, want the configured 10 and 20", got)
+	}
+}
+
+// TestInterfacesFollowReload: an interface added to `interfaces` by a live
+// change is attached when the change returns, and one removed is detached.
+func TestInterfacesFollowReload(t *testing.T) {
+	w := start(t, baseConfig)
+	if got := w.x.Attached(); !slices.Equal(got, []int{2}) {
+		t.Fatalf("attached %v at start, want eth0 (2)", got)
+	}
+	set := func(names ...string) {
+		t.Helper()
+		if _, err := w.d.Update(func(c *config.Config) error { c.Interfaces = names; return nil }); err != nil {
+			t.Fatalf("interfaces %v: %v", names, err)
+		}
+	}
+	set("eth0", "eth1")
+	if got := w.x.Attached(); !slices.Equal(got, []int{2, 3}) {
+		t.Errorf("attached %v after adding eth1, want [2 3]", got)
+	}
+	set("eth1")
+	if got := w.x.Attached(); !slices.Equal(got, []int{3}) {
+		t.Errorf("attached %v after removing eth0, want [3]", got)
 	}
 }
 

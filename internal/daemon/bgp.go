@@ -231,6 +231,12 @@ func (d *Daemon) BGPStatus(ctx context.Context) (nd.BGPStatus, error) {
 		}
 		st.VIPs = append(st.VIPs, v)
 	}
+	// A VIP the configuration never announces is listed too, saying so.
+	for _, cl := range d.cfg.Clusters {
+		if !slices.ContainsFunc(st.VIPs, func(v nd.BGPVIP) bool { return v.VIP == cl.VIP.String() }) {
+			st.VIPs = append(st.VIPs, nd.BGPVIP{VIP: cl.VIP.String(), Reason: "never announced: bgp.vips[].announce is false"})
+		}
+	}
 	d.mu.Unlock()
 	peers, err := sp.Peers(ctx)
 	if err != nil {

@@ -1,10 +1,12 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -210,6 +212,39 @@ func TestBGPDrainAndShutdown(t *testing.T) {
 		t.Errorf("after the refused reload the router's route goes through %v", got)
 	}
 
+	// Live changes of the speaker: a new router id restarts it (BIRD sees
+	// a new neighbour ID) and the route comes back; `announce: false`
+	// withdraws the VIP alone, and its removal announces it again.
+	reload := func(what, section string) {
+		t.Helper()
+		n.bgp = section
+		n.write(t)
+		if _, stderr, code, err := runNDCTL(t, "--socket", n.cfg.Socket, "config", "reload"); err != nil || code != 0 {
+			t.Fatalf("%s: reload: exit %d, %v: %s", what, code, err, stderr)
+		}
+	}
+	reload("router id", strings.Replace(good, "router_id: "+n.host.Addr4.String(), "router_id: 198.51.100.254", 1))
+	neighbourID := regexp.MustCompile(`Neighbor ID:\s+198\.51\.100\.254`)
+	deadline := time.Now().Add(bgpTimeout)
+	for {
+		out, _ := b.bird.Show(context.Background(), "protocols", "all")
+		if neighbourID.MatchString(out) && strings.Contains(out, "Established") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("BIRD does not see the new router id:\n%s", out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	b.waitNextHops(t, "route back after the new router id", time.Now(), n)
+	reload("announce: false", good+fmt.Sprintf("  vips:\n    - {vip: %s, announce: false}\n", b.lab.VIP4))
+	b.waitNextHops(t, "announce: false", time.Now())
+	if st := n.bgpStatus(t); len(st.VIPs) != 1 || st.VIPs[0].Announced || !strings.Contains(st.VIPs[0].Reason, "announce is false") {
+		t.Errorf("VIPs after announce: false: %+v", st.VIPs)
+	}
+	reload("announce again", good)
+	b.waitNextHops(t, "announced again", time.Now(), n)
+
 	// SIGTERM: withdrawn first, ndd serving on for the grace, then gone.
 	sent := time.Now()
 	if err := n.proc.Signal(syscall.SIGTERM); err != nil {
@@ -220,7 +255,7 @@ func TestBGPDrainAndShutdown(t *testing.T) {
 		t.Fatalf("ndd exited before its route was withdrawn at the router (%v after SIGTERM)", withdrawn)
 	}
 	checkExchange(t, lc, "SIGTERM, within the grace", nil)
-	deadline := time.Now().Add(grace + nddStopTimeout)
+	deadline = time.Now().Add(grace + nddStopTimeout)
 	for !n.proc.Exited() && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}

@@ -195,6 +195,15 @@ func settings(c *Config) []Setting {
 		{Path: "advisors", New: describeAdvisors(c.Advisors)},
 		{Path: "agents", New: describeAgents(c.Agents)},
 		{Path: "ha", New: describeHA(c.HA)},
+		{Path: "ha.group", New: haField(c.HA, func(h *HA) string { return strconv.Quote(h.Group) })},
+		{Path: "ha.interface", New: haField(c.HA, func(h *HA) string { return strconv.Quote(h.Interface) })},
+		{Path: "ha.self", New: haField(c.HA, func(h *HA) string { return h.Self.String() })},
+		{Path: "ha.peers", New: haField(c.HA, func(h *HA) string { return fmt.Sprint(h.Peers) })},
+		{Path: "ha.priority", New: haField(c.HA, func(h *HA) string { return u(h.Priority) })},
+		{Path: "ha.preempt", New: haField(c.HA, func(h *HA) string { return strconv.FormatBool(h.Preempt) })},
+		{Path: "ha.interval", New: haField(c.HA, func(h *HA) string { return formatDuration(h.Interval) })},
+		{Path: "ha.dead_after", New: haField(c.HA, func(h *HA) string { return formatDuration(h.DeadAfter) })},
+		{Path: "ha.key_file", New: haField(c.HA, func(h *HA) string { return strconv.Quote(h.KeyFile) })},
 		{Path: "ha.refresh", New: describeRefresh(c.HA)},
 		{Path: "ha.mode", New: describeMode(c.HA)},
 		{Path: "bgp", New: describeBGP(c.BGP)},
@@ -202,15 +211,22 @@ func settings(c *Config) []Setting {
 	}
 }
 
-// describeHA describes the ha section but for the settings of it that
-// change live (ha.refresh, ha.mode).
+// describeHA says whether there is an ha section; its settings are
+// compared one by one (haField), so that a refused change names each.
 func describeHA(h *HA) string {
 	if h == nil {
 		return "none"
 	}
-	fixed := *h
-	fixed.Refresh, fixed.Mode = 0, ""
-	return fmt.Sprintf("%+v", fixed)
+	return "present"
+}
+
+// haField is one setting of the ha section, "none" without one (a section
+// added or removed is the "ha" line alone: changedSettings).
+func haField(h *HA, f func(*HA) string) string {
+	if h == nil {
+		return "none"
+	}
+	return f(h)
 }
 
 func describeMode(h *HA) string {
@@ -259,15 +275,25 @@ func describeAgents(a *Agents) string {
 }
 
 func isFixed(path string) bool {
-	return strings.HasPrefix(path, "data_plane.") || path == "api.socket" || path == "ha"
+	switch path {
+	case "api.socket", "ha":
+		return true
+	case "ha.refresh", "ha.mode":
+		return false
+	}
+	return strings.HasPrefix(path, "data_plane.") || strings.HasPrefix(path, "ha.")
 }
 
 func changedSettings(old, new *Config) []Setting {
 	o, n := settings(old), settings(new)
 	var out []Setting
+	sectionChanged := (old.HA == nil) != (new.HA == nil)
 	for i := range n {
 		if o[i].New == n[i].New {
 			continue
+		}
+		if sectionChanged && strings.HasPrefix(n[i].Path, "ha.") && n[i].Path != "ha.refresh" && n[i].Path != "ha.mode" {
+			continue // the "ha" line says it
 		}
 		s := Setting{Path: n[i].Path, Old: o[i].New, New: n[i].New}
 		if s.Path == "api.token" || s.Path == "bgp.peers.password" {

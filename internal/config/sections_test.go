@@ -126,6 +126,15 @@ func TestFullSectionsRoundTrip(t *testing.T) {
 	if err := Diff(c, c2).Err(); err == nil || !strings.Contains(err.Error(), "ha") {
 		t.Errorf("changing ha live: %v", err)
 	}
+	// The refusal names the setting, old and new.
+	if err := Diff(c, c2).Err(); err == nil || !strings.Contains(err.Error(), "ha.priority: 200 -> 150") || strings.Contains(err.Error(), "ha.peers") {
+		t.Errorf("changing ha.priority live: %v, want it named alone", err)
+	}
+	// A section removed is one line, not one per setting.
+	noHA := full[:strings.Index(full, "ha:\n")] + full[strings.Index(full, "clusters:"):]
+	if ch := Diff(c, mustParse(t, noHA)); len(ch.Fixed) != 1 || ch.Fixed[0].Path != "ha" {
+		t.Errorf("removing the ha section: %+v", ch.Fixed)
+	}
 	// But for its refresh period, which a reload changes.
 	c4, err := Parse([]byte(strings.Replace(full, "refresh: 20s", "refresh: 5s", 1)), "nd.yaml")
 	if err != nil {

@@ -66,7 +66,7 @@ echo "${COMPREPLY[*]}"`, "bash", script, line)
 		{"ndctl cl", "cluster"},
 		{"ndctl cluster ", "add remove list"},
 		{"ndctl --socket /run/nd/nd.sock ser", "server"},
-		{"ndctl server set 192.0.2.1 80 10.0.0.1 --q", "--quiesce"},
+		{"ndctl server set 198.51.100.100 80 198.51.100.11 --q", "--quiesce"},
 		{"ndctl server add --protocol ", "tcp udp"},
 		{"ndctl port add --sticky-time 30s --pro", "--protocol"},
 		{"ndctl manager set --policy s", "static"},

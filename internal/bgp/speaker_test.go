@@ -2,6 +2,7 @@ package bgp
 
 import (
 	"context"
+	"net"
 	"net/netip"
 	"slices"
 	"testing"
@@ -51,7 +52,7 @@ func TestSpeakerAnnouncesAndWithdraws(t *testing.T) {
 	r, port := bgptest.Router(t)
 
 	states := make(chan PeerStatus, 16)
-	s, err := New(ctx, Global{ASN: 64513, RouterID: netip.MustParseAddr("192.0.2.3")},
+	s, err := New(ctx, Global{ASN: 64513, RouterID: netip.MustParseAddr("198.51.100.3")},
 		Options{OnPeerState: func(p PeerStatus) { states <- p }, Poll: 50 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
@@ -65,7 +66,7 @@ func TestSpeakerAnnouncesAndWithdraws(t *testing.T) {
 		t.Fatal(err)
 	}
 	peer := Peer{Address: netip.MustParseAddr("127.0.0.1"), ASN: 64512, Port: port, HoldTime: 9 * time.Second}
-	if err := s.Configure(ctx, Global{ASN: 64513, RouterID: netip.MustParseAddr("192.0.2.3")}, []Peer{peer}); err != nil {
+	if err := s.Configure(ctx, Global{ASN: 64513, RouterID: netip.MustParseAddr("198.51.100.3")}, []Peer{peer}); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, "the route at the router", func() bool { _, ok := table(t, r)[vip]; return ok })
@@ -103,7 +104,7 @@ func TestSpeakerAnnouncesAndWithdraws(t *testing.T) {
 	t.Logf("withdrawn at the router within %v", time.Since(start))
 
 	// Removing the peer closes its session.
-	if err := s.Configure(ctx, Global{ASN: 64513, RouterID: netip.MustParseAddr("192.0.2.3")}, nil); err != nil {
+	if err := s.Configure(ctx, Global{ASN: 64513, RouterID: netip.MustParseAddr("198.51.100.3")}, nil); err != nil {
 		t.Fatal(err)
 	}
 	if ps, _ := s.Peers(ctx); len(ps) != 0 {
@@ -114,15 +115,22 @@ func TestSpeakerAnnouncesAndWithdraws(t *testing.T) {
 func TestSilentPeerDoesNotBlock(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	s, err := New(ctx, Global{ASN: 64513, RouterID: netip.MustParseAddr("192.0.2.3")}, Options{})
+	s, err := New(ctx, Global{ASN: 64513, RouterID: netip.MustParseAddr("198.51.100.3")}, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Stop()
+	// A peer that never answers: a loopback listener that accepts no
+	// connection (the kernel completes the handshake; no OPEN comes back).
+	silent, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	silentPort := uint16(silent.Addr().(*net.TCPAddr).Port)
 	start := time.Now()
-	// TEST-NET-1 is routed nowhere: the connection never completes.
-	err = s.Configure(ctx, Global{ASN: 64513, RouterID: netip.MustParseAddr("192.0.2.3")},
-		[]Peer{{Address: netip.MustParseAddr("192.0.2.77"), ASN: 64512, Port: 179, HoldTime: 90 * time.Second}})
+	err = s.Configure(ctx, Global{ASN: 64513, RouterID: netip.MustParseAddr("198.51.100.3")},
+		[]Peer{{Address: netip.MustParseAddr("127.0.0.1"), ASN: 64512, Port: silentPort, HoldTime: 90 * time.Second}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -61,7 +61,7 @@ func (r *gobgpRouter) med(vip netip.Addr) (uint32, bool) {
 func bgpConfig(port int, med int) string {
 	return baseConfig + strings.NewReplacer("PORT", strconv.Itoa(port), "MED", strconv.Itoa(med)).Replace(`bgp:
   asn: 64513
-  router_id: 192.0.2.3
+  router_id: 198.51.100.3
   shutdown_grace: 2s
   med: MED
   peers:

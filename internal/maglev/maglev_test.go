@@ -296,7 +296,7 @@ func TestDisruption(t *testing.T) {
 		{"halve", func(bs []Backend, s int) []Backend { bs[s].Weight = max(1, bs[s].Weight/2); return bs }},
 		{"remove", func(bs []Backend, s int) []Backend { return slices.Delete(bs, s, s+1) }},
 		{"add", func(bs []Backend, s int) []Backend {
-			return append(bs, Backend{Key: fmt.Sprintf("192.0.2.%d", s), ID: 1_000_000, Weight: bs[s].Weight})
+			return append(bs, Backend{Key: fmt.Sprintf("203.0.113.%d", s), ID: 1_000_000, Weight: bs[s].Weight})
 		}},
 	}
 	for _, n := range []int{100, 1000} {

@@ -17,9 +17,9 @@ func TestHA(t *testing.T) {
 	}
 	c := NewHA(func() (ha.Status, error) {
 		return ha.Status{Group: "edge", State: ha.StateActive, Counters: ha.Counters{Takeovers: 2}, Peers: []ha.PeerStatus{
-			peer("192.0.2.2:7432", true, ha.StateStandby, true),
-			peer("192.0.2.3:7432", false, ha.StateStandby, false), // silent: not counted
-			peer("192.0.2.4:7432", true, ha.StateStopping, false),
+			peer("203.0.113.2:7432", true, ha.StateStandby, true),
+			peer("203.0.113.3:7432", false, ha.StateStandby, false), // silent: not counted
+			peer("203.0.113.4:7432", true, ha.StateStopping, false),
 		}}, nil
 	})
 	want := `

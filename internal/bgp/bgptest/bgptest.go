@@ -11,7 +11,7 @@ import (
 	"github.com/osrg/gobgp/v4/pkg/server"
 )
 
-// Router starts a GoBGP server (AS 64512, router ID 192.0.2.1) on a free
+// Router starts a GoBGP server (AS 64512, router ID 198.51.100.1) on a free
 // port of 127.0.0.1 that waits for the speaker (from 127.0.0.1, AS 64513)
 // and accepts it again soon after it closed its session. Its table shows
 // what the speaker announced. It stops when the test ends.
@@ -28,7 +28,7 @@ func Router(tb testing.TB) (*server.BgpServer, uint16) {
 	tb.Cleanup(r.Stop)
 	ctx := context.Background()
 	if err := r.StartBgp(ctx, &api.StartBgpRequest{Global: &api.Global{
-		Asn: 64512, RouterId: "192.0.2.1", ListenPort: int32(port), ListenAddresses: []string{"127.0.0.1"},
+		Asn: 64512, RouterId: "198.51.100.1", ListenPort: int32(port), ListenAddresses: []string{"127.0.0.1"},
 	}}); err != nil {
 		tb.Fatal(err)
 	}

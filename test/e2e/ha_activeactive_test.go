@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -15,7 +16,7 @@ import (
 // route would): connections open through dispatcher A, the weights move,
 // the next hop becomes B, and every connection carries on with its server
 // through B; connections opened through B carry on when the next hop goes
-// back to A.
+// back to A. A reload back to active-standby brings the VIP up on one node.
 func TestHAActiveActive(t *testing.T) {
 	testutil.RequirePrivileged(t)
 	h := newHALab(t, 4, fastTimers, false)
@@ -86,6 +87,34 @@ func TestHAActiveActive(t *testing.T) {
 			}
 		}
 		t.Logf("%d of %d connections %s kept working across both moves", len(c.lc.names)-len(failed), len(c.lc.names), c.what)
+	}
+
+	// Back to active-standby by a reload: the elected active brings the
+	// VIP up again, the other holds none.
+	for _, n := range h.nodes {
+		n.mode = "active-standby"
+		n.reload(t)
+	}
+	deadline = time.Now().Add(haStartTimeout)
+	for why := "?"; why != ""; {
+		why = ""
+		as, bs := a.status(t), b.status(t)
+		holders := 0
+		for _, n := range h.nodes {
+			if len(n.vipsOnEth0(t)) != 0 {
+				holders++
+			}
+		}
+		switch {
+		case as.ActiveActive || bs.ActiveActive:
+			why = "a node is still active-active"
+		case holders != 1:
+			why = fmt.Sprintf("%d nodes hold the VIP", holders)
+		}
+		if why != "" && time.Now().After(deadline) {
+			t.Fatalf("after the reload back to active-standby: %s", why)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 

@@ -237,6 +237,21 @@ func TestBGPDrainAndShutdown(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	b.waitNextHops(t, "route back after the new router id", time.Now(), n)
+	// A changed peer (its hold time) is re-created: its session starts
+	// again, and the route comes back.
+	changed := time.Now()
+	reload("peer hold time", strings.Replace(good, "hold_time: 3s", "hold_time: 4s", 1))
+	for {
+		st := n.bgpStatus(t)
+		if len(st.Peers) == 1 && st.Peers[0].State == "established" && st.Peers[0].Since.After(changed) {
+			break
+		}
+		if time.Since(changed) > bgpTimeout {
+			t.Fatalf("the peer's session did not start again after its hold time changed: %+v", st.Peers)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	b.waitNextHops(t, "route back after the peer was re-created", time.Now(), n)
 	reload("announce: false", good+fmt.Sprintf("  vips:\n    - {vip: %s, announce: false}\n", b.lab.VIP4))
 	b.waitNextHops(t, "announce: false", time.Now())
 	if st := n.bgpStatus(t); len(st.VIPs) != 1 || st.VIPs[0].Announced || !strings.Contains(st.VIPs[0].Reason, "announce is false") {

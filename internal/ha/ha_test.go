@@ -86,7 +86,10 @@ func TestFailover(t *testing.T) {
 // the standby must wait DeadAfter, and take over soon after.
 func TestCrashFailover(t *testing.T) {
 	tp := newTopo(t, 2)
+	// a leads before b starts (see TestActiveActive: started together on
+	// a loaded machine, b could lead and, without preemption, keep leading).
 	a := tp.start(tp.nd[0], 200, false)
+	eventually(t, settle, "a active", func() bool { return a.State() == ha.StateActive })
 	b := tp.start(tp.nd[1], 100, false)
 	eventually(t, settle, "a active, b standby", func() bool {
 		return a.State() == ha.StateActive && b.Status().Active == a.h.self()
@@ -104,8 +107,9 @@ func TestPreempt(t *testing.T) {
 		t.Run(map[bool]string{true: "preempt", false: "no-preempt"}[preempt], func(t *testing.T) {
 			tp := newTopo(t, 2)
 			a := tp.start(tp.nd[0], 200, preempt)
+			eventually(t, settle, "a active", func() bool { return a.State() == ha.StateActive })
 			b := tp.start(tp.nd[1], 100, preempt)
-			eventually(t, settle, "a active", func() bool { return a.State() == ha.StateActive && b.State() == ha.StateStandby })
+			eventually(t, settle, "a active, b standby", func() bool { return a.State() == ha.StateActive && b.State() == ha.StateStandby })
 			a.stop()
 			eventually(t, dead+interval, "b active", func() bool { return b.State() == ha.StateActive })
 
@@ -249,9 +253,12 @@ func TestSync(t *testing.T) {
 // within a few heartbeats, and the client's cache follows it.
 func TestSplitBrain(t *testing.T) {
 	tp := newTopo(t, 2)
+	// Equal priority: b ranks first on its address. b leads before a
+	// starts (see TestActiveActive).
+	b := tp.start(tp.nd[1], 100, false)
+	eventually(t, settle, "b active", func() bool { return b.State() == ha.StateActive })
 	a := tp.start(tp.nd[0], 100, false)
-	b := tp.start(tp.nd[1], 100, false) // equal priority: b wins on its address
-	eventually(t, settle, "b active", func() bool { return b.State() == ha.StateActive && a.State() == ha.StateStandby })
+	eventually(t, settle, "b active, a standby", func() bool { return b.State() == ha.StateActive && a.State() == ha.StateStandby })
 
 	tp.link(b.h, false)
 	eventually(t, dead+3*interval, "both active", func() bool { return len(actives(a, b)) == 2 })

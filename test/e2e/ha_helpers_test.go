@@ -139,9 +139,15 @@ func newHALabWith(t *testing.T, servers int, timers haTimers, preempt bool, edit
 		n.writeConfig(t, n.yaml())
 		h.nodes[i] = n
 	}
-	for _, n := range h.nodes {
-		n.start(t)
-	}
+	// The first node leads before the second starts: started together on
+	// a loaded machine, the second could miss the first's heartbeats for
+	// the dead time, lead, and (without preemption) keep leading.
+	h.nodes[0].start(t)
+	waitFor(t, haStartTimeout, h.nodes[0].name+" active alone", func() bool {
+		st, err := h.nodes[0].api.HAStatus()
+		return err == nil && st.State == ha.StateActive
+	})
+	h.nodes[1].start(t)
 	h.waitSettled(t, h.nodes[0], haStartTimeout)
 	return h
 }

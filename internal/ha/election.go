@@ -296,11 +296,24 @@ func (n *Node) sendHeartbeats(hb heartbeat) {
 	}
 }
 
+// strangerDatagrams is how many datagrams a second from addresses that
+// are not peers the node authenticates (and counts by what is wrong with
+// them); beyond it they are dropped unread, counted unknown-peer. A peer
+// sends from its own address (Config.Self), so a flood from elsewhere
+// costs an HMAC each no more and cannot starve the peers' heartbeats.
+const strangerDatagrams = 100
+
 // readHeartbeats receives datagrams until the socket closes.
 func (n *Node) readHeartbeats(ctx context.Context) {
 	buf := make([]byte, maxDatagram+1)
+	peers := map[netip.Addr]bool{}
+	for _, p := range n.cfg.Peers {
+		peers[p.Addr().Unmap()] = true
+	}
+	var second time.Time // the second strangers' datagrams are counted in
+	strangers := 0
 	for ctx.Err() == nil {
-		m, _, err := n.udp.ReadFromUDPAddrPort(buf)
+		m, from, err := n.udp.ReadFromUDPAddrPort(buf)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
@@ -308,7 +321,17 @@ func (n *Node) readHeartbeats(ctx context.Context) {
 			n.log.Debug("ha: read heartbeat", "err", err)
 			continue
 		}
-		if err := n.handleDatagram(buf[:m], time.Now()); err != nil {
+		now := time.Now()
+		if !peers[from.Addr().Unmap()] {
+			if now.Sub(second) >= time.Second {
+				second, strangers = now, 0
+			}
+			if strangers++; strangers > strangerDatagrams {
+				n.c.rejected[RejectPeer].Add(1)
+				continue
+			}
+		}
+		if err := n.handleDatagram(buf[:m], now); err != nil {
 			n.countReject(err)
 			n.log.Debug("ha: datagram rejected", "err", err)
 		}

@@ -28,3 +28,6 @@ func (f *Frames) Heartbeat(s State, prio uint8) []byte {
 func (f *Frames) Flows(recs []FlowRecord) []byte {
 	return f.next(msgFlows, chanStream, appendFlows(nil, recs))
 }
+
+// StrangerDatagrams is strangerDatagrams, for the flood test.
+const StrangerDatagrams = strangerDatagrams

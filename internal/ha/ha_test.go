@@ -356,6 +356,50 @@ func TestRejects(t *testing.T) {
 	}
 }
 
+// TestStrangerDatagramFlood: 20,000 forged heartbeats from a host that is
+// not a peer, sent as fast as it can, cost the standby an HMAC each no more
+// than strangerDatagrams a second (the rest dropped unread, counted
+// unknown-peer), and the group stays as it was.
+func TestStrangerDatagramFlood(t *testing.T) {
+	tp := newTopo(t, 2)
+	a := tp.start(tp.nd[0], 200, false)
+	eventually(t, settle, "a active", func() bool { return a.State() == ha.StateActive })
+	b := tp.start(tp.nd[1], 100, false)
+	eventually(t, settle, "b standby", func() bool { return b.Status().Active == a.h.self() })
+
+	forged := ha.NewTestFrames([]byte("some-other-key-0123456789"), "test", tp.nd[0].self()).Heartbeat(ha.StateActive, 255)
+	const flood = 20000
+	before := b.Status().Counters.Rejected
+	start := time.Now()
+	must(t, tp.client.ns.Do(func() error {
+		c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(b.h.self()))
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		for range flood {
+			c.Write(forged) // a full socket buffer drops some: they count for nothing
+		}
+		return nil
+	}))
+	time.Sleep(200 * time.Millisecond)
+	elapsed := time.Since(start)
+	after := b.Status().Counters.Rejected
+	authed := after[ha.RejectAuth] - before[ha.RejectAuth]
+	dropped := after[ha.RejectPeer] - before[ha.RejectPeer]
+	t.Logf("%d forged datagrams in %v: %d authenticated (bad MAC), %d dropped unread", flood, elapsed.Round(time.Millisecond), authed, dropped)
+	if most := uint64(ha.StrangerDatagrams) * uint64(elapsed/time.Second+2); authed > most {
+		t.Errorf("%d forged datagrams from a stranger were authenticated in %v, want at most %d", authed, elapsed, most)
+	}
+	if dropped == 0 {
+		t.Error("no stranger's datagram dropped unread")
+	}
+	time.Sleep(2 * dead)
+	if a.State() != ha.StateActive || b.State() != ha.StateStandby || b.Status().Active != a.h.self() {
+		t.Errorf("after the flood: a %s, b %s", a.State(), b.State())
+	}
+}
+
 // TestStrangersHoldNoPeerSlot: a host that is not a peer keeps as many
 // idle connections open to a standby's sync port as it can, reopening
 // each as soon as it is closed; the active's stream still reaches the

@@ -18,9 +18,12 @@ import (
 func TestElection(t *testing.T) {
 	tp := newTopo(t, 3)
 	a := tp.start(tp.nd[0], 100, false)
-	b := tp.start(tp.nd[1], 200, false)
+	// b preempts: started together on a loaded machine (CI), a or c could
+	// miss b's first heartbeats for the dead time and lead; b then takes
+	// the lead back, as the election would have given it.
+	b := tp.start(tp.nd[1], 200, true)
 	c := tp.start(tp.nd[2], 100, false) // same priority as a, higher address
-	eventually(t, settle, "one node active", func() bool { return len(actives(a, b, c)) == 1 })
+	eventually(t, settle, "b alone active", func() bool { got := actives(a, b, c); return len(got) == 1 && got[0] == b })
 	if actives(a, b, c)[0] != b {
 		t.Fatalf("%s is active, want ndb (priority 200)", actives(a, b, c)[0].h.name)
 	}

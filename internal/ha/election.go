@@ -306,10 +306,6 @@ const strangerDatagrams = 100
 // readHeartbeats receives datagrams until the socket closes.
 func (n *Node) readHeartbeats(ctx context.Context) {
 	buf := make([]byte, maxDatagram+1)
-	peers := map[netip.Addr]bool{}
-	for _, p := range n.cfg.Peers {
-		peers[p.Addr().Unmap()] = true
-	}
 	var second time.Time // the second strangers' datagrams are counted in
 	strangers := 0
 	for ctx.Err() == nil {
@@ -322,7 +318,7 @@ func (n *Node) readHeartbeats(ctx context.Context) {
 			continue
 		}
 		now := time.Now()
-		if !peers[from.Addr().Unmap()] {
+		if !n.peerAddr[from.Addr().Unmap()] {
 			if now.Sub(second) >= time.Second {
 				second, strangers = now, 0
 			}

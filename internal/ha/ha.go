@@ -375,13 +375,17 @@ type Node struct {
 
 	wake chan struct{}
 
-	mu          sync.Mutex
-	state       State
-	since       time.Time
-	started     time.Time
-	ran         bool
-	stopped     bool
-	peers       map[netip.AddrPort]*peer
+	mu      sync.Mutex
+	state   State
+	since   time.Time
+	started time.Time
+	ran     bool
+	stopped bool
+	peers   map[netip.AddrPort]*peer
+	// peerAddr holds the peers' addresses: a peer sends and dials from its
+	// own (Config.Self), so a datagram or a connection from elsewhere is a
+	// stranger's.
+	peerAddr    map[netip.Addr]bool
 	takeoverReq bool           // Takeover was called and has not completed
 	autoReq     bool           // preemption asks for a handover
 	yieldedTo   netip.AddrPort // handed over to it by request: do not preempt it
@@ -433,6 +437,7 @@ func New(cfg Config, o Options) (*Node, error) {
 		state:    StateStandby,
 		since:    time.Now(),
 		peers:    make(map[netip.AddrPort]*peer),
+		peerAddr: make(map[netip.Addr]bool),
 		sessions: make(map[netip.AddrPort]*session),
 		stateCh:  make(chan struct{}),
 	}
@@ -442,6 +447,7 @@ func New(cfg Config, o Options) (*Node, error) {
 	}
 	for _, p := range cfg.Peers {
 		n.peers[p] = &peer{addr: p}
+		n.peerAddr[p.Addr().Unmap()] = true
 	}
 	n.refresh = [2]time.Duration{cfg.Refresh, cfg.RefreshClosing}
 	n.aa.Store(cfg.ActiveActive)

@@ -417,10 +417,6 @@ const maxSyncConns = 4
 // authenticate. A stranger holding idle connections therefore never keeps
 // a peer's stream out.
 func (n *Node) acceptSync(ctx context.Context, wg *sync.WaitGroup) {
-	peers := map[netip.Addr]bool{}
-	for _, p := range n.cfg.Peers {
-		peers[p.Addr().Unmap()] = true
-	}
 	var mu sync.Mutex
 	held := map[netip.Addr]int{}           // by peer address; strangers under the zero Addr
 	conns := map[net.Conn]netip.AddrPort{} // to its sender once authenticated
@@ -454,7 +450,7 @@ func (n *Node) acceptSync(ctx context.Context, wg *sync.WaitGroup) {
 			continue
 		}
 		var src netip.Addr
-		if ap, err := netip.ParseAddrPort(conn.RemoteAddr().String()); err == nil && peers[ap.Addr().Unmap()] {
+		if ap, err := netip.ParseAddrPort(conn.RemoteAddr().String()); err == nil && n.peerAddr[ap.Addr().Unmap()] {
 			src = ap.Addr().Unmap()
 		}
 		mu.Lock()

@@ -177,8 +177,8 @@ func planListener(cur *tcpListener, addr, cert, key string, counters *connCounte
 		// The address is taken by cur itself: check what can be checked
 		// before closing it.
 		if cert != "" {
-			if _, err := tls.LoadX509KeyPair(cert, key); err != nil {
-				return c, fmt.Errorf("api: load TLS certificate: %w", err)
+			if _, err := loadCertificate(cert, key); err != nil {
+				return c, err
 			}
 		}
 		c.reopen = true

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -152,8 +151,8 @@ func NewServer(c Controller, o ServerOptions) (*Server, error) {
 
 	// Check the certificate before creating the socket.
 	if o.TLSCert != "" {
-		if _, err := tls.LoadX509KeyPair(o.TLSCert, o.TLSKey); err != nil {
-			return nil, fmt.Errorf("api: load TLS certificate: %w", err)
+		if _, err := loadCertificate(o.TLSCert, o.TLSKey); err != nil {
+			return nil, err
 		}
 	}
 	var err error
